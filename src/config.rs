@@ -1,0 +1,391 @@
+//! The configuration file: parsing, defaults, validation, and the masked dump
+//! that `switchboard check-config` prints.
+//!
+//! Parsing is strict: unknown keys, wrong types and out-of-range values are
+//! refused with the file, the dotted key and what was expected.
+//! This module does no I/O beyond reading the file; the checks that need the
+//! file system (certificate paths) live in `tls`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration, as read from `config.toml`.
+///
+/// Every section has defaults, so an empty file is a valid configuration.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub log: LogConfig,
+    pub https: HttpsConfig,
+    pub http_redirect: HttpRedirectConfig,
+    pub signaling: SignalingConfig,
+    /// Extra ICE servers handed to every peer in `welcome`, before Switchboard's own.
+    pub ice_servers: Vec<IceServerConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Directory for generated certificates and secrets, relative to the config file.
+    pub state_dir: PathBuf,
+    /// How long open connections get to close after SIGINT/SIGTERM.
+    pub shutdown_timeout_s: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            state_dir: PathBuf::from("certs"),
+            shutdown_timeout_s: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing` filter such as `info` or `switchboard=debug`; `RUST_LOG` overrides it.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".to_owned(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpsConfig {
+    /// Addresses for HTTPS and WSS. An IPv6 wildcard is skipped with a warning on hosts without IPv6.
+    pub listen: Vec<SocketAddr>,
+    /// PEM certificate chain; when unset, a self-signed certificate is generated in `server.state_dir`.
+    pub cert: Option<PathBuf>,
+    /// PEM private key matching `cert`.
+    pub key: Option<PathBuf>,
+    /// Extra DNS names or IP addresses for the generated self-signed certificate.
+    pub extra_names: Vec<String>,
+}
+
+impl Default for HttpsConfig {
+    fn default() -> Self {
+        HttpsConfig {
+            listen: vec![
+                "0.0.0.0:8443".parse().expect("valid literal"),
+                "[::]:8443".parse().expect("valid literal"),
+            ],
+            cert: None,
+            key: None,
+            extra_names: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpRedirectConfig {
+    /// Plain-HTTP addresses that only redirect to HTTPS; empty means off.
+    pub listen: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SignalingConfig {
+    pub room_capacity: usize,
+    pub max_rooms: usize,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub max_message_bytes: usize,
+    pub messages_per_second: u32,
+    pub message_burst: u32,
+    pub join_timeout_s: u64,
+    pub ping_interval_s: u64,
+    pub idle_timeout_s: u64,
+    /// Origins allowed to open `/ws`; empty means the page's own origin, `"*"` means any.
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for SignalingConfig {
+    fn default() -> Self {
+        SignalingConfig {
+            room_capacity: 4,
+            max_rooms: 10_000,
+            max_connections: 10_000,
+            max_connections_per_ip: 50,
+            max_message_bytes: 64 * 1024,
+            messages_per_second: 20,
+            message_burst: 60,
+            join_timeout_s: 30,
+            ping_interval_s: 15,
+            idle_timeout_s: 45,
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+impl SignalingConfig {
+    pub fn join_timeout(&self) -> Duration {
+        Duration::from_secs(self.join_timeout_s)
+    }
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_secs(self.ping_interval_s)
+    }
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_s)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IceServerConfig {
+    pub urls: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<Secret>,
+}
+
+/// A string that must never be printed: `Debug` and `Serialize` show a mask.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Secret {
+        Secret(value)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(********)")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("********")
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("failed to read config file {path}: {source} (pass another file with --config PATH)")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or a key has the wrong type or is unknown.
+    #[error("{file}{line}: {key}{message}")]
+    Parse {
+        file: String,
+        line: String,
+        key: String,
+        message: String,
+    },
+    /// A key parsed but its value is out of range or inconsistent.
+    #[error("{file}: key `{key}`: {message}")]
+    Invalid {
+        file: String,
+        key: String,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    ///
+    /// # Errors
+    /// Fails when the file cannot be read, does not parse, or holds an invalid value.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Config::from_toml(&text, &path.display().to_string())?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve_paths(base);
+        Ok(config)
+    }
+
+    /// Parses and validates TOML text; `file` names it in errors.
+    ///
+    /// # Errors
+    /// Fails when the text does not parse or holds an invalid value.
+    pub fn from_toml(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let parse_error = |key: String, message: String, span: Option<std::ops::Range<usize>>| {
+            let line = span
+                .map(|s| format!(":{}", text[..s.start.min(text.len())].lines().count().max(1)))
+                .unwrap_or_default();
+            ConfigError::Parse {
+                file: file.to_owned(),
+                line,
+                key,
+                message,
+            }
+        };
+        let de = toml::de::Deserializer::parse(text)
+            .map_err(|e| parse_error(String::new(), e.message().to_owned(), e.span()))?;
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let key = if path == "." || path.is_empty() {
+                String::new()
+            } else {
+                format!("key `{path}`: ")
+            };
+            let inner = e.into_inner();
+            parse_error(key, inner.message().to_owned(), inner.span())
+        })?;
+        config.validate(file)?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut self.server.state_dir);
+        if let Some(p) = self.https.cert.as_mut() {
+            resolve(p);
+        }
+        if let Some(p) = self.https.key.as_mut() {
+            resolve(p);
+        }
+    }
+
+    fn validate(&self, file: &str) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            file: file.to_owned(),
+            key: key.to_owned(),
+            message,
+        };
+        let Config {
+            server,
+            log,
+            https,
+            http_redirect: _,
+            signaling: s,
+            ice_servers,
+        } = self;
+        if server.shutdown_timeout_s == 0 || server.shutdown_timeout_s > 300 {
+            return Err(invalid(
+                "server.shutdown_timeout_s",
+                format!("expected 1..=300 seconds, got {}", server.shutdown_timeout_s),
+            ));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&log.level).is_err() {
+            return Err(invalid(
+                "log.level",
+                format!(
+                    "expected a level (error, warn, info, debug, trace) or a filter such as \"switchboard=debug\", got {:?}",
+                    log.level
+                ),
+            ));
+        }
+        if https.listen.is_empty() {
+            return Err(invalid(
+                "https.listen",
+                "expected at least one address such as \"0.0.0.0:8443\"".to_owned(),
+            ));
+        }
+        match (&https.cert, &https.key) {
+            (Some(_), None) => {
+                return Err(invalid(
+                    "https.key",
+                    "`https.cert` is set, so `https.key` must name its private key file".to_owned(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "https.cert",
+                    "`https.key` is set, so `https.cert` must name its certificate file".to_owned(),
+                ));
+            }
+            _ => {}
+        }
+        let ranges: [(&str, u64, u64, u64); 10] = [
+            ("signaling.room_capacity", s.room_capacity as u64, 2, 64),
+            ("signaling.max_rooms", s.max_rooms as u64, 1, 10_000_000),
+            ("signaling.max_connections", s.max_connections as u64, 1, 10_000_000),
+            ("signaling.max_connections_per_ip", s.max_connections_per_ip as u64, 1, 10_000_000),
+            ("signaling.max_message_bytes", s.max_message_bytes as u64, 1024, 16 * 1024 * 1024),
+            ("signaling.messages_per_second", u64::from(s.messages_per_second), 1, 1_000_000),
+            ("signaling.message_burst", u64::from(s.message_burst), 1, 1_000_000),
+            ("signaling.join_timeout_s", s.join_timeout_s, 1, 3600),
+            ("signaling.ping_interval_s", s.ping_interval_s, 1, 3600),
+            ("signaling.idle_timeout_s", s.idle_timeout_s, 1, 3600),
+        ];
+        for (key, value, min, max) in ranges {
+            if !(min..=max).contains(&value) {
+                return Err(invalid(key, format!("expected {min}..={max}, got {value}")));
+            }
+        }
+        if s.idle_timeout_s <= s.ping_interval_s {
+            return Err(invalid(
+                "signaling.idle_timeout_s",
+                format!(
+                    "must be greater than signaling.ping_interval_s ({}), got {}",
+                    s.ping_interval_s, s.idle_timeout_s
+                ),
+            ));
+        }
+        for (i, origin) in s.allowed_origins.iter().enumerate() {
+            let host = origin
+                .strip_prefix("https://")
+                .or_else(|| origin.strip_prefix("http://"));
+            let ok = origin == "*"
+                || host.is_some_and(|h| !h.is_empty() && !h.contains(['/', ' ', '*']));
+            if !ok {
+                return Err(invalid(
+                    &format!("signaling.allowed_origins[{i}]"),
+                    format!("expected \"*\" or an origin such as \"https://example.com:8443\", got {origin:?}"),
+                ));
+            }
+        }
+        for (i, server) in ice_servers.iter().enumerate() {
+            if server.urls.is_empty() {
+                return Err(invalid(
+                    &format!("ice_servers[{i}].urls"),
+                    "expected at least one URL such as \"stun:stun.example.com:3478\"".to_owned(),
+                ));
+            }
+            for url in &server.urls {
+                if !["stun:", "stuns:", "turn:", "turns:"].iter().any(|p| url.starts_with(p)) {
+                    return Err(invalid(
+                        &format!("ice_servers[{i}].urls"),
+                        format!("expected a stun:, stuns:, turn: or turns: URL, got {url:?}"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The configuration as TOML with every secret masked, for `check-config`.
+    pub fn to_masked_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print configuration: {e}\n"))
+    }
+}

@@ -1,0 +1,115 @@
+//! The HTTPS routes: the embedded call page, health checks and the `/ws` upgrade.
+//!
+//! This module knows nothing about rooms beyond validating a room name in a URL;
+//! the socket logic is in `signaling::ws`, the listeners in `http::server`.
+
+pub mod server;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+
+use crate::signaling::protocol::RoomId;
+use crate::signaling::ws;
+use crate::state::AppState;
+
+const PAGE: &str = include_str!("../../static/index.html");
+const SCRIPT: &str = include_str!("../../static/call.js");
+const STYLE: &str = include_str!("../../static/style.css");
+
+/// Content-Security-Policy of every response: the page loads only its own script and style.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+                   media-src 'self' blob: mediastream:; connect-src 'self'; base-uri 'none'; \
+                   form-action 'self'; frame-ancestors 'none'";
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/r/{room}", get(room_page))
+        .route("/static/call.js", get(script))
+        .route("/static/style.css", get(style))
+        .route("/ws", get(ws::upgrade))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .layer(axum::middleware::map_response(security_headers))
+        .with_state(state)
+}
+
+async fn security_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        "permissions-policy",
+        HeaderValue::from_static("camera=(self), microphone=(self), display-capture=(self)"),
+    );
+    response
+}
+
+async fn page() -> Html<&'static str> {
+    Html(PAGE)
+}
+
+async fn room_page(Path(room): Path<String>) -> Response {
+    match RoomId::parse(&room) {
+        Ok(_) => Html(PAGE).into_response(),
+        Err(message) => (StatusCode::BAD_REQUEST, Html(error_page(&message))).into_response(),
+    }
+}
+
+/// A small page for a bad room URL; `message` is escaped.
+fn error_page(message: &str) -> String {
+    let escaped = message
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;");
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Switchboard: invalid room</title>\
+         <link rel=\"stylesheet\" href=\"/static/style.css\"></head><body><main class=\"lobby\">\
+         <h1>Invalid room name</h1><p class=\"error\" id=\"error\">{escaped}</p>\
+         <p><a href=\"/\">Choose another room</a></p></main></body></html>"
+    )
+}
+
+async fn script() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], SCRIPT)
+}
+
+async fn style() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(app): State<Arc<AppState>>) -> Response {
+    if app.is_ready() {
+        "ready\n".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}
+
+async fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, "not found\n").into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_page;
+
+    #[test]
+    fn error_page_escapes_the_message() {
+        let page = error_page("bad <script>\"&");
+        assert!(page.contains("bad &lt;script&gt;&quot;&amp;"));
+        assert!(!page.contains("<script>"));
+    }
+}

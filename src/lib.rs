@@ -1,0 +1,21 @@
+//! Switchboard: one binary that makes WebRTC calls work everywhere.
+//!
+//! It serves an HTTPS/WSS room-signaling endpoint with a built-in call page,
+//! and (in later modules) STUN/TURN listeners with per-room credentials.
+//!
+//! # Layout
+//! - `config`: the configuration file, parsed strictly and validated.
+//! - `tls`: certificates (configured or self-signed) and the rustls server config.
+//! - `net`: binding sockets with errors that say what to change.
+//! - `app`: binds every listener, runs them, and drains on shutdown.
+//! - `state`: `AppState`, the state shared by handlers and tasks.
+//! - `http`: the HTTPS routes (call page, health, `/ws`) and the accept loops.
+//! - `signaling`: the native JSON protocol, the room registry, limits and the socket task.
+
+pub mod app;
+pub mod config;
+pub mod http;
+pub mod net;
+pub mod signaling;
+pub mod state;
+pub mod tls;

@@ -1,0 +1,95 @@
+//! Binding listening sockets, with errors that say what to change.
+//!
+//! IPv6 sockets are bound v6-only so that `0.0.0.0:P` and `[::]:P` can be bound
+//! side by side. An IPv6 wildcard on a host without IPv6 is skipped, not fatal.
+
+use std::io;
+use std::net::SocketAddr;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::TcpListener;
+
+/// Why a listener could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to bind {what} listener {addr} (config key `{key}`): {reason}")]
+pub struct BindError {
+    pub what: &'static str,
+    pub key: &'static str,
+    pub addr: SocketAddr,
+    pub reason: String,
+}
+
+/// The outcome of binding one configured address.
+pub enum Bound {
+    Listener(TcpListener),
+    /// An IPv6 wildcard on a host without IPv6.
+    NoIpv6,
+}
+
+/// Binds a TCP listener for `addr`; `what` and `key` name it in errors.
+///
+/// # Errors
+/// The address is in use, not local, or needs a privilege the process lacks.
+pub fn bind_tcp(addr: SocketAddr, what: &'static str, key: &'static str) -> Result<Bound, BindError> {
+    match try_bind_tcp(addr) {
+        Ok(listener) => Ok(Bound::Listener(listener)),
+        Err(e) if addr.is_ipv6() && addr.ip().is_unspecified() && no_ipv6(&e) => Ok(Bound::NoIpv6),
+        Err(e) => Err(BindError {
+            what,
+            key,
+            addr,
+            reason: explain(&e, addr),
+        }),
+    }
+}
+
+fn try_bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+fn no_ipv6(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc_codes::EAFNOSUPPORT | libc_codes::EADDRNOTAVAIL))
+}
+
+/// A bind error in words, with the usual fix.
+pub fn explain(e: &io::Error, addr: SocketAddr) -> String {
+    match e.kind() {
+        io::ErrorKind::AddrInUse => "address in use (another process listens there; stop it or change the port)".to_owned(),
+        io::ErrorKind::PermissionDenied if addr.port() < 1024 => format!(
+            "permission denied (port {} is below 1024: grant CAP_NET_BIND_SERVICE, e.g. `setcap cap_net_bind_service=+ep` on the binary or AmbientCapabilities in the systemd unit, or use a port >= 1024)",
+            addr.port()
+        ),
+        io::ErrorKind::AddrNotAvailable => "address not available (no local interface has this IP)".to_owned(),
+        _ => e.to_string(),
+    }
+}
+
+/// The two errno values that mean "no IPv6 here" on Linux.
+mod libc_codes {
+    pub const EAFNOSUPPORT: i32 = 97;
+    pub const EADDRNOTAVAIL: i32 = 99;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_port_in_use_is_explained() {
+        let Bound::Listener(first) = bind_tcp("127.0.0.1:0".parse().unwrap(), "HTTPS", "https.listen").unwrap() else {
+            panic!("loopback must bind");
+        };
+        let addr = first.local_addr().unwrap();
+        let err = bind_tcp(addr, "HTTPS", "https.listen").err().expect("second bind fails");
+        let text = err.to_string();
+        assert!(text.contains("address in use") && text.contains("https.listen"), "{text}");
+    }
+}

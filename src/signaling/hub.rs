@@ -1,0 +1,211 @@
+//! The hub: the room registry plus the outbox of every joined peer.
+//!
+//! Every method locks, asks `Rooms` what happened, queues the resulting frames
+//! on the peers' bounded outboxes with `try_send`, and unlocks; nothing here
+//! awaits, so a `std::sync::Mutex` is right. A peer whose outbox is full is
+//! told to disconnect (its `overflow` token) instead of slowing everyone else.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use axum::extract::ws::Utf8Bytes;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::protocol::{PeerId, PeerInfo, RoomId, ServerMsg, encode};
+use super::room::{JoinError, Joined, Left, RouteError, Rooms};
+
+/// Frames queued for one peer's socket task.
+pub const OUTBOX_CAPACITY: usize = 256;
+
+/// The sending side of a peer's socket task.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    pub tx: mpsc::Sender<Utf8Bytes>,
+    /// Cancelled when the outbox overflows; the socket task then closes the connection.
+    pub overflow: CancellationToken,
+}
+
+impl Outbox {
+    fn deliver(&self, frame: Utf8Bytes) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(frame) {
+            self.overflow.cancel();
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Hub {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    rooms: Rooms,
+    outboxes: HashMap<PeerId, Outbox>,
+}
+
+impl Hub {
+    pub fn new(capacity: usize, max_rooms: usize) -> Hub {
+        Hub {
+            inner: Mutex::new(Inner {
+                rooms: Rooms::new(capacity, max_rooms),
+                outboxes: HashMap::new(),
+            }),
+        }
+    }
+
+    /// Joins `peer` to `room`: queues the `welcome` built by `welcome` from the
+    /// members already present on `outbox`, then `peer_joined` to each of them.
+    ///
+    /// Queuing the welcome under the lock guarantees it precedes any signal
+    /// another member sends to the newcomer.
+    ///
+    /// # Errors
+    /// See [`JoinError`]; nothing is queued then.
+    pub fn join(
+        &self,
+        peer: PeerInfo,
+        room: &RoomId,
+        outbox: Outbox,
+        welcome: impl FnOnce(&[PeerInfo]) -> ServerMsg,
+    ) -> Result<Joined, JoinError> {
+        let mut inner = self.inner.lock().expect("hub lock");
+        let joined = inner.rooms.handle_join(peer.clone(), room)?;
+        outbox.deliver(encode(&welcome(&joined.others)).into());
+        let frame: Utf8Bytes = encode(&ServerMsg::PeerJoined { peer: peer.clone() }).into();
+        for other in &joined.others {
+            if let Some(o) = inner.outboxes.get(&other.id) {
+                o.deliver(frame.clone());
+            }
+        }
+        inner.outboxes.insert(peer.id, outbox);
+        Ok(joined)
+    }
+
+    /// Removes `peer` from its room and queues `peer_left` to the others.
+    pub fn leave(&self, peer: &PeerId) -> Option<Left> {
+        let mut inner = self.inner.lock().expect("hub lock");
+        let left = inner.rooms.handle_leave(peer)?;
+        inner.outboxes.remove(peer);
+        let frame: Utf8Bytes = encode(&ServerMsg::PeerLeft {
+            peer_id: peer.clone(),
+        })
+        .into();
+        for other in &left.others {
+            if let Some(o) = inner.outboxes.get(other) {
+                o.deliver(frame.clone());
+            }
+        }
+        Some(left)
+    }
+
+    /// Queues `payload` from `from` to `to`, who must share a room.
+    ///
+    /// # Errors
+    /// See [`RouteError`].
+    pub fn signal(&self, from: &PeerId, to: &PeerId, payload: Value) -> Result<(), RouteError> {
+        let outbox = {
+            let inner = self.inner.lock().expect("hub lock");
+            inner.rooms.route(from, to)?;
+            inner.outboxes.get(to).cloned().ok_or(RouteError::UnknownPeer)?
+        };
+        let msg = ServerMsg::Signal {
+            from: from.clone(),
+            payload,
+        };
+        outbox.deliver(encode(&msg).into());
+        Ok(())
+    }
+
+    /// Rooms and joined peers right now.
+    pub fn counts(&self) -> (usize, usize) {
+        let inner = self.inner.lock().expect("hub lock");
+        (inner.rooms.room_count(), inner.rooms.peer_count())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outbox(capacity: usize) -> (Outbox, mpsc::Receiver<Utf8Bytes>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (
+            Outbox {
+                tx,
+                overflow: CancellationToken::new(),
+            },
+            rx,
+        )
+    }
+
+    fn info() -> PeerInfo {
+        PeerInfo {
+            id: PeerId::random(),
+            name: None,
+        }
+    }
+
+    fn welcome(id: &PeerId, room: &RoomId) -> impl FnOnce(&[PeerInfo]) -> ServerMsg {
+        let (id, room) = (id.clone(), room.clone());
+        move |others| ServerMsg::Welcome {
+            peer_id: id,
+            room,
+            peers: others.to_vec(),
+            ice_servers: vec![],
+            ice_ttl_s: None,
+        }
+    }
+
+    fn next(rx: &mut mpsc::Receiver<Utf8Bytes>) -> ServerMsg {
+        serde_json::from_str(rx.try_recv().expect("a queued frame").as_str()).expect("valid frame")
+    }
+
+    #[test]
+    fn join_signal_leave_reach_the_right_outboxes() {
+        let hub = Hub::new(4, 10);
+        let room = RoomId::parse("r").unwrap();
+        let (a, b) = (info(), info());
+        let (oa, mut ra) = outbox(8);
+        let (ob, mut rb) = outbox(8);
+        hub.join(a.clone(), &room, oa, welcome(&a.id, &room)).unwrap();
+        assert!(matches!(next(&mut ra), ServerMsg::Welcome { peers, .. } if peers.is_empty()));
+        hub.join(b.clone(), &room, ob, welcome(&b.id, &room)).unwrap();
+        assert!(matches!(next(&mut rb), ServerMsg::Welcome { peers, .. } if peers == vec![a.clone()]));
+        assert_eq!(next(&mut ra), ServerMsg::PeerJoined { peer: b.clone() });
+
+        hub.signal(&a.id, &b.id, serde_json::json!({"sdp": "x"})).unwrap();
+        assert_eq!(
+            next(&mut rb),
+            ServerMsg::Signal {
+                from: a.id.clone(),
+                payload: serde_json::json!({"sdp": "x"})
+            }
+        );
+        assert!(ra.try_recv().is_err(), "the sender gets nothing back");
+
+        hub.leave(&b.id).unwrap();
+        assert_eq!(next(&mut ra), ServerMsg::PeerLeft { peer_id: b.id.clone() });
+        assert_eq!(hub.signal(&a.id, &b.id, Value::Null), Err(RouteError::UnknownPeer));
+        assert_eq!(hub.counts(), (1, 1));
+    }
+
+    #[test]
+    fn a_full_outbox_flags_only_that_peer() {
+        let hub = Hub::new(4, 10);
+        let room = RoomId::parse("r").unwrap();
+        let (a, b) = (info(), info());
+        let (oa, _ra) = outbox(8);
+        let (ob, _rb) = outbox(1);
+        let flag_a = oa.overflow.clone();
+        let flag_b = ob.overflow.clone();
+        hub.join(a.clone(), &room, oa, welcome(&a.id, &room)).unwrap();
+        hub.join(b.clone(), &room, ob, welcome(&b.id, &room)).unwrap();
+        // b's single slot holds its welcome; the next frame overflows.
+        hub.signal(&a.id, &b.id, Value::Null).unwrap();
+        assert!(flag_b.is_cancelled());
+        assert!(!flag_a.is_cancelled());
+    }
+}

@@ -1,0 +1,13 @@
+//! Room signaling over WebSocket.
+//!
+//! - `protocol`: wire types (`ClientMsg`, `ServerMsg`), ids and error codes; no I/O.
+//! - `room`: the room registry as plain data; no I/O, never awaits.
+//! - `limits`: message rate and connection counts; no I/O.
+//! - `hub`: the registry behind a lock plus each peer's outbox.
+//! - `ws`: the socket task, the only code that sees a WebSocket.
+
+pub mod hub;
+pub mod limits;
+pub mod protocol;
+pub mod room;
+pub mod ws;

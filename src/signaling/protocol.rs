@@ -1,0 +1,322 @@
+//! The native signaling protocol: JSON text frames over `wss://HOST/ws`.
+//!
+//! `ClientMsg` and `ServerMsg` are the only wire types; nothing else in the
+//! crate sees JSON. Identifiers are newtypes so they cannot be mixed up.
+//! The protocol is documented, one example per message, in `docs/protocol.md`.
+
+use std::fmt;
+
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Longest room name and display name, in characters.
+pub const MAX_ROOM_LEN: usize = 64;
+pub const MAX_NAME_LEN: usize = 64;
+
+/// A validated room name: 1–64 characters of `[A-Za-z0-9_-]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RoomId(String);
+
+impl RoomId {
+    /// # Errors
+    /// Returns a message fit for the user when `name` is not a valid room name.
+    pub fn parse(name: &str) -> Result<RoomId, String> {
+        if name.is_empty() || name.chars().count() > MAX_ROOM_LEN {
+            return Err(format!(
+                "room name must be 1 to {MAX_ROOM_LEN} characters long, got {}",
+                name.chars().count()
+            ));
+        }
+        if let Some(bad) = name
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+        {
+            return Err(format!(
+                "room name may only contain letters A-Z a-z, digits, '_' and '-' (found {bad:?})"
+            ));
+        }
+        Ok(RoomId(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for RoomId {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        RoomId::parse(&s)
+    }
+}
+
+impl From<RoomId> for String {
+    fn from(r: RoomId) -> String {
+        r.0
+    }
+}
+
+impl fmt::Display for RoomId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A server-assigned peer id: 128 random bits as 32 hex digits, so it cannot be guessed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct PeerId(String);
+
+impl PeerId {
+    pub fn random() -> PeerId {
+        let mut bytes = [0u8; 16];
+        rand::rng().fill_bytes(&mut bytes);
+        PeerId(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A display name chosen by the client: at most 64 characters, no control characters.
+///
+/// # Errors
+/// Returns a message fit for the user when the name is refused.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.chars().count() > MAX_NAME_LEN {
+        return Err(format!("name must be at most {MAX_NAME_LEN} characters long"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err("name must not contain control characters".to_owned());
+    }
+    Ok(())
+}
+
+/// A member of a room as other members see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    pub id: PeerId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// One entry of `RTCConfiguration.iceServers`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+/// Messages a client sends.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMsg {
+    /// Enter a room, creating it if needed.
+    Join {
+        room: String,
+        #[serde(default)]
+        name: Option<String>,
+    },
+    /// Forward an opaque payload (SDP or ICE candidate) to another member of the room.
+    Signal { to: PeerId, payload: Value },
+    /// Leave the current room; the socket stays open and may join again.
+    Leave,
+    /// Application-level keepalive; answered with `pong`.
+    Ping,
+}
+
+/// Messages the server sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMsg {
+    /// The answer to a successful `join`.
+    Welcome {
+        peer_id: PeerId,
+        room: RoomId,
+        /// The other members, in order of arrival.
+        peers: Vec<PeerInfo>,
+        ice_servers: Vec<IceServer>,
+        /// Seconds the credentials in `ice_servers` stay valid, when they expire.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ice_ttl_s: Option<u64>,
+    },
+    PeerJoined {
+        peer: PeerInfo,
+    },
+    PeerLeft {
+        peer_id: PeerId,
+    },
+    Signal {
+        from: PeerId,
+        payload: Value,
+    },
+    Pong,
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+impl ServerMsg {
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> ServerMsg {
+        ServerMsg::Error {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Machine-readable error codes; the `message` next to them is for people.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Invalid JSON, an unknown `type`, or a missing or mistyped field.
+    BadRequest,
+    /// The room name is not 1–64 characters of `[A-Za-z0-9_-]`.
+    BadRoom,
+    /// The display name is too long or has control characters.
+    BadName,
+    /// The room already holds `room_capacity` peers.
+    RoomFull,
+    /// The server already holds `max_rooms` rooms.
+    TooManyRooms,
+    /// The message needs a joined room.
+    NotJoined,
+    /// The socket is already in a room; `leave` first.
+    AlreadyJoined,
+    /// No peer with that id is in the sender's room.
+    UnknownPeer,
+    /// More messages than `messages_per_second` allows; the message was dropped.
+    RateLimited,
+    /// No `join` within `join_timeout_s`; the socket is closed.
+    JoinTimeout,
+    /// A frame above `max_message_bytes`; the socket is closed.
+    MessageTooLarge,
+    /// The server or this address has too many connections.
+    TooManyConnections,
+    /// The server is shutting down.
+    ShuttingDown,
+}
+
+/// Decodes one client text frame.
+///
+/// # Errors
+/// Returns a message for a `bad_request` error: invalid JSON, unknown type, or a bad field.
+pub fn decode(text: &str) -> Result<ClientMsg, String> {
+    serde_json::from_str(text).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            format!("invalid JSON: {e}")
+        } else {
+            format!("invalid message: {e}")
+        }
+    })
+}
+
+/// Encodes one server message as a JSON text frame.
+pub fn encode(msg: &ServerMsg) -> String {
+    serde_json::to_string(msg).expect("server messages always serialize")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn room_names_are_checked() {
+        assert!(RoomId::parse("abc_DEF-123").is_ok());
+        assert!(RoomId::parse(&"a".repeat(64)).is_ok());
+        assert!(RoomId::parse(&"a".repeat(65)).is_err());
+        assert!(RoomId::parse("").is_err());
+        for bad in ["a b", "a/b", "é", "a.b", "<script>"] {
+            assert!(RoomId::parse(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn peer_ids_are_random_and_128_bit() {
+        let a = PeerId::random();
+        let b = PeerId::random();
+        assert_ne!(a, b);
+        assert_eq!(a.as_str().len(), 32);
+        assert!(a.as_str().chars().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn client_messages_decode() {
+        assert_eq!(
+            decode(r#"{"type":"join","room":"r1","name":"Ann"}"#).unwrap(),
+            ClientMsg::Join {
+                room: "r1".into(),
+                name: Some("Ann".into())
+            }
+        );
+        assert_eq!(
+            decode(r#"{"type":"join","room":"r1"}"#).unwrap(),
+            ClientMsg::Join {
+                room: "r1".into(),
+                name: None
+            }
+        );
+        assert_eq!(
+            decode(r#"{"type":"signal","to":"ab","payload":{"sdp":"v=0"}}"#).unwrap(),
+            ClientMsg::Signal {
+                to: PeerId("ab".into()),
+                payload: json!({"sdp":"v=0"})
+            }
+        );
+        assert_eq!(decode(r#"{"type":"leave"}"#).unwrap(), ClientMsg::Leave);
+        assert_eq!(decode(r#"{"type":"ping"}"#).unwrap(), ClientMsg::Ping);
+    }
+
+    #[test]
+    fn bad_client_messages_are_explained() {
+        assert!(decode("{not json").unwrap_err().starts_with("invalid JSON"));
+        let unknown = decode(r#"{"type":"dance"}"#).unwrap_err();
+        assert!(unknown.contains("unknown variant") && unknown.contains("dance"), "{unknown}");
+        let missing = decode(r#"{"type":"signal","to":"x"}"#).unwrap_err();
+        assert!(missing.contains("payload"), "{missing}");
+        assert!(decode(r#"{"room":"x"}"#).unwrap_err().contains("type"));
+    }
+
+    #[test]
+    fn server_messages_encode_with_snake_case_tags() {
+        let welcome = ServerMsg::Welcome {
+            peer_id: PeerId("p1".into()),
+            room: RoomId::parse("r").unwrap(),
+            peers: vec![PeerInfo {
+                id: PeerId("p0".into()),
+                name: None,
+            }],
+            ice_servers: vec![],
+            ice_ttl_s: None,
+        };
+        let text = encode(&welcome);
+        assert_eq!(
+            serde_json::from_str::<Value>(&text).unwrap(),
+            json!({"type":"welcome","peer_id":"p1","room":"r","peers":[{"id":"p0"}],"ice_servers":[]})
+        );
+        let err = encode(&ServerMsg::error(ErrorCode::RoomFull, "full"));
+        assert_eq!(err, r#"{"type":"error","code":"room_full","message":"full"}"#);
+        assert_eq!(encode(&ServerMsg::Pong), r#"{"type":"pong"}"#);
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(check_name("Ann").is_ok());
+        assert!(check_name(&"x".repeat(65)).is_err());
+        assert!(check_name("a\nb").is_err());
+    }
+}

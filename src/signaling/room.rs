@@ -1,0 +1,233 @@
+//! The room registry: who is in which room, as plain data.
+//!
+//! `Rooms` performs no I/O, holds no sockets and never awaits. Each `handle_*`
+//! call returns what happened (who must be told); the caller turns that into
+//! messages. This is the seam behind which shared room state (Redis, NATS)
+//! can later live.
+
+use std::collections::HashMap;
+
+use super::protocol::{PeerId, PeerInfo, RoomId};
+
+/// Why a join was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinError {
+    AlreadyJoined,
+    RoomFull,
+    TooManyRooms,
+}
+
+/// Why a signal cannot be routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteError {
+    NotJoined,
+    UnknownPeer,
+}
+
+/// The result of a successful join.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    /// The members already present, in order of arrival; each must be told `peer_joined`.
+    pub others: Vec<PeerInfo>,
+    /// Whether this join created the room.
+    pub created: bool,
+}
+
+/// The result of a leave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Left {
+    pub room: RoomId,
+    /// The members still present; each must be told `peer_left`.
+    pub others: Vec<PeerId>,
+    /// Whether the room was removed because it became empty.
+    pub closed: bool,
+}
+
+#[derive(Debug, Default)]
+struct Room {
+    members: Vec<PeerInfo>,
+}
+
+/// All rooms and their members.
+#[derive(Debug)]
+pub struct Rooms {
+    capacity: usize,
+    max_rooms: usize,
+    rooms: HashMap<RoomId, Room>,
+    /// The room of each joined peer; a peer is in at most one room.
+    membership: HashMap<PeerId, RoomId>,
+}
+
+impl Rooms {
+    pub fn new(capacity: usize, max_rooms: usize) -> Rooms {
+        Rooms {
+            capacity,
+            max_rooms,
+            rooms: HashMap::new(),
+            membership: HashMap::new(),
+        }
+    }
+
+    /// Adds `peer` to `room_id`, creating the room when it does not exist.
+    ///
+    /// # Errors
+    /// The peer is already in a room, the room is full, or no more rooms may be created.
+    pub fn handle_join(&mut self, peer: PeerInfo, room_id: &RoomId) -> Result<Joined, JoinError> {
+        if self.membership.contains_key(&peer.id) {
+            return Err(JoinError::AlreadyJoined);
+        }
+        let created = !self.rooms.contains_key(room_id);
+        if created && self.rooms.len() >= self.max_rooms {
+            return Err(JoinError::TooManyRooms);
+        }
+        let room = self.rooms.entry(room_id.clone()).or_default();
+        if room.members.len() >= self.capacity {
+            return Err(JoinError::RoomFull);
+        }
+        let others = room.members.clone();
+        self.membership.insert(peer.id.clone(), room_id.clone());
+        room.members.push(peer);
+        Ok(Joined { others, created })
+    }
+
+    /// Removes `peer` from its room; `None` when it was in none.
+    pub fn handle_leave(&mut self, peer: &PeerId) -> Option<Left> {
+        let room_id = self.membership.remove(peer)?;
+        let room = self.rooms.get_mut(&room_id).expect("membership points at a live room");
+        room.members.retain(|m| &m.id != peer);
+        let others: Vec<PeerId> = room.members.iter().map(|m| m.id.clone()).collect();
+        let closed = others.is_empty();
+        if closed {
+            self.rooms.remove(&room_id);
+        }
+        Some(Left {
+            room: room_id,
+            others,
+            closed,
+        })
+    }
+
+    /// Checks that `from` may send to `to`: both are in the same room.
+    ///
+    /// # Errors
+    /// `from` is in no room, or `to` is not in `from`'s room.
+    pub fn route(&self, from: &PeerId, to: &PeerId) -> Result<(), RouteError> {
+        let room = self.membership.get(from).ok_or(RouteError::NotJoined)?;
+        match self.membership.get(to) {
+            Some(r) if r == room && from != to => Ok(()),
+            _ => Err(RouteError::UnknownPeer),
+        }
+    }
+
+    /// The room `peer` is in.
+    pub fn room_of(&self, peer: &PeerId) -> Option<&RoomId> {
+        self.membership.get(peer)
+    }
+
+    /// The members of a room, in order of arrival.
+    pub fn members(&self, room: &RoomId) -> &[PeerInfo] {
+        self.rooms.get(room).map_or(&[], |r| &r.members)
+    }
+
+    pub fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+
+    pub fn peer_count(&self) -> usize {
+        self.membership.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(n: &str) -> PeerInfo {
+        PeerInfo {
+            id: PeerId::random(),
+            name: Some(n.to_owned()),
+        }
+    }
+
+    fn room(name: &str) -> RoomId {
+        RoomId::parse(name).unwrap()
+    }
+
+    #[test]
+    fn first_join_creates_and_later_joins_see_earlier_members() {
+        let mut rooms = Rooms::new(4, 10);
+        let (a, b, c) = (peer("a"), peer("b"), peer("c"));
+        let r = room("r");
+        let ja = rooms.handle_join(a.clone(), &r).unwrap();
+        assert!(ja.created && ja.others.is_empty());
+        let jb = rooms.handle_join(b.clone(), &r).unwrap();
+        assert!(!jb.created);
+        assert_eq!(jb.others, vec![a.clone()]);
+        let jc = rooms.handle_join(c.clone(), &r).unwrap();
+        assert_eq!(jc.others, vec![a.clone(), b.clone()]);
+        assert_eq!(rooms.members(&r), &[a, b, c]);
+        assert_eq!((rooms.room_count(), rooms.peer_count()), (1, 3));
+    }
+
+    #[test]
+    fn full_room_refuses_and_keeps_its_members() {
+        let mut rooms = Rooms::new(2, 10);
+        let r = room("r");
+        rooms.handle_join(peer("a"), &r).unwrap();
+        rooms.handle_join(peer("b"), &r).unwrap();
+        let c = peer("c");
+        assert_eq!(rooms.handle_join(c.clone(), &r), Err(JoinError::RoomFull));
+        assert_eq!(rooms.members(&r).len(), 2);
+        // The refused peer is in no room and may join another.
+        assert_eq!(rooms.room_of(&c.id), None);
+        assert!(rooms.handle_join(c, &room("other")).is_ok());
+    }
+
+    #[test]
+    fn one_room_per_peer() {
+        let mut rooms = Rooms::new(4, 10);
+        let a = peer("a");
+        rooms.handle_join(a.clone(), &room("r1")).unwrap();
+        assert_eq!(rooms.handle_join(a.clone(), &room("r2")), Err(JoinError::AlreadyJoined));
+        assert_eq!(rooms.room_count(), 1);
+    }
+
+    #[test]
+    fn room_limit_counts_only_new_rooms() {
+        let mut rooms = Rooms::new(4, 1);
+        rooms.handle_join(peer("a"), &room("r1")).unwrap();
+        assert_eq!(rooms.handle_join(peer("b"), &room("r2")), Err(JoinError::TooManyRooms));
+        assert!(rooms.handle_join(peer("c"), &room("r1")).is_ok());
+    }
+
+    #[test]
+    fn leave_tells_the_others_and_removes_empty_rooms() {
+        let mut rooms = Rooms::new(4, 10);
+        let r = room("r");
+        let (a, b) = (peer("a"), peer("b"));
+        rooms.handle_join(a.clone(), &r).unwrap();
+        rooms.handle_join(b.clone(), &r).unwrap();
+        let left = rooms.handle_leave(&a.id).unwrap();
+        assert_eq!(left.others, vec![b.id.clone()]);
+        assert!(!left.closed);
+        let left = rooms.handle_leave(&b.id).unwrap();
+        assert!(left.closed && left.others.is_empty());
+        assert_eq!(rooms.room_count(), 0);
+        assert_eq!(rooms.handle_leave(&b.id), None);
+    }
+
+    #[test]
+    fn routing_needs_a_shared_room() {
+        let mut rooms = Rooms::new(4, 10);
+        let (a, b, c) = (peer("a"), peer("b"), peer("c"));
+        let outsider = PeerId::random();
+        rooms.handle_join(a.clone(), &room("r1")).unwrap();
+        rooms.handle_join(b.clone(), &room("r1")).unwrap();
+        rooms.handle_join(c.clone(), &room("r2")).unwrap();
+        assert_eq!(rooms.route(&a.id, &b.id), Ok(()));
+        assert_eq!(rooms.route(&a.id, &c.id), Err(RouteError::UnknownPeer));
+        assert_eq!(rooms.route(&a.id, &a.id), Err(RouteError::UnknownPeer));
+        assert_eq!(rooms.route(&a.id, &outsider), Err(RouteError::UnknownPeer));
+        assert_eq!(rooms.route(&outsider, &a.id), Err(RouteError::NotJoined));
+    }
+}

@@ -1,0 +1,381 @@
+//! One task per WebSocket: decode, apply limits, hand to the hub, encode.
+//!
+//! This is the only code that sees a WebSocket. It enforces the per-connection
+//! limits (origin, connection counts, frame size, message rate, join timeout,
+//! keepalive) and turns every refusal into a coded `error` or a close frame
+//! with a reason.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::hub::{OUTBOX_CAPACITY, Outbox};
+use super::limits::{ConnectionGuard, ConnectionRefused, TokenBucket};
+use super::protocol::{self, ClientMsg, ErrorCode, PeerId, PeerInfo, RoomId, ServerMsg};
+use super::room::{JoinError, RouteError};
+use crate::state::AppState;
+
+/// Close codes (RFC 6455 section 7.4.1).
+const CLOSE_GOING_AWAY: u16 = 1001;
+const CLOSE_POLICY: u16 = 1008;
+const CLOSE_TOO_BIG: u16 = 1009;
+
+/// How long one frame may take to reach a client before it counts as dead.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `GET /ws`: checks origin and connection limits, then upgrades.
+pub async fn upgrade(
+    State(app): State<Arc<AppState>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()));
+    if !origin_allowed(origin, host, &app.signaling.allowed_origins) {
+        warn!(%remote, origin = origin.unwrap_or(""), "websocket origin refused");
+        return refusal(
+            StatusCode::FORBIDDEN,
+            "origin_refused",
+            "this origin may not open the signaling socket (see signaling.allowed_origins)",
+        );
+    }
+    if app.shutdown.is_cancelled() {
+        return refusal(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the server is shutting down");
+    }
+    let guard = match app.limiter.try_acquire(remote.ip()) {
+        Ok(guard) => guard,
+        Err(limit) => {
+            let (status, message) = match limit {
+                ConnectionRefused::Total => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the server has too many connections (signaling.max_connections)",
+                ),
+                ConnectionRefused::PerIp => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many connections from this address (signaling.max_connections_per_ip)",
+                ),
+            };
+            warn!(%remote, ?limit, "websocket connection refused");
+            return refusal(status, "too_many_connections", message);
+        }
+    };
+    // The limit is enforced on the decoded text below, so that an oversized message
+    // gets a coded error; the transport limit only stops runaway frames.
+    let transport_limit = app.signaling.max_message_bytes * 2;
+    let tasks = app.tasks.clone();
+    ws.max_message_size(transport_limit)
+        .max_frame_size(transport_limit)
+        .on_upgrade(move |socket| {
+            let peer_id = PeerId::random();
+            let span = info_span!("ws", %remote, peer_id = %peer_id, room = tracing::field::Empty);
+            tasks.track_future(run(app, socket, peer_id, guard).instrument(span))
+        })
+}
+
+fn refusal(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = serde_json::json!({"code": code, "message": message}).to_string();
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// Whether a browser page from `origin` may open the socket.
+///
+/// A missing `Origin` is allowed: only browsers send it, and other clients could forge it.
+/// With an empty allow-list only the page's own origin (`https://` + `Host`) is allowed.
+pub fn origin_allowed(origin: Option<&str>, host: Option<&str>, allowed: &[String]) -> bool {
+    let Some(origin) = origin else { return true };
+    let origin = origin.trim_end_matches('/');
+    if allowed.is_empty() {
+        return host.is_some_and(|h| origin.eq_ignore_ascii_case(&format!("https://{h}")));
+    }
+    allowed
+        .iter()
+        .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+}
+
+/// What the read side asks the loop to do next.
+enum Next {
+    Continue,
+    Close(u16, &'static str),
+}
+
+struct Session {
+    app: Arc<AppState>,
+    peer_id: PeerId,
+    outbox: Outbox,
+    room: Option<RoomId>,
+    bucket: TokenBucket,
+    /// Messages refused in a row by the rate limit; too many closes the socket.
+    strikes: u32,
+}
+
+async fn run(app: Arc<AppState>, mut socket: WebSocket, peer_id: PeerId, _guard: ConnectionGuard) {
+    info!("connected");
+    let cfg = app.signaling.clone();
+    let (tx, mut rx) = mpsc::channel(OUTBOX_CAPACITY);
+    let overflow = CancellationToken::new();
+    let mut session = Session {
+        app: Arc::clone(&app),
+        peer_id,
+        outbox: Outbox {
+            tx,
+            overflow: overflow.clone(),
+        },
+        room: None,
+        bucket: TokenBucket::new(cfg.messages_per_second, cfg.message_burst, std::time::Instant::now()),
+        strikes: 0,
+    };
+    let join_deadline = tokio::time::sleep(cfg.join_timeout());
+    tokio::pin!(join_deadline);
+    let mut ping = tokio::time::interval_at(Instant::now() + cfg.ping_interval(), cfg.ping_interval());
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_seen = Instant::now();
+    let mut was_joined = false;
+
+    let close: Option<(u16, &'static str)> = loop {
+        tokio::select! {
+            biased;
+            () = app.shutdown.cancelled() => break Some((CLOSE_GOING_AWAY, "server shutting down")),
+            () = overflow.cancelled() => {
+                warn!("send queue overflow, disconnecting slow client");
+                break Some((CLOSE_POLICY, "send queue overflow"));
+            }
+            Some(frame) = rx.recv() => {
+                if send(&mut socket, Message::Text(frame)).await.is_err() {
+                    break None;
+                }
+            }
+            incoming = socket.recv() => {
+                let msg = match incoming {
+                    None | Some(Ok(Message::Close(_))) => break None,
+                    Some(Err(e)) => {
+                        debug!(error = %e, "websocket read failed");
+                        break None;
+                    }
+                    Some(Ok(msg)) => msg,
+                };
+                last_seen = Instant::now();
+                let reply = match msg {
+                    Message::Text(text) => session.handle_text(&text),
+                    Message::Binary(_) => Reply::Error(ErrorCode::BadRequest, "binary frames are not supported; send JSON text frames".to_owned()),
+                    Message::Ping(_) | Message::Pong(_) | Message::Close(_) => Reply::None,
+                };
+                match session.answer(&mut socket, reply).await {
+                    Next::Continue => {}
+                    Next::Close(code, reason) => break Some((code, reason)),
+                }
+            }
+            () = &mut join_deadline, if session.room.is_none() => {
+                let err = ServerMsg::error(ErrorCode::JoinTimeout, format!("no join within {} s", cfg.join_timeout_s));
+                let _ = send_msg(&mut socket, &err).await;
+                break Some((CLOSE_POLICY, "join timeout"));
+            }
+            _ = ping.tick() => {
+                if last_seen.elapsed() > cfg.idle_timeout() {
+                    warn!(idle_s = last_seen.elapsed().as_secs(), "dropping unresponsive client");
+                    break None;
+                }
+                if send(&mut socket, Message::Ping(Default::default())).await.is_err() {
+                    break None;
+                }
+            }
+        }
+        let joined = session.room.is_some();
+        if was_joined && !joined {
+            // The socket left its room: it gets a fresh join timeout.
+            join_deadline.as_mut().reset(Instant::now() + cfg.join_timeout());
+        }
+        was_joined = joined;
+    };
+    session.leave();
+    if let Some((code, reason)) = close {
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        };
+        let _ = send(&mut socket, Message::Close(Some(frame))).await;
+        info!(code, reason, "disconnected");
+    } else {
+        info!("disconnected");
+    }
+}
+
+async fn send(socket: &mut WebSocket, msg: Message) -> Result<(), ()> {
+    match tokio::time::timeout(SEND_TIMEOUT, socket.send(msg)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            debug!(error = %e, "websocket write failed");
+            Err(())
+        }
+        Err(_) => {
+            warn!("websocket write timed out");
+            Err(())
+        }
+    }
+}
+
+async fn send_msg(socket: &mut WebSocket, msg: &ServerMsg) -> Result<(), ()> {
+    send(socket, Message::Text(protocol::encode(msg).into())).await
+}
+
+/// What to send back to the client itself after one message.
+enum Reply {
+    None,
+    Msg(ServerMsg),
+    Error(ErrorCode, String),
+    Close(ErrorCode, String, u16, &'static str),
+}
+
+impl Session {
+    fn handle_text(&mut self, text: &str) -> Reply {
+        let max = self.app.signaling.max_message_bytes;
+        if text.len() > max {
+            return Reply::Close(
+                ErrorCode::MessageTooLarge,
+                format!("message of {} bytes exceeds the limit of {max} bytes", text.len()),
+                CLOSE_TOO_BIG,
+                "message too large",
+            );
+        }
+        if !self.bucket.take(std::time::Instant::now()) {
+            self.strikes += 1;
+            if self.strikes > self.app.signaling.message_burst {
+                return Reply::Close(
+                    ErrorCode::RateLimited,
+                    "rate limit exceeded repeatedly".to_owned(),
+                    CLOSE_POLICY,
+                    "rate limit exceeded",
+                );
+            }
+            return Reply::Error(
+                ErrorCode::RateLimited,
+                format!(
+                    "more than {} messages per second; message dropped",
+                    self.app.signaling.messages_per_second
+                ),
+            );
+        }
+        self.strikes = 0;
+        match protocol::decode(text) {
+            Err(message) => Reply::Error(ErrorCode::BadRequest, message),
+            Ok(ClientMsg::Join { room, name }) => self.join(&room, name),
+            Ok(ClientMsg::Signal { to, payload }) => match self.app.hub.signal(&self.peer_id, &to, payload) {
+                Ok(()) => Reply::None,
+                Err(RouteError::NotJoined) => Reply::Error(ErrorCode::NotJoined, "join a room before sending signals".to_owned()),
+                Err(RouteError::UnknownPeer) => Reply::Error(ErrorCode::UnknownPeer, format!("no peer {to} in this room")),
+            },
+            Ok(ClientMsg::Leave) => {
+                if self.room.is_none() {
+                    return Reply::Error(ErrorCode::NotJoined, "not in a room".to_owned());
+                }
+                self.leave();
+                Reply::None
+            }
+            Ok(ClientMsg::Ping) => Reply::Msg(ServerMsg::Pong),
+        }
+    }
+
+    fn join(&mut self, room: &str, name: Option<String>) -> Reply {
+        if let Some(current) = &self.room {
+            return Reply::Error(ErrorCode::AlreadyJoined, format!("already in room {current}; leave first"));
+        }
+        let room_id = match RoomId::parse(room) {
+            Ok(r) => r,
+            Err(message) => return Reply::Error(ErrorCode::BadRoom, message),
+        };
+        if let Some(Err(message)) = name.as_deref().map(protocol::check_name) {
+            return Reply::Error(ErrorCode::BadName, message);
+        }
+        let peer = PeerInfo {
+            id: self.peer_id.clone(),
+            name,
+        };
+        let (ice_servers, ice_ttl_s) = self.app.ice_servers_for(&self.peer_id, &room_id);
+        let welcome = |others: &[PeerInfo]| ServerMsg::Welcome {
+            peer_id: self.peer_id.clone(),
+            room: room_id.clone(),
+            peers: others.to_vec(),
+            ice_servers,
+            ice_ttl_s,
+        };
+        match self.app.hub.join(peer, &room_id, self.outbox.clone(), welcome) {
+            Ok(joined) => {
+                tracing::Span::current().record("room", room_id.as_str());
+                info!(created = joined.created, peers = joined.others.len() + 1, "joined");
+                self.room = Some(room_id);
+                Reply::None
+            }
+            Err(JoinError::RoomFull) => Reply::Error(
+                ErrorCode::RoomFull,
+                format!("room {room_id} is full ({} peers)", self.app.signaling.room_capacity),
+            ),
+            Err(JoinError::TooManyRooms) => Reply::Error(ErrorCode::TooManyRooms, "the server has too many rooms".to_owned()),
+            Err(JoinError::AlreadyJoined) => Reply::Error(ErrorCode::AlreadyJoined, "already in a room; leave first".to_owned()),
+        }
+    }
+
+    fn leave(&mut self) {
+        if self.room.take().is_some()
+            && let Some(left) = self.app.hub.leave(&self.peer_id)
+        {
+            info!(room = %left.room, closed = left.closed, "left");
+        }
+    }
+
+    async fn answer(&self, socket: &mut WebSocket, reply: Reply) -> Next {
+        let result = match reply {
+            Reply::None => Ok(()),
+            Reply::Msg(msg) => send_msg(socket, &msg).await,
+            Reply::Error(code, message) => {
+                debug!(?code, %message, "refused client message");
+                send_msg(socket, &ServerMsg::error(code, message)).await
+            }
+            Reply::Close(code, message, close_code, reason) => {
+                warn!(?code, %message, "closing client");
+                let _ = send_msg(socket, &ServerMsg::error(code, message)).await;
+                return Next::Close(close_code, reason);
+            }
+        };
+        match result {
+            Ok(()) => Next::Continue,
+            Err(()) => Next::Close(CLOSE_GOING_AWAY, "write failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::origin_allowed;
+
+    #[test]
+    fn default_allows_same_origin_and_originless_clients() {
+        assert!(origin_allowed(Some("https://host:8443"), Some("host:8443"), &[]));
+        assert!(origin_allowed(Some("https://HOST:8443/"), Some("host:8443"), &[]));
+        assert!(origin_allowed(None, Some("host:8443"), &[]));
+        assert!(!origin_allowed(Some("https://evil.example"), Some("host:8443"), &[]));
+        assert!(!origin_allowed(Some("http://host:8443"), Some("host:8443"), &[]));
+        assert!(!origin_allowed(Some("https://host:8443"), None, &[]));
+    }
+
+    #[test]
+    fn allow_list_replaces_same_origin() {
+        let list = vec!["https://app.example.com".to_owned()];
+        assert!(origin_allowed(Some("https://app.example.com"), Some("x"), &list));
+        assert!(!origin_allowed(Some("https://x"), Some("x"), &list));
+        let any = vec!["*".to_owned()];
+        assert!(origin_allowed(Some("https://anything"), Some("x"), &any));
+    }
+}

@@ -1,0 +1,396 @@
+//! TLS material: loading a configured certificate, or generating and reusing a
+//! self-signed one, and building the rustls server configuration.
+//!
+//! This is the only module that names rustls; listeners get an `Arc<ServerConfig>`.
+//! It checks what a person can get wrong (missing files, expiry, a key that does
+//! not match the certificate) and says which config key to fix.
+
+use std::fs;
+use std::io::Write;
+use std::net::IpAddr;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use sha2::{Digest, Sha256};
+
+use crate::config::Config;
+
+/// File names of the generated certificate inside `server.state_dir`.
+pub const GENERATED_CERT: &str = "selfsigned-cert.pem";
+pub const GENERATED_KEY: &str = "selfsigned-key.pem";
+
+/// A generated certificate is replaced when it has less than this left.
+const RENEW_BEFORE: time::Duration = time::Duration::days(30);
+const GENERATED_VALIDITY: time::Duration = time::Duration::days(365);
+
+/// Loaded TLS material, ready for listeners.
+pub struct TlsMaterial {
+    pub server_config: Arc<ServerConfig>,
+    /// SHA-256 of the leaf certificate, as colon-separated hex.
+    pub fingerprint: String,
+    /// Where the certificate came from, for the startup log line.
+    pub origin: CertOrigin,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertOrigin {
+    Configured(PathBuf),
+    Generated(PathBuf),
+    Reused(PathBuf),
+}
+
+/// Why TLS could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A certificate or key file could not be read.
+    #[error("failed to read {path} (config key `{key}`): {source}")]
+    Read {
+        key: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file holds no usable PEM item.
+    #[error("no PEM {what} found in {path} (config key `{key}`): expected a \"-----BEGIN {what}\" block")]
+    NoPem {
+        key: &'static str,
+        what: &'static str,
+        path: PathBuf,
+    },
+    /// The certificate is outside its validity period.
+    #[error("certificate {path} (config key `https.cert`) {problem}; renew it or remove `https.cert`/`https.key` to use a generated self-signed certificate")]
+    Validity { path: PathBuf, problem: String },
+    /// The certificate does not parse as X.509.
+    #[error("certificate {path} (config key `https.cert`) is not a valid X.509 certificate: {detail}")]
+    BadCertificate { path: PathBuf, detail: String },
+    /// The private key does not belong to the certificate.
+    #[error("private key {key_path} (config key `https.key`) does not match certificate {cert_path} (config key `https.cert`)")]
+    Mismatch { cert_path: PathBuf, key_path: PathBuf },
+    /// rustls refused the certificate or key for another reason.
+    #[error("cannot use certificate {cert_path} with key {key_path}: {detail}")]
+    Rustls {
+        cert_path: PathBuf,
+        key_path: PathBuf,
+        detail: String,
+    },
+    /// A self-signed certificate could not be generated.
+    #[error("failed to generate a self-signed certificate: {0}")]
+    Generate(String),
+    /// The state directory could not be written.
+    #[error("failed to write {path} (config key `server.state_dir`): {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Loads the configured certificate, or reuses or generates a self-signed one.
+///
+/// # Errors
+/// See [`TlsError`]; every variant names the file and the config key.
+pub fn load(config: &Config) -> Result<TlsMaterial, TlsError> {
+    if let (Some(cert_path), Some(key_path)) = (&config.https.cert, &config.https.key) {
+        let chain = read_certs(cert_path, "https.cert")?;
+        check_validity(cert_path, &chain[0], time::OffsetDateTime::now_utc())?;
+        let key = read_key(key_path, "https.key")?;
+        return build(chain, key, cert_path, key_path, CertOrigin::Configured(cert_path.clone()));
+    }
+    let dir = &config.server.state_dir;
+    let cert_path = dir.join(GENERATED_CERT);
+    let key_path = dir.join(GENERATED_KEY);
+    let names = self_signed_names(&config.https.extra_names);
+    if let Some(chain) = reusable(&cert_path, &key_path, &names) {
+        let key = read_key(&key_path, "server.state_dir")?;
+        return build(chain, key, &cert_path, &key_path, CertOrigin::Reused(cert_path.clone()));
+    }
+    generate(dir, &cert_path, &key_path, &names)?;
+    let chain = read_certs(&cert_path, "server.state_dir")?;
+    let key = read_key(&key_path, "server.state_dir")?;
+    build(chain, key, &cert_path, &key_path, CertOrigin::Generated(cert_path.clone()))
+}
+
+/// The names a generated certificate covers: loopback, the host name, and `extra`.
+pub fn self_signed_names(extra: &[String]) -> Vec<String> {
+    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    if let Ok(host) = gethostname::gethostname().into_string()
+        && !host.is_empty()
+    {
+        names.push(host);
+    }
+    names.extend(extra.iter().cloned());
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The SHA-256 fingerprint of a DER certificate, as browsers show it.
+pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
+    let digest = Sha256::digest(cert.as_ref());
+    let hex: Vec<String> = digest.iter().map(|b| format!("{b:02X}")).collect();
+    hex.join(":")
+}
+
+fn build(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    cert_path: &Path,
+    key_path: &Path,
+    origin: CertOrigin,
+) -> Result<TlsMaterial, TlsError> {
+    let fingerprint = fingerprint(&chain[0]);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let rustls_error = |detail: String| TlsError::Rustls {
+        cert_path: cert_path.to_owned(),
+        key_path: key_path.to_owned(),
+        detail,
+    };
+    let mut server_config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| rustls_error(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| match e {
+            rustls::Error::InconsistentKeys(_) => TlsError::Mismatch {
+                cert_path: cert_path.to_owned(),
+                key_path: key_path.to_owned(),
+            },
+            other => rustls_error(other.to_string()),
+        })?;
+    server_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsMaterial {
+        server_config: Arc::new(server_config),
+        fingerprint,
+        origin,
+    })
+}
+
+fn read_certs(path: &Path, key: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let bytes = fs::read(path).map_err(|source| TlsError::Read {
+        key,
+        path: path.to_owned(),
+        source,
+    })?;
+    let chain: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
+        .filter_map(Result::ok)
+        .collect();
+    if chain.is_empty() {
+        return Err(TlsError::NoPem {
+            key,
+            what: "CERTIFICATE",
+            path: path.to_owned(),
+        });
+    }
+    Ok(chain)
+}
+
+fn read_key(path: &Path, key: &'static str) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let bytes = fs::read(path).map_err(|source| TlsError::Read {
+        key,
+        path: path.to_owned(),
+        source,
+    })?;
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|_| TlsError::NoPem {
+        key,
+        what: "PRIVATE KEY",
+        path: path.to_owned(),
+    })
+}
+
+/// Checks that `now` falls inside the certificate's validity period.
+fn check_validity(path: &Path, cert: &CertificateDer<'_>, now: time::OffsetDateTime) -> Result<(), TlsError> {
+    let (not_before, not_after) = validity(cert).map_err(|detail| TlsError::BadCertificate {
+        path: path.to_owned(),
+        detail,
+    })?;
+    if now > not_after {
+        return Err(TlsError::Validity {
+            path: path.to_owned(),
+            problem: format!("expired on {not_after}"),
+        });
+    }
+    if now < not_before {
+        return Err(TlsError::Validity {
+            path: path.to_owned(),
+            problem: format!("is not valid before {not_before}"),
+        });
+    }
+    Ok(())
+}
+
+fn validity(cert: &CertificateDer<'_>) -> Result<(time::OffsetDateTime, time::OffsetDateTime), String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|e| e.to_string())?;
+    let v = parsed.validity();
+    Ok((v.not_before.to_datetime(), v.not_after.to_datetime()))
+}
+
+/// The subject alternative names of a certificate, IPs printed as text.
+fn cert_names(cert: &CertificateDer<'_>) -> Option<Vec<String>> {
+    use x509_parser::extensions::GeneralName;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let san = parsed.subject_alternative_name().ok()??;
+    let mut names: Vec<String> = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(d) => Some((*d).to_owned()),
+            GeneralName::IPAddress(bytes) => match bytes.len() {
+                4 => Some(IpAddr::from(<[u8; 4]>::try_from(*bytes).ok()?).to_string()),
+                16 => Some(IpAddr::from(<[u8; 16]>::try_from(*bytes).ok()?).to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    Some(names)
+}
+
+/// A previously generated certificate, if it covers `names` and is not near expiry.
+fn reusable(cert_path: &Path, key_path: &Path, names: &[String]) -> Option<Vec<CertificateDer<'static>>> {
+    if !key_path.exists() {
+        return None;
+    }
+    let chain = read_certs(cert_path, "server.state_dir").ok()?;
+    let (_, not_after) = validity(&chain[0]).ok()?;
+    let covered = cert_names(&chain[0])?;
+    let fresh = time::OffsetDateTime::now_utc() + RENEW_BEFORE < not_after;
+    let all_names = names.iter().all(|n| covered.contains(n));
+    (fresh && all_names).then_some(chain)
+}
+
+fn generate(dir: &Path, cert_path: &Path, key_path: &Path, names: &[String]) -> Result<(), TlsError> {
+    let write_error = |path: &Path| {
+        let path = path.to_owned();
+        move |source| TlsError::Write { path, source }
+    };
+    fs::create_dir_all(dir).map_err(write_error(dir))?;
+    let mut params =
+        rcgen::CertificateParams::new(names.to_vec()).map_err(|e| TlsError::Generate(e.to_string()))?;
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(1);
+    params.not_after = now + GENERATED_VALIDITY;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Switchboard self-signed");
+    let key_pair = rcgen::KeyPair::generate().map_err(|e| TlsError::Generate(e.to_string()))?;
+    let cert = params
+        .self_signed(&key_pair)
+        .map_err(|e| TlsError::Generate(e.to_string()))?;
+    write_private(key_path, key_pair.serialize_pem().as_bytes()).map_err(write_error(key_path))?;
+    write_private(cert_path, cert.pem().as_bytes()).map_err(write_error(cert_path))?;
+    Ok(())
+}
+
+/// Writes a file readable by its owner only, replacing any previous one atomically.
+pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.set_permissions(fs::Permissions::from_mode(0o600))?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir() -> tempfile::TempDir {
+        tempfile::tempdir().expect("temp dir")
+    }
+
+    fn config_in(dir: &Path) -> Config {
+        let mut config = Config::default();
+        config.server.state_dir = dir.to_owned();
+        config
+    }
+
+    #[test]
+    fn generates_then_reuses_a_self_signed_certificate() {
+        let dir = dir();
+        let config = config_in(dir.path());
+        let first = load(&config).expect("generate");
+        assert!(matches!(first.origin, CertOrigin::Generated(_)));
+        let mode = fs::metadata(dir.path().join(GENERATED_KEY)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let second = load(&config).expect("reuse");
+        assert!(matches!(second.origin, CertOrigin::Reused(_)));
+        assert_eq!(first.fingerprint, second.fingerprint);
+    }
+
+    #[test]
+    fn generated_certificate_covers_loopback_and_extra_names() {
+        let dir = dir();
+        let mut config = config_in(dir.path());
+        config.https.extra_names = vec!["call.example.org".to_owned()];
+        load(&config).expect("generate");
+        let chain = read_certs(&dir.path().join(GENERATED_CERT), "x").unwrap();
+        let names = cert_names(&chain[0]).unwrap();
+        for name in ["localhost", "127.0.0.1", "::1", "call.example.org"] {
+            assert!(names.contains(&name.to_owned()), "{name} missing from {names:?}");
+        }
+        // A new name forces a new certificate.
+        config.https.extra_names.push("other.example.org".to_owned());
+        let again = load(&config).expect("regenerate");
+        assert!(matches!(again.origin, CertOrigin::Generated(_)));
+    }
+
+    #[test]
+    fn mismatched_key_is_refused_naming_both_keys() {
+        let a = dir();
+        let b = dir();
+        load(&config_in(a.path())).unwrap();
+        load(&config_in(b.path())).unwrap();
+        let mut config = Config::default();
+        config.https.cert = Some(a.path().join(GENERATED_CERT));
+        config.https.key = Some(b.path().join(GENERATED_KEY));
+        let err = load(&config).err().expect("mismatch refused").to_string();
+        assert!(err.contains("does not match"), "{err}");
+        assert!(err.contains("https.key") && err.contains("https.cert"), "{err}");
+    }
+
+    #[test]
+    fn expired_certificate_is_refused() {
+        let key_pair = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(30);
+        params.not_after = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+        let cert = params.self_signed(&key_pair).unwrap();
+        let dir = dir();
+        let cert_path = dir.path().join("c.pem");
+        let key_path = dir.path().join("k.pem");
+        fs::write(&cert_path, cert.pem()).unwrap();
+        fs::write(&key_path, key_pair.serialize_pem()).unwrap();
+        let mut config = Config::default();
+        config.https.cert = Some(cert_path);
+        config.https.key = Some(key_path);
+        let err = load(&config).err().expect("expired refused").to_string();
+        assert!(err.contains("expired") && err.contains("https.cert"), "{err}");
+    }
+
+    #[test]
+    fn missing_certificate_file_names_the_key() {
+        let mut config = Config::default();
+        config.https.cert = Some(PathBuf::from("/nonexistent/cert.pem"));
+        config.https.key = Some(PathBuf::from("/nonexistent/key.pem"));
+        let err = load(&config).err().expect("missing refused").to_string();
+        assert!(err.contains("https.cert") && err.contains("/nonexistent/cert.pem"), "{err}");
+    }
+
+    #[test]
+    fn fingerprint_is_colon_separated_sha256() {
+        let fp = fingerprint(&CertificateDer::from(vec![1u8, 2, 3]));
+        assert_eq!(fp.len(), 32 * 3 - 1);
+        assert!(fp.starts_with("03:90:58:C6"), "{fp}");
+    }
+}
