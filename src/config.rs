@@ -236,7 +236,7 @@ impl Config {
     pub fn from_toml(text: &str, file: &str) -> Result<Config, ConfigError> {
         let parse_error = |key: String, message: String, span: Option<std::ops::Range<usize>>| {
             let line = span
-                .map(|s| format!(":{}", text[..s.start.min(text.len())].lines().count().max(1)))
+                .map(|s| format!(":{}", text[..s.start.min(text.len())].matches('\n').count() + 1))
                 .unwrap_or_default();
             ConfigError::Parse {
                 file: file.to_owned(),
@@ -296,7 +296,7 @@ impl Config {
                 format!("expected 1..=300 seconds, got {}", server.shutdown_timeout_s),
             ));
         }
-        if tracing_subscriber::EnvFilter::try_new(&log.level).is_err() {
+        if !log_filter_valid(&log.level) {
             return Err(invalid(
                 "log.level",
                 format!(
@@ -387,5 +387,106 @@ impl Config {
     /// The configuration as TOML with every secret masked, for `check-config`.
     pub fn to_masked_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print configuration: {e}\n"))
+    }
+}
+
+/// Whether `filter` is a list of `LEVEL` or `TARGET=LEVEL` directives.
+///
+/// `EnvFilter` alone accepts a typo such as `inf` as a target name, which would
+/// silence every log line; this check insists on a known level in each directive.
+fn log_filter_valid(filter: &str) -> bool {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let directives_ok = filter.split(',').map(str::trim).all(|d| {
+        let level = d.rsplit_once('=').map_or(d, |(_, level)| level);
+        LEVELS.contains(&level.to_ascii_lowercase().as_str())
+    });
+    directives_ok && tracing_subscriber::EnvFilter::try_new(filter).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_filters_need_known_levels() {
+        for ok in ["info", "debug", "switchboard=debug,info", "warn,hyper=error"] {
+            assert!(log_filter_valid(ok), "{ok}");
+        }
+        for bad in ["inf", "loud=", "switchboard=verbose", "", "info,"] {
+            assert!(!log_filter_valid(bad), "{bad}");
+        }
+    }
+
+    fn refused(text: &str) -> String {
+        Config::from_toml(text, "test.toml").err().expect("refused").to_string()
+    }
+
+    #[test]
+    fn shipped_config_parses_and_matches_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
+        let shipped = Config::load(&path).expect("shipped config.toml is valid");
+        let defaults = Config::from_toml("", "empty").unwrap();
+        let mut shipped_dump = shipped.clone();
+        shipped_dump.server.state_dir = defaults.server.state_dir.clone();
+        assert_eq!(shipped_dump.to_masked_toml(), defaults.to_masked_toml());
+        assert_eq!(shipped.https.listen.len(), 2);
+        assert!(shipped.server.state_dir.ends_with("certs"));
+    }
+
+    #[test]
+    fn unknown_key_is_refused_with_its_path_and_line() {
+        let err = refused("[signaling]\nroom_capacity = 4\nroom_capacty = 3\n");
+        assert!(err.starts_with("test.toml:3: "), "{err}");
+        assert!(err.contains("signaling"), "{err}");
+        assert!(err.contains("unknown field `room_capacty`"), "{err}");
+        let err = refused("[nonsense]\n");
+        assert!(err.contains("unknown field `nonsense`"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let err = refused("[signaling]\nroom_capacity = \"four\"\n");
+        assert!(err.contains("key `signaling.room_capacity`"), "{err}");
+        assert!(err.contains("expected"), "{err}");
+    }
+
+    #[test]
+    fn bad_port_names_the_key() {
+        let err = refused("[https]\nlisten = [\"0.0.0.0:99999\"]\n");
+        assert!(err.contains("key `https.listen[0]`"), "{err}");
+        assert!(err.contains("socket address"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_the_expectation() {
+        let err = refused("[signaling]\nroom_capacity = 1\n");
+        assert!(err.contains("key `signaling.room_capacity`") && err.contains("expected 2..=64, got 1"), "{err}");
+        let err = refused("[signaling]\nping_interval_s = 30\nidle_timeout_s = 30\n");
+        assert!(err.contains("signaling.idle_timeout_s"), "{err}");
+        let err = refused("[https]\ncert = \"c.pem\"\n");
+        assert!(err.contains("key `https.key`"), "{err}");
+        let err = refused("[signaling]\nallowed_origins = [\"example.com\"]\n");
+        assert!(err.contains("signaling.allowed_origins[0]"), "{err}");
+        let err = refused("[log]\nlevel = \"loud=\"\n");
+        assert!(err.contains("log.level"), "{err}");
+        let err = refused("[[ice_servers]]\nurls = [\"http://x\"]\n");
+        assert!(err.contains("ice_servers[0].urls"), "{err}");
+    }
+
+    #[test]
+    fn malformed_toml_gives_a_line() {
+        let err = refused("[signaling\n");
+        assert!(err.starts_with("test.toml:1"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_masked_in_the_dump() {
+        let config =
+            Config::from_toml("[[ice_servers]]\nurls = [\"turn:t\"]\nusername = \"u\"\ncredential = \"hunter2\"\n", "t")
+                .unwrap();
+        let dump = config.to_masked_toml();
+        assert!(!dump.contains("hunter2") && dump.contains("********"), "{dump}");
+        assert!(!format!("{config:?}").contains("hunter2"));
+        assert_eq!(config.ice_servers[0].credential.as_ref().unwrap().expose(), "hunter2");
     }
 }
