@@ -252,7 +252,9 @@ impl Session {
         }
         if !self.bucket.take(std::time::Instant::now()) {
             self.strikes += 1;
-            if self.strikes > self.app.signaling.message_burst {
+            // A client that keeps sending after errors worth two bursts is ignoring them.
+            let cfg = &self.app.signaling;
+            if self.strikes > 2 * cfg.message_burst.max(cfg.messages_per_second) {
                 return Reply::Close(
                     ErrorCode::RateLimited,
                     "rate limit exceeded repeatedly".to_owned(),

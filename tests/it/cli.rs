@@ -1,0 +1,89 @@
+//! The command line: check-config output and refusals of bad configurations.
+
+use std::process::Command;
+
+use crate::harness::temp_dir;
+
+fn switchboard(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(args)
+        .output()
+        .expect("run switchboard");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn with_config(text: &str, args: &[&str]) -> (i32, String, String) {
+    let dir = temp_dir();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    let path = path.to_str().unwrap().to_owned();
+    let mut all = args.to_vec();
+    all.extend(["--config", &path]);
+    switchboard(&all)
+}
+
+#[test]
+fn check_config_prints_the_effective_config_with_secrets_masked() {
+    let (code, out, err) = with_config(
+        "[[ice_servers]]\nurls = [\"turn:turn.example.com\"]\nusername = \"u\"\ncredential = \"hunter2\"\n",
+        &["check-config"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("room_capacity = 4"), "defaults are filled in: {out}");
+    assert!(out.contains("********") && !out.contains("hunter2"), "{out}");
+}
+
+#[test]
+fn the_shipped_config_checks() {
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml");
+    let (code, out, err) = switchboard(&["check-config", "--config", shipped]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("0.0.0.0:8443"), "{out}");
+}
+
+#[test]
+fn bad_configs_are_refused_naming_file_and_key() {
+    let cases = [
+        ("[signaling]\nroom_capacityy = 4\n", "room_capacityy"),
+        ("[https]\nlisten = [\"0.0.0.0:70000\"]\n", "https.listen[0]"),
+        ("[signaling]\nroom_capacity = 0\n", "signaling.room_capacity"),
+    ];
+    for (text, key) in cases {
+        for args in [&["check-config"][..], &[][..]] {
+            let (code, _, err) = with_config(text, args);
+            assert_eq!(code, 2, "{text} {args:?}: {err}");
+            assert!(err.contains(key) && err.contains("config.toml"), "{text}: {err}");
+        }
+    }
+}
+
+#[test]
+fn missing_certificate_file_is_refused_naming_the_key() {
+    let (code, _, err) = with_config(
+        "[https]\nlisten = [\"127.0.0.1:0\"]\ncert = \"/nonexistent/fullchain.pem\"\nkey = \"/nonexistent/privkey.pem\"\n",
+        &[],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("https.cert") && err.contains("/nonexistent/fullchain.pem"), "{err}");
+}
+
+#[test]
+fn missing_config_file_says_how_to_pass_one() {
+    let (code, _, err) = switchboard(&["--config", "/nonexistent/switchboard.toml"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("/nonexistent/switchboard.toml") && err.contains("--config"), "{err}");
+}
+
+#[test]
+fn version_and_help() {
+    let (code, out, _) = switchboard(&["--version"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("switchboard "), "{out}");
+    let (code, out, _) = switchboard(&["--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("check-config") && out.contains("--config"), "{out}");
+}

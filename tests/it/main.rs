@@ -1,0 +1,6 @@
+//! The single integration-test crate: every file is a module of one binary.
+
+mod cli;
+mod harness;
+mod http;
+mod signaling;

@@ -1,0 +1,261 @@
+//! The native signaling protocol against the real binary over real TLS.
+
+use serde_json::json;
+use switchboard::signaling::protocol::{PeerInfo, ServerMsg};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+use crate::harness::{TestServer, peer_id};
+
+#[tokio::test]
+async fn join_lists_peers_relays_signals_both_ways_and_reports_leaves() {
+    let server = TestServer::start("");
+    let mut a = server.client().await;
+    let wa = a.join("room-1", Some("Ann")).await;
+    let ServerMsg::Welcome { peers, room, .. } = &wa else { unreachable!() };
+    assert!(peers.is_empty());
+    assert_eq!(room.as_str(), "room-1");
+    let id_a = peer_id(&wa);
+
+    let mut b = server.client().await;
+    let wb = b.join("room-1", Some("Bob")).await;
+    let id_b = peer_id(&wb);
+    assert_ne!(id_a, id_b);
+    let ServerMsg::Welcome { peers, .. } = &wb else { unreachable!() };
+    assert_eq!(
+        peers,
+        &vec![PeerInfo {
+            id: id_a.clone(),
+            name: Some("Ann".into())
+        }]
+    );
+    assert_eq!(
+        a.recv().await,
+        ServerMsg::PeerJoined {
+            peer: PeerInfo {
+                id: id_b.clone(),
+                name: Some("Bob".into())
+            }
+        }
+    );
+
+    let offer = json!({"description": {"type": "offer", "sdp": "v=0\r\n"}});
+    a.send(json!({"type": "signal", "to": id_b, "payload": offer})).await;
+    assert_eq!(
+        b.recv().await,
+        ServerMsg::Signal {
+            from: id_a.clone(),
+            payload: offer
+        }
+    );
+    let candidate = json!({"candidate": {"candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ host", "sdpMid": "0"}});
+    b.send(json!({"type": "signal", "to": id_a, "payload": candidate})).await;
+    assert_eq!(
+        a.recv().await,
+        ServerMsg::Signal {
+            from: id_b.clone(),
+            payload: candidate
+        }
+    );
+
+    // An explicit leave is reported, and the socket may join again.
+    b.send(json!({"type": "leave"})).await;
+    assert_eq!(a.recv().await, ServerMsg::PeerLeft { peer_id: id_b.clone() });
+    let again = b.join("room-1", None).await;
+    let id_b2 = peer_id(&again);
+    assert!(matches!(a.recv().await, ServerMsg::PeerJoined { peer } if peer.id == id_b2));
+
+    // A dropped connection is reported too.
+    drop(b);
+    assert_eq!(a.recv().await, ServerMsg::PeerLeft { peer_id: id_b2 });
+
+    a.send(json!({"type": "ping"})).await;
+    assert_eq!(a.recv().await, ServerMsg::Pong);
+}
+
+#[tokio::test]
+async fn full_room_is_refused_and_the_socket_stays_usable() {
+    let server = TestServer::start("[signaling]\nroom_capacity = 2\n");
+    let mut a = server.client().await;
+    a.join("small", None).await;
+    let mut b = server.client().await;
+    b.join("small", None).await;
+    let mut c = server.client().await;
+    c.send(json!({"type": "join", "room": "small"})).await;
+    let (code, message) = c.recv_error().await;
+    assert_eq!(code, "room_full");
+    assert!(message.contains("small"), "{message}");
+    // The refused socket can still join elsewhere.
+    c.join("other", None).await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_coded_errors_without_closing() {
+    let server = TestServer::start("");
+    let mut a = server.client().await;
+
+    a.send_text("{not json".into()).await;
+    let (code, message) = a.recv_error().await;
+    assert_eq!(code, "bad_request");
+    assert!(message.contains("invalid JSON"), "{message}");
+
+    a.send(json!({"type": "teleport"})).await;
+    let (code, message) = a.recv_error().await;
+    assert_eq!(code, "bad_request");
+    assert!(message.contains("teleport"), "{message}");
+
+    a.send(json!({"type": "join", "room": "no spaces allowed"})).await;
+    assert_eq!(a.recv_error().await.0, "bad_room");
+    a.send(json!({"type": "join", "room": "x".repeat(65)})).await;
+    assert_eq!(a.recv_error().await.0, "bad_room");
+
+    a.send(json!({"type": "signal", "to": "0123", "payload": {}})).await;
+    assert_eq!(a.recv_error().await.0, "not_joined");
+    a.send(json!({"type": "leave"})).await;
+    assert_eq!(a.recv_error().await.0, "not_joined");
+
+    a.join("r", None).await;
+    a.send(json!({"type": "signal", "to": "00000000000000000000000000000000", "payload": {}})).await;
+    assert_eq!(a.recv_error().await.0, "unknown_peer");
+    a.send(json!({"type": "join", "room": "r2"})).await;
+    assert_eq!(a.recv_error().await.0, "already_joined");
+
+    // Still usable after all that.
+    a.send(json!({"type": "ping"})).await;
+    assert_eq!(a.recv().await, ServerMsg::Pong);
+}
+
+#[tokio::test]
+async fn signals_never_cross_rooms() {
+    let server = TestServer::start("");
+    let mut a = server.client().await;
+    a.join("r1", None).await;
+    let mut b = server.client().await;
+    let wb = b.join("r2", None).await;
+    a.send(json!({"type": "signal", "to": peer_id(&wb), "payload": {"x": 1}})).await;
+    assert_eq!(a.recv_error().await.0, "unknown_peer");
+    b.send(json!({"type": "ping"})).await;
+    assert_eq!(b.recv().await, ServerMsg::Pong, "b received nothing from a");
+}
+
+#[tokio::test]
+async fn oversized_message_closes_with_1009() {
+    let server = TestServer::start("[signaling]\nmax_message_bytes = 1024\n");
+    let mut a = server.client().await;
+    a.join("r", None).await;
+    a.send(json!({"type": "ping", "pad": "x".repeat(1500)})).await;
+    assert_eq!(a.recv_error().await.0, "message_too_large");
+    assert_eq!(a.recv_close().await, (1009, "message too large".to_owned()));
+}
+
+#[tokio::test]
+async fn rate_limit_answers_with_errors() {
+    let server = TestServer::start("[signaling]\nmessages_per_second = 1\nmessage_burst = 2\n");
+    let mut a = server.client().await;
+    for _ in 0..6 {
+        a.send(json!({"type": "ping"})).await;
+    }
+    assert_eq!(a.recv().await, ServerMsg::Pong);
+    assert_eq!(a.recv().await, ServerMsg::Pong);
+    let mut limited = 0;
+    for _ in 0..4 {
+        match a.recv().await {
+            ServerMsg::Error { .. } => limited += 1,
+            ServerMsg::Pong => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(limited >= 3, "only {limited} of 4 excess messages were limited");
+}
+
+#[tokio::test]
+async fn persistent_flooding_closes_the_socket() {
+    let server = TestServer::start("[signaling]\nmessages_per_second = 1\nmessage_burst = 1\n");
+    let mut a = server.client().await;
+    for _ in 0..10 {
+        a.send(json!({"type": "ping"})).await;
+    }
+    assert_eq!(a.recv_close().await, (1008, "rate limit exceeded".to_owned()));
+}
+
+#[tokio::test]
+async fn foreign_origin_is_refused_and_own_origin_allowed() {
+    let server = TestServer::start("");
+    let mut request = server.ws_url().into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("origin", HeaderValue::from_static("https://evil.example"));
+    let err = server.client_with(request).await.err().expect("foreign origin refused");
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(resp) => {
+            assert_eq!(resp.status(), 403);
+            let body = String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).into_owned();
+            assert!(body.contains("origin_refused"), "{body}");
+        }
+        other => panic!("expected HTTP 403, got {other:?}"),
+    }
+    let mut request = server.ws_url().into_client_request().unwrap();
+    let own = format!("https://{}", server.https);
+    request.headers_mut().insert("origin", HeaderValue::from_str(&own).unwrap());
+    server.client_with(request).await.expect("own origin allowed");
+}
+
+#[tokio::test]
+async fn allow_list_admits_a_listed_origin() {
+    let server = TestServer::start("[signaling]\nallowed_origins = [\"https://app.example.com\"]\n");
+    let mut request = server.ws_url().into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("origin", HeaderValue::from_static("https://app.example.com"));
+    server.client_with(request).await.expect("listed origin allowed");
+}
+
+#[tokio::test]
+async fn connections_per_ip_are_limited() {
+    let server = TestServer::start("[signaling]\nmax_connections_per_ip = 2\n");
+    let _a = server.client().await;
+    let b = server.client().await;
+    let request = server.ws_url().into_client_request().unwrap();
+    match server.client_with(request).await.err().expect("third refused") {
+        tokio_tungstenite::tungstenite::Error::Http(resp) => assert_eq!(resp.status(), 429),
+        other => panic!("expected HTTP 429, got {other:?}"),
+    }
+    // A closed connection frees its slot.
+    drop(b);
+    server.wait_log("disconnected");
+    server.client().await;
+}
+
+#[tokio::test]
+async fn join_timeout_closes_idle_sockets() {
+    let server = TestServer::start("[signaling]\njoin_timeout_s = 1\n");
+    let mut a = server.client().await;
+    assert_eq!(a.recv_error().await.0, "join_timeout");
+    assert_eq!(a.recv_close().await, (1008, "join timeout".to_owned()));
+}
+
+#[tokio::test]
+async fn dead_peer_is_dropped_and_the_room_told() {
+    let server = TestServer::start("[signaling]\nping_interval_s = 1\nidle_timeout_s = 2\n");
+    let mut a = server.client().await;
+    a.join("r", None).await;
+    let mut b = server.client().await;
+    let wb = b.join("r", None).await;
+    let ServerMsg::PeerJoined { .. } = a.recv().await else {
+        panic!("expected peer_joined")
+    };
+    // b stops reading, so it never answers pings; a keeps answering them while it waits.
+    let _frozen = b;
+    assert_eq!(a.recv().await, ServerMsg::PeerLeft { peer_id: peer_id(&wb) });
+}
+
+#[tokio::test]
+async fn sigterm_closes_sockets_with_1001_and_exits_cleanly() {
+    let mut server = TestServer::start("");
+    let mut a = server.client().await;
+    a.join("r", None).await;
+    server.signal("TERM");
+    assert_eq!(a.recv_close().await, (1001, "server shutting down".to_owned()));
+    let status = server.wait_exit();
+    assert!(status.success(), "exit status {status}");
+}
