@@ -35,7 +35,9 @@ impl Listeners {
             for &addr in addrs {
                 match net::bind_tcp(addr, what, key)? {
                     Bound::Listener(l) => out.push(l),
-                    Bound::NoIpv6 => warn!(listener = what, %addr, "IPv6 is not available on this host, skipping"),
+                    Bound::NoIpv6 => {
+                        warn!(listener = what, %addr, "IPv6 is not available on this host, skipping")
+                    }
                 }
             }
             Ok(out)
@@ -44,7 +46,11 @@ impl Listeners {
         if https.is_empty() {
             anyhow::bail!("no HTTPS listener could be bound (config key `https.listen`)");
         }
-        let redirect = bind_all(&config.http_redirect.listen, "HTTP redirect", "http_redirect.listen")?;
+        let redirect = bind_all(
+            &config.http_redirect.listen,
+            "HTTP redirect",
+            "http_redirect.listen",
+        )?;
         Ok(Listeners { https, redirect })
     }
 }
@@ -53,14 +59,21 @@ impl Listeners {
 ///
 /// # Errors
 /// A listener's local address cannot be read.
-pub async fn run(config: Config, listeners: Listeners, tls: TlsMaterial, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    tls: TlsMaterial,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let app = Arc::new(AppState::new(&config, shutdown.clone()));
     let router = http::router(Arc::clone(&app));
     let tasks = app.tasks.clone();
 
     let mut https_port = None;
     for listener in listeners.https {
-        let addr = listener.local_addr().context("reading the HTTPS listener address")?;
+        let addr = listener
+            .local_addr()
+            .context("reading the HTTPS listener address")?;
         https_port.get_or_insert(addr.port());
         info!(listener = "https", %addr, "listening");
         tasks.spawn(http::server::serve_https(
@@ -73,9 +86,16 @@ pub async fn run(config: Config, listeners: Listeners, tls: TlsMaterial, shutdow
     }
     let https_port = https_port.context("no HTTPS listener")?;
     for listener in listeners.redirect {
-        let addr = listener.local_addr().context("reading the redirect listener address")?;
+        let addr = listener
+            .local_addr()
+            .context("reading the redirect listener address")?;
         info!(listener = "http_redirect", %addr, "listening");
-        tasks.spawn(http::server::serve_redirect(listener, https_port, shutdown.clone(), tasks.clone()));
+        tasks.spawn(http::server::serve_redirect(
+            listener,
+            https_port,
+            shutdown.clone(),
+            tasks.clone(),
+        ));
     }
     app.set_ready(true);
     info!(fingerprint = %tls.fingerprint, "ready");
@@ -83,11 +103,19 @@ pub async fn run(config: Config, listeners: Listeners, tls: TlsMaterial, shutdow
     shutdown.cancelled().await;
     app.set_ready(false);
     let (rooms, peers) = app.hub.counts();
-    info!(rooms, peers, connections = app.limiter.total(), "shutting down");
+    info!(
+        rooms,
+        peers,
+        connections = app.limiter.total(),
+        "shutting down"
+    );
     tasks.close();
     let grace = Duration::from_secs(config.server.shutdown_timeout_s);
     if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
-        warn!(remaining = tasks.len(), "shutdown timeout reached, dropping remaining connections");
+        warn!(
+            remaining = tasks.len(),
+            "shutdown timeout reached, dropping remaining connections"
+        );
     }
     info!("stopped");
     Ok(())

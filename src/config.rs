@@ -236,7 +236,12 @@ impl Config {
     pub fn from_toml(text: &str, file: &str) -> Result<Config, ConfigError> {
         let parse_error = |key: String, message: String, span: Option<std::ops::Range<usize>>| {
             let line = span
-                .map(|s| format!(":{}", text[..s.start.min(text.len())].matches('\n').count() + 1))
+                .map(|s| {
+                    format!(
+                        ":{}",
+                        text[..s.start.min(text.len())].matches('\n').count() + 1
+                    )
+                })
                 .unwrap_or_default();
             ConfigError::Parse {
                 file: file.to_owned(),
@@ -293,7 +298,10 @@ impl Config {
         if server.shutdown_timeout_s == 0 || server.shutdown_timeout_s > 300 {
             return Err(invalid(
                 "server.shutdown_timeout_s",
-                format!("expected 1..=300 seconds, got {}", server.shutdown_timeout_s),
+                format!(
+                    "expected 1..=300 seconds, got {}",
+                    server.shutdown_timeout_s
+                ),
             ));
         }
         if !log_filter_valid(&log.level) {
@@ -329,11 +337,36 @@ impl Config {
         let ranges: [(&str, u64, u64, u64); 10] = [
             ("signaling.room_capacity", s.room_capacity as u64, 2, 64),
             ("signaling.max_rooms", s.max_rooms as u64, 1, 10_000_000),
-            ("signaling.max_connections", s.max_connections as u64, 1, 10_000_000),
-            ("signaling.max_connections_per_ip", s.max_connections_per_ip as u64, 1, 10_000_000),
-            ("signaling.max_message_bytes", s.max_message_bytes as u64, 1024, 16 * 1024 * 1024),
-            ("signaling.messages_per_second", u64::from(s.messages_per_second), 1, 1_000_000),
-            ("signaling.message_burst", u64::from(s.message_burst), 1, 1_000_000),
+            (
+                "signaling.max_connections",
+                s.max_connections as u64,
+                1,
+                10_000_000,
+            ),
+            (
+                "signaling.max_connections_per_ip",
+                s.max_connections_per_ip as u64,
+                1,
+                10_000_000,
+            ),
+            (
+                "signaling.max_message_bytes",
+                s.max_message_bytes as u64,
+                1024,
+                16 * 1024 * 1024,
+            ),
+            (
+                "signaling.messages_per_second",
+                u64::from(s.messages_per_second),
+                1,
+                1_000_000,
+            ),
+            (
+                "signaling.message_burst",
+                u64::from(s.message_burst),
+                1,
+                1_000_000,
+            ),
             ("signaling.join_timeout_s", s.join_timeout_s, 1, 3600),
             ("signaling.ping_interval_s", s.ping_interval_s, 1, 3600),
             ("signaling.idle_timeout_s", s.idle_timeout_s, 1, 3600),
@@ -361,7 +394,9 @@ impl Config {
             if !ok {
                 return Err(invalid(
                     &format!("signaling.allowed_origins[{i}]"),
-                    format!("expected \"*\" or an origin such as \"https://example.com:8443\", got {origin:?}"),
+                    format!(
+                        "expected \"*\" or an origin such as \"https://example.com:8443\", got {origin:?}"
+                    ),
                 ));
             }
         }
@@ -373,7 +408,10 @@ impl Config {
                 ));
             }
             for url in &server.urls {
-                if !["stun:", "stuns:", "turn:", "turns:"].iter().any(|p| url.starts_with(p)) {
+                if !["stun:", "stuns:", "turn:", "turns:"]
+                    .iter()
+                    .any(|p| url.starts_with(p))
+                {
                     return Err(invalid(
                         &format!("ice_servers[{i}].urls"),
                         format!("expected a stun:, stuns:, turn: or turns: URL, got {url:?}"),
@@ -386,7 +424,8 @@ impl Config {
 
     /// The configuration as TOML with every secret masked, for `check-config`.
     pub fn to_masked_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print configuration: {e}\n"))
+        toml::to_string_pretty(self)
+            .unwrap_or_else(|e| format!("# cannot print configuration: {e}\n"))
     }
 }
 
@@ -409,7 +448,12 @@ mod tests {
 
     #[test]
     fn log_filters_need_known_levels() {
-        for ok in ["info", "debug", "switchboard=debug,info", "warn,hyper=error"] {
+        for ok in [
+            "info",
+            "debug",
+            "switchboard=debug,info",
+            "warn,hyper=error",
+        ] {
             assert!(log_filter_valid(ok), "{ok}");
         }
         for bad in ["inf", "loud=", "switchboard=verbose", "", "info,"] {
@@ -418,7 +462,9 @@ mod tests {
     }
 
     fn refused(text: &str) -> String {
-        Config::from_toml(text, "test.toml").err().expect("refused").to_string()
+        Config::from_toml(text, "test.toml")
+            .expect_err("refused")
+            .to_string()
     }
 
     #[test]
@@ -460,7 +506,10 @@ mod tests {
     #[test]
     fn bad_values_name_the_key_and_the_expectation() {
         let err = refused("[signaling]\nroom_capacity = 1\n");
-        assert!(err.contains("key `signaling.room_capacity`") && err.contains("expected 2..=64, got 1"), "{err}");
+        assert!(
+            err.contains("key `signaling.room_capacity`") && err.contains("expected 2..=64, got 1"),
+            "{err}"
+        );
         let err = refused("[signaling]\nping_interval_s = 30\nidle_timeout_s = 30\n");
         assert!(err.contains("signaling.idle_timeout_s"), "{err}");
         let err = refused("[https]\ncert = \"c.pem\"\n");
@@ -481,12 +530,20 @@ mod tests {
 
     #[test]
     fn secrets_are_masked_in_the_dump() {
-        let config =
-            Config::from_toml("[[ice_servers]]\nurls = [\"turn:t\"]\nusername = \"u\"\ncredential = \"hunter2\"\n", "t")
-                .unwrap();
+        let config = Config::from_toml(
+            "[[ice_servers]]\nurls = [\"turn:t\"]\nusername = \"u\"\ncredential = \"hunter2\"\n",
+            "t",
+        )
+        .unwrap();
         let dump = config.to_masked_toml();
-        assert!(!dump.contains("hunter2") && dump.contains("********"), "{dump}");
+        assert!(
+            !dump.contains("hunter2") && dump.contains("********"),
+            "{dump}"
+        );
         assert!(!format!("{config:?}").contains("hunter2"));
-        assert_eq!(config.ice_servers[0].credential.as_ref().unwrap().expose(), "hunter2");
+        assert_eq!(
+            config.ice_servers[0].credential.as_ref().unwrap().expose(),
+            "hunter2"
+        );
     }
 }

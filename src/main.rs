@@ -68,7 +68,11 @@ fn init_tracing(config: &Config) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
     match config.log.format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
     }
 }
 
@@ -76,9 +80,15 @@ fn init_tracing(config: &Config) {
 async fn run(config: Config) -> anyhow::Result<()> {
     let material = tls::load(&config).context("setting up TLS")?;
     match &material.origin {
-        CertOrigin::Configured(path) => info!(cert = %path.display(), fingerprint = %material.fingerprint, "using configured certificate"),
-        CertOrigin::Generated(path) => info!(cert = %path.display(), fingerprint = %material.fingerprint, "generated self-signed certificate"),
-        CertOrigin::Reused(path) => info!(cert = %path.display(), fingerprint = %material.fingerprint, "reusing self-signed certificate"),
+        CertOrigin::Configured(path) => {
+            info!(cert = %path.display(), fingerprint = %material.fingerprint, "using configured certificate")
+        }
+        CertOrigin::Generated(path) => {
+            info!(cert = %path.display(), fingerprint = %material.fingerprint, "generated self-signed certificate")
+        }
+        CertOrigin::Reused(path) => {
+            info!(cert = %path.display(), fingerprint = %material.fingerprint, "reusing self-signed certificate")
+        }
     }
     let listeners = Listeners::bind(&config)?;
     let shutdown = CancellationToken::new();
@@ -89,7 +99,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
 /// SIGINT or SIGTERM starts a graceful shutdown; a second one exits at once.
 async fn watch_signals(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         warn!("cannot install signal handlers; stop with SIGKILL");
         return;
     };

@@ -30,7 +30,11 @@ pub enum Bound {
 ///
 /// # Errors
 /// The address is in use, not local, or needs a privilege the process lacks.
-pub fn bind_tcp(addr: SocketAddr, what: &'static str, key: &'static str) -> Result<Bound, BindError> {
+pub fn bind_tcp(
+    addr: SocketAddr,
+    what: &'static str,
+    key: &'static str,
+) -> Result<Bound, BindError> {
     match try_bind_tcp(addr) {
         Ok(listener) => Ok(Bound::Listener(listener)),
         Err(e) if addr.is_ipv6() && addr.ip().is_unspecified() && no_ipv6(&e) => Ok(Bound::NoIpv6),
@@ -56,18 +60,25 @@ fn try_bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 fn no_ipv6(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc_codes::EAFNOSUPPORT | libc_codes::EADDRNOTAVAIL))
+    matches!(
+        e.raw_os_error(),
+        Some(libc_codes::EAFNOSUPPORT | libc_codes::EADDRNOTAVAIL)
+    )
 }
 
 /// A bind error in words, with the usual fix.
 pub fn explain(e: &io::Error, addr: SocketAddr) -> String {
     match e.kind() {
-        io::ErrorKind::AddrInUse => "address in use (another process listens there; stop it or change the port)".to_owned(),
+        io::ErrorKind::AddrInUse => {
+            "address in use (another process listens there; stop it or change the port)".to_owned()
+        }
         io::ErrorKind::PermissionDenied if addr.port() < 1024 => format!(
             "permission denied (port {} is below 1024: grant CAP_NET_BIND_SERVICE, e.g. `setcap cap_net_bind_service=+ep` on the binary or AmbientCapabilities in the systemd unit, or use a port >= 1024)",
             addr.port()
         ),
-        io::ErrorKind::AddrNotAvailable => "address not available (no local interface has this IP)".to_owned(),
+        io::ErrorKind::AddrNotAvailable => {
+            "address not available (no local interface has this IP)".to_owned()
+        }
         _ => e.to_string(),
     }
 }
@@ -84,12 +95,19 @@ mod tests {
 
     #[tokio::test]
     async fn a_port_in_use_is_explained() {
-        let Bound::Listener(first) = bind_tcp("127.0.0.1:0".parse().unwrap(), "HTTPS", "https.listen").unwrap() else {
+        let Bound::Listener(first) =
+            bind_tcp("127.0.0.1:0".parse().unwrap(), "HTTPS", "https.listen").unwrap()
+        else {
             panic!("loopback must bind");
         };
         let addr = first.local_addr().unwrap();
-        let err = bind_tcp(addr, "HTTPS", "https.listen").err().expect("second bind fails");
+        let err = bind_tcp(addr, "HTTPS", "https.listen")
+            .err()
+            .expect("second bind fails");
         let text = err.to_string();
-        assert!(text.contains("address in use") && text.contains("https.listen"), "{text}");
+        assert!(
+            text.contains("address in use") && text.contains("https.listen"),
+            "{text}"
+        );
     }
 }

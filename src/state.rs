@@ -32,7 +32,10 @@ impl AppState {
         AppState {
             signaling: s.clone(),
             hub: Hub::new(s.room_capacity, s.max_rooms),
-            limiter: Arc::new(ConnectionLimiter::new(s.max_connections, s.max_connections_per_ip)),
+            limiter: Arc::new(ConnectionLimiter::new(
+                s.max_connections,
+                s.max_connections_per_ip,
+            )),
             static_ice_servers: config
                 .ice_servers
                 .iter()

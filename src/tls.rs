@@ -54,21 +54,32 @@ pub enum TlsError {
         source: std::io::Error,
     },
     /// The file holds no usable PEM item.
-    #[error("no PEM {what} found in {path} (config key `{key}`): expected a \"-----BEGIN {what}\" block")]
+    #[error(
+        "no PEM {what} found in {path} (config key `{key}`): expected a \"-----BEGIN {what}\" block"
+    )]
     NoPem {
         key: &'static str,
         what: &'static str,
         path: PathBuf,
     },
     /// The certificate is outside its validity period.
-    #[error("certificate {path} (config key `https.cert`) {problem}; renew it or remove `https.cert`/`https.key` to use a generated self-signed certificate")]
+    #[error(
+        "certificate {path} (config key `https.cert`) {problem}; renew it or remove `https.cert`/`https.key` to use a generated self-signed certificate"
+    )]
     Validity { path: PathBuf, problem: String },
     /// The certificate does not parse as X.509.
-    #[error("certificate {path} (config key `https.cert`) is not a valid X.509 certificate: {detail}")]
+    #[error(
+        "certificate {path} (config key `https.cert`) is not a valid X.509 certificate: {detail}"
+    )]
     BadCertificate { path: PathBuf, detail: String },
     /// The private key does not belong to the certificate.
-    #[error("private key {key_path} (config key `https.key`) does not match certificate {cert_path} (config key `https.cert`)")]
-    Mismatch { cert_path: PathBuf, key_path: PathBuf },
+    #[error(
+        "private key {key_path} (config key `https.key`) does not match certificate {cert_path} (config key `https.cert`)"
+    )]
+    Mismatch {
+        cert_path: PathBuf,
+        key_path: PathBuf,
+    },
     /// rustls refused the certificate or key for another reason.
     #[error("cannot use certificate {cert_path} with key {key_path}: {detail}")]
     Rustls {
@@ -96,7 +107,13 @@ pub fn load(config: &Config) -> Result<TlsMaterial, TlsError> {
         let chain = read_certs(cert_path, "https.cert")?;
         check_validity(cert_path, &chain[0], time::OffsetDateTime::now_utc())?;
         let key = read_key(key_path, "https.key")?;
-        return build(chain, key, cert_path, key_path, CertOrigin::Configured(cert_path.clone()));
+        return build(
+            chain,
+            key,
+            cert_path,
+            key_path,
+            CertOrigin::Configured(cert_path.clone()),
+        );
     }
     let dir = &config.server.state_dir;
     let cert_path = dir.join(GENERATED_CERT);
@@ -104,17 +121,33 @@ pub fn load(config: &Config) -> Result<TlsMaterial, TlsError> {
     let names = self_signed_names(&config.https.extra_names);
     if let Some(chain) = reusable(&cert_path, &key_path, &names) {
         let key = read_key(&key_path, "server.state_dir")?;
-        return build(chain, key, &cert_path, &key_path, CertOrigin::Reused(cert_path.clone()));
+        return build(
+            chain,
+            key,
+            &cert_path,
+            &key_path,
+            CertOrigin::Reused(cert_path.clone()),
+        );
     }
     generate(dir, &cert_path, &key_path, &names)?;
     let chain = read_certs(&cert_path, "server.state_dir")?;
     let key = read_key(&key_path, "server.state_dir")?;
-    build(chain, key, &cert_path, &key_path, CertOrigin::Generated(cert_path.clone()))
+    build(
+        chain,
+        key,
+        &cert_path,
+        &key_path,
+        CertOrigin::Generated(cert_path.clone()),
+    )
 }
 
 /// The names a generated certificate covers: loopback, the host name, and `extra`.
 pub fn self_signed_names(extra: &[String]) -> Vec<String> {
-    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    let mut names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
     if let Ok(host) = gethostname::gethostname().into_string()
         && !host.is_empty()
     {
@@ -200,7 +233,11 @@ fn read_key(path: &Path, key: &'static str) -> Result<PrivateKeyDer<'static>, Tl
 }
 
 /// Checks that `now` falls inside the certificate's validity period.
-fn check_validity(path: &Path, cert: &CertificateDer<'_>, now: time::OffsetDateTime) -> Result<(), TlsError> {
+fn check_validity(
+    path: &Path,
+    cert: &CertificateDer<'_>,
+    now: time::OffsetDateTime,
+) -> Result<(), TlsError> {
     let (not_before, not_after) = validity(cert).map_err(|detail| TlsError::BadCertificate {
         path: path.to_owned(),
         detail,
@@ -220,8 +257,11 @@ fn check_validity(path: &Path, cert: &CertificateDer<'_>, now: time::OffsetDateT
     Ok(())
 }
 
-fn validity(cert: &CertificateDer<'_>) -> Result<(time::OffsetDateTime, time::OffsetDateTime), String> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|e| e.to_string())?;
+fn validity(
+    cert: &CertificateDer<'_>,
+) -> Result<(time::OffsetDateTime, time::OffsetDateTime), String> {
+    let (_, parsed) =
+        x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|e| e.to_string())?;
     let v = parsed.validity();
     Ok((v.not_before.to_datetime(), v.not_after.to_datetime()))
 }
@@ -251,7 +291,11 @@ fn cert_names(cert: &CertificateDer<'_>) -> Option<Vec<String>> {
 }
 
 /// A previously generated certificate, if it covers `names` and is not near expiry.
-fn reusable(cert_path: &Path, key_path: &Path, names: &[String]) -> Option<Vec<CertificateDer<'static>>> {
+fn reusable(
+    cert_path: &Path,
+    key_path: &Path,
+    names: &[String],
+) -> Option<Vec<CertificateDer<'static>>> {
     if !key_path.exists() {
         return None;
     }
@@ -263,14 +307,19 @@ fn reusable(cert_path: &Path, key_path: &Path, names: &[String]) -> Option<Vec<C
     (fresh && all_names).then_some(chain)
 }
 
-fn generate(dir: &Path, cert_path: &Path, key_path: &Path, names: &[String]) -> Result<(), TlsError> {
+fn generate(
+    dir: &Path,
+    cert_path: &Path,
+    key_path: &Path,
+    names: &[String],
+) -> Result<(), TlsError> {
     let write_error = |path: &Path| {
         let path = path.to_owned();
         move |source| TlsError::Write { path, source }
     };
     fs::create_dir_all(dir).map_err(write_error(dir))?;
-    let mut params =
-        rcgen::CertificateParams::new(names.to_vec()).map_err(|e| TlsError::Generate(e.to_string()))?;
+    let mut params = rcgen::CertificateParams::new(names.to_vec())
+        .map_err(|e| TlsError::Generate(e.to_string()))?;
     let now = time::OffsetDateTime::now_utc();
     params.not_before = now - time::Duration::days(1);
     params.not_after = now + GENERATED_VALIDITY;
@@ -321,7 +370,10 @@ mod tests {
         let config = config_in(dir.path());
         let first = load(&config).expect("generate");
         assert!(matches!(first.origin, CertOrigin::Generated(_)));
-        let mode = fs::metadata(dir.path().join(GENERATED_KEY)).unwrap().permissions().mode();
+        let mode = fs::metadata(dir.path().join(GENERATED_KEY))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let second = load(&config).expect("reuse");
         assert!(matches!(second.origin, CertOrigin::Reused(_)));
@@ -337,10 +389,16 @@ mod tests {
         let chain = read_certs(&dir.path().join(GENERATED_CERT), "x").unwrap();
         let names = cert_names(&chain[0]).unwrap();
         for name in ["localhost", "127.0.0.1", "::1", "call.example.org"] {
-            assert!(names.contains(&name.to_owned()), "{name} missing from {names:?}");
+            assert!(
+                names.contains(&name.to_owned()),
+                "{name} missing from {names:?}"
+            );
         }
         // A new name forces a new certificate.
-        config.https.extra_names.push("other.example.org".to_owned());
+        config
+            .https
+            .extra_names
+            .push("other.example.org".to_owned());
         let again = load(&config).expect("regenerate");
         assert!(matches!(again.origin, CertOrigin::Generated(_)));
     }
@@ -356,7 +414,10 @@ mod tests {
         config.https.key = Some(b.path().join(GENERATED_KEY));
         let err = load(&config).err().expect("mismatch refused").to_string();
         assert!(err.contains("does not match"), "{err}");
-        assert!(err.contains("https.key") && err.contains("https.cert"), "{err}");
+        assert!(
+            err.contains("https.key") && err.contains("https.cert"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -375,7 +436,10 @@ mod tests {
         config.https.cert = Some(cert_path);
         config.https.key = Some(key_path);
         let err = load(&config).err().expect("expired refused").to_string();
-        assert!(err.contains("expired") && err.contains("https.cert"), "{err}");
+        assert!(
+            err.contains("expired") && err.contains("https.cert"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -384,7 +448,10 @@ mod tests {
         config.https.cert = Some(PathBuf::from("/nonexistent/cert.pem"));
         config.https.key = Some(PathBuf::from("/nonexistent/key.pem"));
         let err = load(&config).err().expect("missing refused").to_string();
-        assert!(err.contains("https.cert") && err.contains("/nonexistent/cert.pem"), "{err}");
+        assert!(
+            err.contains("https.cert") && err.contains("/nonexistent/cert.pem"),
+            "{err}"
+        );
     }
 
     #[test]

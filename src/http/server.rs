@@ -64,8 +64,12 @@ pub async fn serve_https(
 }
 
 /// Serves one connection: HTTP/1.1 with upgrades, or HTTP/2.
-pub async fn serve_connection<S>(io: S, remote: SocketAddr, router: Router, shutdown: CancellationToken)
-where
+pub async fn serve_connection<S>(
+    io: S,
+    remote: SocketAddr,
+    router: Router,
+    shutdown: CancellationToken,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = router.map_request(move |mut req: Request<Incoming>| {
@@ -77,7 +81,8 @@ where
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HANDSHAKE_TIMEOUT);
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
+    let conn =
+        builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
     tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
@@ -93,8 +98,14 @@ where
 
 /// Serves plain HTTP on `listener`, answering every request with a redirect to
 /// the same path on HTTPS port `https_port`.
-pub async fn serve_redirect(listener: TcpListener, https_port: u16, shutdown: CancellationToken, tasks: TaskTracker) {
-    let router = Router::new().fallback(move |req: Request<axum::body::Body>| async move { redirect(&req, https_port) });
+pub async fn serve_redirect(
+    listener: TcpListener,
+    https_port: u16,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
+    let router = Router::new()
+        .fallback(move |req: Request<axum::body::Body>| async move { redirect(&req, https_port) });
     loop {
         let (tcp, remote) = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -106,7 +117,12 @@ pub async fn serve_redirect(listener: TcpListener, https_port: u16, shutdown: Ca
                 }
             },
         };
-        tasks.spawn(serve_connection(tcp, remote, router.clone(), shutdown.clone()));
+        tasks.spawn(serve_connection(
+            tcp,
+            remote,
+            router.clone(),
+            shutdown.clone(),
+        ));
     }
 }
 
@@ -126,8 +142,16 @@ fn redirect<B>(req: &Request<B>, https_port: u16) -> Response {
     };
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let target = format!("https://{}{port}{path}", host.host());
-    match target.parse::<Uri>().ok().and_then(|u| HeaderValue::try_from(u.to_string()).ok()) {
-        Some(location) => (StatusCode::PERMANENT_REDIRECT, [(header::LOCATION, location)]).into_response(),
+    match target
+        .parse::<Uri>()
+        .ok()
+        .and_then(|u| HeaderValue::try_from(u.to_string()).ok())
+    {
+        Some(location) => (
+            StatusCode::PERMANENT_REDIRECT,
+            [(header::LOCATION, location)],
+        )
+            .into_response(),
         None => (StatusCode::BAD_REQUEST, "bad request target\n").into_response(),
     }
 }
@@ -143,15 +167,25 @@ mod tests {
     use super::*;
 
     fn location(host: &str, path: &str, port: u16) -> String {
-        let req = Request::builder().uri(path).header("host", host).body(()).unwrap();
+        let req = Request::builder()
+            .uri(path)
+            .header("host", host)
+            .body(())
+            .unwrap();
         let resp = redirect(&req, port);
         assert_eq!(resp.status(), StatusCode::PERMANENT_REDIRECT);
-        resp.headers()[header::LOCATION].to_str().unwrap().to_owned()
+        resp.headers()[header::LOCATION]
+            .to_str()
+            .unwrap()
+            .to_owned()
     }
 
     #[test]
     fn redirects_keep_host_and_path_and_swap_the_port() {
-        assert_eq!(location("example.org:8080", "/r/x?a=1", 8443), "https://example.org:8443/r/x?a=1");
+        assert_eq!(
+            location("example.org:8080", "/r/x?a=1", 8443),
+            "https://example.org:8443/r/x?a=1"
+        );
         assert_eq!(location("example.org", "/", 443), "https://example.org/");
         assert_eq!(location("[::1]:80", "/a", 8443), "https://[::1]:8443/a");
     }

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::protocol::{PeerId, PeerInfo, RoomId, ServerMsg, encode};
-use super::room::{JoinError, Joined, Left, RouteError, Rooms};
+use super::room::{JoinError, Joined, Left, Rooms, RouteError};
 
 /// Frames queued for one peer's socket task.
 pub const OUTBOX_CAPACITY: usize = 256;
@@ -109,7 +109,11 @@ impl Hub {
         let outbox = {
             let inner = self.inner.lock().expect("hub lock");
             inner.rooms.route(from, to)?;
-            inner.outboxes.get(to).cloned().ok_or(RouteError::UnknownPeer)?
+            inner
+                .outboxes
+                .get(to)
+                .cloned()
+                .ok_or(RouteError::UnknownPeer)?
         };
         let msg = ServerMsg::Signal {
             from: from.clone(),
@@ -170,13 +174,18 @@ mod tests {
         let (a, b) = (info(), info());
         let (oa, mut ra) = outbox(8);
         let (ob, mut rb) = outbox(8);
-        hub.join(a.clone(), &room, oa, welcome(&a.id, &room)).unwrap();
+        hub.join(a.clone(), &room, oa, welcome(&a.id, &room))
+            .unwrap();
         assert!(matches!(next(&mut ra), ServerMsg::Welcome { peers, .. } if peers.is_empty()));
-        hub.join(b.clone(), &room, ob, welcome(&b.id, &room)).unwrap();
-        assert!(matches!(next(&mut rb), ServerMsg::Welcome { peers, .. } if peers == vec![a.clone()]));
+        hub.join(b.clone(), &room, ob, welcome(&b.id, &room))
+            .unwrap();
+        assert!(
+            matches!(next(&mut rb), ServerMsg::Welcome { peers, .. } if peers == vec![a.clone()])
+        );
         assert_eq!(next(&mut ra), ServerMsg::PeerJoined { peer: b.clone() });
 
-        hub.signal(&a.id, &b.id, serde_json::json!({"sdp": "x"})).unwrap();
+        hub.signal(&a.id, &b.id, serde_json::json!({"sdp": "x"}))
+            .unwrap();
         assert_eq!(
             next(&mut rb),
             ServerMsg::Signal {
@@ -187,8 +196,16 @@ mod tests {
         assert!(ra.try_recv().is_err(), "the sender gets nothing back");
 
         hub.leave(&b.id).unwrap();
-        assert_eq!(next(&mut ra), ServerMsg::PeerLeft { peer_id: b.id.clone() });
-        assert_eq!(hub.signal(&a.id, &b.id, Value::Null), Err(RouteError::UnknownPeer));
+        assert_eq!(
+            next(&mut ra),
+            ServerMsg::PeerLeft {
+                peer_id: b.id.clone()
+            }
+        );
+        assert_eq!(
+            hub.signal(&a.id, &b.id, Value::Null),
+            Err(RouteError::UnknownPeer)
+        );
         assert_eq!(hub.counts(), (1, 1));
     }
 
@@ -201,8 +218,10 @@ mod tests {
         let (ob, _rb) = outbox(1);
         let flag_a = oa.overflow.clone();
         let flag_b = ob.overflow.clone();
-        hub.join(a.clone(), &room, oa, welcome(&a.id, &room)).unwrap();
-        hub.join(b.clone(), &room, ob, welcome(&b.id, &room)).unwrap();
+        hub.join(a.clone(), &room, oa, welcome(&a.id, &room))
+            .unwrap();
+        hub.join(b.clone(), &room, ob, welcome(&b.id, &room))
+            .unwrap();
         // b's single slot holds its welcome; the next frame overflows.
         hub.signal(&a.id, &b.id, Value::Null).unwrap();
         assert!(flag_b.is_cancelled());

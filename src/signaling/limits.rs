@@ -159,9 +159,15 @@ mod tests {
         let _g2 = limiter.try_acquire(a).unwrap();
         // The mapped form of the same address shares its count.
         let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
-        assert_eq!(limiter.try_acquire(mapped).unwrap_err(), ConnectionRefused::PerIp);
+        assert_eq!(
+            limiter.try_acquire(mapped).unwrap_err(),
+            ConnectionRefused::PerIp
+        );
         let _g3 = limiter.try_acquire(b).unwrap();
-        assert_eq!(limiter.try_acquire(b).unwrap_err(), ConnectionRefused::Total);
+        assert_eq!(
+            limiter.try_acquire(b).unwrap_err(),
+            ConnectionRefused::Total
+        );
         drop(g1);
         assert_eq!(limiter.total(), 2);
         assert!(limiter.try_acquire(a).is_ok());

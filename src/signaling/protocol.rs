@@ -93,7 +93,9 @@ impl fmt::Display for PeerId {
 /// Returns a message fit for the user when the name is refused.
 pub fn check_name(name: &str) -> Result<(), String> {
     if name.chars().count() > MAX_NAME_LEN {
-        return Err(format!("name must be at most {MAX_NAME_LEN} characters long"));
+        return Err(format!(
+            "name must be at most {MAX_NAME_LEN} characters long"
+        ));
     }
     if name.chars().any(char::is_control) {
         return Err("name must not contain control characters".to_owned());
@@ -285,7 +287,10 @@ mod tests {
     fn bad_client_messages_are_explained() {
         assert!(decode("{not json").unwrap_err().starts_with("invalid JSON"));
         let unknown = decode(r#"{"type":"dance"}"#).unwrap_err();
-        assert!(unknown.contains("unknown variant") && unknown.contains("dance"), "{unknown}");
+        assert!(
+            unknown.contains("unknown variant") && unknown.contains("dance"),
+            "{unknown}"
+        );
         let missing = decode(r#"{"type":"signal","to":"x"}"#).unwrap_err();
         assert!(missing.contains("payload"), "{missing}");
         assert!(decode(r#"{"room":"x"}"#).unwrap_err().contains("type"));
@@ -309,7 +314,10 @@ mod tests {
             json!({"type":"welcome","peer_id":"p1","room":"r","peers":[{"id":"p0"}],"ice_servers":[]})
         );
         let err = encode(&ServerMsg::error(ErrorCode::RoomFull, "full"));
-        assert_eq!(err, r#"{"type":"error","code":"room_full","message":"full"}"#);
+        assert_eq!(
+            err,
+            r#"{"type":"error","code":"room_full","message":"full"}"#
+        );
         assert_eq!(encode(&ServerMsg::Pong), r#"{"type":"pong"}"#);
     }
 

@@ -93,7 +93,10 @@ impl Rooms {
     /// Removes `peer` from its room; `None` when it was in none.
     pub fn handle_leave(&mut self, peer: &PeerId) -> Option<Left> {
         let room_id = self.membership.remove(peer)?;
-        let room = self.rooms.get_mut(&room_id).expect("membership points at a live room");
+        let room = self
+            .rooms
+            .get_mut(&room_id)
+            .expect("membership points at a live room");
         room.members.retain(|m| &m.id != peer);
         let others: Vec<PeerId> = room.members.iter().map(|m| m.id.clone()).collect();
         let closed = others.is_empty();
@@ -188,7 +191,10 @@ mod tests {
         let mut rooms = Rooms::new(4, 10);
         let a = peer("a");
         rooms.handle_join(a.clone(), &room("r1")).unwrap();
-        assert_eq!(rooms.handle_join(a.clone(), &room("r2")), Err(JoinError::AlreadyJoined));
+        assert_eq!(
+            rooms.handle_join(a.clone(), &room("r2")),
+            Err(JoinError::AlreadyJoined)
+        );
         assert_eq!(rooms.room_count(), 1);
     }
 
@@ -196,7 +202,10 @@ mod tests {
     fn room_limit_counts_only_new_rooms() {
         let mut rooms = Rooms::new(4, 1);
         rooms.handle_join(peer("a"), &room("r1")).unwrap();
-        assert_eq!(rooms.handle_join(peer("b"), &room("r2")), Err(JoinError::TooManyRooms));
+        assert_eq!(
+            rooms.handle_join(peer("b"), &room("r2")),
+            Err(JoinError::TooManyRooms)
+        );
         assert!(rooms.handle_join(peer("c"), &room("r1")).is_ok());
     }
 

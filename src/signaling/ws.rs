@@ -54,7 +54,11 @@ pub async fn upgrade(
         );
     }
     if app.shutdown.is_cancelled() {
-        return refusal(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the server is shutting down");
+        return refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the server is shutting down",
+        );
     }
     let guard = match app.limiter.try_acquire(remote.ip()) {
         Ok(guard) => guard,
@@ -135,12 +139,17 @@ async fn run(app: Arc<AppState>, mut socket: WebSocket, peer_id: PeerId, _guard:
             overflow: overflow.clone(),
         },
         room: None,
-        bucket: TokenBucket::new(cfg.messages_per_second, cfg.message_burst, std::time::Instant::now()),
+        bucket: TokenBucket::new(
+            cfg.messages_per_second,
+            cfg.message_burst,
+            std::time::Instant::now(),
+        ),
         strikes: 0,
     };
     let join_deadline = tokio::time::sleep(cfg.join_timeout());
     tokio::pin!(join_deadline);
-    let mut ping = tokio::time::interval_at(Instant::now() + cfg.ping_interval(), cfg.ping_interval());
+    let mut ping =
+        tokio::time::interval_at(Instant::now() + cfg.ping_interval(), cfg.ping_interval());
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_seen = Instant::now();
     let mut was_joined = false;
@@ -196,7 +205,9 @@ async fn run(app: Arc<AppState>, mut socket: WebSocket, peer_id: PeerId, _guard:
         let joined = session.room.is_some();
         if was_joined && !joined {
             // The socket left its room: it gets a fresh join timeout.
-            join_deadline.as_mut().reset(Instant::now() + cfg.join_timeout());
+            join_deadline
+                .as_mut()
+                .reset(Instant::now() + cfg.join_timeout());
         }
         was_joined = joined;
     };
@@ -245,7 +256,10 @@ impl Session {
         if text.len() > max {
             return Reply::Close(
                 ErrorCode::MessageTooLarge,
-                format!("message of {} bytes exceeds the limit of {max} bytes", text.len()),
+                format!(
+                    "message of {} bytes exceeds the limit of {max} bytes",
+                    text.len()
+                ),
                 CLOSE_TOO_BIG,
                 "message too large",
             );
@@ -274,11 +288,18 @@ impl Session {
         match protocol::decode(text) {
             Err(message) => Reply::Error(ErrorCode::BadRequest, message),
             Ok(ClientMsg::Join { room, name }) => self.join(&room, name),
-            Ok(ClientMsg::Signal { to, payload }) => match self.app.hub.signal(&self.peer_id, &to, payload) {
-                Ok(()) => Reply::None,
-                Err(RouteError::NotJoined) => Reply::Error(ErrorCode::NotJoined, "join a room before sending signals".to_owned()),
-                Err(RouteError::UnknownPeer) => Reply::Error(ErrorCode::UnknownPeer, format!("no peer {to} in this room")),
-            },
+            Ok(ClientMsg::Signal { to, payload }) => {
+                match self.app.hub.signal(&self.peer_id, &to, payload) {
+                    Ok(()) => Reply::None,
+                    Err(RouteError::NotJoined) => Reply::Error(
+                        ErrorCode::NotJoined,
+                        "join a room before sending signals".to_owned(),
+                    ),
+                    Err(RouteError::UnknownPeer) => {
+                        Reply::Error(ErrorCode::UnknownPeer, format!("no peer {to} in this room"))
+                    }
+                }
+            }
             Ok(ClientMsg::Leave) => {
                 if self.room.is_none() {
                     return Reply::Error(ErrorCode::NotJoined, "not in a room".to_owned());
@@ -292,7 +313,10 @@ impl Session {
 
     fn join(&mut self, room: &str, name: Option<String>) -> Reply {
         if let Some(current) = &self.room {
-            return Reply::Error(ErrorCode::AlreadyJoined, format!("already in room {current}; leave first"));
+            return Reply::Error(
+                ErrorCode::AlreadyJoined,
+                format!("already in room {current}; leave first"),
+            );
         }
         let room_id = match RoomId::parse(room) {
             Ok(r) => r,
@@ -313,19 +337,36 @@ impl Session {
             ice_servers,
             ice_ttl_s,
         };
-        match self.app.hub.join(peer, &room_id, self.outbox.clone(), welcome) {
+        match self
+            .app
+            .hub
+            .join(peer, &room_id, self.outbox.clone(), welcome)
+        {
             Ok(joined) => {
                 tracing::Span::current().record("room", room_id.as_str());
-                info!(created = joined.created, peers = joined.others.len() + 1, "joined");
+                info!(
+                    created = joined.created,
+                    peers = joined.others.len() + 1,
+                    "joined"
+                );
                 self.room = Some(room_id);
                 Reply::None
             }
             Err(JoinError::RoomFull) => Reply::Error(
                 ErrorCode::RoomFull,
-                format!("room {room_id} is full ({} peers)", self.app.signaling.room_capacity),
+                format!(
+                    "room {room_id} is full ({} peers)",
+                    self.app.signaling.room_capacity
+                ),
             ),
-            Err(JoinError::TooManyRooms) => Reply::Error(ErrorCode::TooManyRooms, "the server has too many rooms".to_owned()),
-            Err(JoinError::AlreadyJoined) => Reply::Error(ErrorCode::AlreadyJoined, "already in a room; leave first".to_owned()),
+            Err(JoinError::TooManyRooms) => Reply::Error(
+                ErrorCode::TooManyRooms,
+                "the server has too many rooms".to_owned(),
+            ),
+            Err(JoinError::AlreadyJoined) => Reply::Error(
+                ErrorCode::AlreadyJoined,
+                "already in a room; leave first".to_owned(),
+            ),
         }
     }
 
@@ -364,18 +405,38 @@ mod tests {
 
     #[test]
     fn default_allows_same_origin_and_originless_clients() {
-        assert!(origin_allowed(Some("https://host:8443"), Some("host:8443"), &[]));
-        assert!(origin_allowed(Some("https://HOST:8443/"), Some("host:8443"), &[]));
+        assert!(origin_allowed(
+            Some("https://host:8443"),
+            Some("host:8443"),
+            &[]
+        ));
+        assert!(origin_allowed(
+            Some("https://HOST:8443/"),
+            Some("host:8443"),
+            &[]
+        ));
         assert!(origin_allowed(None, Some("host:8443"), &[]));
-        assert!(!origin_allowed(Some("https://evil.example"), Some("host:8443"), &[]));
-        assert!(!origin_allowed(Some("http://host:8443"), Some("host:8443"), &[]));
+        assert!(!origin_allowed(
+            Some("https://evil.example"),
+            Some("host:8443"),
+            &[]
+        ));
+        assert!(!origin_allowed(
+            Some("http://host:8443"),
+            Some("host:8443"),
+            &[]
+        ));
         assert!(!origin_allowed(Some("https://host:8443"), None, &[]));
     }
 
     #[test]
     fn allow_list_replaces_same_origin() {
         let list = vec!["https://app.example.com".to_owned()];
-        assert!(origin_allowed(Some("https://app.example.com"), Some("x"), &list));
+        assert!(origin_allowed(
+            Some("https://app.example.com"),
+            Some("x"),
+            &list
+        ));
         assert!(!origin_allowed(Some("https://x"), Some("x"), &list));
         let any = vec!["*".to_owned()];
         assert!(origin_allowed(Some("https://anything"), Some("x"), &any));

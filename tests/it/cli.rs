@@ -33,8 +33,14 @@ fn check_config_prints_the_effective_config_with_secrets_masked() {
         &["check-config"],
     );
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("room_capacity = 4"), "defaults are filled in: {out}");
-    assert!(out.contains("********") && !out.contains("hunter2"), "{out}");
+    assert!(
+        out.contains("room_capacity = 4"),
+        "defaults are filled in: {out}"
+    );
+    assert!(
+        out.contains("********") && !out.contains("hunter2"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -50,13 +56,19 @@ fn bad_configs_are_refused_naming_file_and_key() {
     let cases = [
         ("[signaling]\nroom_capacityy = 4\n", "room_capacityy"),
         ("[https]\nlisten = [\"0.0.0.0:70000\"]\n", "https.listen[0]"),
-        ("[signaling]\nroom_capacity = 0\n", "signaling.room_capacity"),
+        (
+            "[signaling]\nroom_capacity = 0\n",
+            "signaling.room_capacity",
+        ),
     ];
     for (text, key) in cases {
         for args in [&["check-config"][..], &[][..]] {
             let (code, _, err) = with_config(text, args);
             assert_eq!(code, 2, "{text} {args:?}: {err}");
-            assert!(err.contains(key) && err.contains("config.toml"), "{text}: {err}");
+            assert!(
+                err.contains(key) && err.contains("config.toml"),
+                "{text}: {err}"
+            );
         }
     }
 }
@@ -68,14 +80,20 @@ fn missing_certificate_file_is_refused_naming_the_key() {
         &[],
     );
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("https.cert") && err.contains("/nonexistent/fullchain.pem"), "{err}");
+    assert!(
+        err.contains("https.cert") && err.contains("/nonexistent/fullchain.pem"),
+        "{err}"
+    );
 }
 
 #[test]
 fn missing_config_file_says_how_to_pass_one() {
     let (code, _, err) = switchboard(&["--config", "/nonexistent/switchboard.toml"]);
     assert_eq!(code, 2);
-    assert!(err.contains("/nonexistent/switchboard.toml") && err.contains("--config"), "{err}");
+    assert!(
+        err.contains("/nonexistent/switchboard.toml") && err.contains("--config"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -85,5 +103,8 @@ fn version_and_help() {
     assert!(out.starts_with("switchboard "), "{out}");
     let (code, out, _) = switchboard(&["--help"]);
     assert_eq!(code, 0);
-    assert!(out.contains("check-config") && out.contains("--config"), "{out}");
+    assert!(
+        out.contains("check-config") && out.contains("--config"),
+        "{out}"
+    );
 }

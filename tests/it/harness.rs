@@ -54,7 +54,7 @@ fn merge(base: &mut toml::Table, overrides: toml::Table) {
 pub struct TestServer {
     /// `None` once `wait_exit` has reaped it.
     child: Option<Child>,
-    pub dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
     /// Every listener the server logged, by listener kind.
     pub listeners: Vec<(String, SocketAddr)>,
     pub https: SocketAddr,
@@ -82,10 +82,17 @@ impl TestServer {
             dir.path().join("state").display()
         ))
         .expect("base config");
-        merge(&mut config, toml::from_str(overrides).expect("override TOML"));
+        merge(
+            &mut config,
+            toml::from_str(overrides).expect("override TOML"),
+        );
         let state_dir = PathBuf::from(config["server"]["state_dir"].as_str().expect("state_dir"));
         let config_path = dir.path().join("config.toml");
-        std::fs::write(&config_path, toml::to_string(&config).expect("serialize config")).expect("write config");
+        std::fs::write(
+            &config_path,
+            toml::to_string(&config).expect("serialize config"),
+        )
+        .expect("write config");
 
         let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
             .arg("--config")
@@ -114,7 +121,7 @@ impl TestServer {
         }
         let mut server = TestServer {
             child: Some(child),
-            dir,
+            _dir: dir,
             listeners: Vec::new(),
             https: "0.0.0.0:0".parse().unwrap(),
             state_dir,
@@ -141,7 +148,10 @@ impl TestServer {
             match line["message"].as_str() {
                 Some("listening") => {
                     let kind = line["listener"].as_str().unwrap_or_default().to_owned();
-                    let addr = line["addr"].as_str().and_then(|a| a.parse().ok()).expect("listening addr");
+                    let addr = line["addr"]
+                        .as_str()
+                        .and_then(|a| a.parse().ok())
+                        .expect("listening addr");
                     if kind == "https" {
                         self.https = addr;
                     }
@@ -212,7 +222,10 @@ impl TestServer {
         match rx.recv_timeout(DEADLINE) {
             Ok(status) => status.expect("wait for server"),
             Err(_) => {
-                let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+                let _ = Command::new("kill")
+                    .arg("-KILL")
+                    .arg(pid.to_string())
+                    .status();
                 panic!("server did not exit within {DEADLINE:?}");
             }
         }
@@ -281,19 +294,30 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("write request");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("write request");
     let mut raw = Vec::new();
     tokio::time::timeout(DEADLINE, stream.read_to_end(&mut raw))
         .await
         .expect("response in time")
         .or_else(|e| {
             // Servers may close TLS without close_notify after "Connection: close".
-            if e.kind() == std::io::ErrorKind::UnexpectedEof { Ok(0) } else { Err(e) }
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                Ok(0)
+            } else {
+                Err(e)
+            }
         })
         .expect("read response");
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status code");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status code");
     (status, head.to_owned(), body.to_owned())
 }
 
@@ -340,7 +364,9 @@ impl Client {
                 .expect("server answered in time");
             match frame {
                 Some(Ok(Message::Text(text))) => {
-                    return Event::Msg(serde_json::from_str(&text).expect("server sends valid messages"));
+                    return Event::Msg(
+                        serde_json::from_str(&text).expect("server sends valid messages"),
+                    );
                 }
                 Some(Ok(Message::Close(frame))) => return Event::Closed(frame),
                 Some(Ok(_)) => {}
@@ -359,9 +385,14 @@ impl Client {
     /// Expects an `error` message and returns its code as snake_case text.
     pub async fn recv_error(&mut self) -> (String, String) {
         match self.recv().await {
-            ServerMsg::Error { code, message } => {
-                (serde_json::to_value(code).unwrap().as_str().unwrap().to_owned(), message)
-            }
+            ServerMsg::Error { code, message } => (
+                serde_json::to_value(code)
+                    .unwrap()
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+                message,
+            ),
             other => panic!("expected an error, got {other:?}"),
         }
     }
@@ -379,9 +410,13 @@ impl Client {
 
     /// Joins `room` and returns the welcome.
     pub async fn join(&mut self, room: &str, name: Option<&str>) -> ServerMsg {
-        self.send(serde_json::json!({"type": "join", "room": room, "name": name})).await;
+        self.send(serde_json::json!({"type": "join", "room": room, "name": name}))
+            .await;
         let msg = self.recv().await;
-        assert!(matches!(msg, ServerMsg::Welcome { .. }), "expected welcome, got {msg:?}");
+        assert!(
+            matches!(msg, ServerMsg::Welcome { .. }),
+            "expected welcome, got {msg:?}"
+        );
         msg
     }
 }

@@ -10,7 +10,11 @@ async fn page_health_and_room_urls() {
     let (status, head, body) = server.https_get("/").await;
     assert_eq!(status, 200);
     assert!(body.contains("<title>Switchboard</title>") && body.contains("/static/call.js"));
-    assert!(head.to_ascii_lowercase().contains("content-security-policy"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-security-policy"),
+        "{head}"
+    );
 
     let (status, _, body) = server.https_get("/r/team-standup_1").await;
     assert_eq!(status, 200);
@@ -18,7 +22,10 @@ async fn page_health_and_room_urls() {
 
     let (status, _, body) = server.https_get("/r/bad.name").await;
     assert_eq!(status, 400);
-    assert!(body.contains("Invalid room name") && body.contains("'.'"), "{body}");
+    assert!(
+        body.contains("Invalid room name") && body.contains("'.'"),
+        "{body}"
+    );
 
     let (status, head, body) = server.https_get("/static/call.js").await;
     assert_eq!(status, 200);
@@ -35,9 +42,17 @@ async fn plain_http_listener_only_redirects() {
     let server = TestServer::start("[http_redirect]\nlisten = [\"127.0.0.1:0\"]\n");
     let plain = server.listener("http_redirect");
     let mut tcp = TcpStream::connect(plain).await.unwrap();
-    let (status, head, _) = http_get(&mut tcp, &format!("127.0.0.1:{}", plain.port()), "/r/abc?x=1").await;
+    let (status, head, _) = http_get(
+        &mut tcp,
+        &format!("127.0.0.1:{}", plain.port()),
+        "/r/abc?x=1",
+    )
+    .await;
     assert_eq!(status, 308);
-    let expected = format!("location: https://127.0.0.1:{}/r/abc?x=1", server.https.port());
+    let expected = format!(
+        "location: https://127.0.0.1:{}/r/abc?x=1",
+        server.https.port()
+    );
     assert!(head.to_ascii_lowercase().contains(&expected), "{head}");
 }
 

@@ -1,5 +1,7 @@
 //! The single integration-test crate: every file is a module of one binary.
 
+mod browser;
+mod cdp;
 mod cli;
 mod harness;
 mod http;

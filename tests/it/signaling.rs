@@ -12,7 +12,9 @@ async fn join_lists_peers_relays_signals_both_ways_and_reports_leaves() {
     let server = TestServer::start("");
     let mut a = server.client().await;
     let wa = a.join("room-1", Some("Ann")).await;
-    let ServerMsg::Welcome { peers, room, .. } = &wa else { unreachable!() };
+    let ServerMsg::Welcome { peers, room, .. } = &wa else {
+        unreachable!()
+    };
     assert!(peers.is_empty());
     assert_eq!(room.as_str(), "room-1");
     let id_a = peer_id(&wa);
@@ -21,7 +23,9 @@ async fn join_lists_peers_relays_signals_both_ways_and_reports_leaves() {
     let wb = b.join("room-1", Some("Bob")).await;
     let id_b = peer_id(&wb);
     assert_ne!(id_a, id_b);
-    let ServerMsg::Welcome { peers, .. } = &wb else { unreachable!() };
+    let ServerMsg::Welcome { peers, .. } = &wb else {
+        unreachable!()
+    };
     assert_eq!(
         peers,
         &vec![PeerInfo {
@@ -40,7 +44,8 @@ async fn join_lists_peers_relays_signals_both_ways_and_reports_leaves() {
     );
 
     let offer = json!({"description": {"type": "offer", "sdp": "v=0\r\n"}});
-    a.send(json!({"type": "signal", "to": id_b, "payload": offer})).await;
+    a.send(json!({"type": "signal", "to": id_b, "payload": offer}))
+        .await;
     assert_eq!(
         b.recv().await,
         ServerMsg::Signal {
@@ -49,7 +54,8 @@ async fn join_lists_peers_relays_signals_both_ways_and_reports_leaves() {
         }
     );
     let candidate = json!({"candidate": {"candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ host", "sdpMid": "0"}});
-    b.send(json!({"type": "signal", "to": id_a, "payload": candidate})).await;
+    b.send(json!({"type": "signal", "to": id_a, "payload": candidate}))
+        .await;
     assert_eq!(
         a.recv().await,
         ServerMsg::Signal {
@@ -60,7 +66,12 @@ async fn join_lists_peers_relays_signals_both_ways_and_reports_leaves() {
 
     // An explicit leave is reported, and the socket may join again.
     b.send(json!({"type": "leave"})).await;
-    assert_eq!(a.recv().await, ServerMsg::PeerLeft { peer_id: id_b.clone() });
+    assert_eq!(
+        a.recv().await,
+        ServerMsg::PeerLeft {
+            peer_id: id_b.clone()
+        }
+    );
     let again = b.join("room-1", None).await;
     let id_b2 = peer_id(&again);
     assert!(matches!(a.recv().await, ServerMsg::PeerJoined { peer } if peer.id == id_b2));
@@ -104,18 +115,22 @@ async fn bad_input_gets_coded_errors_without_closing() {
     assert_eq!(code, "bad_request");
     assert!(message.contains("teleport"), "{message}");
 
-    a.send(json!({"type": "join", "room": "no spaces allowed"})).await;
+    a.send(json!({"type": "join", "room": "no spaces allowed"}))
+        .await;
     assert_eq!(a.recv_error().await.0, "bad_room");
-    a.send(json!({"type": "join", "room": "x".repeat(65)})).await;
+    a.send(json!({"type": "join", "room": "x".repeat(65)}))
+        .await;
     assert_eq!(a.recv_error().await.0, "bad_room");
 
-    a.send(json!({"type": "signal", "to": "0123", "payload": {}})).await;
+    a.send(json!({"type": "signal", "to": "0123", "payload": {}}))
+        .await;
     assert_eq!(a.recv_error().await.0, "not_joined");
     a.send(json!({"type": "leave"})).await;
     assert_eq!(a.recv_error().await.0, "not_joined");
 
     a.join("r", None).await;
-    a.send(json!({"type": "signal", "to": "00000000000000000000000000000000", "payload": {}})).await;
+    a.send(json!({"type": "signal", "to": "00000000000000000000000000000000", "payload": {}}))
+        .await;
     assert_eq!(a.recv_error().await.0, "unknown_peer");
     a.send(json!({"type": "join", "room": "r2"})).await;
     assert_eq!(a.recv_error().await.0, "already_joined");
@@ -132,7 +147,8 @@ async fn signals_never_cross_rooms() {
     a.join("r1", None).await;
     let mut b = server.client().await;
     let wb = b.join("r2", None).await;
-    a.send(json!({"type": "signal", "to": peer_id(&wb), "payload": {"x": 1}})).await;
+    a.send(json!({"type": "signal", "to": peer_id(&wb), "payload": {"x": 1}}))
+        .await;
     assert_eq!(a.recv_error().await.0, "unknown_peer");
     b.send(json!({"type": "ping"})).await;
     assert_eq!(b.recv().await, ServerMsg::Pong, "b received nothing from a");
@@ -143,7 +159,8 @@ async fn oversized_message_closes_with_1009() {
     let server = TestServer::start("[signaling]\nmax_message_bytes = 1024\n");
     let mut a = server.client().await;
     a.join("r", None).await;
-    a.send(json!({"type": "ping", "pad": "x".repeat(1500)})).await;
+    a.send(json!({"type": "ping", "pad": "x".repeat(1500)}))
+        .await;
     assert_eq!(a.recv_error().await.0, "message_too_large");
     assert_eq!(a.recv_close().await, (1009, "message too large".to_owned()));
 }
@@ -165,7 +182,10 @@ async fn rate_limit_answers_with_errors() {
             other => panic!("unexpected {other:?}"),
         }
     }
-    assert!(limited >= 3, "only {limited} of 4 excess messages were limited");
+    assert!(
+        limited >= 3,
+        "only {limited} of 4 excess messages were limited"
+    );
 }
 
 #[tokio::test]
@@ -175,7 +195,10 @@ async fn persistent_flooding_closes_the_socket() {
     for _ in 0..10 {
         a.send(json!({"type": "ping"})).await;
     }
-    assert_eq!(a.recv_close().await, (1008, "rate limit exceeded".to_owned()));
+    assert_eq!(
+        a.recv_close().await,
+        (1008, "rate limit exceeded".to_owned())
+    );
 }
 
 #[tokio::test]
@@ -185,29 +208,44 @@ async fn foreign_origin_is_refused_and_own_origin_allowed() {
     request
         .headers_mut()
         .insert("origin", HeaderValue::from_static("https://evil.example"));
-    let err = server.client_with(request).await.err().expect("foreign origin refused");
+    let err = server
+        .client_with(request)
+        .await
+        .err()
+        .expect("foreign origin refused");
     match err {
         tokio_tungstenite::tungstenite::Error::Http(resp) => {
             assert_eq!(resp.status(), 403);
-            let body = String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).into_owned();
+            let body =
+                String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).into_owned();
             assert!(body.contains("origin_refused"), "{body}");
         }
         other => panic!("expected HTTP 403, got {other:?}"),
     }
     let mut request = server.ws_url().into_client_request().unwrap();
     let own = format!("https://{}", server.https);
-    request.headers_mut().insert("origin", HeaderValue::from_str(&own).unwrap());
-    server.client_with(request).await.expect("own origin allowed");
+    request
+        .headers_mut()
+        .insert("origin", HeaderValue::from_str(&own).unwrap());
+    server
+        .client_with(request)
+        .await
+        .expect("own origin allowed");
 }
 
 #[tokio::test]
 async fn allow_list_admits_a_listed_origin() {
-    let server = TestServer::start("[signaling]\nallowed_origins = [\"https://app.example.com\"]\n");
+    let server =
+        TestServer::start("[signaling]\nallowed_origins = [\"https://app.example.com\"]\n");
     let mut request = server.ws_url().into_client_request().unwrap();
-    request
-        .headers_mut()
-        .insert("origin", HeaderValue::from_static("https://app.example.com"));
-    server.client_with(request).await.expect("listed origin allowed");
+    request.headers_mut().insert(
+        "origin",
+        HeaderValue::from_static("https://app.example.com"),
+    );
+    server
+        .client_with(request)
+        .await
+        .expect("listed origin allowed");
 }
 
 #[tokio::test]
@@ -216,7 +254,12 @@ async fn connections_per_ip_are_limited() {
     let _a = server.client().await;
     let b = server.client().await;
     let request = server.ws_url().into_client_request().unwrap();
-    match server.client_with(request).await.err().expect("third refused") {
+    match server
+        .client_with(request)
+        .await
+        .err()
+        .expect("third refused")
+    {
         tokio_tungstenite::tungstenite::Error::Http(resp) => assert_eq!(resp.status(), 429),
         other => panic!("expected HTTP 429, got {other:?}"),
     }
@@ -246,7 +289,12 @@ async fn dead_peer_is_dropped_and_the_room_told() {
     };
     // b stops reading, so it never answers pings; a keeps answering them while it waits.
     let _frozen = b;
-    assert_eq!(a.recv().await, ServerMsg::PeerLeft { peer_id: peer_id(&wb) });
+    assert_eq!(
+        a.recv().await,
+        ServerMsg::PeerLeft {
+            peer_id: peer_id(&wb)
+        }
+    );
 }
 
 #[tokio::test]
@@ -255,7 +303,10 @@ async fn sigterm_closes_sockets_with_1001_and_exits_cleanly() {
     let mut a = server.client().await;
     a.join("r", None).await;
     server.signal("TERM");
-    assert_eq!(a.recv_close().await, (1001, "server shutting down".to_owned()));
+    assert_eq!(
+        a.recv_close().await,
+        (1001, "server shutting down".to_owned())
+    );
     let status = server.wait_exit();
     assert!(status.success(), "exit status {status}");
 }

@@ -1,0 +1,76 @@
+//! Real browsers: two headless Chromium pages call each other through the call page.
+
+use std::time::Duration;
+
+use crate::cdp::{Browser, chromium_available};
+use crate::harness::{TestServer, require};
+
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[test]
+fn two_browser_tabs_see_each_others_video() {
+    if !require(
+        chromium_available(),
+        "Debian's chromium (/usr/bin/chromium)",
+    ) {
+        return;
+    }
+    let server = TestServer::start("[signaling]\nroom_capacity = 2\n");
+    let browser = Browser::launch(&[], &[]);
+    let url = format!("https://{}/r/browser-call", server.https);
+    let first = browser.open(&url);
+    let second = browser.open(&url);
+
+    let connected = "s => s.phase === 'joined' && s.localMedia && s.peers.length === 1 \
+                     && s.peers[0].connectionState === 'connected' \
+                     && s.peers[0].videoWidth > 0 && s.peers[0].framesDecoded > 0";
+    let a = first.wait_for_state(connected, CALL_TIMEOUT);
+    let b = second.wait_for_state(connected, CALL_TIMEOUT);
+    assert_eq!(
+        a["peers"][0]["id"], b["peerId"],
+        "each page shows the other"
+    );
+    assert_eq!(b["peers"][0]["id"], a["peerId"]);
+    // On loopback with no ICE servers, the path is direct.
+    assert_eq!(a["peers"][0]["candidateType"], "host", "{a:#}");
+
+    // A third page finds the room full and says so.
+    let third = browser.open(&url);
+    let refused =
+        third.wait_for_state("s => s.error !== null && s.phase === 'error'", CALL_TIMEOUT);
+    assert!(
+        refused["error"].as_str().unwrap().contains("full"),
+        "{refused:#}"
+    );
+
+    // Hanging up in one page is seen by the other.
+    first
+        .eval("document.getElementById('hangup-btn').click()")
+        .unwrap();
+    second.wait_for_state("s => s.peers.length === 0", CALL_TIMEOUT);
+}
+
+#[test]
+fn lobby_refuses_bad_room_names_on_the_page() {
+    if !require(
+        chromium_available(),
+        "Debian's chromium (/usr/bin/chromium)",
+    ) {
+        return;
+    }
+    let server = TestServer::start("");
+    let browser = Browser::launch(&[], &[]);
+    let page = browser.open(&format!("https://{}/", server.https));
+    page.wait_for_state("s => s.phase === 'starting'", CALL_TIMEOUT);
+    let error = page
+        .eval(
+            "document.getElementById('room-input').value = 'no spaces';
+             document.getElementById('join-form').requestSubmit();
+             document.getElementById('error').textContent",
+        )
+        .unwrap();
+    assert!(
+        error.as_str().unwrap().contains("Invalid room name"),
+        "{error}"
+    );
+}

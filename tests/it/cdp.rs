@@ -1,0 +1,233 @@
+//! A minimal Chrome DevTools Protocol client over `--remote-debugging-pipe`.
+//!
+//! Chromium reads commands from fd 3 and writes replies to fd 4, each a JSON
+//! object ended by a NUL byte. A pipe needs no debugging port, so the same
+//! driver works when Chromium runs inside a network namespace.
+//! Only three commands are needed: open a page, attach to it, evaluate.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+type Pending = Arc<Mutex<HashMap<u64, mpsc::Sender<Value>>>>;
+
+/// Where Debian's `chromium` package installs the browser.
+pub const CHROMIUM: &str = "/usr/bin/chromium";
+
+pub fn chromium_available() -> bool {
+    Path::new(CHROMIUM).exists()
+}
+
+/// The flags that make headless Chromium usable for WebRTC tests as root on a closed network.
+pub fn default_args() -> Vec<String> {
+    [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-quic",
+        "--mute-audio",
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        "--autoplay-policy=no-user-gesture-required",
+        "--disable-features=WebRtcHideLocalIpsWithMdns",
+        "--ignore-certificate-errors",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect()
+}
+
+pub struct Browser {
+    child: Child,
+    commands: Mutex<std::io::PipeWriter>,
+    pending: Pending,
+    next_id: AtomicU64,
+    _profile: tempfile::TempDir,
+}
+
+pub struct Page<'a> {
+    browser: &'a Browser,
+    session: String,
+}
+
+impl Browser {
+    /// Starts Chromium with `default_args`, `extra` flags and a fresh profile;
+    /// `wrap` (e.g. `ip netns exec NS`) is put in front of the command.
+    pub fn launch(wrap: &[&str], extra: &[&str]) -> Browser {
+        let profile = crate::harness::temp_dir();
+        let (cmd_read, cmd_write) = std::io::pipe().expect("pipe");
+        let (resp_read, resp_write) = std::io::pipe().expect("pipe");
+        let (program, prefix) = match wrap.split_first() {
+            Some((first, rest)) => (*first, rest.to_vec()),
+            None => (CHROMIUM, Vec::new()),
+        };
+        let mut command = Command::new(program);
+        command.args(prefix);
+        if !wrap.is_empty() {
+            command.arg(CHROMIUM);
+        }
+        command
+            .args(default_args())
+            .args(extra)
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg("--remote-debugging-pipe")
+            .arg("about:blank")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let (read_fd, write_fd) = (cmd_read.as_raw_fd(), resp_write.as_raw_fd());
+        // SAFETY: only async-signal-safe libc calls between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                // Move both ends above 3 and 4 first, so neither dup2 clobbers the other.
+                let r = libc::fcntl(read_fd, libc::F_DUPFD, 10);
+                let w = libc::fcntl(write_fd, libc::F_DUPFD, 10);
+                if r < 0 || w < 0 || libc::dup2(r, 3) < 0 || libc::dup2(w, 4) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().expect("start chromium");
+        drop(cmd_read);
+        drop(resp_write);
+
+        let pending: Pending = Arc::default();
+        let replies = Arc::clone(&pending);
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(resp_read);
+            let mut buf = Vec::new();
+            while reader.read_until(0, &mut buf).is_ok_and(|n| n > 0) {
+                if buf.last() == Some(&0) {
+                    buf.pop();
+                }
+                if let Ok(msg) = serde_json::from_slice::<Value>(&buf)
+                    && let Some(id) = msg["id"].as_u64()
+                    && let Some(tx) = replies.lock().unwrap().remove(&id)
+                {
+                    let _ = tx.send(msg);
+                }
+                buf.clear();
+            }
+        });
+        Browser {
+            child,
+            commands: Mutex::new(cmd_write),
+            pending,
+            next_id: AtomicU64::new(1),
+            _profile: profile,
+        }
+    }
+
+    /// Sends one command and waits for its reply; `Err` carries the protocol error.
+    pub fn call(
+        &self,
+        session: Option<&str>,
+        method: &str,
+        params: Value,
+    ) -> Result<Value, String> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel();
+        self.pending.lock().unwrap().insert(id, tx);
+        let mut msg = json!({"id": id, "method": method, "params": params});
+        if let Some(s) = session {
+            msg["sessionId"] = json!(s);
+        }
+        let mut bytes = serde_json::to_vec(&msg).unwrap();
+        bytes.push(0);
+        self.commands
+            .lock()
+            .unwrap()
+            .write_all(&bytes)
+            .map_err(|e| format!("chromium pipe closed: {e}"))?;
+        let reply = rx
+            .recv_timeout(crate::harness::DEADLINE)
+            .map_err(|_| format!("no reply to {method}"))?;
+        match reply.get("error") {
+            Some(err) => Err(err.to_string()),
+            None => Ok(reply["result"].clone()),
+        }
+    }
+
+    /// Opens `url` in a new page and attaches to it.
+    pub fn open(&self, url: &str) -> Page<'_> {
+        let target = self
+            .call(None, "Target.createTarget", json!({"url": url}))
+            .expect("create target");
+        let attached = self
+            .call(
+                None,
+                "Target.attachToTarget",
+                json!({"targetId": target["targetId"], "flatten": true}),
+            )
+            .expect("attach to target");
+        Page {
+            browser: self,
+            session: attached["sessionId"]
+                .as_str()
+                .expect("session id")
+                .to_owned(),
+        }
+    }
+}
+
+impl Page<'_> {
+    /// Evaluates `expression` in the page, awaiting a returned promise.
+    pub fn eval(&self, expression: &str) -> Result<Value, String> {
+        let result = self.browser.call(
+            Some(&self.session),
+            "Runtime.evaluate",
+            json!({"expression": expression, "returnByValue": true, "awaitPromise": true}),
+        )?;
+        if let Some(exception) = result.get("exceptionDetails") {
+            return Err(exception.to_string());
+        }
+        Ok(result["result"]["value"].clone())
+    }
+
+    /// Waits until `predicate` (a JS function of `window.switchboardState()`) holds;
+    /// returns the state, or panics with the last state seen after `timeout`.
+    pub fn wait_for_state(&self, predicate: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        let ms = timeout.as_millis();
+        // The page polls itself so that one evaluation covers the whole wait;
+        // a navigation destroys the context, which ends the evaluation early and we retry.
+        let expression = format!(
+            "(async () => {{ const pred = {predicate}; const end = Date.now() + {ms}; let s = null;
+               for (;;) {{
+                 try {{ s = window.switchboardState ? window.switchboardState() : null; }} catch (e) {{ s = null; }}
+                 if (s && pred(s)) return {{ ok: true, state: s }};
+                 if (Date.now() > end) return {{ ok: false, state: s }};
+                 await new Promise((r) => setTimeout(r, 250));
+               }} }})()"
+        );
+        let mut last = Value::Null;
+        while Instant::now() < deadline {
+            match self.eval(&expression) {
+                Ok(v) if v["ok"] == true => return v["state"].clone(),
+                Ok(v) => last = v["state"].clone(),
+                Err(e) => last = json!({ "evaluation_error": e }),
+            }
+        }
+        panic!("page never reached `{predicate}`; last state: {last:#}");
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
