@@ -201,9 +201,10 @@ impl Page<'_> {
     /// returns the state, or panics with the last state seen after `timeout`.
     pub fn wait_for_state(&self, predicate: &str, timeout: Duration) -> Value {
         let deadline = Instant::now() + timeout;
-        let ms = timeout.as_millis();
-        // The page polls itself so that one evaluation covers the whole wait;
-        // a navigation destroys the context, which ends the evaluation early and we retry.
+        // The page polls itself for a few seconds per evaluation (well inside the
+        // reply deadline); a navigation destroys the context, which ends the
+        // evaluation early, and we evaluate again.
+        let ms = 3000;
         let expression = format!(
             "(async () => {{ const pred = {predicate}; const end = Date.now() + {ms}; let s = null;
                for (;;) {{
