@@ -17,6 +17,7 @@
     localMedia: false,
     iceServers: [],
     peers: new Map(),       // id -> Peer
+    names: new Map(),       // id -> display name, for members whose connection is not up yet
   };
 
   function showError(message) {
@@ -144,10 +145,14 @@
         }
         break;
       case 'peer_joined':
-        addPeer(msg.peer);
+        // The newcomer makes the first offer; the connection is created when it arrives.
+        // Offering from both sides at once (glare) is legal, but Chromium can stall ICE
+        // gathering after the implicit rollback it causes.
+        state.names.set(msg.peer.id, msg.peer.name || null);
         updateStatus();
         break;
       case 'peer_left':
+        state.names.delete(msg.peer_id);
         removePeer(msg.peer_id);
         updateStatus();
         break;
@@ -191,21 +196,28 @@
       queue: Promise.resolve(),
       tile: makeTile(info),
       stats: { candidateType: null, relayProtocol: null, framesDecoded: 0 },
+      history: [],           // the last negotiation steps, for debugging
+      candidates: { sent: 0, received: 0, failed: 0 },
     };
     state.peers.set(info.id, peer);
 
     pc.onnegotiationneeded = async () => {
+      note(peer, 'negotiationneeded');
       try {
         peer.makingOffer = true;
         await pc.setLocalDescription();
         sendSignal(peer, { description: pc.localDescription });
       } catch (err) {
+        note(peer, 'negotiation failed: ' + err);
         console.warn('negotiation failed', err);
       } finally {
         peer.makingOffer = false;
       }
     };
-    pc.onicecandidate = ({ candidate }) => sendSignal(peer, { candidate: candidate ? candidate.toJSON() : null });
+    pc.onicecandidate = ({ candidate }) => {
+      peer.candidates.sent += 1;
+      sendSignal(peer, { candidate: candidate ? candidate.toJSON() : null });
+    };
     pc.ontrack = ({ track, streams }) => {
       const video = peer.tile.querySelector('video');
       video.srcObject = streams[0] || new MediaStream([track]);
@@ -225,32 +237,48 @@
     return peer;
   }
 
+  function note(peer, step) {
+    peer.history.push(step + ' [' + peer.pc.signalingState + ']');
+    if (peer.history.length > 40) peer.history.shift();
+  }
+
   function sendSignal(peer, payload) {
+    if (payload.description) note(peer, 'send ' + payload.description.type);
     send({ type: 'signal', to: peer.id, payload });
   }
 
   function onSignal(from, payload) {
-    const peer = state.peers.get(from) || addPeer({ id: from });
+    const peer = state.peers.get(from) || addPeer({ id: from, name: state.names.get(from) });
     // Handle one signal at a time per peer, in arrival order.
-    peer.queue = peer.queue.then(() => handleSignal(peer, payload)).catch((err) => console.warn('signal failed', err));
+    peer.queue = peer.queue.then(() => handleSignal(peer, payload)).catch((err) => {
+      note(peer, 'signal failed: ' + err);
+      console.warn('signal failed', err);
+    });
   }
 
   async function handleSignal(peer, payload) {
     const pc = peer.pc;
     if (payload && payload.description) {
       const description = payload.description;
+      note(peer, 'recv ' + description.type);
       const collision = description.type === 'offer' && (peer.makingOffer || pc.signalingState !== 'stable');
       peer.ignoreOffer = !peer.polite && collision;
-      if (peer.ignoreOffer) return;
+      if (peer.ignoreOffer) {
+        note(peer, 'ignored offer');
+        return;
+      }
       await pc.setRemoteDescription(description);
       if (description.type === 'offer') {
         await pc.setLocalDescription();
         sendSignal(peer, { description: pc.localDescription });
       }
     } else if (payload && 'candidate' in payload) {
+      peer.candidates.received += 1;
       try {
         await pc.addIceCandidate(payload.candidate || undefined);
       } catch (err) {
+        peer.candidates.failed += 1;
+        note(peer, 'candidate failed: ' + err.message);
         if (!peer.ignoreOffer) throw err;
       }
     }
@@ -333,7 +361,7 @@
     if (state.phase !== 'joined') return;
     const peers = [...state.peers.values()];
     if (peers.length === 0) {
-      setStatus('Waiting for others to join this room…');
+      setStatus(state.names.size > 0 ? 'Connecting…' : 'Waiting for others to join this room…');
       return;
     }
     const parts = peers.map((p) => {
@@ -359,14 +387,19 @@
       return {
         id: p.id,
         name: p.name,
+        polite: p.polite,
+        signalingState: p.pc.signalingState,
         connectionState: p.pc.connectionState,
         iceConnectionState: p.pc.iceConnectionState,
+        iceGatheringState: p.pc.iceGatheringState,
+        candidates: Object.assign({}, p.candidates),
         candidateType: p.stats.candidateType,
         remoteCandidateType: p.stats.remoteCandidateType || null,
         relayProtocol: p.stats.relayProtocol,
         framesDecoded: p.stats.framesDecoded,
         videoWidth: video.videoWidth,
         videoHeight: video.videoHeight,
+        history: p.history.slice(),
       };
     }),
   });

@@ -24,8 +24,13 @@ fn two_browser_tabs_see_each_others_video() {
     let connected = "s => s.phase === 'joined' && s.localMedia && s.peers.length === 1 \
                      && s.peers[0].connectionState === 'connected' \
                      && s.peers[0].videoWidth > 0 && s.peers[0].framesDecoded > 0";
-    let a = first.wait_for_state(connected, CALL_TIMEOUT);
-    let b = second.wait_for_state(connected, CALL_TIMEOUT);
+    let (a, b) = match (
+        first.try_wait_for_state(connected, CALL_TIMEOUT),
+        second.try_wait_for_state(connected, CALL_TIMEOUT),
+    ) {
+        (Ok(a), Ok(b)) => (a, b),
+        (a, b) => panic!("the call did not connect; first page: {a:#?}\nsecond page: {b:#?}"),
+    };
     assert_eq!(
         a["peers"][0]["id"], b["peerId"],
         "each page shows the other"

@@ -197,9 +197,21 @@ impl Page<'_> {
         Ok(result["result"]["value"].clone())
     }
 
+    /// The page's `window.switchboardState()`, or the evaluation error.
+    pub fn state(&self) -> Value {
+        self.eval("window.switchboardState ? window.switchboardState() : null")
+            .unwrap_or_else(|e| json!({ "evaluation_error": e }))
+    }
+
     /// Waits until `predicate` (a JS function of `window.switchboardState()`) holds;
     /// returns the state, or panics with the last state seen after `timeout`.
     pub fn wait_for_state(&self, predicate: &str, timeout: Duration) -> Value {
+        self.try_wait_for_state(predicate, timeout)
+            .unwrap_or_else(|last| panic!("page never reached `{predicate}`; last state: {last:#}"))
+    }
+
+    /// Like `wait_for_state`, but returns the last state seen as the error.
+    pub fn try_wait_for_state(&self, predicate: &str, timeout: Duration) -> Result<Value, Value> {
         let deadline = Instant::now() + timeout;
         // The page polls itself for a few seconds per evaluation (well inside the
         // reply deadline); a navigation destroys the context, which ends the
@@ -217,12 +229,12 @@ impl Page<'_> {
         let mut last = Value::Null;
         while Instant::now() < deadline {
             match self.eval(&expression) {
-                Ok(v) if v["ok"] == true => return v["state"].clone(),
+                Ok(v) if v["ok"] == true => return Ok(v["state"].clone()),
                 Ok(v) => last = v["state"].clone(),
                 Err(e) => last = json!({ "evaluation_error": e }),
             }
         }
-        panic!("page never reached `{predicate}`; last state: {last:#}");
+        Err(last)
     }
 }
 
