@@ -197,12 +197,6 @@ impl Page<'_> {
         Ok(result["result"]["value"].clone())
     }
 
-    /// The page's `window.switchboardState()`, or the evaluation error.
-    pub fn state(&self) -> Value {
-        self.eval("window.switchboardState ? window.switchboardState() : null")
-            .unwrap_or_else(|e| json!({ "evaluation_error": e }))
-    }
-
     /// Waits until `predicate` (a JS function of `window.switchboardState()`) holds;
     /// returns the state, or panics with the last state seen after `timeout`.
     pub fn wait_for_state(&self, predicate: &str, timeout: Duration) -> Value {
