@@ -19,3 +19,4 @@ pub mod net;
 pub mod signaling;
 pub mod state;
 pub mod tls;
+pub mod turn;

@@ -76,6 +76,14 @@ impl PeerId {
         PeerId(bytes.iter().map(|b| format!("{b:02x}")).collect())
     }
 
+    /// Parses the 32 lowercase hex digits of a peer id.
+    pub fn parse(s: &str) -> Option<PeerId> {
+        let ok = s.len() == 32
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        ok.then(|| PeerId(s.to_owned()))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -1,0 +1,302 @@
+//! TURN credentials as pure functions: the coturn-compatible "TURN REST API"
+//! (username `<unix-expiry>:<user>`, password `base64(HMAC-SHA1(secret, username))`),
+//! static users, the long-term key, and stateless nonces.
+//!
+//! Nothing here keeps per-client state, so unauthenticated traffic cannot make
+//! memory grow, and any instance that knows the secrets can check a credential.
+
+use std::net::IpAddr;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use ring::hmac;
+
+use crate::config::Secret;
+use crate::signaling::protocol::{PeerId, RoomId};
+
+/// Who a credential belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Owner {
+    /// A peer of a room on this server: minted by Switchboard for `welcome`.
+    Peer { room: RoomId, peer: PeerId },
+    /// A REST credential minted by another backend with the shared secret.
+    External(String),
+    /// A static user from the config.
+    Static(String),
+}
+
+impl Owner {
+    /// The peer, for credentials that name one.
+    pub fn peer(&self) -> Option<(&RoomId, &PeerId)> {
+        match self {
+            Owner::Peer { room, peer } => Some((room, peer)),
+            _ => None,
+        }
+    }
+}
+
+/// A credential that passed the secret check, before MESSAGE-INTEGRITY is verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub owner: Owner,
+    /// Unix time the credential expires, for REST credentials.
+    pub expires: Option<u64>,
+    /// Possible passwords: one per configured secret (rotation), or the static password.
+    pub passwords: Vec<String>,
+}
+
+/// Why a username was refused before its integrity was checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsernameError {
+    /// Neither a REST username nor a static user.
+    Unknown,
+}
+
+/// The username Switchboard mints for `peer` in `room`: `<expiry>:<peer>@<room>`.
+pub fn peer_username(expires: u64, room: &RoomId, peer: &PeerId) -> String {
+    format!("{expires}:{peer}@{room}")
+}
+
+/// The REST password for `username`: base64(HMAC-SHA1(secret, username)).
+pub fn rest_password(secret: &Secret, username: &str) -> String {
+    let key = hmac::Key::new(
+        hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
+        secret.expose().as_bytes(),
+    );
+    BASE64.encode(hmac::sign(&key, username.as_bytes()).as_ref())
+}
+
+/// Parses `username` and lists the passwords it may have.
+///
+/// # Errors
+/// The username is neither `<expiry>:<user>` nor a configured static user.
+pub fn lookup(
+    username: &str,
+    secrets: &[Secret],
+    static_users: &[(String, Secret)],
+) -> Result<Candidate, UsernameError> {
+    if let Some((_, password)) = static_users.iter().find(|(u, _)| u == username) {
+        return Ok(Candidate {
+            owner: Owner::Static(username.to_owned()),
+            expires: None,
+            passwords: vec![password.expose().to_owned()],
+        });
+    }
+    let (expiry, user) = username.split_once(':').ok_or(UsernameError::Unknown)?;
+    let expires: u64 = expiry.parse().map_err(|_| UsernameError::Unknown)?;
+    if secrets.is_empty() || user.is_empty() {
+        return Err(UsernameError::Unknown);
+    }
+    let peer = user
+        .split_once('@')
+        .and_then(|(peer, room)| Some((PeerId::parse(peer)?, RoomId::parse(room).ok()?)));
+    let owner = match peer {
+        Some((peer, room)) => Owner::Peer { room, peer },
+        None => Owner::External(user.to_owned()),
+    };
+    Ok(Candidate {
+        owner,
+        expires: Some(expires),
+        passwords: secrets.iter().map(|s| rest_password(s, username)).collect(),
+    })
+}
+
+/// The long-term credential key: MD5(username ":" realm ":" password) (RFC 8489 section 9.2.2).
+pub fn long_term_key(username: &str, realm: &str, password: &str) -> Vec<u8> {
+    stun::integrity::MessageIntegrity::new_long_term_integrity(
+        username.to_owned(),
+        realm.to_owned(),
+        password.to_owned(),
+    )
+    .0
+}
+
+/// Stateless nonces: `<issued unix time, hex>` + `<HMAC over it and the client IP, hex>`.
+///
+/// A nonce is valid for `lifetime_s` after it was issued and only from the IP it was issued to.
+#[derive(Clone)]
+pub struct NonceKey {
+    key: hmac::Key,
+    lifetime_s: u64,
+}
+
+/// The state of a nonce presented by a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NonceCheck {
+    Valid,
+    /// Well-formed and genuine, but too old: the client gets 438 and a fresh nonce.
+    Stale,
+    /// Not one of ours (or for another IP): treated like a stale nonce, answered with a fresh one.
+    Invalid,
+}
+
+impl std::fmt::Debug for NonceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NonceKey")
+            .field("lifetime_s", &self.lifetime_s)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NonceKey {
+    pub fn new(secret: &[u8], lifetime_s: u64) -> NonceKey {
+        NonceKey {
+            key: hmac::Key::new(hmac::HMAC_SHA256, secret),
+            lifetime_s,
+        }
+    }
+
+    /// A random key, for a single process.
+    pub fn random(lifetime_s: u64) -> NonceKey {
+        let mut secret = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut secret);
+        NonceKey::new(&secret, lifetime_s)
+    }
+
+    pub fn issue(&self, now_unix: u64, client: IpAddr) -> String {
+        let stamp = format!("{now_unix:016x}");
+        format!("{stamp}{}", self.tag(&stamp, client))
+    }
+
+    pub fn check(&self, nonce: &str, now_unix: u64, client: IpAddr) -> NonceCheck {
+        if nonce.len() != 32 || !nonce.is_ascii() {
+            return NonceCheck::Invalid;
+        }
+        let (stamp, tag) = nonce.split_at(16);
+        let Ok(issued) = u64::from_str_radix(stamp, 16) else {
+            return NonceCheck::Invalid;
+        };
+        let expected = self.tag(stamp, client);
+        if ring::constant_time::verify_slices_are_equal(expected.as_bytes(), tag.as_bytes())
+            .is_err()
+        {
+            return NonceCheck::Invalid;
+        }
+        if now_unix.saturating_sub(issued) > self.lifetime_s || issued > now_unix + 60 {
+            return NonceCheck::Stale;
+        }
+        NonceCheck::Valid
+    }
+
+    fn tag(&self, stamp: &str, client: IpAddr) -> String {
+        let mut ctx = hmac::Context::with_key(&self.key);
+        ctx.update(stamp.as_bytes());
+        ctx.update(client.to_string().as_bytes());
+        let tag = ctx.sign();
+        tag.as_ref()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret(s: &str) -> Secret {
+        Secret::new(s.to_owned())
+    }
+
+    #[test]
+    fn rest_password_matches_coturn() {
+        // coturn: base64(hmac-sha1("north", "1700000000:alice")), computed with
+        // `echo -n 1700000000:alice | openssl dgst -sha1 -hmac north -binary | base64`.
+        assert_eq!(
+            rest_password(&secret("north"), "1700000000:alice"),
+            "Cd/49soE35ICqcJF/bCTn8Z4OyE="
+        );
+    }
+
+    #[test]
+    fn peer_usernames_round_trip_to_their_owner() {
+        let room = RoomId::parse("team-1").unwrap();
+        let peer = PeerId::random();
+        let username = peer_username(1_700_000_600, &room, &peer);
+        let c = lookup(&username, &[secret("a"), secret("b")], &[]).unwrap();
+        assert_eq!(c.owner, Owner::Peer { room, peer });
+        assert_eq!(c.expires, Some(1_700_000_600));
+        assert_eq!(
+            c.passwords,
+            vec![
+                rest_password(&secret("a"), &username),
+                rest_password(&secret("b"), &username)
+            ]
+        );
+    }
+
+    #[test]
+    fn other_rest_usernames_are_external_and_static_users_work() {
+        let c = lookup("1700000000:backend-user", &[secret("s")], &[]).unwrap();
+        assert_eq!(c.owner, Owner::External("backend-user".into()));
+        let statics = vec![("bob".to_owned(), secret("pw"))];
+        let c = lookup("bob", &[], &statics).unwrap();
+        assert_eq!(c.owner, Owner::Static("bob".into()));
+        assert_eq!(c.passwords, vec!["pw".to_owned()]);
+        assert_eq!(
+            lookup("carol", &[secret("s")], &statics),
+            Err(UsernameError::Unknown)
+        );
+        assert_eq!(
+            lookup("soon:x", &[secret("s")], &statics),
+            Err(UsernameError::Unknown)
+        );
+        assert_eq!(
+            lookup("1700000000:x", &[], &statics),
+            Err(UsernameError::Unknown)
+        );
+    }
+
+    /// RFC 5769 section 2.4: a request under long-term credentials.
+    pub(crate) const RFC5769_LONG_TERM: [u8; 116] = [
+        0x00, 0x01, 0x00, 0x60, 0x21, 0x12, 0xa4, 0x42, 0x78, 0xad, 0x34, 0x33, 0xc6, 0xad, 0x72,
+        0xc0, 0x29, 0xda, 0x41, 0x2e, 0x00, 0x06, 0x00, 0x12, 0xe3, 0x83, 0x9e, 0xe3, 0x83, 0x88,
+        0xe3, 0x83, 0xaa, 0xe3, 0x83, 0x83, 0xe3, 0x82, 0xaf, 0xe3, 0x82, 0xb9, 0x00, 0x00, 0x00,
+        0x15, 0x00, 0x1c, 0x66, 0x2f, 0x2f, 0x34, 0x39, 0x39, 0x6b, 0x39, 0x35, 0x34, 0x64, 0x36,
+        0x4f, 0x4c, 0x33, 0x34, 0x6f, 0x4c, 0x39, 0x46, 0x53, 0x54, 0x76, 0x79, 0x36, 0x34, 0x73,
+        0x41, 0x00, 0x14, 0x00, 0x0b, 0x65, 0x78, 0x61, 0x6d, 0x70, 0x6c, 0x65, 0x2e, 0x6f, 0x72,
+        0x67, 0x00, 0x00, 0x08, 0x00, 0x14, 0xf6, 0x70, 0x24, 0x65, 0x6d, 0xd6, 0x4a, 0x3e, 0x02,
+        0xb8, 0xe0, 0x71, 0x2e, 0x85, 0xc9, 0xa2, 0x8c, 0xa8, 0x96, 0x66,
+    ];
+
+    #[test]
+    fn long_term_key_verifies_the_rfc_5769_sample() {
+        let mut msg = stun::message::Message::new();
+        msg.raw = RFC5769_LONG_TERM.to_vec();
+        msg.decode().unwrap();
+        let username =
+            stun::textattrs::TextAttribute::get_from_as(&msg, stun::attributes::ATTR_USERNAME)
+                .unwrap();
+        assert_eq!(username.text, "マトリックス");
+        let key = long_term_key(&username.text, "example.org", "TheMatrIX");
+        stun::integrity::MessageIntegrity(key.clone())
+            .check(&mut msg)
+            .expect("RFC 5769 integrity");
+        let wrong = long_term_key(&username.text, "example.org", "thematrix");
+        assert!(
+            stun::integrity::MessageIntegrity(wrong)
+                .check(&mut msg)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn nonces_expire_and_are_bound_to_the_client_ip() {
+        let key = NonceKey::new(b"k", 600);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let other: IpAddr = "192.0.2.2".parse().unwrap();
+        let nonce = key.issue(1000, ip);
+        assert_eq!(key.check(&nonce, 1000, ip), NonceCheck::Valid);
+        assert_eq!(key.check(&nonce, 1600, ip), NonceCheck::Valid);
+        assert_eq!(key.check(&nonce, 1601, ip), NonceCheck::Stale);
+        assert_eq!(key.check(&nonce, 1000, other), NonceCheck::Invalid);
+        assert_eq!(key.check("garbage", 1000, ip), NonceCheck::Invalid);
+        let mut forged = nonce.clone();
+        forged.replace_range(0..16, &format!("{:016x}", 5000));
+        assert_eq!(key.check(&forged, 5000, ip), NonceCheck::Invalid);
+        assert_eq!(
+            NonceKey::new(b"other", 600).check(&nonce, 1000, ip),
+            NonceCheck::Invalid
+        );
+    }
+}
