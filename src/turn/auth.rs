@@ -167,9 +167,11 @@ impl NonceKey {
             return NonceCheck::Invalid;
         };
         let expected = self.tag(stamp, client);
-        if ring::constant_time::verify_slices_are_equal(expected.as_bytes(), tag.as_bytes())
-            .is_err()
-        {
+        let differs = expected
+            .bytes()
+            .zip(tag.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        if differs != 0 || expected.len() != tag.len() {
             return NonceCheck::Invalid;
         }
         if now_unix.saturating_sub(issued) > self.lifetime_s || issued > now_unix + 60 {

@@ -7,4 +7,6 @@
 
 pub mod allocation;
 pub mod auth;
+pub mod core;
 pub mod policy;
+pub mod wire;

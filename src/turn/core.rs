@@ -1,0 +1,792 @@
+//! The TURN server core: requests in, responses out, no sockets.
+//!
+//! `Core` authenticates requests, applies policy and quotas, and keeps the
+//! allocation table. It is generic over the relay handle `B::Relay`, which
+//! the I/O layer (`turn::server`) makes real (a bound UDP socket) and tests
+//! make fake. Time comes in as arguments (`now`, `unix`), so tests drive a
+//! virtual clock.
+//!
+//! Concurrency: the table is a `RwLock` taken briefly (a read per data packet);
+//! each allocation's permissions and channels sit behind its own `Mutex`, so
+//! no lock is shared by all clients on the data path and none is held across I/O.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use stun::attributes::{ATTR_DATA, ATTR_MESSAGE_INTEGRITY, ATTR_NONCE, ATTR_REALM, ATTR_USERNAME};
+use stun::message::{
+    CLASS_ERROR_RESPONSE, CLASS_INDICATION, CLASS_REQUEST, CLASS_SUCCESS_RESPONSE, Getter,
+    METHOD_ALLOCATE, METHOD_BINDING, METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION, METHOD_REFRESH,
+    METHOD_SEND, Message, Setter,
+};
+use stun::textattrs::TextAttribute;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use super::allocation::{AllocState, granted_lifetime};
+use super::auth::{self, NonceCheck, NonceKey, Owner};
+use super::policy::PeerPolicy;
+use super::wire;
+use crate::config::Secret;
+use crate::signaling::protocol::{PeerId, RoomId};
+
+/// The transport a client reached the server over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+        }
+    }
+}
+
+/// Identifies an allocation: the client, the server socket it talked to, and the transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FiveTuple {
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    pub transport: Transport,
+}
+
+/// Binds relay sockets; the only I/O the core needs, injected so tests can fake it.
+pub trait RelayBinder: Send + Sync {
+    type Relay: Send + Sync + 'static;
+    /// Binds a relay of the family of `ipv6` and returns it with its local address.
+    fn bind(&self, ipv6: bool) -> std::io::Result<(Self::Relay, SocketAddr)>;
+}
+
+/// Answers "is this peer still in this room?" for peer credentials.
+pub type Membership = Arc<dyn Fn(&RoomId, &PeerId) -> bool + Send + Sync>;
+
+/// Quotas and identity of the server.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    pub realm: String,
+    /// REST secrets: the first mints, all verify.
+    pub secrets: Vec<Secret>,
+    pub static_users: Vec<(String, Secret)>,
+    /// The address advertised in XOR-RELAYED-ADDRESS instead of the bound one (1:1 NAT).
+    pub external_ip: Option<IpAddr>,
+    pub max_allocations_per_credential: usize,
+    pub max_allocations_per_room: usize,
+    pub max_allocations: usize,
+}
+
+/// Counters of dropped and refused traffic; read by logs now, metrics later.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub malformed: AtomicU64,
+    pub auth_failures: AtomicU64,
+    pub policy_refusals: AtomicU64,
+    pub quota_refusals: AtomicU64,
+    pub no_permission: AtomicU64,
+    pub relay_send_failures: AtomicU64,
+}
+
+impl Stats {
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Responses kept per allocation to answer retransmitted requests identically.
+const REPLY_CACHE: usize = 8;
+
+/// One allocation: its relay, owner and state.
+#[derive(Debug)]
+pub struct Allocation<R> {
+    pub tuple: FiveTuple,
+    /// The address advertised to the client (the external IP when configured).
+    pub relayed: SocketAddr,
+    /// The address the relay socket is bound to.
+    pub local: SocketAddr,
+    pub relay: R,
+    pub owner: Owner,
+    pub username: String,
+    pub state: Mutex<AllocState>,
+    replies: Mutex<VecDeque<([u8; 12], Vec<u8>)>>,
+    /// Cancelled when the allocation is removed; the relay task stops on it.
+    pub closed: CancellationToken,
+}
+
+impl<R> Allocation<R> {
+    fn cached_reply(&self, tid: &[u8; 12]) -> Option<Vec<u8>> {
+        let cache = self.replies.lock().expect("reply cache");
+        cache.iter().find(|(t, _)| t == tid).map(|(_, r)| r.clone())
+    }
+
+    fn remember(&self, tid: [u8; 12], reply: &[u8]) {
+        let mut cache = self.replies.lock().expect("reply cache");
+        if cache.len() == REPLY_CACHE {
+            cache.pop_front();
+        }
+        cache.push_back((tid, reply.to_vec()));
+    }
+}
+
+/// What the I/O layer must do after a STUN message.
+pub enum Handled<R> {
+    /// Send these bytes back to the client.
+    Reply(Vec<u8>),
+    /// Send the reply, and start relaying for this new allocation.
+    Allocated(Vec<u8>, Arc<Allocation<R>>),
+    /// A Send indication: relay `data` to `peer`.
+    Send {
+        allocation: Arc<Allocation<R>>,
+        peer: SocketAddr,
+        data: Vec<u8>,
+    },
+    /// Nothing to send (dropped, counted).
+    Nothing,
+}
+
+struct Table<R> {
+    by_tuple: HashMap<FiveTuple, Arc<Allocation<R>>>,
+    by_relay: HashMap<SocketAddr, Arc<Allocation<R>>>,
+    per_username: HashMap<String, usize>,
+    per_room: HashMap<RoomId, usize>,
+}
+
+impl<R> Table<R> {
+    fn insert(&mut self, a: Arc<Allocation<R>>) {
+        *self.per_username.entry(a.username.clone()).or_default() += 1;
+        if let Some((room, _)) = a.owner.peer() {
+            *self.per_room.entry(room.clone()).or_default() += 1;
+        }
+        self.by_relay.insert(a.relayed, Arc::clone(&a));
+        self.by_tuple.insert(a.tuple, a);
+    }
+
+    fn remove(&mut self, tuple: &FiveTuple) -> Option<Arc<Allocation<R>>> {
+        let a = self.by_tuple.remove(tuple)?;
+        self.by_relay.remove(&a.relayed);
+        decrement(&mut self.per_username, &a.username);
+        if let Some((room, _)) = a.owner.peer() {
+            decrement(&mut self.per_room, room);
+        }
+        a.closed.cancel();
+        Some(a)
+    }
+}
+
+fn decrement<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
+    if let Some(n) = map.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            map.remove(key);
+        }
+    }
+}
+
+/// Why an allocation was closed, for the log line.
+#[derive(Debug, Clone, Copy)]
+pub enum CloseReason {
+    Expired,
+    Refresh,
+    PeerLeft,
+    TransportClosed,
+    Shutdown,
+}
+
+pub struct Core<B: RelayBinder> {
+    config: CoreConfig,
+    nonces: NonceKey,
+    policy: PeerPolicy,
+    binder: B,
+    membership: Membership,
+    table: RwLock<Table<B::Relay>>,
+    pub stats: Stats,
+}
+
+/// A request that passed authentication.
+struct Authed {
+    username: String,
+    key: Vec<u8>,
+    owner: Owner,
+}
+
+impl<B: RelayBinder> Core<B> {
+    pub fn new(
+        config: CoreConfig,
+        nonces: NonceKey,
+        policy: PeerPolicy,
+        binder: B,
+        membership: Membership,
+    ) -> Core<B> {
+        Core {
+            config,
+            nonces,
+            policy,
+            binder,
+            membership,
+            table: RwLock::new(Table {
+                by_tuple: HashMap::new(),
+                by_relay: HashMap::new(),
+                per_username: HashMap::new(),
+                per_room: HashMap::new(),
+            }),
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn realm(&self) -> &str {
+        &self.config.realm
+    }
+
+    /// Handles one STUN message from a client.
+    pub fn handle_stun(
+        &self,
+        now: Instant,
+        unix: u64,
+        tuple: FiveTuple,
+        bytes: &[u8],
+    ) -> Handled<B::Relay> {
+        let mut msg = Message::new();
+        msg.raw = bytes.to_vec();
+        if msg.decode().is_err() {
+            Stats::bump(&self.stats.malformed);
+            return Handled::Nothing;
+        }
+        if msg.contains(stun::attributes::ATTR_FINGERPRINT)
+            && stun::fingerprint::FINGERPRINT.check(&msg).is_err()
+        {
+            Stats::bump(&self.stats.malformed);
+            return Handled::Nothing;
+        }
+        if msg.typ.class == CLASS_INDICATION {
+            return if msg.typ.method == METHOD_SEND {
+                self.handle_send(now, tuple, &msg)
+            } else {
+                Handled::Nothing
+            };
+        }
+        if msg.typ.class != CLASS_REQUEST {
+            return Handled::Nothing;
+        }
+        if msg.typ.method == METHOD_BINDING {
+            return Handled::Reply(binding_response(&msg, tuple.client));
+        }
+        let existing = self.get(&tuple);
+        if let Some(a) = &existing
+            && let Some(reply) = a.cached_reply(&msg.transaction_id.0)
+        {
+            return Handled::Reply(reply);
+        }
+        let known = [
+            METHOD_ALLOCATE,
+            METHOD_REFRESH,
+            METHOD_CREATE_PERMISSION,
+            METHOD_CHANNEL_BIND,
+        ];
+        if !known.contains(&msg.typ.method) {
+            return Handled::Reply(wire::response(
+                &msg,
+                CLASS_ERROR_RESPONSE,
+                vec![wire::error_code(400)],
+                None,
+            ));
+        }
+        let authed = match self.authenticate(&mut msg, tuple, unix, existing.as_deref()) {
+            Ok(a) => a,
+            Err(reply) => {
+                Stats::bump(&self.stats.auth_failures);
+                return Handled::Reply(reply);
+            }
+        };
+        let handled = match msg.typ.method {
+            METHOD_ALLOCATE => self.handle_allocate(now, tuple, &msg, authed, existing),
+            METHOD_REFRESH => self.handle_refresh(now, tuple, &msg, &authed, existing),
+            METHOD_CREATE_PERMISSION => self.handle_create_permission(now, &msg, &authed, existing),
+            _ => self.handle_channel_bind(now, &msg, &authed, existing),
+        };
+        if let (Handled::Reply(reply), Some(a)) = (&handled, self.get(&tuple)) {
+            a.remember(msg.transaction_id.0, reply);
+        }
+        handled
+    }
+
+    fn authenticate(
+        &self,
+        msg: &mut Message,
+        tuple: FiveTuple,
+        unix: u64,
+        existing: Option<&Allocation<B::Relay>>,
+    ) -> Result<Authed, Vec<u8>> {
+        let ip = tuple.client.ip();
+        let challenge = |msg: &Message, code: u16| {
+            let realm = TextAttribute::new(ATTR_REALM, self.config.realm.clone());
+            let nonce = TextAttribute::new(ATTR_NONCE, self.nonces.issue(unix, ip));
+            wire::response(
+                msg,
+                CLASS_ERROR_RESPONSE,
+                vec![wire::error_code(code), Box::new(realm), Box::new(nonce)],
+                None,
+            )
+        };
+        if !msg.contains(ATTR_MESSAGE_INTEGRITY) {
+            return Err(challenge(msg, 401));
+        }
+        let text = |attr| TextAttribute::get_from_as(msg, attr).map(|t| t.text);
+        let (Ok(username), Ok(realm), Ok(nonce)) =
+            (text(ATTR_USERNAME), text(ATTR_REALM), text(ATTR_NONCE))
+        else {
+            return Err(wire::response(
+                msg,
+                CLASS_ERROR_RESPONSE,
+                vec![wire::error_code(400)],
+                None,
+            ));
+        };
+        if self.nonces.check(&nonce, unix, ip) != NonceCheck::Valid {
+            return Err(challenge(msg, 438));
+        }
+        if realm != self.config.realm {
+            debug!(client = %tuple.client, "TURN request for another realm");
+            return Err(challenge(msg, 401));
+        }
+        let Ok(candidate) =
+            auth::lookup(&username, &self.config.secrets, &self.config.static_users)
+        else {
+            debug!(client = %tuple.client, "unknown TURN username");
+            return Err(challenge(msg, 401));
+        };
+        let key = candidate.passwords.iter().find_map(|password| {
+            let key = auth::long_term_key(&username, &realm, password);
+            stun::integrity::MessageIntegrity(key.clone())
+                .check(msg)
+                .ok()
+                .map(|()| key)
+        });
+        let Some(key) = key else {
+            debug!(client = %tuple.client, "wrong TURN credential");
+            return Err(challenge(msg, 401));
+        };
+        // An existing allocation belongs to the credential that made it.
+        if let Some(a) = existing
+            && a.username != username
+        {
+            return Err(wire::response(
+                msg,
+                CLASS_ERROR_RESPONSE,
+                vec![wire::error_code(441)],
+                Some(&key),
+            ));
+        }
+        let expired = candidate.expires.is_some_and(|e| e < unix);
+        let member = candidate
+            .owner
+            .peer()
+            .is_none_or(|(room, peer)| (self.membership)(room, peer));
+        // A new allocation needs a live credential and, for a peer credential, a peer still in its room.
+        // An existing one may be refreshed past expiry while its peer stays (long calls never drop).
+        let ok = member && (!expired || existing.is_some());
+        if !ok {
+            debug!(client = %tuple.client, expired, member, "TURN credential no longer valid");
+            return Err(challenge(msg, 401));
+        }
+        Ok(Authed {
+            username,
+            key,
+            owner: candidate.owner,
+        })
+    }
+
+    fn handle_allocate(
+        &self,
+        now: Instant,
+        tuple: FiveTuple,
+        msg: &Message,
+        authed: Authed,
+        existing: Option<Arc<Allocation<B::Relay>>>,
+    ) -> Handled<B::Relay> {
+        let error = |code| {
+            Handled::Reply(wire::response(
+                msg,
+                CLASS_ERROR_RESPONSE,
+                vec![wire::error_code(code)],
+                Some(&authed.key),
+            ))
+        };
+        if existing.is_some() {
+            return error(437);
+        }
+        let mut transport = turn::proto::reqtrans::RequestedTransport::default();
+        if transport.get_from(msg).is_err() {
+            return error(400);
+        }
+        if transport.protocol != turn::proto::PROTO_UDP {
+            return error(442);
+        }
+        let ipv6 = match msg.get(stun::attributes::ATTR_REQUESTED_ADDRESS_FAMILY) {
+            Err(_) => false,
+            Ok(v) if v.first() == Some(&0x01) => false,
+            Ok(v) if v.first() == Some(&0x02) => true,
+            Ok(_) => return error(440),
+        };
+        if msg.contains(stun::attributes::ATTR_RESERVATION_TOKEN)
+            || msg.contains(stun::attributes::ATTR_EVEN_PORT)
+        {
+            // Reserved port pairs are not offered; RFC 8656 lets a server refuse them this way.
+            return error(508);
+        }
+        let mut lifetime = turn::proto::lifetime::Lifetime::default();
+        let requested = lifetime.get_from(msg).ok().map(|()| lifetime.0);
+        let granted = granted_lifetime(requested);
+        {
+            let table = self.table.read().expect("table");
+            let c = &self.config;
+            if table.by_tuple.len() >= c.max_allocations {
+                Stats::bump(&self.stats.quota_refusals);
+                info!(client = %tuple.client, limit = "total", "allocation refused by quota");
+                return error(508);
+            }
+            let per_user = table
+                .per_username
+                .get(&authed.username)
+                .copied()
+                .unwrap_or(0);
+            let per_room = authed
+                .owner
+                .peer()
+                .and_then(|(room, _)| table.per_room.get(room).copied())
+                .unwrap_or(0);
+            if per_user >= c.max_allocations_per_credential
+                || per_room >= c.max_allocations_per_room
+            {
+                Stats::bump(&self.stats.quota_refusals);
+                let limit = if per_user >= c.max_allocations_per_credential {
+                    "credential"
+                } else {
+                    "room"
+                };
+                info!(client = %tuple.client, limit, "allocation refused by quota");
+                return error(486);
+            }
+        }
+        let (relay, local) = match self.binder.bind(ipv6) {
+            Ok(pair) => pair,
+            Err(e) => {
+                info!(error = %e, "cannot bind a relay socket");
+                return error(if ipv6 { 440 } else { 508 });
+            }
+        };
+        let relayed = match self.config.external_ip {
+            Some(ip) if ip.is_ipv6() == ipv6 => SocketAddr::new(ip, local.port()),
+            _ => local,
+        };
+        let relayed_attr = turn::proto::relayaddr::RelayedAddress {
+            ip: relayed.ip(),
+            port: relayed.port(),
+        };
+        let reply = wire::response(
+            msg,
+            CLASS_SUCCESS_RESPONSE,
+            vec![
+                Box::new(relayed_attr),
+                Box::new(turn::proto::lifetime::Lifetime(granted)),
+                Box::new(stun::xoraddr::XorMappedAddress {
+                    ip: tuple.client.ip(),
+                    port: tuple.client.port(),
+                }),
+            ],
+            Some(&authed.key),
+        );
+        let allocation = Arc::new(Allocation {
+            tuple,
+            relayed,
+            local,
+            relay,
+            owner: authed.owner,
+            username: authed.username,
+            state: Mutex::new(AllocState::new(now, granted)),
+            replies: Mutex::new(VecDeque::new()),
+            closed: CancellationToken::new(),
+        });
+        allocation.remember(msg.transaction_id.0, &reply);
+        {
+            let mut table = self.table.write().expect("table");
+            if table.by_tuple.contains_key(&tuple) {
+                // A concurrent retransmission won the race; keep the first.
+                return error(437);
+            }
+            table.insert(Arc::clone(&allocation));
+        }
+        info!(client = %tuple.client, transport = tuple.transport.as_str(), %relayed, lifetime_s = granted.as_secs(), owner = ?owner_label(&allocation.owner), "allocation created");
+        Handled::Allocated(reply, allocation)
+    }
+
+    fn handle_refresh(
+        &self,
+        now: Instant,
+        tuple: FiveTuple,
+        msg: &Message,
+        authed: &Authed,
+        existing: Option<Arc<Allocation<B::Relay>>>,
+    ) -> Handled<B::Relay> {
+        let Some(a) = existing else {
+            return Handled::Reply(wire::response(
+                msg,
+                CLASS_ERROR_RESPONSE,
+                vec![wire::error_code(437)],
+                Some(&authed.key),
+            ));
+        };
+        let mut lifetime = turn::proto::lifetime::Lifetime::default();
+        let requested = lifetime.get_from(msg).ok().map(|()| lifetime.0);
+        let granted = if requested == Some(Duration::ZERO) {
+            Duration::ZERO
+        } else {
+            granted_lifetime(requested)
+        };
+        let reply = wire::response(
+            msg,
+            CLASS_SUCCESS_RESPONSE,
+            vec![Box::new(turn::proto::lifetime::Lifetime(granted))],
+            Some(&authed.key),
+        );
+        if granted.is_zero() {
+            a.remember(msg.transaction_id.0, &reply);
+            self.close(&tuple, CloseReason::Refresh);
+        } else {
+            a.state.lock().expect("allocation").refresh(now, granted);
+        }
+        Handled::Reply(reply)
+    }
+
+    fn handle_create_permission(
+        &self,
+        now: Instant,
+        msg: &Message,
+        authed: &Authed,
+        existing: Option<Arc<Allocation<B::Relay>>>,
+    ) -> Handled<B::Relay> {
+        let error = |code| {
+            Handled::Reply(wire::response(
+                msg,
+                CLASS_ERROR_RESPONSE,
+                vec![wire::error_code(code)],
+                Some(&authed.key),
+            ))
+        };
+        let Some(a) = existing else { return error(437) };
+        let peers = match wire::peer_addresses(msg) {
+            Some(p) if !p.is_empty() => p,
+            _ => return error(400),
+        };
+        for peer in &peers {
+            if peer.is_ipv4() != a.relayed.is_ipv4() {
+                return error(443);
+            }
+            if let Err(code) = self.check_peer(*peer) {
+                return error(code);
+            }
+        }
+        let mut state = a.state.lock().expect("allocation");
+        for peer in &peers {
+            state.permit(now, peer.ip());
+        }
+        drop(state);
+        Handled::Reply(wire::response(
+            msg,
+            CLASS_SUCCESS_RESPONSE,
+            vec![],
+            Some(&authed.key),
+        ))
+    }
+
+    fn handle_channel_bind(
+        &self,
+        now: Instant,
+        msg: &Message,
+        authed: &Authed,
+        existing: Option<Arc<Allocation<B::Relay>>>,
+    ) -> Handled<B::Relay> {
+        let error = |code| {
+            Handled::Reply(wire::response(
+                msg,
+                CLASS_ERROR_RESPONSE,
+                vec![wire::error_code(code)],
+                Some(&authed.key),
+            ))
+        };
+        let Some(a) = existing else { return error(437) };
+        let mut number = turn::proto::channum::ChannelNumber::default();
+        let peers = wire::peer_addresses(msg);
+        let (Ok(()), Some([peer])) = (number.get_from(msg), peers.as_deref()) else {
+            return error(400);
+        };
+        if peer.is_ipv4() != a.relayed.is_ipv4() {
+            return error(443);
+        }
+        if let Err(code) = self.check_peer(*peer) {
+            return error(code);
+        }
+        if a.state
+            .lock()
+            .expect("allocation")
+            .bind_channel(now, number.0, *peer)
+            .is_err()
+        {
+            return error(400);
+        }
+        Handled::Reply(wire::response(
+            msg,
+            CLASS_SUCCESS_RESPONSE,
+            vec![],
+            Some(&authed.key),
+        ))
+    }
+
+    fn handle_send(&self, now: Instant, tuple: FiveTuple, msg: &Message) -> Handled<B::Relay> {
+        let Some(a) = self.get(&tuple) else {
+            return Handled::Nothing;
+        };
+        let peers = wire::peer_addresses(msg);
+        let (Some([peer]), Ok(data)) = (peers.as_deref(), msg.get(ATTR_DATA)) else {
+            Stats::bump(&self.stats.malformed);
+            return Handled::Nothing;
+        };
+        let peer = *peer;
+        if !a
+            .state
+            .lock()
+            .expect("allocation")
+            .is_permitted(now, peer.ip())
+        {
+            Stats::bump(&self.stats.no_permission);
+            return Handled::Nothing;
+        }
+        Handled::Send {
+            allocation: a,
+            peer,
+            data,
+        }
+    }
+
+    /// Refuses peers by policy, with 403.
+    fn check_peer(&self, peer: SocketAddr) -> Result<(), u16> {
+        let is_relay = self
+            .table
+            .read()
+            .expect("table")
+            .by_relay
+            .contains_key(&peer);
+        self.policy.check(peer, is_relay).map_err(|refused| {
+            Stats::bump(&self.stats.policy_refusals);
+            info!(%peer, class = refused.class, "peer address refused by policy");
+            403
+        })
+    }
+
+    /// The allocation of `tuple`.
+    pub fn get(&self, tuple: &FiveTuple) -> Option<Arc<Allocation<B::Relay>>> {
+        self.table
+            .read()
+            .expect("table")
+            .by_tuple
+            .get(tuple)
+            .cloned()
+    }
+
+    /// The live allocation whose relayed address is `addr` (for relay-to-relay).
+    pub fn by_relayed(&self, addr: &SocketAddr) -> Option<Arc<Allocation<B::Relay>>> {
+        self.table
+            .read()
+            .expect("table")
+            .by_relay
+            .get(addr)
+            .cloned()
+    }
+
+    /// Removes the allocation of `tuple`.
+    pub fn close(&self, tuple: &FiveTuple, reason: CloseReason) -> bool {
+        let removed = self.table.write().expect("table").remove(tuple);
+        if let Some(a) = &removed {
+            info!(client = %a.tuple.client, relayed = %a.relayed, ?reason, "allocation closed");
+        }
+        removed.is_some()
+    }
+
+    /// Removes every allocation owned by `peer` of `room`.
+    pub fn close_peer(&self, room: &RoomId, peer: &PeerId, reason: CloseReason) -> usize {
+        let tuples: Vec<FiveTuple> = {
+            let table = self.table.read().expect("table");
+            table
+                .by_tuple
+                .values()
+                .filter(|a| a.owner.peer() == Some((room, peer)))
+                .map(|a| a.tuple)
+                .collect()
+        };
+        tuples.iter().filter(|t| self.close(t, reason)).count()
+    }
+
+    /// Removes expired allocations and sweeps permissions and channels.
+    pub fn sweep(&self, now: Instant) -> usize {
+        let expired: Vec<FiveTuple> = {
+            let table = self.table.read().expect("table");
+            table
+                .by_tuple
+                .values()
+                .filter_map(|a| {
+                    let mut state = a.state.lock().expect("allocation");
+                    state.sweep(now);
+                    state.is_expired(now).then_some(a.tuple)
+                })
+                .collect()
+        };
+        expired
+            .iter()
+            .filter(|t| self.close(t, CloseReason::Expired))
+            .count()
+    }
+
+    /// Removes every allocation, for shutdown.
+    pub fn close_all(&self) {
+        let tuples: Vec<FiveTuple> = self
+            .table
+            .read()
+            .expect("table")
+            .by_tuple
+            .keys()
+            .copied()
+            .collect();
+        for t in tuples {
+            self.close(&t, CloseReason::Shutdown);
+        }
+    }
+
+    pub fn allocation_count(&self) -> usize {
+        self.table.read().expect("table").by_tuple.len()
+    }
+}
+
+fn owner_label(owner: &Owner) -> &'static str {
+    match owner {
+        Owner::Peer { .. } => "peer",
+        Owner::External(_) => "rest",
+        Owner::Static(_) => "static",
+    }
+}
+
+fn binding_response(msg: &Message, client: SocketAddr) -> Vec<u8> {
+    let mapped: Box<dyn Setter> = Box::new(stun::xoraddr::XorMappedAddress {
+        ip: client.ip(),
+        port: client.port(),
+    });
+    wire::response(msg, CLASS_SUCCESS_RESPONSE, vec![mapped], None)
+}
+
+#[cfg(test)]
+mod tests;

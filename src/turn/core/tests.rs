@@ -1,0 +1,648 @@
+//! The TURN state machine driven as data: fake relays, a virtual clock.
+
+use std::collections::HashSet;
+use std::sync::atomic::AtomicU16;
+
+use stun::agent::TransactionId;
+use stun::error_code::ErrorCodeAttribute;
+use stun::message::{MessageType, Method};
+use turn::proto::PROTO_TCP;
+use turn::proto::channum::ChannelNumber;
+use turn::proto::lifetime::Lifetime;
+use turn::proto::peeraddr::PeerAddress;
+use turn::proto::relayaddr::RelayedAddress;
+use turn::proto::reqtrans::RequestedTransport;
+
+use super::*;
+
+struct FakeBinder(AtomicU16);
+
+impl RelayBinder for FakeBinder {
+    type Relay = ();
+    fn bind(&self, ipv6: bool) -> std::io::Result<((), SocketAddr)> {
+        let port = self.0.fetch_add(1, Ordering::Relaxed);
+        let ip: IpAddr = if ipv6 {
+            "::1".parse().unwrap()
+        } else {
+            "127.0.0.1".parse().unwrap()
+        };
+        Ok(((), SocketAddr::new(ip, port)))
+    }
+}
+
+const SECRET: &str = "s3cret";
+const REALM: &str = "sb";
+const UNIX: u64 = 1_800_000_000;
+
+struct Fixture {
+    core: Core<FakeBinder>,
+    members: Arc<Mutex<HashSet<(RoomId, PeerId)>>>,
+    t0: Instant,
+}
+
+fn fixture() -> Fixture {
+    fixture_with(|_| {})
+}
+
+fn fixture_with(tweak: impl FnOnce(&mut CoreConfig)) -> Fixture {
+    let mut config = CoreConfig {
+        realm: REALM.into(),
+        secrets: vec![Secret::new(SECRET.into())],
+        static_users: vec![("alice".into(), Secret::new("pw".into()))],
+        external_ip: None,
+        max_allocations_per_credential: 10,
+        max_allocations_per_room: 10,
+        max_allocations: 100,
+    };
+    tweak(&mut config);
+    let members: Arc<Mutex<HashSet<(RoomId, PeerId)>>> = Arc::default();
+    let m = Arc::clone(&members);
+    let membership: Membership =
+        Arc::new(move |r, p| m.lock().unwrap().contains(&(r.clone(), p.clone())));
+    let policy = PeerPolicy::new(vec![], vec![], vec![], vec![]);
+    let core = Core::new(
+        config,
+        NonceKey::new(b"n", 600),
+        policy,
+        FakeBinder(AtomicU16::new(50000)),
+        membership,
+    );
+    Fixture {
+        core,
+        members,
+        t0: Instant::now(),
+    }
+}
+
+fn tuple(port: u16) -> FiveTuple {
+    FiveTuple {
+        client: SocketAddr::new("198.51.99.1".parse().unwrap(), port),
+        server: "198.51.99.2:3478".parse().unwrap(),
+        transport: Transport::Udp,
+    }
+}
+
+/// A credential: username and password.
+struct Cred(String, String);
+
+fn rest(expires: u64, user: &str) -> Cred {
+    let username = format!("{expires}:{user}");
+    let password = auth::rest_password(&Secret::new(SECRET.into()), &username);
+    Cred(username, password)
+}
+
+fn request(
+    method: Method,
+    tid: TransactionId,
+    attrs: Vec<Box<dyn Setter>>,
+    auth: Option<(&Cred, &str)>,
+) -> Vec<u8> {
+    let mut setters: Vec<Box<dyn Setter>> = vec![
+        Box::new(tid),
+        Box::new(MessageType::new(method, CLASS_REQUEST)),
+    ];
+    setters.extend(attrs);
+    if let Some((cred, nonce)) = auth {
+        setters.push(Box::new(TextAttribute::new(ATTR_USERNAME, cred.0.clone())));
+        setters.push(Box::new(TextAttribute::new(ATTR_REALM, REALM.into())));
+        setters.push(Box::new(TextAttribute::new(ATTR_NONCE, nonce.into())));
+        let key = auth::long_term_key(&cred.0, REALM, &cred.1);
+        setters.push(Box::new(stun::integrity::MessageIntegrity(key)));
+    }
+    setters.push(Box::new(stun::fingerprint::FINGERPRINT));
+    let mut m = Message::new();
+    m.build(&setters).unwrap();
+    m.raw
+}
+
+fn udp() -> Box<dyn Setter> {
+    Box::new(RequestedTransport {
+        protocol: turn::proto::PROTO_UDP,
+    })
+}
+
+fn peer(addr: &str) -> Box<dyn Setter> {
+    let a: SocketAddr = addr.parse().unwrap();
+    Box::new(PeerAddress {
+        ip: a.ip(),
+        port: a.port(),
+    })
+}
+
+fn decode(bytes: &[u8]) -> Message {
+    let mut m = Message::new();
+    m.raw = bytes.to_vec();
+    m.decode().unwrap();
+    stun::fingerprint::FINGERPRINT
+        .check(&m)
+        .expect("responses carry FINGERPRINT");
+    m
+}
+
+fn reply_of(h: Handled<()>) -> Vec<u8> {
+    match h {
+        Handled::Reply(r) | Handled::Allocated(r, _) => r,
+        _ => panic!("expected a reply"),
+    }
+}
+
+/// The error code of a response, or `None` for success.
+fn code(bytes: &[u8]) -> Option<u16> {
+    let m = decode(bytes);
+    if m.typ.class == CLASS_SUCCESS_RESPONSE {
+        return None;
+    }
+    assert_eq!(m.typ.class, CLASS_ERROR_RESPONSE);
+    let mut e = ErrorCodeAttribute::default();
+    e.get_from(&m).unwrap();
+    Some(e.code.0)
+}
+
+fn nonce_of(bytes: &[u8]) -> String {
+    TextAttribute::get_from_as(&decode(bytes), ATTR_NONCE)
+        .unwrap()
+        .text
+}
+
+impl Fixture {
+    fn send(&self, t: FiveTuple, bytes: &[u8]) -> Handled<()> {
+        self.send_at(Duration::ZERO, t, bytes)
+    }
+
+    fn send_at(&self, after: Duration, t: FiveTuple, bytes: &[u8]) -> Handled<()> {
+        self.core
+            .handle_stun(self.t0 + after, UNIX + after.as_secs(), t, bytes)
+    }
+
+    /// A fresh nonce for `t`, from an unauthenticated Allocate.
+    fn nonce(&self, t: FiveTuple) -> String {
+        let r = reply_of(self.send(
+            t,
+            &request(METHOD_ALLOCATE, TransactionId::new(), vec![udp()], None),
+        ));
+        assert_eq!(code(&r), Some(401));
+        nonce_of(&r)
+    }
+
+    fn allocate(&self, t: FiveTuple, cred: &Cred) -> Vec<u8> {
+        let nonce = self.nonce(t);
+        reply_of(self.send(
+            t,
+            &request(
+                METHOD_ALLOCATE,
+                TransactionId::new(),
+                vec![udp()],
+                Some((cred, &nonce)),
+            ),
+        ))
+    }
+}
+
+#[test]
+fn binding_answers_with_the_mapped_address() {
+    let f = fixture();
+    let t = tuple(4000);
+    let r = reply_of(f.send(
+        t,
+        &request(METHOD_BINDING, TransactionId::new(), vec![], None),
+    ));
+    let m = decode(&r);
+    let mut mapped = stun::xoraddr::XorMappedAddress::default();
+    mapped.get_from(&m).unwrap();
+    assert_eq!(SocketAddr::new(mapped.ip, mapped.port), t.client);
+}
+
+#[test]
+fn allocate_challenge_then_success_with_relayed_address_and_lifetime() {
+    let f = fixture();
+    let t = tuple(4000);
+    let challenge = reply_of(f.send(
+        t,
+        &request(METHOD_ALLOCATE, TransactionId::new(), vec![udp()], None),
+    ));
+    assert_eq!(code(&challenge), Some(401));
+    let m = decode(&challenge);
+    assert_eq!(
+        TextAttribute::get_from_as(&m, ATTR_REALM).unwrap().text,
+        REALM
+    );
+    let r = f.allocate(t, &rest(UNIX + 600, "bob"));
+    assert_eq!(code(&r), None);
+    let m = decode(&r);
+    let mut relayed = RelayedAddress::default();
+    relayed.get_from(&m).unwrap();
+    assert_eq!(relayed.ip, "127.0.0.1".parse::<IpAddr>().unwrap());
+    let mut lifetime = Lifetime::default();
+    lifetime.get_from(&m).unwrap();
+    assert_eq!(lifetime.0, Duration::from_secs(600));
+    assert!(m.contains(ATTR_MESSAGE_INTEGRITY));
+    assert_eq!(f.core.allocation_count(), 1);
+}
+
+#[test]
+fn retransmitted_allocate_gets_the_same_answer_and_a_new_one_gets_437() {
+    let f = fixture();
+    let t = tuple(4000);
+    let cred = rest(UNIX + 600, "bob");
+    let nonce = f.nonce(t);
+    let req = request(
+        METHOD_ALLOCATE,
+        TransactionId::new(),
+        vec![udp()],
+        Some((&cred, &nonce)),
+    );
+    let first = reply_of(f.send(t, &req));
+    let again = reply_of(f.send(t, &req));
+    assert_eq!(first, again);
+    let other = request(
+        METHOD_ALLOCATE,
+        TransactionId::new(),
+        vec![udp()],
+        Some((&cred, &nonce)),
+    );
+    assert_eq!(code(&reply_of(f.send(t, &other))), Some(437));
+}
+
+#[test]
+fn credential_refusals() {
+    let f = fixture();
+    let t = tuple(4000);
+    // Wrong password.
+    let wrong = Cred(rest(UNIX + 600, "bob").0, "nope".into());
+    assert_eq!(code(&f.allocate(t, &wrong)), Some(401));
+    // Expired REST credential.
+    assert_eq!(code(&f.allocate(t, &rest(UNIX - 1, "bob"))), Some(401));
+    // Unknown static user, and a known one.
+    assert_eq!(
+        code(&f.allocate(t, &Cred("carol".into(), "pw".into()))),
+        Some(401)
+    );
+    assert_eq!(
+        code(&f.allocate(t, &Cred("alice".into(), "pw".into()))),
+        None
+    );
+    // Wrong realm.
+    let f = fixture();
+    let nonce = f.nonce(t);
+    let cred = rest(UNIX + 600, "bob");
+    let key = auth::long_term_key(&cred.0, "other", &cred.1);
+    let setters: Vec<Box<dyn Setter>> = vec![
+        Box::new(TransactionId::new()),
+        Box::new(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST)),
+        udp(),
+        Box::new(TextAttribute::new(ATTR_USERNAME, cred.0.clone())),
+        Box::new(TextAttribute::new(ATTR_REALM, "other".into())),
+        Box::new(TextAttribute::new(ATTR_NONCE, nonce)),
+        Box::new(stun::integrity::MessageIntegrity(key)),
+    ];
+    let mut m = Message::new();
+    m.build(&setters).unwrap();
+    assert_eq!(code(&reply_of(f.send(t, &m.raw))), Some(401));
+}
+
+#[test]
+fn stale_and_foreign_nonces_get_438_with_a_fresh_nonce() {
+    let f = fixture();
+    let t = tuple(4000);
+    let nonce = f.nonce(t);
+    let cred = rest(UNIX + 10_000, "bob");
+    let req = request(
+        METHOD_ALLOCATE,
+        TransactionId::new(),
+        vec![udp()],
+        Some((&cred, &nonce)),
+    );
+    let r = reply_of(f.send_at(Duration::from_secs(601), t, &req));
+    assert_eq!(code(&r), Some(438));
+    assert_ne!(nonce_of(&r), nonce);
+    let req = request(
+        METHOD_ALLOCATE,
+        TransactionId::new(),
+        vec![udp()],
+        Some((&cred, "0000000000000000deadbeefdeadbeef")),
+    );
+    assert_eq!(code(&reply_of(f.send(t, &req))), Some(438));
+}
+
+#[test]
+fn peer_credentials_need_a_live_membership_for_new_allocations_only() {
+    let f = fixture();
+    let room = RoomId::parse("r").unwrap();
+    let peer_id = PeerId::random();
+    let username = auth::peer_username(UNIX + 60, &room, &peer_id);
+    let cred = Cred(
+        username.clone(),
+        auth::rest_password(&Secret::new(SECRET.into()), &username),
+    );
+    let t = tuple(4000);
+    assert_eq!(code(&f.allocate(t, &cred)), Some(401), "not a member yet");
+    f.members
+        .lock()
+        .unwrap()
+        .insert((room.clone(), peer_id.clone()));
+    assert_eq!(code(&f.allocate(t, &cred)), None);
+    // Past the credential's expiry, the member may still refresh its allocation...
+    let later = Duration::from_secs(120);
+    let nonce = TextAttribute::get_from_as(
+        &decode(&reply_of(f.send_at(
+            later,
+            tuple(4001),
+            &request(METHOD_ALLOCATE, TransactionId::new(), vec![udp()], None),
+        ))),
+        ATTR_NONCE,
+    )
+    .unwrap()
+    .text;
+    let refresh = request(
+        METHOD_REFRESH,
+        TransactionId::new(),
+        vec![],
+        Some((&cred, &nonce)),
+    );
+    assert_eq!(code(&reply_of(f.send_at(later, t, &refresh))), None);
+    // ...but not allocate anew.
+    let alloc = request(
+        METHOD_ALLOCATE,
+        TransactionId::new(),
+        vec![udp()],
+        Some((&cred, &nonce)),
+    );
+    assert_eq!(
+        code(&reply_of(f.send_at(later, tuple(4002), &alloc))),
+        Some(401)
+    );
+    // Once the peer has left, refreshing fails too, and its allocations can be closed.
+    f.members.lock().unwrap().clear();
+    let refresh = request(
+        METHOD_REFRESH,
+        TransactionId::new(),
+        vec![],
+        Some((&cred, &nonce)),
+    );
+    assert_eq!(code(&reply_of(f.send_at(later, t, &refresh))), Some(401));
+    assert_eq!(f.core.close_peer(&room, &peer_id, CloseReason::PeerLeft), 1);
+    assert_eq!(f.core.allocation_count(), 0);
+}
+
+#[test]
+fn another_credential_on_the_same_allocation_gets_441() {
+    let f = fixture();
+    let t = tuple(4000);
+    f.allocate(t, &rest(UNIX + 600, "bob"));
+    let nonce = f.nonce(tuple(4001));
+    let other = rest(UNIX + 600, "eve");
+    let req = request(
+        METHOD_REFRESH,
+        TransactionId::new(),
+        vec![],
+        Some((&other, &nonce)),
+    );
+    assert_eq!(code(&reply_of(f.send(t, &req))), Some(441));
+}
+
+#[test]
+fn unsupported_transport_gets_442_and_missing_transport_400() {
+    let f = fixture();
+    let t = tuple(4000);
+    let nonce = f.nonce(t);
+    let cred = rest(UNIX + 600, "bob");
+    let tcp: Box<dyn Setter> = Box::new(RequestedTransport {
+        protocol: PROTO_TCP,
+    });
+    assert_eq!(
+        code(&reply_of(f.send(
+            t,
+            &request(
+                METHOD_ALLOCATE,
+                TransactionId::new(),
+                vec![tcp],
+                Some((&cred, &nonce))
+            )
+        ))),
+        Some(442)
+    );
+    assert_eq!(
+        code(&reply_of(f.send(
+            t,
+            &request(
+                METHOD_ALLOCATE,
+                TransactionId::new(),
+                vec![],
+                Some((&cred, &nonce))
+            )
+        ))),
+        Some(400)
+    );
+}
+
+#[test]
+fn permissions_channels_and_policy() {
+    let f = fixture();
+    let t = tuple(4000);
+    let cred = rest(UNIX + 600, "bob");
+    f.allocate(t, &cred);
+    let nonce = f.nonce(tuple(4001));
+    let auth = Some((&cred, nonce.as_str()));
+    let perm = |peers: Vec<Box<dyn Setter>>| {
+        code(&reply_of(f.send(
+            t,
+            &request(METHOD_CREATE_PERMISSION, TransactionId::new(), peers, auth),
+        )))
+    };
+    assert_eq!(perm(vec![peer("8.8.8.8:1"), peer("1.1.1.1:2")]), None);
+    assert_eq!(
+        perm(vec![peer("8.8.4.4:1"), peer("10.0.0.1:2")]),
+        Some(403),
+        "one refused peer refuses all"
+    );
+    assert_eq!(perm(vec![peer("[::ffff:127.0.0.1]:9")]), Some(403));
+    assert_eq!(perm(vec![peer("[2606:4700::1]:9")]), Some(443));
+    assert_eq!(perm(vec![]), Some(400));
+    let a = f.core.get(&t).unwrap();
+    assert!(
+        a.state
+            .lock()
+            .unwrap()
+            .is_permitted(f.t0, "1.1.1.1".parse().unwrap())
+    );
+    assert!(
+        !a.state
+            .lock()
+            .unwrap()
+            .is_permitted(f.t0, "8.8.4.4".parse().unwrap())
+    );
+
+    let bind = |n: u16, p: &str| {
+        let attrs: Vec<Box<dyn Setter>> = vec![Box::new(ChannelNumber(n)), peer(p)];
+        code(&reply_of(f.send(
+            t,
+            &request(METHOD_CHANNEL_BIND, TransactionId::new(), attrs, auth),
+        )))
+    };
+    assert_eq!(bind(0x4000, "9.9.9.9:7"), None);
+    assert_eq!(bind(0x4000, "9.9.9.9:8"), Some(400));
+    assert_eq!(bind(0x3000, "9.9.9.9:8"), Some(400));
+    assert_eq!(bind(0x4001, "0.0.0.0:8"), Some(403));
+    assert_eq!(
+        a.state.lock().unwrap().channel_peer(f.t0, 0x4000),
+        Some("9.9.9.9:7".parse().unwrap())
+    );
+}
+
+#[test]
+fn relayed_addresses_of_live_allocations_are_allowed_peers() {
+    let f = fixture();
+    let (ta, tb) = (tuple(4000), tuple(4001));
+    let cred = rest(UNIX + 600, "bob");
+    f.allocate(ta, &cred);
+    f.allocate(tb, &cred);
+    let b_relayed = f.core.get(&tb).unwrap().relayed;
+    assert!(
+        b_relayed.ip().is_loopback(),
+        "the fake relay is on loopback, which policy denies"
+    );
+    let nonce = f.nonce(tuple(4002));
+    let req = request(
+        METHOD_CREATE_PERMISSION,
+        TransactionId::new(),
+        vec![peer(&b_relayed.to_string())],
+        Some((&cred, &nonce)),
+    );
+    assert_eq!(code(&reply_of(f.send(ta, &req))), None);
+}
+
+#[test]
+fn refresh_zero_deletes_and_later_requests_get_437() {
+    let f = fixture();
+    let t = tuple(4000);
+    let cred = rest(UNIX + 600, "bob");
+    f.allocate(t, &cred);
+    let nonce = f.nonce(tuple(4001));
+    let zero: Box<dyn Setter> = Box::new(Lifetime(Duration::ZERO));
+    let req = request(
+        METHOD_REFRESH,
+        TransactionId::new(),
+        vec![zero],
+        Some((&cred, &nonce)),
+    );
+    assert_eq!(code(&reply_of(f.send(t, &req))), None);
+    assert_eq!(f.core.allocation_count(), 0);
+    let req = request(
+        METHOD_REFRESH,
+        TransactionId::new(),
+        vec![],
+        Some((&cred, &nonce)),
+    );
+    assert_eq!(code(&reply_of(f.send(t, &req))), Some(437));
+}
+
+#[test]
+fn lifetimes_are_capped_and_allocations_expire() {
+    let f = fixture();
+    let t = tuple(4000);
+    let cred = rest(UNIX + 600, "bob");
+    f.allocate(t, &cred);
+    let nonce = f.nonce(tuple(4001));
+    let long: Box<dyn Setter> = Box::new(Lifetime(Duration::from_secs(86_400)));
+    let r = reply_of(f.send(
+        t,
+        &request(
+            METHOD_REFRESH,
+            TransactionId::new(),
+            vec![long],
+            Some((&cred, &nonce)),
+        ),
+    ));
+    let mut lifetime = Lifetime::default();
+    lifetime.get_from(&decode(&r)).unwrap();
+    assert_eq!(lifetime.0, Duration::from_secs(3600));
+    assert_eq!(f.core.sweep(f.t0 + Duration::from_secs(3599)), 0);
+    assert_eq!(f.core.sweep(f.t0 + Duration::from_secs(3600)), 1);
+    assert_eq!(f.core.allocation_count(), 0);
+}
+
+#[test]
+fn quotas_answer_486_and_508() {
+    let f = fixture_with(|c| {
+        c.max_allocations_per_credential = 1;
+        c.max_allocations = 2;
+    });
+    let cred = rest(UNIX + 600, "bob");
+    assert_eq!(code(&f.allocate(tuple(4000), &cred)), None);
+    assert_eq!(code(&f.allocate(tuple(4001), &cred)), Some(486));
+    assert_eq!(
+        code(&f.allocate(tuple(4002), &rest(UNIX + 600, "eve"))),
+        None
+    );
+    assert_eq!(
+        code(&f.allocate(tuple(4003), &rest(UNIX + 600, "mallory"))),
+        Some(508)
+    );
+}
+
+#[test]
+fn malformed_and_truncated_input_is_counted_not_fatal() {
+    let f = fixture();
+    let t = tuple(4000);
+    let good = request(METHOD_BINDING, TransactionId::new(), vec![], None);
+    for n in [0, 1, 19, 20, 25, good.len() - 1] {
+        assert!(
+            matches!(f.send(t, &good[..n]), Handled::Nothing),
+            "truncated to {n}"
+        );
+    }
+    let mut corrupt = good.clone();
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0xFF;
+    assert!(
+        matches!(f.send(t, &corrupt), Handled::Nothing),
+        "bad FINGERPRINT"
+    );
+    assert!(f.core.stats.malformed.load(Ordering::Relaxed) >= 6);
+    // A response or an unknown method is not fatal either.
+    let mut resp = good.clone();
+    resp[0] = 0x01;
+    resp[1] = 0x01;
+    let _ = f.send(t, &resp);
+    let unknown = request(
+        stun::message::METHOD_CONNECT,
+        TransactionId::new(),
+        vec![],
+        None,
+    );
+    assert_eq!(code(&reply_of(f.send(t, &unknown))), Some(400));
+}
+
+#[test]
+fn send_indications_need_a_permission() {
+    let f = fixture();
+    let t = tuple(4000);
+    let cred = rest(UNIX + 600, "bob");
+    f.allocate(t, &cred);
+    let send = |p: &str| {
+        let setters: Vec<Box<dyn Setter>> = vec![
+            Box::new(TransactionId::new()),
+            Box::new(MessageType::new(METHOD_SEND, CLASS_INDICATION)),
+            peer(p),
+            Box::new(turn::proto::data::Data(b"hi".to_vec())),
+        ];
+        let mut m = Message::new();
+        m.build(&setters).unwrap();
+        f.send(t, &m.raw)
+    };
+    assert!(matches!(send("8.8.8.8:53"), Handled::Nothing));
+    f.core
+        .get(&t)
+        .unwrap()
+        .state
+        .lock()
+        .unwrap()
+        .permit(f.t0, "8.8.8.8".parse().unwrap());
+    match send("8.8.8.8:53") {
+        Handled::Send { peer, data, .. } => {
+            assert_eq!(peer, "8.8.8.8:53".parse().unwrap());
+            assert_eq!(data, b"hi");
+        }
+        _ => panic!("expected a send"),
+    }
+}

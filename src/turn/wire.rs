@@ -1,0 +1,307 @@
+//! Bytes on the wire: telling STUN from ChannelData, framing them on streams,
+//! and the hot-path encodings (ChannelData, Data indication) written in place
+//! into caller-owned buffers without allocating.
+//!
+//! Control messages are parsed and built with the `stun` crate; this module
+//! only adds what it lacks: several XOR-PEER-ADDRESS attributes per request,
+//! and allocation-free data framing.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use stun::message::{MAGIC_COOKIE, Message, MessageType, Setter};
+
+pub const STUN_HEADER: usize = 20;
+pub const CHANNEL_HEADER: usize = 4;
+/// Room to leave in front of relayed payloads for the largest header we prepend:
+/// a Data indication with an IPv6 XOR-PEER-ADDRESS (20 + 24 + 4 bytes).
+pub const HEADROOM: usize = 48;
+
+/// What a packet from a client is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Stun,
+    ChannelData { number: u16, len: usize },
+    Other,
+}
+
+/// Classifies a datagram (or a complete stream frame) by its first bytes (RFC 7983).
+pub fn classify(b: &[u8]) -> Kind {
+    if b.len() >= STUN_HEADER && b[0] & 0xC0 == 0 && b[4..8] == MAGIC_COOKIE.to_be_bytes() {
+        return Kind::Stun;
+    }
+    if b.len() >= CHANNEL_HEADER && b[0] & 0xC0 == 0x40 {
+        let number = u16::from_be_bytes([b[0], b[1]]);
+        let len = usize::from(u16::from_be_bytes([b[2], b[3]]));
+        if CHANNEL_HEADER + len <= b.len() {
+            return Kind::ChannelData { number, len };
+        }
+    }
+    Kind::Other
+}
+
+/// On a stream, the length of the frame that starts with these 4 bytes, or `None`
+/// when they start neither STUN nor ChannelData (the stream is then unusable).
+pub fn stream_frame_len(head: [u8; 4]) -> Option<usize> {
+    let len = usize::from(u16::from_be_bytes([head[2], head[3]]));
+    match head[0] & 0xC0 {
+        0x00 if len.is_multiple_of(4) => Some(STUN_HEADER + len),
+        0x40 => Some(CHANNEL_HEADER + len.div_ceil(4) * 4),
+        _ => None,
+    }
+}
+
+/// Writes a ChannelData header into `buf[start - 4..start]` for the `len` bytes at
+/// `buf[start..]`, zero-pads to 4 bytes when `pad`, and returns the frame's range.
+pub fn channel_data_in_place(
+    buf: &mut [u8],
+    start: usize,
+    len: usize,
+    number: u16,
+    pad: bool,
+) -> std::ops::Range<usize> {
+    let head = start - CHANNEL_HEADER;
+    buf[head..head + 2].copy_from_slice(&number.to_be_bytes());
+    buf[head + 2..start].copy_from_slice(&(len as u16).to_be_bytes());
+    let mut end = start + len;
+    if pad {
+        while !(end - head).is_multiple_of(4) {
+            buf[end] = 0;
+            end += 1;
+        }
+    }
+    head..end
+}
+
+/// Writes a Data indication (XOR-PEER-ADDRESS, DATA) in front of the `len` bytes at
+/// `buf[start..]`, which must have `HEADROOM` bytes before it and 3 spare after it;
+/// returns the message's range.
+pub fn data_indication_in_place(
+    buf: &mut [u8],
+    start: usize,
+    len: usize,
+    peer: SocketAddr,
+    tid: [u8; 12],
+) -> std::ops::Range<usize> {
+    let addr_len = if peer.is_ipv4() { 8 } else { 20 };
+    let head = start - 4 - (4 + addr_len) - STUN_HEADER;
+    let padded = len.div_ceil(4) * 4;
+    let body = (4 + addr_len) + 4 + padded;
+    let mut at = head;
+    let mut put = |bytes: &[u8], at: &mut usize| {
+        buf[*at..*at + bytes.len()].copy_from_slice(bytes);
+        *at += bytes.len();
+    };
+    // Data indication: method 0x007, class indication -> 0x0017.
+    put(&0x0017u16.to_be_bytes(), &mut at);
+    put(&(body as u16).to_be_bytes(), &mut at);
+    put(&MAGIC_COOKIE.to_be_bytes(), &mut at);
+    put(&tid, &mut at);
+    put(&0x0012u16.to_be_bytes(), &mut at);
+    put(&(addr_len as u16).to_be_bytes(), &mut at);
+    let mut value = [0u8; 20];
+    encode_xor_addr(peer, &tid, &mut value);
+    put(&value[..addr_len], &mut at);
+    put(&0x0013u16.to_be_bytes(), &mut at);
+    put(&(len as u16).to_be_bytes(), &mut at);
+    debug_assert_eq!(at, start);
+    let end = start + padded;
+    buf[start + len..end].fill(0);
+    head..end
+}
+
+/// Encodes an XOR address value (family, port, address) into `out`; returns its length.
+pub fn encode_xor_addr(addr: SocketAddr, tid: &[u8; 12], out: &mut [u8; 20]) -> usize {
+    let cookie = MAGIC_COOKIE.to_be_bytes();
+    out[0] = 0;
+    out[2..4].copy_from_slice(&(addr.port() ^ (MAGIC_COOKIE >> 16) as u16).to_be_bytes());
+    match addr.ip() {
+        IpAddr::V4(ip) => {
+            out[1] = 0x01;
+            for (i, b) in ip.octets().iter().enumerate() {
+                out[4 + i] = b ^ cookie[i];
+            }
+            8
+        }
+        IpAddr::V6(ip) => {
+            out[1] = 0x02;
+            let mut mask = [0u8; 16];
+            mask[..4].copy_from_slice(&cookie);
+            mask[4..].copy_from_slice(tid);
+            for (i, b) in ip.octets().iter().enumerate() {
+                out[4 + i] = b ^ mask[i];
+            }
+            20
+        }
+    }
+}
+
+/// Decodes an XOR address attribute value; `None` when malformed.
+pub fn decode_xor_addr(v: &[u8], tid: &[u8; 12]) -> Option<SocketAddr> {
+    if v.len() < 4 {
+        return None;
+    }
+    let cookie = MAGIC_COOKIE.to_be_bytes();
+    let port = u16::from_be_bytes([v[2], v[3]]) ^ (MAGIC_COOKIE >> 16) as u16;
+    let ip = match (v[1], v.len()) {
+        (0x01, 8) => {
+            let mut o = [0u8; 4];
+            for i in 0..4 {
+                o[i] = v[4 + i] ^ cookie[i];
+            }
+            IpAddr::V4(Ipv4Addr::from(o))
+        }
+        (0x02, 20) => {
+            let mut mask = [0u8; 16];
+            mask[..4].copy_from_slice(&cookie);
+            mask[4..].copy_from_slice(tid);
+            let mut o = [0u8; 16];
+            for i in 0..16 {
+                o[i] = v[4 + i] ^ mask[i];
+            }
+            IpAddr::V6(Ipv6Addr::from(o))
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// Every XOR-PEER-ADDRESS in a message, in order, with IPv4 addresses in IPv6
+/// form turned into IPv4; `None` if any is malformed.
+pub fn peer_addresses(msg: &Message) -> Option<Vec<SocketAddr>> {
+    msg.attributes
+        .0
+        .iter()
+        .filter(|a| a.typ == stun::attributes::ATTR_XOR_PEER_ADDRESS)
+        .map(|a| {
+            decode_xor_addr(&a.value, &msg.transaction_id.0)
+                .map(|p| SocketAddr::new(super::policy::normalize(p.ip()), p.port()))
+        })
+        .collect()
+}
+
+/// Builds a response to `req` of `class` with `attrs`, then MESSAGE-INTEGRITY
+/// (when `key` is given) and FINGERPRINT.
+pub fn response(
+    req: &Message,
+    class: stun::message::MessageClass,
+    attrs: Vec<Box<dyn Setter>>,
+    key: Option<&[u8]>,
+) -> Vec<u8> {
+    let mut setters: Vec<Box<dyn Setter>> = Vec::with_capacity(attrs.len() + 4);
+    setters.push(Box::new(req.transaction_id));
+    setters.push(Box::new(MessageType::new(req.typ.method, class)));
+    setters.extend(attrs);
+    if let Some(key) = key {
+        setters.push(Box::new(stun::integrity::MessageIntegrity(key.to_vec())));
+    }
+    setters.push(Box::new(stun::fingerprint::FINGERPRINT));
+    let mut m = Message::new();
+    m.build(&setters)
+        .expect("response attributes always encode");
+    m.raw
+}
+
+/// An ERROR-CODE attribute with the standard reason phrase.
+pub fn error_code(code: u16) -> Box<dyn Setter> {
+    let reason: &[u8] = match code {
+        400 => b"Bad Request",
+        401 => b"Unauthorized",
+        403 => b"Forbidden",
+        420 => b"Unknown Attribute",
+        437 => b"Allocation Mismatch",
+        438 => b"Stale Nonce",
+        440 => b"Address Family not Supported",
+        441 => b"Wrong Credentials",
+        442 => b"Unsupported Transport Protocol",
+        443 => b"Peer Address Family Mismatch",
+        486 => b"Allocation Quota Reached",
+        508 => b"Insufficient Capacity",
+        _ => b"Server Error",
+    };
+    Box::new(stun::error_code::ErrorCodeAttribute {
+        code: stun::error_code::ErrorCode(code),
+        reason: reason.to_vec(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_stun_channel_data_and_junk() {
+        let mut m = Message::new();
+        m.build(&[
+            Box::new(stun::message::BINDING_REQUEST),
+            Box::new(stun::agent::TransactionId::new()),
+        ])
+        .unwrap();
+        assert_eq!(classify(&m.raw), Kind::Stun);
+        assert_eq!(
+            classify(&[0x40, 0x00, 0x00, 0x02, 1, 2]),
+            Kind::ChannelData {
+                number: 0x4000,
+                len: 2
+            }
+        );
+        // Truncated ChannelData, junk and empty input are not mistaken for anything.
+        assert_eq!(classify(&[0x40, 0x00, 0x00, 0x08, 1, 2]), Kind::Other);
+        assert_eq!(classify(&[0x80, 1, 2, 3]), Kind::Other);
+        assert_eq!(classify(&[]), Kind::Other);
+        assert_eq!(classify(&m.raw[..19]), Kind::Other);
+    }
+
+    #[test]
+    fn stream_frames_pad_channel_data() {
+        assert_eq!(stream_frame_len([0x00, 0x01, 0x00, 0x08]), Some(28));
+        assert_eq!(stream_frame_len([0x00, 0x01, 0x00, 0x07]), None);
+        assert_eq!(stream_frame_len([0x40, 0x00, 0x00, 0x05]), Some(12));
+        assert_eq!(stream_frame_len([0x40, 0x00, 0x00, 0x08]), Some(12));
+        assert_eq!(stream_frame_len([0xC0, 0, 0, 0]), None);
+    }
+
+    #[test]
+    fn xor_addresses_round_trip() {
+        let tid = [7u8; 12];
+        for a in ["1.2.3.4:5678", "[2001:db8::1]:443"] {
+            let addr: SocketAddr = a.parse().unwrap();
+            let mut out = [0u8; 20];
+            let n = encode_xor_addr(addr, &tid, &mut out);
+            assert_eq!(decode_xor_addr(&out[..n], &tid), Some(addr));
+        }
+        assert_eq!(decode_xor_addr(&[0, 1, 0], &tid), None);
+        assert_eq!(decode_xor_addr(&[0, 3, 0, 0, 1, 2, 3, 4], &tid), None);
+    }
+
+    #[test]
+    fn data_indication_decodes_with_the_stun_crate() {
+        let peer: SocketAddr = "[2001:db8::9]:3000".parse().unwrap();
+        let mut buf = vec![0u8; HEADROOM + 8];
+        buf[HEADROOM..HEADROOM + 5].copy_from_slice(b"hello");
+        let range = data_indication_in_place(&mut buf, HEADROOM, 5, peer, [3; 12]);
+        let mut m = Message::new();
+        m.raw = buf[range].to_vec();
+        m.decode().unwrap();
+        assert_eq!(
+            m.typ,
+            MessageType::new(stun::message::METHOD_DATA, stun::message::CLASS_INDICATION)
+        );
+        assert_eq!(peer_addresses(&m), Some(vec![peer]));
+        assert_eq!(m.get(stun::attributes::ATTR_DATA).unwrap(), b"hello");
+    }
+
+    #[test]
+    fn channel_data_in_place_pads_for_streams() {
+        let mut buf = vec![0xAAu8; 16];
+        buf[4..9].copy_from_slice(b"abcde");
+        let r = channel_data_in_place(&mut buf, 4, 5, 0x4001, true);
+        assert_eq!(
+            &buf[r],
+            &[
+                0x40, 0x01, 0x00, 0x05, b'a', b'b', b'c', b'd', b'e', 0, 0, 0
+            ]
+        );
+        let r = channel_data_in_place(&mut buf, 4, 5, 0x4001, false);
+        assert_eq!(r, 0..9);
+    }
+}
