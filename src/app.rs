@@ -3,25 +3,39 @@
 //!
 //! Tests call the same two functions with their own config and token.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::http;
 use crate::net::{self, Bound};
-use crate::state::AppState;
+use crate::secrets;
+use crate::signaling::hub::Hub;
+use crate::state::{AppState, TurnState};
 use crate::tls::TlsMaterial;
+use crate::turn::auth::NonceKey;
+use crate::turn::core::{Core, CoreConfig, Membership};
+use crate::turn::ice::TurnOffer;
+use crate::turn::policy::PeerPolicy;
+use crate::turn::server::{TurnServer, UdpRelayBinder};
+
+/// How long a TURN nonce stays valid.
+const NONCE_LIFETIME_S: u64 = 600;
 
 /// Every bound socket, before anything is served.
 pub struct Listeners {
     pub https: Vec<TcpListener>,
     pub redirect: Vec<TcpListener>,
+    pub turn_udp: Vec<UdpSocket>,
+    pub turn_tcp: Vec<TcpListener>,
+    pub turn_tls: Vec<TcpListener>,
 }
 
 impl Listeners {
@@ -30,7 +44,7 @@ impl Listeners {
     /// # Errors
     /// A listener cannot be bound; the error names the address and config key.
     pub fn bind(config: &Config) -> anyhow::Result<Listeners> {
-        let bind_all = |addrs: &[SocketAddr], what, key| -> anyhow::Result<Vec<TcpListener>> {
+        let tcp = |addrs: &[SocketAddr], what, key| -> anyhow::Result<Vec<TcpListener>> {
             let mut out = Vec::new();
             for &addr in addrs {
                 match net::bind_tcp(addr, what, key)? {
@@ -42,35 +56,87 @@ impl Listeners {
             }
             Ok(out)
         };
-        let https = bind_all(&config.https.listen, "HTTPS", "https.listen")?;
+        let https = tcp(&config.https.listen, "HTTPS", "https.listen")?;
         if https.is_empty() {
             anyhow::bail!("no HTTPS listener could be bound (config key `https.listen`)");
         }
-        let redirect = bind_all(
+        let redirect = tcp(
             &config.http_redirect.listen,
             "HTTP redirect",
             "http_redirect.listen",
         )?;
-        Ok(Listeners { https, redirect })
+        let turn = &config.turn;
+        let (mut turn_udp, mut turn_tcp, mut turn_tls) = (Vec::new(), Vec::new(), Vec::new());
+        if turn.enabled {
+            for &addr in &turn.udp_listen {
+                match net::bind_udp(addr, "TURN UDP", "turn.udp_listen")? {
+                    Bound::Listener(s) => turn_udp.push(s),
+                    Bound::NoIpv6 => {
+                        warn!(listener = "TURN UDP", %addr, "IPv6 is not available on this host, skipping")
+                    }
+                }
+            }
+            turn_tcp = tcp(&turn.tcp_listen, "TURN TCP", "turn.tcp_listen")?;
+            turn_tls = tcp(&turn.tls_listen, "TURN TLS", "turn.tls_listen")?;
+        }
+        Ok(Listeners {
+            https,
+            redirect,
+            turn_udp,
+            turn_tcp,
+            turn_tls,
+        })
     }
 }
 
 /// Serves until `shutdown` fires, then closes connections within `server.shutdown_timeout_s`.
 ///
 /// # Errors
-/// A listener's local address cannot be read.
+/// A listener's local address cannot be read, or the TURN secret cannot be stored.
 pub async fn run(
     config: Config,
     listeners: Listeners,
     tls: TlsMaterial,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let app = Arc::new(AppState::new(&config, shutdown.clone()));
+    let tasks = TaskTracker::new();
+    let s = &config.signaling;
+    let hub = Arc::new(Hub::new(s.room_capacity, s.max_rooms));
+    let Listeners {
+        https,
+        redirect,
+        turn_udp,
+        turn_tcp,
+        turn_tls,
+    } = listeners;
+    let mut own_sockets = Vec::new();
+    for l in &https {
+        own_sockets.push(l.local_addr()?);
+    }
+    let turn = if config.turn.enabled {
+        Some(start_turn(
+            &config,
+            &hub,
+            &tls,
+            (turn_udp, turn_tcp, turn_tls),
+            own_sockets,
+            &tasks,
+            &shutdown,
+        )?)
+    } else {
+        None
+    };
+    let app = Arc::new(AppState::new(
+        &config,
+        hub,
+        turn,
+        shutdown.clone(),
+        tasks.clone(),
+    ));
     let router = http::router(Arc::clone(&app));
-    let tasks = app.tasks.clone();
 
     let mut https_port = None;
-    for listener in listeners.https {
+    for listener in https {
         let addr = listener
             .local_addr()
             .context("reading the HTTPS listener address")?;
@@ -85,7 +151,7 @@ pub async fn run(
         ));
     }
     let https_port = https_port.context("no HTTPS listener")?;
-    for listener in listeners.redirect {
+    for listener in redirect {
         let addr = listener
             .local_addr()
             .context("reading the redirect listener address")?;
@@ -119,4 +185,129 @@ pub async fn run(
     }
     info!("stopped");
     Ok(())
+}
+
+/// Builds the TURN core and starts a task per TURN listener.
+fn start_turn(
+    config: &Config,
+    hub: &Arc<Hub>,
+    tls: &TlsMaterial,
+    (udp, tcp, tls_listeners): (Vec<UdpSocket>, Vec<TcpListener>, Vec<TcpListener>),
+    mut own_sockets: Vec<SocketAddr>,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<TurnState> {
+    let t = &config.turn;
+    let secrets = if t.secrets.is_empty() {
+        vec![secrets::load_or_generate(
+            &config.server.state_dir,
+            secrets::TURN_SECRET_FILE,
+        )?]
+    } else {
+        t.secrets.clone()
+    };
+    let relay_ip = t.relay_ip.unwrap_or_else(default_relay_ip);
+    for s in &udp {
+        own_sockets.push(s.local_addr()?);
+    }
+    for l in tcp.iter().chain(&tls_listeners) {
+        own_sockets.push(l.local_addr()?);
+    }
+    let parse = |list: &[String]| {
+        list.iter()
+            .map(|c| c.parse().expect("validated with the config"))
+            .collect()
+    };
+    let own_ips: Vec<IpAddr> = [Some(relay_ip), t.relay_ipv6, t.external_ip]
+        .into_iter()
+        .flatten()
+        .collect();
+    let policy = PeerPolicy::new(
+        parse(&t.allow_peers),
+        parse(&t.deny_peers),
+        own_sockets,
+        own_ips,
+    );
+    let core_config = CoreConfig {
+        realm: t.realm.clone(),
+        secrets: secrets.clone(),
+        static_users: t
+            .static_users
+            .iter()
+            .map(|u| (u.username.clone(), u.password.clone()))
+            .collect(),
+        external_ip: t.external_ip,
+        max_allocations_per_credential: t.max_allocations_per_credential,
+        max_allocations_per_room: t.max_allocations_per_room,
+        max_allocations: t.max_allocations,
+    };
+    let binder = UdpRelayBinder {
+        ipv4: relay_ip,
+        ipv6: t.relay_ipv6,
+        ports: (t.min_port, t.max_port),
+    };
+    let membership: Membership = {
+        let hub = Arc::clone(hub);
+        Arc::new(move |room, peer| hub.is_member(room, peer))
+    };
+    let core = Core::new(
+        core_config,
+        NonceKey::random(NONCE_LIFETIME_S),
+        policy,
+        binder,
+        membership,
+    );
+    let server = TurnServer::new(
+        core,
+        tasks.clone(),
+        shutdown.clone(),
+        Duration::from_secs(t.grace_period_s),
+    );
+    info!(%relay_ip, external_ip = ?t.external_ip, ports = %format!("{}-{}", t.min_port, t.max_port), realm = %t.realm, "TURN relay");
+
+    let first_port = |addrs: Vec<SocketAddr>| addrs.first().map(SocketAddr::port);
+    let mut ports = (Vec::new(), Vec::new(), Vec::new());
+    for socket in udp {
+        let addr = socket.local_addr()?;
+        info!(listener = "turn_udp", %addr, "listening");
+        ports.0.push(addr);
+        tasks.spawn(Arc::clone(&server).serve_udp(socket));
+    }
+    for listener in tcp {
+        let addr = listener.local_addr()?;
+        info!(listener = "turn_tcp", %addr, "listening");
+        ports.1.push(addr);
+        tasks.spawn(Arc::clone(&server).serve_stream(listener, None));
+    }
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.turn_server_config());
+    for listener in tls_listeners {
+        let addr = listener.local_addr()?;
+        info!(listener = "turn_tls", %addr, "listening");
+        ports.2.push(addr);
+        tasks.spawn(Arc::clone(&server).serve_stream(listener, Some(acceptor.clone())));
+    }
+    let offer = TurnOffer {
+        public_host: t.public_host.clone(),
+        udp_port: first_port(ports.0),
+        tcp_port: first_port(ports.1),
+        tls_port: first_port(ports.2),
+        secret: secrets[0].clone(),
+        ttl_s: t.credential_ttl_s,
+    };
+    Ok(TurnState { server, offer })
+}
+
+/// The IPv4 address of the default route, found without sending anything; loopback without one.
+fn default_relay_ip() -> IpAddr {
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0").and_then(|s| {
+        s.connect("192.0.2.1:9")?;
+        s.local_addr()
+    });
+    match probe {
+        Ok(addr) if !addr.ip().is_unspecified() => addr.ip(),
+        _ => {
+            warn!("no default route: relaying on 127.0.0.1 only (set turn.relay_ip)");
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        }
+    }
 }

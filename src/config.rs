@@ -24,6 +24,7 @@ pub struct Config {
     pub https: HttpsConfig,
     pub http_redirect: HttpRedirectConfig,
     pub signaling: SignalingConfig,
+    pub turn: TurnConfig,
     /// Extra ICE servers handed to every peer in `welcome`, before Switchboard's own.
     pub ice_servers: Vec<IceServerConfig>,
 }
@@ -139,6 +140,12 @@ impl Default for SignalingConfig {
     }
 }
 
+impl TurnConfig {
+    pub fn credential_ttl(&self) -> Duration {
+        Duration::from_secs(self.credential_ttl_s)
+    }
+}
+
 impl SignalingConfig {
     pub fn join_timeout(&self) -> Duration {
         Duration::from_secs(self.join_timeout_s)
@@ -149,6 +156,77 @@ impl SignalingConfig {
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout_s)
     }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TurnConfig {
+    pub enabled: bool,
+    pub realm: String,
+    pub udp_listen: Vec<SocketAddr>,
+    pub tcp_listen: Vec<SocketAddr>,
+    pub tls_listen: Vec<SocketAddr>,
+    /// The IPv4 address relay sockets bind to; unset means the address of the default route.
+    pub relay_ip: Option<std::net::IpAddr>,
+    /// The IPv6 address for IPv6 relays; unset means no IPv6 relays.
+    pub relay_ipv6: Option<std::net::IpAddr>,
+    /// The public address advertised in XOR-RELAYED-ADDRESS behind 1:1 NAT (cloud VMs).
+    pub external_ip: Option<std::net::IpAddr>,
+    pub min_port: u16,
+    pub max_port: u16,
+    /// Host name in the `turn:`/`turns:`/`stun:` URLs; unset means the host the browser used.
+    pub public_host: Option<String>,
+    pub credential_ttl_s: u64,
+    /// REST secrets: the first mints, all are accepted. Unset means one is generated.
+    pub secrets: Vec<Secret>,
+    pub static_users: Vec<StaticUser>,
+    pub grace_period_s: u64,
+    pub max_allocations_per_credential: usize,
+    pub max_allocations_per_room: usize,
+    pub max_allocations: usize,
+    /// CIDR lists that override the built-in deny list of special-purpose peer addresses.
+    pub allow_peers: Vec<String>,
+    pub deny_peers: Vec<String>,
+}
+
+impl Default for TurnConfig {
+    fn default() -> Self {
+        let both = |port: u16| {
+            vec![
+                SocketAddr::from(([0, 0, 0, 0], port)),
+                SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)),
+            ]
+        };
+        TurnConfig {
+            enabled: true,
+            realm: "switchboard".to_owned(),
+            udp_listen: both(3478),
+            tcp_listen: both(3478),
+            tls_listen: both(5349),
+            relay_ip: None,
+            relay_ipv6: None,
+            external_ip: None,
+            min_port: 49152,
+            max_port: 65535,
+            public_host: None,
+            credential_ttl_s: 600,
+            secrets: Vec::new(),
+            static_users: Vec::new(),
+            grace_period_s: 5,
+            max_allocations_per_credential: 10,
+            max_allocations_per_room: 100,
+            max_allocations: 10_000,
+            allow_peers: Vec::new(),
+            deny_peers: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticUser {
+    pub username: String,
+    pub password: Secret,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -293,6 +371,7 @@ impl Config {
             https,
             http_redirect: _,
             signaling: s,
+            turn,
             ice_servers,
         } = self;
         if server.shutdown_timeout_s == 0 || server.shutdown_timeout_s > 300 {
@@ -400,6 +479,7 @@ impl Config {
                 ));
             }
         }
+        validate_turn(turn, &invalid)?;
         for (i, server) in ice_servers.iter().enumerate() {
             if server.urls.is_empty() {
                 return Err(invalid(
@@ -427,6 +507,94 @@ impl Config {
         toml::to_string_pretty(self)
             .unwrap_or_else(|e| format!("# cannot print configuration: {e}\n"))
     }
+}
+
+fn validate_turn(
+    t: &TurnConfig,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    if t.realm.is_empty() || t.realm.len() > 127 {
+        return Err(invalid(
+            "turn.realm",
+            "expected 1 to 127 characters".to_owned(),
+        ));
+    }
+    if t.min_port == 0 || t.min_port > t.max_port {
+        return Err(invalid(
+            "turn.min_port",
+            format!(
+                "expected 1..=turn.max_port ({}), got {}",
+                t.max_port, t.min_port
+            ),
+        ));
+    }
+    if !(10..=86_400).contains(&t.credential_ttl_s) {
+        return Err(invalid(
+            "turn.credential_ttl_s",
+            format!("expected 10..=86400 seconds, got {}", t.credential_ttl_s),
+        ));
+    }
+    if t.grace_period_s > 3600 {
+        return Err(invalid(
+            "turn.grace_period_s",
+            format!("expected 0..=3600 seconds, got {}", t.grace_period_s),
+        ));
+    }
+    for (key, value) in [
+        (
+            "turn.max_allocations_per_credential",
+            t.max_allocations_per_credential,
+        ),
+        ("turn.max_allocations_per_room", t.max_allocations_per_room),
+        ("turn.max_allocations", t.max_allocations),
+    ] {
+        if value == 0 {
+            return Err(invalid(key, "expected at least 1".to_owned()));
+        }
+    }
+    for (key, ip, v6) in [
+        ("turn.external_ip", t.external_ip, None),
+        ("turn.relay_ip", t.relay_ip, Some(false)),
+        ("turn.relay_ipv6", t.relay_ipv6, Some(true)),
+    ] {
+        let Some(ip) = ip else { continue };
+        if ip.is_unspecified()
+            || ip.is_multicast()
+            || (key == "turn.external_ip" && ip.is_loopback())
+        {
+            return Err(invalid(
+                key,
+                format!("expected a unicast address of this host's network, got {ip}"),
+            ));
+        }
+        if v6.is_some_and(|v6| v6 != ip.is_ipv6()) {
+            let family = if v6 == Some(true) { "IPv6" } else { "IPv4" };
+            return Err(invalid(
+                key,
+                format!("expected an {family} address, got {ip}"),
+            ));
+        }
+    }
+    for (key, list) in [
+        ("turn.allow_peers", &t.allow_peers),
+        ("turn.deny_peers", &t.deny_peers),
+    ] {
+        for (i, cidr) in list.iter().enumerate() {
+            if let Err(message) = cidr.parse::<crate::turn::policy::Cidr>() {
+                return Err(invalid(&format!("{key}[{i}]"), message));
+            }
+        }
+    }
+    for (i, secret) in t.secrets.iter().enumerate() {
+        if secret.expose().len() < 16 {
+            return Err(invalid(
+                &format!("turn.secrets[{i}]"),
+                "expected at least 16 characters (generate one with `openssl rand -hex 32`)"
+                    .to_owned(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Whether `filter` is a list of `LEVEL` or `TARGET=LEVEL` directives.

@@ -16,6 +16,7 @@ pub mod app;
 pub mod config;
 pub mod http;
 pub mod net;
+pub mod secrets;
 pub mod signaling;
 pub mod state;
 pub mod tls;

@@ -20,10 +20,43 @@ pub struct BindError {
 }
 
 /// The outcome of binding one configured address.
-pub enum Bound {
-    Listener(TcpListener),
+pub enum Bound<T = TcpListener> {
+    Listener(T),
     /// An IPv6 wildcard on a host without IPv6.
     NoIpv6,
+}
+
+/// Binds a UDP socket for `addr`; `what` and `key` name it in errors.
+///
+/// # Errors
+/// The address is in use, not local, or needs a privilege the process lacks.
+pub fn bind_udp(
+    addr: SocketAddr,
+    what: &'static str,
+    key: &'static str,
+) -> Result<Bound<tokio::net::UdpSocket>, BindError> {
+    let attempt = || -> io::Result<tokio::net::UdpSocket> {
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        socket.set_nonblocking(true)?;
+        // Bursts of relayed media need more than the default socket buffers.
+        let _ = socket.set_recv_buffer_size(4 << 20);
+        let _ = socket.set_send_buffer_size(4 << 20);
+        socket.bind(&addr.into())?;
+        tokio::net::UdpSocket::from_std(socket.into())
+    };
+    match attempt() {
+        Ok(socket) => Ok(Bound::Listener(socket)),
+        Err(e) if addr.is_ipv6() && addr.ip().is_unspecified() && no_ipv6(&e) => Ok(Bound::NoIpv6),
+        Err(e) => Err(BindError {
+            what,
+            key,
+            addr,
+            reason: explain(&e, addr),
+        }),
+    }
 }
 
 /// Binds a TCP listener for `addr`; `what` and `key` name it in errors.

@@ -10,11 +10,29 @@ use crate::config::{Config, SignalingConfig};
 use crate::signaling::hub::Hub;
 use crate::signaling::limits::ConnectionLimiter;
 use crate::signaling::protocol::{IceServer, PeerId, RoomId};
+use crate::turn::ice::TurnOffer;
+use crate::turn::server::TurnServer;
+
+/// The running TURN server and what peers are told about it.
+pub struct TurnState {
+    pub server: Arc<TurnServer>,
+    pub offer: TurnOffer,
+}
+
+impl std::fmt::Debug for TurnState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TurnState")
+            .field("offer", &self.offer)
+            .finish_non_exhaustive()
+    }
+}
 
 #[derive(Debug)]
 pub struct AppState {
     pub signaling: SignalingConfig,
-    pub hub: Hub,
+    pub hub: Arc<Hub>,
+    /// `None` when `turn.enabled` is false.
+    pub turn: Option<TurnState>,
     pub limiter: Arc<ConnectionLimiter>,
     /// ICE servers from the config, handed to every peer as they are.
     pub static_ice_servers: Vec<IceServer>,
@@ -27,11 +45,18 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(config: &Config, shutdown: CancellationToken) -> AppState {
+    pub fn new(
+        config: &Config,
+        hub: Arc<Hub>,
+        turn: Option<TurnState>,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+    ) -> AppState {
         let s = &config.signaling;
         AppState {
             signaling: s.clone(),
-            hub: Hub::new(s.room_capacity, s.max_rooms),
+            hub,
+            turn,
             limiter: Arc::new(ConnectionLimiter::new(
                 s.max_connections,
                 s.max_connections_per_ip,
@@ -46,14 +71,38 @@ impl AppState {
                 })
                 .collect(),
             shutdown,
-            tasks: TaskTracker::new(),
+            tasks,
             ready: AtomicBool::new(false),
         }
     }
 
-    /// The ICE servers for `peer` in `room`, and how long their credentials last.
-    pub fn ice_servers_for(&self, _peer: &PeerId, _room: &RoomId) -> (Vec<IceServer>, Option<u64>) {
-        (self.static_ice_servers.clone(), None)
+    /// The ICE servers for `peer` in `room`, and how long their credentials last;
+    /// `request_host` is the host the browser used to reach us.
+    pub fn ice_servers_for(
+        &self,
+        peer: &PeerId,
+        room: &RoomId,
+        request_host: &str,
+    ) -> (Vec<IceServer>, Option<u64>) {
+        let mut servers = self.static_ice_servers.clone();
+        let Some(turn) = &self.turn else {
+            return (servers, None);
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        servers.extend(turn.offer.ice_servers(now, room, peer, request_host));
+        (servers, Some(turn.offer.ttl_s))
+    }
+
+    /// A peer left `room`: its TURN allocations close after the grace period unless it is back.
+    pub fn peer_left(&self, room: &RoomId, peer: &PeerId) {
+        if let Some(turn) = &self.turn {
+            let hub = Arc::clone(&self.hub);
+            let (r, p) = (room.clone(), peer.clone());
+            turn.server
+                .peer_left(room.clone(), peer.clone(), move || hub.is_member(&r, &p));
+        }
     }
 
     pub fn is_ready(&self) -> bool {

@@ -98,6 +98,16 @@ pub enum TlsError {
     },
 }
 
+impl TlsMaterial {
+    /// The same certificate for TURN over TLS: no ALPN, since TURN clients may offer
+    /// none or only "stun.turn", which an HTTP ALPN list would refuse.
+    pub fn turn_server_config(&self) -> Arc<ServerConfig> {
+        let mut config = (*self.server_config).clone();
+        config.alpn_protocols = Vec::new();
+        Arc::new(config)
+    }
+}
+
 /// Loads the configured certificate, or reuses or generates a self-signed one.
 ///
 /// # Errors

@@ -123,6 +123,11 @@ impl Hub {
         Ok(())
     }
 
+    /// Whether `peer` is in `room` right now.
+    pub fn is_member(&self, room: &RoomId, peer: &PeerId) -> bool {
+        self.inner.lock().expect("hub lock").rooms.room_of(peer) == Some(room)
+    }
+
     /// Rooms and joined peers right now.
     pub fn counts(&self) -> (usize, usize) {
         let inner = self.inner.lock().expect("hub lock");

@@ -162,6 +162,11 @@ pub enum ServerMsg {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ice_ttl_s: Option<u64>,
     },
+    /// Fresh credentials, pushed before the previous ones expire.
+    IceServers {
+        ice_servers: Vec<IceServer>,
+        ice_ttl_s: u64,
+    },
     PeerJoined {
         peer: PeerInfo,
     },

@@ -81,12 +81,16 @@ pub async fn upgrade(
     // gets a coded error; the transport limit only stops runaway frames.
     let transport_limit = app.signaling.max_message_bytes * 2;
     let tasks = app.tasks.clone();
+    // The host the browser used, without the port: TURN URLs point at the same name.
+    let request_host = host
+        .and_then(|h| h.parse::<axum::http::uri::Authority>().ok())
+        .map_or_else(|| "localhost".to_owned(), |a| a.host().to_owned());
     ws.max_message_size(transport_limit)
         .max_frame_size(transport_limit)
         .on_upgrade(move |socket| {
             let peer_id = PeerId::random();
             let span = info_span!("ws", %remote, peer_id = %peer_id, room = tracing::field::Empty);
-            tasks.track_future(run(app, socket, peer_id, guard).instrument(span))
+            tasks.track_future(run(app, socket, peer_id, request_host, guard).instrument(span))
         })
 }
 
@@ -119,6 +123,8 @@ enum Next {
 struct Session {
     app: Arc<AppState>,
     peer_id: PeerId,
+    /// The host the browser used to reach us, for TURN URLs.
+    request_host: String,
     outbox: Outbox,
     room: Option<RoomId>,
     bucket: TokenBucket,
@@ -126,7 +132,13 @@ struct Session {
     strikes: u32,
 }
 
-async fn run(app: Arc<AppState>, mut socket: WebSocket, peer_id: PeerId, _guard: ConnectionGuard) {
+async fn run(
+    app: Arc<AppState>,
+    mut socket: WebSocket,
+    peer_id: PeerId,
+    request_host: String,
+    _guard: ConnectionGuard,
+) {
     info!("connected");
     let cfg = app.signaling.clone();
     let (tx, mut rx) = mpsc::channel(OUTBOX_CAPACITY);
@@ -134,6 +146,7 @@ async fn run(app: Arc<AppState>, mut socket: WebSocket, peer_id: PeerId, _guard:
     let mut session = Session {
         app: Arc::clone(&app),
         peer_id,
+        request_host,
         outbox: Outbox {
             tx,
             overflow: overflow.clone(),
@@ -153,6 +166,9 @@ async fn run(app: Arc<AppState>, mut socket: WebSocket, peer_id: PeerId, _guard:
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_seen = Instant::now();
     let mut was_joined = false;
+    // Fresh TURN credentials are pushed when four fifths of their lifetime has passed.
+    let refresh = tokio::time::sleep(Duration::from_secs(86_400 * 365));
+    tokio::pin!(refresh);
 
     let close: Option<(u16, &'static str)> = loop {
         tokio::select! {
@@ -191,6 +207,14 @@ async fn run(app: Arc<AppState>, mut socket: WebSocket, peer_id: PeerId, _guard:
                 let err = ServerMsg::error(ErrorCode::JoinTimeout, format!("no join within {} s", cfg.join_timeout_s));
                 let _ = send_msg(&mut socket, &err).await;
                 break Some((CLOSE_POLICY, "join timeout"));
+            }
+            () = &mut refresh, if session.room.is_some() => {
+                if let Some(msg) = session.fresh_ice_servers()
+                    && send_msg(&mut socket, &msg).await.is_err()
+                {
+                    break None;
+                }
+                refresh.as_mut().reset(Instant::now() + session.refresh_interval());
             }
             _ = ping.tick() => {
                 if last_seen.elapsed() > cfg.idle_timeout() {
@@ -329,7 +353,9 @@ impl Session {
             id: self.peer_id.clone(),
             name,
         };
-        let (ice_servers, ice_ttl_s) = self.app.ice_servers_for(&self.peer_id, &room_id);
+        let (ice_servers, ice_ttl_s) =
+            self.app
+                .ice_servers_for(&self.peer_id, &room_id, &self.request_host);
         let welcome = |others: &[PeerInfo]| ServerMsg::Welcome {
             peer_id: self.peer_id.clone(),
             room: room_id.clone(),
@@ -375,7 +401,30 @@ impl Session {
             && let Some(left) = self.app.hub.leave(&self.peer_id)
         {
             info!(room = %left.room, closed = left.closed, "left");
+            self.app.peer_left(&left.room, &self.peer_id);
         }
+    }
+
+    /// How long until the next credential push: four fifths of the credential lifetime.
+    fn refresh_interval(&self) -> Duration {
+        self.app
+            .turn
+            .as_ref()
+            .map_or(Duration::from_secs(86_400 * 365), |t| {
+                Duration::from_secs(t.offer.ttl_s) * 4 / 5
+            })
+    }
+
+    /// Freshly minted ICE servers for the current room, when credentials expire.
+    fn fresh_ice_servers(&self) -> Option<ServerMsg> {
+        let room = self.room.as_ref()?;
+        let (ice_servers, ttl) = self
+            .app
+            .ice_servers_for(&self.peer_id, room, &self.request_host);
+        Some(ServerMsg::IceServers {
+            ice_servers,
+            ice_ttl_s: ttl?,
+        })
     }
 
     async fn answer(&self, socket: &mut WebSocket, reply: Reply) -> Next {

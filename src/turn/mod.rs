@@ -4,9 +4,15 @@
 //! - `auth`: credentials (TURN REST API, static users), long-term keys, stateless nonces.
 //! - `policy`: which peer addresses may be relayed to.
 //! - `allocation`: one allocation's permissions, channels and lifetime, as plain data.
+//! - `wire`: packet classification, stream framing, allocation-free data encodings.
+//! - `core`: the sans-IO server: requests in, responses out, the allocation table.
+//! - `server`: listeners, relay sockets and the data path (the only I/O).
+//! - `ice`: the `ice_servers` entries and credentials handed to a peer.
 
 pub mod allocation;
 pub mod auth;
 pub mod core;
+pub mod ice;
 pub mod policy;
+pub mod server;
 pub mod wire;

@@ -78,6 +78,11 @@ impl TestServer {
             level = "info,switchboard=debug"
             [https]
             listen = ["127.0.0.1:0"]
+            [turn]
+            udp_listen = ["127.0.0.1:0"]
+            tcp_listen = ["127.0.0.1:0"]
+            tls_listen = ["127.0.0.1:0"]
+            relay_ip = "127.0.0.1"
             "#,
             dir.path().join("state").display()
         ))

@@ -1,0 +1,99 @@
+//! What a peer is told about this server's STUN/TURN: the `ice_servers` entries
+//! with a credential minted for that peer in that room.
+
+use crate::config::Secret;
+use crate::signaling::protocol::{IceServer, PeerId, RoomId};
+
+use super::auth;
+
+/// The bound TURN ports and the minting secret, fixed at start.
+#[derive(Debug, Clone)]
+pub struct TurnOffer {
+    /// Host name for the URLs; `None` means the host the browser used to reach us.
+    pub public_host: Option<String>,
+    pub udp_port: Option<u16>,
+    pub tcp_port: Option<u16>,
+    pub tls_port: Option<u16>,
+    /// The first configured (or the generated) secret.
+    pub secret: Secret,
+    pub ttl_s: u64,
+}
+
+impl TurnOffer {
+    /// The STUN and TURN entries for `peer` in `room`, valid for `ttl_s` from `now_unix`.
+    /// `request_host` is the host (no port) of the page's request, used without `public_host`.
+    pub fn ice_servers(
+        &self,
+        now_unix: u64,
+        room: &RoomId,
+        peer: &PeerId,
+        request_host: &str,
+    ) -> Vec<IceServer> {
+        let host = self.public_host.as_deref().unwrap_or(request_host);
+        let username = auth::peer_username(now_unix + self.ttl_s, room, peer);
+        let credential = auth::rest_password(&self.secret, &username);
+        let mut turn_urls = Vec::new();
+        if let Some(p) = self.udp_port {
+            turn_urls.push(format!("turn:{host}:{p}?transport=udp"));
+        }
+        if let Some(p) = self.tcp_port {
+            turn_urls.push(format!("turn:{host}:{p}?transport=tcp"));
+        }
+        if let Some(p) = self.tls_port {
+            turn_urls.push(format!("turns:{host}:{p}?transport=tcp"));
+        }
+        let mut servers = Vec::new();
+        if let Some(p) = self.udp_port.or(self.tcp_port) {
+            servers.push(IceServer {
+                urls: vec![format!("stun:{host}:{p}")],
+                username: None,
+                credential: None,
+            });
+        }
+        if !turn_urls.is_empty() {
+            servers.push(IceServer {
+                urls: turn_urls,
+                username: Some(username),
+                credential: Some(credential),
+            });
+        }
+        servers
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_use_the_request_host_and_the_credential_verifies() {
+        let offer = TurnOffer {
+            public_host: None,
+            udp_port: Some(3478),
+            tcp_port: Some(3478),
+            tls_port: Some(5349),
+            secret: Secret::new("0123456789abcdef".into()),
+            ttl_s: 600,
+        };
+        let room = RoomId::parse("r").unwrap();
+        let peer = PeerId::random();
+        let servers = offer.ice_servers(1000, &room, &peer, "[::1]");
+        assert_eq!(servers[0].urls, vec!["stun:[::1]:3478"]);
+        assert_eq!(
+            servers[1].urls,
+            vec![
+                "turn:[::1]:3478?transport=udp",
+                "turn:[::1]:3478?transport=tcp",
+                "turns:[::1]:5349?transport=tcp"
+            ]
+        );
+        let username = servers[1].username.clone().unwrap();
+        assert_eq!(username, format!("1600:{peer}@r"));
+        let found = auth::lookup(&username, std::slice::from_ref(&offer.secret), &[]).unwrap();
+        assert_eq!(
+            found.passwords,
+            vec![servers[1].credential.clone().unwrap()]
+        );
+        assert_eq!(found.owner, auth::Owner::Peer { room, peer });
+    }
+}
