@@ -14,7 +14,10 @@ pub const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
 /// After a binding expires, its number and peer stay reserved this long (RFC 8656 section 12).
 pub const CHANNEL_QUARANTINE: Duration = Duration::from_secs(300);
 pub const MIN_CHANNEL: u16 = 0x4000;
-pub const MAX_CHANNEL: u16 = 0x4FFF;
+/// RFC 8656 narrowed channels to 0x4000-0x4FFF, but RFC 5766 clients (coturn's own
+/// among them) pick from 0x4000-0x7FFF; accepting both costs nothing, since
+/// ChannelData is recognised by its first two bits either way.
+pub const MAX_CHANNEL: u16 = 0x7FFF;
 
 /// The lifetime granted for a requested one: default when absent, capped at the maximum.
 pub fn granted_lifetime(requested: Option<Duration>) -> Duration {
@@ -24,7 +27,7 @@ pub fn granted_lifetime(requested: Option<Duration>) -> Duration {
 /// Why a ChannelBind was refused (all answered with 400).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChannelBindError {
-    /// The number is outside 0x4000..=0x4FFF.
+    /// The number is outside 0x4000..=0x7FFF.
     BadNumber,
     /// The number is bound to another peer.
     NumberTaken,
@@ -202,7 +205,7 @@ mod tests {
             Err(ChannelBindError::BadNumber)
         );
         assert_eq!(
-            a.bind_channel(t0, 0x5000, p1),
+            a.bind_channel(t0, 0x8000, p1),
             Err(ChannelBindError::BadNumber)
         );
         a.bind_channel(t0, 0x4000, p1).unwrap();

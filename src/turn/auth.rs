@@ -82,9 +82,10 @@ pub fn lookup(
             passwords: vec![password.expose().to_owned()],
         });
     }
-    let (expiry, user) = username.split_once(':').ok_or(UsernameError::Unknown)?;
+    // coturn accepts `<expiry>:<user>` and a bare `<expiry>`.
+    let (expiry, user) = username.split_once(':').unwrap_or((username, ""));
     let expires: u64 = expiry.parse().map_err(|_| UsernameError::Unknown)?;
-    if secrets.is_empty() || user.is_empty() {
+    if secrets.is_empty() {
         return Err(UsernameError::Unknown);
     }
     let peer = user

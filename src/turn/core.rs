@@ -59,12 +59,25 @@ pub struct FiveTuple {
     pub transport: Transport,
 }
 
+/// Which relay port to bind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortChoice {
+    Any,
+    /// An even port (EVEN-PORT).
+    Even,
+    /// Exactly this port (the odd half of a reserved pair).
+    Exactly(u16),
+}
+
 /// Binds relay sockets; the only I/O the core needs, injected so tests can fake it.
 pub trait RelayBinder: Send + Sync {
     type Relay: Send + Sync + 'static;
     /// Binds a relay of the family of `ipv6` and returns it with its local address.
-    fn bind(&self, ipv6: bool) -> std::io::Result<(Self::Relay, SocketAddr)>;
+    fn bind(&self, ipv6: bool, port: PortChoice) -> std::io::Result<(Self::Relay, SocketAddr)>;
 }
+
+/// How long a port reserved by EVEN-PORT with the R bit waits for its RESERVATION-TOKEN.
+const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 
 /// Answers "is this peer still in this room?" for peer credentials.
 pub type Membership = Arc<dyn Fn(&RoomId, &PeerId) -> bool + Send + Sync>;
@@ -206,8 +219,12 @@ pub struct Core<B: RelayBinder> {
     binder: B,
     membership: Membership,
     table: RwLock<Table<B::Relay>>,
+    /// Relays held for RESERVATION-TOKENs: token -> (relay, local address, expiry).
+    reservations: Mutex<ReservationMap<B::Relay>>,
     pub stats: Stats,
 }
+
+type ReservationMap<R> = HashMap<[u8; 8], (R, SocketAddr, Instant)>;
 
 /// A request that passed authentication.
 struct Authed {
@@ -236,6 +253,7 @@ impl<B: RelayBinder> Core<B> {
                 per_username: HashMap::new(),
                 per_room: HashMap::new(),
             }),
+            reservations: Mutex::new(HashMap::new()),
             stats: Stats::default(),
         }
     }
@@ -410,36 +428,36 @@ impl<B: RelayBinder> Core<B> {
         authed: Authed,
         existing: Option<Arc<Allocation<B::Relay>>>,
     ) -> Handled<B::Relay> {
-        let error = |code| {
-            Handled::Reply(wire::response(
-                msg,
-                CLASS_ERROR_RESPONSE,
-                vec![wire::error_code(code)],
-                Some(&authed.key),
-            ))
-        };
+        let error = |code, why| refuse(msg, code, &authed.key, why);
         if existing.is_some() {
-            return error(437);
+            return error(437, "allocation exists");
         }
         let mut transport = turn::proto::reqtrans::RequestedTransport::default();
         if transport.get_from(msg).is_err() {
-            return error(400);
+            return error(400, "no REQUESTED-TRANSPORT");
         }
         if transport.protocol != turn::proto::PROTO_UDP {
-            return error(442);
+            return error(442, "transport not UDP");
         }
         let ipv6 = match msg.get(stun::attributes::ATTR_REQUESTED_ADDRESS_FAMILY) {
             Err(_) => false,
             Ok(v) if v.first() == Some(&0x01) => false,
             Ok(v) if v.first() == Some(&0x02) => true,
-            Ok(_) => return error(440),
+            Ok(_) => return error(440, "bad address family"),
         };
-        if msg.contains(stun::attributes::ATTR_RESERVATION_TOKEN)
-            || msg.contains(stun::attributes::ATTR_EVEN_PORT)
-        {
-            // Reserved port pairs are not offered; RFC 8656 lets a server refuse them this way.
-            return error(508);
+        let even_port = msg.get(stun::attributes::ATTR_EVEN_PORT).ok();
+        let token = msg.get(stun::attributes::ATTR_RESERVATION_TOKEN).ok();
+        if even_port.is_some() && token.is_some() {
+            return error(400, "EVEN-PORT with RESERVATION-TOKEN");
         }
+        let token: Option<[u8; 8]> = match token.map(|t| <[u8; 8]>::try_from(t.as_slice())) {
+            None => None,
+            Some(Ok(t)) => Some(t),
+            Some(Err(_)) => return error(400, "bad RESERVATION-TOKEN"),
+        };
+        let reserve_next = even_port
+            .as_ref()
+            .is_some_and(|v| v.first().is_some_and(|b| b & 0x80 != 0));
         let mut lifetime = turn::proto::lifetime::Lifetime::default();
         let requested = lifetime.get_from(msg).ok().map(|()| lifetime.0);
         let granted = granted_lifetime(requested);
@@ -449,7 +467,7 @@ impl<B: RelayBinder> Core<B> {
             if table.by_tuple.len() >= c.max_allocations {
                 Stats::bump(&self.stats.quota_refusals);
                 info!(client = %tuple.client, limit = "total", "allocation refused by quota");
-                return error(508);
+                return error(508, "total quota");
             }
             let per_user = table
                 .per_username
@@ -471,16 +489,45 @@ impl<B: RelayBinder> Core<B> {
                     "room"
                 };
                 info!(client = %tuple.client, limit, "allocation refused by quota");
-                return error(486);
+                return error(486, "credential or room quota");
             }
         }
-        let (relay, local) = match self.binder.bind(ipv6) {
-            Ok(pair) => pair,
-            Err(e) => {
-                info!(error = %e, "cannot bind a relay socket");
-                return error(if ipv6 { 440 } else { 508 });
+        let bound = match token {
+            Some(token) => self
+                .take_reservation(&token, now)
+                .ok_or("no such reservation"),
+            None => {
+                let choice = if even_port.is_some() {
+                    PortChoice::Even
+                } else {
+                    PortChoice::Any
+                };
+                self.binder.bind(ipv6, choice).map_err(|e| {
+                    info!(error = %e, "cannot bind a relay socket");
+                    "relay bind failed"
+                })
             }
         };
+        let (relay, local) = match bound {
+            Ok(pair) => pair,
+            Err(why) => return error(if ipv6 && token.is_none() { 440 } else { 508 }, why),
+        };
+        let mut reservation = None;
+        if reserve_next {
+            let Ok((next, next_addr)) = self
+                .binder
+                .bind(ipv6, PortChoice::Exactly(local.port() + 1))
+            else {
+                return error(508, "the next port is taken");
+            };
+            let mut t = [0u8; 8];
+            rand::RngCore::fill_bytes(&mut rand::rng(), &mut t);
+            self.reservations
+                .lock()
+                .expect("reservations")
+                .insert(t, (next, next_addr, now + RESERVATION_LIFETIME));
+            reservation = Some(t);
+        }
         let relayed = match self.config.external_ip {
             Some(ip) if ip.is_ipv6() == ipv6 => SocketAddr::new(ip, local.port()),
             _ => local,
@@ -489,19 +536,20 @@ impl<B: RelayBinder> Core<B> {
             ip: relayed.ip(),
             port: relayed.port(),
         };
-        let reply = wire::response(
-            msg,
-            CLASS_SUCCESS_RESPONSE,
-            vec![
-                Box::new(relayed_attr),
-                Box::new(turn::proto::lifetime::Lifetime(granted)),
-                Box::new(stun::xoraddr::XorMappedAddress {
-                    ip: tuple.client.ip(),
-                    port: tuple.client.port(),
-                }),
-            ],
-            Some(&authed.key),
-        );
+        let mut attrs: Vec<Box<dyn Setter>> = vec![
+            Box::new(relayed_attr),
+            Box::new(turn::proto::lifetime::Lifetime(granted)),
+            Box::new(stun::xoraddr::XorMappedAddress {
+                ip: tuple.client.ip(),
+                port: tuple.client.port(),
+            }),
+        ];
+        if let Some(t) = reservation {
+            attrs.push(Box::new(turn::proto::rsrvtoken::ReservationToken(
+                t.to_vec(),
+            )));
+        }
+        let reply = wire::response(msg, CLASS_SUCCESS_RESPONSE, attrs, Some(&authed.key));
         let allocation = Arc::new(Allocation {
             tuple,
             relayed,
@@ -518,7 +566,7 @@ impl<B: RelayBinder> Core<B> {
             let mut table = self.table.write().expect("table");
             if table.by_tuple.contains_key(&tuple) {
                 // A concurrent retransmission won the race; keep the first.
-                return error(437);
+                return error(437, "allocation raced");
             }
             table.insert(Arc::clone(&allocation));
         }
@@ -571,25 +619,20 @@ impl<B: RelayBinder> Core<B> {
         authed: &Authed,
         existing: Option<Arc<Allocation<B::Relay>>>,
     ) -> Handled<B::Relay> {
-        let error = |code| {
-            Handled::Reply(wire::response(
-                msg,
-                CLASS_ERROR_RESPONSE,
-                vec![wire::error_code(code)],
-                Some(&authed.key),
-            ))
+        let error = |code, why| refuse(msg, code, &authed.key, why);
+        let Some(a) = existing else {
+            return error(437, "no allocation");
         };
-        let Some(a) = existing else { return error(437) };
         let peers = match wire::peer_addresses(msg) {
             Some(p) if !p.is_empty() => p,
-            _ => return error(400),
+            _ => return error(400, "no XOR-PEER-ADDRESS"),
         };
         for peer in &peers {
             if peer.is_ipv4() != a.relayed.is_ipv4() {
-                return error(443);
+                return error(443, "peer family mismatch");
             }
             if let Err(code) = self.check_peer(*peer) {
-                return error(code);
+                return error(code, "peer refused by policy");
             }
         }
         let mut state = a.state.lock().expect("allocation");
@@ -612,25 +655,20 @@ impl<B: RelayBinder> Core<B> {
         authed: &Authed,
         existing: Option<Arc<Allocation<B::Relay>>>,
     ) -> Handled<B::Relay> {
-        let error = |code| {
-            Handled::Reply(wire::response(
-                msg,
-                CLASS_ERROR_RESPONSE,
-                vec![wire::error_code(code)],
-                Some(&authed.key),
-            ))
+        let error = |code, why| refuse(msg, code, &authed.key, why);
+        let Some(a) = existing else {
+            return error(437, "no allocation");
         };
-        let Some(a) = existing else { return error(437) };
         let mut number = turn::proto::channum::ChannelNumber::default();
         let peers = wire::peer_addresses(msg);
         let (Ok(()), Some([peer])) = (number.get_from(msg), peers.as_deref()) else {
-            return error(400);
+            return error(400, "missing CHANNEL-NUMBER or XOR-PEER-ADDRESS");
         };
         if peer.is_ipv4() != a.relayed.is_ipv4() {
-            return error(443);
+            return error(443, "peer family mismatch");
         }
         if let Err(code) = self.check_peer(*peer) {
-            return error(code);
+            return error(code, "peer refused by policy");
         }
         if a.state
             .lock()
@@ -638,7 +676,10 @@ impl<B: RelayBinder> Core<B> {
             .bind_channel(now, number.0, *peer)
             .is_err()
         {
-            return error(400);
+            {
+                debug!(number = format!("{:#06x}", number.0), %peer, "channel bind refused");
+                return error(400, "channel binding rules");
+            }
         }
         Handled::Reply(wire::response(
             msg,
@@ -672,6 +713,14 @@ impl<B: RelayBinder> Core<B> {
             peer,
             data,
         }
+    }
+
+    fn take_reservation(&self, token: &[u8; 8], now: Instant) -> Option<(B::Relay, SocketAddr)> {
+        let mut reservations = self.reservations.lock().expect("reservations");
+        reservations.retain(|_, (_, _, expires)| now < *expires);
+        reservations
+            .remove(token)
+            .map(|(relay, addr, _)| (relay, addr))
     }
 
     /// Refuses peers by policy, with 403.
@@ -732,8 +781,12 @@ impl<B: RelayBinder> Core<B> {
         tuples.iter().filter(|t| self.close(t, reason)).count()
     }
 
-    /// Removes expired allocations and sweeps permissions and channels.
+    /// Removes expired allocations and reservations, and sweeps permissions and channels.
     pub fn sweep(&self, now: Instant) -> usize {
+        self.reservations
+            .lock()
+            .expect("reservations")
+            .retain(|_, (_, _, expires)| now < *expires);
         let expired: Vec<FiveTuple> = {
             let table = self.table.read().expect("table");
             table
@@ -770,6 +823,17 @@ impl<B: RelayBinder> Core<B> {
     pub fn allocation_count(&self) -> usize {
         self.table.read().expect("table").by_tuple.len()
     }
+}
+
+/// An error response to an authenticated request; `why` goes to the debug log.
+fn refuse<R>(msg: &Message, code: u16, key: &[u8], why: &str) -> Handled<R> {
+    debug!(code, why, "TURN request refused");
+    Handled::Reply(wire::response(
+        msg,
+        CLASS_ERROR_RESPONSE,
+        vec![wire::error_code(code)],
+        Some(key),
+    ))
 }
 
 fn owner_label(owner: &Owner) -> &'static str {

@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use super::core::{
-    Allocation, CloseReason, Core, FiveTuple, Handled, RelayBinder, Stats, Transport,
+    Allocation, CloseReason, Core, FiveTuple, Handled, PortChoice, RelayBinder, Stats, Transport,
 };
 use super::wire::{self, HEADROOM, Kind};
 use crate::signaling::protocol::{PeerId, RoomId};
@@ -40,7 +40,7 @@ pub struct UdpRelayBinder {
 impl RelayBinder for UdpRelayBinder {
     type Relay = UdpSocket;
 
-    fn bind(&self, ipv6: bool) -> std::io::Result<(UdpSocket, SocketAddr)> {
+    fn bind(&self, ipv6: bool, choice: PortChoice) -> std::io::Result<(UdpSocket, SocketAddr)> {
         let ip = if ipv6 {
             self.ipv6.ok_or_else(|| {
                 std::io::Error::new(std::io::ErrorKind::Unsupported, "no IPv6 relay address")
@@ -48,19 +48,30 @@ impl RelayBinder for UdpRelayBinder {
         } else {
             self.ipv4
         };
+        let bind = |port: u16| -> std::io::Result<(UdpSocket, SocketAddr)> {
+            let socket = std::net::UdpSocket::bind(SocketAddr::new(ip, port))?;
+            socket.set_nonblocking(true)?;
+            let local = socket.local_addr()?;
+            Ok((UdpSocket::from_std(socket)?, local))
+        };
         let (lo, hi) = self.ports;
+        if let PortChoice::Exactly(port) = choice {
+            if !(lo..=hi).contains(&port) {
+                return Err(std::io::Error::other("port outside the relay range"));
+            }
+            return bind(port);
+        }
         let span = u32::from(hi - lo) + 1;
         let start = rand::rng().next_u32() % span;
         let mut last = None;
         // Random start, then a bounded linear probe: fast when the range is mostly free.
-        for i in 0..span.min(256) {
+        for i in 0..span.min(512) {
             let port = lo + ((start + i) % span) as u16;
-            match std::net::UdpSocket::bind(SocketAddr::new(ip, port)) {
-                Ok(socket) => {
-                    socket.set_nonblocking(true)?;
-                    let local = socket.local_addr()?;
-                    return Ok((UdpSocket::from_std(socket)?, local));
-                }
+            if choice == PortChoice::Even && port % 2 == 1 {
+                continue;
+            }
+            match bind(port) {
+                Ok(pair) => return Ok(pair),
                 Err(e) => last = Some(e),
             }
         }

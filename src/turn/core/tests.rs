@@ -19,8 +19,11 @@ struct FakeBinder(AtomicU16);
 
 impl RelayBinder for FakeBinder {
     type Relay = ();
-    fn bind(&self, ipv6: bool) -> std::io::Result<((), SocketAddr)> {
-        let port = self.0.fetch_add(1, Ordering::Relaxed);
+    fn bind(&self, ipv6: bool, choice: PortChoice) -> std::io::Result<((), SocketAddr)> {
+        let port = match choice {
+            PortChoice::Exactly(p) => p,
+            PortChoice::Even | PortChoice::Any => self.0.fetch_add(2, Ordering::Relaxed),
+        };
         let ip: IpAddr = if ipv6 {
             "::1".parse().unwrap()
         } else {
@@ -482,6 +485,7 @@ fn permissions_channels_and_policy() {
     assert_eq!(bind(0x4000, "9.9.9.9:7"), None);
     assert_eq!(bind(0x4000, "9.9.9.9:8"), Some(400));
     assert_eq!(bind(0x3000, "9.9.9.9:8"), Some(400));
+    assert_eq!(bind(0x8000, "9.9.9.9:8"), Some(400));
     assert_eq!(bind(0x4001, "0.0.0.0:8"), Some(403));
     assert_eq!(
         a.state.lock().unwrap().channel_peer(f.t0, 0x4000),
@@ -645,4 +649,68 @@ fn send_indications_need_a_permission() {
         }
         _ => panic!("expected a send"),
     }
+}
+
+/// An attribute with raw bytes, for attributes whose setter hides its fields.
+struct Raw(stun::attributes::AttrType, Vec<u8>);
+
+impl Setter for Raw {
+    fn add_to(&self, m: &mut Message) -> Result<(), stun::Error> {
+        m.add(self.0, &self.1);
+        Ok(())
+    }
+}
+
+#[test]
+fn even_port_with_reservation_then_reservation_token() {
+    let f = fixture();
+    let cred = rest(UNIX + 600, "bob");
+    let nonce = f.nonce(tuple(4000));
+    let auth = Some((&cred, nonce.as_str()));
+    let even: Box<dyn Setter> = Box::new(Raw(stun::attributes::ATTR_EVEN_PORT, vec![0x80]));
+    let r = reply_of(f.send(
+        tuple(4000),
+        &request(
+            METHOD_ALLOCATE,
+            TransactionId::new(),
+            vec![udp(), even],
+            auth,
+        ),
+    ));
+    assert_eq!(code(&r), None);
+    let m = decode(&r);
+    let mut relayed = RelayedAddress::default();
+    relayed.get_from(&m).unwrap();
+    assert_eq!(relayed.port % 2, 0);
+    let token = m.get(stun::attributes::ATTR_RESERVATION_TOKEN).unwrap();
+    let with_token = |t: Vec<u8>| -> Vec<Box<dyn Setter>> {
+        vec![
+            udp(),
+            Box::new(Raw(stun::attributes::ATTR_RESERVATION_TOKEN, t)),
+        ]
+    };
+    let r = reply_of(f.send(
+        tuple(4001),
+        &request(
+            METHOD_ALLOCATE,
+            TransactionId::new(),
+            with_token(token.clone()),
+            auth,
+        ),
+    ));
+    assert_eq!(code(&r), None);
+    let mut second = RelayedAddress::default();
+    second.get_from(&decode(&r)).unwrap();
+    assert_eq!(second.port, relayed.port + 1);
+    // A token is good once.
+    let r = reply_of(f.send(
+        tuple(4002),
+        &request(
+            METHOD_ALLOCATE,
+            TransactionId::new(),
+            with_token(token),
+            auth,
+        ),
+    ));
+    assert_eq!(code(&r), Some(508));
 }
