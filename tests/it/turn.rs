@@ -1,0 +1,320 @@
+//! The TURN server of the real binary, driven by independent clients: coturn's
+//! `turnutils_*` tools and the webrtc-rs `turn` client.
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::json;
+use switchboard::config::Secret;
+use switchboard::signaling::protocol::{IceServer, ServerMsg};
+use switchboard::turn::auth::rest_password;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpStream, UdpSocket};
+use webrtc_util::Conn;
+
+use crate::harness::{DEADLINE, TestServer, require};
+
+const SECRET: &str = "it-secret-0123456789abcdef";
+
+/// TURN with a known secret; loopback peers allowed, since every peer in a test is on loopback.
+fn turn_config(extra: &str) -> String {
+    format!("[turn]\nsecrets = [\"{SECRET}\"]\nallow_peers = [\"127.0.0.0/8\"]\n{extra}")
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A REST credential minted the way a coturn backend would.
+fn rest_credential(ttl: i64, user: &str) -> (String, String) {
+    let username = format!("{}:{user}", unix_now() as i64 + ttl);
+    let password = rest_password(&Secret::new(SECRET.into()), &username);
+    (username, password)
+}
+
+async fn turn_client(server: SocketAddr, username: &str, password: &str) -> turn::client::Client {
+    let conn = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let client = turn::client::Client::new(turn::client::ClientConfig {
+        stun_serv_addr: server.to_string(),
+        turn_serv_addr: server.to_string(),
+        username: username.to_owned(),
+        password: password.to_owned(),
+        realm: "switchboard".to_owned(),
+        software: String::new(),
+        rto_in_ms: 0,
+        conn,
+        vnet: None,
+    })
+    .await
+    .unwrap();
+    client.listen().await.unwrap();
+    client
+}
+
+async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(DEADLINE, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not happen in time"))
+}
+
+#[tokio::test]
+async fn webrtc_rs_client_relays_both_ways_through_a_peer_socket() {
+    let server = TestServer::start(&turn_config(""));
+    let (username, password) = rest_credential(600, "it");
+    let client = turn_client(server.listener("turn_udp"), &username, &password).await;
+    let relay = within("allocation", client.allocate())
+        .await
+        .expect("allocate");
+    let relayed = relay.local_addr().unwrap();
+    assert_eq!(relayed.ip().to_string(), "127.0.0.1");
+
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    let mut buf = [0u8; 1500];
+    // Several rounds: the client starts with Send indications and moves to a channel.
+    for round in 0..5u8 {
+        let ping = [b'p', round];
+        relay
+            .send_to(&ping, peer_addr)
+            .await
+            .expect("send through relay");
+        let (n, from) = within("peer receive", peer.recv_from(&mut buf))
+            .await
+            .unwrap();
+        assert_eq!((&buf[..n], from), (&ping[..], relayed));
+        let pong = [b'q', round];
+        peer.send_to(&pong, relayed).await.unwrap();
+        let (n, from) = within("client receive", relay.recv_from(&mut buf))
+            .await
+            .unwrap();
+        assert_eq!((&buf[..n], from), (&pong[..], peer_addr));
+    }
+    relay.close().await.unwrap();
+    client.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn wrong_and_expired_credentials_cannot_allocate() {
+    let server = TestServer::start(&turn_config(""));
+    let addr = server.listener("turn_udp");
+    let (username, _) = rest_credential(600, "it");
+    let client = turn_client(addr, &username, "not-the-password").await;
+    assert!(within("refusal", client.allocate()).await.is_err());
+    let (username, password) = rest_credential(-5, "it");
+    let client = turn_client(addr, &username, &password).await;
+    assert!(within("refusal", client.allocate()).await.is_err());
+    server.wait_log("TURN credential no longer valid");
+}
+
+/// The TURN entry of a welcome.
+fn turn_entry(welcome: &ServerMsg) -> IceServer {
+    let ServerMsg::Welcome {
+        ice_servers,
+        ice_ttl_s,
+        ..
+    } = welcome
+    else {
+        panic!("not a welcome: {welcome:?}")
+    };
+    assert_eq!(*ice_ttl_s, Some(600));
+    ice_servers
+        .iter()
+        .find(|s| s.urls.iter().any(|u| u.starts_with("turn:")))
+        .cloned()
+        .expect("a TURN entry")
+}
+
+#[tokio::test]
+async fn welcome_credentials_work_until_the_peer_leaves() {
+    let server = TestServer::start(&turn_config("grace_period_s = 0\n"));
+    let mut ws = server.client().await;
+    let welcome = ws.join("turn-room", None).await;
+    let entry = turn_entry(&welcome);
+    let udp = server.listener("turn_udp");
+    let tls = server.listener("turn_tls");
+    assert!(
+        entry
+            .urls
+            .contains(&format!("turn:127.0.0.1:{}?transport=udp", udp.port())),
+        "{:?}",
+        entry.urls
+    );
+    assert!(
+        entry
+            .urls
+            .contains(&format!("turns:127.0.0.1:{}?transport=tcp", tls.port())),
+        "{:?}",
+        entry.urls
+    );
+    let (username, password) = (entry.username.unwrap(), entry.credential.unwrap());
+
+    let client = turn_client(udp, &username, &password).await;
+    let relay = within("allocation", client.allocate())
+        .await
+        .expect("member may allocate");
+    let relayed = relay.local_addr().unwrap();
+
+    ws.send(json!({"type": "leave"})).await;
+    // The departed peer's allocation is closed after the grace period...
+    let closed = server.wait_log("allocation closed");
+    assert_eq!(closed["relayed"], relayed.to_string());
+    assert_eq!(closed["reason"], "PeerLeft");
+    // ...and its credential no longer allocates.
+    let again = turn_client(udp, &username, &password).await;
+    assert!(within("refusal", again.allocate()).await.is_err());
+}
+
+#[tokio::test]
+async fn garbage_on_every_transport_is_dropped_and_service_continues() {
+    let server = TestServer::start(&turn_config(""));
+    let udp_addr = server.listener("turn_udp");
+    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for junk in [
+        &[][..],
+        &[0x00],
+        &[0x40, 0x00, 0xff, 0xff],
+        &[0x00, 0x01, 0x00, 0x08, 0x21, 0x12, 0xa4, 0x42],
+        &[0xff; 64],
+    ] {
+        udp.send_to(junk, udp_addr).await.unwrap();
+    }
+    let mut tcp = TcpStream::connect(server.listener("turn_tcp"))
+        .await
+        .unwrap();
+    tcp.write_all(&[0x00, 0x01, 0x00, 0x07, 1, 2, 3, 4])
+        .await
+        .unwrap();
+    // The server still answers STUN Binding on both.
+    let (username, password) = rest_credential(600, "it");
+    let client = turn_client(udp_addr, &username, &password).await;
+    let mapped = within("binding", client.send_binding_request())
+        .await
+        .expect("binding after garbage");
+    assert_eq!(mapped.ip().to_string(), "127.0.0.1");
+    assert!(
+        stunclient(&["-p", &udp_addr.port().to_string(), "127.0.0.1"])
+            .is_none_or(|out| out.contains("127.0.0.1"))
+    );
+}
+
+/// Runs `turnutils_stunclient`; `None` when coturn's tools are absent outside CI.
+fn stunclient(args: &[&str]) -> Option<String> {
+    if !require(
+        std::path::Path::new("/usr/bin/turnutils_stunclient").exists(),
+        "coturn's turnutils_stunclient",
+    ) {
+        return None;
+    }
+    let out = Command::new("turnutils_stunclient")
+        .args(args)
+        .output()
+        .expect("run turnutils_stunclient");
+    Some(String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+}
+
+/// Runs `turnutils_uclient` against an echo `turnutils_peer`; returns (exit code, output).
+fn uclient(server: &TestServer, transport: &[&str], peer_ip: &str) -> Option<(i32, String)> {
+    if !require(
+        std::path::Path::new("/usr/bin/turnutils_uclient").exists(),
+        "coturn's turnutils_uclient",
+    ) {
+        return None;
+    }
+    let peer_port = free_udp_port();
+    let mut peer = Command::new("turnutils_peer")
+        .args(["-L", "127.0.0.1", "-p", &peer_port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start turnutils_peer");
+    let port = if transport.contains(&"-S") {
+        server.listener("turn_tls").port()
+    } else if transport.contains(&"-t") {
+        server.listener("turn_tcp").port()
+    } else {
+        server.listener("turn_udp").port()
+    };
+    let port = port.to_string();
+    let peer_port = peer_port.to_string();
+    let mut args = vec![
+        "-p", &port, "-W", SECRET, "-r", &peer_port, "-e", peer_ip, "-m", "4", "-n", "200", "-l",
+        "120", "-z", "2", "-c", "-X",
+    ];
+    args.extend(transport);
+    args.push("127.0.0.1");
+    let out = Command::new("timeout")
+        .arg("60")
+        .arg("turnutils_uclient")
+        .args(&args)
+        .output()
+        .expect("run turnutils_uclient");
+    let _ = peer.kill();
+    let _ = peer.wait();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    Some((out.status.code().unwrap_or(-1), text))
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The loss percentage `turnutils_uclient` reports.
+fn lost_percent(out: &str) -> f64 {
+    let line = out
+        .lines()
+        .find(|l| l.contains("Total lost packets"))
+        .unwrap_or_else(|| panic!("no loss line in:\n{out}"));
+    let pct = line
+        .split('(')
+        .nth(1)
+        .and_then(|s| s.split('%').next())
+        .expect("a percentage");
+    pct.parse().expect("a number")
+}
+
+#[test]
+fn coturn_uclient_relays_over_udp_tcp_and_tls_without_loss() {
+    let server = TestServer::start(&turn_config(""));
+    for (name, transport) in [
+        ("udp", &[][..]),
+        ("tcp", &["-t"][..]),
+        ("tls", &["-t", "-S"][..]),
+    ] {
+        let Some((code, out)) = uclient(&server, transport, "127.0.0.1") else {
+            return;
+        };
+        assert_eq!(code, 0, "{name}: turnutils_uclient failed:\n{out}");
+        assert!(lost_percent(&out) < 1.0, "{name}: packets lost:\n{out}");
+    }
+}
+
+#[test]
+fn coturn_uclient_gets_403_for_a_denied_peer() {
+    // No allow_peers: loopback peers fall in the default deny list.
+    let server = TestServer::start(&format!("[turn]\nsecrets = [\"{SECRET}\"]\n"));
+    let Some((code, out)) = uclient(&server, &[], "127.0.0.1") else {
+        return;
+    };
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("403"), "{out}");
+    server.wait_log("peer address refused by policy");
+}
+
+#[tokio::test]
+async fn stun_binding_answers_on_udp() {
+    let server = TestServer::start(&turn_config(""));
+    let port = server.listener("turn_udp").port().to_string();
+    if let Some(out) = stunclient(&["-p", &port, "127.0.0.1"]) {
+        assert!(out.contains("UDP reflexive addr: 127.0.0.1:"), "{out}");
+    }
+}
