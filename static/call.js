@@ -7,6 +7,10 @@
 
 (() => {
   const ROOM_RE = /^[A-Za-z0-9_-]{1,64}$/;
+  // ?relay forces every path through TURN (to check a TURN setup); ?relay=udp|tcp|tls
+  // also keeps only that transport's TURN URLs.
+  const params = new URLSearchParams(location.search);
+  const RELAY = params.has('relay') ? (params.get('relay') || 'any') : null;
   const $ = (id) => document.getElementById(id);
 
   const state = {
@@ -103,6 +107,7 @@
     state.phase = 'joining';
     setStatus('Connecting to server…');
     ws = new WebSocket((location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/ws');
+    if (RELAY) $('room-label').textContent = 'Room ' + state.room + ' (relay only' + (RELAY === 'any' ? '' : ', ' + RELAY) + ')';
     ws.onopen = () => {
       const name = sessionStorage.getItem('switchboard-name') || undefined;
       send({ type: 'join', room: state.room, name });
@@ -141,7 +146,7 @@
         // Fresh credentials before the old ones expire.
         state.iceServers = msg.ice_servers || [];
         for (const peer of state.peers.values()) {
-          try { peer.pc.setConfiguration({ iceServers: state.iceServers }); } catch { /* keep old */ }
+          try { peer.pc.setConfiguration(rtcConfig()); } catch { /* keep old */ }
         }
         break;
       case 'peer_joined':
@@ -182,9 +187,22 @@
 
   // ---------- peers and perfect negotiation ----------
 
+  // Keeps, with ?relay=udp|tcp|tls, only the TURN URLs of that transport.
+  function rtcConfig() {
+    let iceServers = state.iceServers;
+    if (RELAY && RELAY !== 'any') {
+      const keep = (url) => (RELAY === 'tls' ? url.startsWith('turns:')
+        : url.startsWith('turn:') && url.includes('transport=' + RELAY));
+      iceServers = iceServers
+        .map((s) => Object.assign({}, s, { urls: [].concat(s.urls).filter(keep) }))
+        .filter((s) => s.urls.length > 0);
+    }
+    return { iceServers, iceTransportPolicy: RELAY ? 'relay' : 'all' };
+  }
+
   function addPeer(info) {
     if (state.peers.has(info.id)) return;
-    const pc = new RTCPeerConnection({ iceServers: state.iceServers });
+    const pc = new RTCPeerConnection(rtcConfig());
     const peer = {
       id: info.id,
       name: info.name || null,
@@ -378,6 +396,7 @@
   window.switchboardState = () => ({
     phase: state.phase,
     room: state.room,
+    relay: RELAY,
     peerId: state.peerId,
     error: state.error,
     localMedia: state.localMedia,

@@ -79,3 +79,57 @@ fn lobby_refuses_bad_room_names_on_the_page() {
         "{error}"
     );
 }
+
+/// Both pages relay-only through Switchboard's TURN over `transport`: the peers'
+/// addresses are each other's relayed addresses on this server (relay to relay),
+/// which policy admits although loopback is denied.
+fn relayed_call(transport: &str) {
+    if !require(
+        chromium_available(),
+        "Debian's chromium (/usr/bin/chromium)",
+    ) {
+        return;
+    }
+    let server = TestServer::start("");
+    let browser = Browser::launch(&[], &[]);
+    let url = format!(
+        "https://{}/r/relay-{transport}?relay={transport}",
+        server.https
+    );
+    let first = browser.open(&url);
+    let second = browser.open(&url);
+    let relayed = "s => s.phase === 'joined' && s.peers.length === 1 \
+                   && s.peers[0].connectionState === 'connected' && s.peers[0].framesDecoded > 0 \
+                   && s.peers[0].candidateType === 'relay'";
+    let (a, b) = match (
+        first.try_wait_for_state(relayed, CALL_TIMEOUT),
+        second.try_wait_for_state(relayed, CALL_TIMEOUT),
+    ) {
+        (Ok(a), Ok(b)) => (a, b),
+        (a, b) => {
+            panic!("the relayed call did not connect; first page: {a:#?}\nsecond page: {b:#?}")
+        }
+    };
+    for state in [&a, &b] {
+        assert_eq!(state["peers"][0]["relayProtocol"], transport, "{state:#}");
+        assert_eq!(
+            state["peers"][0]["remoteCandidateType"], "relay",
+            "{state:#}"
+        );
+    }
+}
+
+#[test]
+fn relayed_call_over_turn_udp() {
+    relayed_call("udp");
+}
+
+#[test]
+fn relayed_call_over_turn_tcp() {
+    relayed_call("tcp");
+}
+
+#[test]
+fn relayed_call_over_turn_tls() {
+    relayed_call("tls");
+}
