@@ -7,3 +7,4 @@ mod harness;
 mod http;
 mod signaling;
 mod turn;
+mod webrtc_call;
