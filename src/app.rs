@@ -207,6 +207,20 @@ fn start_turn(
         t.secrets.clone()
     };
     let relay_ip = t.relay_ip.unwrap_or_else(default_relay_ip);
+    for (key, ip) in [
+        ("turn.relay_ip", Some(relay_ip)),
+        ("turn.relay_ipv6", t.relay_ipv6),
+    ] {
+        if let Some(ip) = ip {
+            std::net::UdpSocket::bind((ip, 0)).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot bind relay sockets on {ip} (config key `{key}`): {} (it must be an address of this host; \
+                     behind 1:1 NAT set turn.external_ip to the public address instead)",
+                    net::explain(&e, SocketAddr::new(ip, 0))
+                )
+            })?;
+        }
+    }
     for s in &udp {
         own_sockets.push(s.local_addr()?);
     }

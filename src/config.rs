@@ -528,10 +528,10 @@ fn validate_turn(
             ),
         ));
     }
-    if !(10..=86_400).contains(&t.credential_ttl_s) {
+    if !(5..=86_400).contains(&t.credential_ttl_s) {
         return Err(invalid(
             "turn.credential_ttl_s",
-            format!("expected 10..=86400 seconds, got {}", t.credential_ttl_s),
+            format!("expected 5..=86400 seconds, got {}", t.credential_ttl_s),
         ));
     }
     if t.grace_period_s > 3600 {

@@ -233,6 +233,11 @@ async fn run(
                 .as_mut()
                 .reset(Instant::now() + cfg.join_timeout());
         }
+        if !was_joined && joined {
+            refresh
+                .as_mut()
+                .reset(Instant::now() + session.refresh_interval());
+        }
         was_joined = joined;
     };
     session.leave();

@@ -363,8 +363,10 @@ impl Client {
 
     /// The next message or close, skipping control frames.
     pub async fn next_event(&mut self) -> Event {
+        // One deadline for the whole wait: pings must not extend it.
+        let deadline = tokio::time::Instant::now() + DEADLINE;
         loop {
-            let frame = tokio::time::timeout(DEADLINE, self.ws.next())
+            let frame = tokio::time::timeout_at(deadline, self.ws.next())
                 .await
                 .expect("server answered in time");
             match frame {

@@ -318,3 +318,70 @@ async fn stun_binding_answers_on_udp() {
         assert!(out.contains("UDP reflexive addr: 127.0.0.1:"), "{out}");
     }
 }
+
+#[tokio::test]
+async fn fresh_credentials_are_pushed_before_expiry_and_work() {
+    let server = TestServer::start(&turn_config("credential_ttl_s = 5\n"));
+    let mut ws = server.client().await;
+    let welcome = ws.join("refresh", None).await;
+    let ServerMsg::Welcome { ice_servers, .. } = &welcome else {
+        unreachable!()
+    };
+    let first = ice_servers
+        .iter()
+        .find(|s| s.username.is_some())
+        .unwrap()
+        .clone();
+    // Pushed at four fifths of the 5 s lifetime.
+    let ServerMsg::IceServers {
+        ice_servers,
+        ice_ttl_s,
+    } = ws.recv().await
+    else {
+        panic!("expected ice_servers")
+    };
+    assert_eq!(ice_ttl_s, 5);
+    let fresh = ice_servers
+        .iter()
+        .find(|s| s.username.is_some())
+        .unwrap()
+        .clone();
+    assert_ne!(
+        fresh.username, first.username,
+        "a new expiry means a new username"
+    );
+    let client = turn_client(
+        server.listener("turn_udp"),
+        &fresh.username.unwrap(),
+        &fresh.credential.unwrap(),
+    )
+    .await;
+    within("allocation", client.allocate())
+        .await
+        .expect("fresh credential allocates");
+}
+
+#[test]
+fn a_relay_ip_of_another_host_is_refused_at_start() {
+    let dir = crate::harness::temp_dir();
+    let path = dir.path().join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nstate_dir = \"{}\"\n[https]\nlisten = [\"127.0.0.1:0\"]\n[turn]\nudp_listen = [\"127.0.0.1:0\"]\ntcp_listen = []\ntls_listen = []\nrelay_ip = \"192.0.2.77\"\n",
+            dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("turn.relay_ip") && err.contains("192.0.2.77"),
+        "{err}"
+    );
+}
