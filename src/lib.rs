@@ -1,7 +1,7 @@
 //! Switchboard: one binary that makes WebRTC calls work everywhere.
 //!
 //! It serves an HTTPS/WSS room-signaling endpoint with a built-in call page,
-//! and (in later modules) STUN/TURN listeners with per-room credentials.
+//! and STUN/TURN listeners (UDP, TCP, TLS) with per-room credentials.
 //!
 //! # Layout
 //! - `config`: the configuration file, parsed strictly and validated.
@@ -10,7 +10,9 @@
 //! - `app`: binds every listener, runs them, and drains on shutdown.
 //! - `state`: `AppState`, the state shared by handlers and tasks.
 //! - `http`: the HTTPS routes (call page, health, `/ws`) and the accept loops.
+//! - `secrets`: secrets the config does not set, generated and persisted with mode 0600.
 //! - `signaling`: the native JSON protocol, the room registry, limits and the socket task.
+//! - `turn`: the STUN/TURN server: credentials, policy, allocation state, the sans-IO core, I/O.
 
 pub mod app;
 pub mod config;
