@@ -50,7 +50,8 @@ pub fn default_args() -> Vec<String> {
 }
 
 pub struct Browser {
-    child: Child,
+    /// `None` once `Drop` has reaped it.
+    child: Option<Child>,
     commands: Mutex<std::io::PipeWriter>,
     pending: Pending,
     next_id: AtomicU64,
@@ -123,7 +124,7 @@ impl Browser {
             }
         });
         Browser {
-            child,
+            child: Some(child),
             commands: Mutex::new(cmd_write),
             pending,
             next_id: AtomicU64::new(1),
@@ -233,8 +234,24 @@ impl Page<'_> {
 }
 
 impl Drop for Browser {
+    /// Asks Chromium to close, so its helper processes are gone before the
+    /// profile directory is removed; kills it if it does not exit in time.
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = self.call(None, "Browser.close", json!({}));
+        let pid = child.id();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait());
+        });
+        if rx.recv_timeout(Duration::from_secs(10)).is_err() {
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(pid.to_string())
+                .status();
+            let _ = rx.recv_timeout(Duration::from_secs(10));
+        }
     }
 }
