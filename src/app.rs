@@ -33,7 +33,8 @@ const NONCE_LIFETIME_S: u64 = 600;
 pub struct Listeners {
     pub https: Vec<TcpListener>,
     pub redirect: Vec<TcpListener>,
-    pub turn_udp: Vec<UdpSocket>,
+    /// Groups of sockets sharing one address (SO_REUSEPORT), one receive loop each.
+    pub turn_udp: Vec<Vec<UdpSocket>>,
     pub turn_tcp: Vec<TcpListener>,
     pub turn_tls: Vec<TcpListener>,
 }
@@ -68,8 +69,9 @@ impl Listeners {
         let turn = &config.turn;
         let (mut turn_udp, mut turn_tcp, mut turn_tls) = (Vec::new(), Vec::new(), Vec::new());
         if turn.enabled {
+            let loops = std::thread::available_parallelism().map_or(1, usize::from);
             for &addr in &turn.udp_listen {
-                match net::bind_udp(addr, "TURN UDP", "turn.udp_listen")? {
+                match net::bind_udp(addr, loops, "TURN UDP", "turn.udp_listen")? {
                     Bound::Listener(s) => turn_udp.push(s),
                     Bound::NoIpv6 => {
                         warn!(listener = "TURN UDP", %addr, "IPv6 is not available on this host, skipping")
@@ -192,7 +194,7 @@ fn start_turn(
     config: &Config,
     hub: &Arc<Hub>,
     tls: &TlsMaterial,
-    (udp, tcp, tls_listeners): (Vec<UdpSocket>, Vec<TcpListener>, Vec<TcpListener>),
+    (udp, tcp, tls_listeners): (Vec<Vec<UdpSocket>>, Vec<TcpListener>, Vec<TcpListener>),
     mut own_sockets: Vec<SocketAddr>,
     tasks: &TaskTracker,
     shutdown: &CancellationToken,
@@ -221,8 +223,8 @@ fn start_turn(
             })?;
         }
     }
-    for s in &udp {
-        own_sockets.push(s.local_addr()?);
+    for group in &udp {
+        own_sockets.push(group[0].local_addr()?);
     }
     for l in tcp.iter().chain(&tls_listeners) {
         own_sockets.push(l.local_addr()?);
@@ -281,11 +283,13 @@ fn start_turn(
 
     let first_port = |addrs: Vec<SocketAddr>| addrs.first().map(SocketAddr::port);
     let mut ports = (Vec::new(), Vec::new(), Vec::new());
-    for socket in udp {
-        let addr = socket.local_addr()?;
-        info!(listener = "turn_udp", %addr, "listening");
+    for group in udp {
+        let addr = group[0].local_addr()?;
+        info!(listener = "turn_udp", %addr, loops = group.len(), "listening");
         ports.0.push(addr);
-        tasks.spawn(Arc::clone(&server).serve_udp(socket));
+        for socket in group {
+            tasks.spawn(Arc::clone(&server).serve_udp(socket));
+        }
     }
     for listener in tcp {
         let addr = listener.local_addr()?;

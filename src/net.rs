@@ -26,26 +26,40 @@ pub enum Bound<T = TcpListener> {
     NoIpv6,
 }
 
-/// Binds a UDP socket for `addr`; `what` and `key` name it in errors.
+/// Binds `count` UDP sockets sharing `addr` with SO_REUSEPORT, so that as many
+/// receive loops serve it in parallel (the kernel keeps each client on one socket);
+/// `what` and `key` name it in errors.
 ///
 /// # Errors
 /// The address is in use, not local, or needs a privilege the process lacks.
 pub fn bind_udp(
     addr: SocketAddr,
+    count: usize,
     what: &'static str,
     key: &'static str,
-) -> Result<Bound<tokio::net::UdpSocket>, BindError> {
-    let attempt = || -> io::Result<tokio::net::UdpSocket> {
+) -> Result<Bound<Vec<tokio::net::UdpSocket>>, BindError> {
+    let one = |addr: SocketAddr| -> io::Result<tokio::net::UdpSocket> {
         let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
         if addr.is_ipv6() {
             socket.set_only_v6(true)?;
         }
+        socket.set_reuse_port(true)?;
         socket.set_nonblocking(true)?;
         // Bursts of relayed media need more than the default socket buffers.
         let _ = socket.set_recv_buffer_size(4 << 20);
         let _ = socket.set_send_buffer_size(4 << 20);
         socket.bind(&addr.into())?;
         tokio::net::UdpSocket::from_std(socket.into())
+    };
+    let attempt = || -> io::Result<Vec<tokio::net::UdpSocket>> {
+        let first = one(addr)?;
+        // With port 0, the others join the port the first one got.
+        let shared = first.local_addr()?;
+        let mut group = vec![first];
+        for _ in 1..count.max(1) {
+            group.push(one(shared)?);
+        }
+        Ok(group)
     };
     match attempt() {
         Ok(socket) => Ok(Bound::Listener(socket)),

@@ -385,3 +385,29 @@ fn a_relay_ip_of_another_host_is_refused_at_start() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_failed_relay_send_is_dropped_and_the_allocation_keeps_working() {
+    let server = TestServer::start(&turn_config(""));
+    let (username, password) = rest_credential(600, "it");
+    let client = turn_client(server.listener("turn_udp"), &username, &password).await;
+    let relay = within("allocation", client.allocate())
+        .await
+        .expect("allocate");
+    // The kernel refuses to send to port 0 (EINVAL): coturn 4.6 would close the allocation here.
+    let _ = relay.send_to(b"lost", "127.0.0.1:0".parse().unwrap()).await;
+    server.wait_log("relay send failed");
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    relay
+        .send_to(b"still here", peer.local_addr().unwrap())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let (n, from) = within("peer receive", peer.recv_from(&mut buf))
+        .await
+        .unwrap();
+    assert_eq!(
+        (&buf[..n], from),
+        (&b"still here"[..], relay.local_addr().unwrap())
+    );
+}
