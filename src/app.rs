@@ -115,12 +115,17 @@ pub async fn run(
     for l in &https {
         own_sockets.push(l.local_addr()?);
     }
+    let https_port = own_sockets
+        .first()
+        .map(SocketAddr::port)
+        .context("no HTTPS listener")?;
     let turn = if config.turn.enabled {
         Some(start_turn(
             &config,
             &hub,
             &tls,
             (turn_udp, turn_tcp, turn_tls),
+            https_port,
             own_sockets,
             &tasks,
             &shutdown,
@@ -137,22 +142,33 @@ pub async fn run(
     ));
     let router = http::router(Arc::clone(&app));
 
-    let mut https_port = None;
+    // With TURN on the HTTPS port, "stun.turn" joins the ALPN list (last, so browsers get HTTP).
+    let turn_on_https = app
+        .turn
+        .as_ref()
+        .filter(|_| config.turn.on_https_port)
+        .map(|t| Arc::clone(&t.server));
+    let https_tls = if turn_on_https.is_some() {
+        let mut shared = (*tls.server_config).clone();
+        shared.alpn_protocols.push(b"stun.turn".to_vec());
+        Arc::new(shared)
+    } else {
+        Arc::clone(&tls.server_config)
+    };
     for listener in https {
         let addr = listener
             .local_addr()
             .context("reading the HTTPS listener address")?;
-        https_port.get_or_insert(addr.port());
-        info!(listener = "https", %addr, "listening");
+        info!(listener = "https", %addr, turn = turn_on_https.is_some(), "listening");
         tasks.spawn(http::server::serve_https(
             listener,
-            Arc::clone(&tls.server_config),
+            Arc::clone(&https_tls),
             router.clone(),
             shutdown.clone(),
             tasks.clone(),
+            turn_on_https.clone(),
         ));
     }
-    let https_port = https_port.context("no HTTPS listener")?;
     for listener in redirect {
         let addr = listener
             .local_addr()
@@ -195,6 +211,7 @@ fn start_turn(
     hub: &Arc<Hub>,
     tls: &TlsMaterial,
     (udp, tcp, tls_listeners): (Vec<Vec<UdpSocket>>, Vec<TcpListener>, Vec<TcpListener>),
+    https_port: u16,
     mut own_sockets: Vec<SocketAddr>,
     tasks: &TaskTracker,
     shutdown: &CancellationToken,
@@ -309,6 +326,7 @@ fn start_turn(
         udp_port: first_port(ports.0),
         tcp_port: first_port(ports.1),
         tls_port: first_port(ports.2),
+        https_port: t.on_https_port.then_some(https_port),
         secret: secrets[0].clone(),
         ttl_s: t.credential_ttl_s,
     };

@@ -181,6 +181,8 @@ pub struct TurnConfig {
     pub secrets: Vec<Secret>,
     pub static_users: Vec<StaticUser>,
     pub grace_period_s: u64,
+    /// Serve TURN on the HTTPS port too (TLS, and plain TCP), for networks that allow only 443.
+    pub on_https_port: bool,
     pub max_allocations_per_credential: usize,
     pub max_allocations_per_room: usize,
     pub max_allocations: usize,
@@ -213,6 +215,7 @@ impl Default for TurnConfig {
             secrets: Vec::new(),
             static_users: Vec::new(),
             grace_period_s: 5,
+            on_https_port: true,
             max_allocations_per_credential: 10,
             max_allocations_per_room: 100,
             max_allocations: 10_000,

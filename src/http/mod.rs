@@ -3,6 +3,7 @@
 //! This module knows nothing about rooms beyond validating a room name in a URL;
 //! the socket logic is in `signaling::ws`, the listeners in `http::server`.
 
+pub mod demux;
 pub mod server;
 
 use std::sync::Arc;

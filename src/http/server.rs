@@ -25,18 +25,27 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 use tracing::{debug, warn};
 
+use super::demux::{self, Prefixed, Protocol};
+use crate::turn::core::{FiveTuple, Transport};
+use crate::turn::server::TurnServer;
+
 /// Time a client gets to finish the TLS handshake, and to send request headers.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves `router` over TLS on `listener` until `shutdown` fires.
+/// Serves `router` over TLS on `listener` until `shutdown` fires. With `turn`,
+/// connections that speak STUN (plain, or inside TLS) go to the TURN server.
 pub async fn serve_https(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     router: Router,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    turn: Option<Arc<TurnServer>>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
+    let Ok(local) = listener.local_addr() else {
+        return;
+    };
     loop {
         let (tcp, remote) = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -51,14 +60,50 @@ pub async fn serve_https(
         let acceptor = acceptor.clone();
         let router = router.clone();
         let shutdown = shutdown.clone();
+        let turn = turn.clone();
         tasks.spawn(async move {
             let _ = tcp.set_nodelay(true);
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            let tuple = |transport| FiveTuple {
+                client: remote,
+                server: local,
+                transport,
+            };
+            if let Some(turn) = &turn {
+                // Plain-TCP TURN sends a STUN header where TLS sends a ClientHello.
+                let mut head = [0u8; demux::SNIFF_LEN];
+                let n = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut head)).await {
+                    Ok(Ok(n)) => n,
+                    _ => return,
+                };
+                if demux::sniff(&head[..n]) == Protocol::Stun {
+                    return Arc::clone(turn)
+                        .serve_connection(Box::new(tcp), tuple(Transport::Tcp))
+                        .await;
+                }
+            }
+            let mut tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+            {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => return debug!(%remote, error = %e, "TLS handshake failed"),
                 Err(_) => return debug!(%remote, "TLS handshake timed out"),
             };
-            serve_connection(tls, remote, router, shutdown).await;
+            let Some(turn) = turn else {
+                return serve_connection(tls, remote, router, shutdown).await;
+            };
+            // Inside TLS, the first bytes tell TURN from HTTP; both clients speak first.
+            let head =
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, demux::read_head(&mut tls)).await {
+                    Ok(Ok(head)) => head,
+                    _ => return,
+                };
+            let protocol = demux::sniff(&head);
+            let stream = Prefixed::new(head, tls);
+            if protocol == Protocol::Stun {
+                turn.serve_connection(Box::new(stream), tuple(Transport::Tls))
+                    .await;
+            } else {
+                serve_connection(stream, remote, router, shutdown).await;
+            }
         });
     }
 }

@@ -14,6 +14,8 @@ pub struct TurnOffer {
     pub udp_port: Option<u16>,
     pub tcp_port: Option<u16>,
     pub tls_port: Option<u16>,
+    /// The HTTPS port, when TURN shares it (`turn.on_https_port`).
+    pub https_port: Option<u16>,
     /// The first configured (or the generated) secret.
     pub secret: Secret,
     pub ttl_s: u64,
@@ -40,6 +42,9 @@ impl TurnOffer {
             turn_urls.push(format!("turn:{host}:{p}?transport=tcp"));
         }
         if let Some(p) = self.tls_port {
+            turn_urls.push(format!("turns:{host}:{p}?transport=tcp"));
+        }
+        if let Some(p) = self.https_port.filter(|p| Some(*p) != self.tls_port) {
             turn_urls.push(format!("turns:{host}:{p}?transport=tcp"));
         }
         let mut servers = Vec::new();
@@ -72,6 +77,7 @@ mod tests {
             udp_port: Some(3478),
             tcp_port: Some(3478),
             tls_port: Some(5349),
+            https_port: Some(443),
             secret: Secret::new("0123456789abcdef".into()),
             ttl_s: 600,
         };
@@ -84,7 +90,8 @@ mod tests {
             vec![
                 "turn:[::1]:3478?transport=udp",
                 "turn:[::1]:3478?transport=tcp",
-                "turns:[::1]:5349?transport=tcp"
+                "turns:[::1]:5349?transport=tcp",
+                "turns:[::1]:443?transport=tcp"
             ]
         );
         let username = servers[1].username.clone().unwrap();

@@ -219,6 +219,18 @@ fn stunclient(args: &[&str]) -> Option<String> {
 
 /// Runs `turnutils_uclient` against an echo `turnutils_peer`; returns (exit code, output).
 fn uclient(server: &TestServer, transport: &[&str], peer_ip: &str) -> Option<(i32, String)> {
+    let port = if transport.contains(&"-S") {
+        server.listener("turn_tls").port()
+    } else if transport.contains(&"-t") {
+        server.listener("turn_tcp").port()
+    } else {
+        server.listener("turn_udp").port()
+    };
+    uclient_on(port, transport, peer_ip)
+}
+
+/// Like `uclient`, against the given server port.
+fn uclient_on(port: u16, transport: &[&str], peer_ip: &str) -> Option<(i32, String)> {
     if !require(
         std::path::Path::new("/usr/bin/turnutils_uclient").exists(),
         "coturn's turnutils_uclient",
@@ -232,13 +244,6 @@ fn uclient(server: &TestServer, transport: &[&str], peer_ip: &str) -> Option<(i3
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("start turnutils_peer");
-    let port = if transport.contains(&"-S") {
-        server.listener("turn_tls").port()
-    } else if transport.contains(&"-t") {
-        server.listener("turn_tcp").port()
-    } else {
-        server.listener("turn_udp").port()
-    };
     let port = port.to_string();
     let peer_port = peer_port.to_string();
     let mut args = vec![
@@ -410,4 +415,27 @@ async fn a_failed_relay_send_is_dropped_and_the_allocation_keeps_working() {
         (&buf[..n], from),
         (&b"still here"[..], relay.local_addr().unwrap())
     );
+}
+
+#[test]
+fn turn_shares_the_https_port_over_tls_and_plain_tcp() {
+    let server = TestServer::start(&turn_config(""));
+    for (name, transport) in [("tls", &["-t", "-S"][..]), ("tcp", &["-t"][..])] {
+        let Some((code, out)) = uclient_on(server.https.port(), transport, "127.0.0.1") else {
+            return;
+        };
+        assert_eq!(code, 0, "{name} on the HTTPS port:\n{out}");
+        assert!(lost_percent(&out) < 1.0, "{name}: packets lost:\n{out}");
+    }
+}
+
+#[tokio::test]
+async fn welcome_offers_turns_on_the_https_port() {
+    let server = TestServer::start(&turn_config(""));
+    let mut ws = server.client().await;
+    let entry = turn_entry(&ws.join("r443", None).await);
+    let url = format!("turns:127.0.0.1:{}?transport=tcp", server.https.port());
+    assert!(entry.urls.contains(&url), "{:?}", entry.urls);
+    // HTTP on the shared port is unaffected.
+    assert_eq!(server.https_get("/healthz").await.0, 200);
 }
