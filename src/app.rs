@@ -111,22 +111,17 @@ pub async fn run(
         turn_tcp,
         turn_tls,
     } = listeners;
-    let mut own_sockets = Vec::new();
+    let mut https_addrs = Vec::new();
     for l in &https {
-        own_sockets.push(l.local_addr()?);
+        https_addrs.push(l.local_addr()?);
     }
-    let https_port = own_sockets
-        .first()
-        .map(SocketAddr::port)
-        .context("no HTTPS listener")?;
     let turn = if config.turn.enabled {
         Some(start_turn(
             &config,
             &hub,
             &tls,
             (turn_udp, turn_tcp, turn_tls),
-            https_port,
-            own_sockets,
+            &https_addrs,
             &tasks,
             &shutdown,
         )?)
@@ -211,12 +206,16 @@ fn start_turn(
     hub: &Arc<Hub>,
     tls: &TlsMaterial,
     (udp, tcp, tls_listeners): (Vec<Vec<UdpSocket>>, Vec<TcpListener>, Vec<TcpListener>),
-    https_port: u16,
-    mut own_sockets: Vec<SocketAddr>,
+    https_addrs: &[SocketAddr],
     tasks: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<TurnState> {
     let t = &config.turn;
+    let https_port = https_addrs
+        .first()
+        .map(SocketAddr::port)
+        .context("no HTTPS listener")?;
+    let mut own_sockets = https_addrs.to_vec();
     let secrets = if t.secrets.is_empty() {
         vec![secrets::load_or_generate(
             &config.server.state_dir,
