@@ -164,6 +164,10 @@ pub async fn run(
             turn_on_https.clone(),
         ));
     }
+    let https_port = https_addrs
+        .first()
+        .map(SocketAddr::port)
+        .context("no HTTPS listener")?;
     for listener in redirect {
         let addr = listener
             .local_addr()
