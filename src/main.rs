@@ -29,10 +29,52 @@ enum Command {
     Run,
     /// Validate the configuration and print it with defaults filled in and secrets masked.
     CheckConfig,
+    /// A NAT lab in network namespaces (needs root): a server, clients behind NAT.
+    Lab {
+        #[command(subcommand)]
+        command: LabCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum LabCommand {
+    /// Build the lab and start Switchboard in it (tears down an earlier one first).
+    Up {
+        /// Prefix of the lab's namespaces.
+        #[arg(long, default_value = "sb")]
+        name: String,
+        /// NAT of client c1's router: symmetric or cone.
+        #[arg(long, default_value = "symmetric")]
+        nat1: switchboard::lab::Nat,
+        /// NAT of client c2's router: symmetric or cone.
+        #[arg(long, default_value = "symmetric")]
+        nat2: switchboard::lab::Nat,
+    },
+    /// Stop everything in the lab and delete its namespaces.
+    Down {
+        #[arg(long, default_value = "sb")]
+        name: String,
+    },
+    /// Say whether the lab is up.
+    Status {
+        #[arg(long, default_value = "sb")]
+        name: String,
+    },
+    /// Run a command in a node of the lab (srv, c1, c2, c3, r1, r2, r3).
+    Exec {
+        #[arg(long, default_value = "sb")]
+        name: String,
+        node: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Lab { command }) = cli.command {
+        return lab(command);
+    }
     let config = match Config::load(&cli.config) {
         Ok(config) => config,
         Err(e) => {
@@ -41,6 +83,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command.unwrap_or(Command::Run) {
+        Command::Lab { .. } => unreachable!("handled above"),
         Command::CheckConfig => {
             println!("# {}: valid", cli.config.display());
             print!("{}", config.to_masked_toml());
@@ -58,6 +101,80 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn lab(command: LabCommand) -> ExitCode {
+    use switchboard::lab::{self, LabSpec};
+    let result = match command {
+        LabCommand::Up { name, nat1, nat2 } => lab_up(LabSpec {
+            dir: PathBuf::from(format!("/run/switchboard-lab/{name}")),
+            name,
+            nat: [nat1, nat2],
+            binary: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("switchboard")),
+            server_toml: String::new(),
+        }),
+        LabCommand::Down { name } => lab::down(&name)
+            .map(|()| println!("lab {name} is down"))
+            .map_err(Into::into),
+        LabCommand::Status { name } => {
+            println!("{}", lab::status(&name));
+            Ok(())
+        }
+        LabCommand::Exec {
+            name,
+            node,
+            command,
+        } => {
+            use std::os::unix::process::CommandExt;
+            let err = std::process::Command::new("ip")
+                .args(["netns", "exec", &format!("{name}-{node}")])
+                .args(&command)
+                .exec();
+            Err(anyhow::anyhow!(
+                "cannot run {:?} in {name}-{node}: {err}",
+                command
+            ))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Builds the lab while watching for SIGINT/SIGTERM: on a signal, what was built is torn down.
+fn lab_up(spec: switchboard::lab::LabSpec) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (mut term, mut int) = (
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+        );
+        let name = spec.name.clone();
+        let mut build = tokio::task::spawn_blocking(move || switchboard::lab::Lab::up(spec));
+        let interrupted = tokio::select! {
+            _ = term.recv() => true,
+            _ = int.recv() => true,
+            done = &mut build => {
+                let lab = done??;
+                println!("{}", lab.describe());
+                lab.detach();
+                return Ok(());
+            }
+        };
+        debug_assert!(interrupted);
+        // Let the build finish its current step, then remove everything it made.
+        let built = build.await?;
+        drop(built);
+        switchboard::lab::down(&name)?;
+        anyhow::bail!("interrupted: lab {name} was torn down")
+    })
 }
 
 fn init_tracing(config: &Config) {

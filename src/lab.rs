@@ -1,0 +1,547 @@
+//! The NAT lab: a small internet in network namespaces on one machine, with
+//! Switchboard on a public segment and clients behind NAT routers.
+//!
+//! ```text
+//!                 11.11.0.0/24 "internet" (bridge in <name>-net)
+//!   srv 11.11.0.10 + .11     sink 11.11.0.254 (drops everything: unknown destinations)
+//!   r1 11.11.0.21 ── NAT ── c1 10.1.0.2      (symmetric or cone)
+//!   r2 11.11.0.22 ── NAT ── c2 10.2.0.2      (symmetric or cone)
+//!   r3 11.11.0.23 ── NAT ── c3 10.3.0.2      (corporate: only TCP to port 443 out)
+//! ```
+//!
+//! Everything is built with `ip` and `iptables` run as child processes, and
+//! everything it creates lives inside namespaces named `<name>-*`, so deleting
+//! those namespaces (after stopping their processes) removes it all.
+
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The address of the server's first and second public interface, and of the sink.
+pub const SERVER_IP: &str = "11.11.0.10";
+pub const SERVER_IP2: &str = "11.11.0.11";
+pub const SINK_IP: &str = "11.11.0.254";
+
+/// How a client's router maps and filters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nat {
+    /// Address- and port-dependent mapping (MASQUERADE --random-fully) and filtering.
+    Symmetric,
+    /// Endpoint-independent mapping (MASQUERADE keeps ports), filtering by established flows.
+    Cone,
+}
+
+impl std::str::FromStr for Nat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Nat, String> {
+        match s {
+            "symmetric" => Ok(Nat::Symmetric),
+            "cone" => Ok(Nat::Cone),
+            _ => Err(format!("expected \"symmetric\" or \"cone\", got {s:?}")),
+        }
+    }
+}
+
+impl fmt::Display for Nat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Nat::Symmetric => "symmetric",
+            Nat::Cone => "cone",
+        })
+    }
+}
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct LabSpec {
+    /// Prefix of every namespace: 1 to 6 of `[a-z0-9]`.
+    pub name: String,
+    /// NAT kind of the routers of c1 and c2.
+    pub nat: [Nat; 2],
+    /// The `switchboard` binary to run in the server namespace.
+    pub binary: PathBuf,
+    /// Where the generated config, state and server log go.
+    pub dir: PathBuf,
+    /// Extra TOML appended to the generated server config.
+    pub server_toml: String,
+}
+
+/// A lab failure, with the command that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct LabError(String);
+
+const NODES: [&str; 9] = ["net", "sink", "srv", "r1", "c1", "r2", "c2", "r3", "c3"];
+
+/// A running lab; dropping it tears everything down.
+pub struct Lab {
+    pub spec: LabSpec,
+    server: Option<Child>,
+}
+
+impl Lab {
+    /// Builds the lab (after removing any earlier one of the same name) and starts
+    /// Switchboard in it; on failure, removes whatever was built.
+    ///
+    /// # Errors
+    /// A command failed (most often: not root, or `iptables` missing).
+    pub fn up(spec: LabSpec) -> Result<Lab, LabError> {
+        check_name(&spec.name)?;
+        down(&spec.name)?;
+        let mut lab = Lab { spec, server: None };
+        if let Err(e) = lab.build().and_then(|()| lab.start_server()) {
+            let log = fs::read_to_string(lab.spec.dir.join("switchboard.log")).unwrap_or_default();
+            drop(lab);
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            return Err(LabError(format!(
+                "{e}{}",
+                if tail.is_empty() {
+                    String::new()
+                } else {
+                    format!("\nserver log: {}", tail.join("\n"))
+                }
+            )));
+        }
+        Ok(lab)
+    }
+
+    /// Leaves the lab running after this handle is gone (for `switchboard lab up`).
+    pub fn detach(mut self) {
+        drop(self.server.take());
+        std::mem::forget(self);
+    }
+
+    /// The namespace of `node` (`srv`, `c1`, ...).
+    pub fn ns(&self, node: &str) -> String {
+        format!("{}-{node}", self.spec.name)
+    }
+
+    /// A command that runs `program` inside `node`.
+    pub fn command(&self, node: &str, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns(node), program]);
+        c
+    }
+
+    /// What was built, for people.
+    pub fn describe(&self) -> String {
+        let n = &self.spec.name;
+        format!(
+            "lab {n} is up\n\
+             \x20 server  {n}-srv  {SERVER_IP}, {SERVER_IP2}: https://{SERVER_IP}/ (443), STUN/TURN {SERVER_IP}:3478 udp+tcp, {SERVER_IP2}:3478 udp, TURN/TLS {SERVER_IP}:5349\n\
+             \x20 sink    {n}-sink {SINK_IP}: default route of the server and routers; drops everything\n\
+             \x20 c1      {n}-c1   10.1.0.2 behind {n}-r1 11.11.0.21 ({})\n\
+             \x20 c2      {n}-c2   10.2.0.2 behind {n}-r2 11.11.0.22 ({})\n\
+             \x20 c3      {n}-c3   10.3.0.2 behind {n}-r3 11.11.0.23 (corporate: only TCP to port 443)\n\
+             \x20 server log: {}\n\
+             run a program in a node: switchboard lab exec c1 -- <command>",
+            self.spec.nat[0],
+            self.spec.nat[1],
+            self.spec.dir.join("switchboard.log").display()
+        )
+    }
+
+    fn build(&mut self) -> Result<(), LabError> {
+        let n = self.spec.name.clone();
+        let ns = |node: &str| format!("{n}-{node}");
+        for node in NODES {
+            run(&["ip", "netns", "add", &ns(node)])?;
+            run(&["ip", "-n", &ns(node), "link", "set", "lo", "up"])?;
+            sysctl(&ns(node), "net.ipv6.conf.all.disable_ipv6", "1")?;
+        }
+        let net = ns("net");
+        run(&["ip", "-n", &net, "link", "add", "br0", "type", "bridge"])?;
+        run(&["ip", "-n", &net, "link", "set", "br0", "up"])?;
+        // Public side: one veth per node into the bridge.
+        let public: [(&str, &[&str]); 5] = [
+            ("srv", &[SERVER_IP, SERVER_IP2]),
+            ("sink", &[SINK_IP]),
+            ("r1", &["11.11.0.21"]),
+            ("r2", &["11.11.0.22"]),
+            ("r3", &["11.11.0.23"]),
+        ];
+        for (node, addrs) in public {
+            let inside = ns(node);
+            run(&[
+                "ip", "link", "add", "wan", "netns", &inside, "type", "veth", "peer", "name", node,
+                "netns", &net,
+            ])?;
+            run(&["ip", "-n", &net, "link", "set", node, "master", "br0", "up"])?;
+            for addr in addrs {
+                run(&[
+                    "ip",
+                    "-n",
+                    &inside,
+                    "addr",
+                    "add",
+                    &format!("{addr}/24"),
+                    "dev",
+                    "wan",
+                ])?;
+            }
+            run(&["ip", "-n", &inside, "link", "set", "wan", "up"])?;
+            if node != "sink" {
+                // Unknown destinations go to the sink, which drops them silently, like the internet.
+                run(&[
+                    "ip", "-n", &inside, "route", "add", "default", "via", SINK_IP,
+                ])?;
+            }
+        }
+        let sink = ns("sink");
+        for chain in ["INPUT", "FORWARD"] {
+            iptables(&sink, &["-P", chain, "DROP"])?;
+        }
+        // Private side: each client behind its router.
+        for (i, kind) in [
+            (1, Some(self.spec.nat[0])),
+            (2, Some(self.spec.nat[1])),
+            (3, None),
+        ] {
+            let (router, client) = (ns(&format!("r{i}")), ns(&format!("c{i}")));
+            run(&[
+                "ip", "link", "add", "lan", "netns", &router, "type", "veth", "peer", "name",
+                "eth0", "netns", &client,
+            ])?;
+            run(&[
+                "ip",
+                "-n",
+                &router,
+                "addr",
+                "add",
+                &format!("10.{i}.0.1/24"),
+                "dev",
+                "lan",
+            ])?;
+            run(&[
+                "ip",
+                "-n",
+                &client,
+                "addr",
+                "add",
+                &format!("10.{i}.0.2/24"),
+                "dev",
+                "eth0",
+            ])?;
+            run(&["ip", "-n", &router, "link", "set", "lan", "up"])?;
+            run(&["ip", "-n", &client, "link", "set", "eth0", "up"])?;
+            run(&[
+                "ip",
+                "-n",
+                &client,
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("10.{i}.0.1"),
+            ])?;
+            sysctl(&router, "net.ipv4.ip_forward", "1")?;
+            for iface in ["all", "default", "wan", "lan"] {
+                sysctl(&router, &format!("net.ipv4.conf.{iface}.rp_filter"), "0")?;
+            }
+            let mut masquerade = vec![
+                "-t",
+                "nat",
+                "-A",
+                "POSTROUTING",
+                "-o",
+                "wan",
+                "-j",
+                "MASQUERADE",
+            ];
+            if kind == Some(Nat::Symmetric) {
+                masquerade.push("--random-fully");
+            }
+            iptables(&router, &masquerade)?;
+            iptables(&router, &["-P", "FORWARD", "DROP"])?;
+            iptables(
+                &router,
+                &[
+                    "-A",
+                    "FORWARD",
+                    "-m",
+                    "conntrack",
+                    "--ctstate",
+                    "ESTABLISHED,RELATED",
+                    "-j",
+                    "ACCEPT",
+                ],
+            )?;
+            match kind {
+                Some(_) => iptables(
+                    &router,
+                    &["-A", "FORWARD", "-i", "lan", "-o", "wan", "-j", "ACCEPT"],
+                )?,
+                None => iptables(
+                    &router,
+                    &[
+                        "-A", "FORWARD", "-i", "lan", "-o", "wan", "-p", "tcp", "--dport", "443",
+                        "-j", "ACCEPT",
+                    ],
+                )?,
+            }
+            // Nothing unsolicited reaches the router itself from the outside.
+            iptables(&router, &["-P", "INPUT", "DROP"])?;
+            iptables(&router, &["-A", "INPUT", "-i", "lo", "-j", "ACCEPT"])?;
+            iptables(&router, &["-A", "INPUT", "-i", "lan", "-j", "ACCEPT"])?;
+            iptables(
+                &router,
+                &[
+                    "-A",
+                    "INPUT",
+                    "-m",
+                    "conntrack",
+                    "--ctstate",
+                    "ESTABLISHED,RELATED",
+                    "-j",
+                    "ACCEPT",
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn start_server(&mut self) -> Result<(), LabError> {
+        let dir = &self.spec.dir;
+        fs::create_dir_all(dir)
+            .map_err(|e| LabError(format!("cannot create {}: {e}", dir.display())))?;
+        let config = format!(
+            r#"# Generated by `switchboard lab up` for the lab "{name}".
+[server]
+state_dir = "{state}"
+[log]
+format = "json"
+level = "info,switchboard=debug"
+[https]
+listen = ["{SERVER_IP}:443"]
+extra_names = ["{SERVER_IP}", "{SERVER_IP2}"]
+[turn]
+udp_listen = ["{SERVER_IP}:3478", "{SERVER_IP2}:3478"]
+tcp_listen = ["{SERVER_IP}:3478"]
+tls_listen = ["{SERVER_IP}:5349"]
+relay_ip = "{SERVER_IP}"
+public_host = "{SERVER_IP}"
+grace_period_s = 2
+# The clients' private LANs: relaying to their host candidates is allowed, so that
+# sends to unreachable addresses (they go to the sink) are part of what the lab shows.
+allow_peers = ["10.0.0.0/8"]
+{extra}
+"#,
+            name = self.spec.name,
+            state = dir.join("state").display(),
+            extra = self.spec.server_toml,
+        );
+        let config_path = dir.join("config.toml");
+        fs::write(&config_path, config)
+            .map_err(|e| LabError(format!("cannot write {}: {e}", config_path.display())))?;
+        let log_path = dir.join("switchboard.log");
+        let log = fs::File::create(&log_path)
+            .map_err(|e| LabError(format!("cannot create {}: {e}", log_path.display())))?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns("srv")])
+            .arg(&self.spec.binary)
+            .arg("--config")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| LabError(e.to_string()))?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| LabError(format!("cannot start {}: {e}", self.spec.binary.display())))?;
+        fs::write(dir.join("switchboard.pid"), child.id().to_string())
+            .map_err(|e| LabError(e.to_string()))?;
+        self.server = Some(child);
+        self.wait_ready(&log_path)
+    }
+
+    /// Waits for the server's `ready` log line (the server writes to a file, so this polls it).
+    fn wait_ready(&mut self, log_path: &Path) -> Result<(), LabError> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if fs::read_to_string(log_path)
+                .is_ok_and(|l| l.lines().any(|l| l.contains("\"message\":\"ready\"")))
+            {
+                return Ok(());
+            }
+            if let Some(Ok(Some(status))) = self.server.as_mut().map(Child::try_wait) {
+                return Err(LabError(format!(
+                    "switchboard exited with {status} in the lab"
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(LabError(
+                    "switchboard did not become ready in the lab within 20 s".into(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.server.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = down(&self.spec.name);
+    }
+}
+
+fn check_name(name: &str) -> Result<(), LabError> {
+    let ok = (1..=6).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(LabError(format!(
+            "lab name must be 1 to 6 of [a-z0-9], got {name:?}"
+        )))
+    }
+}
+
+/// The namespaces of lab `name` that exist now.
+pub fn namespaces(name: &str) -> Vec<String> {
+    let out = Command::new("ip").args(["netns", "list"]).output();
+    let Ok(out) = out else { return Vec::new() };
+    let prefix = format!("{name}-");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|ns| {
+            ns.strip_prefix(&prefix)
+                .is_some_and(|node| NODES.contains(&node))
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The processes running inside the namespaces of lab `name`.
+pub fn processes(name: &str) -> Vec<u32> {
+    namespaces(name)
+        .iter()
+        .flat_map(|ns| {
+            let out = Command::new("ip").args(["netns", "pids", ns]).output();
+            out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+/// Stops every process inside lab `name` and deletes its namespaces (with their links and rules).
+///
+/// # Errors
+/// A namespace could not be deleted.
+pub fn down(name: &str) -> Result<(), LabError> {
+    check_name(name)?;
+    let pids = processes(name);
+    for (signal, wait) in [
+        ("-TERM", Duration::from_secs(3)),
+        ("-KILL", Duration::from_secs(3)),
+    ] {
+        let alive: Vec<String> = pids
+            .iter()
+            .filter(|p| Path::new(&format!("/proc/{p}")).exists())
+            .map(u32::to_string)
+            .collect();
+        if alive.is_empty() {
+            break;
+        }
+        let _ = Command::new("kill")
+            .arg(signal)
+            .args(&alive)
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline
+            && alive
+                .iter()
+                .any(|p| Path::new(&format!("/proc/{p}")).exists())
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    for ns in namespaces(name) {
+        run(&["ip", "netns", "del", &ns])?;
+    }
+    Ok(())
+}
+
+/// A summary of lab `name`: its namespaces and processes.
+pub fn status(name: &str) -> String {
+    let namespaces = namespaces(name);
+    if namespaces.is_empty() {
+        return format!("lab {name} is down");
+    }
+    format!(
+        "lab {name}: namespaces {}; {} processes inside",
+        namespaces.join(" "),
+        processes(name).len()
+    )
+}
+
+fn run(args: &[&str]) -> Result<(), LabError> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .map_err(|e| {
+            LabError(format!(
+                "cannot run `{}`: {e} (the lab needs iproute2 and iptables)",
+                args.join(" ")
+            ))
+        })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let hint = if stderr.contains("Operation not permitted") || stderr.contains("Permission denied")
+    {
+        " (the lab needs root)"
+    } else {
+        ""
+    };
+    Err(LabError(format!(
+        "`{}` failed: {}{hint}",
+        args.join(" "),
+        stderr.trim()
+    )))
+}
+
+fn sysctl(ns: &str, key: &str, value: &str) -> Result<(), LabError> {
+    run(&[
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "sysctl",
+        "-qw",
+        &format!("{key}={value}"),
+    ])
+}
+
+fn iptables(ns: &str, args: &[&str]) -> Result<(), LabError> {
+    let mut all = vec!["ip", "netns", "exec", ns, "iptables", "-w"];
+    all.extend_from_slice(args);
+    run(&all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_nat_kinds_are_checked() {
+        assert!(check_name("sb").is_ok());
+        assert!(check_name("lab42").is_ok());
+        assert!(check_name("").is_err());
+        assert!(check_name("toolong7").is_err());
+        assert!(check_name("a-b").is_err());
+        assert_eq!("cone".parse::<Nat>(), Ok(Nat::Cone));
+        assert!("full".parse::<Nat>().is_err());
+    }
+}
