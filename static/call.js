@@ -10,7 +10,9 @@
   // ?relay forces every path through TURN (to check a TURN setup); ?relay=udp|tcp|tls
   // also keeps only that transport's TURN URLs.
   const params = new URLSearchParams(location.search);
-  const RELAY = params.has('relay') ? (params.get('relay') || 'any') : null;
+    const RELAY = params.has('relay') ? (params.get('relay') || 'any') : null;
+  // ?ice=stun keeps only STUN servers (a control: behind symmetric NAT, calls then fail).
+  const STUN_ONLY = params.get('ice') === 'stun';
   const $ = (id) => document.getElementById(id);
 
   const state = {
@@ -188,8 +190,13 @@
   // ---------- peers and perfect negotiation ----------
 
   // Keeps, with ?relay=udp|tcp|tls, only the TURN URLs of that transport.
-  function rtcConfig() {
+    function rtcConfig() {
     let iceServers = state.iceServers;
+    if (STUN_ONLY) {
+      iceServers = iceServers
+        .map((s) => ({ urls: [].concat(s.urls).filter((u) => u.startsWith('stun:')) }))
+        .filter((s) => s.urls.length > 0);
+    }
     if (RELAY && RELAY !== 'any') {
       const keep = (url) => (RELAY === 'tls' ? url.startsWith('turns:')
         : url.startsWith('turn:') && url.includes('transport=' + RELAY));
@@ -215,7 +222,9 @@
       tile: makeTile(info),
       stats: { candidateType: null, relayProtocol: null, framesDecoded: 0 },
       history: [],           // the last negotiation steps, for debugging
-      candidates: { sent: 0, received: 0, failed: 0 },
+            candidates: { sent: 0, received: 0, failed: 0 },
+      everConnected: false,
+      everFailed: false,
     };
     state.peers.set(info.id, peer);
 
@@ -241,8 +250,12 @@
       video.srcObject = streams[0] || new MediaStream([track]);
       play(video, peer.tile);
     };
-    pc.onconnectionstatechange = () => {
-      if (pc.connectionState === 'failed') pc.restartIce();
+        pc.onconnectionstatechange = () => {
+      if (pc.connectionState === 'connected') peer.everConnected = true;
+      if (pc.connectionState === 'failed') {
+        peer.everFailed = true;
+        pc.restartIce();
+      }
       updateStatus();
     };
 
@@ -367,7 +380,8 @@
         peer.stats = {
           candidateType: local ? local.candidateType : null,
           remoteCandidateType: remote ? remote.candidateType : null,
-          relayProtocol: local && local.relayProtocol ? local.relayProtocol : null,
+                    relayProtocol: local && local.relayProtocol ? local.relayProtocol : null,
+          relayUrl: local && local.url ? local.url : null,
           framesDecoded,
         };
       } catch { /* the connection closed meanwhile */ }
@@ -408,13 +422,16 @@
         name: p.name,
         polite: p.polite,
         signalingState: p.pc.signalingState,
-        connectionState: p.pc.connectionState,
+                connectionState: p.pc.connectionState,
+        everConnected: p.everConnected,
+        everFailed: p.everFailed,
         iceConnectionState: p.pc.iceConnectionState,
         iceGatheringState: p.pc.iceGatheringState,
         candidates: Object.assign({}, p.candidates),
         candidateType: p.stats.candidateType,
         remoteCandidateType: p.stats.remoteCandidateType || null,
-        relayProtocol: p.stats.relayProtocol,
+                relayProtocol: p.stats.relayProtocol,
+        relayUrl: p.stats.relayUrl || null,
         framesDecoded: p.stats.framesDecoded,
         videoWidth: video.videoWidth,
         videoHeight: video.videoHeight,

@@ -61,6 +61,7 @@ pub struct Browser {
 pub struct Page<'a> {
     browser: &'a Browser,
     session: String,
+    target: Value,
 }
 
 impl Browser {
@@ -180,11 +181,19 @@ impl Browser {
                 .as_str()
                 .expect("session id")
                 .to_owned(),
+            target: target["targetId"].clone(),
         }
     }
 }
 
 impl Page<'_> {
+    /// Closes the page (ending its calls).
+    pub fn close(self) {
+        let _ = self
+            .browser
+            .call(None, "Target.closeTarget", json!({"targetId": self.target}));
+    }
+
     /// Evaluates `expression` in the page, awaiting a returned promise.
     pub fn eval(&self, expression: &str) -> Result<Value, String> {
         let result = self.browser.call(

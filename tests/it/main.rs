@@ -5,6 +5,7 @@ mod cdp;
 mod cli;
 mod harness;
 mod http;
+mod lab;
 mod signaling;
 mod turn;
 mod webrtc_call;

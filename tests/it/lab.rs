@@ -1,0 +1,279 @@
+//! Calls across the NAT lab (network namespaces, as root): symmetric and cone
+//! NAT, a corporate network that lets only TCP 443 out, and controls that prove
+//! the lab is real. Each test builds its own lab and checks that nothing of it
+//! remains afterwards; the tests take turns, since browsers need the CPU.
+
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde_json::Value;
+use switchboard::lab::{self, Lab, LabSpec, Nat};
+
+use crate::cdp::{Browser, Page, chromium_available};
+use crate::harness::{require, temp_dir};
+
+static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+const SERVER: &str = "11.11.0.10";
+
+fn command_exists(name: &str) -> bool {
+    std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// A lab for one test, or `None` (with a notice) when this machine cannot build one outside CI.
+fn start_lab(
+    name: &str,
+    nat: [Nat; 2],
+    needs_browser: bool,
+) -> Option<(MutexGuard<'static, ()>, Lab, tempfile::TempDir)> {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !require(root, "root (network namespaces)")
+        || !require(
+            command_exists("ip") && command_exists("iptables"),
+            "iproute2 and iptables",
+        )
+        || (needs_browser
+            && !require(
+                chromium_available(),
+                "Debian's chromium (/usr/bin/chromium)",
+            ))
+    {
+        return None;
+    }
+    let guard = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = temp_dir();
+    let lab = Lab::up(LabSpec {
+        name: name.to_owned(),
+        nat,
+        binary: env!("CARGO_BIN_EXE_switchboard").into(),
+        dir: dir.path().to_owned(),
+        server_toml: String::new(),
+    })
+    .unwrap_or_else(|e| panic!("lab {name} could not be built: {e}"));
+    Some((guard, lab, dir))
+}
+
+/// Tears the lab down and checks that none of its namespaces or processes remain.
+fn finish(lab: Lab) {
+    let name = lab.spec.name.clone();
+    drop(lab);
+    assert!(
+        lab::namespaces(&name).is_empty(),
+        "namespaces of lab {name} remain"
+    );
+    assert!(
+        lab::processes(&name).is_empty(),
+        "processes of lab {name} remain"
+    );
+}
+
+/// Runs `f` on a thread that has entered the network namespace `ns`; sockets it opens live there.
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("open the namespace");
+        // SAFETY: setns on a valid namespace fd affects only this thread.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .expect("thread in namespace")
+}
+
+/// The address `server` sees for `socket`, by STUN Binding.
+fn mapped(socket: &std::net::UdpSocket, server: SocketAddr) -> SocketAddr {
+    use stun::message::{BINDING_REQUEST, Getter, Message};
+    let mut request = Message::new();
+    request
+        .build(&[
+            Box::new(stun::agent::TransactionId::new()),
+            Box::new(BINDING_REQUEST),
+        ])
+        .unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    socket.send_to(&request.raw, server).unwrap();
+    let mut buf = [0u8; 1500];
+    let (n, _) = socket.recv_from(&mut buf).expect("a Binding response");
+    let mut response = Message::new();
+    response.raw = buf[..n].to_vec();
+    response.decode().unwrap();
+    let mut addr = stun::xoraddr::XorMappedAddress::default();
+    addr.get_from(&response).unwrap();
+    SocketAddr::new(addr.ip, addr.port)
+}
+
+#[test]
+fn symmetric_nat_maps_per_destination_and_cone_nat_does_not() {
+    let Some((_turn, lab, _dir)) = start_lab("sbn", [Nat::Symmetric, Nat::Cone], false) else {
+        return;
+    };
+    let servers: [SocketAddr; 2] = [
+        "11.11.0.10:3478".parse().unwrap(),
+        "11.11.0.11:3478".parse().unwrap(),
+    ];
+    let probe = move || {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        servers.map(|s| mapped(&socket, s))
+    };
+    let symmetric = in_netns(&lab.ns("c1"), probe);
+    assert_eq!(symmetric[0].ip().to_string(), "11.11.0.21");
+    assert_ne!(
+        symmetric[0].port(),
+        symmetric[1].port(),
+        "symmetric NAT: {symmetric:?}"
+    );
+    let cone = in_netns(&lab.ns("c2"), probe);
+    assert_eq!(cone[0].ip().to_string(), "11.11.0.22");
+    assert_eq!(cone[0].port(), cone[1].port(), "cone NAT: {cone:?}");
+    finish(lab);
+}
+
+/// Two pages, one per node, in `room` with `query`; waits until both satisfy `predicate`.
+fn call(lab: &Lab, nodes: [&str; 2], room: &str, query: &str, predicate: &str) -> [Value; 2] {
+    let browsers = nodes.map(|node| Browser::launch(&["ip", "netns", "exec", &lab.ns(node)], &[]));
+    let url = format!("https://{SERVER}/r/{room}{query}");
+    let pages: Vec<Page<'_>> = browsers.iter().map(|b| b.open(&url)).collect();
+    let states: Vec<Result<Value, Value>> = pages
+        .iter()
+        .map(|p| p.try_wait_for_state(predicate, CALL_TIMEOUT))
+        .collect();
+    for page in pages {
+        page.close();
+    }
+    match (&states[0], &states[1]) {
+        (Ok(a), Ok(b)) => [a.clone(), b.clone()],
+        _ => {
+            let log =
+                std::fs::read_to_string(lab.spec.dir.join("switchboard.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            panic!(
+                "{nodes:?} never reached `{predicate}`:\n{states:#?}\nserver log (newest first):\n{}",
+                tail.join("\n")
+            )
+        }
+    }
+}
+
+const CONNECTED: &str = "s => s.phase === 'joined' && s.peers.length === 1 \
+                         && s.peers[0].connectionState === 'connected' && s.peers[0].framesDecoded > 0";
+
+fn peer(state: &Value) -> &Value {
+    &state["peers"][0]
+}
+
+#[test]
+fn browsers_behind_symmetric_nat_connect_through_the_relay() {
+    let Some((_turn, lab, _dir)) = start_lab("sbs", [Nat::Symmetric, Nat::Symmetric], true) else {
+        return;
+    };
+    let [a, b] = call(&lab, ["c1", "c2"], "symmetric", "", CONNECTED);
+    for s in [&a, &b] {
+        let p = peer(s);
+        assert!(
+            p["candidateType"] == "relay" || p["remoteCandidateType"] == "relay",
+            "no relay in the pair: {s:#}"
+        );
+    }
+    finish(lab);
+}
+
+#[test]
+fn relay_only_calls_over_udp_tcp_tls_and_from_the_corporate_network() {
+    let Some((_turn, lab, _dir)) = start_lab("sbr", [Nat::Symmetric, Nat::Symmetric], true) else {
+        return;
+    };
+    for transport in ["udp", "tcp", "tls"] {
+        let [a, b] = call(
+            &lab,
+            ["c1", "c2"],
+            &format!("relay-{transport}"),
+            &format!("?relay={transport}"),
+            CONNECTED,
+        );
+        for s in [&a, &b] {
+            assert_eq!(peer(s)["candidateType"], "relay", "{s:#}");
+            assert_eq!(peer(s)["relayProtocol"], transport, "{s:#}");
+        }
+    }
+    // c3 may only open TCP connections to port 443: its relay is TURN over TLS on the HTTPS port.
+    let [corporate, other] = call(&lab, ["c3", "c1"], "corporate", "?relay=tls", CONNECTED);
+    assert_eq!(peer(&corporate)["relayProtocol"], "tls", "{corporate:#}");
+    let url = peer(&corporate)["relayUrl"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        url.contains(&format!("{SERVER}:443")),
+        "corporate relay URL {url:?}: {corporate:#}"
+    );
+    assert_eq!(peer(&other)["candidateType"], "relay", "{other:#}");
+    finish(lab);
+}
+
+#[test]
+fn without_turn_symmetric_nat_fails_and_cone_nat_connects_directly() {
+    {
+        let Some((_turn, lab, _dir)) = start_lab("sbf", [Nat::Symmetric, Nat::Symmetric], true)
+        else {
+            return;
+        };
+        let failed = "s => s.peers.length === 1 && s.peers[0].everFailed";
+        let states = call(&lab, ["c1", "c2"], "stun-only", "?ice=stun", failed);
+        for s in &states {
+            assert_eq!(
+                peer(s)["everConnected"],
+                false,
+                "connected without a relay: {s:#}"
+            );
+        }
+        finish(lab);
+    }
+    let Some((_turn, lab, _dir)) = start_lab("sbc", [Nat::Cone, Nat::Cone], true) else {
+        return;
+    };
+    let [a, b] = call(&lab, ["c1", "c2"], "cone", "?ice=stun", CONNECTED);
+    for s in [&a, &b] {
+        assert_ne!(peer(s)["candidateType"], "relay", "{s:#}");
+        assert_ne!(peer(s)["remoteCandidateType"], "relay", "{s:#}");
+    }
+    finish(lab);
+}
+
+#[test]
+fn an_unreachable_peer_address_does_not_close_the_allocation() {
+    let Some((_turn, lab, _dir)) = start_lab("sbu", [Nat::Symmetric, Nat::Symmetric], true) else {
+        return;
+    };
+    // Relaying to the clients' private addresses now fails at once (ENETUNREACH) instead of
+    // vanishing in the sink; coturn 4.6 closes the whole allocation when that happens.
+    let status = lab
+        .command("srv", "ip")
+        .args(["route", "add", "unreachable", "10.0.0.0/8"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let [a, b] = call(&lab, ["c1", "c2"], "unreachable", "", CONNECTED);
+    let log = std::fs::read_to_string(lab.spec.dir.join("switchboard.log")).unwrap();
+    assert!(
+        log.contains("relay send failed"),
+        "no failed relay send was seen; the test proves nothing"
+    );
+    // The allocations that saw the failures carried the call.
+    for s in [&a, &b] {
+        let p = peer(s);
+        assert!(
+            p["candidateType"] == "relay" || p["remoteCandidateType"] == "relay",
+            "{s:#}"
+        );
+    }
+    finish(lab);
+}
