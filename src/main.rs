@@ -180,7 +180,11 @@ fn lab_up(spec: switchboard::lab::LabSpec) -> anyhow::Result<()> {
 fn init_tracing(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    // A failed log write must not become a panic: by default tracing-subscriber reports it
+    // with eprintln!, which panics when stderr is gone too (a dead log pipe), and every
+    // task that logs (the signal watcher among them) would die.
     let builder = tracing_subscriber::fmt()
+        .log_internal_errors(false)
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
     match config.log.format {
@@ -223,11 +227,12 @@ async fn watch_signals(shutdown: CancellationToken) {
         warn!("cannot install signal handlers; stop with SIGKILL");
         return;
     };
-    tokio::select! {
-        _ = term.recv() => info!(signal = "SIGTERM", "shutdown requested"),
-        _ = int.recv() => info!(signal = "SIGINT", "shutdown requested"),
-    }
+    let signal = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
     shutdown.cancel();
+    info!(signal, "shutdown requested");
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}

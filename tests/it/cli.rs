@@ -108,3 +108,45 @@ fn version_and_help() {
         "{out}"
     );
 }
+
+#[test]
+fn sigterm_still_stops_the_server_when_its_log_pipe_is_gone() {
+    let dir = temp_dir();
+    let path = dir.path().join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nstate_dir = \"{}\"\n[https]\nlisten = [\"127.0.0.1:0\"]\n[turn]\nenabled = false\n",
+            dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .arg("--config")
+        .arg(&path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the ready line, then drop both read ends: every later log write fails.
+    let stdout = child.stdout.take().unwrap();
+    let ready = std::io::BufRead::lines(std::io::BufReader::new(stdout))
+        .map_while(Result::ok)
+        .any(|l| l.contains("ready"));
+    assert!(ready, "server never became ready");
+    drop(child.stderr.take());
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    let exit = rx
+        .recv_timeout(crate::harness::DEADLINE)
+        .expect("the server ignored SIGTERM with its log pipe gone");
+    assert!(exit.unwrap().success());
+}

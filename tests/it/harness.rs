@@ -99,14 +99,22 @@ impl TestServer {
         )
         .expect("write config");
 
-        let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+        command
             .arg("--config")
             .arg(&config_path)
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn switchboard");
+            .stderr(Stdio::piped());
+        // SAFETY: prctl is async-signal-safe. The server dies with the test thread that
+        // started it, even when the test process is killed before `Drop` runs.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().expect("spawn switchboard");
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, lines) = mpsc::channel();
         for stream in [
