@@ -277,3 +277,61 @@ fn an_unreachable_peer_address_does_not_close_the_allocation() {
     }
     finish(lab);
 }
+
+#[test]
+fn coturn_uclient_relays_over_tcp_and_tls_from_behind_nat_and_the_corporate_network() {
+    if !require(
+        command_exists("turnutils_uclient"),
+        "coturn's turnutils_uclient",
+    ) {
+        return;
+    }
+    let Some((_turn, lab, dir)) = start_lab("sbt", [Nat::Symmetric, Nat::Symmetric], false) else {
+        return;
+    };
+    let secret = std::fs::read_to_string(
+        dir.path()
+            .join("state")
+            .join(switchboard::secrets::TURN_SECRET_FILE),
+    )
+    .expect("the lab's generated TURN secret");
+    // -y: the clients relay to each other's relayed addresses, so no peer is needed.
+    let runs: [(&str, &str, &[&str]); 4] = [
+        ("tcp", "c1", &["-t", "-p", "3478"]),
+        ("tls", "c1", &["-t", "-S", "-p", "5349"]),
+        ("tls on 443", "c1", &["-t", "-S", "-p", "443"]),
+        ("corporate, tls on 443", "c3", &["-t", "-S", "-p", "443"]),
+    ];
+    for (name, node, args) in runs {
+        let out = lab
+            .command(node, "timeout")
+            .args([
+                "60",
+                "turnutils_uclient",
+                "-y",
+                "-W",
+                secret.trim(),
+                "-m",
+                "2",
+                "-n",
+                "100",
+                "-l",
+                "120",
+                "-z",
+                "2",
+                "-c",
+            ])
+            .args(args)
+            .arg(SERVER)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{name}:\n{text}");
+        assert!(
+            text.contains("Total lost packets 0 (0.000000%)"),
+            "{name}:\n{text}"
+        );
+    }
+    finish(lab);
+}
