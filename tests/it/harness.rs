@@ -265,14 +265,7 @@ impl TestServer {
         &self,
         request: tungstenite::handshake::client::Request,
     ) -> Result<Client, tungstenite::Error> {
-        let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(
-            request,
-            None,
-            true,
-            Some(Connector::Rustls(self.client_tls())),
-        )
-        .await?;
-        Ok(Client { ws })
+        connect_ws(request, self.client_tls()).await
     }
 
     /// A plain HTTP/1.1 GET over TLS; returns status, headers and body.
@@ -283,6 +276,21 @@ impl TestServer {
         let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
         http_get(&mut tls, &self.https.to_string(), path).await
     }
+}
+
+/// Opens a signaling socket to any server, trusting `tls`.
+pub async fn connect_ws(
+    request: tungstenite::handshake::client::Request,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<Client, tungstenite::Error> {
+    let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(
+        request,
+        None,
+        true,
+        Some(Connector::Rustls(tls)),
+    )
+    .await?;
+    Ok(Client { ws })
 }
 
 /// A rustls client config trusting exactly the PEM certificate at `path`.

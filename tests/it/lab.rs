@@ -335,3 +335,74 @@ fn coturn_uclient_relays_over_tcp_and_tls_from_behind_nat_and_the_corporate_netw
     }
     finish(lab);
 }
+
+/// Spawns `f` on a thread that has entered the network namespace `ns`, with its own runtime.
+fn spawn_in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("open the namespace");
+        // SAFETY: setns on a valid namespace fd affects only this thread (and threads it starts).
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
+}
+
+#[test]
+fn webrtc_rs_peers_behind_symmetric_nat_call_through_the_udp_relay() {
+    use tokio::sync::oneshot;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use webrtc::ice_transport::ice_candidate_type::RTCIceCandidateType;
+
+    use crate::harness::{client_tls_for, connect_ws};
+    use crate::webrtc_call::{answerer, offerer};
+
+    let Some((_turn, lab, dir)) = start_lab("sbw", [Nat::Symmetric, Nat::Symmetric], false) else {
+        return;
+    };
+    let tls = client_tls_for(
+        &dir.path()
+            .join("state")
+            .join(switchboard::tls::GENERATED_CERT),
+    );
+    let url = format!("wss://{SERVER}/ws");
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let (joined_tx, joined_rx) = oneshot::channel();
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let a = spawn_in_netns(&lab.ns("c1"), {
+        let (tls, url) = (tls.clone(), url.clone());
+        move || {
+            runtime().block_on(async move {
+                let ws = connect_ws(url.into_client_request().unwrap(), tls)
+                    .await
+                    .expect("signaling from c1");
+                answerer(ws, "lab-webrtc-rs", joined_tx, stop_rx).await
+            })
+        }
+    });
+    joined_rx.blocking_recv().expect("c1 joined");
+    let b = spawn_in_netns(&lab.ns("c2"), move || {
+        runtime().block_on(async move {
+            let ws = connect_ws(url.into_client_request().unwrap(), tls)
+                .await
+                .expect("signaling from c2");
+            let result = offerer(ws, "lab-webrtc-rs").await;
+            let _ = stop_tx.send(());
+            result
+        })
+    });
+    let (reply, b_types) = b.join().expect("c2 peer");
+    let a_types = a.join().expect("c1 peer");
+    assert_eq!(reply, "pong:ping");
+    let relay = (RTCIceCandidateType::Relay, RTCIceCandidateType::Relay);
+    assert_eq!((a_types, b_types), (relay, relay));
+    finish(lab);
+}

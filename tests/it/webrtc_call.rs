@@ -22,7 +22,7 @@ use webrtc::peer_connection::configuration::RTCConfiguration;
 use webrtc::peer_connection::policy::ice_transport_policy::RTCIceTransportPolicy;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 
-use crate::harness::{Client, DEADLINE, TestServer, peer_id};
+use crate::harness::{Client, DEADLINE, TestServer};
 
 /// A peer connection whose outgoing signals land in a queue.
 async fn peer_connection(
@@ -127,24 +127,30 @@ async fn selected_types(pc: &RTCPeerConnection) -> (RTCIceCandidateType, RTCIceC
     (pair.local.typ, pair.remote.typ)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_webrtc_rs_peers_talk_through_the_relay() {
-    let server = TestServer::start("");
-    let mut ws_a = server.client().await;
-    let welcome_a = ws_a.join("webrtc-rs", Some("a")).await;
-    let mut ws_b = server.client().await;
-    let welcome_b = ws_b.join("webrtc-rs", Some("b")).await;
-    let (id_a, id_b) = (peer_id(&welcome_a), peer_id(&welcome_b));
-    assert!(matches!(ws_a.recv().await, ServerMsg::PeerJoined { .. }));
-    let ice = |w: &ServerMsg| match w {
+fn ice_of(welcome: &ServerMsg) -> Vec<IceServer> {
+    match welcome {
         ServerMsg::Welcome { ice_servers, .. } => ice_servers.clone(),
-        _ => unreachable!(),
-    };
-    let (pc_a, out_a) = peer_connection(&ice(&welcome_a)).await;
-    let (pc_b, out_b) = peer_connection(&ice(&welcome_b)).await;
+        other => panic!("not a welcome: {other:?}"),
+    }
+}
 
-    // a answers every message with "pong".
-    pc_a.on_data_channel(Box::new(|dc: Arc<RTCDataChannel>| {
+/// The first member: joins `room`, says so on `joined`, answers the newcomer's offer and
+/// its data-channel messages; when `stop` fires, returns its selected pair's types.
+pub async fn answerer(
+    mut ws: Client,
+    room: &str,
+    joined: oneshot::Sender<()>,
+    stop: oneshot::Receiver<()>,
+) -> (RTCIceCandidateType, RTCIceCandidateType) {
+    let welcome = ws.join(room, Some("a")).await;
+    let _ = joined.send(());
+    let other = loop {
+        if let ServerMsg::PeerJoined { peer } = ws.recv().await {
+            break peer.id;
+        }
+    };
+    let (pc, out) = peer_connection(&ice_of(&welcome)).await;
+    pc.on_data_channel(Box::new(|dc: Arc<RTCDataChannel>| {
         Box::pin(async move {
             let reply = Arc::clone(&dc);
             dc.on_message(Box::new(move |msg: DataChannelMessage| {
@@ -156,8 +162,26 @@ async fn two_webrtc_rs_peers_talk_through_the_relay() {
             }));
         })
     }));
-    // b, the newcomer, opens a channel, offers, and sends "ping" once it is open.
-    let dc = pc_b.create_data_channel("ping", None).await.unwrap();
+    pump(ws, Arc::clone(&pc), out, other);
+    let _ = stop.await;
+    let types = selected_types(&pc).await;
+    pc.close().await.unwrap();
+    types
+}
+
+/// The newcomer: joins `room`, opens a data channel, offers, sends "ping" and waits for
+/// the answer; returns the reply and its selected pair's types.
+pub async fn offerer(
+    mut ws: Client,
+    room: &str,
+) -> (String, (RTCIceCandidateType, RTCIceCandidateType)) {
+    let welcome = ws.join(room, Some("b")).await;
+    let other: PeerId = match &welcome {
+        ServerMsg::Welcome { peers, .. } => peers[0].id.clone(),
+        _ => unreachable!(),
+    };
+    let (pc, out) = peer_connection(&ice_of(&welcome)).await;
+    let dc = pc.create_data_channel("ping", None).await.unwrap();
     let (done_tx, done_rx) = oneshot::channel::<String>();
     let done_tx = Arc::new(std::sync::Mutex::new(Some(done_tx)));
     dc.on_message(Box::new(move |msg: DataChannelMessage| {
@@ -174,25 +198,34 @@ async fn two_webrtc_rs_peers_talk_through_the_relay() {
             opened.send_text("ping".to_owned()).await.unwrap();
         })
     }));
-
-    let offer = pc_b.create_offer(None).await.unwrap();
-    pc_b.set_local_description(offer.clone()).await.unwrap();
-    ws_b.send(json!({"type": "signal", "to": id_a, "payload": {"description": offer}}))
+    let offer = pc.create_offer(None).await.unwrap();
+    pc.set_local_description(offer.clone()).await.unwrap();
+    ws.send(json!({"type": "signal", "to": other, "payload": {"description": offer}}))
         .await;
-    pump(ws_a, Arc::clone(&pc_a), out_a, id_b);
-    pump(ws_b, Arc::clone(&pc_b), out_b, id_a);
-
+    pump(ws, Arc::clone(&pc), out, other);
     let reply = tokio::time::timeout(DEADLINE * 2, done_rx)
         .await
         .expect("data channel round trip in time")
         .unwrap();
+    let types = selected_types(&pc).await;
+    pc.close().await.unwrap();
+    (reply, types)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_webrtc_rs_peers_talk_through_the_relay() {
+    let server = TestServer::start("");
+    let (joined_tx, joined_rx) = oneshot::channel();
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let a = tokio::spawn({
+        let ws = server.client().await;
+        async move { answerer(ws, "webrtc-rs", joined_tx, stop_rx).await }
+    });
+    joined_rx.await.unwrap();
+    let (reply, b_types) = offerer(server.client().await, "webrtc-rs").await;
+    let _ = stop_tx.send(());
     assert_eq!(reply, "pong:ping");
-    for pc in [&pc_a, &pc_b] {
-        assert_eq!(
-            selected_types(pc).await,
-            (RTCIceCandidateType::Relay, RTCIceCandidateType::Relay)
-        );
-    }
-    pc_a.close().await.unwrap();
-    pc_b.close().await.unwrap();
+    let relay = (RTCIceCandidateType::Relay, RTCIceCandidateType::Relay);
+    assert_eq!(b_types, relay);
+    assert_eq!(a.await.unwrap(), relay);
 }
