@@ -18,6 +18,7 @@ use crate::http;
 use crate::net::{self, Bound};
 use crate::secrets;
 use crate::signaling::hub::Hub;
+use crate::signaling::legacy::Directory;
 use crate::state::{AppState, TurnState};
 use crate::tls::TlsMaterial;
 use crate::turn::auth::NonceKey;
@@ -37,6 +38,8 @@ pub struct Listeners {
     pub turn_udp: Vec<Vec<UdpSocket>>,
     pub turn_tcp: Vec<TcpListener>,
     pub turn_tls: Vec<TcpListener>,
+    /// Plain `ws://` listeners for the plain-WebSocket dialect.
+    pub legacy_ws: Vec<TcpListener>,
 }
 
 impl Listeners {
@@ -66,6 +69,11 @@ impl Listeners {
             "HTTP redirect",
             "http_redirect.listen",
         )?;
+        let legacy_ws = tcp(
+            &config.signaling.legacy_ws_listen,
+            "plain WebSocket",
+            "signaling.legacy_ws_listen",
+        )?;
         let turn = &config.turn;
         let (mut turn_udp, mut turn_tcp, mut turn_tls) = (Vec::new(), Vec::new(), Vec::new());
         if turn.enabled {
@@ -87,6 +95,7 @@ impl Listeners {
             turn_udp,
             turn_tcp,
             turn_tls,
+            legacy_ws,
         })
     }
 }
@@ -104,12 +113,14 @@ pub async fn run(
     let tasks = TaskTracker::new();
     let s = &config.signaling;
     let hub = Arc::new(Hub::new(s.room_capacity, s.max_rooms));
+    let legacy = Arc::new(Directory::default());
     let Listeners {
         https,
         redirect,
         turn_udp,
         turn_tcp,
         turn_tls,
+        legacy_ws,
     } = listeners;
     let mut https_addrs = Vec::new();
     for l in &https {
@@ -118,7 +129,7 @@ pub async fn run(
     let turn = if config.turn.enabled {
         Some(start_turn(
             &config,
-            &hub,
+            crate::state::membership(Arc::clone(&hub), Arc::clone(&legacy)),
             &tls,
             (turn_udp, turn_tcp, turn_tls),
             &https_addrs,
@@ -131,6 +142,7 @@ pub async fn run(
     let app = Arc::new(AppState::new(
         &config,
         hub,
+        legacy,
         turn,
         shutdown.clone(),
         tasks.clone(),
@@ -180,6 +192,18 @@ pub async fn run(
             tasks.clone(),
         ));
     }
+    for listener in legacy_ws {
+        let addr = listener
+            .local_addr()
+            .context("reading the plain WebSocket listener address")?;
+        info!(listener = "legacy_ws", %addr, "listening");
+        tasks.spawn(http::server::serve_plain(
+            listener,
+            http::legacy_router(Arc::clone(&app)),
+            shutdown.clone(),
+            tasks.clone(),
+        ));
+    }
     app.set_ready(true);
     info!(fingerprint = %tls.fingerprint, "ready");
 
@@ -207,7 +231,7 @@ pub async fn run(
 /// Builds the TURN core and starts a task per TURN listener.
 fn start_turn(
     config: &Config,
-    hub: &Arc<Hub>,
+    membership: Membership,
     tls: &TlsMaterial,
     (udp, tcp, tls_listeners): (Vec<Vec<UdpSocket>>, Vec<TcpListener>, Vec<TcpListener>),
     https_addrs: &[SocketAddr],
@@ -282,10 +306,7 @@ fn start_turn(
         ipv6: t.relay_ipv6,
         ports: (t.min_port, t.max_port),
     };
-    let membership: Membership = {
-        let hub = Arc::clone(hub);
-        Arc::new(move |room, peer| hub.is_member(room, peer))
-    };
+
     let core = Core::new(
         core_config,
         NonceKey::random(NONCE_LIFETIME_S),

@@ -120,6 +120,10 @@ pub struct SignalingConfig {
     pub idle_timeout_s: u64,
     /// Origins allowed to open `/ws`; empty means the page's own origin, `"*"` means any.
     pub allowed_origins: Vec<String>,
+    /// Path of the plain-WebSocket dialect (login/offer/answer/candidate/leave) on the HTTPS listener.
+    pub legacy_path: String,
+    /// Plain `ws://` listeners for that dialect only, for old clients that hard-code one; empty means off.
+    pub legacy_ws_listen: Vec<SocketAddr>,
 }
 
 impl Default for SignalingConfig {
@@ -136,6 +140,8 @@ impl Default for SignalingConfig {
             ping_interval_s: 15,
             idle_timeout_s: 45,
             allowed_origins: Vec::new(),
+            legacy_path: "/legacy".to_owned(),
+            legacy_ws_listen: Vec::new(),
         }
     }
 }
@@ -481,6 +487,30 @@ impl Config {
                     ),
                 ));
             }
+        }
+        let reserved = [
+            "/",
+            "/ws",
+            "/healthz",
+            "/readyz",
+            "/static",
+            "/r",
+            "/socket.io",
+        ];
+        let path = &s.legacy_path;
+        if !path.starts_with('/')
+            || path.len() < 2
+            || path.contains(['?', '#', ' ', '{'])
+            || reserved
+                .iter()
+                .any(|r| path == r || path.starts_with(&format!("{r}/")) && *r != "/")
+        {
+            return Err(invalid(
+                "signaling.legacy_path",
+                format!(
+                    "expected a path such as \"/legacy\" that no other route uses, got {path:?}"
+                ),
+            ));
         }
         validate_turn(turn, &invalid)?;
         for (i, server) in ice_servers.iter().enumerate() {

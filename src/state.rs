@@ -8,6 +8,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, SignalingConfig};
 use crate::signaling::hub::Hub;
+use crate::signaling::legacy::Directory;
 use crate::signaling::limits::ConnectionLimiter;
 use crate::signaling::protocol::{IceServer, PeerId, RoomId};
 use crate::turn::ice::TurnOffer;
@@ -31,6 +32,8 @@ impl std::fmt::Debug for TurnState {
 pub struct AppState {
     pub signaling: SignalingConfig,
     pub hub: Arc<Hub>,
+    /// Users of the plain-WebSocket dialect.
+    pub legacy: Arc<Directory>,
     /// `None` when `turn.enabled` is false.
     pub turn: Option<TurnState>,
     pub limiter: Arc<ConnectionLimiter>,
@@ -48,6 +51,7 @@ impl AppState {
     pub fn new(
         config: &Config,
         hub: Arc<Hub>,
+        legacy: Arc<Directory>,
         turn: Option<TurnState>,
         shutdown: CancellationToken,
         tasks: TaskTracker,
@@ -56,6 +60,7 @@ impl AppState {
         AppState {
             signaling: s.clone(),
             hub,
+            legacy,
             turn,
             limiter: Arc::new(ConnectionLimiter::new(
                 s.max_connections,
@@ -98,10 +103,10 @@ impl AppState {
     /// A peer left `room`: its TURN allocations close after the grace period unless it is back.
     pub fn peer_left(&self, room: &RoomId, peer: &PeerId) {
         if let Some(turn) = &self.turn {
-            let hub = Arc::clone(&self.hub);
+            let membership = membership(Arc::clone(&self.hub), Arc::clone(&self.legacy));
             let (r, p) = (room.clone(), peer.clone());
             turn.server
-                .peer_left(room.clone(), peer.clone(), move || hub.is_member(&r, &p));
+                .peer_left(room.clone(), peer.clone(), move || membership(&r, &p));
         }
     }
 
@@ -112,4 +117,13 @@ impl AppState {
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Release);
     }
+}
+
+/// Whether `peer` is still in `room`, for TURN credentials: a room of the native protocol,
+/// or the pseudo-room of the plain-WebSocket dialect while the user is logged in.
+pub fn membership(hub: Arc<Hub>, legacy: Arc<Directory>) -> crate::turn::core::Membership {
+    Arc::new(move |room: &RoomId, peer: &PeerId| {
+        hub.is_member(room, peer)
+            || (room.as_str() == crate::signaling::legacy::LEGACY_ROOM && legacy.is_online(peer))
+    })
 }

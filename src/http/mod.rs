@@ -15,7 +15,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 
 use crate::signaling::protocol::RoomId;
-use crate::signaling::ws;
+use crate::signaling::{legacy, ws};
 use crate::state::AppState;
 
 const PAGE: &str = include_str!("../../static/index.html");
@@ -34,10 +34,19 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/static/call.js", get(script))
         .route("/static/style.css", get(style))
         .route("/ws", get(ws::upgrade))
+        .route(&state.signaling.legacy_path, get(legacy::upgrade))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)
         .layer(axum::middleware::map_response(security_headers))
+        .with_state(state)
+}
+
+/// The plain-WebSocket dialect alone, for plain `ws://` listeners.
+pub fn legacy_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route(&state.signaling.legacy_path, get(legacy::upgrade))
+        .fallback(not_found)
         .with_state(state)
 }
 

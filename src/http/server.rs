@@ -151,6 +151,16 @@ pub async fn serve_redirect(
 ) {
     let router = Router::new()
         .fallback(move |req: Request<axum::body::Body>| async move { redirect(&req, https_port) });
+    serve_plain(listener, router, shutdown, tasks).await;
+}
+
+/// Serves `router` over plain HTTP (with upgrades) on `listener` until `shutdown` fires.
+pub async fn serve_plain(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
     loop {
         let (tcp, remote) = tokio::select! {
             () = shutdown.cancelled() => return,

@@ -28,7 +28,8 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    fn deliver(&self, frame: Utf8Bytes) {
+    /// Queues `frame`; a full queue flags the peer for disconnection instead of waiting.
+    pub fn deliver(&self, frame: Utf8Bytes) {
         if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(frame) {
             self.overflow.cancel();
         }

@@ -4,9 +4,11 @@
 //! - `room`: the room registry as plain data; no I/O, never awaits.
 //! - `limits`: message rate and connection counts; no I/O.
 //! - `hub`: the registry behind a lock plus each peer's outbox.
-//! - `ws`: the socket task, the only code that sees a WebSocket.
+//! - `ws`: the socket task of the native protocol, and the admission checks all dialects share.
+//! - `legacy`: the plain-WebSocket dialect of the login/offer/answer tutorial.
 
 pub mod hub;
+pub mod legacy;
 pub mod limits;
 pub mod protocol;
 pub mod room;

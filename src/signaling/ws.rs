@@ -25,9 +25,9 @@ use super::room::{JoinError, RouteError};
 use crate::state::AppState;
 
 /// Close codes (RFC 6455 section 7.4.1).
-const CLOSE_GOING_AWAY: u16 = 1001;
-const CLOSE_POLICY: u16 = 1008;
-const CLOSE_TOO_BIG: u16 = 1009;
+pub(super) const CLOSE_GOING_AWAY: u16 = 1001;
+pub(super) const CLOSE_POLICY: u16 = 1008;
+pub(super) const CLOSE_TOO_BIG: u16 = 1009;
 
 /// How long one frame may take to reach a client before it counts as dead.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,6 +40,37 @@ pub async fn upgrade(
     uri: axum::http::Uri,
     ws: WebSocketUpgrade,
 ) -> Response {
+    let admitted = match admit(&app, remote, &headers, &uri) {
+        Ok(a) => a,
+        Err(refused) => return refused,
+    };
+    let tasks = app.tasks.clone();
+    limit_frames(&app, ws).on_upgrade(move |socket| {
+        let peer_id = PeerId::random();
+        let span = info_span!("ws", %remote, peer_id = %peer_id, room = tracing::field::Empty);
+        tasks.track_future(
+            run(app, socket, peer_id, admitted.request_host, admitted.guard).instrument(span),
+        )
+    })
+}
+
+/// A connection that passed the checks every signaling dialect shares.
+pub struct Admitted {
+    pub guard: ConnectionGuard,
+    /// The host the browser used, without the port: TURN URLs point at the same name.
+    pub request_host: String,
+}
+
+/// The checks before any WebSocket upgrade: origin, shutdown, connection limits.
+///
+/// # Errors
+/// The refusal to send instead of upgrading.
+pub fn admit(
+    app: &AppState,
+    remote: SocketAddr,
+    headers: &HeaderMap,
+    uri: &axum::http::Uri,
+) -> Result<Admitted, Response> {
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     let host = headers
         .get(header::HOST)
@@ -47,51 +78,48 @@ pub async fn upgrade(
         .or_else(|| uri.authority().map(|a| a.as_str()));
     if !origin_allowed(origin, host, &app.signaling.allowed_origins) {
         warn!(%remote, origin = origin.unwrap_or(""), "websocket origin refused");
-        return refusal(
+        return Err(refusal(
             StatusCode::FORBIDDEN,
             "origin_refused",
             "this origin may not open the signaling socket (see signaling.allowed_origins)",
-        );
+        ));
     }
     if app.shutdown.is_cancelled() {
-        return refusal(
+        return Err(refusal(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting_down",
             "the server is shutting down",
-        );
+        ));
     }
-    let guard = match app.limiter.try_acquire(remote.ip()) {
-        Ok(guard) => guard,
-        Err(limit) => {
-            let (status, message) = match limit {
-                ConnectionRefused::Total => (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the server has too many connections (signaling.max_connections)",
-                ),
-                ConnectionRefused::PerIp => (
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too many connections from this address (signaling.max_connections_per_ip)",
-                ),
-            };
-            warn!(%remote, ?limit, "websocket connection refused");
-            return refusal(status, "too_many_connections", message);
-        }
-    };
-    // The limit is enforced on the decoded text below, so that an oversized message
-    // gets a coded error; the transport limit only stops runaway frames.
-    let transport_limit = app.signaling.max_message_bytes * 2;
-    let tasks = app.tasks.clone();
-    // The host the browser used, without the port: TURN URLs point at the same name.
+    let guard = app.limiter.try_acquire(remote.ip()).map_err(|limit| {
+        let (status, message) = match limit {
+            ConnectionRefused::Total => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server has too many connections (signaling.max_connections)",
+            ),
+            ConnectionRefused::PerIp => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many connections from this address (signaling.max_connections_per_ip)",
+            ),
+        };
+        warn!(%remote, ?limit, "websocket connection refused");
+        refusal(status, "too_many_connections", message)
+    })?;
     let request_host = host
         .and_then(|h| h.parse::<axum::http::uri::Authority>().ok())
         .map_or_else(|| "localhost".to_owned(), |a| a.host().to_owned());
+    Ok(Admitted {
+        guard,
+        request_host,
+    })
+}
+
+/// The transport frame limit. The message limit is enforced on the decoded text, so that an
+/// oversized message gets a coded error; this only stops runaway frames.
+pub fn limit_frames(app: &AppState, ws: WebSocketUpgrade) -> WebSocketUpgrade {
+    let transport_limit = app.signaling.max_message_bytes * 2;
     ws.max_message_size(transport_limit)
         .max_frame_size(transport_limit)
-        .on_upgrade(move |socket| {
-            let peer_id = PeerId::random();
-            let span = info_span!("ws", %remote, peer_id = %peer_id, room = tracing::field::Empty);
-            tasks.track_future(run(app, socket, peer_id, request_host, guard).instrument(span))
-        })
 }
 
 fn refusal(status: StatusCode, code: &str, message: &str) -> Response {
@@ -253,7 +281,7 @@ async fn run(
     }
 }
 
-async fn send(socket: &mut WebSocket, msg: Message) -> Result<(), ()> {
+pub(super) async fn send(socket: &mut WebSocket, msg: Message) -> Result<(), ()> {
     match tokio::time::timeout(SEND_TIMEOUT, socket.send(msg)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => {

@@ -3,6 +3,7 @@
 mod browser;
 mod cdp;
 mod cli;
+mod dialects;
 mod harness;
 mod http;
 mod lab;

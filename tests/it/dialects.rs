@@ -1,0 +1,61 @@
+//! The tutorials' protocols, driven by their real clients (npm packages) from Node.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::harness::{TestServer, require};
+
+/// The npm packages in tests/node, installed by `npm ci --prefix tests/node` (.ci/run does it).
+fn node_clients() -> Option<&'static Path> {
+    let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/node"));
+    let ready =
+        dir.join("node_modules").exists() && Command::new("node").arg("--version").output().is_ok();
+    require(
+        ready,
+        "node and the npm clients (npm ci --prefix tests/node)",
+    )
+    .then_some(dir)
+}
+
+/// Runs `script` from tests/node against `server`; panics with its output when it fails.
+fn run_node(server: &TestServer, dir: &Path, script: &str, env: &[(&str, String)]) {
+    let cert = server.state_dir().join(switchboard::tls::GENERATED_CERT);
+    let out = Command::new("timeout")
+        .args(["60", "node", script])
+        .current_dir(dir)
+        .env("NODE_EXTRA_CA_CERTS", &cert)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("run node");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{script} failed:\n{text}");
+}
+
+#[test]
+fn plain_websocket_dialect_with_the_ws_client() {
+    let Some(dir) = node_clients() else { return };
+    let server = TestServer::start("[signaling]\nmax_message_bytes = 4096\n");
+    let url = format!("wss://{}/legacy", server.https);
+    run_node(
+        &server,
+        dir,
+        "plain_ws.mjs",
+        &[("SB_URL", url), ("SB_MAX_MESSAGE_BYTES", "4096".into())],
+    );
+}
+
+#[test]
+fn plain_websocket_dialect_on_its_own_ws_listener() {
+    let Some(dir) = node_clients() else { return };
+    let server = TestServer::start(
+        "[signaling]\nmax_message_bytes = 4096\nlegacy_ws_listen = [\"127.0.0.1:0\"]\n",
+    );
+    let url = format!("ws://{}/legacy", server.listener("legacy_ws"));
+    run_node(
+        &server,
+        dir,
+        "plain_ws.mjs",
+        &[("SB_URL", url), ("SB_MAX_MESSAGE_BYTES", "4096".into())],
+    );
+}
