@@ -87,7 +87,7 @@ pub async fn upgrade(
 ) -> Response {
     let admitted = match ws::admit(&app, remote, &headers, &uri) {
         Ok(a) => a,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let tasks = app.tasks.clone();
     ws::limit_frames(&app, socket).on_upgrade(move |socket| {

@@ -42,7 +42,7 @@ pub async fn upgrade(
 ) -> Response {
     let admitted = match admit(&app, remote, &headers, &uri) {
         Ok(a) => a,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let tasks = app.tasks.clone();
     limit_frames(&app, ws).on_upgrade(move |socket| {
@@ -70,7 +70,7 @@ pub fn admit(
     remote: SocketAddr,
     headers: &HeaderMap,
     uri: &axum::http::Uri,
-) -> Result<Admitted, Response> {
+) -> Result<Admitted, Box<Response>> {
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     let host = headers
         .get(header::HOST)
@@ -78,18 +78,18 @@ pub fn admit(
         .or_else(|| uri.authority().map(|a| a.as_str()));
     if !origin_allowed(origin, host, &app.signaling.allowed_origins) {
         warn!(%remote, origin = origin.unwrap_or(""), "websocket origin refused");
-        return Err(refusal(
+        return Err(Box::new(refusal(
             StatusCode::FORBIDDEN,
             "origin_refused",
             "this origin may not open the signaling socket (see signaling.allowed_origins)",
-        ));
+        )));
     }
     if app.shutdown.is_cancelled() {
-        return Err(refusal(
+        return Err(Box::new(refusal(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting_down",
             "the server is shutting down",
-        ));
+        )));
     }
     let guard = app.limiter.try_acquire(remote.ip()).map_err(|limit| {
         let (status, message) = match limit {
@@ -103,7 +103,7 @@ pub fn admit(
             ),
         };
         warn!(%remote, ?limit, "websocket connection refused");
-        refusal(status, "too_many_connections", message)
+        Box::new(refusal(status, "too_many_connections", message))
     })?;
     let request_host = host
         .and_then(|h| h.parse::<axum::http::uri::Authority>().ok())
