@@ -19,6 +19,7 @@ use crate::net::{self, Bound};
 use crate::secrets;
 use crate::signaling::hub::Hub;
 use crate::signaling::legacy::Directory;
+use crate::signaling::sio::SioRooms;
 use crate::state::{AppState, TurnState};
 use crate::tls::TlsMaterial;
 use crate::turn::auth::NonceKey;
@@ -114,6 +115,7 @@ pub async fn run(
     let s = &config.signaling;
     let hub = Arc::new(Hub::new(s.room_capacity, s.max_rooms));
     let legacy = Arc::new(Directory::default());
+    let sio = Arc::new(SioRooms::new(s.socketio_room_capacity, s.max_rooms));
     let Listeners {
         https,
         redirect,
@@ -129,7 +131,7 @@ pub async fn run(
     let turn = if config.turn.enabled {
         Some(start_turn(
             &config,
-            crate::state::membership(Arc::clone(&hub), Arc::clone(&legacy)),
+            crate::state::membership(Arc::clone(&hub), Arc::clone(&legacy), Arc::clone(&sio)),
             &tls,
             (turn_udp, turn_tcp, turn_tls),
             &https_addrs,
@@ -143,6 +145,7 @@ pub async fn run(
         &config,
         hub,
         legacy,
+        sio,
         turn,
         shutdown.clone(),
         tasks.clone(),

@@ -124,6 +124,10 @@ pub struct SignalingConfig {
     pub legacy_path: String,
     /// Plain `ws://` listeners for that dialect only, for old clients that hard-code one; empty means off.
     pub legacy_ws_listen: Vec<SocketAddr>,
+    /// Room capacity of the socket.io dialect (the tutorials allow 2).
+    pub socketio_room_capacity: usize,
+    /// Send the codelab's `log` events (server log lines) to socket.io clients.
+    pub socketio_log: bool,
 }
 
 impl Default for SignalingConfig {
@@ -142,6 +146,8 @@ impl Default for SignalingConfig {
             allowed_origins: Vec::new(),
             legacy_path: "/legacy".to_owned(),
             legacy_ws_listen: Vec::new(),
+            socketio_room_capacity: 2,
+            socketio_log: false,
         }
     }
 }
@@ -422,8 +428,14 @@ impl Config {
             }
             _ => {}
         }
-        let ranges: [(&str, u64, u64, u64); 10] = [
+        let ranges: [(&str, u64, u64, u64); 11] = [
             ("signaling.room_capacity", s.room_capacity as u64, 2, 64),
+            (
+                "signaling.socketio_room_capacity",
+                s.socketio_room_capacity as u64,
+                2,
+                64,
+            ),
             ("signaling.max_rooms", s.max_rooms as u64, 1, 10_000_000),
             (
                 "signaling.max_connections",

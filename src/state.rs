@@ -11,6 +11,7 @@ use crate::signaling::hub::Hub;
 use crate::signaling::legacy::Directory;
 use crate::signaling::limits::ConnectionLimiter;
 use crate::signaling::protocol::{IceServer, PeerId, RoomId};
+use crate::signaling::sio::SioRooms;
 use crate::turn::ice::TurnOffer;
 use crate::turn::server::TurnServer;
 
@@ -34,6 +35,10 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     /// Users of the plain-WebSocket dialect.
     pub legacy: Arc<Directory>,
+    /// Rooms of the socket.io dialect.
+    pub sio: Arc<SioRooms>,
+    /// Public addresses from the config (`turn.public_host`, `turn.external_ip`), for `ipaddr`.
+    pub public_addresses: Vec<String>,
     /// `None` when `turn.enabled` is false.
     pub turn: Option<TurnState>,
     pub limiter: Arc<ConnectionLimiter>,
@@ -52,6 +57,7 @@ impl AppState {
         config: &Config,
         hub: Arc<Hub>,
         legacy: Arc<Directory>,
+        sio: Arc<SioRooms>,
         turn: Option<TurnState>,
         shutdown: CancellationToken,
         tasks: TaskTracker,
@@ -61,6 +67,14 @@ impl AppState {
             signaling: s.clone(),
             hub,
             legacy,
+            sio,
+            public_addresses: config
+                .turn
+                .public_host
+                .iter()
+                .cloned()
+                .chain(config.turn.external_ip.map(|ip| ip.to_string()))
+                .collect(),
             turn,
             limiter: Arc::new(ConnectionLimiter::new(
                 s.max_connections,
@@ -103,7 +117,11 @@ impl AppState {
     /// A peer left `room`: its TURN allocations close after the grace period unless it is back.
     pub fn peer_left(&self, room: &RoomId, peer: &PeerId) {
         if let Some(turn) = &self.turn {
-            let membership = membership(Arc::clone(&self.hub), Arc::clone(&self.legacy));
+            let membership = membership(
+                Arc::clone(&self.hub),
+                Arc::clone(&self.legacy),
+                Arc::clone(&self.sio),
+            );
             let (r, p) = (room.clone(), peer.clone());
             turn.server
                 .peer_left(room.clone(), peer.clone(), move || membership(&r, &p));
@@ -121,9 +139,14 @@ impl AppState {
 
 /// Whether `peer` is still in `room`, for TURN credentials: a room of the native protocol,
 /// or the pseudo-room of the plain-WebSocket dialect while the user is logged in.
-pub fn membership(hub: Arc<Hub>, legacy: Arc<Directory>) -> crate::turn::core::Membership {
+pub fn membership(
+    hub: Arc<Hub>,
+    legacy: Arc<Directory>,
+    sio: Arc<SioRooms>,
+) -> crate::turn::core::Membership {
     Arc::new(move |room: &RoomId, peer: &PeerId| {
         hub.is_member(room, peer)
+            || sio.is_member(room, peer)
             || (room.as_str() == crate::signaling::legacy::LEGACY_ROOM && legacy.is_online(peer))
     })
 }

@@ -38,6 +38,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)
+        .layer(crate::signaling::sio::layer(Arc::clone(&state)))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
 }

@@ -6,10 +6,12 @@
 //! - `hub`: the registry behind a lock plus each peer's outbox.
 //! - `ws`: the socket task of the native protocol, and the admission checks all dialects share.
 //! - `legacy`: the plain-WebSocket dialect of the login/offer/answer tutorial.
+//! - `sio`: the socket.io dialect of the codelab room server and the video-call app.
 
 pub mod hub;
 pub mod legacy;
 pub mod limits;
 pub mod protocol;
 pub mod room;
+pub mod sio;
 pub mod ws;

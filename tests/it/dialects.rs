@@ -59,3 +59,26 @@ fn plain_websocket_dialect_on_its_own_ws_listener() {
         &[("SB_URL", url), ("SB_MAX_MESSAGE_BYTES", "4096".into())],
     );
 }
+
+fn socketio(client: &str) {
+    let Some(dir) = node_clients() else { return };
+    let server = TestServer::start("");
+    let url = format!("https://{}", server.https);
+    run_node(
+        &server,
+        dir,
+        "socketio.mjs",
+        &[("SB_URL", url), ("SB_CLIENT", client.into())],
+    );
+    server.wait_log("socket.io send to a room not joined, dropped");
+}
+
+#[test]
+fn socketio_dialect_with_the_2x_client() {
+    socketio("sio2");
+}
+
+#[test]
+fn socketio_dialect_with_the_4x_client() {
+    socketio("sio4");
+}
