@@ -16,10 +16,12 @@ use std::sync::{Arc, Mutex};
 use serde_json::{Value, json};
 use socketioxide::SocketIo;
 use socketioxide::extract::{Data, SocketRef, State};
+use socketioxide::handler::ConnectHandler;
 use socketioxide::layer::SocketIoLayer;
 use socketioxide::socket::Sid;
 use tracing::{debug, info};
 
+use super::limits::{ConnectionGuard, TokenBucket};
 use super::protocol::{PeerId, PeerInfo, RoomId};
 use super::room::{JoinError, Rooms};
 use crate::state::AppState;
@@ -33,8 +35,19 @@ pub struct SioRooms {
 #[derive(Debug)]
 struct Inner {
     rooms: Rooms,
-    /// Each socket's peer id (for TURN credentials and `Rooms`) and the host it used.
-    peers: HashMap<Sid, (PeerId, String)>,
+    /// Each connected socket.
+    peers: HashMap<Sid, Peer>,
+}
+
+#[derive(Debug)]
+struct Peer {
+    /// For TURN credentials and `Rooms`.
+    id: PeerId,
+    /// The host the client used, for TURN URLs.
+    host: String,
+    bucket: TokenBucket,
+    /// The connection slot, freed when the socket goes.
+    _guard: ConnectionGuard,
 }
 
 impl SioRooms {
@@ -47,9 +60,17 @@ impl SioRooms {
         }
     }
 
-    fn connect(&self, sid: Sid, request_host: String) {
+    fn connect(&self, sid: Sid, peer: Peer) {
+        self.inner.lock().expect("sio lock").peers.insert(sid, peer);
+    }
+
+    /// Takes a token from the socket's message budget.
+    fn allow(&self, sid: Sid) -> bool {
         let mut inner = self.inner.lock().expect("sio lock");
-        inner.peers.insert(sid, (PeerId::random(), request_host));
+        inner
+            .peers
+            .get_mut(&sid)
+            .is_some_and(|p| p.bucket.take(std::time::Instant::now()))
     }
 
     /// Joins `room`; returns the socket's peer id and host, and how many members were there before.
@@ -58,7 +79,7 @@ impl SioRooms {
         let (peer, host) = inner
             .peers
             .get(&sid)
-            .cloned()
+            .map(|p| (p.id.clone(), p.host.clone()))
             .ok_or(JoinError::AlreadyJoined)?;
         let joined = inner.rooms.handle_join(
             PeerInfo {
@@ -72,18 +93,18 @@ impl SioRooms {
 
     fn room_of(&self, sid: Sid) -> Option<RoomId> {
         let inner = self.inner.lock().expect("sio lock");
-        let (peer, _) = inner.peers.get(&sid)?;
-        inner.rooms.room_of(peer).cloned()
+        let peer = inner.peers.get(&sid)?;
+        inner.rooms.room_of(&peer.id).cloned()
     }
 
     /// Forgets the socket; returns its room and peer id, if it was in one.
     fn disconnect(&self, sid: Sid) -> Option<(RoomId, PeerId)> {
         let mut inner = self.inner.lock().expect("sio lock");
-        let (peer, _) = inner.peers.remove(&sid)?;
+        let peer = inner.peers.remove(&sid)?;
         inner
             .rooms
-            .handle_leave(&peer)
-            .map(|left| (left.room, peer))
+            .handle_leave(&peer.id)
+            .map(|left| (left.room, peer.id))
     }
 
     /// Whether `peer` is in `room` (for TURN credentials).
@@ -95,26 +116,47 @@ impl SioRooms {
 /// The socket.io layer for the HTTPS router.
 pub fn layer(app: Arc<AppState>) -> SocketIoLayer {
     let (layer, io) = SocketIo::builder()
-        .max_payload(app.signaling.max_message_bytes as u64)
+        // As on /ws: the limit is enforced on each message (with an error, then a
+        // disconnect); the transport limit only stops runaway payloads.
+        .max_payload(2 * app.signaling.max_message_bytes as u64)
         .with_state(Arc::clone(&app))
         .build_layer();
-    io.ns("/", on_connect);
+    io.ns("/", on_connect.with(admit));
     layer
 }
 
 type App = State<Arc<AppState>>;
 
-async fn on_connect(s: SocketRef, State(app): App) {
+/// The checks every signaling dialect shares: origin and connection limits. The slot is held
+/// until the socket disconnects.
+async fn admit(s: SocketRef, State(app): App) -> Result<(), String> {
+    let parts = s.req_parts();
+    let remote = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0)
+        .ok_or("no client address")?;
+    let admitted = super::ws::admit(&app, remote, &parts.headers, &parts.uri)
+        .map_err(|refused| format!("connection refused with HTTP status {}", refused.status()))?;
+    let s_cfg = &app.signaling;
+    app.sio.connect(
+        s.id,
+        Peer {
+            id: PeerId::random(),
+            host: admitted.request_host,
+            bucket: TokenBucket::new(
+                s_cfg.messages_per_second,
+                s_cfg.message_burst,
+                std::time::Instant::now(),
+            ),
+            _guard: admitted.guard,
+        },
+    );
+    Ok(())
+}
+
+async fn on_connect(s: SocketRef) {
     debug!(sid = %s.id, "socket.io connected");
-    // The host the client used, without the port: TURN URLs point at the same name.
-    let host = s
-        .req_parts()
-        .headers
-        .get(axum::http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.parse::<axum::http::uri::Authority>().ok())
-        .map_or_else(|| "localhost".to_owned(), |a| a.host().to_owned());
-    app.sio.connect(s.id, host);
     s.on("create or join", create_or_join);
     s.on("join", join_video_room);
     s.on("message", message);
@@ -142,6 +184,36 @@ fn sender_room(app: &AppState, s: &SocketRef, claimed: Option<&str>) -> Option<R
             None
         }
     }
+}
+
+/// The per-socket message rate, as on `/ws`: over it, the message is dropped with an error.
+fn gate(app: &AppState, s: &SocketRef) -> bool {
+    if app.sio.allow(s.id) {
+        return true;
+    }
+    error(
+        s,
+        "rate_limited",
+        "too many messages; message dropped".to_owned(),
+    );
+    false
+}
+
+/// Refuses a message above `signaling.max_message_bytes`: an error, then a disconnect.
+fn too_large(app: &AppState, s: &SocketRef, payload: &Value) -> bool {
+    let size = payload.to_string().len();
+    let max = app.signaling.max_message_bytes;
+    if size <= max {
+        return false;
+    }
+    error(
+        s,
+        "message_too_large",
+        format!("message of {size} bytes exceeds the limit of {max} bytes"),
+    );
+    info!(sid = %s.id, size, "socket.io message too large, disconnecting");
+    let _ = s.clone().disconnect();
+    true
 }
 
 fn error(s: &SocketRef, code: &str, message: String) {
@@ -182,6 +254,9 @@ fn log(app: &AppState, s: &SocketRef, line: String) {
 }
 
 async fn create_or_join(s: SocketRef, Data(room): Data<String>, State(app): App) {
+    if !gate(&app, &s) {
+        return;
+    }
     log(
         &app,
         &s,
@@ -206,6 +281,9 @@ async fn create_or_join(s: SocketRef, Data(room): Data<String>, State(app): App)
 }
 
 async fn join_video_room(s: SocketRef, Data(room): Data<String>, State(app): App) {
+    if !gate(&app, &s) {
+        return;
+    }
     match join(&app, &s, &room) {
         Ok(0) => {
             let _ = s.emit("room_created", &room);
@@ -221,37 +299,61 @@ async fn join_video_room(s: SocketRef, Data(room): Data<String>, State(app): App
 }
 
 async fn message(s: SocketRef, Data(msg): Data<Value>, State(app): App) {
+    if !gate(&app, &s) {
+        return;
+    }
+    if too_large(&app, &s, &msg) {
+        return;
+    }
     if let Some(room) = sender_room(&app, &s, None) {
         let _ = s.to(room.to_string()).emit("message", &msg).await;
     }
 }
 
 async fn ipaddr(s: SocketRef, State(app): App) {
+    if !gate(&app, &s) {
+        return;
+    }
     for addr in &app.public_addresses {
         let _ = s.emit("ipaddr", addr);
     }
 }
 
 async fn start_call(s: SocketRef, Data(room): Data<String>, State(app): App) {
+    if !gate(&app, &s) {
+        return;
+    }
     if let Some(room) = sender_room(&app, &s, Some(&room)) {
         let _ = s.to(room.to_string()).emit("start_call", &()).await;
     }
 }
 
 async fn webrtc_offer(s: SocketRef, Data(data): Data<Value>, State(app): App) {
+    if !gate(&app, &s) {
+        return;
+    }
     relay(&s, &app, "webrtc_offer", &data, &data["sdp"]).await;
 }
 
 async fn webrtc_answer(s: SocketRef, Data(data): Data<Value>, State(app): App) {
+    if !gate(&app, &s) {
+        return;
+    }
     relay(&s, &app, "webrtc_answer", &data, &data["sdp"]).await;
 }
 
 async fn webrtc_ice_candidate(s: SocketRef, Data(data): Data<Value>, State(app): App) {
+    if !gate(&app, &s) {
+        return;
+    }
     relay(&s, &app, "webrtc_ice_candidate", &data, &data).await;
 }
 
 /// Sends `payload` as `event` to the other members of `data.roomId`, if the sender is in it.
 async fn relay(s: &SocketRef, app: &AppState, event: &str, data: &Value, payload: &Value) {
+    if too_large(app, s, data) {
+        return;
+    }
     if let Some(room) = sender_room(app, s, Some(data["roomId"].as_str().unwrap_or_default())) {
         let _ = s.to(room.to_string()).emit(event, payload).await;
     }

@@ -62,14 +62,14 @@ fn plain_websocket_dialect_on_its_own_ws_listener() {
 
 fn socketio(client: &str) {
     let Some(dir) = node_clients() else { return };
-    let server = TestServer::start("");
+    let server = TestServer::start("[signaling]\nmax_message_bytes = 4096\n");
     let url = format!("https://{}", server.https);
-    run_node(
-        &server,
-        dir,
-        "socketio.mjs",
-        &[("SB_URL", url), ("SB_CLIENT", client.into())],
-    );
+    let env = [
+        ("SB_URL", url),
+        ("SB_CLIENT", client.into()),
+        ("SB_MAX_MESSAGE_BYTES", "4096".into()),
+    ];
+    run_node(&server, dir, "socketio.mjs", &env);
     server.wait_log("socket.io send to a room not joined, dropped");
 }
 

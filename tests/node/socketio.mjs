@@ -125,6 +125,26 @@ for (let i = 0; i < 50 && !placed; i++) {
 }
 assert.ok(placed, 'the room has space again after a member disconnected');
 
+// A page from a foreign origin is refused, like on /ws.
+const evil = io(URL, { forceNew: true, reconnection: false, extraHeaders: { origin: 'https://evil.example' } });
+const refusal = await new Promise((resolve) => {
+  evil.on('connect', () => resolve('connected'));
+  evil.on('connect_error', () => resolve('refused'));
+  evil.on('error', () => resolve('refused'));
+  setTimeout(() => resolve('no answer'), 10000);
+});
+assert.equal(refusal, 'refused', 'a foreign origin must be refused');
+evil.close();
+
+// An oversized message ends the connection instead of being relayed.
+const big = await client();
+const gone = new Promise((resolve, reject) => {
+  big.socket.on('disconnect', resolve);
+  setTimeout(() => reject(new Error('an oversized message did not end the connection within 10 s')), 10000);
+});
+big.emit('message', 'x'.repeat(Number(process.env.SB_MAX_MESSAGE_BYTES || 65536) * 2));
+await gone;
+
 for (const x of [a, b, c, other, f, g, h]) x.close();
 console.log(`socket.io dialect with ${which}: OK`);
 process.exit(0);
