@@ -62,7 +62,9 @@ fn plain_websocket_dialect_on_its_own_ws_listener() {
 
 fn socketio(client: &str) {
     let Some(dir) = node_clients() else { return };
-    let server = TestServer::start("[signaling]\nmax_message_bytes = 4096\n");
+    let server = TestServer::start(
+        "[signaling]\nmax_message_bytes = 4096\nsocketio_log = true\n[turn]\npublic_host = \"127.0.0.1\"\n",
+    );
     let url = format!("https://{}", server.https);
     let env = [
         ("SB_URL", url),

@@ -74,6 +74,13 @@ await b.next('ready');
 c.emit('create or join', room);
 assert.deepEqual(await c.next('full'), [room]);
 
+// With signaling.socketio_log on, the codelab's server log lines reach the client.
+const logLine = await a.next('log');
+assert.equal(logLine[0], 'Message from server:');
+// ipaddr answers with the configured public address only.
+a.emit('ipaddr');
+assert.deepEqual(await a.next('ipaddr'), ['127.0.0.1']);
+
 // 'message' reaches the other member of the sender's room, and nobody else.
 const other = await client();
 other.emit('create or join', `elsewhere-${suffix}`);
