@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, info, info_span, warn};
 
 use super::hub::{OUTBOX_CAPACITY, Outbox};
 use super::limits::{ConnectionGuard, TokenBucket};
@@ -276,14 +276,7 @@ async fn run(
                 }
             }
             incoming = socket.recv() => {
-                                let msg = match incoming {
-                    None | Some(Ok(Message::Close(_))) => break None,
-                    Some(Err(e)) => {
-                        debug!(error = %e, "websocket read failed");
-                        break None;
-                    }
-                                        Some(Ok(msg)) => msg,
-                };
+                let Some(msg) = ws::frame(incoming) else { break None };
                 last_seen = Instant::now();
                 let next = match msg {
                     Message::Text(text) => session.handle_text(&text),

@@ -212,14 +212,7 @@ async fn run(
                 }
             }
             incoming = socket.recv() => {
-                let msg = match incoming {
-                    None | Some(Ok(Message::Close(_))) => break None,
-                    Some(Err(e)) => {
-                        debug!(error = %e, "websocket read failed");
-                        break None;
-                    }
-                    Some(Ok(msg)) => msg,
-                };
+                let Some(msg) = frame(incoming) else { break None };
                 last_seen = Instant::now();
                 let reply = match msg {
                     Message::Text(text) => session.handle_text(&text),
@@ -278,6 +271,18 @@ async fn run(
         info!(code, reason, "disconnected");
     } else {
         info!("disconnected");
+    }
+}
+
+/// The frame a read produced, or `None` when the connection is over (closed or failed).
+pub(super) fn frame(incoming: Option<Result<Message, axum::Error>>) -> Option<Message> {
+    match incoming {
+        None | Some(Ok(Message::Close(_))) => None,
+        Some(Err(e)) => {
+            debug!(error = %e, "websocket read failed");
+            None
+        }
+        Some(Ok(msg)) => Some(msg),
     }
 }
 
