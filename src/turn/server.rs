@@ -240,7 +240,7 @@ impl TurnServer {
     pub async fn serve_connection(self: Arc<Self>, stream: Box<dyn Stream>, tuple: FiveTuple) {
         let (mut reader, writer) = tokio::io::split(stream);
         let sink = ClientSink::Stream(Arc::new(AsyncMutex::new(writer)));
-        let mut buf = vec![0u8; 4 + MAX_PAYLOAD + 4];
+        let mut buf = vec![0u8; wire::MAX_STREAM_FRAME];
         loop {
             let idle = if self.core.get(&tuple).is_some() {
                 Duration::from_secs(3700)

@@ -12,6 +12,9 @@ use stun::message::{MAGIC_COOKIE, Message, MessageType, Setter};
 
 pub const STUN_HEADER: usize = 20;
 pub const CHANNEL_HEADER: usize = 4;
+/// The longest frame a stream can announce: a STUN header with the largest length that
+/// is a multiple of 4 (ChannelData tops out at 4 + 65536 with padding).
+pub const MAX_STREAM_FRAME: usize = STUN_HEADER + 0xFFFC;
 /// Room to leave in front of relayed payloads for the largest header we prepend:
 /// a Data indication with an IPv6 XOR-PEER-ADDRESS (20 + 24 + 4 bytes).
 pub const HEADROOM: usize = 48;
@@ -249,6 +252,18 @@ mod tests {
         assert_eq!(classify(&[0x80, 1, 2, 3]), Kind::Other);
         assert_eq!(classify(&[]), Kind::Other);
         assert_eq!(classify(&m.raw[..19]), Kind::Other);
+    }
+
+    #[test]
+    fn no_announced_frame_exceeds_the_maximum() {
+        let longest = (0..=u16::MAX)
+            .flat_map(|len| {
+                let [a, b] = len.to_be_bytes();
+                [[0x00, 0x01, a, b], [0x40, 0x00, a, b]]
+            })
+            .filter_map(stream_frame_len)
+            .max();
+        assert_eq!(longest, Some(MAX_STREAM_FRAME));
     }
 
     #[test]
