@@ -628,11 +628,8 @@ impl<B: RelayBinder> Core<B> {
             _ => return error(400, "no XOR-PEER-ADDRESS"),
         };
         for peer in &peers {
-            if peer.is_ipv4() != a.relayed.is_ipv4() {
-                return error(443, "peer family mismatch");
-            }
-            if let Err(code) = self.check_peer(*peer) {
-                return error(code, "peer refused by policy");
+            if let Err((code, why)) = self.check_peer(a.relayed, *peer) {
+                return error(code, why);
             }
         }
         let mut state = a.state.lock().expect("allocation");
@@ -664,11 +661,8 @@ impl<B: RelayBinder> Core<B> {
         let (Ok(()), Some([peer])) = (number.get_from(msg), peers.as_deref()) else {
             return error(400, "missing CHANNEL-NUMBER or XOR-PEER-ADDRESS");
         };
-        if peer.is_ipv4() != a.relayed.is_ipv4() {
-            return error(443, "peer family mismatch");
-        }
-        if let Err(code) = self.check_peer(*peer) {
-            return error(code, "peer refused by policy");
+        if let Err((code, why)) = self.check_peer(a.relayed, *peer) {
+            return error(code, why);
         }
         if a.state
             .lock()
@@ -723,8 +717,11 @@ impl<B: RelayBinder> Core<B> {
             .map(|(relay, addr, _)| (relay, addr))
     }
 
-    /// Refuses peers by policy, with 403.
-    fn check_peer(&self, peer: SocketAddr) -> Result<(), u16> {
+    /// Refuses a peer of the other address family than the relay (443) or refused by policy (403).
+    fn check_peer(&self, relayed: SocketAddr, peer: SocketAddr) -> Result<(), (u16, &'static str)> {
+        if peer.is_ipv4() != relayed.is_ipv4() {
+            return Err((443, "peer family mismatch"));
+        }
         let is_relay = self
             .table
             .read()
@@ -734,7 +731,7 @@ impl<B: RelayBinder> Core<B> {
         self.policy.check(peer, is_relay).map_err(|refused| {
             Stats::bump(&self.stats.policy_refusals);
             info!(%peer, class = refused.class, "peer address refused by policy");
-            403
+            (403, "peer refused by policy")
         })
     }
 
