@@ -152,19 +152,12 @@ pub async fn run(
     ));
     let router = http::router(Arc::clone(&app));
 
-    // With TURN on the HTTPS port, "stun.turn" joins the ALPN list (last, so browsers get HTTP).
     let turn_on_https = app
         .turn
         .as_ref()
         .filter(|_| config.turn.on_https_port)
         .map(|t| Arc::clone(&t.server));
-    let https_tls = if turn_on_https.is_some() {
-        let mut shared = (*tls.server_config).clone();
-        shared.alpn_protocols.push(b"stun.turn".to_vec());
-        Arc::new(shared)
-    } else {
-        Arc::clone(&tls.server_config)
-    };
+    let https_tls = tls.https_server_config(turn_on_https.is_some());
     for listener in https {
         let addr = listener
             .local_addr()

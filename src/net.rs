@@ -61,16 +61,7 @@ pub fn bind_udp(
         }
         Ok(group)
     };
-    match attempt() {
-        Ok(socket) => Ok(Bound::Listener(socket)),
-        Err(e) if addr.is_ipv6() && addr.ip().is_unspecified() && no_ipv6(&e) => Ok(Bound::NoIpv6),
-        Err(e) => Err(BindError {
-            what,
-            key,
-            addr,
-            reason: explain(&e, addr),
-        }),
-    }
+    bound(attempt(), addr, what, key)
 }
 
 /// Binds a TCP listener for `addr`; `what` and `key` name it in errors.
@@ -82,8 +73,19 @@ pub fn bind_tcp(
     what: &'static str,
     key: &'static str,
 ) -> Result<Bound, BindError> {
-    match try_bind_tcp(addr) {
-        Ok(listener) => Ok(Bound::Listener(listener)),
+    bound(try_bind_tcp(addr), addr, what, key)
+}
+
+/// A bind result as `Bound`: an IPv6 wildcard on a host without IPv6 is skipped, other
+/// errors are explained.
+fn bound<T>(
+    result: io::Result<T>,
+    addr: SocketAddr,
+    what: &'static str,
+    key: &'static str,
+) -> Result<Bound<T>, BindError> {
+    match result {
+        Ok(socket) => Ok(Bound::Listener(socket)),
         Err(e) if addr.is_ipv6() && addr.ip().is_unspecified() && no_ipv6(&e) => Ok(Bound::NoIpv6),
         Err(e) => Err(BindError {
             what,

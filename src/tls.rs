@@ -99,6 +99,17 @@ pub enum TlsError {
 }
 
 impl TlsMaterial {
+    /// The HTTPS configuration; when TURN shares the port, "stun.turn" joins the ALPN
+    /// list, last, so that browsers still get HTTP.
+    pub fn https_server_config(&self, shared_with_turn: bool) -> Arc<ServerConfig> {
+        if !shared_with_turn {
+            return Arc::clone(&self.server_config);
+        }
+        let mut config = (*self.server_config).clone();
+        config.alpn_protocols.push(b"stun.turn".to_vec());
+        Arc::new(config)
+    }
+
     /// The same certificate for TURN over TLS: no ALPN, since TURN clients may offer
     /// none or only "stun.turn", which an HTTP ALPN list would refuse.
     pub fn turn_server_config(&self) -> Arc<ServerConfig> {

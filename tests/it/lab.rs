@@ -75,16 +75,7 @@ fn finish(lab: Lab) {
 
 /// Runs `f` on a thread that has entered the network namespace `ns`; sockets it opens live there.
 fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/var/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).expect("open the namespace");
-        // SAFETY: setns on a valid namespace fd affects only this thread.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .expect("thread in namespace")
+    spawn_in_netns(ns, f).join().expect("thread in namespace")
 }
 
 /// The address `server` sees for `socket`, by STUN Binding.
