@@ -1,6 +1,7 @@
 //! The `switchboard` command: parse the command line, load the config, set up
 //! logging, bind every socket, then hand over to `app::run`.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -163,8 +164,10 @@ fn lab_up(spec: switchboard::lab::LabSpec) -> anyhow::Result<()> {
             _ = int.recv() => {}
             done = &mut build => {
                 let lab = done??;
-                println!("{}", lab.describe());
+                let description = lab.describe();
+                // Detach first: a closed stdout (`lab up | head`) must not tear the lab down.
                 lab.detach();
+                let _ = writeln!(std::io::stdout(), "{description}");
                 return Ok(());
             }
         }
