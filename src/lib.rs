@@ -7,6 +7,7 @@
 //! - `config`: the configuration file, parsed strictly and validated.
 //! - `tls`: certificates (configured or self-signed) and the rustls server config.
 //! - `net`: binding sockets with errors that say what to change.
+//! - `mmsg`: batched UDP syscalls (`recvmmsg`/`sendmmsg`) for the relay and the benchmarks.
 //! - `lab`: the NAT lab in network namespaces (`switchboard lab`).
 //! - `app`: binds every listener, runs them, and drains on shutdown.
 //! - `state`: `AppState`, the state shared by handlers and tasks.
@@ -19,6 +20,7 @@ pub mod app;
 pub mod config;
 pub mod http;
 pub mod lab;
+pub mod mmsg;
 pub mod net;
 pub mod secrets;
 pub mod signaling;

@@ -1,0 +1,295 @@
+//! A minimal TURN-over-UDP client for load generation: REST credentials, Allocate,
+//! CreatePermission, ChannelBind, and ChannelData framing.
+//!
+//! Many clients are driven at once by [`drive`]: each sends its request, and the
+//! responses are read as they arrive (one `mio` poll over all sockets), so set-up
+//! is pipelined and "allocations per second" measures the server, not round trips.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, anyhow, bail};
+use base64::Engine;
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token};
+use stun::agent::TransactionId;
+use stun::error_code::ErrorCodeAttribute;
+use stun::fingerprint::FINGERPRINT;
+use stun::integrity::MessageIntegrity;
+use stun::message::{
+    CLASS_ERROR_RESPONSE, CLASS_REQUEST, CLASS_SUCCESS_RESPONSE, Getter, METHOD_ALLOCATE,
+    METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION, Message, MessageType, Method, Setter,
+};
+use stun::textattrs::{Nonce, Realm, Username};
+use turn::proto::PROTO_UDP;
+use turn::proto::channum::ChannelNumber;
+use turn::proto::lifetime::Lifetime;
+use turn::proto::peeraddr::PeerAddress;
+use turn::proto::relayaddr::RelayedAddress;
+use turn::proto::reqtrans::RequestedTransport;
+
+/// coturn-style REST credentials (`use-auth-secret`): `<expiry>:<name>` and base64(HMAC-SHA1).
+pub fn rest_credentials(secret: &str, name: &str, ttl: Duration) -> (String, String) {
+    let expiry = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        + ttl;
+    let username = format!("{}:{name}", expiry.as_secs());
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, secret.as_bytes());
+    let tag = ring::hmac::sign(&key, username.as_bytes());
+    let password = base64::engine::general_purpose::STANDARD.encode(tag.as_ref());
+    (username, password)
+}
+
+/// What a client asks for next.
+#[derive(Debug, Clone, Copy)]
+pub enum Request {
+    Allocate,
+    Permission(SocketAddr),
+    ChannelBind(u16, SocketAddr),
+}
+
+/// One TURN client on its own connected UDP socket.
+pub struct TurnClient {
+    pub socket: UdpSocket,
+    pub local: SocketAddr,
+    username: String,
+    password: String,
+    realm: Option<String>,
+    nonce: Option<String>,
+    pub relayed: Option<SocketAddr>,
+    pending: Option<(Request, TransactionId, Vec<u8>)>,
+    tries: u32,
+}
+
+impl TurnClient {
+    /// A client on `local_ip` (port chosen by the kernel) talking to `server`.
+    ///
+    /// # Errors
+    /// The socket cannot be bound or connected.
+    pub fn new(
+        local_ip: IpAddr,
+        server: SocketAddr,
+        username: String,
+        password: String,
+        buffer_bytes: usize,
+    ) -> Result<TurnClient> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(server),
+            socket2::Type::DGRAM,
+            None,
+        )?;
+        // Deep buffers: a generator must not drop what the server relayed.
+        let _ = socket.set_recv_buffer_size(buffer_bytes);
+        let _ = socket.set_send_buffer_size(buffer_bytes);
+        socket.bind(&SocketAddr::new(local_ip, 0).into())?;
+        socket.connect(&server.into())?;
+        socket.set_nonblocking(true)?;
+        let std: std::net::UdpSocket = socket.into();
+        let local = std.local_addr()?;
+        Ok(TurnClient {
+            socket: UdpSocket::from_std(std),
+            local,
+            username,
+            password,
+            realm: None,
+            nonce: None,
+            relayed: None,
+            pending: None,
+            tries: 0,
+        })
+    }
+
+    fn build(&self, request: Request) -> Result<(TransactionId, Vec<u8>)> {
+        let method: Method = match request {
+            Request::Allocate => METHOD_ALLOCATE,
+            Request::Permission(_) => METHOD_CREATE_PERMISSION,
+            Request::ChannelBind(..) => METHOD_CHANNEL_BIND,
+        };
+        let tid = TransactionId::new();
+        let mut setters: Vec<Box<dyn Setter>> = vec![
+            Box::new(tid),
+            Box::new(MessageType::new(method, CLASS_REQUEST)),
+        ];
+        match request {
+            Request::Allocate => {
+                setters.push(Box::new(RequestedTransport {
+                    protocol: PROTO_UDP,
+                }));
+                setters.push(Box::new(Lifetime(Duration::from_secs(3600))));
+            }
+            Request::Permission(peer) => setters.push(Box::new(PeerAddress {
+                ip: peer.ip(),
+                port: peer.port(),
+            })),
+            Request::ChannelBind(number, peer) => {
+                setters.push(Box::new(ChannelNumber(number)));
+                setters.push(Box::new(PeerAddress {
+                    ip: peer.ip(),
+                    port: peer.port(),
+                }));
+            }
+        }
+        if let (Some(realm), Some(nonce)) = (&self.realm, &self.nonce) {
+            setters.push(Box::new(Username::new(
+                stun::attributes::ATTR_USERNAME,
+                self.username.clone(),
+            )));
+            setters.push(Box::new(Realm::new(
+                stun::attributes::ATTR_REALM,
+                realm.clone(),
+            )));
+            setters.push(Box::new(Nonce::new(
+                stun::attributes::ATTR_NONCE,
+                nonce.clone(),
+            )));
+            setters.push(Box::new(MessageIntegrity::new_long_term_integrity(
+                self.username.clone(),
+                realm.clone(),
+                self.password.clone(),
+            )));
+        }
+        setters.push(Box::new(FINGERPRINT));
+        let mut m = Message::new();
+        m.build(&setters)?;
+        Ok((tid, m.raw))
+    }
+
+    /// Sends `request` (authenticated once the server told us its realm and nonce).
+    ///
+    /// # Errors
+    /// The request cannot be built or sent.
+    pub fn start(&mut self, request: Request) -> Result<()> {
+        let (tid, raw) = self.build(request)?;
+        self.socket.send(&raw)?;
+        self.pending = Some((request, tid, raw));
+        self.tries = 0;
+        Ok(())
+    }
+
+    fn resend(&mut self) -> Result<()> {
+        if let Some((_, _, raw)) = &self.pending {
+            self.tries += 1;
+            self.socket.send(raw)?;
+        }
+        Ok(())
+    }
+
+    /// Reads what arrived; `Ok(true)` once the pending request succeeded.
+    fn read(&mut self) -> Result<bool> {
+        let mut buf = [0u8; 1500];
+        loop {
+            let n = match self.socket.recv(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e).context("TURN client receive"),
+            };
+            let Some((request, tid, _)) = self.pending else {
+                continue;
+            };
+            let mut m = Message::new();
+            m.raw = buf[..n].to_vec();
+            if m.decode().is_err() || m.transaction_id != tid {
+                continue;
+            }
+            if m.typ.class == CLASS_SUCCESS_RESPONSE {
+                if let Request::Allocate = request {
+                    let mut relayed = RelayedAddress::default();
+                    relayed.get_from(&m)?;
+                    self.relayed = Some(SocketAddr::new(relayed.ip, relayed.port));
+                }
+                self.pending = None;
+                return Ok(true);
+            }
+            if m.typ.class == CLASS_ERROR_RESPONSE {
+                let mut code = ErrorCodeAttribute::default();
+                code.get_from(&m)?;
+                let fresh_nonce = Nonce::get_from_as(&m, stun::attributes::ATTR_NONCE).ok();
+                match (code.code.0, fresh_nonce) {
+                    // Unauthenticated first try, or a stale nonce: authenticate and go again.
+                    (401 | 438, Some(nonce)) if self.tries < 3 => {
+                        if let Ok(realm) = Realm::get_from_as(&m, stun::attributes::ATTR_REALM) {
+                            self.realm = Some(realm.text);
+                        }
+                        self.nonce = Some(nonce.text);
+                        let tries = self.tries + 1;
+                        self.start(request)?;
+                        self.tries = tries;
+                    }
+                    (code, _) => bail!(
+                        "{request:?} from {} refused: {code} {}",
+                        self.local,
+                        String::from_utf8_lossy(&code_reason(&m))
+                    ),
+                }
+            }
+        }
+    }
+}
+
+fn code_reason(m: &Message) -> Vec<u8> {
+    let mut code = ErrorCodeAttribute::default();
+    let _ = code.get_from(m);
+    code.reason
+}
+
+/// Gives every client its request (`next(i)`, `None` to skip) and waits until all succeeded.
+/// Returns how long that took.
+///
+/// # Errors
+/// A request was refused, or went unanswered after retransmissions.
+pub fn drive(
+    clients: &mut [TurnClient],
+    mut next: impl FnMut(usize, &TurnClient) -> Option<Request>,
+) -> Result<Duration> {
+    let started = Instant::now();
+    let mut poll = Poll::new()?;
+    let mut waiting: HashMap<usize, Instant> = HashMap::new();
+    for (i, c) in clients.iter_mut().enumerate() {
+        if let Some(request) = next(i, c) {
+            poll.registry()
+                .register(&mut c.socket, Token(i), Interest::READABLE)?;
+            c.start(request)?;
+            waiting.insert(i, Instant::now());
+        }
+    }
+    let mut events = Events::with_capacity(1024);
+    let mut rto = Duration::from_millis(500);
+    let mut last_resend = Instant::now();
+    while !waiting.is_empty() {
+        poll.poll(&mut events, Some(Duration::from_millis(50)))?;
+        for event in &events {
+            let i = event.token().0;
+            if waiting.contains_key(&i) && clients[i].read()? {
+                waiting.remove(&i);
+            }
+        }
+        if last_resend.elapsed() >= rto {
+            let total = clients.len();
+            for (&i, _) in waiting.iter() {
+                let c = &mut clients[i];
+                if c.tries >= 6 {
+                    return Err(anyhow!(
+                        "{} of {total} requests unanswered (first: client {})",
+                        waiting.len(),
+                        c.local
+                    ));
+                }
+                c.resend()?;
+            }
+            last_resend = Instant::now();
+            rto = (rto * 2).min(Duration::from_secs(2));
+        }
+    }
+    for c in clients.iter_mut() {
+        let _ = poll.registry().deregister(&mut c.socket);
+    }
+    Ok(started.elapsed())
+}
+
+/// Frames `payload` (already placed at `buf[4..]`) as ChannelData on `channel`.
+pub fn channel_data_header(buf: &mut [u8], channel: u16, payload_len: usize) {
+    buf[..2].copy_from_slice(&channel.to_be_bytes());
+    buf[2..4].copy_from_slice(&(payload_len as u16).to_be_bytes());
+}
