@@ -105,11 +105,23 @@ pub struct Stats {
     pub quota_refusals: AtomicU64,
     pub no_permission: AtomicU64,
     pub relay_send_failures: AtomicU64,
+    /// Datagrams relayed to peers out of relay sockets.
+    pub to_peers: AtomicU64,
+    /// Datagrams delivered to clients (from peers, and relay to relay).
+    pub to_clients: AtomicU64,
+    /// Of those, relayed between two allocations of this server without the kernel.
+    pub relay_to_relay: AtomicU64,
 }
 
 impl Stats {
     pub fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn add(counter: &AtomicU64, n: usize) {
+        if n > 0 {
+            counter.fetch_add(n as u64, Ordering::Relaxed);
+        }
     }
 }
 

@@ -1,15 +1,23 @@
 //! TURN I/O: UDP, TCP and TLS listeners, relay sockets, and the data path.
 //!
 //! Every listener runs its own receive loop; every allocation runs one task
-//! that reads its relay socket. The data path takes the allocation table's
-//! read lock and the allocation's own mutex for a lookup, never across an
-//! await, and reuses one buffer per task: no per-packet allocation on UDP.
+//! that reads its relay socket. On UDP both read with `recvmmsg` and write with
+//! `sendmmsg` (one syscall per batch, not per packet), into a per-thread scratch
+//! batch whose slots leave headroom for framing in place: no per-packet allocation.
+//! ChannelData whose peer is another allocation of this server is handed to that
+//! allocation's client directly (relay to relay without the kernel round trip).
+//! The data path takes the allocation table's read lock and an allocation's own
+//! mutex briefly, never across an await.
 
+use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::ops::Range;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::RngCore;
+use tokio::io::Interest;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, WriteHalf};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::Mutex as AsyncMutex;
@@ -21,7 +29,8 @@ use tracing::{debug, warn};
 use super::core::{
     Allocation, CloseReason, Core, FiveTuple, Handled, PortChoice, RelayBinder, Stats, Transport,
 };
-use super::wire::{self, HEADROOM, Kind};
+use super::wire::{self, CHANNEL_HEADER, HEADROOM, Kind};
+use crate::mmsg::{RecvBatch, SendBatch};
 use crate::signaling::protocol::{PeerId, RoomId};
 
 /// Largest UDP payload we relay.
@@ -38,9 +47,9 @@ pub struct UdpRelayBinder {
 }
 
 impl RelayBinder for UdpRelayBinder {
-    type Relay = UdpSocket;
+    type Relay = RelaySocket;
 
-    fn bind(&self, ipv6: bool, choice: PortChoice) -> std::io::Result<(UdpSocket, SocketAddr)> {
+    fn bind(&self, ipv6: bool, choice: PortChoice) -> std::io::Result<(RelaySocket, SocketAddr)> {
         let ip = if ipv6 {
             self.ipv6.ok_or_else(|| {
                 std::io::Error::new(std::io::ErrorKind::Unsupported, "no IPv6 relay address")
@@ -48,11 +57,15 @@ impl RelayBinder for UdpRelayBinder {
         } else {
             self.ipv4
         };
-        let bind = |port: u16| -> std::io::Result<(UdpSocket, SocketAddr)> {
+        let bind = |port: u16| -> std::io::Result<(RelaySocket, SocketAddr)> {
             let socket = std::net::UdpSocket::bind(SocketAddr::new(ip, port))?;
             socket.set_nonblocking(true)?;
             let local = socket.local_addr()?;
-            Ok((UdpSocket::from_std(socket)?, local))
+            let relay = RelaySocket {
+                socket: UdpSocket::from_std(socket)?,
+                client: OnceLock::new(),
+            };
+            Ok((relay, local))
         };
         let (lo, hi) = self.ports;
         if let PortChoice::Exactly(port) = choice {
@@ -79,6 +92,20 @@ impl RelayBinder for UdpRelayBinder {
     }
 }
 
+/// An allocation's relay socket and, once the allocation is granted, the way back to its client.
+pub struct RelaySocket {
+    pub socket: UdpSocket,
+    client: OnceLock<ClientSink>,
+}
+
+impl std::fmt::Debug for RelaySocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelaySocket")
+            .field("socket", &self.socket)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The way back to a client: its UDP listener socket, or its stream's write half.
 #[derive(Clone)]
 pub enum ClientSink {
@@ -94,8 +121,27 @@ impl ClientSink {
     async fn send(&self, bytes: &[u8], client: SocketAddr) -> std::io::Result<()> {
         match self {
             ClientSink::Udp(socket) => socket.send_to(bytes, client).await.map(|_| ()),
-            ClientSink::Stream(writer) => writer.lock().await.write_all(bytes).await,
+            ClientSink::Stream(writer) => {
+                // TLS buffers records in the session: flush, or the tail of a burst waits
+                // for the next write.
+                let mut writer = writer.lock().await;
+                writer.write_all(bytes).await?;
+                writer.flush().await
+            }
         }
+    }
+
+    /// Writes several frames to a stream client, one write each: a TLS record per frame,
+    /// as some clients (coturn's among them) read one message per record.
+    async fn send_frames(&self, bytes: &[u8], frames: &[Range<usize>]) -> std::io::Result<()> {
+        if let ClientSink::Stream(writer) = self {
+            let mut writer = writer.lock().await;
+            for frame in frames {
+                writer.write_all(&bytes[frame.clone()]).await?;
+            }
+            writer.flush().await?;
+        }
+        Ok(())
     }
 
     fn pads(&self) -> bool {
@@ -165,33 +211,109 @@ impl TurnServer {
         });
     }
 
-    /// Serves STUN/TURN on a bound UDP socket.
+    /// Serves STUN/TURN on a bound UDP socket, a batch of datagrams per wake-up.
     pub async fn serve_udp(self: Arc<Self>, socket: UdpSocket) {
         let socket = Arc::new(socket);
         let Ok(local) = socket.local_addr() else {
             return;
         };
         let sink = ClientSink::Udp(Arc::clone(&socket));
-        let mut buf = vec![0u8; MAX_PAYLOAD];
+        let mut deferred = Vec::new();
         loop {
-            let (n, client) = tokio::select! {
+            tokio::select! {
                 () = self.shutdown.cancelled() => return,
-                r = socket.recv_from(&mut buf) => match r {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        // ICMP errors from earlier sends surface here on some kernels; keep serving.
-                        debug!(error = %e, "TURN UDP receive error");
-                        continue;
-                    }
+                r = socket.readable() => if let Err(e) = r {
+                    return warn!(error = %e, "TURN UDP socket failed");
                 },
+            }
+            loop {
+                let r = with_scratch(|s| self.udp_batch(&socket, local, &sink, s, &mut deferred));
+                for (sink, bytes, client) in deferred.drain(..) {
+                    self.reply(&sink, &bytes, client).await;
+                }
+                match r {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    // ICMP errors from earlier sends surface here on some kernels; keep serving.
+                    Err(e) => debug!(error = %e, "TURN UDP receive error"),
+                }
+            }
+        }
+    }
+
+    /// Receives one batch on a UDP listener and handles it without awaiting; what must
+    /// go to stream clients is left in `deferred`.
+    fn udp_batch(
+        &self,
+        socket: &UdpSocket,
+        local: SocketAddr,
+        sink: &ClientSink,
+        s: &mut Scratch,
+        deferred: &mut Vec<(ClientSink, Vec<u8>, SocketAddr)>,
+    ) -> std::io::Result<usize> {
+        let got = socket.try_io(Interest::READABLE, || s.recv.recv(socket))?;
+        let now = Instant::now();
+        // Consecutive datagrams usually come from the same client: look it up once.
+        let mut last: Option<(SocketAddr, Arc<Allocation<RelaySocket>>)> = None;
+        for i in 0..got {
+            let Some(client) = s.recv.source(i) else {
+                continue;
             };
             let tuple = FiveTuple {
                 client,
                 server: local,
                 transport: Transport::Udp,
             };
-            self.handle_packet(&buf[..n], tuple, &sink).await;
+            match wire::classify(s.recv.data(i)) {
+                Kind::ChannelData { number, len } => {
+                    let allocation = match &last {
+                        Some((c, a)) if *c == client => Arc::clone(a),
+                        _ => match self.core.get(&tuple) {
+                            Some(a) => {
+                                last = Some((client, Arc::clone(&a)));
+                                a
+                            }
+                            None => {
+                                Stats::bump(&self.core.stats.no_permission);
+                                continue;
+                            }
+                        },
+                    };
+                    let start = s.recv.headroom() + CHANNEL_HEADER;
+                    match self.route(&allocation, now, number, s.recv.slot_mut(i), start, len) {
+                        Route::Drop => {}
+                        Route::Peer(peer) => s.out.push(Out {
+                            via: Via::Relay(allocation),
+                            slot: i,
+                            range: start..start + len,
+                            dest: peer,
+                        }),
+                        Route::Client {
+                            sink: ClientSink::Udp(to),
+                            dest,
+                            range,
+                        } => s.out.push(Out {
+                            via: Via::Listener(to),
+                            slot: i,
+                            range,
+                            dest,
+                        }),
+                        Route::Client { sink, dest, range } => {
+                            deferred.push((sink, s.recv.slot(i)[range].to_vec(), dest));
+                        }
+                    }
+                }
+                Kind::Stun => {
+                    if let Some(reply) = self.on_stun(tuple, s.recv.data(i), sink) {
+                        // A reply the socket cannot take now is retransmitted for by the client.
+                        let _ = socket.try_send_to(&reply, client);
+                    }
+                }
+                Kind::Other => Stats::bump(&self.core.stats.malformed),
+            }
         }
+        s.flush(&self.core.stats);
+        Ok(got)
     }
 
     /// Serves STUN/TURN over TCP, or over TLS when `tls` is given.
@@ -240,7 +362,9 @@ impl TurnServer {
     pub async fn serve_connection(self: Arc<Self>, stream: Box<dyn Stream>, tuple: FiveTuple) {
         let (mut reader, writer) = tokio::io::split(stream);
         let sink = ClientSink::Stream(Arc::new(AsyncMutex::new(writer)));
-        let mut buf = vec![0u8; wire::MAX_STREAM_FRAME];
+        // Frames are read after HEADROOM bytes, so that relaying can frame them in place.
+        let mut buf = vec![0u8; HEADROOM + wire::MAX_STREAM_FRAME + 4];
+        let at = HEADROOM;
         loop {
             let idle = if self.core.get(&tuple).is_some() {
                 Duration::from_secs(3700)
@@ -249,62 +373,140 @@ impl TurnServer {
             };
             let head = tokio::select! {
                 () = self.shutdown.cancelled() => break,
-                r = tokio::time::timeout(idle, reader.read_exact(&mut buf[..4])) => r,
+                r = tokio::time::timeout(idle, reader.read_exact(&mut buf[at..at + 4])) => r,
             };
             if !matches!(head, Ok(Ok(_))) {
                 break;
             }
-            let Some(len) = wire::stream_frame_len([buf[0], buf[1], buf[2], buf[3]]) else {
+            let Some(len) =
+                wire::stream_frame_len([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]])
+            else {
                 Stats::bump(&self.core.stats.malformed);
                 debug!(client = %tuple.client, "stream is not STUN or ChannelData, closing");
                 break;
             };
-            if reader.read_exact(&mut buf[4..len]).await.is_err() {
+            if reader.read_exact(&mut buf[at + 4..at + len]).await.is_err() {
                 break;
             }
-            self.handle_packet(&buf[..len], tuple, &sink).await;
+            self.handle_frame(&mut buf, len, tuple, &sink).await;
         }
         self.core.close(&tuple, CloseReason::TransportClosed);
     }
 
-    async fn handle_packet(&self, packet: &[u8], tuple: FiveTuple, sink: &ClientSink) {
-        match wire::classify(packet) {
+    /// Handles one stream frame of `len` bytes at `buf[HEADROOM..]`.
+    async fn handle_frame(&self, buf: &mut [u8], len: usize, tuple: FiveTuple, sink: &ClientSink) {
+        let frame = &buf[HEADROOM..HEADROOM + len];
+        match wire::classify(frame) {
             Kind::ChannelData { number, len } => {
                 let Some(allocation) = self.core.get(&tuple) else {
                     return Stats::bump(&self.core.stats.no_permission);
                 };
-                let peer = allocation
-                    .state
-                    .lock()
-                    .expect("allocation")
-                    .channel_peer(Instant::now(), number);
-                match peer {
-                    Some(peer) => {
-                        self.send_to_peer(&allocation, &packet[4..4 + len], peer)
-                            .await
+                let start = HEADROOM + CHANNEL_HEADER;
+                match self.route(&allocation, Instant::now(), number, buf, start, len) {
+                    Route::Drop => {}
+                    Route::Peer(peer) => {
+                        let sent = allocation
+                            .relay
+                            .socket
+                            .send_to(&buf[start..start + len], peer);
+                        if let Err(e) = sent.await {
+                            Stats::bump(&self.core.stats.relay_send_failures);
+                            debug!(%peer, error = %e, "relay send failed");
+                        } else {
+                            Stats::add(&self.core.stats.to_peers, 1);
+                        }
                     }
-                    None => Stats::bump(&self.core.stats.no_permission),
+                    Route::Client { sink, dest, range } => {
+                        self.reply(&sink, &buf[range], dest).await;
+                    }
                 }
             }
             Kind::Stun => {
-                let unix = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
-                match self.core.handle_stun(Instant::now(), unix, tuple, packet) {
-                    Handled::Reply(reply) => self.reply(sink, &reply, tuple.client).await,
-                    Handled::Allocated(reply, allocation) => {
-                        self.tasks.spawn(relay_loop(allocation, sink.clone()));
-                        self.reply(sink, &reply, tuple.client).await;
-                    }
-                    Handled::Send {
-                        allocation,
-                        peer,
-                        data,
-                    } => self.send_to_peer(&allocation, &data, peer).await,
-                    Handled::Nothing => {}
+                if let Some(reply) = self.on_stun(tuple, frame, sink) {
+                    self.reply(sink, &reply, tuple.client).await;
                 }
             }
             Kind::Other => Stats::bump(&self.core.stats.malformed),
+        }
+    }
+
+    /// Runs a STUN message through the core; returns the reply to send, if any.
+    fn on_stun(&self, tuple: FiveTuple, packet: &[u8], sink: &ClientSink) -> Option<Vec<u8>> {
+        let unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        match self.core.handle_stun(Instant::now(), unix, tuple, packet) {
+            Handled::Reply(reply) => Some(reply),
+            Handled::Allocated(reply, allocation) => {
+                let _ = allocation.relay.client.set(sink.clone());
+                self.tasks
+                    .spawn(relay_loop(Arc::clone(&self.core), allocation, sink.clone()));
+                Some(reply)
+            }
+            Handled::Send {
+                allocation,
+                peer,
+                data,
+            } => {
+                // Send indications are rare (browsers bind channels): the kernel path is fine.
+                match allocation.relay.socket.try_send_to(&data, peer) {
+                    Ok(_) => Stats::add(&self.core.stats.to_peers, 1),
+                    Err(e) => {
+                        Stats::bump(&self.core.stats.relay_send_failures);
+                        debug!(%peer, error = %e, "relay send failed");
+                    }
+                }
+                None
+            }
+            Handled::Nothing => None,
+        }
+    }
+
+    /// Where ChannelData from `allocation`'s client goes. The payload is `len` bytes at
+    /// `buf[start..]` with HEADROOM before it; a relay-to-relay packet is framed in
+    /// place for the other allocation's client, as that allocation's relay would have.
+    fn route(
+        &self,
+        allocation: &Allocation<RelaySocket>,
+        now: Instant,
+        number: u16,
+        buf: &mut [u8],
+        start: usize,
+        len: usize,
+    ) -> Route {
+        let peer = allocation
+            .state
+            .lock()
+            .expect("allocation")
+            .channel_peer(now, number);
+        let Some(peer) = peer else {
+            Stats::bump(&self.core.stats.no_permission);
+            return Route::Drop;
+        };
+        let Some(other) = self.core.by_relayed(&peer) else {
+            return Route::Peer(peer);
+        };
+        let Some(sink) = other.relay.client.get() else {
+            return Route::Drop;
+        };
+        let from = allocation.relayed;
+        let channel = {
+            let state = other.state.lock().expect("allocation");
+            if !state.is_permitted(now, from.ip()) {
+                Stats::bump(&self.core.stats.no_permission);
+                return Route::Drop;
+            }
+            state.channel_of(now, from)
+        };
+        let range = match channel {
+            Some(n) => wire::channel_data_in_place(buf, start, len, n, sink.pads()),
+            None => wire::data_indication_in_place(buf, start, len, from, random_tid()),
+        };
+        Stats::add(&self.core.stats.relay_to_relay, 1);
+        Route::Client {
+            sink: sink.clone(),
+            dest: other.tuple.client,
+            range,
         }
     }
 
@@ -313,58 +515,219 @@ impl TurnServer {
             debug!(%client, error = %e, "cannot answer TURN client");
         }
     }
+}
 
-    /// Relays to a peer. A failed send is counted and dropped; it never closes the allocation.
-    async fn send_to_peer(
-        &self,
-        allocation: &Allocation<UdpSocket>,
-        data: &[u8],
-        peer: SocketAddr,
-    ) {
-        if let Err(e) = allocation.relay.send_to(data, peer).await {
-            Stats::bump(&self.core.stats.relay_send_failures);
-            debug!(%peer, error = %e, "relay send failed");
+/// Where a client's ChannelData goes.
+enum Route {
+    Drop,
+    /// Out of the allocation's relay socket to this peer.
+    Peer(SocketAddr),
+    /// Relay to relay: straight to the other allocation's client, framed at `range`.
+    Client {
+        sink: ClientSink,
+        dest: SocketAddr,
+        range: Range<usize>,
+    },
+}
+
+/// The socket a batched datagram leaves by.
+enum Via {
+    Relay(Arc<Allocation<RelaySocket>>),
+    Listener(Arc<UdpSocket>),
+}
+
+impl AsRawFd for Via {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Via::Relay(a) => a.relay.socket.as_raw_fd(),
+            Via::Listener(s) => s.as_raw_fd(),
         }
     }
 }
 
+/// A datagram to send: `range` of receive slot `slot`.
+struct Out {
+    via: Via,
+    slot: usize,
+    range: Range<usize>,
+    dest: SocketAddr,
+}
+
+/// Datagrams per `recvmmsg` on the data path.
+const BATCH: usize = 32;
+
+/// One worker thread's buffers for the UDP data path, used only between awaits.
+struct Scratch {
+    recv: RecvBatch,
+    send: SendBatch,
+    out: Vec<Out>,
+    frames: Vec<(usize, Range<usize>)>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch {
+        // Slots hold the largest datagram plus padding; pages a batch never touches stay unmapped.
+        recv: RecvBatch::new(BATCH, MAX_PAYLOAD + 4, HEADROOM + CHANNEL_HEADER),
+        send: SendBatch::new(),
+        out: Vec::with_capacity(BATCH),
+        frames: Vec::with_capacity(BATCH),
+    });
+}
+
+fn with_scratch<T>(f: impl FnOnce(&mut Scratch) -> T) -> T {
+    SCRATCH.with_borrow_mut(f)
+}
+
+impl Scratch {
+    /// Sends the queued datagrams, one `sendmmsg` per socket; what a full socket refuses is dropped.
+    fn flush(&mut self, stats: &Stats) {
+        if self.out.is_empty() {
+            return;
+        }
+        // Stable: a client's datagrams keep their order.
+        self.out.sort_by_key(|o| o.via.as_raw_fd());
+        let (mut to_peers, mut to_clients, mut failed) = (0, 0, 0);
+        let mut i = 0;
+        while i < self.out.len() {
+            let fd = self.out[i].via.as_raw_fd();
+            let j = i + self.out[i..]
+                .iter()
+                .take_while(|o| o.via.as_raw_fd() == fd)
+                .count();
+            let group = &self.out[i..j];
+            let recv = &self.recv;
+            let sent = self
+                .send
+                .send(
+                    &group[0].via,
+                    group
+                        .iter()
+                        .map(|o| (&recv.slot(o.slot)[o.range.clone()], Some(o.dest))),
+                )
+                .unwrap_or(0);
+            failed += (j - i) - sent;
+            match group[0].via {
+                Via::Relay(_) => to_peers += sent,
+                Via::Listener(_) => to_clients += sent,
+            }
+            i = j;
+        }
+        self.out.clear();
+        Stats::add(&stats.to_peers, to_peers);
+        Stats::add(&stats.to_clients, to_clients);
+        Stats::add(&stats.relay_send_failures, failed);
+    }
+}
+
+fn random_tid() -> [u8; 12] {
+    let mut tid = [0u8; 12];
+    rand::rng().fill_bytes(&mut tid);
+    tid
+}
+
+/// What one batch from a relay socket left to do.
+enum RelayBatch {
+    /// Sent (UDP client) or nothing to send.
+    Done,
+    /// Frames for a stream client (bytes and where each frame is), to write after the batch.
+    Stream(Vec<u8>, Vec<Range<usize>>),
+}
+
 /// Reads one allocation's relay socket and forwards permitted peer traffic to the client.
-async fn relay_loop(allocation: Arc<Allocation<UdpSocket>>, sink: ClientSink) {
-    let mut buf = vec![0u8; HEADROOM + MAX_PAYLOAD + 4];
-    let pad = sink.pads();
+async fn relay_loop(
+    core: Arc<TurnCore>,
+    allocation: Arc<Allocation<RelaySocket>>,
+    sink: ClientSink,
+) {
     loop {
-        let (n, from) = tokio::select! {
+        tokio::select! {
             () = allocation.closed.cancelled() => return,
-            r = allocation.relay.recv_from(&mut buf[HEADROOM..HEADROOM + MAX_PAYLOAD]) => match r {
-                Ok(pair) => pair,
-                Err(e) => {
-                    debug!(error = %e, "relay receive error");
-                    continue;
-                }
+            r = allocation.relay.socket.readable() => if r.is_err() {
+                return;
             },
-        };
-        let from = SocketAddr::new(super::policy::normalize(from.ip()), from.port());
-        let channel = {
-            let now = Instant::now();
-            let state = allocation.state.lock().expect("allocation");
+        }
+        loop {
+            match with_scratch(|s| relay_batch(&allocation, &sink, s, &core.stats)) {
+                Ok(RelayBatch::Done) => {}
+                Ok(RelayBatch::Stream(bytes, frames)) => {
+                    if let Err(e) = sink.send_frames(&bytes, &frames).await {
+                        debug!(client = %allocation.tuple.client, error = %e, "cannot forward to TURN client");
+                        return;
+                    }
+                    Stats::add(&core.stats.to_clients, frames.len());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => debug!(error = %e, "relay receive error"),
+            }
+        }
+    }
+}
+
+/// Receives one batch on a relay socket, frames each permitted datagram in place
+/// (ChannelData when the peer has a channel, else a Data indication) and sends them on.
+fn relay_batch(
+    allocation: &Allocation<RelaySocket>,
+    sink: &ClientSink,
+    s: &mut Scratch,
+    stats: &Stats,
+) -> std::io::Result<RelayBatch> {
+    let socket = &allocation.relay.socket;
+    let got = socket.try_io(Interest::READABLE, || s.recv.recv(socket))?;
+    let now = Instant::now();
+    let pad = sink.pads();
+    let start = s.recv.headroom();
+    s.frames.clear();
+    {
+        let state = allocation.state.lock().expect("allocation");
+        for i in 0..got {
+            let Some(from) = s.recv.source(i) else {
+                continue;
+            };
+            let from = SocketAddr::new(super::policy::normalize(from.ip()), from.port());
             if !state.is_permitted(now, from.ip()) {
                 continue;
             }
-            state.channel_of(now, from)
-        };
-        let range = match channel {
-            Some(number) => wire::channel_data_in_place(&mut buf, HEADROOM, n, number, pad),
-            None => {
-                let mut tid = [0u8; 12];
-                rand::rng().fill_bytes(&mut tid);
-                wire::data_indication_in_place(&mut buf, HEADROOM, n, from, tid)
+            let len = s.recv.data_len(i);
+            let range = match state.channel_of(now, from) {
+                Some(number) => {
+                    wire::channel_data_in_place(s.recv.slot_mut(i), start, len, number, pad)
+                }
+                None => wire::data_indication_in_place(
+                    s.recv.slot_mut(i),
+                    start,
+                    len,
+                    from,
+                    random_tid(),
+                ),
+            };
+            s.frames.push((i, range));
+        }
+    }
+    let client = allocation.tuple.client;
+    let recv = &s.recv;
+    let frames = s
+        .frames
+        .iter()
+        .map(|(i, r)| (&recv.slot(*i)[r.clone()], Some(client)));
+    match sink {
+        ClientSink::Udp(socket) => {
+            let sent = s.send.send(&**socket, frames).unwrap_or(0);
+            Stats::add(&stats.to_clients, sent);
+            Stats::add(&stats.relay_send_failures, s.frames.len() - sent);
+            Ok(RelayBatch::Done)
+        }
+        ClientSink::Stream(_) => {
+            let mut bytes = Vec::new();
+            let mut ranges = Vec::with_capacity(s.frames.len());
+            for (frame, _) in frames {
+                ranges.push(bytes.len()..bytes.len() + frame.len());
+                bytes.extend_from_slice(frame);
             }
-        };
-        if let Err(e) = sink.send(&buf[range], allocation.tuple.client).await {
-            debug!(client = %allocation.tuple.client, error = %e, "cannot forward to TURN client");
-            if !matches!(sink, ClientSink::Udp(_)) {
-                return;
-            }
+            Ok(if bytes.is_empty() {
+                RelayBatch::Done
+            } else {
+                RelayBatch::Stream(bytes, ranges)
+            })
         }
     }
 }

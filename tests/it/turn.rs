@@ -98,6 +98,50 @@ async fn webrtc_rs_client_relays_both_ways_through_a_peer_socket() {
     client.close().await.unwrap();
 }
 
+/// Two allocations of this server talking to each other: ChannelData is handed from one
+/// client to the other inside the server (framed as ChannelData or a Data indication,
+/// whichever the receiver has bound), and arrives intact from the sender's relayed address.
+#[tokio::test]
+async fn relay_to_relay_traffic_arrives_intact_from_the_other_relay() {
+    let server = TestServer::start(&turn_config(""));
+    let turn = server.listener("turn_udp");
+    let (user_a, pass_a) = rest_credential(600, "a");
+    let (user_b, pass_b) = rest_credential(600, "b");
+    let client_a = turn_client(turn, &user_a, &pass_a).await;
+    let client_b = turn_client(turn, &user_b, &pass_b).await;
+    let relay_a = within("allocation a", client_a.allocate()).await.unwrap();
+    let relay_b = within("allocation b", client_b.allocate()).await.unwrap();
+    let (addr_a, addr_b) = (relay_a.local_addr().unwrap(), relay_b.local_addr().unwrap());
+    // B permits A's address (permissions are per IP) before A starts sending.
+    let _ = relay_b.send_to(b"hello", addr_a).await;
+    let mut buf = [0u8; 1500];
+    for round in 0..8u8 {
+        // Large enough that a misplaced header or offset would show.
+        let ping: Vec<u8> = (0..200).map(|i| i as u8 ^ round).collect();
+        relay_a.send_to(&ping, addr_b).await.expect("send a -> b");
+        let (n, from) = within("b receives", relay_b.recv_from(&mut buf))
+            .await
+            .unwrap();
+        assert_eq!((&buf[..n], from), (&ping[..], addr_a), "round {round}");
+        let pong = [b'q', round, 0, 1, 2];
+        relay_b.send_to(&pong, addr_a).await.expect("send b -> a");
+        let (n, from) = loop {
+            // A may first see B's unanswered "hello".
+            let (n, from) = within("a receives", relay_a.recv_from(&mut buf))
+                .await
+                .unwrap();
+            if &buf[..n] != b"hello" {
+                break (n, from);
+            }
+        };
+        assert_eq!((&buf[..n], from), (&pong[..], addr_b), "round {round}");
+    }
+    relay_a.close().await.unwrap();
+    relay_b.close().await.unwrap();
+    client_a.close().await.unwrap();
+    client_b.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn wrong_and_expired_credentials_cannot_allocate() {
     let server = TestServer::start(&turn_config(""));
