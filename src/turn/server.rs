@@ -596,16 +596,12 @@ impl Scratch {
                 .count();
             let group = &self.out[i..j];
             let recv = &self.recv;
-            let sent = self
-                .send
-                .send(
-                    &group[0].via,
-                    group
-                        .iter()
-                        .map(|o| (&recv.slot(o.slot)[o.range.clone()], Some(o.dest))),
-                )
-                .unwrap_or(0);
-            failed += (j - i) - sent;
+            let (sent, dropped) = send_all(&mut self.send, &group[0].via, |k| {
+                group[k..]
+                    .iter()
+                    .map(|o| (&recv.slot(o.slot)[o.range.clone()], Some(o.dest)))
+            });
+            failed += dropped;
             match group[0].via {
                 Via::Relay(_) => to_peers += sent,
                 Via::Listener(_) => to_clients += sent,
@@ -617,6 +613,39 @@ impl Scratch {
         Stats::add(&stats.to_clients, to_clients);
         Stats::add(&stats.relay_send_failures, failed);
     }
+}
+
+/// Sends every datagram `from(k)` yields (the tail starting at `k`), skipping one that
+/// the kernel refuses (say, an unreachable peer) and giving up on a full socket.
+/// Returns (sent, dropped).
+fn send_all<'a, I>(
+    batch: &mut SendBatch,
+    socket: &impl AsRawFd,
+    from: impl Fn(usize) -> I,
+) -> (usize, usize)
+where
+    I: ExactSizeIterator<Item = (&'a [u8], Option<SocketAddr>)>,
+{
+    let total = from(0).len();
+    let (mut k, mut sent, mut dropped) = (0, 0, 0);
+    while k < total {
+        match batch.send(socket, from(k)) {
+            Ok(n) => {
+                k += n;
+                sent += n;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                dropped += total - k;
+                break;
+            }
+            Err(e) => {
+                debug!(peer = ?from(k).next().and_then(|(_, to)| to), error = %e, "relay send failed");
+                dropped += 1;
+                k += 1;
+            }
+        }
+    }
+    (sent, dropped)
 }
 
 fn random_tid() -> [u8; 12] {
@@ -711,9 +740,13 @@ fn relay_batch(
         .map(|(i, r)| (&recv.slot(*i)[r.clone()], Some(client)));
     match sink {
         ClientSink::Udp(socket) => {
-            let sent = s.send.send(&**socket, frames).unwrap_or(0);
+            let (sent, dropped) = send_all(&mut s.send, &**socket, |k| {
+                s.frames[k..]
+                    .iter()
+                    .map(|(i, r)| (&recv.slot(*i)[r.clone()], Some(client)))
+            });
             Stats::add(&stats.to_clients, sent);
-            Stats::add(&stats.relay_send_failures, s.frames.len() - sent);
+            Stats::add(&stats.relay_send_failures, dropped);
             Ok(RelayBatch::Done)
         }
         ClientSink::Stream(_) => {

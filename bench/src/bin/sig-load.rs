@@ -1,0 +1,697 @@
+//! Signaling load generator: N WebSocket connections (ws:// or wss://) in rooms of
+//! two, a burst of realistic negotiations (join, ~3 KB offer, ~3 KB answer, 10
+//! candidates each way), then a sustained phase at a fixed total message rate
+//! (open loop). Speaks Switchboard's native protocol, the plain-WebSocket tutorial
+//! dialect (login/offer/answer/candidate) and the socket.io room dialect, so the
+//! same tool measures Switchboard and the Node servers on the same wire protocol;
+//! `echo` talks to a WebSocket echo server (the reference ceiling).
+//!
+//! Prints one JSON line per phase on stdout and a human summary on stderr.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, ValueEnum};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use switchboard_bench::percentiles::Latency;
+use switchboard_bench::procstat::{self, Sample, round3};
+use tokio::net::TcpSocket;
+use tokio::sync::{Semaphore, watch};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+
+#[derive(Parser, Debug)]
+#[command(about = "Signaling load generator (native, plain-WebSocket and socket.io dialects)")]
+struct Args {
+    /// ws:// or wss:// URL of the socket endpoint (native: /ws, plain: /legacy, socketio: /socket.io/).
+    #[arg(long)]
+    url: String,
+    #[arg(long, value_enum, default_value_t = Dialect::Native)]
+    dialect: Dialect,
+    /// Pairs of connections (each pair is one room): 2 × pairs sockets.
+    #[arg(long, default_value_t = 100)]
+    pairs: usize,
+    /// Sustained phase: total messages per second over all connections (0: skip).
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// Sustained phase length in seconds.
+    #[arg(long, default_value_t = 8.0)]
+    secs: f64,
+    /// PEM certificate to trust for wss:// (Switchboard's self-signed one).
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Local addresses to connect from, round robin (spreads per-IP limits and ports).
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1")]
+    sources: Vec<IpAddr>,
+    /// Connections opened at once.
+    #[arg(long, default_value_t = 256)]
+    connect_concurrency: usize,
+    #[arg(long)]
+    server_pid: Option<u32>,
+    #[arg(long)]
+    server_core: Option<usize>,
+    #[arg(long, default_value = "server")]
+    label: String,
+    /// Bytes of each offer and answer.
+    #[arg(long, default_value_t = 3000)]
+    sdp_bytes: usize,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum Dialect {
+    Native,
+    Plain,
+    Socketio,
+    Echo,
+}
+
+const CANDIDATES: usize = 10;
+
+type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Shared counters and histograms.
+#[derive(Default)]
+struct Shared {
+    joined: AtomicUsize,
+    negotiated: AtomicUsize,
+    negotiation: Mutex<Latency>,
+    sent: AtomicU64,
+    received: AtomicU64,
+    relay: Mutex<Latency>,
+    errors: AtomicUsize,
+    first_error: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn error(&self, e: impl std::fmt::Display) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        let mut first = self.first_error.lock().expect("lock");
+        if first.is_none() {
+            *first = Some(e.to_string());
+        }
+    }
+}
+
+/// Phases every connection task follows, driven by the main task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd)]
+enum Phase {
+    Connect,
+    Join,
+    Negotiate,
+    Sustain,
+    Stop,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run(args))
+}
+
+fn nanos(t0: Instant) -> u64 {
+    t0.elapsed().as_nanos() as u64
+}
+
+async fn run(args: Args) -> Result<()> {
+    let args = Arc::new(args);
+    let url: tokio_tungstenite::tungstenite::http::Uri = args.url.parse().context("--url")?;
+    let host = url.host().context("--url has no host")?.to_string();
+    let tls = url.scheme_str() == Some("wss");
+    let port = url.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let ip: IpAddr = if host == "localhost" {
+        IpAddr::from([127, 0, 0, 1])
+    } else {
+        host.parse()
+            .context("--url host must be an IP address or localhost")?
+    };
+    let server = SocketAddr::new(ip, port);
+    let connector = if tls {
+        Some(Connector::Rustls(Arc::new(client_tls(args.ca.as_deref())?)))
+    } else {
+        None
+    };
+    let n = args.pairs * 2;
+    let shared = Arc::new(Shared::default());
+    let t0 = Instant::now();
+    let (phase_tx, phase_rx) = watch::channel(Phase::Connect);
+    let rss_start = args.server_pid.and_then(procstat::process_rss_kb);
+
+    // Connect everything (bounded concurrency).
+    let started = Instant::now();
+    let gate = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
+    let mut connecting = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let (args, connector, gate) = (Arc::clone(&args), connector.clone(), Arc::clone(&gate));
+        connecting.spawn(async move {
+            let _permit = gate.acquire().await;
+            let t = Instant::now();
+            let source = args.sources[i % args.sources.len()];
+            let ws = connect(&args.url, server, source, connector).await;
+            (i, ws.map(|ws| (ws, t.elapsed())))
+        });
+    }
+    let mut sockets: Vec<Option<Ws>> = (0..n).map(|_| None).collect();
+    let mut connect_lat = Latency::new();
+    let mut connect_failures = 0usize;
+    while let Some(r) = connecting.join_next().await {
+        let (i, ws) = r?;
+        match ws {
+            Ok((ws, took)) => {
+                connect_lat.record_us(took.as_micros() as u64);
+                sockets[i] = Some(ws);
+            }
+            Err(e) => {
+                connect_failures += 1;
+                shared.error(format!("connect {i}: {e:#}"));
+            }
+        }
+    }
+    let connect_secs = started.elapsed().as_secs_f64();
+    let rss_connected = args.server_pid.and_then(procstat::process_rss_kb);
+    emit(
+        &args,
+        "connect",
+        json!({"connections": n - connect_failures, "failures": connect_failures,
+               "secs": round3(connect_secs), "connect": connect_lat.json(),
+               "server_rss_before_kb": rss_start, "server_rss_kb": rss_connected}),
+        format!(
+            "{} connected in {connect_secs:.2} s ({connect_failures} failed), connect p50 {} µs p99 {} µs",
+            n - connect_failures,
+            connect_lat.quantile_us(0.5),
+            connect_lat.quantile_us(0.99)
+        ),
+    );
+    if connect_failures > 0 {
+        bail!(
+            "{connect_failures} connections failed; first: {:?}",
+            shared.first_error.lock().expect("lock")
+        );
+    }
+
+    // One task per connection from here on.
+    let pair_start: Arc<Vec<AtomicU64>> =
+        Arc::new((0..args.pairs).map(|_| AtomicU64::new(0)).collect());
+    let pair_done: Arc<Vec<AtomicUsize>> =
+        Arc::new((0..args.pairs).map(|_| AtomicUsize::new(0)).collect());
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, ws) in sockets.into_iter().enumerate() {
+        let conn = Conn {
+            i,
+            ws: ws.expect("connected"),
+            args: Arc::clone(&args),
+            shared: Arc::clone(&shared),
+            phase: phase_rx.clone(),
+            t0,
+            pair_start: Arc::clone(&pair_start),
+            pair_done: Arc::clone(&pair_done),
+        };
+        tasks.spawn(conn.run());
+    }
+
+    // Join: everyone joins (first of each pair, then second).
+    let _ = phase_tx.send(Phase::Join);
+    wait_for(&shared.joined, n, Duration::from_secs(60), &shared, "joins").await?;
+
+    // Negotiation burst: every pair at once.
+    let before = Sample::take(args.server_pid, args.server_core);
+    let started = Instant::now();
+    let _ = phase_tx.send(Phase::Negotiate);
+    let pairs = if args.dialect == Dialect::Echo {
+        0
+    } else {
+        args.pairs
+    };
+    wait_for(
+        &shared.negotiated,
+        pairs,
+        Duration::from_secs(120),
+        &shared,
+        "negotiations",
+    )
+    .await?;
+    let secs = started.elapsed().as_secs_f64();
+    let usage = Sample::take(args.server_pid, args.server_core).usage_since(&before);
+    let rss_negotiated = args.server_pid.and_then(procstat::process_rss_kb);
+    let per_conn = match (rss_start, rss_negotiated) {
+        (Some(a), Some(b)) => Some(round3((b as f64 - a as f64) / n as f64)),
+        _ => None,
+    };
+    let neg = std::mem::take(&mut *shared.negotiation.lock().expect("lock"));
+    emit(
+        &args,
+        "negotiate",
+        json!({"pairs": pairs, "secs": round3(secs), "latency": neg.json(),
+               "server_rss_kb": rss_negotiated, "server_rss_per_connection_kb": per_conn,
+               "usage": usage.json()}),
+        format!(
+            "{pairs} negotiations in {secs:.2} s: p50 {} µs p99 {} µs max {} µs; server RSS {:?} KiB ({:?} KiB per connection)",
+            neg.quantile_us(0.5),
+            neg.quantile_us(0.99),
+            neg.max_us(),
+            rss_negotiated,
+            per_conn
+        ),
+    );
+
+    // Sustained phase at a fixed total rate.
+    if args.rate > 0 {
+        let before = Sample::take(args.server_pid, args.server_core);
+        let (s0, r0) = (
+            shared.sent.load(Ordering::Relaxed),
+            shared.received.load(Ordering::Relaxed),
+        );
+        *shared.relay.lock().expect("lock") = Latency::new();
+        let _ = phase_tx.send(Phase::Sustain);
+        tokio::time::sleep(Duration::from_secs_f64(args.secs)).await;
+        let _ = phase_tx.send(Phase::Stop);
+        let usage = Sample::take(args.server_pid, args.server_core).usage_since(&before);
+        // Late messages: give the last ones a moment.
+        let sent = shared.sent.load(Ordering::Relaxed) - s0;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while shared.received.load(Ordering::Relaxed) - r0 < sent && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let received = shared.received.load(Ordering::Relaxed) - r0;
+        let relay = std::mem::take(&mut *shared.relay.lock().expect("lock"));
+        let per_msg = usage
+            .server_cpu_s
+            .filter(|_| received > 0)
+            .map(|s| round3(s * 1e6 / received as f64));
+        let per_msg_core = usage
+            .server_core_s
+            .filter(|_| received > 0)
+            .map(|s| round3(s * 1e6 / received as f64));
+        emit(
+            &args,
+            "sustain",
+            json!({"offered_msgs_per_s": args.rate, "sent": sent, "received": received,
+                   "relayed_msgs_per_s": (received as f64 / usage.secs).round(),
+                   "latency": relay.json(),
+                   "server_cpu_us_per_msg": per_msg, "server_core_us_per_msg": per_msg_core,
+                   "server_rss_kb": args.server_pid.and_then(procstat::process_rss_kb),
+                   "usage": usage.json()}),
+            format!(
+                "sustained {} msg/s offered: {:.0} relayed/s, {sent} sent {received} received, relay p50 {} µs p99 {} µs max {} µs, server {:?} µs/msg (core {:?}), CPU s: server {:?} tool {:.2} other {:.2}",
+                args.rate,
+                received as f64 / usage.secs,
+                relay.quantile_us(0.5),
+                relay.quantile_us(0.99),
+                relay.max_us(),
+                per_msg,
+                per_msg_core,
+                usage.server_cpu_s.map(round3),
+                usage.tool_cpu_s,
+                usage.other_cpu_s
+            ),
+        );
+    }
+    let _ = phase_tx.send(Phase::Stop);
+    tasks.shutdown().await;
+    let errors = shared.errors.load(Ordering::Relaxed);
+    if errors > 0 {
+        eprintln!(
+            "{errors} errors; first: {:?}",
+            shared.first_error.lock().expect("lock")
+        );
+    }
+    Ok(())
+}
+
+fn emit(args: &Args, phase: &str, fields: Value, human: String) {
+    let mut line = json!({"tool": "sig-load", "phase": phase, "label": args.label,
+        "dialect": format!("{:?}", args.dialect).to_lowercase(), "pairs": args.pairs,
+        "tls": args.url.starts_with("wss")});
+    if let (Some(o), Value::Object(f)) = (line.as_object_mut(), fields) {
+        o.extend(f);
+    }
+    println!("{line}");
+    eprintln!("{} {}: {human}", args.label, phase);
+}
+
+async fn wait_for(
+    counter: &AtomicUsize,
+    target: usize,
+    limit: Duration,
+    shared: &Shared,
+    what: &str,
+) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    while counter.load(Ordering::Relaxed) < target {
+        if Instant::now() > deadline {
+            bail!(
+                "only {} of {target} {what} completed in {limit:?}; errors: {} (first: {:?})",
+                counter.load(Ordering::Relaxed),
+                shared.errors.load(Ordering::Relaxed),
+                shared.first_error.lock().expect("lock")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
+fn client_tls(ca: Option<&std::path::Path>) -> Result<rustls::ClientConfig> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let path = ca.context("wss:// needs --ca (the server's certificate)")?;
+    for cert in
+        CertificateDer::pem_file_iter(path).with_context(|| format!("{}", path.display()))?
+    {
+        roots.add(cert?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+async fn connect(
+    url: &str,
+    server: SocketAddr,
+    source: IpAddr,
+    connector: Option<Connector>,
+) -> Result<Ws> {
+    let socket = if server.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(source, 0))?;
+    let tcp = socket.connect(server).await?;
+    tcp.set_nodelay(true)?;
+    let (ws, _) =
+        tokio_tungstenite::client_async_tls_with_config(url, tcp, None, connector).await?;
+    Ok(ws)
+}
+
+/// One connection's task: its half of the negotiation, then its share of the sustained rate.
+struct Conn {
+    i: usize,
+    ws: Ws,
+    args: Arc<Args>,
+    shared: Arc<Shared>,
+    phase: watch::Receiver<Phase>,
+    t0: Instant,
+    pair_start: Arc<Vec<AtomicU64>>,
+    pair_done: Arc<Vec<AtomicUsize>>,
+}
+
+/// What a connection learned from the server.
+#[derive(Default)]
+struct Negotiation {
+    joined: bool,
+    /// The other side: native peer id, or plain login name.
+    peer: Option<String>,
+    got_answer: bool,
+    candidates: usize,
+    offered: bool,
+    done: bool,
+}
+
+impl Conn {
+    fn pair(&self) -> usize {
+        self.i / 2
+    }
+
+    /// The second of a pair offers (the newcomer, as the call page does).
+    fn offers(&self) -> bool {
+        self.i % 2 == 1
+    }
+
+    fn name(i: usize) -> String {
+        format!("u{i}")
+    }
+
+    async fn run(mut self) {
+        if let Err(e) = self.drive().await {
+            self.shared.error(format!("connection {}: {e:#}", self.i));
+        }
+    }
+
+    async fn send(&mut self, text: String) -> Result<()> {
+        self.ws.send(Message::text(text)).await?;
+        Ok(())
+    }
+
+    /// A message to the other side of the pair in this dialect.
+    fn to_peer(&self, peer: &str, kind: &str, body: Value) -> String {
+        match self.args.dialect {
+            Dialect::Native => {
+                let payload = match kind {
+                    "offer" | "answer" => json!({"description": {"type": kind, "sdp": body}}),
+                    _ => json!({"candidate": body}),
+                };
+                json!({"type": "signal", "to": peer, "payload": payload}).to_string()
+            }
+            Dialect::Plain => json!({"type": kind, "name": peer, kind: body}).to_string(),
+            Dialect::Socketio => {
+                format!("42{}", json!(["message", {"type": kind, kind: body}]))
+            }
+            Dialect::Echo => json!({"type": kind, kind: body}).to_string(),
+        }
+    }
+
+    fn join_message(&self) -> String {
+        let room = format!("r{}", self.pair());
+        match self.args.dialect {
+            Dialect::Native => json!({"type": "join", "room": room}).to_string(),
+            Dialect::Plain => json!({"type": "login", "name": Self::name(self.i)}).to_string(),
+            Dialect::Socketio => format!("42{}", json!(["create or join", room])),
+            Dialect::Echo => "{}".into(),
+        }
+    }
+
+    async fn drive(&mut self) -> Result<()> {
+        if self.args.dialect == Dialect::Socketio {
+            // Engine.IO open packet, then the socket.io namespace connect.
+            self.expect_text(|t| t.starts_with('0')).await?;
+            self.send("40".into()).await?;
+            self.expect_text(|t| t.starts_with("40")).await?;
+        }
+        self.until(Phase::Join).await;
+        // The first of a pair joins first, so that the second is the newcomer.
+        if self.offers() {
+            while self.shared.joined.load(Ordering::Relaxed) < self.args.pairs {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        let join = self.join_message();
+        self.send(join).await?;
+        let mut neg = Negotiation::default();
+        if self.args.dialect == Dialect::Plain || self.args.dialect == Dialect::Socketio {
+            // Peers are addressed by name (plain) or by room (socket.io).
+            neg.peer = Some(Self::name(self.i ^ 1));
+        }
+        if self.args.dialect == Dialect::Echo {
+            neg.joined = true;
+            neg.done = true;
+            self.shared.joined.fetch_add(1, Ordering::Relaxed);
+        }
+        let sdp = "a".repeat(self.args.sdp_bytes);
+        let mut ticker: Option<tokio::time::Interval> = None;
+        loop {
+            let phase = *self.phase.borrow();
+            if phase == Phase::Stop {
+                return Ok(());
+            }
+            if phase >= Phase::Negotiate && self.offers() && !neg.offered && neg.peer.is_some() {
+                neg.offered = true;
+                self.pair_start[self.pair()].store(nanos(self.t0), Ordering::Relaxed);
+                let msg = self.to_peer(neg.peer.as_deref().unwrap_or(""), "offer", json!(sdp));
+                self.send(msg).await?;
+            }
+            if phase == Phase::Sustain && ticker.is_none() {
+                let per_conn = self.args.rate as f64 / (self.args.pairs * 2) as f64;
+                let period = Duration::from_secs_f64(1.0 / per_conn.max(1e-3));
+                // Spread the connections' phases over one period.
+                let offset = period.mul_f64((self.i as f64 * 0.618_034) % 1.0);
+                let mut t = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                ticker = Some(t);
+            }
+            tokio::select! {
+                changed = self.phase.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                }
+                _ = async { ticker.as_mut().expect("ticker").tick().await }, if ticker.is_some() => {
+                    let ts = nanos(self.t0);
+                    let peer = neg.peer.clone().unwrap_or_default();
+                    let msg = self.to_peer(&peer, "candidate", json!({
+                        "candidate": "candidate:842163049 1 udp 1677729535 203.0.113.7 61000 typ srflx raddr 10.0.0.2 rport 61000 generation 0",
+                        "sdpMid": "0", "sdpMLineIndex": 0, "ts": ts}));
+                    self.send(msg).await?;
+                    self.shared.sent.fetch_add(1, Ordering::Relaxed);
+                }
+                msg = self.ws.next() => {
+                    let Some(msg) = msg else { bail!("server closed the connection") };
+                    match msg? {
+                        Message::Text(text) => self.on_text(text.as_str(), &mut neg, &sdp).await?,
+                        Message::Close(frame) => bail!("server closed the connection: {frame:?}"),
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn expect_text(&mut self, want: impl Fn(&str) -> bool) -> Result<()> {
+        while let Some(msg) = self.ws.next().await {
+            if let Message::Text(t) = msg?
+                && want(t.as_str())
+            {
+                return Ok(());
+            }
+        }
+        bail!("connection closed during the handshake")
+    }
+
+    async fn until(&mut self, phase: Phase) {
+        while *self.phase.borrow() < phase {
+            if self.phase.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn on_text(&mut self, text: &str, neg: &mut Negotiation, sdp: &str) -> Result<()> {
+        // Sustained-phase messages carry a timestamp: find it without a full parse.
+        if let Some(at) = text.find("\"ts\":") {
+            let digits: String = text[at + 5..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            if let Ok(ts) = digits.parse::<u64>() {
+                let us = nanos(self.t0).saturating_sub(ts) / 1000;
+                self.shared.relay.lock().expect("lock").record_us(us);
+                self.shared.received.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+        }
+        let value: Value = match self.args.dialect {
+            Dialect::Socketio => {
+                if text == "2" {
+                    // Engine.IO ping.
+                    return self.send("3".into()).await;
+                }
+                let Some(body) = text.strip_prefix("42") else {
+                    return Ok(());
+                };
+                serde_json::from_str(body)?
+            }
+            _ => serde_json::from_str(text)?,
+        };
+        let (kind, body) = self.classify(&value);
+        match kind.as_str() {
+            "joined" => {
+                if !neg.joined {
+                    neg.joined = true;
+                    self.shared.joined.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(peer) = body.as_str() {
+                    neg.peer = Some(peer.to_string());
+                }
+            }
+            "peer" => {
+                if let Some(peer) = body.as_str() {
+                    neg.peer = Some(peer.to_string());
+                }
+            }
+            "offer" => {
+                let peer = neg.peer.clone().unwrap_or_default();
+                let answer = self.to_peer(&peer, "answer", json!(sdp));
+                self.send(answer).await?;
+                for c in 0..CANDIDATES {
+                    let msg = self.to_peer(&peer, "candidate", candidate(c));
+                    self.send(msg).await?;
+                }
+            }
+            "answer" => {
+                neg.got_answer = true;
+                let peer = neg.peer.clone().unwrap_or_default();
+                for c in 0..CANDIDATES {
+                    let msg = self.to_peer(&peer, "candidate", candidate(c));
+                    self.send(msg).await?;
+                }
+                self.check_done(neg);
+            }
+            "candidate" => {
+                neg.candidates += 1;
+                self.check_done(neg);
+            }
+            "error" => bail!("server error: {text}"),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Reduces a server message of any dialect to (what it is, its useful value).
+    fn classify(&self, v: &Value) -> (String, Value) {
+        match self.args.dialect {
+            Dialect::Native => match v["type"].as_str().unwrap_or("") {
+                "welcome" => {
+                    // The newcomer learns the first peer's id from the welcome's peer list.
+                    let peer = v["peers"]
+                        .get(0)
+                        .and_then(|p| p["id"].as_str())
+                        .map(str::to_string);
+                    (
+                        "joined".into(),
+                        peer.map(Value::from).unwrap_or(Value::Null),
+                    )
+                }
+                "peer_joined" => ("peer".into(), v["peer"]["id"].clone()),
+                "signal" => {
+                    let p = &v["payload"];
+                    if let Some(kind) = p["description"]["type"].as_str() {
+                        (kind.into(), Value::Null)
+                    } else {
+                        ("candidate".into(), Value::Null)
+                    }
+                }
+                other => (other.into(), Value::Null),
+            },
+            Dialect::Plain => match v["type"].as_str().unwrap_or("") {
+                "login" => ("joined".into(), Value::Null),
+                other => (other.into(), Value::Null),
+            },
+            Dialect::Socketio => match v[0].as_str().unwrap_or("") {
+                "created" | "joined" => ("joined".into(), Value::Null),
+                "full" => ("error".into(), Value::Null),
+                "message" => (v[1]["type"].as_str().unwrap_or("").into(), Value::Null),
+                other => (other.into(), Value::Null),
+            },
+            Dialect::Echo => ("echo".into(), Value::Null),
+        }
+    }
+
+    fn check_done(&self, neg: &mut Negotiation) {
+        let complete = neg.candidates >= CANDIDATES && (!self.offers() || neg.got_answer);
+        if complete && !neg.done {
+            neg.done = true;
+            let pair = self.pair();
+            // The second side to finish completes the pair.
+            if self.pair_done[pair].fetch_add(1, Ordering::Relaxed) == 1 {
+                let start = self.pair_start[pair].load(Ordering::Relaxed);
+                let us = nanos(self.t0).saturating_sub(start) / 1000;
+                self.shared.negotiation.lock().expect("lock").record_us(us);
+                self.shared.negotiated.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+fn candidate(n: usize) -> Value {
+    json!({"candidate": format!("candidate:{n} 1 udp 2122260223 192.0.2.{n} 5{n:04} typ host generation 0 ufrag abcd network-id 1"),
+           "sdpMid": "0", "sdpMLineIndex": 0})
+}
