@@ -116,10 +116,16 @@ pub fn admit(
 
 /// The transport frame limit. The message limit is enforced on the decoded text, so that an
 /// oversized message gets a coded error; this only stops runaway frames.
+///
+/// Buffers are small: signaling messages are a few KB and a server holds thousands of
+/// idle sockets. tungstenite's 128 KiB defaults cost ~100 KiB of RSS per connection;
+/// with these, larger messages still pass (the buffers grow for them).
 pub fn limit_frames(app: &AppState, ws: WebSocketUpgrade) -> WebSocketUpgrade {
     let transport_limit = app.signaling.max_message_bytes * 2;
     ws.max_message_size(transport_limit)
         .max_frame_size(transport_limit)
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
 }
 
 fn refusal(status: StatusCode, code: &str, message: &str) -> Response {
