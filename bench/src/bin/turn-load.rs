@@ -69,6 +69,10 @@ struct Args {
     /// Only set the allocations up (measures allocations/s and RSS per allocation).
     #[arg(long)]
     setup_only: bool,
+    /// No TURN: --server is `udp-forward`, and every packet names its destination
+    /// (the pair's socket) in its payload. The reference ceiling, relay mode only.
+    #[arg(long)]
+    forwarder: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -108,6 +112,14 @@ fn main() -> Result<()> {
         );
     }
 
+    if args.forwarder {
+        if args.mode != Mode::Relay {
+            bail!("--forwarder measures relay mode only");
+        }
+        let peers: Vec<SocketAddr> = (0..clients.len()).map(|i| clients[i ^ 1].local).collect();
+        run_steps(&args, clients, &peers)?;
+        return Ok(());
+    }
     let rss_before = args.server_pid.and_then(procstat::process_rss_kb);
     let allocate_time =
         turnc::drive(&mut clients, |_, _| Some(Request::Allocate)).context("allocating")?;
@@ -155,7 +167,7 @@ fn main() -> Result<()> {
         return Ok(());
     }
 
-    run_steps(&args, clients)?;
+    run_steps(&args, clients, &peers)?;
     stop.store(true, Ordering::Relaxed);
     if let Some((_, handle)) = echo {
         let _ = handle.join();
@@ -172,12 +184,13 @@ struct StepCount {
     latency: Latency,
 }
 
-fn run_steps(args: &Args, clients: Vec<TurnClient>) -> Result<()> {
+fn run_steps(args: &Args, clients: Vec<TurnClient>, peers: &[SocketAddr]) -> Result<()> {
     let threads = args.threads.clamp(1, clients.len().max(1));
     // Relay pairs stay on one thread, so that sender and receiver share a step clock.
-    let mut groups: Vec<Vec<TurnClient>> = (0..threads).map(|_| Vec::new()).collect();
+    let mut groups: Vec<Vec<(TurnClient, Vec<u8>)>> = (0..threads).map(|_| Vec::new()).collect();
     for (i, c) in clients.into_iter().enumerate() {
-        groups[(i / 2) % threads].push(c);
+        let packet = packet_for(args.size, peers[i]);
+        groups[(i / 2) % threads].push((c, packet));
     }
     let barrier = Arc::new(Barrier::new(threads + 1));
     let (tx, rx) = mpsc::channel::<StepCount>();
@@ -187,13 +200,12 @@ fn run_steps(args: &Args, clients: Vec<TurnClient>) -> Result<()> {
         let barrier = Arc::clone(&barrier);
         let tx = tx.clone();
         let rates: Vec<u64> = args.rates.iter().map(|r| r / threads as u64).collect();
-        let (step, drain, size) = (
+        let (step, drain) = (
             Duration::from_secs_f64(args.step_secs),
             Duration::from_secs_f64(args.drain_secs),
-            args.size,
         );
         handles.push(std::thread::spawn(move || {
-            worker(group, &rates, step, drain, size, t0, &barrier, &tx)
+            worker(group, &rates, step, drain, t0, &barrier, &tx)
         }));
     }
     drop(tx);
@@ -283,19 +295,29 @@ fn nanos(t0: Instant) -> u64 {
     t0.elapsed().as_nanos() as u64
 }
 
-#[allow(clippy::too_many_arguments)]
+/// A ChannelData packet of `size` payload bytes: the send time goes at 4..12 (written
+/// per batch), the peer's IPv4 address and port at 16..22 (read by `udp-forward`).
+fn packet_for(size: usize, peer: SocketAddr) -> Vec<u8> {
+    let mut packet = vec![0u8; 4 + size];
+    turnc::channel_data_header(&mut packet, CHANNEL, size);
+    if let SocketAddr::V4(v4) = peer {
+        packet[16..20].copy_from_slice(&v4.ip().octets());
+        packet[20..22].copy_from_slice(&v4.port().to_be_bytes());
+    }
+    packet
+}
+
 fn worker(
-    mut clients: Vec<TurnClient>,
+    mut clients: Vec<(TurnClient, Vec<u8>)>,
     rates: &[u64],
     step: Duration,
     drain: Duration,
-    size: usize,
     t0: Instant,
     barrier: &Barrier,
     tx: &mpsc::Sender<StepCount>,
 ) -> Result<()> {
     let mut poll = Poll::new()?;
-    for (i, c) in clients.iter_mut().enumerate() {
+    for (i, (c, _)) in clients.iter_mut().enumerate() {
         poll.registry()
             .register(&mut c.socket, Token(i), Interest::READABLE)?;
     }
@@ -303,8 +325,6 @@ fn worker(
     let mut recv = RecvBatch::new(64, 2048, 0);
     let mut send = SendBatch::new();
     let n = clients.len();
-    let mut packet = vec![0u8; 4 + size];
-    turnc::channel_data_header(&mut packet, CHANNEL, size);
     let mut rr = 0usize;
 
     for &rate in rates {
@@ -326,13 +346,14 @@ fn worker(
                 ((now - start).as_nanos() as u64 * rate / 1_000_000_000).saturating_sub(count.sent)
             };
             if due > 0 {
-                packet[4..12].copy_from_slice(&nanos(t0).to_le_bytes());
+                let stamp = nanos(t0).to_le_bytes();
                 let per = (due.div_ceil(n as u64)).clamp(1, 64) as usize;
                 let mut left = due as usize;
                 let mut visited = 0;
                 while left > 0 && visited < n {
                     let k = per.min(left);
-                    let c = &clients[rr];
+                    let (c, packet) = &mut clients[rr];
+                    packet[4..12].copy_from_slice(&stamp);
                     let got = send
                         .send(&c.socket, std::iter::repeat_n((&packet[..], None), k))
                         .unwrap_or(0);
@@ -366,7 +387,7 @@ fn worker(
 
 /// Drains every ready socket (the poll is edge-triggered) and counts this step's packets.
 fn receive(
-    clients: &[TurnClient],
+    clients: &[(TurnClient, Vec<u8>)],
     ready: &mut Vec<usize>,
     recv: &mut RecvBatch,
     count: &mut StepCount,
@@ -374,7 +395,7 @@ fn receive(
     t0: Instant,
 ) {
     for i in ready.drain(..) {
-        while let Ok(got) = recv.recv(&clients[i].socket) {
+        while let Ok(got) = recv.recv(&clients[i].0.socket) {
             let now = nanos(t0);
             for j in 0..got {
                 let d = recv.data(j);
