@@ -1,0 +1,343 @@
+//! Turns a results directory of `bench/run.sh` (JSON lines from the tools) into
+//! `report.md` (tables with ratios) and `turn.svg` (relayed packets/s and loss
+//! against offered load, per server).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use serde_json::Value;
+
+#[derive(Parser)]
+#[command(about = "Report and plot from a bench/run.sh results directory")]
+struct Args {
+    /// The directory with turn-*.jsonl and sig-*.jsonl files.
+    dir: PathBuf,
+    /// Fail unless every scenario produced results and the low smoke rates went through
+    /// (TURN loss under 5 %, every negotiation done, 90 % of sustained messages back).
+    #[arg(long)]
+    check: bool,
+}
+
+/// Loss below this counts as "without loss" for the maximum rate.
+const LOSS_LIMIT: f64 = 0.001;
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let mut lines: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    let mut names: Vec<_> = std::fs::read_dir(&args.dir)
+        .with_context(|| args.dir.display().to_string())?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    names.sort();
+    for path in names {
+        let scenario = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("")
+            .to_string();
+        let text = std::fs::read_to_string(&path)?;
+        let values = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .collect();
+        lines.insert(scenario, values);
+    }
+    let mut md = String::new();
+    let mut plots = Vec::new();
+    for (scenario, values) in &lines {
+        if scenario.starts_with("turn-setup") {
+            setup_table(&mut md, scenario, values);
+        } else if scenario.starts_with("turn-") {
+            sweep_table(&mut md, scenario, values);
+            plots.push((scenario.clone(), values.clone()));
+        } else if scenario.starts_with("sig-") {
+            signaling_table(&mut md, scenario, values);
+        }
+    }
+    if args.check {
+        check(&lines)?;
+    }
+    std::fs::write(args.dir.join("report.md"), &md)?;
+    std::fs::write(args.dir.join("turn.svg"), svg(&plots))?;
+    print!("{md}");
+    Ok(())
+}
+
+fn check(lines: &BTreeMap<String, Vec<Value>>) -> Result<()> {
+    let want = [
+        "turn-relay",
+        "turn-echo",
+        "turn-setup",
+        "sig-plain-ws",
+        "sig-wss",
+        "sig-socketio",
+        "sig-wss-max",
+    ];
+    for w in want {
+        anyhow::ensure!(
+            lines.get(w).is_some_and(|v| !v.is_empty()),
+            "no results for {w}"
+        );
+    }
+    for (scenario, values) in lines {
+        for v in values {
+            let what = format!("{scenario} {}: {v}", label(v));
+            match v["phase"].as_str() {
+                Some("step") => anyhow::ensure!(f(v, "loss") < 0.05, "loss: {what}"),
+                Some("setup") => anyhow::ensure!(f(v, "allocations_per_s") > 0.0, "{what}"),
+                Some("negotiate") if v["dialect"] != "echo" => anyhow::ensure!(
+                    v["latency"]["p50_us"].as_u64().unwrap_or(0) > 0,
+                    "negotiations: {what}"
+                ),
+                Some("sustain") => anyhow::ensure!(
+                    f(v, "received") >= 0.9 * f(v, "sent") && f(v, "sent") > 0.0,
+                    "sustained messages: {what}"
+                ),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+fn f(v: &Value, k: &str) -> f64 {
+    v[k].as_f64().unwrap_or(f64::NAN)
+}
+
+fn label(v: &Value) -> String {
+    v["label"].as_str().unwrap_or("?").to_string()
+}
+
+/// Per label: the steps of a rate sweep, in offered order.
+fn steps(values: &[Value]) -> BTreeMap<String, Vec<&Value>> {
+    let mut by: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
+    for v in values.iter().filter(|v| v["phase"] == "step") {
+        by.entry(label(v)).or_default().push(v);
+    }
+    by
+}
+
+/// The highest relayed rate of a step with loss under the limit (median over repeats
+/// is taken by run.sh running one sweep per repeat; here: the best step of all).
+fn max_lossless(steps: &[&Value]) -> Option<f64> {
+    steps
+        .iter()
+        .filter(|s| f(s, "loss") < LOSS_LIMIT && f(s, "offered_pps") > 0.0)
+        .map(|s| f(s, "relayed_pps"))
+        .fold(None, |m, x| Some(m.map_or(x, |m: f64| m.max(x))))
+}
+
+fn sweep_table(md: &mut String, scenario: &str, values: &[Value]) {
+    let by = steps(values);
+    let _ = writeln!(md, "\n### {scenario}\n");
+    let _ = writeln!(
+        md,
+        "| server | offered pkt/s | relayed pkt/s | loss | p50 µs | p99 µs | p999 µs | server core µs/pkt | other CPU s |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
+    for (l, ss) in &by {
+        for s in ss {
+            let _ = writeln!(
+                md,
+                "| {l} | {} | {:.0} | {:.3} % | {} | {} | {} | {} | {} |",
+                if f(s, "offered_pps") == 0.0 {
+                    "max".to_string()
+                } else {
+                    format!("{:.0}", f(s, "offered_pps"))
+                },
+                f(s, "relayed_pps"),
+                f(s, "loss") * 100.0,
+                s["p50_us"],
+                s["p99_us"],
+                s["p999_us"],
+                s["server_core_us_per_packet"],
+                s["other_cpu_s"],
+            );
+        }
+    }
+    let maxes: Vec<(String, Option<f64>)> = by
+        .iter()
+        .map(|(l, ss)| (l.clone(), max_lossless(ss)))
+        .collect();
+    let _ = writeln!(md);
+    for (l, m) in &maxes {
+        let _ = writeln!(
+            md,
+            "- {l}: highest relayed rate with < {} % loss: {}",
+            LOSS_LIMIT * 100.0,
+            m.map_or("none".into(), |m| format!("{m:.0} pkt/s"))
+        );
+    }
+    if let (Some((_, Some(a))), Some((_, Some(b)))) = (
+        maxes.iter().find(|(l, _)| l == "switchboard"),
+        maxes.iter().find(|(l, _)| l == "coturn"),
+    ) {
+        let _ = writeln!(md, "- ratio switchboard / coturn: **{:.2}×**", a / b);
+    }
+}
+
+fn setup_table(md: &mut String, scenario: &str, values: &[Value]) {
+    let _ = writeln!(md, "\n### {scenario}\n");
+    let _ = writeln!(
+        md,
+        "| server | allocations | allocations/s | RSS before KiB | RSS after KiB | KiB per allocation |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|");
+    for v in values.iter().filter(|v| v["phase"] == "setup") {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} |",
+            label(v),
+            v["allocations"],
+            v["allocations_per_s"],
+            v["server_rss_before_kb"],
+            v["server_rss_after_kb"],
+            v["server_rss_per_allocation_kb"],
+        );
+    }
+}
+
+fn signaling_table(md: &mut String, scenario: &str, values: &[Value]) {
+    let _ = writeln!(md, "\n### {scenario}\n");
+    let _ = writeln!(
+        md,
+        "| server | dialect | tls | pairs | connect p99 ms | negotiation p50 / p99 / max ms | offered msg/s | relayed msg/s | relay p50 / p99 / max µs | server core µs/msg | server process µs/msg | RSS KiB per connection |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut rows: BTreeMap<String, [Option<&Value>; 3]> = BTreeMap::new();
+    for v in values {
+        let key = format!("{}|{}|{}", label(v), v["dialect"], v["tls"]);
+        let slot = match v["phase"].as_str() {
+            Some("connect") => 0,
+            Some("negotiate") => 1,
+            Some("sustain") => 2,
+            _ => continue,
+        };
+        rows.entry(key).or_default()[slot] = Some(v);
+    }
+    let ms = |v: &Value| {
+        v.as_f64()
+            .map_or("-".into(), |x| format!("{:.1}", x / 1000.0))
+    };
+    for (key, [c, n, s]) in rows {
+        let mut parts = key.split('|');
+        let (l, d, t) = (
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or(""),
+        );
+        let null = Value::Null;
+        let (c, n, s) = (c.unwrap_or(&null), n.unwrap_or(&null), s.unwrap_or(&null));
+        let _ = writeln!(
+            md,
+            "| {l} | {} | {t} | {} | {} | {} / {} / {} | {} | {} | {} / {} / {} | {} | {} | {} |",
+            d.trim_matches('"'),
+            n["pairs"],
+            ms(&c["connect"]["p99_us"]),
+            ms(&n["latency"]["p50_us"]),
+            ms(&n["latency"]["p99_us"]),
+            ms(&n["latency"]["max_us"]),
+            s["offered_msgs_per_s"],
+            s["relayed_msgs_per_s"],
+            s["latency"]["p50_us"],
+            s["latency"]["p99_us"],
+            s["latency"]["max_us"],
+            s["server_core_us_per_msg"],
+            s["server_cpu_us_per_msg"],
+            n["server_rss_per_connection_kb"],
+        );
+    }
+}
+
+/// One panel per TURN sweep: relayed packets/s (solid) and loss % (dashed, right axis).
+fn svg(plots: &[(String, Vec<Value>)]) -> String {
+    const W: f64 = 640.0;
+    const H: f64 = 300.0;
+    const M: f64 = 60.0;
+    let colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
+    let total_h = H * plots.len().max(1) as f64;
+    let mut out = format!(
+        "<svg xmlns='http://www.w3.org/2000/svg' width='{W}' height='{total_h}' font-family='sans-serif' font-size='11'>\n<rect width='100%' height='100%' fill='white'/>\n"
+    );
+    for (p, (scenario, values)) in plots.iter().enumerate() {
+        let top = p as f64 * H;
+        let by = steps(values);
+        let all: Vec<&&Value> = by
+            .values()
+            .flatten()
+            .filter(|s| f(s, "offered_pps") > 0.0)
+            .collect();
+        let xmax = all.iter().map(|s| f(s, "offered_pps")).fold(1.0, f64::max);
+        let ymax = all
+            .iter()
+            .map(|s| f(s, "relayed_pps").max(f(s, "offered_pps")))
+            .fold(1.0, f64::max);
+        let lmax = all.iter().map(|s| f(s, "loss") * 100.0).fold(1.0, f64::max);
+        let (x0, x1, y0, y1) = (M, W - M, top + H - 40.0, top + 30.0);
+        let px = |x: f64| x0 + (x1 - x0) * x / xmax;
+        let py = |y: f64| y0 - (y0 - y1) * y / ymax;
+        let pl = |l: f64| y0 - (y0 - y1) * l / lmax;
+        let _ = writeln!(
+            out,
+            "<text x='{}' y='{}' font-size='13'>{scenario}: relayed packets/s (solid, left) and loss % (dashed, right) against offered packets/s</text>",
+            M,
+            top + 18.0
+        );
+        let _ = writeln!(
+            out,
+            "<line x1='{x0}' y1='{y0}' x2='{x1}' y2='{y0}' stroke='black'/><line x1='{x0}' y1='{y0}' x2='{x0}' y2='{y1}' stroke='black'/><line x1='{x1}' y1='{y0}' x2='{x1}' y2='{y1}' stroke='gray'/>"
+        );
+        for i in 0..=4 {
+            let fx = xmax * f64::from(i) / 4.0;
+            let fy = ymax * f64::from(i) / 4.0;
+            let fl = lmax * f64::from(i) / 4.0;
+            let _ = writeln!(
+                out,
+                "<text x='{:.1}' y='{:.1}' text-anchor='middle'>{:.0}k</text><text x='{:.1}' y='{:.1}' text-anchor='end'>{:.0}k</text><text x='{:.1}' y='{:.1}'>{fl:.1}%</text>",
+                px(fx),
+                y0 + 14.0,
+                fx / 1000.0,
+                x0 - 4.0,
+                py(fy) + 4.0,
+                fy / 1000.0,
+                x1 + 4.0,
+                pl(fl) + 4.0
+            );
+        }
+        for (k, (l, ss)) in by.iter().enumerate() {
+            let color = colors[k % colors.len()];
+            let pts: Vec<&&Value> = ss.iter().filter(|s| f(s, "offered_pps") > 0.0).collect();
+            let line = |g: &dyn Fn(&Value) -> (f64, f64)| {
+                pts.iter()
+                    .map(|s| {
+                        let (x, y) = g(s);
+                        format!("{x:.1},{y:.1}")
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            let _ = writeln!(
+                out,
+                "<polyline fill='none' stroke='{color}' stroke-width='2' points='{}'/>",
+                line(&|s| (px(f(s, "offered_pps")), py(f(s, "relayed_pps"))))
+            );
+            let _ = writeln!(
+                out,
+                "<polyline fill='none' stroke='{color}' stroke-dasharray='4 3' points='{}'/>",
+                line(&|s| (px(f(s, "offered_pps")), pl(f(s, "loss") * 100.0)))
+            );
+            let _ = writeln!(
+                out,
+                "<text x='{:.1}' y='{:.1}' fill='{color}'>{l}</text>",
+                x0 + 10.0,
+                y1 + 14.0 * (k as f64 + 1.0)
+            );
+        }
+    }
+    out.push_str("</svg>\n");
+    out
+}
