@@ -9,11 +9,10 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use axum::extract::ws::Utf8Bytes;
-use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::protocol::{PeerId, PeerInfo, RoomId, ServerMsg, encode};
+use super::protocol::{Payload, PeerId, PeerInfo, RoomId, ServerMsg, encode};
 use super::room::{JoinError, Joined, Left, Rooms, RouteError};
 
 /// Frames queued for one peer's socket task.
@@ -106,7 +105,7 @@ impl Hub {
     ///
     /// # Errors
     /// See [`RouteError`].
-    pub fn signal(&self, from: &PeerId, to: &PeerId, payload: Value) -> Result<(), RouteError> {
+    pub fn signal(&self, from: &PeerId, to: &PeerId, payload: Payload) -> Result<(), RouteError> {
         let outbox = {
             let inner = self.inner.lock().expect("hub lock");
             inner.rooms.route(from, to)?;
@@ -190,13 +189,13 @@ mod tests {
         );
         assert_eq!(next(&mut ra), ServerMsg::PeerJoined { peer: b.clone() });
 
-        hub.signal(&a.id, &b.id, serde_json::json!({"sdp": "x"}))
+        hub.signal(&a.id, &b.id, serde_json::json!({"sdp": "x"}).into())
             .unwrap();
         assert_eq!(
             next(&mut rb),
             ServerMsg::Signal {
                 from: a.id.clone(),
-                payload: serde_json::json!({"sdp": "x"})
+                payload: serde_json::json!({"sdp": "x"}).into()
             }
         );
         assert!(ra.try_recv().is_err(), "the sender gets nothing back");
@@ -209,7 +208,7 @@ mod tests {
             }
         );
         assert_eq!(
-            hub.signal(&a.id, &b.id, Value::Null),
+            hub.signal(&a.id, &b.id, serde_json::Value::Null.into()),
             Err(RouteError::UnknownPeer)
         );
         assert_eq!(hub.counts(), (1, 1));
@@ -229,7 +228,8 @@ mod tests {
         hub.join(b.clone(), &room, ob, welcome(&b.id, &room))
             .unwrap();
         // b's single slot holds its welcome; the next frame overflows.
-        hub.signal(&a.id, &b.id, Value::Null).unwrap();
+        hub.signal(&a.id, &b.id, serde_json::Value::Null.into())
+            .unwrap();
         assert!(flag_b.is_cancelled());
         assert!(!flag_a.is_cancelled());
     }

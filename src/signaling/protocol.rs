@@ -9,6 +9,7 @@ use std::fmt;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// Longest room name and display name, in characters.
 pub const MAX_ROOM_LEN: usize = 64;
@@ -129,6 +130,50 @@ pub struct IceServer {
     pub credential: Option<String>,
 }
 
+/// An opaque signal payload (SDP or ICE candidate), kept as the JSON text the sender
+/// wrote: the server forwards it without parsing it into a tree or serializing it again.
+#[derive(Debug, Clone)]
+pub struct Payload(Box<RawValue>);
+
+impl Payload {
+    /// The payload parsed (for clients and tests; the server never needs it).
+    pub fn value(&self) -> Value {
+        serde_json::from_str(self.0.get()).unwrap_or(Value::Null)
+    }
+
+    /// The JSON text as received.
+    pub fn as_json(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl From<Value> for Payload {
+    fn from(v: Value) -> Payload {
+        Payload(RawValue::from_string(v.to_string()).expect("a Value is valid JSON"))
+    }
+}
+
+/// Equal when the JSON values are equal, whatever the whitespace.
+impl PartialEq for Payload {
+    fn eq(&self, other: &Payload) -> bool {
+        self.0.get() == other.0.get() || self.value() == other.value()
+    }
+}
+
+impl Serialize for Payload {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+/// Through a `Value`, so that it also works inside internally tagged enums; the hot
+/// path (`decode` of a `signal`) borrows the raw text instead.
+impl<'de> Deserialize<'de> for Payload {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Payload, D::Error> {
+        Value::deserialize(d).map(Payload::from)
+    }
+}
+
 /// Messages a client sends.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -140,7 +185,7 @@ pub enum ClientMsg {
         name: Option<String>,
     },
     /// Forward an opaque payload (SDP or ICE candidate) to another member of the room.
-    Signal { to: PeerId, payload: Value },
+    Signal { to: PeerId, payload: Payload },
     /// Leave the current room; the socket stays open and may join again.
     Leave,
     /// Application-level keepalive; answered with `pong`.
@@ -175,7 +220,7 @@ pub enum ServerMsg {
     },
     Signal {
         from: PeerId,
-        payload: Value,
+        payload: Payload,
     },
     Pong,
     Error {
@@ -230,6 +275,24 @@ pub enum ErrorCode {
 /// # Errors
 /// Returns a message for a `bad_request` error: invalid JSON, unknown type, or a bad field.
 pub fn decode(text: &str) -> Result<ClientMsg, String> {
+    /// The shape of almost every frame: decoded in one pass, the payload only validated.
+    #[derive(Deserialize)]
+    struct SignalFrame<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: std::borrow::Cow<'a, str>,
+        to: PeerId,
+        #[serde(borrow)]
+        payload: &'a RawValue,
+    }
+    if let Ok(frame) = serde_json::from_str::<SignalFrame>(text)
+        && frame.kind == "signal"
+    {
+        return Ok(ClientMsg::Signal {
+            to: frame.to,
+            payload: Payload(frame.payload.to_owned()),
+        });
+    }
+    // Everything else, and the precise error for a bad signal.
     serde_json::from_str(text).map_err(|e| {
         if e.is_syntax() || e.is_eof() {
             format!("invalid JSON: {e}")
@@ -248,6 +311,27 @@ pub fn encode(msg: &ServerMsg) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_signal_payload_is_forwarded_as_written() {
+        let text = r#"{"to":"ab","payload":{"sdp" : "v=0\r\n", "n": [1, 2.50]},"type":"signal"}"#;
+        let Ok(ClientMsg::Signal { to, payload }) = decode(text) else {
+            panic!("not a signal");
+        };
+        assert_eq!(to.to_string(), "ab");
+        assert_eq!(payload.as_json(), r#"{"sdp" : "v=0\r\n", "n": [1, 2.50]}"#);
+        let out = encode(&ServerMsg::Signal { from: to, payload });
+        assert_eq!(
+            out,
+            r#"{"type":"signal","from":"ab","payload":{"sdp" : "v=0\r\n", "n": [1, 2.50]}}"#
+        );
+        // Still parsed as a whole when it is not a well-formed signal.
+        assert!(
+            decode(r#"{"type":"signal","to":"ab","payload":}"#)
+                .unwrap_err()
+                .starts_with("invalid JSON")
+        );
+    }
 
     #[test]
     fn room_names_are_checked() {
@@ -289,7 +373,7 @@ mod tests {
             decode(r#"{"type":"signal","to":"ab","payload":{"sdp":"v=0"}}"#).unwrap(),
             ClientMsg::Signal {
                 to: PeerId("ab".into()),
-                payload: json!({"sdp":"v=0"})
+                payload: json!({"sdp":"v=0"}).into()
             }
         );
         assert_eq!(decode(r#"{"type":"leave"}"#).unwrap(), ClientMsg::Leave);

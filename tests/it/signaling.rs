@@ -50,7 +50,7 @@ async fn join_lists_peers_relays_signals_both_ways_and_reports_leaves() {
         b.recv().await,
         ServerMsg::Signal {
             from: id_a.clone(),
-            payload: offer
+            payload: offer.into()
         }
     );
     let candidate = json!({"candidate": {"candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ host", "sdpMid": "0"}});
@@ -60,7 +60,7 @@ async fn join_lists_peers_relays_signals_both_ways_and_reports_leaves() {
         a.recv().await,
         ServerMsg::Signal {
             from: id_b.clone(),
-            payload: candidate
+            payload: candidate.into()
         }
     );
 

@@ -96,6 +96,7 @@ fn pump(
                     let Ok(ServerMsg::Signal { payload, .. }) = serde_json::from_str::<ServerMsg>(&text) else {
                         continue;
                     };
+                    let payload = payload.value();
                     if let Some(desc) = payload.get("description") {
                         let desc: RTCSessionDescription = serde_json::from_value(desc.clone()).unwrap();
                         let is_offer = desc.sdp_type == webrtc::peer_connection::sdp::sdp_type::RTCSdpType::Offer;
