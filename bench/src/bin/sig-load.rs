@@ -498,6 +498,7 @@ impl Conn {
         }
         let sdp = "a".repeat(self.args.sdp_bytes);
         let mut ticker: Option<tokio::time::Interval> = None;
+        let mut template: Option<(String, String)> = None;
         loop {
             let phase = *self.phase.borrow();
             if phase == Phase::Stop {
@@ -525,11 +526,17 @@ impl Conn {
                     }
                 }
                 _ = async { ticker.as_mut().expect("ticker").tick().await }, if ticker.is_some() => {
-                    let ts = nanos(self.t0);
-                    let peer = neg.peer.clone().unwrap_or_default();
-                    let msg = self.to_peer(&peer, "candidate", json!({
-                        "candidate": "candidate:842163049 1 udp 1677729535 203.0.113.7 61000 typ srflx raddr 10.0.0.2 rport 61000 generation 0",
-                        "sdpMid": "0", "sdpMLineIndex": 0, "ts": ts}));
+                    if template.is_none() {
+                        // Built once: the generator must stay cheaper than the servers it loads.
+                        let peer = neg.peer.clone().unwrap_or_default();
+                        let msg = self.to_peer(&peer, "candidate", json!({
+                            "candidate": "candidate:842163049 1 udp 1677729535 203.0.113.7 61000 typ srflx raddr 10.0.0.2 rport 61000 generation 0",
+                            "sdpMid": "0", "sdpMLineIndex": 0, "ts": 0}));
+                        let at = msg.find("\"ts\":0").context("template")?;
+                        template = Some((msg[..at].to_string(), msg[at + 6..].to_string()));
+                    }
+                    let (head, tail) = template.as_ref().expect("template");
+                    let msg = format!("{head}\"ts\":{}{tail}", nanos(self.t0));
                     self.send(msg).await?;
                     self.shared.sent.fetch_add(1, Ordering::Relaxed);
                 }
