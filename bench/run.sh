@@ -5,6 +5,7 @@
 #   bench/run.sh            full run (~15 min): 8 s steps, 10k connections
 #   bench/run.sh --smoke    seconds, small N: keeps the script and tools from rotting
 #   REPEATS=3 bench/run.sh  alternate A/B three times (the machine is noisy)
+#   ONLY=turn|sig           only the TURN or only the signaling scenarios
 #
 # Every server runs pinned to core $SERVER_CORE and every generator to $GEN_CORE
 # (taskset), started by this script on loopback and stopped by PID when it ends.
@@ -127,9 +128,11 @@ sig_load() { # sig_load FILE LABEL ARGS...
 # The certificate the wss:// baselines share is Switchboard's self-signed one.
 start_switchboard; cleanup
 
+ONLY=${ONLY:-all}   # all, turn or sig
 for rep in $(seq 1 "$REPEATS"); do
     # Alternate which server goes first, so that drift in the machine's load hits both.
     if [ $((rep % 2)) = 1 ]; then order="switchboard coturn"; else order="coturn switchboard"; fi
+    [ "$ONLY" = sig ] && order=
     for server in $order; do
         for mode in relay echo; do
             rates=$RELAY_RATES; [ $mode = echo ] && rates=$ECHO_RATES
@@ -141,9 +144,12 @@ for rep in $(seq 1 "$REPEATS"); do
         turn_load turn-setup $server $port --setup-only --allocations $SETUP_ALLOCS --sources $SOURCES
         cleanup
     done
-    start_forwarder
-    turn_load turn-relay forwarder 3480 --forwarder --allocations $ALLOCS --rates "$RELAY_RATES"
-    cleanup
+    if [ "$ONLY" != sig ]; then
+        start_forwarder
+        turn_load turn-relay forwarder 3480 --forwarder --allocations $ALLOCS --rates "$RELAY_RATES"
+        cleanup
+    fi
+    [ "$ONLY" = turn ] && continue
 
     # Signaling, same wire protocol on both sides of each comparison.
     common=(--pairs $PAIRS --rate $SIG_RATE --secs $SIG_SECS)

@@ -121,10 +121,36 @@ fn steps(values: &[Value]) -> BTreeMap<String, Vec<&Value>> {
     by
 }
 
-/// The highest relayed rate of a step with loss under the limit (median over repeats
-/// is taken by run.sh running one sweep per repeat; here: the best step of all).
-fn max_lossless(steps: &[&Value]) -> Option<f64> {
-    steps
+/// The sweeps in `steps`: a new one starts whenever the offered rate does not grow
+/// (run.sh runs one sweep per repeat).
+fn sweeps<'a>(steps: &[&'a Value]) -> Vec<Vec<&'a Value>> {
+    let mut out: Vec<Vec<&Value>> = Vec::new();
+    let mut last = f64::INFINITY;
+    for s in steps {
+        let offered = f(s, "offered_pps");
+        if offered <= last || out.is_empty() {
+            out.push(Vec::new());
+        }
+        last = offered;
+        out.last_mut().expect("a sweep").push(s);
+    }
+    out
+}
+
+/// The median of the sweeps' maxima (the lower middle for an even count), and all of them.
+fn median_max(steps: &[&Value]) -> (Option<f64>, Vec<f64>) {
+    let mut all: Vec<f64> = sweeps(steps)
+        .iter()
+        .filter_map(|s| max_lossless(s))
+        .collect();
+    all.sort_by(f64::total_cmp);
+    let median = (!all.is_empty()).then(|| all[(all.len() - 1) / 2]);
+    (median, all)
+}
+
+/// The highest relayed rate of a step with loss under the limit, in one sweep.
+fn max_lossless(sweep: &[&Value]) -> Option<f64> {
+    sweep
         .iter()
         .filter(|s| f(s, "loss") < LOSS_LIMIT && f(s, "offered_pps") > 0.0)
         .map(|s| f(s, "relayed_pps"))
@@ -161,15 +187,17 @@ fn sweep_table(md: &mut String, scenario: &str, values: &[Value]) {
     }
     let maxes: Vec<(String, Option<f64>)> = by
         .iter()
-        .map(|(l, ss)| (l.clone(), max_lossless(ss)))
+        .map(|(l, ss)| (l.clone(), median_max(ss).0))
         .collect();
     let _ = writeln!(md);
-    for (l, m) in &maxes {
+    for (l, ss) in &by {
+        let (m, all) = median_max(ss);
         let _ = writeln!(
             md,
-            "- {l}: highest relayed rate with < {} % loss: {}",
+            "- {l}: highest relayed rate with < {} % loss: {} (median of {} sweeps: {all:?})",
             LOSS_LIMIT * 100.0,
-            m.map_or("none".into(), |m| format!("{m:.0} pkt/s"))
+            m.map_or("none".into(), |m| format!("{m:.0} pkt/s")),
+            all.len(),
         );
     }
     if let (Some((_, Some(a))), Some((_, Some(b)))) = (
@@ -209,8 +237,14 @@ fn signaling_table(md: &mut String, scenario: &str, values: &[Value]) {
     );
     let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut rows: BTreeMap<String, [Option<&Value>; 3]> = BTreeMap::new();
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     for v in values {
-        let key = format!("{}|{}|{}", label(v), v["dialect"], v["tls"]);
+        let base = format!("{}|{}|{}", label(v), v["dialect"], v["tls"]);
+        // Repeats of one server get a row each (a connect line starts a repeat).
+        if v["phase"] == "connect" {
+            *seen.entry(base.clone()).or_default() += 1;
+        }
+        let key = format!("{base}|{}", seen.get(&base).copied().unwrap_or(1));
         let slot = match v["phase"].as_str() {
             Some("connect") => 0,
             Some("negotiate") => 1,
@@ -225,11 +259,13 @@ fn signaling_table(md: &mut String, scenario: &str, values: &[Value]) {
     };
     for (key, [c, n, s]) in rows {
         let mut parts = key.split('|');
-        let (l, d, t) = (
+        let (l, d, t, r) = (
+            parts.next().unwrap_or(""),
             parts.next().unwrap_or(""),
             parts.next().unwrap_or(""),
             parts.next().unwrap_or(""),
         );
+        let l = format!("{l} (run {r})");
         let null = Value::Null;
         let (c, n, s) = (c.unwrap_or(&null), n.unwrap_or(&null), s.unwrap_or(&null));
         let _ = writeln!(
