@@ -345,27 +345,39 @@ fn svg(plots: &[(String, Vec<Value>)]) -> String {
             );
         }
         for (k, (l, ss)) in by.iter().enumerate() {
-            let color = colors[k % colors.len()];
-            let pts: Vec<&&Value> = ss.iter().filter(|s| f(s, "offered_pps") > 0.0).collect();
-            let line = |g: &dyn Fn(&Value) -> (f64, f64)| {
-                pts.iter()
-                    .map(|s| {
-                        let (x, y) = g(s);
-                        format!("{x:.1},{y:.1}")
-                    })
-                    .collect::<Vec<_>>()
-                    .join(" ")
+            // The same server keeps its colour in every panel.
+            let color = match l.as_str() {
+                "switchboard" => "#d62728",
+                "coturn" => "#1f77b4",
+                "forwarder" => "#7f7f7f",
+                _ => colors[k % colors.len()],
             };
-            let _ = writeln!(
-                out,
-                "<polyline fill='none' stroke='{color}' stroke-width='2' points='{}'/>",
-                line(&|s| (px(f(s, "offered_pps")), py(f(s, "relayed_pps"))))
-            );
-            let _ = writeln!(
-                out,
-                "<polyline fill='none' stroke='{color}' stroke-dasharray='4 3' points='{}'/>",
-                line(&|s| (px(f(s, "offered_pps")), pl(f(s, "loss") * 100.0)))
-            );
+            // One line per sweep (repeat), so that repeats do not join up.
+            for sweep in sweeps(ss) {
+                let pts: Vec<&Value> = sweep
+                    .into_iter()
+                    .filter(|s| f(s, "offered_pps") > 0.0)
+                    .collect();
+                let line = |g: &dyn Fn(&Value) -> (f64, f64)| {
+                    pts.iter()
+                        .map(|s| {
+                            let (x, y) = g(s);
+                            format!("{x:.1},{y:.1}")
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                };
+                let _ = writeln!(
+                    out,
+                    "<polyline fill='none' stroke='{color}' stroke-width='2' points='{}'/>",
+                    line(&|s| (px(f(s, "offered_pps")), py(f(s, "relayed_pps"))))
+                );
+                let _ = writeln!(
+                    out,
+                    "<polyline fill='none' stroke='{color}' stroke-dasharray='4 3' points='{}'/>",
+                    line(&|s| (px(f(s, "offered_pps")), pl(f(s, "loss") * 100.0)))
+                );
+            }
             let _ = writeln!(
                 out,
                 "<text x='{:.1}' y='{:.1}' fill='{color}'>{l}</text>",
