@@ -26,12 +26,13 @@ SOURCES=127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5
 
 if [ $SMOKE = 1 ]; then
     STEP=1; DRAIN=0.3; ALLOCS=20; SETUP_ALLOCS=200
-    RELAY_RATES=2000,5000; ECHO_RATES=2000,5000
+    RELAY_RATES=2000,5000; ECHO_RATES=2000,5000; TCP_RATES=2000
     PAIRS=50; BIG_PAIRS=100; SIG_RATE=500; SIG_SECS=1
 else
     STEP=8; DRAIN=1; ALLOCS=100; SETUP_ALLOCS=5000
     RELAY_RATES=40000,60000,70000,80000,90000,100000,120000,140000,160000,180000,200000,220000
     ECHO_RATES=40000,60000,80000,100000,120000,140000,160000,180000,200000
+    TCP_RATES=20000,40000,60000,80000,100000,120000
     PAIRS=5000; BIG_PAIRS=9500; SIG_RATE=20000; SIG_SECS=8
 fi
 
@@ -140,6 +141,10 @@ for rep in $(seq 1 "$REPEATS"); do
             turn_load "turn-$mode" $server $port --mode $mode --allocations $ALLOCS --rates "$rates"
             cleanup
         done
+        # TURN over TCP to the server (relays stay UDP), relay to relay.
+        if [ $server = switchboard ]; then start_switchboard; port=3478; else start_coturn; port=3479; fi
+        turn_load turn-relay-tcp $server $port --tcp --mode relay --allocations $ALLOCS --rates "$TCP_RATES"
+        cleanup
         if [ $server = switchboard ]; then start_switchboard; port=3478; else start_coturn; port=3479; fi
         turn_load turn-setup $server $port --setup-only --allocations $SETUP_ALLOCS --sources $SOURCES
         cleanup

@@ -11,8 +11,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine;
-use mio::net::UdpSocket;
-use mio::{Events, Interest, Poll, Token};
+use std::io::{Read, Write};
+
+use mio::event::Source;
+use mio::net::{TcpStream, UdpSocket};
+use mio::{Events, Interest, Poll, Registry, Token};
 use stun::agent::TransactionId;
 use stun::error_code::ErrorCodeAttribute;
 use stun::fingerprint::FINGERPRINT;
@@ -50,9 +53,103 @@ pub enum Request {
     ChannelBind(u16, SocketAddr),
 }
 
-/// One TURN client on its own connected UDP socket.
+/// A client's connection to the server: a connected UDP socket, or a TCP stream with
+/// what has been read of a frame not yet complete.
+pub enum Conn {
+    Udp(UdpSocket),
+    Tcp { stream: TcpStream, inbuf: Vec<u8> },
+}
+
+impl Conn {
+    /// Writes a whole datagram or frame run. TCP frames are small and the socket buffer
+    /// deep, so a full buffer is waited out rather than queued.
+    pub fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Conn::Udp(socket) => socket.send(bytes).map(|_| ()),
+            Conn::Tcp { stream, .. } => {
+                let mut at = 0;
+                while at < bytes.len() {
+                    match stream.write(&bytes[at..]) {
+                        Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                        Ok(n) => at += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::yield_now()
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Calls `each` with every complete message that has arrived (datagrams on UDP,
+    /// STUN or ChannelData frames on TCP), until the socket would block.
+    pub fn drain(&mut self, buf: &mut [u8], mut each: impl FnMut(&[u8])) -> std::io::Result<()> {
+        match self {
+            Conn::Udp(socket) => loop {
+                match socket.recv(buf) {
+                    Ok(n) => each(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                    Err(e) => return Err(e),
+                }
+            },
+            Conn::Tcp { stream, inbuf } => loop {
+                match stream.read(buf) {
+                    Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                    Ok(n) => inbuf.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                    Err(e) => return Err(e),
+                }
+                let mut at = 0;
+                while let Some(len) = frame_len(&inbuf[at..]) {
+                    each(&inbuf[at..at + len]);
+                    at += len;
+                }
+                inbuf.drain(..at);
+            },
+        }
+    }
+}
+
+/// The length of the complete stream frame at the start of `b`, if it is all there.
+fn frame_len(b: &[u8]) -> Option<usize> {
+    if b.len() < 4 {
+        return None;
+    }
+    let len = usize::from(u16::from_be_bytes([b[2], b[3]]));
+    let total = if b[0] & 0xC0 == 0x40 {
+        4 + len.div_ceil(4) * 4
+    } else {
+        20 + len
+    };
+    (b.len() >= total).then_some(total)
+}
+
+impl Source for Conn {
+    fn register(&mut self, r: &Registry, t: Token, i: Interest) -> std::io::Result<()> {
+        match self {
+            Conn::Udp(s) => s.register(r, t, i),
+            Conn::Tcp { stream, .. } => stream.register(r, t, i),
+        }
+    }
+    fn reregister(&mut self, r: &Registry, t: Token, i: Interest) -> std::io::Result<()> {
+        match self {
+            Conn::Udp(s) => s.reregister(r, t, i),
+            Conn::Tcp { stream, .. } => stream.reregister(r, t, i),
+        }
+    }
+    fn deregister(&mut self, r: &Registry) -> std::io::Result<()> {
+        match self {
+            Conn::Udp(s) => s.deregister(r),
+            Conn::Tcp { stream, .. } => stream.deregister(r),
+        }
+    }
+}
+
+/// One TURN client on its own connection (UDP socket or TCP stream).
 pub struct TurnClient {
-    pub socket: UdpSocket,
+    pub socket: Conn,
     pub local: SocketAddr,
     username: String,
     password: String,
@@ -64,7 +161,8 @@ pub struct TurnClient {
 }
 
 impl TurnClient {
-    /// A client on `local_ip` (port chosen by the kernel) talking to `server`.
+    /// A client on `local_ip` (port chosen by the kernel) talking to `server` over UDP,
+    /// or over TCP when `tcp`.
     ///
     /// # Errors
     /// The socket cannot be bound or connected.
@@ -74,22 +172,39 @@ impl TurnClient {
         username: String,
         password: String,
         buffer_bytes: usize,
+        tcp: bool,
     ) -> Result<TurnClient> {
-        let socket = socket2::Socket::new(
-            socket2::Domain::for_address(server),
-            socket2::Type::DGRAM,
-            None,
-        )?;
+        let kind = if tcp {
+            socket2::Type::STREAM
+        } else {
+            socket2::Type::DGRAM
+        };
+        let socket = socket2::Socket::new(socket2::Domain::for_address(server), kind, None)?;
         // Deep buffers: a generator must not drop what the server relayed.
         let _ = socket.set_recv_buffer_size(buffer_bytes);
         let _ = socket.set_send_buffer_size(buffer_bytes);
         socket.bind(&SocketAddr::new(local_ip, 0).into())?;
         socket.connect(&server.into())?;
         socket.set_nonblocking(true)?;
-        let std: std::net::UdpSocket = socket.into();
-        let local = std.local_addr()?;
+        let (conn, local) = if tcp {
+            socket.set_tcp_nodelay(true)?;
+            let std: std::net::TcpStream = socket.into();
+            let local = std.local_addr()?;
+            let stream = TcpStream::from_std(std);
+            (
+                Conn::Tcp {
+                    stream,
+                    inbuf: Vec::new(),
+                },
+                local,
+            )
+        } else {
+            let std: std::net::UdpSocket = socket.into();
+            let local = std.local_addr()?;
+            (Conn::Udp(UdpSocket::from_std(std)), local)
+        };
         Ok(TurnClient {
-            socket: UdpSocket::from_std(std),
+            socket: conn,
             local,
             username,
             password,
@@ -178,18 +293,17 @@ impl TurnClient {
 
     /// Reads what arrived; `Ok(true)` once the pending request succeeded.
     fn read(&mut self) -> Result<bool> {
-        let mut buf = [0u8; 1500];
-        loop {
-            let n = match self.socket.recv(&mut buf) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) => return Err(e).context("TURN client receive"),
-            };
+        let mut buf = [0u8; 2048];
+        let mut arrived = Vec::new();
+        self.socket
+            .drain(&mut buf, |msg| arrived.push(msg.to_vec()))
+            .context("TURN client receive")?;
+        for raw in arrived {
             let Some((request, tid, _)) = self.pending else {
                 continue;
             };
             let mut m = Message::new();
-            m.raw = buf[..n].to_vec();
+            m.raw = raw;
             if m.decode().is_err() || m.transaction_id != tid {
                 continue;
             }
@@ -225,6 +339,7 @@ impl TurnClient {
                 }
             }
         }
+        Ok(false)
     }
 }
 

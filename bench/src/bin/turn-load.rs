@@ -20,7 +20,7 @@ use serde_json::json;
 use switchboard::mmsg::{RecvBatch, SendBatch};
 use switchboard_bench::percentiles::Latency;
 use switchboard_bench::procstat::{self, Sample, round3};
-use switchboard_bench::turnc::{self, Request, TurnClient};
+use switchboard_bench::turnc::{self, Conn, Request, TurnClient};
 
 #[derive(Parser, Debug)]
 #[command(about = "TURN load generator (UDP, REST credentials, ChannelData)")]
@@ -73,6 +73,9 @@ struct Args {
     /// (the pair's socket) in its payload. The reference ceiling, relay mode only.
     #[arg(long)]
     forwarder: bool,
+    /// TURN over TCP (RFC 6062 framing) instead of UDP; relays stay UDP.
+    #[arg(long)]
+    tcp: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -92,6 +95,9 @@ fn main() -> Result<()> {
     if args.size < 16 || args.size > 1400 {
         bail!("--size must be between 16 and 1400 bytes");
     }
+    if args.tcp && args.forwarder {
+        bail!("--forwarder is UDP only");
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let echo = match args.mode {
         Mode::Echo => Some(start_echo(args.echo_ip, Arc::clone(&stop))?),
@@ -107,7 +113,7 @@ fn main() -> Result<()> {
         );
         let ip = args.sources[i % args.sources.len()];
         clients.push(
-            TurnClient::new(ip, args.server, user, pass, SOCKET_BUFFER)
+            TurnClient::new(ip, args.server, user, pass, SOCKET_BUFFER, args.tcp)
                 .with_context(|| format!("client {i} on {ip}"))?,
         );
     }
@@ -189,7 +195,7 @@ fn run_steps(args: &Args, clients: Vec<TurnClient>, peers: &[SocketAddr]) -> Res
     // Relay pairs stay on one thread, so that sender and receiver share a step clock.
     let mut groups: Vec<Vec<(TurnClient, Vec<u8>)>> = (0..threads).map(|_| Vec::new()).collect();
     for (i, c) in clients.into_iter().enumerate() {
-        let packet = packet_for(args.size, peers[i]);
+        let packet = packet_for(args.size, peers[i], args.tcp);
         groups[(i / 2) % threads].push((c, packet));
     }
     let barrier = Arc::new(Barrier::new(threads + 1));
@@ -297,8 +303,10 @@ fn nanos(t0: Instant) -> u64 {
 
 /// A ChannelData packet of `size` payload bytes: the send time goes at 4..12 (written
 /// per batch), the peer's IPv4 address and port at 16..22 (read by `udp-forward`).
-fn packet_for(size: usize, peer: SocketAddr) -> Vec<u8> {
-    let mut packet = vec![0u8; 4 + size];
+fn packet_for(size: usize, peer: SocketAddr, tcp: bool) -> Vec<u8> {
+    // On streams ChannelData is padded to a multiple of 4 bytes.
+    let padded = if tcp { size.div_ceil(4) * 4 } else { size };
+    let mut packet = vec![0u8; 4 + padded];
     turnc::channel_data_header(&mut packet, CHANNEL, size);
     if let SocketAddr::V4(v4) = peer {
         packet[16..20].copy_from_slice(&v4.ip().octets());
@@ -324,6 +332,7 @@ fn worker(
     let mut events = Events::with_capacity(1024);
     let mut recv = RecvBatch::new(64, 2048, 0);
     let mut send = SendBatch::new();
+    let mut run = Vec::new();
     let n = clients.len();
     let mut rr = 0usize;
 
@@ -354,9 +363,18 @@ fn worker(
                     let k = per.min(left);
                     let (c, packet) = &mut clients[rr];
                     packet[4..12].copy_from_slice(&stamp);
-                    let got = send
-                        .send(&c.socket, std::iter::repeat_n((&packet[..], None), k))
-                        .unwrap_or(0);
+                    let got = match &mut c.socket {
+                        Conn::Udp(socket) => send
+                            .send(socket, std::iter::repeat_n((&packet[..], None), k))
+                            .unwrap_or(0),
+                        conn @ Conn::Tcp { .. } => {
+                            run.clear();
+                            for _ in 0..k {
+                                run.extend_from_slice(packet);
+                            }
+                            conn.send(&run).map_or(0, |()| k)
+                        }
+                    };
                     count.sent += got as u64;
                     left -= k;
                     rr = (rr + 1) % n;
@@ -370,14 +388,28 @@ fn worker(
             };
             poll.poll(&mut events, Some(timeout))?;
             ready.extend(events.iter().map(|e| e.token().0));
-            receive(&clients, &mut ready, &mut recv, &mut count, start_ns, t0);
+            receive(
+                &mut clients,
+                &mut ready,
+                &mut recv,
+                &mut count,
+                start_ns,
+                t0,
+            );
         }
         barrier.wait();
         let drain_end = Instant::now() + drain;
         while Instant::now() < drain_end {
             poll.poll(&mut events, Some(Duration::from_millis(20)))?;
             ready.extend(events.iter().map(|e| e.token().0));
-            receive(&clients, &mut ready, &mut recv, &mut count, start_ns, t0);
+            receive(
+                &mut clients,
+                &mut ready,
+                &mut recv,
+                &mut count,
+                start_ns,
+                t0,
+            );
         }
         barrier.wait();
         let _ = tx.send(count);
@@ -387,28 +419,38 @@ fn worker(
 
 /// Drains every ready socket (the poll is edge-triggered) and counts this step's packets.
 fn receive(
-    clients: &[(TurnClient, Vec<u8>)],
+    clients: &mut [(TurnClient, Vec<u8>)],
     ready: &mut Vec<usize>,
     recv: &mut RecvBatch,
     count: &mut StepCount,
     start_ns: u64,
     t0: Instant,
 ) {
+    let mut on_packet = |d: &[u8], now: u64| {
+        if d.len() < 12 || !(0x40..0x80).contains(&d[0]) {
+            return;
+        }
+        let sent_at = u64::from_le_bytes(d[4..12].try_into().expect("8 bytes"));
+        if sent_at >= start_ns {
+            count.received += 1;
+            count.latency.record_us(now.saturating_sub(sent_at) / 1000);
+        } else {
+            count.late += 1;
+        }
+    };
+    let mut stream_buf = [0u8; 16 * 1024];
     for i in ready.drain(..) {
-        while let Ok(got) = recv.recv(&clients[i].0.socket) {
-            let now = nanos(t0);
-            for j in 0..got {
-                let d = recv.data(j);
-                if d.len() < 12 || !(0x40..0x80).contains(&d[0]) {
-                    continue;
+        match &mut clients[i].0.socket {
+            Conn::Udp(socket) => {
+                while let Ok(got) = recv.recv(socket) {
+                    let now = nanos(t0);
+                    for j in 0..got {
+                        on_packet(recv.data(j), now);
+                    }
                 }
-                let sent_at = u64::from_le_bytes(d[4..12].try_into().expect("8 bytes"));
-                if sent_at >= start_ns {
-                    count.received += 1;
-                    count.latency.record_us(now.saturating_sub(sent_at) / 1000);
-                } else {
-                    count.late += 1;
-                }
+            }
+            conn @ Conn::Tcp { .. } => {
+                let _ = conn.drain(&mut stream_buf, |d| on_packet(d, nanos(t0)));
             }
         }
     }
