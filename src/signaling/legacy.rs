@@ -265,11 +265,16 @@ async fn run(
         tokio::time::interval_at(Instant::now() + cfg.ping_interval(), cfg.ping_interval());
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_seen = Instant::now();
+    // Made once, as in the native loop.
+    let shutdown = app.shutdown.cancelled();
+    tokio::pin!(shutdown);
+    let overflowed = overflow.cancelled();
+    tokio::pin!(overflowed);
     let close: Option<(u16, &'static str)> = loop {
         tokio::select! {
             biased;
-            () = app.shutdown.cancelled() => break Some((CLOSE_GOING_AWAY, "server shutting down")),
-            () = overflow.cancelled() => break Some((CLOSE_POLICY, "send queue overflow")),
+            () = &mut shutdown => break Some((CLOSE_GOING_AWAY, "server shutting down")),
+            () = &mut overflowed => break Some((CLOSE_POLICY, "send queue overflow")),
             Some(frame) = rx.recv() => {
                 if ws::send(&mut socket, Message::Text(frame)).await.is_err() {
                     break None;

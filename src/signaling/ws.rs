@@ -205,11 +205,16 @@ async fn run(
     let refresh = tokio::time::sleep(Duration::from_secs(86_400 * 365));
     tokio::pin!(refresh);
 
+    // Made once: a fresh `cancelled()` per wake-up locks the token and re-registers a waiter.
+    let shutdown = app.shutdown.cancelled();
+    tokio::pin!(shutdown);
+    let overflowed = overflow.cancelled();
+    tokio::pin!(overflowed);
     let close: Option<(u16, &'static str)> = loop {
         tokio::select! {
             biased;
-            () = app.shutdown.cancelled() => break Some((CLOSE_GOING_AWAY, "server shutting down")),
-            () = overflow.cancelled() => {
+            () = &mut shutdown => break Some((CLOSE_GOING_AWAY, "server shutting down")),
+            () = &mut overflowed => {
                 warn!("send queue overflow, disconnecting slow client");
                 break Some((CLOSE_POLICY, "send queue overflow"));
             }
