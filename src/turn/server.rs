@@ -123,18 +123,16 @@ impl ClientSink {
     async fn send(&self, bytes: &[u8], client: SocketAddr) -> std::io::Result<()> {
         match self {
             ClientSink::Udp(socket) => socket.send_to(bytes, client).await.map(|_| ()),
-            ClientSink::Stream(writer) => {
-                // TLS buffers records in the session: flush, or the tail of a burst waits
-                // for the next write.
-                let mut writer = writer.lock().await;
-                writer.write_all(bytes).await?;
-                writer.flush().await
+            ClientSink::Stream(_) => {
+                self.send_frames(bytes, std::slice::from_ref(&(0..bytes.len())))
+                    .await
             }
         }
     }
 
     /// Writes several frames to a stream client, one write each: a TLS record per frame,
-    /// as some clients (coturn's among them) read one message per record.
+    /// as some clients (coturn's among them) read one message per record. Then flushes:
+    /// TLS buffers records in the session, or the tail of a burst waits for the next write.
     async fn send_frames(&self, bytes: &[u8], frames: &[Range<usize>]) -> std::io::Result<()> {
         if let ClientSink::Stream(writer) = self {
             let mut writer = writer.lock().await;
@@ -308,7 +306,7 @@ impl TurnServer {
                 Kind::Stun => {
                     if let Some(reply) = self.on_stun(tuple, s.recv.data(i), sink) {
                         // A reply the socket cannot take now is retransmitted for by the client.
-                        let _ = socket.try_send_to(&reply, client);
+                        let _ = send_now(socket, &reply, client);
                     }
                 }
                 Kind::Other => Stats::bump(&self.core.stats.malformed),
@@ -445,7 +443,7 @@ impl TurnServer {
             Handled::Allocated(reply, allocation) => {
                 let _ = allocation.relay.client.set(sink.clone());
                 self.tasks
-                    .spawn(relay_loop(Arc::clone(&self.core), allocation, sink.clone()));
+                    .spawn(relay_loop(Arc::clone(&self.core), allocation));
                 Some(reply)
             }
             Handled::Send {
@@ -454,7 +452,7 @@ impl TurnServer {
                 data,
             } => {
                 // Send indications are rare (browsers bind channels): the kernel path is fine.
-                match allocation.relay.socket.try_send_to(&data, peer) {
+                match send_now(&allocation.relay.socket, &data, peer) {
                     Ok(_) => Stats::add(&self.core.stats.to_peers, 1),
                     Err(e) => {
                         Stats::bump(&self.core.stats.relay_send_failures);
@@ -492,6 +490,8 @@ impl TurnServer {
             return Route::Peer(peer);
         };
         let Some(sink) = other.relay.client.get() else {
+            // Not yet granted (its reply is being sent): as if it had no permission yet.
+            Stats::bump(&self.core.stats.no_permission);
             return Route::Drop;
         };
         let from = allocation.relayed;
@@ -653,6 +653,13 @@ where
     (sent, dropped)
 }
 
+/// One datagram on a non-blocking socket, now. Not tokio's `try_send_to`: that refuses
+/// with `WouldBlock` until the reactor has seen the socket writable once, which drops
+/// the first packets of a fresh relay.
+fn send_now(socket: &UdpSocket, data: &[u8], to: SocketAddr) -> std::io::Result<usize> {
+    socket2::SockRef::from(socket).send_to(data, &to.into())
+}
+
 fn random_tid() -> [u8; 12] {
     let mut tid = [0u8; 12];
     rand::rng().fill_bytes(&mut tid);
@@ -668,11 +675,11 @@ enum RelayBatch {
 }
 
 /// Reads one allocation's relay socket and forwards permitted peer traffic to the client.
-async fn relay_loop(
-    core: Arc<TurnCore>,
-    allocation: Arc<Allocation<RelaySocket>>,
-    sink: ClientSink,
-) {
+async fn relay_loop(core: Arc<TurnCore>, allocation: Arc<Allocation<RelaySocket>>) {
+    // Set when the allocation was granted, before this task was spawned.
+    let Some(sink) = allocation.relay.client.get().cloned() else {
+        return;
+    };
     loop {
         tokio::select! {
             () = allocation.closed.cancelled() => return,
@@ -719,6 +726,7 @@ fn relay_batch(
             };
             let from = SocketAddr::new(super::policy::normalize(from.ip()), from.port());
             if !state.is_permitted(now, from.ip()) {
+                Stats::bump(&stats.no_permission);
                 continue;
             }
             let len = s.recv.data_len(i);
