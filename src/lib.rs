@@ -20,6 +20,7 @@ pub mod app;
 pub mod config;
 pub mod http;
 pub mod lab;
+pub mod metrics;
 pub mod mmsg;
 pub mod net;
 pub mod secrets;

@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, SignalingConfig};
+use crate::metrics::SignalingMetrics;
 use crate::signaling::hub::Hub;
 use crate::signaling::legacy::Directory;
 use crate::signaling::limits::ConnectionLimiter;
@@ -42,6 +43,8 @@ pub struct AppState {
     /// `None` when `turn.enabled` is false.
     pub turn: Option<TurnState>,
     pub limiter: Arc<ConnectionLimiter>,
+    /// Signaling counters for `/metrics`.
+    pub metrics: SignalingMetrics,
     /// ICE servers from the config, handed to every peer as they are.
     pub static_ice_servers: Vec<IceServer>,
     /// Cancelled on SIGINT/SIGTERM; every task watches it.
@@ -80,6 +83,7 @@ impl AppState {
                 s.max_connections,
                 s.max_connections_per_ip,
             )),
+            metrics: SignalingMetrics::default(),
             static_ice_servers: config
                 .ice_servers
                 .iter()

@@ -24,6 +24,7 @@ use super::hub::{OUTBOX_CAPACITY, Outbox};
 use super::limits::{ConnectionGuard, TokenBucket};
 use super::protocol::{self, PeerId, RoomId};
 use super::ws::{self, CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TOO_BIG};
+use crate::metrics::{Dialect, MessageType, Refusal};
 use crate::state::AppState;
 
 /// TURN credentials of this dialect name this room: it has no rooms of its own.
@@ -67,6 +68,11 @@ impl Directory {
         }
     }
 
+    /// Users logged in right now.
+    pub fn online(&self) -> usize {
+        self.users.lock().expect("directory lock").len()
+    }
+
     /// Whether `peer` is logged in (for its TURN credential).
     pub fn is_online(&self, peer: &PeerId) -> bool {
         self.users
@@ -90,6 +96,7 @@ pub async fn upgrade(
         Err(refused) => return *refused,
     };
     let tasks = app.tasks.clone();
+    app.metrics.connections.inc(Dialect::PlainWs);
     ws::limit_frames(&app, socket).on_upgrade(move |socket| {
         let peer = PeerId::random();
         let span = info_span!("legacy", %remote, peer_id = %peer, name = tracing::field::Empty);
@@ -125,7 +132,9 @@ fn error(code: &str, message: impl Into<String>) -> Value {
 impl Session {
     fn handle_text(&mut self, text: &str) -> Next {
         let cfg = &self.app.signaling;
+        let metrics = &self.app.metrics;
         if text.len() > cfg.max_message_bytes {
+            metrics.refusals.inc(Refusal::MaxMessageBytes);
             let message = format!(
                 "message of {} bytes exceeds the limit of {} bytes",
                 text.len(),
@@ -138,6 +147,7 @@ impl Session {
             );
         }
         if !self.bucket.take(std::time::Instant::now()) {
+            metrics.refusals.inc(Refusal::MessagesPerSecond);
             self.strikes += 1;
             if self.strikes > 2 * cfg.message_burst.max(cfg.messages_per_second) {
                 return Next::Close(
@@ -160,6 +170,14 @@ impl Session {
             Err(e) => return Next::Reply(error("bad_request", format!("invalid JSON: {e}"))),
         };
         let kind = data["type"].as_str().unwrap_or_default().to_owned();
+        metrics.messages.inc(match kind.as_str() {
+            "login" => MessageType::Login,
+            "offer" => MessageType::Offer,
+            "answer" => MessageType::Answer,
+            "candidate" => MessageType::Candidate,
+            "leave" => MessageType::Leave,
+            _ => MessageType::Invalid,
+        });
         match kind.as_str() {
             "login" => self.login(&data),
             "offer" | "answer" | "candidate" | "leave" => self.relay(&kind, &data),
@@ -181,6 +199,7 @@ impl Session {
         }
         tracing::Span::current().record("name", name);
         info!("logged in");
+        self.app.metrics.joins.inc(Dialect::PlainWs);
         self.name = Some(name.to_owned());
         let room = RoomId::parse(LEGACY_ROOM).expect("valid room name");
         let (ice_servers, ice_ttl_s) =

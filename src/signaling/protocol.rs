@@ -270,6 +270,44 @@ pub enum ErrorCode {
     ShuttingDown,
 }
 
+impl crate::metrics::Label for ErrorCode {
+    const ALL: &'static [ErrorCode] = &[
+        ErrorCode::BadRequest,
+        ErrorCode::BadRoom,
+        ErrorCode::BadName,
+        ErrorCode::RoomFull,
+        ErrorCode::TooManyRooms,
+        ErrorCode::NotJoined,
+        ErrorCode::AlreadyJoined,
+        ErrorCode::UnknownPeer,
+        ErrorCode::RateLimited,
+        ErrorCode::JoinTimeout,
+        ErrorCode::MessageTooLarge,
+        ErrorCode::TooManyConnections,
+        ErrorCode::ShuttingDown,
+    ];
+    fn index(self) -> usize {
+        self as usize
+    }
+    fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::BadRoom => "bad_room",
+            ErrorCode::BadName => "bad_name",
+            ErrorCode::RoomFull => "room_full",
+            ErrorCode::TooManyRooms => "too_many_rooms",
+            ErrorCode::NotJoined => "not_joined",
+            ErrorCode::AlreadyJoined => "already_joined",
+            ErrorCode::UnknownPeer => "unknown_peer",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::JoinTimeout => "join_timeout",
+            ErrorCode::MessageTooLarge => "message_too_large",
+            ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
 /// Decodes one client text frame.
 ///
 /// # Errors
@@ -311,6 +349,15 @@ pub fn encode(msg: &ServerMsg) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn error_code_metric_labels_match_the_wire_names() {
+        use crate::metrics::Label;
+        for (i, &code) in ErrorCode::ALL.iter().enumerate() {
+            assert_eq!(code.index(), i);
+            assert_eq!(serde_json::to_value(code).unwrap(), json!(code.as_str()));
+        }
+    }
 
     #[test]
     fn a_signal_payload_is_forwarded_as_written() {

@@ -24,6 +24,7 @@ use tracing::{debug, info};
 use super::limits::{ConnectionGuard, TokenBucket};
 use super::protocol::{PeerId, PeerInfo, RoomId};
 use super::room::{JoinError, Rooms};
+use crate::metrics::{Dialect, MessageType, Refusal};
 use crate::state::AppState;
 
 /// Who is in which socket.io room.
@@ -107,6 +108,12 @@ impl SioRooms {
             .map(|left| (left.room, peer.id))
     }
 
+    /// Rooms and peers in a room right now.
+    pub fn counts(&self) -> (usize, usize) {
+        let inner = self.inner.lock().expect("sio lock");
+        (inner.rooms.room_count(), inner.rooms.peer_count())
+    }
+
     /// Whether `peer` is in `room` (for TURN credentials).
     pub fn is_member(&self, room: &RoomId, peer: &PeerId) -> bool {
         self.inner.lock().expect("sio lock").rooms.room_of(peer) == Some(room)
@@ -139,6 +146,7 @@ async fn admit(s: SocketRef, State(app): App) -> Result<(), String> {
     let admitted = super::ws::admit(&app, remote, &parts.headers, &parts.uri)
         .map_err(|refused| format!("connection refused with HTTP status {}", refused.status()))?;
     let s_cfg = &app.signaling;
+    app.metrics.connections.inc(Dialect::SocketIo);
     app.sio.connect(
         s.id,
         Peer {
@@ -191,6 +199,7 @@ fn gate(app: &AppState, s: &SocketRef) -> bool {
     if app.sio.allow(s.id) {
         return true;
     }
+    app.metrics.refusals.inc(Refusal::MessagesPerSecond);
     error(
         s,
         "rate_limited",
@@ -206,6 +215,7 @@ fn too_large(app: &AppState, s: &SocketRef, payload: &Value) -> bool {
     if size <= max {
         return false;
     }
+    app.metrics.refusals.inc(Refusal::MaxMessageBytes);
     error(
         s,
         "message_too_large",
@@ -236,7 +246,12 @@ fn join(app: &AppState, s: &SocketRef, room: &str) -> Result<usize, JoinError> {
         error(s, "already_joined", "already in a room".to_owned());
         return Err(JoinError::AlreadyJoined);
     }
-    let (peer, host, before) = app.sio.join(s.id, &room_id)?;
+    let (peer, host, before) = app.sio.join(s.id, &room_id).inspect_err(|e| match e {
+        JoinError::TooManyRooms => app.metrics.refusals.inc(Refusal::MaxRooms),
+        JoinError::RoomFull => app.metrics.refusals.inc(Refusal::RoomCapacity),
+        JoinError::AlreadyJoined => {}
+    })?;
+    app.metrics.joins.inc(Dialect::SocketIo);
     s.join(room.to_owned());
     info!(sid = %s.id, room, members = before + 1, "socket.io peer joined");
     let (ice_servers, ice_ttl_s) = app.ice_servers_for(&peer, &room_id, &host);
@@ -254,6 +269,7 @@ fn log(app: &AppState, s: &SocketRef, line: String) {
 }
 
 async fn create_or_join(s: SocketRef, Data(room): Data<String>, State(app): App) {
+    app.metrics.messages.inc(MessageType::CreateOrJoin);
     if !gate(&app, &s) {
         return;
     }
@@ -281,6 +297,7 @@ async fn create_or_join(s: SocketRef, Data(room): Data<String>, State(app): App)
 }
 
 async fn join_video_room(s: SocketRef, Data(room): Data<String>, State(app): App) {
+    app.metrics.messages.inc(MessageType::Join);
     if !gate(&app, &s) {
         return;
     }
@@ -299,6 +316,7 @@ async fn join_video_room(s: SocketRef, Data(room): Data<String>, State(app): App
 }
 
 async fn message(s: SocketRef, Data(msg): Data<Value>, State(app): App) {
+    app.metrics.messages.inc(MessageType::Message);
     if !gate(&app, &s) {
         return;
     }
@@ -311,6 +329,7 @@ async fn message(s: SocketRef, Data(msg): Data<Value>, State(app): App) {
 }
 
 async fn ipaddr(s: SocketRef, State(app): App) {
+    app.metrics.messages.inc(MessageType::Ipaddr);
     if !gate(&app, &s) {
         return;
     }
@@ -320,6 +339,7 @@ async fn ipaddr(s: SocketRef, State(app): App) {
 }
 
 async fn start_call(s: SocketRef, Data(room): Data<String>, State(app): App) {
+    app.metrics.messages.inc(MessageType::StartCall);
     if !gate(&app, &s) {
         return;
     }
@@ -329,6 +349,7 @@ async fn start_call(s: SocketRef, Data(room): Data<String>, State(app): App) {
 }
 
 async fn webrtc_offer(s: SocketRef, Data(data): Data<Value>, State(app): App) {
+    app.metrics.messages.inc(MessageType::WebrtcOffer);
     if !gate(&app, &s) {
         return;
     }
@@ -336,6 +357,7 @@ async fn webrtc_offer(s: SocketRef, Data(data): Data<Value>, State(app): App) {
 }
 
 async fn webrtc_answer(s: SocketRef, Data(data): Data<Value>, State(app): App) {
+    app.metrics.messages.inc(MessageType::WebrtcAnswer);
     if !gate(&app, &s) {
         return;
     }
@@ -343,6 +365,7 @@ async fn webrtc_answer(s: SocketRef, Data(data): Data<Value>, State(app): App) {
 }
 
 async fn webrtc_ice_candidate(s: SocketRef, Data(data): Data<Value>, State(app): App) {
+    app.metrics.messages.inc(MessageType::WebrtcIceCandidate);
     if !gate(&app, &s) {
         return;
     }

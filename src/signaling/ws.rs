@@ -22,6 +22,7 @@ use super::hub::{OUTBOX_CAPACITY, Outbox};
 use super::limits::{ConnectionGuard, ConnectionRefused, TokenBucket};
 use super::protocol::{self, ClientMsg, ErrorCode, PeerId, PeerInfo, RoomId, ServerMsg};
 use super::room::{JoinError, RouteError};
+use crate::metrics::{Dialect, MessageType, Refusal};
 use crate::state::AppState;
 
 /// Close codes (RFC 6455 section 7.4.1).
@@ -45,6 +46,7 @@ pub async fn upgrade(
         Err(refused) => return *refused,
     };
     let tasks = app.tasks.clone();
+    app.metrics.connections.inc(Dialect::Native);
     limit_frames(&app, ws).on_upgrade(move |socket| {
         let peer_id = PeerId::random();
         let span = info_span!("ws", %remote, peer_id = %peer_id, room = tracing::field::Empty);
@@ -78,6 +80,7 @@ pub fn admit(
         .or_else(|| uri.authority().map(|a| a.as_str()));
     if !origin_allowed(origin, host, &app.signaling.allowed_origins) {
         warn!(%remote, origin = origin.unwrap_or(""), "websocket origin refused");
+        app.metrics.refusals.inc(Refusal::Origin);
         return Err(Box::new(refusal(
             StatusCode::FORBIDDEN,
             "origin_refused",
@@ -85,6 +88,7 @@ pub fn admit(
         )));
     }
     if app.shutdown.is_cancelled() {
+        app.metrics.refusals.inc(Refusal::ShuttingDown);
         return Err(Box::new(refusal(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting_down",
@@ -92,6 +96,10 @@ pub fn admit(
         )));
     }
     let guard = app.limiter.try_acquire(remote.ip()).map_err(|limit| {
+        app.metrics.refusals.inc(match limit {
+            ConnectionRefused::Total => Refusal::MaxConnections,
+            ConnectionRefused::PerIp => Refusal::MaxConnectionsPerIp,
+        });
         let (status, message) = match limit {
             ConnectionRefused::Total => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -216,6 +224,7 @@ async fn run(
             () = &mut shutdown => break Some((CLOSE_GOING_AWAY, "server shutting down")),
             () = &mut overflowed => {
                 warn!("send queue overflow, disconnecting slow client");
+                app.metrics.refusals.inc(Refusal::SendQueue);
                 break Some((CLOSE_POLICY, "send queue overflow"));
             }
             Some(frame) = rx.recv() => {
@@ -237,6 +246,8 @@ async fn run(
                 }
             }
             () = &mut join_deadline, if session.room.is_none() => {
+                app.metrics.refusals.inc(Refusal::JoinTimeout);
+                app.metrics.errors.inc(ErrorCode::JoinTimeout);
                 let err = ServerMsg::error(ErrorCode::JoinTimeout, format!("no join within {} s", cfg.join_timeout_s));
                 let _ = send_msg(&mut socket, &err).await;
                 break Some((CLOSE_POLICY, "join timeout"));
@@ -327,7 +338,9 @@ enum Reply {
 impl Session {
     fn handle_text(&mut self, text: &str) -> Reply {
         let max = self.app.signaling.max_message_bytes;
+        let metrics = &self.app.metrics;
         if text.len() > max {
+            metrics.refusals.inc(Refusal::MaxMessageBytes);
             return Reply::Close(
                 ErrorCode::MessageTooLarge,
                 format!(
@@ -339,6 +352,7 @@ impl Session {
             );
         }
         if !self.bucket.take(std::time::Instant::now()) {
+            metrics.refusals.inc(Refusal::MessagesPerSecond);
             self.strikes += 1;
             // A client that keeps sending after errors worth two bursts is ignoring them.
             let cfg = &self.app.signaling;
@@ -359,7 +373,15 @@ impl Session {
             );
         }
         self.strikes = 0;
-        match protocol::decode(text) {
+        let msg = protocol::decode(text);
+        metrics.messages.inc(match &msg {
+            Err(_) => MessageType::Invalid,
+            Ok(ClientMsg::Join { .. }) => MessageType::Join,
+            Ok(ClientMsg::Signal { .. }) => MessageType::Signal,
+            Ok(ClientMsg::Leave) => MessageType::Leave,
+            Ok(ClientMsg::Ping) => MessageType::Ping,
+        });
+        match msg {
             Err(message) => Reply::Error(ErrorCode::BadRequest, message),
             Ok(ClientMsg::Join { room, name }) => self.join(&room, name),
             Ok(ClientMsg::Signal { to, payload }) => {
@@ -426,19 +448,26 @@ impl Session {
                     "joined"
                 );
                 self.room = Some(room_id);
+                self.app.metrics.joins.inc(Dialect::Native);
                 Reply::None
             }
-            Err(JoinError::RoomFull) => Reply::Error(
+            Err(JoinError::RoomFull) => {
+                self.app.metrics.refusals.inc(Refusal::RoomCapacity);
+                Reply::Error(
                 ErrorCode::RoomFull,
                 format!(
                     "room {room_id} is full ({} peers)",
                     self.app.signaling.room_capacity
                 ),
-            ),
-            Err(JoinError::TooManyRooms) => Reply::Error(
-                ErrorCode::TooManyRooms,
-                "the server has too many rooms".to_owned(),
-            ),
+                )
+            }
+            Err(JoinError::TooManyRooms) => {
+                self.app.metrics.refusals.inc(Refusal::MaxRooms);
+                Reply::Error(
+                    ErrorCode::TooManyRooms,
+                    "the server has too many rooms".to_owned(),
+                )
+            }
             Err(JoinError::AlreadyJoined) => Reply::Error(
                 ErrorCode::AlreadyJoined,
                 "already in a room; leave first".to_owned(),
@@ -482,10 +511,12 @@ impl Session {
             Reply::None => Ok(()),
             Reply::Msg(msg) => send_msg(socket, &msg).await,
             Reply::Error(code, message) => {
+                self.app.metrics.errors.inc(code);
                 debug!(?code, %message, "refused client message");
                 send_msg(socket, &ServerMsg::error(code, message)).await
             }
             Reply::Close(code, message, close_code, reason) => {
+                self.app.metrics.errors.inc(code);
                 warn!(?code, %message, "closing client");
                 let _ = send_msg(socket, &ServerMsg::error(code, message)).await;
                 return Next::Close(close_code, reason);

@@ -12,7 +12,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -29,27 +28,12 @@ use tracing::{debug, info};
 use super::allocation::{AllocState, granted_lifetime};
 use super::auth::{self, NonceCheck, NonceKey, Owner};
 use super::policy::PeerPolicy;
+pub use super::stats::{CloseReason, Stats, Transport};
+use super::stats::{AuthFailure, Quota};
 use super::wire;
+use crate::metrics::Label;
 use crate::config::Secret;
 use crate::signaling::protocol::{PeerId, RoomId};
-
-/// The transport a client reached the server over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Transport {
-    Udp,
-    Tcp,
-    Tls,
-}
-
-impl Transport {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::Udp => "udp",
-            Transport::Tcp => "tcp",
-            Transport::Tls => "tls",
-        }
-    }
-}
 
 /// Identifies an allocation: the client, the server socket it talked to, and the transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -94,35 +78,6 @@ pub struct CoreConfig {
     pub max_allocations_per_credential: usize,
     pub max_allocations_per_room: usize,
     pub max_allocations: usize,
-}
-
-/// Counters of dropped and refused traffic; read by logs now, metrics later.
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub malformed: AtomicU64,
-    pub auth_failures: AtomicU64,
-    pub policy_refusals: AtomicU64,
-    pub quota_refusals: AtomicU64,
-    pub no_permission: AtomicU64,
-    pub relay_send_failures: AtomicU64,
-    /// Datagrams relayed to peers out of relay sockets.
-    pub to_peers: AtomicU64,
-    /// Datagrams delivered to clients (from peers, and relay to relay).
-    pub to_clients: AtomicU64,
-    /// Of those, relayed between two allocations of this server without the kernel.
-    pub relay_to_relay: AtomicU64,
-}
-
-impl Stats {
-    pub fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn add(counter: &AtomicU64, n: usize) {
-        if n > 0 {
-            counter.fetch_add(n as u64, Ordering::Relaxed);
-        }
-    }
 }
 
 /// Responses kept per allocation to answer retransmitted requests identically.
@@ -214,16 +169,6 @@ fn decrement<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
     }
 }
 
-/// Why an allocation was closed, for the log line.
-#[derive(Debug, Clone, Copy)]
-pub enum CloseReason {
-    Expired,
-    Refresh,
-    PeerLeft,
-    TransportClosed,
-    Shutdown,
-}
-
 pub struct Core<B: RelayBinder> {
     config: CoreConfig,
     nonces: NonceKey,
@@ -285,13 +230,13 @@ impl<B: RelayBinder> Core<B> {
         let mut msg = Message::new();
         msg.raw = bytes.to_vec();
         if msg.decode().is_err() {
-            Stats::bump(&self.stats.malformed);
+            self.stats.malformed.inc();
             return Handled::Nothing;
         }
         if msg.contains(stun::attributes::ATTR_FINGERPRINT)
             && stun::fingerprint::FINGERPRINT.check(&msg).is_err()
         {
-            Stats::bump(&self.stats.malformed);
+            self.stats.malformed.inc();
             return Handled::Nothing;
         }
         if msg.typ.class == CLASS_INDICATION {
@@ -329,8 +274,10 @@ impl<B: RelayBinder> Core<B> {
         }
         let authed = match self.authenticate(&mut msg, tuple, unix, existing.as_deref()) {
             Ok(a) => a,
-            Err(reply) => {
-                Stats::bump(&self.stats.auth_failures);
+            Err((failure, reply)) => {
+                if let Some(f) = failure {
+                    self.stats.auth_failures.inc(f);
+                }
                 return Handled::Reply(reply);
             }
         };
@@ -352,7 +299,7 @@ impl<B: RelayBinder> Core<B> {
         tuple: FiveTuple,
         unix: u64,
         existing: Option<&Allocation<B::Relay>>,
-    ) -> Result<Authed, Vec<u8>> {
+    ) -> Result<Authed, (Option<AuthFailure>, Vec<u8>)> {
         let ip = tuple.client.ip();
         let challenge = |msg: &Message, code: u16| {
             let realm = TextAttribute::new(ATTR_REALM, self.config.realm.clone());
@@ -365,31 +312,30 @@ impl<B: RelayBinder> Core<B> {
             )
         };
         if !msg.contains(ATTR_MESSAGE_INTEGRITY) {
-            return Err(challenge(msg, 401));
+            // The first request of every client: answered with a nonce, not a failure.
+            return Err((None, challenge(msg, 401)));
         }
         let text = |attr| TextAttribute::get_from_as(msg, attr).map(|t| t.text);
         let (Ok(username), Ok(realm), Ok(nonce)) =
             (text(ATTR_USERNAME), text(ATTR_REALM), text(ATTR_NONCE))
         else {
-            return Err(wire::response(
-                msg,
-                CLASS_ERROR_RESPONSE,
-                vec![wire::error_code(400)],
-                None,
+            return Err((
+                Some(AuthFailure::BadRequest),
+                wire::response(msg, CLASS_ERROR_RESPONSE, vec![wire::error_code(400)], None),
             ));
         };
         if self.nonces.check(&nonce, unix, ip) != NonceCheck::Valid {
-            return Err(challenge(msg, 438));
+            return Err((Some(AuthFailure::StaleNonce), challenge(msg, 438)));
         }
         if realm != self.config.realm {
             debug!(client = %tuple.client, "TURN request for another realm");
-            return Err(challenge(msg, 401));
+            return Err((Some(AuthFailure::WrongRealm), challenge(msg, 401)));
         }
         let Ok(candidate) =
             auth::lookup(&username, &self.config.secrets, &self.config.static_users)
         else {
             debug!(client = %tuple.client, "unknown TURN username");
-            return Err(challenge(msg, 401));
+            return Err((Some(AuthFailure::UnknownUser), challenge(msg, 401)));
         };
         let key = candidate.passwords.iter().find_map(|password| {
             let key = auth::long_term_key(&username, &realm, password);
@@ -400,17 +346,20 @@ impl<B: RelayBinder> Core<B> {
         });
         let Some(key) = key else {
             debug!(client = %tuple.client, "wrong TURN credential");
-            return Err(challenge(msg, 401));
+            return Err((Some(AuthFailure::BadIntegrity), challenge(msg, 401)));
         };
         // An existing allocation belongs to the credential that made it.
         if let Some(a) = existing
             && a.username != username
         {
-            return Err(wire::response(
-                msg,
-                CLASS_ERROR_RESPONSE,
-                vec![wire::error_code(441)],
-                Some(&key),
+            return Err((
+                Some(AuthFailure::WrongCredential),
+                wire::response(
+                    msg,
+                    CLASS_ERROR_RESPONSE,
+                    vec![wire::error_code(441)],
+                    Some(&key),
+                ),
             ));
         }
         let expired = candidate.expires.is_some_and(|e| e < unix);
@@ -423,7 +372,12 @@ impl<B: RelayBinder> Core<B> {
         let ok = member && (!expired || existing.is_some());
         if !ok {
             debug!(client = %tuple.client, expired, member, "TURN credential no longer valid");
-            return Err(challenge(msg, 401));
+            let failure = if member {
+                AuthFailure::Expired
+            } else {
+                AuthFailure::NotInRoom
+            };
+            return Err((Some(failure), challenge(msg, 401)));
         }
         Ok(Authed {
             username,
@@ -477,8 +431,8 @@ impl<B: RelayBinder> Core<B> {
             let table = self.table.read().expect("table");
             let c = &self.config;
             if table.by_tuple.len() >= c.max_allocations {
-                Stats::bump(&self.stats.quota_refusals);
-                info!(client = %tuple.client, limit = "total", "allocation refused by quota");
+                self.stats.quota_refusals.inc(Quota::Total);
+                info!(client = %tuple.client, limit = Quota::Total.as_str(), "allocation refused by quota");
                 return error(508, "total quota");
             }
             let per_user = table
@@ -494,13 +448,13 @@ impl<B: RelayBinder> Core<B> {
             if per_user >= c.max_allocations_per_credential
                 || per_room >= c.max_allocations_per_room
             {
-                Stats::bump(&self.stats.quota_refusals);
                 let limit = if per_user >= c.max_allocations_per_credential {
-                    "credential"
+                    Quota::Credential
                 } else {
-                    "room"
+                    Quota::Room
                 };
-                info!(client = %tuple.client, limit, "allocation refused by quota");
+                self.stats.quota_refusals.inc(limit);
+                info!(client = %tuple.client, limit = limit.as_str(), "allocation refused by quota");
                 return error(486, "credential or room quota");
             }
         }
@@ -582,6 +536,7 @@ impl<B: RelayBinder> Core<B> {
             }
             table.insert(Arc::clone(&allocation));
         }
+        self.stats.allocations_created.inc(tuple.transport);
         info!(client = %tuple.client, transport = tuple.transport.as_str(), %relayed, lifetime_s = granted.as_secs(), owner = ?owner_label(&allocation.owner), "allocation created");
         Handled::Allocated(reply, allocation)
     }
@@ -649,6 +604,7 @@ impl<B: RelayBinder> Core<B> {
             state.permit(now, peer.ip());
         }
         drop(state);
+        self.stats.permissions_created.add(peers.len() as u64);
         Handled::Reply(wire::response(
             msg,
             CLASS_SUCCESS_RESPONSE,
@@ -687,6 +643,7 @@ impl<B: RelayBinder> Core<B> {
                 return error(400, "channel binding rules");
             }
         }
+        self.stats.channels_bound.inc();
         Handled::Reply(wire::response(
             msg,
             CLASS_SUCCESS_RESPONSE,
@@ -701,7 +658,7 @@ impl<B: RelayBinder> Core<B> {
         };
         let peers = wire::peer_addresses(msg);
         let (Some([peer]), Ok(data)) = (peers.as_deref(), msg.get(ATTR_DATA)) else {
-            Stats::bump(&self.stats.malformed);
+            self.stats.malformed.inc();
             return Handled::Nothing;
         };
         let peer = *peer;
@@ -711,7 +668,7 @@ impl<B: RelayBinder> Core<B> {
             .expect("allocation")
             .is_permitted(now, peer.ip())
         {
-            Stats::bump(&self.stats.no_permission);
+            self.stats.no_permission.inc();
             return Handled::Nothing;
         }
         Handled::Send {
@@ -741,7 +698,7 @@ impl<B: RelayBinder> Core<B> {
             .by_relay
             .contains_key(&peer);
         self.policy.check(peer, is_relay).map_err(|refused| {
-            Stats::bump(&self.stats.policy_refusals);
+            self.stats.policy_refusals.inc(refused.class);
             info!(%peer, class = refused.class, "peer address refused by policy");
             (403, "peer refused by policy")
         })
@@ -771,7 +728,8 @@ impl<B: RelayBinder> Core<B> {
     pub fn close(&self, tuple: &FiveTuple, reason: CloseReason) -> bool {
         let removed = self.table.write().expect("table").remove(tuple);
         if let Some(a) = &removed {
-            info!(client = %a.tuple.client, relayed = %a.relayed, ?reason, "allocation closed");
+            self.stats.allocations_closed.inc(reason);
+            info!(client = %a.tuple.client, relayed = %a.relayed, reason = reason.as_str(), "allocation closed");
         }
         removed.is_some()
     }

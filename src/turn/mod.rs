@@ -15,4 +15,5 @@ pub mod core;
 pub mod ice;
 pub mod policy;
 pub mod server;
+pub mod stats;
 pub mod wire;

@@ -211,6 +211,11 @@ impl TurnServer {
         });
     }
 
+    /// The TURN metric families.
+    pub fn metrics(&self) -> Vec<crate::metrics::Family> {
+        self.core.stats.families(self.core.allocation_count())
+    }
+
     /// Serves STUN/TURN on a bound UDP socket, a batch of datagrams per wake-up.
     pub async fn serve_udp(self: Arc<Self>, socket: UdpSocket) {
         let socket = Arc::new(socket);
@@ -228,8 +233,8 @@ impl TurnServer {
             }
             loop {
                 let r = with_scratch(|s| self.udp_batch(&socket, local, &sink, s, &mut deferred));
-                for (sink, bytes, client) in deferred.drain(..) {
-                    self.reply(&sink, &bytes, client).await;
+                for (sink, bytes, client, transport) in deferred.drain(..) {
+                    self.forward(&sink, &bytes, client, transport).await;
                 }
                 match r {
                     Ok(_) => {}
@@ -249,7 +254,7 @@ impl TurnServer {
         local: SocketAddr,
         sink: &ClientSink,
         s: &mut Scratch,
-        deferred: &mut Vec<(ClientSink, Vec<u8>, SocketAddr)>,
+        deferred: &mut Vec<(ClientSink, Vec<u8>, SocketAddr, Transport)>,
     ) -> std::io::Result<usize> {
         let got = socket.try_io(Interest::READABLE, || s.recv.recv(socket))?;
         let now = Instant::now();
@@ -274,7 +279,7 @@ impl TurnServer {
                                 a
                             }
                             None => {
-                                Stats::bump(&self.core.stats.no_permission);
+                                self.core.stats.no_permission.inc();
                                 continue;
                             }
                         },
@@ -292,14 +297,20 @@ impl TurnServer {
                             sink: ClientSink::Udp(to),
                             dest,
                             range,
+                            ..
                         } => s.out.push(Out {
                             via: Via::Listener(to),
                             slot: i,
                             range,
                             dest,
                         }),
-                        Route::Client { sink, dest, range } => {
-                            deferred.push((sink, s.recv.slot(i)[range].to_vec(), dest));
+                        Route::Client {
+                            sink,
+                            dest,
+                            range,
+                            transport,
+                        } => {
+                            deferred.push((sink, s.recv.slot(i)[range].to_vec(), dest, transport));
                         }
                     }
                 }
@@ -309,7 +320,7 @@ impl TurnServer {
                         let _ = send_now(socket, &reply, client);
                     }
                 }
-                Kind::Other => Stats::bump(&self.core.stats.malformed),
+                Kind::Other => self.core.stats.malformed.inc(),
             }
         }
         s.flush(&self.core.stats);
@@ -384,7 +395,7 @@ impl TurnServer {
             let Some(len) =
                 wire::stream_frame_len([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]])
             else {
-                Stats::bump(&self.core.stats.malformed);
+                self.core.stats.malformed.inc();
                 debug!(client = %tuple.client, "stream is not STUN or ChannelData, closing");
                 break;
             };
@@ -402,7 +413,7 @@ impl TurnServer {
         match wire::classify(frame) {
             Kind::ChannelData { number, len } => {
                 let Some(allocation) = self.core.get(&tuple) else {
-                    return Stats::bump(&self.core.stats.no_permission);
+                    return self.core.stats.no_permission.inc();
                 };
                 let start = HEADROOM + CHANNEL_HEADER;
                 match self.route(&allocation, Instant::now(), number, buf, start, len) {
@@ -413,23 +424,26 @@ impl TurnServer {
                             .socket
                             .send_to(&buf[start..start + len], peer);
                         if let Err(e) = sent.await {
-                            Stats::bump(&self.core.stats.relay_send_failures);
+                            self.core.stats.relay_send_failures.inc();
                             debug!(%peer, error = %e, "relay send failed");
                         } else {
-                            Stats::add(&self.core.stats.to_peers, 1);
+                            self.core.stats.to_peers.add(tuple.transport, 1, len);
                         }
                     }
-                    Route::Client { sink, dest, range } => {
-                        self.reply(&sink, &buf[range], dest).await;
-                    }
+                    Route::Client {
+                        sink,
+                        dest,
+                        range,
+                        transport,
+                    } => self.forward(&sink, &buf[range], dest, transport).await,
                 }
             }
             Kind::Stun => {
                 if let Some(reply) = self.on_stun(tuple, frame, sink) {
-                    self.reply(sink, &reply, tuple.client).await;
+                    let _ = self.reply(sink, &reply, tuple.client).await;
                 }
             }
-            Kind::Other => Stats::bump(&self.core.stats.malformed),
+            Kind::Other => self.core.stats.malformed.inc(),
         }
     }
 
@@ -453,9 +467,9 @@ impl TurnServer {
             } => {
                 // Send indications are rare (browsers bind channels): the kernel path is fine.
                 match send_now(&allocation.relay.socket, &data, peer) {
-                    Ok(_) => Stats::add(&self.core.stats.to_peers, 1),
+                    Ok(_) => self.core.stats.to_peers.add(tuple.transport, 1, data.len()),
                     Err(e) => {
-                        Stats::bump(&self.core.stats.relay_send_failures);
+                        self.core.stats.relay_send_failures.inc();
                         debug!(%peer, error = %e, "relay send failed");
                     }
                 }
@@ -483,7 +497,7 @@ impl TurnServer {
             .expect("allocation")
             .channel_peer(now, number);
         let Some(peer) = peer else {
-            Stats::bump(&self.core.stats.no_permission);
+            self.core.stats.no_permission.inc();
             return Route::Drop;
         };
         let Some(other) = self.core.by_relayed(&peer) else {
@@ -491,14 +505,14 @@ impl TurnServer {
         };
         let Some(sink) = other.relay.client.get() else {
             // Not yet granted (its reply is being sent): as if it had no permission yet.
-            Stats::bump(&self.core.stats.no_permission);
+            self.core.stats.no_permission.inc();
             return Route::Drop;
         };
         let from = allocation.relayed;
         let channel = {
             let state = other.state.lock().expect("allocation");
             if !state.is_permitted(now, from.ip()) {
-                Stats::bump(&self.core.stats.no_permission);
+                self.core.stats.no_permission.inc();
                 return Route::Drop;
             }
             state.channel_of(now, from)
@@ -507,17 +521,31 @@ impl TurnServer {
             Some(n) => wire::channel_data_in_place(buf, start, len, n, sink.pads()),
             None => wire::data_indication_in_place(buf, start, len, from, random_tid()),
         };
-        Stats::add(&self.core.stats.relay_to_relay, 1);
+        self.core.stats.relay_to_relay.inc();
         Route::Client {
             sink: sink.clone(),
             dest: other.tuple.client,
             range,
+            transport: other.tuple.transport,
         }
     }
 
-    async fn reply(&self, sink: &ClientSink, bytes: &[u8], client: SocketAddr) {
-        if let Err(e) = sink.send(bytes, client).await {
-            debug!(%client, error = %e, "cannot answer TURN client");
+    async fn reply(&self, sink: &ClientSink, bytes: &[u8], client: SocketAddr) -> bool {
+        match sink.send(bytes, client).await {
+            Ok(()) => true,
+            Err(e) => {
+                debug!(%client, error = %e, "cannot answer TURN client");
+                false
+            }
+        }
+    }
+
+    /// Sends relay-to-relay data to a client (a stream client, or any when not batched).
+    async fn forward(&self, sink: &ClientSink, bytes: &[u8], client: SocketAddr, transport: Transport) {
+        if self.reply(sink, bytes, client).await {
+            self.core.stats.to_clients.add(transport, 1, bytes.len());
+        } else {
+            self.core.stats.relay_send_failures.inc();
         }
     }
 }
@@ -532,6 +560,8 @@ enum Route {
         sink: ClientSink,
         dest: SocketAddr,
         range: Range<usize>,
+        /// The other client's transport, for the counters.
+        transport: Transport,
     },
 }
 
@@ -591,7 +621,7 @@ impl Scratch {
         }
         // Stable: a client's datagrams keep their order.
         self.out.sort_by_key(|o| o.via.as_raw_fd());
-        let (mut to_peers, mut to_clients, mut failed) = (0, 0, 0);
+        let (mut to_peers, mut to_clients, mut failed) = ((0, 0), (0, 0), 0);
         let mut i = 0;
         while i < self.out.len() {
             let fd = self.out[i].via.as_raw_fd();
@@ -601,56 +631,64 @@ impl Scratch {
                 .count();
             let group = &self.out[i..j];
             let recv = &self.recv;
-            let (sent, dropped) = send_all(&mut self.send, &group[0].via, |k| {
+            let sent = send_all(&mut self.send, &group[0].via, |k| {
                 group[k..]
                     .iter()
                     .map(|o| (&recv.slot(o.slot)[o.range.clone()], Some(o.dest)))
             });
-            failed += dropped;
-            match group[0].via {
-                Via::Relay(_) => to_peers += sent,
-                Via::Listener(_) => to_clients += sent,
-            }
+            failed += sent.dropped;
+            let total = match group[0].via {
+                Via::Relay(_) => &mut to_peers,
+                Via::Listener(_) => &mut to_clients,
+            };
+            total.0 += sent.packets;
+            total.1 += sent.bytes;
             i = j;
         }
         self.out.clear();
-        Stats::add(&stats.to_peers, to_peers);
-        Stats::add(&stats.to_clients, to_clients);
-        Stats::add(&stats.relay_send_failures, failed);
+        // This path serves the UDP listeners only.
+        stats.to_peers.add(Transport::Udp, to_peers.0, to_peers.1);
+        stats.to_clients.add(Transport::Udp, to_clients.0, to_clients.1);
+        stats.relay_send_failures.add(failed as u64);
     }
 }
 
 /// Sends every datagram `from(k)` yields (the tail starting at `k`), skipping one that
 /// the kernel refuses (say, an unreachable peer) and giving up on a full socket.
-/// Returns (sent, dropped).
-fn send_all<'a, I>(
-    batch: &mut SendBatch,
-    socket: &impl AsRawFd,
-    from: impl Fn(usize) -> I,
-) -> (usize, usize)
+fn send_all<'a, I>(batch: &mut SendBatch, socket: &impl AsRawFd, from: impl Fn(usize) -> I) -> Sent
 where
     I: ExactSizeIterator<Item = (&'a [u8], Option<SocketAddr>)>,
 {
     let total = from(0).len();
-    let (mut k, mut sent, mut dropped) = (0, 0, 0);
+    let mut k = 0;
+    let mut sent = Sent::default();
     while k < total {
         match batch.send(socket, from(k)) {
             Ok(n) => {
+                sent.bytes += from(k).take(n).map(|(d, _)| d.len()).sum::<usize>();
+                sent.packets += n;
                 k += n;
-                sent += n;
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                dropped += total - k;
+                sent.dropped += total - k;
                 break;
             }
             Err(e) => {
                 debug!(peer = ?from(k).next().and_then(|(_, to)| to), error = %e, "relay send failed");
-                dropped += 1;
+                sent.dropped += 1;
                 k += 1;
             }
         }
     }
-    (sent, dropped)
+    sent
+}
+
+/// What `send_all` did.
+#[derive(Default)]
+struct Sent {
+    packets: usize,
+    bytes: usize,
+    dropped: usize,
 }
 
 /// One datagram on a non-blocking socket, now. Not tokio's `try_send_to`: that refuses
@@ -695,7 +733,7 @@ async fn relay_loop(core: Arc<TurnCore>, allocation: Arc<Allocation<RelaySocket>
                         debug!(client = %allocation.tuple.client, error = %e, "cannot forward to TURN client");
                         return;
                     }
-                    Stats::add(&core.stats.to_clients, frames.len());
+                    core.stats.to_clients.add(allocation.tuple.transport, frames.len(), bytes.len());
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => debug!(error = %e, "relay receive error"),
@@ -726,7 +764,7 @@ fn relay_batch(
             };
             let from = SocketAddr::new(super::policy::normalize(from.ip()), from.port());
             if !state.is_permitted(now, from.ip()) {
-                Stats::bump(&stats.no_permission);
+                stats.no_permission.inc();
                 continue;
             }
             let len = s.recv.data_len(i);
@@ -753,13 +791,13 @@ fn relay_batch(
         .map(|(i, r)| (&recv.slot(*i)[r.clone()], Some(client)));
     match sink {
         ClientSink::Udp(socket) => {
-            let (sent, dropped) = send_all(&mut s.send, &**socket, |k| {
+            let sent = send_all(&mut s.send, &**socket, |k| {
                 s.frames[k..]
                     .iter()
                     .map(|(i, r)| (&recv.slot(*i)[r.clone()], Some(client)))
             });
-            Stats::add(&stats.to_clients, sent);
-            Stats::add(&stats.relay_send_failures, dropped);
+            stats.to_clients.add(Transport::Udp, sent.packets, sent.bytes);
+            stats.relay_send_failures.add(sent.dropped as u64);
             Ok(RelayBatch::Done)
         }
         ClientSink::Stream(_) => {

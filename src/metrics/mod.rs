@@ -1,0 +1,228 @@
+//! Prometheus metrics: counters that the signaling and TURN code bump as things happen,
+//! and `gather`, which reads them with the live gauges (rooms, peers, allocations,
+//! process) into families that `encode` writes as OpenMetrics text for `/metrics`.
+//!
+//! Labels are closed enums (see `counters`): no user name, room name or address is ever a label.
+
+mod counters;
+pub mod process;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+pub use counters::{ByLabel, ByName, Counter, Label};
+
+use crate::state::AppState;
+
+crate::labels! {
+    /// The signaling protocol a socket speaks.
+    pub Dialect {
+        Native => "native",
+        PlainWs => "plain_ws",
+        SocketIo => "socketio",
+    }
+}
+
+crate::labels! {
+    /// Client messages, by the `type` (or socket.io event) they arrived as.
+    pub MessageType {
+        Join => "join",
+        Signal => "signal",
+        Leave => "leave",
+        Ping => "ping",
+        Login => "login",
+        Offer => "offer",
+        Answer => "answer",
+        Candidate => "candidate",
+        CreateOrJoin => "create_or_join",
+        Message => "message",
+        StartCall => "start_call",
+        WebrtcOffer => "webrtc_offer",
+        WebrtcAnswer => "webrtc_answer",
+        WebrtcIceCandidate => "webrtc_ice_candidate",
+        Ipaddr => "ipaddr",
+        Invalid => "invalid",
+    }
+}
+
+crate::labels! {
+    /// Which limit refused a connection or a message; named after its config key.
+    pub Refusal {
+        Origin => "allowed_origins",
+        MaxConnections => "max_connections",
+        MaxConnectionsPerIp => "max_connections_per_ip",
+        ShuttingDown => "shutting_down",
+        MessagesPerSecond => "messages_per_second",
+        MaxMessageBytes => "max_message_bytes",
+        JoinTimeout => "join_timeout_s",
+        SendQueue => "send_queue",
+        RoomCapacity => "room_capacity",
+        MaxRooms => "max_rooms",
+    }
+}
+
+/// Counters of the signaling side, shared by every dialect.
+#[derive(Debug, Default)]
+pub struct SignalingMetrics {
+    pub connections: ByLabel<Dialect>,
+    pub joins: ByLabel<Dialect>,
+    pub messages: ByLabel<MessageType>,
+    pub errors: ByLabel<crate::signaling::protocol::ErrorCode>,
+    pub refusals: ByLabel<Refusal>,
+    /// Peers disconnected and rooms closed through the admin API.
+    pub kicked: Counter,
+}
+
+/// One metric family as read at scrape time.
+#[derive(Debug)]
+pub struct Family {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub kind: Kind,
+    pub samples: Vec<(Vec<(&'static str, &'static str)>, f64)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Kind {
+    Counter,
+    Gauge,
+}
+
+impl Family {
+    pub fn counter(name: &'static str, help: &'static str) -> Family {
+        Family {
+            name,
+            help,
+            kind: Kind::Counter,
+            samples: Vec::new(),
+        }
+    }
+
+    pub fn gauge(name: &'static str, help: &'static str) -> Family {
+        Family {
+            name,
+            help,
+            kind: Kind::Gauge,
+            samples: Vec::new(),
+        }
+    }
+
+    /// Adds an unlabelled sample.
+    pub fn value(mut self, v: f64) -> Family {
+        self.samples.push((Vec::new(), v));
+        self
+    }
+
+    /// Adds a sample per label of `counter`, under label key `key`.
+    pub fn by<L: Label>(mut self, key: &'static str, counter: &ByLabel<L>) -> Family {
+        for (label, n) in counter.iter() {
+            self.samples.push((vec![(key, label.as_str())], n as f64));
+        }
+        self
+    }
+
+    /// Adds one sample with the given labels.
+    pub fn labelled(mut self, labels: Vec<(&'static str, &'static str)>, v: f64) -> Family {
+        self.samples.push((labels, v));
+        self
+    }
+}
+
+#[derive(Debug)]
+struct Snapshot(Vec<Family>);
+
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for family in &self.0 {
+            let kind = match family.kind {
+                Kind::Counter => MetricType::Counter,
+                Kind::Gauge => MetricType::Gauge,
+            };
+            let mut metric = encoder.encode_descriptor(family.name, family.help, None, kind)?;
+            for (labels, value) in &family.samples {
+                let sample = metric.encode_family(labels)?;
+                match family.kind {
+                    Kind::Counter => ConstCounter::new(*value).encode(sample)?,
+                    Kind::Gauge => ConstGauge::new(*value).encode(sample)?,
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The OpenMetrics text of `families`: names are prefixed with `switchboard_`, except the
+/// standard `process_*` ones, which dashboards expect as they are.
+pub fn encode(families: Vec<Family>) -> String {
+    let (process, ours): (Vec<_>, Vec<_>) = families
+        .into_iter()
+        .partition(|f| f.name.starts_with("process_"));
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Snapshot(process)));
+    registry
+        .sub_registry_with_prefix("switchboard")
+        .register_collector(Box::new(Snapshot(ours)));
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry)
+        .expect("writing to a String cannot fail");
+    out
+}
+
+/// Every metric of the running server.
+pub fn gather(app: &AppState) -> Vec<Family> {
+    let m = &app.metrics;
+    let (rooms, peers) = app.hub.counts();
+    let (sio_rooms, sio_peers) = app.sio.counts();
+    let mut families = vec![
+        Family::gauge("signaling_open_connections", "Open signaling sockets, all dialects.")
+            .value(app.limiter.total() as f64),
+        Family::counter("signaling_connections", "Signaling sockets accepted.")
+            .by("dialect", &m.connections),
+        Family::gauge("signaling_rooms", "Rooms with at least one peer.")
+            .labelled(vec![("dialect", "native")], rooms as f64)
+            .labelled(vec![("dialect", "socketio")], sio_rooms as f64),
+        Family::gauge("signaling_peers", "Peers in a room.")
+            .labelled(vec![("dialect", "native")], peers as f64)
+            .labelled(vec![("dialect", "socketio")], sio_peers as f64)
+            .labelled(vec![("dialect", "plain_ws")], app.legacy.online() as f64),
+        Family::counter("signaling_joins", "Successful joins (logins for the plain-WebSocket dialect).")
+            .by("dialect", &m.joins),
+        Family::counter("signaling_messages", "Client messages received, by type.")
+            .by("type", &m.messages),
+        Family::counter("signaling_errors", "Error replies sent to clients, by code.")
+            .by("code", &m.errors),
+        Family::counter("signaling_refusals", "Connections and messages refused by a limit.")
+            .by("limit", &m.refusals),
+        Family::counter("signaling_admin_kicks", "Peers disconnected through the admin API.")
+            .value(m.kicked.get() as f64),
+    ];
+    if let Some(turn) = &app.turn {
+        families.extend(turn.server.metrics());
+    }
+    families.extend(process::families());
+    families
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_encode_as_openmetrics_text() {
+        let c = ByLabel::<Dialect>::default();
+        c.inc(Dialect::SocketIo);
+        let text = encode(vec![
+            Family::counter("joins", "Joins.").by("dialect", &c),
+            Family::gauge("rooms", "Rooms.").value(3.0),
+        ]);
+        assert!(text.contains("# TYPE switchboard_joins counter"), "{text}");
+        assert!(text.contains("switchboard_joins_total{dialect=\"socketio\"} 1"), "{text}");
+        assert!(text.contains("switchboard_joins_total{dialect=\"native\"} 0"), "{text}");
+        assert!(text.contains("switchboard_rooms 3"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}

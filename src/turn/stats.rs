@@ -1,0 +1,149 @@
+//! What the TURN server counts: allocations, relayed traffic, and every refusal or drop,
+//! with bounded labels. Bumped on the data path (relaxed atomics, per batch where it can),
+//! read by `/metrics`.
+
+use crate::metrics::{ByLabel, ByName, Counter, Family, Label};
+
+crate::labels! {
+    /// The transport a client reached the server over.
+    pub Transport {
+        Udp => "udp",
+        Tcp => "tcp",
+        Tls => "tls",
+    }
+}
+
+crate::labels! {
+    /// Why an allocation was closed.
+    pub CloseReason {
+        Expired => "expired",
+        Refresh => "refresh",
+        PeerLeft => "peer_left",
+        TransportClosed => "transport_closed",
+        Revoked => "revoked",
+        Shutdown => "shutdown",
+    }
+}
+
+crate::labels! {
+    /// Why a request failed authentication (the 401 challenge of a first request is not a failure).
+    pub AuthFailure {
+        BadRequest => "bad_request",
+        StaleNonce => "stale_nonce",
+        WrongRealm => "wrong_realm",
+        UnknownUser => "unknown_user",
+        BadIntegrity => "bad_integrity",
+        WrongCredential => "wrong_credential",
+        Expired => "expired",
+        NotInRoom => "not_in_room",
+    }
+}
+
+crate::labels! {
+    /// Which allocation quota refused a request (their config keys).
+    pub Quota {
+        Credential => "max_allocations_per_credential",
+        Room => "max_allocations_per_room",
+        Total => "max_allocations",
+    }
+}
+
+/// Packets and bytes relayed in one direction, by the client's transport.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    pub packets: ByLabel<Transport>,
+    pub bytes: ByLabel<Transport>,
+}
+
+impl Traffic {
+    pub fn add(&self, transport: Transport, packets: usize, bytes: usize) {
+        self.packets.add(transport, packets as u64);
+        self.bytes.add(transport, bytes as u64);
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub allocations_created: ByLabel<Transport>,
+    pub allocations_closed: ByLabel<CloseReason>,
+    pub permissions_created: Counter,
+    pub channels_bound: Counter,
+    /// From clients out of relay sockets to peers.
+    pub to_peers: Traffic,
+    /// To clients, from peers and from other allocations.
+    pub to_clients: Traffic,
+    /// Packets handed from one allocation to another inside the server, without the kernel.
+    pub relay_to_relay: Counter,
+    pub auth_failures: ByLabel<AuthFailure>,
+    /// Peer addresses refused, by the address class of the policy.
+    pub policy_refusals: ByName,
+    pub quota_refusals: ByLabel<Quota>,
+    /// Datagrams that are not STUN or ChannelData, or STUN that does not parse.
+    pub malformed: Counter,
+    /// Data to or from a peer without a permission, or for a channel not bound.
+    pub no_permission: Counter,
+    /// Relayed datagrams the kernel refused or a full socket dropped.
+    pub relay_send_failures: Counter,
+}
+
+impl Stats {
+    /// The metric families, with the number of live allocations.
+    pub fn families(&self, allocations: usize) -> Vec<Family> {
+        let traffic = |name, help, pick: fn(&Traffic) -> &ByLabel<Transport>| {
+            let mut f = Family::counter(name, help);
+            for (dir, t) in [("to_peer", &self.to_peers), ("to_client", &self.to_clients)] {
+                for (transport, n) in pick(t).iter() {
+                    f = f.labelled(
+                        vec![("direction", dir), ("transport", transport.as_str())],
+                        n as f64,
+                    );
+                }
+            }
+            f
+        };
+        let policy = self.policy_refusals.snapshot().into_iter().fold(
+            Family::counter(
+                "turn_policy_refusals",
+                "Peer addresses refused by the peer policy, by address class.",
+            ),
+            |f, (class, n)| f.labelled(vec![("class", class)], n as f64),
+        );
+        vec![
+            Family::gauge("turn_allocations", "Live TURN allocations.").value(allocations as f64),
+            Family::counter("turn_allocations_created", "Allocations granted, by client transport.")
+                .by("transport", &self.allocations_created),
+            Family::counter("turn_allocations_closed", "Allocations closed, by reason.")
+                .by("reason", &self.allocations_closed),
+            Family::counter("turn_permissions_created", "Permissions installed or refreshed.")
+                .value(self.permissions_created.get() as f64),
+            Family::counter("turn_channels_bound", "Channel bindings made or refreshed.")
+                .value(self.channels_bound.get() as f64),
+            traffic(
+                "turn_relayed_packets",
+                "Relayed packets, by direction and client transport.",
+                |t| &t.packets,
+            ),
+            traffic(
+                "turn_relayed_bytes",
+                "Relayed payload bytes, by direction and client transport.",
+                |t| &t.bytes,
+            ),
+            Family::counter(
+                "turn_relay_to_relay_packets",
+                "Packets passed between two allocations of this server inside it.",
+            )
+            .value(self.relay_to_relay.get() as f64),
+            Family::counter("turn_auth_failures", "Requests that failed authentication, by reason.")
+                .by("reason", &self.auth_failures),
+            policy,
+            Family::counter("turn_quota_refusals", "Allocations refused by a quota.")
+                .by("quota", &self.quota_refusals),
+            Family::counter("turn_malformed", "Datagrams and frames that are not valid STUN or ChannelData.")
+                .value(self.malformed.get() as f64),
+            Family::counter("turn_no_permission_drops", "Packets dropped for want of a permission or channel.")
+                .value(self.no_permission.get() as f64),
+            Family::counter("turn_relay_send_failures", "Relayed packets the kernel refused or a full socket dropped.")
+                .value(self.relay_send_failures.get() as f64),
+        ]
+    }
+}
