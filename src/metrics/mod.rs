@@ -8,7 +8,7 @@ mod counters;
 pub mod process;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -83,7 +83,32 @@ pub struct Family {
     pub name: &'static str,
     pub help: &'static str,
     pub kind: Kind,
-    pub samples: Vec<(Vec<(&'static str, &'static str)>, f64)>,
+    pub samples: Vec<(Vec<(&'static str, &'static str)>, Value)>,
+}
+
+/// A sample: counts stay integers in the text, times and sizes may be fractional.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Value {
+    Int(u64),
+    Float(f64),
+}
+
+impl From<u64> for Value {
+    fn from(v: u64) -> Self {
+        Value::Int(v)
+    }
+}
+
+impl From<usize> for Value {
+    fn from(v: usize) -> Self {
+        Value::Int(v as u64)
+    }
+}
+
+impl From<f64> for Value {
+    fn from(v: f64) -> Self {
+        Value::Float(v)
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -112,22 +137,27 @@ impl Family {
     }
 
     /// Adds an unlabelled sample.
-    pub fn value(mut self, v: f64) -> Family {
-        self.samples.push((Vec::new(), v));
+    pub fn value(mut self, v: impl Into<Value>) -> Family {
+        self.samples.push((Vec::new(), v.into()));
         self
     }
 
     /// Adds a sample per label of `counter`, under label key `key`.
     pub fn by<L: Label>(mut self, key: &'static str, counter: &ByLabel<L>) -> Family {
         for (label, n) in counter.iter() {
-            self.samples.push((vec![(key, label.as_str())], n as f64));
+            self.samples
+                .push((vec![(key, label.as_str())], Value::Int(n)));
         }
         self
     }
 
     /// Adds one sample with the given labels.
-    pub fn labelled(mut self, labels: Vec<(&'static str, &'static str)>, v: f64) -> Family {
-        self.samples.push((labels, v));
+    pub fn labelled(
+        mut self,
+        labels: Vec<(&'static str, &'static str)>,
+        v: impl Into<Value>,
+    ) -> Family {
+        self.samples.push((labels, v.into()));
         self
     }
 }
@@ -143,15 +173,28 @@ impl Collector for Snapshot {
                 Kind::Gauge => MetricType::Gauge,
             };
             let mut metric = encoder.encode_descriptor(family.name, family.help, None, kind)?;
-            for (labels, value) in &family.samples {
-                let sample = metric.encode_family(labels)?;
-                match family.kind {
-                    Kind::Counter => ConstCounter::new(*value).encode(sample)?,
-                    Kind::Gauge => ConstGauge::new(*value).encode(sample)?,
+            match family.samples.as_slice() {
+                // An unlabelled family has one sample, written without `{}`.
+                [(labels, value)] if labels.is_empty() => sample(family.kind, *value, metric)?,
+                samples => {
+                    for (labels, value) in samples {
+                        sample(family.kind, *value, metric.encode_family(labels)?)?;
+                    }
                 }
             }
         }
         Ok(())
+    }
+}
+
+fn sample(kind: Kind, value: Value, to: MetricEncoder) -> Result<(), std::fmt::Error> {
+    match (kind, value) {
+        (Kind::Counter, Value::Int(v)) => ConstCounter::new(v).encode(to),
+        (Kind::Counter, Value::Float(v)) => ConstCounter::new(v).encode(to),
+        (Kind::Gauge, Value::Int(v)) => {
+            ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX)).encode(to)
+        }
+        (Kind::Gauge, Value::Float(v)) => ConstGauge::new(v).encode(to),
     }
 }
 
@@ -178,27 +221,42 @@ pub fn gather(app: &AppState) -> Vec<Family> {
     let (rooms, peers) = app.hub.counts();
     let (sio_rooms, sio_peers) = app.sio.counts();
     let mut families = vec![
-        Family::gauge("signaling_open_connections", "Open signaling sockets, all dialects.")
-            .value(app.limiter.total() as f64),
+        Family::gauge(
+            "signaling_open_connections",
+            "Open signaling sockets, all dialects.",
+        )
+        .value(app.limiter.total()),
         Family::counter("signaling_connections", "Signaling sockets accepted.")
             .by("dialect", &m.connections),
         Family::gauge("signaling_rooms", "Rooms with at least one peer.")
-            .labelled(vec![("dialect", "native")], rooms as f64)
-            .labelled(vec![("dialect", "socketio")], sio_rooms as f64),
+            .labelled(vec![("dialect", "native")], rooms)
+            .labelled(vec![("dialect", "socketio")], sio_rooms),
         Family::gauge("signaling_peers", "Peers in a room.")
-            .labelled(vec![("dialect", "native")], peers as f64)
-            .labelled(vec![("dialect", "socketio")], sio_peers as f64)
-            .labelled(vec![("dialect", "plain_ws")], app.legacy.online() as f64),
-        Family::counter("signaling_joins", "Successful joins (logins for the plain-WebSocket dialect).")
-            .by("dialect", &m.joins),
+            .labelled(vec![("dialect", "native")], peers)
+            .labelled(vec![("dialect", "socketio")], sio_peers)
+            .labelled(vec![("dialect", "plain_ws")], app.legacy.online()),
+        Family::counter(
+            "signaling_joins",
+            "Successful joins (logins for the plain-WebSocket dialect).",
+        )
+        .by("dialect", &m.joins),
         Family::counter("signaling_messages", "Client messages received, by type.")
             .by("type", &m.messages),
-        Family::counter("signaling_errors", "Error replies sent to clients, by code.")
-            .by("code", &m.errors),
-        Family::counter("signaling_refusals", "Connections and messages refused by a limit.")
-            .by("limit", &m.refusals),
-        Family::counter("signaling_admin_kicks", "Peers disconnected through the admin API.")
-            .value(m.kicked.get() as f64),
+        Family::counter(
+            "signaling_errors",
+            "Error replies sent to clients, by code.",
+        )
+        .by("code", &m.errors),
+        Family::counter(
+            "signaling_refusals",
+            "Connections and messages refused by a limit.",
+        )
+        .by("limit", &m.refusals),
+        Family::counter(
+            "signaling_admin_kicks",
+            "Peers disconnected through the admin API.",
+        )
+        .value(m.kicked.get()),
     ];
     if let Some(turn) = &app.turn {
         families.extend(turn.server.metrics());
@@ -217,11 +275,17 @@ mod tests {
         c.inc(Dialect::SocketIo);
         let text = encode(vec![
             Family::counter("joins", "Joins.").by("dialect", &c),
-            Family::gauge("rooms", "Rooms.").value(3.0),
+            Family::gauge("rooms", "Rooms.").value(3usize),
         ]);
         assert!(text.contains("# TYPE switchboard_joins counter"), "{text}");
-        assert!(text.contains("switchboard_joins_total{dialect=\"socketio\"} 1"), "{text}");
-        assert!(text.contains("switchboard_joins_total{dialect=\"native\"} 0"), "{text}");
+        assert!(
+            text.contains("switchboard_joins_total{dialect=\"socketio\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("switchboard_joins_total{dialect=\"native\"} 0"),
+            "{text}"
+        );
         assert!(text.contains("switchboard_rooms 3"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
     }

@@ -50,20 +50,29 @@ pub fn families() -> Vec<Family> {
     // utime and stime are fields 14 and 15, starttime 22, vsize 23, rss 24 (1-based).
     if let (Some(user), Some(system)) = (field(11), field(12)) {
         out.push(
-            Family::counter("process_cpu_seconds", "User and system CPU time spent in seconds.")
-                .value((user + system) / ticks),
+            Family::counter(
+                "process_cpu_seconds",
+                "User and system CPU time spent in seconds.",
+            )
+            .value((user + system) / ticks),
         );
     }
     if let Some(rss) = field(21) {
         out.push(
-            Family::gauge("process_resident_memory_bytes", "Resident memory size in bytes.")
-                .value(rss * page_size()),
+            Family::gauge(
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes.",
+            )
+            .value(rss * page_size()),
         );
     }
     if let Some(vsize) = field(20) {
         out.push(
-            Family::gauge("process_virtual_memory_bytes", "Virtual memory size in bytes.")
-                .value(vsize),
+            Family::gauge(
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes.",
+            )
+            .value(vsize),
         );
     }
     if let (Some(start), Some(boot)) = (field(19), boot_time()) {

@@ -3,10 +3,11 @@
 //! Every method locks, asks `Rooms` what happened, queues the resulting frames
 //! on the peers' bounded outboxes with `try_send`, and unlocks; nothing here
 //! awaits, so a `std::sync::Mutex` is right. A peer whose outbox is full is
-//! told to disconnect (its `overflow` token) instead of slowing everyone else.
+//! told to disconnect (its `Evict` signal) instead of slowing everyone else;
+//! the admin API evicts peers the same way.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::mpsc;
@@ -18,19 +19,50 @@ use super::room::{JoinError, Joined, Left, Rooms, RouteError};
 /// Frames queued for one peer's socket task.
 pub const OUTBOX_CAPACITY: usize = 256;
 
+/// Why a peer's socket is closed from outside its task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Eviction {
+    /// Its outbox was full: a client too slow to read.
+    Overflow,
+    /// The operator closed its room or kicked it (admin API).
+    Kicked,
+}
+
+/// Tells a socket task to close its connection, and why; the first reason wins.
+#[derive(Debug, Clone, Default)]
+pub struct Evict {
+    token: CancellationToken,
+    why: Arc<OnceLock<Eviction>>,
+}
+
+impl Evict {
+    pub fn evict(&self, why: Eviction) {
+        let _ = self.why.set(why);
+        self.token.cancel();
+    }
+
+    /// Fires on eviction; the socket task makes it once and keeps it pinned.
+    pub fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+
+    pub fn reason(&self) -> Eviction {
+        self.why.get().copied().unwrap_or(Eviction::Overflow)
+    }
+}
+
 /// The sending side of a peer's socket task.
 #[derive(Debug, Clone)]
 pub struct Outbox {
     pub tx: mpsc::Sender<Utf8Bytes>,
-    /// Cancelled when the outbox overflows; the socket task then closes the connection.
-    pub overflow: CancellationToken,
+    pub evict: Evict,
 }
 
 impl Outbox {
     /// Queues `frame`; a full queue flags the peer for disconnection instead of waiting.
     pub fn deliver(&self, frame: Utf8Bytes) {
         if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(frame) {
-            self.overflow.cancel();
+            self.evict.evict(Eviction::Overflow);
         }
     }
 }
@@ -123,6 +155,50 @@ impl Hub {
         Ok(())
     }
 
+    /// Every room with its members, sorted by name.
+    pub fn rooms(&self) -> Vec<(RoomId, Vec<PeerInfo>)> {
+        let inner = self.inner.lock().expect("hub lock");
+        let mut rooms: Vec<_> = inner
+            .rooms
+            .iter()
+            .map(|(id, members)| (id.clone(), members.to_vec()))
+            .collect();
+        rooms.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        rooms
+    }
+
+    /// Removes every member of `room` and evicts their sockets; returns who was removed.
+    pub fn close_room(&self, room: &RoomId) -> Vec<PeerId> {
+        let mut inner = self.inner.lock().expect("hub lock");
+        let members: Vec<PeerId> = inner
+            .rooms
+            .members(room)
+            .iter()
+            .map(|p| p.id.clone())
+            .collect();
+        for peer in &members {
+            inner.rooms.handle_leave(peer);
+            if let Some(outbox) = inner.outboxes.remove(peer) {
+                outbox.evict.evict(Eviction::Kicked);
+            }
+        }
+        members
+    }
+
+    /// Removes `peer` from its room (the others are told `peer_left`) and evicts its socket.
+    pub fn kick(&self, peer: &PeerId) -> Option<Left> {
+        let outbox = self
+            .inner
+            .lock()
+            .expect("hub lock")
+            .outboxes
+            .get(peer)
+            .cloned()?;
+        let left = self.leave(peer);
+        outbox.evict.evict(Eviction::Kicked);
+        left
+    }
+
     /// Whether `peer` is in `room` right now.
     pub fn is_member(&self, room: &RoomId, peer: &PeerId) -> bool {
         self.inner.lock().expect("hub lock").rooms.room_of(peer) == Some(room)
@@ -144,7 +220,7 @@ mod tests {
         (
             Outbox {
                 tx,
-                overflow: CancellationToken::new(),
+                evict: Evict::default(),
             },
             rx,
         )
@@ -221,8 +297,8 @@ mod tests {
         let (a, b) = (info(), info());
         let (oa, _ra) = outbox(8);
         let (ob, _rb) = outbox(1);
-        let flag_a = oa.overflow.clone();
-        let flag_b = ob.overflow.clone();
+        let flag_a = oa.evict.clone();
+        let flag_b = ob.evict.clone();
         hub.join(a.clone(), &room, oa, welcome(&a.id, &room))
             .unwrap();
         hub.join(b.clone(), &room, ob, welcome(&b.id, &room))
@@ -230,7 +306,45 @@ mod tests {
         // b's single slot holds its welcome; the next frame overflows.
         hub.signal(&a.id, &b.id, serde_json::Value::Null.into())
             .unwrap();
-        assert!(flag_b.is_cancelled());
-        assert!(!flag_a.is_cancelled());
+        assert!(flag_b.token().is_cancelled());
+        assert_eq!(flag_b.reason(), Eviction::Overflow);
+        assert!(!flag_a.token().is_cancelled());
+    }
+
+    #[test]
+    fn closing_a_room_evicts_its_members_only_and_kick_tells_the_others() {
+        let hub = Hub::new(4, 10);
+        let (r1, r2) = (RoomId::parse("one").unwrap(), RoomId::parse("two").unwrap());
+        let (a, b, c) = (info(), info(), info());
+        let (oa, _ra) = outbox(8);
+        let (ob, mut rb) = outbox(8);
+        let (oc, _rc) = outbox(8);
+        let (ea, eb, ec) = (oa.evict.clone(), ob.evict.clone(), oc.evict.clone());
+        hub.join(a.clone(), &r1, oa, welcome(&a.id, &r1)).unwrap();
+        hub.join(b.clone(), &r1, ob, welcome(&b.id, &r1)).unwrap();
+        hub.join(c.clone(), &r2, oc, welcome(&c.id, &r2)).unwrap();
+        let listed: Vec<_> = hub
+            .rooms()
+            .into_iter()
+            .map(|(r, m)| (r.as_str().to_owned(), m.len()))
+            .collect();
+        assert_eq!(listed, [("one".to_owned(), 2), ("two".to_owned(), 1)]);
+
+        next(&mut rb); // welcome
+        assert!(hub.kick(&a.id).is_some());
+        assert_eq!(ea.reason(), Eviction::Kicked);
+        assert!(ea.token().is_cancelled());
+        assert_eq!(
+            next(&mut rb),
+            ServerMsg::PeerLeft {
+                peer_id: a.id.clone()
+            }
+        );
+        assert!(hub.kick(&a.id).is_none(), "a kicked peer is gone");
+
+        assert_eq!(hub.close_room(&r1), vec![b.id.clone()]);
+        assert!(eb.token().is_cancelled() && !ec.token().is_cancelled());
+        assert_eq!(hub.counts(), (1, 1));
+        assert!(hub.close_room(&r1).is_empty());
     }
 }

@@ -17,10 +17,9 @@ use axum::response::Response;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
-use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
-use super::hub::{OUTBOX_CAPACITY, Outbox};
+use super::hub::{Evict, OUTBOX_CAPACITY, Outbox};
 use super::limits::{ConnectionGuard, TokenBucket};
 use super::protocol::{self, PeerId, RoomId};
 use super::ws::{self, CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TOO_BIG};
@@ -262,14 +261,14 @@ async fn run(
     info!("connected");
     let cfg = app.signaling.clone();
     let (tx, mut rx) = mpsc::channel(OUTBOX_CAPACITY);
-    let overflow = CancellationToken::new();
+    let evict = Evict::default();
     let mut session = Session {
         app: Arc::clone(&app),
         peer,
         request_host,
         outbox: Outbox {
             tx,
-            overflow: overflow.clone(),
+            evict: evict.clone(),
         },
         name: None,
         partner: None,
@@ -287,13 +286,13 @@ async fn run(
     // Made once, as in the native loop.
     let shutdown = app.shutdown.cancelled();
     tokio::pin!(shutdown);
-    let overflowed = overflow.cancelled();
-    tokio::pin!(overflowed);
+    let evicted = evict.token().cancelled();
+    tokio::pin!(evicted);
     let close: Option<(u16, &'static str)> = loop {
         tokio::select! {
             biased;
             () = &mut shutdown => break Some((CLOSE_GOING_AWAY, "server shutting down")),
-            () = &mut overflowed => break Some((CLOSE_POLICY, "send queue overflow")),
+            () = &mut evicted => break Some(ws::evicted_close(&app, evict.reason())),
             Some(frame) = rx.recv() => {
                 if ws::send(&mut socket, Message::Text(frame)).await.is_err() {
                     break None;

@@ -132,6 +132,11 @@ impl Rooms {
         self.rooms.get(room).map_or(&[], |r| &r.members)
     }
 
+    /// Every room with its members.
+    pub fn iter(&self) -> impl Iterator<Item = (&RoomId, &[PeerInfo])> {
+        self.rooms.iter().map(|(id, r)| (id, r.members.as_slice()))
+    }
+
     pub fn room_count(&self) -> usize {
         self.rooms.len()
     }

@@ -15,10 +15,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
-use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::hub::{OUTBOX_CAPACITY, Outbox};
+use super::hub::{Evict, Eviction, OUTBOX_CAPACITY, Outbox};
 use super::limits::{ConnectionGuard, ConnectionRefused, TokenBucket};
 use super::protocol::{self, ClientMsg, ErrorCode, PeerId, PeerInfo, RoomId, ServerMsg};
 use super::room::{JoinError, RouteError};
@@ -185,14 +184,14 @@ async fn run(
     info!("connected");
     let cfg = app.signaling.clone();
     let (tx, mut rx) = mpsc::channel(OUTBOX_CAPACITY);
-    let overflow = CancellationToken::new();
+    let evict = Evict::default();
     let mut session = Session {
         app: Arc::clone(&app),
         peer_id,
         request_host,
         outbox: Outbox {
             tx,
-            overflow: overflow.clone(),
+            evict: evict.clone(),
         },
         room: None,
         bucket: TokenBucket::new(
@@ -216,17 +215,13 @@ async fn run(
     // Made once: a fresh `cancelled()` per wake-up locks the token and re-registers a waiter.
     let shutdown = app.shutdown.cancelled();
     tokio::pin!(shutdown);
-    let overflowed = overflow.cancelled();
-    tokio::pin!(overflowed);
+    let evicted = evict.token().cancelled();
+    tokio::pin!(evicted);
     let close: Option<(u16, &'static str)> = loop {
         tokio::select! {
             biased;
             () = &mut shutdown => break Some((CLOSE_GOING_AWAY, "server shutting down")),
-            () = &mut overflowed => {
-                warn!("send queue overflow, disconnecting slow client");
-                app.metrics.refusals.inc(Refusal::SendQueue);
-                break Some((CLOSE_POLICY, "send queue overflow"));
-            }
+            () = &mut evicted => break Some(evicted_close(&app, evict.reason())),
             Some(frame) = rx.recv() => {
                 if send(&mut socket, Message::Text(frame)).await.is_err() {
                     break None;
@@ -294,6 +289,22 @@ async fn run(
         info!(code, reason, "disconnected");
     } else {
         info!("disconnected");
+    }
+}
+
+/// The close frame for an evicted socket, logged and counted.
+pub(super) fn evicted_close(app: &AppState, why: Eviction) -> (u16, &'static str) {
+    match why {
+        Eviction::Overflow => {
+            warn!("send queue overflow, disconnecting slow client");
+            app.metrics.refusals.inc(Refusal::SendQueue);
+            (CLOSE_POLICY, "send queue overflow")
+        }
+        Eviction::Kicked => {
+            info!("closed by the operator");
+            app.metrics.kicked.inc();
+            (CLOSE_POLICY, "closed by the server operator")
+        }
     }
 }
 
@@ -454,11 +465,11 @@ impl Session {
             Err(JoinError::RoomFull) => {
                 self.app.metrics.refusals.inc(Refusal::RoomCapacity);
                 Reply::Error(
-                ErrorCode::RoomFull,
-                format!(
-                    "room {room_id} is full ({} peers)",
-                    self.app.signaling.room_capacity
-                ),
+                    ErrorCode::RoomFull,
+                    format!(
+                        "room {room_id} is full ({} peers)",
+                        self.app.signaling.room_capacity
+                    ),
                 )
             }
             Err(JoinError::TooManyRooms) => {

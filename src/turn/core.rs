@@ -28,11 +28,11 @@ use tracing::{debug, info};
 use super::allocation::{AllocState, granted_lifetime};
 use super::auth::{self, NonceCheck, NonceKey, Owner};
 use super::policy::PeerPolicy;
-pub use super::stats::{CloseReason, Stats, Transport};
 use super::stats::{AuthFailure, Quota};
+pub use super::stats::{CloseReason, Stats, Transport};
 use super::wire;
-use crate::metrics::Label;
 use crate::config::Secret;
+use crate::metrics::Label;
 use crate::signaling::protocol::{PeerId, RoomId};
 
 /// Identifies an allocation: the client, the server socket it talked to, and the transport.

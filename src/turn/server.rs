@@ -541,7 +541,13 @@ impl TurnServer {
     }
 
     /// Sends relay-to-relay data to a client (a stream client, or any when not batched).
-    async fn forward(&self, sink: &ClientSink, bytes: &[u8], client: SocketAddr, transport: Transport) {
+    async fn forward(
+        &self,
+        sink: &ClientSink,
+        bytes: &[u8],
+        client: SocketAddr,
+        transport: Transport,
+    ) {
         if self.reply(sink, bytes, client).await {
             self.core.stats.to_clients.add(transport, 1, bytes.len());
         } else {
@@ -648,7 +654,9 @@ impl Scratch {
         self.out.clear();
         // This path serves the UDP listeners only.
         stats.to_peers.add(Transport::Udp, to_peers.0, to_peers.1);
-        stats.to_clients.add(Transport::Udp, to_clients.0, to_clients.1);
+        stats
+            .to_clients
+            .add(Transport::Udp, to_clients.0, to_clients.1);
         stats.relay_send_failures.add(failed as u64);
     }
 }
@@ -733,7 +741,11 @@ async fn relay_loop(core: Arc<TurnCore>, allocation: Arc<Allocation<RelaySocket>
                         debug!(client = %allocation.tuple.client, error = %e, "cannot forward to TURN client");
                         return;
                     }
-                    core.stats.to_clients.add(allocation.tuple.transport, frames.len(), bytes.len());
+                    core.stats.to_clients.add(
+                        allocation.tuple.transport,
+                        frames.len(),
+                        bytes.len(),
+                    );
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => debug!(error = %e, "relay receive error"),
@@ -796,7 +808,9 @@ fn relay_batch(
                     .iter()
                     .map(|(i, r)| (&recv.slot(*i)[r.clone()], Some(client)))
             });
-            stats.to_clients.add(Transport::Udp, sent.packets, sent.bytes);
+            stats
+                .to_clients
+                .add(Transport::Udp, sent.packets, sent.bytes);
             stats.relay_send_failures.add(sent.dropped as u64);
             Ok(RelayBatch::Done)
         }

@@ -95,7 +95,7 @@ impl Stats {
                 for (transport, n) in pick(t).iter() {
                     f = f.labelled(
                         vec![("direction", dir), ("transport", transport.as_str())],
-                        n as f64,
+                        n,
                     );
                 }
             }
@@ -106,18 +106,24 @@ impl Stats {
                 "turn_policy_refusals",
                 "Peer addresses refused by the peer policy, by address class.",
             ),
-            |f, (class, n)| f.labelled(vec![("class", class)], n as f64),
+            |f, (class, n)| f.labelled(vec![("class", class)], n),
         );
         vec![
-            Family::gauge("turn_allocations", "Live TURN allocations.").value(allocations as f64),
-            Family::counter("turn_allocations_created", "Allocations granted, by client transport.")
-                .by("transport", &self.allocations_created),
+            Family::gauge("turn_allocations", "Live TURN allocations.").value(allocations),
+            Family::counter(
+                "turn_allocations_created",
+                "Allocations granted, by client transport.",
+            )
+            .by("transport", &self.allocations_created),
             Family::counter("turn_allocations_closed", "Allocations closed, by reason.")
                 .by("reason", &self.allocations_closed),
-            Family::counter("turn_permissions_created", "Permissions installed or refreshed.")
-                .value(self.permissions_created.get() as f64),
+            Family::counter(
+                "turn_permissions_created",
+                "Permissions installed or refreshed.",
+            )
+            .value(self.permissions_created.get()),
             Family::counter("turn_channels_bound", "Channel bindings made or refreshed.")
-                .value(self.channels_bound.get() as f64),
+                .value(self.channels_bound.get()),
             traffic(
                 "turn_relayed_packets",
                 "Relayed packets, by direction and client transport.",
@@ -132,18 +138,30 @@ impl Stats {
                 "turn_relay_to_relay_packets",
                 "Packets passed between two allocations of this server inside it.",
             )
-            .value(self.relay_to_relay.get() as f64),
-            Family::counter("turn_auth_failures", "Requests that failed authentication, by reason.")
-                .by("reason", &self.auth_failures),
+            .value(self.relay_to_relay.get()),
+            Family::counter(
+                "turn_auth_failures",
+                "Requests that failed authentication, by reason.",
+            )
+            .by("reason", &self.auth_failures),
             policy,
             Family::counter("turn_quota_refusals", "Allocations refused by a quota.")
                 .by("quota", &self.quota_refusals),
-            Family::counter("turn_malformed", "Datagrams and frames that are not valid STUN or ChannelData.")
-                .value(self.malformed.get() as f64),
-            Family::counter("turn_no_permission_drops", "Packets dropped for want of a permission or channel.")
-                .value(self.no_permission.get() as f64),
-            Family::counter("turn_relay_send_failures", "Relayed packets the kernel refused or a full socket dropped.")
-                .value(self.relay_send_failures.get() as f64),
+            Family::counter(
+                "turn_malformed",
+                "Datagrams and frames that are not valid STUN or ChannelData.",
+            )
+            .value(self.malformed.get()),
+            Family::counter(
+                "turn_no_permission_drops",
+                "Packets dropped for want of a permission or channel.",
+            )
+            .value(self.no_permission.get()),
+            Family::counter(
+                "turn_relay_send_failures",
+                "Relayed packets the kernel refused or a full socket dropped.",
+            )
+            .value(self.relay_send_failures.get()),
         ]
     }
 }
