@@ -41,6 +41,8 @@ pub struct Listeners {
     pub turn_tls: Vec<TcpListener>,
     /// Plain `ws://` listeners for the plain-WebSocket dialect.
     pub legacy_ws: Vec<TcpListener>,
+    /// The admin listener: `/metrics` and the admin API.
+    pub admin: Vec<TcpListener>,
 }
 
 impl Listeners {
@@ -75,6 +77,7 @@ impl Listeners {
             "plain WebSocket",
             "signaling.legacy_ws_listen",
         )?;
+        let admin = tcp(&config.admin.listen, "admin", "admin.listen")?;
         let turn = &config.turn;
         let (mut turn_udp, mut turn_tcp, mut turn_tls) = (Vec::new(), Vec::new(), Vec::new());
         if turn.enabled {
@@ -97,6 +100,7 @@ impl Listeners {
             turn_tcp,
             turn_tls,
             legacy_ws,
+            admin,
         })
     }
 }
@@ -123,6 +127,7 @@ pub async fn run(
         turn_tcp,
         turn_tls,
         legacy_ws,
+        admin,
     } = listeners;
     let mut https_addrs = Vec::new();
     for l in &https {
@@ -141,7 +146,7 @@ pub async fn run(
     } else {
         None
     };
-    let app = Arc::new(AppState::new(
+    let mut state = AppState::new(
         &config,
         hub,
         legacy,
@@ -149,7 +154,14 @@ pub async fn run(
         turn,
         shutdown.clone(),
         tasks.clone(),
-    ));
+    );
+    if !admin.is_empty() {
+        state.admin_token = vec![match &config.admin.token {
+            Some(token) => token.clone(),
+            None => secrets::load_or_generate(&config.server.state_dir, secrets::ADMIN_TOKEN_FILE)?,
+        }];
+    }
+    let app = Arc::new(state);
     let router = http::router(Arc::clone(&app));
 
     let turn_on_https = app
@@ -196,6 +208,18 @@ pub async fn run(
         tasks.spawn(http::server::serve_plain(
             listener,
             http::legacy_router(Arc::clone(&app)),
+            shutdown.clone(),
+            tasks.clone(),
+        ));
+    }
+    for listener in admin {
+        let addr = listener
+            .local_addr()
+            .context("reading the admin listener address")?;
+        info!(listener = "admin", %addr, "listening");
+        tasks.spawn(http::server::serve_plain(
+            listener,
+            crate::admin::router(Arc::clone(&app)),
             shutdown.clone(),
             tasks.clone(),
         ));

@@ -25,8 +25,37 @@ pub struct Config {
     pub http_redirect: HttpRedirectConfig,
     pub signaling: SignalingConfig,
     pub turn: TurnConfig,
+    pub admin: AdminConfig,
+    pub api: ApiConfig,
     /// Extra ICE servers handed to every peer in `welcome`, before Switchboard's own.
     pub ice_servers: Vec<IceServerConfig>,
+}
+
+/// The admin listener: Prometheus `/metrics` and the admin API (plain HTTP).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Addresses of the admin listener; empty means none. Loopback by default.
+    pub listen: Vec<SocketAddr>,
+    /// Bearer token of the admin API; unset means one is generated into `server.state_dir`.
+    pub token: Option<Secret>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: vec!["127.0.0.1:9478".parse().expect("valid literal")],
+            token: None,
+        }
+    }
+}
+
+/// `GET /api/v1/ice-servers` on the HTTPS listener, for app backends with their own signaling.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// API keys accepted as `Authorization: Bearer KEY`; empty turns the endpoint off.
+    pub keys: Vec<Secret>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -387,8 +416,25 @@ impl Config {
             http_redirect: _,
             signaling: s,
             turn,
+            admin,
+            api,
             ice_servers,
         } = self;
+        if let Some(token) = &admin.token
+            && token.expose().len() < 16
+        {
+            return Err(invalid(
+                "admin.token",
+                "expected at least 16 characters (or leave it unset to have one generated)"
+                    .to_owned(),
+            ));
+        }
+        if let Some(i) = api.keys.iter().position(|k| k.expose().len() < 16) {
+            return Err(invalid(
+                &format!("api.keys[{i}]"),
+                "expected at least 16 characters".to_owned(),
+            ));
+        }
         if server.shutdown_timeout_s == 0 || server.shutdown_timeout_s > 300 {
             return Err(invalid(
                 "server.shutdown_timeout_s",

@@ -30,6 +30,19 @@ enum Command {
     Run,
     /// Validate the configuration and print it with defaults filled in and secrets masked.
     CheckConfig,
+    /// Print ICE servers with a TURN credential scoped to a room, as JSON
+    /// (`{"iceServers": [...], "ttl": S}`), for scripts and app backends.
+    Credentials {
+        /// The room the credential is for.
+        #[arg(long)]
+        room: String,
+        /// Lifetime in seconds (60-86400); default turn.credential_ttl_s.
+        #[arg(long)]
+        ttl: Option<u64>,
+        /// Host name in the URLs; default turn.public_host, else this machine's name.
+        #[arg(long)]
+        host: Option<String>,
+    },
     /// A NAT lab in network namespaces (needs root): a server, clients behind NAT.
     Lab {
         #[command(subcommand)]
@@ -85,6 +98,16 @@ fn main() -> ExitCode {
     };
     match cli.command.unwrap_or(Command::Run) {
         Command::Lab { .. } => unreachable!("handled above"),
+        Command::Credentials { room, ttl, host } => match credentials(&config, &room, ttl, host) {
+            Ok(json) => {
+                println!("{json}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(2)
+            }
+        },
         Command::CheckConfig => {
             println!("# {}: valid", cli.config.display());
             print!("{}", config.to_masked_toml());
@@ -102,6 +125,43 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn credentials(
+    config: &Config,
+    room: &str,
+    ttl: Option<u64>,
+    host: Option<String>,
+) -> anyhow::Result<String> {
+    use switchboard::signaling::protocol::RoomId;
+    use switchboard::turn::ice::TurnOffer;
+    anyhow::ensure!(
+        config.turn.enabled,
+        "TURN is disabled in this config (turn.enabled)"
+    );
+    let room = RoomId::parse(room).map_err(|m| anyhow::anyhow!("--room: {m}"))?;
+    let ttl = ttl.unwrap_or(config.turn.credential_ttl_s);
+    let max = switchboard::http::ice_api::MAX_TTL_S;
+    anyhow::ensure!(
+        (60..=max).contains(&ttl),
+        "--ttl: expected 60 to {max} seconds, got {ttl}"
+    );
+    let secret = match config.turn.secrets.first() {
+        Some(s) => s.clone(),
+        None => switchboard::secrets::load_or_generate(
+            &config.server.state_dir,
+            switchboard::secrets::TURN_SECRET_FILE,
+        )?,
+    };
+    let host = host.unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let mut servers = switchboard::turn::ice::configured(config);
+    servers.extend(TurnOffer::from_config(config, secret).room_ice_servers(now, ttl, &room, &host));
+    Ok(serde_json::to_string_pretty(
+        &serde_json::json!({"iceServers": servers, "ttl": ttl}),
+    )?)
 }
 
 fn lab(command: LabCommand) -> ExitCode {

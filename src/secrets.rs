@@ -10,6 +10,9 @@ use crate::config::Secret;
 /// File name of the generated TURN REST secret.
 pub const TURN_SECRET_FILE: &str = "turn-secret";
 
+/// File name of the generated admin API token.
+pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+
 /// Why a secret could not be loaded or stored.
 #[derive(Debug, thiserror::Error)]
 #[error("failed to {action} {path} (config key `server.state_dir`): {source}")]

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, SignalingConfig};
+use crate::config::{Config, Secret, SignalingConfig};
 use crate::metrics::SignalingMetrics;
 use crate::signaling::hub::Hub;
 use crate::signaling::legacy::Directory;
@@ -45,6 +45,10 @@ pub struct AppState {
     pub limiter: Arc<ConnectionLimiter>,
     /// Signaling counters for `/metrics`.
     pub metrics: SignalingMetrics,
+    /// Bearer token of the admin API (empty: the API refuses everyone).
+    pub admin_token: Vec<Secret>,
+    /// Keys of `GET /api/v1/ice-servers` (empty: the endpoint is off).
+    pub api_keys: Vec<Secret>,
     /// ICE servers from the config, handed to every peer as they are.
     pub static_ice_servers: Vec<IceServer>,
     /// Cancelled on SIGINT/SIGTERM; every task watches it.
@@ -84,15 +88,9 @@ impl AppState {
                 s.max_connections_per_ip,
             )),
             metrics: SignalingMetrics::default(),
-            static_ice_servers: config
-                .ice_servers
-                .iter()
-                .map(|c| IceServer {
-                    urls: c.urls.clone(),
-                    username: c.username.clone(),
-                    credential: c.credential.as_ref().map(|s| s.expose().to_owned()),
-                })
-                .collect(),
+            admin_token: Vec::new(),
+            api_keys: config.api.keys.clone(),
+            static_ice_servers: crate::turn::ice::configured(config),
             shutdown,
             tasks,
             ready: AtomicBool::new(false),

@@ -4,6 +4,7 @@
 //! the socket logic is in `signaling::ws`, the listeners in `http::server`.
 
 pub mod demux;
+pub mod ice_api;
 pub mod server;
 
 use std::sync::Arc;
@@ -37,6 +38,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(&state.signaling.legacy_path, get(legacy::upgrade))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/api/v1/ice-servers", get(ice_api::ice_servers))
         .fallback(not_found)
         .layer(crate::signaling::sio::layer(Arc::clone(&state)))
         .layer(axum::middleware::map_response(security_headers))

@@ -302,7 +302,6 @@ pub(super) fn evicted_close(app: &AppState, why: Eviction) -> (u16, &'static str
         }
         Eviction::Kicked => {
             info!("closed by the operator");
-            app.metrics.kicked.inc();
             (CLOSE_POLICY, "closed by the server operator")
         }
     }

@@ -19,6 +19,9 @@ use crate::signaling::protocol::{PeerId, RoomId};
 pub enum Owner {
     /// A peer of a room on this server: minted by Switchboard for `welcome`.
     Peer { room: RoomId, peer: PeerId },
+    /// A room credential minted outside a signaling session (`switchboard credentials`,
+    /// `GET /api/v1/ice-servers`): username `<expiry>:room:<room>`, valid until it expires.
+    Room(RoomId),
     /// A REST credential minted by another backend with the shared secret.
     External(String),
     /// A static user from the config.
@@ -30,6 +33,14 @@ impl Owner {
     pub fn peer(&self) -> Option<(&RoomId, &PeerId)> {
         match self {
             Owner::Peer { room, peer } => Some((room, peer)),
+            _ => None,
+        }
+    }
+
+    /// The room the credential is scoped to, for peer and room credentials.
+    pub fn room(&self) -> Option<&RoomId> {
+        match self {
+            Owner::Peer { room, .. } | Owner::Room(room) => Some(room),
             _ => None,
         }
     }
@@ -55,6 +66,11 @@ pub enum UsernameError {
 /// The username Switchboard mints for `peer` in `room`: `<expiry>:<peer>@<room>`.
 pub fn peer_username(expires: u64, room: &RoomId, peer: &PeerId) -> String {
     format!("{expires}:{peer}@{room}")
+}
+
+/// The username of a room credential: `<expiry>:room:<room>`.
+pub fn room_username(expires: u64, room: &RoomId) -> String {
+    format!("{expires}:room:{room}")
 }
 
 /// The REST password for `username`: base64(HMAC-SHA1(secret, username)).
@@ -91,9 +107,13 @@ pub fn lookup(
     let peer = user
         .split_once('@')
         .and_then(|(peer, room)| Some((PeerId::parse(peer)?, RoomId::parse(room).ok()?)));
-    let owner = match peer {
-        Some((peer, room)) => Owner::Peer { room, peer },
-        None => Owner::External(user.to_owned()),
+    let room = user
+        .strip_prefix("room:")
+        .and_then(|room| RoomId::parse(room).ok());
+    let owner = match (peer, room) {
+        (Some((peer, room)), _) => Owner::Peer { room, peer },
+        (None, Some(room)) => Owner::Room(room),
+        (None, None) => Owner::External(user.to_owned()),
     };
     Ok(Candidate {
         owner,
@@ -196,6 +216,22 @@ impl NonceKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn room_credentials_are_scoped_to_their_room() {
+        let room = RoomId::parse("standup").unwrap();
+        let name = room_username(2000, &room);
+        assert_eq!(name, "2000:room:standup");
+        let s = vec![secret("0123456789abcdef")];
+        let found = lookup(&name, &s, &[]).unwrap();
+        assert_eq!(found.owner, Owner::Room(room.clone()));
+        assert_eq!(found.owner.room(), Some(&room));
+        assert_eq!(found.passwords, vec![rest_password(&s[0], &name)]);
+        // Not a valid room name: an ordinary REST user, scoped to nothing.
+        let other = lookup("2000:room:no spaces", &s, &[]).unwrap();
+        assert_eq!(other.owner, Owner::External("room:no spaces".into()));
+        assert_eq!(other.owner.room(), None);
+    }
 
     fn secret(s: &str) -> Secret {
         Secret::new(s.to_owned())

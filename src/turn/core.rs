@@ -32,7 +32,7 @@ use super::stats::{AuthFailure, Quota};
 pub use super::stats::{CloseReason, Stats, Transport};
 use super::wire;
 use crate::config::Secret;
-use crate::metrics::Label;
+use crate::metrics::{Counter, Label};
 use crate::signaling::protocol::{PeerId, RoomId};
 
 /// Identifies an allocation: the client, the server socket it talked to, and the transport.
@@ -98,6 +98,8 @@ pub struct Allocation<R> {
     replies: Mutex<VecDeque<([u8; 12], Vec<u8>)>>,
     /// Cancelled when the allocation is removed; the relay task stops on it.
     pub closed: CancellationToken,
+    /// Payload bytes relayed both ways, for the admin API.
+    pub relayed_bytes: Counter,
 }
 
 impl<R> Allocation<R> {
@@ -141,7 +143,7 @@ struct Table<R> {
 impl<R> Table<R> {
     fn insert(&mut self, a: Arc<Allocation<R>>) {
         *self.per_username.entry(a.username.clone()).or_default() += 1;
-        if let Some((room, _)) = a.owner.peer() {
+        if let Some(room) = a.owner.room() {
             *self.per_room.entry(room.clone()).or_default() += 1;
         }
         self.by_relay.insert(a.relayed, Arc::clone(&a));
@@ -152,7 +154,7 @@ impl<R> Table<R> {
         let a = self.by_tuple.remove(tuple)?;
         self.by_relay.remove(&a.relayed);
         decrement(&mut self.per_username, &a.username);
-        if let Some((room, _)) = a.owner.peer() {
+        if let Some(room) = a.owner.room() {
             decrement(&mut self.per_room, room);
         }
         a.closed.cancel();
@@ -442,8 +444,8 @@ impl<B: RelayBinder> Core<B> {
                 .unwrap_or(0);
             let per_room = authed
                 .owner
-                .peer()
-                .and_then(|(room, _)| table.per_room.get(room).copied())
+                .room()
+                .and_then(|room| table.per_room.get(room).copied())
                 .unwrap_or(0);
             if per_user >= c.max_allocations_per_credential
                 || per_room >= c.max_allocations_per_room
@@ -526,6 +528,7 @@ impl<B: RelayBinder> Core<B> {
             state: Mutex::new(AllocState::new(now, granted)),
             replies: Mutex::new(VecDeque::new()),
             closed: CancellationToken::new(),
+            relayed_bytes: Counter::default(),
         });
         allocation.remember(msg.transaction_id.0, &reply);
         {
@@ -748,6 +751,34 @@ impl<B: RelayBinder> Core<B> {
         tuples.iter().filter(|t| self.close(t, reason)).count()
     }
 
+    /// Removes every allocation scoped to `room` (peer and room credentials).
+    pub fn close_room(&self, room: &RoomId, reason: CloseReason) -> usize {
+        let tuples: Vec<FiveTuple> = {
+            let table = self.table.read().expect("table");
+            table
+                .by_tuple
+                .values()
+                .filter(|a| a.owner.room() == Some(room))
+                .map(|a| a.tuple)
+                .collect()
+        };
+        tuples.iter().filter(|t| self.close(t, reason)).count()
+    }
+
+    /// Allocations and relayed bytes of each peer credential's owner, for the admin API.
+    pub fn usage_by_peer(&self) -> HashMap<(RoomId, PeerId), (usize, u64)> {
+        let table = self.table.read().expect("table");
+        let mut usage: HashMap<(RoomId, PeerId), (usize, u64)> = HashMap::new();
+        for a in table.by_tuple.values() {
+            if let Some((room, peer)) = a.owner.peer() {
+                let u = usage.entry((room.clone(), peer.clone())).or_default();
+                u.0 += 1;
+                u.1 += a.relayed_bytes.get();
+            }
+        }
+        usage
+    }
+
     /// Removes expired allocations and reservations, and sweeps permissions and channels.
     pub fn sweep(&self, now: Instant) -> usize {
         self.reservations
@@ -806,6 +837,7 @@ fn refuse<R>(msg: &Message, code: u16, key: &[u8], why: &str) -> Handled<R> {
 fn owner_label(owner: &Owner) -> &'static str {
     match owner {
         Owner::Peer { .. } => "peer",
+        Owner::Room(_) => "room",
         Owner::External(_) => "rest",
         Owner::Static(_) => "static",
     }

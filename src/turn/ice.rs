@@ -1,10 +1,25 @@
 //! What a peer is told about this server's STUN/TURN: the `ice_servers` entries
 //! with a credential minted for that peer in that room.
 
-use crate::config::Secret;
+use std::net::SocketAddr;
+
+use crate::config::{Config, Secret};
 use crate::signaling::protocol::{IceServer, PeerId, RoomId};
 
 use super::auth;
+
+/// The ICE servers of the config's `[[ice_servers]]` tables, handed out as they are.
+pub fn configured(config: &Config) -> Vec<IceServer> {
+    config
+        .ice_servers
+        .iter()
+        .map(|c| IceServer {
+            urls: c.urls.clone(),
+            username: c.username.clone(),
+            credential: c.credential.as_ref().map(|s| s.expose().to_owned()),
+        })
+        .collect()
+}
 
 /// The bound TURN ports and the minting secret, fixed at start.
 #[derive(Debug, Clone)]
@@ -22,6 +37,22 @@ pub struct TurnOffer {
 }
 
 impl TurnOffer {
+    /// What a server started with `config` offers, from the configured ports (for the
+    /// `credentials` command, which runs beside the server rather than in it).
+    pub fn from_config(config: &Config, secret: Secret) -> TurnOffer {
+        let t = &config.turn;
+        let first = |v: &[SocketAddr]| v.first().map(SocketAddr::port);
+        TurnOffer {
+            public_host: t.public_host.clone(),
+            udp_port: first(&t.udp_listen),
+            tcp_port: first(&t.tcp_listen),
+            tls_port: first(&t.tls_listen),
+            https_port: first(&config.https.listen).filter(|_| t.on_https_port),
+            secret,
+            ttl_s: t.credential_ttl_s,
+        }
+    }
+
     /// The STUN and TURN entries for `peer` in `room`, valid for `ttl_s` from `now_unix`.
     /// `request_host` is the host (no port) of the page's request, used without `public_host`.
     pub fn ice_servers(
@@ -31,8 +62,24 @@ impl TurnOffer {
         peer: &PeerId,
         request_host: &str,
     ) -> Vec<IceServer> {
-        let host = self.public_host.as_deref().unwrap_or(request_host);
         let username = auth::peer_username(now_unix + self.ttl_s, room, peer);
+        self.with_username(username, request_host)
+    }
+
+    /// The STUN and TURN entries with a room credential (`switchboard credentials`, the ICE API),
+    /// valid for `ttl_s` from `now_unix`.
+    pub fn room_ice_servers(
+        &self,
+        now_unix: u64,
+        ttl_s: u64,
+        room: &RoomId,
+        request_host: &str,
+    ) -> Vec<IceServer> {
+        self.with_username(auth::room_username(now_unix + ttl_s, room), request_host)
+    }
+
+    fn with_username(&self, username: String, request_host: &str) -> Vec<IceServer> {
+        let host = self.public_host.as_deref().unwrap_or(request_host);
         let credential = auth::rest_password(&self.secret, &username);
         let mut turn_urls = Vec::new();
         if let Some(p) = self.udp_port {

@@ -466,6 +466,7 @@ impl TurnServer {
                 data,
             } => {
                 // Send indications are rare (browsers bind channels): the kernel path is fine.
+                allocation.relayed_bytes.add(data.len() as u64);
                 match send_now(&allocation.relay.socket, &data, peer) {
                     Ok(_) => self.core.stats.to_peers.add(tuple.transport, 1, data.len()),
                     Err(e) => {
@@ -500,6 +501,7 @@ impl TurnServer {
             self.core.stats.no_permission.inc();
             return Route::Drop;
         };
+        allocation.relayed_bytes.add(len as u64);
         let Some(other) = self.core.by_relayed(&peer) else {
             return Route::Peer(peer);
         };
@@ -768,6 +770,7 @@ fn relay_batch(
     let pad = sink.pads();
     let start = s.recv.headroom();
     s.frames.clear();
+    let mut payload = 0;
     {
         let state = allocation.state.lock().expect("allocation");
         for i in 0..got {
@@ -780,6 +783,7 @@ fn relay_batch(
                 continue;
             }
             let len = s.recv.data_len(i);
+            payload += len;
             let range = match state.channel_of(now, from) {
                 Some(number) => {
                     wire::channel_data_in_place(s.recv.slot_mut(i), start, len, number, pad)
@@ -795,6 +799,7 @@ fn relay_batch(
             s.frames.push((i, range));
         }
     }
+    allocation.relayed_bytes.add(payload as u64);
     let client = allocation.tuple.client;
     let recv = &s.recv;
     let frames = s
