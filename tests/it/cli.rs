@@ -152,3 +152,45 @@ fn sigterm_still_stops_the_server_when_its_log_pipe_is_gone() {
     };
     assert!(exit.unwrap().success());
 }
+
+#[test]
+fn credentials_prints_ice_servers_whose_credential_verifies() {
+    let secret = "cli-secret-0123456789abcdef";
+    let config = format!("[turn]\nsecrets = [\"{secret}\"]\npublic_host = \"call.example.com\"\n");
+    let (code, out, err) = with_config(
+        &config,
+        &["credentials", "--room", "standup", "--ttl", "120"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let answer: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(answer["ttl"], 120);
+    let turn = answer["iceServers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["urls"][0].as_str().unwrap().starts_with("turn:"))
+        .expect("a TURN entry");
+    assert_eq!(turn["urls"][0], "turn:call.example.com:3478?transport=udp");
+    let username = turn["username"].as_str().unwrap();
+    let (expiry, scope) = username.split_once(':').unwrap();
+    assert_eq!(scope, "room:standup");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!((now + 110..=now + 130).contains(&expiry.parse::<u64>().unwrap()));
+    let expected = switchboard::turn::auth::rest_password(
+        &switchboard::config::Secret::new(secret.into()),
+        username,
+    );
+    assert_eq!(turn["credential"], expected.as_str());
+
+    for (args, needle) in [
+        (vec!["credentials", "--room", "a b"], "--room"),
+        (vec!["credentials", "--room", "r", "--ttl", "5"], "--ttl"),
+    ] {
+        let (code, _, err) = with_config(&config, &args);
+        assert_eq!(code, 2, "{args:?}");
+        assert!(err.contains(needle), "{err}");
+    }
+}

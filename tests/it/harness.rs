@@ -83,6 +83,8 @@ impl TestServer {
             tcp_listen = ["127.0.0.1:0"]
             tls_listen = ["127.0.0.1:0"]
             relay_ip = "127.0.0.1"
+            [admin]
+            listen = ["127.0.0.1:0"]
             "#,
             dir.path().join("state").display()
         ))
@@ -270,11 +272,38 @@ impl TestServer {
 
     /// A plain HTTP/1.1 GET over TLS; returns status, headers and body.
     pub async fn https_get(&self, path: &str) -> (u16, String, String) {
+        self.https_request("GET", path, &[]).await
+    }
+
+    pub async fn https_request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, String, String) {
         let connector = tokio_rustls::TlsConnector::from(self.client_tls());
         let tcp = TcpStream::connect(self.https).await.expect("connect");
         let name = rustls_pki_types::ServerName::IpAddress(self.https.ip().into());
         let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
-        http_get(&mut tls, &self.https.to_string(), path).await
+        http_request(&mut tls, method, &self.https.to_string(), path, headers).await
+    }
+
+    /// A request to the admin listener (plain HTTP), with the admin token when `authorized`.
+    pub async fn admin(&self, method: &str, path: &str, authorized: bool) -> (u16, Value) {
+        let addr = self.listener("admin");
+        let token = std::fs::read_to_string(self.state_dir.join("admin-token"))
+            .expect("generated admin token");
+        let bearer = format!("Bearer {}", token.trim());
+        let headers: &[(&str, &str)] = if authorized {
+            &[("Authorization", &bearer)]
+        } else {
+            &[]
+        };
+        let mut tcp = TcpStream::connect(addr).await.expect("connect to admin");
+        let (status, _, body) =
+            http_request(&mut tcp, method, &addr.to_string(), path, headers).await;
+        let json = serde_json::from_str(&body).unwrap_or(Value::String(body));
+        (status, json)
     }
 }
 
@@ -314,7 +343,27 @@ pub async fn http_get<S>(stream: &mut S, host: &str, path: &str) -> (u16, String
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    http_request(stream, "GET", host, path, &[]).await
+}
+
+/// Sends a request with no body and extra `headers` on `stream`; reads the whole response.
+pub async fn http_request<S>(
+    stream: &mut S,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
     stream
         .write_all(request.as_bytes())
         .await

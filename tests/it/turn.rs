@@ -207,7 +207,7 @@ async fn welcome_credentials_work_until_the_peer_leaves() {
     // The departed peer's allocation is closed after the grace period...
     let closed = server.wait_log("allocation closed");
     assert_eq!(closed["relayed"], relayed.to_string());
-    assert_eq!(closed["reason"], "PeerLeft");
+    assert_eq!(closed["reason"], "peer_left");
     // ...and its credential no longer allocates.
     let again = turn_client(udp, &username, &password).await;
     assert!(within("refusal", again.allocate()).await.is_err());
