@@ -29,7 +29,11 @@ enum Command {
     /// Run the server (the default).
     Run,
     /// Validate the configuration and print it with defaults filled in and secrets masked.
-    CheckConfig,
+    CheckConfig {
+        /// Print nothing when the configuration is valid (for ExecStartPre).
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Print ICE servers with a TURN credential scoped to a room, as JSON
     /// (`{"iceServers": [...], "ttl": S}`), for scripts and app backends.
     Credentials {
@@ -108,9 +112,11 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::CheckConfig => {
-            println!("# {}: valid", cli.config.display());
-            print!("{}", config.to_masked_toml());
+        Command::CheckConfig { quiet } => {
+            if !quiet {
+                println!("# {}: valid", cli.config.display());
+                print!("{}", config.to_masked_toml());
+            }
             ExitCode::SUCCESS
         }
         Command::Run => {

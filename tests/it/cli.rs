@@ -194,3 +194,47 @@ fn credentials_prints_ice_servers_whose_credential_verifies() {
         assert!(err.contains(needle), "{err}");
     }
 }
+
+/// The package's and the image's configs are the shipped one with only the server-side
+/// settings changed, so that they cannot drift apart.
+#[test]
+fn the_packaged_configs_are_the_shipped_one_for_a_server() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let shipped = std::fs::read_to_string(format!("{root}/config.toml")).unwrap();
+    let cases: [(&str, &[&str], &[&str]); 2] = [
+        (
+            "packaging/config.toml",
+            &[
+                "state_dir = \"certs\"",
+                "listen = [\"0.0.0.0:8443\", \"[::]:8443\"]",
+                "listen = []",
+            ],
+            &[
+                "state_dir = \"/var/lib/switchboard\"",
+                "listen = [\"0.0.0.0:443\", \"[::]:443\"]",
+                "listen = [\"0.0.0.0:80\", \"[::]:80\"]",
+            ],
+        ),
+        (
+            "packaging/docker.toml",
+            &["state_dir = \"certs\"", "min_port = 49152", "max_port = 65535"],
+            &["state_dir = \"/var/lib/switchboard\"", "min_port = 49160", "max_port = 49200"],
+        ),
+    ];
+    // Settings (not comments) of `a` that `b` lacks.
+    let only_in = |a: &str, b: &str| -> Vec<String> {
+        let b: Vec<&str> = b.lines().collect();
+        a.lines()
+            .filter(|l| !l.starts_with('#') && !b.contains(l))
+            .map(str::to_owned)
+            .collect()
+    };
+    for (file, removed, added) in cases {
+        let path = format!("{root}/{file}");
+        let (code, _, err) = switchboard(&["check-config", "--quiet", "--config", &path]);
+        assert_eq!(code, 0, "{file}: {err}");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(only_in(&shipped, &text), removed, "{file}");
+        assert_eq!(only_in(&text, &shipped), added, "{file}");
+    }
+}
