@@ -72,8 +72,7 @@ pub(crate) fn bearer_matches(headers: &axum::http::HeaderMap, tokens: &[Secret])
 }
 
 async fn require_token(State(app): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    let tokens = app.admin_token.as_slice();
-    if bearer_matches(request.headers(), tokens) {
+    if bearer_matches(request.headers(), &app.live().admin_token) {
         return next.run(request).await;
     }
     warn!(path = %request.uri().path(), "admin API request without a valid token");

@@ -8,24 +8,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, Secret};
 use crate::http;
 use crate::net::{self, Bound};
 use crate::secrets;
 use crate::signaling::hub::Hub;
 use crate::signaling::legacy::Directory;
 use crate::signaling::sio::SioRooms;
-use crate::state::{AppState, TurnState};
-use crate::tls::TlsMaterial;
+use crate::state::{AppState, Live, TurnState};
+use crate::tls::{self, TlsMaterial};
 use crate::turn::auth::NonceKey;
 use crate::turn::core::{Core, CoreConfig, Membership};
 use crate::turn::ice::TurnOffer;
-use crate::turn::policy::PeerPolicy;
+use crate::turn::policy::{Cidr, PeerPolicy};
 use crate::turn::server::{TurnServer, UdpRelayBinder};
 
 /// How long a TURN nonce stays valid.
@@ -106,14 +108,16 @@ impl Listeners {
 }
 
 /// Serves until `shutdown` fires, then closes connections within `server.shutdown_timeout_s`.
+/// Every configuration sent on `reloads` is applied while connections stay (see `reload`).
 ///
 /// # Errors
 /// A listener's local address cannot be read, or the TURN secret cannot be stored.
 pub async fn run(
-    config: Config,
+    mut config: Config,
     listeners: Listeners,
     tls: TlsMaterial,
     shutdown: CancellationToken,
+    mut reloads: mpsc::Receiver<Config>,
 ) -> anyhow::Result<()> {
     let tasks = TaskTracker::new();
     let s = &config.signaling;
@@ -146,22 +150,17 @@ pub async fn run(
     } else {
         None
     };
-    let mut state = AppState::new(
-        &config,
+    let has_admin = !admin.is_empty();
+    let admin_token = admin_token(&config, has_admin)?;
+    let app = Arc::new(AppState::new(
+        Live::new(&config, admin_token),
         hub,
         legacy,
         sio,
         turn,
         shutdown.clone(),
         tasks.clone(),
-    );
-    if !admin.is_empty() {
-        state.admin_token = vec![match &config.admin.token {
-            Some(token) => token.clone(),
-            None => secrets::load_or_generate(&config.server.state_dir, secrets::ADMIN_TOKEN_FILE)?,
-        }];
-    }
-    let app = Arc::new(state);
+    ));
     let router = http::router(Arc::clone(&app));
 
     let turn_on_https = app
@@ -227,7 +226,36 @@ pub async fn run(
     app.set_ready(true);
     info!(fingerprint = %tls.fingerprint, "ready");
 
-    shutdown.cancelled().await;
+    let mut cert_files = CertFiles::of(&config);
+    let mut cert_check =
+        tokio::time::interval(Duration::from_secs(config.https.cert_check_interval_s));
+    cert_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            Some(new) = reloads.recv() => match reload(&app, &tls, &config, new, has_admin) {
+                Ok(applied) => {
+                    config = applied;
+                    cert_files = CertFiles::of(&config);
+                    cert_check = tokio::time::interval(Duration::from_secs(config.https.cert_check_interval_s));
+                }
+                Err(e) => error!(error = format!("{e:#}"), "configuration reload refused, the running configuration stays"),
+            },
+            _ = cert_check.tick() => {
+                if cert_files.changed() {
+                    match tls::load_certificate(&config) {
+                        Ok(loaded) => {
+                            tls.replace(&loaded);
+                            cert_files.seen();
+                            info!(fingerprint = %loaded.fingerprint, "certificate files changed on disk, now serving the new certificate");
+                        }
+                        // Half-written (a renewal in progress): keep serving the old one, retry next time.
+                        Err(e) => warn!(error = %e, "certificate files changed but cannot be used yet"),
+                    }
+                }
+            }
+        }
+    }
     app.set_ready(false);
     let (rooms, peers) = app.hub.counts();
     info!(
@@ -264,14 +292,7 @@ fn start_turn(
         .map(SocketAddr::port)
         .context("no HTTPS listener")?;
     let mut own_sockets = https_addrs.to_vec();
-    let secrets = if t.secrets.is_empty() {
-        vec![secrets::load_or_generate(
-            &config.server.state_dir,
-            secrets::TURN_SECRET_FILE,
-        )?]
-    } else {
-        t.secrets.clone()
-    };
+    let secrets = turn_secrets(config)?;
     let relay_ip = t.relay_ip.unwrap_or_else(default_relay_ip);
     for (key, ip) in [
         ("turn.relay_ip", Some(relay_ip)),
@@ -293,34 +314,17 @@ fn start_turn(
     for l in tcp.iter().chain(&tls_listeners) {
         own_sockets.push(l.local_addr()?);
     }
-    let parse = |list: &[String]| {
-        list.iter()
-            .map(|c| c.parse().expect("validated with the config"))
-            .collect()
-    };
     let own_ips: Vec<IpAddr> = [Some(relay_ip), t.relay_ipv6, t.external_ip]
         .into_iter()
         .flatten()
         .collect();
     let policy = PeerPolicy::new(
-        parse(&t.allow_peers),
-        parse(&t.deny_peers),
+        cidrs(&t.allow_peers),
+        cidrs(&t.deny_peers),
         own_sockets,
         own_ips,
     );
-    let core_config = CoreConfig {
-        realm: t.realm.clone(),
-        secrets: secrets.clone(),
-        static_users: t
-            .static_users
-            .iter()
-            .map(|u| (u.username.clone(), u.password.clone()))
-            .collect(),
-        external_ip: t.external_ip,
-        max_allocations_per_credential: t.max_allocations_per_credential,
-        max_allocations_per_room: t.max_allocations_per_room,
-        max_allocations: t.max_allocations,
-    };
+    let core_config = core_config(config, secrets.clone());
     let binder = UdpRelayBinder {
         ipv4: relay_ip,
         ipv6: t.relay_ipv6,
@@ -374,7 +378,144 @@ fn start_turn(
         secret: secrets[0].clone(),
         ttl_s: t.credential_ttl_s,
     };
-    Ok(TurnState { server, offer })
+    Ok(TurnState {
+        server,
+        offer: ArcSwap::from_pointee(offer),
+    })
+}
+
+/// The TURN REST secrets: the configured ones, or the one generated into the state directory.
+fn turn_secrets(config: &Config) -> anyhow::Result<Vec<Secret>> {
+    Ok(if config.turn.secrets.is_empty() {
+        vec![secrets::load_or_generate(
+            &config.server.state_dir,
+            secrets::TURN_SECRET_FILE,
+        )?]
+    } else {
+        config.turn.secrets.clone()
+    })
+}
+
+fn core_config(config: &Config, secrets: Vec<Secret>) -> CoreConfig {
+    let t = &config.turn;
+    CoreConfig {
+        realm: t.realm.clone(),
+        secrets,
+        static_users: t
+            .static_users
+            .iter()
+            .map(|u| (u.username.clone(), u.password.clone()))
+            .collect(),
+        external_ip: t.external_ip,
+        max_allocations_per_credential: t.max_allocations_per_credential,
+        max_allocations_per_room: t.max_allocations_per_room,
+        max_allocations: t.max_allocations,
+    }
+}
+
+fn cidrs(list: &[String]) -> Vec<Cidr> {
+    list.iter()
+        .map(|c| c.parse().expect("validated with the config"))
+        .collect()
+}
+
+/// The admin API token: configured, or generated into the state directory (when there is an
+/// admin listener to use it).
+fn admin_token(config: &Config, has_admin: bool) -> anyhow::Result<Option<Secret>> {
+    if !has_admin {
+        return Ok(None);
+    }
+    Ok(Some(match &config.admin.token {
+        Some(token) => token.clone(),
+        None => secrets::load_or_generate(&config.server.state_dir, secrets::ADMIN_TOKEN_FILE)?,
+    }))
+}
+
+/// Applies `new` to the running server: certificate, TURN secrets (rotation), static users,
+/// quotas and peer lists, credential lifetime and public host, signaling limits, ICE servers,
+/// the admin token and API keys. Connections and allocations stay. Everything that can fail
+/// happens before anything is applied, so a refused reload changes nothing. Settings that
+/// need new sockets (listen addresses, relay addresses and ports, ...) are named in a warning.
+///
+/// # Errors
+/// The new certificate or a generated secret cannot be loaded.
+fn reload(
+    app: &AppState,
+    tls: &TlsMaterial,
+    old: &Config,
+    new: Config,
+    has_admin: bool,
+) -> anyhow::Result<Config> {
+    let loaded = tls::load_certificate(&new)?;
+    let admin_token = admin_token(&new, has_admin)?;
+    let secrets = match &app.turn {
+        Some(_) => Some(turn_secrets(&new)?),
+        None => None,
+    };
+
+    tls.replace(&loaded);
+    if let (Some(turn), Some(secrets)) = (&app.turn, secrets) {
+        turn.server.core.reconfigure(
+            core_config(&new, secrets.clone()),
+            cidrs(&new.turn.allow_peers),
+            cidrs(&new.turn.deny_peers),
+        );
+        let offer = turn.offer();
+        turn.offer.store(Arc::new(TurnOffer {
+            public_host: new.turn.public_host.clone(),
+            secret: secrets[0].clone(),
+            ttl_s: new.turn.credential_ttl_s,
+            ..(*offer).clone()
+        }));
+    }
+    app.set_live(Live::new(&new, admin_token));
+    let restart = old.restart_needed(&new);
+    if !restart.is_empty() {
+        warn!(keys = ?restart, "these settings changed but take effect only after a restart");
+    }
+    info!(fingerprint = %loaded.fingerprint, "configuration reloaded");
+    Ok(new)
+}
+
+/// The configured certificate and key files, and what they looked like when last loaded.
+struct CertFiles {
+    paths: Vec<std::path::PathBuf>,
+    stamps: Vec<Option<(std::time::SystemTime, u64)>>,
+}
+
+impl CertFiles {
+    fn of(config: &Config) -> CertFiles {
+        let paths: Vec<_> = [&config.https.cert, &config.https.key]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        let mut files = CertFiles {
+            stamps: Vec::new(),
+            paths,
+        };
+        files.seen();
+        files
+    }
+
+    fn current(&self) -> Vec<Option<(std::time::SystemTime, u64)>> {
+        self.paths
+            .iter()
+            .map(|p| {
+                std::fs::metadata(p)
+                    .ok()
+                    .and_then(|m| Some((m.modified().ok()?, m.len())))
+            })
+            .collect()
+    }
+
+    fn changed(&self) -> bool {
+        !self.paths.is_empty() && self.current() != self.stamps
+    }
+
+    fn seen(&mut self) {
+        self.stamps = self.current();
+    }
 }
 
 /// The IPv4 address of the default route, found without sending anything; loopback without one.

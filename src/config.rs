@@ -111,6 +111,9 @@ pub struct HttpsConfig {
     pub key: Option<PathBuf>,
     /// Extra DNS names or IP addresses for the generated self-signed certificate.
     pub extra_names: Vec<String>,
+    /// Seconds between checks of `cert` and `key` on disk; changed files are loaded
+    /// without a restart (certbot renewals).
+    pub cert_check_interval_s: u64,
 }
 
 impl Default for HttpsConfig {
@@ -123,6 +126,7 @@ impl Default for HttpsConfig {
             cert: None,
             key: None,
             extra_names: Vec::new(),
+            cert_check_interval_s: 60,
         }
     }
 }
@@ -453,6 +457,15 @@ impl Config {
                 ),
             ));
         }
+        if !(1..=86_400).contains(&https.cert_check_interval_s) {
+            return Err(invalid(
+                "https.cert_check_interval_s",
+                format!(
+                    "expected 1..=86400 seconds, got {}",
+                    https.cert_check_interval_s
+                ),
+            ));
+        }
         if https.listen.is_empty() {
             return Err(invalid(
                 "https.listen",
@@ -594,6 +607,53 @@ impl Config {
     }
 
     /// The configuration as TOML with every secret masked, for `check-config`.
+    /// The keys that differ between `self` and `new` but only take effect at start,
+    /// because they need new sockets or a new relay setup.
+    pub fn restart_needed(&self, new: &Config) -> Vec<&'static str> {
+        let (a, b) = (self, new);
+        let checks = [
+            ("server.state_dir", a.server.state_dir != b.server.state_dir),
+            ("log.level", a.log.level != b.log.level),
+            ("log.format", a.log.format != b.log.format),
+            ("https.listen", a.https.listen != b.https.listen),
+            (
+                "http_redirect.listen",
+                a.http_redirect.listen != b.http_redirect.listen,
+            ),
+            (
+                "signaling.legacy_path",
+                a.signaling.legacy_path != b.signaling.legacy_path,
+            ),
+            (
+                "signaling.legacy_ws_listen",
+                a.signaling.legacy_ws_listen != b.signaling.legacy_ws_listen,
+            ),
+            ("turn.enabled", a.turn.enabled != b.turn.enabled),
+            ("turn.realm", a.turn.realm != b.turn.realm),
+            ("turn.udp_listen", a.turn.udp_listen != b.turn.udp_listen),
+            ("turn.tcp_listen", a.turn.tcp_listen != b.turn.tcp_listen),
+            ("turn.tls_listen", a.turn.tls_listen != b.turn.tls_listen),
+            ("turn.relay_ip", a.turn.relay_ip != b.turn.relay_ip),
+            ("turn.relay_ipv6", a.turn.relay_ipv6 != b.turn.relay_ipv6),
+            ("turn.external_ip", a.turn.external_ip != b.turn.external_ip),
+            ("turn.min_port", a.turn.min_port != b.turn.min_port),
+            ("turn.max_port", a.turn.max_port != b.turn.max_port),
+            (
+                "turn.grace_period_s",
+                a.turn.grace_period_s != b.turn.grace_period_s,
+            ),
+            (
+                "turn.on_https_port",
+                a.turn.on_https_port != b.turn.on_https_port,
+            ),
+            ("admin.listen", a.admin.listen != b.admin.listen),
+        ];
+        checks
+            .into_iter()
+            .filter_map(|(key, changed)| changed.then_some(key))
+            .collect()
+    }
+
     pub fn to_masked_toml(&self) -> String {
         toml::to_string_pretty(self)
             .unwrap_or_else(|e| format!("# cannot print configuration: {e}\n"))

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use switchboard::app::{self, Listeners};
 use switchboard::config::{Config, LogFormat};
-use switchboard::tls::{self, CertOrigin};
+use switchboard::tls;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -121,7 +121,7 @@ fn main() -> ExitCode {
         }
         Command::Run => {
             init_tracing(&config);
-            match run(config) {
+            match run(config, cli.config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -266,38 +266,64 @@ fn init_tracing(config: &Config) {
 }
 
 #[tokio::main]
-async fn run(config: Config) -> anyhow::Result<()> {
-    let material = tls::load(&config).context("setting up TLS")?;
-    match &material.origin {
-        CertOrigin::Configured(path) => {
-            info!(cert = %path.display(), fingerprint = %material.fingerprint, "using configured certificate")
-        }
-        CertOrigin::Generated(path) => {
-            info!(cert = %path.display(), fingerprint = %material.fingerprint, "generated self-signed certificate")
-        }
-        CertOrigin::Reused(path) => {
-            info!(cert = %path.display(), fingerprint = %material.fingerprint, "reusing self-signed certificate")
-        }
-    }
+async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
+    let (material, loaded) = tls::load(&config).context("setting up TLS")?;
+    let (what, cert) = loaded.describe();
+    info!(cert = %cert.display(), fingerprint = %loaded.fingerprint, "{what}");
     let listeners = Listeners::bind(&config)?;
     let shutdown = CancellationToken::new();
-    tokio::spawn(watch_signals(shutdown.clone()));
-    app::run(config, listeners, material, shutdown).await
+    let (reload_tx, reloads) = tokio::sync::mpsc::channel(1);
+    // Installed before anything is served: an early SIGHUP must not kill the process.
+    let signals = Signals::install().context("installing signal handlers")?;
+    tokio::spawn(watch_signals(signals, shutdown.clone(), path, reload_tx));
+    app::run(config, listeners, material, shutdown, reloads).await
 }
 
-/// SIGINT or SIGTERM starts a graceful shutdown; a second one exits at once.
-async fn watch_signals(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        warn!("cannot install signal handlers; stop with SIGKILL");
-        return;
-    };
-    let signal = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
+/// SIGHUP re-reads the config file and hands it to the server (a file that does not load is
+/// refused with the reason, and the running configuration stays). SIGINT or SIGTERM starts
+/// a graceful shutdown; a second one exits at once.
+async fn watch_signals(
+    signals: Signals,
+    shutdown: CancellationToken,
+    path: PathBuf,
+    reloads: tokio::sync::mpsc::Sender<Config>,
+) {
+    let Signals {
+        mut term,
+        mut int,
+        mut hup,
+    } = signals;
+    let signal = loop {
+        tokio::select! {
+            _ = term.recv() => break "SIGTERM",
+            _ = int.recv() => break "SIGINT",
+            _ = hup.recv() => {
+                info!(config = %path.display(), "SIGHUP: reloading the configuration");
+                match Config::load(&path) {
+                    Ok(config) => {
+                        let _ = reloads.send(config).await;
+                    }
+                    Err(e) => tracing::error!(error = %e, "configuration reload refused, the running configuration stays"),
+                }
+            }
+        }
     };
     shutdown.cancel();
     info!(signal, "shutdown requested");

@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use arc_swap::ArcSwap;
+
 use crate::config::{Config, Secret, SignalingConfig};
 use crate::metrics::SignalingMetrics;
 use crate::signaling::hub::Hub;
@@ -19,7 +21,48 @@ use crate::turn::server::TurnServer;
 /// The running TURN server and what peers are told about it.
 pub struct TurnState {
     pub server: Arc<TurnServer>,
-    pub offer: TurnOffer,
+    /// Replaced by a reload (secret rotation, credential lifetime, public host).
+    pub offer: ArcSwap<TurnOffer>,
+}
+
+impl TurnState {
+    pub fn offer(&self) -> Arc<TurnOffer> {
+        self.offer.load_full()
+    }
+}
+
+/// The part of the configuration that a reload (SIGHUP) replaces while every connection
+/// and allocation stays: limits, ICE servers, addresses for `ipaddr`, tokens and keys.
+#[derive(Debug)]
+pub struct Live {
+    pub signaling: SignalingConfig,
+    /// ICE servers from the config, handed to every peer as they are.
+    pub static_ice_servers: Vec<IceServer>,
+    /// Public addresses from the config (`turn.public_host`, `turn.external_ip`), for `ipaddr`.
+    pub public_addresses: Vec<String>,
+    /// Bearer token of the admin API (empty: the API refuses everyone).
+    pub admin_token: Vec<Secret>,
+    /// Keys of `GET /api/v1/ice-servers` (empty: the endpoint is off).
+    pub api_keys: Vec<Secret>,
+}
+
+impl Live {
+    /// The live settings of `config`; `admin_token` is resolved by the caller (it may be generated).
+    pub fn new(config: &Config, admin_token: Option<Secret>) -> Live {
+        Live {
+            signaling: config.signaling.clone(),
+            static_ice_servers: crate::turn::ice::configured(config),
+            public_addresses: config
+                .turn
+                .public_host
+                .iter()
+                .cloned()
+                .chain(config.turn.external_ip.map(|ip| ip.to_string()))
+                .collect(),
+            admin_token: admin_token.into_iter().collect(),
+            api_keys: config.api.keys.clone(),
+        }
+    }
 }
 
 impl std::fmt::Debug for TurnState {
@@ -32,25 +75,17 @@ impl std::fmt::Debug for TurnState {
 
 #[derive(Debug)]
 pub struct AppState {
-    pub signaling: SignalingConfig,
+    live: ArcSwap<Live>,
     pub hub: Arc<Hub>,
     /// Users of the plain-WebSocket dialect.
     pub legacy: Arc<Directory>,
     /// Rooms of the socket.io dialect.
     pub sio: Arc<SioRooms>,
-    /// Public addresses from the config (`turn.public_host`, `turn.external_ip`), for `ipaddr`.
-    pub public_addresses: Vec<String>,
     /// `None` when `turn.enabled` is false.
     pub turn: Option<TurnState>,
     pub limiter: Arc<ConnectionLimiter>,
     /// Signaling counters for `/metrics`.
     pub metrics: SignalingMetrics,
-    /// Bearer token of the admin API (empty: the API refuses everyone).
-    pub admin_token: Vec<Secret>,
-    /// Keys of `GET /api/v1/ice-servers` (empty: the endpoint is off).
-    pub api_keys: Vec<Secret>,
-    /// ICE servers from the config, handed to every peer as they are.
-    pub static_ice_servers: Vec<IceServer>,
     /// Cancelled on SIGINT/SIGTERM; every task watches it.
     pub shutdown: CancellationToken,
     /// Every connection and socket task, so shutdown can wait for them.
@@ -61,7 +96,7 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(
-        config: &Config,
+        live: Live,
         hub: Arc<Hub>,
         legacy: Arc<Directory>,
         sio: Arc<SioRooms>,
@@ -69,32 +104,38 @@ impl AppState {
         shutdown: CancellationToken,
         tasks: TaskTracker,
     ) -> AppState {
-        let s = &config.signaling;
+        let s = &live.signaling;
         AppState {
-            signaling: s.clone(),
-            hub,
-            legacy,
-            sio,
-            public_addresses: config
-                .turn
-                .public_host
-                .iter()
-                .cloned()
-                .chain(config.turn.external_ip.map(|ip| ip.to_string()))
-                .collect(),
-            turn,
             limiter: Arc::new(ConnectionLimiter::new(
                 s.max_connections,
                 s.max_connections_per_ip,
             )),
+            live: ArcSwap::from_pointee(live),
+            hub,
+            legacy,
+            sio,
+            turn,
             metrics: SignalingMetrics::default(),
-            admin_token: Vec::new(),
-            api_keys: config.api.keys.clone(),
-            static_ice_servers: crate::turn::ice::configured(config),
             shutdown,
             tasks,
             ready: AtomicBool::new(false),
         }
+    }
+
+    /// The live settings; a reload may replace them between two calls.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.load_full()
+    }
+
+    /// Replaces the live settings and applies the new limits to rooms and connection counts.
+    /// Open connections keep their per-socket settings (rate, timeouts) until they reconnect.
+    pub fn set_live(&self, live: Live) {
+        let s = &live.signaling;
+        self.limiter
+            .set_limits(s.max_connections, s.max_connections_per_ip);
+        self.hub.set_limits(s.room_capacity, s.max_rooms);
+        self.sio.set_limits(s.socketio_room_capacity, s.max_rooms);
+        self.live.store(Arc::new(live));
     }
 
     /// The ICE servers for `peer` in `room`, and how long their credentials last;
@@ -105,15 +146,16 @@ impl AppState {
         room: &RoomId,
         request_host: &str,
     ) -> (Vec<IceServer>, Option<u64>) {
-        let mut servers = self.static_ice_servers.clone();
+        let mut servers = self.live().static_ice_servers.clone();
         let Some(turn) = &self.turn else {
             return (servers, None);
         };
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        servers.extend(turn.offer.ice_servers(now, room, peer, request_host));
-        (servers, Some(turn.offer.ttl_s))
+        let offer = turn.offer();
+        servers.extend(offer.ice_servers(now, room, peer, request_host));
+        (servers, Some(offer.ttl_s))
     }
 
     /// A peer left `room`: its TURN allocations close after the grace period unless it is back.

@@ -2,6 +2,8 @@
 //! self-signed one, and building the rustls server configuration.
 //!
 //! This is the only module that names rustls; listeners get an `Arc<ServerConfig>`.
+//! Every configuration resolves its certificate through one `CertStore`, so a renewed
+//! certificate (reload, or new files on disk) reaches every listener without a restart.
 //! It checks what a person can get wrong (missing files, expiry, a key that does
 //! not match the certificate) and says which config key to fix.
 
@@ -12,7 +14,10 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use rustls::ServerConfig;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
@@ -27,9 +32,40 @@ pub const GENERATED_KEY: &str = "selfsigned-key.pem";
 const RENEW_BEFORE: time::Duration = time::Duration::days(30);
 const GENERATED_VALIDITY: time::Duration = time::Duration::days(365);
 
+/// A certificate and key, checked and ready to serve.
+pub struct Loaded {
+    certified: Arc<CertifiedKey>,
+    /// SHA-256 of the leaf certificate, as colon-separated hex.
+    pub fingerprint: String,
+    /// Where the certificate came from, for the log line.
+    pub origin: CertOrigin,
+}
+
+impl Loaded {
+    /// The line to log about this certificate.
+    pub fn describe(&self) -> (&'static str, &Path) {
+        match &self.origin {
+            CertOrigin::Configured(p) => ("using configured certificate", p),
+            CertOrigin::Generated(p) => ("generated self-signed certificate", p),
+            CertOrigin::Reused(p) => ("reusing self-signed certificate", p),
+        }
+    }
+}
+
+/// The certificate every TLS listener serves, replaceable while they run.
+#[derive(Debug)]
+pub struct CertStore(ArcSwap<CertifiedKey>);
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+}
+
 /// Loaded TLS material, ready for listeners.
 pub struct TlsMaterial {
     pub server_config: Arc<ServerConfig>,
+    store: Arc<CertStore>,
     /// SHA-256 of the leaf certificate, as colon-separated hex.
     pub fingerprint: String,
     /// Where the certificate came from, for the startup log line.
@@ -99,6 +135,32 @@ pub enum TlsError {
 }
 
 impl TlsMaterial {
+    /// Server configurations for `loaded`, resolving through a store that `replace` updates.
+    ///
+    /// # Errors
+    /// rustls refuses the protocol versions of the provider (it does not).
+    pub fn new(loaded: Loaded) -> Result<TlsMaterial, TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let store = Arc::new(CertStore(ArcSwap::new(loaded.certified)));
+        let mut server_config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Generate(e.to_string()))?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::clone(&store) as Arc<dyn ResolvesServerCert>);
+        server_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(TlsMaterial {
+            server_config: Arc::new(server_config),
+            store,
+            fingerprint: loaded.fingerprint,
+            origin: loaded.origin,
+        })
+    }
+
+    /// Serves `loaded` from now on, on every listener; open connections keep theirs.
+    pub fn replace(&self, loaded: &Loaded) {
+        self.store.0.store(Arc::clone(&loaded.certified));
+    }
+
     /// The HTTPS configuration; when TURN shares the port, "stun.turn" joins the ALPN
     /// list, last, so that browsers still get HTTP.
     pub fn https_server_config(&self, shared_with_turn: bool) -> Arc<ServerConfig> {
@@ -119,11 +181,26 @@ impl TlsMaterial {
     }
 }
 
+/// Loads the configured certificate, or reuses or generates a self-signed one, and
+/// builds the listeners' configurations around it.
+///
+/// # Errors
+/// See [`TlsError`]; every variant names the file and the config key.
+pub fn load(config: &Config) -> Result<(TlsMaterial, Loaded), TlsError> {
+    let loaded = load_certificate(config)?;
+    let summary = Loaded {
+        certified: Arc::clone(&loaded.certified),
+        fingerprint: loaded.fingerprint.clone(),
+        origin: loaded.origin.clone(),
+    };
+    Ok((TlsMaterial::new(loaded)?, summary))
+}
+
 /// Loads the configured certificate, or reuses or generates a self-signed one.
 ///
 /// # Errors
 /// See [`TlsError`]; every variant names the file and the config key.
-pub fn load(config: &Config) -> Result<TlsMaterial, TlsError> {
+pub fn load_certificate(config: &Config) -> Result<Loaded, TlsError> {
     if let (Some(cert_path), Some(key_path)) = (&config.https.cert, &config.https.key) {
         let chain = read_certs(cert_path, "https.cert")?;
         check_validity(cert_path, &chain[0], time::OffsetDateTime::now_utc())?;
@@ -193,29 +270,22 @@ fn build(
     cert_path: &Path,
     key_path: &Path,
     origin: CertOrigin,
-) -> Result<TlsMaterial, TlsError> {
+) -> Result<Loaded, TlsError> {
     let fingerprint = fingerprint(&chain[0]);
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let rustls_error = |detail: String| TlsError::Rustls {
-        cert_path: cert_path.to_owned(),
-        key_path: key_path.to_owned(),
-        detail,
-    };
-    let mut server_config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| rustls_error(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(|e| match e {
-            rustls::Error::InconsistentKeys(_) => TlsError::Mismatch {
-                cert_path: cert_path.to_owned(),
-                key_path: key_path.to_owned(),
-            },
-            other => rustls_error(other.to_string()),
-        })?;
-    server_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsMaterial {
-        server_config: Arc::new(server_config),
+    let provider = rustls::crypto::ring::default_provider();
+    let certified = CertifiedKey::from_der(chain, key, &provider).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => TlsError::Mismatch {
+            cert_path: cert_path.to_owned(),
+            key_path: key_path.to_owned(),
+        },
+        other => TlsError::Rustls {
+            cert_path: cert_path.to_owned(),
+            key_path: key_path.to_owned(),
+            detail: other.to_string(),
+        },
+    })?;
+    Ok(Loaded {
+        certified: Arc::new(certified),
         fingerprint,
         origin,
     })
@@ -389,14 +459,14 @@ mod tests {
     fn generates_then_reuses_a_self_signed_certificate() {
         let dir = dir();
         let config = config_in(dir.path());
-        let first = load(&config).expect("generate");
+        let first = load_certificate(&config).expect("generate");
         assert!(matches!(first.origin, CertOrigin::Generated(_)));
         let mode = fs::metadata(dir.path().join(GENERATED_KEY))
             .unwrap()
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
-        let second = load(&config).expect("reuse");
+        let second = load_certificate(&config).expect("reuse");
         assert!(matches!(second.origin, CertOrigin::Reused(_)));
         assert_eq!(first.fingerprint, second.fingerprint);
     }
@@ -406,7 +476,7 @@ mod tests {
         let dir = dir();
         let mut config = config_in(dir.path());
         config.https.extra_names = vec!["call.example.org".to_owned()];
-        load(&config).expect("generate");
+        load_certificate(&config).expect("generate");
         let chain = read_certs(&dir.path().join(GENERATED_CERT), "x").unwrap();
         let names = cert_names(&chain[0]).unwrap();
         for name in ["localhost", "127.0.0.1", "::1", "call.example.org"] {
@@ -420,7 +490,7 @@ mod tests {
             .https
             .extra_names
             .push("other.example.org".to_owned());
-        let again = load(&config).expect("regenerate");
+        let again = load_certificate(&config).expect("regenerate");
         assert!(matches!(again.origin, CertOrigin::Generated(_)));
     }
 
@@ -428,12 +498,15 @@ mod tests {
     fn mismatched_key_is_refused_naming_both_keys() {
         let a = dir();
         let b = dir();
-        load(&config_in(a.path())).unwrap();
-        load(&config_in(b.path())).unwrap();
+        load_certificate(&config_in(a.path())).unwrap();
+        load_certificate(&config_in(b.path())).unwrap();
         let mut config = Config::default();
         config.https.cert = Some(a.path().join(GENERATED_CERT));
         config.https.key = Some(b.path().join(GENERATED_KEY));
-        let err = load(&config).err().expect("mismatch refused").to_string();
+        let err = load_certificate(&config)
+            .err()
+            .expect("mismatch refused")
+            .to_string();
         assert!(err.contains("does not match"), "{err}");
         assert!(
             err.contains("https.key") && err.contains("https.cert"),
@@ -456,7 +529,10 @@ mod tests {
         let mut config = Config::default();
         config.https.cert = Some(cert_path);
         config.https.key = Some(key_path);
-        let err = load(&config).err().expect("expired refused").to_string();
+        let err = load_certificate(&config)
+            .err()
+            .expect("expired refused")
+            .to_string();
         assert!(
             err.contains("expired") && err.contains("https.cert"),
             "{err}"
@@ -468,7 +544,10 @@ mod tests {
         let mut config = Config::default();
         config.https.cert = Some(PathBuf::from("/nonexistent/cert.pem"));
         config.https.key = Some(PathBuf::from("/nonexistent/key.pem"));
-        let err = load(&config).err().expect("missing refused").to_string();
+        let err = load_certificate(&config)
+            .err()
+            .expect("missing refused")
+            .to_string();
         assert!(
             err.contains("https.cert") && err.contains("/nonexistent/cert.pem"),
             "{err}"

@@ -30,14 +30,15 @@ pub async fn ice_servers(
     headers: HeaderMap,
     Query(query): Query<IceQuery>,
 ) -> Response {
-    if app.api_keys.is_empty() {
+    let live = app.live();
+    if live.api_keys.is_empty() {
         return error(
             StatusCode::NOT_FOUND,
             "not_enabled",
             "this endpoint is off; set api.keys in the config to enable it",
         );
     }
-    if !bearer_matches(&headers, &app.api_keys) {
+    if !bearer_matches(&headers, &live.api_keys) {
         warn!("ICE servers request without a valid API key");
         return error(
             StatusCode::UNAUTHORIZED,
@@ -63,7 +64,8 @@ pub async fn ice_servers(
             "TURN is disabled on this server (turn.enabled)",
         );
     };
-    let ttl = query.ttl.unwrap_or(turn.offer.ttl_s);
+    let offer = turn.offer();
+    let ttl = query.ttl.unwrap_or(offer.ttl_s);
     if !(60..=MAX_TTL_S).contains(&ttl) {
         return error(
             StatusCode::BAD_REQUEST,
@@ -79,8 +81,8 @@ pub async fn ice_servers(
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let mut servers = app.static_ice_servers.clone();
-    servers.extend(turn.offer.room_ice_servers(now, ttl, &room, &host));
+    let mut servers = live.static_ice_servers.clone();
+    servers.extend(offer.room_ice_servers(now, ttl, &room, &host));
     info!(%room, ttl, "ICE servers minted for a backend");
     (
         [(header::CACHE_CONTROL, "no-store")],

@@ -35,7 +35,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/static/call.js", get(script))
         .route("/static/style.css", get(style))
         .route("/ws", get(ws::upgrade))
-        .route(&state.signaling.legacy_path, get(legacy::upgrade))
+        .route(&state.live().signaling.legacy_path, get(legacy::upgrade))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/api/v1/ice-servers", get(ice_api::ice_servers))
@@ -48,7 +48,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// The plain-WebSocket dialect alone, for plain `ws://` listeners.
 pub fn legacy_router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route(&state.signaling.legacy_path, get(legacy::upgrade))
+        .route(&state.live().signaling.legacy_path, get(legacy::upgrade))
         .fallback(not_found)
         .with_state(state)
 }

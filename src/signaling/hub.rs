@@ -155,6 +155,15 @@ impl Hub {
         Ok(())
     }
 
+    /// New room limits (a reload).
+    pub fn set_limits(&self, capacity: usize, max_rooms: usize) {
+        self.inner
+            .lock()
+            .expect("hub lock")
+            .rooms
+            .set_limits(capacity, max_rooms);
+    }
+
     /// Every room with its members, sorted by name.
     pub fn rooms(&self) -> Vec<(RoomId, Vec<PeerInfo>)> {
         let inner = self.inner.lock().expect("hub lock");

@@ -130,7 +130,8 @@ fn error(code: &str, message: impl Into<String>) -> Value {
 
 impl Session {
     fn handle_text(&mut self, text: &str) -> Next {
-        let cfg = &self.app.signaling;
+        let live = self.app.live();
+        let cfg = &live.signaling;
         let metrics = &self.app.metrics;
         if text.len() > cfg.max_message_bytes {
             metrics.refusals.inc(Refusal::MaxMessageBytes);
@@ -259,7 +260,7 @@ async fn run(
     _guard: ConnectionGuard,
 ) {
     info!("connected");
-    let cfg = app.signaling.clone();
+    let cfg = app.live().signaling.clone();
     let (tx, mut rx) = mpsc::channel(OUTBOX_CAPACITY);
     let evict = Evict::default();
     let mut session = Session {

@@ -53,13 +53,13 @@ pub enum ConnectionRefused {
 /// Counts open connections, in total and per source IP.
 #[derive(Debug)]
 pub struct ConnectionLimiter {
-    max_total: usize,
-    max_per_ip: usize,
     counts: Mutex<Counts>,
 }
 
 #[derive(Debug, Default)]
 struct Counts {
+    max_total: usize,
+    max_per_ip: usize,
     total: usize,
     per_ip: HashMap<IpAddr, usize>,
 }
@@ -74,9 +74,11 @@ pub struct ConnectionGuard {
 impl ConnectionLimiter {
     pub fn new(max_total: usize, max_per_ip: usize) -> ConnectionLimiter {
         ConnectionLimiter {
-            max_total,
-            max_per_ip,
-            counts: Mutex::new(Counts::default()),
+            counts: Mutex::new(Counts {
+                max_total,
+                max_per_ip,
+                ..Counts::default()
+            }),
         }
     }
 
@@ -87,11 +89,12 @@ impl ConnectionLimiter {
     pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionGuard, ConnectionRefused> {
         let ip = canonical(ip);
         let mut counts = self.counts.lock().expect("limiter lock");
-        if counts.total >= self.max_total {
+        if counts.total >= counts.max_total {
             return Err(ConnectionRefused::Total);
         }
+        let max_per_ip = counts.max_per_ip;
         let n = counts.per_ip.entry(ip).or_insert(0);
-        if *n >= self.max_per_ip {
+        if *n >= max_per_ip {
             return Err(ConnectionRefused::PerIp);
         }
         *n += 1;
@@ -100,6 +103,13 @@ impl ConnectionLimiter {
             limiter: Arc::clone(self),
             ip,
         })
+    }
+
+    /// New limits for the connections that come next; open ones stay even above them.
+    pub fn set_limits(&self, max_total: usize, max_per_ip: usize) {
+        let mut counts = self.counts.lock().expect("limiter lock");
+        counts.max_total = max_total;
+        counts.max_per_ip = max_per_ip;
     }
 
     /// Open connections in total.

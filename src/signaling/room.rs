@@ -132,6 +132,12 @@ impl Rooms {
         self.rooms.get(room).map_or(&[], |r| &r.members)
     }
 
+    /// New limits for the joins that come next; rooms above them keep their members.
+    pub fn set_limits(&mut self, capacity: usize, max_rooms: usize) {
+        self.capacity = capacity;
+        self.max_rooms = max_rooms;
+    }
+
     /// Every room with its members.
     pub fn iter(&self) -> impl Iterator<Item = (&RoomId, &[PeerInfo])> {
         self.rooms.iter().map(|(id, r)| (id, r.members.as_slice()))

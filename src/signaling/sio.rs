@@ -108,6 +108,15 @@ impl SioRooms {
             .map(|left| (left.room, peer.id))
     }
 
+    /// New room limits (a reload).
+    pub fn set_limits(&self, capacity: usize, max_rooms: usize) {
+        self.inner
+            .lock()
+            .expect("sio lock")
+            .rooms
+            .set_limits(capacity, max_rooms);
+    }
+
     /// Rooms and peers in a room right now.
     pub fn counts(&self) -> (usize, usize) {
         let inner = self.inner.lock().expect("sio lock");
@@ -125,7 +134,7 @@ pub fn layer(app: Arc<AppState>) -> SocketIoLayer {
     let (layer, io) = SocketIo::builder()
         // As on /ws: the limit is enforced on each message (with an error, then a
         // disconnect); the transport limit only stops runaway payloads.
-        .max_payload(2 * app.signaling.max_message_bytes as u64)
+        .max_payload(2 * app.live().signaling.max_message_bytes as u64)
         .with_state(Arc::clone(&app))
         .build_layer();
     io.ns("/", on_connect.with(admit));
@@ -145,7 +154,8 @@ async fn admit(s: SocketRef, State(app): App) -> Result<(), String> {
         .ok_or("no client address")?;
     let admitted = super::ws::admit(&app, remote, &parts.headers, &parts.uri)
         .map_err(|refused| format!("connection refused with HTTP status {}", refused.status()))?;
-    let s_cfg = &app.signaling;
+    let live = app.live();
+    let s_cfg = &live.signaling;
     app.metrics.connections.inc(Dialect::SocketIo);
     app.sio.connect(
         s.id,
@@ -211,7 +221,7 @@ fn gate(app: &AppState, s: &SocketRef) -> bool {
 /// Refuses a message above `signaling.max_message_bytes`: an error, then a disconnect.
 fn too_large(app: &AppState, s: &SocketRef, payload: &Value) -> bool {
     let size = payload.to_string().len();
-    let max = app.signaling.max_message_bytes;
+    let max = app.live().signaling.max_message_bytes;
     if size <= max {
         return false;
     }
@@ -263,7 +273,7 @@ fn join(app: &AppState, s: &SocketRef, room: &str) -> Result<usize, JoinError> {
 }
 
 fn log(app: &AppState, s: &SocketRef, line: String) {
-    if app.signaling.socketio_log {
+    if app.live().signaling.socketio_log {
         let _ = s.emit("log", &("Message from server:", line));
     }
 }
@@ -333,7 +343,7 @@ async fn ipaddr(s: SocketRef, State(app): App) {
     if !gate(&app, &s) {
         return;
     }
-    for addr in &app.public_addresses {
+    for addr in &app.live().public_addresses {
         let _ = s.emit("ipaddr", addr);
     }
 }

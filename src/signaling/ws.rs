@@ -77,7 +77,7 @@ pub fn admit(
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
         .or_else(|| uri.authority().map(|a| a.as_str()));
-    if !origin_allowed(origin, host, &app.signaling.allowed_origins) {
+    if !origin_allowed(origin, host, &app.live().signaling.allowed_origins) {
         warn!(%remote, origin = origin.unwrap_or(""), "websocket origin refused");
         app.metrics.refusals.inc(Refusal::Origin);
         return Err(Box::new(refusal(
@@ -129,7 +129,7 @@ pub fn admit(
 /// 4 KiB read buffer ~6 KiB more than this one; larger messages still pass (the read
 /// buffer grows to the frame, read 1 KiB at a time).
 pub fn limit_frames(app: &AppState, ws: WebSocketUpgrade) -> WebSocketUpgrade {
-    let transport_limit = app.signaling.max_message_bytes * 2;
+    let transport_limit = app.live().signaling.max_message_bytes * 2;
     ws.max_message_size(transport_limit)
         .max_frame_size(transport_limit)
         .read_buffer_size(1024)
@@ -182,7 +182,7 @@ async fn run(
     _guard: ConnectionGuard,
 ) {
     info!("connected");
-    let cfg = app.signaling.clone();
+    let cfg = app.live().signaling.clone();
     let (tx, mut rx) = mpsc::channel(OUTBOX_CAPACITY);
     let evict = Evict::default();
     let mut session = Session {
@@ -347,7 +347,8 @@ enum Reply {
 
 impl Session {
     fn handle_text(&mut self, text: &str) -> Reply {
-        let max = self.app.signaling.max_message_bytes;
+        let live = self.app.live();
+        let max = live.signaling.max_message_bytes;
         let metrics = &self.app.metrics;
         if text.len() > max {
             metrics.refusals.inc(Refusal::MaxMessageBytes);
@@ -365,7 +366,7 @@ impl Session {
             metrics.refusals.inc(Refusal::MessagesPerSecond);
             self.strikes += 1;
             // A client that keeps sending after errors worth two bursts is ignoring them.
-            let cfg = &self.app.signaling;
+            let cfg = &live.signaling;
             if self.strikes > 2 * cfg.message_burst.max(cfg.messages_per_second) {
                 return Reply::Close(
                     ErrorCode::RateLimited,
@@ -378,7 +379,7 @@ impl Session {
                 ErrorCode::RateLimited,
                 format!(
                     "more than {} messages per second; message dropped",
-                    self.app.signaling.messages_per_second
+                    live.signaling.messages_per_second
                 ),
             );
         }
@@ -467,7 +468,7 @@ impl Session {
                     ErrorCode::RoomFull,
                     format!(
                         "room {room_id} is full ({} peers)",
-                        self.app.signaling.room_capacity
+                        self.app.live().signaling.room_capacity
                     ),
                 )
             }
@@ -500,7 +501,7 @@ impl Session {
             .turn
             .as_ref()
             .map_or(Duration::from_secs(86_400 * 365), |t| {
-                Duration::from_secs(t.offer.ttl_s) * 4 / 5
+                Duration::from_secs(t.offer().ttl_s) * 4 / 5
             })
     }
 

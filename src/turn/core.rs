@@ -15,6 +15,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use stun::attributes::{ATTR_DATA, ATTR_MESSAGE_INTEGRITY, ATTR_NONCE, ATTR_REALM, ATTR_USERNAME};
 use stun::message::{
     CLASS_ERROR_RESPONSE, CLASS_INDICATION, CLASS_REQUEST, CLASS_SUCCESS_RESPONSE, Getter,
@@ -27,7 +28,7 @@ use tracing::{debug, info};
 
 use super::allocation::{AllocState, granted_lifetime};
 use super::auth::{self, NonceCheck, NonceKey, Owner};
-use super::policy::PeerPolicy;
+use super::policy::{Cidr, PeerPolicy};
 use super::stats::{AuthFailure, Quota};
 pub use super::stats::{CloseReason, Stats, Transport};
 use super::wire;
@@ -172,9 +173,10 @@ fn decrement<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
 }
 
 pub struct Core<B: RelayBinder> {
-    config: CoreConfig,
+    /// Secrets, users and quotas; a reload replaces them (the realm and external IP stay).
+    config: ArcSwap<CoreConfig>,
     nonces: NonceKey,
-    policy: PeerPolicy,
+    policy: ArcSwap<PeerPolicy>,
     binder: B,
     membership: Membership,
     table: RwLock<Table<B::Relay>>,
@@ -201,9 +203,9 @@ impl<B: RelayBinder> Core<B> {
         membership: Membership,
     ) -> Core<B> {
         Core {
-            config,
+            config: ArcSwap::from_pointee(config),
             nonces,
-            policy,
+            policy: ArcSwap::from_pointee(policy),
             binder,
             membership,
             table: RwLock::new(Table {
@@ -217,8 +219,15 @@ impl<B: RelayBinder> Core<B> {
         }
     }
 
-    pub fn realm(&self) -> &str {
-        &self.config.realm
+    /// Takes new secrets, static users and quotas, and new peer allow/deny lists, for the
+    /// requests that come next. Live allocations stay; the realm and external IP do not change.
+    pub fn reconfigure(&self, mut config: CoreConfig, allow: Vec<Cidr>, deny: Vec<Cidr>) {
+        let old = self.config.load();
+        config.realm.clone_from(&old.realm);
+        config.external_ip = old.external_ip;
+        self.config.store(Arc::new(config));
+        self.policy
+            .store(Arc::new(self.policy.load().with_lists(allow, deny)));
     }
 
     /// Handles one STUN message from a client.
@@ -303,8 +312,9 @@ impl<B: RelayBinder> Core<B> {
         existing: Option<&Allocation<B::Relay>>,
     ) -> Result<Authed, (Option<AuthFailure>, Vec<u8>)> {
         let ip = tuple.client.ip();
+        let config = self.config.load();
         let challenge = |msg: &Message, code: u16| {
-            let realm = TextAttribute::new(ATTR_REALM, self.config.realm.clone());
+            let realm = TextAttribute::new(ATTR_REALM, config.realm.clone());
             let nonce = TextAttribute::new(ATTR_NONCE, self.nonces.issue(unix, ip));
             wire::response(
                 msg,
@@ -329,13 +339,11 @@ impl<B: RelayBinder> Core<B> {
         if self.nonces.check(&nonce, unix, ip) != NonceCheck::Valid {
             return Err((Some(AuthFailure::StaleNonce), challenge(msg, 438)));
         }
-        if realm != self.config.realm {
+        if realm != config.realm {
             debug!(client = %tuple.client, "TURN request for another realm");
             return Err((Some(AuthFailure::WrongRealm), challenge(msg, 401)));
         }
-        let Ok(candidate) =
-            auth::lookup(&username, &self.config.secrets, &self.config.static_users)
-        else {
+        let Ok(candidate) = auth::lookup(&username, &config.secrets, &config.static_users) else {
             debug!(client = %tuple.client, "unknown TURN username");
             return Err((Some(AuthFailure::UnknownUser), challenge(msg, 401)));
         };
@@ -431,7 +439,7 @@ impl<B: RelayBinder> Core<B> {
         let granted = granted_lifetime(requested);
         {
             let table = self.table.read().expect("table");
-            let c = &self.config;
+            let c = self.config.load();
             if table.by_tuple.len() >= c.max_allocations {
                 self.stats.quota_refusals.inc(Quota::Total);
                 info!(client = %tuple.client, limit = Quota::Total.as_str(), "allocation refused by quota");
@@ -496,7 +504,7 @@ impl<B: RelayBinder> Core<B> {
                 .insert(t, (next, next_addr, now + RESERVATION_LIFETIME));
             reservation = Some(t);
         }
-        let relayed = match self.config.external_ip {
+        let relayed = match self.config.load().external_ip {
             Some(ip) if ip.is_ipv6() == ipv6 => SocketAddr::new(ip, local.port()),
             _ => local,
         };
@@ -700,7 +708,7 @@ impl<B: RelayBinder> Core<B> {
             .expect("table")
             .by_relay
             .contains_key(&peer);
-        self.policy.check(peer, is_relay).map_err(|refused| {
+        self.policy.load().check(peer, is_relay).map_err(|refused| {
             self.stats.policy_refusals.inc(refused.class);
             info!(%peer, class = refused.class, "peer address refused by policy");
             (403, "peer refused by policy")

@@ -124,6 +124,15 @@ impl PeerPolicy {
         }
     }
 
+    /// The same policy with other configured lists (a reload).
+    pub fn with_lists(&self, allow: Vec<Cidr>, deny: Vec<Cidr>) -> PeerPolicy {
+        PeerPolicy {
+            allow,
+            deny,
+            ..self.clone()
+        }
+    }
+
     /// Checks `peer`; `is_relay` says whether it is a live relayed address of this server.
     ///
     /// # Errors

@@ -217,8 +217,16 @@ fn the_packaged_configs_are_the_shipped_one_for_a_server() {
         ),
         (
             "packaging/docker.toml",
-            &["state_dir = \"certs\"", "min_port = 49152", "max_port = 65535"],
-            &["state_dir = \"/var/lib/switchboard\"", "min_port = 49160", "max_port = 49200"],
+            &[
+                "state_dir = \"certs\"",
+                "min_port = 49152",
+                "max_port = 65535",
+            ],
+            &[
+                "state_dir = \"/var/lib/switchboard\"",
+                "min_port = 49160",
+                "max_port = 49200",
+            ],
         ),
     ];
     // Settings (not comments) of `a` that `b` lacks.

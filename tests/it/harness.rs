@@ -59,6 +59,9 @@ pub struct TestServer {
     pub listeners: Vec<(String, SocketAddr)>,
     pub https: SocketAddr,
     state_dir: PathBuf,
+    config_path: PathBuf,
+    /// The config the server started with, for `reload`.
+    config: toml::Table,
     log: Arc<Mutex<Vec<String>>>,
     lines: mpsc::Receiver<Value>,
     /// Every JSON log line received so far, and how far `wait_log` has looked.
@@ -140,6 +143,8 @@ impl TestServer {
             listeners: Vec::new(),
             https: "0.0.0.0:0".parse().unwrap(),
             state_dir,
+            config_path,
+            config,
             log,
             lines,
             seen: Mutex::new((Vec::new(), 0)),
@@ -214,6 +219,23 @@ impl TestServer {
                 Err(_) => panic!("server never logged {message:?}"),
             }
         }
+    }
+
+    /// Rewrites the config file as the starting config with `overrides` merged in, and
+    /// sends SIGHUP.
+    pub fn reload(&self, overrides: &str) {
+        let mut config = self.config.clone();
+        merge(
+            &mut config,
+            toml::from_str(overrides).expect("override TOML"),
+        );
+        self.reload_raw(&toml::to_string(&config).expect("serialize config"));
+    }
+
+    /// Writes `text` as the config file and sends SIGHUP.
+    pub fn reload_raw(&self, text: &str) {
+        std::fs::write(&self.config_path, text).expect("write config");
+        self.signal("HUP");
     }
 
     /// Sends `signal` (e.g. "TERM") to the server.

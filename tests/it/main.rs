@@ -8,6 +8,8 @@ mod dialects;
 mod harness;
 mod http;
 mod lab;
+mod raw_turn;
+mod reload;
 mod signaling;
 mod turn;
 mod webrtc_call;
