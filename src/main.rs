@@ -47,6 +47,12 @@ enum Command {
         #[arg(long)]
         host: Option<String>,
     },
+    /// Convert a coturn turnserver.conf into a Switchboard config (printed to stdout;
+    /// a warning on stderr for every option that cannot be carried over).
+    ImportCoturn {
+        /// coturn's configuration file, e.g. /etc/turnserver.conf.
+        file: PathBuf,
+    },
     /// A NAT lab in network namespaces (needs root): a server, clients behind NAT.
     Lab {
         #[command(subcommand)]
@@ -90,8 +96,10 @@ enum LabCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Lab { command }) = cli.command {
-        return lab(command);
+    match cli.command {
+        Some(Command::Lab { command }) => return lab(command),
+        Some(Command::ImportCoturn { file }) => return import_coturn(&file),
+        _ => {}
     }
     let config = match Config::load(&cli.config) {
         Ok(config) => config,
@@ -101,7 +109,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command.unwrap_or(Command::Run) {
-        Command::Lab { .. } => unreachable!("handled above"),
+        Command::Lab { .. } | Command::ImportCoturn { .. } => unreachable!("handled above"),
         Command::Credentials { room, ttl, host } => match credentials(&config, &room, ttl, host) {
             Ok(json) => {
                 println!("{json}");
@@ -131,6 +139,22 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn import_coturn(file: &std::path::Path) -> ExitCode {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    let imported = switchboard::coturn::import(&text);
+    print!("{}", imported.toml);
+    for w in &imported.warnings {
+        eprintln!("warning: {}: {w}", file.display());
+    }
+    ExitCode::SUCCESS
 }
 
 fn credentials(

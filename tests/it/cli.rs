@@ -246,3 +246,120 @@ fn the_packaged_configs_are_the_shipped_one_for_a_server() {
         assert_eq!(only_in(&text, &shipped), added, "{file}");
     }
 }
+
+/// Imports `file` (under tests/data/coturn); returns the TOML and the warnings, after
+/// checking that the TOML is a valid Switchboard config.
+fn import(file: &str) -> (toml::Table, String) {
+    let path = format!("{}/tests/data/coturn/{file}", env!("CARGO_MANIFEST_DIR"));
+    let (code, out, err) = switchboard(&["import-coturn", &path]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, check) = with_config(&out, &["check-config"]);
+    assert_eq!(
+        code, 0,
+        "the imported config of {file} is refused: {check}\n{out}"
+    );
+    (toml::from_str(&out).unwrap(), err)
+}
+
+#[test]
+fn import_coturn_converts_real_world_configs() {
+    let (synapse, warnings) = import("matrix-synapse.conf");
+    let turn = &synapse["turn"];
+    assert_eq!(
+        turn["secrets"][0].as_str(),
+        Some("3f3a6c0d8b1e4e53a0f2c9b7d6e5a4c3")
+    );
+    assert_eq!(turn["realm"].as_str(), Some("turn.matrix.example.org"));
+    assert_eq!(
+        turn["max_allocations_per_credential"].as_integer(),
+        Some(12)
+    );
+    assert_eq!(turn["max_allocations"].as_integer(), Some(1200));
+    let deny: Vec<&str> = turn["deny_peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        deny.contains(&"10.0.0.0/8") && deny.contains(&"172.16.0.0/12"),
+        "{deny:?}"
+    );
+    assert!(
+        deny.contains(&"100.64.0.0/10") && deny.contains(&"198.18.0.0/15"),
+        "{deny:?}"
+    );
+    assert!(deny.contains(&"240.0.0.0/4"), "{deny:?}");
+    assert_eq!(turn["allow_peers"][0].as_str(), Some("10.0.0.1/32"));
+    assert_eq!(
+        synapse["https"]["cert"].as_str(),
+        Some("/etc/letsencrypt/live/turn.matrix.example.org/fullchain.pem")
+    );
+    assert!(warnings.is_empty(), "nothing in it is lost: {warnings}");
+
+    let (talk, warnings) = import("nextcloud-talk.conf");
+    assert_eq!(talk["turn"]["tls_listen"].as_array().map(Vec::len), Some(0));
+    assert!(talk["turn"].get("max_allocations").is_none());
+    assert!(
+        warnings.contains("line 7: total-quota: 0 (no limit)"),
+        "{warnings}"
+    );
+    assert!(warnings.contains("line 8: bps-capacity"), "{warnings}");
+    assert_eq!(warnings.lines().count(), 2, "{warnings}");
+
+    let (jitsi, warnings) = import("jitsi-meet.conf");
+    assert_eq!(
+        jitsi["turn"]["tcp_listen"].as_array().map(Vec::len),
+        Some(0)
+    );
+    assert_eq!(
+        jitsi["https"]["key"].as_str(),
+        Some("/etc/jitsi/meet/meet.example.com.key")
+    );
+    for option in ["cipher-list", "syslog", "no-tlsv1_1"] {
+        assert!(warnings.contains(option), "{option}: {warnings}");
+    }
+
+    let (nat, warnings) = import("self-hosted-nat.conf");
+    let turn = &nat["turn"];
+    assert_eq!(turn["udp_listen"].as_array().map(Vec::len), Some(0));
+    assert_eq!(turn["tcp_listen"][0].as_str(), Some("10.0.0.5:3479"));
+    assert_eq!(turn["tls_listen"][0].as_str(), Some("10.0.0.5:443"));
+    assert_eq!(turn["external_ip"].as_str(), Some("198.51.100.7"));
+    assert_eq!(turn["relay_ip"].as_str(), Some("10.0.0.5"));
+    assert_eq!(
+        (turn["min_port"].as_integer(), turn["max_port"].as_integer()),
+        (Some(40000), Some(40999))
+    );
+    assert_eq!(turn["static_users"][0]["username"].as_str(), Some("alice"));
+    assert_eq!(turn["static_users"].as_array().map(Vec::len), Some(1));
+    for option in [
+        "user: a hashed key",
+        "log-file",
+        "verbose",
+        "pidfile",
+        "max-bps",
+        "mobility",
+    ] {
+        assert!(warnings.contains(option), "{option}: {warnings}");
+    }
+}
+
+/// Debian's own /etc/turnserver.conf (installed with coturn by .ci/run).
+#[test]
+fn import_coturn_reads_debians_shipped_file() {
+    let path = std::path::Path::new("/etc/turnserver.conf");
+    if !crate::harness::require(path.exists(), "coturn's /etc/turnserver.conf") {
+        return;
+    }
+    let (code, out, err) = switchboard(&["import-coturn", "/etc/turnserver.conf"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, check) = with_config(&out, &["check-config"]);
+    assert_eq!(code, 0, "{check}");
+    for line in err.lines() {
+        assert!(
+            line.starts_with("warning: /etc/turnserver.conf: line "),
+            "{line}"
+        );
+    }
+}
