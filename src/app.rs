@@ -519,7 +519,7 @@ impl CertFiles {
 }
 
 /// The IPv4 address of the default route, found without sending anything; loopback without one.
-fn default_relay_ip() -> IpAddr {
+pub(crate) fn default_relay_ip() -> IpAddr {
     let probe = std::net::UdpSocket::bind("0.0.0.0:0").and_then(|s| {
         s.connect("192.0.2.1:9")?;
         s.local_addr()

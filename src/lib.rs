@@ -20,6 +20,7 @@ pub mod admin;
 pub mod app;
 pub mod config;
 pub mod coturn;
+pub mod doctor;
 pub mod http;
 pub mod lab;
 pub mod metrics;

@@ -47,6 +47,9 @@ enum Command {
         #[arg(long)]
         host: Option<String>,
     },
+    /// Check the config and the server running with it (certificate, every listener, the
+    /// relay address, a relay self-test) and print a report; exit 1 when a check fails.
+    Doctor,
     /// Convert a coturn turnserver.conf into a Switchboard config (printed to stdout;
     /// a warning on stderr for every option that cannot be carried over).
     ImportCoturn {
@@ -103,6 +106,10 @@ fn main() -> ExitCode {
     }
     let config = match Config::load(&cli.config) {
         Ok(config) => config,
+        Err(e) if matches!(cli.command, Some(Command::Doctor)) => {
+            println!("[FAIL] config: {e}\n1 checks: 0 ok, 0 warnings, 1 failed");
+            return ExitCode::FAILURE;
+        }
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
@@ -120,6 +127,25 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Doctor => {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let report = runtime.block_on(switchboard::doctor::run(&config, &cli.config));
+            print!("{}", report.render());
+            if report.failed() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
         Command::CheckConfig { quiet } => {
             if !quiet {
                 println!("# {}: valid", cli.config.display());

@@ -239,6 +239,131 @@ pub fn load_certificate(config: &Config) -> Result<Loaded, TlsError> {
     )
 }
 
+/// What `switchboard doctor` reports about the certificate the server serves (or will).
+#[derive(Debug)]
+pub struct CertInfo {
+    pub path: PathBuf,
+    /// Whether it is Switchboard's generated self-signed certificate.
+    pub generated: bool,
+    pub names: Vec<String>,
+    pub not_after: time::OffsetDateTime,
+}
+
+/// Reads the certificate `load_certificate` would use, without generating or writing
+/// anything. `Ok(None)`: no certificate is configured and none was generated yet.
+///
+/// # Errors
+/// The configured files are unreadable, not PEM, expired, or do not match (as at start).
+pub fn inspect(config: &Config) -> Result<Option<CertInfo>, TlsError> {
+    let (cert_path, key_path, generated) = match (&config.https.cert, &config.https.key) {
+        (Some(c), Some(k)) => (c.clone(), k.clone(), false),
+        _ => {
+            let dir = &config.server.state_dir;
+            let cert = dir.join(GENERATED_CERT);
+            if !cert.exists() {
+                return Ok(None);
+            }
+            (cert, dir.join(GENERATED_KEY), true)
+        }
+    };
+    let key_name = if generated {
+        "server.state_dir"
+    } else {
+        "https.cert"
+    };
+    let chain = read_certs(&cert_path, key_name)?;
+    check_validity(&cert_path, &chain[0], time::OffsetDateTime::now_utc())?;
+    let names = cert_names(&chain[0]).unwrap_or_default();
+    let (_, not_after) = validity(&chain[0]).map_err(|detail| TlsError::BadCertificate {
+        path: cert_path.clone(),
+        detail,
+    })?;
+    let key = read_key(
+        &key_path,
+        if generated {
+            "server.state_dir"
+        } else {
+            "https.key"
+        },
+    )?;
+    build(
+        chain,
+        key,
+        &cert_path,
+        &key_path,
+        CertOrigin::Configured(cert_path.clone()),
+    )?;
+    Ok(Some(CertInfo {
+        path: cert_path,
+        generated,
+        names,
+        not_after,
+    }))
+}
+
+/// Accepts any certificate: the listener is checked here, the certificate above.
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &rustls_pki_types::CertificateDer<'_>,
+        _: &[rustls_pki_types::CertificateDer<'_>],
+        _: &rustls_pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A TLS client for `switchboard doctor` that accepts any certificate: it checks that a
+/// listener answers (the certificate is checked separately, from its files).
+pub fn probe_connector(alpn: &[u8]) -> tokio_rustls::TlsConnector {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
 /// The names a generated certificate covers: loopback, the host name, and `extra`.
 pub fn self_signed_names(extra: &[String]) -> Vec<String> {
     let mut names = vec![

@@ -14,6 +14,7 @@ pub mod auth;
 pub mod core;
 pub mod ice;
 pub mod policy;
+pub mod probe;
 pub mod server;
 pub mod stats;
 pub mod wire;

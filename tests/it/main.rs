@@ -5,6 +5,7 @@ mod browser;
 mod cdp;
 mod cli;
 mod dialects;
+mod doctor;
 mod harness;
 mod http;
 mod lab;

@@ -1,0 +1,280 @@
+//! A small TURN client for `switchboard doctor`: a STUN Binding over UDP or a stream, and,
+//! over UDP, Allocate, CreatePermission, Send indications, Data indications and release.
+//! Every failure says which step failed and with which STUN error code.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use stun::attributes::{ATTR_DATA, ATTR_NONCE, ATTR_REALM, ATTR_USERNAME};
+use stun::error_code::ErrorCodeAttribute;
+use stun::message::{
+    BINDING_REQUEST, CLASS_INDICATION, CLASS_REQUEST, CLASS_SUCCESS_RESPONSE, Getter,
+    METHOD_ALLOCATE, METHOD_CREATE_PERMISSION, METHOD_DATA, METHOD_REFRESH, METHOD_SEND, Message,
+    MessageType, Method, Setter,
+};
+use stun::textattrs::TextAttribute;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::UdpSocket;
+
+/// How long one request may go unanswered.
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("no answer within {} s", TIMEOUT.as_secs())]
+    Timeout,
+    #[error("refused with {code} {reason}")]
+    Refused { code: u16, reason: String },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("the answer is not valid STUN")]
+    Malformed,
+}
+
+fn build(
+    method: Method,
+    class: stun::message::MessageClass,
+    attrs: Vec<Box<dyn Setter>>,
+) -> Message {
+    let mut setters: Vec<Box<dyn Setter>> = vec![
+        Box::new(stun::agent::TransactionId::new()),
+        Box::new(MessageType::new(method, class)),
+    ];
+    setters.extend(attrs);
+    setters.push(Box::new(stun::fingerprint::FINGERPRINT));
+    let mut m = Message::new();
+    m.build(&setters)
+        .expect("building a STUN message cannot fail");
+    m
+}
+
+fn decode(bytes: &[u8]) -> Result<Message, ProbeError> {
+    let mut m = Message::new();
+    m.raw = bytes.to_vec();
+    m.decode().map_err(|_| ProbeError::Malformed)?;
+    Ok(m)
+}
+
+fn mapped(answer: &Message) -> Result<SocketAddr, ProbeError> {
+    let mut addr = stun::xoraddr::XorMappedAddress::default();
+    addr.get_from(answer).map_err(|_| ProbeError::Malformed)?;
+    Ok(SocketAddr::new(addr.ip, addr.port))
+}
+
+fn refusal(answer: &Message) -> Result<(), ProbeError> {
+    if answer.typ.class == CLASS_SUCCESS_RESPONSE {
+        return Ok(());
+    }
+    let mut code = ErrorCodeAttribute::default();
+    code.get_from(answer).map_err(|_| ProbeError::Malformed)?;
+    Err(ProbeError::Refused {
+        code: code.code.0,
+        reason: String::from_utf8_lossy(&code.reason).into_owned(),
+    })
+}
+
+/// A STUN Binding over UDP; returns the address the server saw.
+///
+/// # Errors
+/// No answer, or not a success.
+pub async fn binding_udp(server: SocketAddr) -> Result<SocketAddr, ProbeError> {
+    let local: SocketAddr = if server.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()
+    .expect("valid literal");
+    let socket = UdpSocket::bind(local).await?;
+    let request = build(BINDING_REQUEST.method, CLASS_REQUEST, vec![]);
+    socket.send_to(&request.raw, server).await?;
+    let mut buf = vec![0u8; 1500];
+    let n = tokio::time::timeout(TIMEOUT, socket.recv(&mut buf))
+        .await
+        .map_err(|_| ProbeError::Timeout)??;
+    let answer = decode(&buf[..n])?;
+    refusal(&answer)?;
+    mapped(&answer)
+}
+
+/// A STUN Binding over a TCP or TLS stream; returns the address the server saw.
+///
+/// # Errors
+/// No answer, or not a success.
+pub async fn binding_stream<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+) -> Result<SocketAddr, ProbeError> {
+    let request = build(BINDING_REQUEST.method, CLASS_REQUEST, vec![]);
+    let exchange = async {
+        stream.write_all(&request.raw).await?;
+        stream.flush().await?;
+        let mut head = [0u8; 20];
+        stream.read_exact(&mut head).await?;
+        let len = usize::from(u16::from_be_bytes([head[2], head[3]]));
+        let mut whole = head.to_vec();
+        whole.resize(20 + len, 0);
+        stream.read_exact(&mut whole[20..]).await?;
+        Ok::<_, std::io::Error>(whole)
+    };
+    let bytes = tokio::time::timeout(TIMEOUT, exchange)
+        .await
+        .map_err(|_| ProbeError::Timeout)??;
+    let answer = decode(&bytes)?;
+    refusal(&answer)?;
+    mapped(&answer)
+}
+
+/// One allocation over UDP with long-term credentials.
+pub struct Client {
+    socket: UdpSocket,
+    server: SocketAddr,
+    username: String,
+    password: String,
+    realm: String,
+    nonce: String,
+}
+
+impl Client {
+    /// # Errors
+    /// No local UDP socket can be bound.
+    pub async fn new(
+        server: SocketAddr,
+        username: &str,
+        password: &str,
+    ) -> Result<Client, ProbeError> {
+        let local: SocketAddr = if server.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        }
+        .parse()
+        .expect("valid literal");
+        Ok(Client {
+            socket: UdpSocket::bind(local).await?,
+            server,
+            username: username.to_owned(),
+            password: password.to_owned(),
+            realm: String::new(),
+            nonce: String::new(),
+        })
+    }
+
+    async fn request(
+        &self,
+        method: Method,
+        mut attrs: Vec<Box<dyn Setter>>,
+    ) -> Result<Message, ProbeError> {
+        if !self.nonce.is_empty() {
+            attrs.push(Box::new(TextAttribute::new(
+                ATTR_USERNAME,
+                self.username.clone(),
+            )));
+            attrs.push(Box::new(TextAttribute::new(ATTR_REALM, self.realm.clone())));
+            attrs.push(Box::new(TextAttribute::new(ATTR_NONCE, self.nonce.clone())));
+            attrs.push(Box::new(
+                stun::integrity::MessageIntegrity::new_long_term_integrity(
+                    self.username.clone(),
+                    self.realm.clone(),
+                    self.password.clone(),
+                ),
+            ));
+        }
+        let request = build(method, CLASS_REQUEST, attrs);
+        self.socket.send_to(&request.raw, self.server).await?;
+        let mut buf = vec![0u8; 1500];
+        loop {
+            let n = tokio::time::timeout(TIMEOUT, self.socket.recv(&mut buf))
+                .await
+                .map_err(|_| ProbeError::Timeout)??;
+            let answer = decode(&buf[..n])?;
+            if answer.transaction_id == request.transaction_id {
+                return Ok(answer);
+            }
+        }
+    }
+
+    /// Allocates a UDP relay; returns the relayed address.
+    ///
+    /// # Errors
+    /// The server refuses (401 for a wrong credential, 486/508 for quotas) or does not answer.
+    pub async fn allocate(&mut self) -> Result<SocketAddr, ProbeError> {
+        let udp = || -> Vec<Box<dyn Setter>> {
+            vec![Box::new(turn::proto::reqtrans::RequestedTransport {
+                protocol: turn::proto::PROTO_UDP,
+            })]
+        };
+        let challenge = self.request(METHOD_ALLOCATE, udp()).await?;
+        if let Err(ProbeError::Refused { code: 401, .. }) = refusal(&challenge) {
+            let text = |attr| TextAttribute::get_from_as(&challenge, attr).map(|t| t.text);
+            self.realm = text(ATTR_REALM).map_err(|_| ProbeError::Malformed)?;
+            self.nonce = text(ATTR_NONCE).map_err(|_| ProbeError::Malformed)?;
+        }
+        let answer = self.request(METHOD_ALLOCATE, udp()).await?;
+        refusal(&answer)?;
+        let mut relayed = turn::proto::relayaddr::RelayedAddress::default();
+        relayed
+            .get_from(&answer)
+            .map_err(|_| ProbeError::Malformed)?;
+        Ok(SocketAddr::new(relayed.ip, relayed.port))
+    }
+
+    /// Permits `peer` to send to this allocation.
+    ///
+    /// # Errors
+    /// The server refuses (403: the peer policy) or does not answer.
+    pub async fn permit(&self, peer: SocketAddr) -> Result<(), ProbeError> {
+        let attrs: Vec<Box<dyn Setter>> = vec![Box::new(turn::proto::peeraddr::PeerAddress {
+            ip: peer.ip(),
+            port: peer.port(),
+        })];
+        refusal(&self.request(METHOD_CREATE_PERMISSION, attrs).await?)
+    }
+
+    /// Sends `data` to `peer` through the relay (a Send indication).
+    ///
+    /// # Errors
+    /// The local socket fails.
+    pub async fn send(&self, peer: SocketAddr, data: &[u8]) -> Result<(), ProbeError> {
+        let attrs: Vec<Box<dyn Setter>> = vec![
+            Box::new(turn::proto::peeraddr::PeerAddress {
+                ip: peer.ip(),
+                port: peer.port(),
+            }),
+            Box::new(turn::proto::data::Data(data.to_vec())),
+        ];
+        let indication = build(METHOD_SEND, CLASS_INDICATION, attrs);
+        self.socket.send_to(&indication.raw, self.server).await?;
+        Ok(())
+    }
+
+    /// The next Data indication: who sent it through the relay, and what.
+    ///
+    /// # Errors
+    /// Nothing arrives in time.
+    pub async fn recv(&self) -> Result<(SocketAddr, Vec<u8>), ProbeError> {
+        let mut buf = vec![0u8; 1500];
+        loop {
+            let n = tokio::time::timeout(TIMEOUT, self.socket.recv(&mut buf))
+                .await
+                .map_err(|_| ProbeError::Timeout)??;
+            let Ok(m) = decode(&buf[..n]) else { continue };
+            if m.typ.method != METHOD_DATA || m.typ.class != CLASS_INDICATION {
+                continue;
+            }
+            let mut peer = turn::proto::peeraddr::PeerAddress::default();
+            peer.get_from(&m).map_err(|_| ProbeError::Malformed)?;
+            let (data, _) = m
+                .get(ATTR_DATA)
+                .map_err(|_| ProbeError::Malformed)
+                .map(|d| (d, ()))?;
+            return Ok((SocketAddr::new(peer.ip, peer.port), data));
+        }
+    }
+
+    /// Releases the allocation (Refresh with lifetime 0); errors are ignored.
+    pub async fn release(&self) {
+        let attrs: Vec<Box<dyn Setter>> =
+            vec![Box::new(turn::proto::lifetime::Lifetime(Duration::ZERO))];
+        let _ = self.request(METHOD_REFRESH, attrs).await;
+    }
+}
