@@ -150,6 +150,14 @@ pub async fn run(
     } else {
         None
     };
+    let tls = Arc::new(tls);
+    if config.acme.enabled {
+        tasks.spawn(crate::acme::maintain(
+            config.clone(),
+            Arc::clone(&tls),
+            shutdown.clone(),
+        ));
+    }
     let has_admin = !admin.is_empty();
     let admin_token = admin_token(&config, has_admin)?;
     let app = Arc::new(AppState::new(

@@ -25,10 +25,41 @@ pub struct Config {
     pub http_redirect: HttpRedirectConfig,
     pub signaling: SignalingConfig,
     pub turn: TurnConfig,
+    pub acme: AcmeConfig,
     pub admin: AdminConfig,
     pub api: ApiConfig,
     /// Extra ICE servers handed to every peer in `welcome`, before Switchboard's own.
     pub ice_servers: Vec<IceServerConfig>,
+}
+
+/// Automatic certificates from an ACME CA (RFC 8555) by TLS-ALPN-01 on the HTTPS port.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AcmeConfig {
+    pub enabled: bool,
+    /// DNS names of the certificate; they must resolve to this host and reach `https.listen` on 443.
+    pub domains: Vec<String>,
+    /// Contact URLs for the CA's expiry warnings, e.g. `mailto:ops@example.com`.
+    pub contact: Vec<String>,
+    /// The CA's directory URL.
+    pub directory: String,
+    /// PEM CA certificates to trust for the directory (a private CA); unset: the web PKI.
+    pub directory_ca: Option<PathBuf>,
+    /// Days before expiry to renew.
+    pub renew_before_days: u64,
+}
+
+impl Default for AcmeConfig {
+    fn default() -> Self {
+        AcmeConfig {
+            enabled: false,
+            domains: Vec::new(),
+            contact: Vec::new(),
+            directory: "https://acme-v02.api.letsencrypt.org/directory".to_owned(),
+            directory_ca: None,
+            renew_before_days: 30,
+        }
+    }
 }
 
 /// The admin listener: Prometheus `/metrics` and the admin API (plain HTTP).
@@ -399,6 +430,9 @@ impl Config {
             }
         };
         resolve(&mut self.server.state_dir);
+        if let Some(p) = self.acme.directory_ca.as_mut() {
+            resolve(p);
+        }
         if let Some(p) = self.https.cert.as_mut() {
             resolve(p);
         }
@@ -420,10 +454,12 @@ impl Config {
             http_redirect: _,
             signaling: s,
             turn,
+            acme,
             admin,
             api,
             ice_servers,
         } = self;
+        validate_acme(acme, https, &invalid)?;
         if let Some(token) = &admin.token
             && token.expose().len() < 16
         {
@@ -647,6 +683,7 @@ impl Config {
                 a.turn.on_https_port != b.turn.on_https_port,
             ),
             ("admin.listen", a.admin.listen != b.admin.listen),
+            ("acme", a.acme != b.acme),
         ];
         checks
             .into_iter()
@@ -658,6 +695,64 @@ impl Config {
         toml::to_string_pretty(self)
             .unwrap_or_else(|e| format!("# cannot print configuration: {e}\n"))
     }
+}
+
+fn validate_acme(
+    a: &AcmeConfig,
+    https: &HttpsConfig,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    if !a.enabled {
+        return Ok(());
+    }
+    if a.domains.is_empty() {
+        return Err(invalid(
+            "acme.domains",
+            "expected at least one DNS name such as \"call.example.com\" when acme.enabled is true"
+                .to_owned(),
+        ));
+    }
+    for (i, d) in a.domains.iter().enumerate() {
+        let ok = !d.is_empty()
+            && d.len() <= 253
+            && d.parse::<std::net::IpAddr>().is_err()
+            && d.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !ok {
+            return Err(invalid(
+                &format!("acme.domains[{i}]"),
+                format!("expected a DNS name such as \"call.example.com\", got {d:?}"),
+            ));
+        }
+    }
+    if let Some(i) = a.contact.iter().position(|c| !c.starts_with("mailto:")) {
+        return Err(invalid(
+            &format!("acme.contact[{i}]"),
+            "expected a mailto: URL such as \"mailto:ops@example.com\"".to_owned(),
+        ));
+    }
+    if !a.directory.starts_with("https://") {
+        return Err(invalid(
+            "acme.directory",
+            format!("expected an https:// URL, got {:?}", a.directory),
+        ));
+    }
+    if https.cert.is_some() || https.key.is_some() {
+        return Err(invalid(
+            "acme.enabled",
+            "ACME and https.cert/https.key both set a certificate; remove one".to_owned(),
+        ));
+    }
+    if !(1..=60).contains(&a.renew_before_days) {
+        return Err(invalid(
+            "acme.renew_before_days",
+            format!("expected 1..=60 days, got {}", a.renew_before_days),
+        ));
+    }
+    Ok(())
 }
 
 fn validate_turn(

@@ -89,6 +89,20 @@ pub async fn run(config: &Config, path: &Path) -> Report {
 
 fn certificate(config: &Config, report: &mut Report) {
     let what = "certificate";
+    if config.acme.enabled
+        && crate::tls::acme_stored(config, time::OffsetDateTime::now_utc()).is_none()
+    {
+        report.push(
+            Status::Warn,
+            what,
+            format!(
+                "acme.enabled, but no valid certificate for {:?} was obtained yet; the log says why \
+                 (\"ACME certificate not obtained\"): the names must resolve to this host and reach port 443",
+                config.acme.domains
+            ),
+        );
+        return;
+    }
     match crate::tls::inspect(config) {
         Ok(None) => report.push(
             Status::Warn,

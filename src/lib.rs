@@ -16,6 +16,7 @@
 //! - `signaling`: the native JSON protocol, the room registry, limits and the socket task.
 //! - `turn`: the STUN/TURN server: credentials, policy, allocation state, the sans-IO core, I/O.
 
+pub mod acme;
 pub mod admin;
 pub mod app;
 pub mod config;

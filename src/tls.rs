@@ -27,6 +27,12 @@ use crate::config::Config;
 /// File names of the generated certificate inside `server.state_dir`.
 pub const GENERATED_CERT: &str = "selfsigned-cert.pem";
 pub const GENERATED_KEY: &str = "selfsigned-key.pem";
+/// File names of the certificate obtained by ACME inside `server.state_dir`.
+pub const ACME_CERT: &str = "acme-cert.pem";
+pub const ACME_KEY: &str = "acme-key.pem";
+
+/// The ALPN protocol of the TLS-ALPN-01 challenge (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
 /// A generated certificate is replaced when it has less than this left.
 const RENEW_BEFORE: time::Duration = time::Duration::days(30);
@@ -48,17 +54,35 @@ impl Loaded {
             CertOrigin::Configured(p) => ("using configured certificate", p),
             CertOrigin::Generated(p) => ("generated self-signed certificate", p),
             CertOrigin::Reused(p) => ("reusing self-signed certificate", p),
+            CertOrigin::Acme(p) => ("using the certificate obtained by ACME", p),
         }
     }
 }
 
-/// The certificate every TLS listener serves, replaceable while they run.
+/// The certificate every TLS listener serves, replaceable while they run, and the
+/// TLS-ALPN-01 challenge certificates of an ACME order in progress (by server name).
 #[derive(Debug)]
-pub struct CertStore(ArcSwap<CertifiedKey>);
+pub struct CertStore {
+    current: ArcSwap<CertifiedKey>,
+    challenges: std::sync::Mutex<std::collections::HashMap<String, Arc<CertifiedKey>>>,
+}
 
 impl ResolvesServerCert for CertStore {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.load_full())
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let acme = hello
+            .alpn()
+            .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
+        if acme {
+            // Only the CA's validation offers acme-tls/1; it gets the challenge or nothing.
+            let name = hello.server_name()?.to_ascii_lowercase();
+            return self
+                .challenges
+                .lock()
+                .expect("challenges")
+                .get(&name)
+                .cloned();
+        }
+        Some(self.current.load_full())
     }
 }
 
@@ -77,6 +101,7 @@ pub enum CertOrigin {
     Configured(PathBuf),
     Generated(PathBuf),
     Reused(PathBuf),
+    Acme(PathBuf),
 }
 
 /// Why TLS could not be set up.
@@ -141,13 +166,18 @@ impl TlsMaterial {
     /// rustls refuses the protocol versions of the provider (it does not).
     pub fn new(loaded: Loaded) -> Result<TlsMaterial, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let store = Arc::new(CertStore(ArcSwap::new(loaded.certified)));
+        let store = Arc::new(CertStore {
+            current: ArcSwap::new(loaded.certified),
+            challenges: std::sync::Mutex::default(),
+        });
         let mut server_config = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Generate(e.to_string()))?
             .with_no_client_auth()
             .with_cert_resolver(Arc::clone(&store) as Arc<dyn ResolvesServerCert>);
-        server_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // Browsers never offer acme-tls/1; the CA's validation offers nothing else.
+        server_config.alpn_protocols =
+            vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
         Ok(TlsMaterial {
             server_config: Arc::new(server_config),
             store,
@@ -158,7 +188,20 @@ impl TlsMaterial {
 
     /// Serves `loaded` from now on, on every listener; open connections keep theirs.
     pub fn replace(&self, loaded: &Loaded) {
-        self.store.0.store(Arc::clone(&loaded.certified));
+        self.store.current.store(Arc::clone(&loaded.certified));
+    }
+
+    /// Answers TLS-ALPN-01 validation for `name` with `challenge` until `clear_challenges`.
+    pub fn add_challenge(&self, name: &str, challenge: &Loaded) {
+        self.store
+            .challenges
+            .lock()
+            .expect("challenges")
+            .insert(name.to_ascii_lowercase(), Arc::clone(&challenge.certified));
+    }
+
+    pub fn clear_challenges(&self) {
+        self.store.challenges.lock().expect("challenges").clear();
     }
 
     /// The HTTPS configuration; when TURN shares the port, "stun.turn" joins the ALPN
@@ -214,6 +257,11 @@ pub fn load_certificate(config: &Config) -> Result<Loaded, TlsError> {
         );
     }
     let dir = &config.server.state_dir;
+    if config.acme.enabled
+        && let Some(loaded) = acme_stored(config, time::OffsetDateTime::now_utc())
+    {
+        return Ok(loaded);
+    }
     let cert_path = dir.join(GENERATED_CERT);
     let key_path = dir.join(GENERATED_KEY);
     let names = self_signed_names(&config.https.extra_names);
@@ -239,6 +287,93 @@ pub fn load_certificate(config: &Config) -> Result<Loaded, TlsError> {
     )
 }
 
+/// The certificate ACME obtained earlier, if it is still valid at `now` and covers every
+/// configured domain (a new domain means a new order).
+pub fn acme_stored(config: &Config, now: time::OffsetDateTime) -> Option<Loaded> {
+    let dir = &config.server.state_dir;
+    let (cert_path, key_path) = (dir.join(ACME_CERT), dir.join(ACME_KEY));
+    let chain = read_certs(&cert_path, "server.state_dir").ok()?;
+    let (_, not_after) = validity(&chain[0]).ok()?;
+    let names = cert_names(&chain[0])?;
+    if now >= not_after || !config.acme.domains.iter().all(|d| names.contains(d)) {
+        return None;
+    }
+    let key = read_key(&key_path, "server.state_dir").ok()?;
+    build(
+        chain,
+        key,
+        &cert_path,
+        &key_path,
+        CertOrigin::Acme(cert_path.clone()),
+    )
+    .ok()
+}
+
+/// When a certificate expires.
+pub fn not_after(loaded: &Loaded) -> Option<time::OffsetDateTime> {
+    validity(loaded.certified.cert.first()?)
+        .ok()
+        .map(|(_, end)| end)
+}
+
+/// A certificate and key from PEM text (an ACME CA's chain, a key we generated).
+///
+/// # Errors
+/// No certificate or key in the text, or they do not match.
+pub fn from_pem(
+    chain_pem: &str,
+    key_pem: &str,
+    path: &Path,
+    origin: CertOrigin,
+) -> Result<Loaded, TlsError> {
+    let chain: Vec<_> = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .filter_map(Result::ok)
+        .collect();
+    if chain.is_empty() {
+        return Err(TlsError::NoPem {
+            key: "acme",
+            what: "CERTIFICATE",
+            path: path.to_owned(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|_| TlsError::NoPem {
+        key: "acme",
+        what: "PRIVATE KEY",
+        path: path.to_owned(),
+    })?;
+    build(chain, key, path, path, origin)
+}
+
+/// The self-signed certificate that answers a TLS-ALPN-01 challenge for `name`: it carries
+/// the acmeIdentifier extension with the SHA-256 digest of the key authorization (RFC 8737).
+///
+/// # Errors
+/// rcgen refuses the name.
+pub fn acme_challenge(name: &str, digest: &[u8]) -> Result<Loaded, TlsError> {
+    let mut params = rcgen::CertificateParams::new(vec![name.to_owned()])
+        .map_err(|e| TlsError::Generate(e.to_string()))?;
+    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
+    let key = rcgen::KeyPair::generate().map_err(|e| TlsError::Generate(e.to_string()))?;
+    let cert = params
+        .self_signed(&key)
+        .map_err(|e| TlsError::Generate(e.to_string()))?;
+    let path = PathBuf::from(format!("acme-challenge:{name}"));
+    // Not `build`: its consistency check parses the certificate with webpki, which refuses
+    // the critical acmeIdentifier extension that this certificate exists to carry.
+    let der = PrivateKeyDer::try_from(key.serialize_der())
+        .map_err(|e| TlsError::Generate(e.to_string()))?;
+    let signing = rustls::crypto::ring::default_provider()
+        .key_provider
+        .load_private_key(der)
+        .map_err(|e| TlsError::Generate(e.to_string()))?;
+    let chain = vec![cert.der().clone()];
+    Ok(Loaded {
+        fingerprint: fingerprint(&chain[0]),
+        certified: Arc::new(CertifiedKey::new(chain, signing)),
+        origin: CertOrigin::Generated(path),
+    })
+}
+
 /// What `switchboard doctor` reports about the certificate the server serves (or will).
 #[derive(Debug)]
 pub struct CertInfo {
@@ -255,10 +390,13 @@ pub struct CertInfo {
 /// # Errors
 /// The configured files are unreadable, not PEM, expired, or do not match (as at start).
 pub fn inspect(config: &Config) -> Result<Option<CertInfo>, TlsError> {
+    let dir = &config.server.state_dir;
     let (cert_path, key_path, generated) = match (&config.https.cert, &config.https.key) {
         (Some(c), Some(k)) => (c.clone(), k.clone(), false),
+        _ if config.acme.enabled && dir.join(ACME_CERT).exists() => {
+            (dir.join(ACME_CERT), dir.join(ACME_KEY), false)
+        }
         _ => {
-            let dir = &config.server.state_dir;
             let cert = dir.join(GENERATED_CERT);
             if !cert.exists() {
                 return Ok(None);

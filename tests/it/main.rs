@@ -1,5 +1,6 @@
 //! The single integration-test crate: every file is a module of one binary.
 
+mod acme;
 mod admin;
 mod browser;
 mod cdp;
