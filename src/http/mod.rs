@@ -22,6 +22,8 @@ use crate::state::AppState;
 const PAGE: &str = include_str!("../../static/index.html");
 const SCRIPT: &str = include_str!("../../static/call.js");
 const STYLE: &str = include_str!("../../static/style.css");
+const DIAG_PAGE: &str = include_str!("../../static/diag.html");
+const DIAG_SCRIPT: &str = include_str!("../../static/diag.js");
 
 /// Content-Security-Policy of every response: the page loads only its own script and style.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
@@ -34,6 +36,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/r/{room}", get(room_page))
         .route("/static/call.js", get(script))
         .route("/static/style.css", get(style))
+        .route("/diag", get(async || Html(DIAG_PAGE)))
+        .route("/static/diag.js", get(diag_script))
         .route("/ws", get(ws::upgrade))
         .route(&state.live().signaling.legacy_path, get(legacy::upgrade))
         .route("/healthz", get(healthz))
@@ -104,6 +108,13 @@ async fn script() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
         SCRIPT,
+    )
+}
+
+async fn diag_script() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        DIAG_SCRIPT,
     )
 }
 

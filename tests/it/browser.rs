@@ -133,3 +133,56 @@ fn relayed_call_over_turn_tcp() {
 fn relayed_call_over_turn_tls() {
     relayed_call("tls");
 }
+
+/// The connectivity page gathers candidates per path: on loopback every path of this server
+/// works, and an unreachable TURN server from the config is reported with the reason.
+#[test]
+fn diag_page_shows_which_paths_work_and_why_not() {
+    if !require(
+        chromium_available(),
+        "Debian's chromium (/usr/bin/chromium)",
+    ) {
+        return;
+    }
+    let server = TestServer::start(
+        "[[ice_servers]]\nurls = [\"turn:127.0.0.1:9?transport=udp\"]\nusername = \"u\"\ncredential = \"p\"\n",
+    );
+    let browser = Browser::launch(&[], &[]);
+    let page = browser.open(&format!("https://{}/diag", server.https));
+    let state = page.wait_for_state(
+        "s => s.phase === 'done' || s.phase === 'error'",
+        CALL_TIMEOUT,
+    );
+    assert_eq!(state["phase"], "done", "{state:#}");
+    let results = state["results"].as_array().unwrap();
+    let find = |label: &str| {
+        results
+            .iter()
+            .find(|r| {
+                r["label"].as_str().unwrap().starts_with(label)
+                    && r["server"].as_str().is_none_or(|s| !s.contains(":9?"))
+            })
+            .unwrap_or_else(|| panic!("no result {label:?} in {state:#}"))
+    };
+    assert_eq!(find("host")["ok"], true, "{state:#}");
+    for label in ["relay over udp", "relay over tcp", "relay over tls"] {
+        assert_eq!(find(label)["ok"], true, "{label}: {state:#}");
+    }
+    let blocked = results
+        .iter()
+        .find(|r| r["server"] == "turn:127.0.0.1:9?transport=udp")
+        .expect("the configured TURN server is checked too");
+    assert_eq!(blocked["ok"], false, "{state:#}");
+    let reason = blocked["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("127.0.0.1:9") || reason.contains("port 9"),
+        "{reason}"
+    );
+    assert!(
+        state["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("Calls can be relayed"),
+        "{state:#}"
+    );
+}
