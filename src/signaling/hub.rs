@@ -75,7 +75,8 @@ pub struct Hub {
 #[derive(Debug)]
 struct Inner {
     rooms: Rooms,
-    outboxes: HashMap<PeerId, Outbox>,
+    /// foldhash: keys are server-made random ids, so no client can choose colliding ones.
+    outboxes: HashMap<PeerId, Outbox, foldhash::fast::RandomState>,
 }
 
 impl Hub {
@@ -83,7 +84,7 @@ impl Hub {
         Hub {
             inner: Mutex::new(Inner {
                 rooms: Rooms::new(capacity, max_rooms),
-                outboxes: HashMap::new(),
+                outboxes: HashMap::default(),
             }),
         }
     }

@@ -55,7 +55,8 @@ pub struct Rooms {
     max_rooms: usize,
     rooms: HashMap<RoomId, Room>,
     /// The room of each joined peer; a peer is in at most one room.
-    membership: HashMap<PeerId, RoomId>,
+    /// foldhash: peer ids are server-made random ids (room names, chosen by clients, keep SipHash).
+    membership: HashMap<PeerId, RoomId, foldhash::fast::RandomState>,
 }
 
 impl Rooms {
@@ -64,7 +65,7 @@ impl Rooms {
             capacity,
             max_rooms,
             rooms: HashMap::new(),
-            membership: HashMap::new(),
+            membership: HashMap::default(),
         }
     }
 

@@ -320,7 +320,13 @@ pub(super) fn frame(incoming: Option<Result<Message, axum::Error>>) -> Option<Me
 }
 
 pub(super) async fn send(socket: &mut WebSocket, msg: Message) -> Result<(), ()> {
-    match tokio::time::timeout(SEND_TIMEOUT, socket.send(msg)).await {
+    let mut sending = std::pin::pin!(socket.send(msg));
+    // Nearly every write completes at once: only one that has to wait gets a timer.
+    let done = match futures_util::poll!(sending.as_mut()) {
+        std::task::Poll::Ready(result) => Ok(result),
+        std::task::Poll::Pending => tokio::time::timeout(SEND_TIMEOUT, sending).await,
+    };
+    match done {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => {
             debug!(error = %e, "websocket write failed");
