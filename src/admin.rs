@@ -2,7 +2,8 @@
 //! and the admin API under `/api/v1/`, which needs `Authorization: Bearer <admin token>`.
 //!
 //! The API (described in `docs/admin-api.yaml`):
-//! - `GET /api/v1/rooms`: every room with its peers, their TURN allocations and relayed bytes;
+//! - `GET /api/v1/rooms`: every room (native and socket.io) with its peers, their TURN
+//!   allocations and relayed bytes;
 //! - `DELETE /api/v1/rooms/{room}`: disconnects the room's peers and revokes its allocations now;
 //! - `DELETE /api/v1/peers/{peer}`: disconnects one peer (the room is told `peer_left`) and
 //!   revokes its allocations.
@@ -103,6 +104,8 @@ async fn metrics(State(app): State<Arc<AppState>>) -> Response {
 #[derive(Serialize)]
 struct RoomView {
     room: String,
+    /// "native" (`/ws`) or "socketio"; the same name in both is two rooms.
+    dialect: &'static str,
     peers: Vec<PeerView>,
     /// TURN allocations scoped to the room (its peers', and room credentials').
     allocations: usize,
@@ -124,11 +127,11 @@ async fn list_rooms(State(app): State<Arc<AppState>>) -> Response {
         .as_ref()
         .map(|t| t.server.core.usage_by_peer())
         .unwrap_or_default();
-    let rooms: Vec<RoomView> = app
-        .hub
-        .rooms()
-        .into_iter()
-        .map(|(room, members)| {
+    let native = app.hub.rooms().into_iter().map(|r| ("native", r));
+    let socketio = app.sio.rooms().into_iter().map(|r| ("socketio", r));
+    let rooms: Vec<RoomView> = native
+        .chain(socketio)
+        .map(|(dialect, (room, members))| {
             let peers: Vec<PeerView> = members
                 .into_iter()
                 .map(|p| {
@@ -150,6 +153,7 @@ async fn list_rooms(State(app): State<Arc<AppState>>) -> Response {
                 .fold((0, 0), |(a, b), (_, (n, bytes))| (a + n, b + bytes));
             RoomView {
                 room: room.as_str().to_owned(),
+                dialect,
                 peers,
                 allocations,
                 relayed_bytes,
@@ -164,7 +168,8 @@ async fn close_room(State(app): State<Arc<AppState>>, Path(room): Path<String>) 
         Ok(r) => r,
         Err(message) => return error(StatusCode::BAD_REQUEST, "bad_room", &message),
     };
-    let peers = app.hub.close_room(&room);
+    let mut peers = app.hub.close_room(&room);
+    peers.extend(app.sio.close_room(&room));
     let revoked = app
         .turn
         .as_ref()
@@ -194,22 +199,26 @@ async fn kick_peer(State(app): State<Arc<AppState>>, Path(peer): Path<String>) -
             "a peer id is 32 lowercase hex digits",
         );
     };
-    let Some(left) = app.hub.kick(&peer) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "unknown_peer",
-            "no such peer in any room",
-        );
+    let room = match app.hub.kick(&peer) {
+        Some(left) => left.room,
+        None => match app.sio.kick(&peer) {
+            Some(room) => room,
+            None => {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "unknown_peer",
+                    "no such peer in any room",
+                );
+            }
+        },
     };
     let revoked = app.turn.as_ref().map_or(0, |t| {
-        t.server
-            .core
-            .close_peer(&left.room, &peer, CloseReason::Revoked)
+        t.server.core.close_peer(&room, &peer, CloseReason::Revoked)
     });
     app.metrics.kicked.inc();
-    info!(room = %left.room, peer = %peer, allocations = revoked, "peer kicked by the operator");
+    info!(%room, peer = %peer, allocations = revoked, "peer kicked by the operator");
     axum::Json(json!({
-        "room": left.room.as_str(),
+        "room": room.as_str(),
         "peer": peer.as_str(),
         "allocations_revoked": revoked,
     }))

@@ -167,14 +167,7 @@ impl Hub {
 
     /// Every room with its members, sorted by name.
     pub fn rooms(&self) -> Vec<(RoomId, Vec<PeerInfo>)> {
-        let inner = self.inner.lock().expect("hub lock");
-        let mut rooms: Vec<_> = inner
-            .rooms
-            .iter()
-            .map(|(id, members)| (id.clone(), members.to_vec()))
-            .collect();
-        rooms.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
-        rooms
+        self.inner.lock().expect("hub lock").rooms.list()
     }
 
     /// Removes every member of `room` and evicts their sockets; returns who was removed.

@@ -139,9 +139,15 @@ impl Rooms {
         self.max_rooms = max_rooms;
     }
 
-    /// Every room with its members.
-    pub fn iter(&self) -> impl Iterator<Item = (&RoomId, &[PeerInfo])> {
-        self.rooms.iter().map(|(id, r)| (id, r.members.as_slice()))
+    /// Every room with its members, sorted by name.
+    pub fn list(&self) -> Vec<(RoomId, Vec<PeerInfo>)> {
+        let mut rooms: Vec<_> = self
+            .rooms
+            .iter()
+            .map(|(id, r)| (id.clone(), r.members.clone()))
+            .collect();
+        rooms.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        rooms
     }
 
     pub fn room_count(&self) -> usize {

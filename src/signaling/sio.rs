@@ -31,6 +31,8 @@ use crate::state::AppState;
 #[derive(Debug)]
 pub struct SioRooms {
     inner: Mutex<Inner>,
+    /// The socket.io server, to disconnect sockets from outside their handlers (admin API).
+    io: std::sync::OnceLock<SocketIo>,
 }
 
 #[derive(Debug)]
@@ -58,6 +60,7 @@ impl SioRooms {
                 rooms: Rooms::new(capacity, max_rooms),
                 peers: HashMap::new(),
             }),
+            io: std::sync::OnceLock::new(),
         }
     }
 
@@ -117,6 +120,61 @@ impl SioRooms {
             .set_limits(capacity, max_rooms);
     }
 
+    /// Every room with its members, sorted by name.
+    pub fn rooms(&self) -> Vec<(RoomId, Vec<PeerInfo>)> {
+        self.inner.lock().expect("sio lock").rooms.list()
+    }
+
+    /// Removes every member of `room` and disconnects their sockets; returns who was removed.
+    pub fn close_room(&self, room: &RoomId) -> Vec<PeerId> {
+        let (peers, sids) = {
+            let mut inner = self.inner.lock().expect("sio lock");
+            let peers: Vec<PeerId> = inner
+                .rooms
+                .members(room)
+                .iter()
+                .map(|p| p.id.clone())
+                .collect();
+            for peer in &peers {
+                inner.rooms.handle_leave(peer);
+            }
+            let sids: Vec<Sid> = inner
+                .peers
+                .iter()
+                .filter(|(_, p)| peers.contains(&p.id))
+                .map(|(sid, _)| *sid)
+                .collect();
+            (peers, sids)
+        };
+        self.disconnect_sockets(&sids);
+        peers
+    }
+
+    /// Removes `peer` from its room and disconnects its socket; returns the room.
+    pub fn kick(&self, peer: &PeerId) -> Option<RoomId> {
+        let (room, sid) = {
+            let mut inner = self.inner.lock().expect("sio lock");
+            let sid = inner
+                .peers
+                .iter()
+                .find(|(_, p)| &p.id == peer)
+                .map(|(sid, _)| *sid)?;
+            (inner.rooms.handle_leave(peer)?.room, sid)
+        };
+        self.disconnect_sockets(&[sid]);
+        Some(room)
+    }
+
+    fn disconnect_sockets(&self, sids: &[Sid]) {
+        let Some(io) = self.io.get() else { return };
+        for sid in sids {
+            if let Some(socket) = io.get_socket(*sid) {
+                info!(%sid, "socket.io peer disconnected by the operator");
+                let _ = socket.disconnect();
+            }
+        }
+    }
+
     /// Rooms and peers in a room right now.
     pub fn counts(&self) -> (usize, usize) {
         let inner = self.inner.lock().expect("sio lock");
@@ -138,6 +196,7 @@ pub fn layer(app: Arc<AppState>) -> SocketIoLayer {
         .with_state(Arc::clone(&app))
         .build_layer();
     io.ns("/", on_connect.with(admit));
+    let _ = app.sio.io.set(io);
     layer
 }
 

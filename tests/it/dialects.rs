@@ -84,3 +84,59 @@ fn socketio_dialect_with_the_2x_client() {
 fn socketio_dialect_with_the_4x_client() {
     socketio("sio4");
 }
+
+/// The admin API lists socket.io rooms and closing one disconnects its sockets.
+#[tokio::test]
+async fn the_admin_api_closes_socketio_rooms() {
+    use std::io::{BufRead, BufReader};
+    let Some(dir) = node_clients() else { return };
+    let server = TestServer::start("");
+    let cert = server.state_dir().join(switchboard::tls::GENERATED_CERT);
+    let mut child = Command::new("timeout")
+        .args(["60", "node", "sio_admin.mjs"])
+        .current_dir(dir)
+        .env("NODE_EXTRA_CA_CERTS", &cert)
+        .env("SB_URL", format!("https://{}", server.https))
+        .env("SB_ROOM", "sio-admin")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run node");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::task::spawn_blocking(move || {
+        let first = lines.next();
+        (first, lines)
+    });
+    let (first, mut lines) = tokio::time::timeout(crate::harness::DEADLINE, first)
+        .await
+        .expect("the client joins in time")
+        .unwrap();
+    assert_eq!(first.map(Result::unwrap).as_deref(), Some("joined"));
+
+    let (status, body) = server.admin("GET", "/api/v1/rooms", true).await;
+    assert_eq!(status, 200, "{body}");
+    let room = body["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["room"] == "sio-admin")
+        .cloned()
+        .unwrap_or_else(|| panic!("the socket.io room is listed: {body}"));
+    assert_eq!(room["dialect"], "socketio");
+    assert_eq!(room["peers"].as_array().map(Vec::len), Some(1));
+
+    let (status, body) = server
+        .admin("DELETE", "/api/v1/rooms/sio-admin", true)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["peers_disconnected"], 1);
+    let rest = tokio::task::spawn_blocking(move || lines.next());
+    let said = tokio::time::timeout(crate::harness::DEADLINE, rest)
+        .await
+        .expect("the client is disconnected in time")
+        .unwrap();
+    assert_eq!(
+        said.map(Result::unwrap).as_deref(),
+        Some("disconnected: io server disconnect")
+    );
+    assert!(child.wait().unwrap().success());
+}
