@@ -13,6 +13,7 @@ use axum::extract::ws::Utf8Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::direct::{Direct, Wrote};
 use super::protocol::{Payload, PeerId, PeerInfo, RoomId, ServerMsg, encode};
 use super::room::{JoinError, Joined, Left, Rooms, RouteError};
 
@@ -56,13 +57,31 @@ impl Evict {
 pub struct Outbox {
     pub tx: mpsc::Sender<Utf8Bytes>,
     pub evict: Evict,
+    /// The socket's shared write half, for writing without a queue (native sockets).
+    pub direct: Option<Arc<Direct>>,
 }
 
 impl Outbox {
-    /// Queues `frame`; a full queue flags the peer for disconnection instead of waiting.
+    /// Writes `frame` into the socket at once when that needs no waiting (see `direct`),
+    /// else queues it; a full queue flags the peer for disconnection instead of waiting.
     pub fn deliver(&self, frame: Utf8Bytes) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(frame) {
-            self.evict.evict(Eviction::Overflow);
+        let frame = match &self.direct {
+            Some(direct) => match direct.try_write(frame) {
+                Wrote::Done => return,
+                Wrote::Queue(frame) => {
+                    direct.queue_one();
+                    frame
+                }
+            },
+            None => frame,
+        };
+        if let Err(e) = self.tx.try_send(frame) {
+            if let Some(direct) = &self.direct {
+                direct.unqueue_one();
+            }
+            if let mpsc::error::TrySendError::Full(_) = e {
+                self.evict.evict(Eviction::Overflow);
+            }
         }
     }
 }
@@ -224,6 +243,7 @@ mod tests {
             Outbox {
                 tx,
                 evict: Evict::default(),
+                direct: None,
             },
             rx,
         )

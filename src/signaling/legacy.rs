@@ -270,6 +270,7 @@ async fn run(
         outbox: Outbox {
             tx,
             evict: evict.clone(),
+            direct: None,
         },
         name: None,
         partner: None,

@@ -8,6 +8,7 @@
 //! - `legacy`: the plain-WebSocket dialect of the login/offer/answer tutorial.
 //! - `sio`: the socket.io dialect of the codelab room server and the video-call app.
 
+pub mod direct;
 pub mod hub;
 pub mod legacy;
 pub mod limits;

@@ -13,10 +13,12 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use super::direct::Direct;
 use super::hub::{Evict, Eviction, OUTBOX_CAPACITY, Outbox};
 use super::limits::{ConnectionGuard, ConnectionRefused, TokenBucket};
 use super::protocol::{self, ClientMsg, ErrorCode, PeerId, PeerInfo, RoomId, ServerMsg};
@@ -176,7 +178,7 @@ struct Session {
 
 async fn run(
     app: Arc<AppState>,
-    mut socket: WebSocket,
+    socket: WebSocket,
     peer_id: PeerId,
     request_host: String,
     _guard: ConnectionGuard,
@@ -185,6 +187,8 @@ async fn run(
     let cfg = app.live().signaling.clone();
     let (tx, mut rx) = mpsc::channel(OUTBOX_CAPACITY);
     let evict = Evict::default();
+    let (sink, mut stream) = socket.split();
+    let direct = Arc::new(Direct::new(sink));
     let mut session = Session {
         app: Arc::clone(&app),
         peer_id,
@@ -192,6 +196,7 @@ async fn run(
         outbox: Outbox {
             tx,
             evict: evict.clone(),
+            direct: Some(Arc::clone(&direct)),
         },
         room: None,
         bucket: TokenBucket::new(
@@ -223,11 +228,33 @@ async fn run(
             () = &mut shutdown => break Some((CLOSE_GOING_AWAY, "server shutting down")),
             () = &mut evicted => break Some(evicted_close(&app, evict.reason())),
             Some(frame) = rx.recv() => {
-                if send(&mut socket, Message::Text(frame)).await.is_err() {
-                    break None;
+                let sent = {
+                    let mut sink = direct.sink.lock().await;
+                    let sent = unless_evicted(&evict, finish(sink.send(Message::Text(frame)))).await;
+                    // Under the lock: only now may a sender write past this frame.
+                    direct.unqueue_one();
+                    sent
+                };
+                match sent {
+                    Ok(()) => {}
+                    Err(None) => break None,
+                    Err(Some(why)) => break Some(evicted_close(&app, why)),
                 }
             }
-            incoming = socket.recv() => {
+            () = direct.flush.notified() => {
+                let flushed = {
+                    let mut sink = direct.sink.lock().await;
+                    let flushed = unless_evicted(&evict, finish(sink.flush())).await;
+                    direct.flushed();
+                    flushed
+                };
+                match flushed {
+                    Ok(()) => {}
+                    Err(None) => break None,
+                    Err(Some(why)) => break Some(evicted_close(&app, why)),
+                }
+            }
+            incoming = stream.next() => {
                 let Some(msg) = frame(incoming) else { break None };
                 last_seen = Instant::now();
                 let reply = match msg {
@@ -235,7 +262,7 @@ async fn run(
                     Message::Binary(_) => Reply::Error(ErrorCode::BadRequest, "binary frames are not supported; send JSON text frames".to_owned()),
                     Message::Ping(_) | Message::Pong(_) | Message::Close(_) => Reply::None,
                 };
-                match session.answer(&mut socket, reply).await {
+                match session.answer(&direct, reply).await {
                     Next::Continue => {}
                     Next::Close(code, reason) => break Some((code, reason)),
                 }
@@ -244,12 +271,12 @@ async fn run(
                 app.metrics.refusals.inc(Refusal::JoinTimeout);
                 app.metrics.errors.inc(ErrorCode::JoinTimeout);
                 let err = ServerMsg::error(ErrorCode::JoinTimeout, format!("no join within {} s", cfg.join_timeout_s));
-                let _ = send_msg(&mut socket, &err).await;
+                let _ = send_msg(&direct, &err).await;
                 break Some((CLOSE_POLICY, "join timeout"));
             }
             () = &mut refresh, if session.room.is_some() => {
                 if let Some(msg) = session.fresh_ice_servers()
-                    && send_msg(&mut socket, &msg).await.is_err()
+                    && send_msg(&direct, &msg).await.is_err()
                 {
                     break None;
                 }
@@ -260,7 +287,7 @@ async fn run(
                     warn!(idle_s = last_seen.elapsed().as_secs(), "dropping unresponsive client");
                     break None;
                 }
-                if send(&mut socket, Message::Ping(Default::default())).await.is_err() {
+                if write(&direct, Message::Ping(Default::default())).await.is_err() {
                     break None;
                 }
             }
@@ -285,7 +312,7 @@ async fn run(
             code,
             reason: Utf8Bytes::from_static(reason),
         };
-        let _ = send(&mut socket, Message::Close(Some(frame))).await;
+        let _ = write(&direct, Message::Close(Some(frame))).await;
         info!(code, reason, "disconnected");
     } else {
         info!("disconnected");
@@ -320,7 +347,31 @@ pub(super) fn frame(incoming: Option<Result<Message, axum::Error>>) -> Option<Me
 }
 
 pub(super) async fn send(socket: &mut WebSocket, msg: Message) -> Result<(), ()> {
-    let mut sending = std::pin::pin!(socket.send(msg));
+    finish(socket.send(msg)).await
+}
+
+/// A write that a client which stopped reading can block; when its queue overflows
+/// meanwhile, it is dropped at once (`Err(Some(why))`), not after the send timeout.
+async fn unless_evicted(
+    evict: &Evict,
+    write: impl std::future::Future<Output = Result<(), ()>>,
+) -> Result<(), Option<Eviction>> {
+    tokio::select! {
+        done = write => done.map_err(|()| None),
+        () = evict.token().cancelled() => Err(Some(evict.reason())),
+    }
+}
+
+/// Writes `msg` through a shared write half, waiting for the lock.
+async fn write(direct: &Direct, msg: Message) -> Result<(), ()> {
+    finish(direct.sink.lock().await.send(msg)).await
+}
+
+/// Awaits a write or flush with the send timeout, logging a failure.
+async fn finish(
+    sending: impl std::future::Future<Output = Result<(), axum::Error>>,
+) -> Result<(), ()> {
+    let mut sending = std::pin::pin!(sending);
     // Nearly every write completes at once: only one that has to wait gets a timer.
     let done = match futures_util::poll!(sending.as_mut()) {
         std::task::Poll::Ready(result) => Ok(result),
@@ -339,8 +390,8 @@ pub(super) async fn send(socket: &mut WebSocket, msg: Message) -> Result<(), ()>
     }
 }
 
-async fn send_msg(socket: &mut WebSocket, msg: &ServerMsg) -> Result<(), ()> {
-    send(socket, Message::Text(protocol::encode(msg).into())).await
+async fn send_msg(direct: &Direct, msg: &ServerMsg) -> Result<(), ()> {
+    write(direct, Message::Text(protocol::encode(msg).into())).await
 }
 
 /// What to send back to the client itself after one message.
@@ -523,7 +574,7 @@ impl Session {
         })
     }
 
-    async fn answer(&self, socket: &mut WebSocket, reply: Reply) -> Next {
+    async fn answer(&self, socket: &Direct, reply: Reply) -> Next {
         let result = match reply {
             Reply::None => Ok(()),
             Reply::Msg(msg) => send_msg(socket, &msg).await,

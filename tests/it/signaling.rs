@@ -310,3 +310,105 @@ async fn sigterm_closes_sockets_with_1001_and_exits_cleanly() {
     let status = server.wait_exit();
     assert!(status.success(), "exit status {status}");
 }
+
+/// Many signals from two senders at once arrive complete and, per sender, in order,
+/// whether the server writes them straight into the recipient's socket or queues them.
+#[tokio::test]
+async fn concurrent_senders_keep_each_senders_order() {
+    let server =
+        TestServer::start("[signaling]\nmessages_per_second = 100000\nmessage_burst = 100000\n");
+    let mut r = server.client().await;
+    let wr = r.join("order", None).await;
+    let to = peer_id(&wr);
+    let mut senders = Vec::new();
+    for name in ["a", "b"] {
+        let mut c = server.client().await;
+        c.join("order", Some(name)).await;
+        r.recv().await; // peer_joined
+        senders.push(c);
+    }
+    const N: u64 = 400;
+    let sends = senders.into_iter().enumerate().map(|(s, mut c)| {
+        let to = to.clone();
+        tokio::spawn(async move {
+            for i in 0..N {
+                let pad = "x".repeat((i as usize * 37) % 3000);
+                c.send(
+                    json!({"type": "signal", "to": to, "payload": {"s": s, "i": i, "pad": pad}}),
+                )
+                .await;
+            }
+            c
+        })
+    });
+    let senders: Vec<_> = futures_util::future::join_all(sends).await;
+    let mut next = [0u64; 2];
+    for _ in 0..2 * N {
+        let ServerMsg::Signal { payload, .. } = r.recv().await else {
+            panic!("expected a signal")
+        };
+        let v = payload.value();
+        let (s, i) = (v["s"].as_u64().unwrap() as usize, v["i"].as_u64().unwrap());
+        assert_eq!(i, next[s], "sender {s} out of order");
+        next[s] += 1;
+    }
+    assert_eq!(next, [N, N]);
+    drop(senders);
+}
+
+/// A recipient that stops reading is disconnected when its queue fills, its sender is not
+/// slowed (it still gets answers at once), and the server does not buffer what the
+/// recipient does not read (120 MB are sent to it).
+#[tokio::test]
+async fn a_reader_that_stops_reading_is_dropped_without_slowing_the_sender() {
+    let server =
+        TestServer::start("[signaling]\nmessages_per_second = 100000\nmessage_burst = 100000\n");
+    let mut stalled = server.client().await;
+    let ws = stalled.join("slow", None).await;
+    let to = peer_id(&ws);
+    let mut sender = server.client().await;
+    sender.join("slow", None).await;
+    let big = "y".repeat(60_000);
+    // Far more than the socket buffers and the 256-frame queue hold; the sender gets
+    // its pongs throughout, and peer_left once the stalled reader is dropped.
+    let mut left = false;
+    for i in 0..2_000 {
+        sender
+            .send(json!({"type": "signal", "to": to, "payload": {"i": i, "big": big}}))
+            .await;
+        if i % 100 == 0 {
+            sender.send(json!({"type": "ping"})).await;
+            loop {
+                match sender.recv().await {
+                    ServerMsg::Pong => break,
+                    ServerMsg::PeerLeft { .. } => left = true,
+                    ServerMsg::Error { code, .. } if left => {
+                        assert_eq!(
+                            code,
+                            switchboard::signaling::protocol::ErrorCode::UnknownPeer
+                        )
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+        if left {
+            break;
+        }
+    }
+    assert!(left, "the stalled reader was never dropped");
+    let evicted = server.wait_log("send queue overflow, disconnecting slow client");
+    assert_eq!(evicted["span"]["peer_id"], to.as_str(), "{evicted}");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+    let rss_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    // The queue (256 frames of 60 KB) and the rest of the server fit well under this.
+    assert!(
+        rss_kib < 80 * 1024,
+        "server RSS {rss_kib} KiB: unread frames are being buffered"
+    );
+    drop(stalled);
+}

@@ -1,0 +1,94 @@
+//! A WebSocket's write half, shared by its own task and by the tasks of peers that send to it.
+//!
+//! A relayed message is written straight into the recipient's socket by the sender's task
+//! when nothing is queued for it and nobody else is writing: one wake-up per message instead
+//! of two. Otherwise it goes through the bounded outbox as before, so a slow reader still
+//! fills its outbox and is evicted instead of slowing anyone down, and frames keep their
+//! order: a direct write happens only under the write lock with no queued frame ahead of it,
+//! and the owner task drops a frame from the count only after writing it, under that lock.
+//!
+//! A direct write never waits. It polls the socket once with a no-op waker; if the frame
+//! could not be flushed at once, the owner task is told (`flush`) and finishes it.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll, Waker};
+
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
+use futures_util::Sink;
+use futures_util::stream::SplitSink;
+use tokio::sync::{Mutex, Notify};
+
+/// The write half of a native signaling socket.
+#[derive(Debug)]
+pub struct Direct {
+    pub sink: Mutex<SplitSink<WebSocket, Message>>,
+    /// Frames in the outbox that the owner task has not written yet.
+    queued: AtomicUsize,
+    /// Tells the owner task to finish a write that a sender started.
+    pub flush: Notify,
+    /// A direct write could not be flushed at once: the socket is backed up, so further
+    /// frames queue (bounded) until the owner has flushed it. Without this, frames would
+    /// pile up in the WebSocket's unbounded write buffer behind a client that stopped reading.
+    backed_up: AtomicBool,
+}
+
+/// What a direct write did.
+pub enum Wrote {
+    /// Written (or at least handed to the socket, with the owner told to flush).
+    Done,
+    /// Not attempted (the socket is busy or frames are queued): queue it.
+    Queue(Utf8Bytes),
+}
+
+impl Direct {
+    pub fn new(sink: SplitSink<WebSocket, Message>) -> Direct {
+        Direct {
+            sink: Mutex::new(sink),
+            queued: AtomicUsize::new(0),
+            flush: Notify::new(),
+            backed_up: AtomicBool::new(false),
+        }
+    }
+
+    /// Writes `frame` now if that needs no waiting and keeps the order; never blocks.
+    pub fn try_write(&self, frame: Utf8Bytes) -> Wrote {
+        let Ok(mut sink) = self.sink.try_lock() else {
+            return Wrote::Queue(frame);
+        };
+        if self.queued.load(Ordering::Acquire) != 0 || self.backed_up.load(Ordering::Acquire) {
+            return Wrote::Queue(frame);
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut sink = Pin::new(&mut *sink);
+        match sink.as_mut().poll_ready(&mut cx) {
+            Poll::Ready(Ok(())) => {}
+            // The reader holds the socket this instant, or it is shut: let the owner decide.
+            Poll::Pending | Poll::Ready(Err(_)) => return Wrote::Queue(frame),
+        }
+        if sink.as_mut().start_send(Message::Text(frame)).is_err() {
+            // The connection is failing; its own task notices and closes it.
+            return Wrote::Done;
+        }
+        if sink.as_mut().poll_flush(&mut cx).is_pending() {
+            self.backed_up.store(true, Ordering::Release);
+            self.flush.notify_one();
+        }
+        Wrote::Done
+    }
+
+    /// The owner flushed the socket (under the write lock): direct writes may resume.
+    pub fn flushed(&self) {
+        self.backed_up.store(false, Ordering::Release);
+    }
+
+    /// A frame is about to enter the outbox; call before sending it there.
+    pub fn queue_one(&self) {
+        self.queued.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A frame left the outbox without entering it (the outbox was full).
+    pub fn unqueue_one(&self) {
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+    }
+}
