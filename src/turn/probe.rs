@@ -73,19 +73,22 @@ fn refusal(answer: &Message) -> Result<(), ProbeError> {
     })
 }
 
+/// A UDP socket on the wildcard address of `server`'s family.
+async fn bind_for(server: SocketAddr) -> std::io::Result<UdpSocket> {
+    let any = if server.is_ipv4() {
+        SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
+    } else {
+        SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
+    };
+    UdpSocket::bind(any).await
+}
+
 /// A STUN Binding over UDP; returns the address the server saw.
 ///
 /// # Errors
 /// No answer, or not a success.
 pub async fn binding_udp(server: SocketAddr) -> Result<SocketAddr, ProbeError> {
-    let local: SocketAddr = if server.is_ipv4() {
-        "0.0.0.0:0"
-    } else {
-        "[::]:0"
-    }
-    .parse()
-    .expect("valid literal");
-    let socket = UdpSocket::bind(local).await?;
+    let socket = bind_for(server).await?;
     let request = build(BINDING_REQUEST.method, CLASS_REQUEST, vec![]);
     socket.send_to(&request.raw, server).await?;
     let mut buf = vec![0u8; 1500];
@@ -142,15 +145,8 @@ impl Client {
         username: &str,
         password: &str,
     ) -> Result<Client, ProbeError> {
-        let local: SocketAddr = if server.is_ipv4() {
-            "0.0.0.0:0"
-        } else {
-            "[::]:0"
-        }
-        .parse()
-        .expect("valid literal");
         Ok(Client {
-            socket: UdpSocket::bind(local).await?,
+            socket: bind_for(server).await?,
             server,
             username: username.to_owned(),
             password: password.to_owned(),
@@ -271,10 +267,17 @@ impl Client {
         }
     }
 
+    /// Refreshes the allocation for `lifetime` (zero releases it).
+    ///
+    /// # Errors
+    /// The server refuses (437: no such allocation; 401: the credential is no longer valid).
+    pub async fn refresh(&self, lifetime: Duration) -> Result<(), ProbeError> {
+        let attrs: Vec<Box<dyn Setter>> = vec![Box::new(turn::proto::lifetime::Lifetime(lifetime))];
+        refusal(&self.request(METHOD_REFRESH, attrs).await?)
+    }
+
     /// Releases the allocation (Refresh with lifetime 0); errors are ignored.
     pub async fn release(&self) {
-        let attrs: Vec<Box<dyn Setter>> =
-            vec![Box::new(turn::proto::lifetime::Lifetime(Duration::ZERO))];
-        let _ = self.request(METHOD_REFRESH, attrs).await;
+        let _ = self.refresh(Duration::ZERO).await;
     }
 }
