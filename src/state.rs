@@ -123,8 +123,12 @@ impl AppState {
     }
 
     /// The live settings; a reload may replace them between two calls.
-    pub fn live(&self) -> Arc<Live> {
-        self.live.load_full()
+    ///
+    /// A cheap snapshot for the per-message paths: no reference count is touched (arc-swap's
+    /// guard), so sockets on different cores do not contend on one counter. Do not hold it
+    /// across an `.await`; clone what must live longer.
+    pub fn live(&self) -> arc_swap::Guard<Arc<Live>> {
+        self.live.load()
     }
 
     /// Replaces the live settings and applies the new limits to rooms and connection counts.
