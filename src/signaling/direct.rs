@@ -10,26 +10,26 @@
 //! A direct write never waits. It polls the socket once with a no-op waker; if the frame
 //! could not be flushed at once, the owner task is told (`flush`) and finishes it.
 
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
 
-use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
-use futures_util::Sink;
-use futures_util::stream::SplitSink;
+use axum::extract::ws::Utf8Bytes;
 use tokio::sync::{Mutex, Notify};
+
+use super::frame::OP_TEXT;
+use super::socket::Writer;
 
 /// The write half of a native signaling socket.
 #[derive(Debug)]
 pub struct Direct {
-    pub sink: Mutex<SplitSink<WebSocket, Message>>,
+    pub sink: Mutex<Writer>,
     /// Frames in the outbox that the owner task has not written yet.
     queued: AtomicUsize,
     /// Tells the owner task to finish a write that a sender started.
     pub flush: Notify,
     /// A direct write could not be flushed at once: the socket is backed up, so further
     /// frames queue (bounded) until the owner has flushed it. Without this, frames would
-    /// pile up in the WebSocket's unbounded write buffer behind a client that stopped reading.
+    /// pile up in the writer's unbounded remainder buffer behind a client that stopped reading.
     backed_up: AtomicBool,
 }
 
@@ -42,7 +42,7 @@ pub enum Wrote {
 }
 
 impl Direct {
-    pub fn new(sink: SplitSink<WebSocket, Message>) -> Direct {
+    pub fn new(sink: Writer) -> Direct {
         Direct {
             sink: Mutex::new(sink),
             queued: AtomicUsize::new(0),
@@ -60,17 +60,12 @@ impl Direct {
             return Wrote::Queue(frame);
         }
         let mut cx = Context::from_waker(Waker::noop());
-        let mut sink = Pin::new(&mut *sink);
-        match sink.as_mut().poll_ready(&mut cx) {
-            Poll::Ready(Ok(())) => {}
-            // The reader holds the socket this instant, or it is shut: let the owner decide.
-            Poll::Pending | Poll::Ready(Err(_)) => return Wrote::Queue(frame),
-        }
-        if sink.as_mut().start_send(Message::Text(frame)).is_err() {
-            // The connection is failing; its own task notices and closes it.
-            return Wrote::Done;
-        }
-        if sink.as_mut().poll_flush(&mut cx).is_pending() {
+        // A failed write is the owner's to notice: its flush reports the error.
+        let done = match sink.start(&mut cx, OP_TEXT, frame.as_bytes()) {
+            Ok(()) => sink.poll_flush(&mut cx),
+            Err(e) => Poll::Ready(Err(e)),
+        };
+        if !matches!(done, Poll::Ready(Ok(()))) {
             self.backed_up.store(true, Ordering::Release);
             self.flush.notify_one();
         }

@@ -9,24 +9,26 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::direct::Direct;
+use super::frame::{Incoming, OP_PING, OP_PONG, OP_TEXT};
 use super::hub::{Evict, Eviction, OUTBOX_CAPACITY, Outbox};
 use super::limits::{ConnectionGuard, ConnectionRefused, TokenBucket};
 use super::protocol::{self, ClientMsg, ErrorCode, PeerId, PeerInfo, RoomId, ServerMsg};
 use super::room::{JoinError, RouteError};
+use super::socket::{ReadError, Socket, Upgrade};
 use crate::metrics::{Dialect, MessageType, Refusal};
 use crate::state::AppState;
 
 /// Close codes (RFC 6455 section 7.4.1).
+pub(super) const CLOSE_NORMAL: u16 = 1000;
 pub(super) const CLOSE_GOING_AWAY: u16 = 1001;
 pub(super) const CLOSE_POLICY: u16 = 1008;
 pub(super) const CLOSE_TOO_BIG: u16 = 1009;
@@ -40,7 +42,7 @@ pub async fn upgrade(
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     uri: axum::http::Uri,
-    ws: WebSocketUpgrade,
+    ws: Upgrade,
 ) -> Response {
     let admitted = match admit(&app, remote, &headers, &uri) {
         Ok(a) => a,
@@ -48,7 +50,7 @@ pub async fn upgrade(
     };
     let tasks = app.tasks.clone();
     app.metrics.connections.inc(Dialect::Native);
-    limit_frames(&app, ws).on_upgrade(move |socket| {
+    ws.on_upgrade(move |socket| {
         let peer_id = PeerId::random();
         let span = info_span!("ws", %remote, peer_id = %peer_id, room = tracing::field::Empty);
         tasks.track_future(
@@ -178,7 +180,7 @@ struct Session {
 
 async fn run(
     app: Arc<AppState>,
-    socket: WebSocket,
+    socket: Socket,
     peer_id: PeerId,
     request_host: String,
     _guard: ConnectionGuard,
@@ -187,8 +189,9 @@ async fn run(
     let cfg = app.live().signaling.clone();
     let (tx, mut rx) = mpsc::channel(OUTBOX_CAPACITY);
     let evict = Evict::default();
-    let (sink, mut stream) = socket.split();
-    let direct = Arc::new(Direct::new(sink));
+    // The transport limit: the message limit is checked on the text, for a coded error.
+    let (mut reader, writer) = socket.split(cfg.max_message_bytes * 2);
+    let direct = Arc::new(Direct::new(writer));
     let mut session = Session {
         app: Arc::clone(&app),
         peer_id,
@@ -230,7 +233,7 @@ async fn run(
             Some(frame) = rx.recv() => {
                 let sent = {
                     let mut sink = direct.sink.lock().await;
-                    let sent = unless_evicted(&evict, finish(sink.send(Message::Text(frame)))).await;
+                    let sent = unless_evicted(&evict, finish(sink.send(OP_TEXT, frame.as_bytes()))).await;
                     // Under the lock: only now may a sender write past this frame.
                     direct.unqueue_one();
                     sent
@@ -254,13 +257,32 @@ async fn run(
                     Err(Some(why)) => break Some(evicted_close(&app, why)),
                 }
             }
-            incoming = stream.next() => {
-                let Some(msg) = frame(incoming) else { break None };
+            incoming = reader.next() => {
+                let msg = match incoming {
+                    Ok(Some(msg)) => msg,
+                    Ok(None) => break None,
+                    Err(ReadError::Violation(v)) => {
+                        debug!(reason = v.reason(), "websocket protocol violation");
+                        break Some((v.close_code(), v.reason()));
+                    }
+                    Err(ReadError::Io(e)) => {
+                        debug!(error = %e, "websocket read failed");
+                        break None;
+                    }
+                };
                 last_seen = Instant::now();
                 let reply = match msg {
-                    Message::Text(text) => session.handle_text(&text),
-                    Message::Binary(_) => Reply::Error(ErrorCode::BadRequest, "binary frames are not supported; send JSON text frames".to_owned()),
-                    Message::Ping(_) | Message::Pong(_) | Message::Close(_) => Reply::None,
+                    Incoming::Text(text) => session.handle_text(&text),
+                    Incoming::Binary(_) => Reply::Error(ErrorCode::BadRequest, "binary frames are not supported; send JSON text frames".to_owned()),
+                    Incoming::Ping(data) => {
+                        if write(&direct, OP_PONG, &data).await.is_err() {
+                            break None;
+                        }
+                        Reply::None
+                    }
+                    Incoming::Pong => Reply::None,
+                    // The client closes: echo its status (RFC 6455 section 5.5.1).
+                    Incoming::Close(code) => break Some((code.unwrap_or(CLOSE_NORMAL), "")),
                 };
                 match session.answer(&direct, reply).await {
                     Next::Continue => {}
@@ -287,7 +309,7 @@ async fn run(
                     warn!(idle_s = last_seen.elapsed().as_secs(), "dropping unresponsive client");
                     break None;
                 }
-                if write(&direct, Message::Ping(Default::default())).await.is_err() {
+                if write(&direct, OP_PING, &[]).await.is_err() {
                     break None;
                 }
             }
@@ -308,11 +330,7 @@ async fn run(
     };
     session.leave();
     if let Some((code, reason)) = close {
-        let frame = CloseFrame {
-            code,
-            reason: Utf8Bytes::from_static(reason),
-        };
-        let _ = write(&direct, Message::Close(Some(frame))).await;
+        let _ = finish(direct.sink.lock().await.close(Some(code), reason)).await;
         info!(code, reason, "disconnected");
     } else {
         info!("disconnected");
@@ -346,6 +364,7 @@ pub(super) fn frame(incoming: Option<Result<Message, axum::Error>>) -> Option<Me
     }
 }
 
+/// Sends one message on a socket of the dialects served through axum's WebSocket.
 pub(super) async fn send(socket: &mut WebSocket, msg: Message) -> Result<(), ()> {
     finish(socket.send(msg)).await
 }
@@ -362,14 +381,14 @@ async fn unless_evicted(
     }
 }
 
-/// Writes `msg` through a shared write half, waiting for the lock.
-async fn write(direct: &Direct, msg: Message) -> Result<(), ()> {
-    finish(direct.sink.lock().await.send(msg)).await
+/// Writes one frame through a shared write half, waiting for the lock.
+async fn write(direct: &Direct, opcode: u8, payload: &[u8]) -> Result<(), ()> {
+    finish(direct.sink.lock().await.send(opcode, payload)).await
 }
 
 /// Awaits a write or flush with the send timeout, logging a failure.
-async fn finish(
-    sending: impl std::future::Future<Output = Result<(), axum::Error>>,
+async fn finish<E: std::fmt::Display>(
+    sending: impl std::future::Future<Output = Result<(), E>>,
 ) -> Result<(), ()> {
     let mut sending = std::pin::pin!(sending);
     // Nearly every write completes at once: only one that has to wait gets a timer.
@@ -391,7 +410,7 @@ async fn finish(
 }
 
 async fn send_msg(direct: &Direct, msg: &ServerMsg) -> Result<(), ()> {
-    write(direct, Message::Text(protocol::encode(msg).into())).await
+    write(direct, OP_TEXT, protocol::encode(msg).as_bytes()).await
 }
 
 /// What to send back to the client itself after one message.

@@ -412,3 +412,89 @@ async fn a_reader_that_stops_reading_is_dropped_without_slowing_the_sender() {
     );
     drop(stalled);
 }
+
+/// The native socket's own WebSocket framing against tungstenite's client: control frames,
+/// fragments, binary and invalid text, and the close handshake.
+#[tokio::test]
+async fn websocket_framing_edges_against_an_independent_client() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame};
+
+    let server = TestServer::start("");
+    let mut a = server.client().await;
+
+    // A ping is answered with a pong carrying the same bytes.
+    a.ws.send(Message::Ping(b"are you there".to_vec().into()))
+        .await
+        .unwrap();
+    let pong = tokio::time::timeout(std::time::Duration::from_secs(10), a.ws.next())
+        .await
+        .expect("pong in time");
+    assert_eq!(
+        pong.unwrap().unwrap(),
+        Message::Pong(b"are you there".to_vec().into())
+    );
+
+    // A message in three fragments, a ping between them: one join.
+    let join = json!({"type": "join", "room": "frames"}).to_string();
+    let (one, rest) = join.split_at(5);
+    let (two, three) = rest.split_at(7);
+    let fragment = |data: &str, op: Data, fin: bool| {
+        Message::Frame(Frame::message(
+            data.as_bytes().to_vec(),
+            OpCode::Data(op),
+            fin,
+        ))
+    };
+    a.ws.send(fragment(one, Data::Text, false)).await.unwrap();
+    a.ws.send(Message::Ping(Vec::new().into())).await.unwrap();
+    a.ws.send(fragment(two, Data::Continue, false))
+        .await
+        .unwrap();
+    a.ws.send(fragment(three, Data::Continue, true))
+        .await
+        .unwrap();
+    assert!(matches!(a.recv().await, ServerMsg::Welcome { .. }));
+
+    // Binary gets a coded error and the socket stays.
+    a.ws.send(Message::Binary(vec![1, 2, 3].into()))
+        .await
+        .unwrap();
+    assert_eq!(a.recv_error().await.0, "bad_request");
+    a.send(json!({"type": "ping"})).await;
+    assert_eq!(a.recv().await, ServerMsg::Pong);
+
+    // The client closes: the server answers with the same code.
+    a.ws.send(Message::Close(Some(CloseFrame {
+        code: 4000.into(),
+        reason: "done".into(),
+    })))
+    .await
+    .unwrap();
+    assert_eq!(a.recv_close().await.0, 4000);
+
+    // Text that is not UTF-8 closes with 1007, and the server keeps serving others.
+    let mut b = server.client().await;
+    b.ws.send(Message::Frame(Frame::message(
+        vec![b'{', 0xC3, 0x28, b'}'],
+        OpCode::Data(Data::Text),
+        true,
+    )))
+    .await
+    .unwrap();
+    assert_eq!(b.recv_close().await.0, 1007);
+    let mut c = server.client().await;
+    c.send(json!({"type": "ping"})).await;
+    assert_eq!(c.recv().await, ServerMsg::Pong);
+
+    // A plain GET on the socket's path says what it is.
+    let (status, head, body) = server.https_get("/ws").await;
+    assert_eq!(status, 426, "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("upgrade: websocket"),
+        "{head}"
+    );
+    assert!(body.contains("WebSocket endpoint"), "{body}");
+}
