@@ -37,18 +37,29 @@ pub struct Evict {
 }
 
 impl Evict {
+    /// An eviction signal that also fires when `shutdown` does: the socket task then
+    /// waits on one token for both (`reason` is `None` for a shutdown).
+    pub fn under(shutdown: &CancellationToken) -> Evict {
+        Evict {
+            token: shutdown.child_token(),
+            why: Arc::default(),
+        }
+    }
+
     pub fn evict(&self, why: Eviction) {
         let _ = self.why.set(why);
         self.token.cancel();
     }
 
-    /// Fires on eviction; the socket task makes it once and keeps it pinned.
+    /// Fires on eviction (and on shutdown, see `under`); the socket task makes its
+    /// future once and keeps it pinned.
     pub fn token(&self) -> &CancellationToken {
         &self.token
     }
 
-    pub fn reason(&self) -> Eviction {
-        self.why.get().copied().unwrap_or(Eviction::Overflow)
+    /// Why the token fired: `None` when it was the shutdown.
+    pub fn reason(&self) -> Option<Eviction> {
+        self.why.get().copied()
     }
 }
 
@@ -95,7 +106,8 @@ pub struct Hub {
 struct Inner {
     rooms: Rooms,
     /// foldhash: keys are server-made random ids, so no client can choose colliding ones.
-    outboxes: HashMap<PeerId, Outbox, foldhash::fast::RandomState>,
+    /// Shared, so that a signal takes one reference count, not a clone of each handle.
+    outboxes: HashMap<PeerId, Arc<Outbox>, foldhash::fast::RandomState>,
 }
 
 impl Hub {
@@ -132,7 +144,7 @@ impl Hub {
                 o.deliver(frame.clone());
             }
         }
-        inner.outboxes.insert(peer.id, outbox);
+        inner.outboxes.insert(peer.id, Arc::new(outbox));
         Ok(joined)
     }
 
@@ -330,7 +342,7 @@ mod tests {
         hub.signal(&a.id, &b.id, serde_json::Value::Null.into())
             .unwrap();
         assert!(flag_b.token().is_cancelled());
-        assert_eq!(flag_b.reason(), Eviction::Overflow);
+        assert_eq!(flag_b.reason(), Some(Eviction::Overflow));
         assert!(!flag_a.token().is_cancelled());
     }
 
@@ -355,7 +367,7 @@ mod tests {
 
         next(&mut rb); // welcome
         assert!(hub.kick(&a.id).is_some());
-        assert_eq!(ea.reason(), Eviction::Kicked);
+        assert_eq!(ea.reason(), Some(Eviction::Kicked));
         assert!(ea.token().is_cancelled());
         assert_eq!(
             next(&mut rb),

@@ -22,7 +22,7 @@ use tracing::{Instrument, info, info_span, warn};
 use super::hub::{Evict, OUTBOX_CAPACITY, Outbox};
 use super::limits::{ConnectionGuard, TokenBucket};
 use super::protocol::{self, PeerId, RoomId};
-use super::ws::{self, CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TOO_BIG};
+use super::ws::{self, CLOSE_POLICY, CLOSE_TOO_BIG};
 use crate::metrics::{Dialect, MessageType, Refusal};
 use crate::state::AppState;
 
@@ -262,7 +262,7 @@ async fn run(
     info!("connected");
     let cfg = app.live().signaling.clone();
     let (tx, mut rx) = mpsc::channel(OUTBOX_CAPACITY);
-    let evict = Evict::default();
+    let evict = Evict::under(&app.shutdown);
     let mut session = Session {
         app: Arc::clone(&app),
         peer,
@@ -285,15 +285,12 @@ async fn run(
         tokio::time::interval_at(Instant::now() + cfg.ping_interval(), cfg.ping_interval());
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_seen = Instant::now();
-    // Made once, as in the native loop.
-    let shutdown = app.shutdown.cancelled();
-    tokio::pin!(shutdown);
+    // Made once, as in the native loop; it also fires on shutdown.
     let evicted = evict.token().cancelled();
     tokio::pin!(evicted);
     let close: Option<(u16, &'static str)> = loop {
         tokio::select! {
             biased;
-            () = &mut shutdown => break Some((CLOSE_GOING_AWAY, "server shutting down")),
             () = &mut evicted => break Some(ws::evicted_close(&app, evict.reason())),
             Some(frame) = rx.recv() => {
                 if ws::send(&mut socket, Message::Text(frame)).await.is_err() {

@@ -188,7 +188,7 @@ async fn run(
     info!("connected");
     let cfg = app.live().signaling.clone();
     let (tx, mut rx) = mpsc::channel(OUTBOX_CAPACITY);
-    let evict = Evict::default();
+    let evict = Evict::under(&app.shutdown);
     // The transport limit: the message limit is checked on the text, for a coded error.
     let (mut reader, writer) = socket.split(cfg.max_message_bytes * 2);
     let direct = Arc::new(Direct::new(writer));
@@ -220,15 +220,15 @@ async fn run(
     let refresh = tokio::time::sleep(Duration::from_secs(86_400 * 365));
     tokio::pin!(refresh);
 
-    // Made once: a fresh `cancelled()` per wake-up locks the token and re-registers a waiter.
-    let shutdown = app.shutdown.cancelled();
-    tokio::pin!(shutdown);
+    // Made once: a fresh `cancelled()` or `notified()` per wake-up would lock and
+    // re-register a waiter. The eviction token also fires on shutdown.
     let evicted = evict.token().cancelled();
     tokio::pin!(evicted);
+    let flush = direct.flush.notified();
+    tokio::pin!(flush);
     let close: Option<(u16, &'static str)> = loop {
         tokio::select! {
             biased;
-            () = &mut shutdown => break Some((CLOSE_GOING_AWAY, "server shutting down")),
             () = &mut evicted => break Some(evicted_close(&app, evict.reason())),
             Some(frame) = rx.recv() => {
                 let sent = {
@@ -240,11 +240,12 @@ async fn run(
                 };
                 match sent {
                     Ok(()) => {}
-                    Err(None) => break None,
-                    Err(Some(why)) => break Some(evicted_close(&app, why)),
+                    Err(Stopped::Failed) => break None,
+                    Err(Stopped::Evicted(why)) => break Some(evicted_close(&app, why)),
                 }
             }
-            () = direct.flush.notified() => {
+            () = &mut flush => {
+                flush.set(direct.flush.notified());
                 let flushed = {
                     let mut sink = direct.sink.lock().await;
                     let flushed = unless_evicted(&evict, finish(sink.flush())).await;
@@ -253,8 +254,8 @@ async fn run(
                 };
                 match flushed {
                     Ok(()) => {}
-                    Err(None) => break None,
-                    Err(Some(why)) => break Some(evicted_close(&app, why)),
+                    Err(Stopped::Failed) => break None,
+                    Err(Stopped::Evicted(why)) => break Some(evicted_close(&app, why)),
                 }
             }
             incoming = reader.next() => {
@@ -338,14 +339,15 @@ async fn run(
 }
 
 /// The close frame for an evicted socket, logged and counted.
-pub(super) fn evicted_close(app: &AppState, why: Eviction) -> (u16, &'static str) {
+pub(super) fn evicted_close(app: &AppState, why: Option<Eviction>) -> (u16, &'static str) {
     match why {
-        Eviction::Overflow => {
+        None => (CLOSE_GOING_AWAY, "server shutting down"),
+        Some(Eviction::Overflow) => {
             warn!("send queue overflow, disconnecting slow client");
             app.metrics.refusals.inc(Refusal::SendQueue);
             (CLOSE_POLICY, "send queue overflow")
         }
-        Eviction::Kicked => {
+        Some(Eviction::Kicked) => {
             info!("closed by the operator");
             (CLOSE_POLICY, "closed by the server operator")
         }
@@ -369,15 +371,22 @@ pub(super) async fn send(socket: &mut WebSocket, msg: Message) -> Result<(), ()>
     finish(socket.send(msg)).await
 }
 
+/// Why a write did not complete.
+enum Stopped {
+    Failed,
+    /// Evicted (`None`: the server is shutting down) while the write waited.
+    Evicted(Option<Eviction>),
+}
+
 /// A write that a client which stopped reading can block; when its queue overflows
-/// meanwhile, it is dropped at once (`Err(Some(why))`), not after the send timeout.
+/// meanwhile (or the server shuts down), it is dropped at once, not after the send timeout.
 async fn unless_evicted(
     evict: &Evict,
     write: impl std::future::Future<Output = Result<(), ()>>,
-) -> Result<(), Option<Eviction>> {
+) -> Result<(), Stopped> {
     tokio::select! {
-        done = write => done.map_err(|()| None),
-        () = evict.token().cancelled() => Err(Some(evict.reason())),
+        done = write => done.map_err(|()| Stopped::Failed),
+        () = evict.token().cancelled() => Err(Stopped::Evicted(evict.reason())),
     }
 }
 
