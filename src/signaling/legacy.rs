@@ -10,18 +10,21 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::Utf8Bytes;
 use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tracing::{Instrument, info, info_span, warn};
 
-use super::hub::{Evict, OUTBOX_CAPACITY, Outbox};
+use super::conn::{Conn, Handler, Reply};
+use super::hub::Outbox;
 use super::limits::{ConnectionGuard, TokenBucket};
 use super::protocol::{self, PeerId, RoomId};
+use super::socket::{Socket, Upgrade};
 use super::ws::{self, CLOSE_POLICY, CLOSE_TOO_BIG};
 use crate::metrics::{Dialect, MessageType, Refusal};
 use crate::state::AppState;
@@ -32,12 +35,13 @@ pub const LEGACY_ROOM: &str = "_ws-legacy";
 /// Who is logged in.
 #[derive(Debug, Default)]
 pub struct Directory {
-    users: Mutex<HashMap<String, (PeerId, Outbox)>>,
+    /// Outboxes are shared, so that a relayed message takes one reference count.
+    users: Mutex<HashMap<String, (PeerId, Arc<Outbox>)>>,
 }
 
 impl Directory {
     /// Registers `name`; `false` when it is taken.
-    pub fn login(&self, name: &str, peer: &PeerId, outbox: Outbox) -> bool {
+    pub fn login(&self, name: &str, peer: &PeerId, outbox: Arc<Outbox>) -> bool {
         let mut users = self.users.lock().expect("directory lock");
         if users.contains_key(name) {
             return false;
@@ -57,7 +61,7 @@ impl Directory {
             .lock()
             .expect("directory lock")
             .get(name)
-            .map(|(_, o)| o.clone());
+            .map(|(_, o)| Arc::clone(o));
         match outbox {
             Some(outbox) => {
                 outbox.deliver(frame);
@@ -88,7 +92,7 @@ pub async fn upgrade(
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     uri: axum::http::Uri,
-    socket: WebSocketUpgrade,
+    socket: Upgrade,
 ) -> Response {
     let admitted = match ws::admit(&app, remote, &headers, &uri) {
         Ok(a) => a,
@@ -96,7 +100,7 @@ pub async fn upgrade(
     };
     let tasks = app.tasks.clone();
     app.metrics.connections.inc(Dialect::PlainWs);
-    ws::limit_frames(&app, socket).on_upgrade(move |socket| {
+    socket.on_upgrade(move |socket| {
         let peer = PeerId::random();
         let span = info_span!("legacy", %remote, peer_id = %peer, name = tracing::field::Empty);
         tasks.track_future(
@@ -109,7 +113,7 @@ struct Session {
     app: Arc<AppState>,
     peer: PeerId,
     request_host: String,
-    outbox: Outbox,
+    outbox: Arc<Outbox>,
     name: Option<String>,
     /// The user this one last exchanged an offer or answer with; told `leave` on close.
     partner: Option<String>,
@@ -122,6 +126,33 @@ enum Next {
     Reply(Value),
     Nothing,
     Close(Value, u16, &'static str),
+}
+
+/// Every message of this dialect, fields unparsed: relayed values are forwarded as the
+/// client wrote them. Anything this does not fit (not an object, a duplicate key) takes the
+/// slower path through `Value`, which has the precise error.
+#[derive(Deserialize)]
+struct Frame<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    name: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    offer: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    answer: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    candidate: Option<&'a RawValue>,
+}
+
+/// A field's value when it is a JSON string.
+fn string(raw: Option<&RawValue>) -> Option<String> {
+    raw.and_then(|r| serde_json::from_str(r.get()).ok())
+}
+
+/// A relayed value as written, `null` when absent.
+fn raw(value: Option<&RawValue>) -> &str {
+    value.map_or("null", RawValue::get)
 }
 
 fn error(code: &str, message: impl Into<String>) -> Value {
@@ -159,17 +190,17 @@ impl Session {
             return Next::Reply(error("rate_limited", "too many messages; message dropped"));
         }
         self.strikes = 0;
-        let data: Value = match serde_json::from_str(text) {
-            Ok(v @ Value::Object(_)) => v,
-            Ok(_) => {
-                return Next::Reply(error(
-                    "bad_request",
-                    "expected a JSON object with a \"type\"",
-                ));
+        let data: Frame = match serde_json::from_str(text) {
+            Ok(frame) => frame,
+            Err(_) => {
+                return Next::Reply(match serde_json::from_str::<Value>(text) {
+                    Ok(Value::Object(_)) => error("bad_request", "duplicate keys in the message"),
+                    Ok(_) => error("bad_request", "expected a JSON object with a \"type\""),
+                    Err(e) => error("bad_request", format!("invalid JSON: {e}")),
+                });
             }
-            Err(e) => return Next::Reply(error("bad_request", format!("invalid JSON: {e}"))),
         };
-        let kind = data["type"].as_str().unwrap_or_default().to_owned();
+        let kind = string(data.kind).unwrap_or_default();
         metrics.messages.inc(match kind.as_str() {
             "login" => MessageType::Login,
             "offer" => MessageType::Offer,
@@ -187,14 +218,19 @@ impl Session {
         }
     }
 
-    fn login(&mut self, data: &Value) -> Next {
-        let Some(name) = data["name"].as_str() else {
+    fn login(&mut self, data: &Frame) -> Next {
+        let Some(name) = string(data.name) else {
             return Next::Reply(error("bad_request", "login needs a \"name\""));
         };
+        let name = name.as_str();
         if self.name.is_some() || name.is_empty() || protocol::check_name(name).is_err() {
             return Next::Reply(json!({"type": "login", "success": false}));
         }
-        if !self.app.legacy.login(name, &self.peer, self.outbox.clone()) {
+        if !self
+            .app
+            .legacy
+            .login(name, &self.peer, Arc::clone(&self.outbox))
+        {
             return Next::Reply(json!({"type": "login", "success": false}));
         }
         tracing::Span::current().record("name", name);
@@ -210,20 +246,29 @@ impl Session {
         )
     }
 
-    fn relay(&mut self, kind: &str, data: &Value) -> Next {
-        let Some(me) = self.name.clone() else {
+    fn relay(&mut self, kind: &str, data: &Frame) -> Next {
+        let Some(me) = &self.name else {
             return Next::Reply(error("not_logged_in", "log in first"));
         };
-        let Some(target) = data["name"].as_str().map(str::to_owned) else {
+        let Some(target) = string(data.name) else {
             return Next::Reply(error("bad_request", format!("{kind} needs a \"name\"")));
         };
         let frame = match kind {
-            "offer" => json!({"type": "offer", "offer": data["offer"], "name": me}),
-            "answer" => json!({"type": "answer", "answer": data["answer"]}),
-            "candidate" => json!({"type": "candidate", "candidate": data["candidate"]}),
-            _ => json!({"type": "leave"}),
+            "offer" => {
+                let me = serde_json::to_string(me).expect("a string serializes");
+                format!(
+                    r#"{{"type":"offer","offer":{},"name":{me}}}"#,
+                    raw(data.offer)
+                )
+            }
+            "answer" => format!(r#"{{"type":"answer","answer":{}}}"#, raw(data.answer)),
+            "candidate" => format!(
+                r#"{{"type":"candidate","candidate":{}}}"#,
+                raw(data.candidate)
+            ),
+            _ => r#"{"type":"leave"}"#.to_owned(),
         };
-        if !self.app.legacy.send(&target, frame.to_string().into()) {
+        if !self.app.legacy.send(&target, frame.into()) {
             return Next::Reply(error(
                 "unknown_name",
                 format!("no user named {target:?} is logged in"),
@@ -254,24 +299,19 @@ impl Session {
 
 async fn run(
     app: Arc<AppState>,
-    mut socket: WebSocket,
+    socket: Socket,
     peer: PeerId,
     request_host: String,
     _guard: ConnectionGuard,
 ) {
     info!("connected");
     let cfg = app.live().signaling.clone();
-    let (tx, mut rx) = mpsc::channel(OUTBOX_CAPACITY);
-    let evict = Evict::under(&app.shutdown);
+    let (conn, outbox) = Conn::new(&app, socket);
     let mut session = Session {
         app: Arc::clone(&app),
         peer,
         request_host,
-        outbox: Outbox {
-            tx,
-            evict: evict.clone(),
-            direct: None,
-        },
+        outbox: Arc::new(outbox),
         name: None,
         partner: None,
         bucket: TokenBucket::new(
@@ -281,62 +321,41 @@ async fn run(
         ),
         strikes: 0,
     };
-    let mut ping =
-        tokio::time::interval_at(Instant::now() + cfg.ping_interval(), cfg.ping_interval());
-    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut last_seen = Instant::now();
-    // Made once, as in the native loop; it also fires on shutdown.
-    let evicted = evict.token().cancelled();
-    tokio::pin!(evicted);
-    let close: Option<(u16, &'static str)> = loop {
-        tokio::select! {
-            biased;
-            () = &mut evicted => break Some(ws::evicted_close(&app, evict.reason())),
-            Some(frame) = rx.recv() => {
-                if ws::send(&mut socket, Message::Text(frame)).await.is_err() {
-                    break None;
-                }
-            }
-            incoming = socket.recv() => {
-                let Some(msg) = ws::frame(incoming) else { break None };
-                last_seen = Instant::now();
-                let next = match msg {
-                    Message::Text(text) => session.handle_text(&text),
-                    Message::Binary(_) => Next::Reply(error("bad_request", "binary frames are not supported; send JSON text")),
-                    _ => Next::Nothing,
-                };
-                match next {
-                    Next::Nothing => {}
-                    Next::Reply(reply) => {
-                        if ws::send(&mut socket, Message::Text(reply.to_string().into())).await.is_err() {
-                            break None;
-                        }
-                    }
-                    Next::Close(reply, code, reason) => {
-                        warn!(reason, "closing legacy client");
-                        let _ = ws::send(&mut socket, Message::Text(reply.to_string().into())).await;
-                        break Some((code, reason));
-                    }
-                }
-            }
-            _ = ping.tick() => {
-                if last_seen.elapsed() > cfg.idle_timeout() {
-                    warn!("dropping unresponsive client");
-                    break None;
-                }
-                if ws::send(&mut socket, Message::Ping(Default::default())).await.is_err() {
-                    break None;
-                }
-            }
+    conn.serve(&mut session).await;
+}
+
+fn reply(next: Next) -> Reply {
+    match next {
+        Next::Nothing => Reply::None,
+        Next::Reply(value) => Reply::Send(value.to_string()),
+        Next::Close(value, code, reason) => {
+            warn!(reason, "closing legacy client");
+            Reply::Close(Some(value.to_string()), code, reason)
         }
-    };
-    session.close();
-    if let Some((code, reason)) = close {
-        let frame = CloseFrame {
-            code,
-            reason: Utf8Bytes::from_static(reason),
-        };
-        let _ = ws::send(&mut socket, Message::Close(Some(frame))).await;
     }
-    info!("disconnected");
+}
+
+impl Handler for Session {
+    fn text(&mut self, text: &str) -> Reply {
+        reply(self.handle_text(text))
+    }
+
+    fn binary(&mut self) -> Reply {
+        reply(Next::Reply(error(
+            "bad_request",
+            "binary frames are not supported; send JSON text",
+        )))
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        None
+    }
+
+    fn deadline(&mut self) -> Reply {
+        Reply::None
+    }
+
+    fn finish(&mut self) {
+        self.close();
+    }
 }

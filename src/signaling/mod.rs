@@ -5,12 +5,14 @@
 //! - `limits`: message rate and connection counts; no I/O.
 //! - `frame`: WebSocket framing (RFC 6455) as plain data; no I/O.
 //! - `socket`: the native endpoint's WebSocket upgrade and its reading and writing halves.
+//! - `conn`: the socket loop of the native and plain-WebSocket dialects (`Handler`).
 //! - `direct`: a socket's writing half, shared with the tasks that send to it.
 //! - `hub`: the registry behind a lock plus each peer's outbox.
 //! - `ws`: the socket task of the native protocol, and the admission checks all dialects share.
 //! - `legacy`: the plain-WebSocket dialect of the login/offer/answer tutorial.
 //! - `sio`: the socket.io dialect of the codelab room server and the video-call app.
 
+pub mod conn;
 pub mod direct;
 pub mod frame;
 pub mod hub;

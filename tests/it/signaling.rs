@@ -341,17 +341,22 @@ async fn concurrent_senders_keep_each_senders_order() {
             c
         })
     });
-    let senders: Vec<_> = futures_util::future::join_all(sends).await;
-    let mut next = [0u64; 2];
-    for _ in 0..2 * N {
-        let ServerMsg::Signal { payload, .. } = r.recv().await else {
-            panic!("expected a signal")
-        };
-        let v = payload.value();
-        let (s, i) = (v["s"].as_u64().unwrap() as usize, v["i"].as_u64().unwrap());
-        assert_eq!(i, next[s], "sender {s} out of order");
-        next[s] += 1;
-    }
+    // The receiver reads while they send: a reader that stops would (rightly) be dropped
+    // once the socket buffers and its 256-frame queue are full.
+    let receive = async {
+        let mut next = [0u64; 2];
+        for _ in 0..2 * N {
+            let ServerMsg::Signal { payload, .. } = r.recv().await else {
+                panic!("expected a signal")
+            };
+            let v = payload.value();
+            let (s, i) = (v["s"].as_u64().unwrap() as usize, v["i"].as_u64().unwrap());
+            assert_eq!(i, next[s], "sender {s} out of order");
+            next[s] += 1;
+        }
+        next
+    };
+    let (senders, next) = tokio::join!(futures_util::future::join_all(sends), receive);
     assert_eq!(next, [N, N]);
     drop(senders);
 }

@@ -1,0 +1,271 @@
+//! The loop every signaling socket of the native and plain-WebSocket dialects runs: read
+//! messages and hand them to the dialect, write what the dialect answers and what other
+//! peers queued, keep the connection alive, and close it with a reason.
+//!
+//! A dialect is a `Handler`: plain, non-async methods that turn one message (or its
+//! deadline) into a `Reply`. This module owns the socket, the outbox's receiving end and
+//! the timers, so that each dialect is just its protocol.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::Utf8Bytes;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+use tracing::{debug, info, warn};
+
+use super::direct::Direct;
+use super::frame::{Incoming, OP_PING, OP_PONG, OP_TEXT};
+use super::hub::{Evict, Eviction, OUTBOX_CAPACITY, Outbox};
+use super::socket::{ReadError, Socket};
+use super::ws::{CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY};
+use crate::metrics::Refusal;
+use crate::state::AppState;
+
+/// How long one frame may take to reach a client before it counts as dead.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What to do after a message or a deadline.
+pub enum Reply {
+    None,
+    /// Send this frame to the client itself.
+    Send(String),
+    /// Send this frame (if any), then close with this code and reason.
+    Close(Option<String>, u16, &'static str),
+}
+
+/// One signaling dialect's protocol, driven by `Conn::serve`.
+pub trait Handler {
+    /// A text message from the client.
+    fn text(&mut self, text: &str) -> Reply;
+    /// A binary message, which no dialect uses.
+    fn binary(&mut self) -> Reply;
+    /// When the dialect next wants `deadline` called, if ever: asked after every event.
+    fn next_deadline(&self) -> Option<Instant>;
+    /// The time from `next_deadline` has come.
+    fn deadline(&mut self) -> Reply;
+    /// The socket is done: leave rooms, free names. Called before the close frame is
+    /// written, which may take a while to a client that stopped reading.
+    fn finish(&mut self);
+}
+
+/// A socket's reading half, its shared writing half, and its outbox's receiving end.
+pub struct Conn {
+    app: Arc<AppState>,
+    reader: super::socket::Reader,
+    direct: Arc<Direct>,
+    rx: mpsc::Receiver<Utf8Bytes>,
+    evict: Evict,
+}
+
+impl Conn {
+    /// Sets up `socket` and the outbox other peers reach it through.
+    pub fn new(app: &Arc<AppState>, socket: Socket) -> (Conn, Outbox) {
+        // The transport limit: the message limit is checked on the text, for a coded error.
+        let max = app.live().signaling.max_message_bytes * 2;
+        let (reader, writer) = socket.split(max);
+        let (tx, rx) = mpsc::channel(OUTBOX_CAPACITY);
+        let evict = Evict::under(&app.shutdown);
+        let direct = Arc::new(Direct::new(writer));
+        let outbox = Outbox {
+            tx,
+            evict: evict.clone(),
+            direct: Some(Arc::clone(&direct)),
+        };
+        let conn = Conn {
+            app: Arc::clone(app),
+            reader,
+            direct,
+            rx,
+            evict,
+        };
+        (conn, outbox)
+    }
+
+    /// Runs the socket until it closes; the close frame, if any, has been sent then.
+    pub async fn serve(mut self, dialect: &mut impl Handler) {
+        let close = self.run(dialect).await;
+        dialect.finish();
+        if let Some((code, reason)) = close {
+            let mut writer = self.direct.sink.lock().await;
+            let _ = finish(writer.close(Some(code), reason)).await;
+            info!(code, reason, "disconnected");
+        } else {
+            info!("disconnected");
+        }
+    }
+
+    async fn run(&mut self, dialect: &mut impl Handler) -> Option<(u16, &'static str)> {
+        let cfg = self.app.live().signaling.clone();
+        let mut ping =
+            tokio::time::interval_at(Instant::now() + cfg.ping_interval(), cfg.ping_interval());
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut last_seen = Instant::now();
+        let far = || Instant::now() + Duration::from_secs(86_400 * 365);
+        let mut due = dialect.next_deadline();
+        let deadline = tokio::time::sleep_until(due.unwrap_or_else(far));
+        tokio::pin!(deadline);
+        // Made once: a fresh `cancelled()` or `notified()` per wake-up would lock and
+        // re-register a waiter. The eviction token also fires on shutdown.
+        let evicted = self.evict.token().cancelled();
+        tokio::pin!(evicted);
+        let flush = self.direct.flush.notified();
+        tokio::pin!(flush);
+        let direct = &self.direct;
+        let evict = &self.evict;
+        let app = &self.app;
+        loop {
+            let reply = tokio::select! {
+                biased;
+                () = &mut evicted => return Some(evicted_close(app, evict.reason())),
+                Some(frame) = self.rx.recv() => {
+                    let sent = {
+                        let mut writer = direct.sink.lock().await;
+                        let sent = unless_evicted(evict, finish(writer.send(OP_TEXT, frame.as_bytes()))).await;
+                        // Under the lock: only now may a sender write past this frame.
+                        direct.unqueue_one();
+                        sent
+                    };
+                    match sent {
+                        Ok(()) => continue,
+                        Err(Stopped::Failed) => return None,
+                        Err(Stopped::Evicted(why)) => return Some(evicted_close(app, why)),
+                    }
+                }
+                () = &mut flush => {
+                    flush.set(direct.flush.notified());
+                    let flushed = {
+                        let mut writer = direct.sink.lock().await;
+                        let flushed = unless_evicted(evict, finish(writer.flush())).await;
+                        direct.flushed();
+                        flushed
+                    };
+                    match flushed {
+                        Ok(()) => continue,
+                        Err(Stopped::Failed) => return None,
+                        Err(Stopped::Evicted(why)) => return Some(evicted_close(app, why)),
+                    }
+                }
+                incoming = self.reader.next() => {
+                    last_seen = Instant::now();
+                    match incoming {
+                        Ok(Some(Incoming::Text(text))) => dialect.text(&text),
+                        Ok(Some(Incoming::Binary(_))) => dialect.binary(),
+                        Ok(Some(Incoming::Ping(data))) => {
+                            if write(direct, OP_PONG, &data).await.is_err() {
+                                return None;
+                            }
+                            Reply::None
+                        }
+                        Ok(Some(Incoming::Pong)) => Reply::None,
+                        // The client closes: echo its status (RFC 6455 section 5.5.1).
+                        Ok(Some(Incoming::Close(code))) => return Some((code.unwrap_or(CLOSE_NORMAL), "")),
+                        Ok(None) => return None,
+                        Err(ReadError::Violation(v)) => {
+                            debug!(reason = v.reason(), "websocket protocol violation");
+                            return Some((v.close_code(), v.reason()));
+                        }
+                        Err(ReadError::Io(e)) => {
+                            debug!(error = %e, "websocket read failed");
+                            return None;
+                        }
+                    }
+                }
+                () = &mut deadline, if due.is_some() => dialect.deadline(),
+                _ = ping.tick() => {
+                    if last_seen.elapsed() > cfg.idle_timeout() {
+                        warn!(idle_s = last_seen.elapsed().as_secs(), "dropping unresponsive client");
+                        return None;
+                    }
+                    if write(direct, OP_PING, &[]).await.is_err() {
+                        return None;
+                    }
+                    Reply::None
+                }
+            };
+            match reply {
+                Reply::None => {}
+                Reply::Send(frame) => {
+                    if write(direct, OP_TEXT, frame.as_bytes()).await.is_err() {
+                        return Some((CLOSE_GOING_AWAY, "write failed"));
+                    }
+                }
+                Reply::Close(frame, code, reason) => {
+                    if let Some(frame) = frame {
+                        let _ = write(direct, OP_TEXT, frame.as_bytes()).await;
+                    }
+                    return Some((code, reason));
+                }
+            }
+            let next = dialect.next_deadline();
+            if next != due {
+                due = next;
+                deadline.as_mut().reset(due.unwrap_or_else(far));
+            }
+        }
+    }
+}
+
+/// The close frame for an evicted socket (`None`: the server is shutting down), logged
+/// and counted.
+pub fn evicted_close(app: &AppState, why: Option<Eviction>) -> (u16, &'static str) {
+    match why {
+        None => (CLOSE_GOING_AWAY, "server shutting down"),
+        Some(Eviction::Overflow) => {
+            warn!("send queue overflow, disconnecting slow client");
+            app.metrics.refusals.inc(Refusal::SendQueue);
+            (CLOSE_POLICY, "send queue overflow")
+        }
+        Some(Eviction::Kicked) => {
+            info!("closed by the operator");
+            (CLOSE_POLICY, "closed by the server operator")
+        }
+    }
+}
+
+/// Why a write did not complete.
+enum Stopped {
+    Failed,
+    /// Evicted (`None`: the server is shutting down) while the write waited.
+    Evicted(Option<Eviction>),
+}
+
+/// A write that a client which stopped reading can block; when its queue overflows
+/// meanwhile (or the server shuts down), it is dropped at once, not after the send timeout.
+async fn unless_evicted(
+    evict: &Evict,
+    write: impl Future<Output = Result<(), ()>>,
+) -> Result<(), Stopped> {
+    tokio::select! {
+        done = write => done.map_err(|()| Stopped::Failed),
+        () = evict.token().cancelled() => Err(Stopped::Evicted(evict.reason())),
+    }
+}
+
+/// Writes one frame through the shared writing half, waiting for the lock.
+async fn write(direct: &Direct, opcode: u8, payload: &[u8]) -> Result<(), ()> {
+    finish(direct.sink.lock().await.send(opcode, payload)).await
+}
+
+/// Awaits a write or flush with the send timeout, logging a failure.
+pub async fn finish<E: std::fmt::Display>(
+    sending: impl Future<Output = Result<(), E>>,
+) -> Result<(), ()> {
+    let mut sending = std::pin::pin!(sending);
+    // Nearly every write completes at once: only one that has to wait gets a timer.
+    let done = match futures_util::poll!(sending.as_mut()) {
+        std::task::Poll::Ready(result) => Ok(result),
+        std::task::Poll::Pending => tokio::time::timeout(SEND_TIMEOUT, sending).await,
+    };
+    match done {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            debug!(error = %e, "websocket write failed");
+            Err(())
+        }
+        Err(_) => {
+            warn!("websocket write timed out");
+            Err(())
+        }
+    }
+}
