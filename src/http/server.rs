@@ -172,6 +172,8 @@ pub async fn serve_plain(
                 }
             },
         };
+        // Signaling frames are small and latency-bound: no Nagle delay behind a delayed ACK.
+        let _ = tcp.set_nodelay(true);
         tasks.spawn(serve_connection(
             tcp,
             remote,

@@ -173,11 +173,13 @@ impl Conn {
                 }
                 () = &mut deadline, if due.is_some() => dialect.deadline(),
                 _ = ping.tick() => {
-                    if last_seen.elapsed() > cfg.idle_timeout() {
-                        warn!(idle_s = last_seen.elapsed().as_secs(), "dropping unresponsive client");
+                    let silent = last_seen.elapsed();
+                    if silent > cfg.idle_timeout() {
+                        warn!(idle_s = silent.as_secs(), "dropping unresponsive client");
                         return None;
                     }
-                    if write(direct, OP_PING, &[]).await.is_err() {
+                    // A client heard from within the interval is alive: no ping needed.
+                    if silent >= cfg.ping_interval() && write(direct, OP_PING, &[]).await.is_err() {
                         return None;
                     }
                     Reply::None
