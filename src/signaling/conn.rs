@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, info, warn};
 
-use super::direct::Direct;
+use super::direct::{Batch, Direct};
 use super::frame::{Incoming, OP_PING, OP_PONG, OP_TEXT};
 use super::hub::{Evict, Eviction, OUTBOX_CAPACITY, Outbox};
 use super::socket::{ReadError, Socket};
@@ -112,6 +112,7 @@ impl Conn {
         let flush = self.direct.flush.notified();
         tokio::pin!(flush);
         let direct = &self.direct;
+        let mut batch = Batch::default();
         let evict = &self.evict;
         let app = &self.app;
         loop {
@@ -148,28 +149,48 @@ impl Conn {
                 }
                 incoming = self.reader.next() => {
                     last_seen = Instant::now();
-                    match incoming {
-                        Ok(Some(Incoming::Text(text))) => dialect.text(&text),
-                        Ok(Some(Incoming::Binary(_))) => dialect.binary(),
-                        Ok(Some(Incoming::Ping(data))) => {
-                            if write(direct, OP_PONG, &data).await.is_err() {
-                                return None;
-                            }
-                            Reply::None
-                        }
-                        Ok(Some(Incoming::Pong)) => Reply::None,
-                        // The client closes: echo its status (RFC 6455 section 5.5.1).
-                        Ok(Some(Incoming::Close(code))) => return Some((code.unwrap_or(CLOSE_NORMAL), "")),
+                    let mut msg = match incoming {
+                        Ok(Some(msg)) => msg,
                         Ok(None) => return None,
-                        Err(ReadError::Violation(v)) => {
-                            debug!(reason = v.reason(), "websocket protocol violation");
-                            return Some((v.close_code(), v.reason()));
+                        Err(e) => return read_failed(e),
+                    };
+                    // Messages already read are handled as one batch: the peers they go to
+                    // get one write each (see `direct::Batch`).
+                    loop {
+                        let reply = match msg {
+                            Incoming::Text(text) => batch.run(|| dialect.text(&text)),
+                            Incoming::Binary(_) => dialect.binary(),
+                            Incoming::Ping(data) => {
+                                batch.flush();
+                                if write(direct, OP_PONG, &data).await.is_err() {
+                                    return None;
+                                }
+                                Reply::None
+                            }
+                            Incoming::Pong => Reply::None,
+                            Incoming::Close(code) => {
+                                batch.flush();
+                                // The client closes: echo its status (RFC 6455 section 5.5.1).
+                                return Some((code.unwrap_or(CLOSE_NORMAL), ""));
+                            }
+                        };
+                        if !matches!(reply, Reply::None) {
+                            batch.flush();
+                            if let Err(close) = answer(direct, reply).await {
+                return close;
+            }
                         }
-                        Err(ReadError::Io(e)) => {
-                            debug!(error = %e, "websocket read failed");
-                            return None;
-                        }
+                        msg = match self.reader.buffered() {
+                            Ok(Some(next)) => next,
+                            Ok(None) => break,
+                            Err(e) => {
+                                batch.flush();
+                                return read_failed(e);
+                            }
+                        };
                     }
+                    batch.flush();
+                    Reply::None
                 }
                 () = &mut deadline, if due.is_some() => dialect.deadline(),
                 _ = ping.tick() => {
@@ -185,25 +206,45 @@ impl Conn {
                     Reply::None
                 }
             };
-            match reply {
-                Reply::None => {}
-                Reply::Send(frame) => {
-                    if write(direct, OP_TEXT, frame.as_bytes()).await.is_err() {
-                        return Some((CLOSE_GOING_AWAY, "write failed"));
-                    }
-                }
-                Reply::Close(frame, code, reason) => {
-                    if let Some(frame) = frame {
-                        let _ = write(direct, OP_TEXT, frame.as_bytes()).await;
-                    }
-                    return Some((code, reason));
-                }
+            if let Err(close) = answer(direct, reply).await {
+                return close;
             }
             let next = dialect.next_deadline();
             if next != due {
                 due = next;
                 deadline.as_mut().reset(due.unwrap_or_else(far));
             }
+        }
+    }
+}
+
+/// Sends a `Reply` to the client itself; `Err` carries what `run` returns (the close).
+async fn answer(direct: &Direct, reply: Reply) -> Result<(), Option<(u16, &'static str)>> {
+    match reply {
+        Reply::None => Ok(()),
+        Reply::Send(frame) => match write(direct, OP_TEXT, frame.as_bytes()).await {
+            Ok(()) => Ok(()),
+            Err(()) => Err(Some((CLOSE_GOING_AWAY, "write failed"))),
+        },
+        Reply::Close(frame, code, reason) => {
+            if let Some(frame) = frame {
+                let _ = write(direct, OP_TEXT, frame.as_bytes()).await;
+            }
+            Err(Some((code, reason)))
+        }
+    }
+}
+
+/// What a failed read closes with.
+fn read_failed(e: ReadError) -> Option<(u16, &'static str)> {
+    match e {
+        ReadError::Violation(v) => {
+            debug!(reason = v.reason(), "websocket protocol violation");
+            Some((v.close_code(), v.reason()))
+        }
+        ReadError::Io(e) => {
+            debug!(error = %e, "websocket read failed");
+            None
         }
     }
 }

@@ -9,7 +9,14 @@
 //!
 //! A direct write never waits. It polls the socket once with a no-op waker; if the frame
 //! could not be flushed at once, the owner task is told (`flush`) and finishes it.
+//!
+//! A sender that works through several messages it had already read (a browser sends its
+//! ICE candidates in a burst) does so inside a `Batch`: its direct writes only append to
+//! each recipient's writer, and each recipient gets one write (one TLS record, one system
+//! call) for all of them when the batch ends.
 
+use std::cell::RefCell;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
 
@@ -52,12 +59,17 @@ impl Direct {
     }
 
     /// Writes `frame` now if that needs no waiting and keeps the order; never blocks.
-    pub fn try_write(&self, frame: Utf8Bytes) -> Wrote {
+    /// Inside a `Batch`, the frame waits in the writer until the batch ends.
+    pub fn try_write(self: &Arc<Self>, frame: Utf8Bytes) -> Wrote {
         let Ok(mut sink) = self.sink.try_lock() else {
             return Wrote::Queue(frame);
         };
         if self.queued.load(Ordering::Acquire) != 0 || self.backed_up.load(Ordering::Acquire) {
             return Wrote::Queue(frame);
+        }
+        if Batch::join(self) {
+            sink.defer(OP_TEXT, frame.as_bytes());
+            return Wrote::Done;
         }
         let mut cx = Context::from_waker(Waker::noop());
         // A failed write is the owner's to notice: its flush reports the error.
@@ -70,6 +82,20 @@ impl Direct {
             self.flush.notify_one();
         }
         Wrote::Done
+    }
+
+    /// Writes what a batch left in the writer, without waiting: as `try_write` does.
+    fn flush_deferred(&self) {
+        let Ok(mut sink) = self.sink.try_lock() else {
+            // Its owner is writing, which writes the deferred frames too; make sure.
+            self.flush.notify_one();
+            return;
+        };
+        let mut cx = Context::from_waker(Waker::noop());
+        if !matches!(sink.poll_flush(&mut cx), Poll::Ready(Ok(()))) {
+            self.backed_up.store(true, Ordering::Release);
+            self.flush.notify_one();
+        }
     }
 
     /// The owner flushed the socket (under the write lock): direct writes may resume.
@@ -85,5 +111,59 @@ impl Direct {
     /// A frame left the outbox without entering it (the outbox was full).
     pub fn unqueue_one(&self) {
         self.queued.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+thread_local! {
+    /// The batch open on this thread, if any: the sockets its direct writes deferred to.
+    static OPEN: RefCell<Option<Vec<Arc<Direct>>>> = const { RefCell::new(None) };
+}
+
+/// Direct writes deferred while one socket task handles messages it had already read.
+#[derive(Debug, Default)]
+pub struct Batch {
+    touched: Vec<Arc<Direct>>,
+}
+
+/// Closes the thread's batch when `Batch::run`'s closure returns or panics.
+struct Close<'a>(&'a mut Vec<Arc<Direct>>);
+
+impl Drop for Close<'_> {
+    fn drop(&mut self) {
+        if let Some(touched) = OPEN.with(|open| open.borrow_mut().take()) {
+            *self.0 = touched;
+        }
+    }
+}
+
+impl Batch {
+    /// Runs `handle` (one message's synchronous handling) with its direct writes deferred
+    /// into this batch. `handle` must not await: the batch belongs to the thread.
+    pub fn run<R>(&mut self, handle: impl FnOnce() -> R) -> R {
+        let touched = std::mem::take(&mut self.touched);
+        OPEN.with(|open| *open.borrow_mut() = Some(touched));
+        let _close = Close(&mut self.touched);
+        handle()
+    }
+
+    /// Whether a batch is open on this thread; if so, `direct` is flushed when it ends.
+    fn join(direct: &Arc<Direct>) -> bool {
+        OPEN.with(|open| {
+            let mut open = open.borrow_mut();
+            let Some(touched) = open.as_mut() else {
+                return false;
+            };
+            if !touched.iter().any(|d| Arc::ptr_eq(d, direct)) {
+                touched.push(Arc::clone(direct));
+            }
+            true
+        })
+    }
+
+    /// Writes every socket the batch deferred frames to; never waits.
+    pub fn flush(&mut self) {
+        for direct in self.touched.drain(..) {
+            direct.flush_deferred();
+        }
     }
 }

@@ -27,6 +27,8 @@ use super::frame::{self, Decoder, Incoming, Violation};
 
 /// The read buffer of an idle socket; larger frames get a buffer of their own size.
 const READ_CHUNK: usize = 512;
+/// After a read that filled the buffer (more is likely waiting), read this much at once.
+const READ_BURST: usize = 4096;
 /// A write remainder buffer above this size is freed once it has been written.
 const KEEP_PENDING: usize = 1024;
 
@@ -153,6 +155,7 @@ impl Socket {
                 io: read,
                 buf: BytesMut::new(),
                 grown: false,
+                filled: false,
                 decoder: Decoder::new(max_message),
             },
             Writer {
@@ -176,8 +179,10 @@ pub enum ReadError {
 pub struct Reader {
     io: ReadHalf<Io>,
     buf: BytesMut,
-    /// The buffer was grown past `READ_CHUNK` for a large frame.
+    /// The buffer was grown past `READ_CHUNK` (a large frame, or a burst).
     grown: bool,
+    /// The last read filled all the room it had.
+    filled: bool,
     decoder: Decoder,
 }
 
@@ -204,20 +209,33 @@ impl Reader {
                 .decoder
                 .frame_len(&self.buf)
                 .map_or(0, |n| n.saturating_sub(self.buf.len()));
-            if frame_rest > READ_CHUNK {
+            let chunk = if self.filled { READ_BURST } else { READ_CHUNK };
+            let want = frame_rest.max(chunk);
+            if want > READ_CHUNK {
                 self.grown = true;
             }
-            self.buf.reserve(frame_rest.max(READ_CHUNK));
-            if self
+            self.buf.reserve(want);
+            let room = self.buf.capacity() - self.buf.len();
+            let n = self
                 .io
                 .read_buf(&mut self.buf)
                 .await
-                .map_err(ReadError::Io)?
-                == 0
-            {
+                .map_err(ReadError::Io)?;
+            if n == 0 {
                 return Ok(None);
             }
+            self.filled = n == room;
         }
+    }
+
+    /// The next message if it has already been read, without reading more.
+    ///
+    /// # Errors
+    /// A protocol violation.
+    pub fn buffered(&mut self) -> Result<Option<Incoming>, ReadError> {
+        self.decoder
+            .decode(&mut self.buf)
+            .map_err(ReadError::Violation)
     }
 }
 
@@ -232,6 +250,13 @@ pub struct Writer {
 }
 
 impl Writer {
+    /// Appends one frame to what `poll_flush` will write, without writing anything now.
+    pub fn defer(&mut self, opcode: u8, payload: &[u8]) {
+        let (head, n) = frame::header(opcode, payload.len());
+        self.pending.extend_from_slice(&head[..n]);
+        self.pending.extend_from_slice(payload);
+    }
+
     /// Starts writing one frame without waiting: the connection takes what it can now,
     /// and the rest is kept for `poll_flush`. Frames stay in the order they were started.
     ///

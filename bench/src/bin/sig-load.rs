@@ -450,21 +450,21 @@ impl Conn {
         Ok(())
     }
 
-    /// A message to the other side of the pair in this dialect.
-    fn to_peer(&self, peer: &str, kind: &str, body: Value) -> String {
+    /// A message to the other side of the pair in this dialect; `body` is JSON text.
+    /// Built with `format!` from pre-serialized parts: during the burst the generator,
+    /// not the server, must not be what limits the pace.
+    fn to_peer(&self, peer: &str, kind: &str, body: &str) -> String {
+        let peer = serde_json::to_string(peer).expect("a string serializes");
         match self.args.dialect {
-            Dialect::Native => {
-                let payload = match kind {
-                    "offer" | "answer" => json!({"description": {"type": kind, "sdp": body}}),
-                    _ => json!({"candidate": body}),
-                };
-                json!({"type": "signal", "to": peer, "payload": payload}).to_string()
-            }
-            Dialect::Plain => json!({"type": kind, "name": peer, kind: body}).to_string(),
-            Dialect::Socketio => {
-                format!("42{}", json!(["message", {"type": kind, kind: body}]))
-            }
-            Dialect::Echo => json!({"type": kind, kind: body}).to_string(),
+            Dialect::Native => match kind {
+                "offer" | "answer" => format!(
+                    r#"{{"type":"signal","to":{peer},"payload":{{"description":{{"type":"{kind}","sdp":{body}}}}}}}"#
+                ),
+                _ => format!(r#"{{"type":"signal","to":{peer},"payload":{{"candidate":{body}}}}}"#),
+            },
+            Dialect::Plain => format!(r#"{{"type":"{kind}","name":{peer},"{kind}":{body}}}"#),
+            Dialect::Socketio => format!(r#"42["message",{{"type":"{kind}","{kind}":{body}}}]"#),
+            Dialect::Echo => format!(r#"{{"type":"{kind}","{kind}":{body}}}"#),
         }
     }
 
@@ -504,7 +504,7 @@ impl Conn {
             neg.done = true;
             self.shared.joined.fetch_add(1, Ordering::Relaxed);
         }
-        let sdp = "a".repeat(self.args.sdp_bytes);
+        let sdp = serde_json::to_string(&"a".repeat(self.args.sdp_bytes))?;
         let mut ticker: Option<tokio::time::Interval> = None;
         let mut template: Option<(String, String)> = None;
         loop {
@@ -515,7 +515,7 @@ impl Conn {
             if phase >= Phase::Negotiate && self.offers() && !neg.offered && neg.peer.is_some() {
                 neg.offered = true;
                 self.pair_start[self.pair()].store(nanos(self.t0), Ordering::Relaxed);
-                let msg = self.to_peer(neg.peer.as_deref().unwrap_or(""), "offer", json!(sdp));
+                let msg = self.to_peer(neg.peer.as_deref().unwrap_or(""), "offer", &sdp);
                 self.send(msg).await?;
             }
             if phase == Phase::Sustain && ticker.is_none() {
@@ -537,9 +537,10 @@ impl Conn {
                     if template.is_none() {
                         // Built once: the generator must stay cheaper than the servers it loads.
                         let peer = neg.peer.clone().unwrap_or_default();
-                        let msg = self.to_peer(&peer, "candidate", json!({
+                        let body = json!({
                             "candidate": "candidate:842163049 1 udp 1677729535 203.0.113.7 61000 typ srflx raddr 10.0.0.2 rport 61000 generation 0",
-                            "sdpMid": "0", "sdpMLineIndex": 0, "ts": 0}));
+                            "sdpMid": "0", "sdpMLineIndex": 0, "ts": 0});
+                        let msg = self.to_peer(&peer, "candidate", &body.to_string());
                         let at = msg.find("\"ts\":0").context("template")?;
                         template = Some((msg[..at].to_string(), msg[at + 6..].to_string()));
                     }
@@ -593,6 +594,9 @@ impl Conn {
                 return Ok(());
             }
         }
+        if let Some(kind) = quick_kind(self.args.dialect, text) {
+            return self.on_kind(kind, Value::Null, neg, sdp).await;
+        }
         let value: Value = match self.args.dialect {
             Dialect::Socketio => {
                 if text == "2" {
@@ -607,7 +611,20 @@ impl Conn {
             _ => serde_json::from_str(text)?,
         };
         let (kind, body) = self.classify(&value);
-        match kind.as_str() {
+        if kind == "error" {
+            bail!("server error: {text}");
+        }
+        self.on_kind(&kind, body, neg, sdp).await
+    }
+
+    async fn on_kind(
+        &mut self,
+        kind: &str,
+        body: Value,
+        neg: &mut Negotiation,
+        sdp: &str,
+    ) -> Result<()> {
+        match kind {
             "joined" => {
                 if !neg.joined {
                     neg.joined = true;
@@ -624,10 +641,10 @@ impl Conn {
             }
             "offer" => {
                 let peer = neg.peer.clone().unwrap_or_default();
-                let answer = self.to_peer(&peer, "answer", json!(sdp));
+                let answer = self.to_peer(&peer, "answer", sdp);
                 self.send(answer).await?;
                 for c in 0..CANDIDATES {
-                    let msg = self.to_peer(&peer, "candidate", candidate(c));
+                    let msg = self.to_peer(&peer, "candidate", &CANDIDATE_JSON[c]);
                     self.send(msg).await?;
                 }
             }
@@ -635,7 +652,7 @@ impl Conn {
                 neg.got_answer = true;
                 let peer = neg.peer.clone().unwrap_or_default();
                 for c in 0..CANDIDATES {
-                    let msg = self.to_peer(&peer, "candidate", candidate(c));
+                    let msg = self.to_peer(&peer, "candidate", &CANDIDATE_JSON[c]);
                     self.send(msg).await?;
                 }
                 self.check_done(neg);
@@ -644,7 +661,6 @@ impl Conn {
                 neg.candidates += 1;
                 self.check_done(neg);
             }
-            "error" => bail!("server error: {text}"),
             _ => {}
         }
         Ok(())
@@ -706,7 +722,43 @@ impl Conn {
     }
 }
 
-fn candidate(n: usize) -> Value {
-    json!({"candidate": format!("candidate:{n} 1 udp 2122260223 192.0.2.{n} 5{n:04} typ host generation 0 ufrag abcd network-id 1"),
-           "sdpMid": "0", "sdpMLineIndex": 0})
+/// The negotiation's host candidates, serialized once.
+static CANDIDATE_JSON: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+    (0..CANDIDATES)
+        .map(|n| {
+            json!({"candidate": format!("candidate:{n} 1 udp 2122260223 192.0.2.{n} 5{n:04} typ host generation 0 ufrag abcd network-id 1"),
+                   "sdpMid": "0", "sdpMLineIndex": 0})
+            .to_string()
+        })
+        .collect()
+});
+
+/// What a relayed offer, answer or candidate is, read off the text without parsing it
+/// (a 3 KB offer parsed into a `Value` per message slowed the generator in the burst);
+/// `None` for everything else, which is parsed.
+fn quick_kind(dialect: Dialect, text: &str) -> Option<&'static str> {
+    let kind = match dialect {
+        Dialect::Native => {
+            if !text.starts_with(r#"{"type":"signal""#) {
+                return None;
+            }
+            if text.contains(r#""description":{"type":"offer""#) {
+                "offer"
+            } else if text.contains(r#""description":{"type":"answer""#) {
+                "answer"
+            } else {
+                "candidate"
+            }
+        }
+        Dialect::Plain => {
+            let at = text.find(r#""type":""#)? + 8;
+            let rest = &text[at..];
+            let kind = &rest[..rest.find('"')?];
+            ["offer", "answer", "candidate"]
+                .into_iter()
+                .find(|k| *k == kind)?
+        }
+        Dialect::Socketio | Dialect::Echo => return None,
+    };
+    Some(kind)
 }
