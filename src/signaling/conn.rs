@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::mpsc;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::direct::{Batch, Direct};
@@ -97,14 +97,16 @@ impl Conn {
 
     async fn run(&mut self, dialect: &mut impl Handler) -> Option<(u16, &'static str)> {
         let cfg = self.app.live().signaling.clone();
-        let mut ping =
-            tokio::time::interval_at(Instant::now() + cfg.ping_interval(), cfg.ping_interval());
-        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_seen = Instant::now();
-        let far = || Instant::now() + Duration::from_secs(86_400 * 365);
+        // One timer for the keepalive and the dialect's deadline, armed for the earlier:
+        // every branch is polled on every wake-up, so each timer costs on every message.
+        let mut next_ping = Instant::now() + cfg.ping_interval();
         let mut due = dialect.next_deadline();
-        let deadline = tokio::time::sleep_until(due.unwrap_or_else(far));
-        tokio::pin!(deadline);
+        let wake_at =
+            |due: Option<Instant>, next_ping: Instant| due.map_or(next_ping, |d| d.min(next_ping));
+        let mut armed = wake_at(due, next_ping);
+        let timer = tokio::time::sleep_until(armed);
+        tokio::pin!(timer);
         // Made once: a fresh `cancelled()` or `notified()` per wake-up would lock and
         // re-register a waiter. The eviction token also fires on shutdown.
         let evicted = self.evict.token().cancelled();
@@ -192,27 +194,34 @@ impl Conn {
                     batch.flush();
                     Reply::None
                 }
-                () = &mut deadline, if due.is_some() => dialect.deadline(),
-                _ = ping.tick() => {
-                    let silent = last_seen.elapsed();
-                    if silent > cfg.idle_timeout() {
-                        warn!(idle_s = silent.as_secs(), "dropping unresponsive client");
-                        return None;
+                () = &mut timer => {
+                    let now = Instant::now();
+                    if now >= next_ping {
+                        next_ping = now + cfg.ping_interval();
+                        let silent = now.saturating_duration_since(last_seen);
+                        if silent > cfg.idle_timeout() {
+                            warn!(idle_s = silent.as_secs(), "dropping unresponsive client");
+                            return None;
+                        }
+                        // A client heard from within the interval is alive: no ping needed.
+                        if silent >= cfg.ping_interval() && write(direct, OP_PING, &[]).await.is_err() {
+                            return None;
+                        }
                     }
-                    // A client heard from within the interval is alive: no ping needed.
-                    if silent >= cfg.ping_interval() && write(direct, OP_PING, &[]).await.is_err() {
-                        return None;
+                    if due.is_some_and(|d| now >= d) {
+                        dialect.deadline()
+                    } else {
+                        Reply::None
                     }
-                    Reply::None
                 }
             };
             if let Err(close) = answer(direct, reply).await {
                 return close;
             }
-            let next = dialect.next_deadline();
-            if next != due {
-                due = next;
-                deadline.as_mut().reset(due.unwrap_or_else(far));
+            due = dialect.next_deadline();
+            if wake_at(due, next_ping) != armed {
+                armed = wake_at(due, next_ping);
+                timer.as_mut().reset(armed);
             }
         }
     }
