@@ -112,18 +112,25 @@ start_echo() { # start_echo [tls]
     wait_tcp 18090
 }
 
+# A scenario that fails is recorded and the run goes on; the script fails at the end.
+FAILED=()
+failed() { # failed LABEL FILE
+    echo "bench: $2 against $1 FAILED (see the lines above)" >&2
+    FAILED+=("$2 ($1)")
+}
 turn_load() { # turn_load FILE LABEL PORT ARGS...
     local file=$1 label=$2 port=$3; shift 3
     echo "== $label: turn-load $*" >&2
     "${GEN[@]}" "$BIN/turn-load" --server "127.0.0.1:$port" --secret $SECRET --label "$label" \
         --server-pid "$SERVER_PID" --server-core "$SERVER_CORE" --step-secs $STEP --drain-secs $DRAIN \
-        "$@" >> "$OUT/$file.jsonl"
+        "$@" >> "$OUT/$file.jsonl" || failed "$label" "$file"
 }
 sig_load() { # sig_load FILE LABEL ARGS...
     local file=$1 label=$2; shift 2
     echo "== $label: sig-load $*" >&2
     "${GEN[@]}" "$BIN/sig-load" --label "$label" --server-pid "$SERVER_PID" --server-core "$SERVER_CORE" \
-        --sources $SOURCES --ca "$OUT/sb-state/selfsigned-cert.pem" "$@" >> "$OUT/$file.jsonl"
+        --sources $SOURCES --ca "$OUT/sb-state/selfsigned-cert.pem" "$@" >> "$OUT/$file.jsonl" \
+        || failed "$label" "$file"
 }
 
 # The certificate the wss:// baselines share is Switchboard's self-signed one.
@@ -175,3 +182,7 @@ check=()
 [ $SMOKE = 1 ] && check=(--check)
 "$BIN/bench-report" "${check[@]}" "$OUT" > /dev/null
 echo "bench: report in $OUT/report.md, plot in $OUT/turn.svg" >&2
+if [ ${#FAILED[@]} -gt 0 ]; then
+    printf 'bench: failed: %s\n' "${FAILED[@]}" | tee "$OUT/FAILED.txt" >&2
+    exit 1
+fi
