@@ -154,8 +154,7 @@ async fn run(args: Args) -> Result<()> {
             let _permit = gate.acquire().await;
             let t = Instant::now();
             let source = args.sources[i % args.sources.len()];
-            let socketio = args.dialect == Dialect::Socketio;
-            let ws = connect(&args.url, server, source, connector, socketio).await;
+            let ws = connect(&args.url, server, source, connector).await;
             (i, ws.map(|ws| (ws, t.elapsed())))
         });
     }
@@ -381,7 +380,6 @@ async fn connect(
     server: SocketAddr,
     source: IpAddr,
     connector: Option<Connector>,
-    socketio: bool,
 ) -> Result<Ws> {
     let socket = if server.is_ipv4() {
         TcpSocket::new_v4()?
@@ -392,10 +390,8 @@ async fn connect(
     let tcp = socket.connect(server).await?;
     tcp.set_nodelay(true)?;
     // tungstenite zero-fills its read buffer up to `read_buffer_size` before every read:
-    // at the default 128 KiB that memset was a third of this generator's CPU. Against
-    // socketioxide, clients with a smaller buffer left some Engine.IO handshakes stalled
-    // (not against Node's socket.io), so that dialect keeps the default.
-    let config = (!socketio).then(|| WebSocketConfig::default().read_buffer_size(2048));
+    // at the default 128 KiB that memset was a third of this generator's CPU.
+    let config = Some(WebSocketConfig::default().read_buffer_size(2048));
     let (ws, _) =
         tokio_tungstenite::client_async_tls_with_config(url, tcp, config, connector).await?;
     Ok(ws)
