@@ -54,7 +54,9 @@ if [ -z "$ok" ]; then
     exit 1
 fi
 echo "+ /healthz answered on 443 (as user switchboard)"
-curl -fsS --max-time 5 http://127.0.0.1:9478/metrics | grep -q '^switchboard_signaling_open_connections '
+# Read the whole body first: `curl | grep -q` fails under pipefail when grep stops reading early.
+metrics=$(curl -fsS --max-time 5 http://127.0.0.1:9478/metrics)
+grep -q '^switchboard_signaling_open_connections ' <<<"$metrics"
 echo "+ /metrics answered on the admin port"
 test -s /var/lib/switchboard/turn-secret
 test "$(stat -c '%U %a' /var/lib/switchboard/turn-secret)" = "switchboard 600"
