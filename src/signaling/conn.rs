@@ -129,11 +129,10 @@ impl Conn {
                         direct.unqueue_one();
                         sent
                     };
-                    match sent {
-                        Ok(()) => continue,
-                        Err(Stopped::Failed) => return None,
-                        Err(Stopped::Evicted(why)) => return Some(evicted_close(app, why)),
+                    if let Err(close) = stopped(app, sent) {
+                        return close;
                     }
+                    continue;
                 }
                 () = &mut flush => {
                     flush.set(direct.flush.notified());
@@ -143,11 +142,10 @@ impl Conn {
                         direct.flushed();
                         flushed
                     };
-                    match flushed {
-                        Ok(()) => continue,
-                        Err(Stopped::Failed) => return None,
-                        Err(Stopped::Evicted(why)) => return Some(evicted_close(app, why)),
+                    if let Err(close) = stopped(app, flushed) {
+                        return close;
                     }
+                    continue;
                 }
                 incoming = self.reader.next() => {
                     last_seen = Instant::now();
@@ -179,8 +177,8 @@ impl Conn {
                         if !matches!(reply, Reply::None) {
                             batch.flush();
                             if let Err(close) = answer(direct, reply).await {
-                return close;
-            }
+                                return close;
+                            }
                         }
                         msg = match self.reader.buffered() {
                             Ok(Some(next)) => next,
@@ -280,6 +278,15 @@ enum Stopped {
     Failed,
     /// Evicted (`None`: the server is shutting down) while the write waited.
     Evicted(Option<Eviction>),
+}
+
+/// What `run` returns after an owner's write that did not complete (`Err`).
+fn stopped(app: &AppState, done: Result<(), Stopped>) -> Result<(), Option<(u16, &'static str)>> {
+    match done {
+        Ok(()) => Ok(()),
+        Err(Stopped::Failed) => Err(None),
+        Err(Stopped::Evicted(why)) => Err(Some(evicted_close(app, why))),
+    }
 }
 
 /// A write that a client which stopped reading can block; when its queue overflows
