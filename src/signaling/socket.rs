@@ -194,11 +194,7 @@ impl Reader {
     /// A protocol violation (to close with) or a failed read.
     pub async fn next(&mut self) -> Result<Option<Incoming>, ReadError> {
         loop {
-            if let Some(msg) = self
-                .decoder
-                .decode(&mut self.buf)
-                .map_err(ReadError::Violation)?
-            {
+            if let Some(msg) = self.buffered()? {
                 return Ok(Some(msg));
             }
             if self.buf.is_empty() && self.grown {
