@@ -265,6 +265,8 @@ pub async fn run(
         }
     }
     app.set_ready(false);
+    // The shutdown token reaches the other tasks; socket tasks wait on their own signal.
+    app.signals.shut_down();
     let (rooms, peers) = app.hub.counts();
     info!(
         rooms,

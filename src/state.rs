@@ -14,6 +14,7 @@ use crate::signaling::hub::Hub;
 use crate::signaling::legacy::Directory;
 use crate::signaling::limits::ConnectionLimiter;
 use crate::signaling::protocol::{IceServer, PeerId, RoomId};
+use crate::signaling::signal::Signals;
 use crate::signaling::sio::SioRooms;
 use crate::turn::ice::TurnOffer;
 use crate::turn::server::TurnServer;
@@ -90,6 +91,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Every connection and socket task, so shutdown can wait for them.
     pub tasks: TaskTracker,
+    /// The signal of every native and plain-WebSocket socket task, so shutdown reaches them.
+    pub signals: Arc<Signals>,
     /// True once every configured listener is bound and served, false again on shutdown.
     ready: AtomicBool,
 }
@@ -118,6 +121,7 @@ impl AppState {
             metrics: SignalingMetrics::default(),
             shutdown,
             tasks,
+            signals: Arc::default(),
             ready: AtomicBool::new(false),
         }
     }

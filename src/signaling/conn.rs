@@ -16,7 +16,8 @@ use tracing::{debug, info, warn};
 
 use super::direct::{Batch, Direct};
 use super::frame::{Incoming, OP_PING, OP_PONG, OP_TEXT};
-use super::hub::{Evict, Eviction, OUTBOX_CAPACITY, Outbox};
+use super::hub::{Eviction, OUTBOX_CAPACITY, Outbox};
+use super::signal::{Registration, Signal, Woken};
 use super::socket::{ReadError, Socket};
 use super::ws::{CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY};
 use crate::metrics::Refusal;
@@ -55,7 +56,8 @@ pub struct Conn {
     reader: super::socket::Reader,
     direct: Arc<Direct>,
     rx: mpsc::Receiver<Utf8Bytes>,
-    evict: Evict,
+    /// Flush requests, eviction and shutdown; the socket stays registered while `Conn` lives.
+    registration: Registration,
 }
 
 impl Conn {
@@ -65,11 +67,11 @@ impl Conn {
         let max = app.live().signaling.max_message_bytes * 2;
         let (reader, writer) = socket.split(max);
         let (tx, rx) = mpsc::channel(OUTBOX_CAPACITY);
-        let evict = Evict::under(&app.shutdown);
-        let direct = Arc::new(Direct::new(writer));
+        let registration = app.signals.register();
+        let direct = Arc::new(Direct::new(writer, Arc::clone(&registration.signal)));
         let outbox = Outbox {
             tx,
-            evict: evict.clone(),
+            signal: Arc::clone(&registration.signal),
             direct: Some(Arc::clone(&direct)),
         };
         let conn = Conn {
@@ -77,7 +79,7 @@ impl Conn {
             reader,
             direct,
             rx,
-            evict,
+            registration,
         };
         (conn, outbox)
     }
@@ -87,8 +89,7 @@ impl Conn {
         let close = self.run(dialect).await;
         dialect.finish();
         if let Some((code, reason)) = close {
-            let mut writer = self.direct.sink.lock().await;
-            let _ = finish(writer.close(Some(code), reason)).await;
+            let _ = finish(self.direct.close(Some(code), reason)).await;
             info!(code, reason, "disconnected");
         } else {
             info!("disconnected");
@@ -107,42 +108,28 @@ impl Conn {
         let mut armed = wake_at(due, next_ping);
         let timer = tokio::time::sleep_until(armed);
         tokio::pin!(timer);
-        // Made once: a fresh `cancelled()` or `notified()` per wake-up would lock and
-        // re-register a waiter. The eviction token also fires on shutdown.
-        let evicted = self.evict.token().cancelled();
-        tokio::pin!(evicted);
-        let flush = self.direct.flush.notified();
-        tokio::pin!(flush);
         let direct = &self.direct;
         let mut batch = Batch::default();
-        let evict = &self.evict;
+        let signal: &Signal = &self.registration.signal;
         let app = &self.app;
         loop {
             let reply = tokio::select! {
                 biased;
-                () = &mut evicted => return Some(evicted_close(app, evict.reason())),
-                Some(frame) = self.rx.recv() => {
-                    let sent = {
-                        let mut writer = direct.sink.lock().await;
-                        let sent = unless_evicted(evict, finish(writer.send(OP_TEXT, frame.as_bytes()))).await;
-                        // Under the lock: only now may a sender write past this frame.
-                        direct.unqueue_one();
-                        sent
-                    };
-                    if let Err(close) = stopped(app, sent) {
+                woken = std::future::poll_fn(|cx| signal.poll(cx)) => {
+                    if let Woken::Close(why) = woken {
+                        return Some(evicted_close(app, why));
+                    }
+                    let flushed = unless_closed(signal, finish(direct.flush())).await;
+                    if let Err(close) = stopped(app, flushed) {
                         return close;
                     }
                     continue;
                 }
-                () = &mut flush => {
-                    flush.set(direct.flush.notified());
-                    let flushed = {
-                        let mut writer = direct.sink.lock().await;
-                        let flushed = unless_evicted(evict, finish(writer.flush())).await;
-                        direct.flushed();
-                        flushed
-                    };
-                    if let Err(close) = stopped(app, flushed) {
+                Some(frame) = self.rx.recv() => {
+                    let sent = unless_closed(signal, finish(direct.send(OP_TEXT, frame.as_bytes()))).await;
+                    // The frame is started (or the socket is closing): senders may write past it.
+                    direct.unqueue_one();
+                    if let Err(close) = stopped(app, sent) {
                         return close;
                     }
                     continue;
@@ -291,19 +278,19 @@ fn stopped(app: &AppState, done: Result<(), Stopped>) -> Result<(), Option<(u16,
 
 /// A write that a client which stopped reading can block; when its queue overflows
 /// meanwhile (or the server shuts down), it is dropped at once, not after the send timeout.
-async fn unless_evicted(
-    evict: &Evict,
+async fn unless_closed(
+    signal: &Signal,
     write: impl Future<Output = Result<(), ()>>,
 ) -> Result<(), Stopped> {
     tokio::select! {
         done = write => done.map_err(|()| Stopped::Failed),
-        () = evict.token().cancelled() => Err(Stopped::Evicted(evict.reason())),
+        why = signal.closed() => Err(Stopped::Evicted(why)),
     }
 }
 
 /// Writes one frame through the shared writing half, waiting for the lock.
 async fn write(direct: &Direct, opcode: u8, payload: &[u8]) -> Result<(), ()> {
-    finish(direct.sink.lock().await.send(opcode, payload)).await
+    finish(direct.send(opcode, payload)).await
 }
 
 /// Awaits a write or flush with the send timeout, logging a failure.

@@ -16,24 +16,30 @@
 //! call) for all of them when the batch ends.
 
 use std::cell::RefCell;
-use std::sync::Arc;
+use std::future::poll_fn;
+use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::task::{Context, Poll, Waker};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker, ready};
 
 use axum::extract::ws::Utf8Bytes;
-use tokio::sync::{Mutex, Notify};
 
-use super::frame::OP_TEXT;
+use super::frame::{self, OP_CLOSE, OP_TEXT};
+use super::signal::Signal;
 use super::socket::Writer;
 
 /// The write half of a native signaling socket.
+///
+/// The lock is held only while the socket is polled, never across an await: a write that
+/// has to wait for the client releases it in between, and a sender that takes it then can
+/// only append whole frames behind what was started before.
 #[derive(Debug)]
 pub struct Direct {
-    pub sink: Mutex<Writer>,
+    sink: Mutex<Writer>,
     /// Frames in the outbox that the owner task has not written yet.
     queued: AtomicUsize,
-    /// Tells the owner task to finish a write that a sender started.
-    pub flush: Notify,
+    /// Tells the owner task to finish a write that a sender started (`Signal::flush`).
+    signal: Arc<Signal>,
     /// A direct write could not be flushed at once: the socket is backed up, so further
     /// frames queue (bounded) until the owner has flushed it. Without this, frames would
     /// pile up in the writer's unbounded remainder buffer behind a client that stopped reading.
@@ -49,11 +55,11 @@ pub enum Wrote {
 }
 
 impl Direct {
-    pub fn new(sink: Writer) -> Direct {
+    pub fn new(sink: Writer, signal: Arc<Signal>) -> Direct {
         Direct {
             sink: Mutex::new(sink),
             queued: AtomicUsize::new(0),
-            flush: Notify::new(),
+            signal,
             backed_up: AtomicBool::new(false),
         }
     }
@@ -79,7 +85,7 @@ impl Direct {
         };
         if !matches!(done, Poll::Ready(Ok(()))) {
             self.backed_up.store(true, Ordering::Release);
-            self.flush.notify_one();
+            self.signal.flush();
         }
         Wrote::Done
     }
@@ -88,19 +94,64 @@ impl Direct {
     fn flush_deferred(&self) {
         let Ok(mut sink) = self.sink.try_lock() else {
             // Its owner is writing, which writes the deferred frames too; make sure.
-            self.flush.notify_one();
+            self.signal.flush();
             return;
         };
         let mut cx = Context::from_waker(Waker::noop());
         if !matches!(sink.poll_flush(&mut cx), Poll::Ready(Ok(()))) {
             self.backed_up.store(true, Ordering::Release);
-            self.flush.notify_one();
+            self.signal.flush();
         }
     }
 
-    /// The owner flushed the socket (under the write lock): direct writes may resume.
-    pub fn flushed(&self) {
-        self.backed_up.store(false, Ordering::Release);
+    fn writer(&self) -> MutexGuard<'_, Writer> {
+        // A panic while writing leaves whole frames or a broken writer: both usable.
+        self.sink.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The owner writes one frame and flushes it. A frame once started is written whole,
+    /// before any later frame, even if this future is dropped.
+    ///
+    /// # Errors
+    /// The connection failed.
+    pub async fn send(&self, opcode: u8, payload: &[u8]) -> io::Result<()> {
+        let mut started = false;
+        poll_fn(|cx| {
+            let mut writer = self.writer();
+            if !started {
+                started = true;
+                writer.start(cx, opcode, payload)?;
+            }
+            writer.poll_flush(cx)
+        })
+        .await
+    }
+
+    /// The owner flushes what senders left in the writer; direct writes resume after it.
+    ///
+    /// # Errors
+    /// The connection failed.
+    pub async fn flush(&self) -> io::Result<()> {
+        poll_fn(|cx| {
+            let mut writer = self.writer();
+            let flushed = ready!(writer.poll_flush(cx));
+            // Under the lock, with nothing left pending.
+            self.backed_up.store(false, Ordering::Release);
+            Poll::Ready(flushed)
+        })
+        .await
+    }
+
+    /// The owner sends a close frame, then closes the write side (TLS close_notify).
+    ///
+    /// # Errors
+    /// The connection failed.
+    pub async fn close(&self, code: Option<u16>, reason: &str) -> io::Result<()> {
+        let body = code
+            .map(|c| frame::close_body(c, reason))
+            .unwrap_or_default();
+        self.send(OP_CLOSE, &body).await?;
+        poll_fn(|cx| self.writer().poll_shutdown(cx)).await
     }
 
     /// A frame is about to enter the outbox; call before sending it there.

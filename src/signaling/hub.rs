@@ -3,19 +3,19 @@
 //! Every method locks, asks `Rooms` what happened, queues the resulting frames
 //! on the peers' bounded outboxes with `try_send`, and unlocks; nothing here
 //! awaits, so a `std::sync::Mutex` is right. A peer whose outbox is full is
-//! told to disconnect (its `Evict` signal) instead of slowing everyone else;
+//! told to disconnect (its `Signal`) instead of slowing everyone else;
 //! the admin API evicts peers the same way.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use super::direct::{Direct, Wrote};
 use super::protocol::{Payload, PeerId, PeerInfo, RoomId, ServerMsg, encode};
 use super::room::{JoinError, Joined, Left, Rooms, RouteError};
+use super::signal::Signal;
 
 /// Frames queued for one peer's socket task.
 pub const OUTBOX_CAPACITY: usize = 256;
@@ -29,45 +29,12 @@ pub enum Eviction {
     Kicked,
 }
 
-/// Tells a socket task to close its connection, and why; the first reason wins.
-#[derive(Debug, Clone, Default)]
-pub struct Evict {
-    token: CancellationToken,
-    why: Arc<OnceLock<Eviction>>,
-}
-
-impl Evict {
-    /// An eviction signal that also fires when `shutdown` does: the socket task then
-    /// waits on one token for both (`reason` is `None` for a shutdown).
-    pub fn under(shutdown: &CancellationToken) -> Evict {
-        Evict {
-            token: shutdown.child_token(),
-            why: Arc::default(),
-        }
-    }
-
-    pub fn evict(&self, why: Eviction) {
-        let _ = self.why.set(why);
-        self.token.cancel();
-    }
-
-    /// Fires on eviction (and on shutdown, see `under`); the socket task makes its
-    /// future once and keeps it pinned.
-    pub fn token(&self) -> &CancellationToken {
-        &self.token
-    }
-
-    /// Why the token fired: `None` when it was the shutdown.
-    pub fn reason(&self) -> Option<Eviction> {
-        self.why.get().copied()
-    }
-}
-
 /// The sending side of a peer's socket task.
 #[derive(Debug, Clone)]
 pub struct Outbox {
     pub tx: mpsc::Sender<Utf8Bytes>,
-    pub evict: Evict,
+    /// Its socket task's signal: the hub evicts through it.
+    pub signal: Arc<Signal>,
     /// The socket's shared write half, for writing without a queue (native sockets).
     pub direct: Option<Arc<Direct>>,
 }
@@ -91,7 +58,7 @@ impl Outbox {
                 direct.unqueue_one();
             }
             if let mpsc::error::TrySendError::Full(_) = e {
-                self.evict.evict(Eviction::Overflow);
+                self.signal.evict(Eviction::Overflow);
             }
         }
     }
@@ -213,7 +180,7 @@ impl Hub {
         for peer in &members {
             inner.rooms.handle_leave(peer);
             if let Some(outbox) = inner.outboxes.remove(peer) {
-                outbox.evict.evict(Eviction::Kicked);
+                outbox.signal.evict(Eviction::Kicked);
             }
         }
         members
@@ -229,7 +196,7 @@ impl Hub {
             .get(peer)
             .cloned()?;
         let left = self.leave(peer);
-        outbox.evict.evict(Eviction::Kicked);
+        outbox.signal.evict(Eviction::Kicked);
         left
     }
 
@@ -254,7 +221,7 @@ mod tests {
         (
             Outbox {
                 tx,
-                evict: Evict::default(),
+                signal: Arc::default(),
                 direct: None,
             },
             rx,
@@ -332,8 +299,8 @@ mod tests {
         let (a, b) = (info(), info());
         let (oa, _ra) = outbox(8);
         let (ob, _rb) = outbox(1);
-        let flag_a = oa.evict.clone();
-        let flag_b = ob.evict.clone();
+        let flag_a = Arc::clone(&oa.signal);
+        let flag_b = Arc::clone(&ob.signal);
         hub.join(a.clone(), &room, oa, welcome(&a.id, &room))
             .unwrap();
         hub.join(b.clone(), &room, ob, welcome(&b.id, &room))
@@ -341,9 +308,9 @@ mod tests {
         // b's single slot holds its welcome; the next frame overflows.
         hub.signal(&a.id, &b.id, serde_json::Value::Null.into())
             .unwrap();
-        assert!(flag_b.token().is_cancelled());
+        assert!(flag_b.is_closed());
         assert_eq!(flag_b.reason(), Some(Eviction::Overflow));
-        assert!(!flag_a.token().is_cancelled());
+        assert!(!flag_a.is_closed());
     }
 
     #[test]
@@ -354,7 +321,11 @@ mod tests {
         let (oa, _ra) = outbox(8);
         let (ob, mut rb) = outbox(8);
         let (oc, _rc) = outbox(8);
-        let (ea, eb, ec) = (oa.evict.clone(), ob.evict.clone(), oc.evict.clone());
+        let (ea, eb, ec) = (
+            Arc::clone(&oa.signal),
+            Arc::clone(&ob.signal),
+            Arc::clone(&oc.signal),
+        );
         hub.join(a.clone(), &r1, oa, welcome(&a.id, &r1)).unwrap();
         hub.join(b.clone(), &r1, ob, welcome(&b.id, &r1)).unwrap();
         hub.join(c.clone(), &r2, oc, welcome(&c.id, &r2)).unwrap();
@@ -368,7 +339,7 @@ mod tests {
         next(&mut rb); // welcome
         assert!(hub.kick(&a.id).is_some());
         assert_eq!(ea.reason(), Some(Eviction::Kicked));
-        assert!(ea.token().is_cancelled());
+        assert!(ea.is_closed());
         assert_eq!(
             next(&mut rb),
             ServerMsg::PeerLeft {
@@ -378,7 +349,7 @@ mod tests {
         assert!(hub.kick(&a.id).is_none(), "a kicked peer is gone");
 
         assert_eq!(hub.close_room(&r1), vec![b.id.clone()]);
-        assert!(eb.token().is_cancelled() && !ec.token().is_cancelled());
+        assert!(eb.is_closed() && !ec.is_closed());
         assert_eq!(hub.counts(), (1, 1));
         assert!(hub.close_room(&r1).is_empty());
     }

@@ -7,6 +7,7 @@
 //! - `socket`: the native endpoint's WebSocket upgrade and its reading and writing halves.
 //! - `conn`: the socket loop of the native and plain-WebSocket dialects (`Handler`).
 //! - `direct`: a socket's writing half, shared with the tasks that send to it.
+//! - `signal`: what wakes a socket task from outside (flush, eviction, shutdown).
 //! - `hub`: the registry behind a lock plus each peer's outbox.
 //! - `ws`: the socket task of the native protocol, and the admission checks all dialects share.
 //! - `legacy`: the plain-WebSocket dialect of the login/offer/answer tutorial.
@@ -20,6 +21,7 @@ pub mod legacy;
 pub mod limits;
 pub mod protocol;
 pub mod room;
+pub mod signal;
 pub mod sio;
 pub mod socket;
 pub mod ws;

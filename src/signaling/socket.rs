@@ -7,7 +7,7 @@
 //! message's own bytes (header and payload in one vectored write), and only what the
 //! connection does not take at once is copied aside until it is flushed.
 
-use std::future::{Future, poll_fn};
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -20,7 +20,7 @@ use base64::Engine as _;
 use bytes::BytesMut;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWrite, ReadHalf, WriteHalf};
 use tracing::debug;
 
 use super::frame::{self, Decoder, Incoming, Violation};
@@ -312,41 +312,12 @@ impl Writer {
         Pin::new(&mut self.io).poll_flush(cx)
     }
 
-    /// Writes one frame and flushes it. Cancel-safe in the sense that a frame once started
-    /// is written whole, before any later frame.
+    /// Closes the connection's write side (TLS close_notify) once the close frame is out.
     ///
     /// # Errors
     /// The connection failed.
-    pub async fn send(&mut self, opcode: u8, payload: &[u8]) -> io::Result<()> {
-        let mut started = false;
-        poll_fn(|cx| {
-            if !started {
-                started = true;
-                self.start(cx, opcode, payload)?;
-            }
-            self.poll_flush(cx)
-        })
-        .await
-    }
-
-    /// Flushes whatever `start` left pending.
-    ///
-    /// # Errors
-    /// The connection failed.
-    pub async fn flush(&mut self) -> io::Result<()> {
-        poll_fn(|cx| self.poll_flush(cx)).await
-    }
-
-    /// Sends a close frame, then closes the connection's write side (TLS close_notify).
-    ///
-    /// # Errors
-    /// The connection failed.
-    pub async fn close(&mut self, code: Option<u16>, reason: &str) -> io::Result<()> {
-        let body = code
-            .map(|c| frame::close_body(c, reason))
-            .unwrap_or_default();
-        self.send(frame::OP_CLOSE, &body).await?;
-        self.io.shutdown().await
+    pub fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
