@@ -167,6 +167,7 @@ for rep in $(seq 1 "$REPEATS"); do
     common=(--pairs $PAIRS --rate $SIG_RATE --secs $SIG_SECS)
     start_switchboard; sig_load sig-plain-ws switchboard --url ws://127.0.0.1:18080/legacy --dialect plain "${common[@]}"; cleanup
     start_node ws-server.mjs 9090; sig_load sig-plain-ws node-ws --url ws://127.0.0.1:9090/ --dialect plain "${common[@]}"; cleanup
+    start_echo; sig_load sig-plain-ws ws-echo --url ws://127.0.0.1:18090/ --dialect echo "${common[@]}"; cleanup
     start_switchboard; sig_load sig-wss switchboard --url wss://127.0.0.1:18443/ws --dialect native "${common[@]}"; cleanup
     start_switchboard; sig_load sig-wss switchboard --url wss://127.0.0.1:18443/legacy --dialect plain "${common[@]}"; cleanup
     start_node ws-server.mjs 9443 tls; sig_load sig-wss node-ws --url wss://127.0.0.1:9443/ --dialect plain "${common[@]}"; cleanup

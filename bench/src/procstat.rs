@@ -11,13 +11,18 @@ fn ticks_per_s() -> f64 {
 
 /// user + system CPU seconds of a process (all its threads), or `None` when it is gone.
 pub fn process_cpu_s(pid: u32) -> Option<f64> {
+    process_user_system_s(pid).map(|(user, system)| user + system)
+}
+
+/// User and system (kernel) CPU seconds of a process, apart.
+pub fn process_user_system_s(pid: u32) -> Option<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / ticks_per_s())
+    Some((utime / ticks_per_s(), stime / ticks_per_s()))
 }
 
 /// Resident set size in KiB.
@@ -53,7 +58,8 @@ pub fn busy_s(core: Option<usize>) -> Option<f64> {
 #[derive(Debug, Clone, Copy)]
 pub struct Sample {
     at: Instant,
-    server: Option<f64>,
+    /// The server's user and system seconds.
+    server: Option<(f64, f64)>,
     me: f64,
     machine: f64,
     core: Option<f64>,
@@ -64,6 +70,8 @@ pub struct Sample {
 pub struct Usage {
     pub secs: f64,
     pub server_cpu_s: Option<f64>,
+    /// The part of `server_cpu_s` spent in the kernel (system time).
+    pub server_system_s: Option<f64>,
     pub tool_cpu_s: f64,
     pub other_cpu_s: f64,
     /// Busy seconds of the server's core (when it is pinned to one), softirq included.
@@ -75,7 +83,7 @@ impl Sample {
     pub fn take(server: Option<u32>, core: Option<usize>) -> Sample {
         Sample {
             at: Instant::now(),
-            server: server.and_then(process_cpu_s),
+            server: server.and_then(process_user_system_s),
             me: process_cpu_s(std::process::id()).unwrap_or(0.0),
             machine: busy_s(None).unwrap_or(0.0),
             core: core.and_then(|c| busy_s(Some(c))),
@@ -83,15 +91,16 @@ impl Sample {
     }
 
     pub fn usage_since(&self, earlier: &Sample) -> Usage {
-        let server = match (self.server, earlier.server) {
-            (Some(a), Some(b)) => Some(a - b),
-            _ => None,
+        let (server, server_system) = match (self.server, earlier.server) {
+            (Some((ua, sa)), Some((ub, sb))) => (Some(ua + sa - ub - sb), Some(sa - sb)),
+            _ => (None, None),
         };
         let me = self.me - earlier.me;
         let machine = self.machine - earlier.machine;
         Usage {
             secs: (self.at - earlier.at).as_secs_f64(),
             server_cpu_s: server,
+            server_system_s: server_system,
             tool_cpu_s: me,
             other_cpu_s: (machine - me - server.unwrap_or(0.0)).max(0.0),
             server_core_s: match (self.core, earlier.core) {
@@ -107,6 +116,7 @@ impl Usage {
         serde_json::json!({
             "secs": round3(self.secs),
             "server_cpu_s": self.server_cpu_s.map(round3),
+            "server_system_s": self.server_system_s.map(round3),
             "tool_cpu_s": round3(self.tool_cpu_s),
             "other_cpu_s": round3(self.other_cpu_s),
             "server_core_busy_s": self.server_core_s.map(round3),

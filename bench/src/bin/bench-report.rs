@@ -233,7 +233,7 @@ fn signaling_table(md: &mut String, scenario: &str, values: &[Value]) {
     let _ = writeln!(md, "\n### {scenario}\n");
     let _ = writeln!(
         md,
-        "| server | dialect | tls | pairs | connect p99 ms | negotiation p50 / p99 / max ms | offered msg/s | relayed msg/s | relay p50 / p99 / max µs | server core µs/msg | server process µs/msg | RSS KiB per connection |"
+        "| server | dialect | tls | pairs | connect p99 ms | negotiation p50 / p99 / max ms | offered msg/s | relayed msg/s | relay p50 / p99 / max µs | server core µs/msg | server process µs/msg (kernel part) | RSS KiB per connection |"
     );
     let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut rows: BTreeMap<String, [Option<&Value>; 3]> = BTreeMap::new();
@@ -270,7 +270,7 @@ fn signaling_table(md: &mut String, scenario: &str, values: &[Value]) {
         let (c, n, s) = (c.unwrap_or(&null), n.unwrap_or(&null), s.unwrap_or(&null));
         let _ = writeln!(
             md,
-            "| {l} | {} | {t} | {} | {} | {} / {} / {} | {} | {} | {} / {} / {} | {} | {} | {} |",
+            "| {l} | {} | {t} | {} | {} | {} / {} / {} | {} | {} | {} / {} / {} | {} | {} ({}) | {} |",
             d.trim_matches('"'),
             n["pairs"],
             ms(&c["connect"]["p99_us"]),
@@ -284,6 +284,7 @@ fn signaling_table(md: &mut String, scenario: &str, values: &[Value]) {
             s["latency"]["max_us"],
             s["server_core_us_per_msg"],
             s["server_cpu_us_per_msg"],
+            s["server_system_us_per_msg"],
             n["server_rss_per_connection_kb"],
         );
     }

@@ -289,6 +289,12 @@ async fn run(args: Args) -> Result<()> {
             .server_core_s
             .filter(|_| received > 0)
             .map(|s| round3(s * 1e6 / received as f64));
+        // The kernel's part (receive, send and its loopback delivery, wake-ups): the floor
+        // that no server's own code can go below.
+        let per_msg_system = usage
+            .server_system_s
+            .filter(|_| received > 0)
+            .map(|s| round3(s * 1e6 / received as f64));
         emit(
             &args,
             "sustain",
@@ -296,10 +302,11 @@ async fn run(args: Args) -> Result<()> {
                    "relayed_msgs_per_s": (received as f64 / usage.secs).round(),
                    "latency": relay.json(),
                    "server_cpu_us_per_msg": per_msg, "server_core_us_per_msg": per_msg_core,
+                   "server_system_us_per_msg": per_msg_system,
                    "server_rss_kb": args.server_pid.and_then(procstat::process_rss_kb),
                    "usage": usage.json()}),
             format!(
-                "sustained {} msg/s offered: {:.0} relayed/s, {sent} sent {received} received, relay p50 {} µs p99 {} µs max {} µs, server {:?} µs/msg (core {:?}), CPU s: server {:?} tool {:.2} other {:.2}",
+                "sustained {} msg/s offered: {:.0} relayed/s, {sent} sent {received} received, relay p50 {} µs p99 {} µs max {} µs, server {:?} µs/msg (core {:?}, kernel {:?}), CPU s: server {:?} tool {:.2} other {:.2}",
                 args.rate,
                 received as f64 / usage.secs,
                 relay.quantile_us(0.5),
@@ -307,6 +314,7 @@ async fn run(args: Args) -> Result<()> {
                 relay.max_us(),
                 per_msg,
                 per_msg_core,
+                per_msg_system,
                 usage.server_cpu_s.map(round3),
                 usage.tool_cpu_s,
                 usage.other_cpu_s
