@@ -43,6 +43,7 @@ pub struct Direct {
     /// A direct write could not be flushed at once: the socket is backed up, so further
     /// frames queue (bounded) until the owner has flushed it. Without this, frames would
     /// pile up in the writer's unbounded remainder buffer behind a client that stopped reading.
+    /// Also set for good once the owner starts closing.
     backed_up: AtomicBool,
 }
 
@@ -147,6 +148,9 @@ impl Direct {
     /// # Errors
     /// The connection failed.
     pub async fn close(&self, code: Option<u16>, reason: &str) -> io::Result<()> {
+        // Nothing may follow the close frame: from now on senders only queue, and the
+        // queue is dropped with the socket.
+        self.backed_up.store(true, Ordering::Release);
         let body = code
             .map(|c| frame::close_body(c, reason))
             .unwrap_or_default();

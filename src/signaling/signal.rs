@@ -147,12 +147,9 @@ impl Signals {
         }
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.inner.lock().expect("signals lock").live.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -205,7 +202,7 @@ mod tests {
         let later = signals.register();
         assert!(later.signal.is_closed());
         drop((live, later));
-        assert!(signals.is_empty());
+        assert_eq!(signals.len(), 0);
     }
 
     #[tokio::test]
