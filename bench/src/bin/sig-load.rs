@@ -398,8 +398,10 @@ async fn connect(
     let tcp = socket.connect(server).await?;
     tcp.set_nodelay(true)?;
     // tungstenite zero-fills its read buffer up to `read_buffer_size` before every read:
-    // at the default 128 KiB that memset was a third of this generator's CPU.
-    let config = Some(WebSocketConfig::default().read_buffer_size(2048));
+    // at the default 128 KiB that memset was a third of this generator's CPU. Below the
+    // 3 KB offer and answer (2 KiB), every large frame reallocated the buffer instead:
+    // 14 % of the generator's CPU in the burst, most of it growing the heap.
+    let config = Some(WebSocketConfig::default().read_buffer_size(4096));
     let (ws, _) =
         tokio_tungstenite::client_async_tls_with_config(url, tcp, config, connector).await?;
     Ok(ws)
