@@ -18,11 +18,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
+use tower::util::MapRequest;
 use tracing::{debug, warn};
 
 use super::demux::{self, Prefixed, Protocol};
@@ -108,6 +109,19 @@ pub async fn serve_https(
     }
 }
 
+/// `router` with the client's address in every request (`ConnectInfo`).
+fn with_remote(
+    router: Router,
+    remote: SocketAddr,
+) -> TowerToHyperService<
+    MapRequest<Router, impl FnMut(Request<Incoming>) -> Request<Incoming> + Clone + Send + Sync>,
+> {
+    TowerToHyperService::new(router.map_request(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(remote));
+        req
+    }))
+}
+
 /// Serves one connection: HTTP/1.1 with upgrades, or HTTP/2.
 pub async fn serve_connection<S>(
     io: S,
@@ -117,17 +131,13 @@ pub async fn serve_connection<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = router.map_request(move |mut req: Request<Incoming>| {
-        req.extensions_mut().insert(ConnectInfo(remote));
-        req
-    });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HANDSHAKE_TIMEOUT);
     let conn =
-        builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
+        builder.serve_connection_with_upgrades(TokioIo::new(io), with_remote(router, remote));
     tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
@@ -174,12 +184,34 @@ pub async fn serve_plain(
         };
         // Signaling frames are small and latency-bound: no Nagle delay behind a delayed ACK.
         let _ = tcp.set_nodelay(true);
-        tasks.spawn(serve_connection(
-            tcp,
-            remote,
-            router.clone(),
-            shutdown.clone(),
-        ));
+        tasks.spawn(serve_http1(tcp, remote, router.clone(), shutdown.clone()));
+    }
+}
+
+/// Serves one plain connection as HTTP/1.1 with upgrades. Unlike `serve_connection`, nothing
+/// sniffs for HTTP/2 first, so an upgraded WebSocket can be taken back as the `TcpStream`
+/// it is (`Upgraded::downcast`) and run without layers or a lock between its two halves.
+async fn serve_http1(
+    tcp: TcpStream,
+    remote: SocketAddr,
+    router: Router,
+    shutdown: CancellationToken,
+) {
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HANDSHAKE_TIMEOUT)
+        .serve_connection(TokioIo::new(tcp), with_remote(router, remote))
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        () = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        debug!(%remote, error = %e, "HTTP connection ended with an error");
     }
 }
 

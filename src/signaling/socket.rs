@@ -20,7 +20,9 @@ use base64::Engine as _;
 use bytes::BytesMut;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWrite, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tracing::debug;
 
 use super::frame::{self, Decoder, Incoming, Violation};
@@ -31,8 +33,6 @@ const READ_CHUNK: usize = 512;
 const READ_BURST: usize = 4096;
 /// A write remainder buffer above this size is freed once it has been written.
 const KEEP_PENDING: usize = 1024;
-
-type Io = TokioIo<Upgraded>;
 
 /// A validated WebSocket upgrade request (the extractor for the native endpoint).
 pub struct Upgrade {
@@ -124,7 +124,7 @@ impl Upgrade {
         let on_upgrade = self.on_upgrade;
         tokio::spawn(async move {
             match on_upgrade.await {
-                Ok(upgraded) => session(Socket(TokioIo::new(upgraded))).await,
+                Ok(upgraded) => session(Socket::from(upgraded)).await,
                 Err(e) => debug!(error = %e, "websocket upgrade failed"),
             }
         });
@@ -143,18 +143,51 @@ impl Upgrade {
 }
 
 /// An upgraded connection.
-pub struct Socket(Io);
+pub enum Socket {
+    /// A plain TCP connection taken back from hyper, with what hyper had read past the
+    /// upgrade request: its halves need no lock and no layers between them and the socket.
+    Tcp(TcpStream, bytes::Bytes),
+    /// Anything else (TLS, a connection hyper served as HTTP/1 or HTTP/2 after sniffing).
+    Upgraded(TokioIo<Upgraded>),
+}
+
+impl From<Upgraded> for Socket {
+    fn from(upgraded: Upgraded) -> Socket {
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => Socket::Tcp(parts.io.into_inner(), parts.read_buf),
+            Err(upgraded) => Socket::Upgraded(TokioIo::new(upgraded)),
+        }
+    }
+}
 
 impl Socket {
     /// Splits into the reading half (the session's own) and the writing half (shared with
     /// senders, see `direct`); messages over `max_message` bytes close the socket.
     pub fn split(self, max_message: usize) -> (Reader, Writer) {
-        let (read, write) = tokio::io::split(self.0);
+        let (read, write, buf) = match self {
+            Socket::Tcp(tcp, read_ahead) => {
+                let (read, write) = tcp.into_split();
+                (
+                    ReadIo::Tcp(read),
+                    WriteIo::Tcp(write),
+                    BytesMut::from(read_ahead),
+                )
+            }
+            Socket::Upgraded(io) => {
+                let (read, write) = tokio::io::split(io);
+                (
+                    ReadIo::Upgraded(read),
+                    WriteIo::Upgraded(write),
+                    BytesMut::new(),
+                )
+            }
+        };
+        let grown = buf.capacity() > READ_CHUNK;
         (
             Reader {
                 io: read,
-                buf: BytesMut::new(),
-                grown: false,
+                buf,
+                grown,
                 filled: false,
                 decoder: Decoder::new(max_message),
             },
@@ -175,9 +208,84 @@ pub enum ReadError {
     Io(io::Error),
 }
 
+/// The connection's reading side.
+enum ReadIo {
+    Tcp(OwnedReadHalf),
+    Upgraded(ReadHalf<TokioIo<Upgraded>>),
+}
+
+impl AsyncRead for ReadIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ReadIo::Tcp(io) => Pin::new(io).poll_read(cx, buf),
+            ReadIo::Upgraded(io) => Pin::new(io).poll_read(cx, buf),
+        }
+    }
+}
+
+/// The connection's writing side.
+#[derive(Debug)]
+enum WriteIo {
+    Tcp(OwnedWriteHalf),
+    Upgraded(WriteHalf<TokioIo<Upgraded>>),
+}
+
+/// Runs `$body` with `$io` pinned, whichever kind of connection this is.
+macro_rules! pinned {
+    ($self:expr, $io:ident => $body:expr) => {
+        match $self.get_mut() {
+            WriteIo::Tcp(io) => {
+                let $io = Pin::new(io);
+                $body
+            }
+            WriteIo::Upgraded(io) => {
+                let $io = Pin::new(io);
+                $body
+            }
+        }
+    };
+}
+
+impl AsyncWrite for WriteIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        pinned!(self, io => io.poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        pinned!(self, io => io.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            WriteIo::Tcp(io) => io.is_write_vectored(),
+            WriteIo::Upgraded(io) => io.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        pinned!(self, io => io.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        pinned!(self, io => io.poll_shutdown(cx))
+    }
+}
+
 /// The reading half.
 pub struct Reader {
-    io: ReadHalf<Io>,
+    io: ReadIo,
     buf: BytesMut,
     /// The buffer was grown past `READ_CHUNK` (a large frame, or a burst).
     grown: bool,
@@ -238,7 +346,7 @@ impl Reader {
 /// The writing half.
 #[derive(Debug)]
 pub struct Writer {
-    io: WriteHalf<Io>,
+    io: WriteIo,
     /// Frame bytes the connection has not taken yet, in order.
     pending: Vec<u8>,
     /// A write failed: every later flush fails too, so whoever flushes next learns it.

@@ -503,3 +503,67 @@ async fn websocket_framing_edges_against_an_independent_client() {
     );
     assert!(body.contains("WebSocket endpoint"), "{body}");
 }
+
+/// On the plain ws:// listener the server takes the upgraded connection back from hyper as
+/// a bare TCP stream; whatever hyper had already read past the request must not be lost. A
+/// client here sends its first message in the same write as the upgrade request.
+#[tokio::test]
+async fn plain_listener_keeps_a_message_sent_right_behind_the_upgrade() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let server = TestServer::start("[signaling]\nlegacy_ws_listen = [\"127.0.0.1:0\"]\n");
+    let mut tcp = tokio::net::TcpStream::connect(server.listener("legacy_ws"))
+        .await
+        .unwrap();
+    let mut bytes = b"GET /legacy HTTP/1.1\r\nHost: switchboard\r\nUpgrade: websocket\r\n\
+        Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+        Sec-WebSocket-Version: 13\r\n\r\n"
+        .to_vec();
+    let login = br#"{"type":"login","name":"early"}"#;
+    let mask = [0x12, 0x34, 0x56, 0x78];
+    bytes.extend([0x81, 0x80 | login.len() as u8]);
+    bytes.extend(mask);
+    bytes.extend(login.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    tcp.write_all(&bytes).await.unwrap();
+
+    // The 101 answer, then one unmasked text frame: the login's answer.
+    let mut got = Vec::new();
+    let frame = tokio::time::timeout(crate::harness::DEADLINE, async {
+        loop {
+            let mut chunk = [0u8; 1024];
+            let n = tcp.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&chunk[..n]);
+            let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else {
+                continue;
+            };
+            // A server frame: FIN+text, then a 7-bit length or 126 and a 16-bit one.
+            let rest = &got[end + 4..];
+            let (start, len) = match rest.get(1) {
+                Some(126) if rest.len() >= 4 => {
+                    (4, usize::from(u16::from_be_bytes([rest[2], rest[3]])))
+                }
+                Some(&n) if n < 126 => (2, usize::from(n)),
+                _ => continue,
+            };
+            if rest.len() >= start + len {
+                return (got[..end].to_vec(), rest[..start + len].to_vec());
+            }
+        }
+    })
+    .await
+    .expect("the login is answered in time");
+    let (head, rest) = frame;
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        "the RFC 6455 accept key: {head}"
+    );
+    assert_eq!(rest[0], 0x81, "one unmasked text frame");
+    let payload = &rest[if rest[1] == 126 { 4 } else { 2 }..];
+    let answer: serde_json::Value = serde_json::from_slice(payload)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(payload)));
+    assert_eq!(answer["type"], "login", "{answer}");
+    assert_eq!(answer["success"], true, "{answer}");
+}
