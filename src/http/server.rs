@@ -6,6 +6,7 @@
 //! `signaling::ws` and watch the token themselves.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -138,11 +139,25 @@ pub async fn serve_connection<S>(
         .header_read_timeout(HANDSHAKE_TIMEOUT);
     let conn =
         builder.serve_connection_with_upgrades(TokioIo::new(io), with_remote(router, remote));
+    drive(conn, |c| c.graceful_shutdown(), remote, &shutdown).await;
+}
+
+/// Runs an HTTP connection to its end; when `shutdown` fires, `stop` asks it to finish the
+/// request in flight and close, and it is awaited until it has.
+async fn drive<C, E>(
+    conn: C,
+    stop: fn(Pin<&mut C>),
+    remote: SocketAddr,
+    shutdown: &CancellationToken,
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
     tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
         () = shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
+            stop(conn.as_mut());
             conn.await
         }
     };
@@ -202,17 +217,7 @@ async fn serve_http1(
         .header_read_timeout(HANDSHAKE_TIMEOUT)
         .serve_connection(TokioIo::new(tcp), with_remote(router, remote))
         .with_upgrades();
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        result = conn.as_mut() => result,
-        () = shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
-    if let Err(e) = result {
-        debug!(%remote, error = %e, "HTTP connection ended with an error");
-    }
+    drive(conn, |c| c.graceful_shutdown(), remote, &shutdown).await;
 }
 
 fn redirect<B>(req: &Request<B>, https_port: u16) -> Response {
