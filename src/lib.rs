@@ -9,6 +9,7 @@
 //! - `net`: binding sockets with errors that say what to change.
 //! - `mmsg`: batched UDP syscalls (`recvmmsg`/`sendmmsg`) for the relay and the benchmarks.
 //! - `lab`: the NAT lab in network namespaces (`switchboard lab`).
+//! - `limiter`: connection counts per source and in total, with guards that free their slot.
 //! - `app`: binds every listener, runs them, and drains on shutdown.
 //! - `state`: `AppState`, the state shared by handlers and tasks.
 //! - `http`: the HTTPS routes (call page, health, `/ws`) and the accept loops.
@@ -24,6 +25,7 @@ pub mod coturn;
 pub mod doctor;
 pub mod http;
 pub mod lab;
+pub mod limiter;
 pub mod metrics;
 pub mod mmsg;
 pub mod net;

@@ -1,0 +1,182 @@
+//! Connection counts per source and in total, for every listener that admits clients
+//! (signaling sockets, TURN over TCP and TLS).
+//!
+//! `ConnectionLimiter` hands out guards that give their slot back when dropped, so a
+//! connection cannot leak a slot on any exit path. A source is an IPv4 address, or an
+//! IPv6 prefix (a /64 is one subscriber's network, and one host may hold all of it).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::{Arc, Mutex};
+
+/// Which connection limit refused a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionRefused {
+    Total,
+    PerIp,
+}
+
+/// Counts open connections, in total and per source.
+#[derive(Debug)]
+pub struct ConnectionLimiter {
+    counts: Mutex<Counts>,
+    /// IPv6 sources are counted per network of this prefix length.
+    v6_prefix: u8,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    max_total: usize,
+    max_per_ip: usize,
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// A held connection slot; dropping it frees the slot.
+#[derive(Debug)]
+pub struct ConnectionGuard {
+    limiter: Arc<ConnectionLimiter>,
+    ip: IpAddr,
+}
+
+impl ConnectionLimiter {
+    /// Counts every IPv6 address on its own; see [`ConnectionLimiter::with_v6_prefix`].
+    pub fn new(max_total: usize, max_per_ip: usize) -> ConnectionLimiter {
+        ConnectionLimiter::with_v6_prefix(max_total, max_per_ip, 128)
+    }
+
+    /// Counts IPv6 sources per network of `v6_prefix` bits (at most 128).
+    pub fn with_v6_prefix(max_total: usize, max_per_ip: usize, v6_prefix: u8) -> ConnectionLimiter {
+        ConnectionLimiter {
+            counts: Mutex::new(Counts {
+                max_total,
+                max_per_ip,
+                ..Counts::default()
+            }),
+            v6_prefix: v6_prefix.min(128),
+        }
+    }
+
+    /// Takes a slot for a connection from `ip`.
+    ///
+    /// # Errors
+    /// The total or the per-source limit is reached.
+    pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionGuard, ConnectionRefused> {
+        let ip = source(ip, self.v6_prefix);
+        let mut counts = self.counts.lock().expect("limiter lock");
+        if counts.total >= counts.max_total {
+            return Err(ConnectionRefused::Total);
+        }
+        let max_per_ip = counts.max_per_ip;
+        let n = counts.per_ip.entry(ip).or_insert(0);
+        if *n >= max_per_ip {
+            return Err(ConnectionRefused::PerIp);
+        }
+        *n += 1;
+        counts.total += 1;
+        Ok(ConnectionGuard {
+            limiter: Arc::clone(self),
+            ip,
+        })
+    }
+
+    /// New limits for the connections that come next; open ones stay.
+    pub fn set_limits(&self, max_total: usize, max_per_ip: usize) {
+        let mut counts = self.counts.lock().expect("limiter lock");
+        counts.max_total = max_total;
+        counts.max_per_ip = max_per_ip;
+    }
+
+    pub fn total(&self) -> usize {
+        self.counts.lock().expect("limiter lock").total
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        let mut counts = self.limiter.counts.lock().expect("limiter lock");
+        counts.total -= 1;
+        if let Some(n) = counts.per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// The source `ip` counts as: IPv4-mapped IPv6 addresses as their IPv4 address, other
+/// IPv6 addresses as their network of `v6_prefix` bits.
+pub fn source(ip: IpAddr, v6_prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(v6_prefix.min(128)))
+                    .unwrap_or(0);
+                IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
+            }
+        },
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limiter_counts_per_ip_and_total_and_frees_on_drop() {
+        let limiter = Arc::new(ConnectionLimiter::new(3, 2));
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let g1 = limiter.try_acquire(a).unwrap();
+        let _g2 = limiter.try_acquire(a).unwrap();
+        // The mapped form of the same address shares its count.
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(
+            limiter.try_acquire(mapped).unwrap_err(),
+            ConnectionRefused::PerIp
+        );
+        let _g3 = limiter.try_acquire(b).unwrap();
+        assert_eq!(
+            limiter.try_acquire(b).unwrap_err(),
+            ConnectionRefused::Total
+        );
+        drop(g1);
+        assert_eq!(limiter.total(), 2);
+        assert!(limiter.try_acquire(a).is_ok());
+    }
+
+    #[test]
+    fn ipv6_sources_count_per_prefix() {
+        let limiter = Arc::new(ConnectionLimiter::with_v6_prefix(10, 2, 64));
+        let _a = limiter
+            .try_acquire("2001:db8:1:2::1".parse().unwrap())
+            .unwrap();
+        let _b = limiter
+            .try_acquire("2001:db8:1:2:ffff::9".parse().unwrap())
+            .unwrap();
+        assert_eq!(
+            limiter
+                .try_acquire("2001:db8:1:2:abcd::7".parse().unwrap())
+                .unwrap_err(),
+            ConnectionRefused::PerIp,
+            "a third address of the same /64"
+        );
+        assert!(
+            limiter
+                .try_acquire("2001:db8:1:3::1".parse().unwrap())
+                .is_ok()
+        );
+        // Without a prefix every address is its own source.
+        let exact = Arc::new(ConnectionLimiter::new(10, 1));
+        let _c = exact.try_acquire("2001:db8::1".parse().unwrap()).unwrap();
+        assert!(exact.try_acquire("2001:db8::2".parse().unwrap()).is_ok());
+        assert_eq!(
+            source("2001:db8::1".parse().unwrap(), 0),
+            "::".parse::<IpAddr>().unwrap()
+        );
+    }
+}
