@@ -28,7 +28,7 @@ use crate::turn::auth::NonceKey;
 use crate::turn::core::{Core, CoreConfig, Membership};
 use crate::turn::ice::TurnOffer;
 use crate::turn::policy::{Cidr, PeerPolicy};
-use crate::turn::server::{TurnServer, UdpRelayBinder};
+use crate::turn::server::{StreamLimits, TurnServer, UdpRelayBinder};
 
 /// How long a TURN nonce stays valid.
 const NONCE_LIFETIME_S: u64 = 600;
@@ -353,6 +353,12 @@ fn start_turn(
         tasks.clone(),
         shutdown.clone(),
         Duration::from_secs(t.grace_period_s),
+        StreamLimits {
+            max_connections: t.max_connections,
+            max_connections_per_source: t.max_connections_per_source,
+            source_prefix_v6: t.source_prefix_v6,
+            allocate_timeout: Duration::from_secs(t.allocate_timeout_s),
+        },
     );
     info!(%relay_ip, external_ip = ?t.external_ip, ports = %format!("{}-{}", t.min_port, t.max_port), realm = %t.realm, "TURN relay");
 
@@ -469,6 +475,10 @@ fn reload(
             core_config(&new, secrets.clone()),
             cidrs(&new.turn.allow_peers),
             cidrs(&new.turn.deny_peers),
+        );
+        turn.server.set_connection_limits(
+            new.turn.max_connections,
+            new.turn.max_connections_per_source,
         );
         let offer = turn.offer();
         turn.offer.store(Arc::new(TurnOffer {

@@ -262,6 +262,13 @@ pub struct TurnConfig {
     pub max_allocations_per_credential: usize,
     pub max_allocations_per_room: usize,
     pub max_allocations: usize,
+    /// TURN connections over TCP and TLS (the HTTPS port's included), in total and per source.
+    pub max_connections: usize,
+    pub max_connections_per_source: usize,
+    /// IPv6 sources are counted per network of this prefix length.
+    pub source_prefix_v6: u8,
+    /// Seconds a TCP/TLS connection may stay open without a successful Allocate.
+    pub allocate_timeout_s: u64,
     /// CIDR lists that override the built-in deny list of special-purpose peer addresses.
     pub allow_peers: Vec<String>,
     pub deny_peers: Vec<String>,
@@ -295,6 +302,10 @@ impl Default for TurnConfig {
             max_allocations_per_credential: 10,
             max_allocations_per_room: 100,
             max_allocations: 10_000,
+            max_connections: 10_000,
+            max_connections_per_source: 256,
+            source_prefix_v6: 64,
+            allocate_timeout_s: 20,
             allow_peers: Vec::new(),
             deny_peers: Vec::new(),
         }
@@ -682,6 +693,14 @@ impl Config {
                 "turn.on_https_port",
                 a.turn.on_https_port != b.turn.on_https_port,
             ),
+            (
+                "turn.source_prefix_v6",
+                a.turn.source_prefix_v6 != b.turn.source_prefix_v6,
+            ),
+            (
+                "turn.allocate_timeout_s",
+                a.turn.allocate_timeout_s != b.turn.allocate_timeout_s,
+            ),
             ("admin.listen", a.admin.listen != b.admin.listen),
             ("acme", a.acme != b.acme),
         ];
@@ -780,6 +799,21 @@ fn validate_turn(
             format!("expected 5..=86400 seconds, got {}", t.credential_ttl_s),
         ));
     }
+    if !(1..=3600).contains(&t.allocate_timeout_s) {
+        return Err(invalid(
+            "turn.allocate_timeout_s",
+            format!("expected 1..=3600 seconds, got {}", t.allocate_timeout_s),
+        ));
+    }
+    if !(16..=128).contains(&t.source_prefix_v6) {
+        return Err(invalid(
+            "turn.source_prefix_v6",
+            format!(
+                "expected a prefix length of 16..=128 (64 counts each subscriber's /64 once), got {}",
+                t.source_prefix_v6
+            ),
+        ));
+    }
     if t.grace_period_s > 3600 {
         return Err(invalid(
             "turn.grace_period_s",
@@ -793,6 +827,11 @@ fn validate_turn(
         ),
         ("turn.max_allocations_per_room", t.max_allocations_per_room),
         ("turn.max_allocations", t.max_allocations),
+        ("turn.max_connections", t.max_connections),
+        (
+            "turn.max_connections_per_source",
+            t.max_connections_per_source,
+        ),
     ] {
         if value == 0 {
             return Err(invalid(key, "expected at least 1".to_owned()));

@@ -78,8 +78,13 @@ pub async fn serve_https(
                     _ => return,
                 };
                 if demux::sniff(&head[..n]) == Protocol::Stun {
+                    // TURN's connection limits apply to it here as on its own listeners.
+                    let Some(slot) = turn.admit(remote) else {
+                        return;
+                    };
+                    crate::turn::server::prepare(&tcp);
                     return Arc::clone(turn)
-                        .serve_connection(Box::new(tcp), tuple(Transport::Tcp))
+                        .serve_connection(Box::new(tcp), tuple(Transport::Tcp), slot)
                         .await;
                 }
             }
@@ -101,7 +106,10 @@ pub async fn serve_https(
             let protocol = demux::sniff(&head);
             let stream = Prefixed::new(head, tls);
             if protocol == Protocol::Stun {
-                turn.serve_connection(Box::new(stream), tuple(Transport::Tls))
+                let Some(slot) = turn.admit(remote) else {
+                    return;
+                };
+                turn.serve_connection(Box::new(stream), tuple(Transport::Tls), slot)
                     .await;
             } else {
                 serve_connection(stream, remote, router, shutdown).await;

@@ -7,6 +7,7 @@
 //! - `wire`: packet classification, stream framing, allocation-free data encodings.
 //! - `core`: the sans-IO server: requests in, responses out, the allocation table.
 //! - `server`: listeners, relay sockets and the data path (the only I/O).
+//! - `stream`: a TCP/TLS client's framed reads and its bounded, never-waiting outbound queue.
 //! - `ice`: the `ice_servers` entries and credentials handed to a peer.
 
 pub mod allocation;
@@ -17,4 +18,5 @@ pub mod policy;
 pub mod probe;
 pub mod server;
 pub mod stats;
+pub mod stream;
 pub mod wire;

@@ -1,6 +1,7 @@
-//! A small TURN client for `switchboard doctor`: a STUN Binding over UDP or a stream, and,
-//! over UDP, Allocate, CreatePermission, Send indications, Data indications and release.
-//! Every failure says which step failed and with which STUN error code.
+//! A small TURN client for `switchboard doctor` and the tests: a STUN Binding over UDP or a
+//! stream, and, over UDP or TCP, Allocate, CreatePermission, ChannelBind, Send indications,
+//! ChannelData, Data indications and release. Every failure says which step failed and with
+//! which STUN error code.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -9,12 +10,13 @@ use stun::attributes::{ATTR_DATA, ATTR_NONCE, ATTR_REALM, ATTR_USERNAME};
 use stun::error_code::ErrorCodeAttribute;
 use stun::message::{
     BINDING_REQUEST, CLASS_INDICATION, CLASS_REQUEST, CLASS_SUCCESS_RESPONSE, Getter,
-    METHOD_ALLOCATE, METHOD_CREATE_PERMISSION, METHOD_DATA, METHOD_REFRESH, METHOD_SEND, Message,
-    MessageType, Method, Setter,
+    METHOD_ALLOCATE, METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION, METHOD_DATA, METHOD_REFRESH,
+    METHOD_SEND, Message, MessageType, Method, Setter,
 };
 use stun::textattrs::TextAttribute;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::UdpSocket;
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::Mutex;
 
 /// How long one request may go unanswered.
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -127,9 +129,16 @@ pub async fn binding_stream<S: AsyncRead + AsyncWrite + Unpin>(
     mapped(&answer)
 }
 
-/// One allocation over UDP with long-term credentials.
+/// How a `Client` reaches the server.
+enum Conn {
+    Udp(UdpSocket),
+    /// Framed STUN/ChannelData; the lock keeps a request and its answer together.
+    Tcp(Mutex<TcpStream>),
+}
+
+/// One allocation over UDP or TCP with long-term credentials.
 pub struct Client {
-    socket: UdpSocket,
+    conn: Conn,
     server: SocketAddr,
     username: String,
     password: String,
@@ -146,7 +155,7 @@ impl Client {
         password: &str,
     ) -> Result<Client, ProbeError> {
         Ok(Client {
-            socket: bind_for(server).await?,
+            conn: Conn::Udp(bind_for(server).await?),
             server,
             username: username.to_owned(),
             password: password.to_owned(),
@@ -155,11 +164,78 @@ impl Client {
         })
     }
 
+    /// A client over a TCP connection to `server`.
+    ///
+    /// # Errors
+    /// The connection cannot be made.
+    pub async fn connect_tcp(
+        server: SocketAddr,
+        username: &str,
+        password: &str,
+    ) -> Result<Client, ProbeError> {
+        let tcp = tokio::time::timeout(TIMEOUT, TcpStream::connect(server))
+            .await
+            .map_err(|_| ProbeError::Timeout)??;
+        tcp.set_nodelay(true)?;
+        Ok(Client {
+            conn: Conn::Tcp(Mutex::new(tcp)),
+            server,
+            username: username.to_owned(),
+            password: password.to_owned(),
+            realm: String::new(),
+            nonce: String::new(),
+        })
+    }
+
+    /// Sends one datagram or frame.
+    async fn send_raw(&self, bytes: &[u8]) -> Result<(), ProbeError> {
+        match &self.conn {
+            Conn::Udp(socket) => {
+                socket.send_to(bytes, self.server).await?;
+            }
+            Conn::Tcp(tcp) => tcp.lock().await.write_all(bytes).await?,
+        }
+        Ok(())
+    }
+
+    /// The next datagram or frame, whole.
+    async fn recv_raw(&self) -> Result<Vec<u8>, ProbeError> {
+        let next = async {
+            match &self.conn {
+                Conn::Udp(socket) => {
+                    let mut buf = vec![0u8; 65_536];
+                    let n = socket.recv(&mut buf).await?;
+                    buf.truncate(n);
+                    Ok(buf)
+                }
+                Conn::Tcp(tcp) => read_frame(&mut *tcp.lock().await).await,
+            }
+        };
+        tokio::time::timeout(TIMEOUT, next)
+            .await
+            .map_err(|_| ProbeError::Timeout)?
+    }
+
     async fn request(
         &self,
         method: Method,
-        mut attrs: Vec<Box<dyn Setter>>,
+        attrs: Vec<Box<dyn Setter>>,
     ) -> Result<Message, ProbeError> {
+        let request = self.signed(method, attrs);
+        self.send_raw(&request.raw).await?;
+        loop {
+            let Ok(answer) = decode(&self.recv_raw().await?) else {
+                // ChannelData from a peer, on a stream.
+                continue;
+            };
+            if answer.transaction_id == request.transaction_id {
+                return Ok(answer);
+            }
+        }
+    }
+
+    /// A request with the credential attached once the server has sent its nonce.
+    fn signed(&self, method: Method, mut attrs: Vec<Box<dyn Setter>>) -> Message {
         if !self.nonce.is_empty() {
             attrs.push(Box::new(TextAttribute::new(
                 ATTR_USERNAME,
@@ -175,18 +251,7 @@ impl Client {
                 ),
             ));
         }
-        let request = build(method, CLASS_REQUEST, attrs);
-        self.socket.send_to(&request.raw, self.server).await?;
-        let mut buf = vec![0u8; 1500];
-        loop {
-            let n = tokio::time::timeout(TIMEOUT, self.socket.recv(&mut buf))
-                .await
-                .map_err(|_| ProbeError::Timeout)??;
-            let answer = decode(&buf[..n])?;
-            if answer.transaction_id == request.transaction_id {
-                return Ok(answer);
-            }
-        }
+        build(method, CLASS_REQUEST, attrs)
     }
 
     /// Allocates a UDP relay; returns the relayed address.
@@ -239,8 +304,38 @@ impl Client {
             Box::new(turn::proto::data::Data(data.to_vec())),
         ];
         let indication = build(METHOD_SEND, CLASS_INDICATION, attrs);
-        self.socket.send_to(&indication.raw, self.server).await?;
-        Ok(())
+        self.send_raw(&indication.raw).await
+    }
+
+    /// Binds channel `number` to `peer`.
+    ///
+    /// # Errors
+    /// The server refuses (403: the peer policy; 400: the binding rules) or does not answer.
+    pub async fn bind_channel(&self, number: u16, peer: SocketAddr) -> Result<(), ProbeError> {
+        let attrs: Vec<Box<dyn Setter>> = vec![
+            Box::new(turn::proto::channum::ChannelNumber(number)),
+            Box::new(turn::proto::peeraddr::PeerAddress {
+                ip: peer.ip(),
+                port: peer.port(),
+            }),
+        ];
+        refusal(&self.request(METHOD_CHANNEL_BIND, attrs).await?)
+    }
+
+    /// Sends `data` on a bound channel (ChannelData).
+    ///
+    /// # Errors
+    /// The local socket fails.
+    pub async fn send_channel(&self, number: u16, data: &[u8]) -> Result<(), ProbeError> {
+        let mut frame = Vec::with_capacity(4 + data.len() + 3);
+        frame.extend_from_slice(&number.to_be_bytes());
+        frame.extend_from_slice(&(data.len() as u16).to_be_bytes());
+        frame.extend_from_slice(data);
+        if let Conn::Tcp(_) = self.conn {
+            // Streams pad ChannelData to 4 bytes.
+            frame.resize(frame.len().next_multiple_of(4), 0);
+        }
+        self.send_raw(&frame).await
     }
 
     /// The next Data indication: who sent it through the relay, and what.
@@ -248,12 +343,10 @@ impl Client {
     /// # Errors
     /// Nothing arrives in time.
     pub async fn recv(&self) -> Result<(SocketAddr, Vec<u8>), ProbeError> {
-        let mut buf = vec![0u8; 1500];
         loop {
-            let n = tokio::time::timeout(TIMEOUT, self.socket.recv(&mut buf))
-                .await
-                .map_err(|_| ProbeError::Timeout)??;
-            let Ok(m) = decode(&buf[..n]) else { continue };
+            let Ok(m) = decode(&self.recv_raw().await?) else {
+                continue;
+            };
             if m.typ.method != METHOD_DATA || m.typ.class != CLASS_INDICATION {
                 continue;
             }
@@ -280,4 +373,25 @@ impl Client {
     pub async fn release(&self) {
         let _ = self.refresh(Duration::ZERO).await;
     }
+
+    /// Sends a Refresh with lifetime 0 and does not wait for (or read) the answer.
+    ///
+    /// # Errors
+    /// The local socket fails.
+    pub async fn release_without_reading(&self) -> Result<(), ProbeError> {
+        let attrs: Vec<Box<dyn Setter>> =
+            vec![Box::new(turn::proto::lifetime::Lifetime(Duration::ZERO))];
+        self.send_raw(&self.signed(METHOD_REFRESH, attrs).raw).await
+    }
+}
+
+/// Reads one STUN or ChannelData frame from a stream.
+async fn read_frame(tcp: &mut TcpStream) -> Result<Vec<u8>, ProbeError> {
+    let mut frame = vec![0u8; 4];
+    tcp.read_exact(&mut frame).await?;
+    let len = super::wire::stream_frame_len([frame[0], frame[1], frame[2], frame[3]])
+        .ok_or(ProbeError::Malformed)?;
+    frame.resize(len, 0);
+    tcp.read_exact(&mut frame[4..]).await?;
+    Ok(frame)
 }

@@ -7,7 +7,8 @@
 //! ChannelData whose peer is another allocation of this server is handed to that
 //! allocation's client directly (relay to relay without the kernel round trip).
 //! The data path takes the allocation table's read lock and an allocation's own
-//! mutex briefly, never across an await.
+//! mutex briefly, never across an await, and never waits for a client: a TCP/TLS
+//! client's frames go into its bounded `Outbox`, which its own writer task drains.
 
 use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
@@ -18,9 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::RngCore;
 use tokio::io::Interest;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, WriteHalf};
-use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::Mutex as AsyncMutex;
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -29,17 +28,34 @@ use tracing::{debug, warn};
 use super::core::{
     Allocation, CloseReason, Core, FiveTuple, Handled, PortChoice, RelayBinder, Stats, Transport,
 };
+use super::stats::{ConnectionLimit, StreamClose};
+pub use super::stream::Stream;
+use super::stream::{FrameError, Frames, Outbox, WriterEnd};
 use super::wire::{self, CHANNEL_HEADER, HEADROOM, Kind};
+use crate::limiter::{ConnectionGuard, ConnectionLimiter, ConnectionRefused};
+use crate::metrics::Label;
 use crate::mmsg::{RecvBatch, SendBatch};
 use crate::signaling::protocol::{PeerId, RoomId};
 
 /// Largest UDP payload we relay.
 const MAX_PAYLOAD: usize = 65_535;
-/// A stream connection without an allocation is closed after this much silence.
-const IDLE_WITHOUT_ALLOCATION: Duration = Duration::from_secs(60);
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Read buffer of a TURN stream connection (larger frames bypass it).
-const STREAM_READ_BUFFER: usize = 8 * 1024;
+/// TCP keepalive on client connections: a peer gone without a FIN is found within
+/// about two minutes, and its allocation goes with the connection.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_RETRIES: u32 = 6;
+
+/// Limits on TURN connections over TCP and TLS.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamLimits {
+    pub max_connections: usize,
+    pub max_connections_per_source: usize,
+    /// IPv6 sources are counted per network of this prefix length.
+    pub source_prefix_v6: u8,
+    /// A connection that has not allocated within this is closed.
+    pub allocate_timeout: Duration,
+}
 
 /// Binds relay sockets on a configured IP in a configured port range.
 pub struct UdpRelayBinder {
@@ -108,40 +124,21 @@ impl std::fmt::Debug for RelaySocket {
     }
 }
 
-/// The way back to a client: its UDP listener socket, or its stream's write half.
+/// The way back to a client: its UDP listener socket, or its stream's outbox.
 #[derive(Clone)]
 pub enum ClientSink {
     Udp(Arc<UdpSocket>),
-    Stream(Arc<AsyncMutex<WriteHalf<Box<dyn Stream>>>>),
+    Stream(Outbox),
 }
 
-/// A client stream (TCP or TLS over TCP).
-pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
-
 impl ClientSink {
-    async fn send(&self, bytes: &[u8], client: SocketAddr) -> std::io::Result<()> {
+    /// Sends (UDP) or queues (stream) whole frames for `client` at once, never waiting;
+    /// false when they were dropped (a full socket or queue).
+    fn deliver(&self, bytes: &[u8], client: SocketAddr) -> bool {
         match self {
-            ClientSink::Udp(socket) => socket.send_to(bytes, client).await.map(|_| ()),
-            ClientSink::Stream(_) => {
-                self.send_frames(bytes, std::slice::from_ref(&(0..bytes.len())))
-                    .await
-            }
+            ClientSink::Udp(socket) => send_now(socket, bytes, client).is_ok(),
+            ClientSink::Stream(outbox) => outbox.push(bytes.to_vec()),
         }
-    }
-
-    /// Writes several frames to a stream client, one write each: a TLS record per frame,
-    /// as some clients (coturn's among them) read one message per record. Then flushes:
-    /// TLS buffers records in the session, or the tail of a burst waits for the next write.
-    async fn send_frames(&self, bytes: &[u8], frames: &[Range<usize>]) -> std::io::Result<()> {
-        if let ClientSink::Stream(writer) = self {
-            let mut writer = writer.lock().await;
-            for frame in frames {
-                writer.write_all(&bytes[frame.clone()]).await?;
-            }
-            writer.flush().await?;
-        }
-        Ok(())
     }
 
     fn pads(&self) -> bool {
@@ -157,6 +154,9 @@ pub struct TurnServer {
     tasks: TaskTracker,
     shutdown: CancellationToken,
     grace: Duration,
+    /// TCP/TLS connections, per source and in total.
+    connections: Arc<ConnectionLimiter>,
+    allocate_timeout: Duration,
 }
 
 impl TurnServer {
@@ -165,12 +165,19 @@ impl TurnServer {
         tasks: TaskTracker,
         shutdown: CancellationToken,
         grace: Duration,
+        limits: StreamLimits,
     ) -> Arc<TurnServer> {
         let server = Arc::new(TurnServer {
             core: Arc::new(core),
             tasks,
             shutdown,
             grace,
+            connections: Arc::new(ConnectionLimiter::with_v6_prefix(
+                limits.max_connections,
+                limits.max_connections_per_source,
+                limits.source_prefix_v6,
+            )),
+            allocate_timeout: limits.allocate_timeout,
         });
         server.tasks.spawn(Arc::clone(&server).sweep_loop());
         server
@@ -213,7 +220,31 @@ impl TurnServer {
 
     /// The TURN metric families.
     pub fn metrics(&self) -> Vec<crate::metrics::Family> {
-        self.core.stats.families(self.core.allocation_count())
+        self.core
+            .stats
+            .families(self.core.allocation_count(), self.connections.total())
+    }
+
+    /// New connection limits for the connections that come next (a reload).
+    pub fn set_connection_limits(&self, max_connections: usize, per_source: usize) {
+        self.connections.set_limits(max_connections, per_source);
+    }
+
+    /// A slot for a TCP/TLS connection from `client`, taken before any TLS work;
+    /// `None` (counted) when a connection limit is reached.
+    pub fn admit(&self, client: SocketAddr) -> Option<ConnectionGuard> {
+        match self.connections.try_acquire(client.ip()) {
+            Ok(slot) => Some(slot),
+            Err(refused) => {
+                let limit = match refused {
+                    ConnectionRefused::Total => ConnectionLimit::Total,
+                    ConnectionRefused::PerIp => ConnectionLimit::PerSource,
+                };
+                self.core.stats.connection_refusals.inc(limit);
+                debug!(%client, limit = limit.as_str(), "TURN connection refused");
+                None
+            }
+        }
     }
 
     /// Serves STUN/TURN on a bound UDP socket, a batch of datagrams per wake-up.
@@ -223,7 +254,6 @@ impl TurnServer {
             return;
         };
         let sink = ClientSink::Udp(Arc::clone(&socket));
-        let mut deferred = Vec::new();
         loop {
             tokio::select! {
                 () = self.shutdown.cancelled() => return,
@@ -232,11 +262,7 @@ impl TurnServer {
                 },
             }
             loop {
-                let r = with_scratch(|s| self.udp_batch(&socket, local, &sink, s, &mut deferred));
-                for (sink, bytes, client, transport) in deferred.drain(..) {
-                    self.forward(&sink, &bytes, client, transport).await;
-                }
-                match r {
+                match with_scratch(|s| self.udp_batch(&socket, local, &sink, s)) {
                     Ok(_) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     // ICMP errors from earlier sends surface here on some kernels; keep serving.
@@ -246,15 +272,14 @@ impl TurnServer {
         }
     }
 
-    /// Receives one batch on a UDP listener and handles it without awaiting; what must
-    /// go to stream clients is left in `deferred`.
+    /// Receives one batch on a UDP listener and handles it without awaiting: what goes
+    /// to stream clients is queued on their outboxes.
     fn udp_batch(
         &self,
         socket: &UdpSocket,
         local: SocketAddr,
         sink: &ClientSink,
         s: &mut Scratch,
-        deferred: &mut Vec<(ClientSink, Vec<u8>, SocketAddr, Transport)>,
     ) -> std::io::Result<usize> {
         let got = socket.try_io(Interest::READABLE, || s.recv.recv(socket))?;
         let now = Instant::now();
@@ -309,9 +334,7 @@ impl TurnServer {
                             dest,
                             range,
                             transport,
-                        } => {
-                            deferred.push((sink, s.recv.slot(i)[range].to_vec(), dest, transport));
-                        }
+                        } => self.forward(&sink, &s.recv.slot(i)[range], dest, transport),
                     }
                 }
                 Kind::Stun => {
@@ -344,90 +367,140 @@ impl TurnServer {
                     }
                 },
             };
-            let _ = tcp.set_nodelay(true);
+            // The limits come before any TLS work; a refused connection is just closed.
+            let Some(slot) = self.admit(client) else {
+                continue;
+            };
+            prepare(&tcp);
+            let tuple = move |transport| FiveTuple {
+                client,
+                server: local,
+                transport,
+            };
+            let Some(acceptor) = tls.clone() else {
+                let stream: Box<dyn Stream> = Box::new(tcp);
+                let serve = Arc::clone(&self).serve_connection(stream, tuple(Transport::Tcp), slot);
+                self.tasks.spawn(serve);
+                continue;
+            };
             let server = Arc::clone(&self);
-            let tls = tls.clone();
+            // The handshake's task ends when it is done, so its state is not kept for the
+            // life of the connection.
             self.tasks.spawn(async move {
-                let (stream, transport): (Box<dyn Stream>, _) = match tls {
-                    None => (Box::new(tcp), Transport::Tcp),
-                    Some(acceptor) => {
-                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
-                            .await
-                        {
-                            Ok(Ok(s)) => (Box::new(s), Transport::Tls),
-                            _ => return debug!(%client, "TURN TLS handshake failed"),
-                        }
-                    }
+                let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+                let done = tokio::select! {
+                    () = server.shutdown.cancelled() => return,
+                    done = handshake => done,
                 };
-                let tuple = FiveTuple {
-                    client,
-                    server: local,
-                    transport,
+                let Ok(Ok(stream)) = done else {
+                    return debug!(%client, "TURN TLS handshake failed");
                 };
-                server.serve_connection(stream, tuple).await;
+                let stream: Box<dyn Stream> = Box::new(stream);
+                let serve =
+                    Arc::clone(&server).serve_connection(stream, tuple(Transport::Tls), slot);
+                server.tasks.spawn(serve);
             });
         }
     }
 
-    /// Reads framed STUN/ChannelData from one stream until it closes; then its allocation goes.
-    pub async fn serve_connection(self: Arc<Self>, stream: Box<dyn Stream>, tuple: FiveTuple) {
-        let (reader, writer) = tokio::io::split(stream);
-        // Frames are read header first, then body: buffered, a burst of frames costs one
-        // read from the socket instead of two per frame.
-        let mut reader = tokio::io::BufReader::with_capacity(STREAM_READ_BUFFER, reader);
-        let sink = ClientSink::Stream(Arc::new(AsyncMutex::new(writer)));
-        // Frames are read after HEADROOM bytes, so that relaying can frame them in place.
-        let mut buf = vec![0u8; HEADROOM + wire::MAX_STREAM_FRAME + 4];
-        let at = HEADROOM;
+    /// Reads framed STUN/ChannelData from one stream until it closes, its allocation
+    /// ends, or it breaks a deadline (no allocation within `allocate_timeout`, a frame
+    /// that stops halfway, a write the client does not take); then its allocation goes.
+    /// `slot` is the connection's place under the connection limits (see `admit`).
+    pub async fn serve_connection(
+        self: Arc<Self>,
+        stream: Box<dyn Stream>,
+        tuple: FiveTuple,
+        slot: ConnectionGuard,
+    ) {
+        let (read, write) = tokio::io::split(stream);
+        let closed = self.shutdown.child_token();
+        let (outbox, writer) = super::stream::outbox(write, tuple.transport == Transport::Tls);
+        let sink = ClientSink::Stream(outbox);
+        let core = Arc::clone(&self.core);
+        let writer_closed = closed.clone();
+        self.tasks.spawn(async move {
+            if writer.run(writer_closed).await == WriterEnd::Stalled {
+                core.stats.stream_closes.inc(StreamClose::WriteStalled);
+                debug!(client = %tuple.client, "TURN client does not read, closing");
+            }
+        });
+        let mut frames = Frames::new(read);
+        let allocate_by = tokio::time::Instant::now() + self.allocate_timeout;
+        let mut allocation: Option<Arc<Allocation<RelaySocket>>> = None;
         loop {
-            let idle = if self.core.get(&tuple).is_some() {
-                Duration::from_secs(3700)
-            } else {
-                IDLE_WITHOUT_ALLOCATION
+            let next = match &allocation {
+                None => tokio::select! {
+                    () = closed.cancelled() => break,
+                    () = tokio::time::sleep_until(allocate_by) => {
+                        self.core.stats.stream_closes.inc(StreamClose::AllocateTimeout);
+                        debug!(client = %tuple.client, "no allocation in time, closing");
+                        break;
+                    }
+                    next = frames.next() => next,
+                },
+                Some(a) => tokio::select! {
+                    () = closed.cancelled() => break,
+                    // The allocation is gone (released, expired, revoked): so is the connection.
+                    () = a.closed.cancelled() => break,
+                    next = frames.next() => next,
+                },
             };
-            let head = tokio::select! {
-                () = self.shutdown.cancelled() => break,
-                r = tokio::time::timeout(idle, reader.read_exact(&mut buf[at..at + 4])) => r,
+            let frame = match next {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => {
+                    match e {
+                        FrameError::Malformed | FrameError::TooLarge(_) => {
+                            self.core.stats.malformed.inc();
+                            self.core.stats.stream_closes.inc(StreamClose::Malformed);
+                        }
+                        FrameError::Stalled => {
+                            self.core.stats.stream_closes.inc(StreamClose::FrameStalled);
+                        }
+                        FrameError::Truncated | FrameError::Io(_) => {}
+                    }
+                    debug!(client = %tuple.client, error = %e, "TURN stream closing");
+                    break;
+                }
             };
-            if !matches!(head, Ok(Ok(_))) {
-                break;
+            self.handle_frame(frames.buf_mut(), frame, tuple, &sink);
+            if allocation.is_none()
+                && let Some(a) = self.core.get(&tuple)
+            {
+                frames.allocated();
+                allocation = Some(a);
             }
-            let Some(len) =
-                wire::stream_frame_len([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]])
-            else {
-                self.core.stats.malformed.inc();
-                debug!(client = %tuple.client, "stream is not STUN or ChannelData, closing");
-                break;
-            };
-            if reader.read_exact(&mut buf[at + 4..at + len]).await.is_err() {
-                break;
-            }
-            self.handle_frame(&mut buf, len, tuple, &sink).await;
         }
+        closed.cancel();
         self.core.close(&tuple, CloseReason::TransportClosed);
+        drop(slot);
     }
 
-    /// Handles one stream frame of `len` bytes at `buf[HEADROOM..]`.
-    async fn handle_frame(&self, buf: &mut [u8], len: usize, tuple: FiveTuple, sink: &ClientSink) {
-        let frame = &buf[HEADROOM..HEADROOM + len];
-        match wire::classify(frame) {
+    /// Handles one stream frame at `buf[frame]` (with HEADROOM free bytes before it).
+    /// Never waits: a peer gets a datagram now or a counted drop, a client a queued frame.
+    fn handle_frame(
+        &self,
+        buf: &mut [u8],
+        frame: Range<usize>,
+        tuple: FiveTuple,
+        sink: &ClientSink,
+    ) {
+        match wire::classify(&buf[frame.clone()]) {
             Kind::ChannelData { number, len } => {
                 let Some(allocation) = self.core.get(&tuple) else {
                     return self.core.stats.no_permission.inc();
                 };
-                let start = HEADROOM + CHANNEL_HEADER;
+                let start = frame.start + CHANNEL_HEADER;
                 match self.route(&allocation, Instant::now(), number, buf, start, len) {
                     Route::Drop => {}
                     Route::Peer(peer) => {
-                        let sent = allocation
-                            .relay
-                            .socket
-                            .send_to(&buf[start..start + len], peer);
-                        if let Err(e) = sent.await {
-                            self.core.stats.relay_send_failures.inc();
-                            debug!(%peer, error = %e, "relay send failed");
-                        } else {
-                            self.core.stats.to_peers.add(tuple.transport, 1, len);
+                        match send_now(&allocation.relay.socket, &buf[start..start + len], peer) {
+                            Ok(_) => self.core.stats.to_peers.add(tuple.transport, 1, len),
+                            Err(e) => {
+                                self.core.stats.relay_send_failures.inc();
+                                debug!(%peer, error = %e, "relay send failed");
+                            }
                         }
                     }
                     Route::Client {
@@ -435,12 +508,14 @@ impl TurnServer {
                         dest,
                         range,
                         transport,
-                    } => self.forward(&sink, &buf[range], dest, transport).await,
+                    } => self.forward(&sink, &buf[range], dest, transport),
                 }
             }
             Kind::Stun => {
-                if let Some(reply) = self.on_stun(tuple, frame, sink) {
-                    let _ = self.reply(sink, &reply, tuple.client).await;
+                if let Some(reply) = self.on_stun(tuple, &buf[frame], sink)
+                    && !sink.deliver(&reply, tuple.client)
+                {
+                    self.core.stats.stream_queue_drops.inc();
                 }
             }
             Kind::Other => self.core.stats.malformed.inc(),
@@ -532,30 +607,27 @@ impl TurnServer {
         }
     }
 
-    async fn reply(&self, sink: &ClientSink, bytes: &[u8], client: SocketAddr) -> bool {
-        match sink.send(bytes, client).await {
-            Ok(()) => true,
-            Err(e) => {
-                debug!(%client, error = %e, "cannot answer TURN client");
-                false
-            }
-        }
-    }
-
-    /// Sends relay-to-relay data to a client (a stream client, or any when not batched).
-    async fn forward(
-        &self,
-        sink: &ClientSink,
-        bytes: &[u8],
-        client: SocketAddr,
-        transport: Transport,
-    ) {
-        if self.reply(sink, bytes, client).await {
+    /// Sends relay-to-relay data to another allocation's client, never waiting.
+    fn forward(&self, sink: &ClientSink, bytes: &[u8], client: SocketAddr, transport: Transport) {
+        if sink.deliver(bytes, client) {
             self.core.stats.to_clients.add(transport, 1, bytes.len());
+        } else if let ClientSink::Stream(_) = sink {
+            self.core.stats.stream_queue_drops.inc();
         } else {
             self.core.stats.relay_send_failures.inc();
         }
     }
+}
+
+/// Socket options of an accepted client connection: no Nagle (media frames are
+/// latency-bound), and keepalive so a vanished client's allocation is found.
+pub(crate) fn prepare(tcp: &TcpStream) {
+    let _ = tcp.set_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_RETRIES);
+    let _ = socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive);
 }
 
 /// Where a client's ChannelData goes.
@@ -714,15 +786,8 @@ fn random_tid() -> [u8; 12] {
     tid
 }
 
-/// What one batch from a relay socket left to do.
-enum RelayBatch {
-    /// Sent (UDP client) or nothing to send.
-    Done,
-    /// Frames for a stream client (bytes and where each frame is), to write after the batch.
-    Stream(Vec<u8>, Vec<Range<usize>>),
-}
-
 /// Reads one allocation's relay socket and forwards permitted peer traffic to the client.
+/// Never waits for the client: it only sends now (UDP) or queues (stream).
 async fn relay_loop(core: Arc<TurnCore>, allocation: Arc<Allocation<RelaySocket>>) {
     // Set when the allocation was granted, before this task was spawned.
     let Some(sink) = allocation.relay.client.get().cloned() else {
@@ -737,18 +802,7 @@ async fn relay_loop(core: Arc<TurnCore>, allocation: Arc<Allocation<RelaySocket>
         }
         loop {
             match with_scratch(|s| relay_batch(&allocation, &sink, s, &core.stats)) {
-                Ok(RelayBatch::Done) => {}
-                Ok(RelayBatch::Stream(bytes, frames)) => {
-                    if let Err(e) = sink.send_frames(&bytes, &frames).await {
-                        debug!(client = %allocation.tuple.client, error = %e, "cannot forward to TURN client");
-                        return;
-                    }
-                    core.stats.to_clients.add(
-                        allocation.tuple.transport,
-                        frames.len(),
-                        bytes.len(),
-                    );
-                }
+                Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => debug!(error = %e, "relay receive error"),
             }
@@ -757,13 +811,14 @@ async fn relay_loop(core: Arc<TurnCore>, allocation: Arc<Allocation<RelaySocket>
 }
 
 /// Receives one batch on a relay socket, frames each permitted datagram in place
-/// (ChannelData when the peer has a channel, else a Data indication) and sends them on.
+/// (ChannelData when the peer has a channel, else a Data indication) and sends them on:
+/// to a UDP client with one `sendmmsg`, to a stream client as one queued run.
 fn relay_batch(
     allocation: &Allocation<RelaySocket>,
     sink: &ClientSink,
     s: &mut Scratch,
     stats: &Stats,
-) -> std::io::Result<RelayBatch> {
+) -> std::io::Result<()> {
     let socket = &allocation.relay.socket;
     let got = socket.try_io(Interest::READABLE, || s.recv.recv(socket))?;
     let now = Instant::now();
@@ -802,10 +857,6 @@ fn relay_batch(
     allocation.relayed_bytes.add(payload as u64);
     let client = allocation.tuple.client;
     let recv = &s.recv;
-    let frames = s
-        .frames
-        .iter()
-        .map(|(i, r)| (&recv.slot(*i)[r.clone()], Some(client)));
     match sink {
         ClientSink::Udp(socket) => {
             let sent = send_all(&mut s.send, &**socket, |k| {
@@ -817,20 +868,23 @@ fn relay_batch(
                 .to_clients
                 .add(Transport::Udp, sent.packets, sent.bytes);
             stats.relay_send_failures.add(sent.dropped as u64);
-            Ok(RelayBatch::Done)
         }
-        ClientSink::Stream(_) => {
-            let mut bytes = Vec::new();
-            let mut ranges = Vec::with_capacity(s.frames.len());
-            for (frame, _) in frames {
-                ranges.push(bytes.len()..bytes.len() + frame.len());
-                bytes.extend_from_slice(frame);
+        ClientSink::Stream(outbox) => {
+            if s.frames.is_empty() {
+                return Ok(());
             }
-            Ok(if bytes.is_empty() {
-                RelayBatch::Done
+            let total = s.frames.iter().map(|(_, r)| r.len()).sum();
+            let mut run = Vec::with_capacity(total);
+            for (i, r) in &s.frames {
+                run.extend_from_slice(&recv.slot(*i)[r.clone()]);
+            }
+            if outbox.push(run) {
+                let transport = allocation.tuple.transport;
+                stats.to_clients.add(transport, s.frames.len(), total);
             } else {
-                RelayBatch::Stream(bytes, ranges)
-            })
+                stats.stream_queue_drops.add(s.frames.len() as u64);
+            }
         }
     }
+    Ok(())
 }

@@ -48,6 +48,24 @@ crate::labels! {
     }
 }
 
+crate::labels! {
+    /// Why the server closed a TCP/TLS client's connection (other than its allocation ending).
+    pub StreamClose {
+        AllocateTimeout => "allocate_timeout",
+        FrameStalled => "frame_stalled",
+        WriteStalled => "write_stalled",
+        Malformed => "malformed",
+    }
+}
+
+crate::labels! {
+    /// Which connection limit refused a TCP/TLS client (their config keys).
+    pub ConnectionLimit {
+        Total => "max_connections",
+        PerSource => "max_connections_per_source",
+    }
+}
+
 /// Packets and bytes relayed in one direction, by the client's transport.
 #[derive(Debug, Default)]
 pub struct Traffic {
@@ -84,11 +102,15 @@ pub struct Stats {
     pub no_permission: Counter,
     /// Relayed datagrams the kernel refused or a full socket dropped.
     pub relay_send_failures: Counter,
+    /// Frames for TCP/TLS clients dropped because the client's queue was full.
+    pub stream_queue_drops: Counter,
+    pub stream_closes: ByLabel<StreamClose>,
+    pub connection_refusals: ByLabel<ConnectionLimit>,
 }
 
 impl Stats {
-    /// The metric families, with the number of live allocations.
-    pub fn families(&self, allocations: usize) -> Vec<Family> {
+    /// The metric families, with the number of live allocations and TCP/TLS connections.
+    pub fn families(&self, allocations: usize, connections: usize) -> Vec<Family> {
         let traffic = |name, help, pick: fn(&Traffic) -> &ByLabel<Transport>| {
             let mut f = Family::counter(name, help);
             for (dir, t) in [("to_peer", &self.to_peers), ("to_client", &self.to_clients)] {
@@ -162,6 +184,26 @@ impl Stats {
                 "Relayed packets the kernel refused or a full socket dropped.",
             )
             .value(self.relay_send_failures.get()),
+            Family::gauge(
+                "turn_stream_connections",
+                "Open TURN connections over TCP and TLS.",
+            )
+            .value(connections),
+            Family::counter(
+                "turn_stream_queue_drops",
+                "Frames for TCP/TLS clients dropped because the client did not read them in time.",
+            )
+            .value(self.stream_queue_drops.get()),
+            Family::counter(
+                "turn_stream_closes",
+                "TCP/TLS connections the server closed, by reason.",
+            )
+            .by("reason", &self.stream_closes),
+            Family::counter(
+                "turn_connection_refusals",
+                "TCP/TLS connections refused by a connection limit.",
+            )
+            .by("limit", &self.connection_refusals),
         ]
     }
 }

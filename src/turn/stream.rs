@@ -1,0 +1,511 @@
+//! A TURN client's TCP or TLS connection, apart from what its frames mean.
+//!
+//! Reading: `Frames` yields whole frames (STUN or padded ChannelData) in place, with
+//! `HEADROOM` free bytes in front of each so relaying can frame them for another client
+//! without copying. Its buffer is small until the connection has an allocation, grows
+//! to the size of a large frame only while that frame is read, and once a frame has
+//! begun the rest must follow within `FRAME_DEADLINE`.
+//!
+//! Writing: everything for the client goes through its `Outbox`, a queue bounded in
+//! bytes that never waits: a full queue drops (the caller counts it). The connection's
+//! own `Writer` task drains it, and a write that makes no progress within
+//! `WRITE_DEADLINE` ends the connection. So no other client's task (a UDP listener's
+//! loop, a relay task) ever waits for this client to read.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::wire::{self, HEADROOM};
+
+/// A client stream (TCP, or TLS over TCP).
+pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+
+/// Bytes that may wait in user space for one client (the kernel's socket buffer comes
+/// first); beyond, frames are dropped, as a congested UDP path would drop them.
+pub const QUEUE_BYTES: usize = 256 * 1024;
+/// A write (or flush) to a client that takes longer than this ends the connection.
+pub const WRITE_DEADLINE: Duration = Duration::from_secs(5);
+/// Once a frame has begun, the rest of it must arrive within this.
+pub const FRAME_DEADLINE: Duration = Duration::from_secs(5);
+/// The read buffer before the connection has an allocation: any control request fits.
+pub const SMALL_BUFFER: usize = 512;
+/// The largest frame taken before the connection has an allocation: nothing a client
+/// sends then (Allocate, Binding) comes near it.
+pub const SMALL_FRAME: usize = 4096;
+/// The read buffer with an allocation: a burst of media frames in one read.
+pub const LARGE_BUFFER: usize = 8 * 1024;
+
+/// The way to one stream client: whole frames, queued without waiting.
+#[derive(Clone)]
+pub struct Outbox {
+    shared: Arc<Shared>,
+}
+
+/// A queue that costs nothing until used (an idle connection holds no channel blocks),
+/// locked only to push or pop.
+struct Shared {
+    queue: Mutex<VecDeque<Vec<u8>>>,
+    /// Bytes queued and not yet written.
+    queued: AtomicUsize,
+    /// Wakes the writer; keeps a permit when it is not waiting, so no push is missed.
+    wake: Notify,
+    /// The writer has stopped: nothing more is taken.
+    gone: AtomicBool,
+}
+
+/// Drains one client's `Outbox` into its stream.
+pub struct Writer<W> {
+    shared: Arc<Shared>,
+    write: W,
+    /// Write each frame on its own (TLS: one record per frame, which some clients,
+    /// coturn's among them, expect), or a run of frames in one write (TCP).
+    per_frame: bool,
+}
+
+/// Why a `Writer` stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriterEnd {
+    /// The connection was closed from our side (or every `Outbox` is gone).
+    Closed,
+    /// The client took nothing within `WRITE_DEADLINE`.
+    Stalled,
+    /// The stream failed (reset, broken pipe).
+    Failed,
+}
+
+/// An outbox and the writer that drains it into `write`.
+pub fn outbox<W: AsyncWrite + Unpin>(write: W, per_frame: bool) -> (Outbox, Writer<W>) {
+    let shared = Arc::new(Shared {
+        queue: Mutex::new(VecDeque::new()),
+        queued: AtomicUsize::new(0),
+        wake: Notify::new(),
+        gone: AtomicBool::new(false),
+    });
+    let writer = Writer {
+        shared: Arc::clone(&shared),
+        write,
+        per_frame,
+    };
+    (Outbox { shared }, writer)
+}
+
+impl Outbox {
+    /// Queues `frames` (one or more whole frames). False when they were dropped: the
+    /// queue is full, or the connection is gone. A run larger than the whole queue is
+    /// taken when nothing else waits, so the largest frame always gets through.
+    pub fn push(&self, frames: Vec<u8>) -> bool {
+        let shared = &self.shared;
+        let len = frames.len();
+        if shared.gone.load(Ordering::Relaxed) {
+            return false;
+        }
+        let before = shared.queued.fetch_add(len, Ordering::Relaxed);
+        if before > 0 && before + len > QUEUE_BYTES {
+            shared.queued.fetch_sub(len, Ordering::Relaxed);
+            return false;
+        }
+        shared.queue.lock().expect("outbox").push_back(frames);
+        shared.wake.notify_one();
+        true
+    }
+
+    /// Bytes waiting to be written.
+    pub fn queued(&self) -> usize {
+        self.shared.queued.load(Ordering::Relaxed)
+    }
+}
+
+impl<W: AsyncWrite + Unpin> Writer<W> {
+    /// Writes what is queued until `closed` fires, the stream fails, or a write misses
+    /// its deadline; then cancels `closed`, so the connection's reader ends too.
+    pub async fn run(mut self, closed: CancellationToken) -> WriterEnd {
+        let end = self.drain(&closed).await;
+        self.shared.gone.store(true, Ordering::Relaxed);
+        closed.cancel();
+        end
+    }
+
+    async fn drain(&mut self, closed: &CancellationToken) -> WriterEnd {
+        // Everything already queued goes out before one flush.
+        let mut unflushed = false;
+        loop {
+            let next = self.shared.queue.lock().expect("outbox").pop_front();
+            let written = match next {
+                Some(run) => {
+                    let (write, per_frame) = (&mut self.write, self.per_frame);
+                    let written = within(closed, write_run(write, &run, per_frame)).await;
+                    self.shared.queued.fetch_sub(run.len(), Ordering::Relaxed);
+                    unflushed = true;
+                    written
+                }
+                None if unflushed => {
+                    unflushed = false;
+                    within(closed, self.write.flush()).await
+                }
+                None => tokio::select! {
+                    () = closed.cancelled() => Some(WriterEnd::Closed),
+                    () = self.shared.wake.notified() => None,
+                },
+            };
+            if let Some(end) = written {
+                return end;
+            }
+        }
+    }
+}
+
+/// Runs one write under `WRITE_DEADLINE` and the connection's token; `None` when it is done.
+async fn within(
+    closed: &CancellationToken,
+    write: impl Future<Output = std::io::Result<()>>,
+) -> Option<WriterEnd> {
+    tokio::select! {
+        () = closed.cancelled() => Some(WriterEnd::Closed),
+        r = tokio::time::timeout(WRITE_DEADLINE, write) => match r {
+            Ok(Ok(())) => None,
+            Ok(Err(_)) => Some(WriterEnd::Failed),
+            Err(_) => Some(WriterEnd::Stalled),
+        },
+    }
+}
+
+async fn write_run<W: AsyncWrite + Unpin>(
+    write: &mut W,
+    run: &[u8],
+    per_frame: bool,
+) -> std::io::Result<()> {
+    if !per_frame {
+        return write.write_all(run).await;
+    }
+    let mut at = 0;
+    while at < run.len() {
+        let rest = &run[at..];
+        // Frames we queue are whole; should one not parse, the rest goes as one write.
+        let len = match rest.get(..4) {
+            Some(h) => wire::stream_frame_len([h[0], h[1], h[2], h[3]])
+                .filter(|n| *n <= rest.len())
+                .unwrap_or(rest.len()),
+            None => rest.len(),
+        };
+        write.write_all(&rest[..len]).await?;
+        at += len;
+    }
+    Ok(())
+}
+
+/// Why reading frames stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("the stream is not STUN or ChannelData")]
+    Malformed,
+    #[error("a frame of {0} bytes is larger than this connection takes now")]
+    TooLarge(usize),
+    #[error("a frame did not arrive whole within {} s", FRAME_DEADLINE.as_secs())]
+    Stalled,
+    #[error("the stream ended inside a frame")]
+    Truncated,
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Whole frames read from a stream into one buffer, in place.
+pub struct Frames<R> {
+    read: R,
+    /// `buf[..HEADROOM]` is never read into; unconsumed bytes are `buf[start..end]`.
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// The buffer size to return to between large frames.
+    normal: usize,
+    /// The largest frame taken.
+    max_frame: usize,
+    /// When the first bytes of the frame being read arrived.
+    begun: Option<Instant>,
+}
+
+impl<R: AsyncRead + Unpin> Frames<R> {
+    pub fn new(read: R) -> Frames<R> {
+        Frames {
+            read,
+            buf: vec![0; HEADROOM + SMALL_BUFFER],
+            start: HEADROOM,
+            end: HEADROOM,
+            normal: SMALL_BUFFER,
+            max_frame: SMALL_FRAME,
+            begun: None,
+        }
+    }
+
+    /// Once the connection has an allocation: a larger buffer between frames (from the
+    /// next frame on), and frames of any size.
+    pub fn allocated(&mut self) {
+        self.normal = LARGE_BUFFER;
+        self.max_frame = wire::MAX_STREAM_FRAME;
+    }
+
+    /// The buffer the frames are in (a frame's range comes from `next`).
+    pub fn buf_mut(&mut self) -> &mut [u8] {
+        &mut self.buf
+    }
+
+    /// Bytes of buffer this connection holds now.
+    pub fn capacity(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The next whole frame, as a range of `buf_mut()` with `HEADROOM` bytes free in
+    /// front of it; `None` when the stream ends between frames. Cancel-safe: dropping
+    /// the future loses nothing that was read.
+    ///
+    /// # Errors
+    /// The stream is not framed STUN/ChannelData, a frame stalls, or the stream fails.
+    pub async fn next(&mut self) -> Result<Option<Range<usize>>, FrameError> {
+        loop {
+            let have = self.end - self.start;
+            let need = if have >= 4 {
+                let b = &self.buf[self.start..self.start + 4];
+                let len = wire::stream_frame_len([b[0], b[1], b[2], b[3]])
+                    .ok_or(FrameError::Malformed)?;
+                if len > self.max_frame {
+                    return Err(FrameError::TooLarge(len));
+                }
+                if have >= len {
+                    let frame = self.start..self.start + len;
+                    self.start += len;
+                    // What follows is the beginning of the next frame.
+                    self.begun = (self.start < self.end).then(Instant::now);
+                    return Ok(Some(frame));
+                }
+                len
+            } else {
+                4
+            };
+            self.make_room(need);
+            let read = self.read.read(&mut self.buf[self.end..]);
+            let n = match self.begun {
+                Some(begun) => tokio::time::timeout_at(begun + FRAME_DEADLINE, read)
+                    .await
+                    .map_err(|_| FrameError::Stalled)??,
+                None => read.await?,
+            };
+            if n == 0 {
+                return if have == 0 {
+                    Ok(None)
+                } else {
+                    Err(FrameError::Truncated)
+                };
+            }
+            if have == 0 {
+                self.begun = Some(Instant::now());
+            }
+            self.end += n;
+        }
+    }
+
+    /// Makes room to read more of a frame of `need` bytes: back to the normal buffer
+    /// between frames, the unconsumed bytes moved to the front, and, while a large frame
+    /// is read, a buffer that doubles as its bytes arrive (a header that announces a large
+    /// frame costs nothing until the frame's bytes come), up to the frame's size.
+    fn make_room(&mut self, need: usize) {
+        if self.start == self.end {
+            self.start = HEADROOM;
+            self.end = HEADROOM;
+            if self.buf.len() != HEADROOM + self.normal {
+                self.buf = vec![0; HEADROOM + self.normal];
+            }
+        }
+        if self.start + need <= self.buf.len() {
+            return;
+        }
+        let have = self.end - self.start;
+        if self.start > HEADROOM {
+            self.buf.copy_within(self.start..self.end, HEADROOM);
+            self.start = HEADROOM;
+            self.end = HEADROOM + have;
+        }
+        if HEADROOM + need <= self.buf.len() || self.end < self.buf.len() {
+            return;
+        }
+        let size = (HEADROOM + need).min(2 * self.buf.len());
+        let mut bigger = vec![0; size];
+        bigger[HEADROOM..self.end].copy_from_slice(&self.buf[HEADROOM..self.end]);
+        self.buf = bigger;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    fn stun(len: u16) -> Vec<u8> {
+        let mut f = vec![0u8; 20 + usize::from(len)];
+        f[0..2].copy_from_slice(&[0x00, 0x01]);
+        f[2..4].copy_from_slice(&len.to_be_bytes());
+        f[4..8].copy_from_slice(&stun::message::MAGIC_COOKIE.to_be_bytes());
+        f
+    }
+
+    fn channel(payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![0x40, 0x00];
+        f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        f.extend_from_slice(payload);
+        while f.len() % 4 != 0 {
+            f.push(0);
+        }
+        f
+    }
+
+    #[tokio::test]
+    async fn frames_split_anywhere_come_out_whole_with_headroom() {
+        let big = channel(&vec![7u8; 60_000]);
+        let frames = [
+            stun(8),
+            channel(b"abc"),
+            big.clone(),
+            stun(0),
+            channel(b"z"),
+        ];
+        let bytes: Vec<u8> = frames.concat();
+        let (mut client, server) = tokio::io::duplex(64);
+        let writer = tokio::spawn(async move {
+            // Odd-sized pieces: headers and bodies split across reads.
+            for piece in bytes.chunks(7) {
+                client.write_all(piece).await.unwrap();
+            }
+        });
+        let mut reader = Frames::new(server);
+        reader.allocated();
+        for expected in &frames {
+            let range = reader.next().await.unwrap().expect("a frame");
+            assert!(range.start >= HEADROOM);
+            assert_eq!(&reader.buf_mut()[range], &expected[..]);
+        }
+        writer.await.unwrap();
+        assert!(reader.next().await.unwrap().is_none(), "clean end");
+        assert_eq!(
+            reader.capacity(),
+            HEADROOM + LARGE_BUFFER,
+            "the large frame's buffer is given back"
+        );
+    }
+
+    #[tokio::test]
+    async fn junk_and_truncation_are_errors() {
+        let (mut client, server) = tokio::io::duplex(64);
+        client.write_all(&[0xC0, 0, 0, 0]).await.unwrap();
+        assert!(matches!(
+            Frames::new(server).next().await,
+            Err(FrameError::Malformed)
+        ));
+        let (mut client, server) = tokio::io::duplex(64);
+        client.write_all(&stun(8)[..10]).await.unwrap();
+        drop(client);
+        assert!(matches!(
+            Frames::new(server).next().await,
+            Err(FrameError::Truncated)
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_frame_that_stops_halfway_is_cut_off_and_costs_only_what_arrived() {
+        let (mut client, server) = tokio::io::duplex(64);
+        // A header announcing 65,532 bytes, then silence.
+        client.write_all(&[0x00, 0x01, 0xFF, 0xFC]).await.unwrap();
+        let mut reader = Frames::new(server);
+        reader.allocated();
+        let next = tokio::spawn(async move {
+            let r = reader.next().await;
+            (r, reader.capacity())
+        });
+        let (r, capacity) = next.await.unwrap();
+        assert!(matches!(r, Err(FrameError::Stalled)), "{r:?}");
+        assert_eq!(
+            capacity,
+            HEADROOM + LARGE_BUFFER,
+            "no 64 KiB buffer for 4 bytes"
+        );
+        drop(client);
+    }
+
+    #[tokio::test]
+    async fn before_an_allocation_large_frames_are_refused() {
+        let (mut client, server) = tokio::io::duplex(64);
+        client.write_all(&[0x00, 0x01, 0xFF, 0xFC]).await.unwrap();
+        let mut reader = Frames::new(server);
+        assert!(matches!(
+            reader.next().await,
+            Err(FrameError::TooLarge(65_552))
+        ));
+        let (mut client, server) = tokio::io::duplex(4096);
+        client.write_all(&stun(1000)).await.unwrap();
+        let mut reader = Frames::new(server);
+        assert!(
+            reader.next().await.unwrap().is_some(),
+            "a 1 KB request is fine"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_does_not_read_is_dropped_from_and_then_cut_off() {
+        let (client, server) = tokio::io::duplex(1024);
+        let (outbox, writer) = outbox(server, false);
+        let closed = CancellationToken::new();
+        let task = tokio::spawn(writer.run(closed.clone()));
+        let frame = vec![0u8; 64 * 1024];
+        let mut taken = 0;
+        while outbox.push(frame.clone()) {
+            taken += 1;
+            assert!(taken < 100, "the queue is bounded");
+        }
+        assert!(outbox.queued() <= QUEUE_BYTES + frame.len());
+        assert_eq!(task.await.unwrap(), WriterEnd::Stalled);
+        assert!(closed.is_cancelled(), "the reader is told");
+        assert!(!outbox.push(vec![0; 4]), "a gone connection takes nothing");
+        drop(client);
+    }
+
+    #[tokio::test]
+    async fn tls_gets_one_write_per_frame_and_tcp_one_per_run() {
+        /// Records the size of every write.
+        struct Writes(Vec<usize>);
+        impl AsyncWrite for Writes {
+            fn poll_write(
+                mut self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+                buf: &[u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                self.0.push(buf.len());
+                std::task::Poll::Ready(Ok(buf.len()))
+            }
+            fn poll_flush(
+                self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::task::Poll::Ready(Ok(()))
+            }
+            fn poll_shutdown(
+                self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::task::Poll::Ready(Ok(()))
+            }
+        }
+        let run = [channel(b"abcde"), stun(4)].concat();
+        let mut w = Writes(Vec::new());
+        write_run(&mut w, &run, true).await.unwrap();
+        assert_eq!(w.0, vec![12, 24]);
+        let mut w = Writes(Vec::new());
+        write_run(&mut w, &run, false).await.unwrap();
+        assert_eq!(w.0, vec![36]);
+    }
+}
