@@ -311,6 +311,28 @@ impl TestServer {
     }
 
     /// A request to the admin listener (plain HTTP), with the admin token when `authorized`.
+    /// The value of one sample on `/metrics` (0 when the series has no sample yet).
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let addr = self.listener("admin");
+        let mut tcp = TcpStream::connect(addr).await.expect("admin listener");
+        let (status, _, body) = http_get(&mut tcp, &addr.to_string(), "/metrics").await;
+        assert_eq!(status, 200, "{body}");
+        let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned())))
+            .expect("Prometheus text");
+        let found = scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)));
+        match found.map(|s| &s.value) {
+            Some(
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v),
+            ) => *v,
+            _ => 0.0,
+        }
+    }
+
     pub async fn admin(&self, method: &str, path: &str, authorized: bool) -> (u16, Value) {
         let addr = self.listener("admin");
         let token = std::fs::read_to_string(self.state_dir.join("admin-token"))

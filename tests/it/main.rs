@@ -14,4 +14,5 @@ mod raw_turn;
 mod reload;
 mod signaling;
 mod turn;
+mod turn_abuse;
 mod webrtc_call;
