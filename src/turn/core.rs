@@ -708,11 +708,15 @@ impl<B: RelayBinder> Core<B> {
             .expect("table")
             .by_relay
             .contains_key(&peer);
-        self.policy.load().check(peer, is_relay).map_err(|refused| {
-            self.stats.policy_refusals.inc(refused.class);
-            info!(%peer, class = refused.class, "peer address refused by policy");
-            (403, "peer refused by policy")
-        })
+        self.policy
+            .load()
+            .check(peer, is_relay)
+            .map(|_| ())
+            .map_err(|refused| {
+                self.stats.policy_refusals.inc(refused.class);
+                info!(%peer, class = refused.class, "peer address refused by policy");
+                (403, "peer refused by policy")
+            })
     }
 
     /// The allocation of `tuple`.

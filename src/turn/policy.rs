@@ -2,11 +2,15 @@
 //!
 //! By default every special-purpose range (private, loopback, link-local,
 //! multicast, documentation, ...) is refused, in every IPv6 form that embeds an
-//! IPv4 address, as are the server's own sockets. `allow_peers` and
-//! `deny_peers` override the defaults; a live relayed address of this server
-//! is always allowed, so relay-to-relay calls work.
+//! IPv4 address: mapped and compatible forms are IPv4, and the IPv4 inside 6to4,
+//! Teredo and NAT64 addresses must pass the IPv4 policy too. The server's own
+//! sockets are refused, and so is every other port of its own addresses (loopback
+//! included): a relay there would reach local services. `allow_peers` and
+//! `deny_peers` override the defaults; `allow_peers` re-admits an own address one
+//! transport address at a time ([`Reach::ThisPort`]), never a listener. A live
+//! relayed address of this server is always allowed, exactly, so relay-to-relay calls work.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 
 /// An IP network such as `10.0.0.0/8` or `fc00::/7`.
@@ -79,8 +83,12 @@ const DEFAULT_DENY: &[(&str, &str)] = &[
     ("::/128", "unspecified"),
     ("::1/128", "loopback"),
     ("64:ff9b::/96", "nat64"),
+    // Local-use NAT64 (RFC 8215): the IPv4 behind it is some network of the operator's.
+    ("64:ff9b:1::/48", "nat64"),
     ("100::/64", "discard"),
+    ("2001:2::/48", "benchmarking"),
     ("2001:db8::/32", "documentation"),
+    ("3fff::/20", "documentation"),
     ("fc00::/7", "private"),
     ("fe80::/10", "link_local"),
     ("fec0::/10", "site_local"),
@@ -93,6 +101,16 @@ pub struct Refused {
     pub class: &'static str,
 }
 
+/// How much of an allowed peer's IP a permission may open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Reach {
+    /// Only this transport address: an address of the server itself (a live relay, or an
+    /// own address re-admitted by `allow_peers`), whose other ports are the server's.
+    ThisPort,
+    /// Every port of the IP (RFC 8656: permissions ignore ports). Never depends on the port.
+    AnyPort,
+}
+
 #[derive(Debug, Clone)]
 pub struct PeerPolicy {
     default_deny: Vec<(Cidr, &'static str)>,
@@ -100,6 +118,7 @@ pub struct PeerPolicy {
     deny: Vec<Cidr>,
     /// The server's own sockets; an unspecified IP stands for every address the server advertises.
     own: Vec<SocketAddr>,
+    /// The server's own addresses: relay and external addresses, and listeners bound to one IP.
     own_ips: Vec<IpAddr>,
 }
 
@@ -115,12 +134,20 @@ impl PeerPolicy {
             .iter()
             .map(|(c, class)| (c.parse().expect("valid built-in range"), *class))
             .collect();
+        let mut ips: Vec<IpAddr> = own_ips
+            .into_iter()
+            .chain(own.iter().map(SocketAddr::ip))
+            .map(normalize)
+            .filter(|ip| !ip.is_unspecified())
+            .collect();
+        ips.sort_unstable();
+        ips.dedup();
         PeerPolicy {
             default_deny,
             allow,
             deny,
             own,
-            own_ips: own_ips.into_iter().map(normalize).collect(),
+            own_ips: ips,
         }
     }
 
@@ -134,31 +161,55 @@ impl PeerPolicy {
     }
 
     /// Checks `peer`; `is_relay` says whether it is a live relayed address of this server.
+    /// `Ok` says how much of the peer's IP a permission may open.
     ///
     /// # Errors
     /// The address is refused; the error names its class.
-    pub fn check(&self, peer: SocketAddr, is_relay: bool) -> Result<(), Refused> {
+    pub fn check(&self, peer: SocketAddr, is_relay: bool) -> Result<Reach, Refused> {
         if is_relay {
-            return Ok(());
+            // Relayed addresses are the server's own: exactly this one, not its neighbours.
+            return Ok(Reach::ThisPort);
         }
         let ip = normalize(peer.ip());
-        if self.is_own_socket(ip, peer.port()) {
+        let reach = self.check_one(ip, peer.port())?;
+        let IpAddr::V6(v6) = ip else {
+            return Ok(reach);
+        };
+        // A relay to 6to4, Teredo or NAT64 reaches the IPv4 inside: it passes the IPv4 policy too.
+        embedded_ipv4(v6, peer.port())
+            .into_iter()
+            .flatten()
+            .try_fold(reach, |reach, inner| {
+                Ok(reach.min(self.check_one(IpAddr::V4(*inner.ip()), inner.port())?))
+            })
+    }
+
+    /// One address, as it is (no embedded address).
+    fn check_one(&self, ip: IpAddr, port: u16) -> Result<Reach, Refused> {
+        if self.is_own_socket(ip, port) {
             return Err(Refused {
                 class: "own_socket",
             });
         }
+        let own = ip.is_loopback() || self.own_ips.contains(&ip);
+        let reach = if own { Reach::ThisPort } else { Reach::AnyPort };
         if self.allow.iter().any(|c| c.contains(ip)) {
-            return Ok(());
+            return Ok(reach);
         }
         if self.deny.iter().any(|c| c.contains(ip)) {
             return Err(Refused {
                 class: "configured",
             });
         }
-        match self.default_deny.iter().find(|(c, _)| c.contains(ip)) {
-            Some((_, class)) => Err(Refused { class }),
-            None => Ok(()),
+        if let Some((_, class)) = self.default_deny.iter().find(|(c, _)| c.contains(ip)) {
+            return Err(Refused { class });
         }
+        if own {
+            return Err(Refused {
+                class: "own_address",
+            });
+        }
+        Ok(reach)
     }
 
     fn is_own_socket(&self, ip: IpAddr, port: u16) -> bool {
@@ -171,6 +222,35 @@ impl PeerPolicy {
         })
     }
 }
+
+/// The IPv4 transport addresses an IPv6 address reaches through a transition mechanism:
+/// 6to4 (`2002:AABB:CCDD::/48` reaches `A.B.C.D` on the same port), NAT64 (`64:ff9b::/96`,
+/// and the local-use `64:ff9b:1::/48`, read as a /96 prefix: the last 32 bits), and Teredo
+/// (`2001:0::/32`: the client at the inverted last 32 bits and the inverted port of
+/// bits 80-95, and the server at bits 32-63 on the Teredo port).
+pub fn embedded_ipv4(ip: Ipv6Addr, port: u16) -> [Option<std::net::SocketAddrV4>; 2] {
+    let seg = ip.segments();
+    let v4 = |hi: u16, lo: u16| {
+        let [a, b] = hi.to_be_bytes();
+        let [c, d] = lo.to_be_bytes();
+        Ipv4Addr::new(a, b, c, d)
+    };
+    let at = |hi, lo, port| Some(std::net::SocketAddrV4::new(v4(hi, lo), port));
+    match seg {
+        [0x2002, hi, lo, ..] => [at(hi, lo, port), None],
+        [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] | [0x64, 0xff9b, 1, .., hi, lo] => {
+            [at(hi, lo, port), None]
+        }
+        [0x2001, 0, server_hi, server_lo, _, mapped_port, hi, lo] => [
+            at(!hi, !lo, !mapped_port),
+            at(server_hi, server_lo, TEREDO_PORT),
+        ],
+        _ => [None, None],
+    }
+}
+
+/// The UDP port of Teredo servers (RFC 4380).
+const TEREDO_PORT: u16 = 3544;
 
 /// IPv4-mapped (`::ffff:a.b.c.d`) and IPv4-compatible (`::a.b.c.d`) addresses become IPv4.
 pub fn normalize(ip: IpAddr) -> IpAddr {
@@ -269,7 +349,86 @@ mod tests {
         let p = policy();
         assert_eq!(refused(&p, "198.51.99.7:3478"), Some("own_socket"));
         assert_eq!(refused(&p, "203.0.114.9:5349"), Some("own_socket"));
-        assert_eq!(refused(&p, "203.0.114.9:5350"), None);
+    }
+
+    fn check(p: &PeerPolicy, addr: &str) -> Result<Reach, Refused> {
+        p.check(addr.parse().unwrap(), false)
+    }
+
+    #[test]
+    fn own_addresses_are_refused_on_every_port_but_live_relays() {
+        let p = policy();
+        // The relay address, and a listener's address, on ports that are no listener's.
+        assert_eq!(refused(&p, "198.51.99.7:9"), Some("own_address"));
+        assert_eq!(refused(&p, "[::ffff:198.51.99.7]:53"), Some("own_address"));
+        assert_eq!(refused(&p, "203.0.114.9:5350"), Some("own_address"));
+        // A live relayed address passes, for itself only; a public peer opens its IP.
+        let relay = "198.51.99.7:50000".parse().unwrap();
+        assert_eq!(p.check(relay, true), Ok(Reach::ThisPort));
+        assert_eq!(check(&p, "8.8.8.8:53"), Ok(Reach::AnyPort));
+        // allow_peers re-admits own addresses one port at a time, and never a listener.
+        let p = PeerPolicy::new(
+            vec![
+                "198.51.99.0/24".parse().unwrap(),
+                "127.0.0.0/8".parse().unwrap(),
+            ],
+            vec![],
+            vec!["0.0.0.0:3478".parse().unwrap()],
+            vec!["198.51.99.7".parse().unwrap()],
+        );
+        assert_eq!(check(&p, "198.51.99.7:9"), Ok(Reach::ThisPort));
+        assert_eq!(check(&p, "127.0.0.1:9"), Ok(Reach::ThisPort));
+        assert_eq!(check(&p, "198.51.99.8:9"), Ok(Reach::AnyPort));
+        assert_eq!(refused(&p, "198.51.99.7:3478"), Some("own_socket"));
+        assert_eq!(refused(&p, "127.0.0.1:3478"), Some("own_socket"));
+    }
+
+    #[test]
+    fn ipv4_inside_6to4_teredo_and_nat64_passes_the_ipv4_policy() {
+        let p = policy();
+        for (addr, class) in [
+            // 6to4 of 10.0.0.1, 127.0.0.1 and the relay address.
+            ("[2002:a00:1::1]:9", "private"),
+            ("[2002:7f00:1:5::9]:9", "loopback"),
+            ("[2002:c633:6307::1]:9", "own_address"),
+            ("[2002:c633:6307::1]:3478", "own_socket"),
+            // Teredo: client 10.0.0.1 (inverted); server 10.0.0.1 with a public client;
+            // client at the relay address, its mapped port the listener's (inverted).
+            ("[2001:0:4136:e378:8000:63bf:f5ff:fffe]:9", "private"),
+            ("[2001:0:a00:1:8000:63bf:f7f7:f7f7]:9", "private"),
+            ("[2001:0:4136:e378:8000:f269:39cc:9cf8]:9", "own_socket"),
+            // Local-use NAT64, documentation (RFC 9637), benchmarking.
+            ("[64:ff9b:1::808:808]:9", "nat64"),
+            ("[64:ff9b:1:abcd::808:808]:9", "nat64"),
+            ("[3fff::1]:9", "documentation"),
+            ("[3fff:fff:ffff::1]:9", "documentation"),
+            ("[2001:2::1]:9", "benchmarking"),
+        ] {
+            assert_eq!(refused(&p, addr), Some(class), "{addr}");
+        }
+        for addr in [
+            "[2002:808:808::1]:9",
+            "[2001:0:4136:e378:8000:63bf:f7f7:f7f7]:9",
+            "[3fff:1000::1]:9",
+            "[64:ff9b:0:1::a00:1]:9",
+        ] {
+            assert_eq!(check(&p, addr), Ok(Reach::AnyPort), "{addr}");
+        }
+        // Allowing NAT64 opens the public IPv4 behind it, not the private; the IPv4 lists apply.
+        let p = PeerPolicy::new(
+            vec![
+                "64:ff9b::/96".parse().unwrap(),
+                "64:ff9b:1::/48".parse().unwrap(),
+            ],
+            vec!["9.9.9.0/24".parse().unwrap()],
+            vec![],
+            vec![],
+        );
+        assert_eq!(check(&p, "[64:ff9b::808:808]:9"), Ok(Reach::AnyPort));
+        assert_eq!(refused(&p, "[64:ff9b::a00:1]:9"), Some("private"));
+        assert_eq!(refused(&p, "[64:ff9b:1:2::a00:1]:9"), Some("private"));
+        assert_eq!(refused(&p, "[64:ff9b::909:909]:9"), Some("configured"));
+        assert_eq!(refused(&p, "[2002:909:909::]:9"), Some("configured"));
     }
 
     #[test]
@@ -284,7 +443,10 @@ mod tests {
         assert_eq!(refused(&p, "[::ffff:192.168.1.5]:9"), None);
         assert_eq!(refused(&p, "8.8.8.8:9"), Some("configured"));
         assert_eq!(refused(&p, "10.0.0.1:9"), Some("private"));
-        assert!(p.check("127.0.0.1:50000".parse().unwrap(), true).is_ok());
+        assert_eq!(
+            p.check("127.0.0.1:50000".parse().unwrap(), true),
+            Ok(Reach::ThisPort)
+        );
     }
 
     #[test]

@@ -49,6 +49,28 @@ fn fixture() -> Fixture {
 }
 
 fn fixture_with(tweak: impl FnOnce(&mut CoreConfig)) -> Fixture {
+    fixture_with_policy(tweak, PeerPolicy::new(vec![], vec![], vec![], vec![]))
+}
+
+/// An address of the server's own, not special-purpose: relays are advertised on it (1:1 NAT),
+/// and a TURN listener is on its port 3478.
+const OWN: &str = "198.51.99.7";
+
+fn own_policy() -> PeerPolicy {
+    PeerPolicy::new(
+        vec![],
+        vec![],
+        vec![format!("{OWN}:3478").parse().unwrap()],
+        vec![OWN.parse().unwrap()],
+    )
+}
+
+/// Relays advertised on [`OWN`], with its policy.
+fn fixture_own() -> Fixture {
+    fixture_with_policy(|c| c.external_ip = Some(OWN.parse().unwrap()), own_policy())
+}
+
+fn fixture_with_policy(tweak: impl FnOnce(&mut CoreConfig), policy: PeerPolicy) -> Fixture {
     let mut config = CoreConfig {
         realm: REALM.into(),
         secrets: vec![Secret::new(SECRET.into())],
@@ -63,7 +85,6 @@ fn fixture_with(tweak: impl FnOnce(&mut CoreConfig)) -> Fixture {
     let m = Arc::clone(&members);
     let membership: Membership =
         Arc::new(move |r, p| m.lock().unwrap().contains(&(r.clone(), p.clone())));
-    let policy = PeerPolicy::new(vec![], vec![], vec![], vec![]);
     let core = Core::new(
         config,
         NonceKey::new(b"n", 600),
@@ -186,6 +207,44 @@ impl Fixture {
         ));
         assert_eq!(code(&r), Some(401));
         nonce_of(&r)
+    }
+
+    /// CreatePermission for `peers`; the error code, or `None` for success.
+    fn permit(&self, t: FiveTuple, cred: &Cred, peers: &[&str]) -> Option<u16> {
+        let nonce = self.nonce(tuple(t.client.port() + 1000));
+        let attrs = peers.iter().map(|p| peer(p)).collect();
+        code(&reply_of(self.send(
+            t,
+            &request(
+                METHOD_CREATE_PERMISSION,
+                TransactionId::new(),
+                attrs,
+                Some((cred, &nonce)),
+            ),
+        )))
+    }
+
+    /// ChannelBind of `number` to `peer`; the error code, or `None` for success.
+    fn bind(&self, t: FiveTuple, cred: &Cred, number: u16, peer_addr: &str) -> Option<u16> {
+        let nonce = self.nonce(tuple(t.client.port() + 1000));
+        let attrs: Vec<Box<dyn Setter>> = vec![Box::new(ChannelNumber(number)), peer(peer_addr)];
+        code(&reply_of(self.send(
+            t,
+            &request(
+                METHOD_CHANNEL_BIND,
+                TransactionId::new(),
+                attrs,
+                Some((cred, &nonce)),
+            ),
+        )))
+    }
+
+    fn refusals(&self, class: &str) -> u64 {
+        let counts = self.core.stats.policy_refusals.snapshot();
+        counts
+            .iter()
+            .find(|(c, _)| *c == class)
+            .map_or(0, |(_, n)| *n)
     }
 
     fn allocate(&self, t: FiveTuple, cred: &Cred) -> Vec<u8> {
@@ -514,6 +573,29 @@ fn relayed_addresses_of_live_allocations_are_allowed_peers() {
         Some((&cred, &nonce)),
     );
     assert_eq!(code(&reply_of(f.send(ta, &req))), None);
+}
+
+#[test]
+fn own_addresses_are_no_peers_but_their_live_relays_are() {
+    let f = fixture_own();
+    let (ta, tb) = (tuple(4000), tuple(4001));
+    let cred = rest(UNIX + 600, "bob");
+    f.allocate(ta, &cred);
+    f.allocate(tb, &cred);
+    let b_relayed = f.core.get(&tb).unwrap().relayed.to_string();
+    assert!(b_relayed.starts_with(OWN), "{b_relayed}");
+    // A local service on another port of the relay address, and the TURN listener.
+    let service = format!("{OWN}:5353");
+    assert_eq!(f.permit(ta, &cred, &[&service]), Some(403));
+    assert_eq!(f.bind(ta, &cred, 0x4000, &service), Some(403));
+    assert_eq!(f.permit(ta, &cred, &[&format!("{OWN}:3478")]), Some(403));
+    assert_eq!(
+        (f.refusals("own_address"), f.refusals("own_socket")),
+        (2, 1)
+    );
+    // The other allocation's relayed address is a peer.
+    assert_eq!(f.permit(ta, &cred, &[&b_relayed]), None);
+    assert_eq!(f.bind(ta, &cred, 0x4001, &b_relayed), None);
 }
 
 #[test]
