@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use super::policy::normalize;
+use super::policy::{Reach, normalize};
 
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(600);
 pub const MAX_LIFETIME: Duration = Duration::from_secs(3600);
@@ -19,32 +19,82 @@ pub const MIN_CHANNEL: u16 = 0x4000;
 /// ChannelData is recognised by its first two bits either way.
 pub const MAX_CHANNEL: u16 = 0x7FFF;
 
+/// Permissions one allocation may hold: an IP, or one transport address of an IP the policy
+/// opens only address by address, counts one. Browsers need a few per allocation (one per
+/// remote candidate address); the cap bounds the memory and the once-a-second sweep.
+pub const MAX_PERMISSIONS: usize = 128;
+
 /// The lifetime granted for a requested one: default when absent, capped at the maximum.
 pub fn granted_lifetime(requested: Option<Duration>) -> Duration {
     requested.unwrap_or(DEFAULT_LIFETIME).min(MAX_LIFETIME)
 }
 
-/// Why a ChannelBind was refused (all answered with 400).
+/// Why a ChannelBind was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChannelBindError {
-    /// The number is outside 0x4000..=0x7FFF.
+    /// The number is outside 0x4000..=0x7FFF (400).
     BadNumber,
-    /// The number is bound to another peer.
+    /// The number is bound to another peer (400).
     NumberTaken,
-    /// The peer is bound to another number.
+    /// The peer is bound to another number (400).
     PeerTaken,
+    /// The peer needs a new permission and the allocation holds [`MAX_PERMISSIONS`] (508).
+    PermissionsFull,
 }
+
+/// The allocation holds [`MAX_PERMISSIONS`] and the request needs more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PermissionsFull;
 
 #[derive(Debug, Clone, Copy)]
 struct Channel {
     peer: SocketAddr,
     expires: Instant,
+    /// The peer was allowed for its own transport address only ([`Reach::ThisPort`]).
+    exact: bool,
+}
+
+/// A permission's key: a whole IP, or one transport address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Key {
+    Ip(IpAddr),
+    Addr(SocketAddr),
+}
+
+impl Key {
+    fn of(peer: SocketAddr, reach: Reach) -> Key {
+        let peer = normalized(peer);
+        match reach {
+            Reach::AnyPort => Key::Ip(peer.ip()),
+            Reach::ThisPort => Key::Addr(peer),
+        }
+    }
+}
+
+/// Which permissions and channels [`AllocState::revoke`] looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recheck {
+    /// Only those allowed for one transport address (a relay may have gone).
+    Exact,
+    /// All (the policy changed).
+    All,
+}
+
+/// What [`AllocState::revoke`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Revoked {
+    pub permissions: usize,
+    pub channels: usize,
 }
 
 #[derive(Debug, Clone)]
 pub struct AllocState {
     pub expires: Instant,
+    /// Permissions for every port of an IP.
     permissions: HashMap<IpAddr, Instant>,
+    /// Permissions for one transport address: the server's own addresses (live relays,
+    /// or re-admitted by `allow_peers`), whose other ports must stay out of reach.
+    exact: HashMap<SocketAddr, Instant>,
     channels: HashMap<u16, Channel>,
     by_peer: HashMap<SocketAddr, u16>,
 }
@@ -54,6 +104,7 @@ impl AllocState {
         AllocState {
             expires: now + lifetime,
             permissions: HashMap::new(),
+            exact: HashMap::new(),
             channels: HashMap::new(),
             by_peer: HashMap::new(),
         }
@@ -67,19 +118,76 @@ impl AllocState {
         self.expires = now + lifetime;
     }
 
-    /// Installs or refreshes a permission for `ip` (ports do not matter).
-    pub fn permit(&mut self, now: Instant, ip: IpAddr) {
-        self.permissions
-            .insert(normalize(ip), now + PERMISSION_LIFETIME);
+    /// Installs or refreshes a permission for `peer`: its IP, or with [`Reach::ThisPort`]
+    /// only this transport address.
+    ///
+    /// # Errors
+    /// A new permission would exceed [`MAX_PERMISSIONS`]; nothing is installed.
+    pub fn permit(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        reach: Reach,
+    ) -> Result<(), PermissionsFull> {
+        self.permit_all(now, &[(peer, reach)])
     }
 
-    pub fn is_permitted(&self, now: Instant, ip: IpAddr) -> bool {
-        self.permissions
-            .get(&normalize(ip))
-            .is_some_and(|exp| now < *exp)
+    /// Installs or refreshes every permission of one request, or none.
+    ///
+    /// # Errors
+    /// The new ones would exceed [`MAX_PERMISSIONS`]; nothing is installed.
+    pub fn permit_all(
+        &mut self,
+        now: Instant,
+        peers: &[(SocketAddr, Reach)],
+    ) -> Result<(), PermissionsFull> {
+        let keys: Vec<Key> = peers.iter().map(|(p, r)| Key::of(*p, *r)).collect();
+        if self.new_permissions(&keys) > MAX_PERMISSIONS.saturating_sub(self.permission_count()) {
+            // Expired ones may still be waiting for the sweep.
+            self.sweep_permissions(now);
+            if self.new_permissions(&keys) > MAX_PERMISSIONS.saturating_sub(self.permission_count())
+            {
+                return Err(PermissionsFull);
+            }
+        }
+        for key in keys {
+            self.install(now, key);
+        }
+        Ok(())
     }
 
-    /// Binds `number` to `peer`, or refreshes the binding; also refreshes the peer's permission.
+    fn install(&mut self, now: Instant, key: Key) {
+        let expires = now + PERMISSION_LIFETIME;
+        match key {
+            Key::Ip(ip) => self.permissions.insert(ip, expires),
+            Key::Addr(addr) => self.exact.insert(addr, expires),
+        };
+    }
+
+    /// How many of `keys` (distinct) are not installed.
+    fn new_permissions(&self, keys: &[Key]) -> usize {
+        keys.iter()
+            .enumerate()
+            .filter(|&(i, key)| {
+                !keys[..i].contains(key)
+                    && match key {
+                        Key::Ip(ip) => !self.permissions.contains_key(ip),
+                        Key::Addr(addr) => !self.exact.contains_key(addr),
+                    }
+            })
+            .count()
+    }
+
+    /// Whether data may pass to and from `peer`: a permission for its IP, or for it exactly.
+    pub fn is_permitted(&self, now: Instant, peer: SocketAddr) -> bool {
+        let peer = normalized(peer);
+        let live = |exp: Option<&Instant>| exp.is_some_and(|exp| now < *exp);
+        live(self.permissions.get(&peer.ip()))
+            || (!self.exact.is_empty() && live(self.exact.get(&peer)))
+    }
+
+    /// Binds `number` to `peer`, or refreshes the binding; also installs or refreshes the
+    /// peer's permission, of `reach`.
     ///
     /// # Errors
     /// See [`ChannelBindError`].
@@ -88,11 +196,12 @@ impl AllocState {
         now: Instant,
         number: u16,
         peer: SocketAddr,
+        reach: Reach,
     ) -> Result<(), ChannelBindError> {
         if !(MIN_CHANNEL..=MAX_CHANNEL).contains(&number) {
             return Err(ChannelBindError::BadNumber);
         }
-        let peer = SocketAddr::new(normalize(peer.ip()), peer.port());
+        let peer = normalized(peer);
         if let Some(c) = self.channels.get(&number)
             && c.peer != peer
             && now < c.expires + CHANNEL_QUARANTINE
@@ -108,18 +217,20 @@ impl AllocState {
         {
             return Err(ChannelBindError::PeerTaken);
         }
+        self.permit(now, peer, reach)
+            .map_err(|PermissionsFull| ChannelBindError::PermissionsFull)?;
         if let Some(old) = self.channels.insert(
             number,
             Channel {
                 peer,
                 expires: now + CHANNEL_LIFETIME,
+                exact: reach == Reach::ThisPort,
             },
         ) && old.peer != peer
         {
             self.by_peer.remove(&old.peer);
         }
         self.by_peer.insert(peer, number);
-        self.permit(now, peer.ip());
         Ok(())
     }
 
@@ -133,14 +244,14 @@ impl AllocState {
 
     /// The live channel bound to `peer`.
     pub fn channel_of(&self, now: Instant, peer: SocketAddr) -> Option<u16> {
-        let peer = SocketAddr::new(normalize(peer.ip()), peer.port());
+        let peer = normalized(peer);
         let n = *self.by_peer.get(&peer)?;
         self.channels.get(&n).filter(|c| now < c.expires).map(|_| n)
     }
 
     /// Drops expired permissions and channels whose quarantine is over.
     pub fn sweep(&mut self, now: Instant) {
-        self.permissions.retain(|_, exp| now < *exp);
+        self.sweep_permissions(now);
         let by_peer = &mut self.by_peer;
         self.channels.retain(|_, c| {
             let keep = now < c.expires + CHANNEL_QUARANTINE;
@@ -151,13 +262,52 @@ impl AllocState {
         });
     }
 
+    fn sweep_permissions(&mut self, now: Instant) {
+        self.permissions.retain(|_, exp| now < *exp);
+        self.exact.retain(|_, exp| now < *exp);
+    }
+
+    /// Removes the permissions and channels whose peer `allowed` no longer allows as they
+    /// were granted: a whole-IP permission needs [`Reach::AnyPort`] (asked with port 0, as
+    /// that reach never depends on the port), the others any `Some`.
+    pub fn revoke(
+        &mut self,
+        which: Recheck,
+        allowed: impl Fn(SocketAddr) -> Option<Reach>,
+    ) -> Revoked {
+        let mut revoked = Revoked::default();
+        let before = self.permissions.len() + self.exact.len();
+        if which == Recheck::All {
+            self.permissions
+                .retain(|ip, _| allowed(SocketAddr::new(*ip, 0)) == Some(Reach::AnyPort));
+        }
+        if which == Recheck::All || !self.exact.is_empty() {
+            self.exact.retain(|addr, _| allowed(*addr).is_some());
+        }
+        revoked.permissions = before - self.permissions.len() - self.exact.len();
+        let by_peer = &mut self.by_peer;
+        self.channels.retain(|_, c| {
+            let keep = (which == Recheck::Exact && !c.exact) || allowed(c.peer).is_some();
+            if !keep {
+                by_peer.remove(&c.peer);
+                revoked.channels += 1;
+            }
+            keep
+        });
+        revoked
+    }
+
     pub fn permission_count(&self) -> usize {
-        self.permissions.len()
+        self.permissions.len() + self.exact.len()
     }
 
     pub fn channel_count(&self) -> usize {
         self.channels.len()
     }
+}
+
+fn normalized(peer: SocketAddr) -> SocketAddr {
+    SocketAddr::new(normalize(peer.ip()), peer.port())
 }
 
 #[cfg(test)]
@@ -185,14 +335,99 @@ mod tests {
     fn permissions_expire_after_five_minutes_and_ignore_ports() {
         let t0 = Instant::now();
         let mut a = AllocState::new(t0, DEFAULT_LIFETIME);
-        let ip: IpAddr = "8.8.8.8".parse().unwrap();
-        a.permit(t0, ip);
-        assert!(a.is_permitted(t0 + Duration::from_secs(299), ip));
-        assert!(a.is_permitted(t0, "::ffff:8.8.8.8".parse().unwrap()));
-        assert!(!a.is_permitted(t0 + PERMISSION_LIFETIME, ip));
-        assert!(!a.is_permitted(t0, "8.8.4.4".parse().unwrap()));
+        a.permit(t0, addr("8.8.8.8:53"), Reach::AnyPort).unwrap();
+        assert!(a.is_permitted(t0 + Duration::from_secs(299), addr("8.8.8.8:9")));
+        assert!(a.is_permitted(t0, addr("[::ffff:8.8.8.8]:53")));
+        assert!(!a.is_permitted(t0 + PERMISSION_LIFETIME, addr("8.8.8.8:53")));
+        assert!(!a.is_permitted(t0, addr("8.8.4.4:53")));
         a.sweep(t0 + PERMISSION_LIFETIME);
         assert_eq!(a.permission_count(), 0);
+    }
+
+    #[test]
+    fn an_exact_permission_opens_its_transport_address_only() {
+        let t0 = Instant::now();
+        let mut a = AllocState::new(t0, DEFAULT_LIFETIME);
+        a.permit(t0, addr("198.51.99.7:50000"), Reach::ThisPort)
+            .unwrap();
+        assert!(a.is_permitted(t0, addr("198.51.99.7:50000")));
+        assert!(a.is_permitted(t0, addr("[::ffff:198.51.99.7]:50000")));
+        assert!(!a.is_permitted(t0, addr("198.51.99.7:3478")));
+        a.bind_channel(t0, 0x4000, addr("198.51.99.7:50002"), Reach::ThisPort)
+            .unwrap();
+        assert!(a.is_permitted(t0, addr("198.51.99.7:50002")));
+        assert!(!a.is_permitted(t0, addr("198.51.99.7:50001")));
+        assert!(!a.is_permitted(t0 + PERMISSION_LIFETIME, addr("198.51.99.7:50000")));
+    }
+
+    #[test]
+    fn permissions_are_capped_per_allocation_and_installed_all_or_none() {
+        let t0 = Instant::now();
+        let mut a = AllocState::new(t0, DEFAULT_LIFETIME);
+        let ip = |i: usize| SocketAddr::new(IpAddr::from([8, 8, (i / 256) as u8, i as u8]), 9);
+        for i in 0..MAX_PERMISSIONS - 1 {
+            a.permit(t0, ip(i), Reach::AnyPort).unwrap();
+        }
+        let two = [(ip(1000), Reach::AnyPort), (ip(1001), Reach::AnyPort)];
+        assert_eq!(a.permit_all(t0, &two), Err(PermissionsFull));
+        assert!(!a.is_permitted(t0, ip(1000)), "none of a refused request");
+        // Refreshing, and the same address twice, take no new room.
+        let same = [
+            (ip(0), Reach::AnyPort),
+            (ip(1000), Reach::AnyPort),
+            (ip(1000), Reach::AnyPort),
+        ];
+        a.permit_all(t0, &same).unwrap();
+        assert_eq!(a.permission_count(), MAX_PERMISSIONS);
+        assert_eq!(
+            a.bind_channel(t0, 0x4000, ip(1001), Reach::AnyPort),
+            Err(ChannelBindError::PermissionsFull)
+        );
+        a.bind_channel(t0, 0x4000, ip(5), Reach::AnyPort).unwrap();
+        // Expired permissions make room even before the sweep.
+        let later = t0 + PERMISSION_LIFETIME;
+        a.permit(later, ip(1001), Reach::AnyPort).unwrap();
+        assert_eq!(a.permission_count(), 1);
+    }
+
+    #[test]
+    fn revoke_removes_what_the_policy_no_longer_allows() {
+        let t0 = Instant::now();
+        let mut a = AllocState::new(t0, DEFAULT_LIFETIME);
+        a.permit(t0, addr("8.8.8.8:53"), Reach::AnyPort).unwrap();
+        a.permit(t0, addr("1.1.1.1:53"), Reach::AnyPort).unwrap();
+        a.bind_channel(t0, 0x4000, addr("9.9.9.9:7"), Reach::AnyPort)
+            .unwrap();
+        a.bind_channel(t0, 0x4001, addr("198.51.99.7:50000"), Reach::ThisPort)
+            .unwrap();
+        // A relay went away: only exact grants are looked at.
+        let gone = a.revoke(Recheck::Exact, |p| {
+            (p.ip() != "198.51.99.7".parse::<IpAddr>().unwrap()).then_some(Reach::AnyPort)
+        });
+        assert_eq!(
+            gone,
+            Revoked {
+                permissions: 1,
+                channels: 1
+            }
+        );
+        assert_eq!(a.channel_peer(t0, 0x4001), None);
+        // The lists changed: 9.9.9.9 is refused, 1.1.1.1 is allowed for one port only.
+        let gone = a.revoke(Recheck::All, |p| match p.ip().to_string().as_str() {
+            "9.9.9.9" => None,
+            "1.1.1.1" => Some(Reach::ThisPort),
+            _ => Some(Reach::AnyPort),
+        });
+        assert_eq!(
+            gone,
+            Revoked {
+                permissions: 2,
+                channels: 1
+            }
+        );
+        assert!(a.is_permitted(t0, addr("8.8.8.8:1")));
+        assert!(!a.is_permitted(t0, addr("9.9.9.9:7")));
+        assert_eq!(a.channel_peer(t0, 0x4000), None);
     }
 
     #[test]
@@ -201,41 +436,42 @@ mod tests {
         let mut a = AllocState::new(t0, DEFAULT_LIFETIME);
         let (p1, p2) = (addr("8.8.8.8:1000"), addr("8.8.8.8:2000"));
         assert_eq!(
-            a.bind_channel(t0, 0x3FFF, p1),
+            a.bind_channel(t0, 0x3FFF, p1, Reach::AnyPort),
             Err(ChannelBindError::BadNumber)
         );
         assert_eq!(
-            a.bind_channel(t0, 0x8000, p1),
+            a.bind_channel(t0, 0x8000, p1, Reach::AnyPort),
             Err(ChannelBindError::BadNumber)
         );
-        a.bind_channel(t0, 0x4000, p1).unwrap();
+        a.bind_channel(t0, 0x4000, p1, Reach::AnyPort).unwrap();
         assert!(
-            a.is_permitted(t0, p1.ip()),
+            a.is_permitted(t0, addr("8.8.8.8:3")),
             "a channel installs a permission"
         );
         assert_eq!(a.channel_peer(t0, 0x4000), Some(p1));
         assert_eq!(a.channel_of(t0, p1), Some(0x4000));
         // Refreshing the same binding is fine; rebinding either side elsewhere is not.
-        a.bind_channel(t0 + Duration::from_secs(10), 0x4000, p1)
+        a.bind_channel(t0 + Duration::from_secs(10), 0x4000, p1, Reach::AnyPort)
             .unwrap();
         assert_eq!(
-            a.bind_channel(t0, 0x4000, p2),
+            a.bind_channel(t0, 0x4000, p2, Reach::AnyPort),
             Err(ChannelBindError::NumberTaken)
         );
         assert_eq!(
-            a.bind_channel(t0, 0x4001, p1),
+            a.bind_channel(t0, 0x4001, p1, Reach::AnyPort),
             Err(ChannelBindError::PeerTaken)
         );
-        a.bind_channel(t0, 0x4FFF, p2).unwrap();
+        a.bind_channel(t0, 0x4FFF, p2, Reach::AnyPort).unwrap();
         // Expired bindings stop carrying data but stay reserved during the quarantine.
         let expired = t0 + Duration::from_secs(10) + CHANNEL_LIFETIME;
         assert_eq!(a.channel_peer(expired, 0x4000), None);
         assert_eq!(
-            a.bind_channel(expired, 0x4000, addr("9.9.9.9:1")),
+            a.bind_channel(expired, 0x4000, addr("9.9.9.9:1"), Reach::AnyPort),
             Err(ChannelBindError::NumberTaken)
         );
         let free = expired + CHANNEL_QUARANTINE;
-        a.bind_channel(free, 0x4000, addr("9.9.9.9:1")).unwrap();
+        a.bind_channel(free, 0x4000, addr("9.9.9.9:1"), Reach::AnyPort)
+            .unwrap();
         assert_eq!(a.channel_of(free, p1), None);
     }
 }

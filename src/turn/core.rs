@@ -26,9 +26,9 @@ use stun::textattrs::TextAttribute;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use super::allocation::{AllocState, granted_lifetime};
+use super::allocation::{AllocState, ChannelBindError, granted_lifetime};
 use super::auth::{self, NonceCheck, NonceKey, Owner};
-use super::policy::{Cidr, PeerPolicy};
+use super::policy::{Cidr, PeerPolicy, Reach};
 use super::stats::{AuthFailure, Quota};
 pub use super::stats::{CloseReason, Stats, Transport};
 use super::wire;
@@ -605,16 +605,22 @@ impl<B: RelayBinder> Core<B> {
             Some(p) if !p.is_empty() => p,
             _ => return error(400, "no XOR-PEER-ADDRESS"),
         };
+        let mut granted = Vec::with_capacity(peers.len());
         for peer in &peers {
-            if let Err((code, why)) = self.check_peer(a.relayed, *peer) {
-                return error(code, why);
+            match self.check_peer(a.relayed, *peer) {
+                Ok(reach) => granted.push((*peer, reach)),
+                Err((code, why)) => return error(code, why),
             }
         }
-        let mut state = a.state.lock().expect("allocation");
-        for peer in &peers {
-            state.permit(now, peer.ip());
+        let installed = a
+            .state
+            .lock()
+            .expect("allocation")
+            .permit_all(now, &granted);
+        if installed.is_err() {
+            // RFC 8656 section 9.2: permissions that cannot all be installed get 508.
+            return error(508, "permissions full");
         }
-        drop(state);
         self.stats.permissions_created.add(peers.len() as u64);
         Handled::Reply(wire::response(
             msg,
@@ -640,19 +646,21 @@ impl<B: RelayBinder> Core<B> {
         let (Ok(()), Some([peer])) = (number.get_from(msg), peers.as_deref()) else {
             return error(400, "missing CHANNEL-NUMBER or XOR-PEER-ADDRESS");
         };
-        if let Err((code, why)) = self.check_peer(a.relayed, *peer) {
-            return error(code, why);
-        }
-        if a.state
+        let reach = match self.check_peer(a.relayed, *peer) {
+            Ok(reach) => reach,
+            Err((code, why)) => return error(code, why),
+        };
+        let bound = a
+            .state
             .lock()
             .expect("allocation")
-            .bind_channel(now, number.0, *peer)
-            .is_err()
-        {
-            {
-                debug!(number = format!("{:#06x}", number.0), %peer, "channel bind refused");
-                return error(400, "channel binding rules");
-            }
+            .bind_channel(now, number.0, *peer, reach);
+        if let Err(e) = bound {
+            debug!(number = format!("{:#06x}", number.0), %peer, error = ?e, "channel bind refused");
+            return match e {
+                ChannelBindError::PermissionsFull => error(508, "permissions full"),
+                _ => error(400, "channel binding rules"),
+            };
         }
         self.stats.channels_bound.inc();
         Handled::Reply(wire::response(
@@ -673,12 +681,9 @@ impl<B: RelayBinder> Core<B> {
             return Handled::Nothing;
         };
         let peer = *peer;
-        if !a
-            .state
-            .lock()
-            .expect("allocation")
-            .is_permitted(now, peer.ip())
-        {
+        // The same check as for data from the peer: a permission for the IP, or for this
+        // exact address where the policy opens the IP one address at a time (own addresses).
+        if !a.state.lock().expect("allocation").is_permitted(now, peer) {
             self.stats.no_permission.inc();
             return Handled::Nothing;
         }
@@ -697,8 +702,13 @@ impl<B: RelayBinder> Core<B> {
             .map(|(relay, addr, _)| (relay, addr))
     }
 
-    /// Refuses a peer of the other address family than the relay (443) or refused by policy (403).
-    fn check_peer(&self, relayed: SocketAddr, peer: SocketAddr) -> Result<(), (u16, &'static str)> {
+    /// Refuses a peer of the other address family than the relay (443) or refused by policy (403);
+    /// else says how much of its IP the permission opens.
+    fn check_peer(
+        &self,
+        relayed: SocketAddr,
+        peer: SocketAddr,
+    ) -> Result<Reach, (u16, &'static str)> {
         if peer.is_ipv4() != relayed.is_ipv4() {
             return Err((443, "peer family mismatch"));
         }
@@ -708,15 +718,11 @@ impl<B: RelayBinder> Core<B> {
             .expect("table")
             .by_relay
             .contains_key(&peer);
-        self.policy
-            .load()
-            .check(peer, is_relay)
-            .map(|_| ())
-            .map_err(|refused| {
-                self.stats.policy_refusals.inc(refused.class);
-                info!(%peer, class = refused.class, "peer address refused by policy");
-                (403, "peer refused by policy")
-            })
+        self.policy.load().check(peer, is_relay).map_err(|refused| {
+            self.stats.policy_refusals.inc(refused.class);
+            info!(%peer, class = refused.class, "peer address refused by policy");
+            (403, "peer refused by policy")
+        })
     }
 
     /// The allocation of `tuple`.

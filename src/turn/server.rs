@@ -588,7 +588,7 @@ impl TurnServer {
         let from = allocation.relayed;
         let channel = {
             let state = other.state.lock().expect("allocation");
-            if !state.is_permitted(now, from.ip()) {
+            if !state.is_permitted(now, from) {
                 self.core.stats.no_permission.inc();
                 return Route::Drop;
             }
@@ -833,7 +833,7 @@ fn relay_batch(
                 continue;
             };
             let from = SocketAddr::new(super::policy::normalize(from.ip()), from.port());
-            if !state.is_permitted(now, from.ip()) {
+            if !state.is_permitted(now, from) {
                 stats.no_permission.inc();
                 continue;
             }

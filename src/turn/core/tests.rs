@@ -526,13 +526,13 @@ fn permissions_channels_and_policy() {
         a.state
             .lock()
             .unwrap()
-            .is_permitted(f.t0, "1.1.1.1".parse().unwrap())
+            .is_permitted(f.t0, "1.1.1.1:9".parse().unwrap())
     );
     assert!(
         !a.state
             .lock()
             .unwrap()
-            .is_permitted(f.t0, "8.8.4.4".parse().unwrap())
+            .is_permitted(f.t0, "8.8.4.4:1".parse().unwrap())
     );
 
     let bind = |n: u16, p: &str| {
@@ -596,6 +596,64 @@ fn own_addresses_are_no_peers_but_their_live_relays_are() {
     // The other allocation's relayed address is a peer.
     assert_eq!(f.permit(ta, &cred, &[&b_relayed]), None);
     assert_eq!(f.bind(ta, &cred, 0x4001, &b_relayed), None);
+}
+
+#[test]
+fn a_live_relay_is_a_peer_for_its_own_port_only() {
+    let f = fixture();
+    let (ta, tb) = (tuple(4000), tuple(4001));
+    let cred = rest(UNIX + 600, "bob");
+    f.allocate(ta, &cred);
+    f.allocate(tb, &cred);
+    let b_relayed = f.core.get(&tb).unwrap().relayed;
+    assert_eq!(f.permit(ta, &cred, &[&b_relayed.to_string()]), None);
+    let a = f.core.get(&ta).unwrap();
+    let permitted = |port| {
+        let peer = SocketAddr::new(b_relayed.ip(), port);
+        a.state.lock().unwrap().is_permitted(f.t0, peer)
+    };
+    // Data from the relay passes; from any other port of its IP (the listener, a local service) not.
+    assert!(permitted(b_relayed.port()));
+    assert!(!permitted(3478));
+    assert!(!permitted(b_relayed.port() + 1));
+    // A channel to the relay is as exact.
+    assert_eq!(f.bind(tb, &cred, 0x4000, &a.relayed.to_string()), None);
+    let b = f.core.get(&tb).unwrap();
+    let from_a_ip = SocketAddr::new(a.relayed.ip(), 3478);
+    assert!(!b.state.lock().unwrap().is_permitted(f.t0, from_a_ip));
+    assert!(b.state.lock().unwrap().is_permitted(f.t0, a.relayed));
+}
+
+/// A Send indication to `peer` with `data`.
+fn send_indication(peer_addr: &str, data: &[u8]) -> Vec<u8> {
+    let setters: Vec<Box<dyn Setter>> = vec![
+        Box::new(TransactionId::new()),
+        Box::new(MessageType::new(METHOD_SEND, CLASS_INDICATION)),
+        peer(peer_addr),
+        Box::new(turn::proto::data::Data(data.to_vec())),
+    ];
+    let mut m = Message::new();
+    m.build(&setters).unwrap();
+    m.raw
+}
+
+#[test]
+fn send_indications_reach_exactly_what_data_may_come_from() {
+    let f = fixture_own();
+    let (ta, tb) = (tuple(4000), tuple(4001));
+    let cred = rest(UNIX + 600, "bob");
+    f.allocate(ta, &cred);
+    f.allocate(tb, &cred);
+    let b_relayed = f.core.get(&tb).unwrap().relayed.to_string();
+    assert_eq!(f.permit(ta, &cred, &[&b_relayed]), None);
+    // The permission for the other relay does not reach the TURN listener or a local service.
+    for target in [format!("{OWN}:3478"), format!("{OWN}:5353")] {
+        let sent = f.send(ta, &send_indication(&target, b"hi"));
+        assert!(matches!(sent, Handled::Nothing), "{target}");
+    }
+    assert_eq!(f.core.stats.no_permission.get(), 2);
+    let sent = f.send(ta, &send_indication(&b_relayed, b"hi"));
+    assert!(matches!(sent, Handled::Send { .. }));
 }
 
 #[test]
@@ -724,7 +782,8 @@ fn send_indications_need_a_permission() {
         .state
         .lock()
         .unwrap()
-        .permit(f.t0, "8.8.8.8".parse().unwrap());
+        .permit(f.t0, "8.8.8.8:1".parse().unwrap(), Reach::AnyPort)
+        .unwrap();
     match send("8.8.8.8:53") {
         Handled::Send { peer, data, .. } => {
             assert_eq!(peer, "8.8.8.8:53".parse::<SocketAddr>().unwrap());
