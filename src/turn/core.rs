@@ -26,10 +26,10 @@ use stun::textattrs::TextAttribute;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use super::allocation::{AllocState, ChannelBindError, granted_lifetime};
+use super::allocation::{AllocState, ChannelBindError, Recheck, Revoked, granted_lifetime};
 use super::auth::{self, NonceCheck, NonceKey, Owner};
 use super::policy::{Cidr, PeerPolicy, Reach};
-use super::stats::{AuthFailure, Quota};
+use super::stats::{AuthFailure, Quota, Revocation};
 pub use super::stats::{CloseReason, Stats, Transport};
 use super::wire;
 use crate::config::Secret;
@@ -220,7 +220,8 @@ impl<B: RelayBinder> Core<B> {
     }
 
     /// Takes new secrets, static users and quotas, and new peer allow/deny lists, for the
-    /// requests that come next. Live allocations stay; the realm and external IP do not change.
+    /// requests that come next. Live allocations stay, but lose the permissions and channels
+    /// whose peer the new lists refuse; the realm and external IP do not change.
     pub fn reconfigure(&self, mut config: CoreConfig, allow: Vec<Cidr>, deny: Vec<Cidr>) {
         let old = self.config.load();
         config.realm.clone_from(&old.realm);
@@ -228,6 +229,40 @@ impl<B: RelayBinder> Core<B> {
         self.config.store(Arc::new(config));
         self.policy
             .store(Arc::new(self.policy.load().with_lists(allow, deny)));
+        let table = self.table.read().expect("table");
+        let policy = self.policy.load();
+        let mut total = Revoked::default();
+        for a in table.by_tuple.values() {
+            let mut state = a.state.lock().expect("allocation");
+            let revoked = self.recheck(&table, &policy, &mut state, Recheck::All);
+            total.permissions += revoked.permissions;
+            total.channels += revoked.channels;
+        }
+        if total != Revoked::default() {
+            info!(
+                permissions = total.permissions,
+                channels = total.channels,
+                "the new peer policy removed live permissions and channels"
+            );
+        }
+    }
+
+    /// Applies the current policy to `which` permissions and channels of one allocation,
+    /// and counts what it removes.
+    fn recheck(
+        &self,
+        table: &Table<B::Relay>,
+        policy: &PeerPolicy,
+        state: &mut AllocState,
+        which: Recheck,
+    ) -> Revoked {
+        let revoked = state.revoke(which, |peer| {
+            policy.check(peer, table.by_relay.contains_key(&peer)).ok()
+        });
+        let stats = &self.stats.policy_revocations;
+        stats.add(Revocation::Permission, revoked.permissions as u64);
+        stats.add(Revocation::Channel, revoked.channels as u64);
+        revoked
     }
 
     /// Handles one STUN message from a client.
@@ -797,7 +832,8 @@ impl<B: RelayBinder> Core<B> {
         usage
     }
 
-    /// Removes expired allocations and reservations, and sweeps permissions and channels.
+    /// Removes expired allocations and reservations, and sweeps permissions and channels
+    /// (also those granted for a relayed address that is no longer live).
     pub fn sweep(&self, now: Instant) -> usize {
         self.reservations
             .lock()
@@ -805,12 +841,15 @@ impl<B: RelayBinder> Core<B> {
             .retain(|_, (_, _, expires)| now < *expires);
         let expired: Vec<FiveTuple> = {
             let table = self.table.read().expect("table");
+            let policy = self.policy.load();
             table
                 .by_tuple
                 .values()
                 .filter_map(|a| {
                     let mut state = a.state.lock().expect("allocation");
                     state.sweep(now);
+                    // A relayed address granted exactly may have gone (its port may be rebound by anything).
+                    self.recheck(&table, &policy, &mut state, Recheck::Exact);
                     state.is_expired(now).then_some(a.tuple)
                 })
                 .collect()

@@ -66,6 +66,14 @@ crate::labels! {
     }
 }
 
+crate::labels! {
+    /// What the peer policy took back from a live allocation.
+    pub Revocation {
+        Permission => "permission",
+        Channel => "channel",
+    }
+}
+
 /// Packets and bytes relayed in one direction, by the client's transport.
 #[derive(Debug, Default)]
 pub struct Traffic {
@@ -95,6 +103,9 @@ pub struct Stats {
     pub auth_failures: ByLabel<AuthFailure>,
     /// Peer addresses refused, by the address class of the policy.
     pub policy_refusals: ByName,
+    /// Permissions and channels removed because the policy no longer allows their peer:
+    /// a reload changed the lists, or the relayed address they were granted for went away.
+    pub policy_revocations: ByLabel<Revocation>,
     pub quota_refusals: ByLabel<Quota>,
     /// Datagrams that are not STUN or ChannelData, or STUN that does not parse.
     pub malformed: Counter,
@@ -167,6 +178,11 @@ impl Stats {
             )
             .by("reason", &self.auth_failures),
             policy,
+            Family::counter(
+                "turn_policy_revocations",
+                "Permissions and channels removed because the peer policy no longer allows their peer, by kind.",
+            )
+            .by("kind", &self.policy_revocations),
             Family::counter("turn_quota_refusals", "Allocations refused by a quota.")
                 .by("quota", &self.quota_refusals),
             Family::counter(

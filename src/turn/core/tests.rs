@@ -657,6 +657,63 @@ fn send_indications_reach_exactly_what_data_may_come_from() {
 }
 
 #[test]
+fn a_reload_applies_the_new_peer_lists_to_live_permissions_and_channels() {
+    let f = fixture();
+    let t = tuple(4000);
+    let cred = rest(UNIX + 600, "bob");
+    f.allocate(t, &cred);
+    let config = || (**f.core.config.load()).clone();
+    let cidr = |c: &str| c.parse::<Cidr>().unwrap();
+    f.core
+        .reconfigure(config(), vec![cidr("10.0.0.0/8")], vec![]);
+    assert_eq!(
+        f.permit(t, &cred, &["1.1.1.1:1", "8.8.8.8:1", "10.0.0.1:5"]),
+        None
+    );
+    assert_eq!(f.bind(t, &cred, 0x4000, "10.0.0.2:6"), None);
+    assert_eq!(f.bind(t, &cred, 0x4001, "1.1.1.1:7"), None);
+    // 10/8 is no longer allowed and 8.8.8.0/24 is denied: gone at once, not at expiry.
+    f.core
+        .reconfigure(config(), vec![], vec![cidr("8.8.8.0/24")]);
+    let a = f.core.get(&t).unwrap();
+    let state = a.state.lock().unwrap();
+    let permitted = |p: &str| state.is_permitted(f.t0, p.parse().unwrap());
+    assert!(permitted("1.1.1.1:1"));
+    assert!(!permitted("8.8.8.8:1"));
+    assert!(!permitted("10.0.0.1:5"));
+    assert!(!permitted("10.0.0.2:6"));
+    assert_eq!(state.channel_peer(f.t0, 0x4000), None);
+    assert!(state.channel_peer(f.t0, 0x4001).is_some());
+    let revoked = &f.core.stats.policy_revocations;
+    assert_eq!(
+        (
+            revoked.get(Revocation::Permission),
+            revoked.get(Revocation::Channel)
+        ),
+        (3, 1)
+    );
+}
+
+#[test]
+fn a_relay_that_goes_away_takes_its_exact_permissions_along() {
+    let f = fixture();
+    let (ta, tb) = (tuple(4000), tuple(4001));
+    let cred = rest(UNIX + 600, "bob");
+    f.allocate(ta, &cred);
+    f.allocate(tb, &cred);
+    let b_relayed = f.core.get(&tb).unwrap().relayed;
+    assert_eq!(f.bind(ta, &cred, 0x4000, &b_relayed.to_string()), None);
+    f.core.sweep(f.t0);
+    let a = f.core.get(&ta).unwrap();
+    assert!(a.state.lock().unwrap().is_permitted(f.t0, b_relayed));
+    f.core.close(&tb, CloseReason::Refresh);
+    f.core.sweep(f.t0);
+    let state = a.state.lock().unwrap();
+    assert!(!state.is_permitted(f.t0, b_relayed));
+    assert_eq!(state.channel_peer(f.t0, 0x4000), None);
+}
+
+#[test]
 fn refresh_zero_deletes_and_later_requests_get_437() {
     let f = fixture();
     let t = tuple(4000);
