@@ -29,7 +29,7 @@ use tracing::{debug, info};
 use super::allocation::{AllocState, ChannelBindError, Recheck, Revoked, granted_lifetime};
 use super::auth::{self, NonceCheck, NonceKey, Owner};
 use super::policy::{Cidr, PeerPolicy, Reach};
-use super::stats::{AuthFailure, Quota, Revocation};
+use super::stats::{AuthFailure, PermissionLimit, Quota, Revocation};
 pub use super::stats::{CloseReason, Stats, Transport};
 use super::wire;
 use crate::config::Secret;
@@ -80,6 +80,11 @@ pub struct CoreConfig {
     pub max_allocations_per_room: usize,
     pub max_allocations: usize,
 }
+
+/// XOR-PEER-ADDRESS attributes one CreatePermission may carry. Browsers send one; the cap
+/// bounds what one request costs (policy checks, permissions): a 64 KiB request over TCP
+/// holds about 5,000. Permissions per allocation are capped by `allocation::MAX_PERMISSIONS`.
+const MAX_PEERS_PER_REQUEST: usize = 16;
 
 /// Responses kept per allocation to answer retransmitted requests identically.
 const REPLY_CACHE: usize = 8;
@@ -636,6 +641,20 @@ impl<B: RelayBinder> Core<B> {
         let Some(a) = existing else {
             return error(437, "no allocation");
         };
+        let count = msg
+            .attributes
+            .0
+            .iter()
+            .filter(|a| a.typ == stun::attributes::ATTR_XOR_PEER_ADDRESS)
+            .count();
+        if count > MAX_PEERS_PER_REQUEST {
+            // 508, not 400: the request is well formed, and RFC 8656 section 9.2 answers
+            // permissions that the server cannot all install with 508.
+            self.stats
+                .permission_refusals
+                .inc(PermissionLimit::PeersPerRequest);
+            return error(508, "too many peers in one request");
+        }
         let peers = match wire::peer_addresses(msg) {
             Some(p) if !p.is_empty() => p,
             _ => return error(400, "no XOR-PEER-ADDRESS"),
@@ -654,6 +673,9 @@ impl<B: RelayBinder> Core<B> {
             .permit_all(now, &granted);
         if installed.is_err() {
             // RFC 8656 section 9.2: permissions that cannot all be installed get 508.
+            self.stats
+                .permission_refusals
+                .inc(PermissionLimit::PerAllocation);
             return error(508, "permissions full");
         }
         self.stats.permissions_created.add(peers.len() as u64);
@@ -693,7 +715,12 @@ impl<B: RelayBinder> Core<B> {
         if let Err(e) = bound {
             debug!(number = format!("{:#06x}", number.0), %peer, error = ?e, "channel bind refused");
             return match e {
-                ChannelBindError::PermissionsFull => error(508, "permissions full"),
+                ChannelBindError::PermissionsFull => {
+                    self.stats
+                        .permission_refusals
+                        .inc(PermissionLimit::PerAllocation);
+                    error(508, "permissions full")
+                }
                 _ => error(400, "channel binding rules"),
             };
         }

@@ -74,6 +74,14 @@ crate::labels! {
     }
 }
 
+crate::labels! {
+    /// Which permission limit refused a CreatePermission or ChannelBind (answered 508).
+    pub PermissionLimit {
+        PeersPerRequest => "peers_per_request",
+        PerAllocation => "permissions_per_allocation",
+    }
+}
+
 /// Packets and bytes relayed in one direction, by the client's transport.
 #[derive(Debug, Default)]
 pub struct Traffic {
@@ -107,6 +115,7 @@ pub struct Stats {
     /// a reload changed the lists, or the relayed address they were granted for went away.
     pub policy_revocations: ByLabel<Revocation>,
     pub quota_refusals: ByLabel<Quota>,
+    pub permission_refusals: ByLabel<PermissionLimit>,
     /// Datagrams that are not STUN or ChannelData, or STUN that does not parse.
     pub malformed: Counter,
     /// Data to or from a peer without a permission, or for a channel not bound.
@@ -185,6 +194,11 @@ impl Stats {
             .by("kind", &self.policy_revocations),
             Family::counter("turn_quota_refusals", "Allocations refused by a quota.")
                 .by("quota", &self.quota_refusals),
+            Family::counter(
+                "turn_permission_refusals",
+                "CreatePermission and ChannelBind requests refused by a permission limit.",
+            )
+            .by("limit", &self.permission_refusals),
             Family::counter(
                 "turn_malformed",
                 "Datagrams and frames that are not valid STUN or ChannelData.",

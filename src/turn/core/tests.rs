@@ -714,6 +714,34 @@ fn a_relay_that_goes_away_takes_its_exact_permissions_along() {
 }
 
 #[test]
+fn permissions_are_capped_per_request_and_per_allocation_with_508() {
+    let f = fixture();
+    let t = tuple(4000);
+    let cred = rest(UNIX + 600, "bob");
+    f.allocate(t, &cred);
+    let addrs: Vec<String> = (0..=crate::turn::allocation::MAX_PERMISSIONS)
+        .map(|i| format!("8.8.{}.{}:9", i / 256, i % 256))
+        .collect();
+    let peers: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    assert_eq!(
+        f.permit(t, &cred, &peers[..=MAX_PEERS_PER_REQUEST]),
+        Some(508)
+    );
+    let limits = &f.core.stats.permission_refusals;
+    assert_eq!(limits.get(PermissionLimit::PeersPerRequest), 1);
+    let (fill, last) = peers.split_at(crate::turn::allocation::MAX_PERMISSIONS);
+    for chunk in fill.chunks(MAX_PEERS_PER_REQUEST) {
+        assert_eq!(f.permit(t, &cred, chunk), None);
+    }
+    // Full: a new peer is refused, by CreatePermission and by ChannelBind; refreshing is fine.
+    assert_eq!(f.permit(t, &cred, last), Some(508));
+    assert_eq!(f.bind(t, &cred, 0x4000, last[0]), Some(508));
+    assert_eq!(f.permit(t, &cred, &fill[..3]), None);
+    assert_eq!(f.bind(t, &cred, 0x4000, fill[0]), None);
+    assert_eq!(limits.get(PermissionLimit::PerAllocation), 2);
+}
+
+#[test]
 fn refresh_zero_deletes_and_later_requests_get_437() {
     let f = fixture();
     let t = tuple(4000);
