@@ -54,10 +54,11 @@ struct Channel {
     exact: bool,
 }
 
-/// A permission's key: a whole IP, or one transport address.
+/// A permission's key: a whole IP (of [`Reach::AnyPort`] or [`Reach::OwnIp`]), or one
+/// transport address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Key {
-    Ip(IpAddr),
+    Ip(IpAddr, Reach),
     Addr(SocketAddr),
 }
 
@@ -65,8 +66,8 @@ impl Key {
     fn of(peer: SocketAddr, reach: Reach) -> Key {
         let peer = normalized(peer);
         match reach {
-            Reach::AnyPort => Key::Ip(peer.ip()),
             Reach::ThisPort => Key::Addr(peer),
+            ip => Key::Ip(peer.ip(), ip),
         }
     }
 }
@@ -90,10 +91,11 @@ pub struct Revoked {
 #[derive(Debug, Clone)]
 pub struct AllocState {
     pub expires: Instant,
-    /// Permissions for every port of an IP.
-    permissions: HashMap<IpAddr, Instant>,
-    /// Permissions for one transport address: the server's own addresses (live relays,
-    /// or re-admitted by `allow_peers`), whose other ports must stay out of reach.
+    /// Permissions for every port of an IP, with their reach ([`Reach::AnyPort`], or
+    /// [`Reach::OwnIp`] whose Sends are checked again).
+    permissions: HashMap<IpAddr, (Instant, Reach)>,
+    /// Permissions for one transport address: live relays on the server's own addresses,
+    /// whose other ports must stay out of reach.
     exact: HashMap<SocketAddr, Instant>,
     channels: HashMap<u16, Channel>,
     by_peer: HashMap<SocketAddr, u16>,
@@ -159,9 +161,13 @@ impl AllocState {
     fn install(&mut self, now: Instant, key: Key) {
         let expires = now + PERMISSION_LIFETIME;
         match key {
-            Key::Ip(ip) => self.permissions.insert(ip, expires),
-            Key::Addr(addr) => self.exact.insert(addr, expires),
-        };
+            Key::Ip(ip, reach) => {
+                self.permissions.insert(ip, (expires, reach));
+            }
+            Key::Addr(addr) => {
+                self.exact.insert(addr, expires);
+            }
+        }
     }
 
     /// How many of `keys` (distinct) are not installed.
@@ -171,7 +177,7 @@ impl AllocState {
             .filter(|&(i, key)| {
                 !keys[..i].contains(key)
                     && match key {
-                        Key::Ip(ip) => !self.permissions.contains_key(ip),
+                        Key::Ip(ip, _) => !self.permissions.contains_key(ip),
                         Key::Addr(addr) => !self.exact.contains_key(addr),
                     }
             })
@@ -180,10 +186,24 @@ impl AllocState {
 
     /// Whether data may pass to and from `peer`: a permission for its IP, or for it exactly.
     pub fn is_permitted(&self, now: Instant, peer: SocketAddr) -> bool {
+        self.permission(now, peer).is_some()
+    }
+
+    /// The live permission that lets data pass to and from `peer`, by its reach.
+    pub fn permission(&self, now: Instant, peer: SocketAddr) -> Option<Reach> {
         let peer = normalized(peer);
-        let live = |exp: Option<&Instant>| exp.is_some_and(|exp| now < *exp);
-        live(self.permissions.get(&peer.ip()))
-            || (!self.exact.is_empty() && live(self.exact.get(&peer)))
+        if let Some((expires, reach)) = self.permissions.get(&peer.ip())
+            && now < *expires
+        {
+            return Some(*reach);
+        }
+        if self.exact.is_empty() {
+            return None;
+        }
+        self.exact
+            .get(&peer)
+            .is_some_and(|expires| now < *expires)
+            .then_some(Reach::ThisPort)
     }
 
     /// Binds `number` to `peer`, or refreshes the binding; also installs or refreshes the
@@ -263,13 +283,13 @@ impl AllocState {
     }
 
     fn sweep_permissions(&mut self, now: Instant) {
-        self.permissions.retain(|_, exp| now < *exp);
+        self.permissions.retain(|_, (exp, _)| now < *exp);
         self.exact.retain(|_, exp| now < *exp);
     }
 
     /// Removes the permissions and channels whose peer `allowed` no longer allows as they
-    /// were granted: a whole-IP permission needs [`Reach::AnyPort`] (asked with port 0, as
-    /// that reach never depends on the port), the others any `Some`.
+    /// were granted: a whole-IP permission needs a whole-IP reach (asked with port 0), and
+    /// takes the one it gets; the others need any `Some`.
     pub fn revoke(
         &mut self,
         which: Recheck,
@@ -279,7 +299,13 @@ impl AllocState {
         let before = self.permissions.len() + self.exact.len();
         if which == Recheck::All {
             self.permissions
-                .retain(|ip, _| allowed(SocketAddr::new(*ip, 0)) == Some(Reach::AnyPort));
+                .retain(|ip, (_, reach)| match allowed(SocketAddr::new(*ip, 0)) {
+                    None | Some(Reach::ThisPort) => false,
+                    Some(fresh) => {
+                        *reach = fresh;
+                        true
+                    }
+                });
         }
         if which == Recheck::All || !self.exact.is_empty() {
             self.exact.retain(|addr, _| allowed(*addr).is_some());

@@ -744,9 +744,19 @@ impl<B: RelayBinder> Core<B> {
         };
         let peer = *peer;
         // The same check as for data from the peer: a permission for the IP, or for this
-        // exact address where the policy opens the IP one address at a time (own addresses).
-        if !a.state.lock().expect("allocation").is_permitted(now, peer) {
+        // exact address (a live relay on an own address)...
+        let permission = a.state.lock().expect("allocation").permission(now, peer);
+        let Some(reach) = permission else {
             self.stats.no_permission.inc();
+            return Handled::Nothing;
+        };
+        // ...and on an own address that allow_peers re-admits, the policy's, as for ChannelBind:
+        // not a listener.
+        if reach == Reach::OwnIp
+            && let Err(refused) = self.policy.load().check(peer, false)
+        {
+            self.stats.policy_refusals.inc(refused.class);
+            debug!(%peer, class = refused.class, "Send indication refused by policy");
             return Handled::Nothing;
         }
         Handled::Send {

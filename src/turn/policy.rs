@@ -6,9 +6,10 @@
 //! Teredo and NAT64 addresses must pass the IPv4 policy too. The server's own
 //! sockets are refused, and so is every other port of its own addresses (loopback
 //! included): a relay there would reach local services. `allow_peers` and
-//! `deny_peers` override the defaults; `allow_peers` re-admits an own address one
-//! transport address at a time ([`Reach::ThisPort`]), never a listener. A live
-//! relayed address of this server is always allowed, exactly, so relay-to-relay calls work.
+//! `deny_peers` override the defaults; `allow_peers` re-admits an own address but
+//! not its listeners ([`Reach::OwnIp`]). A live relayed address of this server is
+//! always allowed, that transport address alone ([`Reach::ThisPort`]), so
+//! relay-to-relay calls work.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
@@ -104,10 +105,13 @@ pub struct Refused {
 /// How much of an allowed peer's IP a permission may open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Reach {
-    /// Only this transport address: an address of the server itself (a live relay, or an
-    /// own address re-admitted by `allow_peers`), whose other ports are the server's.
+    /// Only this transport address: a live relayed address of this server, on an address
+    /// whose other ports are refused (the server's own).
     ThisPort,
-    /// Every port of the IP (RFC 8656: permissions ignore ports). Never depends on the port.
+    /// Every port of an own address that `allow_peers` re-admits, but the server's listeners:
+    /// a Send to it is checked again, as ChannelBind is.
+    OwnIp,
+    /// Every port of the IP (RFC 8656: permissions ignore ports).
     AnyPort,
 }
 
@@ -161,7 +165,8 @@ impl PeerPolicy {
     }
 
     /// Checks `peer`; `is_relay` says whether it is a live relayed address of this server.
-    /// `Ok` says how much of the peer's IP a permission may open.
+    /// `Ok` says how much of the peer's IP a permission may open; only an own listener's
+    /// port makes it depend on the port, and that is refused.
     ///
     /// # Errors
     /// The address is refused; the error names its class.
@@ -192,7 +197,7 @@ impl PeerPolicy {
             });
         }
         let own = ip.is_loopback() || self.own_ips.contains(&ip);
-        let reach = if own { Reach::ThisPort } else { Reach::AnyPort };
+        let reach = if own { Reach::OwnIp } else { Reach::AnyPort };
         if self.allow.iter().any(|c| c.contains(ip)) {
             return Ok(reach);
         }
@@ -366,7 +371,7 @@ mod tests {
         let relay = "198.51.99.7:50000".parse().unwrap();
         assert_eq!(p.check(relay, true), Ok(Reach::ThisPort));
         assert_eq!(check(&p, "8.8.8.8:53"), Ok(Reach::AnyPort));
-        // allow_peers re-admits own addresses one port at a time, and never a listener.
+        // allow_peers re-admits own addresses, but never a listener.
         let p = PeerPolicy::new(
             vec![
                 "198.51.99.0/24".parse().unwrap(),
@@ -376,8 +381,8 @@ mod tests {
             vec!["0.0.0.0:3478".parse().unwrap()],
             vec!["198.51.99.7".parse().unwrap()],
         );
-        assert_eq!(check(&p, "198.51.99.7:9"), Ok(Reach::ThisPort));
-        assert_eq!(check(&p, "127.0.0.1:9"), Ok(Reach::ThisPort));
+        assert_eq!(check(&p, "198.51.99.7:9"), Ok(Reach::OwnIp));
+        assert_eq!(check(&p, "127.0.0.1:9"), Ok(Reach::OwnIp));
         assert_eq!(check(&p, "198.51.99.8:9"), Ok(Reach::AnyPort));
         assert_eq!(refused(&p, "198.51.99.7:3478"), Some("own_socket"));
         assert_eq!(refused(&p, "127.0.0.1:3478"), Some("own_socket"));

@@ -742,6 +742,28 @@ fn permissions_are_capped_per_request_and_per_allocation_with_508() {
 }
 
 #[test]
+fn a_send_to_a_listener_of_a_readmitted_own_address_is_refused() {
+    let allow = vec![format!("{OWN}/32").parse().unwrap()];
+    let f = fixture_with_policy(
+        |c| c.external_ip = Some(OWN.parse().unwrap()),
+        own_policy().with_lists(allow, vec![]),
+    );
+    let t = tuple(4000);
+    let cred = rest(UNIX + 600, "bob");
+    f.allocate(t, &cred);
+    // allow_peers re-admits the address, and a permission opens it, but not its listener.
+    assert_eq!(f.permit(t, &cred, &[&format!("{OWN}:5353")]), None);
+    assert_eq!(f.permit(t, &cred, &[&format!("{OWN}:3478")]), Some(403));
+    let listener = f.send(t, &send_indication(&format!("{OWN}:3478"), b"hi"));
+    assert!(matches!(listener, Handled::Nothing));
+    assert_eq!(f.refusals("own_socket"), 2);
+    for port in [5353, 5354] {
+        let service = f.send(t, &send_indication(&format!("{OWN}:{port}"), b"hi"));
+        assert!(matches!(service, Handled::Send { .. }), "{port}");
+    }
+}
+
+#[test]
 fn refresh_zero_deletes_and_later_requests_get_437() {
     let f = fixture();
     let t = tuple(4000);
