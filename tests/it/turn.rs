@@ -10,6 +10,7 @@ use serde_json::json;
 use switchboard::config::Secret;
 use switchboard::signaling::protocol::{IceServer, ServerMsg};
 use switchboard::turn::auth::rest_password;
+use switchboard::turn::probe::{Client, ProbeError};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UdpSocket};
 use webrtc_util::Conn;
@@ -459,6 +460,61 @@ async fn a_failed_relay_send_is_dropped_and_the_allocation_keeps_working() {
         (&buf[..n], from),
         (&b"still here"[..], relay.local_addr().unwrap())
     );
+}
+
+/// A STUN Binding request, which a TURN listener answers to whoever sent it.
+fn binding_request() -> Vec<u8> {
+    let mut request = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xA4, 0x42];
+    request.extend_from_slice(b"local-probe!");
+    request
+}
+
+/// With loopback, the harness's relay address, not in allow_peers: a permission for another
+/// allocation's relayed address opens that address alone. A local service on another port
+/// of the relay address, and the TURN listener, are reached by no Send indication, and what
+/// they send to the relay never reaches the client.
+#[tokio::test]
+async fn the_relay_address_reaches_live_relays_not_local_services_or_listeners() {
+    let server = TestServer::start(&format!("[turn]\nsecrets = [\"{SECRET}\"]\n"));
+    let turn_udp = server.listener("turn_udp");
+    let service = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let service_addr = service.local_addr().unwrap();
+    let (username, password) = rest_credential(600, "it");
+    let mut a = Client::new(turn_udp, &username, &password).await.unwrap();
+    let mut b = Client::new(turn_udp, &username, &password).await.unwrap();
+    let relay_a = within("allocation", a.allocate()).await.unwrap();
+    let relay_b = within("allocation", b.allocate()).await.unwrap();
+    assert_eq!(
+        relay_a.ip(),
+        service_addr.ip(),
+        "the service is on the relay address"
+    );
+    within("permission", a.permit(relay_b)).await.unwrap();
+    within("permission", b.permit(relay_a)).await.unwrap();
+    let refused = within("permission", a.permit(service_addr)).await;
+    assert!(
+        matches!(refused, Err(ProbeError::Refused { code: 403, .. })),
+        "{refused:?}"
+    );
+    a.send(service_addr, b"to the service").await.unwrap();
+    a.send(turn_udp, &binding_request()).await.unwrap();
+    service.send_to(b"from the service", relay_a).await.unwrap();
+    // The relays hear each other, and nothing else first: the listener's answer to the
+    // Binding request and the service's datagram reach relay A before B's.
+    a.send(relay_b, b"a to b").await.unwrap();
+    let heard = within("relay B hears A", b.recv()).await.unwrap();
+    assert_eq!(heard, (relay_a, b"a to b".to_vec()));
+    b.send(relay_a, b"b to a").await.unwrap();
+    let heard = within("relay A hears B", a.recv()).await.unwrap();
+    assert_eq!(heard, (relay_b, b"b to a".to_vec()));
+    // The service heard nothing: the first datagram it reads is one sent after the others.
+    let marker = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    marker.send_to(b"marker", service_addr).await.unwrap();
+    let mut buf = [0u8; 64];
+    let (n, _) = within("the marker", service.recv_from(&mut buf))
+        .await
+        .unwrap();
+    assert_eq!(&buf[..n], b"marker");
 }
 
 #[test]
