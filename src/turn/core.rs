@@ -29,7 +29,7 @@ use tracing::{debug, info};
 use super::allocation::{AllocState, granted_lifetime};
 use super::auth::{self, NonceCheck, NonceKey, Owner};
 use super::policy::{Cidr, PeerPolicy};
-use super::stats::{AuthFailure, Quota};
+use super::stats::{AuthFailure, ProtocolRule, Quota};
 pub use super::stats::{CloseReason, Stats, Transport};
 use super::wire;
 use crate::config::Secret;
@@ -249,6 +249,13 @@ impl<B: RelayBinder> Core<B> {
         {
             self.stats.malformed.inc();
             return Handled::Nothing;
+        }
+        // From here on every read of the message sees only what MESSAGE-INTEGRITY covers.
+        if wire::cut_after_integrity(&mut msg) {
+            self.stats
+                .protocol_refusals
+                .inc(ProtocolRule::AfterIntegrity);
+            debug!(client = %tuple.client, "attributes after MESSAGE-INTEGRITY ignored");
         }
         if msg.typ.class == CLASS_INDICATION {
             return if msg.typ.method == METHOD_SEND {

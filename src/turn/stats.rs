@@ -48,6 +48,15 @@ crate::labels! {
     }
 }
 
+crate::labels! {
+    /// A rule of STUN or TURN (RFC 8489, RFC 8656) that refused a request, dropped an
+    /// indication or cut attributes from a message.
+    pub ProtocolRule {
+        /// Attributes after MESSAGE-INTEGRITY (FINGERPRINT aside) were cut and ignored.
+        AfterIntegrity => "attributes_after_integrity",
+    }
+}
+
 /// Packets and bytes relayed in one direction, by the client's transport.
 #[derive(Debug, Default)]
 pub struct Traffic {
@@ -78,6 +87,8 @@ pub struct Stats {
     /// Peer addresses refused, by the address class of the policy.
     pub policy_refusals: ByName,
     pub quota_refusals: ByLabel<Quota>,
+    /// Requests refused, indications dropped and attributes ignored under a protocol rule.
+    pub protocol_refusals: ByLabel<ProtocolRule>,
     /// Datagrams that are not STUN or ChannelData, or STUN that does not parse.
     pub malformed: Counter,
     /// Data to or from a peer without a permission, or for a channel not bound.
@@ -147,6 +158,11 @@ impl Stats {
             policy,
             Family::counter("turn_quota_refusals", "Allocations refused by a quota.")
                 .by("quota", &self.quota_refusals),
+            Family::counter(
+                "turn_protocol_refusals",
+                "Requests refused, indications dropped and attributes ignored under a STUN/TURN rule, by rule.",
+            )
+            .by("rule", &self.protocol_refusals),
             Family::counter(
                 "turn_malformed",
                 "Datagrams and frames that are not valid STUN or ChannelData.",

@@ -182,6 +182,37 @@ pub fn peer_addresses(msg: &Message) -> Option<Vec<SocketAddr>> {
         .collect()
 }
 
+/// Cuts `msg` after its first MESSAGE-INTEGRITY (or MESSAGE-INTEGRITY-SHA256): its attribute
+/// list, raw bytes and header length then end where the HMAC ends. RFC 8489 section 14.5:
+/// attributes after it, FINGERPRINT and MESSAGE-INTEGRITY-SHA256 aside, must be ignored, as
+/// anyone on the path can append them. Check FINGERPRINT first; MESSAGE-INTEGRITY still
+/// verifies on the cut message. Returns whether anything else than those two was cut.
+pub fn cut_after_integrity(msg: &mut Message) -> bool {
+    use stun::attributes::{
+        ATTR_FINGERPRINT, ATTR_MESSAGE_INTEGRITY, ATTR_MESSAGE_INTEGRITY_SHA256,
+    };
+    let Some(at) =
+        msg.attributes.0.iter().position(|a| {
+            a.typ == ATTR_MESSAGE_INTEGRITY || a.typ == ATTR_MESSAGE_INTEGRITY_SHA256
+        })
+    else {
+        return false;
+    };
+    let cut = msg.attributes.0.split_off(at + 1);
+    if cut.is_empty() {
+        return false;
+    }
+    let bytes: usize = cut
+        .iter()
+        .map(|a| 4 + usize::from(a.length).div_ceil(4) * 4)
+        .sum();
+    msg.length -= bytes as u32;
+    msg.raw.truncate(STUN_HEADER + msg.length as usize);
+    msg.write_length();
+    cut.iter()
+        .any(|a| a.typ != ATTR_FINGERPRINT && a.typ != ATTR_MESSAGE_INTEGRITY_SHA256)
+}
+
 /// Builds a response to `req` of `class` with `attrs`, then MESSAGE-INTEGRITY
 /// (when `key` is given) and FINGERPRINT.
 pub fn response(
@@ -318,6 +349,56 @@ mod tests {
         );
         let r = channel_data_in_place(&mut buf, 4, 5, 0x4001, false);
         assert_eq!(r, 0..9);
+    }
+
+    #[test]
+    fn cutting_after_integrity_keeps_it_verifiable() {
+        let key = stun::integrity::MessageIntegrity::new_short_term_integrity("pw".into());
+        let lifetime = |s| {
+            Box::new(turn::proto::lifetime::Lifetime(
+                std::time::Duration::from_secs(s),
+            ))
+        };
+        let mut m = Message::new();
+        m.build(&[
+            Box::new(stun::agent::TransactionId::new()),
+            Box::new(stun::message::BINDING_REQUEST),
+            lifetime(1),
+            Box::new(key.clone()),
+            lifetime(2),
+            Box::new(stun::fingerprint::FINGERPRINT),
+        ])
+        .unwrap();
+        let mut cut = Message::new();
+        // Bytes after the message (a padded datagram) go too.
+        cut.raw = [&m.raw[..], &[0u8; 4]].concat();
+        cut.decode().unwrap();
+        assert!(cut_after_integrity(&mut cut));
+        let types: Vec<_> = cut.attributes.0.iter().map(|a| a.typ).collect();
+        assert_eq!(
+            types,
+            [
+                stun::attributes::ATTR_LIFETIME,
+                stun::attributes::ATTR_MESSAGE_INTEGRITY
+            ]
+        );
+        assert_eq!(cut.raw.len(), STUN_HEADER + 8 + 24);
+        key.check(&mut cut)
+            .expect("MESSAGE-INTEGRITY of the cut message");
+        let mut again = Message::new();
+        again.raw = cut.raw.clone();
+        again.decode().expect("the cut message is well formed");
+        // MESSAGE-INTEGRITY then FINGERPRINT is the normal case: cut, not reported.
+        let mut m = Message::new();
+        m.build(&[
+            Box::new(stun::agent::TransactionId::new()),
+            Box::new(stun::message::BINDING_REQUEST),
+            Box::new(key.clone()),
+            Box::new(stun::fingerprint::FINGERPRINT),
+        ])
+        .unwrap();
+        assert!(!cut_after_integrity(&mut m));
+        key.check(&mut m).unwrap();
     }
 
     /// RFC 5769 sections 2.2 and 2.3: responses with XOR-MAPPED-ADDRESS (IPv4, IPv6).

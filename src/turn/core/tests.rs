@@ -101,6 +101,18 @@ fn request(
     attrs: Vec<Box<dyn Setter>>,
     auth: Option<(&Cred, &str)>,
 ) -> Vec<u8> {
+    request_with_trailer(method, tid, attrs, auth, vec![])
+}
+
+/// A request with `trailer` between MESSAGE-INTEGRITY and FINGERPRINT, as an on-path
+/// attacker can append it without the key.
+fn request_with_trailer(
+    method: Method,
+    tid: TransactionId,
+    attrs: Vec<Box<dyn Setter>>,
+    auth: Option<(&Cred, &str)>,
+    trailer: Vec<Box<dyn Setter>>,
+) -> Vec<u8> {
     let mut setters: Vec<Box<dyn Setter>> = vec![
         Box::new(tid),
         Box::new(MessageType::new(method, CLASS_REQUEST)),
@@ -113,6 +125,7 @@ fn request(
         let key = auth::long_term_key(&cred.0, REALM, &cred.1);
         setters.push(Box::new(stun::integrity::MessageIntegrity(key)));
     }
+    setters.extend(trailer);
     setters.push(Box::new(stun::fingerprint::FINGERPRINT));
     let mut m = Message::new();
     m.build(&setters).unwrap();
@@ -714,4 +727,65 @@ fn even_port_with_reservation_then_reservation_token() {
         ),
     ));
     assert_eq!(code(&r), Some(508));
+}
+
+#[test]
+fn attributes_after_message_integrity_are_ignored() {
+    let f = fixture();
+    let t = tuple(4000);
+    let cred = rest(UNIX + 600, "bob");
+    let nonce = f.nonce(t);
+    let auth = Some((&cred, nonce.as_str()));
+    // An Allocate without LIFETIME gets the default, whatever is appended after the integrity.
+    let long: Box<dyn Setter> = Box::new(Lifetime(Duration::from_secs(3600)));
+    let r = reply_of(f.send(
+        t,
+        &request_with_trailer(
+            METHOD_ALLOCATE,
+            TransactionId::new(),
+            vec![udp()],
+            auth,
+            vec![long],
+        ),
+    ));
+    assert_eq!(
+        code(&r),
+        None,
+        "MESSAGE-INTEGRITY verifies on the covered part"
+    );
+    let mut lifetime = Lifetime::default();
+    lifetime.get_from(&decode(&r)).unwrap();
+    assert_eq!(lifetime.0, Duration::from_secs(600));
+    // A LIFETIME of zero appended to a Refresh does not delete the allocation...
+    let zero: Box<dyn Setter> = Box::new(Lifetime(Duration::ZERO));
+    let refresh = request_with_trailer(
+        METHOD_REFRESH,
+        TransactionId::new(),
+        vec![],
+        auth,
+        vec![zero],
+    );
+    assert_eq!(code(&reply_of(f.send(t, &refresh))), None);
+    assert_eq!(f.core.allocation_count(), 1);
+    // ...and an appended XOR-PEER-ADDRESS gets no permission.
+    let perm = request_with_trailer(
+        METHOD_CREATE_PERMISSION,
+        TransactionId::new(),
+        vec![peer("8.8.8.8:1")],
+        auth,
+        vec![peer("1.1.1.1:1")],
+    );
+    assert_eq!(code(&reply_of(f.send(t, &perm))), None);
+    let a = f.core.get(&t).unwrap();
+    let state = a.state.lock().unwrap();
+    assert!(state.is_permitted(f.t0, "8.8.8.8".parse().unwrap()));
+    assert!(!state.is_permitted(f.t0, "1.1.1.1".parse().unwrap()));
+    drop(state);
+    assert_eq!(
+        f.core
+            .stats
+            .protocol_refusals
+            .get(ProtocolRule::AfterIntegrity),
+        3
+    );
 }
