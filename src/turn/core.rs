@@ -258,17 +258,27 @@ impl<B: RelayBinder> Core<B> {
             debug!(client = %tuple.client, "attributes after MESSAGE-INTEGRITY ignored");
         }
         if msg.typ.class == CLASS_INDICATION {
-            return if msg.typ.method == METHOD_SEND {
-                self.handle_send(now, tuple, &msg)
-            } else {
-                Handled::Nothing
-            };
+            if msg.typ.method != METHOD_SEND {
+                return Handled::Nothing;
+            }
+            // RFC 8489 section 6.3.2: an indication with an unknown comprehension-required
+            // attribute is dropped, as it cannot be answered.
+            if !wire::unknown_required(&msg).is_empty() {
+                self.stats
+                    .protocol_refusals
+                    .inc(ProtocolRule::UnknownInIndication);
+                return Handled::Nothing;
+            }
+            return self.handle_send(now, tuple, &msg);
         }
         if msg.typ.class != CLASS_REQUEST {
             return Handled::Nothing;
         }
         if msg.typ.method == METHOD_BINDING {
-            return Handled::Reply(binding_response(&msg, tuple.client));
+            return Handled::Reply(match self.unknown_attributes(&msg, None) {
+                Some(refusal) => refusal,
+                None => binding_response(&msg, tuple.client),
+            });
         }
         let existing = self.get(&tuple);
         if let Some(a) = &existing
@@ -299,16 +309,48 @@ impl<B: RelayBinder> Core<B> {
                 return Handled::Reply(reply);
             }
         };
-        let handled = match msg.typ.method {
-            METHOD_ALLOCATE => self.handle_allocate(now, tuple, &msg, authed, existing),
-            METHOD_REFRESH => self.handle_refresh(now, tuple, &msg, &authed, existing),
-            METHOD_CREATE_PERMISSION => self.handle_create_permission(now, &msg, &authed, existing),
-            _ => self.handle_channel_bind(now, &msg, &authed, existing),
+        // After authentication, as RFC 8489 section 6.3 orders it: the 420 carries MESSAGE-INTEGRITY.
+        let handled = if let Some(refusal) = self.unknown_attributes(&msg, Some(&authed.key)) {
+            Handled::Reply(refusal)
+        } else {
+            match msg.typ.method {
+                METHOD_ALLOCATE => self.handle_allocate(now, tuple, &msg, authed, existing),
+                METHOD_REFRESH => self.handle_refresh(now, tuple, &msg, &authed, existing),
+                METHOD_CREATE_PERMISSION => {
+                    self.handle_create_permission(now, &msg, &authed, existing)
+                }
+                _ => self.handle_channel_bind(now, &msg, &authed, existing),
+            }
         };
         if let (Handled::Reply(reply), Some(a)) = (&handled, self.get(&tuple)) {
             a.remember(msg.transaction_id.0, reply);
         }
         handled
+    }
+
+    /// A 420 listing the comprehension-required attributes of a request that this server does
+    /// not understand, if it has any (RFC 8489 section 6.3.1); counted.
+    fn unknown_attributes(&self, msg: &Message, key: Option<&[u8]>) -> Option<Vec<u8>> {
+        let unknown = wire::unknown_required(msg);
+        if unknown.is_empty() {
+            return None;
+        }
+        self.stats
+            .protocol_refusals
+            .inc(ProtocolRule::UnknownAttribute);
+        debug!(
+            ?unknown,
+            "request with unknown comprehension-required attributes"
+        );
+        Some(wire::response(
+            msg,
+            CLASS_ERROR_RESPONSE,
+            vec![
+                wire::error_code(420),
+                Box::new(stun::uattrs::UnknownAttributes(unknown)),
+            ],
+            key,
+        ))
     }
 
     fn authenticate(

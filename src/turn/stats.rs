@@ -54,6 +54,10 @@ crate::labels! {
     pub ProtocolRule {
         /// Attributes after MESSAGE-INTEGRITY (FINGERPRINT aside) were cut and ignored.
         AfterIntegrity => "attributes_after_integrity",
+        /// A request with a comprehension-required attribute the server does not know got 420.
+        UnknownAttribute => "unknown_attribute",
+        /// An indication with a comprehension-required attribute the server does not know was dropped.
+        UnknownInIndication => "unknown_attribute_in_indication",
     }
 }
 

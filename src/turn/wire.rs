@@ -213,6 +213,50 @@ pub fn cut_after_integrity(msg: &mut Message) -> bool {
         .any(|a| a.typ != ATTR_FINGERPRINT && a.typ != ATTR_MESSAGE_INTEGRITY_SHA256)
 }
 
+/// The comprehension-required attributes (types below 0x8000) this server understands: those
+/// of STUN (RFC 8489) and TURN (RFC 8656), and ICE's PRIORITY and USE-CANDIDATE (RFC 8445),
+/// which a Binding request may carry. Left out on purpose, so that a request carrying them gets
+/// 420: RFC 5780's CHANGE-REQUEST, RESPONSE-PORT and PADDING (the 420 tells a NAT-behaviour
+/// client this server does not do them), RFC 6062's CONNECTION-ID (no TCP relays), and the
+/// RFC 3489 attributes. DONT-FRAGMENT is added when it is honoured.
+const UNDERSTOOD: &[u16] = &[
+    0x0001, // MAPPED-ADDRESS
+    0x0006, // USERNAME
+    0x0008, // MESSAGE-INTEGRITY
+    0x0009, // ERROR-CODE
+    0x000A, // UNKNOWN-ATTRIBUTES
+    0x000C, // CHANNEL-NUMBER
+    0x000D, // LIFETIME
+    0x0012, // XOR-PEER-ADDRESS
+    0x0013, // DATA
+    0x0014, // REALM
+    0x0015, // NONCE
+    0x0016, // XOR-RELAYED-ADDRESS
+    0x0017, // REQUESTED-ADDRESS-FAMILY
+    0x0018, // EVEN-PORT
+    0x0019, // REQUESTED-TRANSPORT
+    0x001C, // MESSAGE-INTEGRITY-SHA256
+    0x001D, // PASSWORD-ALGORITHM
+    0x001E, // USERHASH
+    0x0020, // XOR-MAPPED-ADDRESS
+    0x0022, // RESERVATION-TOKEN
+    0x0024, // PRIORITY
+    0x0025, // USE-CANDIDATE
+];
+
+/// The comprehension-required attributes of `msg` that this server does not understand,
+/// each once, in order (RFC 8489 section 6.3.1: a request carrying any gets 420 listing them).
+pub fn unknown_required(msg: &Message) -> Vec<stun::attributes::AttrType> {
+    let mut unknown: Vec<stun::attributes::AttrType> = Vec::new();
+    for a in &msg.attributes.0 {
+        let t = a.typ;
+        if t.required() && !UNDERSTOOD.contains(&t.value()) && !unknown.contains(&t) {
+            unknown.push(t);
+        }
+    }
+    unknown
+}
+
 /// Builds a response to `req` of `class` with `attrs`, then MESSAGE-INTEGRITY
 /// (when `key` is given) and FINGERPRINT.
 pub fn response(

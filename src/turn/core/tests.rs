@@ -789,3 +789,144 @@ fn attributes_after_message_integrity_are_ignored() {
         3
     );
 }
+
+/// The UNKNOWN-ATTRIBUTES of a response.
+fn unknown_of(bytes: &[u8]) -> Vec<u16> {
+    let mut u = stun::uattrs::UnknownAttributes(vec![]);
+    u.get_from(&decode(bytes)).unwrap();
+    u.0.iter().map(|t| t.value()).collect()
+}
+
+fn raw(typ: u16, value: &[u8]) -> Box<dyn Setter> {
+    Box::new(Raw(stun::attributes::AttrType(typ), value.to_vec()))
+}
+
+#[test]
+fn unknown_comprehension_required_attributes_get_420_in_binding_requests() {
+    let f = fixture();
+    let t = tuple(4000);
+    let binding = |attrs| {
+        reply_of(f.send(
+            t,
+            &request(METHOD_BINDING, TransactionId::new(), attrs, None),
+        ))
+    };
+    // CHANGE-REQUEST (RFC 5780) is not done here; 0x7F00 is nobody's.
+    let r = binding(vec![
+        raw(0x0003, &[0, 0, 0, 6]),
+        raw(0x7F00, &[1]),
+        raw(0x7F00, &[2]),
+    ]);
+    assert_eq!(code(&r), Some(420));
+    assert_eq!(unknown_of(&r), [0x0003, 0x7F00]);
+    assert!(!decode(&r).contains(ATTR_MESSAGE_INTEGRITY));
+    // Unknown comprehension-optional attributes and ICE's own are fine.
+    let r = binding(vec![
+        raw(0xC057, &[0, 1, 0, 0]),
+        Box::new(stun::textattrs::TextAttribute::new(
+            stun::attributes::ATTR_SOFTWARE,
+            "x".into(),
+        )),
+        raw(0x0024, &[0, 0, 0, 1]),
+        raw(0x0025, &[]),
+    ]);
+    assert_eq!(code(&r), None);
+    assert_eq!(
+        f.core
+            .stats
+            .protocol_refusals
+            .get(ProtocolRule::UnknownAttribute),
+        1
+    );
+}
+
+#[test]
+fn unknown_comprehension_required_attributes_get_420_after_authentication() {
+    let f = fixture();
+    let t = tuple(4000);
+    let cred = rest(UNIX + 600, "bob");
+    // The first, unauthenticated request is challenged as usual.
+    let r = reply_of(f.send(
+        t,
+        &request(
+            METHOD_ALLOCATE,
+            TransactionId::new(),
+            vec![udp(), raw(0x7F00, &[])],
+            None,
+        ),
+    ));
+    assert_eq!(code(&r), Some(401));
+    let nonce = nonce_of(&r);
+    let r = reply_of(f.send(
+        t,
+        &request(
+            METHOD_ALLOCATE,
+            TransactionId::new(),
+            vec![udp(), raw(0x7F00, &[])],
+            Some((&cred, &nonce)),
+        ),
+    ));
+    assert_eq!(code(&r), Some(420));
+    assert_eq!(unknown_of(&r), [0x7F00]);
+    let key = auth::long_term_key(&cred.0, REALM, &cred.1);
+    stun::integrity::MessageIntegrity(key)
+        .check(&mut decode(&r))
+        .expect("the 420 is signed with the request's key");
+    assert_eq!(f.core.allocation_count(), 0);
+    // An unknown attribute on an allocation's later request refuses that request only.
+    assert_eq!(code(&f.allocate(t, &cred)), None);
+    let r = reply_of(f.send(
+        t,
+        &request(
+            METHOD_CREATE_PERMISSION,
+            TransactionId::new(),
+            vec![peer("8.8.8.8:1"), raw(0x0027, &[0, 9, 0, 0])],
+            Some((&cred, &nonce)),
+        ),
+    ));
+    assert_eq!(code(&r), Some(420));
+    assert!(
+        !f.core
+            .get(&t)
+            .unwrap()
+            .state
+            .lock()
+            .unwrap()
+            .is_permitted(f.t0, "8.8.8.8".parse().unwrap())
+    );
+}
+
+#[test]
+fn send_indications_with_unknown_comprehension_required_attributes_are_dropped() {
+    let f = fixture();
+    let t = tuple(4000);
+    f.allocate(t, &rest(UNIX + 600, "bob"));
+    f.core
+        .get(&t)
+        .unwrap()
+        .state
+        .lock()
+        .unwrap()
+        .permit(f.t0, "8.8.8.8".parse().unwrap());
+    let send = |extra: Vec<Box<dyn Setter>>| {
+        let mut setters: Vec<Box<dyn Setter>> = vec![
+            Box::new(TransactionId::new()),
+            Box::new(MessageType::new(METHOD_SEND, CLASS_INDICATION)),
+            peer("8.8.8.8:53"),
+            Box::new(turn::proto::data::Data(b"hi".to_vec())),
+        ];
+        setters.extend(extra);
+        let mut m = Message::new();
+        m.build(&setters).unwrap();
+        f.send(t, &m.raw)
+    };
+    assert!(matches!(send(vec![raw(0x7F00, &[])]), Handled::Nothing));
+    assert!(matches!(send(vec![raw(0xFF00, &[])]), Handled::Send { .. }));
+    assert_eq!(
+        f.core
+            .stats
+            .protocol_refusals
+            .get(ProtocolRule::UnknownInIndication),
+        1
+    );
+}
