@@ -16,7 +16,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use stun::attributes::{ATTR_DATA, ATTR_MESSAGE_INTEGRITY, ATTR_NONCE, ATTR_REALM, ATTR_USERNAME};
+use stun::attributes::{
+    ATTR_DATA, ATTR_DONT_FRAGMENT, ATTR_MESSAGE_INTEGRITY, ATTR_NONCE, ATTR_REALM, ATTR_USERNAME,
+    AttrType,
+};
 use stun::message::{
     CLASS_ERROR_RESPONSE, CLASS_INDICATION, CLASS_REQUEST, CLASS_SUCCESS_RESPONSE, Getter,
     METHOD_ALLOCATE, METHOD_BINDING, METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION, METHOD_REFRESH,
@@ -59,6 +62,12 @@ pub trait RelayBinder: Send + Sync {
     type Relay: Send + Sync + 'static;
     /// Binds a relay of the family of `ipv6` and returns it with its local address.
     fn bind(&self, ipv6: bool, port: PortChoice) -> std::io::Result<(Self::Relay, SocketAddr)>;
+    /// Makes `relay` send to peers with the don't-fragment bit and never fragment
+    /// (DONT-FRAGMENT, RFC 8656 section 14).
+    ///
+    /// # Errors
+    /// The platform cannot; the Allocate then gets 420, as if DONT-FRAGMENT were unknown.
+    fn dont_fragment(&self, relay: &Self::Relay) -> std::io::Result<()>;
 }
 
 /// How long a port reserved by EVEN-PORT with the R bit waits for its RESERVATION-TOKEN.
@@ -342,15 +351,7 @@ impl<B: RelayBinder> Core<B> {
             ?unknown,
             "request with unknown comprehension-required attributes"
         );
-        Some(wire::response(
-            msg,
-            CLASS_ERROR_RESPONSE,
-            vec![
-                wire::error_code(420),
-                Box::new(stun::uattrs::UnknownAttributes(unknown)),
-            ],
-            key,
-        ))
+        Some(unknown_reply(msg, unknown, key))
     }
 
     fn authenticate(
@@ -537,6 +538,23 @@ impl<B: RelayBinder> Core<B> {
             Ok(pair) => pair,
             Err(why) => return error(if ipv6 && token.is_none() { 440 } else { 508 }, why),
         };
+        // DONT-FRAGMENT is honoured rather than refused: one socket option, and a client that
+        // asks (coturn's uclient -g, a path-MTU probe through the relay) learns the path MTU
+        // instead of having its datagrams fragmented. Browsers do not send it. Where the option
+        // cannot be set, RFC 8656 section 7.2 has the attribute treated as unknown: 420.
+        if msg.contains(ATTR_DONT_FRAGMENT)
+            && let Err(e) = self.binder.dont_fragment(&relay)
+        {
+            debug!(error = %e, "cannot set don't-fragment on a relay");
+            self.stats
+                .protocol_refusals
+                .inc(ProtocolRule::DontFragmentUnsupported);
+            return Handled::Reply(unknown_reply(
+                msg,
+                vec![ATTR_DONT_FRAGMENT],
+                Some(&authed.key),
+            ));
+        }
         let mut reservation = None;
         if reserve_next {
             let Ok((next, next_addr)) = self
@@ -889,6 +907,19 @@ fn refuse<R>(msg: &Message, code: u16, key: &[u8], why: &str) -> Handled<R> {
         vec![wire::error_code(code)],
         Some(key),
     ))
+}
+
+/// A 420 (Unknown Attribute) listing `unknown` in UNKNOWN-ATTRIBUTES.
+fn unknown_reply(msg: &Message, unknown: Vec<AttrType>, key: Option<&[u8]>) -> Vec<u8> {
+    wire::response(
+        msg,
+        CLASS_ERROR_RESPONSE,
+        vec![
+            wire::error_code(420),
+            Box::new(stun::uattrs::UnknownAttributes(unknown)),
+        ],
+        key,
+    )
 }
 
 fn owner_label(owner: &Owner) -> &'static str {

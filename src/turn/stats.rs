@@ -58,6 +58,8 @@ crate::labels! {
         UnknownAttribute => "unknown_attribute",
         /// An indication with a comprehension-required attribute the server does not know was dropped.
         UnknownInIndication => "unknown_attribute_in_indication",
+        /// An Allocate asked for DONT-FRAGMENT and the relay socket could not do it: 420.
+        DontFragmentUnsupported => "dont_fragment_unsupported",
     }
 }
 

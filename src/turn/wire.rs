@@ -218,7 +218,7 @@ pub fn cut_after_integrity(msg: &mut Message) -> bool {
 /// which a Binding request may carry. Left out on purpose, so that a request carrying them gets
 /// 420: RFC 5780's CHANGE-REQUEST, RESPONSE-PORT and PADDING (the 420 tells a NAT-behaviour
 /// client this server does not do them), RFC 6062's CONNECTION-ID (no TCP relays), and the
-/// RFC 3489 attributes. DONT-FRAGMENT is added when it is honoured.
+/// RFC 3489 attributes. DONT-FRAGMENT is honoured (`RelayBinder::dont_fragment`).
 const UNDERSTOOD: &[u16] = &[
     0x0001, // MAPPED-ADDRESS
     0x0006, // USERNAME
@@ -235,6 +235,7 @@ const UNDERSTOOD: &[u16] = &[
     0x0017, // REQUESTED-ADDRESS-FAMILY
     0x0018, // EVEN-PORT
     0x0019, // REQUESTED-TRANSPORT
+    0x001A, // DONT-FRAGMENT
     0x001C, // MESSAGE-INTEGRITY-SHA256
     0x001D, // PASSWORD-ALGORITHM
     0x001E, // USERHASH

@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 
 use stun::agent::TransactionId;
 use stun::error_code::ErrorCodeAttribute;
@@ -16,14 +16,21 @@ use turn::proto::reqtrans::RequestedTransport;
 
 use super::*;
 
-struct FakeBinder(AtomicU16);
+#[derive(Default)]
+struct FakeBinder {
+    next_port: AtomicU16,
+    /// Relays told to send with don't-fragment.
+    dont_fragment: AtomicUsize,
+    /// Whether don't-fragment fails, as on a platform without it.
+    no_dont_fragment: AtomicBool,
+}
 
 impl RelayBinder for FakeBinder {
     type Relay = ();
     fn bind(&self, ipv6: bool, choice: PortChoice) -> std::io::Result<((), SocketAddr)> {
         let port = match choice {
             PortChoice::Exactly(p) => p,
-            PortChoice::Even | PortChoice::Any => self.0.fetch_add(2, Ordering::Relaxed),
+            PortChoice::Even | PortChoice::Any => self.next_port.fetch_add(2, Ordering::Relaxed),
         };
         let ip: IpAddr = if ipv6 {
             "::1".parse().unwrap()
@@ -31,6 +38,14 @@ impl RelayBinder for FakeBinder {
             "127.0.0.1".parse().unwrap()
         };
         Ok(((), SocketAddr::new(ip, port)))
+    }
+
+    fn dont_fragment(&self, _relay: &()) -> std::io::Result<()> {
+        if self.no_dont_fragment.load(Ordering::Relaxed) {
+            return Err(std::io::ErrorKind::Unsupported.into());
+        }
+        self.dont_fragment.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -68,7 +83,10 @@ fn fixture_with(tweak: impl FnOnce(&mut CoreConfig)) -> Fixture {
         config,
         NonceKey::new(b"n", 600),
         policy,
-        FakeBinder(AtomicU16::new(50000)),
+        FakeBinder {
+            next_port: AtomicU16::new(50000),
+            ..FakeBinder::default()
+        },
         membership,
     );
     Fixture {
@@ -927,6 +945,45 @@ fn send_indications_with_unknown_comprehension_required_attributes_are_dropped()
             .stats
             .protocol_refusals
             .get(ProtocolRule::UnknownInIndication),
+        1
+    );
+}
+
+#[test]
+fn dont_fragment_is_honoured_on_the_relay_or_refused_with_420() {
+    let f = fixture();
+    let cred = rest(UNIX + 600, "bob");
+    let nonce = f.nonce(tuple(4000));
+    let auth = Some((&cred, nonce.as_str()));
+    let allocate = |port, df: bool| {
+        let mut attrs = vec![udp()];
+        if df {
+            attrs.push(Box::new(turn::proto::dontfrag::DontFragmentAttr));
+        }
+        reply_of(f.send(
+            tuple(port),
+            &request(METHOD_ALLOCATE, TransactionId::new(), attrs, auth),
+        ))
+    };
+    let df = || f.core.binder.dont_fragment.load(Ordering::Relaxed);
+    assert_eq!(code(&allocate(4000, false)), None);
+    assert_eq!(df(), 0, "only on request");
+    assert_eq!(code(&allocate(4001, true)), None);
+    assert_eq!(df(), 1, "the relay was told");
+    // Where the relay cannot, the attribute is treated as unknown (RFC 8656 section 7.2).
+    f.core
+        .binder
+        .no_dont_fragment
+        .store(true, Ordering::Relaxed);
+    let r = allocate(4002, true);
+    assert_eq!(code(&r), Some(420));
+    assert_eq!(unknown_of(&r), [0x001A]);
+    assert!(f.core.get(&tuple(4002)).is_none());
+    assert_eq!(
+        f.core
+            .stats
+            .protocol_refusals
+            .get(ProtocolRule::DontFragmentUnsupported),
         1
     );
 }
