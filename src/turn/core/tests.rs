@@ -987,3 +987,41 @@ fn dont_fragment_is_honoured_on_the_relay_or_refused_with_420() {
         1
     );
 }
+
+#[test]
+fn lifetimes_below_the_default_get_the_default() {
+    let f = fixture();
+    let t = tuple(4000);
+    let cred = rest(UNIX + 600, "bob");
+    let nonce = f.nonce(t);
+    let auth = Some((&cred, nonce.as_str()));
+    let lifetime_of = |r: &[u8]| {
+        let mut l = Lifetime::default();
+        l.get_from(&decode(r)).unwrap();
+        l.0
+    };
+    // LIFETIME=0 in an Allocate does not make a throwaway allocation.
+    let zero: Box<dyn Setter> = Box::new(Lifetime(Duration::ZERO));
+    let r = reply_of(f.send(
+        t,
+        &request(
+            METHOD_ALLOCATE,
+            TransactionId::new(),
+            vec![udp(), zero],
+            auth,
+        ),
+    ));
+    assert_eq!(code(&r), None);
+    assert_eq!(lifetime_of(&r), Duration::from_secs(600));
+    assert_eq!(f.core.sweep(f.t0 + Duration::from_secs(1)), 0);
+    assert_eq!(f.core.allocation_count(), 1);
+    // A short Refresh gets the default too; zero still deletes.
+    let short: Box<dyn Setter> = Box::new(Lifetime(Duration::from_secs(5)));
+    let r = reply_of(f.send(
+        t,
+        &request(METHOD_REFRESH, TransactionId::new(), vec![short], auth),
+    ));
+    assert_eq!(lifetime_of(&r), Duration::from_secs(600));
+    assert_eq!(f.core.sweep(f.t0 + Duration::from_secs(599)), 0);
+    assert_eq!(f.core.allocation_count(), 1);
+}
