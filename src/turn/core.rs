@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use stun::attributes::{
-    ATTR_DATA, ATTR_DONT_FRAGMENT, ATTR_MESSAGE_INTEGRITY, ATTR_NONCE, ATTR_REALM, ATTR_USERNAME,
-    AttrType,
+    ATTR_DATA, ATTR_DONT_FRAGMENT, ATTR_EVEN_PORT, ATTR_MESSAGE_INTEGRITY, ATTR_NONCE, ATTR_REALM,
+    ATTR_REQUESTED_ADDRESS_FAMILY, ATTR_RESERVATION_TOKEN, ATTR_USERNAME, AttrType,
 };
 use stun::message::{
     CLASS_ERROR_RESPONSE, CLASS_INDICATION, CLASS_REQUEST, CLASS_SUCCESS_RESPONSE, Getter,
@@ -465,11 +465,14 @@ impl<B: RelayBinder> Core<B> {
         if transport.protocol != turn::proto::PROTO_UDP {
             return error(442, "transport not UDP");
         }
-        let ipv6 = match msg.get(stun::attributes::ATTR_REQUESTED_ADDRESS_FAMILY) {
-            Err(_) => false,
-            Ok(v) if v.first() == Some(&0x01) => false,
-            Ok(v) if v.first() == Some(&0x02) => true,
-            Ok(_) => return error(440, "bad address family"),
+        let (ipv6, additional_ipv6) = match allocate_families(msg) {
+            Ok(families) => families,
+            Err((code, why)) => {
+                self.stats
+                    .protocol_refusals
+                    .inc(ProtocolRule::AddressFamily);
+                return error(code, why);
+            }
         };
         let even_port = msg.get(stun::attributes::ATTR_EVEN_PORT).ok();
         let token = msg.get(stun::attributes::ATTR_RESERVATION_TOKEN).ok();
@@ -592,6 +595,14 @@ impl<B: RelayBinder> Core<B> {
                 t.to_vec(),
             )));
         }
+        if additional_ipv6 {
+            // No dual allocations here: the IPv4 relay is granted and the IPv6 one refused,
+            // as RFC 8656 section 7.2 step 9 allows for a request the server can meet in part.
+            self.stats
+                .protocol_refusals
+                .inc(ProtocolRule::AdditionalFamily);
+            attrs.push(wire::address_error_code(FAMILY_IPV6, 440));
+        }
         let reply = wire::response(msg, CLASS_SUCCESS_RESPONSE, attrs, Some(&authed.key));
         let allocation = Arc::new(Allocation {
             tuple,
@@ -635,6 +646,20 @@ impl<B: RelayBinder> Core<B> {
                 Some(&authed.key),
             ));
         };
+        // RFC 8656 section 7.3: a Refresh naming the other family than the allocation's is refused.
+        if let Ok(family) = msg.get(ATTR_REQUESTED_ADDRESS_FAMILY) {
+            let ours = if a.local.is_ipv6() {
+                FAMILY_IPV6
+            } else {
+                FAMILY_IPV4
+            };
+            if family.first() != Some(&ours) {
+                self.stats
+                    .protocol_refusals
+                    .inc(ProtocolRule::RefreshFamily);
+                return refuse(msg, 443, &authed.key, "Refresh for another address family");
+            }
+        }
         let mut lifetime = turn::proto::lifetime::Lifetime::default();
         let requested = lifetime.get_from(msg).ok().map(|()| lifetime.0);
         let granted = if requested == Some(Duration::ZERO) {
@@ -907,6 +932,43 @@ fn refuse<R>(msg: &Message, code: u16, key: &[u8], why: &str) -> Handled<R> {
         vec![wire::error_code(code)],
         Some(key),
     ))
+}
+
+/// The family values of REQUESTED-ADDRESS-FAMILY and ADDITIONAL-ADDRESS-FAMILY.
+const FAMILY_IPV4: u8 = 0x01;
+const FAMILY_IPV6: u8 = 0x02;
+/// ADDITIONAL-ADDRESS-FAMILY (RFC 8656), which the `stun` crate does not name.
+const ATTR_ADDITIONAL_ADDRESS_FAMILY: AttrType = AttrType(0x8000);
+
+/// The address families of an Allocate under the rules of RFC 8656 section 7.2 (steps 5 to 9):
+/// whether the relay is IPv6, and whether an additional IPv6 relay was asked for; or the
+/// error code and why.
+fn allocate_families(msg: &Message) -> Result<(bool, bool), (u16, &'static str)> {
+    let requested = msg.get(ATTR_REQUESTED_ADDRESS_FAMILY).ok();
+    let additional = msg.get(ATTR_ADDITIONAL_ADDRESS_FAMILY).ok();
+    if msg.contains(ATTR_RESERVATION_TOKEN) && (requested.is_some() || additional.is_some()) {
+        return Err((400, "RESERVATION-TOKEN with an address family"));
+    }
+    let Some(additional) = additional else {
+        return match requested.as_deref().map(|v| v.first()) {
+            None | Some(Some(&FAMILY_IPV4)) => Ok((false, false)),
+            Some(Some(&FAMILY_IPV6)) => Ok((true, false)),
+            Some(_) => Err((440, "unsupported REQUESTED-ADDRESS-FAMILY")),
+        };
+    };
+    if requested.is_some() {
+        return Err((400, "REQUESTED- with ADDITIONAL-ADDRESS-FAMILY"));
+    }
+    if additional.first() != Some(&FAMILY_IPV6) {
+        return Err((400, "ADDITIONAL-ADDRESS-FAMILY other than IPv6"));
+    }
+    let reserve = msg
+        .get(ATTR_EVEN_PORT)
+        .is_ok_and(|v| v.first().is_some_and(|b| b & 0x80 != 0));
+    if reserve {
+        return Err((400, "EVEN-PORT reservation with ADDITIONAL-ADDRESS-FAMILY"));
+    }
+    Ok((false, true))
 }
 
 /// A 420 (Unknown Attribute) listing `unknown` in UNKNOWN-ATTRIBUTES.

@@ -60,6 +60,14 @@ crate::labels! {
         UnknownInIndication => "unknown_attribute_in_indication",
         /// An Allocate asked for DONT-FRAGMENT and the relay socket could not do it: 420.
         DontFragmentUnsupported => "dont_fragment_unsupported",
+        /// An Allocate combined the address-family attributes against RFC 8656 (400), or
+        /// asked for a family that does not exist (440).
+        AddressFamily => "address_family",
+        /// An Allocate asked for an additional IPv6 relay, which is not made here: the IPv4
+        /// relay is granted with ADDRESS-ERROR-CODE 440 for the IPv6 one.
+        AdditionalFamily => "additional_family_not_allocated",
+        /// A Refresh named the other address family than the allocation's: 443.
+        RefreshFamily => "refresh_family_mismatch",
     }
 }
 

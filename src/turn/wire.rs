@@ -282,7 +282,31 @@ pub fn response(
 
 /// An ERROR-CODE attribute with the standard reason phrase.
 pub fn error_code(code: u16) -> Box<dyn Setter> {
-    let reason: &[u8] = match code {
+    Box::new(stun::error_code::ErrorCodeAttribute {
+        code: stun::error_code::ErrorCode(code),
+        reason: reason(code).to_vec(),
+    })
+}
+
+/// An ADDRESS-ERROR-CODE attribute (RFC 8656 section 18.13): why the relay of one address
+/// `family` (0x01 IPv4, 0x02 IPv6) of an Allocate was not made, with the standard reason phrase.
+pub fn address_error_code(family: u8, code: u16) -> Box<dyn Setter> {
+    struct AddressErrorCode(Vec<u8>);
+    impl Setter for AddressErrorCode {
+        fn add_to(&self, m: &mut Message) -> Result<(), stun::Error> {
+            m.add(stun::attributes::AttrType(0x8001), &self.0);
+            Ok(())
+        }
+    }
+    // Family, 13 reserved bits, the class in 3 bits, the number, then the reason.
+    let mut value = vec![family, 0, (code / 100) as u8, (code % 100) as u8];
+    value.extend_from_slice(reason(code));
+    Box::new(AddressErrorCode(value))
+}
+
+/// The standard reason phrase of an error code.
+fn reason(code: u16) -> &'static [u8] {
+    match code {
         400 => b"Bad Request",
         401 => b"Unauthorized",
         403 => b"Forbidden",
@@ -296,11 +320,7 @@ pub fn error_code(code: u16) -> Box<dyn Setter> {
         486 => b"Allocation Quota Reached",
         508 => b"Insufficient Capacity",
         _ => b"Server Error",
-    };
-    Box::new(stun::error_code::ErrorCodeAttribute {
-        code: stun::error_code::ErrorCode(code),
-        reason: reason.to_vec(),
-    })
+    }
 }
 
 #[cfg(test)]

@@ -1025,3 +1025,149 @@ fn lifetimes_below_the_default_get_the_default() {
     assert_eq!(f.core.sweep(f.t0 + Duration::from_secs(599)), 0);
     assert_eq!(f.core.allocation_count(), 1);
 }
+
+fn family(typ: u16, family: u8) -> Box<dyn Setter> {
+    raw(typ, &[family, 0, 0, 0])
+}
+
+const RAF: u16 = 0x0017;
+const AAF: u16 = 0x8000;
+
+impl Fixture {
+    /// Allocates on `tuple(port)` with REQUESTED-TRANSPORT and `attrs`.
+    fn allocate_with(
+        &self,
+        port: u16,
+        auth: Option<(&Cred, &str)>,
+        attrs: Vec<Box<dyn Setter>>,
+    ) -> Vec<u8> {
+        let mut all = vec![udp()];
+        all.extend(attrs);
+        reply_of(self.send(
+            tuple(port),
+            &request(METHOD_ALLOCATE, TransactionId::new(), all, auth),
+        ))
+    }
+}
+
+#[test]
+fn requested_address_family_with_a_reservation_token_gets_400() {
+    let f = fixture();
+    let cred = rest(UNIX + 600, "bob");
+    let nonce = f.nonce(tuple(4000));
+    let auth = Some((&cred, nonce.as_str()));
+    // A live token, so that only the family makes the difference.
+    let r = f.allocate_with(4000, auth, vec![raw(0x0018, &[0x80])]);
+    let token = decode(&r)
+        .get(stun::attributes::ATTR_RESERVATION_TOKEN)
+        .unwrap();
+    for family in [0x01, 0x02] {
+        let attrs = vec![raw(0x0022, &token), raw(RAF, &[family, 0, 0, 0])];
+        assert_eq!(code(&f.allocate_with(4001, auth, attrs)), Some(400));
+    }
+    assert_eq!(f.core.allocation_count(), 1);
+    assert_eq!(
+        f.core
+            .stats
+            .protocol_refusals
+            .get(ProtocolRule::AddressFamily),
+        2
+    );
+    // The token was not spent: without a family it is good.
+    let r = f.allocate_with(4001, auth, vec![raw(0x0022, &token)]);
+    assert_eq!(code(&r), None);
+}
+
+#[test]
+fn additional_address_family_other_than_ipv6_or_in_bad_company_gets_400() {
+    let f = fixture();
+    let cred = rest(UNIX + 600, "bob");
+    let nonce = f.nonce(tuple(4000));
+    let auth = Some((&cred, nonce.as_str()));
+    let r = f.allocate_with(4000, auth, vec![raw(0x0018, &[0x80])]);
+    let token = decode(&r)
+        .get(stun::attributes::ATTR_RESERVATION_TOKEN)
+        .unwrap();
+    let refused: Vec<Vec<Box<dyn Setter>>> = vec![
+        vec![family(AAF, 0x01)],
+        vec![family(AAF, 0x03)],
+        vec![family(RAF, 0x01), family(AAF, 0x02)],
+        vec![family(AAF, 0x02), raw(0x0018, &[0x80])],
+        vec![family(AAF, 0x02), raw(0x0022, &token)],
+    ];
+    let n = refused.len() as u64;
+    for attrs in refused {
+        assert_eq!(code(&f.allocate_with(4001, auth, attrs)), Some(400));
+    }
+    assert_eq!(f.core.allocation_count(), 1);
+    assert_eq!(
+        f.core
+            .stats
+            .protocol_refusals
+            .get(ProtocolRule::AddressFamily),
+        n
+    );
+    // A family that does not exist is not supported.
+    let r = f.allocate_with(4001, auth, vec![family(RAF, 0x03)]);
+    assert_eq!(code(&r), Some(440));
+}
+
+#[test]
+fn an_additional_ipv6_relay_is_refused_in_part_with_address_error_code() {
+    let f = fixture();
+    let cred = rest(UNIX + 600, "bob");
+    let nonce = f.nonce(tuple(4000));
+    let r = f.allocate_with(4000, Some((&cred, &nonce)), vec![family(AAF, 0x02)]);
+    assert_eq!(code(&r), None);
+    let m = decode(&r);
+    let mut relayed = RelayedAddress::default();
+    relayed.get_from(&m).unwrap();
+    assert!(relayed.ip.is_ipv4(), "the IPv4 relay is granted");
+    let error = m.get(stun::attributes::AttrType(0x8001)).unwrap();
+    assert_eq!(&error[..4], &[0x02, 0, 4, 40], "IPv6: 440");
+    assert_eq!(&error[4..], b"Address Family not Supported");
+    assert_eq!(
+        f.core
+            .stats
+            .protocol_refusals
+            .get(ProtocolRule::AdditionalFamily),
+        1
+    );
+}
+
+#[test]
+fn refresh_naming_the_other_address_family_gets_443() {
+    let f = fixture();
+    let t = tuple(4000);
+    let cred = rest(UNIX + 600, "bob");
+    f.allocate(t, &cred);
+    let nonce = f.nonce(tuple(4001));
+    let refresh = |attrs| {
+        code(&reply_of(f.send(
+            t,
+            &request(
+                METHOD_REFRESH,
+                TransactionId::new(),
+                attrs,
+                Some((&cred, &nonce)),
+            ),
+        )))
+    };
+    let zero = || -> Box<dyn Setter> { Box::new(Lifetime(Duration::ZERO)) };
+    assert_eq!(refresh(vec![family(RAF, 0x02), zero()]), Some(443));
+    assert_eq!(
+        f.core.allocation_count(),
+        1,
+        "a refused Refresh deletes nothing"
+    );
+    assert_eq!(refresh(vec![family(RAF, 0x01)]), None);
+    assert_eq!(refresh(vec![family(RAF, 0x01), zero()]), None);
+    assert_eq!(f.core.allocation_count(), 0);
+    assert_eq!(
+        f.core
+            .stats
+            .protocol_refusals
+            .get(ProtocolRule::RefreshFamily),
+        1
+    );
+}
