@@ -1,10 +1,11 @@
-//! Binding listening sockets, with errors that say what to change.
+//! Binding listening sockets, with errors that say what to change, and socket options.
 //!
 //! IPv6 sockets are bound v6-only so that `0.0.0.0:P` and `[::]:P` can be bound
 //! side by side. An IPv6 wildcard on a host without IPv6 is skipped, not fatal.
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
@@ -138,9 +139,66 @@ mod libc_codes {
     pub const EADDRNOTAVAIL: i32 = 99;
 }
 
+/// Makes a UDP socket send with the IP don't-fragment bit and never fragment locally: a
+/// datagram larger than the path MTU fails with `EMSGSIZE` instead (IPv4: `IP_MTU_DISCOVER`
+/// set to `IP_PMTUDISC_DO`; IPv6, where routers never fragment: `IPV6_DONTFRAG`).
+///
+/// # Errors
+/// The kernel refuses the socket option.
+pub fn set_dont_fragment(socket: &impl AsFd, ipv6: bool) -> io::Result<()> {
+    let (level, name, value) = if ipv6 {
+        (libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG, 1)
+    } else {
+        (
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DO,
+        )
+    };
+    // SAFETY: a valid descriptor, and a pointer to a c_int with its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_fd().as_raw_fd(),
+            level,
+            name,
+            (&raw const value).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dont_fragment_is_set_on_ipv4_sockets() {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mode = || {
+            let mut v: libc::c_int = -1;
+            let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: a valid descriptor, and a c_int with its size to write into.
+            let rc = unsafe {
+                libc::getsockopt(
+                    socket.as_raw_fd(),
+                    libc::IPPROTO_IP,
+                    libc::IP_MTU_DISCOVER,
+                    (&raw mut v).cast(),
+                    &raw mut len,
+                )
+            };
+            assert_eq!(rc, 0);
+            v
+        };
+        assert_ne!(mode(), libc::IP_PMTUDISC_DO);
+        set_dont_fragment(&socket, false).unwrap();
+        assert_eq!(mode(), libc::IP_PMTUDISC_DO);
+    }
 
     #[tokio::test]
     async fn a_port_in_use_is_explained() {

@@ -24,9 +24,14 @@ pub const MAX_CHANNEL: u16 = 0x7FFF;
 /// remote candidate address); the cap bounds the memory and the once-a-second sweep.
 pub const MAX_PERMISSIONS: usize = 128;
 
-/// The lifetime granted for a requested one: default when absent, capped at the maximum.
+/// The lifetime granted for a requested one: the default when absent, else the request
+/// capped at the maximum and raised to the default (RFC 8656 sections 7.2 and 7.3), so
+/// that LIFETIME=0 in an Allocate does not make a throwaway allocation. A Refresh with
+/// LIFETIME=0, which deletes, is its caller's business.
 pub fn granted_lifetime(requested: Option<Duration>) -> Duration {
-    requested.unwrap_or(DEFAULT_LIFETIME).min(MAX_LIFETIME)
+    requested.map_or(DEFAULT_LIFETIME, |r| {
+        r.clamp(DEFAULT_LIFETIME, MAX_LIFETIME)
+    })
 }
 
 /// Why a ChannelBind was refused.
@@ -347,9 +352,16 @@ mod tests {
     #[test]
     fn lifetimes_default_and_cap() {
         assert_eq!(granted_lifetime(None), DEFAULT_LIFETIME);
+        for short in [0, 1, 30, 599] {
+            assert_eq!(
+                granted_lifetime(Some(Duration::from_secs(short))),
+                DEFAULT_LIFETIME,
+                "{short} s is raised to the default"
+            );
+        }
         assert_eq!(
-            granted_lifetime(Some(Duration::from_secs(30))),
-            Duration::from_secs(30)
+            granted_lifetime(Some(Duration::from_secs(1800))),
+            Duration::from_secs(1800)
         );
         assert_eq!(
             granted_lifetime(Some(Duration::from_secs(99_999))),

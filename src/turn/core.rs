@@ -16,7 +16,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use stun::attributes::{ATTR_DATA, ATTR_MESSAGE_INTEGRITY, ATTR_NONCE, ATTR_REALM, ATTR_USERNAME};
+use stun::attributes::{
+    ATTR_DATA, ATTR_DONT_FRAGMENT, ATTR_EVEN_PORT, ATTR_MESSAGE_INTEGRITY, ATTR_NONCE, ATTR_REALM,
+    ATTR_REQUESTED_ADDRESS_FAMILY, ATTR_RESERVATION_TOKEN, ATTR_USERNAME, AttrType,
+};
 use stun::message::{
     CLASS_ERROR_RESPONSE, CLASS_INDICATION, CLASS_REQUEST, CLASS_SUCCESS_RESPONSE, Getter,
     METHOD_ALLOCATE, METHOD_BINDING, METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION, METHOD_REFRESH,
@@ -29,7 +32,7 @@ use tracing::{debug, info};
 use super::allocation::{AllocState, ChannelBindError, Recheck, Revoked, granted_lifetime};
 use super::auth::{self, NonceCheck, NonceKey, Owner};
 use super::policy::{Cidr, PeerPolicy, Reach};
-use super::stats::{AuthFailure, PermissionLimit, Quota, Revocation};
+use super::stats::{AuthFailure, PermissionLimit, ProtocolRule, Quota, Revocation};
 pub use super::stats::{CloseReason, Stats, Transport};
 use super::wire;
 use crate::config::Secret;
@@ -59,6 +62,12 @@ pub trait RelayBinder: Send + Sync {
     type Relay: Send + Sync + 'static;
     /// Binds a relay of the family of `ipv6` and returns it with its local address.
     fn bind(&self, ipv6: bool, port: PortChoice) -> std::io::Result<(Self::Relay, SocketAddr)>;
+    /// Makes `relay` send to peers with the don't-fragment bit and never fragment
+    /// (DONT-FRAGMENT, RFC 8656 section 14).
+    ///
+    /// # Errors
+    /// The platform cannot; the Allocate then gets 420, as if DONT-FRAGMENT were unknown.
+    fn dont_fragment(&self, relay: &Self::Relay) -> std::io::Result<()>;
 }
 
 /// How long a port reserved by EVEN-PORT with the R bit waits for its RESERVATION-TOKEN.
@@ -290,18 +299,35 @@ impl<B: RelayBinder> Core<B> {
             self.stats.malformed.inc();
             return Handled::Nothing;
         }
+        // From here on every read of the message sees only what MESSAGE-INTEGRITY covers.
+        if wire::cut_after_integrity(&mut msg) {
+            self.stats
+                .protocol_refusals
+                .inc(ProtocolRule::AfterIntegrity);
+            debug!(client = %tuple.client, "attributes after MESSAGE-INTEGRITY ignored");
+        }
         if msg.typ.class == CLASS_INDICATION {
-            return if msg.typ.method == METHOD_SEND {
-                self.handle_send(now, tuple, &msg)
-            } else {
-                Handled::Nothing
-            };
+            if msg.typ.method != METHOD_SEND {
+                return Handled::Nothing;
+            }
+            // RFC 8489 section 6.3.2: an indication with an unknown comprehension-required
+            // attribute is dropped, as it cannot be answered.
+            if !wire::unknown_required(&msg).is_empty() {
+                self.stats
+                    .protocol_refusals
+                    .inc(ProtocolRule::UnknownInIndication);
+                return Handled::Nothing;
+            }
+            return self.handle_send(now, tuple, &msg);
         }
         if msg.typ.class != CLASS_REQUEST {
             return Handled::Nothing;
         }
         if msg.typ.method == METHOD_BINDING {
-            return Handled::Reply(binding_response(&msg, tuple.client));
+            return Handled::Reply(match self.unknown_attributes(&msg, None) {
+                Some(refusal) => refusal,
+                None => binding_response(&msg, tuple.client),
+            });
         }
         let existing = self.get(&tuple);
         if let Some(a) = &existing
@@ -332,16 +358,40 @@ impl<B: RelayBinder> Core<B> {
                 return Handled::Reply(reply);
             }
         };
-        let handled = match msg.typ.method {
-            METHOD_ALLOCATE => self.handle_allocate(now, tuple, &msg, authed, existing),
-            METHOD_REFRESH => self.handle_refresh(now, tuple, &msg, &authed, existing),
-            METHOD_CREATE_PERMISSION => self.handle_create_permission(now, &msg, &authed, existing),
-            _ => self.handle_channel_bind(now, &msg, &authed, existing),
+        // After authentication, as RFC 8489 section 6.3 orders it: the 420 carries MESSAGE-INTEGRITY.
+        let handled = if let Some(refusal) = self.unknown_attributes(&msg, Some(&authed.key)) {
+            Handled::Reply(refusal)
+        } else {
+            match msg.typ.method {
+                METHOD_ALLOCATE => self.handle_allocate(now, tuple, &msg, authed, existing),
+                METHOD_REFRESH => self.handle_refresh(now, tuple, &msg, &authed, existing),
+                METHOD_CREATE_PERMISSION => {
+                    self.handle_create_permission(now, &msg, &authed, existing)
+                }
+                _ => self.handle_channel_bind(now, &msg, &authed, existing),
+            }
         };
         if let (Handled::Reply(reply), Some(a)) = (&handled, self.get(&tuple)) {
             a.remember(msg.transaction_id.0, reply);
         }
         handled
+    }
+
+    /// A 420 listing the comprehension-required attributes of a request that this server does
+    /// not understand, if it has any (RFC 8489 section 6.3.1); counted.
+    fn unknown_attributes(&self, msg: &Message, key: Option<&[u8]>) -> Option<Vec<u8>> {
+        let unknown = wire::unknown_required(msg);
+        if unknown.is_empty() {
+            return None;
+        }
+        self.stats
+            .protocol_refusals
+            .inc(ProtocolRule::UnknownAttribute);
+        debug!(
+            ?unknown,
+            "request with unknown comprehension-required attributes"
+        );
+        Some(unknown_reply(msg, unknown, key))
     }
 
     fn authenticate(
@@ -455,11 +505,14 @@ impl<B: RelayBinder> Core<B> {
         if transport.protocol != turn::proto::PROTO_UDP {
             return error(442, "transport not UDP");
         }
-        let ipv6 = match msg.get(stun::attributes::ATTR_REQUESTED_ADDRESS_FAMILY) {
-            Err(_) => false,
-            Ok(v) if v.first() == Some(&0x01) => false,
-            Ok(v) if v.first() == Some(&0x02) => true,
-            Ok(_) => return error(440, "bad address family"),
+        let (ipv6, additional_ipv6) = match allocate_families(msg) {
+            Ok(families) => families,
+            Err((code, why)) => {
+                self.stats
+                    .protocol_refusals
+                    .inc(ProtocolRule::AddressFamily);
+                return error(code, why);
+            }
         };
         let even_port = msg.get(stun::attributes::ATTR_EVEN_PORT).ok();
         let token = msg.get(stun::attributes::ATTR_RESERVATION_TOKEN).ok();
@@ -528,6 +581,23 @@ impl<B: RelayBinder> Core<B> {
             Ok(pair) => pair,
             Err(why) => return error(if ipv6 && token.is_none() { 440 } else { 508 }, why),
         };
+        // DONT-FRAGMENT is honoured rather than refused: one socket option, and a client that
+        // asks (coturn's uclient -g, a path-MTU probe through the relay) learns the path MTU
+        // instead of having its datagrams fragmented. Browsers do not send it. Where the option
+        // cannot be set, RFC 8656 section 7.2 has the attribute treated as unknown: 420.
+        if msg.contains(ATTR_DONT_FRAGMENT)
+            && let Err(e) = self.binder.dont_fragment(&relay)
+        {
+            debug!(error = %e, "cannot set don't-fragment on a relay");
+            self.stats
+                .protocol_refusals
+                .inc(ProtocolRule::DontFragmentUnsupported);
+            return Handled::Reply(unknown_reply(
+                msg,
+                vec![ATTR_DONT_FRAGMENT],
+                Some(&authed.key),
+            ));
+        }
         let mut reservation = None;
         if reserve_next {
             let Ok((next, next_addr)) = self
@@ -564,6 +634,14 @@ impl<B: RelayBinder> Core<B> {
             attrs.push(Box::new(turn::proto::rsrvtoken::ReservationToken(
                 t.to_vec(),
             )));
+        }
+        if additional_ipv6 {
+            // No dual allocations here: the IPv4 relay is granted and the IPv6 one refused,
+            // as RFC 8656 section 7.2 step 9 allows for a request the server can meet in part.
+            self.stats
+                .protocol_refusals
+                .inc(ProtocolRule::AdditionalFamily);
+            attrs.push(wire::address_error_code(FAMILY_IPV6, 440));
         }
         let reply = wire::response(msg, CLASS_SUCCESS_RESPONSE, attrs, Some(&authed.key));
         let allocation = Arc::new(Allocation {
@@ -608,6 +686,20 @@ impl<B: RelayBinder> Core<B> {
                 Some(&authed.key),
             ));
         };
+        // RFC 8656 section 7.3: a Refresh naming the other family than the allocation's is refused.
+        if let Ok(family) = msg.get(ATTR_REQUESTED_ADDRESS_FAMILY) {
+            let ours = if a.local.is_ipv6() {
+                FAMILY_IPV6
+            } else {
+                FAMILY_IPV4
+            };
+            if family.first() != Some(&ours) {
+                self.stats
+                    .protocol_refusals
+                    .inc(ProtocolRule::RefreshFamily);
+                return refuse(msg, 443, &authed.key, "Refresh for another address family");
+            }
+        }
         let mut lifetime = turn::proto::lifetime::Lifetime::default();
         let requested = lifetime.get_from(msg).ok().map(|()| lifetime.0);
         let granted = if requested == Some(Duration::ZERO) {
@@ -926,6 +1018,56 @@ fn refuse<R>(msg: &Message, code: u16, key: &[u8], why: &str) -> Handled<R> {
         vec![wire::error_code(code)],
         Some(key),
     ))
+}
+
+/// The family values of REQUESTED-ADDRESS-FAMILY and ADDITIONAL-ADDRESS-FAMILY.
+const FAMILY_IPV4: u8 = 0x01;
+const FAMILY_IPV6: u8 = 0x02;
+/// ADDITIONAL-ADDRESS-FAMILY (RFC 8656), which the `stun` crate does not name.
+const ATTR_ADDITIONAL_ADDRESS_FAMILY: AttrType = AttrType(0x8000);
+
+/// The address families of an Allocate under the rules of RFC 8656 section 7.2 (steps 5 to 9):
+/// whether the relay is IPv6, and whether an additional IPv6 relay was asked for; or the
+/// error code and why.
+fn allocate_families(msg: &Message) -> Result<(bool, bool), (u16, &'static str)> {
+    let requested = msg.get(ATTR_REQUESTED_ADDRESS_FAMILY).ok();
+    let additional = msg.get(ATTR_ADDITIONAL_ADDRESS_FAMILY).ok();
+    if msg.contains(ATTR_RESERVATION_TOKEN) && (requested.is_some() || additional.is_some()) {
+        return Err((400, "RESERVATION-TOKEN with an address family"));
+    }
+    let Some(additional) = additional else {
+        return match requested.as_deref().map(|v| v.first()) {
+            None | Some(Some(&FAMILY_IPV4)) => Ok((false, false)),
+            Some(Some(&FAMILY_IPV6)) => Ok((true, false)),
+            Some(_) => Err((440, "unsupported REQUESTED-ADDRESS-FAMILY")),
+        };
+    };
+    if requested.is_some() {
+        return Err((400, "REQUESTED- with ADDITIONAL-ADDRESS-FAMILY"));
+    }
+    if additional.first() != Some(&FAMILY_IPV6) {
+        return Err((400, "ADDITIONAL-ADDRESS-FAMILY other than IPv6"));
+    }
+    let reserve = msg
+        .get(ATTR_EVEN_PORT)
+        .is_ok_and(|v| v.first().is_some_and(|b| b & 0x80 != 0));
+    if reserve {
+        return Err((400, "EVEN-PORT reservation with ADDITIONAL-ADDRESS-FAMILY"));
+    }
+    Ok((false, true))
+}
+
+/// A 420 (Unknown Attribute) listing `unknown` in UNKNOWN-ATTRIBUTES.
+fn unknown_reply(msg: &Message, unknown: Vec<AttrType>, key: Option<&[u8]>) -> Vec<u8> {
+    wire::response(
+        msg,
+        CLASS_ERROR_RESPONSE,
+        vec![
+            wire::error_code(420),
+            Box::new(stun::uattrs::UnknownAttributes(unknown)),
+        ],
+        key,
+    )
 }
 
 fn owner_label(owner: &Owner) -> &'static str {

@@ -108,6 +108,10 @@ impl RelayBinder for UdpRelayBinder {
         }
         Err(last.unwrap_or_else(|| std::io::Error::other("relay port range exhausted")))
     }
+
+    fn dont_fragment(&self, relay: &RelaySocket) -> std::io::Result<()> {
+        crate::net::set_dont_fragment(&relay.socket, relay.socket.local_addr()?.is_ipv6())
+    }
 }
 
 /// An allocation's relay socket and, once the allocation is granted, the way back to its client.

@@ -82,6 +82,29 @@ crate::labels! {
     }
 }
 
+crate::labels! {
+    /// A rule of STUN or TURN (RFC 8489, RFC 8656) that refused a request, dropped an
+    /// indication or cut attributes from a message.
+    pub ProtocolRule {
+        /// Attributes after MESSAGE-INTEGRITY (FINGERPRINT aside) were cut and ignored.
+        AfterIntegrity => "attributes_after_integrity",
+        /// A request with a comprehension-required attribute the server does not know got 420.
+        UnknownAttribute => "unknown_attribute",
+        /// An indication with a comprehension-required attribute the server does not know was dropped.
+        UnknownInIndication => "unknown_attribute_in_indication",
+        /// An Allocate asked for DONT-FRAGMENT and the relay socket could not do it: 420.
+        DontFragmentUnsupported => "dont_fragment_unsupported",
+        /// An Allocate combined the address-family attributes against RFC 8656 (400), or
+        /// asked for a family that does not exist (440).
+        AddressFamily => "address_family",
+        /// An Allocate asked for an additional IPv6 relay, which is not made here: the IPv4
+        /// relay is granted with ADDRESS-ERROR-CODE 440 for the IPv6 one.
+        AdditionalFamily => "additional_family_not_allocated",
+        /// A Refresh named the other address family than the allocation's: 443.
+        RefreshFamily => "refresh_family_mismatch",
+    }
+}
+
 /// Packets and bytes relayed in one direction, by the client's transport.
 #[derive(Debug, Default)]
 pub struct Traffic {
@@ -116,6 +139,8 @@ pub struct Stats {
     pub policy_revocations: ByLabel<Revocation>,
     pub quota_refusals: ByLabel<Quota>,
     pub permission_refusals: ByLabel<PermissionLimit>,
+    /// Requests refused, indications dropped and attributes ignored under a protocol rule.
+    pub protocol_refusals: ByLabel<ProtocolRule>,
     /// Datagrams that are not STUN or ChannelData, or STUN that does not parse.
     pub malformed: Counter,
     /// Data to or from a peer without a permission, or for a channel not bound.
@@ -199,6 +224,11 @@ impl Stats {
                 "CreatePermission and ChannelBind requests refused by a permission limit.",
             )
             .by("limit", &self.permission_refusals),
+            Family::counter(
+                "turn_protocol_refusals",
+                "Requests refused, indications dropped and attributes ignored under a STUN/TURN rule, by rule.",
+            )
+            .by("rule", &self.protocol_refusals),
             Family::counter(
                 "turn_malformed",
                 "Datagrams and frames that are not valid STUN or ChannelData.",

@@ -182,6 +182,82 @@ pub fn peer_addresses(msg: &Message) -> Option<Vec<SocketAddr>> {
         .collect()
 }
 
+/// Cuts `msg` after its first MESSAGE-INTEGRITY (or MESSAGE-INTEGRITY-SHA256): its attribute
+/// list, raw bytes and header length then end where the HMAC ends. RFC 8489 section 14.5:
+/// attributes after it, FINGERPRINT and MESSAGE-INTEGRITY-SHA256 aside, must be ignored, as
+/// anyone on the path can append them. Check FINGERPRINT first; MESSAGE-INTEGRITY still
+/// verifies on the cut message. Returns whether anything else than those two was cut.
+pub fn cut_after_integrity(msg: &mut Message) -> bool {
+    use stun::attributes::{
+        ATTR_FINGERPRINT, ATTR_MESSAGE_INTEGRITY, ATTR_MESSAGE_INTEGRITY_SHA256,
+    };
+    let Some(at) =
+        msg.attributes.0.iter().position(|a| {
+            a.typ == ATTR_MESSAGE_INTEGRITY || a.typ == ATTR_MESSAGE_INTEGRITY_SHA256
+        })
+    else {
+        return false;
+    };
+    let cut = msg.attributes.0.split_off(at + 1);
+    if cut.is_empty() {
+        return false;
+    }
+    let bytes: usize = cut
+        .iter()
+        .map(|a| 4 + usize::from(a.length).div_ceil(4) * 4)
+        .sum();
+    msg.length -= bytes as u32;
+    msg.raw.truncate(STUN_HEADER + msg.length as usize);
+    msg.write_length();
+    cut.iter()
+        .any(|a| a.typ != ATTR_FINGERPRINT && a.typ != ATTR_MESSAGE_INTEGRITY_SHA256)
+}
+
+/// The comprehension-required attributes (types below 0x8000) this server understands: those
+/// of STUN (RFC 8489) and TURN (RFC 8656), and ICE's PRIORITY and USE-CANDIDATE (RFC 8445),
+/// which a Binding request may carry. Left out on purpose, so that a request carrying them gets
+/// 420: RFC 5780's CHANGE-REQUEST, RESPONSE-PORT and PADDING (the 420 tells a NAT-behaviour
+/// client this server does not do them), RFC 6062's CONNECTION-ID (no TCP relays), and the
+/// RFC 3489 attributes. DONT-FRAGMENT is honoured (`RelayBinder::dont_fragment`).
+const UNDERSTOOD: &[u16] = &[
+    0x0001, // MAPPED-ADDRESS
+    0x0006, // USERNAME
+    0x0008, // MESSAGE-INTEGRITY
+    0x0009, // ERROR-CODE
+    0x000A, // UNKNOWN-ATTRIBUTES
+    0x000C, // CHANNEL-NUMBER
+    0x000D, // LIFETIME
+    0x0012, // XOR-PEER-ADDRESS
+    0x0013, // DATA
+    0x0014, // REALM
+    0x0015, // NONCE
+    0x0016, // XOR-RELAYED-ADDRESS
+    0x0017, // REQUESTED-ADDRESS-FAMILY
+    0x0018, // EVEN-PORT
+    0x0019, // REQUESTED-TRANSPORT
+    0x001A, // DONT-FRAGMENT
+    0x001C, // MESSAGE-INTEGRITY-SHA256
+    0x001D, // PASSWORD-ALGORITHM
+    0x001E, // USERHASH
+    0x0020, // XOR-MAPPED-ADDRESS
+    0x0022, // RESERVATION-TOKEN
+    0x0024, // PRIORITY
+    0x0025, // USE-CANDIDATE
+];
+
+/// The comprehension-required attributes of `msg` that this server does not understand,
+/// each once, in order (RFC 8489 section 6.3.1: a request carrying any gets 420 listing them).
+pub fn unknown_required(msg: &Message) -> Vec<stun::attributes::AttrType> {
+    let mut unknown: Vec<stun::attributes::AttrType> = Vec::new();
+    for a in &msg.attributes.0 {
+        let t = a.typ;
+        if t.required() && !UNDERSTOOD.contains(&t.value()) && !unknown.contains(&t) {
+            unknown.push(t);
+        }
+    }
+    unknown
+}
+
 /// Builds a response to `req` of `class` with `attrs`, then MESSAGE-INTEGRITY
 /// (when `key` is given) and FINGERPRINT.
 pub fn response(
@@ -206,7 +282,31 @@ pub fn response(
 
 /// An ERROR-CODE attribute with the standard reason phrase.
 pub fn error_code(code: u16) -> Box<dyn Setter> {
-    let reason: &[u8] = match code {
+    Box::new(stun::error_code::ErrorCodeAttribute {
+        code: stun::error_code::ErrorCode(code),
+        reason: reason(code).to_vec(),
+    })
+}
+
+/// An ADDRESS-ERROR-CODE attribute (RFC 8656 section 18.13): why the relay of one address
+/// `family` (0x01 IPv4, 0x02 IPv6) of an Allocate was not made, with the standard reason phrase.
+pub fn address_error_code(family: u8, code: u16) -> Box<dyn Setter> {
+    struct AddressErrorCode(Vec<u8>);
+    impl Setter for AddressErrorCode {
+        fn add_to(&self, m: &mut Message) -> Result<(), stun::Error> {
+            m.add(stun::attributes::AttrType(0x8001), &self.0);
+            Ok(())
+        }
+    }
+    // Family, 13 reserved bits, the class in 3 bits, the number, then the reason.
+    let mut value = vec![family, 0, (code / 100) as u8, (code % 100) as u8];
+    value.extend_from_slice(reason(code));
+    Box::new(AddressErrorCode(value))
+}
+
+/// The standard reason phrase of an error code.
+fn reason(code: u16) -> &'static [u8] {
+    match code {
         400 => b"Bad Request",
         401 => b"Unauthorized",
         403 => b"Forbidden",
@@ -220,11 +320,7 @@ pub fn error_code(code: u16) -> Box<dyn Setter> {
         486 => b"Allocation Quota Reached",
         508 => b"Insufficient Capacity",
         _ => b"Server Error",
-    };
-    Box::new(stun::error_code::ErrorCodeAttribute {
-        code: stun::error_code::ErrorCode(code),
-        reason: reason.to_vec(),
-    })
+    }
 }
 
 #[cfg(test)]
@@ -318,6 +414,56 @@ mod tests {
         );
         let r = channel_data_in_place(&mut buf, 4, 5, 0x4001, false);
         assert_eq!(r, 0..9);
+    }
+
+    #[test]
+    fn cutting_after_integrity_keeps_it_verifiable() {
+        let key = stun::integrity::MessageIntegrity::new_short_term_integrity("pw".into());
+        let lifetime = |s| {
+            Box::new(turn::proto::lifetime::Lifetime(
+                std::time::Duration::from_secs(s),
+            ))
+        };
+        let mut m = Message::new();
+        m.build(&[
+            Box::new(stun::agent::TransactionId::new()),
+            Box::new(stun::message::BINDING_REQUEST),
+            lifetime(1),
+            Box::new(key.clone()),
+            lifetime(2),
+            Box::new(stun::fingerprint::FINGERPRINT),
+        ])
+        .unwrap();
+        let mut cut = Message::new();
+        // Bytes after the message (a padded datagram) go too.
+        cut.raw = [&m.raw[..], &[0u8; 4]].concat();
+        cut.decode().unwrap();
+        assert!(cut_after_integrity(&mut cut));
+        let types: Vec<_> = cut.attributes.0.iter().map(|a| a.typ).collect();
+        assert_eq!(
+            types,
+            [
+                stun::attributes::ATTR_LIFETIME,
+                stun::attributes::ATTR_MESSAGE_INTEGRITY
+            ]
+        );
+        assert_eq!(cut.raw.len(), STUN_HEADER + 8 + 24);
+        key.check(&mut cut)
+            .expect("MESSAGE-INTEGRITY of the cut message");
+        let mut again = Message::new();
+        again.raw = cut.raw.clone();
+        again.decode().expect("the cut message is well formed");
+        // MESSAGE-INTEGRITY then FINGERPRINT is the normal case: cut, not reported.
+        let mut m = Message::new();
+        m.build(&[
+            Box::new(stun::agent::TransactionId::new()),
+            Box::new(stun::message::BINDING_REQUEST),
+            Box::new(key.clone()),
+            Box::new(stun::fingerprint::FINGERPRINT),
+        ])
+        .unwrap();
+        assert!(!cut_after_integrity(&mut m));
+        key.check(&mut m).unwrap();
     }
 
     /// RFC 5769 sections 2.2 and 2.3: responses with XOR-MAPPED-ADDRESS (IPv4, IPv6).

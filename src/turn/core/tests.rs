@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 
 use stun::agent::TransactionId;
 use stun::error_code::ErrorCodeAttribute;
@@ -16,14 +16,21 @@ use turn::proto::reqtrans::RequestedTransport;
 
 use super::*;
 
-struct FakeBinder(AtomicU16);
+#[derive(Default)]
+struct FakeBinder {
+    next_port: AtomicU16,
+    /// Relays told to send with don't-fragment.
+    dont_fragment: AtomicUsize,
+    /// Whether don't-fragment fails, as on a platform without it.
+    no_dont_fragment: AtomicBool,
+}
 
 impl RelayBinder for FakeBinder {
     type Relay = ();
     fn bind(&self, ipv6: bool, choice: PortChoice) -> std::io::Result<((), SocketAddr)> {
         let port = match choice {
             PortChoice::Exactly(p) => p,
-            PortChoice::Even | PortChoice::Any => self.0.fetch_add(2, Ordering::Relaxed),
+            PortChoice::Even | PortChoice::Any => self.next_port.fetch_add(2, Ordering::Relaxed),
         };
         let ip: IpAddr = if ipv6 {
             "::1".parse().unwrap()
@@ -31,6 +38,14 @@ impl RelayBinder for FakeBinder {
             "127.0.0.1".parse().unwrap()
         };
         Ok(((), SocketAddr::new(ip, port)))
+    }
+
+    fn dont_fragment(&self, _relay: &()) -> std::io::Result<()> {
+        if self.no_dont_fragment.load(Ordering::Relaxed) {
+            return Err(std::io::ErrorKind::Unsupported.into());
+        }
+        self.dont_fragment.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -89,7 +104,10 @@ fn fixture_with_policy(tweak: impl FnOnce(&mut CoreConfig), policy: PeerPolicy) 
         config,
         NonceKey::new(b"n", 600),
         policy,
-        FakeBinder(AtomicU16::new(50000)),
+        FakeBinder {
+            next_port: AtomicU16::new(50000),
+            ..FakeBinder::default()
+        },
         membership,
     );
     Fixture {
@@ -122,6 +140,18 @@ fn request(
     attrs: Vec<Box<dyn Setter>>,
     auth: Option<(&Cred, &str)>,
 ) -> Vec<u8> {
+    request_with_trailer(method, tid, attrs, auth, vec![])
+}
+
+/// A request with `trailer` between MESSAGE-INTEGRITY and FINGERPRINT, as an on-path
+/// attacker can append it without the key.
+fn request_with_trailer(
+    method: Method,
+    tid: TransactionId,
+    attrs: Vec<Box<dyn Setter>>,
+    auth: Option<(&Cred, &str)>,
+    trailer: Vec<Box<dyn Setter>>,
+) -> Vec<u8> {
     let mut setters: Vec<Box<dyn Setter>> = vec![
         Box::new(tid),
         Box::new(MessageType::new(method, CLASS_REQUEST)),
@@ -134,6 +164,7 @@ fn request(
         let key = auth::long_term_key(&cred.0, REALM, &cred.1);
         setters.push(Box::new(stun::integrity::MessageIntegrity(key)));
     }
+    setters.extend(trailer);
     setters.push(Box::new(stun::fingerprint::FINGERPRINT));
     let mut m = Message::new();
     m.build(&setters).unwrap();
@@ -962,4 +993,430 @@ fn even_port_with_reservation_then_reservation_token() {
         ),
     ));
     assert_eq!(code(&r), Some(508));
+}
+
+#[test]
+fn attributes_after_message_integrity_are_ignored() {
+    let f = fixture();
+    let t = tuple(4000);
+    let cred = rest(UNIX + 600, "bob");
+    let nonce = f.nonce(t);
+    let auth = Some((&cred, nonce.as_str()));
+    // An Allocate without LIFETIME gets the default, whatever is appended after the integrity.
+    let long: Box<dyn Setter> = Box::new(Lifetime(Duration::from_secs(3600)));
+    let r = reply_of(f.send(
+        t,
+        &request_with_trailer(
+            METHOD_ALLOCATE,
+            TransactionId::new(),
+            vec![udp()],
+            auth,
+            vec![long],
+        ),
+    ));
+    assert_eq!(
+        code(&r),
+        None,
+        "MESSAGE-INTEGRITY verifies on the covered part"
+    );
+    let mut lifetime = Lifetime::default();
+    lifetime.get_from(&decode(&r)).unwrap();
+    assert_eq!(lifetime.0, Duration::from_secs(600));
+    // A LIFETIME of zero appended to a Refresh does not delete the allocation...
+    let zero: Box<dyn Setter> = Box::new(Lifetime(Duration::ZERO));
+    let refresh = request_with_trailer(
+        METHOD_REFRESH,
+        TransactionId::new(),
+        vec![],
+        auth,
+        vec![zero],
+    );
+    assert_eq!(code(&reply_of(f.send(t, &refresh))), None);
+    assert_eq!(f.core.allocation_count(), 1);
+    // ...and an appended XOR-PEER-ADDRESS gets no permission.
+    let perm = request_with_trailer(
+        METHOD_CREATE_PERMISSION,
+        TransactionId::new(),
+        vec![peer("8.8.8.8:1")],
+        auth,
+        vec![peer("1.1.1.1:1")],
+    );
+    assert_eq!(code(&reply_of(f.send(t, &perm))), None);
+    let a = f.core.get(&t).unwrap();
+    let state = a.state.lock().unwrap();
+    assert!(state.is_permitted(f.t0, "8.8.8.8:1".parse().unwrap()));
+    assert!(!state.is_permitted(f.t0, "1.1.1.1:1".parse().unwrap()));
+    drop(state);
+    assert_eq!(
+        f.core
+            .stats
+            .protocol_refusals
+            .get(ProtocolRule::AfterIntegrity),
+        3
+    );
+}
+
+/// The UNKNOWN-ATTRIBUTES of a response.
+fn unknown_of(bytes: &[u8]) -> Vec<u16> {
+    let mut u = stun::uattrs::UnknownAttributes(vec![]);
+    u.get_from(&decode(bytes)).unwrap();
+    u.0.iter().map(|t| t.value()).collect()
+}
+
+fn raw(typ: u16, value: &[u8]) -> Box<dyn Setter> {
+    Box::new(Raw(stun::attributes::AttrType(typ), value.to_vec()))
+}
+
+#[test]
+fn unknown_comprehension_required_attributes_get_420_in_binding_requests() {
+    let f = fixture();
+    let t = tuple(4000);
+    let binding = |attrs| {
+        reply_of(f.send(
+            t,
+            &request(METHOD_BINDING, TransactionId::new(), attrs, None),
+        ))
+    };
+    // CHANGE-REQUEST (RFC 5780) is not done here; 0x7F00 is nobody's.
+    let r = binding(vec![
+        raw(0x0003, &[0, 0, 0, 6]),
+        raw(0x7F00, &[1]),
+        raw(0x7F00, &[2]),
+    ]);
+    assert_eq!(code(&r), Some(420));
+    assert_eq!(unknown_of(&r), [0x0003, 0x7F00]);
+    assert!(!decode(&r).contains(ATTR_MESSAGE_INTEGRITY));
+    // Unknown comprehension-optional attributes and ICE's own are fine.
+    let r = binding(vec![
+        raw(0xC057, &[0, 1, 0, 0]),
+        Box::new(stun::textattrs::TextAttribute::new(
+            stun::attributes::ATTR_SOFTWARE,
+            "x".into(),
+        )),
+        raw(0x0024, &[0, 0, 0, 1]),
+        raw(0x0025, &[]),
+    ]);
+    assert_eq!(code(&r), None);
+    assert_eq!(
+        f.core
+            .stats
+            .protocol_refusals
+            .get(ProtocolRule::UnknownAttribute),
+        1
+    );
+}
+
+#[test]
+fn unknown_comprehension_required_attributes_get_420_after_authentication() {
+    let f = fixture();
+    let t = tuple(4000);
+    let cred = rest(UNIX + 600, "bob");
+    // The first, unauthenticated request is challenged as usual.
+    let r = reply_of(f.send(
+        t,
+        &request(
+            METHOD_ALLOCATE,
+            TransactionId::new(),
+            vec![udp(), raw(0x7F00, &[])],
+            None,
+        ),
+    ));
+    assert_eq!(code(&r), Some(401));
+    let nonce = nonce_of(&r);
+    let r = reply_of(f.send(
+        t,
+        &request(
+            METHOD_ALLOCATE,
+            TransactionId::new(),
+            vec![udp(), raw(0x7F00, &[])],
+            Some((&cred, &nonce)),
+        ),
+    ));
+    assert_eq!(code(&r), Some(420));
+    assert_eq!(unknown_of(&r), [0x7F00]);
+    let key = auth::long_term_key(&cred.0, REALM, &cred.1);
+    stun::integrity::MessageIntegrity(key)
+        .check(&mut decode(&r))
+        .expect("the 420 is signed with the request's key");
+    assert_eq!(f.core.allocation_count(), 0);
+    // An unknown attribute on an allocation's later request refuses that request only.
+    assert_eq!(code(&f.allocate(t, &cred)), None);
+    let r = reply_of(f.send(
+        t,
+        &request(
+            METHOD_CREATE_PERMISSION,
+            TransactionId::new(),
+            vec![peer("8.8.8.8:1"), raw(0x0027, &[0, 9, 0, 0])],
+            Some((&cred, &nonce)),
+        ),
+    ));
+    assert_eq!(code(&r), Some(420));
+    assert!(
+        !f.core
+            .get(&t)
+            .unwrap()
+            .state
+            .lock()
+            .unwrap()
+            .is_permitted(f.t0, "8.8.8.8:53".parse().unwrap())
+    );
+}
+
+#[test]
+fn send_indications_with_unknown_comprehension_required_attributes_are_dropped() {
+    let f = fixture();
+    let t = tuple(4000);
+    f.allocate(t, &rest(UNIX + 600, "bob"));
+    f.core
+        .get(&t)
+        .unwrap()
+        .state
+        .lock()
+        .unwrap()
+        .permit(f.t0, "8.8.8.8:53".parse().unwrap(), Reach::AnyPort)
+        .unwrap();
+    let send = |extra: Vec<Box<dyn Setter>>| {
+        let mut setters: Vec<Box<dyn Setter>> = vec![
+            Box::new(TransactionId::new()),
+            Box::new(MessageType::new(METHOD_SEND, CLASS_INDICATION)),
+            peer("8.8.8.8:53"),
+            Box::new(turn::proto::data::Data(b"hi".to_vec())),
+        ];
+        setters.extend(extra);
+        let mut m = Message::new();
+        m.build(&setters).unwrap();
+        f.send(t, &m.raw)
+    };
+    assert!(matches!(send(vec![raw(0x7F00, &[])]), Handled::Nothing));
+    assert!(matches!(send(vec![raw(0xFF00, &[])]), Handled::Send { .. }));
+    assert_eq!(
+        f.core
+            .stats
+            .protocol_refusals
+            .get(ProtocolRule::UnknownInIndication),
+        1
+    );
+}
+
+#[test]
+fn dont_fragment_is_honoured_on_the_relay_or_refused_with_420() {
+    let f = fixture();
+    let cred = rest(UNIX + 600, "bob");
+    let nonce = f.nonce(tuple(4000));
+    let auth = Some((&cred, nonce.as_str()));
+    let allocate = |port, df: bool| {
+        let mut attrs = vec![udp()];
+        if df {
+            attrs.push(Box::new(turn::proto::dontfrag::DontFragmentAttr));
+        }
+        reply_of(f.send(
+            tuple(port),
+            &request(METHOD_ALLOCATE, TransactionId::new(), attrs, auth),
+        ))
+    };
+    let df = || f.core.binder.dont_fragment.load(Ordering::Relaxed);
+    assert_eq!(code(&allocate(4000, false)), None);
+    assert_eq!(df(), 0, "only on request");
+    assert_eq!(code(&allocate(4001, true)), None);
+    assert_eq!(df(), 1, "the relay was told");
+    // Where the relay cannot, the attribute is treated as unknown (RFC 8656 section 7.2).
+    f.core
+        .binder
+        .no_dont_fragment
+        .store(true, Ordering::Relaxed);
+    let r = allocate(4002, true);
+    assert_eq!(code(&r), Some(420));
+    assert_eq!(unknown_of(&r), [0x001A]);
+    assert!(f.core.get(&tuple(4002)).is_none());
+    assert_eq!(
+        f.core
+            .stats
+            .protocol_refusals
+            .get(ProtocolRule::DontFragmentUnsupported),
+        1
+    );
+}
+
+#[test]
+fn lifetimes_below_the_default_get_the_default() {
+    let f = fixture();
+    let t = tuple(4000);
+    let cred = rest(UNIX + 600, "bob");
+    let nonce = f.nonce(t);
+    let auth = Some((&cred, nonce.as_str()));
+    let lifetime_of = |r: &[u8]| {
+        let mut l = Lifetime::default();
+        l.get_from(&decode(r)).unwrap();
+        l.0
+    };
+    // LIFETIME=0 in an Allocate does not make a throwaway allocation.
+    let zero: Box<dyn Setter> = Box::new(Lifetime(Duration::ZERO));
+    let r = reply_of(f.send(
+        t,
+        &request(
+            METHOD_ALLOCATE,
+            TransactionId::new(),
+            vec![udp(), zero],
+            auth,
+        ),
+    ));
+    assert_eq!(code(&r), None);
+    assert_eq!(lifetime_of(&r), Duration::from_secs(600));
+    assert_eq!(f.core.sweep(f.t0 + Duration::from_secs(1)), 0);
+    assert_eq!(f.core.allocation_count(), 1);
+    // A short Refresh gets the default too; zero still deletes.
+    let short: Box<dyn Setter> = Box::new(Lifetime(Duration::from_secs(5)));
+    let r = reply_of(f.send(
+        t,
+        &request(METHOD_REFRESH, TransactionId::new(), vec![short], auth),
+    ));
+    assert_eq!(lifetime_of(&r), Duration::from_secs(600));
+    assert_eq!(f.core.sweep(f.t0 + Duration::from_secs(599)), 0);
+    assert_eq!(f.core.allocation_count(), 1);
+}
+
+fn family(typ: u16, family: u8) -> Box<dyn Setter> {
+    raw(typ, &[family, 0, 0, 0])
+}
+
+const RAF: u16 = 0x0017;
+const AAF: u16 = 0x8000;
+
+impl Fixture {
+    /// Allocates on `tuple(port)` with REQUESTED-TRANSPORT and `attrs`.
+    fn allocate_with(
+        &self,
+        port: u16,
+        auth: Option<(&Cred, &str)>,
+        attrs: Vec<Box<dyn Setter>>,
+    ) -> Vec<u8> {
+        let mut all = vec![udp()];
+        all.extend(attrs);
+        reply_of(self.send(
+            tuple(port),
+            &request(METHOD_ALLOCATE, TransactionId::new(), all, auth),
+        ))
+    }
+}
+
+#[test]
+fn requested_address_family_with_a_reservation_token_gets_400() {
+    let f = fixture();
+    let cred = rest(UNIX + 600, "bob");
+    let nonce = f.nonce(tuple(4000));
+    let auth = Some((&cred, nonce.as_str()));
+    // A live token, so that only the family makes the difference.
+    let r = f.allocate_with(4000, auth, vec![raw(0x0018, &[0x80])]);
+    let token = decode(&r)
+        .get(stun::attributes::ATTR_RESERVATION_TOKEN)
+        .unwrap();
+    for family in [0x01, 0x02] {
+        let attrs = vec![raw(0x0022, &token), raw(RAF, &[family, 0, 0, 0])];
+        assert_eq!(code(&f.allocate_with(4001, auth, attrs)), Some(400));
+    }
+    assert_eq!(f.core.allocation_count(), 1);
+    assert_eq!(
+        f.core
+            .stats
+            .protocol_refusals
+            .get(ProtocolRule::AddressFamily),
+        2
+    );
+    // The token was not spent: without a family it is good.
+    let r = f.allocate_with(4001, auth, vec![raw(0x0022, &token)]);
+    assert_eq!(code(&r), None);
+}
+
+#[test]
+fn additional_address_family_other_than_ipv6_or_in_bad_company_gets_400() {
+    let f = fixture();
+    let cred = rest(UNIX + 600, "bob");
+    let nonce = f.nonce(tuple(4000));
+    let auth = Some((&cred, nonce.as_str()));
+    let r = f.allocate_with(4000, auth, vec![raw(0x0018, &[0x80])]);
+    let token = decode(&r)
+        .get(stun::attributes::ATTR_RESERVATION_TOKEN)
+        .unwrap();
+    let refused: Vec<Vec<Box<dyn Setter>>> = vec![
+        vec![family(AAF, 0x01)],
+        vec![family(AAF, 0x03)],
+        vec![family(RAF, 0x01), family(AAF, 0x02)],
+        vec![family(AAF, 0x02), raw(0x0018, &[0x80])],
+        vec![family(AAF, 0x02), raw(0x0022, &token)],
+    ];
+    let n = refused.len() as u64;
+    for attrs in refused {
+        assert_eq!(code(&f.allocate_with(4001, auth, attrs)), Some(400));
+    }
+    assert_eq!(f.core.allocation_count(), 1);
+    assert_eq!(
+        f.core
+            .stats
+            .protocol_refusals
+            .get(ProtocolRule::AddressFamily),
+        n
+    );
+    // A family that does not exist is not supported.
+    let r = f.allocate_with(4001, auth, vec![family(RAF, 0x03)]);
+    assert_eq!(code(&r), Some(440));
+}
+
+#[test]
+fn an_additional_ipv6_relay_is_refused_in_part_with_address_error_code() {
+    let f = fixture();
+    let cred = rest(UNIX + 600, "bob");
+    let nonce = f.nonce(tuple(4000));
+    let r = f.allocate_with(4000, Some((&cred, &nonce)), vec![family(AAF, 0x02)]);
+    assert_eq!(code(&r), None);
+    let m = decode(&r);
+    let mut relayed = RelayedAddress::default();
+    relayed.get_from(&m).unwrap();
+    assert!(relayed.ip.is_ipv4(), "the IPv4 relay is granted");
+    let error = m.get(stun::attributes::AttrType(0x8001)).unwrap();
+    assert_eq!(&error[..4], &[0x02, 0, 4, 40], "IPv6: 440");
+    assert_eq!(&error[4..], b"Address Family not Supported");
+    assert_eq!(
+        f.core
+            .stats
+            .protocol_refusals
+            .get(ProtocolRule::AdditionalFamily),
+        1
+    );
+}
+
+#[test]
+fn refresh_naming_the_other_address_family_gets_443() {
+    let f = fixture();
+    let t = tuple(4000);
+    let cred = rest(UNIX + 600, "bob");
+    f.allocate(t, &cred);
+    let nonce = f.nonce(tuple(4001));
+    let refresh = |attrs| {
+        code(&reply_of(f.send(
+            t,
+            &request(
+                METHOD_REFRESH,
+                TransactionId::new(),
+                attrs,
+                Some((&cred, &nonce)),
+            ),
+        )))
+    };
+    let zero = || -> Box<dyn Setter> { Box::new(Lifetime(Duration::ZERO)) };
+    assert_eq!(refresh(vec![family(RAF, 0x02), zero()]), Some(443));
+    assert_eq!(
+        f.core.allocation_count(),
+        1,
+        "a refused Refresh deletes nothing"
+    );
+    assert_eq!(refresh(vec![family(RAF, 0x01)]), None);
+    assert_eq!(refresh(vec![family(RAF, 0x01), zero()]), None);
+    assert_eq!(f.core.allocation_count(), 0);
+    assert_eq!(
+        f.core
+            .stats
+            .protocol_refusals
+            .get(ProtocolRule::RefreshFamily),
+        1
+    );
 }
