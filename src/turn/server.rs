@@ -600,7 +600,13 @@ impl TurnServer {
         };
         let range = match channel {
             Some(n) => wire::channel_data_in_place(buf, start, len, n, sink.pads()),
-            None => wire::data_indication_in_place(buf, start, len, from, random_tid()),
+            None => match wire::data_indication_in_place(buf, start, len, from, random_tid()) {
+                Some(range) => range,
+                None => {
+                    self.core.stats.unframeable.inc();
+                    return Route::Drop;
+                }
+            },
         };
         self.core.stats.relay_to_relay.inc();
         Route::Client {
@@ -842,11 +848,14 @@ fn relay_batch(
                 continue;
             }
             let len = s.recv.data_len(i);
-            payload += len;
             let range = match state.channel_of(now, from) {
-                Some(number) => {
-                    wire::channel_data_in_place(s.recv.slot_mut(i), start, len, number, pad)
-                }
+                Some(number) => Some(wire::channel_data_in_place(
+                    s.recv.slot_mut(i),
+                    start,
+                    len,
+                    number,
+                    pad,
+                )),
                 None => wire::data_indication_in_place(
                     s.recv.slot_mut(i),
                     start,
@@ -855,6 +864,11 @@ fn relay_batch(
                     random_tid(),
                 ),
             };
+            let Some(range) = range else {
+                stats.unframeable.inc();
+                continue;
+            };
+            payload += len;
             s.frames.push((i, range));
         }
     }

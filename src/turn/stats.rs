@@ -149,6 +149,8 @@ pub struct Stats {
     pub relay_send_failures: Counter,
     /// Frames for TCP/TLS clients dropped because the client's queue was full.
     pub stream_queue_drops: Counter,
+    /// Payloads too large for a Data indication (their client has no channel), dropped.
+    pub unframeable: Counter,
     pub stream_closes: ByLabel<StreamClose>,
     pub connection_refusals: ByLabel<ConnectionLimit>,
 }
@@ -244,6 +246,11 @@ impl Stats {
                 "Relayed packets the kernel refused or a full socket dropped.",
             )
             .value(self.relay_send_failures.get()),
+            Family::counter(
+                "turn_unframeable_drops",
+                "Payloads too large to frame as a Data indication for a client without a channel.",
+            )
+            .value(self.unframeable.get()),
             Family::gauge(
                 "turn_stream_connections",
                 "Open TURN connections over TCP and TLS.",

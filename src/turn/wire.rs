@@ -77,18 +77,24 @@ pub fn channel_data_in_place(
 
 /// Writes a Data indication (XOR-PEER-ADDRESS, DATA) in front of the `len` bytes at
 /// `buf[start..]`, which must have `HEADROOM` bytes before it and 3 spare after it;
-/// returns the message's range.
+/// returns the message's range, or `None` when the payload is too large for a STUN
+/// message's 16-bit length (more than 65,516 bytes from an IPv4 peer, 65,504 from IPv6):
+/// such a payload cannot be framed, and a wrapped length would let a stream client read
+/// the payload's bytes as further frames.
 pub fn data_indication_in_place(
     buf: &mut [u8],
     start: usize,
     len: usize,
     peer: SocketAddr,
     tid: [u8; 12],
-) -> std::ops::Range<usize> {
+) -> Option<std::ops::Range<usize>> {
     let addr_len = if peer.is_ipv4() { 8 } else { 20 };
     let head = start - 4 - (4 + addr_len) - STUN_HEADER;
     let padded = len.div_ceil(4) * 4;
     let body = (4 + addr_len) + 4 + padded;
+    if body > usize::from(u16::MAX) {
+        return None;
+    }
     let mut at = head;
     let mut put = |bytes: &[u8], at: &mut usize| {
         buf[*at..*at + bytes.len()].copy_from_slice(bytes);
@@ -109,7 +115,7 @@ pub fn data_indication_in_place(
     debug_assert_eq!(at, start);
     let end = start + padded;
     buf[start + len..end].fill(0);
-    head..end
+    Some(head..end)
 }
 
 /// Encodes an XOR address value (family, port, address) into `out`; returns its length.
@@ -389,7 +395,7 @@ mod tests {
         let peer: SocketAddr = "[2001:db8::9]:3000".parse().unwrap();
         let mut buf = vec![0u8; HEADROOM + 8];
         buf[HEADROOM..HEADROOM + 5].copy_from_slice(b"hello");
-        let range = data_indication_in_place(&mut buf, HEADROOM, 5, peer, [3; 12]);
+        let range = data_indication_in_place(&mut buf, HEADROOM, 5, peer, [3; 12]).unwrap();
         let mut m = Message::new();
         m.raw = buf[range].to_vec();
         m.decode().unwrap();
@@ -399,6 +405,27 @@ mod tests {
         );
         assert_eq!(peer_addresses(&m), Some(vec![peer]));
         assert_eq!(m.get(stun::attributes::ATTR_DATA).unwrap(), b"hello");
+    }
+
+    #[test]
+    fn payloads_too_large_for_a_data_indication_are_refused_not_wrapped() {
+        for (peer, largest) in [("1.2.3.4:5", 65_516), ("[2001:db8::1]:5", 65_504)] {
+            let peer: SocketAddr = peer.parse().unwrap();
+            let mut buf = vec![0u8; HEADROOM + 65_540];
+            let range = data_indication_in_place(&mut buf, HEADROOM, largest, peer, [1; 12])
+                .expect("the largest payload that fits");
+            let mut m = Message::new();
+            m.raw = buf[range].to_vec();
+            m.decode().expect("a whole message");
+            assert_eq!(m.get(stun::attributes::ATTR_DATA).unwrap().len(), largest);
+            for len in [largest + 1, 65_535] {
+                assert_eq!(
+                    data_indication_in_place(&mut buf, HEADROOM, len, peer, [1; 12]),
+                    None,
+                    "{len} bytes from {peer}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -348,3 +348,42 @@ async fn two_thousand_stalled_connections_cost_little_and_block_nobody() {
     );
     drop((warm, stalled));
 }
+
+/// Item 11: a payload too large for a Data indication's 16-bit length is dropped, not
+/// sent with a wrapped length that a stream client would read as the sender's own frames
+/// (here a forged Data indication from an address of the sender's choosing).
+#[tokio::test]
+async fn a_payload_too_large_for_a_data_indication_is_dropped_not_wrapped() {
+    use stun::message::{CLASS_INDICATION, METHOD_DATA, Message, MessageType, Setter};
+    let server = TestServer::start(&config(""));
+    let (sender, sender_relay) = tcp_client(&server, "sender").await;
+    let (receiver, receiver_relay) = tcp_client(&server, "receiver").await;
+    // The receiver permits the sender without a channel: it gets Data indications.
+    receiver.permit(sender_relay).await.unwrap();
+    sender.bind_channel(0x4000, receiver_relay).await.unwrap();
+    let mut forged = Message::new();
+    let setters: Vec<Box<dyn Setter>> = vec![
+        Box::new(stun::agent::TransactionId::new()),
+        Box::new(MessageType::new(METHOD_DATA, CLASS_INDICATION)),
+        Box::new(turn::proto::peeraddr::PeerAddress {
+            ip: "6.6.6.6".parse().unwrap(),
+            port: 666,
+        }),
+        Box::new(turn::proto::data::Data(b"forged".to_vec())),
+    ];
+    forged.build(&setters).unwrap();
+    // With a wrapped length, the receiver would read a 20-byte header, then the peer
+    // address and DATA header and 12 payload bytes as a 28-byte frame, then this.
+    let mut payload = vec![0u8; 65_520];
+    payload[12..12 + forged.raw.len()].copy_from_slice(&forged.raw);
+    sender.send_channel(0x4000, &payload).await.unwrap();
+    sender.send_channel(0x4000, b"marker").await.unwrap();
+    let (from, data) = receiver.recv().await.expect("a Data indication");
+    assert_eq!((from, &data[..]), (sender_relay, &b"marker"[..]));
+    assert_eq!(
+        server
+            .metric("switchboard_turn_unframeable_drops_total", &[])
+            .await,
+        1.0
+    );
+}
