@@ -154,8 +154,21 @@ impl Client {
         username: &str,
         password: &str,
     ) -> Result<Client, ProbeError> {
+        Client::new_on(bind_for(server).await?, server, username, password)
+    }
+
+    /// A client on a socket the caller bound (say, to a chosen source address).
+    ///
+    /// # Errors
+    /// None today; kept fallible like `new`.
+    pub fn new_on(
+        socket: UdpSocket,
+        server: SocketAddr,
+        username: &str,
+        password: &str,
+    ) -> Result<Client, ProbeError> {
         Ok(Client {
-            conn: Conn::Udp(bind_for(server).await?),
+            conn: Conn::Udp(socket),
             server,
             username: username.to_owned(),
             password: password.to_owned(),
@@ -216,20 +229,24 @@ impl Client {
             .map_err(|_| ProbeError::Timeout)?
     }
 
-    async fn request(
+    /// Sends a request and waits for its answer. The attributes become bytes before the
+    /// first await, so the future holds no `Setter` and is `Send`.
+    fn request(
         &self,
         method: Method,
         attrs: Vec<Box<dyn Setter>>,
-    ) -> Result<Message, ProbeError> {
+    ) -> impl Future<Output = Result<Message, ProbeError>> + Send + '_ {
         let request = self.signed(method, attrs);
-        self.send_raw(&request.raw).await?;
-        loop {
-            let Ok(answer) = decode(&self.recv_raw().await?) else {
-                // ChannelData from a peer, on a stream.
-                continue;
-            };
-            if answer.transaction_id == request.transaction_id {
-                return Ok(answer);
+        async move {
+            self.send_raw(&request.raw).await?;
+            loop {
+                let Ok(answer) = decode(&self.recv_raw().await?) else {
+                    // ChannelData from a peer, on a stream.
+                    continue;
+                };
+                if answer.transaction_id == request.transaction_id {
+                    return Ok(answer);
+                }
             }
         }
     }
