@@ -6,6 +6,9 @@
 //! batch whose slots leave headroom for framing in place: no per-packet allocation.
 //! ChannelData whose peer is another allocation of this server is handed to that
 //! allocation's client directly (relay to relay without the kernel round trip).
+//! A UDP listener on a wildcard address learns each datagram's destination: it is the
+//! `server` of the 5-tuple, and everything toward that client leaves from it, since a
+//! NAT (or the client) drops an answer from another address of a multi-homed host.
 //! The data path takes the allocation table's read lock and an allocation's own
 //! mutex briefly, never across an await.
 
@@ -30,7 +33,7 @@ use super::core::{
     Allocation, CloseReason, Core, FiveTuple, Handled, PortChoice, RelayBinder, Stats, Transport,
 };
 use super::wire::{self, CHANNEL_HEADER, HEADROOM, Kind};
-use crate::mmsg::{RecvBatch, SendBatch};
+use crate::mmsg::{self, RecvBatch, SendBatch};
 use crate::signaling::protocol::{PeerId, RoomId};
 
 /// Largest UDP payload we relay.
@@ -111,8 +114,17 @@ impl std::fmt::Debug for RelaySocket {
 /// The way back to a client: its UDP listener socket, or its stream's write half.
 #[derive(Clone)]
 pub enum ClientSink {
-    Udp(Arc<UdpSocket>),
+    Udp(UdpSink),
     Stream(Arc<AsyncMutex<WriteHalf<Box<dyn Stream>>>>),
+}
+
+/// A UDP listener as the way back to one client.
+#[derive(Clone)]
+pub struct UdpSink {
+    socket: Arc<UdpSocket>,
+    /// The address the client sends to, which answers must leave from, when the
+    /// listener is bound to a wildcard address; `None` when it is bound to one address.
+    from: Option<IpAddr>,
 }
 
 /// A client stream (TCP or TLS over TCP).
@@ -122,7 +134,13 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
 impl ClientSink {
     async fn send(&self, bytes: &[u8], client: SocketAddr) -> std::io::Result<()> {
         match self {
-            ClientSink::Udp(socket) => socket.send_to(bytes, client).await.map(|_| ()),
+            ClientSink::Udp(udp) => udp
+                .socket
+                .async_io(Interest::WRITABLE, || {
+                    send_now(&udp.socket, bytes, client, udp.from)
+                })
+                .await
+                .map(|_| ()),
             ClientSink::Stream(_) => {
                 self.send_frames(bytes, std::slice::from_ref(&(0..bytes.len())))
                     .await
@@ -222,7 +240,6 @@ impl TurnServer {
         let Ok(local) = socket.local_addr() else {
             return;
         };
-        let sink = ClientSink::Udp(Arc::clone(&socket));
         let mut deferred = Vec::new();
         loop {
             tokio::select! {
@@ -232,7 +249,7 @@ impl TurnServer {
                 },
             }
             loop {
-                let r = with_scratch(|s| self.udp_batch(&socket, local, &sink, s, &mut deferred));
+                let r = with_scratch(|s| self.udp_batch(&socket, local, s, &mut deferred));
                 for (sink, bytes, client, transport) in deferred.drain(..) {
                     self.forward(&sink, &bytes, client, transport).await;
                 }
@@ -248,34 +265,42 @@ impl TurnServer {
 
     /// Receives one batch on a UDP listener and handles it without awaiting; what must
     /// go to stream clients is left in `deferred`.
+    ///
+    /// On a wildcard listener, each datagram's 5-tuple names the address it was sent to,
+    /// and everything toward that client leaves from it.
     fn udp_batch(
         &self,
-        socket: &UdpSocket,
+        socket: &Arc<UdpSocket>,
         local: SocketAddr,
-        sink: &ClientSink,
         s: &mut Scratch,
         deferred: &mut Vec<(ClientSink, Vec<u8>, SocketAddr, Transport)>,
     ) -> std::io::Result<usize> {
-        let got = socket.try_io(Interest::READABLE, || s.recv.recv(socket))?;
+        let got = socket.try_io(Interest::READABLE, || s.recv.recv(&**socket))?;
         let now = Instant::now();
+        let wildcard = local.ip().is_unspecified();
         // Consecutive datagrams usually come from the same client: look it up once.
-        let mut last: Option<(SocketAddr, Arc<Allocation<RelaySocket>>)> = None;
+        let mut last: Option<(FiveTuple, Arc<Allocation<RelaySocket>>)> = None;
         for i in 0..got {
             let Some(client) = s.recv.source(i) else {
                 continue;
             };
+            let to = if wildcard {
+                s.recv.destination(i)
+            } else {
+                None
+            };
             let tuple = FiveTuple {
                 client,
-                server: local,
+                server: SocketAddr::new(to.unwrap_or(local.ip()), local.port()),
                 transport: Transport::Udp,
             };
             match wire::classify(s.recv.data(i)) {
                 Kind::ChannelData { number, len } => {
                     let allocation = match &last {
-                        Some((c, a)) if *c == client => Arc::clone(a),
+                        Some((t, a)) if *t == tuple => Arc::clone(a),
                         _ => match self.core.get(&tuple) {
                             Some(a) => {
-                                last = Some((client, Arc::clone(&a)));
+                                last = Some((tuple, Arc::clone(&a)));
                                 a
                             }
                             None => {
@@ -315,9 +340,13 @@ impl TurnServer {
                     }
                 }
                 Kind::Stun => {
-                    if let Some(reply) = self.on_stun(tuple, s.recv.data(i), sink) {
+                    let sink = ClientSink::Udp(UdpSink {
+                        socket: Arc::clone(socket),
+                        from: to,
+                    });
+                    if let Some(reply) = self.on_stun(tuple, s.recv.data(i), &sink) {
                         // A reply the socket cannot take now is retransmitted for by the client.
-                        let _ = send_now(socket, &reply, client);
+                        let _ = send_now(socket, &reply, client, to);
                     }
                 }
                 Kind::Other => self.core.stats.malformed.inc(),
@@ -467,7 +496,7 @@ impl TurnServer {
             } => {
                 // Send indications are rare (browsers bind channels): the kernel path is fine.
                 allocation.relayed_bytes.add(data.len() as u64);
-                match send_now(&allocation.relay.socket, &data, peer) {
+                match send_now(&allocation.relay.socket, &data, peer, None) {
                     Ok(_) => self.core.stats.to_peers.add(tuple.transport, 1, data.len()),
                     Err(e) => {
                         self.core.stats.relay_send_failures.inc();
@@ -576,14 +605,24 @@ enum Route {
 /// The socket a batched datagram leaves by.
 enum Via {
     Relay(Arc<Allocation<RelaySocket>>),
-    Listener(Arc<UdpSocket>),
+    Listener(UdpSink),
+}
+
+impl Via {
+    /// The local address to send from, on a wildcard listener.
+    fn from(&self) -> Option<IpAddr> {
+        match self {
+            Via::Relay(_) => None,
+            Via::Listener(sink) => sink.from,
+        }
+    }
 }
 
 impl AsRawFd for Via {
     fn as_raw_fd(&self) -> RawFd {
         match self {
             Via::Relay(a) => a.relay.socket.as_raw_fd(),
-            Via::Listener(s) => s.as_raw_fd(),
+            Via::Listener(sink) => sink.socket.as_raw_fd(),
         }
     }
 }
@@ -640,9 +679,13 @@ impl Scratch {
             let group = &self.out[i..j];
             let recv = &self.recv;
             let sent = send_all(&mut self.send, &group[0].via, |k| {
-                group[k..]
-                    .iter()
-                    .map(|o| (&recv.slot(o.slot)[o.range.clone()], Some(o.dest)))
+                group[k..].iter().map(|o| {
+                    (
+                        &recv.slot(o.slot)[o.range.clone()],
+                        Some(o.dest),
+                        o.via.from(),
+                    )
+                })
             });
             failed += sent.dropped;
             let total = match group[0].via {
@@ -667,15 +710,15 @@ impl Scratch {
 /// the kernel refuses (say, an unreachable peer) and giving up on a full socket.
 fn send_all<'a, I>(batch: &mut SendBatch, socket: &impl AsRawFd, from: impl Fn(usize) -> I) -> Sent
 where
-    I: ExactSizeIterator<Item = (&'a [u8], Option<SocketAddr>)>,
+    I: ExactSizeIterator<Item = (&'a [u8], Option<SocketAddr>, Option<IpAddr>)>,
 {
     let total = from(0).len();
     let mut k = 0;
     let mut sent = Sent::default();
     while k < total {
-        match batch.send(socket, from(k)) {
+        match batch.send_from(socket, from(k)) {
             Ok(n) => {
-                sent.bytes += from(k).take(n).map(|(d, _)| d.len()).sum::<usize>();
+                sent.bytes += from(k).take(n).map(|(d, ..)| d.len()).sum::<usize>();
                 sent.packets += n;
                 k += n;
             }
@@ -684,7 +727,7 @@ where
                 break;
             }
             Err(e) => {
-                debug!(peer = ?from(k).next().and_then(|(_, to)| to), error = %e, "relay send failed");
+                debug!(peer = ?from(k).next().and_then(|(_, to, _)| to), error = %e, "relay send failed");
                 sent.dropped += 1;
                 k += 1;
             }
@@ -701,11 +744,17 @@ struct Sent {
     dropped: usize,
 }
 
-/// One datagram on a non-blocking socket, now. Not tokio's `try_send_to`: that refuses
+/// One datagram on a non-blocking socket, now, from the local address `from` when given
+/// (a listener bound to a wildcard address). Not tokio's `try_send_to`: that refuses
 /// with `WouldBlock` until the reactor has seen the socket writable once, which drops
 /// the first packets of a fresh relay.
-fn send_now(socket: &UdpSocket, data: &[u8], to: SocketAddr) -> std::io::Result<usize> {
-    socket2::SockRef::from(socket).send_to(data, &to.into())
+fn send_now(
+    socket: &UdpSocket,
+    data: &[u8],
+    to: SocketAddr,
+    from: Option<IpAddr>,
+) -> std::io::Result<usize> {
+    mmsg::send_one(socket, data, to, from)
 }
 
 fn random_tid() -> [u8; 12] {
@@ -807,11 +856,12 @@ fn relay_batch(
         .iter()
         .map(|(i, r)| (&recv.slot(*i)[r.clone()], Some(client)));
     match sink {
-        ClientSink::Udp(socket) => {
-            let sent = send_all(&mut s.send, &**socket, |k| {
+        // From the address the client talks to (the allocation's `tuple.server`).
+        ClientSink::Udp(udp) => {
+            let sent = send_all(&mut s.send, &*udp.socket, |k| {
                 s.frames[k..]
                     .iter()
-                    .map(|(i, r)| (&recv.slot(*i)[r.clone()], Some(client)))
+                    .map(|(i, r)| (&recv.slot(*i)[r.clone()], Some(client), udp.from))
             });
             stats
                 .to_clients
