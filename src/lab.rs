@@ -317,7 +317,8 @@ level = "info,switchboard=debug"
 listen = ["{SERVER_IP}:443"]
 extra_names = ["{SERVER_IP}", "{SERVER_IP2}"]
 [turn]
-udp_listen = ["{SERVER_IP}:3478", "{SERVER_IP2}:3478"]
+# The wildcard, as in the shipped config: answers must leave from the address asked.
+udp_listen = ["0.0.0.0:3478"]
 tcp_listen = ["{SERVER_IP}:3478"]
 tls_listen = ["{SERVER_IP}:5349"]
 relay_ip = "{SERVER_IP}"

@@ -29,7 +29,8 @@ pub enum Bound<T = TcpListener> {
 
 /// Binds `count` UDP sockets sharing `addr` with SO_REUSEPORT, so that as many
 /// receive loops serve it in parallel (the kernel keeps each client on one socket);
-/// `what` and `key` name it in errors.
+/// `what` and `key` name it in errors. On a wildcard address each socket reports every
+/// datagram's destination (`mmsg::learn_destinations`), so that answers can leave from it.
 ///
 /// # Errors
 /// The address is in use, not local, or needs a privilege the process lacks.
@@ -50,6 +51,10 @@ pub fn bind_udp(
         let _ = socket.set_recv_buffer_size(4 << 20);
         let _ = socket.set_send_buffer_size(4 << 20);
         socket.bind(&addr.into())?;
+        if addr.ip().is_unspecified() {
+            // Replies must leave from the address each request came to (a multi-homed host).
+            crate::mmsg::learn_destinations(&socket, addr.is_ipv6())?;
+        }
         tokio::net::UdpSocket::from_std(socket.into())
     };
     let attempt = || -> io::Result<Vec<tokio::net::UdpSocket>> {

@@ -6,6 +6,9 @@
 //! batch whose slots leave headroom for framing in place: no per-packet allocation.
 //! ChannelData whose peer is another allocation of this server is handed to that
 //! allocation's client directly (relay to relay without the kernel round trip).
+//! A UDP listener on a wildcard address learns each datagram's destination: it is the
+//! `server` of the 5-tuple, and everything toward that client leaves from it, since a
+//! NAT (or the client) drops an answer from another address of a multi-homed host.
 //! The data path takes the allocation table's read lock and an allocation's own
 //! mutex briefly, never across an await, and never waits for a client: a TCP/TLS
 //! client's frames go into its bounded `Outbox`, which its own writer task drains.
@@ -34,7 +37,7 @@ use super::stream::{FrameError, Frames, Outbox, WriterEnd};
 use super::wire::{self, CHANNEL_HEADER, HEADROOM, Kind};
 use crate::limiter::{ConnectionGuard, ConnectionLimiter, ConnectionRefused};
 use crate::metrics::Label;
-use crate::mmsg::{RecvBatch, SendBatch};
+use crate::mmsg::{self, RecvBatch, SendBatch};
 use crate::signaling::protocol::{PeerId, RoomId};
 
 /// Largest UDP payload we relay.
@@ -131,8 +134,17 @@ impl std::fmt::Debug for RelaySocket {
 /// The way back to a client: its UDP listener socket, or its stream's outbox.
 #[derive(Clone)]
 pub enum ClientSink {
-    Udp(Arc<UdpSocket>),
+    Udp(UdpSink),
     Stream(Outbox),
+}
+
+/// A UDP listener as the way back to one client.
+#[derive(Clone)]
+pub struct UdpSink {
+    socket: Arc<UdpSocket>,
+    /// The address the client sends to, which answers must leave from, when the
+    /// listener is bound to a wildcard address; `None` when it is bound to one address.
+    from: Option<IpAddr>,
 }
 
 impl ClientSink {
@@ -140,7 +152,7 @@ impl ClientSink {
     /// false when they were dropped (a full socket or queue).
     fn deliver(&self, bytes: &[u8], client: SocketAddr) -> bool {
         match self {
-            ClientSink::Udp(socket) => send_now(socket, bytes, client).is_ok(),
+            ClientSink::Udp(udp) => send_now(&udp.socket, bytes, client, udp.from).is_ok(),
             ClientSink::Stream(outbox) => outbox.push(bytes.to_vec()),
         }
     }
@@ -257,7 +269,6 @@ impl TurnServer {
         let Ok(local) = socket.local_addr() else {
             return;
         };
-        let sink = ClientSink::Udp(Arc::clone(&socket));
         loop {
             tokio::select! {
                 () = self.shutdown.cancelled() => return,
@@ -266,7 +277,7 @@ impl TurnServer {
                 },
             }
             loop {
-                match with_scratch(|s| self.udp_batch(&socket, local, &sink, s)) {
+                match with_scratch(|s| self.udp_batch(&socket, local, s)) {
                     Ok(_) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     // ICMP errors from earlier sends surface here on some kernels; keep serving.
@@ -278,33 +289,41 @@ impl TurnServer {
 
     /// Receives one batch on a UDP listener and handles it without awaiting: what goes
     /// to stream clients is queued on their outboxes.
+    ///
+    /// On a wildcard listener, each datagram's 5-tuple names the address it was sent to,
+    /// and everything toward that client leaves from it.
     fn udp_batch(
         &self,
-        socket: &UdpSocket,
+        socket: &Arc<UdpSocket>,
         local: SocketAddr,
-        sink: &ClientSink,
         s: &mut Scratch,
     ) -> std::io::Result<usize> {
-        let got = socket.try_io(Interest::READABLE, || s.recv.recv(socket))?;
+        let got = socket.try_io(Interest::READABLE, || s.recv.recv(&**socket))?;
         let now = Instant::now();
+        let wildcard = local.ip().is_unspecified();
         // Consecutive datagrams usually come from the same client: look it up once.
-        let mut last: Option<(SocketAddr, Arc<Allocation<RelaySocket>>)> = None;
+        let mut last: Option<(FiveTuple, Arc<Allocation<RelaySocket>>)> = None;
         for i in 0..got {
             let Some(client) = s.recv.source(i) else {
                 continue;
             };
+            let to = if wildcard {
+                s.recv.destination(i)
+            } else {
+                None
+            };
             let tuple = FiveTuple {
                 client,
-                server: local,
+                server: SocketAddr::new(to.unwrap_or(local.ip()), local.port()),
                 transport: Transport::Udp,
             };
             match wire::classify(s.recv.data(i)) {
                 Kind::ChannelData { number, len } => {
                     let allocation = match &last {
-                        Some((c, a)) if *c == client => Arc::clone(a),
+                        Some((t, a)) if *t == tuple => Arc::clone(a),
                         _ => match self.core.get(&tuple) {
                             Some(a) => {
-                                last = Some((client, Arc::clone(&a)));
+                                last = Some((tuple, Arc::clone(&a)));
                                 a
                             }
                             None => {
@@ -342,9 +361,13 @@ impl TurnServer {
                     }
                 }
                 Kind::Stun => {
-                    if let Some(reply) = self.on_stun(tuple, s.recv.data(i), sink) {
+                    let sink = ClientSink::Udp(UdpSink {
+                        socket: Arc::clone(socket),
+                        from: to,
+                    });
+                    if let Some(reply) = self.on_stun(tuple, s.recv.data(i), &sink) {
                         // A reply the socket cannot take now is retransmitted for by the client.
-                        let _ = send_now(socket, &reply, client);
+                        let _ = send_now(socket, &reply, client, to);
                     }
                 }
                 Kind::Other => self.core.stats.malformed.inc(),
@@ -499,7 +522,12 @@ impl TurnServer {
                 match self.route(&allocation, Instant::now(), number, buf, start, len) {
                     Route::Drop => {}
                     Route::Peer(peer) => {
-                        match send_now(&allocation.relay.socket, &buf[start..start + len], peer) {
+                        match send_now(
+                            &allocation.relay.socket,
+                            &buf[start..start + len],
+                            peer,
+                            None,
+                        ) {
                             Ok(_) => self.core.stats.to_peers.add(tuple.transport, 1, len),
                             Err(e) => {
                                 self.core.stats.relay_send_failures.inc();
@@ -546,7 +574,7 @@ impl TurnServer {
             } => {
                 // Send indications are rare (browsers bind channels): the kernel path is fine.
                 allocation.relayed_bytes.add(data.len() as u64);
-                match send_now(&allocation.relay.socket, &data, peer) {
+                match send_now(&allocation.relay.socket, &data, peer, None) {
                     Ok(_) => self.core.stats.to_peers.add(tuple.transport, 1, data.len()),
                     Err(e) => {
                         self.core.stats.relay_send_failures.inc();
@@ -658,14 +686,24 @@ enum Route {
 /// The socket a batched datagram leaves by.
 enum Via {
     Relay(Arc<Allocation<RelaySocket>>),
-    Listener(Arc<UdpSocket>),
+    Listener(UdpSink),
+}
+
+impl Via {
+    /// The local address to send from, on a wildcard listener.
+    fn from(&self) -> Option<IpAddr> {
+        match self {
+            Via::Relay(_) => None,
+            Via::Listener(sink) => sink.from,
+        }
+    }
 }
 
 impl AsRawFd for Via {
     fn as_raw_fd(&self) -> RawFd {
         match self {
             Via::Relay(a) => a.relay.socket.as_raw_fd(),
-            Via::Listener(s) => s.as_raw_fd(),
+            Via::Listener(sink) => sink.socket.as_raw_fd(),
         }
     }
 }
@@ -722,9 +760,13 @@ impl Scratch {
             let group = &self.out[i..j];
             let recv = &self.recv;
             let sent = send_all(&mut self.send, &group[0].via, |k| {
-                group[k..]
-                    .iter()
-                    .map(|o| (&recv.slot(o.slot)[o.range.clone()], Some(o.dest)))
+                group[k..].iter().map(|o| {
+                    (
+                        &recv.slot(o.slot)[o.range.clone()],
+                        Some(o.dest),
+                        o.via.from(),
+                    )
+                })
             });
             failed += sent.dropped;
             let total = match group[0].via {
@@ -749,15 +791,15 @@ impl Scratch {
 /// the kernel refuses (say, an unreachable peer) and giving up on a full socket.
 fn send_all<'a, I>(batch: &mut SendBatch, socket: &impl AsRawFd, from: impl Fn(usize) -> I) -> Sent
 where
-    I: ExactSizeIterator<Item = (&'a [u8], Option<SocketAddr>)>,
+    I: ExactSizeIterator<Item = (&'a [u8], Option<SocketAddr>, Option<IpAddr>)>,
 {
     let total = from(0).len();
     let mut k = 0;
     let mut sent = Sent::default();
     while k < total {
-        match batch.send(socket, from(k)) {
+        match batch.send_from(socket, from(k)) {
             Ok(n) => {
-                sent.bytes += from(k).take(n).map(|(d, _)| d.len()).sum::<usize>();
+                sent.bytes += from(k).take(n).map(|(d, ..)| d.len()).sum::<usize>();
                 sent.packets += n;
                 k += n;
             }
@@ -766,7 +808,7 @@ where
                 break;
             }
             Err(e) => {
-                debug!(peer = ?from(k).next().and_then(|(_, to)| to), error = %e, "relay send failed");
+                debug!(peer = ?from(k).next().and_then(|(_, to, _)| to), error = %e, "relay send failed");
                 sent.dropped += 1;
                 k += 1;
             }
@@ -783,11 +825,17 @@ struct Sent {
     dropped: usize,
 }
 
-/// One datagram on a non-blocking socket, now. Not tokio's `try_send_to`: that refuses
+/// One datagram on a non-blocking socket, now, from the local address `from` when given
+/// (a listener bound to a wildcard address). Not tokio's `try_send_to`: that refuses
 /// with `WouldBlock` until the reactor has seen the socket writable once, which drops
 /// the first packets of a fresh relay.
-fn send_now(socket: &UdpSocket, data: &[u8], to: SocketAddr) -> std::io::Result<usize> {
-    socket2::SockRef::from(socket).send_to(data, &to.into())
+fn send_now(
+    socket: &UdpSocket,
+    data: &[u8],
+    to: SocketAddr,
+    from: Option<IpAddr>,
+) -> std::io::Result<usize> {
+    mmsg::send_one(socket, data, to, from)
 }
 
 fn random_tid() -> [u8; 12] {
@@ -876,11 +924,12 @@ fn relay_batch(
     let client = allocation.tuple.client;
     let recv = &s.recv;
     match sink {
-        ClientSink::Udp(socket) => {
-            let sent = send_all(&mut s.send, &**socket, |k| {
+        // From the address the client talks to (the allocation's `tuple.server`).
+        ClientSink::Udp(udp) => {
+            let sent = send_all(&mut s.send, &*udp.socket, |k| {
                 s.frames[k..]
                     .iter()
-                    .map(|(i, r)| (&recv.slot(*i)[r.clone()], Some(client)))
+                    .map(|(i, r)| (&recv.slot(*i)[r.clone()], Some(client), udp.from))
             });
             stats
                 .to_clients

@@ -80,6 +80,11 @@ fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static)
 
 /// The address `server` sees for `socket`, by STUN Binding.
 fn mapped(socket: &std::net::UdpSocket, server: SocketAddr) -> SocketAddr {
+    mapped_from(socket, server).0
+}
+
+/// The address `server` sees for `socket`, by STUN Binding, and where the answer came from.
+fn mapped_from(socket: &std::net::UdpSocket, server: SocketAddr) -> (SocketAddr, SocketAddr) {
     use stun::message::{BINDING_REQUEST, Getter, Message};
     let mut request = Message::new();
     request
@@ -93,13 +98,15 @@ fn mapped(socket: &std::net::UdpSocket, server: SocketAddr) -> SocketAddr {
         .unwrap();
     socket.send_to(&request.raw, server).unwrap();
     let mut buf = [0u8; 1500];
-    let (n, _) = socket.recv_from(&mut buf).expect("a Binding response");
+    let (n, from) = socket
+        .recv_from(&mut buf)
+        .unwrap_or_else(|e| panic!("a Binding response from {server}: {e}"));
     let mut response = Message::new();
     response.raw = buf[..n].to_vec();
     response.decode().unwrap();
     let mut addr = stun::xoraddr::XorMappedAddress::default();
     addr.get_from(&response).unwrap();
-    SocketAddr::new(addr.ip, addr.port)
+    (SocketAddr::new(addr.ip, addr.port), from)
 }
 
 #[test]
@@ -126,6 +133,68 @@ fn symmetric_nat_maps_per_destination_and_cone_nat_does_not() {
     assert_eq!(cone[0].ip().to_string(), "11.11.0.22");
     assert_eq!(cone[0].port(), cone[1].port(), "cone NAT: {cone:?}");
     finish(lab);
+}
+
+/// The server's UDP listener is the wildcard (as in the shipped config) on a host with two
+/// public addresses. From one socket behind symmetric NAT, a Binding to each is answered,
+/// from the address it was sent to (the NAT passes nothing else back), and so is Allocate.
+#[test]
+fn both_server_addresses_answer_a_client_behind_symmetric_nat() {
+    let Some((_turn, lab, dir)) = start_lab("sbm", [Nat::Symmetric, Nat::Cone], false) else {
+        return;
+    };
+    let servers: [SocketAddr; 2] = [
+        format!("{}:3478", lab::SERVER_IP).parse().unwrap(),
+        format!("{}:3478", lab::SERVER_IP2).parse().unwrap(),
+    ];
+    let answers = in_netns(&lab.ns("c1"), move || {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        servers.map(|s| {
+            let (mapped, from) = mapped_from(&socket, s);
+            (mapped.ip().to_string(), from)
+        })
+    });
+    for (server, (mapped, from)) in servers.iter().zip(&answers) {
+        assert_eq!(mapped, "11.11.0.21", "seen from {server}");
+        assert_eq!(from, server, "the answer to {server} came from {from}");
+    }
+
+    let secret = std::fs::read_to_string(
+        dir.path()
+            .join("state")
+            .join(switchboard::secrets::TURN_SECRET_FILE),
+    )
+    .expect("the lab's generated TURN secret");
+    let username = format!("{}:lab", unix_now() + 600);
+    let password = switchboard::turn::auth::rest_password(
+        &switchboard::config::Secret::new(secret.trim().to_owned()),
+        &username,
+    );
+    let relayed = in_netns(&lab.ns("c1"), move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async move {
+                let mut client =
+                    switchboard::turn::probe::Client::new(servers[1], &username, &password)
+                        .await
+                        .unwrap();
+                let relayed = client.allocate().await;
+                client.release().await;
+                relayed
+            })
+    })
+    .unwrap_or_else(|e| panic!("Allocate through {}: {e}", servers[1]));
+    assert_eq!(relayed.ip().to_string(), lab::SERVER_IP);
+    finish(lab);
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 /// Two pages, one per node, in `room` with `query`; waits until both satisfy `predicate`.

@@ -39,7 +39,18 @@ fn rest_credential(ttl: i64, user: &str) -> (String, String) {
 }
 
 async fn turn_client(server: SocketAddr, username: &str, password: &str) -> turn::client::Client {
-    let conn = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let conn = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    turn_client_on(conn, server, username, password).await
+}
+
+/// A webrtc-rs TURN client on `conn`, talking to `server`.
+async fn turn_client_on(
+    conn: UdpSocket,
+    server: SocketAddr,
+    username: &str,
+    password: &str,
+) -> turn::client::Client {
+    let conn = Arc::new(conn);
     let client = turn::client::Client::new(turn::client::ClientConfig {
         stun_serv_addr: server.to_string(),
         turn_serv_addr: server.to_string(),
@@ -136,6 +147,112 @@ async fn relay_to_relay_traffic_arrives_intact_from_the_other_relay() {
             }
         };
         assert_eq!((&buf[..n], from), (&pong[..], addr_b), "round {round}");
+    }
+    relay_a.close().await.unwrap();
+    relay_b.close().await.unwrap();
+    client_a.close().await.unwrap();
+    client_b.close().await.unwrap();
+}
+
+/// A UDP socket that accepts datagrams from `server` only, as a NAT mapping does.
+async fn connected_to(server: SocketAddr) -> UdpSocket {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    socket.connect(server).await.unwrap();
+    socket
+}
+
+/// A host with two addresses (127.0.0.2 is on `lo` too) and a wildcard UDP listener:
+/// everything toward a client leaves from the address that client sends to, which is all a
+/// NAT (or a `connect()`ed socket, as here) lets through. STUN Binding, Allocate, a peer's
+/// data through the relay task, and relay to relay between a client of each address.
+#[tokio::test]
+async fn a_wildcard_udp_listener_answers_from_the_address_each_client_sends_to() {
+    use stun::message::{BINDING_REQUEST, Getter, Message};
+
+    let server = TestServer::start(&turn_config("udp_listen = [\"0.0.0.0:0\"]\n"));
+    let port = server.listener("turn_udp").port();
+    let first = SocketAddr::from(([127, 0, 0, 1], port));
+    let second = SocketAddr::from(([127, 0, 0, 2], port));
+
+    let socket = connected_to(second).await;
+    let mut request = Message::new();
+    request
+        .build(&[
+            Box::new(stun::agent::TransactionId::new()),
+            Box::new(BINDING_REQUEST),
+        ])
+        .unwrap();
+    socket.send(&request.raw).await.unwrap();
+    let mut buf = [0u8; 1500];
+    let n = within("a Binding answer from 127.0.0.2", socket.recv(&mut buf))
+        .await
+        .unwrap();
+    let mut response = Message::new();
+    response.raw = buf[..n].to_vec();
+    response.decode().unwrap();
+    assert_eq!(response.transaction_id, request.transaction_id);
+    let mut mapped = stun::xoraddr::XorMappedAddress::default();
+    mapped.get_from(&response).unwrap();
+    assert_eq!(
+        SocketAddr::new(mapped.ip, mapped.port),
+        socket.local_addr().unwrap()
+    );
+
+    let (user_a, pass_a) = rest_credential(600, "a");
+    let (user_b, pass_b) = rest_credential(600, "b");
+    let client_a = turn_client_on(connected_to(second).await, second, &user_a, &pass_a).await;
+    let client_b = turn_client_on(connected_to(first).await, first, &user_b, &pass_b).await;
+    let relay_a = within("allocation through 127.0.0.2", client_a.allocate())
+        .await
+        .expect("allocate through 127.0.0.2");
+    let relay_b = within("allocation through 127.0.0.1", client_b.allocate())
+        .await
+        .expect("allocate through 127.0.0.1");
+    let (addr_a, addr_b) = (relay_a.local_addr().unwrap(), relay_b.local_addr().unwrap());
+
+    // A peer's answer comes back through A's relay task.
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    relay_a.send_to(b"ping", peer_addr).await.unwrap();
+    let (n, from) = within("peer receives", peer.recv_from(&mut buf))
+        .await
+        .unwrap();
+    assert_eq!((&buf[..n], from), (&b"ping"[..], addr_a));
+    peer.send_to(b"pong", addr_a).await.unwrap();
+    let (n, from) = within("a receives from the peer", relay_a.recv_from(&mut buf))
+        .await
+        .unwrap();
+    assert_eq!((&buf[..n], from), (&b"pong"[..], peer_addr));
+
+    // Relay to relay: the server hands B's data to A (and back) through the listener.
+    let _ = relay_a.send_to(b"hello", addr_b).await;
+    for round in 0..4u8 {
+        relay_b
+            .send_to(&[round], addr_a)
+            .await
+            .expect("send b -> a");
+        let (n, from) = within("a receives from b", relay_a.recv_from(&mut buf))
+            .await
+            .unwrap();
+        assert_eq!((&buf[..n], from), (&[round][..], addr_b), "round {round}");
+        relay_a
+            .send_to(&[round, 1], addr_b)
+            .await
+            .expect("send a -> b");
+        let (n, from) = loop {
+            // B may first see A's unanswered "hello".
+            let (n, from) = within("b receives from a", relay_b.recv_from(&mut buf))
+                .await
+                .unwrap();
+            if &buf[..n] != b"hello" {
+                break (n, from);
+            }
+        };
+        assert_eq!(
+            (&buf[..n], from),
+            (&[round, 1][..], addr_a),
+            "round {round}"
+        );
     }
     relay_a.close().await.unwrap();
     relay_b.close().await.unwrap();

@@ -274,14 +274,20 @@ async fn stalled(
     let allocated = client.allocate().await;
     let took = t0.elapsed();
     if let Err(e) = &allocated {
-        bail!("a legitimate TCP client could not allocate beside {connections} stalled connections: {e}");
+        bail!(
+            "a legitimate TCP client could not allocate beside {connections} stalled connections: {e}"
+        );
     }
     let per = (with.saturating_sub(before) * 1024) / connections.max(1) as u64;
     eprintln!(
         "{}: {connections} stalled TCP connections{}: RSS {before} -> {with} KiB ({per} bytes each); \
          a legitimate TCP client allocated in {} ms",
         args.label,
-        if half_frames { " (half with half a frame)" } else { "" },
+        if half_frames {
+            " (half with half a frame)"
+        } else {
+            ""
+        },
         took.as_millis()
     );
     drop(held);
