@@ -80,6 +80,34 @@ impl ConnectionLimiter {
         })
     }
 
+    /// Like `try_acquire`, but at the total limit `evict` may make room by closing another
+    /// connection (whose slot comes back when its task ends): then this one is admitted,
+    /// the total running one over for that while.
+    ///
+    /// # Errors
+    /// The per-source limit is reached, or the total is and `evict` found nothing to close.
+    pub fn try_acquire_evicting(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        evict: impl FnOnce() -> bool,
+    ) -> Result<ConnectionGuard, ConnectionRefused> {
+        let ip = source(ip, self.v6_prefix);
+        let mut counts = self.counts.lock().expect("limiter lock");
+        let max_per_ip = counts.max_per_ip;
+        if counts.per_ip.get(&ip).is_some_and(|n| *n >= max_per_ip) {
+            return Err(ConnectionRefused::PerIp);
+        }
+        if counts.total >= counts.max_total && !evict() {
+            return Err(ConnectionRefused::Total);
+        }
+        *counts.per_ip.entry(ip).or_insert(0) += 1;
+        counts.total += 1;
+        Ok(ConnectionGuard {
+            limiter: Arc::clone(self),
+            ip,
+        })
+    }
+
     /// New limits for the connections that come next; open ones stay.
     pub fn set_limits(&self, max_total: usize, max_per_ip: usize) {
         let mut counts = self.counts.lock().expect("limiter lock");
@@ -147,6 +175,25 @@ mod tests {
         drop(g1);
         assert_eq!(limiter.total(), 2);
         assert!(limiter.try_acquire(a).is_ok());
+    }
+
+    #[test]
+    fn at_the_total_an_eviction_makes_room_but_never_past_the_per_source_limit() {
+        let limiter = Arc::new(ConnectionLimiter::new(2, 2));
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let _a1 = limiter.try_acquire_evicting(a, || false).unwrap();
+        let _a2 = limiter.try_acquire_evicting(a, || false).unwrap();
+        assert_eq!(
+            limiter.try_acquire_evicting(b, || false).unwrap_err(),
+            ConnectionRefused::Total
+        );
+        let _b1 = limiter.try_acquire_evicting(b, || true).unwrap();
+        assert_eq!(limiter.total(), 3, "over by one until the evicted one goes");
+        assert_eq!(
+            limiter.try_acquire_evicting(a, || true).unwrap_err(),
+            ConnectionRefused::PerIp
+        );
     }
 
     #[test]

@@ -14,10 +14,12 @@
 //! client's frames go into its bounded `Outbox`, which its own writer task drains.
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::RngCore;
@@ -48,6 +50,9 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_RETRIES: u32 = 6;
+/// At the connection limit, a newcomer closes the oldest connection that has gone this
+/// long without allocating (a real client allocates within a few round trips).
+const EVICT_AFTER: Duration = Duration::from_secs(2);
 
 /// Limits on TURN connections over TCP and TLS.
 #[derive(Debug, Clone, Copy)]
@@ -173,6 +178,10 @@ pub struct TurnServer {
     /// TCP/TLS connections, per source and in total.
     connections: Arc<ConnectionLimiter>,
     allocate_timeout: Duration,
+    /// TCP/TLS connections without an allocation yet, oldest first, by when they started
+    /// (and a sequence number); each with the token that closes it.
+    unallocated: Mutex<BTreeMap<(Instant, u64), CancellationToken>>,
+    next_connection: AtomicU64,
 }
 
 impl TurnServer {
@@ -194,6 +203,8 @@ impl TurnServer {
                 limits.source_prefix_v6,
             )),
             allocate_timeout: limits.allocate_timeout,
+            unallocated: Mutex::new(BTreeMap::new()),
+            next_connection: AtomicU64::new(0),
         });
         server.tasks.spawn(Arc::clone(&server).sweep_loop());
         server
@@ -247,9 +258,14 @@ impl TurnServer {
     }
 
     /// A slot for a TCP/TLS connection from `client`, taken before any TLS work;
-    /// `None` (counted) when a connection limit is reached.
+    /// `None` (counted) when a connection limit is reached. At the total limit, the
+    /// oldest connection that has gone `EVICT_AFTER` without allocating makes room: a
+    /// crowd of idle connections cannot keep a real client out.
     pub fn admit(&self, client: SocketAddr) -> Option<ConnectionGuard> {
-        match self.connections.try_acquire(client.ip()) {
+        match self
+            .connections
+            .try_acquire_evicting(client.ip(), || self.evict_oldest_unallocated())
+        {
             Ok(slot) => Some(slot),
             Err(refused) => {
                 let limit = match refused {
@@ -377,6 +393,20 @@ impl TurnServer {
         Ok(got)
     }
 
+    /// Closes the oldest connection without an allocation, if it has waited `EVICT_AFTER`.
+    fn evict_oldest_unallocated(&self) -> bool {
+        let mut unallocated = self.unallocated.lock().expect("unallocated");
+        let Some(entry) = unallocated.first_entry() else {
+            return false;
+        };
+        if entry.key().0.elapsed() < EVICT_AFTER {
+            return false;
+        }
+        entry.remove().cancel();
+        self.core.stats.stream_closes.inc(StreamClose::Evicted);
+        true
+    }
+
     /// Serves STUN/TURN over TCP, or over TLS when `tls` is given.
     pub async fn serve_stream(self: Arc<Self>, listener: TcpListener, tls: Option<TlsAcceptor>) {
         let Ok(local) = listener.local_addr() else {
@@ -455,6 +485,14 @@ impl TurnServer {
         let mut frames = Frames::new(read);
         let allocate_by = tokio::time::Instant::now() + self.allocate_timeout;
         let mut allocation: Option<Arc<Allocation<RelaySocket>>> = None;
+        let waiting = (
+            Instant::now(),
+            self.next_connection.fetch_add(1, Ordering::Relaxed),
+        );
+        self.unallocated
+            .lock()
+            .expect("unallocated")
+            .insert(waiting, closed.clone());
         loop {
             let next = match &allocation {
                 None => tokio::select! {
@@ -497,7 +535,17 @@ impl TurnServer {
             {
                 frames.allocated();
                 allocation = Some(a);
+                self.unallocated
+                    .lock()
+                    .expect("unallocated")
+                    .remove(&waiting);
             }
+        }
+        if allocation.is_none() {
+            self.unallocated
+                .lock()
+                .expect("unallocated")
+                .remove(&waiting);
         }
         closed.cancel();
         self.core.close(&tuple, CloseReason::TransportClosed);

@@ -55,6 +55,7 @@ crate::labels! {
         FrameStalled => "frame_stalled",
         WriteStalled => "write_stalled",
         Malformed => "malformed",
+        Evicted => "evicted",
     }
 }
 

@@ -254,45 +254,56 @@ async fn connect_from(from: [u8; 4], to: SocketAddr) -> TcpStream {
     socket.connect(to).await.unwrap()
 }
 
-/// Item 3: connections are capped per source address and in total, before any work.
+/// Item 3: connections are capped per source address and in total, before any work; at
+/// the total, a connection that has not allocated for a while makes room for a newcomer.
 #[tokio::test]
-async fn connections_are_capped_per_source_and_in_total() {
+async fn connections_are_capped_per_source_and_in_total_and_idle_ones_make_room() {
     let server = TestServer::start(&config(
         "max_connections = 3\nmax_connections_per_source = 2",
     ));
     let turn = server.listener("turn_tcp");
-    let mut held = Vec::new();
-    for _ in 0..2 {
-        let mut tcp = connect_from([127, 0, 0, 1], turn).await;
-        assert!(binding(&mut tcp).await);
-        held.push(tcp);
-    }
+    // Two allocated connections from 127.0.0.1: never evicted.
+    let (a1, _) = tcp_client(&server, "a1").await;
+    let (a2, _) = tcp_client(&server, "a2").await;
     let mut third = connect_from([127, 0, 0, 1], turn).await;
     closed_by_server(&mut third, "a third connection from one source").await;
-    let mut other = connect_from([127, 0, 0, 2], turn).await;
-    assert!(binding(&mut other).await, "another source is admitted");
-    held.push(other);
-    let mut over = connect_from([127, 0, 0, 3], turn).await;
-    closed_by_server(&mut over, "a connection over the total").await;
-    for limit in ["max_connections_per_source", "max_connections"] {
-        let refused = server
+    let mut idle = connect_from([127, 0, 0, 2], turn).await;
+    assert!(binding(&mut idle).await, "another source is admitted");
+    let server = &server;
+    let refused = |limit: &'static str| async move {
+        server
             .metric(
                 "switchboard_turn_connection_refusals_total",
                 &[("limit", limit)],
             )
-            .await;
-        assert_eq!(refused, 1.0, "{limit}");
-    }
-    // A slot comes back when its connection goes.
-    drop(held.pop());
+            .await
+    };
+    assert_eq!(refused("max_connections_per_source").await, 1.0);
+    // At the total: refused while the idle connection is young, then it makes room.
     let t0 = Instant::now();
     loop {
-        let mut again = connect_from([127, 0, 0, 3], turn).await;
-        if binding(&mut again).await {
+        let mut newcomer = connect_from([127, 0, 0, 3], turn).await;
+        if binding(&mut newcomer).await {
             break;
         }
-        assert!(t0.elapsed() < DEADLINE, "the freed slot never came back");
+        assert!(
+            t0.elapsed() < DEADLINE,
+            "the idle connection never made room"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    closed_by_server(&mut idle, "the idle connection").await;
+    assert!(refused("max_connections").await >= 1.0);
+    assert_eq!(
+        server
+            .metric(
+                "switchboard_turn_stream_closes_total",
+                &[("reason", "evicted")]
+            )
+            .await,
+        1.0
+    );
+    drop((a1, a2));
 }
 
 /// The server's resident memory, from /proc.
