@@ -259,7 +259,7 @@ async fn connect_from(from: [u8; 4], to: SocketAddr) -> TcpStream {
 #[tokio::test]
 async fn connections_are_capped_per_source_and_in_total_and_idle_ones_make_room() {
     let server = TestServer::start(&config(
-        "max_connections = 3\nmax_connections_per_source = 2",
+        "max_connections = 3\nmax_connections_per_source = 2\nallocate_timeout_s = 600",
     ));
     let turn = server.listener("turn_tcp");
     // Two allocated connections from 127.0.0.1: never evicted.
