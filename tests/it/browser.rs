@@ -186,3 +186,70 @@ fn diag_page_shows_which_paths_work_and_why_not() {
         "{state:#}"
     );
 }
+
+/// Four people in one room, relay-only with every TURN URL the page gets: each browser
+/// allocates once per URL per peer connection, so a mesh of four needs many allocations
+/// per person. The defaults must let every pair connect through the relay, with no quota
+/// refusal.
+#[test]
+fn four_people_relay_only_fit_the_default_quotas() {
+    if !require(
+        chromium_available(),
+        "Debian's chromium (/usr/bin/chromium)",
+    ) {
+        return;
+    }
+    let server = TestServer::start("");
+    let browser = Browser::launch(&[], &[]);
+    let url = format!("https://{}/r/four-relay?relay", server.https);
+    let pages: Vec<_> = (0..4).map(|_| browser.open(&url)).collect();
+    let all_relayed = "s => s.phase === 'joined' && s.peers.length === 3 \
+                       && s.peers.every(p => p.connectionState === 'connected' \
+                          && p.framesDecoded > 0 && p.candidateType === 'relay' \
+                          && p.remoteCandidateType === 'relay')";
+    let states: Vec<_> = pages
+        .iter()
+        .map(|p| p.try_wait_for_state(all_relayed, Duration::from_secs(120)))
+        .collect();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let metric =
+        |name: &str, labels: &[(&str, &str)]| runtime.block_on(server.metric(name, labels));
+    let allocations = metric("switchboard_turn_allocations", &[]);
+    let refusals: f64 = [
+        "max_allocations_per_credential",
+        "max_allocations_per_room",
+        "max_allocations",
+        "max_allocations_per_source",
+    ]
+    .iter()
+    .map(|q| {
+        let n = metric("switchboard_turn_quota_refusals_total", &[("quota", q)]);
+        if n > 0.0 {
+            println!("refused by {q}: {n}");
+        }
+        n
+    })
+    .sum();
+    let created: f64 = ["udp", "tcp", "tls"]
+        .iter()
+        .map(|t| {
+            metric(
+                "switchboard_turn_allocations_created_total",
+                &[("transport", t)],
+            )
+        })
+        .sum();
+    println!(
+        "four people relay-only: {allocations} allocations live, {created} created, {refusals} quota refusals"
+    );
+    if let Some(failed) = states.iter().position(Result::is_err) {
+        panic!(
+            "page {failed} did not connect every pair through the relay ({allocations} allocations, \
+             {refusals} quota refusals): {states:#?}"
+        );
+    }
+    assert_eq!(
+        refusals, 0.0,
+        "quota refusals with {allocations} allocations"
+    );
+}
