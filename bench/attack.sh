@@ -4,6 +4,7 @@
 #
 #   bench/attack.sh           the figures in RESULTS.md (about a minute)
 #   bench/attack.sh --smoke   small numbers, seconds: keeps the scenarios from rotting
+#   SERVER_BIN=path/to/switchboard bench/attack.sh   another build (say, an older commit)
 #
 # Scenarios (turn-attack): a flood of unauthenticated Allocates from many source ports,
 # 10,000 TCP connections that never allocate (silent, then half of them with half a frame),
@@ -34,6 +35,7 @@ fi
 mkdir -p "$OUT"
 cargo build --release -q -p switchboard -p switchboard-bench
 BIN=$ROOT/target/release
+SERVER_BIN=${SERVER_BIN:-$BIN/switchboard}
 
 PID=
 stop() {
@@ -45,7 +47,7 @@ start() {
     stop
     rm -rf "$OUT/sb-state"
     sed "s|^state_dir = .*|state_dir = \"$OUT/sb-state\"|" bench/configs/switchboard.toml > "$OUT/switchboard.toml"
-    taskset -c "$SERVER_CORE" "$BIN/switchboard" run --config "$OUT/switchboard.toml" >> "$OUT/switchboard.log" 2>&1 &
+    taskset -c "$SERVER_CORE" "$SERVER_BIN" run --config "$OUT/switchboard.toml" >> "$OUT/switchboard.log" 2>&1 &
     PID=$!
     for _ in $(seq 1 400); do
         if (exec 3<>/dev/tcp/127.0.0.1/3478) 2>/dev/null; then return 0; fi
