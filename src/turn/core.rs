@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use super::allocation::{AllocState, ChannelBindError, Recheck, Revoked, granted_lifetime};
-use super::auth::{self, NonceCheck, NonceKey, Owner};
+use super::auth::{self, NonceCheck, NonceKey, Owner, Scope};
 use super::policy::{Cidr, PeerPolicy, Reach};
 use super::stats::{AuthFailure, PermissionLimit, ProtocolRule, Quota, Revocation};
 pub use super::stats::{CloseReason, Stats, Transport};
@@ -73,8 +73,8 @@ pub trait RelayBinder: Send + Sync {
 /// How long a port reserved by EVEN-PORT with the R bit waits for its RESERVATION-TOKEN.
 const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 
-/// Answers "is this peer still in this room?" for peer credentials.
-pub type Membership = Arc<dyn Fn(&RoomId, &PeerId) -> bool + Send + Sync>;
+/// Answers "is this peer still in this room of this dialect?" for peer credentials.
+pub type Membership = Arc<dyn Fn(&Scope, &PeerId) -> bool + Send + Sync>;
 
 /// Quotas and identity of the server.
 #[derive(Debug, Clone)]
@@ -152,14 +152,25 @@ struct Table<R> {
     by_tuple: HashMap<FiveTuple, Arc<Allocation<R>>>,
     by_relay: HashMap<SocketAddr, Arc<Allocation<R>>>,
     per_username: HashMap<String, usize>,
-    per_room: HashMap<RoomId, usize>,
+    /// By room of one dialect: `Scope::Native` or `Scope::SocketIo`, never `PlainWs`.
+    per_room: HashMap<Scope, usize>,
+}
+
+/// The per-room bucket of `owner`: its dialect's room; a room credential's room counts with
+/// the native room of that name; the plain-WebSocket dialect and users without a room have none.
+fn room_bucket(owner: &Owner) -> Option<Scope> {
+    match owner {
+        Owner::Peer { scope, .. } => scope.room().is_some().then(|| scope.clone()),
+        Owner::Room(room) => Some(Scope::Native(room.clone())),
+        Owner::External(_) | Owner::Static(_) => None,
+    }
 }
 
 impl<R> Table<R> {
     fn insert(&mut self, a: Arc<Allocation<R>>) {
         *self.per_username.entry(a.username.clone()).or_default() += 1;
-        if let Some(room) = a.owner.room() {
-            *self.per_room.entry(room.clone()).or_default() += 1;
+        if let Some(room) = room_bucket(&a.owner) {
+            *self.per_room.entry(room).or_default() += 1;
         }
         self.by_relay.insert(a.relayed, Arc::clone(&a));
         self.by_tuple.insert(a.tuple, a);
@@ -169,8 +180,8 @@ impl<R> Table<R> {
         let a = self.by_tuple.remove(tuple)?;
         self.by_relay.remove(&a.relayed);
         decrement(&mut self.per_username, &a.username);
-        if let Some(room) = a.owner.room() {
-            decrement(&mut self.per_room, room);
+        if let Some(room) = room_bucket(&a.owner) {
+            decrement(&mut self.per_room, &room);
         }
         a.closed.cancel();
         Some(a)
@@ -466,7 +477,7 @@ impl<B: RelayBinder> Core<B> {
         let member = candidate
             .owner
             .peer()
-            .is_none_or(|(room, peer)| (self.membership)(room, peer));
+            .is_none_or(|(scope, peer)| (self.membership)(scope, peer));
         // A new allocation needs a live credential and, for a peer credential, a peer still in its room.
         // An existing one may be refreshed past expiry while its peer stays (long calls never drop).
         let ok = member && (!expired || existing.is_some());
@@ -543,10 +554,8 @@ impl<B: RelayBinder> Core<B> {
                 .get(&authed.username)
                 .copied()
                 .unwrap_or(0);
-            let per_room = authed
-                .owner
-                .room()
-                .and_then(|room| table.per_room.get(room).copied())
+            let per_room = room_bucket(&authed.owner)
+                .and_then(|room| table.per_room.get(&room).copied())
                 .unwrap_or(0);
             if per_user >= c.max_allocations_per_credential
                 || per_room >= c.max_allocations_per_room
@@ -919,21 +928,30 @@ impl<B: RelayBinder> Core<B> {
         removed.is_some()
     }
 
-    /// Removes every allocation owned by `peer` of `room`.
+    /// Removes every allocation owned by `peer` in `room`, in whichever dialect; a
+    /// plain-WebSocket credential names no room and is matched by its peer alone.
+    /// Peer ids are random per connection, so one names a peer of one dialect: the room
+    /// only tells apart the rooms a native peer went through.
     pub fn close_peer(&self, room: &RoomId, peer: &PeerId, reason: CloseReason) -> usize {
         let tuples: Vec<FiveTuple> = {
             let table = self.table.read().expect("table");
             table
                 .by_tuple
                 .values()
-                .filter(|a| a.owner.peer() == Some((room, peer)))
+                .filter(|a| {
+                    a.owner.peer().is_some_and(|(scope, p)| {
+                        p == peer && scope.room().is_none_or(|r| r == room)
+                    })
+                })
                 .map(|a| a.tuple)
                 .collect()
         };
         tuples.iter().filter(|t| self.close(t, reason)).count()
     }
 
-    /// Removes every allocation scoped to `room` (peer and room credentials).
+    /// Removes every allocation scoped to `room` (peer and room credentials). The admin API
+    /// closes a room by name without a dialect, so this takes the native and the socket.io
+    /// room of that name alike (as `Hub::close_room` and `SioRooms::close_room` both run).
     pub fn close_room(&self, room: &RoomId, reason: CloseReason) -> usize {
         let tuples: Vec<FiveTuple> = {
             let table = self.table.read().expect("table");
@@ -948,12 +966,12 @@ impl<B: RelayBinder> Core<B> {
     }
 
     /// Allocations and relayed bytes of each peer credential's owner, for the admin API.
-    pub fn usage_by_peer(&self) -> HashMap<(RoomId, PeerId), (usize, u64)> {
+    pub fn usage_by_peer(&self) -> HashMap<(Scope, PeerId), (usize, u64)> {
         let table = self.table.read().expect("table");
-        let mut usage: HashMap<(RoomId, PeerId), (usize, u64)> = HashMap::new();
+        let mut usage: HashMap<(Scope, PeerId), (usize, u64)> = HashMap::new();
         for a in table.by_tuple.values() {
-            if let Some((room, peer)) = a.owner.peer() {
-                let u = usage.entry((room.clone(), peer.clone())).or_default();
+            if let Some((scope, peer)) = a.owner.peer() {
+                let u = usage.entry((scope.clone(), peer.clone())).or_default();
                 u.0 += 1;
                 u.1 += a.relayed_bytes.get();
             }

@@ -55,7 +55,7 @@ const UNIX: u64 = 1_800_000_000;
 
 struct Fixture {
     core: Core<FakeBinder>,
-    members: Arc<Mutex<HashSet<(RoomId, PeerId)>>>,
+    members: Arc<Mutex<HashSet<(Scope, PeerId)>>>,
     t0: Instant,
 }
 
@@ -96,7 +96,7 @@ fn fixture_with_policy(tweak: impl FnOnce(&mut CoreConfig), policy: PeerPolicy) 
         max_allocations: 100,
     };
     tweak(&mut config);
-    let members: Arc<Mutex<HashSet<(RoomId, PeerId)>>> = Arc::default();
+    let members: Arc<Mutex<HashSet<(Scope, PeerId)>>> = Arc::default();
     let m = Arc::clone(&members);
     let membership: Membership =
         Arc::new(move |r, p| m.lock().unwrap().contains(&(r.clone(), p.clone())));
@@ -422,8 +422,9 @@ fn stale_and_foreign_nonces_get_438_with_a_fresh_nonce() {
 fn peer_credentials_need_a_live_membership_for_new_allocations_only() {
     let f = fixture();
     let room = RoomId::parse("r").unwrap();
+    let scope = Scope::Native(room.clone());
     let peer_id = PeerId::random();
-    let username = auth::peer_username(UNIX + 60, &room, &peer_id);
+    let username = auth::peer_username(UNIX + 60, &scope, &peer_id);
     let cred = Cred(
         username.clone(),
         auth::rest_password(&Secret::new(SECRET.into()), &username),
@@ -433,7 +434,7 @@ fn peer_credentials_need_a_live_membership_for_new_allocations_only() {
     f.members
         .lock()
         .unwrap()
-        .insert((room.clone(), peer_id.clone()));
+        .insert((scope.clone(), peer_id.clone()));
     assert_eq!(code(&f.allocate(t, &cred)), None);
     // Past the credential's expiry, the member may still refresh its allocation...
     let later = Duration::from_secs(120);
@@ -1419,4 +1420,86 @@ fn refresh_naming_the_other_address_family_gets_443() {
             .get(ProtocolRule::RefreshFamily),
         1
     );
+}
+
+/// A credential minted for `peer` in `scope`, as signaling hands it out.
+fn peer_cred(scope: &Scope, peer: &PeerId, expires: u64) -> Cred {
+    let username = auth::peer_username(expires, scope, peer);
+    let password = auth::rest_password(&Secret::new(SECRET.into()), &username);
+    Cred(username, password)
+}
+
+impl Fixture {
+    /// `peer` joins `scope` and gets a fresh peer id.
+    fn join(&self, scope: &Scope) -> PeerId {
+        let peer = PeerId::random();
+        self.members
+            .lock()
+            .unwrap()
+            .insert((scope.clone(), peer.clone()));
+        peer
+    }
+
+    fn quota_refusals(&self, quota: Quota) -> u64 {
+        self.core.stats.quota_refusals.get(quota)
+    }
+}
+
+#[test]
+fn each_dialect_has_its_own_rooms_for_the_per_room_quota() {
+    let f = fixture_with(|c| c.max_allocations_per_room = 1);
+    let team = RoomId::parse("team").unwrap();
+    let native = Scope::Native(team.clone());
+    let sio = Scope::SocketIo(team.clone());
+    let a = peer_cred(&native, &f.join(&native), UNIX + 600);
+    let b = peer_cred(&sio, &f.join(&sio), UNIX + 600);
+    assert_eq!(code(&f.allocate(tuple(4000), &a)), None);
+    assert_eq!(
+        code(&f.allocate(tuple(4001), &b)),
+        None,
+        "socket.io's team is another room"
+    );
+    // Each room of one name and dialect is full now.
+    let c = peer_cred(&native, &f.join(&native), UNIX + 600);
+    let d = peer_cred(&sio, &f.join(&sio), UNIX + 600);
+    assert_eq!(code(&f.allocate(tuple(4002), &c)), Some(486));
+    assert_eq!(code(&f.allocate(tuple(4003), &d)), Some(486));
+    assert_eq!(f.quota_refusals(Quota::Room), 2);
+    // A room credential counts with the native room of its name.
+    let room_cred = {
+        let username = auth::room_username(UNIX + 600, &team);
+        let password = auth::rest_password(&Secret::new(SECRET.into()), &username);
+        Cred(username, password)
+    };
+    assert_eq!(code(&f.allocate(tuple(4004), &room_cred)), Some(486));
+    // The admin API closes a room by name: both dialects' allocations go.
+    assert_eq!(f.core.close_room(&team, CloseReason::Revoked), 2);
+    assert_eq!(code(&f.allocate(tuple(4002), &c)), None);
+}
+
+#[test]
+fn a_native_room_named_like_the_plain_websocket_dialect_is_just_a_room() {
+    let f = fixture_with(|c| c.max_allocations_per_room = 1);
+    let legacy_name = Scope::Native(RoomId::parse("_ws-legacy").unwrap());
+    // A user logged in to the plain-WebSocket dialect...
+    let user = f.join(&Scope::PlainWs);
+    // ...whose peer id a native credential for the old pseudo-room names is refused: it is
+    // checked against that native room, where this peer is not.
+    let forged = peer_cred(&legacy_name, &user, UNIX + 600);
+    assert_eq!(code(&f.allocate(tuple(4000), &forged)), Some(401));
+    assert_eq!(f.core.stats.auth_failures.get(AuthFailure::NotInRoom), 1);
+    // A native peer that joined the room of that name fills its per-room quota...
+    let native = peer_cred(&legacy_name, &f.join(&legacy_name), UNIX + 600);
+    assert_eq!(code(&f.allocate(tuple(4001), &native)), None);
+    // ...which the plain-WebSocket users do not share: they have no per-room bucket at all.
+    for port in [4002, 4003] {
+        let cred = peer_cred(&Scope::PlainWs, &f.join(&Scope::PlainWs), UNIX + 600);
+        assert_eq!(code(&f.allocate(tuple(port), &cred)), None);
+    }
+    let own = peer_cred(&Scope::PlainWs, &user, UNIX + 600);
+    assert_eq!(code(&f.allocate(tuple(4004), &own)), None);
+    assert_eq!(f.quota_refusals(Quota::Room), 0);
+    // The user's allocations close by its peer id alone (its scope names no room).
+    let any = RoomId::parse("anything").unwrap();
+    assert_eq!(f.core.close_peer(&any, &user, CloseReason::PeerLeft), 1);
 }
