@@ -67,8 +67,8 @@ impl std::fmt::Display for Scope {
     }
 }
 
-/// Who a credential belongs to: what the per-credential quota counts (the expiry is not
-/// part of it, so the fresh credentials a peer gets on every refresh share one count).
+/// Who a credential belongs to. A peer's fresh credentials (every join and refresh) have
+/// one owner, which is what the TURN core's per-credential quota counts them by.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Owner {
     /// A signaling peer on this server: minted by Switchboard when it joins (or logs in).
