@@ -27,6 +27,7 @@ use tracing::{info, warn};
 use crate::config::Secret;
 use crate::signaling::protocol::{PeerId, RoomId};
 use crate::state::AppState;
+use crate::turn::auth::Scope;
 use crate::turn::core::CloseReason;
 
 /// Where an admin caller's token is checked against.
@@ -122,7 +123,7 @@ struct PeerView {
 }
 
 async fn list_rooms(State(app): State<Arc<AppState>>) -> Response {
-    let usage: HashMap<(RoomId, PeerId), (usize, u64)> = app
+    let usage: HashMap<(Scope, PeerId), (usize, u64)> = app
         .turn
         .as_ref()
         .map(|t| t.server.core.usage_by_peer())
@@ -132,11 +133,16 @@ async fn list_rooms(State(app): State<Arc<AppState>>) -> Response {
     let rooms: Vec<RoomView> = native
         .chain(socketio)
         .map(|(dialect, (room, members))| {
+            let scope = if dialect == "native" {
+                Scope::Native(room.clone())
+            } else {
+                Scope::SocketIo(room.clone())
+            };
             let peers: Vec<PeerView> = members
                 .into_iter()
                 .map(|p| {
                     let (allocations, relayed_bytes) = usage
-                        .get(&(room.clone(), p.id.clone()))
+                        .get(&(scope.clone(), p.id.clone()))
                         .copied()
                         .unwrap_or_default();
                     PeerView {
@@ -149,7 +155,7 @@ async fn list_rooms(State(app): State<Arc<AppState>>) -> Response {
                 .collect();
             let (allocations, relayed_bytes) = usage
                 .iter()
-                .filter(|((r, _), _)| *r == room)
+                .filter(|((s, _), _)| *s == scope)
                 .fold((0, 0), |(a, b), (_, (n, bytes))| (a + n, b + bytes));
             RoomView {
                 room: room.as_str().to_owned(),

@@ -425,7 +425,9 @@ fn core_config(config: &Config, secrets: Vec<Secret>) -> CoreConfig {
         external_ip: t.external_ip,
         max_allocations_per_credential: t.max_allocations_per_credential,
         max_allocations_per_room: t.max_allocations_per_room,
+        max_allocations_per_source: t.max_allocations_per_source,
         max_allocations: t.max_allocations,
+        source_prefix_v6: t.source_prefix_v6,
     }
 }
 

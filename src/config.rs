@@ -259,8 +259,14 @@ pub struct TurnConfig {
     pub grace_period_s: u64,
     /// Serve TURN on the HTTPS port too (TLS, and plain TCP), for networks that allow only 443.
     pub on_https_port: bool,
+    /// Allocations per signaling peer in its room (whatever the expiry of the credentials it
+    /// is handed), and per credential for room, REST and static credentials. The key keeps
+    /// its name (and coturn's `user-quota` maps to it).
     pub max_allocations_per_credential: usize,
+    /// Allocations per room of one dialect (native and socket.io rooms are separate).
     pub max_allocations_per_room: usize,
+    /// Allocations per client IPv4 address or IPv6 network (of `source_prefix_v6` bits).
+    pub max_allocations_per_source: usize,
     pub max_allocations: usize,
     /// TURN connections over TCP and TLS (the HTTPS port's included), in total and per source.
     pub max_connections: usize,
@@ -301,6 +307,7 @@ impl Default for TurnConfig {
             on_https_port: true,
             max_allocations_per_credential: 32,
             max_allocations_per_room: 128,
+            max_allocations_per_source: 256,
             max_allocations: 10_000,
             max_connections: 10_000,
             max_connections_per_source: 256,
@@ -826,6 +833,10 @@ fn validate_turn(
             t.max_allocations_per_credential,
         ),
         ("turn.max_allocations_per_room", t.max_allocations_per_room),
+        (
+            "turn.max_allocations_per_source",
+            t.max_allocations_per_source,
+        ),
         ("turn.max_allocations", t.max_allocations),
         ("turn.max_connections", t.max_connections),
         (

@@ -16,6 +16,7 @@ use crate::signaling::limits::ConnectionLimiter;
 use crate::signaling::protocol::{IceServer, PeerId, RoomId};
 use crate::signaling::signal::Signals;
 use crate::signaling::sio::SioRooms;
+use crate::turn::auth::Scope;
 use crate::turn::ice::TurnOffer;
 use crate::turn::server::TurnServer;
 
@@ -146,12 +147,12 @@ impl AppState {
         self.live.store(Arc::new(live));
     }
 
-    /// The ICE servers for `peer` in `room`, and how long their credentials last;
-    /// `request_host` is the host the browser used to reach us.
+    /// The ICE servers for `peer` in `scope` (its dialect and room), and how long their
+    /// credentials last; `request_host` is the host the browser used to reach us.
     pub fn ice_servers_for(
         &self,
         peer: &PeerId,
-        room: &RoomId,
+        scope: &Scope,
         request_host: &str,
     ) -> (Vec<IceServer>, Option<u64>) {
         let mut servers = self.live().static_ice_servers.clone();
@@ -162,21 +163,29 @@ impl AppState {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let offer = turn.offer();
-        servers.extend(offer.ice_servers(now, room, peer, request_host));
+        servers.extend(offer.ice_servers(now, scope, peer, request_host));
         (servers, Some(offer.ttl_s))
     }
 
-    /// A peer left `room`: its TURN allocations close after the grace period unless it is back.
-    pub fn peer_left(&self, room: &RoomId, peer: &PeerId) {
+    /// A peer left `scope` (its room, or the plain-WebSocket dialect): its TURN allocations
+    /// close after the grace period unless it is back.
+    pub fn peer_left(&self, scope: &Scope, peer: &PeerId) {
         if let Some(turn) = &self.turn {
             let membership = membership(
                 Arc::clone(&self.hub),
                 Arc::clone(&self.legacy),
                 Arc::clone(&self.sio),
             );
-            let (r, p) = (room.clone(), peer.clone());
+            // `TurnServer::peer_left` closes by room name and peer (`Core::close_peer`); a
+            // plain-WebSocket credential names no room and is closed by its peer id alone
+            // (ids are random per connection), so the name passed for it matters not.
+            let room = scope
+                .room()
+                .cloned()
+                .unwrap_or_else(|| RoomId::parse(NO_ROOM).expect("valid room name"));
+            let (s, p) = (scope.clone(), peer.clone());
             turn.server
-                .peer_left(room.clone(), peer.clone(), move || membership(&r, &p));
+                .peer_left(room, peer.clone(), move || membership(&s, &p));
         }
     }
 
@@ -189,16 +198,66 @@ impl AppState {
     }
 }
 
-/// Whether `peer` is still in `room`, for TURN credentials: a room of the native protocol,
-/// or the pseudo-room of the plain-WebSocket dialect while the user is logged in.
+/// The room name `peer_left` hands the TURN server for a scope without a room.
+const NO_ROOM: &str = "_no-room";
+
+/// Whether `peer` is still in `scope`, for TURN credentials: in that room of exactly that
+/// dialect (native or socket.io), or logged in to the plain-WebSocket dialect.
+/// A peer id of one dialect never keeps a credential of another alive.
 pub fn membership(
     hub: Arc<Hub>,
     legacy: Arc<Directory>,
     sio: Arc<SioRooms>,
 ) -> crate::turn::core::Membership {
-    Arc::new(move |room: &RoomId, peer: &PeerId| {
-        hub.is_member(room, peer)
-            || sio.is_member(room, peer)
-            || (room.as_str() == crate::signaling::legacy::LEGACY_ROOM && legacy.is_online(peer))
+    Arc::new(move |scope: &Scope, peer: &PeerId| match scope {
+        Scope::Native(room) => hub.is_member(room, peer),
+        Scope::SocketIo(room) => sio.is_member(room, peer),
+        Scope::PlainWs => legacy.is_online(peer),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::signaling::hub::Outbox;
+    use crate::signaling::protocol::{PeerInfo, ServerMsg};
+
+    fn outbox() -> Outbox {
+        Outbox {
+            tx: mpsc::channel(8).0,
+            signal: Arc::default(),
+            direct: None,
+        }
+    }
+
+    #[test]
+    fn membership_is_checked_in_exactly_the_credential_s_dialect() {
+        let hub = Arc::new(Hub::new(10, 10));
+        let legacy = Arc::new(Directory::default());
+        let sio = Arc::new(SioRooms::new(10, 10));
+        let member = membership(Arc::clone(&hub), Arc::clone(&legacy), sio);
+        // A user of the plain-WebSocket dialect, and a native peer in the room named like
+        // the pseudo-room that dialect's credentials used to name.
+        let user = PeerId::random();
+        assert!(legacy.login("alice", &user, Arc::new(outbox())));
+        let room = RoomId::parse("_ws-legacy").unwrap();
+        let native = PeerId::random();
+        let info = PeerInfo {
+            id: native.clone(),
+            name: None,
+        };
+        let welcome = |_: &[PeerInfo]| ServerMsg::Pong;
+        hub.join(info, &room, outbox(), welcome).unwrap();
+
+        assert!(member(&Scope::PlainWs, &user));
+        assert!(member(&Scope::Native(room.clone()), &native));
+        // Neither keeps a credential of another dialect alive.
+        assert!(!member(&Scope::Native(room.clone()), &user));
+        assert!(!member(&Scope::PlainWs, &native));
+        assert!(!member(&Scope::SocketIo(room.clone()), &native));
+        legacy.logout("alice");
+        assert!(!member(&Scope::PlainWs, &user));
+    }
 }

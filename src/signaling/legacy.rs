@@ -23,14 +23,12 @@ use tracing::{Instrument, info, info_span, warn};
 use super::conn::{Conn, Handler, Reply};
 use super::hub::Outbox;
 use super::limits::{ConnectionGuard, TokenBucket};
-use super::protocol::{self, PeerId, RoomId};
+use super::protocol::{self, PeerId};
 use super::socket::{Socket, Upgrade};
 use super::ws::{self, CLOSE_POLICY, CLOSE_TOO_BIG};
 use crate::metrics::{Dialect, MessageType, Refusal};
 use crate::state::AppState;
-
-/// TURN credentials of this dialect name this room: it has no rooms of its own.
-pub const LEGACY_ROOM: &str = "_ws-legacy";
+use crate::turn::auth::Scope;
 
 /// Who is logged in.
 #[derive(Debug, Default)]
@@ -237,10 +235,11 @@ impl Session {
         info!("logged in");
         self.app.metrics.joins.inc(Dialect::PlainWs);
         self.name = Some(name.to_owned());
-        let room = RoomId::parse(LEGACY_ROOM).expect("valid room name");
+        // The dialect has no rooms: its credentials name the dialect alone (`ws/`), a scope
+        // no native or socket.io room can name, with no per-room quota.
         let (ice_servers, ice_ttl_s) =
             self.app
-                .ice_servers_for(&self.peer, &room, &self.request_host);
+                .ice_servers_for(&self.peer, &Scope::PlainWs, &self.request_host);
         Next::Reply(
             json!({"type": "login", "success": true, "ice_servers": ice_servers, "ice_ttl_s": ice_ttl_s}),
         )
@@ -291,8 +290,7 @@ impl Session {
                 .legacy
                 .send(&partner, json!({"type": "leave"}).to_string().into());
         }
-        let room = RoomId::parse(LEGACY_ROOM).expect("valid room name");
-        self.app.peer_left(&room, &self.peer);
+        self.app.peer_left(&Scope::PlainWs, &self.peer);
         info!("logged out");
     }
 }

@@ -26,6 +26,7 @@ use super::protocol::{PeerId, PeerInfo, RoomId};
 use super::room::{JoinError, Rooms};
 use crate::metrics::{Dialect, MessageType, Refusal};
 use crate::state::AppState;
+use crate::turn::auth::Scope;
 
 /// Who is in which socket.io room.
 #[derive(Debug)]
@@ -254,7 +255,7 @@ fn register(s: &SocketRef) {
     s.on_disconnect(async |s: SocketRef, State(app): App| {
         if let Some((room, peer)) = app.sio.disconnect(s.id) {
             info!(sid = %s.id, %room, "socket.io peer left");
-            app.peer_left(&room, &peer);
+            app.peer_left(&Scope::SocketIo(room), &peer);
         }
     });
 }
@@ -332,7 +333,7 @@ fn join(app: &AppState, s: &SocketRef, room: &str) -> Result<usize, JoinError> {
     app.metrics.joins.inc(Dialect::SocketIo);
     s.join(room.to_owned());
     info!(sid = %s.id, room, members = before + 1, "socket.io peer joined");
-    let (ice_servers, ice_ttl_s) = app.ice_servers_for(&peer, &room_id, &host);
+    let (ice_servers, ice_ttl_s) = app.ice_servers_for(&peer, &Scope::SocketIo(room_id), &host);
     let _ = s.emit(
         "ice_servers",
         &json!({"ice_servers": ice_servers, "ice_ttl_s": ice_ttl_s}),

@@ -23,6 +23,7 @@ use super::room::{JoinError, RouteError};
 use super::socket::{Socket, Upgrade};
 use crate::metrics::{Dialect, MessageType, Refusal};
 use crate::state::AppState;
+use crate::turn::auth::Scope;
 
 /// Close codes (RFC 6455 section 7.4.1).
 pub(super) const CLOSE_NORMAL: u16 = 1000;
@@ -341,9 +342,11 @@ impl Session {
             id: self.peer_id.clone(),
             name,
         };
-        let (ice_servers, ice_ttl_s) =
-            self.app
-                .ice_servers_for(&self.peer_id, &room_id, &self.request_host);
+        let (ice_servers, ice_ttl_s) = self.app.ice_servers_for(
+            &self.peer_id,
+            &Scope::Native(room_id.clone()),
+            &self.request_host,
+        );
         let welcome = |others: &[PeerInfo]| ServerMsg::Welcome {
             peer_id: self.peer_id.clone(),
             room: room_id.clone(),
@@ -397,7 +400,7 @@ impl Session {
             && let Some(left) = self.app.hub.leave(&self.peer_id)
         {
             info!(room = %left.room, closed = left.closed, "left");
-            self.app.peer_left(&left.room, &self.peer_id);
+            self.app.peer_left(&Scope::Native(left.room), &self.peer_id);
         }
     }
 
@@ -414,9 +417,11 @@ impl Session {
     /// Freshly minted ICE servers for the current room, when credentials expire.
     fn fresh_ice_servers(&self) -> Option<ServerMsg> {
         let room = self.room.as_ref()?;
-        let (ice_servers, ttl) = self
-            .app
-            .ice_servers_for(&self.peer_id, room, &self.request_host);
+        let (ice_servers, ttl) = self.app.ice_servers_for(
+            &self.peer_id,
+            &Scope::Native(room.clone()),
+            &self.request_host,
+        );
         Some(ServerMsg::IceServers {
             ice_servers,
             ice_ttl_s: ttl?,

@@ -2,6 +2,9 @@
 //! (username `<unix-expiry>:<user>`, password `base64(HMAC-SHA1(secret, username))`),
 //! static users, the long-term key, and stateless nonces.
 //!
+//! A credential minted for a signaling peer names its dialect and room (`Scope`) in a form
+//! no room name can take, so the dialects are separate namespaces for membership and quotas.
+//!
 //! Nothing here keeps per-client state, so unauthenticated traffic cannot make
 //! memory grow, and any instance that knows the secrets can check a credential.
 
@@ -14,11 +17,62 @@ use ring::hmac;
 use crate::config::Secret;
 use crate::signaling::protocol::{PeerId, RoomId};
 
-/// Who a credential belongs to.
+/// The signaling dialect a peer credential was minted for, and its room there.
+///
+/// Each dialect is its own namespace: a native room and a socket.io room of the same name
+/// are two rooms, and the plain-WebSocket dialect has no rooms at all. In a username the
+/// scope is written so that it cannot collide with a room name (room names allow only
+/// `A-Z a-z 0-9 _ -`): a native room as its name (the form Switchboard always minted, so
+/// credentials handed out before an upgrade keep working), a socket.io room as
+/// `sio/<room>`, the plain-WebSocket dialect as `ws/`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// A room of the native protocol (`/ws`).
+    Native(RoomId),
+    /// A room of the socket.io dialect.
+    SocketIo(RoomId),
+    /// The plain-WebSocket dialect, whose users log in by name and join no room.
+    PlainWs,
+}
+
+impl Scope {
+    /// The room, for the dialects that have rooms.
+    pub fn room(&self) -> Option<&RoomId> {
+        match self {
+            Scope::Native(room) | Scope::SocketIo(room) => Some(room),
+            Scope::PlainWs => None,
+        }
+    }
+
+    /// Parses the part of a username after `@`.
+    fn parse(s: &str) -> Option<Scope> {
+        if s == "ws/" {
+            return Some(Scope::PlainWs);
+        }
+        if let Some(room) = s.strip_prefix("sio/") {
+            return RoomId::parse(room).ok().map(Scope::SocketIo);
+        }
+        RoomId::parse(s).ok().map(Scope::Native)
+    }
+}
+
+/// The form a username carries (and logs show): `<room>`, `sio/<room>` or `ws/`.
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scope::Native(room) => f.write_str(room.as_str()),
+            Scope::SocketIo(room) => write!(f, "sio/{}", room.as_str()),
+            Scope::PlainWs => f.write_str("ws/"),
+        }
+    }
+}
+
+/// Who a credential belongs to. A peer's fresh credentials (every join and refresh) have
+/// one owner, which is what the TURN core's per-credential quota counts them by.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Owner {
-    /// A peer of a room on this server: minted by Switchboard for `welcome`.
-    Peer { room: RoomId, peer: PeerId },
+    /// A signaling peer on this server: minted by Switchboard when it joins (or logs in).
+    Peer { scope: Scope, peer: PeerId },
     /// A room credential minted outside a signaling session (`switchboard credentials`,
     /// `GET /api/v1/ice-servers`): username `<expiry>:room:<room>`, valid until it expires.
     Room(RoomId),
@@ -29,18 +83,20 @@ pub enum Owner {
 }
 
 impl Owner {
-    /// The peer, for credentials that name one.
-    pub fn peer(&self) -> Option<(&RoomId, &PeerId)> {
+    /// The peer and its scope, for credentials that name one.
+    pub fn peer(&self) -> Option<(&Scope, &PeerId)> {
         match self {
-            Owner::Peer { room, peer } => Some((room, peer)),
+            Owner::Peer { scope, peer } => Some((scope, peer)),
             _ => None,
         }
     }
 
-    /// The room the credential is scoped to, for peer and room credentials.
+    /// The name of the room the credential is scoped to, in whichever dialect, for peer and
+    /// room credentials; `None` for the plain-WebSocket dialect, which has no rooms.
     pub fn room(&self) -> Option<&RoomId> {
         match self {
-            Owner::Peer { room, .. } | Owner::Room(room) => Some(room),
+            Owner::Peer { scope, .. } => scope.room(),
+            Owner::Room(room) => Some(room),
             _ => None,
         }
     }
@@ -63,9 +119,10 @@ pub enum UsernameError {
     Unknown,
 }
 
-/// The username Switchboard mints for `peer` in `room`: `<expiry>:<peer>@<room>`.
-pub fn peer_username(expires: u64, room: &RoomId, peer: &PeerId) -> String {
-    format!("{expires}:{peer}@{room}")
+/// The username Switchboard mints for `peer` in `scope`: `<expiry>:<peer>@<scope>`, that is
+/// `<expiry>:<peer>@<room>` for a native room (see [`Scope`] for the others).
+pub fn peer_username(expires: u64, scope: &Scope, peer: &PeerId) -> String {
+    format!("{expires}:{peer}@{scope}")
 }
 
 /// The username of a room credential: `<expiry>:room:<room>`.
@@ -106,12 +163,12 @@ pub fn lookup(
     }
     let peer = user
         .split_once('@')
-        .and_then(|(peer, room)| Some((PeerId::parse(peer)?, RoomId::parse(room).ok()?)));
+        .and_then(|(peer, scope)| Some((PeerId::parse(peer)?, Scope::parse(scope)?)));
     let room = user
         .strip_prefix("room:")
         .and_then(|room| RoomId::parse(room).ok());
     let owner = match (peer, room) {
-        (Some((peer, room)), _) => Owner::Peer { room, peer },
+        (Some((peer, scope)), _) => Owner::Peer { scope, peer },
         (None, Some(room)) => Owner::Room(room),
         (None, None) => Owner::External(user.to_owned()),
     };
@@ -251,9 +308,15 @@ mod tests {
     fn peer_usernames_round_trip_to_their_owner() {
         let room = RoomId::parse("team-1").unwrap();
         let peer = PeerId::random();
-        let username = peer_username(1_700_000_600, &room, &peer);
+        let scope = Scope::Native(room);
+        let username = peer_username(1_700_000_600, &scope, &peer);
+        assert_eq!(
+            username,
+            format!("1700000600:{peer}@team-1"),
+            "unchanged form"
+        );
         let c = lookup(&username, &[secret("a"), secret("b")], &[]).unwrap();
-        assert_eq!(c.owner, Owner::Peer { room, peer });
+        assert_eq!(c.owner, Owner::Peer { scope, peer });
         assert_eq!(c.expires, Some(1_700_000_600));
         assert_eq!(
             c.passwords,
@@ -262,6 +325,61 @@ mod tests {
                 rest_password(&secret("b"), &username)
             ]
         );
+    }
+
+    #[test]
+    fn each_dialect_is_its_own_namespace_in_the_username() {
+        let s = [secret("a")];
+        let peer = PeerId::random();
+        let owner = |username: &str| lookup(username, &s, &[]).unwrap().owner;
+        let room = RoomId::parse("team").unwrap();
+        for scope in [
+            Scope::Native(room.clone()),
+            Scope::SocketIo(room.clone()),
+            Scope::PlainWs,
+        ] {
+            let username = peer_username(1000, &scope, &peer);
+            assert_eq!(
+                owner(&username),
+                Owner::Peer {
+                    scope,
+                    peer: peer.clone()
+                }
+            );
+        }
+        assert_eq!(
+            peer_username(1000, &Scope::SocketIo(room.clone()), &peer),
+            format!("1000:{peer}@sio/team")
+        );
+        assert_eq!(
+            peer_username(1000, &Scope::PlainWs, &peer),
+            format!("1000:{peer}@ws/")
+        );
+        // The pseudo-room the plain-WebSocket dialect used to name is a native room like any.
+        let legacy = RoomId::parse("_ws-legacy").unwrap();
+        assert_eq!(
+            owner(&format!("1000:{peer}@_ws-legacy")),
+            Owner::Peer {
+                scope: Scope::Native(legacy),
+                peer: peer.clone()
+            }
+        );
+        // Nothing else with a `/` is a scope; `ws` and `sio` alone are native rooms.
+        for bad in ["sio/", "sio/a b", "ws/x", "/ws", "sio/ws/"] {
+            let user = format!("{peer}@{bad}");
+            assert_eq!(owner(&format!("1000:{user}")), Owner::External(user));
+        }
+        for name in ["ws", "sio"] {
+            let scope = Scope::Native(RoomId::parse(name).unwrap());
+            let o = owner(&format!("1000:{peer}@{name}"));
+            assert_eq!(
+                o,
+                Owner::Peer {
+                    scope,
+                    peer: peer.clone()
+                }
+            );
+        }
     }
 
     #[test]

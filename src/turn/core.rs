@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use super::allocation::{AllocState, ChannelBindError, Recheck, Revoked, granted_lifetime};
-use super::auth::{self, NonceCheck, NonceKey, Owner};
+use super::auth::{self, NonceCheck, NonceKey, Owner, Scope};
 use super::policy::{Cidr, PeerPolicy, Reach};
 use super::stats::{AuthFailure, PermissionLimit, ProtocolRule, Quota, Revocation};
 pub use super::stats::{CloseReason, Stats, Transport};
@@ -73,8 +73,8 @@ pub trait RelayBinder: Send + Sync {
 /// How long a port reserved by EVEN-PORT with the R bit waits for its RESERVATION-TOKEN.
 const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 
-/// Answers "is this peer still in this room?" for peer credentials.
-pub type Membership = Arc<dyn Fn(&RoomId, &PeerId) -> bool + Send + Sync>;
+/// Answers "is this peer still in this room of this dialect?" for peer credentials.
+pub type Membership = Arc<dyn Fn(&Scope, &PeerId) -> bool + Send + Sync>;
 
 /// Quotas and identity of the server.
 #[derive(Debug, Clone)]
@@ -85,9 +85,17 @@ pub struct CoreConfig {
     pub static_users: Vec<(String, Secret)>,
     /// The address advertised in XOR-RELAYED-ADDRESS instead of the bound one (1:1 NAT).
     pub external_ip: Option<IpAddr>,
+    /// Allocations per signaling peer in its room (whatever the expiry of the credential it
+    /// used), and per credential for room, REST and static credentials (see `CredentialKey`).
     pub max_allocations_per_credential: usize,
+    /// Allocations per room of one dialect (room credentials count with the native room).
     pub max_allocations_per_room: usize,
+    /// Allocations per client source: an IPv4 address, or an IPv6 network of
+    /// `source_prefix_v6` bits. The limit on one person who gets fresh peer ids by joining anew.
+    pub max_allocations_per_source: usize,
     pub max_allocations: usize,
+    /// The IPv6 prefix length sources are counted by; fixed at start, like the realm.
+    pub source_prefix_v6: u8,
 }
 
 /// XOR-PEER-ADDRESS attributes one CreatePermission may carry. Browsers send one; the cap
@@ -109,6 +117,8 @@ pub struct Allocation<R> {
     pub relay: R,
     pub owner: Owner,
     pub username: String,
+    /// What the quotas count it under.
+    holder: Holder,
     pub state: Mutex<AllocState>,
     replies: Mutex<VecDeque<([u8; 12], Vec<u8>)>>,
     /// Cancelled when the allocation is removed; the relay task stops on it.
@@ -148,19 +158,73 @@ pub enum Handled<R> {
     Nothing,
 }
 
+/// A relay port held for a RESERVATION-TOKEN (EVEN-PORT with the R bit): it counts against
+/// every quota, as an allocation does, until it is taken or expires.
+struct Reservation<R> {
+    relay: R,
+    local: SocketAddr,
+    expires: Instant,
+    holder: Holder,
+}
+
+/// What `max_allocations_per_credential` counts by.
+///
+/// A signaling peer counts once in its room, whatever the expiry of the credential it used:
+/// it is handed a new one on every join and refresh. Any other credential counts by its whole
+/// username, as before: room and REST credentials are minted by a backend, which chose who
+/// shares one (a room credential is shared by the room's members, whom the per-room quota
+/// bounds; a fixed REST user, or a bare `<expiry>`, may be a whole backend's), and a static
+/// user's username is its name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum CredentialKey {
+    Peer(Scope, PeerId),
+    Username(String),
+}
+
+/// Where one allocation or reservation counts: the keys of its quotas.
+#[derive(Debug, Clone)]
+struct Holder {
+    credential: CredentialKey,
+    /// The room of one dialect: `Scope::Native` or `Scope::SocketIo`, never `PlainWs`.
+    room: Option<Scope>,
+    /// The client's IPv4 address, or its IPv6 network (`crate::limiter::source`).
+    source: IpAddr,
+}
+
+impl Holder {
+    fn new(owner: &Owner, username: &str, source: IpAddr) -> Holder {
+        let credential = match owner {
+            Owner::Peer { scope, peer } => CredentialKey::Peer(scope.clone(), peer.clone()),
+            _ => CredentialKey::Username(username.to_owned()),
+        };
+        // A room credential's room counts with the native room of that name; the
+        // plain-WebSocket dialect and users without a room have no per-room bucket.
+        let room = match owner {
+            Owner::Peer { scope, .. } => scope.room().is_some().then(|| scope.clone()),
+            Owner::Room(room) => Some(Scope::Native(room.clone())),
+            Owner::External(_) | Owner::Static(_) => None,
+        };
+        Holder {
+            credential,
+            room,
+            source,
+        }
+    }
+}
+
+/// The allocation table, with what the quotas count: live allocations and held reservations.
 struct Table<R> {
     by_tuple: HashMap<FiveTuple, Arc<Allocation<R>>>,
     by_relay: HashMap<SocketAddr, Arc<Allocation<R>>>,
-    per_username: HashMap<String, usize>,
-    per_room: HashMap<RoomId, usize>,
+    reservations: HashMap<[u8; 8], Reservation<R>>,
+    per_credential: HashMap<CredentialKey, usize>,
+    per_room: HashMap<Scope, usize>,
+    per_source: HashMap<IpAddr, usize>,
 }
 
 impl<R> Table<R> {
     fn insert(&mut self, a: Arc<Allocation<R>>) {
-        *self.per_username.entry(a.username.clone()).or_default() += 1;
-        if let Some(room) = a.owner.room() {
-            *self.per_room.entry(room.clone()).or_default() += 1;
-        }
+        self.count(&a.holder);
         self.by_relay.insert(a.relayed, Arc::clone(&a));
         self.by_tuple.insert(a.tuple, a);
     }
@@ -168,12 +232,74 @@ impl<R> Table<R> {
     fn remove(&mut self, tuple: &FiveTuple) -> Option<Arc<Allocation<R>>> {
         let a = self.by_tuple.remove(tuple)?;
         self.by_relay.remove(&a.relayed);
-        decrement(&mut self.per_username, &a.username);
-        if let Some(room) = a.owner.room() {
-            decrement(&mut self.per_room, room);
-        }
+        self.uncount(&a.holder);
         a.closed.cancel();
         Some(a)
+    }
+
+    fn reserve(&mut self, token: [u8; 8], reservation: Reservation<R>) {
+        self.count(&reservation.holder);
+        self.reservations.insert(token, reservation);
+    }
+
+    /// Takes the reservation of `token` out of the table and the counts.
+    fn take_reservation(&mut self, token: &[u8; 8]) -> Option<Reservation<R>> {
+        let r = self.reservations.remove(token)?;
+        self.uncount(&r.holder);
+        Some(r)
+    }
+
+    /// Drops the reservations expired at `now` (their relays close), and their counts.
+    fn expire_reservations(&mut self, now: Instant) {
+        let expired: Vec<[u8; 8]> = self
+            .reservations
+            .iter()
+            .filter(|(_, r)| now >= r.expires)
+            .map(|(token, _)| *token)
+            .collect();
+        for token in expired {
+            self.take_reservation(&token);
+        }
+    }
+
+    fn count(&mut self, h: &Holder) {
+        *self.per_credential.entry(h.credential.clone()).or_default() += 1;
+        if let Some(room) = &h.room {
+            *self.per_room.entry(room.clone()).or_default() += 1;
+        }
+        *self.per_source.entry(h.source).or_default() += 1;
+    }
+
+    fn uncount(&mut self, h: &Holder) {
+        decrement(&mut self.per_credential, &h.credential);
+        if let Some(room) = &h.room {
+            decrement(&mut self.per_room, room);
+        }
+        decrement(&mut self.per_source, &h.source);
+    }
+
+    /// The quota that `need` more allocations or reservations of `h` would exceed, if any.
+    fn over_quota(&self, c: &CoreConfig, h: &Holder, need: usize) -> Option<Quota> {
+        let full = |count: Option<&usize>, limit: usize| count.copied().unwrap_or(0) + need > limit;
+        let total = self.by_tuple.len() + self.reservations.len();
+        if total + need > c.max_allocations {
+            Some(Quota::Total)
+        } else if full(
+            self.per_credential.get(&h.credential),
+            c.max_allocations_per_credential,
+        ) {
+            Some(Quota::Credential)
+        } else if h
+            .room
+            .as_ref()
+            .is_some_and(|room| full(self.per_room.get(room), c.max_allocations_per_room))
+        {
+            Some(Quota::Room)
+        } else if full(self.per_source.get(&h.source), c.max_allocations_per_source) {
+            Some(Quota::Source)
+        } else {
+            None
+        }
     }
 }
 
@@ -193,13 +319,11 @@ pub struct Core<B: RelayBinder> {
     policy: ArcSwap<PeerPolicy>,
     binder: B,
     membership: Membership,
+    /// Allocations, reservations and their counts, under one lock so that the quota check
+    /// which allows an insertion and the insertion cannot be split.
     table: RwLock<Table<B::Relay>>,
-    /// Relays held for RESERVATION-TOKENs: token -> (relay, local address, expiry).
-    reservations: Mutex<ReservationMap<B::Relay>>,
     pub stats: Stats,
 }
-
-type ReservationMap<R> = HashMap<[u8; 8], (R, SocketAddr, Instant)>;
 
 /// A request that passed authentication.
 struct Authed {
@@ -225,21 +349,24 @@ impl<B: RelayBinder> Core<B> {
             table: RwLock::new(Table {
                 by_tuple: HashMap::new(),
                 by_relay: HashMap::new(),
-                per_username: HashMap::new(),
+                reservations: HashMap::new(),
+                per_credential: HashMap::new(),
                 per_room: HashMap::new(),
+                per_source: HashMap::new(),
             }),
-            reservations: Mutex::new(HashMap::new()),
             stats: Stats::default(),
         }
     }
 
     /// Takes new secrets, static users and quotas, and new peer allow/deny lists, for the
     /// requests that come next. Live allocations stay, but lose the permissions and channels
-    /// whose peer the new lists refuse; the realm and external IP do not change.
+    /// whose peer the new lists refuse; the realm, external IP and source prefix do not change.
     pub fn reconfigure(&self, mut config: CoreConfig, allow: Vec<Cidr>, deny: Vec<Cidr>) {
         let old = self.config.load();
         config.realm.clone_from(&old.realm);
         config.external_ip = old.external_ip;
+        // Live counts are keyed by sources under the old prefix (a restart applies a new one).
+        config.source_prefix_v6 = old.source_prefix_v6;
         self.config.store(Arc::new(config));
         self.policy
             .store(Arc::new(self.policy.load().with_lists(allow, deny)));
@@ -466,7 +593,7 @@ impl<B: RelayBinder> Core<B> {
         let member = candidate
             .owner
             .peer()
-            .is_none_or(|(room, peer)| (self.membership)(room, peer));
+            .is_none_or(|(scope, peer)| (self.membership)(scope, peer));
         // A new allocation needs a live credential and, for a peer credential, a peer still in its room.
         // An existing one may be refreshed past expiry while its peer stays (long calls never drop).
         let ok = member && (!expired || existing.is_some());
@@ -530,42 +657,38 @@ impl<B: RelayBinder> Core<B> {
         let mut lifetime = turn::proto::lifetime::Lifetime::default();
         let requested = lifetime.get_from(msg).ok().map(|()| lifetime.0);
         let granted = granted_lifetime(requested);
-        {
-            let table = self.table.read().expect("table");
-            let c = self.config.load();
-            if table.by_tuple.len() >= c.max_allocations {
-                self.stats.quota_refusals.inc(Quota::Total);
-                info!(client = %tuple.client, limit = Quota::Total.as_str(), "allocation refused by quota");
-                return error(508, "total quota");
+        let config = self.config.load();
+        let source = crate::limiter::source(tuple.client.ip(), config.source_prefix_v6);
+        let holder = Holder::new(&authed.owner, &authed.username, source);
+        // The allocation, and the reserved next port: every quota counts both.
+        let need = 1 + usize::from(reserve_next);
+        let refused = |quota: Quota| {
+            self.stats.quota_refusals.inc(quota);
+            info!(client = %tuple.client, limit = quota.as_str(), "allocation refused by quota");
+            // 508 when the server is full, 486 for a quota of this user, room or source.
+            if quota == Quota::Total {
+                error(508, "total quota")
+            } else {
+                error(486, "allocation quota")
             }
-            let per_user = table
-                .per_username
-                .get(&authed.username)
-                .copied()
-                .unwrap_or(0);
-            let per_room = authed
-                .owner
-                .room()
-                .and_then(|room| table.per_room.get(room).copied())
-                .unwrap_or(0);
-            if per_user >= c.max_allocations_per_credential
-                || per_room >= c.max_allocations_per_room
-            {
-                let limit = if per_user >= c.max_allocations_per_credential {
-                    Quota::Credential
-                } else {
-                    Quota::Room
-                };
-                self.stats.quota_refusals.inc(limit);
-                info!(client = %tuple.client, limit = limit.as_str(), "allocation refused by quota");
-                return error(486, "credential or room quota");
-            }
-        }
+        };
         let bound = match token {
-            Some(token) => self
-                .take_reservation(&token, now)
-                .ok_or("no such reservation"),
+            Some(token) => match self.take_reservation(&token, now, &config, &holder) {
+                Ok(pair) => Ok(pair),
+                Err(Some(quota)) => return refused(quota),
+                Err(None) => Err("no such reservation"),
+            },
             None => {
+                // Checked before binding, so that a client over its quota costs no bind;
+                // checked again when inserting, which decides.
+                let quota = {
+                    let mut table = self.table.write().expect("table");
+                    table.expire_reservations(now);
+                    table.over_quota(&config, &holder, need)
+                };
+                if let Some(quota) = quota {
+                    return refused(quota);
+                }
                 let choice = if even_port.is_some() {
                     PortChoice::Even
                 } else {
@@ -608,13 +731,15 @@ impl<B: RelayBinder> Core<B> {
             };
             let mut t = [0u8; 8];
             rand::RngCore::fill_bytes(&mut rand::rng(), &mut t);
-            self.reservations
-                .lock()
-                .expect("reservations")
-                .insert(t, (next, next_addr, now + RESERVATION_LIFETIME));
-            reservation = Some(t);
+            let held = Reservation {
+                relay: next,
+                local: next_addr,
+                expires: now + RESERVATION_LIFETIME,
+                holder: holder.clone(),
+            };
+            reservation = Some((t, held));
         }
-        let relayed = match self.config.load().external_ip {
+        let relayed = match config.external_ip {
             Some(ip) if ip.is_ipv6() == ipv6 => SocketAddr::new(ip, local.port()),
             _ => local,
         };
@@ -630,7 +755,7 @@ impl<B: RelayBinder> Core<B> {
                 port: tuple.client.port(),
             }),
         ];
-        if let Some(t) = reservation {
+        if let Some((t, _)) = &reservation {
             attrs.push(Box::new(turn::proto::rsrvtoken::ReservationToken(
                 t.to_vec(),
             )));
@@ -651,6 +776,7 @@ impl<B: RelayBinder> Core<B> {
             relay,
             owner: authed.owner,
             username: authed.username,
+            holder,
             state: Mutex::new(AllocState::new(now, granted)),
             replies: Mutex::new(VecDeque::new()),
             closed: CancellationToken::new(),
@@ -662,6 +788,16 @@ impl<B: RelayBinder> Core<B> {
             if table.by_tuple.contains_key(&tuple) {
                 // A concurrent retransmission won the race; keep the first.
                 return error(437, "allocation raced");
+            }
+            // Another Allocate may have taken the last slot since the first check (a taken
+            // reservation is lost then: its relay closes with this one).
+            table.expire_reservations(now);
+            if let Some(quota) = table.over_quota(&config, &allocation.holder, need) {
+                drop(table);
+                return refused(quota);
+            }
+            if let Some((t, held)) = reservation {
+                table.reserve(t, held);
             }
             table.insert(Arc::clone(&allocation));
         }
@@ -858,12 +994,25 @@ impl<B: RelayBinder> Core<B> {
         }
     }
 
-    fn take_reservation(&self, token: &[u8; 8], now: Instant) -> Option<(B::Relay, SocketAddr)> {
-        let mut reservations = self.reservations.lock().expect("reservations");
-        reservations.retain(|_, (_, _, expires)| now < *expires);
-        reservations
-            .remove(token)
-            .map(|(relay, addr, _)| (relay, addr))
+    /// Takes the relay reserved under `token` for an allocation counted as `holder`:
+    /// `Err(None)` when there is no such reservation (or it expired), `Err(Some(quota))` when
+    /// the allocation would exceed a quota even with the reservation's own slot freed (the
+    /// reservation then stays).
+    fn take_reservation(
+        &self,
+        token: &[u8; 8],
+        now: Instant,
+        config: &CoreConfig,
+        holder: &Holder,
+    ) -> Result<(B::Relay, SocketAddr), Option<Quota>> {
+        let mut table = self.table.write().expect("table");
+        table.expire_reservations(now);
+        let held = table.take_reservation(token).ok_or(None)?;
+        if let Some(quota) = table.over_quota(config, holder, 1) {
+            table.reserve(*token, held);
+            return Err(Some(quota));
+        }
+        Ok((held.relay, held.local))
     }
 
     /// Refuses a peer of the other address family than the relay (443) or refused by policy (403);
@@ -919,21 +1068,30 @@ impl<B: RelayBinder> Core<B> {
         removed.is_some()
     }
 
-    /// Removes every allocation owned by `peer` of `room`.
+    /// Removes every allocation owned by `peer` in `room`, in whichever dialect; a
+    /// plain-WebSocket credential names no room and is matched by its peer alone.
+    /// Peer ids are random per connection, so one names a peer of one dialect: the room
+    /// only tells apart the rooms a native peer went through.
     pub fn close_peer(&self, room: &RoomId, peer: &PeerId, reason: CloseReason) -> usize {
         let tuples: Vec<FiveTuple> = {
             let table = self.table.read().expect("table");
             table
                 .by_tuple
                 .values()
-                .filter(|a| a.owner.peer() == Some((room, peer)))
+                .filter(|a| {
+                    a.owner.peer().is_some_and(|(scope, p)| {
+                        p == peer && scope.room().is_none_or(|r| r == room)
+                    })
+                })
                 .map(|a| a.tuple)
                 .collect()
         };
         tuples.iter().filter(|t| self.close(t, reason)).count()
     }
 
-    /// Removes every allocation scoped to `room` (peer and room credentials).
+    /// Removes every allocation scoped to `room` (peer and room credentials). The admin API
+    /// closes a room by name without a dialect, so this takes the native and the socket.io
+    /// room of that name alike (as `Hub::close_room` and `SioRooms::close_room` both run).
     pub fn close_room(&self, room: &RoomId, reason: CloseReason) -> usize {
         let tuples: Vec<FiveTuple> = {
             let table = self.table.read().expect("table");
@@ -948,12 +1106,12 @@ impl<B: RelayBinder> Core<B> {
     }
 
     /// Allocations and relayed bytes of each peer credential's owner, for the admin API.
-    pub fn usage_by_peer(&self) -> HashMap<(RoomId, PeerId), (usize, u64)> {
+    pub fn usage_by_peer(&self) -> HashMap<(Scope, PeerId), (usize, u64)> {
         let table = self.table.read().expect("table");
-        let mut usage: HashMap<(RoomId, PeerId), (usize, u64)> = HashMap::new();
+        let mut usage: HashMap<(Scope, PeerId), (usize, u64)> = HashMap::new();
         for a in table.by_tuple.values() {
-            if let Some((room, peer)) = a.owner.peer() {
-                let u = usage.entry((room.clone(), peer.clone())).or_default();
+            if let Some((scope, peer)) = a.owner.peer() {
+                let u = usage.entry((scope.clone(), peer.clone())).or_default();
                 u.0 += 1;
                 u.1 += a.relayed_bytes.get();
             }
@@ -964,10 +1122,10 @@ impl<B: RelayBinder> Core<B> {
     /// Removes expired allocations and reservations, and sweeps permissions and channels
     /// (also those granted for a relayed address that is no longer live).
     pub fn sweep(&self, now: Instant) -> usize {
-        self.reservations
-            .lock()
-            .expect("reservations")
-            .retain(|_, (_, _, expires)| now < *expires);
+        let held = !self.table.read().expect("table").reservations.is_empty();
+        if held {
+            self.table.write().expect("table").expire_reservations(now);
+        }
         let expired: Vec<FiveTuple> = {
             let table = self.table.read().expect("table");
             let policy = self.policy.load();

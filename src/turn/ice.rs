@@ -1,12 +1,12 @@
 //! What a peer is told about this server's STUN/TURN: the `ice_servers` entries
-//! with a credential minted for that peer in that room.
+//! with a credential minted for that peer in that room of its dialect.
 
 use std::net::SocketAddr;
 
 use crate::config::{Config, Secret};
 use crate::signaling::protocol::{IceServer, PeerId, RoomId};
 
-use super::auth;
+use super::auth::{self, Scope};
 
 /// The ICE servers of the config's `[[ice_servers]]` tables, handed out as they are.
 pub fn configured(config: &Config) -> Vec<IceServer> {
@@ -53,16 +53,17 @@ impl TurnOffer {
         }
     }
 
-    /// The STUN and TURN entries for `peer` in `room`, valid for `ttl_s` from `now_unix`.
-    /// `request_host` is the host (no port) of the page's request, used without `public_host`.
+    /// The STUN and TURN entries for `peer` in `scope` (its dialect and room), valid for
+    /// `ttl_s` from `now_unix`. `request_host` is the host (no port) of the page's request,
+    /// used without `public_host`.
     pub fn ice_servers(
         &self,
         now_unix: u64,
-        room: &RoomId,
+        scope: &Scope,
         peer: &PeerId,
         request_host: &str,
     ) -> Vec<IceServer> {
-        let username = auth::peer_username(now_unix + self.ttl_s, room, peer);
+        let username = auth::peer_username(now_unix + self.ttl_s, scope, peer);
         self.with_username(username, request_host)
     }
 
@@ -130,7 +131,8 @@ mod tests {
         };
         let room = RoomId::parse("r").unwrap();
         let peer = PeerId::random();
-        let servers = offer.ice_servers(1000, &room, &peer, "[::1]");
+        let scope = Scope::Native(room);
+        let servers = offer.ice_servers(1000, &scope, &peer, "[::1]");
         assert_eq!(servers[0].urls, vec!["stun:[::1]:3478"]);
         assert_eq!(
             servers[1].urls,
@@ -148,6 +150,6 @@ mod tests {
             found.passwords,
             vec![servers[1].credential.clone().unwrap()]
         );
-        assert_eq!(found.owner, auth::Owner::Peer { room, peer });
+        assert_eq!(found.owner, auth::Owner::Peer { scope, peer });
     }
 }

@@ -42,8 +42,13 @@ crate::labels! {
 crate::labels! {
     /// Which allocation quota refused a request (their config keys).
     pub Quota {
+        /// Per signaling peer in its room (not per username, which changes with every
+        /// refresh); per credential for room, REST and static credentials.
         Credential => "max_allocations_per_credential",
+        /// Per room of one dialect.
         Room => "max_allocations_per_room",
+        /// Per client IPv4 address or IPv6 network.
+        Source => "max_allocations_per_source",
         Total => "max_allocations",
     }
 }

@@ -13,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 
 use crate::harness::{DEADLINE, TestServer};
+use crate::raw_turn::{RawTurn, turn_entry};
 
 const SECRET: &str = "abuse-secret-0123456789abcdef";
 
@@ -397,4 +398,49 @@ async fn a_payload_too_large_for_a_data_indication_is_dropped_not_wrapped() {
             .await,
         1.0
     );
+}
+
+/// Item 13: one person who leaves and joins again gets a fresh peer id, and credential, every
+/// time; the allocations left behind (kept for the grace period) still count against its
+/// source address, so re-joining cannot take more than `max_allocations_per_source` relays.
+#[tokio::test]
+async fn rejoining_for_fresh_peer_ids_stops_at_the_source_quota() {
+    let server = TestServer::start(&config(
+        "max_allocations_per_credential = 1\nmax_allocations_per_source = 3\ngrace_period_s = 60",
+    ));
+    let mut relays = Vec::new();
+    for attempt in 0..4 {
+        let mut ws = server.client().await;
+        let welcome = ws.join("again", None).await;
+        let mut turn = RawTurn::new(server.listener("turn_udp"), &turn_entry(&welcome)).await;
+        let allocated = turn.allocate().await;
+        if attempt < 3 {
+            assert_eq!(allocated, Ok(()), "allocation {attempt}");
+            // Each peer is at its own per-credential quota already.
+            let mut second = RawTurn::new(server.listener("turn_udp"), &turn_entry(&welcome)).await;
+            assert_eq!(second.allocate().await, Err(486));
+        } else {
+            assert_eq!(allocated, Err(486), "a fourth from one source");
+        }
+        relays.push(turn);
+        // Leaves (the socket goes); its allocation stays for the grace period.
+        drop(ws);
+    }
+    assert_eq!(
+        server.wait_log("allocation refused by quota")["limit"],
+        "max_allocations_per_credential"
+    );
+    for (limit, n) in [
+        ("max_allocations_per_credential", 3.0),
+        ("max_allocations_per_source", 1.0),
+    ] {
+        let refused = server
+            .metric("switchboard_turn_quota_refusals_total", &[("quota", limit)])
+            .await;
+        assert_eq!(refused, n, "{limit}");
+    }
+    // The three granted relays are still there, their peers gone (within the grace period).
+    let live = server.metric("switchboard_turn_allocations", &[]).await;
+    assert_eq!(live, 3.0);
+    drop(relays);
 }

@@ -55,7 +55,7 @@ const UNIX: u64 = 1_800_000_000;
 
 struct Fixture {
     core: Core<FakeBinder>,
-    members: Arc<Mutex<HashSet<(RoomId, PeerId)>>>,
+    members: Arc<Mutex<HashSet<(Scope, PeerId)>>>,
     t0: Instant,
 }
 
@@ -93,10 +93,12 @@ fn fixture_with_policy(tweak: impl FnOnce(&mut CoreConfig), policy: PeerPolicy) 
         external_ip: None,
         max_allocations_per_credential: 10,
         max_allocations_per_room: 10,
+        max_allocations_per_source: 50,
         max_allocations: 100,
+        source_prefix_v6: 64,
     };
     tweak(&mut config);
-    let members: Arc<Mutex<HashSet<(RoomId, PeerId)>>> = Arc::default();
+    let members: Arc<Mutex<HashSet<(Scope, PeerId)>>> = Arc::default();
     let m = Arc::clone(&members);
     let membership: Membership =
         Arc::new(move |r, p| m.lock().unwrap().contains(&(r.clone(), p.clone())));
@@ -422,8 +424,9 @@ fn stale_and_foreign_nonces_get_438_with_a_fresh_nonce() {
 fn peer_credentials_need_a_live_membership_for_new_allocations_only() {
     let f = fixture();
     let room = RoomId::parse("r").unwrap();
+    let scope = Scope::Native(room.clone());
     let peer_id = PeerId::random();
-    let username = auth::peer_username(UNIX + 60, &room, &peer_id);
+    let username = auth::peer_username(UNIX + 60, &scope, &peer_id);
     let cred = Cred(
         username.clone(),
         auth::rest_password(&Secret::new(SECRET.into()), &username),
@@ -433,7 +436,7 @@ fn peer_credentials_need_a_live_membership_for_new_allocations_only() {
     f.members
         .lock()
         .unwrap()
-        .insert((room.clone(), peer_id.clone()));
+        .insert((scope.clone(), peer_id.clone()));
     assert_eq!(code(&f.allocate(t, &cred)), None);
     // Past the credential's expiry, the member may still refresh its allocation...
     let later = Duration::from_secs(120);
@@ -1419,4 +1422,308 @@ fn refresh_naming_the_other_address_family_gets_443() {
             .get(ProtocolRule::RefreshFamily),
         1
     );
+}
+
+/// A credential minted for `peer` in `scope`, as signaling hands it out.
+fn peer_cred(scope: &Scope, peer: &PeerId, expires: u64) -> Cred {
+    let username = auth::peer_username(expires, scope, peer);
+    let password = auth::rest_password(&Secret::new(SECRET.into()), &username);
+    Cred(username, password)
+}
+
+/// A client at `ip`, port `port`.
+fn tuple_at(ip: &str, port: u16) -> FiveTuple {
+    FiveTuple {
+        client: SocketAddr::new(ip.parse().unwrap(), port),
+        ..tuple(port)
+    }
+}
+
+impl Fixture {
+    /// `peer` joins `scope` and gets a fresh peer id.
+    fn join(&self, scope: &Scope) -> PeerId {
+        let peer = PeerId::random();
+        self.members
+            .lock()
+            .unwrap()
+            .insert((scope.clone(), peer.clone()));
+        peer
+    }
+
+    /// An Allocate by `cred` with a fresh nonce for `t`.
+    fn allocate_req(&self, cred: &Cred, t: FiveTuple) -> Vec<u8> {
+        let nonce = self.nonce(t);
+        request(
+            METHOD_ALLOCATE,
+            TransactionId::new(),
+            vec![udp()],
+            Some((cred, &nonce)),
+        )
+    }
+
+    fn quota_refusals(&self, quota: Quota) -> u64 {
+        self.core.stats.quota_refusals.get(quota)
+    }
+
+    /// An Allocate with EVEN-PORT and the R bit at `after`: the error code, or the token.
+    fn reserve_at(&self, after: Duration, t: FiveTuple, cred: &Cred) -> Result<Vec<u8>, u16> {
+        let nonce = self.nonce(t);
+        let even: Box<dyn Setter> = Box::new(Raw(ATTR_EVEN_PORT, vec![0x80]));
+        let attrs = vec![udp(), even];
+        let req = request(
+            METHOD_ALLOCATE,
+            TransactionId::new(),
+            attrs,
+            Some((cred, &nonce)),
+        );
+        let r = reply_of(self.send_at(after, t, &req));
+        match code(&r) {
+            Some(c) => Err(c),
+            None => Ok(decode(&r).get(ATTR_RESERVATION_TOKEN).unwrap()),
+        }
+    }
+
+    /// An Allocate with `token` at `after`; the error code, or `None` for success.
+    fn take_at(&self, after: Duration, t: FiveTuple, cred: &Cred, token: &[u8]) -> Option<u16> {
+        let nonce = self.nonce(t);
+        let attrs = vec![
+            udp(),
+            Box::new(Raw(ATTR_RESERVATION_TOKEN, token.to_vec())) as Box<dyn Setter>,
+        ];
+        let req = request(
+            METHOD_ALLOCATE,
+            TransactionId::new(),
+            attrs,
+            Some((cred, &nonce)),
+        );
+        code(&reply_of(self.send_at(after, t, &req)))
+    }
+}
+
+#[test]
+fn a_peer_counts_once_whatever_the_expiry_of_its_credentials() {
+    let f = fixture_with(|c| c.max_allocations_per_credential = 2);
+    let team = Scope::Native(RoomId::parse("team").unwrap());
+    let peer = f.join(&team);
+    // The credential of the join, then the ones pushed at each refresh: new usernames.
+    let creds: Vec<Cred> = (1..=3)
+        .map(|n| peer_cred(&team, &peer, UNIX + 600 * n))
+        .collect();
+    assert_ne!(creds[0].0, creds[1].0);
+    assert_eq!(code(&f.allocate(tuple(4000), &creds[0])), None);
+    assert_eq!(code(&f.allocate(tuple(4001), &creds[1])), None);
+    assert_eq!(code(&f.allocate(tuple(4002), &creds[2])), Some(486));
+    assert_eq!(f.quota_refusals(Quota::Credential), 1);
+    // Another peer of the room has its own count.
+    let other = f.join(&team);
+    let cred = peer_cred(&team, &other, UNIX + 600);
+    assert_eq!(code(&f.allocate(tuple(4003), &cred)), None);
+    // A closed allocation frees its slot for any credential of its peer.
+    assert!(f.core.close(&tuple(4000), CloseReason::Refresh));
+    assert_eq!(code(&f.allocate(tuple(4002), &creds[2])), None);
+    // Credentials a backend mints count by their whole username, as before: the backend chose
+    // who shares one (one fixed user, or a bare `<expiry>`, may be all of its clients).
+    let f = fixture_with(|c| c.max_allocations_per_credential = 1);
+    assert_eq!(
+        code(&f.allocate(tuple(4000), &rest(UNIX + 600, "app"))),
+        None
+    );
+    assert_eq!(
+        code(&f.allocate(tuple(4001), &rest(UNIX + 601, "app"))),
+        None
+    );
+    assert_eq!(
+        code(&f.allocate(tuple(4002), &rest(UNIX + 600, "app"))),
+        Some(486)
+    );
+}
+
+#[test]
+fn allocations_per_source_count_ipv4_addresses_and_ipv6_networks() {
+    let f = fixture_with(|c| c.max_allocations_per_source = 2);
+    let team = Scope::Native(RoomId::parse("team").unwrap());
+    // One person joining again and again: a fresh peer id, and credential, every time.
+    let fresh = || peer_cred(&team, &f.join(&team), UNIX + 600);
+    // Two addresses of one /64 are one source.
+    assert_eq!(
+        code(&f.allocate(tuple_at("2001:db8:1:2::10", 4000), &fresh())),
+        None
+    );
+    assert_eq!(
+        code(&f.allocate(tuple_at("2001:db8:1:2::20", 4001), &fresh())),
+        None
+    );
+    assert_eq!(
+        code(&f.allocate(tuple_at("2001:db8:1:2:ffff::1", 4002), &fresh())),
+        Some(486)
+    );
+    assert_eq!(f.quota_refusals(Quota::Source), 1);
+    // Another /64 is another source.
+    assert_eq!(
+        code(&f.allocate(tuple_at("2001:db8:1:3::10", 4003), &fresh())),
+        None
+    );
+    // IPv4 counts per address, with its IPv4-mapped form; REST users count the same.
+    let v4 = "198.51.100.20";
+    assert_eq!(
+        code(&f.allocate(tuple_at(v4, 4004), &rest(UNIX + 600, "a"))),
+        None
+    );
+    assert_eq!(
+        code(&f.allocate(tuple_at(v4, 4005), &rest(UNIX + 600, "b"))),
+        None
+    );
+    let mapped = tuple_at("::ffff:198.51.100.20", 4006);
+    assert_eq!(code(&f.allocate(mapped, &rest(UNIX + 600, "c"))), Some(486));
+    assert_eq!(
+        code(&f.allocate(tuple_at("198.51.100.21", 4007), &fresh())),
+        None
+    );
+    assert_eq!(f.quota_refusals(Quota::Source), 2);
+    // Closing an allocation frees its source's slot.
+    assert!(f.core.close(&tuple_at(v4, 4004), CloseReason::Refresh));
+    assert_eq!(code(&f.allocate(mapped, &rest(UNIX + 600, "c"))), None);
+}
+
+#[test]
+fn even_port_reservations_count_until_taken_or_expired() {
+    let f = fixture_with(|c| {
+        c.max_allocations_per_credential = 3;
+        c.max_allocations_per_source = 3;
+    });
+    let bob = rest(UNIX + 600, "bob");
+    let token = f.reserve_at(Duration::ZERO, tuple(4000), &bob).unwrap();
+    // The allocation and the reserved port: two of bob's three.
+    assert_eq!(code(&f.allocate(tuple(4001), &bob)), None);
+    assert_eq!(code(&f.allocate(tuple(4002), &bob)), Some(486));
+    assert_eq!(f.quota_refusals(Quota::Credential), 1);
+    // The source counts it too (another user from the same address).
+    assert_eq!(
+        code(&f.allocate(tuple(4003), &rest(UNIX + 600, "eve"))),
+        Some(486)
+    );
+    assert_eq!(f.quota_refusals(Quota::Source), 1);
+    // Taking the reservation moves its slot to the new allocation: still three.
+    assert_eq!(f.take_at(Duration::ZERO, tuple(4004), &bob, &token), None);
+    assert_eq!(code(&f.allocate(tuple(4002), &bob)), Some(486));
+    // Closing one frees one.
+    assert!(f.core.close(&tuple(4001), CloseReason::Refresh));
+    assert_eq!(code(&f.allocate(tuple(4002), &bob)), None);
+
+    // A reservation needs a slot of its own: with one left, EVEN-PORT with R is refused...
+    let f = fixture_with(|c| c.max_allocations = 2);
+    assert_eq!(code(&f.allocate(tuple(4000), &bob)), None);
+    assert_eq!(f.reserve_at(Duration::ZERO, tuple(4001), &bob), Err(508));
+    assert_eq!(f.quota_refusals(Quota::Total), 1);
+    // ...with two, it is granted and fills the server...
+    assert!(f.core.close(&tuple(4000), CloseReason::Refresh));
+    let token = f.reserve_at(Duration::ZERO, tuple(4001), &bob).unwrap();
+    let at = Duration::from_secs;
+    let req = f.allocate_req(&bob, tuple(4002));
+    assert_eq!(
+        code(&reply_of(f.send_at(at(29), tuple(4002), &req))),
+        Some(508)
+    );
+    // ...until the reservation expires unused: its slot is free and its token gone.
+    assert_eq!(f.core.sweep(f.t0 + at(30)), 0);
+    let req = f.allocate_req(&bob, tuple(4002));
+    assert_eq!(code(&reply_of(f.send_at(at(30), tuple(4002), &req))), None);
+    assert!(f.core.close(&tuple(4002), CloseReason::Refresh));
+    assert_eq!(f.take_at(at(30), tuple(4003), &bob, &token), Some(508));
+    assert_eq!(f.core.allocation_count(), 1);
+    // Expiry frees the slot even before the sweep has run.
+    let f = fixture_with(|c| c.max_allocations = 2);
+    f.reserve_at(Duration::ZERO, tuple(4000), &bob).unwrap();
+    let req = f.allocate_req(&bob, tuple(4001));
+    assert_eq!(
+        code(&reply_of(f.send_at(at(29), tuple(4001), &req))),
+        Some(508)
+    );
+    let req = f.allocate_req(&bob, tuple(4001));
+    assert_eq!(code(&reply_of(f.send_at(at(30), tuple(4001), &req))), None);
+}
+
+#[test]
+fn a_reservation_taken_at_the_quota_is_taken_and_one_refused_stays() {
+    let f = fixture_with(|c| c.max_allocations_per_credential = 2);
+    let bob = rest(UNIX + 600, "bob");
+    let token = f.reserve_at(Duration::ZERO, tuple(4000), &bob).unwrap();
+    // bob is at its quota, yet may take its own reservation: it holds the slot.
+    assert_eq!(f.take_at(Duration::ZERO, tuple(4001), &bob, &token), None);
+    let f = fixture_with(|c| c.max_allocations_per_credential = 2);
+    let token = f.reserve_at(Duration::ZERO, tuple(4000), &bob).unwrap();
+    // Another user at its quota is refused, and the reservation stays for bob.
+    let eve = rest(UNIX + 600, "eve");
+    assert_eq!(
+        code(&f.allocate(tuple_at("198.51.100.1", 4001), &eve)),
+        None
+    );
+    assert_eq!(
+        code(&f.allocate(tuple_at("198.51.100.1", 4002), &eve)),
+        None
+    );
+    assert_eq!(
+        f.take_at(Duration::ZERO, tuple_at("198.51.100.1", 4003), &eve, &token),
+        Some(486)
+    );
+    assert_eq!(f.take_at(Duration::ZERO, tuple(4004), &bob, &token), None);
+}
+
+#[test]
+fn each_dialect_has_its_own_rooms_for_the_per_room_quota() {
+    let f = fixture_with(|c| c.max_allocations_per_room = 1);
+    let team = RoomId::parse("team").unwrap();
+    let native = Scope::Native(team.clone());
+    let sio = Scope::SocketIo(team.clone());
+    let a = peer_cred(&native, &f.join(&native), UNIX + 600);
+    let b = peer_cred(&sio, &f.join(&sio), UNIX + 600);
+    assert_eq!(code(&f.allocate(tuple(4000), &a)), None);
+    assert_eq!(
+        code(&f.allocate(tuple(4001), &b)),
+        None,
+        "socket.io's team is another room"
+    );
+    // Each room of one name and dialect is full now.
+    let c = peer_cred(&native, &f.join(&native), UNIX + 600);
+    let d = peer_cred(&sio, &f.join(&sio), UNIX + 600);
+    assert_eq!(code(&f.allocate(tuple(4002), &c)), Some(486));
+    assert_eq!(code(&f.allocate(tuple(4003), &d)), Some(486));
+    assert_eq!(f.quota_refusals(Quota::Room), 2);
+    // A room credential counts with the native room of its name.
+    let room_cred = {
+        let username = auth::room_username(UNIX + 600, &team);
+        let password = auth::rest_password(&Secret::new(SECRET.into()), &username);
+        Cred(username, password)
+    };
+    assert_eq!(code(&f.allocate(tuple(4004), &room_cred)), Some(486));
+    // The admin API closes a room by name: both dialects' allocations go.
+    assert_eq!(f.core.close_room(&team, CloseReason::Revoked), 2);
+    assert_eq!(code(&f.allocate(tuple(4002), &c)), None);
+}
+
+#[test]
+fn a_native_room_named_like_the_plain_websocket_dialect_is_just_a_room() {
+    let f = fixture_with(|c| c.max_allocations_per_room = 1);
+    let legacy_name = Scope::Native(RoomId::parse("_ws-legacy").unwrap());
+    // A user logged in to the plain-WebSocket dialect...
+    let user = f.join(&Scope::PlainWs);
+    // ...whose peer id a native credential for the old pseudo-room names is refused: it is
+    // checked against that native room, where this peer is not.
+    let forged = peer_cred(&legacy_name, &user, UNIX + 600);
+    assert_eq!(code(&f.allocate(tuple(4000), &forged)), Some(401));
+    assert_eq!(f.core.stats.auth_failures.get(AuthFailure::NotInRoom), 1);
+    // A native peer that joined the room of that name fills its per-room quota...
+    let native = peer_cred(&legacy_name, &f.join(&legacy_name), UNIX + 600);
+    assert_eq!(code(&f.allocate(tuple(4001), &native)), None);
+    // ...which the plain-WebSocket users do not share: they have no per-room bucket at all.
+    for port in [4002, 4003] {
+        let cred = peer_cred(&Scope::PlainWs, &f.join(&Scope::PlainWs), UNIX + 600);
+        assert_eq!(code(&f.allocate(tuple(port), &cred)), None);
+    }
+    let own = peer_cred(&Scope::PlainWs, &user, UNIX + 600);
+    assert_eq!(code(&f.allocate(tuple(4004), &own)), None);
+    assert_eq!(f.quota_refusals(Quota::Room), 0);
+    // The user's allocations close by its peer id alone (its scope names no room).
+    let any = RoomId::parse("anything").unwrap();
+    assert_eq!(f.core.close_peer(&any, &user, CloseReason::PeerLeft), 1);
 }
