@@ -428,6 +428,7 @@ fn core_config(config: &Config, secrets: Vec<Secret>) -> CoreConfig {
         max_allocations_per_source: t.max_allocations_per_source,
         max_allocations: t.max_allocations,
         source_prefix_v6: t.source_prefix_v6,
+        challenges_per_source_s: t.challenges_per_source_s,
     }
 }
 

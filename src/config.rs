@@ -275,6 +275,8 @@ pub struct TurnConfig {
     pub source_prefix_v6: u8,
     /// Seconds a TCP/TLS connection may stay open without a successful Allocate.
     pub allocate_timeout_s: u64,
+    /// Answers to unauthenticated TURN requests per second per source address.
+    pub challenges_per_source_s: u32,
     /// CIDR lists that override the built-in deny list of special-purpose peer addresses.
     pub allow_peers: Vec<String>,
     pub deny_peers: Vec<String>,
@@ -313,6 +315,7 @@ impl Default for TurnConfig {
             max_connections_per_source: 256,
             source_prefix_v6: 64,
             allocate_timeout_s: 20,
+            challenges_per_source_s: 500,
             allow_peers: Vec::new(),
             deny_peers: Vec::new(),
         }
@@ -804,6 +807,15 @@ fn validate_turn(
         return Err(invalid(
             "turn.credential_ttl_s",
             format!("expected 5..=86400 seconds, got {}", t.credential_ttl_s),
+        ));
+    }
+    if !(1..=1_000_000).contains(&t.challenges_per_source_s) {
+        return Err(invalid(
+            "turn.challenges_per_source_s",
+            format!(
+                "expected 1..=1000000 per second, got {}",
+                t.challenges_per_source_s
+            ),
         ));
     }
     if !(1..=3600).contains(&t.allocate_timeout_s) {

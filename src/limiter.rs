@@ -1,13 +1,104 @@
-//! Connection counts per source and in total, for every listener that admits clients
-//! (signaling sockets, TURN over TCP and TLS).
+//! Limits on what clients may take: connection counts per source and in total (signaling
+//! sockets, TURN over TCP and TLS), and rates (a socket's messages, a source's answers to
+//! unauthenticated TURN requests).
 //!
 //! `ConnectionLimiter` hands out guards that give their slot back when dropped, so a
 //! connection cannot leak a slot on any exit path. A source is an IPv4 address, or an
 //! IPv6 prefix (a /64 is one subscriber's network, and one host may hold all of it).
+//! `TokenBucket` is plain data driven by the caller's clock; `SourceRates` keeps one per
+//! source in a fixed table, so no number of sources makes it grow.
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// A token bucket: `rate` tokens per second, at most `burst` saved up.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    pub fn new(rate: u32, burst: u32, now: Instant) -> TokenBucket {
+        TokenBucket {
+            rate: f64::from(rate),
+            burst: f64::from(burst),
+            tokens: f64::from(burst),
+            last: now,
+        }
+    }
+
+    /// Takes one token; `false` when the bucket is empty.
+    pub fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// A rate per source (`TokenBucket`s in a fixed table of `slots`, found by a keyed hash of
+/// the source): nothing grows with the number of sources, so a flood from spoofed
+/// addresses costs no memory. Sources whose hashes meet share a bucket, which only makes
+/// the limit stricter for them.
+#[derive(Debug)]
+pub struct SourceRates {
+    table: Mutex<RateTable>,
+    hasher: foldhash::quality::RandomState,
+    v6_prefix: u8,
+}
+
+#[derive(Debug)]
+struct RateTable {
+    rate: u32,
+    burst: u32,
+    buckets: Vec<Option<TokenBucket>>,
+}
+
+impl SourceRates {
+    pub fn new(slots: usize, rate: u32, burst: u32, v6_prefix: u8) -> SourceRates {
+        SourceRates {
+            table: Mutex::new(RateTable {
+                rate,
+                burst,
+                buckets: vec![None; slots.max(1)],
+            }),
+            hasher: foldhash::quality::RandomState::default(),
+            v6_prefix,
+        }
+    }
+
+    /// Takes one token for `ip`'s source; false when it has none left.
+    pub fn allow(&self, ip: IpAddr, now: Instant) -> bool {
+        let slot = self.hasher.hash_one(source(ip, self.v6_prefix));
+        let mut table = self.table.lock().expect("source rates");
+        let (rate, burst) = (table.rate, table.burst);
+        let n = table.buckets.len();
+        table.buckets[(slot % n as u64) as usize]
+            .get_or_insert_with(|| TokenBucket::new(rate, burst, now))
+            .take(now)
+    }
+
+    /// A new rate for every source, starting full.
+    pub fn set_rate(&self, rate: u32, burst: u32) {
+        let mut table = self.table.lock().expect("source rates");
+        if (table.rate, table.burst) != (rate, burst) {
+            table.rate = rate;
+            table.burst = burst;
+            table.buckets.fill(None);
+        }
+    }
+}
 
 /// Which connection limit refused a new connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,6 +244,54 @@ pub fn source(ip: IpAddr, v6_prefix: u8) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn bucket_allows_burst_then_rate() {
+        let t0 = Instant::now();
+        let mut bucket = TokenBucket::new(10, 3, t0);
+        assert!(bucket.take(t0) && bucket.take(t0) && bucket.take(t0));
+        assert!(!bucket.take(t0));
+        // 100 ms at 10/s refills one token.
+        let t1 = t0 + Duration::from_millis(100);
+        assert!(bucket.take(t1));
+        assert!(!bucket.take(t1));
+        // A long pause refills no more than the burst.
+        let t2 = t1 + Duration::from_secs(60);
+        assert!((0..3).all(|_| bucket.take(t2)));
+        assert!(!bucket.take(t2));
+    }
+
+    #[test]
+    fn source_rates_limit_each_source_and_grow_with_none() {
+        let t0 = Instant::now();
+        let rates = SourceRates::new(1024, 10, 3, 64);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        assert!((0..3).all(|_| rates.allow(a, t0)));
+        assert!(!rates.allow(a, t0), "the burst is spent");
+        assert!(
+            rates.allow("192.0.2.2".parse().unwrap(), t0),
+            "another source"
+        );
+        assert!(
+            rates.allow(a, t0 + Duration::from_millis(100)),
+            "refilled at the rate"
+        );
+        // Two addresses of one /64 are one source.
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        assert!((0..3).all(|_| rates.allow(v6, t0)));
+        assert!(!rates.allow("2001:db8::2".parse().unwrap(), t0));
+        // A million sources later, the table is the same size.
+        for i in 0..1_000_000u32 {
+            rates.allow(IpAddr::from(i.to_be_bytes()), t0);
+        }
+        assert_eq!(rates.table.lock().unwrap().buckets.len(), 1024);
+        rates.set_rate(1, 1);
+        assert!(
+            rates.allow(a, t0) && !rates.allow(a, t0),
+            "the new rate, from full"
+        );
+    }
 
     #[test]
     fn limiter_counts_per_ip_and_total_and_frees_on_drop() {

@@ -36,6 +36,7 @@ use super::stats::{AuthFailure, PermissionLimit, ProtocolRule, Quota, Revocation
 pub use super::stats::{CloseReason, Stats, Transport};
 use super::wire;
 use crate::config::Secret;
+use crate::limiter::SourceRates;
 use crate::metrics::{Counter, Label};
 use crate::signaling::protocol::{PeerId, RoomId};
 
@@ -96,7 +97,17 @@ pub struct CoreConfig {
     pub max_allocations: usize,
     /// The IPv6 prefix length sources are counted by; fixed at start, like the realm.
     pub source_prefix_v6: u8,
+    /// Answers to unauthenticated requests (401 and 438 challenges, and other refusals
+    /// before a credential is proven) per second per source; `CHALLENGE_BURST_S` seconds'
+    /// worth may come at once. Beyond, requests go unanswered: a flood with a victim's
+    /// address as its source is not reflected at it.
+    pub challenges_per_source_s: u32,
 }
+
+/// The burst of challenges a source may get at once, in seconds of its rate.
+pub const CHALLENGE_BURST_S: u32 = 4;
+/// Buckets in the table of challenge rates (see `limiter::SourceRates`).
+const CHALLENGE_SLOTS: usize = 4096;
 
 /// XOR-PEER-ADDRESS attributes one CreatePermission may carry. Browsers send one; the cap
 /// bounds what one request costs (policy checks, permissions): a 64 KiB request over TCP
@@ -322,6 +333,8 @@ pub struct Core<B: RelayBinder> {
     /// Allocations, reservations and their counts, under one lock so that the quota check
     /// which allows an insertion and the insertion cannot be split.
     table: RwLock<Table<B::Relay>>,
+    /// Challenges answered per source (see `CoreConfig::challenges_per_source_s`).
+    challenges: SourceRates,
     pub stats: Stats,
 }
 
@@ -340,7 +353,16 @@ impl<B: RelayBinder> Core<B> {
         binder: B,
         membership: Membership,
     ) -> Core<B> {
+        let challenges = SourceRates::new(
+            CHALLENGE_SLOTS,
+            config.challenges_per_source_s,
+            config
+                .challenges_per_source_s
+                .saturating_mul(CHALLENGE_BURST_S),
+            config.source_prefix_v6,
+        );
         Core {
+            challenges,
             config: ArcSwap::from_pointee(config),
             nonces,
             policy: ArcSwap::from_pointee(policy),
@@ -367,6 +389,12 @@ impl<B: RelayBinder> Core<B> {
         config.external_ip = old.external_ip;
         // Live counts are keyed by sources under the old prefix (a restart applies a new one).
         config.source_prefix_v6 = old.source_prefix_v6;
+        self.challenges.set_rate(
+            config.challenges_per_source_s,
+            config
+                .challenges_per_source_s
+                .saturating_mul(CHALLENGE_BURST_S),
+        );
         self.config.store(Arc::new(config));
         self.policy
             .store(Arc::new(self.policy.load().with_lists(allow, deny)));
@@ -481,6 +509,11 @@ impl<B: RelayBinder> Core<B> {
             Err((failure, reply)) => {
                 if let Some(f) = failure {
                     self.stats.auth_failures.inc(f);
+                }
+                // Nothing proves the sender owns its source address yet.
+                if !self.challenges.allow(tuple.client.ip(), now) {
+                    self.stats.challenge_drops.inc();
+                    return Handled::Nothing;
                 }
                 return Handled::Reply(reply);
             }

@@ -157,6 +157,8 @@ pub struct Stats {
     pub stream_queue_drops: Counter,
     /// Payloads too large for a Data indication (their client has no channel), dropped.
     pub unframeable: Counter,
+    /// Unauthenticated requests left unanswered: their source was answered too often.
+    pub challenge_drops: Counter,
     pub stream_closes: ByLabel<StreamClose>,
     pub connection_refusals: ByLabel<ConnectionLimit>,
 }
@@ -252,6 +254,11 @@ impl Stats {
                 "Relayed packets the kernel refused or a full socket dropped.",
             )
             .value(self.relay_send_failures.get()),
+            Family::counter(
+                "turn_challenge_drops",
+                "Unauthenticated requests left unanswered because their source was answered too often.",
+            )
+            .value(self.challenge_drops.get()),
             Family::counter(
                 "turn_unframeable_drops",
                 "Payloads too large to frame as a Data indication for a client without a channel.",

@@ -96,6 +96,7 @@ fn fixture_with_policy(tweak: impl FnOnce(&mut CoreConfig), policy: PeerPolicy) 
         max_allocations_per_source: 50,
         max_allocations: 100,
         source_prefix_v6: 64,
+        challenges_per_source_s: 1000,
     };
     tweak(&mut config);
     let members: Arc<Mutex<HashSet<(Scope, PeerId)>>> = Arc::default();
@@ -1726,4 +1727,36 @@ fn a_native_room_named_like_the_plain_websocket_dialect_is_just_a_room() {
     // The user's allocations close by its peer id alone (its scope names no room).
     let any = RoomId::parse("anything").unwrap();
     assert_eq!(f.core.close_peer(&any, &user, CloseReason::PeerLeft), 1);
+}
+
+#[test]
+fn unauthenticated_answers_are_limited_per_source_and_others_still_get_theirs() {
+    let f = fixture_with(|c| c.challenges_per_source_s = 10);
+    let burst = 10 * CHALLENGE_BURST_S as usize;
+    let unauthenticated = || request(METHOD_ALLOCATE, TransactionId::new(), vec![udp()], None);
+    // A flood from many ports of one address: the burst is answered, the rest is not.
+    let answered = (0..burst * 3)
+        .filter(|i| {
+            matches!(
+                f.send(tuple(1000 + *i as u16), &unauthenticated()),
+                Handled::Reply(_)
+            )
+        })
+        .count();
+    assert_eq!(answered, burst);
+    assert_eq!(f.core.stats.challenge_drops.get(), 2 * burst as u64);
+    // Another source is answered, and the flooded one again at its rate.
+    let other = FiveTuple {
+        client: "203.0.113.77:4000".parse().unwrap(),
+        ..tuple(4000)
+    };
+    assert_eq!(
+        code(&reply_of(f.send(other, &unauthenticated()))),
+        Some(401)
+    );
+    let later = Duration::from_millis(200);
+    assert!(matches!(
+        f.send_at(later, tuple(5000), &unauthenticated()),
+        Handled::Reply(_)
+    ));
 }
