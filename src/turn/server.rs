@@ -529,7 +529,20 @@ impl TurnServer {
                     break;
                 }
             };
-            self.handle_frame(frames.buf_mut(), frame, tuple, &sink);
+            // Relaying to another stream client waits for room in its queue: this
+            // client's own reader stops, and TCP slows this client down, as a direct write
+            // would. Nobody else waits; a client that stops reading is cut off at its
+            // write deadline, and then the queue takes nothing and this goes on.
+            if let Some((outbox, run, transport)) =
+                self.handle_frame(frames.buf_mut(), frame, tuple, &sink)
+            {
+                let len = run.len();
+                let queued = tokio::select! {
+                    () = closed.cancelled() => break,
+                    queued = outbox.push_or_wait(run) => queued,
+                };
+                self.counted(queued, true, transport, len);
+            }
             if allocation.is_none()
                 && let Some(a) = self.core.get(&tuple)
             {
@@ -553,18 +566,20 @@ impl TurnServer {
     }
 
     /// Handles one stream frame at `buf[frame]` (with HEADROOM free bytes before it).
-    /// Never waits: a peer gets a datagram now or a counted drop, a client a queued frame.
+    /// Never waits: a peer gets a datagram now or a counted drop, a UDP client a datagram,
+    /// and what goes to another stream client is returned for the caller to queue.
     fn handle_frame(
         &self,
         buf: &mut [u8],
         frame: Range<usize>,
         tuple: FiveTuple,
         sink: &ClientSink,
-    ) {
+    ) -> Option<(Outbox, Vec<u8>, Transport)> {
         match wire::classify(&buf[frame.clone()]) {
             Kind::ChannelData { number, len } => {
                 let Some(allocation) = self.core.get(&tuple) else {
-                    return self.core.stats.no_permission.inc();
+                    self.core.stats.no_permission.inc();
+                    return None;
                 };
                 let start = frame.start + CHANNEL_HEADER;
                 match self.route(&allocation, Instant::now(), number, buf, start, len) {
@@ -584,6 +599,12 @@ impl TurnServer {
                         }
                     }
                     Route::Client {
+                        sink: ClientSink::Stream(outbox),
+                        range,
+                        transport,
+                        ..
+                    } => return Some((outbox, buf[range].to_vec(), transport)),
+                    Route::Client {
                         sink,
                         dest,
                         range,
@@ -600,6 +621,7 @@ impl TurnServer {
             }
             Kind::Other => self.core.stats.malformed.inc(),
         }
+        None
     }
 
     /// Runs a STUN message through the core; returns the reply to send, if any.
@@ -695,9 +717,16 @@ impl TurnServer {
 
     /// Sends relay-to-relay data to another allocation's client, never waiting.
     fn forward(&self, sink: &ClientSink, bytes: &[u8], client: SocketAddr, transport: Transport) {
-        if sink.deliver(bytes, client) {
-            self.core.stats.to_clients.add(transport, 1, bytes.len());
-        } else if let ClientSink::Stream(_) = sink {
+        let delivered = sink.deliver(bytes, client);
+        self.counted(delivered, sink.pads(), transport, bytes.len());
+    }
+
+    /// Counts one frame relayed to a client, or dropped (a full stream queue, a full or
+    /// refusing UDP socket).
+    fn counted(&self, delivered: bool, stream: bool, transport: Transport, len: usize) {
+        if delivered {
+            self.core.stats.to_clients.add(transport, 1, len);
+        } else if stream {
             self.core.stats.stream_queue_drops.inc();
         } else {
             self.core.stats.relay_send_failures.inc();

@@ -34,6 +34,8 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
 pub const QUEUE_BYTES: usize = 256 * 1024;
 /// A write (or flush) to a client that takes longer than this ends the connection.
 pub const WRITE_DEADLINE: Duration = Duration::from_secs(5);
+/// The largest buffer a writer keeps between runs for joining queued ones.
+const JOINED_KEPT: usize = 64 * 1024;
 /// Once a frame has begun, the rest of it must arrive within this.
 pub const FRAME_DEADLINE: Duration = Duration::from_secs(5);
 /// The read buffer before the connection has an allocation: any control request fits.
@@ -58,6 +60,9 @@ struct Shared {
     queued: AtomicUsize,
     /// Wakes the writer; keeps a permit when it is not waiting, so no push is missed.
     wake: Notify,
+    /// Wakes senders waiting for room (`push_or_wait`) after each write, and when the
+    /// writer stops.
+    room: Notify,
     /// The writer has stopped: nothing more is taken.
     gone: AtomicBool,
 }
@@ -88,6 +93,7 @@ pub fn outbox<W: AsyncWrite + Unpin>(write: W, per_frame: bool) -> (Outbox, Writ
         queue: Mutex::new(VecDeque::new()),
         queued: AtomicUsize::new(0),
         wake: Notify::new(),
+        room: Notify::new(),
         gone: AtomicBool::new(false),
     });
     let writer = Writer {
@@ -118,6 +124,25 @@ impl Outbox {
         true
     }
 
+    /// Queues `frames` once there is room, waiting for the writer to make it. False when
+    /// the connection is gone (the writer has stopped: closed, failed, or past its write
+    /// deadline), so the wait is bounded by that deadline.
+    pub async fn push_or_wait(&self, frames: Vec<u8>) -> bool {
+        let shared = &self.shared;
+        loop {
+            // Registered before the check, so a write finishing in between wakes it.
+            let room = shared.room.notified();
+            if shared.gone.load(Ordering::Relaxed) {
+                return false;
+            }
+            let queued = shared.queued.load(Ordering::Relaxed);
+            if queued == 0 || queued + frames.len() <= QUEUE_BYTES {
+                return self.push(frames);
+            }
+            room.await;
+        }
+    }
+
     /// Bytes waiting to be written.
     pub fn queued(&self) -> usize {
         self.shared.queued.load(Ordering::Relaxed)
@@ -130,20 +155,38 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
     pub async fn run(mut self, closed: CancellationToken) -> WriterEnd {
         let end = self.drain(&closed).await;
         self.shared.gone.store(true, Ordering::Relaxed);
+        self.shared.room.notify_waiters();
         closed.cancel();
         end
     }
 
     async fn drain(&mut self, closed: &CancellationToken) -> WriterEnd {
-        // Everything already queued goes out before one flush.
+        // Everything queued goes out at once (TCP: in one write), then one flush.
         let mut unflushed = false;
+        let mut runs = VecDeque::new();
+        let mut joined = Vec::new();
         loop {
-            let next = self.shared.queue.lock().expect("outbox").pop_front();
-            let written = match next {
+            std::mem::swap(&mut runs, &mut *self.shared.queue.lock().expect("outbox"));
+            let written = match runs.len() {
+                0 => None,
+                1 => Some(runs.pop_front().expect("one run")),
+                _ => {
+                    joined.clear();
+                    for run in runs.drain(..) {
+                        joined.extend_from_slice(&run);
+                    }
+                    Some(std::mem::take(&mut joined))
+                }
+            };
+            let written = match written {
                 Some(run) => {
                     let (write, per_frame) = (&mut self.write, self.per_frame);
                     let written = within(closed, write_run(write, &run, per_frame)).await;
                     self.shared.queued.fetch_sub(run.len(), Ordering::Relaxed);
+                    self.shared.room.notify_waiters();
+                    if joined.capacity() == 0 && run.capacity() <= JOINED_KEPT {
+                        joined = run;
+                    }
                     unflushed = true;
                     written
                 }
@@ -471,6 +514,33 @@ mod tests {
         assert_eq!(task.await.unwrap(), WriterEnd::Stalled);
         assert!(closed.is_cancelled(), "the reader is told");
         assert!(!outbox.push(vec![0; 4]), "a gone connection takes nothing");
+        drop(client);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sender_waits_for_room_and_stops_waiting_when_the_client_is_cut_off() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let (outbox, writer) = outbox(server, false);
+        let closed = CancellationToken::new();
+        let task = tokio::spawn(writer.run(closed.clone()));
+        let frame = vec![0u8; 64 * 1024];
+        while outbox.push(frame.clone()) {}
+        // The client reads: room comes, and the waiting sender gets its frame in.
+        let reading = tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut total = 0;
+            while total < 256 * 1024 {
+                total += client.read(&mut buf).await.unwrap();
+            }
+            client
+        });
+        assert!(outbox.push_or_wait(frame.clone()).await);
+        let client = reading.await.unwrap();
+        // The client stops reading: the writer is cut off at its deadline, and a sender
+        // waiting for room is let go.
+        while outbox.push(frame.clone()) {}
+        assert!(!outbox.push_or_wait(frame.clone()).await);
+        assert_eq!(task.await.unwrap(), WriterEnd::Stalled);
         drop(client);
     }
 
