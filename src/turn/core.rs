@@ -442,6 +442,12 @@ impl<B: RelayBinder> Core<B> {
         tuple: FiveTuple,
         bytes: &[u8],
     ) -> Handled<B::Relay> {
+        // Counted before decoding, which allocates per attribute: no request of these
+        // methods needs more, and a 64 KiB datagram of empty attributes holds 16,000.
+        if wire::attribute_count(bytes).is_none_or(|n| n > wire::MAX_ATTRIBUTES) {
+            self.stats.malformed.inc();
+            return Handled::Nothing;
+        }
         let mut msg = Message::new();
         msg.raw = bytes.to_vec();
         if msg.decode().is_err() {
@@ -479,10 +485,11 @@ impl<B: RelayBinder> Core<B> {
             return Handled::Nothing;
         }
         if msg.typ.method == METHOD_BINDING {
-            return Handled::Reply(match self.unknown_attributes(&msg, None) {
+            let reply = match self.unknown_attributes(&msg, None) {
                 Some(refusal) => refusal,
                 None => binding_response(&msg, tuple.client),
-            });
+            };
+            return self.unauthenticated(now, tuple, reply);
         }
         let existing = self.get(&tuple);
         if let Some(a) = &existing
@@ -497,12 +504,13 @@ impl<B: RelayBinder> Core<B> {
             METHOD_CHANNEL_BIND,
         ];
         if !known.contains(&msg.typ.method) {
-            return Handled::Reply(wire::response(
+            let reply = wire::response(
                 &msg,
                 CLASS_ERROR_RESPONSE,
                 vec![wire::error_code(400)],
                 None,
-            ));
+            );
+            return self.unauthenticated(now, tuple, reply);
         }
         let authed = match self.authenticate(&mut msg, tuple, unix, existing.as_deref()) {
             Ok(a) => a,
@@ -510,12 +518,7 @@ impl<B: RelayBinder> Core<B> {
                 if let Some(f) = failure {
                     self.stats.auth_failures.inc(f);
                 }
-                // Nothing proves the sender owns its source address yet.
-                if !self.challenges.allow(tuple.client.ip(), now) {
-                    self.stats.challenge_drops.inc();
-                    return Handled::Nothing;
-                }
-                return Handled::Reply(reply);
+                return self.unauthenticated(now, tuple, reply);
             }
         };
         // After authentication, as RFC 8489 section 6.3 orders it: the 420 carries MESSAGE-INTEGRITY.
@@ -539,6 +542,18 @@ impl<B: RelayBinder> Core<B> {
 
     /// A 420 listing the comprehension-required attributes of a request that this server does
     /// not understand, if it has any (RFC 8489 section 6.3.1); counted.
+    /// An answer to a request that proved nothing (Binding, a challenge, a refusal before
+    /// authentication): sent while its source has answers left, so that a flood with a
+    /// forged source is not reflected at it (`CoreConfig::challenges_per_source_s`).
+    fn unauthenticated(&self, now: Instant, tuple: FiveTuple, reply: Vec<u8>) -> Handled<B::Relay> {
+        if self.challenges.allow(tuple.client.ip(), now) {
+            Handled::Reply(reply)
+        } else {
+            self.stats.challenge_drops.inc();
+            Handled::Nothing
+        }
+    }
+
     fn unknown_attributes(&self, msg: &Message, key: Option<&[u8]>) -> Option<Vec<u8>> {
         let unknown = wire::unknown_required(msg);
         if unknown.is_empty() {

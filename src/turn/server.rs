@@ -35,7 +35,7 @@ use super::core::{
 };
 use super::stats::{ConnectionLimit, StreamClose};
 pub use super::stream::Stream;
-use super::stream::{FrameError, Frames, Outbox, WriterEnd};
+use super::stream::{FrameError, Frames, Outbox, WRITE_DEADLINE, WriterEnd};
 use super::wire::{self, CHANNEL_HEADER, HEADROOM, Kind};
 use crate::limiter::{ConnectionGuard, ConnectionLimiter, ConnectionRefused};
 use crate::metrics::Label;
@@ -294,7 +294,9 @@ impl TurnServer {
             }
             loop {
                 match with_scratch(|s| self.udp_batch(&socket, local, s)) {
-                    Ok(_) => {}
+                    // A socket that never runs dry must not keep this worker from every
+                    // other task: after tokio's budget of batches, yield.
+                    Ok(_) => tokio::task::coop::consume_budget().await,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     // ICMP errors from earlier sends surface here on some kernels; keep serving.
                     Err(e) => debug!(error = %e, "TURN UDP receive error"),
@@ -537,9 +539,20 @@ impl TurnServer {
                 self.handle_frame(frames.buf_mut(), frame, tuple, &sink)
             {
                 let len = run.len();
+                let allocation_closed = async {
+                    match &allocation {
+                        Some(a) => a.closed.cancelled().await,
+                        None => std::future::pending().await,
+                    }
+                };
                 let queued = tokio::select! {
                     () = closed.cancelled() => break,
-                    queued = outbox.push_or_wait(run) => queued,
+                    () = allocation_closed => break,
+                    // A receiver that reads, but slower than this client sends, holds it
+                    // back at most this long per frame; then the frame is dropped.
+                    queued = tokio::time::timeout(WRITE_DEADLINE, outbox.push_or_wait(run)) => {
+                        queued.unwrap_or(false)
+                    }
                 };
                 self.counted(queued, true, transport, len);
             }
@@ -937,7 +950,7 @@ async fn relay_loop(core: Arc<TurnCore>, allocation: Arc<Allocation<RelaySocket>
         }
         loop {
             match with_scratch(|s| relay_batch(&allocation, &sink, s, &core.stats)) {
-                Ok(()) => {}
+                Ok(()) => tokio::task::coop::consume_budget().await,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => debug!(error = %e, "relay receive error"),
             }

@@ -7,10 +7,13 @@
 //! begun the rest must follow within `FRAME_DEADLINE`.
 //!
 //! Writing: everything for the client goes through its `Outbox`, a queue bounded in
-//! bytes that never waits: a full queue drops (the caller counts it). The connection's
-//! own `Writer` task drains it, and a write that makes no progress within
-//! `WRITE_DEADLINE` ends the connection. So no other client's task (a UDP listener's
-//! loop, a relay task) ever waits for this client to read.
+//! bytes. `push` never waits: a full queue drops (the caller counts it); that is how UDP
+//! listeners and relay tasks deliver. `push_or_wait` waits for room: only another stream
+//! client's reader uses it, relaying that client's own frames, so TCP backpressure slows
+//! that sender alone. The connection's own `Writer` task drains the queue, and a write
+//! call that makes no progress within `WRITE_DEADLINE` ends the connection (and lets
+//! waiting senders go). So no task of another client waits for this one to read, beyond
+//! a sender waiting on its own frames.
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -192,7 +195,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                 }
                 None if unflushed => {
                     unflushed = false;
-                    within(closed, self.write.flush()).await
+                    within(closed, flush(&mut self.write)).await
                 }
                 None => tokio::select! {
                     () = closed.cancelled() => Some(WriterEnd::Closed),
@@ -206,19 +209,42 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
     }
 }
 
-/// Runs one write under `WRITE_DEADLINE` and the connection's token; `None` when it is done.
+/// Runs a write (whose calls each have `WRITE_DEADLINE`) under the connection's token;
+/// `None` when it is done.
 async fn within(
     closed: &CancellationToken,
     write: impl Future<Output = std::io::Result<()>>,
 ) -> Option<WriterEnd> {
     tokio::select! {
         () = closed.cancelled() => Some(WriterEnd::Closed),
-        r = tokio::time::timeout(WRITE_DEADLINE, write) => match r {
-            Ok(Ok(())) => None,
-            Ok(Err(_)) => Some(WriterEnd::Failed),
-            Err(_) => Some(WriterEnd::Stalled),
+        r = write => match r {
+            Ok(()) => None,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Some(WriterEnd::Stalled),
+            Err(_) => Some(WriterEnd::Failed),
         },
     }
+}
+
+/// Writes all of `bytes`; each write call must make progress within `WRITE_DEADLINE`
+/// (a slow client that keeps reading is not cut off for the size of its queue).
+async fn write_all<W: AsyncWrite + Unpin>(write: &mut W, mut bytes: &[u8]) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        let n = tokio::time::timeout(WRITE_DEADLINE, write.write(bytes))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        bytes = &bytes[n..];
+    }
+    Ok(())
+}
+
+/// Flushes under `WRITE_DEADLINE`.
+async fn flush<W: AsyncWrite + Unpin>(write: &mut W) -> std::io::Result<()> {
+    tokio::time::timeout(WRITE_DEADLINE, write.flush())
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
 }
 
 async fn write_run<W: AsyncWrite + Unpin>(
@@ -227,7 +253,7 @@ async fn write_run<W: AsyncWrite + Unpin>(
     per_frame: bool,
 ) -> std::io::Result<()> {
     if !per_frame {
-        return write.write_all(run).await;
+        return write_all(write, run).await;
     }
     let mut at = 0;
     while at < run.len() {
@@ -239,7 +265,7 @@ async fn write_run<W: AsyncWrite + Unpin>(
                 .unwrap_or(rest.len()),
             None => rest.len(),
         };
-        write.write_all(&rest[..len]).await?;
+        write_all(write, &rest[..len]).await?;
         at += len;
     }
     Ok(())

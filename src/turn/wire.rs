@@ -251,14 +251,38 @@ const UNDERSTOOD: &[u16] = &[
     0x0025, // USE-CANDIDATE
 ];
 
+/// The most attributes a STUN message may carry here: the largest request a client needs
+/// is a CreatePermission with its 16 peer addresses and the credential's five attributes.
+pub const MAX_ATTRIBUTES: usize = 48;
+/// The most unknown attributes a 420 lists (RFC 8489 leaves the number to the server).
+const MAX_UNKNOWN_LISTED: usize = 16;
+
+/// How many attributes the STUN message `b` carries, by walking their headers without
+/// decoding them; `None` when they do not fit the message.
+pub fn attribute_count(b: &[u8]) -> Option<usize> {
+    let len = usize::from(u16::from_be_bytes([*b.get(2)?, *b.get(3)?]));
+    let body = b.get(STUN_HEADER..STUN_HEADER + len)?;
+    let (mut at, mut count) = (0, 0);
+    while at < body.len() {
+        let value = usize::from(u16::from_be_bytes([*body.get(at + 2)?, *body.get(at + 3)?]));
+        at += 4 + value.div_ceil(4) * 4;
+        count += 1;
+    }
+    (at == body.len()).then_some(count)
+}
+
 /// The comprehension-required attributes of `msg` that this server does not understand,
-/// each once, in order (RFC 8489 section 6.3.1: a request carrying any gets 420 listing them).
+/// each once, in order, at most `MAX_UNKNOWN_LISTED` (RFC 8489 section 6.3.1: a request
+/// carrying any gets 420 listing them).
 pub fn unknown_required(msg: &Message) -> Vec<stun::attributes::AttrType> {
     let mut unknown: Vec<stun::attributes::AttrType> = Vec::new();
     for a in &msg.attributes.0 {
         let t = a.typ;
         if t.required() && !UNDERSTOOD.contains(&t.value()) && !unknown.contains(&t) {
             unknown.push(t);
+            if unknown.len() == MAX_UNKNOWN_LISTED {
+                break;
+            }
         }
     }
     unknown
@@ -405,6 +429,34 @@ mod tests {
         );
         assert_eq!(peer_addresses(&m), Some(vec![peer]));
         assert_eq!(m.get(stun::attributes::ATTR_DATA).unwrap(), b"hello");
+    }
+
+    #[test]
+    fn attributes_are_counted_without_decoding_and_a_bad_walk_is_none() {
+        let mut m = Message::new();
+        m.build(&[
+            Box::new(stun::message::BINDING_REQUEST),
+            Box::new(stun::agent::TransactionId::new()),
+            Box::new(stun::textattrs::TextAttribute::new(
+                stun::attributes::ATTR_SOFTWARE,
+                "abcde".into(),
+            )),
+            Box::new(stun::fingerprint::FINGERPRINT),
+        ])
+        .unwrap();
+        assert_eq!(attribute_count(&m.raw), Some(2));
+        assert_eq!(
+            attribute_count(&m.raw[..20]),
+            None,
+            "length beyond the bytes"
+        );
+        let mut bad = m.raw.clone();
+        bad[22..24].copy_from_slice(&200u16.to_be_bytes());
+        assert_eq!(attribute_count(&bad), None, "an attribute past the end");
+        // 16,000 empty attributes: counted, cheaply.
+        let mut many = vec![0u8; 20 + 4 * 16_000];
+        many[2..4].copy_from_slice(&((4 * 16_000) as u16).to_be_bytes());
+        assert_eq!(attribute_count(&many), Some(16_000));
     }
 
     #[test]

@@ -1760,3 +1760,37 @@ fn unauthenticated_answers_are_limited_per_source_and_others_still_get_theirs() 
         Handled::Reply(_)
     ));
 }
+
+#[test]
+fn a_message_with_thousands_of_attributes_is_dropped_before_it_is_decoded() {
+    let f = fixture();
+    // A Binding request carrying 16,000 distinct unknown comprehension-required attributes.
+    let mut m = vec![0u8; 20 + 4 * 16_000];
+    m[0..2].copy_from_slice(&0x0001u16.to_be_bytes());
+    m[2..4].copy_from_slice(&((4 * 16_000) as u16).to_be_bytes());
+    m[4..8].copy_from_slice(&0x2112_A442u32.to_be_bytes());
+    for i in 0..16_000u16 {
+        let at = 20 + 4 * usize::from(i);
+        m[at..at + 2].copy_from_slice(&(0x4000 + i).to_be_bytes());
+    }
+    assert!(matches!(f.send(tuple(4000), &m), Handled::Nothing));
+    assert_eq!(f.core.stats.malformed.get(), 1);
+}
+
+#[test]
+fn binding_answers_share_the_per_source_limit() {
+    let f = fixture_with(|c| c.challenges_per_source_s = 1);
+    let binding = || {
+        let mut m = Message::new();
+        m.build(&[
+            Box::new(stun::message::BINDING_REQUEST),
+            Box::new(TransactionId::new()),
+        ])
+        .unwrap();
+        m.raw
+    };
+    let answered = (0..10)
+        .filter(|_| matches!(f.send(tuple(4000), &binding()), Handled::Reply(_)))
+        .count();
+    assert_eq!(answered, CHALLENGE_BURST_S as usize);
+}
