@@ -64,7 +64,9 @@ pub async fn serve_https(
         let shutdown = shutdown.clone();
         let turn = turn.clone();
         tasks.spawn(async move {
-            let _ = tcp.set_nodelay(true);
+            // No Nagle, and keepalive (a TURN client on this port that vanishes takes
+            // its allocation along).
+            crate::turn::server::prepare(&tcp);
             let tuple = |transport| FiveTuple {
                 client: remote,
                 server: local,
@@ -79,12 +81,11 @@ pub async fn serve_https(
                 };
                 if demux::sniff(&head[..n]) == Protocol::Stun {
                     // TURN's connection limits apply to it here as on its own listeners.
-                    let Some(slot) = turn.admit(remote) else {
+                    let Some(admitted) = turn.admit(remote) else {
                         return;
                     };
-                    crate::turn::server::prepare(&tcp);
                     return Arc::clone(turn)
-                        .serve_connection(Box::new(tcp), tuple(Transport::Tcp), slot)
+                        .serve_connection(Box::new(tcp), tuple(Transport::Tcp), admitted)
                         .await;
                 }
             }
@@ -106,10 +107,10 @@ pub async fn serve_https(
             let protocol = demux::sniff(&head);
             let stream = Prefixed::new(head, tls);
             if protocol == Protocol::Stun {
-                let Some(slot) = turn.admit(remote) else {
+                let Some(admitted) = turn.admit(remote) else {
                     return;
                 };
-                turn.serve_connection(Box::new(stream), tuple(Transport::Tls), slot)
+                turn.serve_connection(Box::new(stream), tuple(Transport::Tls), admitted)
                     .await;
             } else {
                 serve_connection(stream, remote, router, shutdown).await;

@@ -180,7 +180,7 @@ pub struct TurnServer {
     allocate_timeout: Duration,
     /// TCP/TLS connections without an allocation yet, oldest first, by when they started
     /// (and a sequence number); each with the token that closes it.
-    unallocated: Mutex<BTreeMap<(Instant, u64), CancellationToken>>,
+    unallocated: Arc<Mutex<Unallocated>>,
     next_connection: AtomicU64,
 }
 
@@ -203,7 +203,7 @@ impl TurnServer {
                 limits.source_prefix_v6,
             )),
             allocate_timeout: limits.allocate_timeout,
-            unallocated: Mutex::new(BTreeMap::new()),
+            unallocated: Arc::default(),
             next_connection: AtomicU64::new(0),
         });
         server.tasks.spawn(Arc::clone(&server).sweep_loop());
@@ -257,16 +257,33 @@ impl TurnServer {
         self.connections.set_limits(max_connections, per_source);
     }
 
-    /// A slot for a TCP/TLS connection from `client`, taken before any TLS work;
+    /// A place for a TCP/TLS connection from `client`, taken before any TLS work;
     /// `None` (counted) when a connection limit is reached. At the total limit, the
-    /// oldest connection that has gone `EVICT_AFTER` without allocating makes room: a
-    /// crowd of idle connections cannot keep a real client out.
-    pub fn admit(&self, client: SocketAddr) -> Option<ConnectionGuard> {
+    /// oldest connection that has gone `EVICT_AFTER` without allocating (a TLS handshake
+    /// that drags on included) makes room: a crowd of idle connections cannot keep a
+    /// real client out.
+    pub fn admit(&self, client: SocketAddr) -> Option<Admitted> {
         match self
             .connections
             .try_acquire_evicting(client.ip(), || self.evict_oldest_unallocated())
         {
-            Ok(slot) => Some(slot),
+            Ok(slot) => {
+                let key = (
+                    Instant::now(),
+                    self.next_connection.fetch_add(1, Ordering::Relaxed),
+                );
+                let closed = self.shutdown.child_token();
+                self.unallocated
+                    .lock()
+                    .expect("unallocated")
+                    .insert(key, closed.clone());
+                Some(Admitted {
+                    _slot: slot,
+                    closed,
+                    key,
+                    unallocated: Arc::clone(&self.unallocated),
+                })
+            }
             Err(refused) => {
                 let limit = match refused {
                     ConnectionRefused::Total => ConnectionLimit::Total,
@@ -427,7 +444,7 @@ impl TurnServer {
                 },
             };
             // The limits come before any TLS work; a refused connection is just closed.
-            let Some(slot) = self.admit(client) else {
+            let Some(admitted) = self.admit(client) else {
                 continue;
             };
             prepare(&tcp);
@@ -438,7 +455,8 @@ impl TurnServer {
             };
             let Some(acceptor) = tls.clone() else {
                 let stream: Box<dyn Stream> = Box::new(tcp);
-                let serve = Arc::clone(&self).serve_connection(stream, tuple(Transport::Tcp), slot);
+                let serve =
+                    Arc::clone(&self).serve_connection(stream, tuple(Transport::Tcp), admitted);
                 self.tasks.spawn(serve);
                 continue;
             };
@@ -448,7 +466,7 @@ impl TurnServer {
             self.tasks.spawn(async move {
                 let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
                 let done = tokio::select! {
-                    () = server.shutdown.cancelled() => return,
+                    () = admitted.closed.cancelled() => return,
                     done = handshake => done,
                 };
                 let Ok(Ok(stream)) = done else {
@@ -456,7 +474,7 @@ impl TurnServer {
                 };
                 let stream: Box<dyn Stream> = Box::new(stream);
                 let serve =
-                    Arc::clone(&server).serve_connection(stream, tuple(Transport::Tls), slot);
+                    Arc::clone(&server).serve_connection(stream, tuple(Transport::Tls), admitted);
                 server.tasks.spawn(serve);
             });
         }
@@ -465,15 +483,15 @@ impl TurnServer {
     /// Reads framed STUN/ChannelData from one stream until it closes, its allocation
     /// ends, or it breaks a deadline (no allocation within `allocate_timeout`, a frame
     /// that stops halfway, a write the client does not take); then its allocation goes.
-    /// `slot` is the connection's place under the connection limits (see `admit`).
+    /// `admitted` is the connection's place under the connection limits (see `admit`).
     pub async fn serve_connection(
         self: Arc<Self>,
         stream: Box<dyn Stream>,
         tuple: FiveTuple,
-        slot: ConnectionGuard,
+        mut admitted: Admitted,
     ) {
         let (read, write) = tokio::io::split(stream);
-        let closed = self.shutdown.child_token();
+        let closed = admitted.closed.clone();
         let (outbox, writer) = super::stream::outbox(write, tuple.transport == Transport::Tls);
         let sink = ClientSink::Stream(outbox);
         let core = Arc::clone(&self.core);
@@ -487,14 +505,6 @@ impl TurnServer {
         let mut frames = Frames::new(read);
         let allocate_by = tokio::time::Instant::now() + self.allocate_timeout;
         let mut allocation: Option<Arc<Allocation<RelaySocket>>> = None;
-        let waiting = (
-            Instant::now(),
-            self.next_connection.fetch_add(1, Ordering::Relaxed),
-        );
-        self.unallocated
-            .lock()
-            .expect("unallocated")
-            .insert(waiting, closed.clone());
         loop {
             let next = match &allocation {
                 None => tokio::select! {
@@ -561,21 +571,12 @@ impl TurnServer {
             {
                 frames.allocated();
                 allocation = Some(a);
-                self.unallocated
-                    .lock()
-                    .expect("unallocated")
-                    .remove(&waiting);
+                admitted.allocated();
             }
-        }
-        if allocation.is_none() {
-            self.unallocated
-                .lock()
-                .expect("unallocated")
-                .remove(&waiting);
         }
         closed.cancel();
         self.core.close(&tuple, CloseReason::TransportClosed);
-        drop(slot);
+        drop(admitted);
     }
 
     /// Handles one stream frame at `buf[frame]` (with HEADROOM free bytes before it).
@@ -756,6 +757,36 @@ pub(crate) fn prepare(tcp: &TcpStream) {
         .with_interval(KEEPALIVE_INTERVAL)
         .with_retries(KEEPALIVE_RETRIES);
     let _ = socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive);
+}
+
+/// TCP/TLS connections without an allocation yet, oldest first, by when they were admitted
+/// (and a sequence number); each with the token that closes it.
+type Unallocated = BTreeMap<(Instant, u64), CancellationToken>;
+
+/// A TCP/TLS connection's place: its slot under the connection limits, the token that
+/// closes it, and, until it allocates, its entry among the connections eviction may
+/// close. Dropping it gives both back.
+pub struct Admitted {
+    _slot: ConnectionGuard,
+    closed: CancellationToken,
+    key: (Instant, u64),
+    unallocated: Arc<Mutex<Unallocated>>,
+}
+
+impl Admitted {
+    /// The connection has an allocation: no longer one eviction may close.
+    fn allocated(&mut self) {
+        self.unallocated
+            .lock()
+            .expect("unallocated")
+            .remove(&self.key);
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.allocated();
+    }
 }
 
 /// Where a client's ChannelData goes.

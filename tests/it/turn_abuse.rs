@@ -442,3 +442,37 @@ async fn rejoining_for_fresh_peer_ids_stops_at_the_source_quota() {
     assert_eq!(live, 3.0);
     drop(relays);
 }
+
+/// A TLS handshake that never completes holds a connection slot too: at the total, it is
+/// evicted like an idle connection.
+#[tokio::test]
+async fn a_stalled_tls_handshake_makes_room_at_the_limit() {
+    let server = TestServer::start(&config("max_connections = 1\nallocate_timeout_s = 600"));
+    let mut stalled = TcpStream::connect(server.listener("turn_tls"))
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    loop {
+        let mut newcomer = TcpStream::connect(server.listener("turn_tcp"))
+            .await
+            .unwrap();
+        if binding(&mut newcomer).await {
+            break;
+        }
+        assert!(
+            t0.elapsed() < DEADLINE,
+            "the stalled handshake never made room"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    closed_by_server(&mut stalled, "the stalled handshake").await;
+    assert_eq!(
+        server
+            .metric(
+                "switchboard_turn_stream_closes_total",
+                &[("reason", "evicted")]
+            )
+            .await,
+        1.0
+    );
+}
