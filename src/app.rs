@@ -324,10 +324,19 @@ fn start_turn(
     for l in tcp.iter().chain(&tls_listeners) {
         own_sockets.push(l.local_addr()?);
     }
-    let own_ips: Vec<IpAddr> = [Some(relay_ip), t.relay_ipv6, t.external_ip]
+    let mut own_ips: Vec<IpAddr> = [Some(relay_ip), t.relay_ipv6, t.external_ip]
         .into_iter()
         .flatten()
         .collect();
+    // A wildcard listener answers on every address of the host: none of them is a peer.
+    if own_sockets.iter().any(|a| a.ip().is_unspecified()) {
+        match net::host_addresses() {
+            Ok(addresses) => own_ips.extend(addresses),
+            Err(e) => {
+                warn!(error = %e, "cannot list this host's addresses; only the configured ones are refused as peers")
+            }
+        }
+    }
     let policy = PeerPolicy::new(
         cidrs(&t.allow_peers),
         cidrs(&t.deny_peers),

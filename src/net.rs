@@ -4,7 +4,7 @@
 //! side by side. An IPv6 wildcard on a host without IPv6 is skipped, not fatal.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd};
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -150,6 +150,49 @@ mod libc_codes {
 ///
 /// # Errors
 /// The kernel refuses the socket option.
+/// Every IP address of this host's interfaces (getifaddrs), for what a wildcard listener
+/// answers on.
+///
+/// # Errors
+/// The kernel refuses the list.
+pub fn host_addresses() -> io::Result<Vec<IpAddr>> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs writes a list head into `list`, freed below with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut addresses = Vec::new();
+    let mut at = list;
+    while !at.is_null() {
+        // SAFETY: `at` is a node of the list getifaddrs returned, not yet freed.
+        let ifa = unsafe { &*at };
+        if !ifa.ifa_addr.is_null() {
+            // SAFETY: ifa_addr points to a sockaddr whose family says which struct it is.
+            match i32::from(unsafe { (*ifa.ifa_addr).sa_family }) {
+                libc::AF_INET => {
+                    // SAFETY: an AF_INET address is a sockaddr_in.
+                    let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+                    addresses.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                        sin.sin_addr.s_addr,
+                    ))));
+                }
+                libc::AF_INET6 => {
+                    // SAFETY: an AF_INET6 address is a sockaddr_in6.
+                    let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
+                    addresses.push(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
+                }
+                _ => {}
+            }
+        }
+        at = ifa.ifa_next;
+    }
+    // SAFETY: `list` came from getifaddrs and is freed once; no reference into it remains.
+    unsafe { libc::freeifaddrs(list) };
+    addresses.sort();
+    addresses.dedup();
+    Ok(addresses)
+}
+
 pub fn set_dont_fragment(socket: &impl AsFd, ipv6: bool) -> io::Result<()> {
     let (level, name, value) = if ipv6 {
         (libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG, 1)
@@ -180,6 +223,15 @@ pub fn set_dont_fragment(socket: &impl AsFd, ipv6: bool) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_addresses_include_loopback() {
+        let addresses = host_addresses().unwrap();
+        assert!(
+            addresses.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            "{addresses:?}"
+        );
+    }
 
     #[test]
     fn dont_fragment_is_set_on_ipv4_sockets() {
