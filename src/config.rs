@@ -616,22 +616,11 @@ impl Config {
                 ));
             }
         }
-        let reserved = [
-            "/",
-            "/ws",
-            "/healthz",
-            "/readyz",
-            "/static",
-            "/r",
-            "/socket.io",
-        ];
         let path = &s.legacy_path;
         if !path.starts_with('/')
             || path.len() < 2
             || path.contains(['?', '#', ' ', '{'])
-            || reserved
-                .iter()
-                .any(|r| path == r || path.starts_with(&format!("{r}/")) && *r != "/")
+            || crate::routes::collides(path)
         {
             return Err(invalid(
                 "signaling.legacy_path",
@@ -941,6 +930,21 @@ mod tests {
         Config::from_toml(text, "test.toml")
             .expect_err("refused")
             .to_string()
+    }
+
+    #[test]
+    fn a_legacy_path_on_another_route_is_refused_by_its_key() {
+        for path in [
+            "/diag",
+            "/api/v1/ice-servers",
+            "/ws",
+            "/static/x",
+            "/socket.io",
+        ] {
+            let err = refused(&format!("[signaling]\nlegacy_path = \"{path}\"\n"));
+            assert!(err.contains("signaling.legacy_path"), "{path}: {err}");
+        }
+        assert!(Config::from_toml("[signaling]\nlegacy_path = \"/plain\"\n", "t").is_ok());
     }
 
     #[test]

@@ -15,6 +15,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 
+use crate::routes;
 use crate::signaling::protocol::RoomId;
 use crate::signaling::{legacy, ws};
 use crate::state::AppState;
@@ -32,17 +33,17 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/", get(page))
-        .route("/r/{room}", get(room_page))
-        .route("/static/call.js", get(script))
-        .route("/static/style.css", get(style))
-        .route("/diag", get(async || Html(DIAG_PAGE)))
-        .route("/static/diag.js", get(diag_script))
-        .route("/ws", get(ws::upgrade))
+        .route(routes::PAGE, get(page))
+        .route(routes::ROOM_PAGE, get(room_page))
+        .route(routes::CALL_SCRIPT, get(script))
+        .route(routes::STYLE, get(style))
+        .route(routes::DIAG_PAGE, get(async || Html(DIAG_PAGE)))
+        .route(routes::DIAG_SCRIPT, get(diag_script))
+        .route(routes::WS, get(ws::upgrade))
         .route(&state.live().signaling.legacy_path, get(legacy::upgrade))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/api/v1/ice-servers", get(ice_api::ice_servers))
+        .route(routes::HEALTHZ, get(healthz))
+        .route(routes::READYZ, get(readyz))
+        .route(routes::ICE_SERVERS, get(ice_api::ice_servers))
         .fallback(not_found)
         .layer(crate::signaling::sio::layer(Arc::clone(&state)))
         .layer(axum::middleware::map_response(security_headers))
