@@ -312,23 +312,37 @@ fn error(s: &SocketRef, code: &str, message: String) {
     );
 }
 
-/// Joins `room` for either tutorial; `Ok(members before)` or the refusal already reported.
-fn join(app: &AppState, s: &SocketRef, room: &str) -> Result<usize, JoinError> {
+/// Why a socket.io join did not happen.
+enum Refused {
+    /// The room is full, or no room can be made: the tutorial's own "full" event says so.
+    Full,
+    /// Answered already with a `switchboard_error` (a bad room name, already in a room).
+    Answered,
+}
+
+/// Joins `room` for either tutorial; `Ok(members before)` or why not.
+fn join(app: &AppState, s: &SocketRef, room: &str) -> Result<usize, Refused> {
     let room_id = match RoomId::parse(room) {
         Ok(r) => r,
         Err(message) => {
             error(s, "bad_room", message);
-            return Err(JoinError::RoomFull);
+            return Err(Refused::Answered);
         }
     };
     if app.sio.room_of(s.id).is_some() {
         error(s, "already_joined", "already in a room".to_owned());
-        return Err(JoinError::AlreadyJoined);
+        return Err(Refused::Answered);
     }
-    let (peer, host, before) = app.sio.join(s.id, &room_id).inspect_err(|e| match e {
-        JoinError::TooManyRooms => app.metrics.refusals.inc(Refusal::MaxRooms),
-        JoinError::RoomFull => app.metrics.refusals.inc(Refusal::RoomCapacity),
-        JoinError::AlreadyJoined => {}
+    let (peer, host, before) = app.sio.join(s.id, &room_id).map_err(|e| match e {
+        JoinError::TooManyRooms => {
+            app.metrics.refusals.inc(Refusal::MaxRooms);
+            Refused::Full
+        }
+        JoinError::RoomFull => {
+            app.metrics.refusals.inc(Refusal::RoomCapacity);
+            Refused::Full
+        }
+        JoinError::AlreadyJoined => Refused::Answered,
     })?;
     app.metrics.joins.inc(Dialect::SocketIo);
     s.join(room.to_owned());
@@ -368,10 +382,10 @@ async fn create_or_join(s: SocketRef, Data(room): Data<String>, State(app): App)
             let _ = s.emit("joined", &(room.clone(), s.id.to_string()));
             let _ = s.within(room).emit("ready", &()).await;
         }
-        Err(JoinError::RoomFull | JoinError::TooManyRooms) => {
+        Err(Refused::Full) => {
             let _ = s.emit("full", &room);
         }
-        Err(JoinError::AlreadyJoined) => {}
+        Err(Refused::Answered) => {}
     }
 }
 
@@ -387,10 +401,10 @@ async fn join_video_room(s: SocketRef, Data(room): Data<String>, State(app): App
         Ok(_) => {
             let _ = s.emit("room_joined", &room);
         }
-        Err(JoinError::RoomFull | JoinError::TooManyRooms) => {
+        Err(Refused::Full) => {
             let _ = s.emit("full_room", &room);
         }
-        Err(JoinError::AlreadyJoined) => {}
+        Err(Refused::Answered) => {}
     }
 }
 

@@ -74,6 +74,14 @@ await b.next('ready');
 c.emit('create or join', room);
 assert.deepEqual(await c.next('full'), [room]);
 
+// A bad room name gets its coded error, and not the tutorial's "full" (which would send the
+// page to another room): a later join's answer comes after anything sent before it.
+c.emit('create or join', 'no spaces here');
+assert.equal((await c.next('switchboard_error'))[0].code, 'bad_room');
+c.emit('create or join', `${room}-c`);
+assert.equal((await c.next('created'))[0], `${room}-c`);
+assert.equal(c.pending('full'), 0, 'a bad room name must not be answered "full"');
+
 // With signaling.socketio_log on, the codelab's server log lines reach the client.
 const logLine = await a.next('log');
 assert.equal(logLine[0], 'Message from server:');
