@@ -259,12 +259,15 @@ impl AllocState {
         Ok(())
     }
 
-    /// The peer bound to `number`, if the binding is live.
+    /// The peer bound to `number`, if the binding is live and the peer still has a
+    /// permission: a channel outlives its permission by five minutes unless refreshed,
+    /// and data for a peer without one is discarded (RFC 8656 section 12).
     pub fn channel_peer(&self, now: Instant, number: u16) -> Option<SocketAddr> {
         self.channels
             .get(&number)
             .filter(|c| now < c.expires)
             .map(|c| c.peer)
+            .filter(|peer| self.is_permitted(now, *peer))
     }
 
     /// The live channel bound to `peer`.
@@ -466,6 +469,24 @@ mod tests {
         assert!(a.is_permitted(t0, addr("8.8.8.8:1")));
         assert!(!a.is_permitted(t0, addr("9.9.9.9:7")));
         assert_eq!(a.channel_peer(t0, 0x4000), None);
+    }
+
+    #[test]
+    fn a_channel_carries_nothing_once_its_permission_has_expired() {
+        let t0 = Instant::now();
+        let mut a = AllocState::new(t0, DEFAULT_LIFETIME);
+        let peer = addr("8.8.8.8:1000");
+        a.bind_channel(t0, 0x4000, peer, Reach::AnyPort).unwrap();
+        assert_eq!(a.channel_peer(t0, 0x4000), Some(peer));
+        let later = t0 + PERMISSION_LIFETIME;
+        assert!(later < t0 + CHANNEL_LIFETIME, "the channel is still bound");
+        assert_eq!(a.channel_peer(later, 0x4000), None);
+        a.permit(later, peer, Reach::AnyPort).unwrap();
+        assert_eq!(
+            a.channel_peer(later, 0x4000),
+            Some(peer),
+            "a new permission"
+        );
     }
 
     #[test]
