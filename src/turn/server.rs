@@ -732,7 +732,8 @@ impl TurnServer {
     /// Sends relay-to-relay data to another allocation's client, never waiting.
     fn forward(&self, sink: &ClientSink, bytes: &[u8], client: SocketAddr, transport: Transport) {
         let delivered = sink.deliver(bytes, client);
-        self.counted(delivered, sink.pads(), transport, bytes.len());
+        let stream = matches!(sink, ClientSink::Stream(_));
+        self.counted(delivered, stream, transport, bytes.len());
     }
 
     /// Counts one frame relayed to a client, or dropped (a full stream queue, a full or

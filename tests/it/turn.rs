@@ -20,7 +20,7 @@ use crate::harness::{DEADLINE, TestServer, require};
 const SECRET: &str = "it-secret-0123456789abcdef";
 
 /// TURN with a known secret; loopback peers allowed, since every peer in a test is on loopback.
-fn turn_config(extra: &str) -> String {
+pub fn turn_config(extra: &str) -> String {
     format!("[turn]\nsecrets = [\"{SECRET}\"]\nallow_peers = [\"127.0.0.0/8\"]\n{extra}")
 }
 
@@ -32,7 +32,7 @@ fn unix_now() -> u64 {
 }
 
 /// A REST credential minted the way a coturn backend would.
-fn rest_credential(ttl: i64, user: &str) -> (String, String) {
+pub fn rest_credential(ttl: i64, user: &str) -> (String, String) {
     let username = format!("{}:{user}", unix_now() as i64 + ttl);
     let password = rest_password(&Secret::new(SECRET.into()), &username);
     (username, password)

@@ -4,37 +4,18 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use switchboard::config::Secret;
-use switchboard::turn::auth::rest_password;
 use switchboard::turn::probe::Client;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 
 use crate::harness::{DEADLINE, TestServer};
 use crate::raw_turn::{RawTurn, turn_entry};
-
-const SECRET: &str = "abuse-secret-0123456789abcdef";
-
-/// Loopback peers allowed: every peer in these tests is on loopback.
-fn config(extra: &str) -> String {
-    format!("[turn]\nsecrets = [\"{SECRET}\"]\nallow_peers = [\"127.0.0.0/8\"]\n{extra}")
-}
-
-fn credential(user: &str) -> (String, String) {
-    let expiry = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
-    let username = format!("{expiry}:{user}");
-    let password = rest_password(&Secret::new(SECRET.into()), &username);
-    (username, password)
-}
+use crate::turn::{rest_credential, turn_config};
 
 async fn udp_client(server: &TestServer, user: &str) -> (Client, SocketAddr) {
-    let (username, password) = credential(user);
+    let (username, password) = rest_credential(600, user);
     let mut client = Client::new(server.listener("turn_udp"), &username, &password)
         .await
         .unwrap();
@@ -43,7 +24,7 @@ async fn udp_client(server: &TestServer, user: &str) -> (Client, SocketAddr) {
 }
 
 async fn tcp_client(server: &TestServer, user: &str) -> (Client, SocketAddr) {
-    let (username, password) = credential(user);
+    let (username, password) = rest_credential(600, user);
     let mut client = Client::connect_tcp(server.listener("turn_tcp"), &username, &password)
         .await
         .unwrap();
@@ -68,7 +49,7 @@ async fn closed_by_server(tcp: &mut TcpStream, what: &str) {
 /// client's packets through the same listener all arrive, and soon.
 #[tokio::test]
 async fn a_tcp_client_that_does_not_read_does_not_stall_the_udp_listener() {
-    let server = TestServer::start(&config(""));
+    let server = TestServer::start(&turn_config(""));
     let (stalled, stalled_relay) = tcp_client(&server, "stalled").await;
     let (feeder, feeder_relay) = udp_client(&server, "feeder").await;
     stalled.permit(feeder_relay).await.unwrap();
@@ -151,7 +132,7 @@ async fn a_tcp_client_that_does_not_read_does_not_stall_the_udp_listener() {
 /// port after the allocation is gone.
 #[tokio::test]
 async fn a_released_allocation_frees_its_port_even_when_its_client_does_not_read() {
-    let server = TestServer::start(&config(""));
+    let server = TestServer::start(&turn_config(""));
     let (client, relayed) = tcp_client(&server, "stalled").await;
     let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     client.permit(peer.local_addr().unwrap()).await.unwrap();
@@ -182,7 +163,7 @@ async fn binding(tcp: &mut TcpStream) -> bool {
 /// busy it keeps itself with Binding requests.
 #[tokio::test]
 async fn a_connection_that_never_allocates_is_closed_at_the_deadline() {
-    let server = TestServer::start(&config("allocate_timeout_s = 1"));
+    let server = TestServer::start(&turn_config("allocate_timeout_s = 1"));
     let mut tcp = TcpStream::connect(server.listener("turn_tcp"))
         .await
         .unwrap();
@@ -214,7 +195,7 @@ async fn a_connection_that_never_allocates_is_closed_at_the_deadline() {
 /// allocation is refused at once.
 #[tokio::test]
 async fn a_frame_that_stops_halfway_is_cut_off() {
-    let server = TestServer::start(&config("allocate_timeout_s = 600"));
+    let server = TestServer::start(&turn_config("allocate_timeout_s = 600"));
     let turn = server.listener("turn_tcp");
     // A STUN header announcing 1,000 bytes, then silence.
     let mut tcp = TcpStream::connect(turn).await.unwrap();
@@ -259,7 +240,7 @@ async fn connect_from(from: [u8; 4], to: SocketAddr) -> TcpStream {
 /// the total, a connection that has not allocated for a while makes room for a newcomer.
 #[tokio::test]
 async fn connections_are_capped_per_source_and_in_total_and_idle_ones_make_room() {
-    let server = TestServer::start(&config(
+    let server = TestServer::start(&turn_config(
         "max_connections = 3\nmax_connections_per_source = 2\nallocate_timeout_s = 600",
     ));
     let turn = server.listener("turn_tcp");
@@ -322,7 +303,7 @@ fn rss_bytes(pid: u32) -> u64 {
 #[tokio::test]
 async fn two_thousand_stalled_connections_cost_little_and_block_nobody() {
     const N: usize = 2000;
-    let server = TestServer::start(&config("allocate_timeout_s = 600"));
+    let server = TestServer::start(&turn_config("allocate_timeout_s = 600"));
     let turn = server.listener("turn_tcp");
     // Warm the server's allocator and task pools with one allocation first.
     let warm = tcp_client(&server, "warm").await;
@@ -365,7 +346,7 @@ async fn two_thousand_stalled_connections_cost_little_and_block_nobody() {
 #[tokio::test]
 async fn a_payload_too_large_for_a_data_indication_is_dropped_not_wrapped() {
     use stun::message::{CLASS_INDICATION, METHOD_DATA, Message, MessageType, Setter};
-    let server = TestServer::start(&config(""));
+    let server = TestServer::start(&turn_config(""));
     let (sender, sender_relay) = tcp_client(&server, "sender").await;
     let (receiver, receiver_relay) = tcp_client(&server, "receiver").await;
     // The receiver permits the sender without a channel: it gets Data indications.
@@ -403,7 +384,7 @@ async fn a_payload_too_large_for_a_data_indication_is_dropped_not_wrapped() {
 /// source address, so re-joining cannot take more than `max_allocations_per_source` relays.
 #[tokio::test]
 async fn rejoining_for_fresh_peer_ids_stops_at_the_source_quota() {
-    let server = TestServer::start(&config(
+    let server = TestServer::start(&turn_config(
         "max_allocations_per_credential = 1\nmax_allocations_per_source = 3\ngrace_period_s = 60",
     ));
     let mut relays = Vec::new();
@@ -447,7 +428,9 @@ async fn rejoining_for_fresh_peer_ids_stops_at_the_source_quota() {
 /// evicted like an idle connection.
 #[tokio::test]
 async fn a_stalled_tls_handshake_makes_room_at_the_limit() {
-    let server = TestServer::start(&config("max_connections = 1\nallocate_timeout_s = 600"));
+    let server = TestServer::start(&turn_config(
+        "max_connections = 1\nallocate_timeout_s = 600",
+    ));
     let mut stalled = TcpStream::connect(server.listener("turn_tls"))
         .await
         .unwrap();
