@@ -25,7 +25,7 @@ use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use crate::config::Secret;
-use crate::signaling::protocol::{PeerId, RoomId};
+use crate::model::{PeerId, RoomId};
 use crate::state::AppState;
 use crate::turn::auth::Scope;
 use crate::turn::core::CloseReason;

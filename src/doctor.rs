@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::config::{Config, Secret};
-use crate::signaling::protocol::RoomId;
+use crate::model::RoomId;
 use crate::turn::auth;
 use crate::turn::probe::{self, ProbeError};
 

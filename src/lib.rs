@@ -4,6 +4,7 @@
 //! and STUN/TURN listeners (UDP, TCP, TLS) with per-room credentials.
 //!
 //! # Layout
+//! - `model`: the shared vocabulary: room and peer ids, ICE server entries; plain data.
 //! - `config`: the configuration file, parsed strictly and validated.
 //! - `tls`: certificates (configured or self-signed) and the rustls server config.
 //! - `net`: binding sockets with errors that say what to change.
@@ -29,6 +30,7 @@ pub mod lab;
 pub mod limiter;
 pub mod metrics;
 pub mod mmsg;
+pub mod model;
 pub mod net;
 pub mod routes;
 pub mod secrets;

@@ -189,7 +189,7 @@ fn credentials(
     ttl: Option<u64>,
     host: Option<String>,
 ) -> anyhow::Result<String> {
-    use switchboard::signaling::protocol::RoomId;
+    use switchboard::model::RoomId;
     use switchboard::turn::ice::TurnOffer;
     anyhow::ensure!(
         config.turn.enabled,

@@ -10,10 +10,10 @@ use arc_swap::ArcSwap;
 
 use crate::config::{Config, Secret, SignalingConfig};
 use crate::metrics::SignalingMetrics;
+use crate::model::{IceServer, PeerId, RoomId};
 use crate::signaling::hub::Hub;
 use crate::signaling::legacy::Directory;
 use crate::signaling::limits::ConnectionLimiter;
-use crate::signaling::protocol::{IceServer, PeerId, RoomId};
 use crate::signaling::signal::Signals;
 use crate::signaling::sio::SioRooms;
 use crate::turn::auth::Scope;

@@ -13,7 +13,7 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use crate::admin::{bearer_matches, error};
-use crate::signaling::protocol::RoomId;
+use crate::model::RoomId;
 use crate::state::AppState;
 
 /// Longest lifetime a caller may ask for: a day, as coturn deployments commonly use.

@@ -15,8 +15,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 
+use crate::model::RoomId;
 use crate::routes;
-use crate::signaling::protocol::RoomId;
 use crate::signaling::{legacy, ws};
 use crate::state::AppState;
 

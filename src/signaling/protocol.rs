@@ -1,134 +1,16 @@
 //! The native signaling protocol: JSON text frames over `wss://HOST/ws`.
 //!
-//! `ClientMsg` and `ServerMsg` are the only wire types; nothing else in the
-//! crate sees JSON. Identifiers are newtypes so they cannot be mixed up.
+//! `ClientMsg` and `ServerMsg` are the native dialect's wire types. The identifiers they
+//! carry (`RoomId`, `PeerId`) live in `crate::model`, shared with TURN; they are re-exported here.
 //! The protocol is documented, one example per message, in `docs/protocol.md`.
 
-use std::fmt;
-
-use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-/// Longest room name and display name, in characters.
-pub const MAX_ROOM_LEN: usize = 64;
-pub const MAX_NAME_LEN: usize = 64;
-
-/// A validated room name: 1–64 characters of `[A-Za-z0-9_-]`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct RoomId(String);
-
-impl RoomId {
-    /// # Errors
-    /// Returns a message fit for the user when `name` is not a valid room name.
-    pub fn parse(name: &str) -> Result<RoomId, String> {
-        if name.is_empty() || name.chars().count() > MAX_ROOM_LEN {
-            return Err(format!(
-                "room name must be 1 to {MAX_ROOM_LEN} characters long, got {}",
-                name.chars().count()
-            ));
-        }
-        if let Some(bad) = name
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
-        {
-            return Err(format!(
-                "room name may only contain letters A-Z a-z, digits, '_' and '-' (found {bad:?})"
-            ));
-        }
-        Ok(RoomId(name.to_owned()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for RoomId {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        RoomId::parse(&s)
-    }
-}
-
-impl From<RoomId> for String {
-    fn from(r: RoomId) -> String {
-        r.0
-    }
-}
-
-impl fmt::Display for RoomId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// A server-assigned peer id: 128 random bits as 32 hex digits, so it cannot be guessed.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct PeerId(String);
-
-impl PeerId {
-    pub fn random() -> PeerId {
-        let mut bytes = [0u8; 16];
-        rand::rng().fill_bytes(&mut bytes);
-        PeerId(bytes.iter().map(|b| format!("{b:02x}")).collect())
-    }
-
-    /// Parses the 32 lowercase hex digits of a peer id.
-    pub fn parse(s: &str) -> Option<PeerId> {
-        let ok = s.len() == 32
-            && s.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        ok.then(|| PeerId(s.to_owned()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for PeerId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// A display name chosen by the client: at most 64 characters, no control characters.
-///
-/// # Errors
-/// Returns a message fit for the user when the name is refused.
-pub fn check_name(name: &str) -> Result<(), String> {
-    if name.chars().count() > MAX_NAME_LEN {
-        return Err(format!(
-            "name must be at most {MAX_NAME_LEN} characters long"
-        ));
-    }
-    if name.chars().any(char::is_control) {
-        return Err("name must not contain control characters".to_owned());
-    }
-    Ok(())
-}
-
-/// A member of a room as other members see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PeerInfo {
-    pub id: PeerId,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-}
-
-/// One entry of `RTCConfiguration.iceServers`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IceServer {
-    pub urls: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub username: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub credential: Option<String>,
-}
+pub use crate::model::{
+    IceServer, MAX_NAME_LEN, MAX_ROOM_LEN, PeerId, PeerInfo, RoomId, check_name,
+};
 
 /// An opaque signal payload (SDP or ICE candidate), kept as the JSON text the sender
 /// wrote: the server forwards it without parsing it into a tree or serializing it again.

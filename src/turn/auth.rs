@@ -15,7 +15,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use ring::hmac;
 
 use crate::config::Secret;
-use crate::signaling::protocol::{PeerId, RoomId};
+use crate::model::{PeerId, RoomId};
 
 /// The signaling dialect a peer credential was minted for, and its room there.
 ///

@@ -38,7 +38,7 @@ use super::wire;
 use crate::config::Secret;
 use crate::limiter::SourceRates;
 use crate::metrics::{Counter, Label};
-use crate::signaling::protocol::{PeerId, RoomId};
+use crate::model::{PeerId, RoomId};
 
 /// Identifies an allocation: the client, the server socket it talked to, and the transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

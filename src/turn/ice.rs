@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use crate::config::{Config, Secret};
-use crate::signaling::protocol::{IceServer, PeerId, RoomId};
+use crate::model::{IceServer, PeerId, RoomId};
 
 use super::auth::{self, Scope};
 

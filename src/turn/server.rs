@@ -40,7 +40,7 @@ use super::wire::{self, CHANNEL_HEADER, HEADROOM, Kind};
 use crate::limiter::{ConnectionGuard, ConnectionLimiter, ConnectionRefused};
 use crate::metrics::Label;
 use crate::mmsg::{self, RecvBatch, SendBatch};
-use crate::signaling::protocol::{PeerId, RoomId};
+use crate::model::{PeerId, RoomId};
 
 /// Largest UDP payload we relay.
 const MAX_PAYLOAD: usize = 65_535;
