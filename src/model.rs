@@ -84,6 +84,12 @@ impl PeerId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Any text as a peer id, for tests that want short readable ids.
+    #[cfg(test)]
+    pub(crate) fn test(s: &str) -> PeerId {
+        PeerId(s.to_owned())
+    }
 }
 
 impl fmt::Display for PeerId {

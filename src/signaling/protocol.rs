@@ -301,7 +301,7 @@ mod tests {
         assert_eq!(
             decode(r#"{"type":"signal","to":"ab","payload":{"sdp":"v=0"}}"#).unwrap(),
             ClientMsg::Signal {
-                to: PeerId("ab".into()),
+                to: PeerId::test("ab"),
                 payload: json!({"sdp":"v=0"}).into()
             }
         );
@@ -325,10 +325,10 @@ mod tests {
     #[test]
     fn server_messages_encode_with_snake_case_tags() {
         let welcome = ServerMsg::Welcome {
-            peer_id: PeerId("p1".into()),
+            peer_id: PeerId::test("p1"),
             room: RoomId::parse("r").unwrap(),
             peers: vec![PeerInfo {
-                id: PeerId("p0".into()),
+                id: PeerId::test("p0"),
                 name: None,
             }],
             ice_servers: vec![],
