@@ -25,10 +25,10 @@ use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use crate::config::Secret;
+use crate::model::Scope;
 use crate::model::{PeerId, RoomId};
 use crate::state::AppState;
-use crate::turn::auth::Scope;
-use crate::turn::core::CloseReason;
+use crate::turn::handle::Usage;
 
 /// Where an admin caller's token is checked against.
 pub fn router(app: Arc<AppState>) -> Router {
@@ -123,10 +123,10 @@ struct PeerView {
 }
 
 async fn list_rooms(State(app): State<Arc<AppState>>) -> Response {
-    let usage: HashMap<(Scope, PeerId), (usize, u64)> = app
+    let usage: HashMap<(Scope, PeerId), Usage> = app
         .turn
         .as_ref()
-        .map(|t| t.server.core.usage_by_peer())
+        .map(|t| t.usage_by_peer())
         .unwrap_or_default();
     let native = app.hub.rooms().into_iter().map(|r| ("native", r));
     let socketio = app.sio.rooms().into_iter().map(|r| ("socketio", r));
@@ -141,7 +141,10 @@ async fn list_rooms(State(app): State<Arc<AppState>>) -> Response {
             let peers: Vec<PeerView> = members
                 .into_iter()
                 .map(|p| {
-                    let (allocations, relayed_bytes) = usage
+                    let Usage {
+                        allocations,
+                        relayed_bytes,
+                    } = usage
                         .get(&(scope.clone(), p.id.clone()))
                         .copied()
                         .unwrap_or_default();
@@ -156,7 +159,9 @@ async fn list_rooms(State(app): State<Arc<AppState>>) -> Response {
             let (allocations, relayed_bytes) = usage
                 .iter()
                 .filter(|((s, _), _)| *s == scope)
-                .fold((0, 0), |(a, b), (_, (n, bytes))| (a + n, b + bytes));
+                .fold((0, 0), |(a, b), (_, u)| {
+                    (a + u.allocations, b + u.relayed_bytes)
+                });
             RoomView {
                 room: room.as_str().to_owned(),
                 dialect,
@@ -176,10 +181,7 @@ async fn close_room(State(app): State<Arc<AppState>>, Path(room): Path<String>) 
     };
     let mut peers = app.hub.close_room(&room);
     peers.extend(app.sio.close_room(&room));
-    let revoked = app
-        .turn
-        .as_ref()
-        .map_or(0, |t| t.server.core.close_room(&room, CloseReason::Revoked));
+    let revoked = app.turn.as_ref().map_or(0, |t| t.revoke_room(&room));
     if peers.is_empty() && revoked == 0 {
         return error(
             StatusCode::NOT_FOUND,
@@ -205,10 +207,10 @@ async fn kick_peer(State(app): State<Arc<AppState>>, Path(peer): Path<String>) -
             "a peer id is 32 lowercase hex digits",
         );
     };
-    let room = match app.hub.kick(&peer) {
-        Some(left) => left.room,
+    let scope = match app.hub.kick(&peer) {
+        Some(left) => Scope::Native(left.room),
         None => match app.sio.kick(&peer) {
-            Some(room) => room,
+            Some(room) => Scope::SocketIo(room),
             None => {
                 return error(
                     StatusCode::NOT_FOUND,
@@ -218,9 +220,11 @@ async fn kick_peer(State(app): State<Arc<AppState>>, Path(peer): Path<String>) -
             }
         },
     };
-    let revoked = app.turn.as_ref().map_or(0, |t| {
-        t.server.core.close_peer(&room, &peer, CloseReason::Revoked)
-    });
+    let revoked = app
+        .turn
+        .as_ref()
+        .map_or(0, |t| t.revoke_peer(&scope, &peer));
+    let room = scope.room().cloned().expect("a kicked peer was in a room");
     app.metrics.kicked.inc();
     info!(%room, peer = %peer, allocations = revoked, "peer kicked by the operator");
     axum::Json(json!({

@@ -3,12 +3,11 @@
 //!
 //! Tests call the same two functions with their own config and token.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -22,16 +21,8 @@ use crate::secrets;
 use crate::signaling::hub::Hub;
 use crate::signaling::legacy::Directory;
 use crate::signaling::sio::SioRooms;
-use crate::state::{AppState, Live, TurnState};
+use crate::state::{AppState, Live};
 use crate::tls::{self, TlsMaterial};
-use crate::turn::auth::NonceKey;
-use crate::turn::core::{Core, CoreConfig, Membership};
-use crate::turn::ice::TurnOffer;
-use crate::turn::policy::{Cidr, PeerPolicy};
-use crate::turn::server::{StreamLimits, TurnServer, UdpRelayBinder};
-
-/// How long a TURN nonce stays valid.
-const NONCE_LIFETIME_S: u64 = 600;
 
 /// Every bound socket, before anything is served.
 pub struct Listeners {
@@ -138,7 +129,7 @@ pub async fn run(
         https_addrs.push(l.local_addr()?);
     }
     let turn = if config.turn.enabled {
-        Some(start_turn(
+        Some(Arc::new(crate::turn::handle::start(
             &config,
             crate::state::membership(Arc::clone(&hub), Arc::clone(&legacy), Arc::clone(&sio)),
             &tls,
@@ -146,7 +137,7 @@ pub async fn run(
             &https_addrs,
             &tasks,
             &shutdown,
-        )?)
+        )?))
     } else {
         None
     };
@@ -175,7 +166,7 @@ pub async fn run(
         .turn
         .as_ref()
         .filter(|_| config.turn.on_https_port)
-        .map(|t| Arc::clone(&t.server));
+        .map(Arc::clone);
     let https_tls = tls.https_server_config(turn_on_https.is_some());
     for listener in https {
         let addr = listener
@@ -286,167 +277,6 @@ pub async fn run(
     Ok(())
 }
 
-/// Builds the TURN core and starts a task per TURN listener.
-fn start_turn(
-    config: &Config,
-    membership: Membership,
-    tls: &TlsMaterial,
-    (udp, tcp, tls_listeners): (Vec<Vec<UdpSocket>>, Vec<TcpListener>, Vec<TcpListener>),
-    https_addrs: &[SocketAddr],
-    tasks: &TaskTracker,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<TurnState> {
-    let t = &config.turn;
-    let https_port = https_addrs
-        .first()
-        .map(SocketAddr::port)
-        .context("no HTTPS listener")?;
-    let mut own_sockets = https_addrs.to_vec();
-    let secrets = turn_secrets(config)?;
-    let relay_ip = t.relay_ip.unwrap_or_else(default_relay_ip);
-    for (key, ip) in [
-        ("turn.relay_ip", Some(relay_ip)),
-        ("turn.relay_ipv6", t.relay_ipv6),
-    ] {
-        if let Some(ip) = ip {
-            std::net::UdpSocket::bind((ip, 0)).map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot bind relay sockets on {ip} (config key `{key}`): {} (it must be an address of this host; \
-                     behind 1:1 NAT set turn.external_ip to the public address instead)",
-                    net::explain(&e, SocketAddr::new(ip, 0))
-                )
-            })?;
-        }
-    }
-    for group in &udp {
-        own_sockets.push(group[0].local_addr()?);
-    }
-    for l in tcp.iter().chain(&tls_listeners) {
-        own_sockets.push(l.local_addr()?);
-    }
-    let mut own_ips: Vec<IpAddr> = [Some(relay_ip), t.relay_ipv6, t.external_ip]
-        .into_iter()
-        .flatten()
-        .collect();
-    // A wildcard listener answers on every address of the host: none of them is a peer.
-    if own_sockets.iter().any(|a| a.ip().is_unspecified()) {
-        match net::host_addresses() {
-            Ok(addresses) => own_ips.extend(addresses),
-            Err(e) => {
-                warn!(error = %e, "cannot list this host's addresses; only the configured ones are refused as peers")
-            }
-        }
-    }
-    let policy = PeerPolicy::new(
-        cidrs(&t.allow_peers),
-        cidrs(&t.deny_peers),
-        own_sockets,
-        own_ips,
-    );
-    let core_config = core_config(config, secrets.clone());
-    let binder = UdpRelayBinder {
-        ipv4: relay_ip,
-        ipv6: t.relay_ipv6,
-        ports: (t.min_port, t.max_port),
-    };
-
-    let core = Core::new(
-        core_config,
-        NonceKey::random(NONCE_LIFETIME_S),
-        policy,
-        binder,
-        membership,
-    );
-    let server = TurnServer::new(
-        core,
-        tasks.clone(),
-        shutdown.clone(),
-        Duration::from_secs(t.grace_period_s),
-        StreamLimits {
-            max_connections: t.max_connections,
-            max_connections_per_source: t.max_connections_per_source,
-            source_prefix_v6: t.source_prefix_v6,
-            allocate_timeout: Duration::from_secs(t.allocate_timeout_s),
-        },
-    );
-    info!(%relay_ip, external_ip = ?t.external_ip, ports = %format!("{}-{}", t.min_port, t.max_port), realm = %t.realm, "TURN relay");
-
-    let first_port = |addrs: Vec<SocketAddr>| addrs.first().map(SocketAddr::port);
-    let mut ports = (Vec::new(), Vec::new(), Vec::new());
-    for group in udp {
-        let addr = group[0].local_addr()?;
-        info!(listener = "turn_udp", %addr, loops = group.len(), "listening");
-        ports.0.push(addr);
-        for socket in group {
-            tasks.spawn(Arc::clone(&server).serve_udp(socket));
-        }
-    }
-    for listener in tcp {
-        let addr = listener.local_addr()?;
-        info!(listener = "turn_tcp", %addr, "listening");
-        ports.1.push(addr);
-        tasks.spawn(Arc::clone(&server).serve_stream(listener, None));
-    }
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls.turn_server_config());
-    for listener in tls_listeners {
-        let addr = listener.local_addr()?;
-        info!(listener = "turn_tls", %addr, "listening");
-        ports.2.push(addr);
-        tasks.spawn(Arc::clone(&server).serve_stream(listener, Some(acceptor.clone())));
-    }
-    let offer = TurnOffer {
-        public_host: t.public_host.clone(),
-        udp_port: first_port(ports.0),
-        tcp_port: first_port(ports.1),
-        tls_port: first_port(ports.2),
-        https_port: t.on_https_port.then_some(https_port),
-        secret: secrets[0].clone(),
-        ttl_s: t.credential_ttl_s,
-    };
-    Ok(TurnState {
-        server,
-        offer: ArcSwap::from_pointee(offer),
-    })
-}
-
-/// The TURN REST secrets: the configured ones, or the one generated into the state directory.
-fn turn_secrets(config: &Config) -> anyhow::Result<Vec<Secret>> {
-    Ok(if config.turn.secrets.is_empty() {
-        vec![secrets::load_or_generate(
-            &config.server.state_dir,
-            secrets::TURN_SECRET_FILE,
-        )?]
-    } else {
-        config.turn.secrets.clone()
-    })
-}
-
-fn core_config(config: &Config, secrets: Vec<Secret>) -> CoreConfig {
-    let t = &config.turn;
-    CoreConfig {
-        realm: t.realm.clone(),
-        secrets,
-        static_users: t
-            .static_users
-            .iter()
-            .map(|u| (u.username.clone(), u.password.clone()))
-            .collect(),
-        external_ip: t.external_ip,
-        max_allocations_per_credential: t.max_allocations_per_credential,
-        max_allocations_per_room: t.max_allocations_per_room,
-        max_allocations_per_source: t.max_allocations_per_source,
-        max_allocations: t.max_allocations,
-        source_prefix_v6: t.source_prefix_v6,
-        challenges_per_source_s: t.challenges_per_source_s,
-    }
-}
-
-fn cidrs(list: &[String]) -> Vec<Cidr> {
-    list.iter()
-        .map(|c| c.parse().expect("validated with the config"))
-        .collect()
-}
-
 /// The admin API token: configured, or generated into the state directory (when there is an
 /// admin listener to use it).
 fn admin_token(config: &Config, has_admin: bool) -> anyhow::Result<Option<Secret>> {
@@ -477,28 +307,13 @@ fn reload(
     let loaded = tls::load_certificate(&new)?;
     let admin_token = admin_token(&new, has_admin)?;
     let secrets = match &app.turn {
-        Some(_) => Some(turn_secrets(&new)?),
+        Some(_) => Some(crate::turn::handle::load_secrets(&new)?),
         None => None,
     };
 
     tls.replace(&loaded);
     if let (Some(turn), Some(secrets)) = (&app.turn, secrets) {
-        turn.server.core.reconfigure(
-            core_config(&new, secrets.clone()),
-            cidrs(&new.turn.allow_peers),
-            cidrs(&new.turn.deny_peers),
-        );
-        turn.server.set_connection_limits(
-            new.turn.max_connections,
-            new.turn.max_connections_per_source,
-        );
-        let offer = turn.offer();
-        turn.offer.store(Arc::new(TurnOffer {
-            public_host: new.turn.public_host.clone(),
-            secret: secrets[0].clone(),
-            ttl_s: new.turn.credential_ttl_s,
-            ..(*offer).clone()
-        }));
+        turn.reconfigure(&new, secrets);
     }
     app.set_live(Live::new(&new, admin_token));
     let restart = old.restart_needed(&new);
@@ -547,20 +362,5 @@ impl CertFiles {
 
     fn seen(&mut self) {
         self.stamps = self.current();
-    }
-}
-
-/// The IPv4 address of the default route, found without sending anything; loopback without one.
-pub(crate) fn default_relay_ip() -> IpAddr {
-    let probe = std::net::UdpSocket::bind("0.0.0.0:0").and_then(|s| {
-        s.connect("192.0.2.1:9")?;
-        s.local_addr()
-    });
-    match probe {
-        Ok(addr) if !addr.ip().is_unspecified() => addr.ip(),
-        _ => {
-            warn!("no default route: relaying on 127.0.0.1 only (set turn.relay_ip)");
-            IpAddr::V4(Ipv4Addr::LOCALHOST)
-        }
     }
 }

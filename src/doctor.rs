@@ -334,7 +334,7 @@ fn relay_address(config: &Config, report: &mut Report) {
         }
         return;
     }
-    let ip = t.relay_ip.unwrap_or_else(crate::app::default_relay_ip);
+    let ip = t.relay_ip.unwrap_or_else(crate::net::default_relay_ip);
     if private(ip) {
         report.push(
             Status::Warn,

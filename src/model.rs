@@ -131,3 +131,53 @@ pub struct IceServer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential: Option<String>,
 }
+
+/// The signaling dialect a peer credential was minted for, and its room there.
+///
+/// Each dialect is its own namespace: a native room and a socket.io room of the same name
+/// are two rooms, and the plain-WebSocket dialect has no rooms at all. In a username the
+/// scope is written so that it cannot collide with a room name (room names allow only
+/// `A-Z a-z 0-9 _ -`): a native room as its name (the form Switchboard always minted, so
+/// credentials handed out before an upgrade keep working), a socket.io room as
+/// `sio/<room>`, the plain-WebSocket dialect as `ws/`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// A room of the native protocol (`/ws`).
+    Native(RoomId),
+    /// A room of the socket.io dialect.
+    SocketIo(RoomId),
+    /// The plain-WebSocket dialect, whose users log in by name and join no room.
+    PlainWs,
+}
+
+impl Scope {
+    /// The room, for the dialects that have rooms.
+    pub fn room(&self) -> Option<&RoomId> {
+        match self {
+            Scope::Native(room) | Scope::SocketIo(room) => Some(room),
+            Scope::PlainWs => None,
+        }
+    }
+
+    /// Parses the form `Display` writes (the part of a TURN username after `@`).
+    pub fn parse(s: &str) -> Option<Scope> {
+        if s == "ws/" {
+            return Some(Scope::PlainWs);
+        }
+        if let Some(room) = s.strip_prefix("sio/") {
+            return RoomId::parse(room).ok().map(Scope::SocketIo);
+        }
+        RoomId::parse(s).ok().map(Scope::Native)
+    }
+}
+
+/// The form a username carries (and logs show): `<room>`, `sio/<room>` or `ws/`.
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scope::Native(room) => f.write_str(room.as_str()),
+            Scope::SocketIo(room) => write!(f, "sio/{}", room.as_str()),
+            Scope::PlainWs => f.write_str("ws/"),
+        }
+    }
+}

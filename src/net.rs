@@ -9,6 +9,7 @@ use std::os::fd::{AsFd, AsRawFd};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
+use tracing::warn;
 
 /// Why a listener could not be bound.
 #[derive(Debug, thiserror::Error)]
@@ -217,6 +218,21 @@ pub fn set_dont_fragment(socket: &impl AsFd, ipv6: bool) -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+/// The IPv4 address of the default route, found without sending anything; loopback without one.
+pub fn default_relay_ip() -> IpAddr {
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0").and_then(|s| {
+        s.connect("192.0.2.1:9")?;
+        s.local_addr()
+    });
+    match probe {
+        Ok(addr) if !addr.ip().is_unspecified() => addr.ip(),
+        _ => {
+            warn!("no default route: relaying on 127.0.0.1 only (set turn.relay_ip)");
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        }
     }
 }
 

@@ -10,28 +10,14 @@ use arc_swap::ArcSwap;
 
 use crate::config::{Config, Secret, SignalingConfig};
 use crate::metrics::SignalingMetrics;
-use crate::model::{IceServer, PeerId, RoomId};
+use crate::model::Scope;
+use crate::model::{IceServer, PeerId};
 use crate::signaling::hub::Hub;
 use crate::signaling::legacy::Directory;
 use crate::signaling::limits::ConnectionLimiter;
 use crate::signaling::signal::Signals;
 use crate::signaling::sio::SioRooms;
-use crate::turn::auth::Scope;
-use crate::turn::ice::TurnOffer;
-use crate::turn::server::TurnServer;
-
-/// The running TURN server and what peers are told about it.
-pub struct TurnState {
-    pub server: Arc<TurnServer>,
-    /// Replaced by a reload (secret rotation, credential lifetime, public host).
-    pub offer: ArcSwap<TurnOffer>,
-}
-
-impl TurnState {
-    pub fn offer(&self) -> Arc<TurnOffer> {
-        self.offer.load_full()
-    }
-}
+use crate::turn::Turn;
 
 /// The part of the configuration that a reload (SIGHUP) replaces while every connection
 /// and allocation stays: limits, ICE servers, addresses for `ipaddr`, tokens and keys.
@@ -67,14 +53,6 @@ impl Live {
     }
 }
 
-impl std::fmt::Debug for TurnState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TurnState")
-            .field("offer", &self.offer)
-            .finish_non_exhaustive()
-    }
-}
-
 #[derive(Debug)]
 pub struct AppState {
     live: ArcSwap<Live>,
@@ -84,7 +62,7 @@ pub struct AppState {
     /// Rooms of the socket.io dialect.
     pub sio: Arc<SioRooms>,
     /// `None` when `turn.enabled` is false.
-    pub turn: Option<TurnState>,
+    pub turn: Option<Arc<Turn>>,
     pub limiter: Arc<ConnectionLimiter>,
     /// Signaling counters for `/metrics`.
     pub metrics: SignalingMetrics,
@@ -104,7 +82,7 @@ impl AppState {
         hub: Arc<Hub>,
         legacy: Arc<Directory>,
         sio: Arc<SioRooms>,
-        turn: Option<TurnState>,
+        turn: Option<Arc<Turn>>,
         shutdown: CancellationToken,
         tasks: TaskTracker,
     ) -> AppState {
@@ -159,12 +137,8 @@ impl AppState {
         let Some(turn) = &self.turn else {
             return (servers, None);
         };
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let offer = turn.offer();
-        servers.extend(offer.ice_servers(now, scope, peer, request_host));
-        (servers, Some(offer.ttl_s))
+        servers.extend(turn.ice_servers(scope, peer, request_host));
+        (servers, Some(turn.credential_ttl_s()))
     }
 
     /// A peer left `scope` (its room, or the plain-WebSocket dialect): its TURN allocations
@@ -176,16 +150,8 @@ impl AppState {
                 Arc::clone(&self.legacy),
                 Arc::clone(&self.sio),
             );
-            // `TurnServer::peer_left` closes by room name and peer (`Core::close_peer`); a
-            // plain-WebSocket credential names no room and is closed by its peer id alone
-            // (ids are random per connection), so the name passed for it matters not.
-            let room = scope
-                .room()
-                .cloned()
-                .unwrap_or_else(|| RoomId::parse(NO_ROOM).expect("valid room name"));
             let (s, p) = (scope.clone(), peer.clone());
-            turn.server
-                .peer_left(room, peer.clone(), move || membership(&s, &p));
+            turn.peer_left(scope.clone(), peer.clone(), move || membership(&s, &p));
         }
     }
 
@@ -197,9 +163,6 @@ impl AppState {
         self.ready.store(ready, Ordering::Release);
     }
 }
-
-/// The room name `peer_left` hands the TURN server for a scope without a room.
-const NO_ROOM: &str = "_no-room";
 
 /// Whether `peer` is still in `scope`, for TURN credentials: in that room of exactly that
 /// dialect (native or socket.io), or logged in to the plain-WebSocket dialect.
@@ -221,6 +184,7 @@ mod tests {
     use tokio::sync::mpsc;
 
     use super::*;
+    use crate::model::RoomId;
     use crate::signaling::hub::Outbox;
     use crate::signaling::protocol::{PeerInfo, ServerMsg};
 

@@ -64,8 +64,7 @@ pub async fn ice_servers(
             "TURN is disabled on this server (turn.enabled)",
         );
     };
-    let offer = turn.offer();
-    let ttl = query.ttl.unwrap_or(offer.ttl_s);
+    let ttl = query.ttl.unwrap_or(turn.credential_ttl_s());
     if !(60..=MAX_TTL_S).contains(&ttl) {
         return error(
             StatusCode::BAD_REQUEST,
@@ -78,11 +77,8 @@ pub async fn ice_servers(
         .and_then(|v| v.to_str().ok())
         .and_then(|h| h.parse::<axum::http::uri::Authority>().ok())
         .map_or_else(|| "localhost".to_owned(), |a| a.host().to_owned());
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
     let mut servers = live.static_ice_servers.clone();
-    servers.extend(offer.room_ice_servers(now, ttl, &room, &host));
+    servers.extend(turn.room_ice_servers(&room, ttl, &host));
     info!(%room, ttl, "ICE servers minted for a backend");
     (
         [(header::CACHE_CONTROL, "no-store")],

@@ -28,8 +28,7 @@ use tower::util::MapRequest;
 use tracing::{debug, warn};
 
 use super::demux::{self, Prefixed, Protocol};
-use crate::turn::core::{FiveTuple, Transport};
-use crate::turn::server::TurnServer;
+use crate::turn::Turn;
 
 /// Time a client gets to finish the TLS handshake, and to send request headers.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -42,7 +41,7 @@ pub async fn serve_https(
     router: Router,
     shutdown: CancellationToken,
     tasks: TaskTracker,
-    turn: Option<Arc<TurnServer>>,
+    turn: Option<Arc<Turn>>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let Ok(local) = listener.local_addr() else {
@@ -67,11 +66,6 @@ pub async fn serve_https(
             // No Nagle, and keepalive (a TURN client on this port that vanishes takes
             // its allocation along).
             crate::turn::server::prepare(&tcp);
-            let tuple = |transport| FiveTuple {
-                client: remote,
-                server: local,
-                transport,
-            };
             if let Some(turn) = &turn {
                 // Plain-TCP TURN sends a STUN header where TLS sends a ClientHello.
                 let mut head = [0u8; demux::SNIFF_LEN];
@@ -81,11 +75,11 @@ pub async fn serve_https(
                 };
                 if demux::sniff(&head[..n]) == Protocol::Stun {
                     // TURN's connection limits apply to it here as on its own listeners.
-                    let Some(admitted) = turn.admit(remote) else {
+                    let Some(admitted) = turn.admit_shared(remote) else {
                         return;
                     };
-                    return Arc::clone(turn)
-                        .serve_connection(Box::new(tcp), tuple(Transport::Tcp), admitted)
+                    return turn
+                        .serve_shared(Box::new(tcp), remote, local, false, admitted)
                         .await;
                 }
             }
@@ -107,10 +101,10 @@ pub async fn serve_https(
             let protocol = demux::sniff(&head);
             let stream = Prefixed::new(head, tls);
             if protocol == Protocol::Stun {
-                let Some(admitted) = turn.admit(remote) else {
+                let Some(admitted) = turn.admit_shared(remote) else {
                     return;
                 };
-                turn.serve_connection(Box::new(stream), tuple(Transport::Tls), admitted)
+                turn.serve_shared(Box::new(stream), remote, local, true, admitted)
                     .await;
             } else {
                 serve_connection(stream, remote, router, shutdown).await;

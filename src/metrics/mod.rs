@@ -259,7 +259,7 @@ pub fn gather(app: &AppState) -> Vec<Family> {
         .value(m.kicked.get()),
     ];
     if let Some(turn) = &app.turn {
-        families.extend(turn.server.metrics());
+        families.extend(turn.metrics());
     }
     families.extend(process::families());
     families

@@ -27,8 +27,8 @@ use super::protocol::{self, PeerId};
 use super::socket::{Socket, Upgrade};
 use super::ws::{self, CLOSE_POLICY, CLOSE_TOO_BIG};
 use crate::metrics::{Dialect, MessageType, Refusal};
+use crate::model::Scope;
 use crate::state::AppState;
-use crate::turn::auth::Scope;
 
 /// Who is logged in.
 #[derive(Debug, Default)]

@@ -25,8 +25,8 @@ use super::limits::{ConnectionGuard, TokenBucket};
 use super::protocol::{PeerId, PeerInfo, RoomId};
 use super::room::{JoinError, Rooms};
 use crate::metrics::{Dialect, MessageType, Refusal};
+use crate::model::Scope;
 use crate::state::AppState;
-use crate::turn::auth::Scope;
 
 /// Who is in which socket.io room.
 #[derive(Debug)]

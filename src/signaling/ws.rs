@@ -22,8 +22,8 @@ use super::protocol::{self, ClientMsg, ErrorCode, PeerId, PeerInfo, RoomId, Serv
 use super::room::{JoinError, RouteError};
 use super::socket::{Socket, Upgrade};
 use crate::metrics::{Dialect, MessageType, Refusal};
+use crate::model::Scope;
 use crate::state::AppState;
-use crate::turn::auth::Scope;
 
 /// Close codes (RFC 6455 section 7.4.1).
 pub(super) const CLOSE_NORMAL: u16 = 1000;
@@ -410,7 +410,7 @@ impl Session {
             .turn
             .as_ref()
             .map_or(Duration::from_secs(86_400 * 365), |t| {
-                Duration::from_secs(t.offer().ttl_s) * 4 / 5
+                Duration::from_secs(t.credential_ttl_s()) * 4 / 5
             })
     }
 

@@ -1116,21 +1116,14 @@ impl<B: RelayBinder> Core<B> {
         removed.is_some()
     }
 
-    /// Removes every allocation owned by `peer` in `room`, in whichever dialect; a
-    /// plain-WebSocket credential names no room and is matched by its peer alone.
-    /// Peer ids are random per connection, so one names a peer of one dialect: the room
-    /// only tells apart the rooms a native peer went through.
-    pub fn close_peer(&self, room: &RoomId, peer: &PeerId, reason: CloseReason) -> usize {
+    /// Removes every allocation owned by `peer` in exactly `scope` (its dialect and room).
+    pub fn close_peer(&self, scope: &Scope, peer: &PeerId, reason: CloseReason) -> usize {
         let tuples: Vec<FiveTuple> = {
             let table = self.table.read().expect("table");
             table
                 .by_tuple
                 .values()
-                .filter(|a| {
-                    a.owner.peer().is_some_and(|(scope, p)| {
-                        p == peer && scope.room().is_none_or(|r| r == room)
-                    })
-                })
+                .filter(|a| a.owner.peer().is_some_and(|(s, p)| p == peer && s == scope))
                 .map(|a| a.tuple)
                 .collect()
         };

@@ -8,11 +8,13 @@
 //! - `core`: the sans-IO server: requests in, responses out, the allocation table.
 //! - `server`: listeners, relay sockets and the data path (the only I/O).
 //! - `stream`: a TCP/TLS client's framed reads and its bounded, never-waiting outbound queue.
+//! - `handle`: `Turn`, the narrow handle the rest of the crate holds (mint, revoke, usage, reload).
 //! - `ice`: the `ice_servers` entries and credentials handed to a peer.
 
 pub mod allocation;
 pub mod auth;
 pub mod core;
+pub mod handle;
 pub mod ice;
 pub mod policy;
 pub mod probe;
@@ -20,3 +22,5 @@ pub mod server;
 pub mod stats;
 pub mod stream;
 pub mod wire;
+
+pub use handle::Turn;

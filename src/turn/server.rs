@@ -40,7 +40,7 @@ use super::wire::{self, CHANNEL_HEADER, HEADROOM, Kind};
 use crate::limiter::{ConnectionGuard, ConnectionLimiter, ConnectionRefused};
 use crate::metrics::Label;
 use crate::mmsg::{self, RecvBatch, SendBatch};
-use crate::model::{PeerId, RoomId};
+use crate::model::{PeerId, Scope};
 
 /// Largest UDP payload we relay.
 const MAX_PAYLOAD: usize = 65_535;
@@ -171,7 +171,7 @@ pub type TurnCore = Core<UdpRelayBinder>;
 
 /// The TURN server: the core plus the tasks that feed it.
 pub struct TurnServer {
-    pub core: Arc<TurnCore>,
+    pub(super) core: Arc<TurnCore>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
     grace: Duration,
@@ -225,10 +225,10 @@ impl TurnServer {
         }
     }
 
-    /// Closes the allocations of `peer` after the grace period, unless it is back in `room` by then.
+    /// Closes the allocations of `peer` in `scope` after the grace period, unless it is back by then.
     pub fn peer_left(
         self: &Arc<Self>,
-        room: RoomId,
+        scope: Scope,
         peer: PeerId,
         still_member: impl Fn() -> bool + Send + 'static,
     ) {
@@ -238,7 +238,7 @@ impl TurnServer {
                 () = server.shutdown.cancelled() => {}
                 () = tokio::time::sleep(server.grace) => {
                     if !still_member() {
-                        server.core.close_peer(&room, &peer, CloseReason::PeerLeft);
+                        server.core.close_peer(&scope, &peer, CloseReason::PeerLeft);
                     }
                 }
             }

@@ -478,7 +478,14 @@ fn peer_credentials_need_a_live_membership_for_new_allocations_only() {
         Some((&cred, &nonce)),
     );
     assert_eq!(code(&reply_of(f.send_at(later, t, &refresh))), Some(401));
-    assert_eq!(f.core.close_peer(&room, &peer_id, CloseReason::PeerLeft), 1);
+    assert_eq!(
+        f.core.close_peer(
+            &Scope::Native(room.clone()),
+            &peer_id,
+            CloseReason::PeerLeft
+        ),
+        1
+    );
     assert_eq!(f.core.allocation_count(), 0);
 }
 
@@ -1724,9 +1731,18 @@ fn a_native_room_named_like_the_plain_websocket_dialect_is_just_a_room() {
     let own = peer_cred(&Scope::PlainWs, &user, UNIX + 600);
     assert_eq!(code(&f.allocate(tuple(4004), &own)), None);
     assert_eq!(f.quota_refusals(Quota::Room), 0);
-    // The user's allocations close by its peer id alone (its scope names no room).
+    // The user's allocations close in its own scope, and only there.
     let any = RoomId::parse("anything").unwrap();
-    assert_eq!(f.core.close_peer(&any, &user, CloseReason::PeerLeft), 1);
+    assert_eq!(
+        f.core
+            .close_peer(&Scope::Native(any), &user, CloseReason::PeerLeft),
+        0
+    );
+    assert_eq!(
+        f.core
+            .close_peer(&Scope::PlainWs, &user, CloseReason::PeerLeft),
+        1
+    );
 }
 
 #[test]
