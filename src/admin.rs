@@ -91,7 +91,7 @@ async fn require_token(State(app): State<Arc<AppState>>, request: Request, next:
 }
 
 async fn metrics(State(app): State<Arc<AppState>>) -> Response {
-    let text = crate::metrics::encode(crate::metrics::gather(&app));
+    let text = crate::metrics::encode(app.metric_families());
     (
         [(
             header::CONTENT_TYPE,

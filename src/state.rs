@@ -9,7 +9,6 @@ use tokio_util::task::TaskTracker;
 use arc_swap::ArcSwap;
 
 use crate::config::{Config, Secret, SignalingConfig};
-use crate::metrics::SignalingMetrics;
 use crate::model::Scope;
 use crate::model::{IceServer, PeerId};
 use crate::signaling::hub::Hub;
@@ -17,6 +16,7 @@ use crate::signaling::legacy::Directory;
 use crate::signaling::limits::ConnectionLimiter;
 use crate::signaling::signal::Signals;
 use crate::signaling::sio::SioRooms;
+use crate::signaling::stats::{Counts, DialectKind, SignalingMetrics};
 use crate::turn::Turn;
 
 /// The part of the configuration that a reload (SIGHUP) replaces while every connection
@@ -153,6 +153,35 @@ impl AppState {
             let (s, p) = (scope.clone(), peer.clone());
             turn.peer_left(scope.clone(), peer.clone(), move || membership(&s, &p));
         }
+    }
+
+    /// Every metric of the running server: signaling, TURN, process.
+    pub fn metric_families(&self) -> Vec<crate::metrics::Family> {
+        let (rooms, peers) = self.hub.counts();
+        let (sio_rooms, sio_peers) = self.sio.counts();
+        let counts = [
+            (DialectKind::Native, Counts { rooms, peers }),
+            (
+                DialectKind::SocketIo,
+                Counts {
+                    rooms: sio_rooms,
+                    peers: sio_peers,
+                },
+            ),
+            (
+                DialectKind::PlainWs,
+                Counts {
+                    rooms: 0,
+                    peers: self.legacy.online(),
+                },
+            ),
+        ];
+        let mut families = self.metrics.families(self.limiter.total(), &counts);
+        if let Some(turn) = &self.turn {
+            families.extend(turn.metrics());
+        }
+        families.extend(crate::metrics::process::families());
+        families
     }
 
     pub fn is_ready(&self) -> bool {

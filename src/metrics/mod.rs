@@ -1,6 +1,7 @@
-//! Prometheus metrics: counters that the signaling and TURN code bump as things happen,
-//! and `gather`, which reads them with the live gauges (rooms, peers, allocations,
-//! process) into families that `encode` writes as OpenMetrics text for `/metrics`.
+//! Prometheus metrics: the counters that the signaling and TURN code bump as things happen
+//! (`Counter`, `ByLabel`), the `Family` values they and the live gauges are read into at
+//! scrape time, and `encode`, which writes those as OpenMetrics text for `/metrics`.
+//! Modules call this one; it calls none of them.
 //!
 //! Labels are closed enums (see `counters`): no user name, room name or address is ever a label.
 
@@ -15,67 +16,6 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 pub use counters::{ByLabel, ByName, Counter, Label};
-
-use crate::state::AppState;
-
-crate::labels! {
-    /// The signaling protocol a socket speaks.
-    pub Dialect {
-        Native => "native",
-        PlainWs => "plain_ws",
-        SocketIo => "socketio",
-    }
-}
-
-crate::labels! {
-    /// Client messages, by the `type` (or socket.io event) they arrived as.
-    pub MessageType {
-        Join => "join",
-        Signal => "signal",
-        Leave => "leave",
-        Ping => "ping",
-        Login => "login",
-        Offer => "offer",
-        Answer => "answer",
-        Candidate => "candidate",
-        CreateOrJoin => "create_or_join",
-        Message => "message",
-        StartCall => "start_call",
-        WebrtcOffer => "webrtc_offer",
-        WebrtcAnswer => "webrtc_answer",
-        WebrtcIceCandidate => "webrtc_ice_candidate",
-        Ipaddr => "ipaddr",
-        Invalid => "invalid",
-    }
-}
-
-crate::labels! {
-    /// Which limit refused a connection or a message; named after its config key.
-    pub Refusal {
-        Origin => "allowed_origins",
-        MaxConnections => "max_connections",
-        MaxConnectionsPerIp => "max_connections_per_ip",
-        ShuttingDown => "shutting_down",
-        MessagesPerSecond => "messages_per_second",
-        MaxMessageBytes => "max_message_bytes",
-        JoinTimeout => "join_timeout_s",
-        SendQueue => "send_queue",
-        RoomCapacity => "room_capacity",
-        MaxRooms => "max_rooms",
-    }
-}
-
-/// Counters of the signaling side, shared by every dialect.
-#[derive(Debug, Default)]
-pub struct SignalingMetrics {
-    pub connections: ByLabel<Dialect>,
-    pub joins: ByLabel<Dialect>,
-    pub messages: ByLabel<MessageType>,
-    pub errors: ByLabel<crate::signaling::protocol::ErrorCode>,
-    pub refusals: ByLabel<Refusal>,
-    /// Peers disconnected and rooms closed through the admin API.
-    pub kicked: Counter,
-}
 
 /// One metric family as read at scrape time.
 #[derive(Debug)]
@@ -215,59 +155,16 @@ pub fn encode(families: Vec<Family>) -> String {
     out
 }
 
-/// Every metric of the running server.
-pub fn gather(app: &AppState) -> Vec<Family> {
-    let m = &app.metrics;
-    let (rooms, peers) = app.hub.counts();
-    let (sio_rooms, sio_peers) = app.sio.counts();
-    let mut families = vec![
-        Family::gauge(
-            "signaling_open_connections",
-            "Open signaling sockets, all dialects.",
-        )
-        .value(app.limiter.total()),
-        Family::counter("signaling_connections", "Signaling sockets accepted.")
-            .by("dialect", &m.connections),
-        Family::gauge("signaling_rooms", "Rooms with at least one peer.")
-            .labelled(vec![("dialect", "native")], rooms)
-            .labelled(vec![("dialect", "socketio")], sio_rooms),
-        Family::gauge("signaling_peers", "Peers in a room.")
-            .labelled(vec![("dialect", "native")], peers)
-            .labelled(vec![("dialect", "socketio")], sio_peers)
-            .labelled(vec![("dialect", "plain_ws")], app.legacy.online()),
-        Family::counter(
-            "signaling_joins",
-            "Successful joins (logins for the plain-WebSocket dialect).",
-        )
-        .by("dialect", &m.joins),
-        Family::counter("signaling_messages", "Client messages received, by type.")
-            .by("type", &m.messages),
-        Family::counter(
-            "signaling_errors",
-            "Error replies sent to clients, by code.",
-        )
-        .by("code", &m.errors),
-        Family::counter(
-            "signaling_refusals",
-            "Connections and messages refused by a limit.",
-        )
-        .by("limit", &m.refusals),
-        Family::counter(
-            "signaling_admin_kicks",
-            "Peers disconnected through the admin API.",
-        )
-        .value(m.kicked.get()),
-    ];
-    if let Some(turn) = &app.turn {
-        families.extend(turn.metrics());
-    }
-    families.extend(process::families());
-    families
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    crate::labels! {
+        Dialect {
+            Native => "native",
+            SocketIo => "socketio",
+        }
+    }
 
     #[test]
     fn families_encode_as_openmetrics_text() {

@@ -25,8 +25,8 @@ use super::hub::Outbox;
 use super::limits::{ConnectionGuard, TokenBucket};
 use super::protocol::{self, PeerId};
 use super::socket::{Socket, Upgrade};
+use super::stats::{DialectKind, MessageType, Refusal};
 use super::ws::{self, CLOSE_POLICY, CLOSE_TOO_BIG};
-use crate::metrics::{Dialect, MessageType, Refusal};
 use crate::model::Scope;
 use crate::state::AppState;
 
@@ -97,7 +97,7 @@ pub async fn upgrade(
         Err(refused) => return *refused,
     };
     let tasks = app.tasks.clone();
-    app.metrics.connections.inc(Dialect::PlainWs);
+    app.metrics.connections.inc(DialectKind::PlainWs);
     socket.on_upgrade(move |socket| {
         let peer = PeerId::random();
         let span = info_span!("legacy", %remote, peer_id = %peer, name = tracing::field::Empty);
@@ -233,7 +233,7 @@ impl Session {
         }
         tracing::Span::current().record("name", name);
         info!("logged in");
-        self.app.metrics.joins.inc(Dialect::PlainWs);
+        self.app.metrics.joins.inc(DialectKind::PlainWs);
         self.name = Some(name.to_owned());
         // The dialect has no rooms: its credentials name the dialect alone (`ws/`), a scope
         // no native or socket.io room can name, with no per-room quota.

@@ -9,6 +9,7 @@
 //! - `direct`: a socket's writing half, shared with the tasks that send to it.
 //! - `signal`: what wakes a socket task from outside (flush, eviction, shutdown).
 //! - `hub`: the registry behind a lock plus each peer's outbox.
+//! - `stats`: signaling's counters and their metric families.
 //! - `ws`: the socket task of the native protocol, and the admission checks all dialects share.
 //! - `legacy`: the plain-WebSocket dialect of the login/offer/answer tutorial.
 //! - `sio`: the socket.io dialect of the codelab room server and the video-call app.
@@ -24,4 +25,5 @@ pub mod room;
 pub mod signal;
 pub mod sio;
 pub mod socket;
+pub mod stats;
 pub mod ws;

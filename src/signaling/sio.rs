@@ -24,7 +24,7 @@ use tracing::{debug, info};
 use super::limits::{ConnectionGuard, TokenBucket};
 use super::protocol::{PeerId, PeerInfo, RoomId};
 use super::room::{JoinError, Rooms};
-use crate::metrics::{Dialect, MessageType, Refusal};
+use super::stats::{DialectKind, MessageType, Refusal};
 use crate::model::Scope;
 use crate::state::AppState;
 
@@ -216,7 +216,7 @@ async fn admit(s: SocketRef, State(app): App) -> Result<(), String> {
         .map_err(|refused| format!("connection refused with HTTP status {}", refused.status()))?;
     let live = app.live();
     let s_cfg = &live.signaling;
-    app.metrics.connections.inc(Dialect::SocketIo);
+    app.metrics.connections.inc(DialectKind::SocketIo);
     app.sio.connect(
         s.id,
         Peer {
@@ -344,7 +344,7 @@ fn join(app: &AppState, s: &SocketRef, room: &str) -> Result<usize, Refused> {
         }
         JoinError::AlreadyJoined => Refused::Answered,
     })?;
-    app.metrics.joins.inc(Dialect::SocketIo);
+    app.metrics.joins.inc(DialectKind::SocketIo);
     s.join(room.to_owned());
     info!(sid = %s.id, room, members = before + 1, "socket.io peer joined");
     let (ice_servers, ice_ttl_s) = app.ice_servers_for(&peer, &Scope::SocketIo(room_id), &host);

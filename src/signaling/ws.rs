@@ -21,7 +21,7 @@ use super::limits::{ConnectionGuard, ConnectionRefused, TokenBucket};
 use super::protocol::{self, ClientMsg, ErrorCode, PeerId, PeerInfo, RoomId, ServerMsg};
 use super::room::{JoinError, RouteError};
 use super::socket::{Socket, Upgrade};
-use crate::metrics::{Dialect, MessageType, Refusal};
+use super::stats::{DialectKind, MessageType, Refusal};
 use crate::model::Scope;
 use crate::state::AppState;
 
@@ -44,7 +44,7 @@ pub async fn upgrade(
         Err(refused) => return *refused,
     };
     let tasks = app.tasks.clone();
-    app.metrics.connections.inc(Dialect::Native);
+    app.metrics.connections.inc(DialectKind::Native);
     ws.on_upgrade(move |socket| {
         let peer_id = PeerId::random();
         let span = info_span!("ws", %remote, peer_id = %peer_id, room = tracing::field::Empty);
@@ -368,7 +368,7 @@ impl Session {
                 );
                 self.room = Some(room_id);
                 self.due = Instant::now() + self.refresh_interval();
-                self.app.metrics.joins.inc(Dialect::Native);
+                self.app.metrics.joins.inc(DialectKind::Native);
                 Answer::None
             }
             Err(JoinError::RoomFull) => {
