@@ -15,12 +15,12 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::direct::{Batch, Direct};
+use super::frame::{CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY};
 use super::frame::{Incoming, OP_PING, OP_PONG, OP_TEXT};
 use super::hub::{Eviction, OUTBOX_CAPACITY, Outbox};
 use super::signal::{Registration, Signal, Woken};
 use super::socket::{ReadError, Socket};
 use super::stats::Refusal;
-use super::ws::{CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY};
 use crate::state::AppState;
 
 /// How long one frame may take to reach a client before it counts as dead.

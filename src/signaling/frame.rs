@@ -21,6 +21,12 @@ pub const OP_CLOSE: u8 = 0x8;
 pub const OP_PING: u8 = 0x9;
 pub const OP_PONG: u8 = 0xA;
 
+/// Close codes the server sends (RFC 6455 section 7.4.1).
+pub const CLOSE_NORMAL: u16 = 1000;
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+pub const CLOSE_POLICY: u16 = 1008;
+pub const CLOSE_TOO_BIG: u16 = 1009;
+
 /// The longest frame header: 2 bytes, an 8-byte length and a 4-byte mask.
 pub const MAX_HEADER: usize = 14;
 

@@ -21,12 +21,13 @@ use tokio::time::Instant;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::conn::{Conn, Handler, Reply};
+use super::gate::Gate;
 use super::hub::Outbox;
-use super::limits::{ConnectionGuard, TokenBucket};
-use super::protocol::{self, PeerId};
+use super::limits::ConnectionGuard;
+use super::protocol::{self, ErrorCode, PeerId};
 use super::socket::{Socket, Upgrade};
-use super::stats::{DialectKind, MessageType, Refusal};
-use super::ws::{self, CLOSE_POLICY, CLOSE_TOO_BIG};
+use super::stats::{DialectKind, MessageType};
+use super::ws;
 use crate::model::Scope;
 use crate::state::AppState;
 
@@ -115,8 +116,7 @@ struct Session {
     name: Option<String>,
     /// The user this one last exchanged an offer or answer with; told `leave` on close.
     partner: Option<String>,
-    bucket: TokenBucket,
-    strikes: u32,
+    gate: Gate,
 }
 
 /// What to do after one message.
@@ -153,49 +153,39 @@ fn raw(value: Option<&RawValue>) -> &str {
     value.map_or("null", RawValue::get)
 }
 
-fn error(code: &str, message: impl Into<String>) -> Value {
-    json!({"type": "error", "code": code, "message": message.into()})
-}
-
 impl Session {
+    /// An error reply with its code, counted.
+    fn error(&self, code: ErrorCode, message: impl Into<String>) -> Value {
+        use crate::metrics::Label;
+        self.app.metrics.errors.inc(code);
+        json!({"type": "error", "code": code.as_str(), "message": message.into()})
+    }
+
     fn handle_text(&mut self, text: &str) -> Next {
-        let live = self.app.live();
-        let cfg = &live.signaling;
         let metrics = &self.app.metrics;
-        if text.len() > cfg.max_message_bytes {
-            metrics.refusals.inc(Refusal::MaxMessageBytes);
-            let message = format!(
-                "message of {} bytes exceeds the limit of {} bytes",
-                text.len(),
-                cfg.max_message_bytes
-            );
-            return Next::Close(
-                error("message_too_large", message),
-                CLOSE_TOO_BIG,
-                "message too large",
-            );
-        }
-        if !self.bucket.take(std::time::Instant::now()) {
-            metrics.refusals.inc(Refusal::MessagesPerSecond);
-            self.strikes += 1;
-            if self.strikes > 2 * cfg.message_burst.max(cfg.messages_per_second) {
-                return Next::Close(
-                    error("rate_limited", "rate limit exceeded repeatedly"),
-                    CLOSE_POLICY,
-                    "rate limit exceeded",
-                );
+        let checked = self.gate.check(
+            text.len(),
+            &self.app.live().signaling,
+            std::time::Instant::now(),
+        );
+        if let Err(refused) = checked {
+            metrics.refusals.inc(refused.limit());
+            let reply = self.error(refused.code(), refused.message());
+            if refused.closes() {
+                let (code, reason) = refused.close();
+                return Next::Close(reply, code, reason);
             }
-            return Next::Reply(error("rate_limited", "too many messages; message dropped"));
+            return Next::Reply(reply);
         }
-        self.strikes = 0;
         let data: Frame = match serde_json::from_str(text) {
             Ok(frame) => frame,
             Err(_) => {
-                return Next::Reply(match serde_json::from_str::<Value>(text) {
-                    Ok(Value::Object(_)) => error("bad_request", "duplicate keys in the message"),
-                    Ok(_) => error("bad_request", "expected a JSON object with a \"type\""),
-                    Err(e) => error("bad_request", format!("invalid JSON: {e}")),
-                });
+                let message = match serde_json::from_str::<Value>(text) {
+                    Ok(Value::Object(_)) => "duplicate keys in the message".to_owned(),
+                    Ok(_) => "expected a JSON object with a \"type\"".to_owned(),
+                    Err(e) => format!("invalid JSON: {e}"),
+                };
+                return Next::Reply(self.error(ErrorCode::BadRequest, message));
             }
         };
         let kind = string(data.kind).unwrap_or_default();
@@ -218,7 +208,7 @@ impl Session {
 
     fn login(&mut self, data: &Frame) -> Next {
         let Some(name) = string(data.name) else {
-            return Next::Reply(error("bad_request", "login needs a \"name\""));
+            return Next::Reply(self.error(ErrorCode::BadRequest, "login needs a \"name\""));
         };
         let name = name.as_str();
         if self.name.is_some() || name.is_empty() || protocol::check_name(name).is_err() {
@@ -247,10 +237,12 @@ impl Session {
 
     fn relay(&mut self, kind: &str, data: &Frame) -> Next {
         let Some(me) = &self.name else {
-            return Next::Reply(error("not_logged_in", "log in first"));
+            return Next::Reply(self.error(ErrorCode::NotLoggedIn, "log in first"));
         };
         let Some(target) = string(data.name) else {
-            return Next::Reply(error("bad_request", format!("{kind} needs a \"name\"")));
+            return Next::Reply(
+                self.error(ErrorCode::BadRequest, format!("{kind} needs a \"name\"")),
+            );
         };
         let frame = match kind {
             "offer" => {
@@ -268,8 +260,8 @@ impl Session {
             _ => r#"{"type":"leave"}"#.to_owned(),
         };
         if !self.app.legacy.send(&target, frame.into()) {
-            return Next::Reply(error(
-                "unknown_name",
+            return Next::Reply(self.error(
+                ErrorCode::UnknownName,
                 format!("no user named {target:?} is logged in"),
             ));
         }
@@ -312,12 +304,7 @@ async fn run(
         outbox: Arc::new(outbox),
         name: None,
         partner: None,
-        bucket: TokenBucket::new(
-            cfg.messages_per_second,
-            cfg.message_burst,
-            std::time::Instant::now(),
-        ),
-        strikes: 0,
+        gate: Gate::new(&cfg, std::time::Instant::now()),
     };
     conn.serve(&mut session).await;
 }
@@ -339,8 +326,8 @@ impl Handler for Session {
     }
 
     fn binary(&mut self) -> Reply {
-        reply(Next::Reply(error(
-            "bad_request",
+        reply(Next::Reply(self.error(
+            ErrorCode::BadRequest,
             "binary frames are not supported; send JSON text",
         )))
     }

@@ -4,6 +4,7 @@
 //! - `room`: the room registry as plain data; no I/O, never awaits.
 //! - `limits`: message rate and connection counts; no I/O.
 //! - `frame`: WebSocket framing (RFC 6455) as plain data; no I/O.
+//! - `gate`: the message gate of every dialect: size, rate, strikes; no I/O.
 //! - `socket`: the native endpoint's WebSocket upgrade and its reading and writing halves.
 //! - `conn`: the socket loop of the native and plain-WebSocket dialects (`Handler`).
 //! - `direct`: a socket's writing half, shared with the tasks that send to it.
@@ -17,6 +18,7 @@
 pub mod conn;
 pub mod direct;
 pub mod frame;
+pub mod gate;
 pub mod hub;
 pub mod legacy;
 pub mod limits;

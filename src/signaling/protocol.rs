@@ -150,6 +150,10 @@ pub enum ErrorCode {
     TooManyConnections,
     /// The server is shutting down.
     ShuttingDown,
+    /// Plain-WebSocket dialect: the message needs a logged-in user.
+    NotLoggedIn,
+    /// Plain-WebSocket dialect: nobody of that name is logged in.
+    UnknownName,
 }
 
 impl crate::metrics::Label for ErrorCode {
@@ -167,6 +171,8 @@ impl crate::metrics::Label for ErrorCode {
         ErrorCode::MessageTooLarge,
         ErrorCode::TooManyConnections,
         ErrorCode::ShuttingDown,
+        ErrorCode::NotLoggedIn,
+        ErrorCode::UnknownName,
     ];
     fn index(self) -> usize {
         self as usize
@@ -186,6 +192,8 @@ impl crate::metrics::Label for ErrorCode {
             ErrorCode::MessageTooLarge => "message_too_large",
             ErrorCode::TooManyConnections => "too_many_connections",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::NotLoggedIn => "not_logged_in",
+            ErrorCode::UnknownName => "unknown_name",
         }
     }
 }

@@ -21,10 +21,12 @@ use socketioxide::layer::SocketIoLayer;
 use socketioxide::socket::Sid;
 use tracing::{debug, info};
 
-use super::limits::{ConnectionGuard, TokenBucket};
-use super::protocol::{PeerId, PeerInfo, RoomId};
+use super::gate::{Gate, Refused};
+use super::limits::ConnectionGuard;
+use super::protocol::{ErrorCode, PeerId, PeerInfo, RoomId};
 use super::room::{JoinError, Rooms};
 use super::stats::{DialectKind, MessageType, Refusal};
+use crate::config::SignalingConfig;
 use crate::model::Scope;
 use crate::state::AppState;
 
@@ -49,7 +51,7 @@ struct Peer {
     id: PeerId,
     /// The host the client used, for TURN URLs.
     host: String,
-    bucket: TokenBucket,
+    gate: Gate,
     /// The connection slot, freed when the socket goes.
     _guard: ConnectionGuard,
 }
@@ -69,13 +71,14 @@ impl SioRooms {
         self.inner.lock().expect("sio lock").peers.insert(sid, peer);
     }
 
-    /// Takes a token from the socket's message budget.
-    fn allow(&self, sid: Sid) -> bool {
+    /// Takes a token from the socket's message budget (a socket already gone passes: it
+    /// has nothing left to send to).
+    fn charge(&self, sid: Sid, cfg: &SignalingConfig) -> Result<(), Refused> {
         let mut inner = self.inner.lock().expect("sio lock");
         inner
             .peers
             .get_mut(&sid)
-            .is_some_and(|p| p.bucket.take(std::time::Instant::now()))
+            .map_or(Ok(()), |p| p.gate.charge(cfg, std::time::Instant::now()))
     }
 
     /// Joins `room`; returns the socket's peer id and host, and how many members were there before.
@@ -222,11 +225,7 @@ async fn admit(s: SocketRef, State(app): App) -> Result<(), String> {
         Peer {
             id: PeerId::random(),
             host: admitted.request_host,
-            bucket: TokenBucket::new(
-                s_cfg.messages_per_second,
-                s_cfg.message_burst,
-                std::time::Instant::now(),
-            ),
+            gate: Gate::new(s_cfg, std::time::Instant::now()),
             _guard: admitted.guard,
         },
     );
@@ -273,47 +272,51 @@ fn sender_room(app: &AppState, s: &SocketRef, claimed: Option<&str>) -> Option<R
     }
 }
 
-/// The per-socket message rate, as on `/ws`: over it, the message is dropped with an error.
+/// The message gate every dialect shares, for one event: a token from the socket's budget.
+/// Over the rate the event is dropped with an error; past the strikes the socket goes.
 fn gate(app: &AppState, s: &SocketRef) -> bool {
-    if app.sio.allow(s.id) {
-        return true;
+    match app.sio.charge(s.id, &app.live().signaling) {
+        Ok(()) => true,
+        Err(refused) => {
+            refuse(app, s, &refused);
+            false
+        }
     }
-    app.metrics.refusals.inc(Refusal::MessagesPerSecond);
-    error(
-        s,
-        "rate_limited",
-        "too many messages; message dropped".to_owned(),
-    );
-    false
 }
 
 /// Refuses a message above `signaling.max_message_bytes`: an error, then a disconnect.
 fn too_large(app: &AppState, s: &SocketRef, payload: &Value) -> bool {
-    let size = payload.to_string().len();
-    let max = app.live().signaling.max_message_bytes;
-    if size <= max {
-        return false;
+    match Gate::size(payload.to_string().len(), &app.live().signaling) {
+        Ok(()) => false,
+        Err(refused) => {
+            refuse(app, s, &refused);
+            true
+        }
     }
-    app.metrics.refusals.inc(Refusal::MaxMessageBytes);
-    error(
-        s,
-        "message_too_large",
-        format!("message of {size} bytes exceeds the limit of {max} bytes"),
-    );
-    info!(sid = %s.id, size, "socket.io message too large, disconnecting");
-    let _ = s.clone().disconnect();
-    true
 }
 
-fn error(s: &SocketRef, code: &str, message: String) {
+/// Answers a refusal from the gate: the error event, then a disconnect if it closes.
+fn refuse(app: &AppState, s: &SocketRef, refused: &Refused) {
+    app.metrics.refusals.inc(refused.limit());
+    error(app, s, refused.code(), refused.message());
+    if refused.closes() {
+        info!(sid = %s.id, reason = refused.close().1, "socket.io client disconnected");
+        let _ = s.clone().disconnect();
+    }
+}
+
+/// The `switchboard_error` event, with its code counted.
+fn error(app: &AppState, s: &SocketRef, code: ErrorCode, message: String) {
+    use crate::metrics::Label;
+    app.metrics.errors.inc(code);
     let _ = s.emit(
         "switchboard_error",
-        &json!({"code": code, "message": message}),
+        &json!({"code": code.as_str(), "message": message}),
     );
 }
 
 /// Why a socket.io join did not happen.
-enum Refused {
+enum NotJoined {
     /// The room is full, or no room can be made: the tutorial's own "full" event says so.
     Full,
     /// Answered already with a `switchboard_error` (a bad room name, already in a room).
@@ -321,28 +324,33 @@ enum Refused {
 }
 
 /// Joins `room` for either tutorial; `Ok(members before)` or why not.
-fn join(app: &AppState, s: &SocketRef, room: &str) -> Result<usize, Refused> {
+fn join(app: &AppState, s: &SocketRef, room: &str) -> Result<usize, NotJoined> {
     let room_id = match RoomId::parse(room) {
         Ok(r) => r,
         Err(message) => {
-            error(s, "bad_room", message);
-            return Err(Refused::Answered);
+            error(app, s, ErrorCode::BadRoom, message);
+            return Err(NotJoined::Answered);
         }
     };
     if app.sio.room_of(s.id).is_some() {
-        error(s, "already_joined", "already in a room".to_owned());
-        return Err(Refused::Answered);
+        error(
+            app,
+            s,
+            ErrorCode::AlreadyJoined,
+            "already in a room".to_owned(),
+        );
+        return Err(NotJoined::Answered);
     }
     let (peer, host, before) = app.sio.join(s.id, &room_id).map_err(|e| match e {
         JoinError::TooManyRooms => {
             app.metrics.refusals.inc(Refusal::MaxRooms);
-            Refused::Full
+            NotJoined::Full
         }
         JoinError::RoomFull => {
             app.metrics.refusals.inc(Refusal::RoomCapacity);
-            Refused::Full
+            NotJoined::Full
         }
-        JoinError::AlreadyJoined => Refused::Answered,
+        JoinError::AlreadyJoined => NotJoined::Answered,
     })?;
     app.metrics.joins.inc(DialectKind::SocketIo);
     s.join(room.to_owned());
@@ -382,10 +390,10 @@ async fn create_or_join(s: SocketRef, Data(room): Data<String>, State(app): App)
             let _ = s.emit("joined", &(room.clone(), s.id.to_string()));
             let _ = s.within(room).emit("ready", &()).await;
         }
-        Err(Refused::Full) => {
+        Err(NotJoined::Full) => {
             let _ = s.emit("full", &room);
         }
-        Err(Refused::Answered) => {}
+        Err(NotJoined::Answered) => {}
     }
 }
 
@@ -401,10 +409,10 @@ async fn join_video_room(s: SocketRef, Data(room): Data<String>, State(app): App
         Ok(_) => {
             let _ = s.emit("room_joined", &room);
         }
-        Err(Refused::Full) => {
+        Err(NotJoined::Full) => {
             let _ = s.emit("full_room", &room);
         }
-        Err(Refused::Answered) => {}
+        Err(NotJoined::Answered) => {}
     }
 }
 

@@ -16,20 +16,16 @@ use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::conn::{Conn, Handler, Reply};
+use super::frame::CLOSE_POLICY;
+use super::gate::Gate;
 use super::hub::Outbox;
-use super::limits::{ConnectionGuard, ConnectionRefused, TokenBucket};
+use super::limits::{ConnectionGuard, ConnectionRefused};
 use super::protocol::{self, ClientMsg, ErrorCode, PeerId, PeerInfo, RoomId, ServerMsg};
 use super::room::{JoinError, RouteError};
 use super::socket::{Socket, Upgrade};
 use super::stats::{DialectKind, MessageType, Refusal};
 use crate::model::Scope;
 use crate::state::AppState;
-
-/// Close codes (RFC 6455 section 7.4.1).
-pub(super) const CLOSE_NORMAL: u16 = 1000;
-pub(super) const CLOSE_GOING_AWAY: u16 = 1001;
-pub(super) const CLOSE_POLICY: u16 = 1008;
-pub(super) const CLOSE_TOO_BIG: u16 = 1009;
 
 /// `GET /ws`: checks origin and connection limits, then upgrades.
 pub async fn upgrade(
@@ -147,9 +143,7 @@ struct Session {
     request_host: String,
     outbox: Outbox,
     room: Option<RoomId>,
-    bucket: TokenBucket,
-    /// Messages refused in a row by the rate limit; too many closes the socket.
-    strikes: u32,
+    gate: Gate,
     /// Outside a room: the join timeout. In a room: when fresh TURN credentials are
     /// pushed (four fifths of their lifetime).
     due: Instant,
@@ -171,12 +165,7 @@ async fn run(
         request_host,
         outbox,
         room: None,
-        bucket: TokenBucket::new(
-            cfg.messages_per_second,
-            cfg.message_burst,
-            std::time::Instant::now(),
-        ),
-        strikes: 0,
+        gate: Gate::new(&cfg, std::time::Instant::now()),
         due: Instant::now() + cfg.join_timeout(),
     };
     conn.serve(&mut session).await;
@@ -251,43 +240,20 @@ impl Handler for Session {
 
 impl Session {
     fn handle_text(&mut self, text: &str) -> Answer {
-        let live = self.app.live();
-        let max = live.signaling.max_message_bytes;
         let metrics = &self.app.metrics;
-        if text.len() > max {
-            metrics.refusals.inc(Refusal::MaxMessageBytes);
-            return Answer::Close(
-                ErrorCode::MessageTooLarge,
-                format!(
-                    "message of {} bytes exceeds the limit of {max} bytes",
-                    text.len()
-                ),
-                CLOSE_TOO_BIG,
-                "message too large",
-            );
-        }
-        if !self.bucket.take(std::time::Instant::now()) {
-            metrics.refusals.inc(Refusal::MessagesPerSecond);
-            self.strikes += 1;
-            // A client that keeps sending after errors worth two bursts is ignoring them.
-            let cfg = &live.signaling;
-            if self.strikes > 2 * cfg.message_burst.max(cfg.messages_per_second) {
-                return Answer::Close(
-                    ErrorCode::RateLimited,
-                    "rate limit exceeded repeatedly".to_owned(),
-                    CLOSE_POLICY,
-                    "rate limit exceeded",
-                );
+        let checked = self.gate.check(
+            text.len(),
+            &self.app.live().signaling,
+            std::time::Instant::now(),
+        );
+        if let Err(refused) = checked {
+            metrics.refusals.inc(refused.limit());
+            if refused.closes() {
+                let (close_code, reason) = refused.close();
+                return Answer::Close(refused.code(), refused.message(), close_code, reason);
             }
-            return Answer::Error(
-                ErrorCode::RateLimited,
-                format!(
-                    "more than {} messages per second; message dropped",
-                    live.signaling.messages_per_second
-                ),
-            );
+            return Answer::Error(refused.code(), refused.message());
         }
-        self.strikes = 0;
         let msg = protocol::decode(text);
         metrics.messages.inc(match &msg {
             Err(_) => MessageType::Invalid,

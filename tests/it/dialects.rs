@@ -43,6 +43,19 @@ fn plain_websocket_dialect_with_the_ws_client() {
         "plain_ws.mjs",
         &[("SB_URL", url), ("SB_MAX_MESSAGE_BYTES", "4096".into())],
     );
+    // Its errors are counted with the others, by their codes.
+    let errors = |code| errors_counted(&server, code);
+    assert!(errors("unknown_name") >= 2.0);
+    assert!(errors("not_logged_in") >= 1.0);
+    assert!(errors("bad_request") >= 1.0);
+    assert!(errors("message_too_large") >= 1.0);
+}
+
+/// `signaling_errors_total` for `code`.
+fn errors_counted(server: &TestServer, code: &str) -> f64 {
+    tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(server.metric("switchboard_signaling_errors_total", &[("code", code)]))
 }
 
 #[test]
@@ -73,6 +86,10 @@ fn socketio(client: &str) {
     ];
     run_node(&server, dir, "socketio.mjs", &env);
     server.wait_log("socket.io send to a room not joined, dropped");
+    // Its errors are counted with the others, by their codes.
+    assert!(errors_counted(&server, "bad_room") >= 1.0);
+    assert!(errors_counted(&server, "rate_limited") >= 1.0);
+    assert!(errors_counted(&server, "message_too_large") >= 1.0);
 }
 
 #[test]

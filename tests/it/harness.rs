@@ -310,7 +310,6 @@ impl TestServer {
         http_request(&mut tls, method, &self.https.to_string(), path, headers).await
     }
 
-    /// A request to the admin listener (plain HTTP), with the admin token when `authorized`.
     /// The value of one sample on `/metrics` (0 when the series has no sample yet).
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         let addr = self.listener("admin");

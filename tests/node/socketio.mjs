@@ -160,6 +160,17 @@ const gone = new Promise((resolve, reject) => {
 big.emit('message', 'x'.repeat(Number(process.env.SB_MAX_MESSAGE_BYTES || 65536) * 2));
 await gone;
 
+// A client that keeps sending past the rate limit is told so, then disconnected, as on /ws:
+// the burst (60) passes, two bursts' worth of strikes are dropped with an error, then it goes.
+const flood = await client();
+const flooded = new Promise((resolve, reject) => {
+  flood.socket.on('disconnect', resolve);
+  setTimeout(() => reject(new Error('a flood did not end the connection within 10 s')), 10000);
+});
+for (let i = 0; i < 400; i++) flood.emit('ipaddr');
+await flooded;
+assert.equal((await flood.next('switchboard_error'))[0].code, 'rate_limited');
+
 for (const x of [a, b, c, other, f, g, h]) x.close();
 console.log(`socket.io dialect with ${which}: OK`);
 process.exit(0);
