@@ -10,59 +10,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::Utf8Bytes;
-use tokio::sync::mpsc;
 
-use super::direct::{Direct, Wrote};
+pub use super::outbox::{OUTBOX_CAPACITY, Outbox};
 use super::protocol::{Payload, PeerId, PeerInfo, RoomId, ServerMsg, encode};
 use super::room::{JoinError, Joined, Left, Rooms, RouteError};
-use super::signal::Signal;
-
-/// Frames queued for one peer's socket task.
-pub const OUTBOX_CAPACITY: usize = 256;
-
-/// Why a peer's socket is closed from outside its task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Eviction {
-    /// Its outbox was full: a client too slow to read.
-    Overflow,
-    /// The operator closed its room or kicked it (admin API).
-    Kicked,
-}
-
-/// The sending side of a peer's socket task.
-#[derive(Debug, Clone)]
-pub struct Outbox {
-    pub tx: mpsc::Sender<Utf8Bytes>,
-    /// Its socket task's signal: the hub evicts through it.
-    pub signal: Arc<Signal>,
-    /// The socket's shared write half, for writing without a queue (native sockets).
-    pub direct: Option<Arc<Direct>>,
-}
-
-impl Outbox {
-    /// Writes `frame` into the socket at once when that needs no waiting (see `direct`),
-    /// else queues it; a full queue flags the peer for disconnection instead of waiting.
-    pub fn deliver(&self, frame: Utf8Bytes) {
-        let frame = match &self.direct {
-            Some(direct) => match direct.try_write(frame) {
-                Wrote::Done => return,
-                Wrote::Queue(frame) => {
-                    direct.queue_one();
-                    frame
-                }
-            },
-            None => frame,
-        };
-        if let Err(e) = self.tx.try_send(frame) {
-            if let Some(direct) = &self.direct {
-                direct.unqueue_one();
-            }
-            if let mpsc::error::TrySendError::Full(_) = e {
-                self.signal.evict(Eviction::Overflow);
-            }
-        }
-    }
-}
+use super::signal::Eviction;
 
 #[derive(Debug)]
 pub struct Hub {
@@ -214,6 +166,8 @@ impl Hub {
 
 #[cfg(test)]
 mod tests {
+    use tokio::sync::mpsc;
+
     use super::*;
 
     fn outbox(capacity: usize) -> (Outbox, mpsc::Receiver<Utf8Bytes>) {

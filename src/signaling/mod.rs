@@ -8,6 +8,7 @@
 //! - `socket`: the native endpoint's WebSocket upgrade and its reading and writing halves.
 //! - `conn`: the socket loop of the native and plain-WebSocket dialects (`Handler`).
 //! - `direct`: a socket's writing half, shared with the tasks that send to it.
+//! - `outbox`: a peer's `Outbox`, delivering without waiting; a full one evicts.
 //! - `signal`: what wakes a socket task from outside (flush, eviction, shutdown).
 //! - `hub`: the registry behind a lock plus each peer's outbox.
 //! - `stats`: signaling's counters and their metric families.
@@ -22,6 +23,7 @@ pub mod gate;
 pub mod hub;
 pub mod legacy;
 pub mod limits;
+pub mod outbox;
 pub mod protocol;
 pub mod room;
 pub mod signal;

@@ -14,10 +14,17 @@ use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
 
-use super::hub::Eviction;
-
 const FLUSH: u8 = 1;
 const CLOSE: u8 = 2;
+
+/// Why a peer's socket is closed from outside its task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Eviction {
+    /// Its outbox was full: a client too slow to read.
+    Overflow,
+    /// The operator closed its room or kicked it (admin API).
+    Kicked,
+}
 
 /// The signal of one socket task.
 #[derive(Debug, Default)]

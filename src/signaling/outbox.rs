@@ -1,0 +1,48 @@
+//! `Outbox`: the sending side of a peer's socket task, which the registry and other
+//! peers' tasks deliver frames through without ever waiting for that peer.
+
+use std::sync::Arc;
+
+use axum::extract::ws::Utf8Bytes;
+use tokio::sync::mpsc;
+
+use super::direct::{Direct, Wrote};
+use super::signal::{Eviction, Signal};
+
+/// Frames queued for one peer's socket task.
+pub const OUTBOX_CAPACITY: usize = 256;
+
+/// The sending side of a peer's socket task.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    pub tx: mpsc::Sender<Utf8Bytes>,
+    /// Its socket task's signal: the hub evicts through it.
+    pub signal: Arc<Signal>,
+    /// The socket's shared write half, for writing without a queue (native sockets).
+    pub direct: Option<Arc<Direct>>,
+}
+
+impl Outbox {
+    /// Writes `frame` into the socket at once when that needs no waiting (see `direct`),
+    /// else queues it; a full queue flags the peer for disconnection instead of waiting.
+    pub fn deliver(&self, frame: Utf8Bytes) {
+        let frame = match &self.direct {
+            Some(direct) => match direct.try_write(frame) {
+                Wrote::Done => return,
+                Wrote::Queue(frame) => {
+                    direct.queue_one();
+                    frame
+                }
+            },
+            None => frame,
+        };
+        if let Err(e) = self.tx.try_send(frame) {
+            if let Some(direct) = &self.direct {
+                direct.unqueue_one();
+            }
+            if let mpsc::error::TrySendError::Full(_) = e {
+                self.signal.evict(Eviction::Overflow);
+            }
+        }
+    }
+}
