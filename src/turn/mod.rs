@@ -7,7 +7,7 @@
 //! - `wire`: packet classification, stream framing, allocation-free data encodings.
 //! - `core`: the sans-IO server: requests in, responses out, the allocation table.
 //! - `route`: where a data packet goes and how it is framed, decided without sockets.
-//! - `server`: listeners, relay sockets and the data path (the only I/O).
+//! - `server`: listeners, relay sockets, tasks that carry out `route`'s decisions (the only I/O).
 //! - `stream`: a TCP/TLS client's framed reads and its bounded, never-waiting outbound queue.
 //! - `handle`: `Turn`, the narrow handle the rest of the crate holds (mint, revoke, usage, reload).
 //! - `ice`: the `ice_servers` entries and credentials handed to a peer.
