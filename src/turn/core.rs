@@ -144,6 +144,27 @@ impl<R> Allocation<R> {
         cache.iter().find(|(t, _)| t == tid).map(|(_, r)| r.clone())
     }
 
+    /// An allocation in no table, owned by a static user, for tests of the data path
+    /// (`turn::route`) that need no requests.
+    #[cfg(test)]
+    pub(crate) fn detached(tuple: FiveTuple, relayed: SocketAddr, relay: R, now: Instant) -> Self {
+        let owner = Owner::Static("test".into());
+        let holder = Holder::new(&owner, "test", tuple.client.ip());
+        Allocation {
+            tuple,
+            relayed,
+            local: relayed,
+            relay,
+            owner,
+            username: "test".into(),
+            holder,
+            state: Mutex::new(AllocState::new(now, super::allocation::DEFAULT_LIFETIME)),
+            replies: Mutex::new(VecDeque::new()),
+            closed: CancellationToken::new(),
+            relayed_bytes: Counter::default(),
+        }
+    }
+
     fn remember(&self, tid: [u8; 12], reply: &[u8]) {
         let mut cache = self.replies.lock().expect("reply cache");
         if cache.len() == REPLY_CACHE {

@@ -6,7 +6,8 @@
 //! - `allocation`: one allocation's permissions, channels and lifetime, as plain data.
 //! - `wire`: packet classification, stream framing, allocation-free data encodings.
 //! - `core`: the sans-IO server: requests in, responses out, the allocation table.
-//! - `server`: listeners, relay sockets and the data path (the only I/O).
+//! - `route`: where a data packet goes and how it is framed, decided without sockets.
+//! - `server`: listeners, relay sockets, tasks that carry out `route`'s decisions (the only I/O).
 //! - `stream`: a TCP/TLS client's framed reads and its bounded, never-waiting outbound queue.
 //! - `handle`: `Turn`, the narrow handle the rest of the crate holds (mint, revoke, usage, reload).
 //! - `ice`: the `ice_servers` entries and credentials handed to a peer.
@@ -18,6 +19,7 @@ pub mod handle;
 pub mod ice;
 pub mod policy;
 pub mod probe;
+pub mod route;
 pub mod server;
 pub mod stats;
 pub mod stream;

@@ -4,8 +4,8 @@
 //! that reads its relay socket. On UDP both read with `recvmmsg` and write with
 //! `sendmmsg` (one syscall per batch, not per packet), into a per-thread scratch
 //! batch whose slots leave headroom for framing in place: no per-packet allocation.
-//! ChannelData whose peer is another allocation of this server is handed to that
-//! allocation's client directly (relay to relay without the kernel round trip).
+//! Where each data packet goes and how it is framed (to a peer, to a client, relay to
+//! relay, or dropped) is `turn::route`'s decision; this module only carries it out.
 //! A UDP listener on a wildcard address learns each datagram's destination: it is the
 //! `server` of the 5-tuple, and everything toward that client leaves from it, since a
 //! NAT (or the client) drops an answer from another address of a multi-homed host.
@@ -33,6 +33,7 @@ use tracing::{debug, warn};
 use super::core::{
     Allocation, CloseReason, Core, FiveTuple, Handled, PortChoice, RelayBinder, Stats, Transport,
 };
+use super::route::{self, Relay, Route};
 use super::stats::{ConnectionLimit, StreamClose};
 pub use super::stream::Stream;
 use super::stream::{FrameError, Frames, Outbox, WRITE_DEADLINE, WriterEnd};
@@ -128,6 +129,15 @@ pub struct RelaySocket {
     client: OnceLock<ClientSink>,
 }
 
+impl Relay for RelaySocket {
+    type Sink = ClientSink;
+
+    #[inline]
+    fn client(&self) -> Option<&ClientSink> {
+        self.client.get()
+    }
+}
+
 impl std::fmt::Debug for RelaySocket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RelaySocket")
@@ -160,10 +170,6 @@ impl ClientSink {
             ClientSink::Udp(udp) => send_now(&udp.socket, bytes, client, udp.from).is_ok(),
             ClientSink::Stream(outbox) => outbox.push(bytes.to_vec()),
         }
-    }
-
-    fn pads(&self) -> bool {
-        matches!(self, ClientSink::Stream(_))
     }
 }
 
@@ -355,44 +361,53 @@ impl TurnServer {
             match wire::classify(s.recv.data(i)) {
                 Kind::ChannelData { number, len } => {
                     let allocation = match &last {
-                        Some((t, a)) if *t == tuple => Arc::clone(a),
-                        _ => match self.core.get(&tuple) {
-                            Some(a) => {
-                                last = Some((tuple, Arc::clone(&a)));
-                                a
+                        Some((t, a)) if *t == tuple => Some(Arc::clone(a)),
+                        _ => {
+                            let found = self.core.get(&tuple);
+                            if let Some(a) = &found {
+                                last = Some((tuple, Arc::clone(a)));
                             }
-                            None => {
-                                self.core.stats.no_permission.inc();
-                                continue;
-                            }
-                        },
+                            found
+                        }
                     };
                     let start = s.recv.headroom() + CHANNEL_HEADER;
-                    match self.route(&allocation, now, number, s.recv.slot_mut(i), start, len) {
-                        Route::Drop => {}
-                        Route::Peer(peer) => s.out.push(Out {
+                    match route::channel_data(
+                        allocation,
+                        now,
+                        number,
+                        s.recv.slot_mut(i),
+                        start..start + len,
+                        |relayed| self.core.by_relayed(relayed),
+                        &self.core.stats,
+                    ) {
+                        Route::Drop(_) => {}
+                        Route::ToPeer {
+                            allocation,
+                            peer,
+                            payload,
+                        } => s.out.push(Out {
                             via: Via::Relay(allocation),
                             slot: i,
-                            range: start..start + len,
+                            range: payload,
                             dest: peer,
                         }),
-                        Route::Client {
+                        Route::RelayToRelay {
                             sink: ClientSink::Udp(to),
-                            dest,
-                            range,
+                            client,
+                            frame,
                             ..
                         } => s.out.push(Out {
                             via: Via::Listener(to),
                             slot: i,
-                            range,
-                            dest,
+                            range: frame,
+                            dest: client,
                         }),
-                        Route::Client {
+                        Route::RelayToRelay {
                             sink,
-                            dest,
-                            range,
+                            client,
                             transport,
-                        } => self.forward(&sink, &s.recv.slot(i)[range], dest, transport),
+                            frame,
+                        } => self.forward(&sink, &s.recv.slot(i)[frame], client, transport),
                     }
                 }
                 Kind::Stun => {
@@ -591,39 +606,40 @@ impl TurnServer {
     ) -> Option<(Outbox, Vec<u8>, Transport)> {
         match wire::classify(&buf[frame.clone()]) {
             Kind::ChannelData { number, len } => {
-                let Some(allocation) = self.core.get(&tuple) else {
-                    self.core.stats.no_permission.inc();
-                    return None;
-                };
                 let start = frame.start + CHANNEL_HEADER;
-                match self.route(&allocation, Instant::now(), number, buf, start, len) {
-                    Route::Drop => {}
-                    Route::Peer(peer) => {
-                        match send_now(
-                            &allocation.relay.socket,
-                            &buf[start..start + len],
-                            peer,
-                            None,
-                        ) {
-                            Ok(_) => self.core.stats.to_peers.add(tuple.transport, 1, len),
-                            Err(e) => {
-                                self.core.stats.relay_send_failures.inc();
-                                debug!(%peer, error = %e, "relay send failed");
-                            }
+                match route::channel_data(
+                    self.core.get(&tuple),
+                    Instant::now(),
+                    number,
+                    buf,
+                    start..start + len,
+                    |relayed| self.core.by_relayed(relayed),
+                    &self.core.stats,
+                ) {
+                    Route::Drop(_) => {}
+                    Route::ToPeer {
+                        allocation,
+                        peer,
+                        payload,
+                    } => match send_now(&allocation.relay.socket, &buf[payload], peer, None) {
+                        Ok(_) => self.core.stats.to_peers.add(tuple.transport, 1, len),
+                        Err(e) => {
+                            self.core.stats.relay_send_failures.inc();
+                            debug!(%peer, error = %e, "relay send failed");
                         }
-                    }
-                    Route::Client {
+                    },
+                    Route::RelayToRelay {
                         sink: ClientSink::Stream(outbox),
-                        range,
                         transport,
+                        frame,
                         ..
-                    } => return Some((outbox, buf[range].to_vec(), transport)),
-                    Route::Client {
+                    } => return Some((outbox, buf[frame].to_vec(), transport)),
+                    Route::RelayToRelay {
                         sink,
-                        dest,
-                        range,
+                        client,
                         transport,
-                    } => self.forward(&sink, &buf[range], dest, transport),
+                        frame,
+                    } => self.forward(&sink, &buf[frame], client, transport),
                 }
             }
             Kind::Stun => {
@@ -668,64 +684,6 @@ impl TurnServer {
                 None
             }
             Handled::Nothing => None,
-        }
-    }
-
-    /// Where ChannelData from `allocation`'s client goes. The payload is `len` bytes at
-    /// `buf[start..]` with HEADROOM before it; a relay-to-relay packet is framed in
-    /// place for the other allocation's client, as that allocation's relay would have.
-    fn route(
-        &self,
-        allocation: &Allocation<RelaySocket>,
-        now: Instant,
-        number: u16,
-        buf: &mut [u8],
-        start: usize,
-        len: usize,
-    ) -> Route {
-        let peer = allocation
-            .state
-            .lock()
-            .expect("allocation")
-            .channel_peer(now, number);
-        let Some(peer) = peer else {
-            self.core.stats.no_permission.inc();
-            return Route::Drop;
-        };
-        allocation.relayed_bytes.add(len as u64);
-        let Some(other) = self.core.by_relayed(&peer) else {
-            return Route::Peer(peer);
-        };
-        let Some(sink) = other.relay.client.get() else {
-            // Not yet granted (its reply is being sent): as if it had no permission yet.
-            self.core.stats.no_permission.inc();
-            return Route::Drop;
-        };
-        let from = allocation.relayed;
-        let channel = {
-            let state = other.state.lock().expect("allocation");
-            if !state.is_permitted(now, from) {
-                self.core.stats.no_permission.inc();
-                return Route::Drop;
-            }
-            state.channel_of(now, from)
-        };
-        let range = match channel {
-            Some(n) => wire::channel_data_in_place(buf, start, len, n, sink.pads()),
-            None => match wire::data_indication_in_place(buf, start, len, from, random_tid()) {
-                Some(range) => range,
-                None => {
-                    self.core.stats.unframeable.inc();
-                    return Route::Drop;
-                }
-            },
-        };
-        self.core.stats.relay_to_relay.inc();
-        Route::Client {
-            sink: sink.clone(),
-            dest: other.tuple.client,
-            range,
-            transport: other.tuple.transport,
         }
     }
 
@@ -788,21 +746,6 @@ impl Drop for Admitted {
     fn drop(&mut self) {
         self.allocated();
     }
-}
-
-/// Where a client's ChannelData goes.
-enum Route {
-    Drop,
-    /// Out of the allocation's relay socket to this peer.
-    Peer(SocketAddr),
-    /// Relay to relay: straight to the other allocation's client, framed at `range`.
-    Client {
-        sink: ClientSink,
-        dest: SocketAddr,
-        range: Range<usize>,
-        /// The other client's transport, for the counters.
-        transport: Transport,
-    },
 }
 
 /// The socket a batched datagram leaves by.
@@ -960,12 +903,6 @@ fn send_now(
     mmsg::send_one(socket, data, to, from)
 }
 
-fn random_tid() -> [u8; 12] {
-    let mut tid = [0u8; 12];
-    rand::rng().fill_bytes(&mut tid);
-    tid
-}
-
 /// Reads one allocation's relay socket and forwards permitted peer traffic to the client.
 /// Never waits for the client: it only sends now (UDP) or queues (stream).
 async fn relay_loop(core: Arc<TurnCore>, allocation: Arc<Allocation<RelaySocket>>) {
@@ -1002,7 +939,7 @@ fn relay_batch(
     let socket = &allocation.relay.socket;
     let got = socket.try_io(Interest::READABLE, || s.recv.recv(socket))?;
     let now = Instant::now();
-    let pad = sink.pads();
+    let transport = allocation.tuple.transport;
     let start = s.recv.headroom();
     s.frames.clear();
     let mut payload = 0;
@@ -1012,34 +949,20 @@ fn relay_batch(
             let Some(from) = s.recv.source(i) else {
                 continue;
             };
-            let from = SocketAddr::new(super::policy::normalize(from.ip()), from.port());
-            if !state.is_permitted(now, from) {
-                stats.no_permission.inc();
-                continue;
-            }
             let len = s.recv.data_len(i);
-            let range = match state.channel_of(now, from) {
-                Some(number) => Some(wire::channel_data_in_place(
-                    s.recv.slot_mut(i),
-                    start,
-                    len,
-                    number,
-                    pad,
-                )),
-                None => wire::data_indication_in_place(
-                    s.recv.slot_mut(i),
-                    start,
-                    len,
-                    from,
-                    random_tid(),
-                ),
-            };
-            let Some(range) = range else {
-                stats.unframeable.inc();
+            let Ok(frame) = route::peer_data(
+                &state,
+                now,
+                transport,
+                from,
+                s.recv.slot_mut(i),
+                start..start + len,
+                stats,
+            ) else {
                 continue;
             };
             payload += len;
-            s.frames.push((i, range));
+            s.frames.push((i, frame));
         }
     }
     allocation.relayed_bytes.add(payload as u64);
@@ -1068,7 +991,6 @@ fn relay_batch(
                 run.extend_from_slice(&recv.slot(*i)[r.clone()]);
             }
             if outbox.push(run) {
-                let transport = allocation.tuple.transport;
                 stats.to_clients.add(transport, s.frames.len(), total);
             } else {
                 stats.stream_queue_drops.add(s.frames.len() as u64);

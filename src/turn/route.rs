@@ -1,0 +1,210 @@
+//! Where a relayed packet goes, and how it is framed, decided without sockets.
+//!
+//! `turn::server` receives a packet, asks this module what to do with it, and does it:
+//! - `channel_data`: ChannelData from a client goes out of its allocation's relay to the
+//!   channel's peer (`Route::ToPeer`); or, when that peer is the relayed address of another
+//!   allocation of this server, straight to that allocation's client, framed in place as
+//!   that allocation's relay would have framed it (`Route::RelayToRelay`); or it is dropped.
+//! - `peer_data`: a datagram from a peer on an allocation's relay goes to the allocation's
+//!   client, framed in place as ChannelData when the peer has a channel and as a Data
+//!   indication otherwise; or it is dropped.
+//!
+//! ChannelData toward a TCP/TLS client is padded to a multiple of 4 bytes, toward a UDP client
+//! it is not (RFC 8656 section 12.5); a Data indication is always a whole STUN message.
+//! Frames are written into the caller's buffer, in the `HEADROOM` before the payload, and the
+//! decisions return ranges of that buffer: nothing is allocated or copied here.
+//! Send indications are the core's (`Handled::Send`).
+//!
+//! Drops are counted here, as are the allocation's relayed bytes and the relay-to-relay
+//! handovers; what is sent, or fails to be, is counted by the caller, which alone knows.
+//! The only locks are the allocations' own mutexes, each taken for one lookup.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rand::RngCore;
+
+use super::allocation::AllocState;
+use super::core::{Allocation, Stats, Transport};
+use super::policy;
+use super::wire;
+
+/// An allocation's relay handle as routing sees it: the way back to the allocation's client.
+pub trait Relay {
+    /// Whatever delivers frames to the client (a UDP listener, a stream's queue).
+    type Sink: Clone;
+    /// The way back to the client; `None` until the allocation is granted.
+    fn client(&self) -> Option<&Self::Sink>;
+}
+
+/// Where ChannelData from a client goes.
+#[derive(Debug)]
+pub enum Route<R: Relay> {
+    /// Out of `allocation`'s relay socket to `peer`: the bytes `payload` of the buffer.
+    ToPeer {
+        allocation: Arc<Allocation<R>>,
+        peer: SocketAddr,
+        payload: Range<usize>,
+    },
+    /// Relay to relay: to the client of another allocation of this server, by its `sink`,
+    /// the bytes `frame` of the buffer (framed for that client).
+    RelayToRelay {
+        sink: R::Sink,
+        client: SocketAddr,
+        /// The other client's transport, for the counters.
+        transport: Transport,
+        frame: Range<usize>,
+    },
+    /// Nowhere: dropped, and counted.
+    Drop(Dropped),
+}
+
+/// Why a packet on the data path was dropped; each reason is counted as `Stats::unframeable`
+/// (`Unframeable`) or `Stats::no_permission` (the others).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dropped {
+    /// ChannelData on a 5-tuple without an allocation.
+    NoAllocation,
+    /// ChannelData on a channel that is not bound, has expired, or whose peer's permission has
+    /// expired (a channel carries nothing without one, RFC 8656 section 12).
+    NoChannel,
+    /// From a peer without a permission; relay to relay, the other allocation has none for
+    /// this allocation's relayed address.
+    NoPermission,
+    /// Relay to relay, to an allocation not granted yet (its reply is on its way): as if it
+    /// had no permission yet.
+    NotGranted,
+    /// Too large for a Data indication, from a peer without a channel.
+    Unframeable,
+}
+
+impl Dropped {
+    #[inline]
+    fn count(self, stats: &Stats) -> Dropped {
+        match self {
+            Dropped::Unframeable => stats.unframeable.inc(),
+            Dropped::NoAllocation
+            | Dropped::NoChannel
+            | Dropped::NoPermission
+            | Dropped::NotGranted => stats.no_permission.inc(),
+        }
+        self
+    }
+}
+
+/// Whether ChannelData toward a client over `transport` is padded to a multiple of 4 bytes:
+/// over TCP and TLS it is, over UDP it is not (RFC 8656 section 12.5).
+#[inline]
+pub fn pads(transport: Transport) -> bool {
+    transport != Transport::Udp
+}
+
+/// Decides where ChannelData on channel `number` from the client of `allocation` goes
+/// (`allocation` is the 5-tuple's, `None` when it has none). The payload is `buf[payload]`,
+/// with `HEADROOM` free bytes before it and 3 after; a relay-to-relay packet is framed there,
+/// in place. `by_relayed` finds the live allocation of a relayed address.
+///
+/// Counts the drops, the payload in the allocation's relayed bytes once the channel is
+/// known, and the relay-to-relay handovers.
+#[inline]
+pub fn channel_data<R: Relay>(
+    allocation: Option<Arc<Allocation<R>>>,
+    now: Instant,
+    number: u16,
+    buf: &mut [u8],
+    payload: Range<usize>,
+    by_relayed: impl FnOnce(&SocketAddr) -> Option<Arc<Allocation<R>>>,
+    stats: &Stats,
+) -> Route<R> {
+    let Some(allocation) = allocation else {
+        return Route::Drop(Dropped::NoAllocation.count(stats));
+    };
+    let peer = allocation
+        .state
+        .lock()
+        .expect("allocation")
+        .channel_peer(now, number);
+    let Some(peer) = peer else {
+        return Route::Drop(Dropped::NoChannel.count(stats));
+    };
+    allocation.relayed_bytes.add(payload.len() as u64);
+    let Some(other) = by_relayed(&peer) else {
+        return Route::ToPeer {
+            allocation,
+            peer,
+            payload,
+        };
+    };
+    let Some(sink) = other.relay.client() else {
+        return Route::Drop(Dropped::NotGranted.count(stats));
+    };
+    let from = allocation.relayed;
+    let channel = {
+        let state = other.state.lock().expect("allocation");
+        if !state.is_permitted(now, from) {
+            return Route::Drop(Dropped::NoPermission.count(stats));
+        }
+        state.channel_of(now, from)
+    };
+    let Some(frame) = frame(buf, payload, from, channel, pads(other.tuple.transport)) else {
+        return Route::Drop(Dropped::Unframeable.count(stats));
+    };
+    stats.relay_to_relay.inc();
+    Route::RelayToRelay {
+        sink: sink.clone(),
+        client: other.tuple.client,
+        transport: other.tuple.transport,
+        frame,
+    }
+}
+
+/// Frames a datagram from the peer `from`, received on the relay of the allocation whose
+/// state is `state` and whose client uses `transport`, for that client: returns the frame's
+/// range of `buf`, written in place around the payload `buf[payload]` (which has `HEADROOM`
+/// free bytes before it and 3 after), or why it is dropped (counted).
+#[inline]
+pub fn peer_data(
+    state: &AllocState,
+    now: Instant,
+    transport: Transport,
+    from: SocketAddr,
+    buf: &mut [u8],
+    payload: Range<usize>,
+    stats: &Stats,
+) -> Result<Range<usize>, Dropped> {
+    let from = SocketAddr::new(policy::normalize(from.ip()), from.port());
+    if !state.is_permitted(now, from) {
+        return Err(Dropped::NoPermission.count(stats));
+    }
+    let channel = state.channel_of(now, from);
+    frame(buf, payload, from, channel, pads(transport))
+        .ok_or_else(|| Dropped::Unframeable.count(stats))
+}
+
+/// Frames `buf[payload]` from `from` for a client, in place: ChannelData on `channel`
+/// (padded when `pad`), else a Data indication; `None` when it is too large for one.
+#[inline]
+fn frame(
+    buf: &mut [u8],
+    payload: Range<usize>,
+    from: SocketAddr,
+    channel: Option<u16>,
+    pad: bool,
+) -> Option<Range<usize>> {
+    let (start, len) = (payload.start, payload.len());
+    match channel {
+        Some(number) => Some(wire::channel_data_in_place(buf, start, len, number, pad)),
+        None => wire::data_indication_in_place(buf, start, len, from, random_tid()),
+    }
+}
+
+fn random_tid() -> [u8; 12] {
+    let mut tid = [0u8; 12];
+    rand::rng().fill_bytes(&mut tid);
+    tid
+}
+
+#[cfg(test)]
+mod tests;
