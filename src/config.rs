@@ -616,19 +616,8 @@ impl Config {
                 ));
             }
         }
-        let path = &s.legacy_path;
-        if !path.starts_with('/')
-            || path.len() < 2
-            || path.contains(['?', '#', ' ', '{'])
-            || crate::routes::collides(path)
-        {
-            return Err(invalid(
-                "signaling.legacy_path",
-                format!(
-                    "expected a path such as \"/legacy\" that no other route uses, got {path:?}"
-                ),
-            ));
-        }
+        crate::routes::check_extra(&s.legacy_path)
+            .map_err(|message| invalid("signaling.legacy_path", message))?;
         validate_turn(turn, &invalid)?;
         for (i, server) in ice_servers.iter().enumerate() {
             if server.urls.is_empty() {

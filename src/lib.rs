@@ -13,7 +13,8 @@
 //! - `limiter`: connection counts per source and in total, with guards that free their slot.
 //! - `app`: binds every listener, runs them, and drains on shutdown.
 //! - `state`: `AppState`, the state shared by handlers and tasks.
-//! - `routes`: the HTTPS router's own paths, shared with the config's check of `signaling.legacy_path`.
+//! - `routes`: the HTTPS router's fixed routes in one table, and the check of the one path it mounts
+//!   beside them (`signaling.legacy_path`).
 //! - `http`: the HTTPS routes (call page, health, `/ws`) and the accept loops.
 //! - `secrets`: secrets the config does not set, generated and persisted with mode 0600.
 //! - `signaling`: the native JSON protocol, the room registry, limits and the socket task.

@@ -13,10 +13,10 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{MethodRouter, get};
 
 use crate::model::RoomId;
-use crate::routes;
+use crate::routes::Route;
 use crate::signaling::{legacy, ws};
 use crate::state::AppState;
 
@@ -31,23 +31,35 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
                    media-src 'self' blob: mediastream:; connect-src 'self'; base-uri 'none'; \
                    form-action 'self'; frame-ancestors 'none'";
 
+/// The HTTPS router: every route of `routes::Route::ALL`, then `signaling.legacy_path`
+/// (checked by the config with `routes::check_extra`), and socket.io's layer.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route(routes::PAGE, get(page))
-        .route(routes::ROOM_PAGE, get(room_page))
-        .route(routes::CALL_SCRIPT, get(script))
-        .route(routes::STYLE, get(style))
-        .route(routes::DIAG_PAGE, get(async || Html(DIAG_PAGE)))
-        .route(routes::DIAG_SCRIPT, get(diag_script))
-        .route(routes::WS, get(ws::upgrade))
+    let mut router = Router::new();
+    for route in Route::ALL {
+        router = router.route(route.path(), handler(route));
+    }
+    router
         .route(&state.live().signaling.legacy_path, get(legacy::upgrade))
-        .route(routes::HEALTHZ, get(healthz))
-        .route(routes::READYZ, get(readyz))
-        .route(routes::ICE_SERVERS, get(ice_api::ice_servers))
         .fallback(not_found)
         .layer(crate::signaling::sio::layer(Arc::clone(&state)))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
+}
+
+/// The handler of each fixed route; the match is exhaustive, so a new route needs one.
+fn handler(route: Route) -> MethodRouter<Arc<AppState>> {
+    match route {
+        Route::Page => get(page),
+        Route::RoomPage => get(room_page),
+        Route::CallScript => get(script),
+        Route::Style => get(style),
+        Route::DiagPage => get(async || Html(DIAG_PAGE)),
+        Route::DiagScript => get(diag_script),
+        Route::Ws => get(ws::upgrade),
+        Route::Healthz => get(healthz),
+        Route::Readyz => get(readyz),
+        Route::IceServers => get(ice_api::ice_servers),
+    }
 }
 
 /// The plain-WebSocket dialect alone, for plain `ws://` listeners.
