@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, Secret};
+use crate::config::{Apply, Config, Key, Secret};
 use crate::http;
 use crate::net::{self, Bound};
 use crate::secrets;
@@ -462,8 +462,9 @@ fn admin_token(config: &Config, has_admin: bool) -> anyhow::Result<Option<Secret
 /// Applies `new` to the running server: certificate, TURN secrets (rotation), static users,
 /// quotas and peer lists, credential lifetime and public host, signaling limits, ICE servers,
 /// the admin token and API keys. Connections and allocations stay. Everything that can fail
-/// happens before anything is applied, so a refused reload changes nothing. Settings that
-/// need new sockets (listen addresses, relay addresses and ports, ...) are named in a warning.
+/// happens before anything is applied, so a refused reload changes nothing. Changed keys
+/// that only a restart applies (`config::Apply::Restart`: listen addresses, relay addresses
+/// and ports, ...) are named in a warning, the others in the `configuration reloaded` line.
 ///
 /// # Errors
 /// The new certificate or a generated secret cannot be loaded.
@@ -501,11 +502,15 @@ fn reload(
         }));
     }
     app.set_live(Live::new(&new, admin_token));
-    let restart = old.restart_needed(&new);
+    let (restart, applied): (Vec<Key>, Vec<Key>) = old
+        .changes(&new)
+        .into_iter()
+        .partition(|key| key.apply == Apply::Restart);
+    let names = |keys: Vec<Key>| keys.into_iter().map(|key| key.name).collect::<Vec<_>>();
     if !restart.is_empty() {
-        warn!(keys = ?restart, "these settings changed but take effect only after a restart");
+        warn!(keys = ?names(restart), "these settings changed but take effect only after a restart");
     }
-    info!(fingerprint = %loaded.fingerprint, "configuration reloaded");
+    info!(fingerprint = %loaded.fingerprint, changed = ?names(applied), "configuration reloaded");
     Ok(new)
 }
 

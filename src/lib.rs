@@ -5,7 +5,8 @@
 //!
 //! # Layout
 //! - `model`: the shared vocabulary: room and peer ids, ICE server entries; plain data.
-//! - `config`: the configuration file, parsed strictly and validated.
+//! - `config`: the configuration file, parsed strictly and validated, one module per section;
+//!   each key is classified there as applied by a reload or needing a restart.
 //! - `tls`: certificates (configured or self-signed) and the rustls server config.
 //! - `net`: binding sockets with errors that say what to change.
 //! - `mmsg`: batched UDP syscalls (`recvmmsg`/`sendmmsg`) for the relay and the benchmarks.

@@ -23,6 +23,16 @@ pub struct AcmeConfig {
     pub renew_before_days: u64,
 }
 
+keys!(AcmeConfig in "acme" {
+    // The renewal task is given the configuration it started with.
+    enabled: Restart,
+    domains: Restart,
+    contact: Restart,
+    directory: Restart,
+    directory_ca: Restart,
+    renew_before_days: Restart,
+});
+
 impl Default for AcmeConfig {
     fn default() -> Self {
         AcmeConfig {

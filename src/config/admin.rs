@@ -16,6 +16,11 @@ pub struct AdminConfig {
     pub token: Option<Secret>,
 }
 
+keys!(AdminConfig in "admin" {
+    listen: Restart,
+    token: Live,
+});
+
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {

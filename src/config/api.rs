@@ -12,6 +12,10 @@ pub struct ApiConfig {
     pub keys: Vec<Secret>,
 }
 
+keys!(ApiConfig in "api" {
+    keys: Live,
+});
+
 impl ApiConfig {
     pub(super) fn validate(&self, invalid: Invalid<'_>) -> Result<(), ConfigError> {
         if let Some(i) = self.keys.iter().position(|k| k.expose().len() < 16) {

@@ -10,3 +10,7 @@ pub struct HttpRedirectConfig {
     /// Plain-HTTP addresses that only redirect to HTTPS; empty means off.
     pub listen: Vec<SocketAddr>,
 }
+
+keys!(HttpRedirectConfig in "http_redirect" {
+    listen: Restart,
+});

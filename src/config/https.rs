@@ -23,6 +23,15 @@ pub struct HttpsConfig {
     pub cert_check_interval_s: u64,
 }
 
+keys!(HttpsConfig in "https" {
+    listen: Restart,
+    // A reload loads the certificate of the new file into the `CertStore`.
+    cert: Live,
+    key: Live,
+    extra_names: Live,
+    cert_check_interval_s: Live,
+});
+
 impl Default for HttpsConfig {
     fn default() -> Self {
         HttpsConfig {

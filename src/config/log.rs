@@ -12,6 +12,12 @@ pub struct LogConfig {
     pub format: LogFormat,
 }
 
+keys!(LogConfig in "log" {
+    // The subscriber is installed once, at start.
+    level: Restart,
+    format: Restart,
+});
+
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {

@@ -1,12 +1,48 @@
 //! The configuration file: parsing, defaults, validation, and the masked dump
 //! that `switchboard check-config` prints.
 //!
-//! One submodule per section of the file owns its struct, its defaults and its checks;
-//! this module holds `Config`, loading, `ConfigError` and the order of the checks.
+//! One submodule per section of the file owns its struct, its defaults, its checks, and
+//! (with `keys!`, next to the struct) whether each key is applied by a reload or needs a
+//! restart; this module holds `Config`, loading, `ConfigError` and the order of the checks.
 //! Parsing is strict: unknown keys, wrong types and out-of-range values are
 //! refused with the file, the dotted key and what was expected.
 //! This module does no I/O beyond reading the file; the checks that need the
 //! file system (certificate paths) live in `tls`.
+
+/// Implements `Section` for a section's struct from one list that names each field and
+/// when a change to it takes effect (`Live` or `Restart`, see `Apply`).
+///
+/// The list builds the struct without `..`, so a new field fails to compile ("missing field
+/// in initializer") until it is classified here, and a field listed twice fails too. Keys
+/// are the field names, which a test holds to serde's.
+macro_rules! keys {
+    ($section:ident in $name:literal { $($field:ident: $apply:ident),+ $(,)? }) => {
+        impl $crate::config::Section for $section {
+            const KEYS: &'static [$crate::config::Key] = &[$(
+                $crate::config::Key {
+                    name: concat!($name, ".", stringify!($field)),
+                    apply: $crate::config::Apply::$apply,
+                },
+            )+];
+
+            fn changed(&self, new: &Self) -> Vec<$crate::config::Key> {
+                // A struct expression without `..` names every field, so a field missing
+                // from the list fails to compile here ("missing field").
+                let _every_field_listed = |s: $section| $section { $($field: s.$field),+ };
+                let mut changed = Vec::new();
+                $(
+                    if self.$field != new.$field {
+                        changed.push($crate::config::Key {
+                            name: concat!($name, ".", stringify!($field)),
+                            apply: $crate::config::Apply::$apply,
+                        });
+                    }
+                )+
+                changed
+            }
+        }
+    };
+}
 
 mod acme;
 mod admin;
@@ -84,6 +120,37 @@ pub enum ConfigError {
 /// Builds `ConfigError::Invalid` for a dotted key of the file being checked; each section's
 /// `validate` takes one, so its errors name the file without knowing it.
 type Invalid<'a> = &'a dyn Fn(&str, String) -> ConfigError;
+
+/// When a changed key takes effect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Apply {
+    /// A reload (SIGHUP) applies it to the running server.
+    Live,
+    /// It is read once at start (sockets, the relay setup, state keyed by it): a reload
+    /// keeps the running value and names the key in a warning.
+    Restart,
+}
+
+/// A key of the file, dotted (`turn.udp_listen`), and when a change to it takes effect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Key {
+    pub name: &'static str,
+    pub apply: Apply,
+}
+
+/// A section of the file (a TOML table); implemented by `keys!` next to each struct.
+trait Section {
+    /// Every key of the section, in field order.
+    const KEYS: &'static [Key];
+    /// The keys whose values differ between `self` and `new`.
+    fn changed(&self, new: &Self) -> Vec<Key>;
+}
+
+/// `ice_servers` is an array at the top level, not a section; `Live::new` hands it out.
+const ICE_SERVERS: Key = Key {
+    name: "ice_servers",
+    apply: Apply::Live,
+};
 
 impl Config {
     /// Reads and validates the file at `path`.
@@ -186,60 +253,56 @@ impl Config {
         ice_servers::validate(ice_servers, &invalid)
     }
 
-    /// The keys that differ between `self` and `new` but only take effect at start,
-    /// because they need new sockets or a new relay setup.
-    pub fn restart_needed(&self, new: &Config) -> Vec<&'static str> {
-        let (a, b) = (self, new);
-        let checks = [
-            ("server.state_dir", a.server.state_dir != b.server.state_dir),
-            ("log.level", a.log.level != b.log.level),
-            ("log.format", a.log.format != b.log.format),
-            ("https.listen", a.https.listen != b.https.listen),
-            (
-                "http_redirect.listen",
-                a.http_redirect.listen != b.http_redirect.listen,
-            ),
-            (
-                "signaling.legacy_path",
-                a.signaling.legacy_path != b.signaling.legacy_path,
-            ),
-            (
-                "signaling.legacy_ws_listen",
-                a.signaling.legacy_ws_listen != b.signaling.legacy_ws_listen,
-            ),
-            ("turn.enabled", a.turn.enabled != b.turn.enabled),
-            ("turn.realm", a.turn.realm != b.turn.realm),
-            ("turn.udp_listen", a.turn.udp_listen != b.turn.udp_listen),
-            ("turn.tcp_listen", a.turn.tcp_listen != b.turn.tcp_listen),
-            ("turn.tls_listen", a.turn.tls_listen != b.turn.tls_listen),
-            ("turn.relay_ip", a.turn.relay_ip != b.turn.relay_ip),
-            ("turn.relay_ipv6", a.turn.relay_ipv6 != b.turn.relay_ipv6),
-            ("turn.external_ip", a.turn.external_ip != b.turn.external_ip),
-            ("turn.min_port", a.turn.min_port != b.turn.min_port),
-            ("turn.max_port", a.turn.max_port != b.turn.max_port),
-            (
-                "turn.grace_period_s",
-                a.turn.grace_period_s != b.turn.grace_period_s,
-            ),
-            (
-                "turn.on_https_port",
-                a.turn.on_https_port != b.turn.on_https_port,
-            ),
-            (
-                "turn.source_prefix_v6",
-                a.turn.source_prefix_v6 != b.turn.source_prefix_v6,
-            ),
-            (
-                "turn.allocate_timeout_s",
-                a.turn.allocate_timeout_s != b.turn.allocate_timeout_s,
-            ),
-            ("admin.listen", a.admin.listen != b.admin.listen),
-            ("acme", a.acme != b.acme),
-        ];
-        checks
-            .into_iter()
-            .filter_map(|(key, changed)| changed.then_some(key))
-            .collect()
+    /// Every key of the file, in file order, and when a change to it takes effect.
+    pub fn keys() -> impl Iterator<Item = Key> {
+        [
+            ServerConfig::KEYS,
+            LogConfig::KEYS,
+            HttpsConfig::KEYS,
+            HttpRedirectConfig::KEYS,
+            SignalingConfig::KEYS,
+            TurnConfig::KEYS,
+            AcmeConfig::KEYS,
+            AdminConfig::KEYS,
+            ApiConfig::KEYS,
+            &[ICE_SERVERS],
+        ]
+        .into_iter()
+        .flatten()
+        .copied()
+    }
+
+    /// The keys whose values differ between `self` and `new`, in file order, each with when
+    /// it takes effect; a reload warns about those that need a restart.
+    pub fn changes(&self, new: &Config) -> Vec<Key> {
+        let Config {
+            server,
+            log,
+            https,
+            http_redirect,
+            signaling,
+            turn,
+            acme,
+            admin,
+            api,
+            ice_servers,
+        } = self;
+        let mut changed = [
+            server.changed(&new.server),
+            log.changed(&new.log),
+            https.changed(&new.https),
+            http_redirect.changed(&new.http_redirect),
+            signaling.changed(&new.signaling),
+            turn.changed(&new.turn),
+            acme.changed(&new.acme),
+            admin.changed(&new.admin),
+            api.changed(&new.api),
+        ]
+        .concat();
+        if *ice_servers != new.ice_servers {
+            changed.push(ICE_SERVERS);
+        }
+        changed
     }
 
     /// The configuration as TOML with every secret masked, for `check-config`.
@@ -250,92 +313,4 @@ impl Config {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    pub(super) fn refused(text: &str) -> String {
-        Config::from_toml(text, "test.toml")
-            .expect_err("refused")
-            .to_string()
-    }
-
-    #[test]
-    fn shipped_config_parses_and_matches_the_defaults() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
-        let shipped = Config::load(&path).expect("shipped config.toml is valid");
-        let defaults = Config::from_toml("", "empty").unwrap();
-        let mut shipped_dump = shipped.clone();
-        shipped_dump.server.state_dir = defaults.server.state_dir.clone();
-        assert_eq!(shipped_dump.to_masked_toml(), defaults.to_masked_toml());
-        assert_eq!(shipped.https.listen.len(), 2);
-        assert!(shipped.server.state_dir.ends_with("certs"));
-    }
-
-    #[test]
-    fn unknown_key_is_refused_with_its_path_and_line() {
-        let err = refused("[signaling]\nroom_capacity = 4\nroom_capacty = 3\n");
-        assert!(err.starts_with("test.toml:3: "), "{err}");
-        assert!(err.contains("signaling"), "{err}");
-        assert!(err.contains("unknown field `room_capacty`"), "{err}");
-        let err = refused("[nonsense]\n");
-        assert!(err.contains("unknown field `nonsense`"), "{err}");
-    }
-
-    #[test]
-    fn wrong_type_names_the_key() {
-        let err = refused("[signaling]\nroom_capacity = \"four\"\n");
-        assert!(err.contains("key `signaling.room_capacity`"), "{err}");
-        assert!(err.contains("expected"), "{err}");
-    }
-
-    #[test]
-    fn bad_port_names_the_key() {
-        let err = refused("[https]\nlisten = [\"0.0.0.0:99999\"]\n");
-        assert!(err.contains("key `https.listen[0]`"), "{err}");
-        assert!(err.contains("socket address"), "{err}");
-    }
-
-    #[test]
-    fn bad_values_name_the_key_and_the_expectation() {
-        let err = refused("[signaling]\nroom_capacity = 1\n");
-        assert!(
-            err.contains("key `signaling.room_capacity`") && err.contains("expected 2..=64, got 1"),
-            "{err}"
-        );
-        let err = refused("[signaling]\nping_interval_s = 30\nidle_timeout_s = 30\n");
-        assert!(err.contains("signaling.idle_timeout_s"), "{err}");
-        let err = refused("[https]\ncert = \"c.pem\"\n");
-        assert!(err.contains("key `https.key`"), "{err}");
-        let err = refused("[signaling]\nallowed_origins = [\"example.com\"]\n");
-        assert!(err.contains("signaling.allowed_origins[0]"), "{err}");
-        let err = refused("[log]\nlevel = \"loud=\"\n");
-        assert!(err.contains("log.level"), "{err}");
-        let err = refused("[[ice_servers]]\nurls = [\"http://x\"]\n");
-        assert!(err.contains("ice_servers[0].urls"), "{err}");
-    }
-
-    #[test]
-    fn malformed_toml_gives_a_line() {
-        let err = refused("[signaling\n");
-        assert!(err.starts_with("test.toml:1"), "{err}");
-    }
-
-    #[test]
-    fn secrets_are_masked_in_the_dump() {
-        let config = Config::from_toml(
-            "[[ice_servers]]\nurls = [\"turn:t\"]\nusername = \"u\"\ncredential = \"hunter2\"\n",
-            "t",
-        )
-        .unwrap();
-        let dump = config.to_masked_toml();
-        assert!(
-            !dump.contains("hunter2") && dump.contains("********"),
-            "{dump}"
-        );
-        assert!(!format!("{config:?}").contains("hunter2"));
-        assert_eq!(
-            config.ice_servers[0].credential.as_ref().unwrap().expose(),
-            "hunter2"
-        );
-    }
-}
+mod tests;

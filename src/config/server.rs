@@ -15,6 +15,13 @@ pub struct ServerConfig {
     pub shutdown_timeout_s: u64,
 }
 
+keys!(ServerConfig in "server" {
+    // Where the running server keeps its generated files.
+    state_dir: Restart,
+    // Read when shutdown begins.
+    shutdown_timeout_s: Live,
+});
+
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {

@@ -34,6 +34,26 @@ pub struct SignalingConfig {
     pub socketio_log: bool,
 }
 
+keys!(SignalingConfig in "signaling" {
+    // `AppState::set_live` swaps these in; each connection reads them as it needs them.
+    room_capacity: Live,
+    max_rooms: Live,
+    max_connections: Live,
+    max_connections_per_ip: Live,
+    max_message_bytes: Live,
+    messages_per_second: Live,
+    message_burst: Live,
+    join_timeout_s: Live,
+    ping_interval_s: Live,
+    idle_timeout_s: Live,
+    allowed_origins: Live,
+    // The router is built once, at start.
+    legacy_path: Restart,
+    legacy_ws_listen: Restart,
+    socketio_room_capacity: Live,
+    socketio_log: Live,
+});
+
 impl Default for SignalingConfig {
     fn default() -> Self {
         SignalingConfig {

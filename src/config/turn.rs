@@ -56,6 +56,40 @@ pub struct TurnConfig {
     pub deny_peers: Vec<String>,
 }
 
+keys!(TurnConfig in "turn" {
+    enabled: Restart,
+    // `Core::reconfigure` keeps the running realm, external address and IPv6 prefix
+    // (live counts are keyed by it); the listeners, relay binder, grace period and stream
+    // limits are set up once, at start.
+    realm: Restart,
+    udp_listen: Restart,
+    tcp_listen: Restart,
+    tls_listen: Restart,
+    relay_ip: Restart,
+    relay_ipv6: Restart,
+    external_ip: Restart,
+    min_port: Restart,
+    max_port: Restart,
+    // A reload gives the TURN core, the `TurnOffer` and the stream limits these.
+    public_host: Live,
+    credential_ttl_s: Live,
+    secrets: Live,
+    static_users: Live,
+    grace_period_s: Restart,
+    on_https_port: Restart,
+    max_allocations_per_credential: Live,
+    max_allocations_per_room: Live,
+    max_allocations_per_source: Live,
+    max_allocations: Live,
+    max_connections: Live,
+    max_connections_per_source: Live,
+    source_prefix_v6: Restart,
+    allocate_timeout_s: Restart,
+    challenges_per_source_s: Live,
+    allow_peers: Live,
+    deny_peers: Live,
+});
+
 impl Default for TurnConfig {
     fn default() -> Self {
         let both = |port: u16| {
@@ -96,7 +130,7 @@ impl Default for TurnConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StaticUser {
     pub username: String,
