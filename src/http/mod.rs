@@ -153,7 +153,54 @@ async fn not_found() -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::error_page;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::signaling::hub::Hub;
+    use crate::signaling::legacy::Directory;
+    use crate::signaling::sio::SioRooms;
+    use crate::state::Live;
+
+    /// Every route of the table reaches its handler through the real router, layers included
+    /// (the fallback's `not found` would mean the table and the router disagree).
+    #[tokio::test]
+    async fn every_route_of_the_table_is_served() {
+        let config = Config::from_toml("[api]\nkeys = [\"0123456789abcdef\"]\n", "t").unwrap();
+        let s = &config.signaling;
+        let app = Arc::new(AppState::new(
+            Live::new(&config, None),
+            Arc::new(Hub::new(s.room_capacity, s.max_rooms)),
+            Arc::new(Directory::default()),
+            Arc::new(SioRooms::new(s.socketio_room_capacity, s.max_rooms)),
+            None,
+            CancellationToken::new(),
+            TaskTracker::new(),
+        ));
+        let router = router(app);
+        let get = async |path: &str| {
+            let request = Request::get(path).body(Body::empty()).unwrap();
+            let response = router.clone().oneshot(request).await.unwrap();
+            let status = response.status();
+            let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            (status, body)
+        };
+        for route in Route::ALL {
+            let path = route.path().replace("{room}", "room");
+            let (status, body) = get(&path).await;
+            assert!(
+                status != StatusCode::NOT_FOUND && body != "not found\n",
+                "{route:?} {path}: {status}"
+            );
+        }
+        assert_eq!(get("/nope").await.0, StatusCode::NOT_FOUND);
+    }
 
     #[test]
     fn error_page_escapes_the_message() {
