@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, Secret};
+use crate::config::{Apply, Config, Secret};
 use crate::http;
 use crate::net::{self, Bound};
 use crate::secrets;
@@ -225,6 +225,8 @@ pub async fn run(
     app.set_ready(true);
     info!(fingerprint = %tls.fingerprint, "ready");
 
+    // What a reload compares keys that need a restart with: the values the server runs on.
+    let started = config.clone();
     let mut cert_files = CertFiles::of(&config);
     let mut cert_check =
         tokio::time::interval(Duration::from_secs(config.https.cert_check_interval_s));
@@ -232,7 +234,7 @@ pub async fn run(
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
-            Some(new) = reloads.recv() => match reload(&app, &tls, &config, new, has_admin) {
+            Some(new) = reloads.recv() => match reload(&app, &tls, (&started, &config), new, has_admin) {
                 Ok(applied) => {
                     config = applied;
                     cert_files = CertFiles::of(&config);
@@ -292,15 +294,18 @@ fn admin_token(config: &Config, has_admin: bool) -> anyhow::Result<Option<Secret
 /// Applies `new` to the running server: certificate, TURN secrets (rotation), static users,
 /// quotas and peer lists, credential lifetime and public host, signaling limits, ICE servers,
 /// the admin token and API keys. Connections and allocations stay. Everything that can fail
-/// happens before anything is applied, so a refused reload changes nothing. Settings that
-/// need new sockets (listen addresses, relay addresses and ports, ...) are named in a warning.
+/// happens before anything is applied, so a refused reload changes nothing. Keys that only
+/// a restart applies (`config::Apply::Restart`: listen addresses, relay addresses and
+/// ports, ...) and that differ from the config the server `started` with are named in a
+/// warning, on every reload until they match; the live keys that differ from the `previous`
+/// config are named in the `configuration reloaded` line.
 ///
 /// # Errors
 /// The new certificate or a generated secret cannot be loaded.
 fn reload(
     app: &AppState,
     tls: &TlsMaterial,
-    old: &Config,
+    (started, previous): (&Config, &Config),
     new: Config,
     has_admin: bool,
 ) -> anyhow::Result<Config> {
@@ -316,11 +321,19 @@ fn reload(
         turn.reconfigure(&new, secrets);
     }
     app.set_live(Live::new(&new, admin_token));
-    let restart = old.restart_needed(&new);
+    let changed = |from: &Config, apply: Apply| -> Vec<&'static str> {
+        from.changes(&new)
+            .into_iter()
+            .filter(|key| key.apply == apply)
+            .map(|key| key.name)
+            .collect()
+    };
+    let restart = changed(started, Apply::Restart);
     if !restart.is_empty() {
         warn!(keys = ?restart, "these settings changed but take effect only after a restart");
     }
-    info!(fingerprint = %loaded.fingerprint, "configuration reloaded");
+    let applied = changed(previous, Apply::Live);
+    info!(fingerprint = %loaded.fingerprint, changed = ?applied, "configuration reloaded");
     Ok(new)
 }
 

@@ -5,7 +5,8 @@
 //!
 //! # Layout
 //! - `model`: the shared vocabulary: room and peer ids, ICE server entries; plain data.
-//! - `config`: the configuration file, parsed strictly and validated.
+//! - `config`: the configuration file, parsed strictly and validated, one module per section;
+//!   each key is classified there as applied by a reload or needing a restart.
 //! - `tls`: certificates (configured or self-signed) and the rustls server config.
 //! - `net`: binding sockets with errors that say what to change.
 //! - `mmsg`: batched UDP syscalls (`recvmmsg`/`sendmmsg`) for the relay and the benchmarks.
@@ -13,7 +14,8 @@
 //! - `limiter`: connection counts per source and in total, with guards that free their slot.
 //! - `app`: binds every listener, runs them, and drains on shutdown.
 //! - `state`: `AppState`, the state shared by handlers and tasks.
-//! - `routes`: the HTTPS router's own paths, shared with the config's check of `signaling.legacy_path`.
+//! - `routes`: the HTTPS router's fixed routes in one table, and the check of the one path it mounts
+//!   beside them (`signaling.legacy_path`).
 //! - `http`: the HTTPS routes (call page, health, `/ws`) and the accept loops.
 //! - `secrets`: secrets the config does not set, generated and persisted with mode 0600.
 //! - `signaling`: the native JSON protocol, the room registry, limits and the socket task.

@@ -13,10 +13,10 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{MethodRouter, get};
 
 use crate::model::RoomId;
-use crate::routes;
+use crate::routes::Route;
 use crate::signaling::{legacy, ws};
 use crate::state::AppState;
 
@@ -31,23 +31,35 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
                    media-src 'self' blob: mediastream:; connect-src 'self'; base-uri 'none'; \
                    form-action 'self'; frame-ancestors 'none'";
 
+/// The HTTPS router: every route of `routes::Route::ALL`, then `signaling.legacy_path`
+/// (checked by the config with `routes::check_extra`), and socket.io's layer.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route(routes::PAGE, get(page))
-        .route(routes::ROOM_PAGE, get(room_page))
-        .route(routes::CALL_SCRIPT, get(script))
-        .route(routes::STYLE, get(style))
-        .route(routes::DIAG_PAGE, get(async || Html(DIAG_PAGE)))
-        .route(routes::DIAG_SCRIPT, get(diag_script))
-        .route(routes::WS, get(ws::upgrade))
+    let mut router = Router::new();
+    for route in Route::ALL {
+        router = router.route(route.path(), handler(route));
+    }
+    router
         .route(&state.live().signaling.legacy_path, get(legacy::upgrade))
-        .route(routes::HEALTHZ, get(healthz))
-        .route(routes::READYZ, get(readyz))
-        .route(routes::ICE_SERVERS, get(ice_api::ice_servers))
         .fallback(not_found)
         .layer(crate::signaling::sio::layer(Arc::clone(&state)))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
+}
+
+/// The handler of each fixed route; the match is exhaustive, so a new route needs one.
+fn handler(route: Route) -> MethodRouter<Arc<AppState>> {
+    match route {
+        Route::Page => get(page),
+        Route::RoomPage => get(room_page),
+        Route::CallScript => get(script),
+        Route::Style => get(style),
+        Route::DiagPage => get(async || Html(DIAG_PAGE)),
+        Route::DiagScript => get(diag_script),
+        Route::Ws => get(ws::upgrade),
+        Route::Healthz => get(healthz),
+        Route::Readyz => get(readyz),
+        Route::IceServers => get(ice_api::ice_servers),
+    }
 }
 
 /// The plain-WebSocket dialect alone, for plain `ws://` listeners.
@@ -141,7 +153,54 @@ async fn not_found() -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::error_page;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::signaling::hub::Hub;
+    use crate::signaling::legacy::Directory;
+    use crate::signaling::sio::SioRooms;
+    use crate::state::Live;
+
+    /// Every route of the table reaches its handler through the real router, layers included
+    /// (the fallback's `not found` would mean the table and the router disagree).
+    #[tokio::test]
+    async fn every_route_of_the_table_is_served() {
+        let config = Config::from_toml("[api]\nkeys = [\"0123456789abcdef\"]\n", "t").unwrap();
+        let s = &config.signaling;
+        let app = Arc::new(AppState::new(
+            Live::new(&config, None),
+            Arc::new(Hub::new(s.room_capacity, s.max_rooms)),
+            Arc::new(Directory::default()),
+            Arc::new(SioRooms::new(s.socketio_room_capacity, s.max_rooms)),
+            None,
+            CancellationToken::new(),
+            TaskTracker::new(),
+        ));
+        let router = router(app);
+        let get = async |path: &str| {
+            let request = Request::get(path).body(Body::empty()).unwrap();
+            let response = router.clone().oneshot(request).await.unwrap();
+            let status = response.status();
+            let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            (status, body)
+        };
+        for route in Route::ALL {
+            let path = route.path().replace("{room}", "room");
+            let (status, body) = get(&path).await;
+            assert!(
+                status != StatusCode::NOT_FOUND && body != "not found\n",
+                "{route:?} {path}: {status}"
+            );
+        }
+        assert_eq!(get("/nope").await.0, StatusCode::NOT_FOUND);
+    }
 
     #[test]
     fn error_page_escapes_the_message() {

@@ -73,6 +73,111 @@ fn bad_configs_are_refused_naming_file_and_key() {
     }
 }
 
+/// `signaling.legacy_path` values the HTTPS router cannot mount beside its own routes:
+/// a route of its own or a path under one (trailing slash included), the API and socket.io
+/// families, axum 0.8 captures (`{id}`, `{*rest}`) and the 0.7 forms axum 0.8 panics on
+/// (`:id`, `*rest`), lone braces, and paths no request could match.
+const UNMOUNTABLE_LEGACY_PATHS: &[&str] = &[
+    "/diag",
+    "/diag/",
+    "/api/v1/ice-servers",
+    "/api/anything",
+    "/api",
+    "/ws/",
+    "/healthz",
+    "/readyz/",
+    "/r/room",
+    "/static/call.js",
+    "/socket.io",
+    "/socket.io/",
+    "/",
+    "legacy",
+    "/x/{id}",
+    "/x/{*rest}",
+    "/x/:id",
+    "/:id",
+    "/x/*rest",
+    "/*rest",
+    "/x}",
+    "/a//b",
+    "/a b",
+    "/x?y",
+];
+
+/// A config that starts on ephemeral ports with nothing but HTTPS, and the given legacy path.
+fn with_legacy_path(path: &str) -> String {
+    format!(
+        "[log]\nformat = \"json\"\n[https]\nlisten = [\"127.0.0.1:0\"]\n[turn]\nenabled = false\n\
+         [admin]\nlisten = []\n[signaling]\nlegacy_path = \"{path}\"\n"
+    )
+}
+
+#[test]
+fn check_config_refuses_a_legacy_path_the_router_cannot_mount() {
+    let mut failures = Vec::new();
+    for path in UNMOUNTABLE_LEGACY_PATHS {
+        let (code, out, err) = with_config(&with_legacy_path(path), &["check-config"]);
+        let named = err.contains("config.toml")
+            && err.contains("key `signaling.legacy_path`")
+            && err.contains(&format!("{path:?}"));
+        // The message says what to use instead.
+        let hint = err.contains("such as \"/legacy\"");
+        if code != 2 || !named || !hint {
+            failures.push(format!("{path:?}: exit {code}: {out}{err}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    let (code, _, err) = with_config(&with_legacy_path("/old-clients/ws"), &["check-config"]);
+    assert_eq!(code, 0, "{err}");
+}
+
+/// Starting with such a path is refused like any bad config (exit 2, the key named), never a
+/// panic in the router and never a server that comes up.
+#[test]
+fn the_server_refuses_to_start_with_a_legacy_path_the_router_cannot_mount() {
+    let mut failures = Vec::new();
+    for path in UNMOUNTABLE_LEGACY_PATHS {
+        let dir = temp_dir();
+        let config = dir.path().join("config.toml");
+        std::fs::write(&config, with_legacy_path(path)).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .arg("--config")
+            .arg(&config)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The server logs `ready` on stdout once it serves; a refused start closes stdout.
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let ready = std::io::BufRead::lines(std::io::BufReader::new(stdout))
+                .map_while(Result::ok)
+                .any(|l| {
+                    serde_json::from_str::<serde_json::Value>(&l)
+                        .is_ok_and(|line| line["message"] == "ready")
+                });
+            let _ = tx.send(ready);
+        });
+        let started = rx.recv_timeout(crate::harness::DEADLINE);
+        if started != Ok(false) {
+            let _ = child.kill();
+        }
+        let output = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&output.stderr);
+        let code = output.status.code();
+        if started != Ok(false) {
+            failures.push(format!("{path:?}: the server started"));
+        } else if code != Some(2)
+            || !err.contains("key `signaling.legacy_path`")
+            || err.contains("panicked")
+        {
+            failures.push(format!("{path:?}: exit {code:?}: {err}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 #[test]
 fn missing_certificate_file_is_refused_naming_the_key() {
     let (code, _, err) = with_config(

@@ -98,6 +98,27 @@ async fn an_invalid_config_is_refused_and_the_running_one_stays() {
     fourth.join("r", None).await;
 }
 
+/// A setting that needs a restart is compared with what the server started with, not with
+/// the previous reload: it is named again on every reload until it matches, and not once
+/// it is back to the running value.
+#[tokio::test]
+async fn a_setting_waiting_for_a_restart_is_named_until_it_matches_the_running_one() {
+    let server = TestServer::start("");
+    let pending = "[https]\nlisten = [\"127.0.0.1:1\"]\n";
+    for _ in 0..2 {
+        server.reload(pending);
+        let warned = server.wait_log("these settings changed but take effect only after a restart");
+        assert_eq!(warned["keys"], "[\"https.listen\"]", "{warned}");
+        server.wait_log("configuration reloaded");
+    }
+    // Back to the running value: nothing waits for a restart any more.
+    server.reload("");
+    server.wait_log("configuration reloaded");
+    server.reload("[http_redirect]\nlisten = [\"127.0.0.1:1\"]\n");
+    let warned = server.wait_log("these settings changed but take effect only after a restart");
+    assert_eq!(warned["keys"], "[\"http_redirect.listen\"]", "{warned}");
+}
+
 fn write_cert(dir: &Path, name: &str) -> (String, String) {
     let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
     let (cert_path, key_path) = (

@@ -1,0 +1,46 @@
+//! `[admin]`: the admin listener (Prometheus `/metrics`, the admin API) and its token.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use super::{ConfigError, Invalid, Secret};
+
+/// The admin listener: Prometheus `/metrics` and the admin API (plain HTTP).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Addresses of the admin listener; empty means none. Loopback by default.
+    pub listen: Vec<SocketAddr>,
+    /// Bearer token of the admin API; unset means one is generated into `server.state_dir`.
+    pub token: Option<Secret>,
+}
+
+keys!(AdminConfig in "admin" {
+    listen: Restart,
+    token: Live,
+});
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: vec!["127.0.0.1:9478".parse().expect("valid literal")],
+            token: None,
+        }
+    }
+}
+
+impl AdminConfig {
+    pub(super) fn validate(&self, invalid: Invalid<'_>) -> Result<(), ConfigError> {
+        if let Some(token) = &self.token
+            && token.expose().len() < 16
+        {
+            return Err(invalid(
+                "admin.token",
+                "expected at least 16 characters (or leave it unset to have one generated)"
+                    .to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}

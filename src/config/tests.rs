@@ -1,0 +1,213 @@
+//! Parsing, refusals, the masked dump, and the classification of every key.
+
+use super::*;
+
+pub(super) fn refused(text: &str) -> String {
+    Config::from_toml(text, "test.toml")
+        .expect_err("refused")
+        .to_string()
+}
+
+#[test]
+fn shipped_config_parses_and_matches_the_defaults() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
+    let shipped = Config::load(&path).expect("shipped config.toml is valid");
+    let defaults = Config::from_toml("", "empty").unwrap();
+    let mut shipped_dump = shipped.clone();
+    shipped_dump.server.state_dir = defaults.server.state_dir.clone();
+    assert_eq!(shipped_dump.to_masked_toml(), defaults.to_masked_toml());
+    assert_eq!(shipped.https.listen.len(), 2);
+    assert!(shipped.server.state_dir.ends_with("certs"));
+}
+
+#[test]
+fn unknown_key_is_refused_with_its_path_and_line() {
+    let err = refused("[signaling]\nroom_capacity = 4\nroom_capacty = 3\n");
+    assert!(err.starts_with("test.toml:3: "), "{err}");
+    assert!(err.contains("signaling"), "{err}");
+    assert!(err.contains("unknown field `room_capacty`"), "{err}");
+    let err = refused("[nonsense]\n");
+    assert!(err.contains("unknown field `nonsense`"), "{err}");
+}
+
+#[test]
+fn wrong_type_names_the_key() {
+    let err = refused("[signaling]\nroom_capacity = \"four\"\n");
+    assert!(err.contains("key `signaling.room_capacity`"), "{err}");
+    assert!(err.contains("expected"), "{err}");
+}
+
+#[test]
+fn bad_port_names_the_key() {
+    let err = refused("[https]\nlisten = [\"0.0.0.0:99999\"]\n");
+    assert!(err.contains("key `https.listen[0]`"), "{err}");
+    assert!(err.contains("socket address"), "{err}");
+}
+
+#[test]
+fn bad_values_name_the_key_and_the_expectation() {
+    let err = refused("[signaling]\nroom_capacity = 1\n");
+    assert!(
+        err.contains("key `signaling.room_capacity`") && err.contains("expected 2..=64, got 1"),
+        "{err}"
+    );
+    let err = refused("[signaling]\nping_interval_s = 30\nidle_timeout_s = 30\n");
+    assert!(err.contains("signaling.idle_timeout_s"), "{err}");
+    let err = refused("[https]\ncert = \"c.pem\"\n");
+    assert!(err.contains("key `https.key`"), "{err}");
+    let err = refused("[signaling]\nallowed_origins = [\"example.com\"]\n");
+    assert!(err.contains("signaling.allowed_origins[0]"), "{err}");
+    let err = refused("[log]\nlevel = \"loud=\"\n");
+    assert!(err.contains("log.level"), "{err}");
+    let err = refused("[[ice_servers]]\nurls = [\"http://x\"]\n");
+    assert!(err.contains("ice_servers[0].urls"), "{err}");
+}
+
+#[test]
+fn malformed_toml_gives_a_line() {
+    let err = refused("[signaling\n");
+    assert!(err.starts_with("test.toml:1"), "{err}");
+}
+
+#[test]
+fn secrets_are_masked_in_the_dump() {
+    let config = Config::from_toml(
+        "[[ice_servers]]\nurls = [\"turn:t\"]\nusername = \"u\"\ncredential = \"hunter2\"\n",
+        "t",
+    )
+    .unwrap();
+    let dump = config.to_masked_toml();
+    assert!(
+        !dump.contains("hunter2") && dump.contains("********"),
+        "{dump}"
+    );
+    assert!(!format!("{config:?}").contains("hunter2"));
+    assert_eq!(
+        config.ice_servers[0].credential.as_ref().unwrap().expose(),
+        "hunter2"
+    );
+}
+
+/// The field names serde's derive gives `T` (the list it passes to `deserialize_struct`),
+/// which are the keys the parser accepts in its table.
+fn serde_fields<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+    use serde::de::{self, Visitor};
+
+    struct Probe<'a>(&'a mut &'static [&'static str]);
+
+    impl<'de> de::Deserializer<'de> for Probe<'_> {
+        type Error = de::value::Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("not a struct"))
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(de::Error::custom("probed"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+            identifier ignored_any
+        }
+    }
+
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(Probe(&mut fields));
+    fields
+}
+
+/// The classified keys of the section named `section`, without the prefix.
+fn classified(section: &str) -> Vec<&'static str> {
+    Config::keys()
+        .filter_map(|key| key.name.strip_prefix(section)?.strip_prefix('.'))
+        .collect()
+}
+
+#[test]
+fn every_key_serde_reads_is_classified_once() {
+    let sections: [(&str, &[&str]); 9] = [
+        ("server", serde_fields::<ServerConfig>()),
+        ("log", serde_fields::<LogConfig>()),
+        ("https", serde_fields::<HttpsConfig>()),
+        ("http_redirect", serde_fields::<HttpRedirectConfig>()),
+        ("signaling", serde_fields::<SignalingConfig>()),
+        ("turn", serde_fields::<TurnConfig>()),
+        ("acme", serde_fields::<AcmeConfig>()),
+        ("admin", serde_fields::<AdminConfig>()),
+        ("api", serde_fields::<ApiConfig>()),
+    ];
+    for (section, fields) in sections {
+        assert!(!fields.is_empty(), "{section}");
+        assert_eq!(classified(section), fields, "[{section}]");
+    }
+    // The top level: the sections above, then `ice_servers`, as serde reads them.
+    let mut top: Vec<&str> = sections.iter().map(|(section, _)| *section).collect();
+    top.push(ICE_SERVERS.name);
+    assert_eq!(top, serde_fields::<Config>());
+    let names: Vec<&str> = Config::keys().map(|key| key.name).collect();
+    let mut unique = names.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), names.len(), "{names:?}");
+}
+
+/// Whatever the shipped files set is a classified key: a key added to them but not to a
+/// section's `keys!` list fails here (and would not parse either).
+#[test]
+fn every_key_of_the_shipped_files_is_classified() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let known: Vec<&str> = Config::keys().map(|key| key.name).collect();
+    for file in [
+        "config.toml",
+        "packaging/config.toml",
+        "packaging/docker.toml",
+    ] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        let table: toml::Table = text.parse().unwrap();
+        for (name, value) in &table {
+            let keys: Vec<String> = match value {
+                toml::Value::Table(section) => {
+                    section.keys().map(|key| format!("{name}.{key}")).collect()
+                }
+                _ => vec![name.clone()],
+            };
+            for key in keys {
+                assert!(known.contains(&key.as_str()), "{file}: {key}");
+            }
+        }
+    }
+}
+
+#[test]
+fn changes_name_each_changed_key_and_when_it_applies() {
+    let old = Config::default();
+    assert_eq!(old.changes(&old.clone()), []);
+    let new = Config::from_toml(
+        "[signaling]\nroom_capacity = 3\nlegacy_path = \"/old\"\n\
+         [turn]\nudp_listen = []\nsecrets = [\"0123456789abcdef\"]\n\
+         [acme]\nrenew_before_days = 20\n\
+         [[ice_servers]]\nurls = [\"stun:stun.example.com\"]\n",
+        "t",
+    )
+    .unwrap();
+    let key = |name, apply| Key { name, apply };
+    assert_eq!(
+        old.changes(&new),
+        [
+            key("signaling.room_capacity", Apply::Live),
+            key("signaling.legacy_path", Apply::Restart),
+            key("turn.udp_listen", Apply::Restart),
+            key("turn.secrets", Apply::Live),
+            key("acme.renew_before_days", Apply::Restart),
+            key("ice_servers", Apply::Live),
+        ]
+    );
+}
