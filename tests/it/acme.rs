@@ -12,7 +12,8 @@ use std::time::Instant;
 
 use tokio::net::TcpStream;
 
-use crate::harness::{DEADLINE, TestServer, client_tls_for, http_get, require, temp_dir};
+use crate::harness::{DEADLINE, TestServer, client_tls_for, http_get, need, temp_dir};
+use crate::prereq::Prereq;
 
 const DOMAIN: &str = "switchboard.test";
 
@@ -171,15 +172,12 @@ async fn served_names(https: SocketAddr, root: &Path) -> Result<Vec<String>, Str
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(has_pebble),
+    ignore = "needs pebble and pebble-challtestsrv (apt install pebble)"
+)]
 async fn acme_issues_a_certificate_with_tls_alpn_01_and_reuses_it_after_a_restart() {
-    let available = Command::new("pebble").arg("-h").output().is_ok()
-        && Command::new("pebble-challtestsrv")
-            .arg("-h")
-            .output()
-            .is_ok();
-    if !require(available, "Debian's pebble (pebble, pebble-challtestsrv)") {
-        return;
-    }
+    need(Prereq::Pebble);
     let https_port = free_port();
     let pebble = Pebble::start(https_port);
     let state = temp_dir();

@@ -2,19 +2,16 @@
 
 use std::time::Duration;
 
-use crate::cdp::{Browser, chromium_available};
-use crate::harness::{TestServer, require};
+use crate::cdp::Browser;
+use crate::harness::{TestServer, need};
+use crate::prereq::Prereq;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[test]
+#[cfg_attr(not(has_chromium), ignore = "needs chromium (apt install chromium)")]
 fn two_browser_tabs_see_each_others_video() {
-    if !require(
-        chromium_available(),
-        "Debian's chromium (/usr/bin/chromium)",
-    ) {
-        return;
-    }
+    need(Prereq::Chromium);
     let server = TestServer::start("[signaling]\nroom_capacity = 2\n");
     let browser = Browser::launch(&[], &[]);
     let url = format!("https://{}/r/browser-call", server.https);
@@ -56,13 +53,9 @@ fn two_browser_tabs_see_each_others_video() {
 }
 
 #[test]
+#[cfg_attr(not(has_chromium), ignore = "needs chromium (apt install chromium)")]
 fn lobby_refuses_bad_room_names_on_the_page() {
-    if !require(
-        chromium_available(),
-        "Debian's chromium (/usr/bin/chromium)",
-    ) {
-        return;
-    }
+    need(Prereq::Chromium);
     let server = TestServer::start("");
     let browser = Browser::launch(&[], &[]);
     let page = browser.open(&format!("https://{}/", server.https));
@@ -84,12 +77,7 @@ fn lobby_refuses_bad_room_names_on_the_page() {
 /// addresses are each other's relayed addresses on this server (relay to relay),
 /// which policy admits although loopback is denied.
 fn relayed_call(transport: &str) {
-    if !require(
-        chromium_available(),
-        "Debian's chromium (/usr/bin/chromium)",
-    ) {
-        return;
-    }
+    need(Prereq::Chromium);
     let server = TestServer::start("");
     let browser = Browser::launch(&[], &[]);
     let url = format!(
@@ -120,16 +108,19 @@ fn relayed_call(transport: &str) {
 }
 
 #[test]
+#[cfg_attr(not(has_chromium), ignore = "needs chromium (apt install chromium)")]
 fn relayed_call_over_turn_udp() {
     relayed_call("udp");
 }
 
 #[test]
+#[cfg_attr(not(has_chromium), ignore = "needs chromium (apt install chromium)")]
 fn relayed_call_over_turn_tcp() {
     relayed_call("tcp");
 }
 
 #[test]
+#[cfg_attr(not(has_chromium), ignore = "needs chromium (apt install chromium)")]
 fn relayed_call_over_turn_tls() {
     relayed_call("tls");
 }
@@ -137,13 +128,9 @@ fn relayed_call_over_turn_tls() {
 /// The connectivity page gathers candidates per path: on loopback every path of this server
 /// works, and an unreachable TURN server from the config is reported with the reason.
 #[test]
+#[cfg_attr(not(has_chromium), ignore = "needs chromium (apt install chromium)")]
 fn diag_page_shows_which_paths_work_and_why_not() {
-    if !require(
-        chromium_available(),
-        "Debian's chromium (/usr/bin/chromium)",
-    ) {
-        return;
-    }
+    need(Prereq::Chromium);
     let server = TestServer::start(
         "[[ice_servers]]\nurls = [\"turn:127.0.0.1:9?transport=udp\"]\nusername = \"u\"\ncredential = \"p\"\n",
     );
@@ -192,13 +179,9 @@ fn diag_page_shows_which_paths_work_and_why_not() {
 /// per person. The defaults must let every pair connect through the relay, with no quota
 /// refusal.
 #[test]
+#[cfg_attr(not(has_chromium), ignore = "needs chromium (apt install chromium)")]
 fn four_people_relay_only_fit_the_default_quotas() {
-    if !require(
-        chromium_available(),
-        "Debian's chromium (/usr/bin/chromium)",
-    ) {
-        return;
-    }
+    need(Prereq::Chromium);
     let server = TestServer::start("");
     let browser = Browser::launch(&[], &[]);
     let url = format!("https://{}/r/four-relay?relay", server.https);

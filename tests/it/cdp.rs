@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -19,12 +18,9 @@ use serde_json::{Value, json};
 
 type Pending = Arc<Mutex<HashMap<u64, mpsc::Sender<Value>>>>;
 
-/// Where Debian's `chromium` package installs the browser.
-pub const CHROMIUM: &str = "/usr/bin/chromium";
-
-pub fn chromium_available() -> bool {
-    Path::new(CHROMIUM).exists()
-}
+/// The browser, looked up on PATH (Debian's `chromium` package puts it in /usr/bin);
+/// `Prereq::Chromium` checks for it.
+pub const CHROMIUM: &str = "chromium";
 
 /// The flags that make headless Chromium usable for WebRTC tests as root on a closed network.
 pub fn default_args() -> Vec<String> {

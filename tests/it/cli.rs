@@ -452,11 +452,12 @@ fn import_coturn_converts_real_world_configs() {
 
 /// Debian's own /etc/turnserver.conf (installed with coturn by .ci/run).
 #[test]
+#[cfg_attr(
+    not(has_coturn),
+    ignore = "needs coturn's turnutils_* and /etc/turnserver.conf (apt install coturn)"
+)]
 fn import_coturn_reads_debians_shipped_file() {
-    let path = std::path::Path::new("/etc/turnserver.conf");
-    if !crate::harness::require(path.exists(), "coturn's /etc/turnserver.conf") {
-        return;
-    }
+    crate::harness::need(crate::prereq::Prereq::Coturn);
     let (code, out, err) = switchboard(&["import-coturn", "/etc/turnserver.conf"]);
     assert_eq!(code, 0, "{err}");
     let (code, _, check) = with_config(&out, &["check-config"]);

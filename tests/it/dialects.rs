@@ -3,18 +3,13 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::harness::{TestServer, require};
+use crate::harness::{TestServer, need};
+use crate::prereq::Prereq;
 
 /// The npm packages in tests/node, installed by `npm ci --prefix tests/node` (.ci/run does it).
-fn node_clients() -> Option<&'static Path> {
-    let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/node"));
-    let ready =
-        dir.join("node_modules").exists() && Command::new("node").arg("--version").output().is_ok();
-    require(
-        ready,
-        "node and the npm clients (npm ci --prefix tests/node)",
-    )
-    .then_some(dir)
+fn node_clients() -> &'static Path {
+    need(Prereq::Node);
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/node"))
 }
 
 /// Runs `script` from tests/node against `server`; panics with its output when it fails.
@@ -33,8 +28,12 @@ fn run_node(server: &TestServer, dir: &Path, script: &str, env: &[(&str, String)
 }
 
 #[test]
+#[cfg_attr(
+    not(has_node),
+    ignore = "needs node and tests/node/node_modules (npm ci --prefix tests/node)"
+)]
 fn plain_websocket_dialect_with_the_ws_client() {
-    let Some(dir) = node_clients() else { return };
+    let dir = node_clients();
     let server = TestServer::start("[signaling]\nmax_message_bytes = 4096\n");
     let url = format!("wss://{}/legacy", server.https);
     run_node(
@@ -59,8 +58,12 @@ fn errors_counted(server: &TestServer, code: &str) -> f64 {
 }
 
 #[test]
+#[cfg_attr(
+    not(has_node),
+    ignore = "needs node and tests/node/node_modules (npm ci --prefix tests/node)"
+)]
 fn plain_websocket_dialect_on_its_own_ws_listener() {
-    let Some(dir) = node_clients() else { return };
+    let dir = node_clients();
     let server = TestServer::start(
         "[signaling]\nmax_message_bytes = 4096\nlegacy_ws_listen = [\"127.0.0.1:0\"]\n",
     );
@@ -74,7 +77,7 @@ fn plain_websocket_dialect_on_its_own_ws_listener() {
 }
 
 fn socketio(client: &str) {
-    let Some(dir) = node_clients() else { return };
+    let dir = node_clients();
     let server = TestServer::start(
         "[signaling]\nmax_message_bytes = 4096\nsocketio_log = true\n[turn]\npublic_host = \"127.0.0.1\"\n",
     );
@@ -93,20 +96,32 @@ fn socketio(client: &str) {
 }
 
 #[test]
+#[cfg_attr(
+    not(has_node),
+    ignore = "needs node and tests/node/node_modules (npm ci --prefix tests/node)"
+)]
 fn socketio_dialect_with_the_2x_client() {
     socketio("sio2");
 }
 
 #[test]
+#[cfg_attr(
+    not(has_node),
+    ignore = "needs node and tests/node/node_modules (npm ci --prefix tests/node)"
+)]
 fn socketio_dialect_with_the_4x_client() {
     socketio("sio4");
 }
 
 /// The admin API lists socket.io rooms and closing one disconnects its sockets.
 #[tokio::test]
+#[cfg_attr(
+    not(has_node),
+    ignore = "needs node and tests/node/node_modules (npm ci --prefix tests/node)"
+)]
 async fn the_admin_api_closes_socketio_rooms() {
     use std::io::{BufRead, BufReader};
-    let Some(dir) = node_clients() else { return };
+    let dir = node_clients();
     let server = TestServer::start("");
     let cert = server.state_dir().join(switchboard::tls::GENERATED_CERT);
     let mut child = Command::new("timeout")

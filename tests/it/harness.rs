@@ -25,6 +25,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
+use crate::prereq::Prereq;
+
 /// How long any single expected event may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -544,14 +546,18 @@ pub fn peer_id(welcome: &ServerMsg) -> switchboard::signaling::protocol::PeerId 
     }
 }
 
-/// Whether tests that need `what` must fail rather than skip: in CI they must.
-pub fn require(available: bool, what: &str) -> bool {
-    if available {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("CI is set but {what} is missing; .ci/run must install it");
-    }
-    eprintln!("skipping: {what} is not available (set CI=1 to make this a failure)");
-    false
+/// Fails the test unless `prereq` is present. build.rs marks the tests that need a missing
+/// prerequisite as ignored, so a test gets here without it only in CI (where .ci/run provides
+/// everything), with `--include-ignored`, or from a build made by another user (root is
+/// probed when build.rs runs).
+pub fn need(prereq: Prereq) {
+    let Some(missing) = prereq.missing(Path::new(env!("CARGO_MANIFEST_DIR"))) else {
+        return;
+    };
+    let why = if std::env::var_os("CI").is_some() {
+        "CI is set, so .ci/run must provide it"
+    } else {
+        "without it, build.rs marks this test ignored; it ran anyway (--include-ignored?)"
+    };
+    panic!("{missing}: this test {}; {why}", prereq.needs());
 }

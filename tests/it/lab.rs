@@ -11,40 +11,23 @@ use std::time::Duration;
 use serde_json::Value;
 use switchboard::lab::{self, Lab, LabSpec, Nat};
 
-use crate::cdp::{Browser, Page, chromium_available};
-use crate::harness::{require, temp_dir};
+use crate::cdp::{Browser, Page};
+use crate::harness::{need, temp_dir};
+use crate::prereq::Prereq;
 
 static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 const SERVER: &str = "11.11.0.10";
 
-fn command_exists(name: &str) -> bool {
-    std::process::Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// A lab for one test, or `None` (with a notice) when this machine cannot build one outside CI.
+/// A lab for one test; fails the test when this machine cannot build one (see `need`).
 fn start_lab(
     name: &str,
     nat: [Nat; 2],
     needs_browser: bool,
-) -> Option<(MutexGuard<'static, ()>, Lab, tempfile::TempDir)> {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !require(root, "root (network namespaces)")
-        || !require(
-            command_exists("ip") && command_exists("iptables"),
-            "iproute2 and iptables",
-        )
-        || (needs_browser
-            && !require(
-                chromium_available(),
-                "Debian's chromium (/usr/bin/chromium)",
-            ))
-    {
-        return None;
+) -> (MutexGuard<'static, ()>, Lab, tempfile::TempDir) {
+    need(Prereq::Netns);
+    if needs_browser {
+        need(Prereq::Chromium);
     }
     let guard = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = temp_dir();
@@ -56,7 +39,7 @@ fn start_lab(
         server_toml: String::new(),
     })
     .unwrap_or_else(|e| panic!("lab {name} could not be built: {e}"));
-    Some((guard, lab, dir))
+    (guard, lab, dir)
 }
 
 /// Tears the lab down and checks that none of its namespaces or processes remain.
@@ -110,10 +93,12 @@ fn mapped_from(socket: &std::net::UdpSocket, server: SocketAddr) -> (SocketAddr,
 }
 
 #[test]
+#[cfg_attr(
+    not(has_netns),
+    ignore = "needs root, ip and iptables (apt install iproute2 iptables)"
+)]
 fn symmetric_nat_maps_per_destination_and_cone_nat_does_not() {
-    let Some((_turn, lab, _dir)) = start_lab("sbn", [Nat::Symmetric, Nat::Cone], false) else {
-        return;
-    };
+    let (_turn, lab, _dir) = start_lab("sbn", [Nat::Symmetric, Nat::Cone], false);
     let servers: [SocketAddr; 2] = [
         "11.11.0.10:3478".parse().unwrap(),
         "11.11.0.11:3478".parse().unwrap(),
@@ -139,10 +124,12 @@ fn symmetric_nat_maps_per_destination_and_cone_nat_does_not() {
 /// public addresses. From one socket behind symmetric NAT, a Binding to each is answered,
 /// from the address it was sent to (the NAT passes nothing else back), and so is Allocate.
 #[test]
+#[cfg_attr(
+    not(has_netns),
+    ignore = "needs root, ip and iptables (apt install iproute2 iptables)"
+)]
 fn both_server_addresses_answer_a_client_behind_symmetric_nat() {
-    let Some((_turn, lab, dir)) = start_lab("sbm", [Nat::Symmetric, Nat::Cone], false) else {
-        return;
-    };
+    let (_turn, lab, dir) = start_lab("sbm", [Nat::Symmetric, Nat::Cone], false);
     let servers: [SocketAddr; 2] = [
         format!("{}:3478", lab::SERVER_IP).parse().unwrap(),
         format!("{}:3478", lab::SERVER_IP2).parse().unwrap(),
@@ -231,10 +218,12 @@ fn peer(state: &Value) -> &Value {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(has_netns, has_chromium)),
+    ignore = "needs root, ip and iptables (apt install iproute2 iptables); needs chromium (apt install chromium)"
+)]
 fn browsers_behind_symmetric_nat_connect_through_the_relay() {
-    let Some((_turn, lab, _dir)) = start_lab("sbs", [Nat::Symmetric, Nat::Symmetric], true) else {
-        return;
-    };
+    let (_turn, lab, _dir) = start_lab("sbs", [Nat::Symmetric, Nat::Symmetric], true);
     let [a, b] = call(&lab, ["c1", "c2"], "symmetric", "", CONNECTED);
     for s in [&a, &b] {
         let p = peer(s);
@@ -247,10 +236,12 @@ fn browsers_behind_symmetric_nat_connect_through_the_relay() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(has_netns, has_chromium)),
+    ignore = "needs root, ip and iptables (apt install iproute2 iptables); needs chromium (apt install chromium)"
+)]
 fn relay_only_calls_over_udp_tcp_tls_and_from_the_corporate_network() {
-    let Some((_turn, lab, _dir)) = start_lab("sbr", [Nat::Symmetric, Nat::Symmetric], true) else {
-        return;
-    };
+    let (_turn, lab, _dir) = start_lab("sbr", [Nat::Symmetric, Nat::Symmetric], true);
     for transport in ["udp", "tcp", "tls"] {
         let [a, b] = call(
             &lab,
@@ -280,12 +271,13 @@ fn relay_only_calls_over_udp_tcp_tls_and_from_the_corporate_network() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(has_netns, has_chromium)),
+    ignore = "needs root, ip and iptables (apt install iproute2 iptables); needs chromium (apt install chromium)"
+)]
 fn without_turn_symmetric_nat_fails_and_cone_nat_connects_directly() {
     {
-        let Some((_turn, lab, _dir)) = start_lab("sbf", [Nat::Symmetric, Nat::Symmetric], true)
-        else {
-            return;
-        };
+        let (_turn, lab, _dir) = start_lab("sbf", [Nat::Symmetric, Nat::Symmetric], true);
         let failed = "s => s.peers.length === 1 && s.peers[0].everFailed";
         let states = call(&lab, ["c1", "c2"], "stun-only", "?ice=stun", failed);
         for s in &states {
@@ -297,9 +289,7 @@ fn without_turn_symmetric_nat_fails_and_cone_nat_connects_directly() {
         }
         finish(lab);
     }
-    let Some((_turn, lab, _dir)) = start_lab("sbc", [Nat::Cone, Nat::Cone], true) else {
-        return;
-    };
+    let (_turn, lab, _dir) = start_lab("sbc", [Nat::Cone, Nat::Cone], true);
     let [a, b] = call(&lab, ["c1", "c2"], "cone", "?ice=stun", CONNECTED);
     for s in [&a, &b] {
         assert_ne!(peer(s)["candidateType"], "relay", "{s:#}");
@@ -309,10 +299,12 @@ fn without_turn_symmetric_nat_fails_and_cone_nat_connects_directly() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(has_netns, has_chromium)),
+    ignore = "needs root, ip and iptables (apt install iproute2 iptables); needs chromium (apt install chromium)"
+)]
 fn an_unreachable_peer_address_does_not_close_the_allocation() {
-    let Some((_turn, lab, _dir)) = start_lab("sbu", [Nat::Symmetric, Nat::Symmetric], true) else {
-        return;
-    };
+    let (_turn, lab, _dir) = start_lab("sbu", [Nat::Symmetric, Nat::Symmetric], true);
     // Relaying to the clients' private addresses now fails at once (ENETUNREACH) instead of
     // vanishing in the sink; coturn 4.6 closes the whole allocation when that happens.
     let status = lab
@@ -339,16 +331,13 @@ fn an_unreachable_peer_address_does_not_close_the_allocation() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(has_netns, has_coturn)),
+    ignore = "needs root, ip and iptables (apt install iproute2 iptables); needs coturn's turnutils_* and /etc/turnserver.conf (apt install coturn)"
+)]
 fn coturn_uclient_relays_over_tcp_and_tls_from_behind_nat_and_the_corporate_network() {
-    if !require(
-        command_exists("turnutils_uclient"),
-        "coturn's turnutils_uclient",
-    ) {
-        return;
-    }
-    let Some((_turn, lab, dir)) = start_lab("sbt", [Nat::Symmetric, Nat::Symmetric], false) else {
-        return;
-    };
+    need(Prereq::Coturn);
+    let (_turn, lab, dir) = start_lab("sbt", [Nat::Symmetric, Nat::Symmetric], false);
     let secret = std::fs::read_to_string(
         dir.path()
             .join("state")
@@ -412,6 +401,10 @@ fn spawn_in_netns<T: Send + 'static>(
 }
 
 #[test]
+#[cfg_attr(
+    not(has_netns),
+    ignore = "needs root, ip and iptables (apt install iproute2 iptables)"
+)]
 fn webrtc_rs_peers_behind_symmetric_nat_call_through_the_udp_relay() {
     use tokio::sync::oneshot;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -420,9 +413,7 @@ fn webrtc_rs_peers_behind_symmetric_nat_call_through_the_udp_relay() {
     use crate::harness::{client_tls_for, connect_ws};
     use crate::webrtc_call::{answerer, offerer};
 
-    let Some((_turn, lab, dir)) = start_lab("sbw", [Nat::Symmetric, Nat::Symmetric], false) else {
-        return;
-    };
+    let (_turn, lab, dir) = start_lab("sbw", [Nat::Symmetric, Nat::Symmetric], false);
     let tls = client_tls_for(
         &dir.path()
             .join("state")

@@ -10,6 +10,7 @@ mod doctor;
 mod harness;
 mod http;
 mod lab;
+mod prereq;
 mod raw_turn;
 mod reload;
 mod signaling;

@@ -15,7 +15,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UdpSocket};
 use webrtc_util::Conn;
 
-use crate::harness::{DEADLINE, TestServer, require};
+use crate::harness::{DEADLINE, TestServer, need};
+use crate::prereq::Prereq;
 
 const SECRET: &str = "it-secret-0123456789abcdef";
 
@@ -331,9 +332,8 @@ async fn welcome_credentials_work_until_the_peer_leaves() {
     assert!(within("refusal", again.allocate()).await.is_err());
 }
 
-#[tokio::test]
-async fn garbage_on_every_transport_is_dropped_and_service_continues() {
-    let server = TestServer::start(&turn_config(""));
+/// Sends malformed and truncated STUN to the TURN listeners over UDP and TCP.
+async fn send_garbage(server: &TestServer) {
     let udp_addr = server.listener("turn_udp");
     let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     for junk in [
@@ -351,36 +351,48 @@ async fn garbage_on_every_transport_is_dropped_and_service_continues() {
     tcp.write_all(&[0x00, 0x01, 0x00, 0x07, 1, 2, 3, 4])
         .await
         .unwrap();
-    // The server still answers STUN Binding on both.
+}
+
+#[tokio::test]
+async fn garbage_on_every_transport_is_dropped_and_service_continues() {
+    let server = TestServer::start(&turn_config(""));
+    send_garbage(&server).await;
+    // The server still answers STUN Binding.
+    let udp_addr = server.listener("turn_udp");
     let (username, password) = rest_credential(600, "it");
     let client = turn_client(udp_addr, &username, &password).await;
     let mapped = within("binding", client.send_binding_request())
         .await
         .expect("binding after garbage");
     assert_eq!(mapped.ip().to_string(), "127.0.0.1");
-    assert!(
-        stunclient(&["-p", &udp_addr.port().to_string(), "127.0.0.1"])
-            .is_none_or(|out| out.contains("127.0.0.1"))
-    );
 }
 
-/// Runs `turnutils_stunclient`; `None` when coturn's tools are absent outside CI.
-fn stunclient(args: &[&str]) -> Option<String> {
-    if !require(
-        std::path::Path::new("/usr/bin/turnutils_stunclient").exists(),
-        "coturn's turnutils_stunclient",
-    ) {
-        return None;
-    }
+/// The same, seen by an independent client.
+#[tokio::test]
+#[cfg_attr(
+    not(has_coturn),
+    ignore = "needs coturn's turnutils_* and /etc/turnserver.conf (apt install coturn)"
+)]
+async fn garbage_is_dropped_and_coturns_stunclient_still_gets_answers() {
+    let server = TestServer::start(&turn_config(""));
+    send_garbage(&server).await;
+    let port = server.listener("turn_udp").port().to_string();
+    let out = stunclient(&["-p", &port, "127.0.0.1"]);
+    assert!(out.contains("UDP reflexive addr: 127.0.0.1:"), "{out}");
+}
+
+/// Runs `turnutils_stunclient` and returns what it printed.
+fn stunclient(args: &[&str]) -> String {
+    need(Prereq::Coturn);
     let out = Command::new("turnutils_stunclient")
         .args(args)
         .output()
         .expect("run turnutils_stunclient");
-    Some(String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
 
 /// Runs `turnutils_uclient` against an echo `turnutils_peer`; returns (exit code, output).
-fn uclient(server: &TestServer, transport: &[&str], peer_ip: &str) -> Option<(i32, String)> {
+fn uclient(server: &TestServer, transport: &[&str], peer_ip: &str) -> (i32, String) {
     let port = if transport.contains(&"-S") {
         server.listener("turn_tls").port()
     } else if transport.contains(&"-t") {
@@ -392,13 +404,8 @@ fn uclient(server: &TestServer, transport: &[&str], peer_ip: &str) -> Option<(i3
 }
 
 /// Like `uclient`, against the given server port.
-fn uclient_on(port: u16, transport: &[&str], peer_ip: &str) -> Option<(i32, String)> {
-    if !require(
-        std::path::Path::new("/usr/bin/turnutils_uclient").exists(),
-        "coturn's turnutils_uclient",
-    ) {
-        return None;
-    }
+fn uclient_on(port: u16, transport: &[&str], peer_ip: &str) -> (i32, String) {
+    need(Prereq::Coturn);
     let peer_port = free_udp_port();
     let mut peer = Command::new("turnutils_peer")
         .args(["-L", "127.0.0.1", "-p", &peer_port.to_string()])
@@ -424,7 +431,7 @@ fn uclient_on(port: u16, transport: &[&str], peer_ip: &str) -> Option<(i32, Stri
     let _ = peer.wait();
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    Some((out.status.code().unwrap_or(-1), text))
+    (out.status.code().unwrap_or(-1), text)
 }
 
 fn free_udp_port() -> u16 {
@@ -450,6 +457,10 @@ fn lost_percent(out: &str) -> f64 {
 }
 
 #[test]
+#[cfg_attr(
+    not(has_coturn),
+    ignore = "needs coturn's turnutils_* and /etc/turnserver.conf (apt install coturn)"
+)]
 fn coturn_uclient_relays_over_udp_tcp_and_tls_without_loss() {
     let server = TestServer::start(&turn_config(""));
     for (name, transport) in [
@@ -457,33 +468,36 @@ fn coturn_uclient_relays_over_udp_tcp_and_tls_without_loss() {
         ("tcp", &["-t"][..]),
         ("tls", &["-t", "-S"][..]),
     ] {
-        let Some((code, out)) = uclient(&server, transport, "127.0.0.1") else {
-            return;
-        };
+        let (code, out) = uclient(&server, transport, "127.0.0.1");
         assert_eq!(code, 0, "{name}: turnutils_uclient failed:\n{out}");
         assert!(lost_percent(&out) < 1.0, "{name}: packets lost:\n{out}");
     }
 }
 
 #[test]
+#[cfg_attr(
+    not(has_coturn),
+    ignore = "needs coturn's turnutils_* and /etc/turnserver.conf (apt install coturn)"
+)]
 fn coturn_uclient_gets_403_for_a_denied_peer() {
     // No allow_peers: loopback peers fall in the default deny list.
     let server = TestServer::start(&format!("[turn]\nsecrets = [\"{SECRET}\"]\n"));
-    let Some((code, out)) = uclient(&server, &[], "127.0.0.1") else {
-        return;
-    };
+    let (code, out) = uclient(&server, &[], "127.0.0.1");
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("403"), "{out}");
     server.wait_log("peer address refused by policy");
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(has_coturn),
+    ignore = "needs coturn's turnutils_* and /etc/turnserver.conf (apt install coturn)"
+)]
 async fn stun_binding_answers_on_udp() {
     let server = TestServer::start(&turn_config(""));
     let port = server.listener("turn_udp").port().to_string();
-    if let Some(out) = stunclient(&["-p", &port, "127.0.0.1"]) {
-        assert!(out.contains("UDP reflexive addr: 127.0.0.1:"), "{out}");
-    }
+    let out = stunclient(&["-p", &port, "127.0.0.1"]);
+    assert!(out.contains("UDP reflexive addr: 127.0.0.1:"), "{out}");
 }
 
 #[tokio::test]
@@ -635,12 +649,14 @@ async fn the_relay_address_reaches_live_relays_not_local_services_or_listeners()
 }
 
 #[test]
+#[cfg_attr(
+    not(has_coturn),
+    ignore = "needs coturn's turnutils_* and /etc/turnserver.conf (apt install coturn)"
+)]
 fn turn_shares_the_https_port_over_tls_and_plain_tcp() {
     let server = TestServer::start(&turn_config(""));
     for (name, transport) in [("tls", &["-t", "-S"][..]), ("tcp", &["-t"][..])] {
-        let Some((code, out)) = uclient_on(server.https.port(), transport, "127.0.0.1") else {
-            return;
-        };
+        let (code, out) = uclient_on(server.https.port(), transport, "127.0.0.1");
         assert_eq!(code, 0, "{name} on the HTTPS port:\n{out}");
         assert!(lost_percent(&out) < 1.0, "{name}: packets lost:\n{out}");
     }
