@@ -434,7 +434,17 @@ async fn a_stalled_tls_handshake_makes_room_at_the_limit() {
     let mut stalled = TcpStream::connect(server.listener("turn_tls"))
         .await
         .unwrap();
+    // Holding the slot once the TLS listener has accepted it (else the newcomer could be
+    // accepted first and take the slot without evicting anything).
     let t0 = Instant::now();
+    while server
+        .metric("switchboard_turn_stream_connections", &[])
+        .await
+        < 1.0
+    {
+        assert!(t0.elapsed() < DEADLINE, "the TLS listener never accepted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     loop {
         let mut newcomer = TcpStream::connect(server.listener("turn_tcp"))
             .await
