@@ -15,7 +15,9 @@ use crate::config::SignalingConfig;
 #[derive(Debug)]
 pub struct Gate {
     bucket: TokenBucket,
-    /// Messages refused in a row by the rate limit.
+    /// Messages refused by the rate limit, less those that passed since: a client that
+    /// keeps sending at more than twice the rate builds them up, one that slows down
+    /// works them off.
     strikes: u32,
 }
 
@@ -109,7 +111,7 @@ impl Gate {
     /// The rate is exceeded (and, past two bursts' worth of strikes, repeatedly).
     pub fn charge(&mut self, cfg: &SignalingConfig, now: Instant) -> Result<(), Refused> {
         if self.bucket.take(now) {
-            self.strikes = 0;
+            self.strikes = self.strikes.saturating_sub(1);
             return Ok(());
         }
         self.strikes += 1;
@@ -192,7 +194,7 @@ mod tests {
     }
 
     #[test]
-    fn a_message_that_passes_clears_the_strikes() {
+    fn each_message_that_passes_works_off_one_strike() {
         let cfg = cfg();
         let now = Instant::now();
         let mut gate = Gate::new(&cfg, now);
@@ -202,11 +204,25 @@ mod tests {
         for _ in 0..6 {
             gate.check(10, &cfg, now).unwrap_err();
         }
-        // Half a second later one token is back: it passes, and the count starts over.
+        // Half a second later one token is back: it passes and takes one strike off, so
+        // one more refusal is dropped and the one after closes.
         let later = now + Duration::from_millis(500);
         assert!(gate.check(10, &cfg, later).is_ok());
-        for _ in 0..6 {
-            assert!(!gate.check(10, &cfg, later).unwrap_err().closes());
-        }
+        assert!(!gate.check(10, &cfg, later).unwrap_err().closes());
+        assert!(gate.check(10, &cfg, later).unwrap_err().closes());
+    }
+
+    #[test]
+    fn a_client_sending_at_three_times_the_rate_is_closed_in_the_end() {
+        // Under the old rule (strikes cleared by any message that passed) this client
+        // never closed: a token every half second cleared its strikes.
+        let cfg = cfg();
+        let start = Instant::now();
+        let mut gate = Gate::new(&cfg, start);
+        let closed = (0..600u64).any(|i| {
+            let at = start + Duration::from_millis(i * 1000 / 6);
+            gate.check(10, &cfg, at).is_err_and(|r| r.closes())
+        });
+        assert!(closed);
     }
 }
