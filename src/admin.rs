@@ -5,12 +5,14 @@
 //! - `GET /api/v1/rooms`: every room (native and socket.io) with its peers, their TURN
 //!   allocations and relayed bytes;
 //! - `DELETE /api/v1/rooms/{room}`: disconnects the room's peers and revokes its allocations now;
-//! - `DELETE /api/v1/peers/{peer}`: disconnects one peer (the room is told `peer_left`) and
-//!   revokes its allocations.
+//! - `GET /api/v1/peers`: every peer of every dialect (plain-WebSocket users too, with no
+//!   room), with its allocations and relayed bytes;
+//! - `DELETE /api/v1/peers/{peer}`: disconnects one peer of any dialect (its room is told
+//!   `peer_left`) and revokes its allocations.
 //!
 //! Errors are JSON `{"code", "message"}`, as everywhere else.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use axum::Router;
@@ -25,8 +27,9 @@ use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use crate::config::Secret;
+use crate::metrics::Label;
 use crate::model::Scope;
-use crate::model::{PeerId, RoomId};
+use crate::model::{PeerId, PeerInfo, RoomId};
 use crate::state::AppState;
 use crate::turn::handle::Usage;
 
@@ -35,6 +38,7 @@ pub fn router(app: Arc<AppState>) -> Router {
     let api = Router::new()
         .route("/api/v1/rooms", get(list_rooms))
         .route("/api/v1/rooms/{room}", delete(close_room))
+        .route("/api/v1/peers", get(list_peers))
         .route("/api/v1/peers/{peer}", delete(kick_peer))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&app),
@@ -122,56 +126,86 @@ struct PeerView {
     relayed_bytes: u64,
 }
 
-async fn list_rooms(State(app): State<Arc<AppState>>) -> Response {
-    let usage: HashMap<(Scope, PeerId), Usage> = app
-        .turn
+/// Each peer's TURN usage, by the scope and peer its credentials name.
+fn turn_usage(app: &AppState) -> HashMap<(Scope, PeerId), Usage> {
+    app.turn
         .as_ref()
         .map(|t| t.usage_by_peer())
+        .unwrap_or_default()
+}
+
+fn peer_view(usage: &HashMap<(Scope, PeerId), Usage>, scope: &Scope, p: PeerInfo) -> PeerView {
+    let Usage {
+        allocations,
+        relayed_bytes,
+    } = usage
+        .get(&(scope.clone(), p.id.clone()))
+        .copied()
         .unwrap_or_default();
-    let native = app.hub.rooms().into_iter().map(|r| ("native", r));
-    let socketio = app.sio.rooms().into_iter().map(|r| ("socketio", r));
-    let rooms: Vec<RoomView> = native
-        .chain(socketio)
-        .map(|(dialect, (room, members))| {
-            let scope = if dialect == "native" {
-                Scope::Native(room.clone())
-            } else {
-                Scope::SocketIo(room.clone())
-            };
-            let peers: Vec<PeerView> = members
-                .into_iter()
-                .map(|p| {
-                    let Usage {
-                        allocations,
-                        relayed_bytes,
-                    } = usage
-                        .get(&(scope.clone(), p.id.clone()))
-                        .copied()
-                        .unwrap_or_default();
-                    PeerView {
-                        id: p.id.as_str().to_owned(),
-                        name: p.name,
-                        allocations,
-                        relayed_bytes,
-                    }
-                })
-                .collect();
+    PeerView {
+        id: p.id.as_str().to_owned(),
+        name: p.name,
+        allocations,
+        relayed_bytes,
+    }
+}
+
+async fn list_rooms(State(app): State<Arc<AppState>>) -> Response {
+    let usage = turn_usage(&app);
+    let mut rooms: Vec<RoomView> = Vec::new();
+    for dialect in app.dialects.iter() {
+        let mut by_room: BTreeMap<RoomId, (Scope, Vec<PeerView>)> = BTreeMap::new();
+        for (scope, peer) in dialect.peers() {
+            if let Some(room) = scope.room().cloned() {
+                let view = peer_view(&usage, &scope, peer);
+                by_room
+                    .entry(room)
+                    .or_insert_with(|| (scope.clone(), Vec::new()))
+                    .1
+                    .push(view);
+            }
+        }
+        for (room, (scope, peers)) in by_room {
             let (allocations, relayed_bytes) = usage
                 .iter()
                 .filter(|((s, _), _)| *s == scope)
                 .fold((0, 0), |(a, b), (_, u)| {
                     (a + u.allocations, b + u.relayed_bytes)
                 });
-            RoomView {
+            rooms.push(RoomView {
                 room: room.as_str().to_owned(),
-                dialect,
+                dialect: dialect.kind().as_str(),
                 peers,
                 allocations,
                 relayed_bytes,
-            }
-        })
-        .collect();
+            });
+        }
+    }
     axum::Json(json!({ "rooms": rooms })).into_response()
+}
+
+#[derive(Serialize)]
+struct ListedPeer {
+    dialect: &'static str,
+    /// `null` for the plain-WebSocket dialect, which has no rooms.
+    room: Option<String>,
+    #[serde(flatten)]
+    peer: PeerView,
+}
+
+async fn list_peers(State(app): State<Arc<AppState>>) -> Response {
+    let usage = turn_usage(&app);
+    let mut peers: Vec<ListedPeer> = Vec::new();
+    for dialect in app.dialects.iter() {
+        for (scope, peer) in dialect.peers() {
+            peers.push(ListedPeer {
+                dialect: dialect.kind().as_str(),
+                room: scope.room().map(|r| r.as_str().to_owned()),
+                peer: peer_view(&usage, &scope, peer),
+            });
+        }
+    }
+    axum::Json(json!({ "peers": peers })).into_response()
 }
 
 async fn close_room(State(app): State<Arc<AppState>>, Path(room): Path<String>) -> Response {
@@ -179,8 +213,11 @@ async fn close_room(State(app): State<Arc<AppState>>, Path(room): Path<String>) 
         Ok(r) => r,
         Err(message) => return error(StatusCode::BAD_REQUEST, "bad_room", &message),
     };
-    let mut peers = app.hub.close_room(&room);
-    peers.extend(app.sio.close_room(&room));
+    let peers: Vec<PeerId> = app
+        .dialects
+        .iter()
+        .flat_map(|d| d.close_room(&room))
+        .collect();
     let revoked = app.turn.as_ref().map_or(0, |t| t.revoke_room(&room));
     if peers.is_empty() && revoked == 0 {
         return error(
@@ -207,28 +244,27 @@ async fn kick_peer(State(app): State<Arc<AppState>>, Path(peer): Path<String>) -
             "a peer id is 32 lowercase hex digits",
         );
     };
-    let scope = match app.hub.kick(&peer) {
-        Some(left) => Scope::Native(left.room),
-        None => match app.sio.kick(&peer) {
-            Some(room) => Scope::SocketIo(room),
-            None => {
-                return error(
-                    StatusCode::NOT_FOUND,
-                    "unknown_peer",
-                    "no such peer in any room",
-                );
-            }
-        },
+    let Some((dialect, scope)) = app
+        .dialects
+        .iter()
+        .find_map(|d| Some((d.kind(), d.kick(&peer)?)))
+    else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "unknown_peer",
+            "no such peer is connected",
+        );
     };
     let revoked = app
         .turn
         .as_ref()
         .map_or(0, |t| t.revoke_peer(&scope, &peer));
-    let room = scope.room().cloned().expect("a kicked peer was in a room");
+    let room = scope.room().map(|r| r.as_str().to_owned());
     app.metrics.kicked.inc();
-    info!(%room, peer = %peer, allocations = revoked, "peer kicked by the operator");
+    info!(scope = %scope, peer = %peer, allocations = revoked, "peer kicked by the operator");
     axum::Json(json!({
-        "room": room.as_str(),
+        "dialect": dialect.as_str(),
+        "room": room,
         "peer": peer.as_str(),
         "allocations_revoked": revoked,
     }))

@@ -18,9 +18,7 @@ use crate::config::{Apply, Config, Secret};
 use crate::http;
 use crate::net::{self, Bound};
 use crate::secrets;
-use crate::signaling::hub::Hub;
-use crate::signaling::legacy::Directory;
-use crate::signaling::sio::SioRooms;
+use crate::signaling::dialect::Dialects;
 use crate::state::{AppState, Live};
 use crate::tls::{self, TlsMaterial};
 
@@ -111,10 +109,7 @@ pub async fn run(
     mut reloads: mpsc::Receiver<Config>,
 ) -> anyhow::Result<()> {
     let tasks = TaskTracker::new();
-    let s = &config.signaling;
-    let hub = Arc::new(Hub::new(s.room_capacity, s.max_rooms));
-    let legacy = Arc::new(Directory::default());
-    let sio = Arc::new(SioRooms::new(s.socketio_room_capacity, s.max_rooms));
+    let dialects = Dialects::new(&config.signaling);
     let Listeners {
         https,
         redirect,
@@ -131,7 +126,7 @@ pub async fn run(
     let turn = if config.turn.enabled {
         Some(Arc::new(crate::turn::handle::start(
             &config,
-            crate::state::membership(Arc::clone(&hub), Arc::clone(&legacy), Arc::clone(&sio)),
+            dialects.membership(),
             &tls,
             (turn_udp, turn_tcp, turn_tls),
             &https_addrs,
@@ -153,9 +148,7 @@ pub async fn run(
     let admin_token = admin_token(&config, has_admin)?;
     let app = Arc::new(AppState::new(
         Live::new(&config, admin_token),
-        hub,
-        legacy,
-        sio,
+        dialects,
         turn,
         shutdown.clone(),
         tasks.clone(),
@@ -260,7 +253,11 @@ pub async fn run(
     app.set_ready(false);
     // The shutdown token reaches the other tasks; socket tasks wait on their own signal.
     app.signals.shut_down();
-    let (rooms, peers) = app.hub.counts();
+    let (rooms, peers) = app
+        .dialects
+        .counts()
+        .iter()
+        .fold((0, 0), |(r, p), (_, c)| (r + c.rooms, p + c.peers));
     info!(
         rooms,
         peers,

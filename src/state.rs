@@ -11,12 +11,10 @@ use arc_swap::ArcSwap;
 use crate::config::{Config, Secret, SignalingConfig};
 use crate::model::Scope;
 use crate::model::{IceServer, PeerId};
-use crate::signaling::hub::Hub;
-use crate::signaling::legacy::Directory;
+use crate::signaling::dialect::Dialects;
 use crate::signaling::limits::ConnectionLimiter;
 use crate::signaling::signal::Signals;
-use crate::signaling::sio::SioRooms;
-use crate::signaling::stats::{Counts, DialectKind, SignalingMetrics};
+use crate::signaling::stats::SignalingMetrics;
 use crate::turn::Turn;
 
 /// The part of the configuration that a reload (SIGHUP) replaces while every connection
@@ -56,11 +54,8 @@ impl Live {
 #[derive(Debug)]
 pub struct AppState {
     live: ArcSwap<Live>,
-    pub hub: Arc<Hub>,
-    /// Users of the plain-WebSocket dialect.
-    pub legacy: Arc<Directory>,
-    /// Rooms of the socket.io dialect.
-    pub sio: Arc<SioRooms>,
+    /// Every signaling dialect, with its rooms and peers.
+    pub dialects: Dialects,
     /// `None` when `turn.enabled` is false.
     pub turn: Option<Arc<Turn>>,
     pub limiter: Arc<ConnectionLimiter>,
@@ -79,9 +74,7 @@ pub struct AppState {
 impl AppState {
     pub fn new(
         live: Live,
-        hub: Arc<Hub>,
-        legacy: Arc<Directory>,
-        sio: Arc<SioRooms>,
+        dialects: Dialects,
         turn: Option<Arc<Turn>>,
         shutdown: CancellationToken,
         tasks: TaskTracker,
@@ -93,9 +86,7 @@ impl AppState {
                 s.max_connections_per_ip,
             )),
             live: ArcSwap::from_pointee(live),
-            hub,
-            legacy,
-            sio,
+            dialects,
             turn,
             metrics: SignalingMetrics::default(),
             shutdown,
@@ -120,8 +111,9 @@ impl AppState {
         let s = &live.signaling;
         self.limiter
             .set_limits(s.max_connections, s.max_connections_per_ip);
-        self.hub.set_limits(s.room_capacity, s.max_rooms);
-        self.sio.set_limits(s.socketio_room_capacity, s.max_rooms);
+        for dialect in self.dialects.iter() {
+            dialect.set_limits(s);
+        }
         self.live.store(Arc::new(live));
     }
 
@@ -145,11 +137,7 @@ impl AppState {
     /// close after the grace period unless it is back.
     pub fn peer_left(&self, scope: &Scope, peer: &PeerId) {
         if let Some(turn) = &self.turn {
-            let membership = membership(
-                Arc::clone(&self.hub),
-                Arc::clone(&self.legacy),
-                Arc::clone(&self.sio),
-            );
+            let membership = self.dialects.membership();
             let (s, p) = (scope.clone(), peer.clone());
             turn.peer_left(scope.clone(), peer.clone(), move || membership(&s, &p));
         }
@@ -157,25 +145,7 @@ impl AppState {
 
     /// Every metric of the running server: signaling, TURN, process.
     pub fn metric_families(&self) -> Vec<crate::metrics::Family> {
-        let (rooms, peers) = self.hub.counts();
-        let (sio_rooms, sio_peers) = self.sio.counts();
-        let counts = [
-            (DialectKind::Native, Counts { rooms, peers }),
-            (
-                DialectKind::SocketIo,
-                Counts {
-                    rooms: sio_rooms,
-                    peers: sio_peers,
-                },
-            ),
-            (
-                DialectKind::PlainWs,
-                Counts {
-                    rooms: 0,
-                    peers: self.legacy.online(),
-                },
-            ),
-        ];
+        let counts = self.dialects.counts();
         let mut families = self.metrics.families(self.limiter.total(), &counts);
         if let Some(turn) = &self.turn {
             families.extend(turn.metrics());
@@ -190,67 +160,5 @@ impl AppState {
 
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Release);
-    }
-}
-
-/// Whether `peer` is still in `scope`, for TURN credentials: in that room of exactly that
-/// dialect (native or socket.io), or logged in to the plain-WebSocket dialect.
-/// A peer id of one dialect never keeps a credential of another alive.
-pub fn membership(
-    hub: Arc<Hub>,
-    legacy: Arc<Directory>,
-    sio: Arc<SioRooms>,
-) -> crate::turn::core::Membership {
-    Arc::new(move |scope: &Scope, peer: &PeerId| match scope {
-        Scope::Native(room) => hub.is_member(room, peer),
-        Scope::SocketIo(room) => sio.is_member(room, peer),
-        Scope::PlainWs => legacy.is_online(peer),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use tokio::sync::mpsc;
-
-    use super::*;
-    use crate::model::RoomId;
-    use crate::signaling::hub::Outbox;
-    use crate::signaling::protocol::{PeerInfo, ServerMsg};
-
-    fn outbox() -> Outbox {
-        Outbox {
-            tx: mpsc::channel(8).0,
-            signal: Arc::default(),
-            direct: None,
-        }
-    }
-
-    #[test]
-    fn membership_is_checked_in_exactly_the_credential_s_dialect() {
-        let hub = Arc::new(Hub::new(10, 10));
-        let legacy = Arc::new(Directory::default());
-        let sio = Arc::new(SioRooms::new(10, 10));
-        let member = membership(Arc::clone(&hub), Arc::clone(&legacy), sio);
-        // A user of the plain-WebSocket dialect, and a native peer in the room named like
-        // the pseudo-room that dialect's credentials used to name.
-        let user = PeerId::random();
-        assert!(legacy.login("alice", &user, Arc::new(outbox())));
-        let room = RoomId::parse("_ws-legacy").unwrap();
-        let native = PeerId::random();
-        let info = PeerInfo {
-            id: native.clone(),
-            name: None,
-        };
-        let welcome = |_: &[PeerInfo]| ServerMsg::Pong;
-        hub.join(info, &room, outbox(), welcome).unwrap();
-
-        assert!(member(&Scope::PlainWs, &user));
-        assert!(member(&Scope::Native(room.clone()), &native));
-        // Neither keeps a credential of another dialect alive.
-        assert!(!member(&Scope::Native(room.clone()), &user));
-        assert!(!member(&Scope::PlainWs, &native));
-        assert!(!member(&Scope::SocketIo(room.clone()), &native));
-        legacy.logout("alice");
-        assert!(!member(&Scope::PlainWs, &user));
     }
 }

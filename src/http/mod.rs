@@ -17,7 +17,7 @@ use axum::routing::{MethodRouter, get};
 
 use crate::model::RoomId;
 use crate::routes::Route;
-use crate::signaling::{legacy, ws};
+use crate::signaling::stats::DialectKind;
 use crate::state::AppState;
 
 const PAGE: &str = include_str!("../../static/index.html");
@@ -31,43 +31,47 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
                    media-src 'self' blob: mediastream:; connect-src 'self'; base-uri 'none'; \
                    form-action 'self'; frame-ancestors 'none'";
 
-/// The HTTPS router: every route of `routes::Route::ALL`, then `signaling.legacy_path`
-/// (checked by the config with `routes::check_extra`), and socket.io's layer.
+/// The HTTPS router: every route of `routes::Route::ALL` this module serves, then each
+/// dialect's endpoints (`/ws`, `signaling.legacy_path`, checked by the config with
+/// `routes::check_extra`, and socket.io's layer).
 pub fn router(state: Arc<AppState>) -> Router {
     let mut router = Router::new();
     for route in Route::ALL {
-        router = router.route(route.path(), handler(route));
+        if let Some(handler) = handler(route) {
+            router = router.route(route.path(), handler);
+        }
     }
-    router
-        .route(&state.live().signaling.legacy_path, get(legacy::upgrade))
-        .fallback(not_found)
-        .layer(crate::signaling::sio::layer(Arc::clone(&state)))
-        .layer(axum::middleware::map_response(security_headers))
-        .with_state(state)
+    let mut router = router.fallback(not_found).with_state(Arc::clone(&state));
+    for dialect in state.dialects.iter() {
+        router = Arc::clone(dialect).mount(router, &state);
+    }
+    router.layer(axum::middleware::map_response(security_headers))
 }
 
-/// The handler of each fixed route; the match is exhaustive, so a new route needs one.
-fn handler(route: Route) -> MethodRouter<Arc<AppState>> {
-    match route {
+/// The handler of each fixed route, or `None` for a dialect's own endpoint (mounted by the
+/// dialect); the match is exhaustive, so a new route needs one.
+fn handler(route: Route) -> Option<MethodRouter<Arc<AppState>>> {
+    Some(match route {
         Route::Page => get(page),
         Route::RoomPage => get(room_page),
         Route::CallScript => get(script),
         Route::Style => get(style),
         Route::DiagPage => get(async || Html(DIAG_PAGE)),
         Route::DiagScript => get(diag_script),
-        Route::Ws => get(ws::upgrade),
+        Route::Ws => return None,
         Route::Healthz => get(healthz),
         Route::Readyz => get(readyz),
         Route::IceServers => get(ice_api::ice_servers),
-    }
+    })
 }
 
 /// The plain-WebSocket dialect alone, for plain `ws://` listeners.
 pub fn legacy_router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route(&state.live().signaling.legacy_path, get(legacy::upgrade))
-        .fallback(not_found)
-        .with_state(state)
+    let router = Router::new().fallback(not_found);
+    match state.dialects.get(DialectKind::PlainWs) {
+        Some(dialect) => Arc::clone(dialect).mount(router, &state),
+        None => router,
+    }
 }
 
 async fn security_headers(mut response: Response) -> Response {
@@ -161,9 +165,7 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
-    use crate::signaling::hub::Hub;
-    use crate::signaling::legacy::Directory;
-    use crate::signaling::sio::SioRooms;
+    use crate::signaling::dialect::Dialects;
     use crate::state::Live;
 
     /// Every route of the table reaches its handler through the real router, layers included
@@ -171,12 +173,9 @@ mod tests {
     #[tokio::test]
     async fn every_route_of_the_table_is_served() {
         let config = Config::from_toml("[api]\nkeys = [\"0123456789abcdef\"]\n", "t").unwrap();
-        let s = &config.signaling;
         let app = Arc::new(AppState::new(
             Live::new(&config, None),
-            Arc::new(Hub::new(s.room_capacity, s.max_rooms)),
-            Arc::new(Directory::default()),
-            Arc::new(SioRooms::new(s.socketio_room_capacity, s.max_rooms)),
+            Dialects::new(&config.signaling),
             None,
             CancellationToken::new(),
             TaskTracker::new(),

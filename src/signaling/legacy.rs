@@ -10,25 +10,29 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use axum::Router;
 use axum::extract::ws::Utf8Bytes;
 use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
+use axum::routing::get;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 use tracing::{Instrument, info, info_span, warn};
 
+use super::admit::{Admitted, admit};
 use super::conn::{Conn, Handler, Reply};
+use super::dialect::Dialect;
 use super::gate::Gate;
-use super::hub::Outbox;
-use super::limits::ConnectionGuard;
+use super::outbox::Outbox;
 use super::protocol::{self, ErrorCode, PeerId};
+use super::signal::Eviction;
 use super::socket::{Socket, Upgrade};
-use super::stats::{DialectKind, MessageType};
-use super::ws;
-use crate::model::Scope;
+use super::stats::{Counts, DialectKind, MessageType};
+use crate::config::SignalingConfig;
+use crate::model::{PeerInfo, RoomId, Scope};
 use crate::state::AppState;
 
 /// Who is logged in.
@@ -49,8 +53,13 @@ impl Directory {
         true
     }
 
-    pub fn logout(&self, name: &str) {
-        self.users.lock().expect("directory lock").remove(name);
+    /// Frees `name` if `peer` still holds it (an operator's kick may have freed it, and
+    /// someone else may hold it since).
+    pub fn logout(&self, name: &str, peer: &PeerId) {
+        let mut users = self.users.lock().expect("directory lock");
+        if users.get(name).is_some_and(|(p, _)| p == peer) {
+            users.remove(name);
+        }
     }
 
     /// Queues `frame` for `name`; `false` when nobody of that name is logged in.
@@ -85,15 +94,73 @@ impl Directory {
     }
 }
 
+/// The plain-WebSocket dialect: users, no rooms. Its credentials name the dialect alone.
+impl Dialect for Directory {
+    fn kind(&self) -> DialectKind {
+        DialectKind::PlainWs
+    }
+
+    fn mount(self: Arc<Self>, router: Router, app: &Arc<AppState>) -> Router {
+        let path = app.live().signaling.legacy_path.clone();
+        router.route(&path, get(upgrade).with_state((Arc::clone(app), self)))
+    }
+
+    fn peers(&self) -> Vec<(Scope, PeerInfo)> {
+        let users = self.users.lock().expect("directory lock");
+        let mut peers: Vec<(Scope, PeerInfo)> = users
+            .iter()
+            .map(|(name, (id, _))| {
+                let info = PeerInfo {
+                    id: id.clone(),
+                    name: Some(name.clone()),
+                };
+                (Scope::PlainWs, info)
+            })
+            .collect();
+        peers.sort_by(|a, b| a.1.name.cmp(&b.1.name));
+        peers
+    }
+
+    fn counts(&self) -> Counts {
+        Counts {
+            rooms: 0,
+            peers: self.online(),
+        }
+    }
+
+    fn close_room(&self, _room: &RoomId) -> Vec<PeerId> {
+        Vec::new()
+    }
+
+    fn kick(&self, peer: &PeerId) -> Option<Scope> {
+        let outbox = {
+            let mut users = self.users.lock().expect("directory lock");
+            let name = users
+                .iter()
+                .find(|(_, (p, _))| p == peer)
+                .map(|(name, _)| name.clone())?;
+            users.remove(&name).map(|(_, outbox)| outbox)?
+        };
+        outbox.signal.evict(Eviction::Kicked);
+        Some(Scope::PlainWs)
+    }
+
+    fn is_member(&self, scope: &Scope, peer: &PeerId) -> bool {
+        matches!(scope, Scope::PlainWs) && self.is_online(peer)
+    }
+
+    fn set_limits(&self, _cfg: &SignalingConfig) {}
+}
+
 /// `GET /legacy` (or `signaling.legacy_path`): the same admission checks as `/ws`.
-pub async fn upgrade(
-    State(app): State<Arc<AppState>>,
+async fn upgrade(
+    State((app, directory)): State<(Arc<AppState>, Arc<Directory>)>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     uri: axum::http::Uri,
     socket: Upgrade,
 ) -> Response {
-    let admitted = match ws::admit(&app, remote, &headers, &uri) {
+    let admitted = match admit(&app, remote, &headers, &uri) {
         Ok(a) => a,
         Err(refused) => return *refused,
     };
@@ -102,14 +169,13 @@ pub async fn upgrade(
     socket.on_upgrade(move |socket| {
         let peer = PeerId::random();
         let span = info_span!("legacy", %remote, peer_id = %peer, name = tracing::field::Empty);
-        tasks.track_future(
-            run(app, socket, peer, admitted.request_host, admitted.guard).instrument(span),
-        )
+        tasks.track_future(run(app, directory, socket, peer, admitted).instrument(span))
     })
 }
 
 struct Session {
     app: Arc<AppState>,
+    directory: Arc<Directory>,
     peer: PeerId,
     request_host: String,
     outbox: Arc<Outbox>,
@@ -215,8 +281,7 @@ impl Session {
             return Next::Reply(json!({"type": "login", "success": false}));
         }
         if !self
-            .app
-            .legacy
+            .directory
             .login(name, &self.peer, Arc::clone(&self.outbox))
         {
             return Next::Reply(json!({"type": "login", "success": false}));
@@ -259,7 +324,7 @@ impl Session {
             ),
             _ => r#"{"type":"leave"}"#.to_owned(),
         };
-        if !self.app.legacy.send(&target, frame.into()) {
+        if !self.directory.send(&target, frame.into()) {
             return Next::Reply(self.error(
                 ErrorCode::UnknownName,
                 format!("no user named {target:?} is logged in"),
@@ -276,10 +341,9 @@ impl Session {
     /// Frees the name and tells the partner, when the socket goes.
     fn close(&mut self) {
         let Some(name) = self.name.take() else { return };
-        self.app.legacy.logout(&name);
+        self.directory.logout(&name, &self.peer);
         if let Some(partner) = self.partner.take() {
-            self.app
-                .legacy
+            self.directory
                 .send(&partner, json!({"type": "leave"}).to_string().into());
         }
         self.app.peer_left(&Scope::PlainWs, &self.peer);
@@ -289,16 +353,21 @@ impl Session {
 
 async fn run(
     app: Arc<AppState>,
+    directory: Arc<Directory>,
     socket: Socket,
     peer: PeerId,
-    request_host: String,
-    _guard: ConnectionGuard,
+    admitted: Admitted,
 ) {
+    let Admitted {
+        guard: _guard,
+        request_host,
+    } = admitted;
     info!("connected");
     let cfg = app.live().signaling.clone();
     let (conn, outbox) = Conn::new(&app, socket);
     let mut session = Session {
         app: Arc::clone(&app),
+        directory,
         peer,
         request_host,
         outbox: Arc::new(outbox),

@@ -12,11 +12,15 @@
 //! - `signal`: what wakes a socket task from outside (flush, eviction, shutdown).
 //! - `hub`: the registry behind a lock plus each peer's outbox.
 //! - `stats`: signaling's counters and their metric families.
-//! - `ws`: the socket task of the native protocol, and the admission checks all dialects share.
+//! - `admit`: the checks every dialect makes before an upgrade (origin, shutdown, connection counts).
+//! - `dialect`: the `Dialect` trait and `Dialects`, the one list of them.
+//! - `ws`: the native dialect (`Native`) and its socket's `Session`.
 //! - `legacy`: the plain-WebSocket dialect of the login/offer/answer tutorial.
 //! - `sio`: the socket.io dialect of the codelab room server and the video-call app.
 
+pub mod admit;
 pub mod conn;
+pub mod dialect;
 pub mod direct;
 pub mod frame;
 pub mod gate;

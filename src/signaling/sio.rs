@@ -21,11 +21,14 @@ use socketioxide::layer::SocketIoLayer;
 use socketioxide::socket::Sid;
 use tracing::{debug, info};
 
+use axum::Router;
+
+use super::dialect::Dialect;
 use super::gate::{Gate, Refused};
 use super::limits::ConnectionGuard;
 use super::protocol::{ErrorCode, PeerId, PeerInfo, RoomId};
 use super::room::{JoinError, Rooms};
-use super::stats::{DialectKind, MessageType, Refusal};
+use super::stats::{Counts, DialectKind, MessageType, Refusal};
 use crate::config::SignalingConfig;
 use crate::model::Scope;
 use crate::state::AppState;
@@ -116,7 +119,7 @@ impl SioRooms {
     }
 
     /// New room limits (a reload).
-    pub fn set_limits(&self, capacity: usize, max_rooms: usize) {
+    fn set_room_limits(&self, capacity: usize, max_rooms: usize) {
         self.inner
             .lock()
             .expect("sio lock")
@@ -125,12 +128,12 @@ impl SioRooms {
     }
 
     /// Every room with its members, sorted by name.
-    pub fn rooms(&self) -> Vec<(RoomId, Vec<PeerInfo>)> {
+    fn list_rooms(&self) -> Vec<(RoomId, Vec<PeerInfo>)> {
         self.inner.lock().expect("sio lock").rooms.list()
     }
 
     /// Removes every member of `room` and disconnects their sockets; returns who was removed.
-    pub fn close_room(&self, room: &RoomId) -> Vec<PeerId> {
+    fn remove_room(&self, room: &RoomId) -> Vec<PeerId> {
         let (peers, sids) = {
             let mut inner = self.inner.lock().expect("sio lock");
             let peers: Vec<PeerId> = inner
@@ -155,7 +158,7 @@ impl SioRooms {
     }
 
     /// Removes `peer` from its room and disconnects its socket; returns the room.
-    pub fn kick(&self, peer: &PeerId) -> Option<RoomId> {
+    fn remove_peer(&self, peer: &PeerId) -> Option<RoomId> {
         let (room, sid) = {
             let mut inner = self.inner.lock().expect("sio lock");
             let sid = inner
@@ -180,31 +183,94 @@ impl SioRooms {
     }
 
     /// Rooms and peers in a room right now.
-    pub fn counts(&self) -> (usize, usize) {
+    fn room_counts(&self) -> (usize, usize) {
         let inner = self.inner.lock().expect("sio lock");
         (inner.rooms.room_count(), inner.rooms.peer_count())
     }
 
     /// Whether `peer` is in `room` (for TURN credentials).
-    pub fn is_member(&self, room: &RoomId, peer: &PeerId) -> bool {
+    fn is_in_room(&self, room: &RoomId, peer: &PeerId) -> bool {
         self.inner.lock().expect("sio lock").rooms.room_of(peer) == Some(room)
     }
 }
 
+/// The socket.io dialect: its rooms, and each connected socket.
+impl Dialect for SioRooms {
+    fn kind(&self) -> DialectKind {
+        DialectKind::SocketIo
+    }
+
+    /// socket.io's layer, around everything mounted before (it answers under `/socket.io/`
+    /// and passes every other request through).
+    fn mount(self: Arc<Self>, router: Router, app: &Arc<AppState>) -> Router {
+        router.layer(layer(Arc::clone(app), self))
+    }
+
+    fn peers(&self) -> Vec<(Scope, PeerInfo)> {
+        self.list_rooms()
+            .into_iter()
+            .flat_map(|(room, members)| {
+                members
+                    .into_iter()
+                    .map(move |p| (Scope::SocketIo(room.clone()), p))
+            })
+            .collect()
+    }
+
+    fn counts(&self) -> Counts {
+        let (rooms, peers) = SioRooms::room_counts(self);
+        Counts { rooms, peers }
+    }
+
+    fn close_room(&self, room: &RoomId) -> Vec<PeerId> {
+        SioRooms::remove_room(self, room)
+    }
+
+    fn kick(&self, peer: &PeerId) -> Option<Scope> {
+        SioRooms::remove_peer(self, peer).map(Scope::SocketIo)
+    }
+
+    fn is_member(&self, scope: &Scope, peer: &PeerId) -> bool {
+        matches!(scope, Scope::SocketIo(room) if SioRooms::is_in_room(self, room, peer))
+    }
+
+    fn set_limits(&self, cfg: &SignalingConfig) {
+        SioRooms::set_room_limits(self, cfg.socketio_room_capacity, cfg.max_rooms);
+    }
+}
+
 /// The socket.io layer for the HTTPS router.
-pub fn layer(app: Arc<AppState>) -> SocketIoLayer {
+fn layer(app: Arc<AppState>, sio: Arc<SioRooms>) -> SocketIoLayer {
     let (layer, io) = SocketIo::builder()
         // As on /ws: the limit is enforced on each message (with an error, then a
         // disconnect); the transport limit only stops runaway payloads.
         .max_payload(2 * app.live().signaling.max_message_bytes as u64)
-        .with_state(Arc::clone(&app))
+        .with_state(Ctx {
+            app: Arc::clone(&app),
+            sio: Arc::clone(&sio),
+        })
         .build_layer();
     io.ns("/", on_connect.with(admit));
-    let _ = app.sio.io.set(io);
+    let _ = sio.io.set(io);
     layer
 }
 
-type App = State<Arc<AppState>>;
+type App = State<Ctx>;
+
+/// What socket.io's handlers see: the shared state and this dialect's rooms
+/// (`app.sio`); everything else of `AppState` through `Deref`.
+#[derive(Clone)]
+struct Ctx {
+    app: Arc<AppState>,
+    sio: Arc<SioRooms>,
+}
+
+impl std::ops::Deref for Ctx {
+    type Target = AppState;
+    fn deref(&self) -> &AppState {
+        &self.app
+    }
+}
 
 /// The checks every signaling dialect shares: origin and connection limits. The slot is held
 /// until the socket disconnects.
@@ -215,7 +281,7 @@ async fn admit(s: SocketRef, State(app): App) -> Result<(), String> {
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0)
         .ok_or("no client address")?;
-    let admitted = super::ws::admit(&app, remote, &parts.headers, &parts.uri)
+    let admitted = super::admit::admit(&app, remote, &parts.headers, &parts.uri)
         .map_err(|refused| format!("connection refused with HTTP status {}", refused.status()))?;
     let live = app.live();
     let s_cfg = &live.signaling;
@@ -260,7 +326,7 @@ fn register(s: &SocketRef) {
 }
 
 /// The room a client may send to: the one it joined, and only when `claimed` (if any) names it.
-fn sender_room(app: &AppState, s: &SocketRef, claimed: Option<&str>) -> Option<RoomId> {
+fn sender_room(app: &Ctx, s: &SocketRef, claimed: Option<&str>) -> Option<RoomId> {
     let room = app.sio.room_of(s.id);
     match (room, claimed) {
         (Some(room), None) => Some(room),
@@ -274,7 +340,7 @@ fn sender_room(app: &AppState, s: &SocketRef, claimed: Option<&str>) -> Option<R
 
 /// The message gate every dialect shares, for one event: a token from the socket's budget.
 /// Over the rate the event is dropped with an error; past the strikes the socket goes.
-fn gate(app: &AppState, s: &SocketRef) -> bool {
+fn gate(app: &Ctx, s: &SocketRef) -> bool {
     match app.sio.charge(s.id, &app.live().signaling) {
         Ok(()) => true,
         Err(refused) => {
@@ -285,7 +351,7 @@ fn gate(app: &AppState, s: &SocketRef) -> bool {
 }
 
 /// Refuses a message above `signaling.max_message_bytes`: an error, then a disconnect.
-fn too_large(app: &AppState, s: &SocketRef, payload: &Value) -> bool {
+fn too_large(app: &Ctx, s: &SocketRef, payload: &Value) -> bool {
     match Gate::size(payload.to_string().len(), &app.live().signaling) {
         Ok(()) => false,
         Err(refused) => {
@@ -296,7 +362,7 @@ fn too_large(app: &AppState, s: &SocketRef, payload: &Value) -> bool {
 }
 
 /// Answers a refusal from the gate: the error event, then a disconnect if it closes.
-fn refuse(app: &AppState, s: &SocketRef, refused: &Refused) {
+fn refuse(app: &Ctx, s: &SocketRef, refused: &Refused) {
     app.metrics.refusals.inc(refused.limit());
     error(app, s, refused.code(), refused.message());
     if refused.closes() {
@@ -306,7 +372,7 @@ fn refuse(app: &AppState, s: &SocketRef, refused: &Refused) {
 }
 
 /// The `switchboard_error` event, with its code counted.
-fn error(app: &AppState, s: &SocketRef, code: ErrorCode, message: String) {
+fn error(app: &Ctx, s: &SocketRef, code: ErrorCode, message: String) {
     use crate::metrics::Label;
     app.metrics.errors.inc(code);
     let _ = s.emit(
@@ -324,7 +390,7 @@ enum NotJoined {
 }
 
 /// Joins `room` for either tutorial; `Ok(members before)` or why not.
-fn join(app: &AppState, s: &SocketRef, room: &str) -> Result<usize, NotJoined> {
+fn join(app: &Ctx, s: &SocketRef, room: &str) -> Result<usize, NotJoined> {
     let room_id = match RoomId::parse(room) {
         Ok(r) => r,
         Err(message) => {
@@ -363,7 +429,7 @@ fn join(app: &AppState, s: &SocketRef, room: &str) -> Result<usize, NotJoined> {
     Ok(before)
 }
 
-fn log(app: &AppState, s: &SocketRef, line: String) {
+fn log(app: &Ctx, s: &SocketRef, line: String) {
     if app.live().signaling.socketio_log {
         let _ = s.emit("log", &("Message from server:", line));
     }
@@ -474,7 +540,7 @@ async fn webrtc_ice_candidate(s: SocketRef, Data(data): Data<Value>, State(app):
 }
 
 /// Sends `payload` as `event` to the other members of `data.roomId`, if the sender is in it.
-async fn relay(s: &SocketRef, app: &AppState, event: &str, data: &Value, payload: &Value) {
+async fn relay(s: &SocketRef, app: &Ctx, event: &str, data: &Value, payload: &Value) {
     if too_large(app, s, data) {
         return;
     }

@@ -1,6 +1,6 @@
-//! The native protocol's sessions: admission, then decode, apply limits, hand to the hub.
+//! The native dialect (`/ws`): `Native` (its rooms, in the `Hub`) as a `Dialect`, and
+//! each socket's `Session`: decode, apply limits, hand to the hub.
 //!
-//! `admit` is the check every dialect makes before upgrading (origin, connection counts).
 //! `Session` is the native protocol as a `conn::Handler`: it enforces the message limits
 //! (size, rate, join timeout) and turns every refusal into a coded `error` or a close
 //! frame with a reason; `conn` runs the socket (frames, keepalive, outbox).
@@ -9,27 +9,97 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::routing::get;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use super::admit::{Admitted, admit};
 use super::conn::{Conn, Handler, Reply};
+use super::dialect::Dialect;
 use super::frame::CLOSE_POLICY;
 use super::gate::Gate;
-use super::hub::Outbox;
-use super::limits::{ConnectionGuard, ConnectionRefused};
+use super::hub::{Hub, Outbox};
 use super::protocol::{self, ClientMsg, ErrorCode, PeerId, PeerInfo, RoomId, ServerMsg};
 use super::room::{JoinError, RouteError};
 use super::socket::{Socket, Upgrade};
-use super::stats::{DialectKind, MessageType, Refusal};
+use super::stats::{Counts, DialectKind, MessageType, Refusal};
+use crate::config::SignalingConfig;
 use crate::model::Scope;
+use crate::routes::Route;
 use crate::state::AppState;
 
+/// The native dialect: its rooms and their members' outboxes.
+#[derive(Debug)]
+pub struct Native {
+    hub: Hub,
+}
+
+impl Native {
+    pub fn new(cfg: &SignalingConfig) -> Native {
+        Native {
+            hub: Hub::new(cfg.room_capacity, cfg.max_rooms),
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn hub(&self) -> &Hub {
+        &self.hub
+    }
+}
+
+impl Dialect for Native {
+    fn kind(&self) -> DialectKind {
+        DialectKind::Native
+    }
+
+    fn mount(self: Arc<Self>, router: Router, app: &Arc<AppState>) -> Router {
+        router.route(
+            Route::Ws.path(),
+            get(upgrade).with_state((Arc::clone(app), self)),
+        )
+    }
+
+    fn peers(&self) -> Vec<(Scope, PeerInfo)> {
+        self.hub
+            .rooms()
+            .into_iter()
+            .flat_map(|(room, members)| {
+                members
+                    .into_iter()
+                    .map(move |p| (Scope::Native(room.clone()), p))
+            })
+            .collect()
+    }
+
+    fn counts(&self) -> Counts {
+        let (rooms, peers) = self.hub.counts();
+        Counts { rooms, peers }
+    }
+
+    fn close_room(&self, room: &RoomId) -> Vec<PeerId> {
+        self.hub.close_room(room)
+    }
+
+    fn kick(&self, peer: &PeerId) -> Option<Scope> {
+        self.hub.kick(peer).map(|left| Scope::Native(left.room))
+    }
+
+    fn is_member(&self, scope: &Scope, peer: &PeerId) -> bool {
+        matches!(scope, Scope::Native(room) if self.hub.is_member(room, peer))
+    }
+
+    fn set_limits(&self, cfg: &SignalingConfig) {
+        self.hub.set_limits(cfg.room_capacity, cfg.max_rooms);
+    }
+}
+
 /// `GET /ws`: checks origin and connection limits, then upgrades.
-pub async fn upgrade(
-    State(app): State<Arc<AppState>>,
+async fn upgrade(
+    State((app, native)): State<(Arc<AppState>, Arc<Native>)>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     uri: axum::http::Uri,
@@ -44,100 +114,13 @@ pub async fn upgrade(
     ws.on_upgrade(move |socket| {
         let peer_id = PeerId::random();
         let span = info_span!("ws", %remote, peer_id = %peer_id, room = tracing::field::Empty);
-        tasks.track_future(
-            run(app, socket, peer_id, admitted.request_host, admitted.guard).instrument(span),
-        )
+        tasks.track_future(run(app, native, socket, peer_id, admitted).instrument(span))
     })
-}
-
-/// A connection that passed the checks every signaling dialect shares.
-pub struct Admitted {
-    pub guard: ConnectionGuard,
-    /// The host the browser used, without the port: TURN URLs point at the same name.
-    pub request_host: String,
-}
-
-/// The checks before any WebSocket upgrade: origin, shutdown, connection limits.
-///
-/// # Errors
-/// The refusal to send instead of upgrading.
-pub fn admit(
-    app: &AppState,
-    remote: SocketAddr,
-    headers: &HeaderMap,
-    uri: &axum::http::Uri,
-) -> Result<Admitted, Box<Response>> {
-    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| uri.authority().map(|a| a.as_str()));
-    if !origin_allowed(origin, host, &app.live().signaling.allowed_origins) {
-        warn!(%remote, origin = origin.unwrap_or(""), "websocket origin refused");
-        app.metrics.refusals.inc(Refusal::Origin);
-        return Err(Box::new(refusal(
-            StatusCode::FORBIDDEN,
-            "origin_refused",
-            "this origin may not open the signaling socket (see signaling.allowed_origins)",
-        )));
-    }
-    if app.shutdown.is_cancelled() {
-        app.metrics.refusals.inc(Refusal::ShuttingDown);
-        return Err(Box::new(refusal(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            "the server is shutting down",
-        )));
-    }
-    let guard = app.limiter.try_acquire(remote.ip()).map_err(|limit| {
-        app.metrics.refusals.inc(match limit {
-            ConnectionRefused::Total => Refusal::MaxConnections,
-            ConnectionRefused::PerIp => Refusal::MaxConnectionsPerIp,
-        });
-        let (status, message) = match limit {
-            ConnectionRefused::Total => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the server has too many connections (signaling.max_connections)",
-            ),
-            ConnectionRefused::PerIp => (
-                StatusCode::TOO_MANY_REQUESTS,
-                "too many connections from this address (signaling.max_connections_per_ip)",
-            ),
-        };
-        warn!(%remote, ?limit, "websocket connection refused");
-        Box::new(refusal(status, "too_many_connections", message))
-    })?;
-    let request_host = host
-        .and_then(|h| h.parse::<axum::http::uri::Authority>().ok())
-        .map_or_else(|| "localhost".to_owned(), |a| a.host().to_owned());
-    Ok(Admitted {
-        guard,
-        request_host,
-    })
-}
-
-fn refusal(status: StatusCode, code: &str, message: &str) -> Response {
-    let body = serde_json::json!({"code": code, "message": message}).to_string();
-    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
-}
-
-/// Whether a browser page from `origin` may open the socket.
-///
-/// A missing `Origin` is allowed: only browsers send it, and other clients could forge it.
-/// With an empty allow-list only the page's own origin (`https://` + `Host`) is allowed.
-pub fn origin_allowed(origin: Option<&str>, host: Option<&str>, allowed: &[String]) -> bool {
-    let Some(origin) = origin else { return true };
-    let origin = origin.trim_end_matches('/');
-    if allowed.is_empty() {
-        return host.is_some_and(|h| origin.eq_ignore_ascii_case(&format!("https://{h}")));
-    }
-    allowed
-        .iter()
-        .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin))
 }
 
 struct Session {
     app: Arc<AppState>,
+    native: Arc<Native>,
     peer_id: PeerId,
     /// The host the browser used to reach us, for TURN URLs.
     request_host: String,
@@ -151,16 +134,21 @@ struct Session {
 
 async fn run(
     app: Arc<AppState>,
+    native: Arc<Native>,
     socket: Socket,
     peer_id: PeerId,
-    request_host: String,
-    _guard: ConnectionGuard,
+    admitted: Admitted,
 ) {
+    let Admitted {
+        guard: _guard,
+        request_host,
+    } = admitted;
     info!("connected");
     let cfg = app.live().signaling.clone();
     let (conn, outbox) = Conn::new(&app, socket);
     let mut session = Session {
         app: Arc::clone(&app),
+        native,
         peer_id,
         request_host,
         outbox,
@@ -266,7 +254,7 @@ impl Session {
             Err(message) => Answer::Error(ErrorCode::BadRequest, message),
             Ok(ClientMsg::Join { room, name }) => self.join(&room, name),
             Ok(ClientMsg::Signal { to, payload }) => {
-                match self.app.hub.signal(&self.peer_id, &to, payload) {
+                match self.native.hub.signal(&self.peer_id, &to, payload) {
                     Ok(()) => Answer::None,
                     Err(RouteError::NotJoined) => Answer::Error(
                         ErrorCode::NotJoined,
@@ -321,7 +309,7 @@ impl Session {
             ice_ttl_s,
         };
         match self
-            .app
+            .native
             .hub
             .join(peer, &room_id, self.outbox.clone(), welcome)
         {
@@ -363,7 +351,7 @@ impl Session {
 
     fn leave(&mut self) {
         if self.room.take().is_some()
-            && let Some(left) = self.app.hub.leave(&self.peer_id)
+            && let Some(left) = self.native.hub.leave(&self.peer_id)
         {
             info!(room = %left.room, closed = left.closed, "left");
             self.app.peer_left(&Scope::Native(left.room), &self.peer_id);
@@ -392,49 +380,5 @@ impl Session {
             ice_servers,
             ice_ttl_s: ttl?,
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::origin_allowed;
-
-    #[test]
-    fn default_allows_same_origin_and_originless_clients() {
-        assert!(origin_allowed(
-            Some("https://host:8443"),
-            Some("host:8443"),
-            &[]
-        ));
-        assert!(origin_allowed(
-            Some("https://HOST:8443/"),
-            Some("host:8443"),
-            &[]
-        ));
-        assert!(origin_allowed(None, Some("host:8443"), &[]));
-        assert!(!origin_allowed(
-            Some("https://evil.example"),
-            Some("host:8443"),
-            &[]
-        ));
-        assert!(!origin_allowed(
-            Some("http://host:8443"),
-            Some("host:8443"),
-            &[]
-        ));
-        assert!(!origin_allowed(Some("https://host:8443"), None, &[]));
-    }
-
-    #[test]
-    fn allow_list_replaces_same_origin() {
-        let list = vec!["https://app.example.com".to_owned()];
-        assert!(origin_allowed(
-            Some("https://app.example.com"),
-            Some("x"),
-            &list
-        ));
-        assert!(!origin_allowed(Some("https://x"), Some("x"), &list));
-        let any = vec!["*".to_owned()];
-        assert!(origin_allowed(Some("https://anything"), Some("x"), &any));
     }
 }

@@ -1,0 +1,143 @@
+//! The checks every signaling dialect makes before it upgrades a connection: origin,
+//! shutdown, connection counts (total and per source). A refusal is an HTTP answer with a
+//! JSON `{"code", "message"}` body.
+
+use std::net::SocketAddr;
+
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use tracing::warn;
+
+use super::limits::{ConnectionGuard, ConnectionRefused};
+use super::stats::Refusal;
+use crate::state::AppState;
+
+/// A connection that passed the checks every signaling dialect shares.
+pub struct Admitted {
+    pub guard: ConnectionGuard,
+    /// The host the browser used, without the port: TURN URLs point at the same name.
+    pub request_host: String,
+}
+
+/// The checks before any WebSocket upgrade: origin, shutdown, connection limits.
+///
+/// # Errors
+/// The refusal to send instead of upgrading.
+pub fn admit(
+    app: &AppState,
+    remote: SocketAddr,
+    headers: &HeaderMap,
+    uri: &axum::http::Uri,
+) -> Result<Admitted, Box<Response>> {
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()));
+    if !origin_allowed(origin, host, &app.live().signaling.allowed_origins) {
+        warn!(%remote, origin = origin.unwrap_or(""), "websocket origin refused");
+        app.metrics.refusals.inc(Refusal::Origin);
+        return Err(Box::new(refusal(
+            StatusCode::FORBIDDEN,
+            "origin_refused",
+            "this origin may not open the signaling socket (see signaling.allowed_origins)",
+        )));
+    }
+    if app.shutdown.is_cancelled() {
+        app.metrics.refusals.inc(Refusal::ShuttingDown);
+        return Err(Box::new(refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the server is shutting down",
+        )));
+    }
+    let guard = app.limiter.try_acquire(remote.ip()).map_err(|limit| {
+        app.metrics.refusals.inc(match limit {
+            ConnectionRefused::Total => Refusal::MaxConnections,
+            ConnectionRefused::PerIp => Refusal::MaxConnectionsPerIp,
+        });
+        let (status, message) = match limit {
+            ConnectionRefused::Total => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server has too many connections (signaling.max_connections)",
+            ),
+            ConnectionRefused::PerIp => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many connections from this address (signaling.max_connections_per_ip)",
+            ),
+        };
+        warn!(%remote, ?limit, "websocket connection refused");
+        Box::new(refusal(status, "too_many_connections", message))
+    })?;
+    let request_host = host
+        .and_then(|h| h.parse::<axum::http::uri::Authority>().ok())
+        .map_or_else(|| "localhost".to_owned(), |a| a.host().to_owned());
+    Ok(Admitted {
+        guard,
+        request_host,
+    })
+}
+
+fn refusal(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = serde_json::json!({"code": code, "message": message}).to_string();
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// Whether a browser page from `origin` may open the socket.
+///
+/// A missing `Origin` is allowed: only browsers send it, and other clients could forge it.
+/// With an empty allow-list only the page's own origin (`https://` + `Host`) is allowed.
+pub fn origin_allowed(origin: Option<&str>, host: Option<&str>, allowed: &[String]) -> bool {
+    let Some(origin) = origin else { return true };
+    let origin = origin.trim_end_matches('/');
+    if allowed.is_empty() {
+        return host.is_some_and(|h| origin.eq_ignore_ascii_case(&format!("https://{h}")));
+    }
+    allowed
+        .iter()
+        .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::origin_allowed;
+
+    #[test]
+    fn default_allows_same_origin_and_originless_clients() {
+        assert!(origin_allowed(
+            Some("https://host:8443"),
+            Some("host:8443"),
+            &[]
+        ));
+        assert!(origin_allowed(
+            Some("https://HOST:8443/"),
+            Some("host:8443"),
+            &[]
+        ));
+        assert!(origin_allowed(None, Some("host:8443"), &[]));
+        assert!(!origin_allowed(
+            Some("https://evil.example"),
+            Some("host:8443"),
+            &[]
+        ));
+        assert!(!origin_allowed(
+            Some("http://host:8443"),
+            Some("host:8443"),
+            &[]
+        ));
+        assert!(!origin_allowed(Some("https://host:8443"), None, &[]));
+    }
+
+    #[test]
+    fn allow_list_replaces_same_origin() {
+        let list = vec!["https://app.example.com".to_owned()];
+        assert!(origin_allowed(
+            Some("https://app.example.com"),
+            Some("x"),
+            &list
+        ));
+        assert!(!origin_allowed(Some("https://x"), Some("x"), &list));
+        let any = vec!["*".to_owned()];
+        assert!(origin_allowed(Some("https://anything"), Some("x"), &any));
+    }
+}

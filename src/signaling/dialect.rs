@@ -1,0 +1,142 @@
+//! `Dialect`: what each signaling dialect offers the rest of the server, so that the
+//! state, the admin API, the metrics, TURN's membership check and a reload go over every
+//! dialect without naming one. `Dialects::new` is the one place that lists them: a new
+//! dialect is its own module implementing this trait, plus one line there.
+
+use std::fmt;
+use std::sync::Arc;
+
+use axum::Router;
+
+use super::stats::{Counts, DialectKind};
+use crate::config::SignalingConfig;
+use crate::model::{PeerId, PeerInfo, RoomId, Scope};
+use crate::state::AppState;
+use crate::turn::core::Membership;
+
+/// One signaling dialect: its endpoints, its peers and rooms, and its live limits.
+pub trait Dialect: Send + Sync + fmt::Debug {
+    /// Its name in metrics and the admin API.
+    fn kind(&self) -> DialectKind;
+    /// Mounts its endpoints on `router`: routes, or a layer around what is mounted before.
+    fn mount(self: Arc<Self>, router: Router, app: &Arc<AppState>) -> Router;
+    /// Every peer right now, with the scope (dialect and room) its credentials name;
+    /// members of a room in the order they joined, rooms sorted by name.
+    fn peers(&self) -> Vec<(Scope, PeerInfo)>;
+    /// Rooms and peers right now.
+    fn counts(&self) -> Counts;
+    /// Removes every member of `room` and disconnects their sockets; returns who was removed.
+    fn close_room(&self, room: &RoomId) -> Vec<PeerId>;
+    /// Removes `peer` (its room is told) and disconnects its socket; returns the scope it was in.
+    fn kick(&self, peer: &PeerId) -> Option<Scope>;
+    /// Whether `peer` is still in `scope`, for its TURN credential; `false` for another
+    /// dialect's scope.
+    fn is_member(&self, scope: &Scope, peer: &PeerId) -> bool;
+    /// Applies reloaded limits (room capacity, room count) to what comes next.
+    fn set_limits(&self, cfg: &SignalingConfig);
+}
+
+/// Every dialect of this server, in the order they are mounted.
+#[derive(Clone, Debug)]
+pub struct Dialects(Arc<[Arc<dyn Dialect>]>);
+
+impl Dialects {
+    /// The dialects Switchboard speaks, with the configured limits.
+    pub fn new(cfg: &SignalingConfig) -> Dialects {
+        Dialects::of(vec![
+            Arc::new(super::ws::Native::new(cfg)),
+            Arc::new(super::legacy::Directory::default()),
+            Arc::new(super::sio::SioRooms::new(
+                cfg.socketio_room_capacity,
+                cfg.max_rooms,
+            )),
+        ])
+    }
+
+    pub fn of(dialects: Vec<Arc<dyn Dialect>>) -> Dialects {
+        Dialects(dialects.into())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Dialect>> {
+        self.0.iter()
+    }
+
+    /// The dialect of that kind.
+    pub fn get(&self, kind: DialectKind) -> Option<&Arc<dyn Dialect>> {
+        self.0.iter().find(|d| d.kind() == kind)
+    }
+
+    /// Whether `peer` is still in `scope`, asked of every dialect (each answers only for its
+    /// own scopes, so a peer id of one dialect never keeps a credential of another alive).
+    pub fn membership(&self) -> Membership {
+        let dialects = self.clone();
+        Arc::new(move |scope: &Scope, peer: &PeerId| {
+            dialects.iter().any(|d| d.is_member(scope, peer))
+        })
+    }
+
+    /// Rooms and peers of each dialect.
+    pub fn counts(&self) -> Vec<(DialectKind, Counts)> {
+        self.iter().map(|d| (d.kind(), d.counts())).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::signaling::legacy::Directory;
+    use crate::signaling::outbox::Outbox;
+    use crate::signaling::protocol::ServerMsg;
+    use crate::signaling::sio::SioRooms;
+    use crate::signaling::ws::Native;
+
+    fn outbox() -> Outbox {
+        Outbox {
+            tx: mpsc::channel(8).0,
+            signal: Arc::default(),
+            direct: None,
+        }
+    }
+
+    #[test]
+    fn membership_is_checked_in_exactly_the_credential_s_dialect() {
+        let cfg = SignalingConfig::default();
+        let native = Arc::new(Native::new(&cfg));
+        let legacy = Arc::new(Directory::default());
+        let sio = Arc::new(SioRooms::new(10, 10));
+        let dialects = Dialects::of(vec![native.clone(), legacy.clone(), sio]);
+        let member = dialects.membership();
+        // A user of the plain-WebSocket dialect, and a native peer in the room named like
+        // the pseudo-room that dialect's credentials used to name.
+        let user = PeerId::random();
+        assert!(legacy.login("alice", &user, Arc::new(outbox())));
+        let room = RoomId::parse("_ws-legacy").unwrap();
+        let id = PeerId::random();
+        let info = PeerInfo {
+            id: id.clone(),
+            name: None,
+        };
+        let welcome = |_: &[PeerInfo]| ServerMsg::Pong;
+        native.hub().join(info, &room, outbox(), welcome).unwrap();
+
+        assert!(member(&Scope::PlainWs, &user));
+        assert!(member(&Scope::Native(room.clone()), &id));
+        // Neither keeps a credential of another dialect alive.
+        assert!(!member(&Scope::Native(room.clone()), &user));
+        assert!(!member(&Scope::PlainWs, &id));
+        assert!(!member(&Scope::SocketIo(room.clone()), &id));
+        // A kick through the dialect ends it, as a logout does.
+        assert_eq!(legacy.kick(&user), Some(Scope::PlainWs));
+        assert!(!member(&Scope::PlainWs, &user));
+        assert_eq!(
+            dialects
+                .counts()
+                .iter()
+                .map(|(_, c)| c.peers)
+                .sum::<usize>(),
+            1
+        );
+    }
+}
