@@ -453,7 +453,7 @@ pub fn import(text: &str) -> Imported {
 fn range_to_cidrs(value: &str) -> Option<Vec<String>> {
     if value.contains('/') {
         return value
-            .parse::<crate::turn::policy::Cidr>()
+            .parse::<crate::model::Cidr>()
             .ok()
             .map(|_| vec![value.to_owned()]);
     }

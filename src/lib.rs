@@ -4,7 +4,7 @@
 //! and STUN/TURN listeners (UDP, TCP, TLS) with per-room credentials.
 //!
 //! # Layout
-//! - `model`: the shared vocabulary: room and peer ids, ICE server entries; plain data.
+//! - `model`: the shared vocabulary: room and peer ids, ICE server entries, a credential's `Scope`, `Cidr`; plain data.
 //! - `config`: the configuration file, parsed strictly and validated, one module per section;
 //!   each key is classified there as applied by a reload or needing a restart.
 //! - `tls`: certificates (configured or self-signed) and the rustls server config.
@@ -12,14 +12,21 @@
 //! - `mmsg`: batched UDP syscalls (`recvmmsg`/`sendmmsg`) for the relay and the benchmarks.
 //! - `lab`: the NAT lab in network namespaces (`switchboard lab`).
 //! - `limiter`: connection counts per source and in total, with guards that free their slot.
+//! - `metrics`: counters for the data path and the OpenMetrics text of `/metrics`; calls no other module.
 //! - `app`: binds every listener, runs them, and drains on shutdown.
 //! - `state`: `AppState`, the state shared by handlers and tasks.
 //! - `routes`: the HTTPS router's fixed routes in one table, and the check of the one path it mounts
 //!   beside them (`signaling.legacy_path`).
 //! - `http`: the HTTPS routes (call page, health, `/ws`) and the accept loops.
 //! - `secrets`: secrets the config does not set, generated and persisted with mode 0600.
-//! - `signaling`: the native JSON protocol, the room registry, limits and the socket task.
-//! - `turn`: the STUN/TURN server: credentials, policy, allocation state, the sans-IO core, I/O.
+//! - `admin`: the admin listener: `/metrics`, `/healthz` and the bearer-token API over every dialect.
+//! - `acme`: certificates from an ACME CA (TLS-ALPN-01), renewed before they expire.
+//! - `doctor`: `switchboard doctor`, the read-only checks of a deployment.
+//! - `coturn`: `import-coturn`, a coturn `turnserver.conf` turned into a Switchboard config.
+//! - `signaling`: the dialects (native JSON, plain WebSocket, socket.io) behind one `Dialect` trait,
+//!   the room registry, the message gate and the socket task.
+//! - `turn`: the STUN/TURN server behind one handle (`turn::Turn`): credentials, policy, allocation
+//!   state, the sans-IO core and routing, I/O.
 
 pub mod acme;
 pub mod admin;

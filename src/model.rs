@@ -1,8 +1,11 @@
 //! The vocabulary every part of Switchboard shares, as plain data: room and peer ids,
-//! a room member as others see it, and one `iceServers` entry. Signaling, TURN, the admin
-//! API and the config all use these; this module uses none of them.
+//! a room member as others see it, one `iceServers` entry, the `Scope` a TURN credential
+//! names, and an IP network (`Cidr`, for the config's peer lists and TURN's policy).
+//! Signaling, TURN, the admin API and the config all use these; this module uses none of them.
 
 use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
 
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -179,5 +182,55 @@ impl std::fmt::Display for Scope {
             Scope::SocketIo(room) => write!(f, "sio/{}", room.as_str()),
             Scope::PlainWs => f.write_str("ws/"),
         }
+    }
+}
+
+/// An IP network such as `10.0.0.0/8` or `fc00::/7`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    net: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.net, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Cidr, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let net: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("expected an IP network such as \"10.0.0.0/8\", got {s:?}"))?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("prefix length in {s:?} must be 0..={max}"))?,
+        };
+        Ok(Cidr { net, prefix })
     }
 }

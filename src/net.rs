@@ -236,6 +236,22 @@ pub fn default_relay_ip() -> IpAddr {
     }
 }
 
+const KEEPALIVE_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+const KEEPALIVE_RETRIES: u32 = 6;
+
+/// Socket options of an accepted client connection (HTTPS, TURN over TCP/TLS): no Nagle
+/// (media and signaling frames are latency-bound), and keepalive, so a client gone without
+/// a FIN is found within about two minutes (and a TURN allocation goes with its connection).
+pub fn prepare_stream(tcp: &tokio::net::TcpStream) {
+    let _ = tcp.set_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_RETRIES);
+    let _ = socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -244,7 +244,7 @@ impl TurnConfig {
             ("turn.deny_peers", &t.deny_peers),
         ] {
             for (i, cidr) in list.iter().enumerate() {
-                if let Err(message) = cidr.parse::<crate::turn::policy::Cidr>() {
+                if let Err(message) = cidr.parse::<crate::model::Cidr>() {
                     return Err(invalid(&format!("{key}[{i}]"), message));
                 }
             }

@@ -65,7 +65,7 @@ pub async fn serve_https(
         tasks.spawn(async move {
             // No Nagle, and keepalive (a TURN client on this port that vanishes takes
             // its allocation along).
-            crate::turn::server::prepare(&tcp);
+            crate::net::prepare_stream(&tcp);
             if let Some(turn) = &turn {
                 // Plain-TCP TURN sends a STUN header where TLS sends a ClientHello.
                 let mut head = [0u8; demux::SNIFF_LEN];

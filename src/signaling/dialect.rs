@@ -12,7 +12,7 @@ use super::stats::{Counts, DialectKind};
 use crate::config::SignalingConfig;
 use crate::model::{PeerId, PeerInfo, RoomId, Scope};
 use crate::state::AppState;
-use crate::turn::core::Membership;
+use crate::turn::Membership;
 
 /// One signaling dialect: its endpoints, its peers and rooms, and its live limits.
 pub trait Dialect: Send + Sync + fmt::Debug {

@@ -25,4 +25,5 @@ pub mod stats;
 pub mod stream;
 pub mod wire;
 
+pub use core::Membership;
 pub use handle::Turn;

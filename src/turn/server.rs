@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::RngCore;
 use tokio::io::Interest;
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -46,11 +46,6 @@ use crate::model::{PeerId, Scope};
 /// Largest UDP payload we relay.
 const MAX_PAYLOAD: usize = 65_535;
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// TCP keepalive on client connections: a peer gone without a FIN is found within
-/// about two minutes, and its allocation goes with the connection.
-const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
-const KEEPALIVE_RETRIES: u32 = 6;
 /// At the connection limit, a newcomer closes the oldest connection that has gone this
 /// long without allocating (a real client allocates within a few round trips).
 const EVICT_AFTER: Duration = Duration::from_secs(2);
@@ -462,7 +457,7 @@ impl TurnServer {
             let Some(admitted) = self.admit(client) else {
                 continue;
             };
-            prepare(&tcp);
+            crate::net::prepare_stream(&tcp);
             let tuple = move |transport| FiveTuple {
                 client,
                 server: local,
@@ -705,17 +700,6 @@ impl TurnServer {
             self.core.stats.relay_send_failures.inc();
         }
     }
-}
-
-/// Socket options of an accepted client connection: no Nagle (media frames are
-/// latency-bound), and keepalive so a vanished client's allocation is found.
-pub(crate) fn prepare(tcp: &TcpStream) {
-    let _ = tcp.set_nodelay(true);
-    let keepalive = socket2::TcpKeepalive::new()
-        .with_time(KEEPALIVE_IDLE)
-        .with_interval(KEEPALIVE_INTERVAL)
-        .with_retries(KEEPALIVE_RETRIES);
-    let _ = socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive);
 }
 
 /// TCP/TLS connections without an allocation yet, oldest first, by when they were admitted

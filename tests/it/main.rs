@@ -14,6 +14,7 @@ mod prereq;
 mod raw_turn;
 mod reload;
 mod signaling;
+mod tidy;
 mod turn;
 mod turn_abuse;
 mod webrtc_call;

@@ -1,0 +1,217 @@
+//! What can be checked of the architecture by reading the source: every module is on the
+//! maps (lib.rs's `# Layout`, ARCHITECTURE.md's code map), and the grep-able invariants hold.
+
+use std::path::{Path, PathBuf};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Every `.rs` file under `dir`, recursively.
+fn sources(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(sources(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The module path of a file under `src/` (`turn/core.rs` is `turn::core`), or `None` for
+/// the crate roots and unit-test files.
+fn module_of(path: &Path) -> Option<String> {
+    let rel = path.strip_prefix(root().join("src")).unwrap();
+    let mut parts: Vec<String> = rel
+        .with_extension("")
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    if parts.last().is_some_and(|p| p == "mod") {
+        parts.pop();
+    }
+    let is_test = parts.iter().any(|p| p == "tests");
+    let is_root = parts.len() == 1 && (parts[0] == "lib" || parts[0] == "main");
+    (!is_test && !is_root).then(|| parts.join("::"))
+}
+
+fn modules() -> Vec<String> {
+    sources(&root().join("src"))
+        .iter()
+        .filter_map(|p| module_of(p))
+        .collect()
+}
+
+/// The text of ARCHITECTURE.md's code map.
+fn code_map() -> String {
+    let text = read(&root().join("ARCHITECTURE.md"));
+    let start = text.find("## Code Map").expect("a code map");
+    let end = text[start + 3..]
+        .find("\n## ")
+        .map_or(text.len(), |i| start + 3 + i);
+    text[start..end].to_owned()
+}
+
+#[test]
+fn every_top_level_module_is_in_the_layout_of_lib_rs() {
+    let lib = read(&root().join("src/lib.rs"));
+    let missing: Vec<String> = modules()
+        .into_iter()
+        .filter(|m| !m.contains("::"))
+        .filter(|m| !lib.contains(&format!("//! - `{m}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "src/lib.rs's `# Layout` does not list {missing:?}"
+    );
+}
+
+#[test]
+fn every_module_is_named_in_the_code_map() {
+    let map = code_map();
+    // A module is on the map when the map names it, as a heading or in its parent's paragraph
+    // (`config::turn` is part of `config`'s, for example, as `turn` under config).
+    let missing: Vec<String> = modules()
+        .into_iter()
+        .filter(|m| {
+            let last = m.rsplit("::").next().unwrap();
+            let parent = m.rsplit_once("::").map(|(p, _)| p);
+            let named = map.contains(&format!("`{m}`"))
+                || parent.is_some_and(|p| {
+                    map.contains(&format!("`{p}::{last}")) || section(&map, p).contains(last)
+                });
+            !named
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "ARCHITECTURE.md's code map does not name {missing:?}"
+    );
+}
+
+/// The paragraph under `### \`module\``, empty when there is none.
+fn section(map: &str, module: &str) -> String {
+    let heading = format!("### `{module}`");
+    let Some(start) = map.find(&heading) else {
+        return String::new();
+    };
+    let rest = &map[start + heading.len()..];
+    rest[..rest.find("\n### ").unwrap_or(rest.len())].to_owned()
+}
+
+/// Files under `src/` whose text matches `needle`, outside `allowed` (path prefixes).
+fn offenders(needle: impl Fn(&str) -> bool, allowed: &[&str]) -> Vec<String> {
+    sources(&root().join("src"))
+        .iter()
+        .filter_map(|p| {
+            let rel = p
+                .strip_prefix(root())
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            let allowed = allowed.iter().any(|a| rel.starts_with(a));
+            (!allowed && needle(&read(p))).then_some(rel)
+        })
+        .collect()
+}
+
+/// Whether `text` names the crate `name` as a path (`name::x`), not as a module of ours
+/// (`crate::name::`, `super::name::`, `switchboard::name::`).
+fn names_crate(text: &str, name: &str) -> bool {
+    // A module of that name declared in the same file (`config` has its own `turn`).
+    if text.contains(&format!("mod {name};")) {
+        return false;
+    }
+    let pattern = format!("{name}::");
+    text.match_indices(&pattern).any(|(i, _)| {
+        let before = text[..i].chars().next_back();
+        !before.is_some_and(|c| c == ':' || c == '_' || c.is_alphanumeric())
+    })
+}
+
+#[test]
+fn only_tls_builds_rustls_configuration() {
+    let found = offenders(
+        |t| t.contains("ServerConfig::builder") || t.contains("ClientConfig::builder"),
+        &["src/tls.rs"],
+    );
+    assert!(found.is_empty(), "rustls configuration built in {found:?}");
+}
+
+#[test]
+fn only_turn_names_the_stun_and_turn_crates() {
+    let found = offenders(
+        |t| names_crate(t, "stun") || names_crate(t, "turn"),
+        &["src/turn/"],
+    );
+    assert!(
+        found.is_empty(),
+        "the stun/turn crates are used in {found:?}"
+    );
+}
+
+#[test]
+fn nothing_outside_turn_reaches_into_its_core() {
+    let inner = [
+        "turn::core",
+        "turn::server",
+        "turn::allocation",
+        "turn::wire",
+        "turn::route",
+        "turn::stream",
+    ];
+    let found = offenders(
+        |t| inner.iter().any(|m| t.contains(&format!("crate::{m}"))),
+        &["src/turn/"],
+    );
+    assert!(
+        found.is_empty(),
+        "TURN's insides are reached from {found:?}; go through turn::Turn"
+    );
+}
+
+#[test]
+fn metrics_and_model_depend_on_no_other_module() {
+    let mut files = sources(&root().join("src/metrics"));
+    files.push(root().join("src/model.rs"));
+    let others = [
+        "crate::signaling",
+        "crate::state",
+        "crate::turn",
+        "crate::http",
+        "crate::app",
+        "crate::config",
+        "crate::admin",
+    ];
+    let found: Vec<String> = files
+        .iter()
+        .filter(|f| {
+            let text = read(f);
+            others.iter().any(|m| text.contains(m))
+        })
+        .map(|f| f.display().to_string())
+        .collect();
+    assert!(found.is_empty(), "{found:?} reach other modules");
+}
+
+#[test]
+fn the_checks_see_what_they_look_for() {
+    // The matchers themselves, so that the checks above cannot pass by seeing nothing.
+    assert!(names_crate("use stun::message::Message;", "stun"));
+    assert!(names_crate("let t = turn::proto::PROTO_UDP;", "turn"));
+    assert!(!names_crate("use crate::turn::Turn;", "turn"));
+    assert!(!names_crate("use super::turn::x;", "turn"));
+    assert!(!names_crate("mod turn;\npub use turn::TurnConfig;", "turn"));
+    assert!(modules().contains(&"turn::core".to_owned()));
+    assert!(modules().contains(&"config".to_owned()));
+    assert!(!modules().iter().any(|m| m.contains("tests")));
+    assert!(code_map().contains("### `model`"));
+}
