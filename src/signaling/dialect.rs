@@ -1,7 +1,8 @@
 //! `Dialect`: what each signaling dialect offers the rest of the server, so that the
 //! state, the admin API, the metrics, TURN's membership check and a reload go over every
 //! dialect without naming one. `Dialects::new` is the one place that lists them: a new
-//! dialect is its own module implementing this trait, plus one line there.
+//! dialect is its own module implementing this trait, plus one line there (and its
+//! `DialectKind` label and `Scope` variant).
 
 use std::fmt;
 use std::sync::Arc;

@@ -28,7 +28,8 @@ pub enum Refused {
     TooLarge { size: usize, max: usize },
     /// Over the rate: the message is dropped.
     RateLimited { per_second: u32 },
-    /// Over the rate for longer than two bursts' worth of messages: the socket is closed.
+    /// Refusals exceed the messages that passed since by 2 × max(`message_burst`,
+    /// `messages_per_second`): the socket is closed.
     RateLimitedRepeatedly,
 }
 

@@ -228,6 +228,10 @@ impl Session {
     }
 
     fn handle_text(&mut self, text: &str) -> Next {
+        // Kicked (its name may be someone else's already): what it had sent is not relayed.
+        if self.outbox.signal.is_closed() {
+            return Next::Nothing;
+        }
         let metrics = &self.app.metrics;
         let checked = self.gate.check(
             text.len(),

@@ -74,8 +74,9 @@ impl SioRooms {
         self.inner.lock().expect("sio lock").peers.insert(sid, peer);
     }
 
-    /// Takes a token from the socket's message budget (a socket already gone passes: it
-    /// has nothing left to send to).
+    /// Takes a token from the socket's message budget. Every socket is registered (in the
+    /// connect middleware) before its handlers exist, so an unknown one cannot send; were
+    /// it to, it would pass, having no room to send to.
     fn charge(&self, sid: Sid, cfg: &SignalingConfig) -> Result<(), Refused> {
         let mut inner = self.inner.lock().expect("sio lock");
         inner

@@ -1153,7 +1153,7 @@ impl<B: RelayBinder> Core<B> {
 
     /// Removes every allocation scoped to `room` (peer and room credentials). The admin API
     /// closes a room by name without a dialect, so this takes the native and the socket.io
-    /// room of that name alike (as `Hub::close_room` and `SioRooms::close_room` both run).
+    /// room of that name alike (as the admin API runs `Dialect::close_room` in every dialect).
     pub fn close_room(&self, room: &RoomId, reason: CloseReason) -> usize {
         let tuples: Vec<FiveTuple> = {
             let table = self.table.read().expect("table");

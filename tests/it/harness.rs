@@ -334,6 +334,7 @@ impl TestServer {
         }
     }
 
+    /// A request to the admin listener (plain HTTP), with the admin token when `authorized`.
     pub async fn admin(&self, method: &str, path: &str, authorized: bool) -> (u16, Value) {
         let addr = self.listener("admin");
         let token = std::fs::read_to_string(self.state_dir.join("admin-token"))
