@@ -120,7 +120,10 @@ mod tests {
             name: None,
         };
         let welcome = |_: &[PeerInfo]| ServerMsg::Pong;
-        native.hub().join(info, &room, outbox(), welcome).unwrap();
+        native
+            .registry()
+            .join(info, &room, outbox(), Box::new(welcome))
+            .unwrap();
 
         assert!(member(&Scope::PlainWs, &user));
         assert!(member(&Scope::Native(room.clone()), &id));

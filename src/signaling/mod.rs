@@ -10,6 +10,7 @@
 //! - `direct`: a socket's writing half, shared with the tasks that send to it.
 //! - `outbox`: a peer's `Outbox`, delivering without waiting; a full one evicts.
 //! - `signal`: what wakes a socket task from outside (flush, eviction, shutdown).
+//! - `registry`: the `Registry` trait, the seam for room state, and what it promises.
 //! - `hub`: the registry behind a lock plus each peer's outbox.
 //! - `stats`: signaling's counters and their metric families.
 //! - `admit`: the checks every dialect makes before an upgrade (origin, shutdown, connection counts).
@@ -29,6 +30,7 @@ pub mod legacy;
 pub mod limits;
 pub mod outbox;
 pub mod protocol;
+pub mod registry;
 pub mod room;
 pub mod signal;
 pub mod sio;

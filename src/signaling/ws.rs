@@ -1,4 +1,4 @@
-//! The native dialect (`/ws`): `Native` (its rooms, in the `Hub`) as a `Dialect`, and
+//! The native dialect (`/ws`): `Native` (its rooms, in a `Registry`: the in-process `Hub`) as a `Dialect`, and
 //! each socket's `Session`: decode, apply limits, hand to the hub.
 //!
 //! `Session` is the native protocol as a `conn::Handler`: it enforces the message limits
@@ -24,6 +24,7 @@ use super::frame::CLOSE_POLICY;
 use super::gate::Gate;
 use super::hub::{Hub, Outbox};
 use super::protocol::{self, ClientMsg, ErrorCode, PeerId, PeerInfo, RoomId, ServerMsg};
+use super::registry::Registry;
 use super::room::{JoinError, RouteError};
 use super::socket::{Socket, Upgrade};
 use super::stats::{Counts, DialectKind, MessageType, Refusal};
@@ -32,22 +33,25 @@ use crate::model::Scope;
 use crate::routes::Route;
 use crate::state::AppState;
 
-/// The native dialect: its rooms and their members' outboxes.
+/// The native dialect: its rooms and their members' outboxes, in a `Registry`.
 #[derive(Debug)]
 pub struct Native {
-    hub: Hub,
+    registry: Arc<dyn Registry>,
 }
 
 impl Native {
+    /// With the in-process registry.
     pub fn new(cfg: &SignalingConfig) -> Native {
-        Native {
-            hub: Hub::new(cfg.room_capacity, cfg.max_rooms),
-        }
+        Native::with_registry(Arc::new(Hub::new(cfg.room_capacity, cfg.max_rooms)))
+    }
+
+    pub fn with_registry(registry: Arc<dyn Registry>) -> Native {
+        Native { registry }
     }
 
     #[cfg(test)]
-    pub(crate) fn hub(&self) -> &Hub {
-        &self.hub
+    pub(crate) fn registry(&self) -> &dyn Registry {
+        self.registry.as_ref()
     }
 }
 
@@ -64,7 +68,7 @@ impl Dialect for Native {
     }
 
     fn peers(&self) -> Vec<(Scope, PeerInfo)> {
-        self.hub
+        self.registry
             .rooms()
             .into_iter()
             .flat_map(|(room, members)| {
@@ -76,24 +80,26 @@ impl Dialect for Native {
     }
 
     fn counts(&self) -> Counts {
-        let (rooms, peers) = self.hub.counts();
+        let (rooms, peers) = self.registry.counts();
         Counts { rooms, peers }
     }
 
     fn close_room(&self, room: &RoomId) -> Vec<PeerId> {
-        self.hub.close_room(room)
+        self.registry.close_room(room)
     }
 
     fn kick(&self, peer: &PeerId) -> Option<Scope> {
-        self.hub.kick(peer).map(|left| Scope::Native(left.room))
+        self.registry
+            .kick(peer)
+            .map(|left| Scope::Native(left.room))
     }
 
     fn is_member(&self, scope: &Scope, peer: &PeerId) -> bool {
-        matches!(scope, Scope::Native(room) if self.hub.is_member(room, peer))
+        matches!(scope, Scope::Native(room) if self.registry.is_member(room, peer))
     }
 
     fn set_limits(&self, cfg: &SignalingConfig) {
-        self.hub.set_limits(cfg.room_capacity, cfg.max_rooms);
+        self.registry.set_limits(cfg.room_capacity, cfg.max_rooms);
     }
 }
 
@@ -254,7 +260,7 @@ impl Session {
             Err(message) => Answer::Error(ErrorCode::BadRequest, message),
             Ok(ClientMsg::Join { room, name }) => self.join(&room, name),
             Ok(ClientMsg::Signal { to, payload }) => {
-                match self.native.hub.signal(&self.peer_id, &to, payload) {
+                match self.native.registry.signal(&self.peer_id, &to, payload) {
                     Ok(()) => Answer::None,
                     Err(RouteError::NotJoined) => Answer::Error(
                         ErrorCode::NotJoined,
@@ -310,8 +316,8 @@ impl Session {
         };
         match self
             .native
-            .hub
-            .join(peer, &room_id, self.outbox.clone(), welcome)
+            .registry
+            .join(peer, &room_id, self.outbox.clone(), Box::new(welcome))
         {
             Ok(joined) => {
                 tracing::Span::current().record("room", room_id.as_str());
@@ -351,7 +357,7 @@ impl Session {
 
     fn leave(&mut self) {
         if self.room.take().is_some()
-            && let Some(left) = self.native.hub.leave(&self.peer_id)
+            && let Some(left) = self.native.registry.leave(&self.peer_id)
         {
             info!(room = %left.room, closed = left.closed, "left");
             self.app.peer_left(&Scope::Native(left.room), &self.peer_id);
