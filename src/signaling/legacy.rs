@@ -417,3 +417,37 @@ impl Handler for Session {
         self.close();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    fn outbox() -> Arc<Outbox> {
+        Arc::new(Outbox {
+            tx: mpsc::channel(8).0,
+            signal: Arc::default(),
+            direct: None,
+        })
+    }
+
+    #[test]
+    fn a_kick_frees_the_name_and_the_kicked_session_cannot_free_it_again() {
+        let directory = Directory::default();
+        let (first, second) = (PeerId::random(), PeerId::random());
+        let kicked = outbox();
+        assert!(directory.login("alice", &first, Arc::clone(&kicked)));
+        assert_eq!(directory.kick(&first), Some(Scope::PlainWs));
+        assert!(kicked.signal.is_closed());
+        // The name is free at once, and someone else takes it...
+        assert!(directory.login("alice", &second, outbox()));
+        // ...which the kicked session's own logout, when its task ends, leaves alone.
+        directory.logout("alice", &first);
+        assert!(directory.is_online(&second));
+        assert_eq!(directory.peers()[0].1.id, second);
+        directory.logout("alice", &second);
+        assert_eq!(directory.online(), 0);
+        assert_eq!(directory.kick(&first), None);
+    }
+}
