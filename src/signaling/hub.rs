@@ -13,6 +13,7 @@ use axum::extract::ws::Utf8Bytes;
 
 pub use super::outbox::{OUTBOX_CAPACITY, Outbox};
 use super::protocol::{Payload, PeerId, PeerInfo, RoomId, ServerMsg, encode};
+use super::registry::{Registry, Welcome};
 use super::room::{JoinError, Joined, Left, Rooms, RouteError};
 use super::signal::Eviction;
 
@@ -38,7 +39,9 @@ impl Hub {
             }),
         }
     }
+}
 
+impl Registry for Hub {
     /// Joins `peer` to `room`: queues the `welcome` built by `welcome` from the
     /// members already present on `outbox`, then `peer_joined` to each of them.
     ///
@@ -47,12 +50,12 @@ impl Hub {
     ///
     /// # Errors
     /// See [`JoinError`]; nothing is queued then.
-    pub fn join(
+    fn join(
         &self,
         peer: PeerInfo,
         room: &RoomId,
         outbox: Outbox,
-        welcome: impl FnOnce(&[PeerInfo]) -> ServerMsg,
+        welcome: Welcome<'_>,
     ) -> Result<Joined, JoinError> {
         let mut inner = self.inner.lock().expect("hub lock");
         let joined = inner.rooms.handle_join(peer.clone(), room)?;
@@ -68,7 +71,7 @@ impl Hub {
     }
 
     /// Removes `peer` from its room and queues `peer_left` to the others.
-    pub fn leave(&self, peer: &PeerId) -> Option<Left> {
+    fn leave(&self, peer: &PeerId) -> Option<Left> {
         let mut inner = self.inner.lock().expect("hub lock");
         let left = inner.rooms.handle_leave(peer)?;
         inner.outboxes.remove(peer);
@@ -88,7 +91,7 @@ impl Hub {
     ///
     /// # Errors
     /// See [`RouteError`].
-    pub fn signal(&self, from: &PeerId, to: &PeerId, payload: Payload) -> Result<(), RouteError> {
+    fn signal(&self, from: &PeerId, to: &PeerId, payload: Payload) -> Result<(), RouteError> {
         let outbox = {
             let inner = self.inner.lock().expect("hub lock");
             inner.rooms.route(from, to)?;
@@ -107,7 +110,7 @@ impl Hub {
     }
 
     /// New room limits (a reload).
-    pub fn set_limits(&self, capacity: usize, max_rooms: usize) {
+    fn set_limits(&self, capacity: usize, max_rooms: usize) {
         self.inner
             .lock()
             .expect("hub lock")
@@ -116,12 +119,12 @@ impl Hub {
     }
 
     /// Every room with its members, sorted by name.
-    pub fn rooms(&self) -> Vec<(RoomId, Vec<PeerInfo>)> {
+    fn rooms(&self) -> Vec<(RoomId, Vec<PeerInfo>)> {
         self.inner.lock().expect("hub lock").rooms.list()
     }
 
     /// Removes every member of `room` and evicts their sockets; returns who was removed.
-    pub fn close_room(&self, room: &RoomId) -> Vec<PeerId> {
+    fn close_room(&self, room: &RoomId) -> Vec<PeerId> {
         let mut inner = self.inner.lock().expect("hub lock");
         let members: Vec<PeerId> = inner
             .rooms
@@ -139,7 +142,7 @@ impl Hub {
     }
 
     /// Removes `peer` from its room (the others are told `peer_left`) and evicts its socket.
-    pub fn kick(&self, peer: &PeerId) -> Option<Left> {
+    fn kick(&self, peer: &PeerId) -> Option<Left> {
         let outbox = self
             .inner
             .lock()
@@ -153,12 +156,12 @@ impl Hub {
     }
 
     /// Whether `peer` is in `room` right now.
-    pub fn is_member(&self, room: &RoomId, peer: &PeerId) -> bool {
+    fn is_member(&self, room: &RoomId, peer: &PeerId) -> bool {
         self.inner.lock().expect("hub lock").rooms.room_of(peer) == Some(room)
     }
 
     /// Rooms and joined peers right now.
-    pub fn counts(&self) -> (usize, usize) {
+    fn counts(&self) -> (usize, usize) {
         let inner = self.inner.lock().expect("hub lock");
         (inner.rooms.room_count(), inner.rooms.peer_count())
     }
@@ -211,10 +214,10 @@ mod tests {
         let (a, b) = (info(), info());
         let (oa, mut ra) = outbox(8);
         let (ob, mut rb) = outbox(8);
-        hub.join(a.clone(), &room, oa, welcome(&a.id, &room))
+        hub.join(a.clone(), &room, oa, Box::new(welcome(&a.id, &room)))
             .unwrap();
         assert!(matches!(next(&mut ra), ServerMsg::Welcome { peers, .. } if peers.is_empty()));
-        hub.join(b.clone(), &room, ob, welcome(&b.id, &room))
+        hub.join(b.clone(), &room, ob, Box::new(welcome(&b.id, &room)))
             .unwrap();
         assert!(
             matches!(next(&mut rb), ServerMsg::Welcome { peers, .. } if peers == vec![a.clone()])
@@ -255,9 +258,9 @@ mod tests {
         let (ob, _rb) = outbox(1);
         let flag_a = Arc::clone(&oa.signal);
         let flag_b = Arc::clone(&ob.signal);
-        hub.join(a.clone(), &room, oa, welcome(&a.id, &room))
+        hub.join(a.clone(), &room, oa, Box::new(welcome(&a.id, &room)))
             .unwrap();
-        hub.join(b.clone(), &room, ob, welcome(&b.id, &room))
+        hub.join(b.clone(), &room, ob, Box::new(welcome(&b.id, &room)))
             .unwrap();
         // b's single slot holds its welcome; the next frame overflows.
         hub.signal(&a.id, &b.id, serde_json::Value::Null.into())
@@ -280,9 +283,12 @@ mod tests {
             Arc::clone(&ob.signal),
             Arc::clone(&oc.signal),
         );
-        hub.join(a.clone(), &r1, oa, welcome(&a.id, &r1)).unwrap();
-        hub.join(b.clone(), &r1, ob, welcome(&b.id, &r1)).unwrap();
-        hub.join(c.clone(), &r2, oc, welcome(&c.id, &r2)).unwrap();
+        hub.join(a.clone(), &r1, oa, Box::new(welcome(&a.id, &r1)))
+            .unwrap();
+        hub.join(b.clone(), &r1, ob, Box::new(welcome(&b.id, &r1)))
+            .unwrap();
+        hub.join(c.clone(), &r2, oc, Box::new(welcome(&c.id, &r2)))
+            .unwrap();
         let listed: Vec<_> = hub
             .rooms()
             .into_iter()

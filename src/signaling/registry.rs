@@ -1,5 +1,5 @@
 //! `Registry`: the seam between a dialect and the room state it relies on. Today's
-//! implementation is the in-process `Hub`; one shared by several instances (Redis) is
+//! implementation is the in-process `Hub` (in `hub`); one shared by several instances (Redis) is
 //! meant to be a second implementation, with no change to the dialect that calls it.
 //!
 //! What every implementation promises:
@@ -18,7 +18,6 @@
 
 use std::fmt;
 
-use super::hub::Hub;
 use super::outbox::Outbox;
 use super::protocol::{Payload, PeerId, PeerInfo, RoomId, ServerMsg};
 use super::room::{JoinError, Joined, Left, RouteError};
@@ -57,48 +56,4 @@ pub trait Registry: Send + Sync + fmt::Debug {
     fn is_member(&self, room: &RoomId, peer: &PeerId) -> bool;
     /// Rooms, and peers in a room.
     fn counts(&self) -> (usize, usize);
-}
-
-impl Registry for Hub {
-    fn join(
-        &self,
-        peer: PeerInfo,
-        room: &RoomId,
-        outbox: Outbox,
-        welcome: Welcome<'_>,
-    ) -> Result<Joined, JoinError> {
-        Hub::join(self, peer, room, outbox, welcome)
-    }
-
-    fn leave(&self, peer: &PeerId) -> Option<Left> {
-        Hub::leave(self, peer)
-    }
-
-    fn signal(&self, from: &PeerId, to: &PeerId, payload: Payload) -> Result<(), RouteError> {
-        Hub::signal(self, from, to, payload)
-    }
-
-    fn set_limits(&self, capacity: usize, max_rooms: usize) {
-        Hub::set_limits(self, capacity, max_rooms);
-    }
-
-    fn rooms(&self) -> Vec<(RoomId, Vec<PeerInfo>)> {
-        Hub::rooms(self)
-    }
-
-    fn close_room(&self, room: &RoomId) -> Vec<PeerId> {
-        Hub::close_room(self, room)
-    }
-
-    fn kick(&self, peer: &PeerId) -> Option<Left> {
-        Hub::kick(self, peer)
-    }
-
-    fn is_member(&self, room: &RoomId, peer: &PeerId) -> bool {
-        Hub::is_member(self, room, peer)
-    }
-
-    fn counts(&self) -> (usize, usize) {
-        Hub::counts(self)
-    }
 }
