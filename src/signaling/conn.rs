@@ -189,8 +189,9 @@ impl Conn {
                             warn!(idle_s = silent.as_secs(), "dropping unresponsive client");
                             return None;
                         }
-                        // A client heard from within the interval is alive: no ping needed.
-                        if silent >= cfg.ping_interval() && write(direct, OP_PING, &[]).await.is_err() {
+                        if ping_due(silent, cfg.ping_interval(), cfg.idle_timeout())
+                            && write(direct, OP_PING, &[]).await.is_err()
+                        {
                             return None;
                         }
                     }
@@ -319,6 +320,19 @@ pub async fn finish<E: std::fmt::Display>(
 
 /// The socket loop driven over a loopback TCP pair, in process: the real `Conn`, `Direct`
 /// and `Outbox` on the server side, a plain WebSocket client on the other.
+/// Whether the keepalive tick at which the client has been `silent` pings it.
+///
+/// A client heard from recently is alive and gets no ping (a busy socket writes no
+/// extra frames). But the ping must go out early enough that its pong is back before
+/// the next tick's idle check: the pong of the previous ping counts as "heard", so
+/// "silent for a whole interval" alone would skip every other ping and drop a quiet,
+/// responsive client whenever `idle` is under two intervals or a tick runs late.
+/// Pinging once silent for half of the slack `idle - interval` leaves that half as
+/// the margin for a late tick and the pong's round trip.
+fn ping_due(silent: Duration, interval: Duration, idle: Duration) -> bool {
+    silent >= interval.min(idle.saturating_sub(interval) / 2)
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -355,7 +369,11 @@ mod tests {
 
     /// A served socket's outbox and the client's end of it.
     async fn pair() -> (Outbox, WebSocketStream<TcpStream>) {
-        let config = Config::from_toml("", "t").unwrap();
+        pair_with("").await
+    }
+
+    async fn pair_with(toml: &str) -> (Outbox, WebSocketStream<TcpStream>) {
+        let config = Config::from_toml(toml, "t").unwrap();
         let app = Arc::new(AppState::new(
             Live::new(&config, None),
             Dialects::new(&config.signaling),
@@ -442,5 +460,43 @@ mod tests {
             }
         }
         assert!(expected > 0 && expected < delivered);
+    }
+
+    #[test]
+    fn a_quiet_client_is_pinged_early_enough_to_answer_before_the_idle_check() {
+        let s = Duration::from_secs;
+        // Defaults (15 s, 45 s): silent for an interval.
+        assert!(!ping_due(s(14), s(15), s(45)));
+        assert!(ping_due(s(15), s(15), s(45)));
+        // Idle under two intervals: the ping goes out after half the slack.
+        assert!(!ping_due(Duration::from_millis(400), s(1), s(2)));
+        assert!(ping_due(Duration::from_millis(500), s(1), s(2)));
+        assert!(ping_due(s(1), s(2), s(3)));
+        assert!(!ping_due(Duration::from_millis(400), s(2), s(3)));
+    }
+
+    /// A client that answers every ping, a little late, stays connected however the
+    /// keepalive is configured (the old rule skipped the ping after each pong and
+    /// dropped it at the tick after). Time is paused: the ticks are exact.
+    #[tokio::test(start_paused = true)]
+    async fn a_client_answering_pings_late_stays_connected() {
+        let (outbox, mut ws) =
+            pair_with("[signaling]\nping_interval_s = 2\nidle_timeout_s = 3\n").await;
+        let mut pings = 0;
+        let watched = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                // tungstenite sends the pong on the read after this sleep.
+                match ws.next().await {
+                    Some(Ok(Message::Ping(_))) => pings += 1,
+                    Some(Ok(_)) => {}
+                    other => return other.map(|r| r.map(|_| ())),
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+        assert!(watched.is_err(), "the connection ended: {watched:?}");
+        assert!(!outbox.signal.is_closed());
+        assert!(pings >= 10, "{pings} pings in 30 s");
     }
 }
