@@ -89,9 +89,19 @@ mod tests {
     use super::*;
     use crate::signaling::legacy::Directory;
     use crate::signaling::outbox::Outbox;
-    use crate::signaling::protocol::ServerMsg;
+    use crate::signaling::registry::{Event, Member};
+    use crate::signaling::signal::Eviction;
     use crate::signaling::sio::SioRooms;
     use crate::signaling::ws::Native;
+
+    /// A member that takes every event and does nothing.
+    #[derive(Debug)]
+    struct Quiet;
+
+    impl Member for Quiet {
+        fn deliver(&self, _: Event<'_>) {}
+        fn evict(&self, _: Eviction) {}
+    }
 
     fn outbox() -> Outbox {
         Outbox {
@@ -112,17 +122,24 @@ mod tests {
         // A user of the plain-WebSocket dialect, and a native peer in the room named like
         // the pseudo-room that dialect's credentials used to name.
         let user = PeerId::random();
-        assert!(legacy.login("alice", &user, Arc::new(outbox())));
+        let alice = PeerInfo {
+            id: user.clone(),
+            name: Some("alice".to_owned()),
+        };
+        assert!(
+            legacy
+                .login(alice, Arc::new(outbox()), Box::new(|_| {}))
+                .is_some()
+        );
         let room = RoomId::parse("_ws-legacy").unwrap();
         let id = PeerId::random();
         let info = PeerInfo {
             id: id.clone(),
             name: None,
         };
-        let welcome = |_: &[PeerInfo]| ServerMsg::Pong;
         native
             .registry()
-            .join(info, &room, outbox(), Box::new(welcome))
+            .join(info, &room, Arc::new(Quiet), Box::new(|_| {}))
             .unwrap();
 
         assert!(member(&Scope::PlainWs, &user));

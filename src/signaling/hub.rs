@@ -1,19 +1,16 @@
-//! The hub: the room registry plus the outbox of every joined peer.
+//! The hub: the in-process `Registry`, a dialect's rooms plus the `Member` of every joined
+//! socket.
 //!
-//! Every method locks, asks `Rooms` what happened, queues the resulting frames
-//! on the peers' bounded outboxes with `try_send`, and unlocks; nothing here
-//! awaits, so a `std::sync::Mutex` is right. A peer whose outbox is full is
-//! told to disconnect (its `Signal`) instead of slowing everyone else;
-//! the admin API evicts peers the same way.
+//! Every method locks, asks `Rooms` what happened, hands the resulting events to the
+//! members (which never wait), and unlocks; nothing here awaits, so a `std::sync::Mutex`
+//! is right. A member that cannot take an event evicts itself instead of slowing everyone
+//! else; the admin API evicts members the same way.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use axum::extract::ws::Utf8Bytes;
-
-pub use super::outbox::{OUTBOX_CAPACITY, Outbox};
-use super::protocol::{Payload, PeerId, PeerInfo, RoomId, ServerMsg, encode};
-use super::registry::{Registry, Welcome};
+use super::protocol::{Payload, PeerId, PeerInfo, RoomId};
+use super::registry::{Event, Member, Registry, To, Welcome};
 use super::room::{JoinError, Joined, Left, Rooms, RouteError};
 use super::signal::Eviction;
 
@@ -26,106 +23,134 @@ pub struct Hub {
 struct Inner {
     rooms: Rooms,
     /// foldhash: keys are server-made random ids, so no client can choose colliding ones.
-    /// Shared, so that a signal takes one reference count, not a clone of each handle.
-    outboxes: HashMap<PeerId, Arc<Outbox>, foldhash::fast::RandomState>,
+    /// Shared, so that a message takes one reference count, not a clone of each handle.
+    members: HashMap<PeerId, Arc<dyn Member>, foldhash::fast::RandomState>,
 }
 
 impl Hub {
-    pub fn new(capacity: usize, max_rooms: usize) -> Hub {
+    pub fn new(rooms: Rooms) -> Hub {
         Hub {
             inner: Mutex::new(Inner {
-                rooms: Rooms::new(capacity, max_rooms),
-                outboxes: HashMap::default(),
+                rooms,
+                members: HashMap::default(),
             }),
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("hub lock")
+    }
+}
+
+impl Inner {
+    /// Removes `peer` from its room and tells the others, under the lock that made the change.
+    fn leave(&mut self, peer: &PeerId) -> Option<(Left, Option<Arc<dyn Member>>)> {
+        let left = self.rooms.handle_leave(peer)?;
+        let member = self.members.remove(peer);
+        for other in &left.others {
+            if let Some(m) = self.members.get(other) {
+                m.deliver(Event::PeerLeft(peer));
+            }
+        }
+        Some((left, member))
     }
 }
 
 impl Registry for Hub {
-    /// Joins `peer` to `room`: queues the `welcome` built by `welcome` from the
-    /// members already present on `outbox`, then `peer_joined` to each of them.
+    /// Joins `peer` to `room`: runs `welcome`, then tells each member already present.
     ///
-    /// Queuing the welcome under the lock guarantees it precedes any signal
-    /// another member sends to the newcomer.
-    ///
-    /// # Errors
-    /// See [`JoinError`]; nothing is queued then.
+    /// Running the welcome under the lock guarantees it precedes anything another member
+    /// sends to the newcomer.
     fn join(
         &self,
         peer: PeerInfo,
         room: &RoomId,
-        outbox: Outbox,
+        member: Arc<dyn Member>,
         welcome: Welcome<'_>,
     ) -> Result<Joined, JoinError> {
-        let mut inner = self.inner.lock().expect("hub lock");
+        let mut inner = self.lock();
         let joined = inner.rooms.handle_join(peer.clone(), room)?;
-        outbox.deliver(encode(&welcome(&joined.others)).into());
-        let frame: Utf8Bytes = encode(&ServerMsg::PeerJoined { peer: peer.clone() }).into();
+        welcome(&joined);
         for other in &joined.others {
-            if let Some(o) = inner.outboxes.get(&other.id) {
-                o.deliver(frame.clone());
+            if let Some(m) = inner.members.get(&other.id) {
+                m.deliver(Event::PeerJoined(&peer));
             }
         }
-        inner.outboxes.insert(peer.id, Arc::new(outbox));
+        inner.members.insert(peer.id, member);
         Ok(joined)
     }
 
-    /// Removes `peer` from its room and queues `peer_left` to the others.
     fn leave(&self, peer: &PeerId) -> Option<Left> {
-        let mut inner = self.inner.lock().expect("hub lock");
-        let left = inner.rooms.handle_leave(peer)?;
-        inner.outboxes.remove(peer);
-        let frame: Utf8Bytes = encode(&ServerMsg::PeerLeft {
-            peer_id: peer.clone(),
-        })
-        .into();
-        for other in &left.others {
-            if let Some(o) = inner.outboxes.get(other) {
-                o.deliver(frame.clone());
-            }
-        }
-        Some(left)
+        self.lock().leave(peer).map(|(left, _)| left)
     }
 
-    /// Queues `payload` from `from` to `to`, who must share a room.
-    ///
-    /// # Errors
-    /// See [`RouteError`].
-    fn signal(&self, from: &PeerId, to: &PeerId, payload: Payload) -> Result<(), RouteError> {
-        let outbox = {
-            let inner = self.inner.lock().expect("hub lock");
-            inner.rooms.route(from, to)?;
+    /// Hands the message to its recipients after unlocking: one sender's messages come
+    /// from one task, so they still reach each recipient in order.
+    fn send(
+        &self,
+        from: &PeerId,
+        to: To<'_>,
+        event: &str,
+        data: &Payload,
+    ) -> Result<(), RouteError> {
+        let message = Event::Message { from, event, data };
+        let one = |inner: &Inner, to: &PeerId| {
             inner
-                .outboxes
+                .members
                 .get(to)
                 .cloned()
-                .ok_or(RouteError::UnknownPeer)?
+                .ok_or(RouteError::UnknownPeer)
         };
-        let msg = ServerMsg::Signal {
-            from: from.clone(),
-            payload,
-        };
-        outbox.deliver(encode(&msg).into());
+        match to {
+            To::Peer(to) => {
+                let member = {
+                    let inner = self.lock();
+                    inner.rooms.route(from, to)?;
+                    one(&inner, to)?
+                };
+                member.deliver(message);
+            }
+            To::Named(name) => {
+                let member = {
+                    let inner = self.lock();
+                    let to = inner.rooms.resolve(from, name)?;
+                    one(&inner, &to)?
+                };
+                member.deliver(message);
+            }
+            To::Others => {
+                let members: Vec<Arc<dyn Member>> = {
+                    let inner = self.lock();
+                    let others = inner.rooms.others(from)?;
+                    others
+                        .filter_map(|p| inner.members.get(p).cloned())
+                        .collect()
+                };
+                for m in members {
+                    m.deliver(message);
+                }
+            }
+        }
         Ok(())
+    }
+
+    fn room_of(&self, peer: &PeerId) -> Option<RoomId> {
+        self.lock().rooms.room_of(peer).cloned()
     }
 
     /// New room limits (a reload).
     fn set_limits(&self, capacity: usize, max_rooms: usize) {
-        self.inner
-            .lock()
-            .expect("hub lock")
-            .rooms
-            .set_limits(capacity, max_rooms);
+        self.lock().rooms.set_limits(capacity, max_rooms);
     }
 
     /// Every room with its members, sorted by name.
     fn rooms(&self) -> Vec<(RoomId, Vec<PeerInfo>)> {
-        self.inner.lock().expect("hub lock").rooms.list()
+        self.lock().rooms.list()
     }
 
-    /// Removes every member of `room` and evicts their sockets; returns who was removed.
+    /// Removes every member of `room` and evicts them; returns who was removed.
     fn close_room(&self, room: &RoomId) -> Vec<PeerId> {
-        let mut inner = self.inner.lock().expect("hub lock");
+        let mut inner = self.lock();
         let members: Vec<PeerId> = inner
             .rooms
             .members(room)
@@ -134,161 +159,203 @@ impl Registry for Hub {
             .collect();
         for peer in &members {
             inner.rooms.handle_leave(peer);
-            if let Some(outbox) = inner.outboxes.remove(peer) {
-                outbox.signal.evict(Eviction::Kicked);
+            if let Some(member) = inner.members.remove(peer) {
+                member.evict(Eviction::Kicked);
             }
         }
         members
     }
 
-    /// Removes `peer` from its room (the others are told `peer_left`) and evicts its socket.
+    /// Removes `peer` from its room (the others are told `peer_left`) and evicts it.
     fn kick(&self, peer: &PeerId) -> Option<Left> {
-        let outbox = self
-            .inner
-            .lock()
-            .expect("hub lock")
-            .outboxes
-            .get(peer)
-            .cloned()?;
-        let left = self.leave(peer);
-        outbox.signal.evict(Eviction::Kicked);
-        left
+        let (left, member) = self.lock().leave(peer)?;
+        if let Some(member) = member {
+            member.evict(Eviction::Kicked);
+        }
+        Some(left)
     }
 
     /// Whether `peer` is in `room` right now.
     fn is_member(&self, room: &RoomId, peer: &PeerId) -> bool {
-        self.inner.lock().expect("hub lock").rooms.room_of(peer) == Some(room)
+        self.lock().rooms.room_of(peer) == Some(room)
     }
 
     /// Rooms and joined peers right now.
     fn counts(&self) -> (usize, usize) {
-        let inner = self.inner.lock().expect("hub lock");
+        let inner = self.lock();
         (inner.rooms.room_count(), inner.rooms.peer_count())
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use tokio::sync::mpsc;
-
     use super::*;
 
-    fn outbox(capacity: usize) -> (Outbox, mpsc::Receiver<Utf8Bytes>) {
-        let (tx, rx) = mpsc::channel(capacity);
-        (
-            Outbox {
-                tx,
-                signal: Arc::default(),
-                direct: None,
-            },
-            rx,
+    /// A member that writes down what it is told, and overflows past `capacity` events.
+    #[derive(Debug)]
+    struct Recorder {
+        capacity: usize,
+        got: Mutex<Vec<String>>,
+        evicted: Mutex<Option<Eviction>>,
+    }
+
+    impl Recorder {
+        fn new(capacity: usize) -> Arc<Recorder> {
+            Arc::new(Recorder {
+                capacity,
+                got: Mutex::default(),
+                evicted: Mutex::default(),
+            })
+        }
+
+        fn take(&self) -> Vec<String> {
+            std::mem::take(&mut *self.got.lock().unwrap())
+        }
+
+        fn evicted(&self) -> Option<Eviction> {
+            *self.evicted.lock().unwrap()
+        }
+
+        fn push(&self, line: String) {
+            let mut got = self.got.lock().unwrap();
+            if got.len() >= self.capacity {
+                self.evict(Eviction::Overflow);
+            } else {
+                got.push(line);
+            }
+        }
+    }
+
+    impl Member for Recorder {
+        fn deliver(&self, event: Event<'_>) {
+            self.push(match event {
+                Event::PeerJoined(p) => format!("joined {}", p.name.as_deref().unwrap_or("")),
+                Event::PeerLeft(_) => "left".to_owned(),
+                Event::Message { event, data, .. } => format!("{event} {}", data.as_json()),
+            });
+        }
+        fn evict(&self, why: Eviction) {
+            self.evicted.lock().unwrap().get_or_insert(why);
+        }
+    }
+
+    fn info(name: &str) -> PeerInfo {
+        PeerInfo {
+            id: PeerId::random(),
+            name: Some(name.to_owned()),
+        }
+    }
+
+    /// Joins with a welcome that records the members present, as the first thing the newcomer gets.
+    fn join(
+        hub: &Hub,
+        peer: &PeerInfo,
+        room: &RoomId,
+        member: &Arc<Recorder>,
+    ) -> Result<Joined, JoinError> {
+        let m = Arc::clone(member);
+        hub.join(
+            peer.clone(),
+            room,
+            member.clone(),
+            Box::new(move |joined| m.push(format!("welcome {}", joined.others.len()))),
         )
     }
 
-    fn info() -> PeerInfo {
-        PeerInfo {
-            id: PeerId::random(),
-            name: None,
-        }
-    }
-
-    fn welcome(id: &PeerId, room: &RoomId) -> impl FnOnce(&[PeerInfo]) -> ServerMsg {
-        let (id, room) = (id.clone(), room.clone());
-        move |others| ServerMsg::Welcome {
-            peer_id: id,
-            room,
-            peers: others.to_vec(),
-            ice_servers: vec![],
-            ice_ttl_s: None,
-        }
-    }
-
-    fn next(rx: &mut mpsc::Receiver<Utf8Bytes>) -> ServerMsg {
-        serde_json::from_str(rx.try_recv().expect("a queued frame").as_str()).expect("valid frame")
+    fn data(json: &str) -> Payload {
+        serde_json::from_str(json).unwrap()
     }
 
     #[test]
-    fn join_signal_leave_reach_the_right_outboxes() {
-        let hub = Hub::new(4, 10);
+    fn join_send_leave_reach_the_right_members() {
+        let hub = Hub::new(Rooms::new(4, 10));
         let room = RoomId::parse("r").unwrap();
-        let (a, b) = (info(), info());
-        let (oa, mut ra) = outbox(8);
-        let (ob, mut rb) = outbox(8);
-        hub.join(a.clone(), &room, oa, Box::new(welcome(&a.id, &room)))
-            .unwrap();
-        assert!(matches!(next(&mut ra), ServerMsg::Welcome { peers, .. } if peers.is_empty()));
-        hub.join(b.clone(), &room, ob, Box::new(welcome(&b.id, &room)))
-            .unwrap();
-        assert!(
-            matches!(next(&mut rb), ServerMsg::Welcome { peers, .. } if peers == vec![a.clone()])
-        );
-        assert_eq!(next(&mut ra), ServerMsg::PeerJoined { peer: b.clone() });
+        let (a, b, c) = (info("a"), info("b"), info("c"));
+        let (ma, mb, mc) = (Recorder::new(8), Recorder::new(8), Recorder::new(8));
+        join(&hub, &a, &room, &ma).unwrap();
+        join(&hub, &b, &room, &mb).unwrap();
+        join(&hub, &c, &room, &mc).unwrap();
+        assert_eq!(ma.take(), ["welcome 0", "joined b", "joined c"]);
+        assert_eq!(mb.take(), ["welcome 1", "joined c"]);
+        assert_eq!(mc.take(), ["welcome 2"]);
 
-        hub.signal(&a.id, &b.id, serde_json::json!({"sdp": "x"}).into())
+        hub.send(&a.id, To::Peer(&b.id), "signal", &data("{\"sdp\":1}"))
             .unwrap();
+        assert_eq!(mb.take(), ["signal {\"sdp\":1}"]);
+        hub.send(&a.id, To::Others, "message", &data("2")).unwrap();
+        assert_eq!(mb.take(), ["message 2"]);
+        assert_eq!(mc.take(), ["message 2"]);
+        assert!(ma.take().is_empty(), "the sender gets nothing back");
         assert_eq!(
-            next(&mut rb),
-            ServerMsg::Signal {
-                from: a.id.clone(),
-                payload: serde_json::json!({"sdp": "x"}).into()
-            }
+            hub.send(&a.id, To::Named("b"), "x", &data("0")),
+            Err(RouteError::UnknownPeer),
+            "names are not unique here, so nobody is found by name"
         );
-        assert!(ra.try_recv().is_err(), "the sender gets nothing back");
 
         hub.leave(&b.id).unwrap();
+        assert_eq!(ma.take(), ["left"]);
+        assert_eq!(mc.take(), ["left"]);
         assert_eq!(
-            next(&mut ra),
-            ServerMsg::PeerLeft {
-                peer_id: b.id.clone()
-            }
-        );
-        assert_eq!(
-            hub.signal(&a.id, &b.id, serde_json::Value::Null.into()),
+            hub.send(&a.id, To::Peer(&b.id), "signal", &data("null")),
             Err(RouteError::UnknownPeer)
         );
-        assert_eq!(hub.counts(), (1, 1));
+        assert_eq!(
+            hub.send(&b.id, To::Others, "signal", &data("null")),
+            Err(RouteError::NotJoined)
+        );
+        assert_eq!(hub.counts(), (1, 2));
+        assert_eq!(hub.room_of(&a.id), Some(room));
     }
 
     #[test]
-    fn a_full_outbox_flags_only_that_peer() {
-        let hub = Hub::new(4, 10);
+    fn names_route_in_a_unique_name_registry_and_a_taken_name_changes_nothing() {
+        let hub = Hub::new(Rooms::new(usize::MAX, 1).with_unique_names());
+        let room = RoomId::parse("users").unwrap();
+        let (a, b) = (info("alice"), info("bob"));
+        let (ma, mb) = (Recorder::new(8), Recorder::new(8));
+        join(&hub, &a, &room, &ma).unwrap();
+        join(&hub, &b, &room, &mb).unwrap();
+        let again = Recorder::new(8);
+        assert_eq!(
+            join(&hub, &info("bob"), &room, &again),
+            Err(JoinError::NameTaken)
+        );
+        assert!(again.take().is_empty(), "a refused join is not welcomed");
+        ma.take();
+        mb.take();
+        hub.send(&a.id, To::Named("bob"), "offer", &data("{}"))
+            .unwrap();
+        assert_eq!(mb.take(), ["offer {}"]);
+        assert_eq!(
+            hub.send(&a.id, To::Named("carol"), "offer", &data("{}")),
+            Err(RouteError::UnknownPeer)
+        );
+    }
+
+    #[test]
+    fn a_member_that_overflows_is_evicted_alone() {
+        let hub = Hub::new(Rooms::new(4, 10));
         let room = RoomId::parse("r").unwrap();
-        let (a, b) = (info(), info());
-        let (oa, _ra) = outbox(8);
-        let (ob, _rb) = outbox(1);
-        let flag_a = Arc::clone(&oa.signal);
-        let flag_b = Arc::clone(&ob.signal);
-        hub.join(a.clone(), &room, oa, Box::new(welcome(&a.id, &room)))
+        let (a, b) = (info("a"), info("b"));
+        let (ma, mb) = (Recorder::new(8), Recorder::new(1));
+        join(&hub, &a, &room, &ma).unwrap();
+        join(&hub, &b, &room, &mb).unwrap();
+        // b's single slot holds its welcome; the next event overflows.
+        hub.send(&a.id, To::Peer(&b.id), "signal", &data("null"))
             .unwrap();
-        hub.join(b.clone(), &room, ob, Box::new(welcome(&b.id, &room)))
-            .unwrap();
-        // b's single slot holds its welcome; the next frame overflows.
-        hub.signal(&a.id, &b.id, serde_json::Value::Null.into())
-            .unwrap();
-        assert!(flag_b.is_closed());
-        assert_eq!(flag_b.reason(), Some(Eviction::Overflow));
-        assert!(!flag_a.is_closed());
+        assert_eq!(mb.evicted(), Some(Eviction::Overflow));
+        assert_eq!(ma.evicted(), None);
     }
 
     #[test]
     fn closing_a_room_evicts_its_members_only_and_kick_tells_the_others() {
-        let hub = Hub::new(4, 10);
+        let hub = Hub::new(Rooms::new(4, 10));
         let (r1, r2) = (RoomId::parse("one").unwrap(), RoomId::parse("two").unwrap());
-        let (a, b, c) = (info(), info(), info());
-        let (oa, _ra) = outbox(8);
-        let (ob, mut rb) = outbox(8);
-        let (oc, _rc) = outbox(8);
-        let (ea, eb, ec) = (
-            Arc::clone(&oa.signal),
-            Arc::clone(&ob.signal),
-            Arc::clone(&oc.signal),
-        );
-        hub.join(a.clone(), &r1, oa, Box::new(welcome(&a.id, &r1)))
-            .unwrap();
-        hub.join(b.clone(), &r1, ob, Box::new(welcome(&b.id, &r1)))
-            .unwrap();
-        hub.join(c.clone(), &r2, oc, Box::new(welcome(&c.id, &r2)))
-            .unwrap();
+        let (a, b, c) = (info("a"), info("b"), info("c"));
+        let (ma, mb, mc) = (Recorder::new(8), Recorder::new(8), Recorder::new(8));
+        join(&hub, &a, &r1, &ma).unwrap();
+        join(&hub, &b, &r1, &mb).unwrap();
+        join(&hub, &c, &r2, &mc).unwrap();
         let listed: Vec<_> = hub
             .rooms()
             .into_iter()
@@ -296,20 +363,16 @@ mod tests {
             .collect();
         assert_eq!(listed, [("one".to_owned(), 2), ("two".to_owned(), 1)]);
 
-        next(&mut rb); // welcome
+        mb.take();
         assert!(hub.kick(&a.id).is_some());
-        assert_eq!(ea.reason(), Some(Eviction::Kicked));
-        assert!(ea.is_closed());
-        assert_eq!(
-            next(&mut rb),
-            ServerMsg::PeerLeft {
-                peer_id: a.id.clone()
-            }
-        );
+        assert_eq!(ma.evicted(), Some(Eviction::Kicked));
+        assert_eq!(mb.take(), ["left"]);
         assert!(hub.kick(&a.id).is_none(), "a kicked peer is gone");
 
         assert_eq!(hub.close_room(&r1), vec![b.id.clone()]);
-        assert!(eb.is_closed() && !ec.is_closed());
+        assert_eq!(mb.evicted(), Some(Eviction::Kicked));
+        assert_eq!(mc.evicted(), None);
+        assert!(mb.take().is_empty(), "closing tells nobody: everyone goes");
         assert_eq!(hub.counts(), (1, 1));
         assert!(hub.close_room(&r1).is_empty());
     }

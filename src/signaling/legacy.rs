@@ -11,7 +11,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
-use axum::extract::ws::Utf8Bytes;
 use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
@@ -26,8 +25,11 @@ use super::admit::{Admitted, admit};
 use super::conn::{Conn, Handler, Reply};
 use super::dialect::Dialect;
 use super::gate::Gate;
+use super::hub::Hub;
 use super::outbox::Outbox;
-use super::protocol::{self, ErrorCode, PeerId};
+use super::protocol::{self, ErrorCode, Payload, PeerId};
+use super::registry::{Event, Member, Registry, To, Welcome};
+use super::room::{Joined, Rooms, RouteError};
 use super::signal::Eviction;
 use super::socket::{Socket, Upgrade};
 use super::stats::{Counts, DialectKind, MessageType};
@@ -35,62 +37,97 @@ use crate::config::SignalingConfig;
 use crate::model::{PeerInfo, RoomId, Scope};
 use crate::state::AppState;
 
-/// Who is logged in.
-#[derive(Debug, Default)]
+/// Who is logged in: one `Registry` room of uniquely named users (`Rooms::directory`),
+/// and the partner each session last called, so that a kick can tell it `leave`.
+#[derive(Debug)]
 pub struct Directory {
-    /// Outboxes are shared, so that a relayed message takes one reference count.
-    users: Mutex<HashMap<String, (PeerId, Arc<Outbox>)>>,
+    registry: Arc<dyn Registry>,
+    partners: Mutex<HashMap<PeerId, Partner, foldhash::fast::RandomState>>,
+}
+
+/// The name a session last exchanged an offer or answer with.
+type Partner = Arc<Mutex<Option<String>>>;
+
+/// The registry room every user of this dialect is in.
+static USERS: std::sync::LazyLock<RoomId> =
+    std::sync::LazyLock::new(|| RoomId::parse("users").expect("a valid room name"));
+
+/// The `leave` frame, sent to a partner when a user goes.
+const LEAVE: &str = r#"{"type":"leave"}"#;
+
+impl Default for Directory {
+    fn default() -> Directory {
+        Directory::with_registry(Arc::new(Hub::new(Rooms::directory())))
+    }
 }
 
 impl Directory {
-    /// Registers `name`; `false` when it is taken.
-    pub fn login(&self, name: &str, peer: &PeerId, outbox: Arc<Outbox>) -> bool {
-        let mut users = self.users.lock().expect("directory lock");
-        if users.contains_key(name) {
-            return false;
-        }
-        users.insert(name.to_owned(), (peer.clone(), outbox));
-        true
-    }
-
-    /// Frees `name` if `peer` still holds it (an operator's kick may have freed it, and
-    /// someone else may hold it since).
-    pub fn logout(&self, name: &str, peer: &PeerId) {
-        let mut users = self.users.lock().expect("directory lock");
-        if users.get(name).is_some_and(|(p, _)| p == peer) {
-            users.remove(name);
+    pub fn with_registry(registry: Arc<dyn Registry>) -> Directory {
+        Directory {
+            registry,
+            partners: Mutex::default(),
         }
     }
 
-    /// Queues `frame` for `name`; `false` when nobody of that name is logged in.
-    pub fn send(&self, name: &str, frame: Utf8Bytes) -> bool {
-        let outbox = self
-            .users
+    /// Registers `user` (named) with `outbox`; `welcome` runs before anyone can reach it.
+    pub(super) fn login(
+        &self,
+        user: PeerInfo,
+        outbox: Arc<Outbox>,
+        welcome: Welcome<'_>,
+    ) -> Option<Partner> {
+        let id = user.id.clone();
+        self.registry
+            .join(user, &USERS, Arc::new(Frames(outbox)), welcome)
+            .ok()?;
+        let partner = Partner::default();
+        self.partners
             .lock()
             .expect("directory lock")
-            .get(name)
-            .map(|(_, o)| Arc::clone(o));
-        match outbox {
-            Some(outbox) => {
-                outbox.deliver(frame);
-                true
-            }
-            None => false,
+            .insert(id, Arc::clone(&partner));
+        Some(partner)
+    }
+
+    /// Logs `peer` out (if an operator's kick has not already): its partner is told `leave`.
+    fn logout(&self, peer: &PeerId) {
+        self.tell_partner(peer);
+        self.registry.leave(peer);
+    }
+
+    /// Sends the frame `frame` (of type `kind`) from `from` to the user called `to`.
+    fn send(&self, from: &PeerId, to: &str, kind: &str, frame: String) -> Result<(), RouteError> {
+        let data = Payload::from_json(frame).expect("frames are built from valid JSON");
+        self.registry.send(from, To::Named(to), kind, &data)
+    }
+
+    /// Tells `peer`'s partner `leave`, once, while `peer` is still logged in.
+    fn tell_partner(&self, peer: &PeerId) {
+        let partner = self.partners.lock().expect("directory lock").remove(peer);
+        if let Some(name) = partner.and_then(|p| p.lock().expect("partner lock").take()) {
+            let _ = self.send(peer, &name, "leave", LEAVE.to_owned());
         }
     }
 
     /// Users logged in right now.
     pub fn online(&self) -> usize {
-        self.users.lock().expect("directory lock").len()
+        self.registry.counts().1
+    }
+}
+
+/// A plain-WebSocket session as a registry member: messages are frames, sent as they are.
+/// Users are not told of each other's logins (the tutorial has no presence).
+#[derive(Debug)]
+struct Frames(Arc<Outbox>);
+
+impl Member for Frames {
+    fn deliver(&self, event: Event<'_>) {
+        if let Event::Message { data, .. } = event {
+            self.0.deliver(data.as_json().to_owned().into());
+        }
     }
 
-    /// Whether `peer` is logged in (for its TURN credential).
-    pub fn is_online(&self, peer: &PeerId) -> bool {
-        self.users
-            .lock()
-            .expect("directory lock")
-            .values()
-            .any(|(p, _)| p == peer)
+    fn evict(&self, why: Eviction) {
+        self.0.signal.evict(why);
     }
 }
 
@@ -106,16 +143,12 @@ impl Dialect for Directory {
     }
 
     fn peers(&self) -> Vec<(Scope, PeerInfo)> {
-        let users = self.users.lock().expect("directory lock");
-        let mut peers: Vec<(Scope, PeerInfo)> = users
-            .iter()
-            .map(|(name, (id, _))| {
-                let info = PeerInfo {
-                    id: id.clone(),
-                    name: Some(name.clone()),
-                };
-                (Scope::PlainWs, info)
-            })
+        let mut peers: Vec<(Scope, PeerInfo)> = self
+            .registry
+            .rooms()
+            .into_iter()
+            .flat_map(|(_, users)| users)
+            .map(|user| (Scope::PlainWs, user))
             .collect();
         peers.sort_by(|a, b| a.1.name.cmp(&b.1.name));
         peers
@@ -132,21 +165,14 @@ impl Dialect for Directory {
         Vec::new()
     }
 
+    /// Frees the name at once (its partner told `leave`) and closes the socket.
     fn kick(&self, peer: &PeerId) -> Option<Scope> {
-        let outbox = {
-            let mut users = self.users.lock().expect("directory lock");
-            let name = users
-                .iter()
-                .find(|(_, (p, _))| p == peer)
-                .map(|(name, _)| name.clone())?;
-            users.remove(&name).map(|(_, outbox)| outbox)?
-        };
-        outbox.signal.evict(Eviction::Kicked);
-        Some(Scope::PlainWs)
+        self.tell_partner(peer);
+        self.registry.kick(peer).map(|_| Scope::PlainWs)
     }
 
     fn is_member(&self, scope: &Scope, peer: &PeerId) -> bool {
-        matches!(scope, Scope::PlainWs) && self.is_online(peer)
+        matches!(scope, Scope::PlainWs) && self.registry.is_member(&USERS, peer)
     }
 
     fn set_limits(&self, _cfg: &SignalingConfig) {}
@@ -180,8 +206,9 @@ struct Session {
     request_host: String,
     outbox: Arc<Outbox>,
     name: Option<String>,
-    /// The user this one last exchanged an offer or answer with; told `leave` on close.
-    partner: Option<String>,
+    /// The user this one last exchanged an offer or answer with; told `leave` on close
+    /// (shared with the directory, for a kick). Set while logged in.
+    partner: Option<Partner>,
     gate: Gate,
 }
 
@@ -284,24 +311,33 @@ impl Session {
         if self.name.is_some() || name.is_empty() || protocol::check_name(name).is_err() {
             return Next::Reply(json!({"type": "login", "success": false}));
         }
-        if !self
-            .directory
-            .login(name, &self.peer, Arc::clone(&self.outbox))
-        {
-            return Next::Reply(json!({"type": "login", "success": false}));
-        }
-        tracing::Span::current().record("name", name);
-        info!("logged in");
-        self.app.metrics.joins.inc(DialectKind::PlainWs);
-        self.name = Some(name.to_owned());
         // The dialect has no rooms: its credentials name the dialect alone (`ws/`), a scope
         // no native or socket.io room can name, with no per-room quota.
         let (ice_servers, ice_ttl_s) =
             self.app
                 .ice_servers_for(&self.peer, &Scope::PlainWs, &self.request_host);
-        Next::Reply(
-            json!({"type": "login", "success": true, "ice_servers": ice_servers, "ice_ttl_s": ice_ttl_s}),
-        )
+        let user = PeerInfo {
+            id: self.peer.clone(),
+            name: Some(name.to_owned()),
+        };
+        // The answer goes out as the login takes effect: before anything sent to the name.
+        let outbox = &self.outbox;
+        let welcome = move |_: &Joined| {
+            let ok = json!({"type": "login", "success": true, "ice_servers": ice_servers, "ice_ttl_s": ice_ttl_s});
+            outbox.deliver(ok.to_string().into());
+        };
+        let Some(partner) = self
+            .directory
+            .login(user, Arc::clone(&self.outbox), Box::new(welcome))
+        else {
+            return Next::Reply(json!({"type": "login", "success": false}));
+        };
+        tracing::Span::current().record("name", name);
+        info!("logged in");
+        self.app.metrics.joins.inc(DialectKind::PlainWs);
+        self.name = Some(name.to_owned());
+        self.partner = Some(partner);
+        Next::Nothing
     }
 
     fn relay(&mut self, kind: &str, data: &Frame) -> Next {
@@ -328,28 +364,34 @@ impl Session {
             ),
             _ => r#"{"type":"leave"}"#.to_owned(),
         };
-        if !self.directory.send(&target, frame.into()) {
+        if self
+            .directory
+            .send(&self.peer, &target, kind, frame)
+            .is_err()
+        {
             return Next::Reply(self.error(
                 ErrorCode::UnknownName,
                 format!("no user named {target:?} is logged in"),
             ));
         }
-        match kind {
-            "offer" | "answer" => self.partner = Some(target),
-            "leave" => self.partner = None,
-            _ => {}
+        if let Some(partner) = &self.partner {
+            let mut partner = partner.lock().expect("partner lock");
+            match kind {
+                "offer" | "answer" => *partner = Some(target),
+                "leave" => *partner = None,
+                _ => {}
+            }
         }
         Next::Nothing
     }
 
     /// Frees the name and tells the partner, when the socket goes.
     fn close(&mut self) {
-        let Some(name) = self.name.take() else { return };
-        self.directory.logout(&name, &self.peer);
-        if let Some(partner) = self.partner.take() {
-            self.directory
-                .send(&partner, json!({"type": "leave"}).to_string().into());
+        if self.name.take().is_none() {
+            return;
         }
+        self.partner = None;
+        self.directory.logout(&self.peer);
         self.app.peer_left(&Scope::PlainWs, &self.peer);
         info!("logged out");
     }
@@ -424,30 +466,75 @@ mod tests {
 
     use super::*;
 
-    fn outbox() -> Arc<Outbox> {
-        Arc::new(Outbox {
-            tx: mpsc::channel(8).0,
+    fn outbox() -> (Arc<Outbox>, mpsc::Receiver<axum::extract::ws::Utf8Bytes>) {
+        let (tx, rx) = mpsc::channel(8);
+        let outbox = Outbox {
+            tx,
             signal: Arc::default(),
             direct: None,
-        })
+        };
+        (Arc::new(outbox), rx)
+    }
+
+    fn login(
+        directory: &Directory,
+        name: &str,
+        peer: &PeerId,
+        outbox: &Arc<Outbox>,
+    ) -> Option<Partner> {
+        let user = PeerInfo {
+            id: peer.clone(),
+            name: Some(name.to_owned()),
+        };
+        directory.login(user, Arc::clone(outbox), Box::new(|_| {}))
     }
 
     #[test]
-    fn a_kick_frees_the_name_and_the_kicked_session_cannot_free_it_again() {
+    fn a_kick_frees_the_name_tells_the_partner_and_the_kicked_session_cannot_free_it_again() {
         let directory = Directory::default();
-        let (first, second) = (PeerId::random(), PeerId::random());
-        let kicked = outbox();
-        assert!(directory.login("alice", &first, Arc::clone(&kicked)));
+        let (first, second, bob) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let (kicked, _) = outbox();
+        let (to_bob, mut bob_got) = outbox();
+        let partner = login(&directory, "alice", &first, &kicked).unwrap();
+        login(&directory, "bob", &bob, &to_bob).unwrap();
+        assert!(
+            login(&directory, "bob", &PeerId::random(), &kicked).is_none(),
+            "taken"
+        );
+        *partner.lock().unwrap() = Some("bob".to_owned());
+
         assert_eq!(directory.kick(&first), Some(Scope::PlainWs));
         assert!(kicked.signal.is_closed());
+        assert_eq!(bob_got.try_recv().unwrap().as_str(), LEAVE);
         // The name is free at once, and someone else takes it...
-        assert!(directory.login("alice", &second, outbox()));
+        let (other, _) = outbox();
+        login(&directory, "alice", &second, &other).unwrap();
         // ...which the kicked session's own logout, when its task ends, leaves alone.
-        directory.logout("alice", &first);
-        assert!(directory.is_online(&second));
+        directory.logout(&first);
+        assert!(bob_got.try_recv().is_err(), "bob was told once");
+        assert!(directory.is_member(&Scope::PlainWs, &second));
         assert_eq!(directory.peers()[0].1.id, second);
-        directory.logout("alice", &second);
-        assert_eq!(directory.online(), 0);
+        directory.logout(&second);
+        assert_eq!(directory.online(), 1);
         assert_eq!(directory.kick(&first), None);
+    }
+
+    #[test]
+    fn a_frame_reaches_the_user_of_that_name_as_it_was_written() {
+        let directory = Directory::default();
+        let (alice, bob) = (PeerId::random(), PeerId::random());
+        let (to_alice, _) = outbox();
+        let (to_bob, mut bob_got) = outbox();
+        login(&directory, "alice", &alice, &to_alice).unwrap();
+        login(&directory, "bob", &bob, &to_bob).unwrap();
+        let frame = r#"{"type":"offer","offer":{"sdp" : 1},"name":"alice"}"#;
+        directory
+            .send(&alice, "bob", "offer", frame.to_owned())
+            .unwrap();
+        assert_eq!(bob_got.try_recv().unwrap().as_str(), frame);
+        assert_eq!(
+            directory.send(&alice, "carol", "offer", frame.to_owned()),
+            Err(RouteError::UnknownPeer)
+        );
     }
 }

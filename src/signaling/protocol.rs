@@ -27,6 +27,14 @@ impl Payload {
     pub fn as_json(&self) -> &str {
         self.0.get()
     }
+
+    /// A payload of JSON text.
+    ///
+    /// # Errors
+    /// The text is not JSON.
+    pub fn from_json(json: String) -> Result<Payload, serde_json::Error> {
+        RawValue::from_string(json).map(Payload)
+    }
 }
 
 impl From<Value> for Payload {
@@ -235,10 +243,33 @@ pub fn encode(msg: &ServerMsg) -> String {
     serde_json::to_string(msg).expect("server messages always serialize")
 }
 
+/// The text of `ServerMsg::Signal { from, payload }`, from borrowed parts: a message
+/// delivered to several members is not copied for each.
+pub fn encode_signal(from: &PeerId, payload: &Payload) -> String {
+    #[derive(Serialize)]
+    #[serde(tag = "type", rename = "signal")]
+    struct Signal<'a> {
+        from: &'a PeerId,
+        payload: &'a Payload,
+    }
+    serde_json::to_string(&Signal { from, payload }).expect("server messages always serialize")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_signal_from_borrowed_parts_is_the_signal_message_byte_for_byte() {
+        let from = PeerId::random();
+        let payload: Payload = serde_json::from_str(r#"{"sdp" : "v=0\r\n", "n":[1, 2]}"#).unwrap();
+        let owned = ServerMsg::Signal {
+            from: from.clone(),
+            payload: serde_json::from_str(payload.as_json()).unwrap(),
+        };
+        assert_eq!(encode_signal(&from, &payload), encode(&owned));
+    }
 
     #[test]
     fn error_code_metric_labels_match_the_wire_names() {

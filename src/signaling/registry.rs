@@ -2,56 +2,112 @@
 //! implementation is the in-process `Hub` (in `hub`); one shared by several instances (Redis) is
 //! meant to be a second implementation, with no change to the dialect that calls it.
 //!
+//! It speaks no dialect. Each dialect keeps one registry (its rooms are its own namespace)
+//! and hands it a `Member` per joined socket; the registry delivers `Event`s (someone
+//! joined, left, or sent a message) and the member renders them in its dialect's wire
+//! format. A message is the dialect's own: an event name and JSON data, which only the
+//! dialect's members interpret (the native `signal`, a socket.io event, a plain-WebSocket
+//! frame). All of it is plain data, so that a shared registry can carry it to members
+//! connected to another instance.
+//!
 //! What every implementation promises:
 //! - **Capacity is atomic.** The check against the room's capacity and the room count, and
 //!   the adding of the member, are one step: two joins racing for the last place cannot
 //!   both succeed, and a refused join changes nothing.
-//! - **Ordering.** A newcomer's welcome (built from the members present at that step) is
-//!   delivered before anything another member sends to it; `peer_joined` and `peer_left`
+//! - **Ordering.** A newcomer's welcome (which the dialect delivers from the `Welcome` it
+//!   passes, called at that step with the members present) precedes anything another
+//!   member sends to it; `peer_joined` and `peer_left`
 //!   reach each member in the order the joins and leaves took effect; the frames of one
 //!   sender to one recipient arrive in the order they were sent.
-//! - **Delivery never waits.** A frame goes to the recipient's `Outbox` without waiting; a
-//!   recipient that cannot take it is evicted (`Eviction::Overflow`) and the sender's call
-//!   still succeeds; no failure of one peer changes what the others receive.
+//! - **Delivery never waits.** `Member::deliver` hands an event to the recipient's socket
+//!   without waiting; a recipient that cannot take it evicts itself (`Eviction::Overflow`)
+//!   and the sender's call still succeeds; no failure of one peer changes what the others
+//!   receive. Members are called with the registry's state locked: they must not call back.
 //! - **Membership is current.** Once `join`, `leave`, `kick` or `close_room` has returned,
 //!   `is_member` (which TURN credentials are checked against) answers accordingly.
 
 use std::fmt;
+use std::sync::Arc;
 
-use super::outbox::Outbox;
-use super::protocol::{Payload, PeerId, PeerInfo, RoomId, ServerMsg};
+use super::protocol::{Payload, PeerId, PeerInfo, RoomId};
 use super::room::{JoinError, Joined, Left, RouteError};
+use super::signal::Eviction;
 
-/// Builds a newcomer's welcome from the members already present.
-pub type Welcome<'a> = Box<dyn FnOnce(&[PeerInfo]) -> ServerMsg + 'a>;
+/// Called once a join has taken effect and before anyone else can reach the newcomer,
+/// with what happened: the dialect delivers its welcome (or creation/join notice) there.
+pub type Welcome<'a> = Box<dyn FnOnce(&Joined) + 'a>;
+
+/// What the registry tells a member.
+#[derive(Debug, Clone, Copy)]
+pub enum Event<'a> {
+    /// Someone joined the member's room.
+    PeerJoined(&'a PeerInfo),
+    /// Someone left the member's room.
+    PeerLeft(&'a PeerId),
+    /// A message of the dialect from another member of the room.
+    Message {
+        from: &'a PeerId,
+        event: &'a str,
+        data: &'a Payload,
+    },
+}
+
+/// A joined socket as the registry sees it: where its events go.
+pub trait Member: Send + Sync + fmt::Debug {
+    /// Renders `event` and hands it to the socket without waiting; a socket that cannot
+    /// take it is evicted (`Eviction::Overflow`).
+    fn deliver(&self, event: Event<'_>);
+    /// Closes the socket (a kick, a closed room, an overflow): the registry has forgotten it.
+    fn evict(&self, why: Eviction);
+}
+
+/// Whom a message goes to.
+#[derive(Debug, Clone, Copy)]
+pub enum To<'a> {
+    /// One member of the sender's room.
+    Peer(&'a PeerId),
+    /// The member of that name in the sender's room (registries with unique names).
+    Named(&'a str),
+    /// Every other member of the sender's room.
+    Others,
+}
 
 /// Rooms, their members, and delivery to a member (see the module's promises).
 pub trait Registry: Send + Sync + fmt::Debug {
-    /// Joins `peer` to `room`; its welcome goes to `outbox` first, then `peer_joined` to the others.
+    /// Joins `peer` to `room`: `welcome` runs, then `peer_joined` goes to the others.
     ///
     /// # Errors
-    /// The room is full, there are too many rooms, or the peer is in a room already.
+    /// The room is full, there are too many rooms, the peer is in a room already, or its
+    /// name is taken (unique-name registries); nothing is delivered then.
     fn join(
         &self,
         peer: PeerInfo,
         room: &RoomId,
-        outbox: Outbox,
+        member: Arc<dyn Member>,
         welcome: Welcome<'_>,
     ) -> Result<Joined, JoinError>;
     /// Removes `peer` from its room; the others are told `peer_left`.
     fn leave(&self, peer: &PeerId) -> Option<Left>;
-    /// Delivers a signal from `from` to `to`, both in the same room.
+    /// Delivers the dialect message `event` with `data` from `from` to `to` in its room.
     ///
     /// # Errors
-    /// The sender is in no room, or `to` is not in its room.
-    fn signal(&self, from: &PeerId, to: &PeerId, payload: Payload) -> Result<(), RouteError>;
+    /// The sender is in no room, or `to` names nobody else in it.
+    fn send(
+        &self,
+        from: &PeerId,
+        to: To<'_>,
+        event: &str,
+        data: &Payload,
+    ) -> Result<(), RouteError>;
+    /// The room `peer` is in.
+    fn room_of(&self, peer: &PeerId) -> Option<RoomId>;
     /// New capacity and room count, for the joins that come next.
     fn set_limits(&self, capacity: usize, max_rooms: usize);
     /// Every room with its members in join order, sorted by name.
     fn rooms(&self) -> Vec<(RoomId, Vec<PeerInfo>)>;
-    /// Removes every member of `room` and evicts their sockets.
+    /// Removes every member of `room` and evicts them.
     fn close_room(&self, room: &RoomId) -> Vec<PeerId>;
-    /// Removes `peer` (the room is told) and evicts its socket.
+    /// Removes `peer` (the room is told) and evicts it.
     fn kick(&self, peer: &PeerId) -> Option<Left>;
     fn is_member(&self, room: &RoomId, peer: &PeerId) -> bool;
     /// Rooms, and peers in a room.

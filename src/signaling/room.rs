@@ -15,6 +15,8 @@ pub enum JoinError {
     AlreadyJoined,
     RoomFull,
     TooManyRooms,
+    /// Names are unique in this registry's rooms, and another member has this one.
+    NameTaken,
 }
 
 /// Why a signal cannot be routed.
@@ -27,7 +29,8 @@ pub enum RouteError {
 /// The result of a successful join.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Joined {
-    /// The members already present, in order of arrival; each must be told `peer_joined`.
+    /// The members already present, in order of arrival; each must be told `peer_joined`
+    /// (none in a directory).
     pub others: Vec<PeerInfo>,
     /// Whether this join created the room.
     pub created: bool,
@@ -37,7 +40,7 @@ pub struct Joined {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Left {
     pub room: RoomId,
-    /// The members still present; each must be told `peer_left`.
+    /// The members still present; each must be told `peer_left` (none in a directory).
     pub others: Vec<PeerId>,
     /// Whether the room was removed because it became empty.
     pub closed: bool,
@@ -57,6 +60,10 @@ pub struct Rooms {
     /// The room of each joined peer; a peer is in at most one room.
     /// foldhash: peer ids are server-made random ids (room names, chosen by clients, keep SipHash).
     membership: HashMap<PeerId, RoomId, foldhash::fast::RandomState>,
+    /// Each named member by room and name, when names are unique in a room (`with_unique_names`).
+    names: Option<HashMap<(RoomId, String), PeerId>>,
+    /// Whether members are told of each other's joins and leaves (not in a `directory`).
+    presence: bool,
 }
 
 impl Rooms {
@@ -66,7 +73,25 @@ impl Rooms {
             max_rooms,
             rooms: HashMap::new(),
             membership: HashMap::default(),
+            names: None,
+            presence: true,
         }
+    }
+
+    /// One unbounded room of named users who are not told of each other: a directory in
+    /// which a user is found by name (the plain-WebSocket dialect). A join or leave costs
+    /// no copy of the member list, however many are logged in.
+    pub fn directory() -> Rooms {
+        Rooms {
+            presence: false,
+            ..Rooms::new(usize::MAX, 1).with_unique_names()
+        }
+    }
+
+    /// Rooms in which no two members have the same name, and members can be found by name.
+    pub fn with_unique_names(mut self) -> Rooms {
+        self.names = Some(HashMap::new());
+        self
     }
 
     /// Adds `peer` to `room_id`, creating the room when it does not exist.
@@ -77,6 +102,16 @@ impl Rooms {
         if self.membership.contains_key(&peer.id) {
             return Err(JoinError::AlreadyJoined);
         }
+        let name_key = match (&self.names, &peer.name) {
+            (Some(names), Some(name)) => {
+                let key = (room_id.clone(), name.clone());
+                if names.contains_key(&key) {
+                    return Err(JoinError::NameTaken);
+                }
+                Some(key)
+            }
+            _ => None,
+        };
         let created = !self.rooms.contains_key(room_id);
         if created && self.rooms.len() >= self.max_rooms {
             return Err(JoinError::TooManyRooms);
@@ -85,8 +120,15 @@ impl Rooms {
         if room.members.len() >= self.capacity {
             return Err(JoinError::RoomFull);
         }
-        let others = room.members.clone();
+        let others = if self.presence {
+            room.members.clone()
+        } else {
+            Vec::new()
+        };
         self.membership.insert(peer.id.clone(), room_id.clone());
+        if let (Some(names), Some(key)) = (&mut self.names, name_key) {
+            names.insert(key, peer.id.clone());
+        }
         room.members.push(peer);
         Ok(Joined { others, created })
     }
@@ -98,9 +140,23 @@ impl Rooms {
             .rooms
             .get_mut(&room_id)
             .expect("membership points at a live room");
-        room.members.retain(|m| &m.id != peer);
-        let others: Vec<PeerId> = room.members.iter().map(|m| m.id.clone()).collect();
-        let closed = others.is_empty();
+        let position = room.members.iter().position(|m| &m.id == peer);
+        let gone = position.map(|i| room.members.remove(i));
+        if let (
+            Some(names),
+            Some(PeerInfo {
+                name: Some(name), ..
+            }),
+        ) = (&mut self.names, gone)
+        {
+            names.remove(&(room_id.clone(), name));
+        }
+        let others: Vec<PeerId> = if self.presence {
+            room.members.iter().map(|m| m.id.clone()).collect()
+        } else {
+            Vec::new()
+        };
+        let closed = room.members.is_empty();
         if closed {
             self.rooms.remove(&room_id);
         }
@@ -121,6 +177,32 @@ impl Rooms {
             Some(r) if r == room && from != to => Ok(()),
             _ => Err(RouteError::UnknownPeer),
         }
+    }
+
+    /// The member called `name` in `from`'s room (which may be `from` itself).
+    ///
+    /// # Errors
+    /// `from` is in no room, or nobody of that name is in it (or names are not unique here).
+    pub fn resolve(&self, from: &PeerId, name: &str) -> Result<PeerId, RouteError> {
+        let room = self.membership.get(from).ok_or(RouteError::NotJoined)?;
+        self.names
+            .as_ref()
+            .and_then(|names| names.get(&(room.clone(), name.to_owned())))
+            .cloned()
+            .ok_or(RouteError::UnknownPeer)
+    }
+
+    /// The other members of `from`'s room, in order of arrival.
+    ///
+    /// # Errors
+    /// `from` is in no room.
+    pub fn others(&self, from: &PeerId) -> Result<impl Iterator<Item = &PeerId>, RouteError> {
+        let room = self.membership.get(from).ok_or(RouteError::NotJoined)?;
+        Ok(self
+            .members(room)
+            .iter()
+            .map(|m| &m.id)
+            .filter(move |id| *id != from))
     }
 
     /// The room `peer` is in.
@@ -256,5 +338,69 @@ mod tests {
         assert_eq!(rooms.route(&a.id, &a.id), Err(RouteError::UnknownPeer));
         assert_eq!(rooms.route(&a.id, &outsider), Err(RouteError::UnknownPeer));
         assert_eq!(rooms.route(&outsider, &a.id), Err(RouteError::NotJoined));
+    }
+
+    #[test]
+    fn unique_names_are_refused_twice_in_a_room_found_by_name_and_freed_on_leave() {
+        let mut rooms = Rooms::new(usize::MAX, 10).with_unique_names();
+        let r = room("r");
+        let (a, b) = (peer("a"), peer("b"));
+        rooms.handle_join(a.clone(), &r).unwrap();
+        rooms.handle_join(b.clone(), &r).unwrap();
+        let a2 = peer("a");
+        assert_eq!(rooms.handle_join(a2.clone(), &r), Err(JoinError::NameTaken));
+        assert_eq!(rooms.room_of(&a2.id), None);
+        // The same name in another room is another member.
+        assert!(rooms.handle_join(peer("a"), &room("r2")).is_ok());
+        assert_eq!(rooms.resolve(&b.id, "a"), Ok(a.id.clone()));
+        assert_eq!(rooms.resolve(&a.id, "a"), Ok(a.id.clone()));
+        assert_eq!(rooms.resolve(&b.id, "z"), Err(RouteError::UnknownPeer));
+        assert_eq!(rooms.resolve(&a2.id, "a"), Err(RouteError::NotJoined));
+        rooms.handle_leave(&a.id);
+        assert_eq!(rooms.resolve(&b.id, "a"), Err(RouteError::UnknownPeer));
+        assert!(rooms.handle_join(a2, &r).is_ok());
+    }
+
+    #[test]
+    fn names_may_repeat_unless_unique_and_others_excludes_the_sender() {
+        let mut rooms = Rooms::new(4, 10);
+        let r = room("r");
+        let (a, b, c) = (peer("a"), peer("a"), peer("c"));
+        rooms.handle_join(a.clone(), &r).unwrap();
+        rooms.handle_join(b.clone(), &r).unwrap();
+        rooms.handle_join(c.clone(), &r).unwrap();
+        assert_eq!(rooms.resolve(&c.id, "a"), Err(RouteError::UnknownPeer));
+        let others: Vec<_> = rooms.others(&b.id).unwrap().cloned().collect();
+        assert_eq!(others, vec![a.id, c.id]);
+        assert!(rooms.others(&PeerId::random()).is_err());
+    }
+
+    #[test]
+    fn a_directory_finds_users_by_name_and_tells_nobody() {
+        let mut rooms = Rooms::directory();
+        let users = room("users");
+        let (a, b) = (peer("a"), peer("b"));
+        assert!(
+            rooms
+                .handle_join(a.clone(), &users)
+                .unwrap()
+                .others
+                .is_empty()
+        );
+        assert!(
+            rooms
+                .handle_join(b.clone(), &users)
+                .unwrap()
+                .others
+                .is_empty()
+        );
+        assert_eq!(
+            rooms.handle_join(peer("a"), &users),
+            Err(JoinError::NameTaken)
+        );
+        assert_eq!(rooms.resolve(&a.id, "b"), Ok(b.id.clone()));
+        let left = rooms.handle_leave(&a.id).unwrap();
+        assert!(left.others.is_empty() && !left.closed);
+        assert!(rooms.handle_leave(&b.id).unwrap().closed);
     }
 }

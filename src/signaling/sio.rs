@@ -19,38 +19,35 @@ use socketioxide::extract::{Data, SocketRef, State};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::layer::SocketIoLayer;
 use socketioxide::socket::Sid;
+use socketioxide::{SendError, SocketError};
 use tracing::{debug, info};
 
 use axum::Router;
 
 use super::dialect::Dialect;
 use super::gate::{Gate, Refused};
+use super::hub::Hub;
 use super::limits::ConnectionGuard;
-use super::protocol::{ErrorCode, PeerId, PeerInfo, RoomId};
-use super::room::{JoinError, Rooms};
+use super::protocol::{ErrorCode, Payload, PeerId, PeerInfo, RoomId};
+use super::registry::{Event, Member, Registry, To};
+use super::room::{JoinError, Joined, Rooms};
+use super::signal::Eviction;
 use super::stats::{Counts, DialectKind, MessageType, Refusal};
 use crate::config::SignalingConfig;
 use crate::model::Scope;
 use crate::state::AppState;
 
-/// Who is in which socket.io room.
+/// The socket.io dialect: its rooms (a `Registry`), and each connected socket.
 #[derive(Debug)]
 pub struct SioRooms {
-    inner: Mutex<Inner>,
-    /// The socket.io server, to disconnect sockets from outside their handlers (admin API).
-    io: std::sync::OnceLock<SocketIo>,
-}
-
-#[derive(Debug)]
-struct Inner {
-    rooms: Rooms,
+    registry: Arc<dyn Registry>,
     /// Each connected socket.
-    peers: HashMap<Sid, Peer>,
+    peers: Mutex<HashMap<Sid, Peer>>,
 }
 
 #[derive(Debug)]
 struct Peer {
-    /// For TURN credentials and `Rooms`.
+    /// For TURN credentials and the registry.
     id: PeerId,
     /// The host the client used, for TURN URLs.
     host: String,
@@ -59,139 +56,90 @@ struct Peer {
     _guard: ConnectionGuard,
 }
 
-impl SioRooms {
-    pub fn new(capacity: usize, max_rooms: usize) -> SioRooms {
-        SioRooms {
-            inner: Mutex::new(Inner {
-                rooms: Rooms::new(capacity, max_rooms),
-                peers: HashMap::new(),
-            }),
-            io: std::sync::OnceLock::new(),
+/// A socket.io socket as a room member: a message is an event, emitted as it came.
+/// The tutorials tell nobody of joins and leaves by themselves (`join`/`ready` are
+/// messages the joiner sends).
+struct SioMember(SocketRef);
+
+impl std::fmt::Debug for SioMember {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SioMember({})", self.0.id)
+    }
+}
+
+impl Member for SioMember {
+    fn deliver(&self, event: Event<'_>) {
+        if let Event::Message { event, data, .. } = event {
+            // `emit` queues on the socket's bounded channel without waiting.
+            if let Err(SendError::Socket(SocketError::InternalChannelFull)) =
+                self.0.emit(event, data)
+            {
+                self.evict(Eviction::Overflow);
+            }
         }
     }
 
+    fn evict(&self, why: Eviction) {
+        // Not here: socket.io runs the disconnect handler (which leaves the registry)
+        // within `disconnect`, and the registry is locked while it calls members.
+        let socket = self.0.clone();
+        tokio::spawn(async move {
+            info!(sid = %socket.id, ?why, "socket.io peer disconnected");
+            let _ = socket.disconnect();
+        });
+    }
+}
+
+impl SioRooms {
+    /// With the in-process registry.
+    pub fn new(capacity: usize, max_rooms: usize) -> SioRooms {
+        SioRooms::with_registry(Arc::new(Hub::new(Rooms::new(capacity, max_rooms))))
+    }
+
+    pub fn with_registry(registry: Arc<dyn Registry>) -> SioRooms {
+        SioRooms {
+            registry,
+            peers: Mutex::default(),
+        }
+    }
+
+    fn peers(&self) -> std::sync::MutexGuard<'_, HashMap<Sid, Peer>> {
+        self.peers.lock().expect("sio lock")
+    }
+
     fn connect(&self, sid: Sid, peer: Peer) {
-        self.inner.lock().expect("sio lock").peers.insert(sid, peer);
+        self.peers().insert(sid, peer);
     }
 
     /// Takes a token from the socket's message budget. Every socket is registered (in the
     /// connect middleware) before its handlers exist, so an unknown one cannot send; were
     /// it to, it would pass, having no room to send to.
     fn charge(&self, sid: Sid, cfg: &SignalingConfig) -> Result<(), Refused> {
-        let mut inner = self.inner.lock().expect("sio lock");
-        inner
-            .peers
+        self.peers()
             .get_mut(&sid)
             .map_or(Ok(()), |p| p.gate.charge(cfg, std::time::Instant::now()))
     }
 
-    /// Joins `room`; returns the socket's peer id and host, and how many members were there before.
-    fn join(&self, sid: Sid, room: &RoomId) -> Result<(PeerId, String, usize), JoinError> {
-        let mut inner = self.inner.lock().expect("sio lock");
-        let (peer, host) = inner
-            .peers
+    /// The socket's peer id and the host it used.
+    fn peer(&self, sid: Sid) -> Option<(PeerId, String)> {
+        self.peers()
             .get(&sid)
             .map(|p| (p.id.clone(), p.host.clone()))
-            .ok_or(JoinError::AlreadyJoined)?;
-        let joined = inner.rooms.handle_join(
-            PeerInfo {
-                id: peer.clone(),
-                name: None,
-            },
-            room,
-        )?;
-        Ok((peer, host, joined.others.len()))
     }
 
-    fn room_of(&self, sid: Sid) -> Option<RoomId> {
-        let inner = self.inner.lock().expect("sio lock");
-        let peer = inner.peers.get(&sid)?;
-        inner.rooms.room_of(&peer.id).cloned()
+    /// The socket's peer id and the room it is in.
+    fn room_of(&self, sid: Sid) -> Option<(PeerId, RoomId)> {
+        let peer = self.peers().get(&sid)?.id.clone();
+        let room = self.registry.room_of(&peer)?;
+        Some((peer, room))
     }
 
     /// Forgets the socket; returns its room and peer id, if it was in one.
     fn disconnect(&self, sid: Sid) -> Option<(RoomId, PeerId)> {
-        let mut inner = self.inner.lock().expect("sio lock");
-        let peer = inner.peers.remove(&sid)?;
-        inner
-            .rooms
-            .handle_leave(&peer.id)
+        let peer = self.peers().remove(&sid)?;
+        self.registry
+            .leave(&peer.id)
             .map(|left| (left.room, peer.id))
-    }
-
-    /// New room limits (a reload).
-    fn set_room_limits(&self, capacity: usize, max_rooms: usize) {
-        self.inner
-            .lock()
-            .expect("sio lock")
-            .rooms
-            .set_limits(capacity, max_rooms);
-    }
-
-    /// Every room with its members, sorted by name.
-    fn list_rooms(&self) -> Vec<(RoomId, Vec<PeerInfo>)> {
-        self.inner.lock().expect("sio lock").rooms.list()
-    }
-
-    /// Removes every member of `room` and disconnects their sockets; returns who was removed.
-    fn remove_room(&self, room: &RoomId) -> Vec<PeerId> {
-        let (peers, sids) = {
-            let mut inner = self.inner.lock().expect("sio lock");
-            let peers: Vec<PeerId> = inner
-                .rooms
-                .members(room)
-                .iter()
-                .map(|p| p.id.clone())
-                .collect();
-            for peer in &peers {
-                inner.rooms.handle_leave(peer);
-            }
-            let sids: Vec<Sid> = inner
-                .peers
-                .iter()
-                .filter(|(_, p)| peers.contains(&p.id))
-                .map(|(sid, _)| *sid)
-                .collect();
-            (peers, sids)
-        };
-        self.disconnect_sockets(&sids);
-        peers
-    }
-
-    /// Removes `peer` from its room and disconnects its socket; returns the room.
-    fn remove_peer(&self, peer: &PeerId) -> Option<RoomId> {
-        let (room, sid) = {
-            let mut inner = self.inner.lock().expect("sio lock");
-            let sid = inner
-                .peers
-                .iter()
-                .find(|(_, p)| &p.id == peer)
-                .map(|(sid, _)| *sid)?;
-            (inner.rooms.handle_leave(peer)?.room, sid)
-        };
-        self.disconnect_sockets(&[sid]);
-        Some(room)
-    }
-
-    fn disconnect_sockets(&self, sids: &[Sid]) {
-        let Some(io) = self.io.get() else { return };
-        for sid in sids {
-            if let Some(socket) = io.get_socket(*sid) {
-                info!(%sid, "socket.io peer disconnected by the operator");
-                let _ = socket.disconnect();
-            }
-        }
-    }
-
-    /// Rooms and peers in a room right now.
-    fn room_counts(&self) -> (usize, usize) {
-        let inner = self.inner.lock().expect("sio lock");
-        (inner.rooms.room_count(), inner.rooms.peer_count())
-    }
-
-    /// Whether `peer` is in `room` (for TURN credentials).
-    fn is_in_room(&self, room: &RoomId, peer: &PeerId) -> bool {
-        self.inner.lock().expect("sio lock").rooms.room_of(peer) == Some(room)
     }
 }
 
@@ -208,7 +156,8 @@ impl Dialect for SioRooms {
     }
 
     fn peers(&self) -> Vec<(Scope, PeerInfo)> {
-        self.list_rooms()
+        self.registry
+            .rooms()
             .into_iter()
             .flat_map(|(room, members)| {
                 members
@@ -219,24 +168,27 @@ impl Dialect for SioRooms {
     }
 
     fn counts(&self) -> Counts {
-        let (rooms, peers) = SioRooms::room_counts(self);
+        let (rooms, peers) = self.registry.counts();
         Counts { rooms, peers }
     }
 
     fn close_room(&self, room: &RoomId) -> Vec<PeerId> {
-        SioRooms::remove_room(self, room)
+        self.registry.close_room(room)
     }
 
     fn kick(&self, peer: &PeerId) -> Option<Scope> {
-        SioRooms::remove_peer(self, peer).map(Scope::SocketIo)
+        self.registry
+            .kick(peer)
+            .map(|left| Scope::SocketIo(left.room))
     }
 
     fn is_member(&self, scope: &Scope, peer: &PeerId) -> bool {
-        matches!(scope, Scope::SocketIo(room) if SioRooms::is_in_room(self, room, peer))
+        matches!(scope, Scope::SocketIo(room) if self.registry.is_member(room, peer))
     }
 
     fn set_limits(&self, cfg: &SignalingConfig) {
-        SioRooms::set_room_limits(self, cfg.socketio_room_capacity, cfg.max_rooms);
+        self.registry
+            .set_limits(cfg.socketio_room_capacity, cfg.max_rooms);
     }
 }
 
@@ -252,7 +204,6 @@ fn layer(app: Arc<AppState>, sio: Arc<SioRooms>) -> SocketIoLayer {
         })
         .build_layer();
     io.ns("/", on_connect.with(admit));
-    let _ = sio.io.set(io);
     layer
 }
 
@@ -326,17 +277,24 @@ fn register(s: &SocketRef) {
     });
 }
 
-/// The room a client may send to: the one it joined, and only when `claimed` (if any) names it.
-fn sender_room(app: &Ctx, s: &SocketRef, claimed: Option<&str>) -> Option<RoomId> {
-    let room = app.sio.room_of(s.id);
-    match (room, claimed) {
-        (Some(room), None) => Some(room),
-        (Some(room), Some(c)) if c == room.as_str() => Some(room),
+/// The sender's peer id, when it may send to the room it joined: only when `claimed`
+/// (if any) names that room.
+fn sender(app: &Ctx, s: &SocketRef, claimed: Option<&str>) -> Option<PeerId> {
+    let joined = app.sio.room_of(s.id);
+    match (joined, claimed) {
+        (Some((peer, _)), None) => Some(peer),
+        (Some((peer, room)), Some(c)) if c == room.as_str() => Some(peer),
         (_, claimed) => {
             debug!(sid = %s.id, claimed = claimed.unwrap_or(""), "socket.io send to a room not joined, dropped");
             None
         }
     }
+}
+
+/// Sends `event` with `data` to the other members of the sender's room.
+fn broadcast(app: &Ctx, from: &PeerId, event: &str, data: &Value) {
+    let data = Payload::from(data.clone());
+    let _ = app.sio.registry.send(from, To::Others, event, &data);
 }
 
 /// The message gate every dialect shares, for one event: a token from the socket's budget.
@@ -390,8 +348,15 @@ enum NotJoined {
     Answered,
 }
 
-/// Joins `room` for either tutorial; `Ok(members before)` or why not.
-fn join(app: &Ctx, s: &SocketRef, room: &str) -> Result<usize, NotJoined> {
+/// Joins `room`; `Ok(peer id, members before)` or why not. Once the join has taken effect,
+/// and before any other member can reach the socket, it is sent `ice_servers` (credentials
+/// scoped to the room), then what `welcome` emits.
+fn join(
+    app: &Ctx,
+    s: &SocketRef,
+    room: &str,
+    welcome: impl FnOnce(&Joined),
+) -> Result<(PeerId, usize), NotJoined> {
     let room_id = match RoomId::parse(room) {
         Ok(r) => r,
         Err(message) => {
@@ -399,7 +364,10 @@ fn join(app: &Ctx, s: &SocketRef, room: &str) -> Result<usize, NotJoined> {
             return Err(NotJoined::Answered);
         }
     };
-    if app.sio.room_of(s.id).is_some() {
+    let Some((peer, host)) = app.sio.peer(s.id) else {
+        return Err(NotJoined::Answered);
+    };
+    if app.sio.registry.room_of(&peer).is_some() {
         error(
             app,
             s,
@@ -408,26 +376,40 @@ fn join(app: &Ctx, s: &SocketRef, room: &str) -> Result<usize, NotJoined> {
         );
         return Err(NotJoined::Answered);
     }
-    let (peer, host, before) = app.sio.join(s.id, &room_id).map_err(|e| match e {
-        JoinError::TooManyRooms => {
-            app.metrics.refusals.inc(Refusal::MaxRooms);
-            NotJoined::Full
-        }
-        JoinError::RoomFull => {
-            app.metrics.refusals.inc(Refusal::RoomCapacity);
-            NotJoined::Full
-        }
-        JoinError::AlreadyJoined => NotJoined::Answered,
-    })?;
+    let (ice_servers, ice_ttl_s) =
+        app.ice_servers_for(&peer, &Scope::SocketIo(room_id.clone()), &host);
+    let welcome = |joined: &Joined| {
+        let _ = s.emit(
+            "ice_servers",
+            &json!({"ice_servers": ice_servers, "ice_ttl_s": ice_ttl_s}),
+        );
+        welcome(joined);
+    };
+    let info = PeerInfo {
+        id: peer.clone(),
+        name: None,
+    };
+    let member = Arc::new(SioMember(s.clone()));
+    let joined = app
+        .sio
+        .registry
+        .join(info, &room_id, member, Box::new(welcome))
+        .map_err(|e| match e {
+            JoinError::TooManyRooms => {
+                app.metrics.refusals.inc(Refusal::MaxRooms);
+                NotJoined::Full
+            }
+            JoinError::RoomFull => {
+                app.metrics.refusals.inc(Refusal::RoomCapacity);
+                NotJoined::Full
+            }
+            // A join racing another from the same socket; socket.io rooms have no names.
+            JoinError::AlreadyJoined | JoinError::NameTaken => NotJoined::Answered,
+        })?;
     app.metrics.joins.inc(DialectKind::SocketIo);
-    s.join(room.to_owned());
+    let before = joined.others.len();
     info!(sid = %s.id, room, members = before + 1, "socket.io peer joined");
-    let (ice_servers, ice_ttl_s) = app.ice_servers_for(&peer, &Scope::SocketIo(room_id), &host);
-    let _ = s.emit(
-        "ice_servers",
-        &json!({"ice_servers": ice_servers, "ice_ttl_s": ice_ttl_s}),
-    );
-    Ok(before)
+    Ok((peer, before))
 }
 
 fn log(app: &Ctx, s: &SocketRef, line: String) {
@@ -446,16 +428,21 @@ async fn create_or_join(s: SocketRef, Data(room): Data<String>, State(app): App)
         &s,
         format!("Received request to create or join room {room}"),
     );
-    match join(&app, &s, &room) {
-        Ok(0) => {
-            log(&app, &s, format!("Client ID {} created room {room}", s.id));
-            let _ = s.emit("created", &(room, s.id.to_string()));
-        }
-        Ok(_) => {
-            log(&app, &s, format!("Client ID {} joined room {room}", s.id));
-            let _ = s.to(room.clone()).emit("join", &room).await;
-            let _ = s.emit("joined", &(room.clone(), s.id.to_string()));
-            let _ = s.within(room).emit("ready", &()).await;
+    let welcome = |joined: &Joined| {
+        let (what, event) = if joined.others.is_empty() {
+            ("created", "created")
+        } else {
+            ("joined", "joined")
+        };
+        log(&app, &s, format!("Client ID {} {what} room {room}", s.id));
+        let _ = s.emit(event, &(&room, s.id.to_string()));
+    };
+    match join(&app, &s, &room, welcome) {
+        Ok((_, 0)) => {}
+        Ok((peer, _)) => {
+            broadcast(&app, &peer, "join", &Value::from(room));
+            broadcast(&app, &peer, "ready", &Value::Null);
+            let _ = s.emit("ready", &());
         }
         Err(NotJoined::Full) => {
             let _ = s.emit("full", &room);
@@ -469,17 +456,16 @@ async fn join_video_room(s: SocketRef, Data(room): Data<String>, State(app): App
     if !gate(&app, &s) {
         return;
     }
-    match join(&app, &s, &room) {
-        Ok(0) => {
-            let _ = s.emit("room_created", &room);
-        }
-        Ok(_) => {
-            let _ = s.emit("room_joined", &room);
-        }
-        Err(NotJoined::Full) => {
-            let _ = s.emit("full_room", &room);
-        }
-        Err(NotJoined::Answered) => {}
+    let welcome = |joined: &Joined| {
+        let event = if joined.others.is_empty() {
+            "room_created"
+        } else {
+            "room_joined"
+        };
+        let _ = s.emit(event, &room);
+    };
+    if let Err(NotJoined::Full) = join(&app, &s, &room, welcome) {
+        let _ = s.emit("full_room", &room);
     }
 }
 
@@ -491,8 +477,8 @@ async fn message(s: SocketRef, Data(msg): Data<Value>, State(app): App) {
     if too_large(&app, &s, &msg) {
         return;
     }
-    if let Some(room) = sender_room(&app, &s, None) {
-        let _ = s.to(room.to_string()).emit("message", &msg).await;
+    if let Some(peer) = sender(&app, &s, None) {
+        broadcast(&app, &peer, "message", &msg);
     }
 }
 
@@ -511,8 +497,8 @@ async fn start_call(s: SocketRef, Data(room): Data<String>, State(app): App) {
     if !gate(&app, &s) {
         return;
     }
-    if let Some(room) = sender_room(&app, &s, Some(&room)) {
-        let _ = s.to(room.to_string()).emit("start_call", &()).await;
+    if let Some(peer) = sender(&app, &s, Some(&room)) {
+        broadcast(&app, &peer, "start_call", &Value::Null);
     }
 }
 
@@ -521,7 +507,7 @@ async fn webrtc_offer(s: SocketRef, Data(data): Data<Value>, State(app): App) {
     if !gate(&app, &s) {
         return;
     }
-    relay(&s, &app, "webrtc_offer", &data, &data["sdp"]).await;
+    relay(&s, &app, "webrtc_offer", &data, &data["sdp"]);
 }
 
 async fn webrtc_answer(s: SocketRef, Data(data): Data<Value>, State(app): App) {
@@ -529,7 +515,7 @@ async fn webrtc_answer(s: SocketRef, Data(data): Data<Value>, State(app): App) {
     if !gate(&app, &s) {
         return;
     }
-    relay(&s, &app, "webrtc_answer", &data, &data["sdp"]).await;
+    relay(&s, &app, "webrtc_answer", &data, &data["sdp"]);
 }
 
 async fn webrtc_ice_candidate(s: SocketRef, Data(data): Data<Value>, State(app): App) {
@@ -537,15 +523,15 @@ async fn webrtc_ice_candidate(s: SocketRef, Data(data): Data<Value>, State(app):
     if !gate(&app, &s) {
         return;
     }
-    relay(&s, &app, "webrtc_ice_candidate", &data, &data).await;
+    relay(&s, &app, "webrtc_ice_candidate", &data, &data);
 }
 
 /// Sends `payload` as `event` to the other members of `data.roomId`, if the sender is in it.
-async fn relay(s: &SocketRef, app: &Ctx, event: &str, data: &Value, payload: &Value) {
+fn relay(s: &SocketRef, app: &Ctx, event: &str, data: &Value, payload: &Value) {
     if too_large(app, s, data) {
         return;
     }
-    if let Some(room) = sender_room(app, s, Some(data["roomId"].as_str().unwrap_or_default())) {
-        let _ = s.to(room.to_string()).emit(event, payload).await;
+    if let Some(peer) = sender(app, s, Some(data["roomId"].as_str().unwrap_or_default())) {
+        broadcast(app, &peer, event, payload);
     }
 }

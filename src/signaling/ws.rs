@@ -22,10 +22,12 @@ use super::conn::{Conn, Handler, Reply};
 use super::dialect::Dialect;
 use super::frame::CLOSE_POLICY;
 use super::gate::Gate;
-use super::hub::{Hub, Outbox};
+use super::hub::Hub;
+use super::outbox::Outbox;
 use super::protocol::{self, ClientMsg, ErrorCode, PeerId, PeerInfo, RoomId, ServerMsg};
-use super::registry::Registry;
-use super::room::{JoinError, RouteError};
+use super::registry::{Event, Member, Registry, To};
+use super::room::{JoinError, Joined, Rooms, RouteError};
+use super::signal::Eviction;
 use super::socket::{Socket, Upgrade};
 use super::stats::{Counts, DialectKind, MessageType, Refusal};
 use crate::config::SignalingConfig;
@@ -42,7 +44,10 @@ pub struct Native {
 impl Native {
     /// With the in-process registry.
     pub fn new(cfg: &SignalingConfig) -> Native {
-        Native::with_registry(Arc::new(Hub::new(cfg.room_capacity, cfg.max_rooms)))
+        Native::with_registry(Arc::new(Hub::new(Rooms::new(
+            cfg.room_capacity,
+            cfg.max_rooms,
+        ))))
     }
 
     pub fn with_registry(registry: Arc<dyn Registry>) -> Native {
@@ -100,6 +105,31 @@ impl Dialect for Native {
 
     fn set_limits(&self, cfg: &SignalingConfig) {
         self.registry.set_limits(cfg.room_capacity, cfg.max_rooms);
+    }
+}
+
+/// A native socket as a room member: events become the protocol's `peer_joined`,
+/// `peer_left` and `signal` messages on its outbox.
+#[derive(Debug)]
+struct NativeMember(Outbox);
+
+impl Member for NativeMember {
+    fn deliver(&self, event: Event<'_>) {
+        let frame = match event {
+            Event::PeerJoined(peer) => {
+                protocol::encode(&ServerMsg::PeerJoined { peer: peer.clone() })
+            }
+            Event::PeerLeft(peer_id) => protocol::encode(&ServerMsg::PeerLeft {
+                peer_id: peer_id.clone(),
+            }),
+            // The native dialect has one message, `signal`.
+            Event::Message { from, data, .. } => protocol::encode_signal(from, data),
+        };
+        self.0.deliver(frame.into());
+    }
+
+    fn evict(&self, why: Eviction) {
+        self.0.signal.evict(why);
     }
 }
 
@@ -260,7 +290,11 @@ impl Session {
             Err(message) => Answer::Error(ErrorCode::BadRequest, message),
             Ok(ClientMsg::Join { room, name }) => self.join(&room, name),
             Ok(ClientMsg::Signal { to, payload }) => {
-                match self.native.registry.signal(&self.peer_id, &to, payload) {
+                let sent =
+                    self.native
+                        .registry
+                        .send(&self.peer_id, To::Peer(&to), "signal", &payload);
+                match sent {
                     Ok(()) => Answer::None,
                     Err(RouteError::NotJoined) => Answer::Error(
                         ErrorCode::NotJoined,
@@ -307,17 +341,22 @@ impl Session {
             &Scope::Native(room_id.clone()),
             &self.request_host,
         );
-        let welcome = |others: &[PeerInfo]| ServerMsg::Welcome {
-            peer_id: self.peer_id.clone(),
-            room: room_id.clone(),
-            peers: others.to_vec(),
-            ice_servers,
-            ice_ttl_s,
+        let outbox = &self.outbox;
+        let welcome = |joined: &Joined| {
+            let welcome = ServerMsg::Welcome {
+                peer_id: self.peer_id.clone(),
+                room: room_id.clone(),
+                peers: joined.others.clone(),
+                ice_servers,
+                ice_ttl_s,
+            };
+            outbox.deliver(protocol::encode(&welcome).into());
         };
+        let member = Arc::new(NativeMember(self.outbox.clone()));
         match self
             .native
             .registry
-            .join(peer, &room_id, self.outbox.clone(), Box::new(welcome))
+            .join(peer, &room_id, member, Box::new(welcome))
         {
             Ok(joined) => {
                 tracing::Span::current().record("room", room_id.as_str());
@@ -351,6 +390,11 @@ impl Session {
             Err(JoinError::AlreadyJoined) => Answer::Error(
                 ErrorCode::AlreadyJoined,
                 "already in a room; leave first".to_owned(),
+            ),
+            // Native rooms allow repeated names; kept for completeness.
+            Err(JoinError::NameTaken) => Answer::Error(
+                ErrorCode::BadName,
+                format!("the name is taken in room {room_id}"),
             ),
         }
     }
