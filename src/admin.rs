@@ -27,7 +27,6 @@ use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use crate::config::Secret;
-use crate::metrics::Label;
 use crate::model::Scope;
 use crate::model::{PeerId, PeerInfo, RoomId};
 use crate::state::AppState;
@@ -174,7 +173,7 @@ async fn list_rooms(State(app): State<Arc<AppState>>) -> Response {
                 });
             rooms.push(RoomView {
                 room: room.as_str().to_owned(),
-                dialect: dialect.kind().as_str(),
+                dialect: dialect.name(),
                 peers,
                 allocations,
                 relayed_bytes,
@@ -199,7 +198,7 @@ async fn list_peers(State(app): State<Arc<AppState>>) -> Response {
     for dialect in app.dialects.iter() {
         for (scope, peer) in dialect.peers() {
             peers.push(ListedPeer {
-                dialect: dialect.kind().as_str(),
+                dialect: dialect.name(),
                 room: scope.room().map(|r| r.as_str().to_owned()),
                 peer: peer_view(&usage, &scope, peer),
             });
@@ -247,7 +246,7 @@ async fn kick_peer(State(app): State<Arc<AppState>>, Path(peer): Path<String>) -
     let Some((dialect, scope)) = app
         .dialects
         .iter()
-        .find_map(|d| Some((d.kind(), d.kick(&peer)?)))
+        .find_map(|d| Some((d.name(), d.kick(&peer)?)))
     else {
         return error(
             StatusCode::NOT_FOUND,
@@ -263,7 +262,7 @@ async fn kick_peer(State(app): State<Arc<AppState>>, Path(peer): Path<String>) -
     app.metrics.kicked.inc();
     info!(scope = %scope, peer = %peer, allocations = revoked, "peer kicked by the operator");
     axum::Json(json!({
-        "dialect": dialect.as_str(),
+        "dialect": dialect,
         "room": room,
         "peer": peer.as_str(),
         "allocations_revoked": revoked,

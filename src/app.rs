@@ -253,11 +253,9 @@ pub async fn run(
     app.set_ready(false);
     // The shutdown token reaches the other tasks; socket tasks wait on their own signal.
     app.signals.shut_down();
-    let (rooms, peers) = app
-        .dialects
-        .counts()
-        .iter()
-        .fold((0, 0), |(r, p), (_, c)| (r + c.rooms, p + c.peers));
+    let (rooms, peers) = app.dialects.counts().iter().fold((0, 0), |(r, p), (_, c)| {
+        (r + c.rooms.unwrap_or(0), p + c.peers)
+    });
     info!(
         rooms,
         peers,

@@ -135,52 +135,132 @@ pub struct IceServer {
     pub credential: Option<String>,
 }
 
-/// The signaling dialect a peer credential was minted for, and its room there.
+/// A dialect's namespace in TURN credentials: each dialect's rooms are its own, so a
+/// native room and a socket.io room of the same name are two rooms.
 ///
-/// Each dialect is its own namespace: a native room and a socket.io room of the same name
-/// are two rooms, and the plain-WebSocket dialect has no rooms at all. In a username the
-/// scope is written so that it cannot collide with a room name (room names allow only
-/// `A-Z a-z 0-9 _ -`): a native room as its name (the form Switchboard always minted, so
-/// credentials handed out before an upgrade keep working), a socket.io room as
-/// `sio/<room>`, the plain-WebSocket dialect as `ws/`.
+/// Native rooms are written bare (the form Switchboard always minted, so credentials handed
+/// out before an upgrade keep working); every other dialect has a short tag, written
+/// `tag/` before its room (or alone, for a dialect without rooms). Room names allow only
+/// `A-Z a-z 0-9 _ -`, so no form can collide with another. A dialect makes its own with
+/// `Space::new` (socket.io: `sio`, plain WebSocket: `ws`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Space {
+    tag: [u8; Space::MAX],
+    len: u8,
+}
+
+impl Space {
+    const MAX: usize = 8;
+
+    /// The native dialect's rooms, written bare.
+    pub const NATIVE: Space = Space {
+        tag: [0; Space::MAX],
+        len: 0,
+    };
+
+    /// A dialect's tag: 1 to 8 of `a-z`.
+    ///
+    /// # Panics
+    /// Any other tag (at compile time, where it is a `const`).
+    pub const fn new(tag: &str) -> Space {
+        match Space::parse(tag) {
+            Some(space) => space,
+            None => panic!("a space tag is 1 to 8 of a-z"),
+        }
+    }
+
+    const fn parse(tag: &str) -> Option<Space> {
+        let bytes = tag.as_bytes();
+        if bytes.is_empty() || bytes.len() > Space::MAX {
+            return None;
+        }
+        let mut space = Space::NATIVE;
+        let mut i = 0;
+        while i < bytes.len() {
+            if !bytes[i].is_ascii_lowercase() {
+                return None;
+            }
+            space.tag[i] = bytes[i];
+            i += 1;
+        }
+        space.len = bytes.len() as u8;
+        Some(space)
+    }
+
+    /// The tag (empty for `NATIVE`).
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.tag[..usize::from(self.len)]).expect("tags are ASCII")
+    }
+}
+
+impl std::fmt::Debug for Space {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.len {
+            0 => f.write_str("Space::NATIVE"),
+            _ => write!(f, "Space({:?})", self.as_str()),
+        }
+    }
+}
+
+/// What a peer credential was minted for: a dialect's space, and its room there (none for a
+/// dialect without rooms, such as plain WebSocket, whose users only log in).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Scope {
-    /// A room of the native protocol (`/ws`).
-    Native(RoomId),
-    /// A room of the socket.io dialect.
-    SocketIo(RoomId),
-    /// The plain-WebSocket dialect, whose users log in by name and join no room.
-    PlainWs,
+pub struct Scope {
+    space: Space,
+    room: Option<RoomId>,
 }
 
 impl Scope {
+    /// A room of the native dialect.
+    pub fn native(room: RoomId) -> Scope {
+        Scope::in_room(Space::NATIVE, room)
+    }
+
+    /// A room of the dialect with that space.
+    pub fn in_room(space: Space, room: RoomId) -> Scope {
+        Scope {
+            space,
+            room: Some(room),
+        }
+    }
+
+    /// A whole dialect without rooms (never `Space::NATIVE`, whose rooms are written bare).
+    pub fn whole(space: Space) -> Scope {
+        assert!(space != Space::NATIVE, "native scopes have a room");
+        Scope { space, room: None }
+    }
+
+    pub fn space(&self) -> Space {
+        self.space
+    }
+
     /// The room, for the dialects that have rooms.
     pub fn room(&self) -> Option<&RoomId> {
-        match self {
-            Scope::Native(room) | Scope::SocketIo(room) => Some(room),
-            Scope::PlainWs => None,
-        }
+        self.room.as_ref()
     }
 
     /// Parses the form `Display` writes (the part of a TURN username after `@`).
     pub fn parse(s: &str) -> Option<Scope> {
-        if s == "ws/" {
-            return Some(Scope::PlainWs);
+        let Some((tag, room)) = s.split_once('/') else {
+            return RoomId::parse(s).ok().map(Scope::native);
+        };
+        let space = Space::parse(tag)?;
+        if room.is_empty() {
+            return Some(Scope::whole(space));
         }
-        if let Some(room) = s.strip_prefix("sio/") {
-            return RoomId::parse(room).ok().map(Scope::SocketIo);
-        }
-        RoomId::parse(s).ok().map(Scope::Native)
+        RoomId::parse(room)
+            .ok()
+            .map(|room| Scope::in_room(space, room))
     }
 }
 
-/// The form a username carries (and logs show): `<room>`, `sio/<room>` or `ws/`.
+/// The form a username carries (and logs show): `<room>`, `<tag>/<room>` or `<tag>/`.
 impl std::fmt::Display for Scope {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Scope::Native(room) => f.write_str(room.as_str()),
-            Scope::SocketIo(room) => write!(f, "sio/{}", room.as_str()),
-            Scope::PlainWs => f.write_str("ws/"),
+        let room = self.room.as_ref().map_or("", RoomId::as_str);
+        match self.space.len {
+            0 => f.write_str(room),
+            _ => write!(f, "{}/{room}", self.space.as_str()),
         }
     }
 }

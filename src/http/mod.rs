@@ -17,7 +17,6 @@ use axum::routing::{MethodRouter, get};
 
 use crate::model::RoomId;
 use crate::routes::Route;
-use crate::signaling::stats::DialectKind;
 use crate::state::AppState;
 
 const PAGE: &str = include_str!("../../static/index.html");
@@ -68,7 +67,7 @@ fn handler(route: Route) -> Option<MethodRouter<Arc<AppState>>> {
 /// The plain-WebSocket dialect alone, for plain `ws://` listeners.
 pub fn legacy_router(state: Arc<AppState>) -> Router {
     let router = Router::new().fallback(not_found);
-    match state.dialects.get(DialectKind::PlainWs) {
+    match state.dialects.get(crate::signaling::legacy::NAME) {
         Some(dialect) => Arc::clone(dialect).mount(router, &state),
         None => router,
     }

@@ -1,15 +1,15 @@
 //! `Dialect`: what each signaling dialect offers the rest of the server, so that the
 //! state, the admin API, the metrics, TURN's membership check and a reload go over every
 //! dialect without naming one. `Dialects::new` is the one place that lists them: a new
-//! dialect is its own module implementing this trait, plus one line there (and its
-//! `DialectKind` label and `Scope` variant).
+//! dialect is its own module implementing this trait (with its name, its `Space` in TURN
+//! credentials, its message types for metrics), plus one line there.
 
 use std::fmt;
 use std::sync::Arc;
 
 use axum::Router;
 
-use super::stats::{Counts, DialectKind};
+use super::stats::Counts;
 use crate::config::SignalingConfig;
 use crate::model::{PeerId, PeerInfo, RoomId, Scope};
 use crate::state::AppState;
@@ -17,14 +17,14 @@ use crate::turn::Membership;
 
 /// One signaling dialect: its endpoints, its peers and rooms, and its live limits.
 pub trait Dialect: Send + Sync + fmt::Debug {
-    /// Its name in metrics and the admin API.
-    fn kind(&self) -> DialectKind;
+    /// Its name in metrics and the admin API (`native`, `plain_ws`, `socketio`).
+    fn name(&self) -> &'static str;
     /// Mounts its endpoints on `router`: routes, or a layer around what is mounted before.
     fn mount(self: Arc<Self>, router: Router, app: &Arc<AppState>) -> Router;
     /// Every peer right now, with the scope (dialect and room) its credentials name;
     /// members of a room in the order they joined, rooms sorted by name.
     fn peers(&self) -> Vec<(Scope, PeerInfo)>;
-    /// Rooms and peers right now.
+    /// Rooms and peers right now, and its counters.
     fn counts(&self) -> Counts;
     /// Removes every member of `room` and disconnects their sockets; returns who was removed.
     fn close_room(&self, room: &RoomId) -> Vec<PeerId>;
@@ -62,9 +62,9 @@ impl Dialects {
         self.0.iter()
     }
 
-    /// The dialect of that kind.
-    pub fn get(&self, kind: DialectKind) -> Option<&Arc<dyn Dialect>> {
-        self.0.iter().find(|d| d.kind() == kind)
+    /// The dialect of that name.
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn Dialect>> {
+        self.0.iter().find(|d| d.name() == name)
     }
 
     /// Whether `peer` is still in `scope`, asked of every dialect (each answers only for its
@@ -76,9 +76,9 @@ impl Dialects {
         })
     }
 
-    /// Rooms and peers of each dialect.
-    pub fn counts(&self) -> Vec<(DialectKind, Counts)> {
-        self.iter().map(|d| (d.kind(), d.counts())).collect()
+    /// Each dialect's name and counts.
+    pub fn counts(&self) -> Vec<(&'static str, Counts)> {
+        self.iter().map(|d| (d.name(), d.counts())).collect()
     }
 }
 
@@ -142,15 +142,27 @@ mod tests {
             .join(info, &room, Arc::new(Quiet), Box::new(|_| {}))
             .unwrap();
 
-        assert!(member(&Scope::PlainWs, &user));
-        assert!(member(&Scope::Native(room.clone()), &id));
+        assert!(member(
+            &Scope::whole(crate::signaling::legacy::SPACE),
+            &user
+        ));
+        assert!(member(&Scope::native(room.clone()), &id));
         // Neither keeps a credential of another dialect alive.
-        assert!(!member(&Scope::Native(room.clone()), &user));
-        assert!(!member(&Scope::PlainWs, &id));
-        assert!(!member(&Scope::SocketIo(room.clone()), &id));
+        assert!(!member(&Scope::native(room.clone()), &user));
+        assert!(!member(&Scope::whole(crate::signaling::legacy::SPACE), &id));
+        assert!(!member(
+            &Scope::in_room(crate::signaling::sio::SPACE, room.clone()),
+            &id
+        ));
         // A kick through the dialect ends it, as a logout does.
-        assert_eq!(legacy.kick(&user), Some(Scope::PlainWs));
-        assert!(!member(&Scope::PlainWs, &user));
+        assert_eq!(
+            legacy.kick(&user),
+            Some(Scope::whole(crate::signaling::legacy::SPACE))
+        );
+        assert!(!member(
+            &Scope::whole(crate::signaling::legacy::SPACE),
+            &user
+        ));
         assert_eq!(
             dialects
                 .counts()

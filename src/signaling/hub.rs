@@ -9,7 +9,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::protocol::{Payload, PeerId, PeerInfo, RoomId};
+use axum::extract::ws::Utf8Bytes;
+
+use super::protocol::{PeerId, PeerInfo, RoomId};
 use super::registry::{Event, Member, Registry, To, Welcome};
 use super::room::{JoinError, Joined, Left, Rooms, RouteError};
 use super::signal::Eviction;
@@ -91,7 +93,7 @@ impl Registry for Hub {
         from: &PeerId,
         to: To<'_>,
         event: &str,
-        data: &Payload,
+        data: &Utf8Bytes,
     ) -> Result<(), RouteError> {
         let message = Event::Message { from, event, data };
         let one = |inner: &Inner, to: &PeerId| {
@@ -231,7 +233,7 @@ mod tests {
             self.push(match event {
                 Event::PeerJoined(p) => format!("joined {}", p.name.as_deref().unwrap_or("")),
                 Event::PeerLeft(_) => "left".to_owned(),
-                Event::Message { event, data, .. } => format!("{event} {}", data.as_json()),
+                Event::Message { event, data, .. } => format!("{event} {}", data.as_str()),
             });
         }
         fn evict(&self, why: Eviction) {
@@ -262,8 +264,8 @@ mod tests {
         )
     }
 
-    fn data(json: &str) -> Payload {
-        serde_json::from_str(json).unwrap()
+    fn data(json: &'static str) -> Utf8Bytes {
+        Utf8Bytes::from_static(json)
     }
 
     #[test]

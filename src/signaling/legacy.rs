@@ -27,14 +27,14 @@ use super::dialect::Dialect;
 use super::gate::Gate;
 use super::hub::Hub;
 use super::outbox::Outbox;
-use super::protocol::{self, ErrorCode, Payload, PeerId};
+use super::protocol::{self, ErrorCode, PeerId};
 use super::registry::{Event, Member, Registry, To, Welcome};
 use super::room::{Joined, Rooms, RouteError};
 use super::signal::Eviction;
 use super::socket::{Socket, Upgrade};
-use super::stats::{Counts, DialectKind, MessageType};
+use super::stats::{Counts, DialectStats};
 use crate::config::SignalingConfig;
-use crate::model::{PeerInfo, RoomId, Scope};
+use crate::model::{PeerInfo, RoomId, Scope, Space};
 use crate::state::AppState;
 
 /// Who is logged in: one `Registry` room of uniquely named users (`Rooms::directory`),
@@ -43,10 +43,29 @@ use crate::state::AppState;
 pub struct Directory {
     registry: Arc<dyn Registry>,
     partners: Mutex<HashMap<PeerId, Partner, foldhash::fast::RandomState>>,
+    stats: DialectStats<PlainMessage>,
+}
+
+/// This dialect's name in metrics and the admin API.
+pub const NAME: &str = "plain_ws";
+
+crate::labels! {
+    /// Client messages of the plain-WebSocket dialect, by `type`.
+    pub PlainMessage {
+        Login => "login",
+        Offer => "offer",
+        Answer => "answer",
+        Candidate => "candidate",
+        Leave => "leave",
+        Invalid => "invalid",
+    }
 }
 
 /// The name a session last exchanged an offer or answer with.
 type Partner = Arc<Mutex<Option<String>>>;
+
+/// This dialect's credentials: `ws/`, the dialect alone (it has no rooms).
+pub const SPACE: Space = Space::new("ws");
 
 /// The registry room every user of this dialect is in.
 static USERS: std::sync::LazyLock<RoomId> =
@@ -66,6 +85,7 @@ impl Directory {
         Directory {
             registry,
             partners: Mutex::default(),
+            stats: DialectStats::default(),
         }
     }
 
@@ -96,8 +116,7 @@ impl Directory {
 
     /// Sends the frame `frame` (of type `kind`) from `from` to the user called `to`.
     fn send(&self, from: &PeerId, to: &str, kind: &str, frame: String) -> Result<(), RouteError> {
-        let data = Payload::from_json(frame).expect("frames are built from valid JSON");
-        self.registry.send(from, To::Named(to), kind, &data)
+        self.registry.send(from, To::Named(to), kind, &frame.into())
     }
 
     /// Tells `peer`'s partner `leave`, once, while `peer` is still logged in.
@@ -122,7 +141,7 @@ struct Frames(Arc<Outbox>);
 impl Member for Frames {
     fn deliver(&self, event: Event<'_>) {
         if let Event::Message { data, .. } = event {
-            self.0.deliver(data.as_json().to_owned().into());
+            self.0.deliver(data.clone());
         }
     }
 
@@ -133,8 +152,8 @@ impl Member for Frames {
 
 /// The plain-WebSocket dialect: users, no rooms. Its credentials name the dialect alone.
 impl Dialect for Directory {
-    fn kind(&self) -> DialectKind {
-        DialectKind::PlainWs
+    fn name(&self) -> &'static str {
+        NAME
     }
 
     fn mount(self: Arc<Self>, router: Router, app: &Arc<AppState>) -> Router {
@@ -148,17 +167,14 @@ impl Dialect for Directory {
             .rooms()
             .into_iter()
             .flat_map(|(_, users)| users)
-            .map(|user| (Scope::PlainWs, user))
+            .map(|user| (Scope::whole(SPACE), user))
             .collect();
         peers.sort_by(|a, b| a.1.name.cmp(&b.1.name));
         peers
     }
 
     fn counts(&self) -> Counts {
-        Counts {
-            rooms: 0,
-            peers: self.online(),
-        }
+        self.stats.counts(None, self.online())
     }
 
     fn close_room(&self, _room: &RoomId) -> Vec<PeerId> {
@@ -168,11 +184,11 @@ impl Dialect for Directory {
     /// Frees the name at once (its partner told `leave`) and closes the socket.
     fn kick(&self, peer: &PeerId) -> Option<Scope> {
         self.tell_partner(peer);
-        self.registry.kick(peer).map(|_| Scope::PlainWs)
+        self.registry.kick(peer).map(|_| Scope::whole(SPACE))
     }
 
     fn is_member(&self, scope: &Scope, peer: &PeerId) -> bool {
-        matches!(scope, Scope::PlainWs) && self.registry.is_member(&USERS, peer)
+        *scope == Scope::whole(SPACE) && self.registry.is_member(&USERS, peer)
     }
 
     fn set_limits(&self, _cfg: &SignalingConfig) {}
@@ -191,7 +207,7 @@ async fn upgrade(
         Err(refused) => return *refused,
     };
     let tasks = app.tasks.clone();
-    app.metrics.connections.inc(DialectKind::PlainWs);
+    directory.stats.connections.inc();
     socket.on_upgrade(move |socket| {
         let peer = PeerId::random();
         let span = info_span!("legacy", %remote, peer_id = %peer, name = tracing::field::Empty);
@@ -286,13 +302,13 @@ impl Session {
             }
         };
         let kind = string(data.kind).unwrap_or_default();
-        metrics.messages.inc(match kind.as_str() {
-            "login" => MessageType::Login,
-            "offer" => MessageType::Offer,
-            "answer" => MessageType::Answer,
-            "candidate" => MessageType::Candidate,
-            "leave" => MessageType::Leave,
-            _ => MessageType::Invalid,
+        self.directory.stats.messages.inc(match kind.as_str() {
+            "login" => PlainMessage::Login,
+            "offer" => PlainMessage::Offer,
+            "answer" => PlainMessage::Answer,
+            "candidate" => PlainMessage::Candidate,
+            "leave" => PlainMessage::Leave,
+            _ => PlainMessage::Invalid,
         });
         match kind.as_str() {
             "login" => self.login(&data),
@@ -315,7 +331,7 @@ impl Session {
         // no native or socket.io room can name, with no per-room quota.
         let (ice_servers, ice_ttl_s) =
             self.app
-                .ice_servers_for(&self.peer, &Scope::PlainWs, &self.request_host);
+                .ice_servers_for(&self.peer, &Scope::whole(SPACE), &self.request_host);
         let user = PeerInfo {
             id: self.peer.clone(),
             name: Some(name.to_owned()),
@@ -334,7 +350,7 @@ impl Session {
         };
         tracing::Span::current().record("name", name);
         info!("logged in");
-        self.app.metrics.joins.inc(DialectKind::PlainWs);
+        self.directory.stats.joins.inc();
         self.name = Some(name.to_owned());
         self.partner = Some(partner);
         Next::Nothing
@@ -392,7 +408,7 @@ impl Session {
         }
         self.partner = None;
         self.directory.logout(&self.peer);
-        self.app.peer_left(&Scope::PlainWs, &self.peer);
+        self.app.peer_left(&Scope::whole(SPACE), &self.peer);
         info!("logged out");
     }
 }
@@ -503,7 +519,7 @@ mod tests {
         );
         *partner.lock().unwrap() = Some("bob".to_owned());
 
-        assert_eq!(directory.kick(&first), Some(Scope::PlainWs));
+        assert_eq!(directory.kick(&first), Some(Scope::whole(SPACE)));
         assert!(kicked.signal.is_closed());
         assert_eq!(bob_got.try_recv().unwrap().as_str(), LEAVE);
         // The name is free at once, and someone else takes it...
@@ -512,7 +528,7 @@ mod tests {
         // ...which the kicked session's own logout, when its task ends, leaves alone.
         directory.logout(&first);
         assert!(bob_got.try_recv().is_err(), "bob was told once");
-        assert!(directory.is_member(&Scope::PlainWs, &second));
+        assert!(directory.is_member(&Scope::whole(SPACE), &second));
         assert_eq!(directory.peers()[0].1.id, second);
         directory.logout(&second);
         assert_eq!(directory.online(), 1);

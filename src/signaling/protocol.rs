@@ -28,12 +28,9 @@ impl Payload {
         self.0.get()
     }
 
-    /// A payload of JSON text.
-    ///
-    /// # Errors
-    /// The text is not JSON.
-    pub fn from_json(json: String) -> Result<Payload, serde_json::Error> {
-        RawValue::from_string(json).map(Payload)
+    /// The JSON text, without a copy.
+    pub fn into_json(self) -> String {
+        Box::<str>::from(self.0).into()
     }
 }
 
@@ -243,16 +240,20 @@ pub fn encode(msg: &ServerMsg) -> String {
     serde_json::to_string(msg).expect("server messages always serialize")
 }
 
-/// The text of `ServerMsg::Signal { from, payload }`, from borrowed parts: a message
-/// delivered to several members is not copied for each.
-pub fn encode_signal(from: &PeerId, payload: &Payload) -> String {
-    #[derive(Serialize)]
-    #[serde(tag = "type", rename = "signal")]
-    struct Signal<'a> {
-        from: &'a PeerId,
-        payload: &'a Payload,
-    }
-    serde_json::to_string(&Signal { from, payload }).expect("server messages always serialize")
+/// The text of `ServerMsg::Signal { from, payload }`, from the payload's JSON text (which
+/// the sender's message was parsed from, so valid): written directly, byte for byte what
+/// serde writes (a peer id is hex, so it needs no escaping).
+pub fn encode_signal(from: &PeerId, payload: &str) -> String {
+    const HEAD: &str = r#"{"type":"signal","from":""#;
+    const MID: &str = r#"","payload":"#;
+    let from = from.as_str();
+    let mut text = String::with_capacity(HEAD.len() + from.len() + MID.len() + payload.len() + 1);
+    text.push_str(HEAD);
+    text.push_str(from);
+    text.push_str(MID);
+    text.push_str(payload);
+    text.push('}');
+    text
 }
 
 #[cfg(test)]
@@ -268,7 +269,7 @@ mod tests {
             from: from.clone(),
             payload: serde_json::from_str(payload.as_json()).unwrap(),
         };
-        assert_eq!(encode_signal(&from, &payload), encode(&owned));
+        assert_eq!(encode_signal(&from, payload.as_json()), encode(&owned));
     }
 
     #[test]

@@ -29,7 +29,9 @@
 use std::fmt;
 use std::sync::Arc;
 
-use super::protocol::{Payload, PeerId, PeerInfo, RoomId};
+use axum::extract::ws::Utf8Bytes;
+
+use super::protocol::{PeerId, PeerInfo, RoomId};
 use super::room::{JoinError, Joined, Left, RouteError};
 use super::signal::Eviction;
 
@@ -44,11 +46,12 @@ pub enum Event<'a> {
     PeerJoined(&'a PeerInfo),
     /// Someone left the member's room.
     PeerLeft(&'a PeerId),
-    /// A message of the dialect from another member of the room.
+    /// A message of the dialect from another member of the room: `data` is JSON text,
+    /// shared by every recipient (a clone is a reference count).
     Message {
         from: &'a PeerId,
         event: &'a str,
-        data: &'a Payload,
+        data: &'a Utf8Bytes,
     },
 }
 
@@ -88,7 +91,8 @@ pub trait Registry: Send + Sync + fmt::Debug {
     ) -> Result<Joined, JoinError>;
     /// Removes `peer` from its room; the others are told `peer_left`.
     fn leave(&self, peer: &PeerId) -> Option<Left>;
-    /// Delivers the dialect message `event` with `data` from `from` to `to` in its room.
+    /// Delivers the dialect message `event` with `data` (JSON text) from `from` to `to` in
+    /// its room.
     ///
     /// # Errors
     /// The sender is in no room, or `to` names nobody else in it.
@@ -97,7 +101,7 @@ pub trait Registry: Send + Sync + fmt::Debug {
         from: &PeerId,
         to: To<'_>,
         event: &str,
-        data: &Payload,
+        data: &Utf8Bytes,
     ) -> Result<(), RouteError>;
     /// The room `peer` is in.
     fn room_of(&self, peer: &PeerId) -> Option<RoomId>;

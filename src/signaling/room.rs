@@ -61,7 +61,7 @@ pub struct Rooms {
     /// foldhash: peer ids are server-made random ids (room names, chosen by clients, keep SipHash).
     membership: HashMap<PeerId, RoomId, foldhash::fast::RandomState>,
     /// Each named member by room and name, when names are unique in a room (`with_unique_names`).
-    names: Option<HashMap<(RoomId, String), PeerId>>,
+    names: Option<HashMap<RoomId, HashMap<String, PeerId>>>,
     /// Whether members are told of each other's joins and leaves (not in a `directory`).
     presence: bool,
 }
@@ -102,16 +102,11 @@ impl Rooms {
         if self.membership.contains_key(&peer.id) {
             return Err(JoinError::AlreadyJoined);
         }
-        let name_key = match (&self.names, &peer.name) {
-            (Some(names), Some(name)) => {
-                let key = (room_id.clone(), name.clone());
-                if names.contains_key(&key) {
-                    return Err(JoinError::NameTaken);
-                }
-                Some(key)
-            }
-            _ => None,
-        };
+        if let (Some(names), Some(name)) = (&self.names, &peer.name)
+            && names.get(room_id).is_some_and(|n| n.contains_key(name))
+        {
+            return Err(JoinError::NameTaken);
+        }
         let created = !self.rooms.contains_key(room_id);
         if created && self.rooms.len() >= self.max_rooms {
             return Err(JoinError::TooManyRooms);
@@ -126,8 +121,9 @@ impl Rooms {
             Vec::new()
         };
         self.membership.insert(peer.id.clone(), room_id.clone());
-        if let (Some(names), Some(key)) = (&mut self.names, name_key) {
-            names.insert(key, peer.id.clone());
+        if let (Some(names), Some(name)) = (&mut self.names, &peer.name) {
+            let room = names.entry(room_id.clone()).or_default();
+            room.insert(name.clone(), peer.id.clone());
         }
         room.members.push(peer);
         Ok(Joined { others, created })
@@ -148,8 +144,12 @@ impl Rooms {
                 name: Some(name), ..
             }),
         ) = (&mut self.names, gone)
+            && let Some(room) = names.get_mut(&room_id)
         {
-            names.remove(&(room_id.clone(), name));
+            room.remove(&name);
+            if room.is_empty() {
+                names.remove(&room_id);
+            }
         }
         let others: Vec<PeerId> = if self.presence {
             room.members.iter().map(|m| m.id.clone()).collect()
@@ -187,7 +187,7 @@ impl Rooms {
         let room = self.membership.get(from).ok_or(RouteError::NotJoined)?;
         self.names
             .as_ref()
-            .and_then(|names| names.get(&(room.clone(), name.to_owned())))
+            .and_then(|names| names.get(room)?.get(name))
             .cloned()
             .ok_or(RouteError::UnknownPeer)
     }

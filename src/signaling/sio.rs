@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use socketioxide::SocketIo;
 use socketioxide::extract::{Data, SocketRef, State};
@@ -28,14 +29,17 @@ use super::dialect::Dialect;
 use super::gate::{Gate, Refused};
 use super::hub::Hub;
 use super::limits::ConnectionGuard;
-use super::protocol::{ErrorCode, Payload, PeerId, PeerInfo, RoomId};
+use super::protocol::{ErrorCode, PeerId, PeerInfo, RoomId};
 use super::registry::{Event, Member, Registry, To};
 use super::room::{JoinError, Joined, Rooms};
 use super::signal::Eviction;
-use super::stats::{Counts, DialectKind, MessageType, Refusal};
+use super::stats::{Counts, DialectStats, Refusal};
 use crate::config::SignalingConfig;
-use crate::model::Scope;
+use crate::model::{Scope, Space};
 use crate::state::AppState;
+
+/// This dialect's credentials: `sio/<room>`.
+pub const SPACE: Space = Space::new("sio");
 
 /// The socket.io dialect: its rooms (a `Registry`), and each connected socket.
 #[derive(Debug)]
@@ -43,6 +47,24 @@ pub struct SioRooms {
     registry: Arc<dyn Registry>,
     /// Each connected socket.
     peers: Mutex<HashMap<Sid, Peer>>,
+    stats: DialectStats<SioMessage>,
+}
+
+/// This dialect's name in metrics and the admin API.
+pub const NAME: &str = "socketio";
+
+crate::labels! {
+    /// Events of the two socket.io tutorials.
+    pub SioMessage {
+        CreateOrJoin => "create_or_join",
+        Join => "join",
+        Message => "message",
+        StartCall => "start_call",
+        WebrtcOffer => "webrtc_offer",
+        WebrtcAnswer => "webrtc_answer",
+        WebrtcIceCandidate => "webrtc_ice_candidate",
+        Ipaddr => "ipaddr",
+    }
 }
 
 #[derive(Debug)]
@@ -70,6 +92,9 @@ impl std::fmt::Debug for SioMember {
 impl Member for SioMember {
     fn deliver(&self, event: Event<'_>) {
         if let Event::Message { event, data, .. } = event {
+            let Ok(data) = serde_json::from_str::<&RawValue>(data) else {
+                return; // every sender here writes a serialized `Value`
+            };
             // `emit` queues on the socket's bounded channel without waiting.
             if let Err(SendError::Socket(SocketError::InternalChannelFull)) =
                 self.0.emit(event, data)
@@ -100,6 +125,7 @@ impl SioRooms {
         SioRooms {
             registry,
             peers: Mutex::default(),
+            stats: DialectStats::default(),
         }
     }
 
@@ -145,8 +171,8 @@ impl SioRooms {
 
 /// The socket.io dialect: its rooms, and each connected socket.
 impl Dialect for SioRooms {
-    fn kind(&self) -> DialectKind {
-        DialectKind::SocketIo
+    fn name(&self) -> &'static str {
+        NAME
     }
 
     /// socket.io's layer, around everything mounted before (it answers under `/socket.io/`
@@ -162,14 +188,14 @@ impl Dialect for SioRooms {
             .flat_map(|(room, members)| {
                 members
                     .into_iter()
-                    .map(move |p| (Scope::SocketIo(room.clone()), p))
+                    .map(move |p| (Scope::in_room(SPACE, room.clone()), p))
             })
             .collect()
     }
 
     fn counts(&self) -> Counts {
         let (rooms, peers) = self.registry.counts();
-        Counts { rooms, peers }
+        self.stats.counts(Some(rooms), peers)
     }
 
     fn close_room(&self, room: &RoomId) -> Vec<PeerId> {
@@ -179,11 +205,14 @@ impl Dialect for SioRooms {
     fn kick(&self, peer: &PeerId) -> Option<Scope> {
         self.registry
             .kick(peer)
-            .map(|left| Scope::SocketIo(left.room))
+            .map(|left| Scope::in_room(SPACE, left.room))
     }
 
     fn is_member(&self, scope: &Scope, peer: &PeerId) -> bool {
-        matches!(scope, Scope::SocketIo(room) if self.registry.is_member(room, peer))
+        scope.space() == SPACE
+            && scope
+                .room()
+                .is_some_and(|room| self.registry.is_member(room, peer))
     }
 
     fn set_limits(&self, cfg: &SignalingConfig) {
@@ -237,7 +266,7 @@ async fn admit(s: SocketRef, State(app): App) -> Result<(), String> {
         .map_err(|refused| format!("connection refused with HTTP status {}", refused.status()))?;
     let live = app.live();
     let s_cfg = &live.signaling;
-    app.metrics.connections.inc(DialectKind::SocketIo);
+    app.sio.stats.connections.inc();
     app.sio.connect(
         s.id,
         Peer {
@@ -272,7 +301,7 @@ fn register(s: &SocketRef) {
     s.on_disconnect(async |s: SocketRef, State(app): App| {
         if let Some((room, peer)) = app.sio.disconnect(s.id) {
             info!(sid = %s.id, %room, "socket.io peer left");
-            app.peer_left(&Scope::SocketIo(room), &peer);
+            app.peer_left(&Scope::in_room(SPACE, room), &peer);
         }
     });
 }
@@ -293,7 +322,7 @@ fn sender(app: &Ctx, s: &SocketRef, claimed: Option<&str>) -> Option<PeerId> {
 
 /// Sends `event` with `data` to the other members of the sender's room.
 fn broadcast(app: &Ctx, from: &PeerId, event: &str, data: &Value) {
-    let data = Payload::from(data.clone());
+    let data = data.to_string().into();
     let _ = app.sio.registry.send(from, To::Others, event, &data);
 }
 
@@ -377,7 +406,7 @@ fn join(
         return Err(NotJoined::Answered);
     }
     let (ice_servers, ice_ttl_s) =
-        app.ice_servers_for(&peer, &Scope::SocketIo(room_id.clone()), &host);
+        app.ice_servers_for(&peer, &Scope::in_room(SPACE, room_id.clone()), &host);
     let welcome = |joined: &Joined| {
         let _ = s.emit(
             "ice_servers",
@@ -406,7 +435,7 @@ fn join(
             // A join racing another from the same socket; socket.io rooms have no names.
             JoinError::AlreadyJoined | JoinError::NameTaken => NotJoined::Answered,
         })?;
-    app.metrics.joins.inc(DialectKind::SocketIo);
+    app.sio.stats.joins.inc();
     let before = joined.others.len();
     info!(sid = %s.id, room, members = before + 1, "socket.io peer joined");
     Ok((peer, before))
@@ -419,7 +448,7 @@ fn log(app: &Ctx, s: &SocketRef, line: String) {
 }
 
 async fn create_or_join(s: SocketRef, Data(room): Data<String>, State(app): App) {
-    app.metrics.messages.inc(MessageType::CreateOrJoin);
+    app.sio.stats.messages.inc(SioMessage::CreateOrJoin);
     if !gate(&app, &s) {
         return;
     }
@@ -452,7 +481,7 @@ async fn create_or_join(s: SocketRef, Data(room): Data<String>, State(app): App)
 }
 
 async fn join_video_room(s: SocketRef, Data(room): Data<String>, State(app): App) {
-    app.metrics.messages.inc(MessageType::Join);
+    app.sio.stats.messages.inc(SioMessage::Join);
     if !gate(&app, &s) {
         return;
     }
@@ -470,7 +499,7 @@ async fn join_video_room(s: SocketRef, Data(room): Data<String>, State(app): App
 }
 
 async fn message(s: SocketRef, Data(msg): Data<Value>, State(app): App) {
-    app.metrics.messages.inc(MessageType::Message);
+    app.sio.stats.messages.inc(SioMessage::Message);
     if !gate(&app, &s) {
         return;
     }
@@ -483,7 +512,7 @@ async fn message(s: SocketRef, Data(msg): Data<Value>, State(app): App) {
 }
 
 async fn ipaddr(s: SocketRef, State(app): App) {
-    app.metrics.messages.inc(MessageType::Ipaddr);
+    app.sio.stats.messages.inc(SioMessage::Ipaddr);
     if !gate(&app, &s) {
         return;
     }
@@ -493,7 +522,7 @@ async fn ipaddr(s: SocketRef, State(app): App) {
 }
 
 async fn start_call(s: SocketRef, Data(room): Data<String>, State(app): App) {
-    app.metrics.messages.inc(MessageType::StartCall);
+    app.sio.stats.messages.inc(SioMessage::StartCall);
     if !gate(&app, &s) {
         return;
     }
@@ -503,7 +532,7 @@ async fn start_call(s: SocketRef, Data(room): Data<String>, State(app): App) {
 }
 
 async fn webrtc_offer(s: SocketRef, Data(data): Data<Value>, State(app): App) {
-    app.metrics.messages.inc(MessageType::WebrtcOffer);
+    app.sio.stats.messages.inc(SioMessage::WebrtcOffer);
     if !gate(&app, &s) {
         return;
     }
@@ -511,7 +540,7 @@ async fn webrtc_offer(s: SocketRef, Data(data): Data<Value>, State(app): App) {
 }
 
 async fn webrtc_answer(s: SocketRef, Data(data): Data<Value>, State(app): App) {
-    app.metrics.messages.inc(MessageType::WebrtcAnswer);
+    app.sio.stats.messages.inc(SioMessage::WebrtcAnswer);
     if !gate(&app, &s) {
         return;
     }
@@ -519,7 +548,7 @@ async fn webrtc_answer(s: SocketRef, Data(data): Data<Value>, State(app): App) {
 }
 
 async fn webrtc_ice_candidate(s: SocketRef, Data(data): Data<Value>, State(app): App) {
-    app.metrics.messages.inc(MessageType::WebrtcIceCandidate);
+    app.sio.stats.messages.inc(SioMessage::WebrtcIceCandidate);
     if !gate(&app, &s) {
         return;
     }

@@ -29,9 +29,9 @@ use super::registry::{Event, Member, Registry, To};
 use super::room::{JoinError, Joined, Rooms, RouteError};
 use super::signal::Eviction;
 use super::socket::{Socket, Upgrade};
-use super::stats::{Counts, DialectKind, MessageType, Refusal};
+use super::stats::{Counts, DialectStats, Refusal};
 use crate::config::SignalingConfig;
-use crate::model::Scope;
+use crate::model::{Scope, Space};
 use crate::routes::Route;
 use crate::state::AppState;
 
@@ -39,6 +39,21 @@ use crate::state::AppState;
 #[derive(Debug)]
 pub struct Native {
     registry: Arc<dyn Registry>,
+    stats: DialectStats<NativeMessage>,
+}
+
+/// This dialect's name in metrics and the admin API.
+pub const NAME: &str = "native";
+
+crate::labels! {
+    /// Client messages of the native protocol, by `type`.
+    pub NativeMessage {
+        Join => "join",
+        Signal => "signal",
+        Leave => "leave",
+        Ping => "ping",
+        Invalid => "invalid",
+    }
 }
 
 impl Native {
@@ -51,7 +66,10 @@ impl Native {
     }
 
     pub fn with_registry(registry: Arc<dyn Registry>) -> Native {
-        Native { registry }
+        Native {
+            registry,
+            stats: DialectStats::default(),
+        }
     }
 
     #[cfg(test)]
@@ -61,8 +79,8 @@ impl Native {
 }
 
 impl Dialect for Native {
-    fn kind(&self) -> DialectKind {
-        DialectKind::Native
+    fn name(&self) -> &'static str {
+        NAME
     }
 
     fn mount(self: Arc<Self>, router: Router, app: &Arc<AppState>) -> Router {
@@ -79,14 +97,14 @@ impl Dialect for Native {
             .flat_map(|(room, members)| {
                 members
                     .into_iter()
-                    .map(move |p| (Scope::Native(room.clone()), p))
+                    .map(move |p| (Scope::native(room.clone()), p))
             })
             .collect()
     }
 
     fn counts(&self) -> Counts {
         let (rooms, peers) = self.registry.counts();
-        Counts { rooms, peers }
+        self.stats.counts(Some(rooms), peers)
     }
 
     fn close_room(&self, room: &RoomId) -> Vec<PeerId> {
@@ -96,11 +114,14 @@ impl Dialect for Native {
     fn kick(&self, peer: &PeerId) -> Option<Scope> {
         self.registry
             .kick(peer)
-            .map(|left| Scope::Native(left.room))
+            .map(|left| Scope::native(left.room))
     }
 
     fn is_member(&self, scope: &Scope, peer: &PeerId) -> bool {
-        matches!(scope, Scope::Native(room) if self.registry.is_member(room, peer))
+        scope.space() == Space::NATIVE
+            && scope
+                .room()
+                .is_some_and(|room| self.registry.is_member(room, peer))
     }
 
     fn set_limits(&self, cfg: &SignalingConfig) {
@@ -123,7 +144,7 @@ impl Member for NativeMember {
                 peer_id: peer_id.clone(),
             }),
             // The native dialect has one message, `signal`.
-            Event::Message { from, data, .. } => protocol::encode_signal(from, data),
+            Event::Message { from, data, .. } => protocol::encode_signal(from, data.as_str()),
         };
         self.0.deliver(frame.into());
     }
@@ -146,7 +167,7 @@ async fn upgrade(
         Err(refused) => return *refused,
     };
     let tasks = app.tasks.clone();
-    app.metrics.connections.inc(DialectKind::Native);
+    native.stats.connections.inc();
     ws.on_upgrade(move |socket| {
         let peer_id = PeerId::random();
         let span = info_span!("ws", %remote, peer_id = %peer_id, room = tracing::field::Empty);
@@ -279,21 +300,23 @@ impl Session {
             return Answer::Error(refused.code(), refused.message());
         }
         let msg = protocol::decode(text);
-        metrics.messages.inc(match &msg {
-            Err(_) => MessageType::Invalid,
-            Ok(ClientMsg::Join { .. }) => MessageType::Join,
-            Ok(ClientMsg::Signal { .. }) => MessageType::Signal,
-            Ok(ClientMsg::Leave) => MessageType::Leave,
-            Ok(ClientMsg::Ping) => MessageType::Ping,
+        self.native.stats.messages.inc(match &msg {
+            Err(_) => NativeMessage::Invalid,
+            Ok(ClientMsg::Join { .. }) => NativeMessage::Join,
+            Ok(ClientMsg::Signal { .. }) => NativeMessage::Signal,
+            Ok(ClientMsg::Leave) => NativeMessage::Leave,
+            Ok(ClientMsg::Ping) => NativeMessage::Ping,
         });
         match msg {
             Err(message) => Answer::Error(ErrorCode::BadRequest, message),
             Ok(ClientMsg::Join { room, name }) => self.join(&room, name),
             Ok(ClientMsg::Signal { to, payload }) => {
-                let sent =
-                    self.native
-                        .registry
-                        .send(&self.peer_id, To::Peer(&to), "signal", &payload);
+                let sent = self.native.registry.send(
+                    &self.peer_id,
+                    To::Peer(&to),
+                    "signal",
+                    &payload.into_json().into(),
+                );
                 match sent {
                     Ok(()) => Answer::None,
                     Err(RouteError::NotJoined) => Answer::Error(
@@ -338,7 +361,7 @@ impl Session {
         };
         let (ice_servers, ice_ttl_s) = self.app.ice_servers_for(
             &self.peer_id,
-            &Scope::Native(room_id.clone()),
+            &Scope::native(room_id.clone()),
             &self.request_host,
         );
         let outbox = &self.outbox;
@@ -367,7 +390,7 @@ impl Session {
                 );
                 self.room = Some(room_id);
                 self.due = Instant::now() + self.refresh_interval();
-                self.app.metrics.joins.inc(DialectKind::Native);
+                self.native.stats.joins.inc();
                 Answer::None
             }
             Err(JoinError::RoomFull) => {
@@ -404,7 +427,7 @@ impl Session {
             && let Some(left) = self.native.registry.leave(&self.peer_id)
         {
             info!(room = %left.room, closed = left.closed, "left");
-            self.app.peer_left(&Scope::Native(left.room), &self.peer_id);
+            self.app.peer_left(&Scope::native(left.room), &self.peer_id);
         }
     }
 
@@ -423,7 +446,7 @@ impl Session {
         let room = self.room.as_ref()?;
         let (ice_servers, ttl) = self.app.ice_servers_for(
             &self.peer_id,
-            &Scope::Native(room.clone()),
+            &Scope::native(room.clone()),
             &self.request_host,
         );
         Some(ServerMsg::IceServers {

@@ -224,6 +224,10 @@ impl NonceKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Space;
+
+    const SIO: Space = Space::new("sio");
+    const WS: Space = Space::new("ws");
 
     #[test]
     fn room_credentials_are_scoped_to_their_room() {
@@ -259,7 +263,7 @@ mod tests {
     fn peer_usernames_round_trip_to_their_owner() {
         let room = RoomId::parse("team-1").unwrap();
         let peer = PeerId::random();
-        let scope = Scope::Native(room);
+        let scope = Scope::native(room);
         let username = peer_username(1_700_000_600, &scope, &peer);
         assert_eq!(
             username,
@@ -285,9 +289,9 @@ mod tests {
         let owner = |username: &str| lookup(username, &s, &[]).unwrap().owner;
         let room = RoomId::parse("team").unwrap();
         for scope in [
-            Scope::Native(room.clone()),
-            Scope::SocketIo(room.clone()),
-            Scope::PlainWs,
+            Scope::native(room.clone()),
+            Scope::in_room(SIO, room.clone()),
+            Scope::whole(WS),
         ] {
             let username = peer_username(1000, &scope, &peer);
             assert_eq!(
@@ -299,11 +303,11 @@ mod tests {
             );
         }
         assert_eq!(
-            peer_username(1000, &Scope::SocketIo(room.clone()), &peer),
+            peer_username(1000, &Scope::in_room(SIO, room.clone()), &peer),
             format!("1000:{peer}@sio/team")
         );
         assert_eq!(
-            peer_username(1000, &Scope::PlainWs, &peer),
+            peer_username(1000, &Scope::whole(WS), &peer),
             format!("1000:{peer}@ws/")
         );
         // The pseudo-room the plain-WebSocket dialect used to name is a native room like any.
@@ -311,17 +315,33 @@ mod tests {
         assert_eq!(
             owner(&format!("1000:{peer}@_ws-legacy")),
             Owner::Peer {
-                scope: Scope::Native(legacy),
+                scope: Scope::native(legacy),
                 peer: peer.clone()
             }
         );
-        // Nothing else with a `/` is a scope; `ws` and `sio` alone are native rooms.
-        for bad in ["sio/", "sio/a b", "ws/x", "/ws", "sio/ws/"] {
+        // A tag of a-z and `/`, then a room or nothing, is a dialect's scope (whether a
+        // dialect answers for it is the membership check's business); nothing else with a
+        // `/` is, and `ws` and `sio` alone are native rooms.
+        assert_eq!(
+            owner(&format!("1000:{peer}@ws/x")),
+            Owner::Peer {
+                scope: Scope::in_room(WS, RoomId::parse("x").unwrap()),
+                peer: peer.clone()
+            }
+        );
+        for bad in [
+            "sio/a b",
+            "/ws",
+            "sio/ws/",
+            "SIO/x",
+            "toolongtag/x",
+            "s1o/x",
+        ] {
             let user = format!("{peer}@{bad}");
             assert_eq!(owner(&format!("1000:{user}")), Owner::External(user));
         }
         for name in ["ws", "sio"] {
-            let scope = Scope::Native(RoomId::parse(name).unwrap());
+            let scope = Scope::native(RoomId::parse(name).unwrap());
             let o = owner(&format!("1000:{peer}@{name}"));
             assert_eq!(
                 o,

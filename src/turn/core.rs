@@ -217,7 +217,7 @@ enum CredentialKey {
 #[derive(Debug, Clone)]
 struct Holder {
     credential: CredentialKey,
-    /// The room of one dialect: `Scope::Native` or `Scope::SocketIo`, never `PlainWs`.
+    /// A room of one dialect, never a dialect without rooms.
     room: Option<Scope>,
     /// The client's IPv4 address, or its IPv6 network (`crate::limiter::source`).
     source: IpAddr,
@@ -233,7 +233,7 @@ impl Holder {
         // plain-WebSocket dialect and users without a room have no per-room bucket.
         let room = match owner {
             Owner::Peer { scope, .. } => scope.room().is_some().then(|| scope.clone()),
-            Owner::Room(room) => Some(Scope::Native(room.clone())),
+            Owner::Room(room) => Some(Scope::native(room.clone())),
             Owner::External(_) | Owner::Static(_) => None,
         };
         Holder {

@@ -131,7 +131,7 @@ mod tests {
         };
         let room = RoomId::parse("r").unwrap();
         let peer = PeerId::random();
-        let scope = Scope::Native(room);
+        let scope = Scope::native(room);
         let servers = offer.ice_servers(1000, &scope, &peer, "[::1]");
         assert_eq!(servers[0].urls, vec!["stun:[::1]:3478"]);
         assert_eq!(

@@ -15,6 +15,10 @@ use turn::proto::relayaddr::RelayedAddress;
 use turn::proto::reqtrans::RequestedTransport;
 
 use super::*;
+use crate::model::Space;
+
+const SIO: Space = Space::new("sio");
+const WS: Space = Space::new("ws");
 
 #[derive(Default)]
 struct FakeBinder {
@@ -425,7 +429,7 @@ fn stale_and_foreign_nonces_get_438_with_a_fresh_nonce() {
 fn peer_credentials_need_a_live_membership_for_new_allocations_only() {
     let f = fixture();
     let room = RoomId::parse("r").unwrap();
-    let scope = Scope::Native(room.clone());
+    let scope = Scope::native(room.clone());
     let peer_id = PeerId::random();
     let username = auth::peer_username(UNIX + 60, &scope, &peer_id);
     let cred = Cred(
@@ -480,7 +484,7 @@ fn peer_credentials_need_a_live_membership_for_new_allocations_only() {
     assert_eq!(code(&reply_of(f.send_at(later, t, &refresh))), Some(401));
     assert_eq!(
         f.core.close_peer(
-            &Scope::Native(room.clone()),
+            &Scope::native(room.clone()),
             &peer_id,
             CloseReason::PeerLeft
         ),
@@ -1511,7 +1515,7 @@ impl Fixture {
 #[test]
 fn a_peer_counts_once_whatever_the_expiry_of_its_credentials() {
     let f = fixture_with(|c| c.max_allocations_per_credential = 2);
-    let team = Scope::Native(RoomId::parse("team").unwrap());
+    let team = Scope::native(RoomId::parse("team").unwrap());
     let peer = f.join(&team);
     // The credential of the join, then the ones pushed at each refresh: new usernames.
     let creds: Vec<Cred> = (1..=3)
@@ -1549,7 +1553,7 @@ fn a_peer_counts_once_whatever_the_expiry_of_its_credentials() {
 #[test]
 fn allocations_per_source_count_ipv4_addresses_and_ipv6_networks() {
     let f = fixture_with(|c| c.max_allocations_per_source = 2);
-    let team = Scope::Native(RoomId::parse("team").unwrap());
+    let team = Scope::native(RoomId::parse("team").unwrap());
     // One person joining again and again: a fresh peer id, and credential, every time.
     let fresh = || peer_cred(&team, &f.join(&team), UNIX + 600);
     // Two addresses of one /64 are one source.
@@ -1681,8 +1685,8 @@ fn a_reservation_taken_at_the_quota_is_taken_and_one_refused_stays() {
 fn each_dialect_has_its_own_rooms_for_the_per_room_quota() {
     let f = fixture_with(|c| c.max_allocations_per_room = 1);
     let team = RoomId::parse("team").unwrap();
-    let native = Scope::Native(team.clone());
-    let sio = Scope::SocketIo(team.clone());
+    let native = Scope::native(team.clone());
+    let sio = Scope::in_room(SIO, team.clone());
     let a = peer_cred(&native, &f.join(&native), UNIX + 600);
     let b = peer_cred(&sio, &f.join(&sio), UNIX + 600);
     assert_eq!(code(&f.allocate(tuple(4000), &a)), None);
@@ -1712,9 +1716,9 @@ fn each_dialect_has_its_own_rooms_for_the_per_room_quota() {
 #[test]
 fn a_native_room_named_like_the_plain_websocket_dialect_is_just_a_room() {
     let f = fixture_with(|c| c.max_allocations_per_room = 1);
-    let legacy_name = Scope::Native(RoomId::parse("_ws-legacy").unwrap());
+    let legacy_name = Scope::native(RoomId::parse("_ws-legacy").unwrap());
     // A user logged in to the plain-WebSocket dialect...
-    let user = f.join(&Scope::PlainWs);
+    let user = f.join(&Scope::whole(WS));
     // ...whose peer id a native credential for the old pseudo-room names is refused: it is
     // checked against that native room, where this peer is not.
     let forged = peer_cred(&legacy_name, &user, UNIX + 600);
@@ -1725,22 +1729,22 @@ fn a_native_room_named_like_the_plain_websocket_dialect_is_just_a_room() {
     assert_eq!(code(&f.allocate(tuple(4001), &native)), None);
     // ...which the plain-WebSocket users do not share: they have no per-room bucket at all.
     for port in [4002, 4003] {
-        let cred = peer_cred(&Scope::PlainWs, &f.join(&Scope::PlainWs), UNIX + 600);
+        let cred = peer_cred(&Scope::whole(WS), &f.join(&Scope::whole(WS)), UNIX + 600);
         assert_eq!(code(&f.allocate(tuple(port), &cred)), None);
     }
-    let own = peer_cred(&Scope::PlainWs, &user, UNIX + 600);
+    let own = peer_cred(&Scope::whole(WS), &user, UNIX + 600);
     assert_eq!(code(&f.allocate(tuple(4004), &own)), None);
     assert_eq!(f.quota_refusals(Quota::Room), 0);
     // The user's allocations close in its own scope, and only there.
     let any = RoomId::parse("anything").unwrap();
     assert_eq!(
         f.core
-            .close_peer(&Scope::Native(any), &user, CloseReason::PeerLeft),
+            .close_peer(&Scope::native(any), &user, CloseReason::PeerLeft),
         0
     );
     assert_eq!(
         f.core
-            .close_peer(&Scope::PlainWs, &user, CloseReason::PeerLeft),
+            .close_peer(&Scope::whole(WS), &user, CloseReason::PeerLeft),
         1
     );
 }
