@@ -2,12 +2,13 @@
 //! socket.
 //!
 //! Every method locks, asks `Rooms` what happened, hands the resulting events to the
-//! members (which never wait), and unlocks; nothing here awaits, so a `std::sync::Mutex`
-//! is right. A member that cannot take an event evicts itself instead of slowing everyone
+//! members (which never wait), and unlocks; nothing here awaits, so a `std::sync` lock is
+//! right. It is a read-write lock: a message only reads, so the hot path never waits for
+//! another sender, only for a join or leave. A member that cannot take an event evicts itself instead of slowing everyone
 //! else; the admin API evicts members the same way.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use axum::extract::ws::Utf8Bytes;
 
@@ -18,7 +19,8 @@ use super::signal::Eviction;
 
 #[derive(Debug)]
 pub struct Hub {
-    inner: Mutex<Inner>,
+    /// Sending (the hot path) only reads: two sockets' tasks route at once.
+    inner: RwLock<Inner>,
 }
 
 #[derive(Debug)]
@@ -32,15 +34,19 @@ struct Inner {
 impl Hub {
     pub fn new(rooms: Rooms) -> Hub {
         Hub {
-            inner: Mutex::new(Inner {
+            inner: RwLock::new(Inner {
                 rooms,
                 members: HashMap::default(),
             }),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().expect("hub lock")
+    fn read(&self) -> RwLockReadGuard<'_, Inner> {
+        self.inner.read().expect("hub lock")
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Inner> {
+        self.inner.write().expect("hub lock")
     }
 }
 
@@ -70,7 +76,7 @@ impl Registry for Hub {
         member: Arc<dyn Member>,
         welcome: Welcome<'_>,
     ) -> Result<Joined, JoinError> {
-        let mut inner = self.lock();
+        let mut inner = self.write();
         let joined = inner.rooms.handle_join(peer.clone(), room)?;
         welcome(&joined);
         for other in &joined.others {
@@ -83,7 +89,7 @@ impl Registry for Hub {
     }
 
     fn leave(&self, peer: &PeerId) -> Option<Left> {
-        self.lock().leave(peer).map(|(left, _)| left)
+        self.write().leave(peer).map(|(left, _)| left)
     }
 
     /// Hands the message to its recipients after unlocking: one sender's messages come
@@ -106,7 +112,7 @@ impl Registry for Hub {
         match to {
             To::Peer(to) => {
                 let member = {
-                    let inner = self.lock();
+                    let inner = self.read();
                     inner.rooms.route(from, to)?;
                     one(&inner, to)?
                 };
@@ -114,15 +120,15 @@ impl Registry for Hub {
             }
             To::Named(name) => {
                 let member = {
-                    let inner = self.lock();
+                    let inner = self.read();
                     let to = inner.rooms.resolve(from, name)?;
-                    one(&inner, &to)?
+                    one(&inner, to)?
                 };
                 member.deliver(message);
             }
             To::Others => {
                 let members: Vec<Arc<dyn Member>> = {
-                    let inner = self.lock();
+                    let inner = self.read();
                     let others = inner.rooms.others(from)?;
                     others
                         .filter_map(|p| inner.members.get(p).cloned())
@@ -137,22 +143,22 @@ impl Registry for Hub {
     }
 
     fn room_of(&self, peer: &PeerId) -> Option<RoomId> {
-        self.lock().rooms.room_of(peer).cloned()
+        self.read().rooms.room_of(peer).cloned()
     }
 
     /// New room limits (a reload).
     fn set_limits(&self, capacity: usize, max_rooms: usize) {
-        self.lock().rooms.set_limits(capacity, max_rooms);
+        self.write().rooms.set_limits(capacity, max_rooms);
     }
 
     /// Every room with its members, sorted by name.
     fn rooms(&self) -> Vec<(RoomId, Vec<PeerInfo>)> {
-        self.lock().rooms.list()
+        self.read().rooms.list()
     }
 
     /// Removes every member of `room` and evicts them; returns who was removed.
     fn close_room(&self, room: &RoomId) -> Vec<PeerId> {
-        let mut inner = self.lock();
+        let mut inner = self.write();
         let members: Vec<PeerId> = inner
             .rooms
             .members(room)
@@ -170,7 +176,7 @@ impl Registry for Hub {
 
     /// Removes `peer` from its room (the others are told `peer_left`) and evicts it.
     fn kick(&self, peer: &PeerId) -> Option<Left> {
-        let (left, member) = self.lock().leave(peer)?;
+        let (left, member) = self.write().leave(peer)?;
         if let Some(member) = member {
             member.evict(Eviction::Kicked);
         }
@@ -179,18 +185,20 @@ impl Registry for Hub {
 
     /// Whether `peer` is in `room` right now.
     fn is_member(&self, room: &RoomId, peer: &PeerId) -> bool {
-        self.lock().rooms.room_of(peer) == Some(room)
+        self.read().rooms.room_of(peer) == Some(room)
     }
 
     /// Rooms and joined peers right now.
     fn counts(&self) -> (usize, usize) {
-        let inner = self.lock();
+        let inner = self.read();
         (inner.rooms.room_count(), inner.rooms.peer_count())
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
     use super::*;
 
     /// A member that writes down what it is told, and overflows past `capacity` events.

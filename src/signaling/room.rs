@@ -183,12 +183,11 @@ impl Rooms {
     ///
     /// # Errors
     /// `from` is in no room, or nobody of that name is in it (or names are not unique here).
-    pub fn resolve(&self, from: &PeerId, name: &str) -> Result<PeerId, RouteError> {
+    pub fn resolve(&self, from: &PeerId, name: &str) -> Result<&PeerId, RouteError> {
         let room = self.membership.get(from).ok_or(RouteError::NotJoined)?;
         self.names
             .as_ref()
             .and_then(|names| names.get(room)?.get(name))
-            .cloned()
             .ok_or(RouteError::UnknownPeer)
     }
 
@@ -352,8 +351,8 @@ mod tests {
         assert_eq!(rooms.room_of(&a2.id), None);
         // The same name in another room is another member.
         assert!(rooms.handle_join(peer("a"), &room("r2")).is_ok());
-        assert_eq!(rooms.resolve(&b.id, "a"), Ok(a.id.clone()));
-        assert_eq!(rooms.resolve(&a.id, "a"), Ok(a.id.clone()));
+        assert_eq!(rooms.resolve(&b.id, "a"), Ok(&a.id));
+        assert_eq!(rooms.resolve(&a.id, "a"), Ok(&a.id));
         assert_eq!(rooms.resolve(&b.id, "z"), Err(RouteError::UnknownPeer));
         assert_eq!(rooms.resolve(&a2.id, "a"), Err(RouteError::NotJoined));
         rooms.handle_leave(&a.id);
@@ -398,7 +397,7 @@ mod tests {
             rooms.handle_join(peer("a"), &users),
             Err(JoinError::NameTaken)
         );
-        assert_eq!(rooms.resolve(&a.id, "b"), Ok(b.id.clone()));
+        assert_eq!(rooms.resolve(&a.id, "b"), Ok(&b.id));
         let left = rooms.handle_leave(&a.id).unwrap();
         assert!(left.others.is_empty() && !left.closed);
         assert!(rooms.handle_leave(&b.id).unwrap().closed);
