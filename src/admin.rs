@@ -77,7 +77,7 @@ pub(crate) fn bearer_matches(headers: &axum::http::HeaderMap, tokens: &[Secret])
 }
 
 async fn require_token(State(app): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    if bearer_matches(request.headers(), &app.live().admin_token) {
+    if bearer_matches(request.headers(), &app.access().admin_token) {
         return next.run(request).await;
     }
     warn!(path = %request.uri().path(), "admin API request without a valid token");
@@ -127,7 +127,8 @@ struct PeerView {
 
 /// Each peer's TURN usage, by the scope and peer its credentials name.
 fn turn_usage(app: &AppState) -> HashMap<(Scope, PeerId), Usage> {
-    app.turn
+    app.host
+        .turn
         .as_ref()
         .map(|t| t.usage_by_peer())
         .unwrap_or_default()
@@ -217,7 +218,7 @@ async fn close_room(State(app): State<Arc<AppState>>, Path(room): Path<String>) 
         .iter()
         .flat_map(|d| d.close_room(&room))
         .collect();
-    let revoked = app.turn.as_ref().map_or(0, |t| t.revoke_room(&room));
+    let revoked = app.host.turn.as_ref().map_or(0, |t| t.revoke_room(&room));
     if peers.is_empty() && revoked == 0 {
         return error(
             StatusCode::NOT_FOUND,
@@ -225,7 +226,7 @@ async fn close_room(State(app): State<Arc<AppState>>, Path(room): Path<String>) 
             "no peers or allocations in this room",
         );
     }
-    app.metrics.kicked.add(peers.len() as u64);
+    app.host.metrics.kicked.add(peers.len() as u64);
     info!(%room, peers = peers.len(), allocations = revoked, "room closed by the operator");
     axum::Json(json!({
         "room": room.as_str(),
@@ -255,11 +256,12 @@ async fn kick_peer(State(app): State<Arc<AppState>>, Path(peer): Path<String>) -
         );
     };
     let revoked = app
+        .host
         .turn
         .as_ref()
         .map_or(0, |t| t.revoke_peer(&scope, &peer));
     let room = scope.room().map(|r| r.as_str().to_owned());
-    app.metrics.kicked.inc();
+    app.host.metrics.kicked.inc();
     info!(scope = %scope, peer = %peer, allocations = revoked, "peer kicked by the operator");
     axum::Json(json!({
         "dialect": dialect,

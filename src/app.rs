@@ -19,7 +19,8 @@ use crate::http;
 use crate::net::{self, Bound};
 use crate::secrets;
 use crate::signaling::dialect::Dialects;
-use crate::state::{AppState, Live};
+use crate::signaling::host::{Host, Live};
+use crate::state::{Access, AppState};
 use crate::tls::{self, TlsMaterial};
 
 /// Every bound socket, before anything is served.
@@ -146,16 +147,22 @@ pub async fn run(
     }
     let has_admin = !admin.is_empty();
     let admin_token = admin_token(&config, has_admin)?;
-    let app = Arc::new(AppState::new(
-        Live::new(&config, admin_token),
-        dialects,
+    let host = Arc::new(Host::new(
+        Live::new(&config),
         turn,
+        dialects.membership(),
         shutdown.clone(),
         tasks.clone(),
+    ));
+    let app = Arc::new(AppState::new(
+        host,
+        dialects,
+        Access::new(&config, admin_token),
     ));
     let router = http::router(Arc::clone(&app));
 
     let turn_on_https = app
+        .host
         .turn
         .as_ref()
         .filter(|_| config.turn.on_https_port)
@@ -252,14 +259,14 @@ pub async fn run(
     }
     app.set_ready(false);
     // The shutdown token reaches the other tasks; socket tasks wait on their own signal.
-    app.signals.shut_down();
+    app.host.signals.shut_down();
     let (rooms, peers) = app.dialects.counts().iter().fold((0, 0), |(r, p), (_, c)| {
         (r + c.rooms.unwrap_or(0), p + c.peers)
     });
     info!(
         rooms,
         peers,
-        connections = app.limiter.total(),
+        connections = app.host.limiter.total(),
         "shutting down"
     );
     tasks.close();
@@ -306,16 +313,16 @@ fn reload(
 ) -> anyhow::Result<Config> {
     let loaded = tls::load_certificate(&new)?;
     let admin_token = admin_token(&new, has_admin)?;
-    let secrets = match &app.turn {
+    let secrets = match &app.host.turn {
         Some(_) => Some(crate::turn::handle::load_secrets(&new)?),
         None => None,
     };
 
     tls.replace(&loaded);
-    if let (Some(turn), Some(secrets)) = (&app.turn, secrets) {
+    if let (Some(turn), Some(secrets)) = (&app.host.turn, secrets) {
         turn.reconfigure(&new, secrets);
     }
-    app.set_live(Live::new(&new, admin_token));
+    app.set_live(Live::new(&new), Access::new(&new, admin_token));
     let changed = |from: &Config, apply: Apply| -> Vec<&'static str> {
         from.changes(&new)
             .into_iter()

@@ -30,15 +30,15 @@ pub async fn ice_servers(
     headers: HeaderMap,
     Query(query): Query<IceQuery>,
 ) -> Response {
-    let live = app.live();
-    if live.api_keys.is_empty() {
+    let api_keys = &app.access().api_keys;
+    if api_keys.is_empty() {
         return error(
             StatusCode::NOT_FOUND,
             "not_enabled",
             "this endpoint is off; set api.keys in the config to enable it",
         );
     }
-    if !bearer_matches(&headers, &live.api_keys) {
+    if !bearer_matches(&headers, api_keys) {
         warn!("ICE servers request without a valid API key");
         return error(
             StatusCode::UNAUTHORIZED,
@@ -57,7 +57,7 @@ pub async fn ice_servers(
         Ok(r) => r,
         Err(message) => return error(StatusCode::BAD_REQUEST, "bad_room", &message),
     };
-    let Some(turn) = &app.turn else {
+    let Some(turn) = &app.host.turn else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "turn_disabled",
@@ -77,7 +77,7 @@ pub async fn ice_servers(
         .and_then(|v| v.to_str().ok())
         .and_then(|h| h.parse::<axum::http::uri::Authority>().ok())
         .map_or_else(|| "localhost".to_owned(), |a| a.host().to_owned());
-    let mut servers = live.static_ice_servers.clone();
+    let mut servers = app.host.live().static_ice_servers.clone();
     servers.extend(turn.room_ice_servers(&room, ttl, &host));
     info!(%room, ttl, "ICE servers minted for a backend");
     (

@@ -42,7 +42,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     }
     let mut router = router.fallback(not_found).with_state(Arc::clone(&state));
     for dialect in state.dialects.iter() {
-        router = Arc::clone(dialect).mount(router, &state);
+        router = Arc::clone(dialect).mount(router, &state.host);
     }
     router.layer(axum::middleware::map_response(security_headers))
 }
@@ -68,7 +68,7 @@ fn handler(route: Route) -> Option<MethodRouter<Arc<AppState>>> {
 pub fn legacy_router(state: Arc<AppState>) -> Router {
     let router = Router::new().fallback(not_found);
     match state.dialects.get(crate::signaling::legacy::NAME) {
-        Some(dialect) => Arc::clone(dialect).mount(router, &state),
+        Some(dialect) => Arc::clone(dialect).mount(router, &state.host),
         None => router,
     }
 }
@@ -165,19 +165,26 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::signaling::dialect::Dialects;
-    use crate::state::Live;
+    use crate::signaling::host::{Host, Live};
+    use crate::state::Access;
 
     /// Every route of the table reaches its handler through the real router, layers included
     /// (the fallback's `not found` would mean the table and the router disagree).
     #[tokio::test]
     async fn every_route_of_the_table_is_served() {
         let config = Config::from_toml("[api]\nkeys = [\"0123456789abcdef\"]\n", "t").unwrap();
-        let app = Arc::new(AppState::new(
-            Live::new(&config, None),
-            Dialects::new(&config.signaling),
+        let dialects = Dialects::new(&config.signaling);
+        let host = Host::new(
+            Live::new(&config),
             None,
+            dialects.membership(),
             CancellationToken::new(),
             TaskTracker::new(),
+        );
+        let app = Arc::new(AppState::new(
+            Arc::new(host),
+            dialects,
+            Access::new(&config, None),
         ));
         let router = router(app);
         let get = async |path: &str| {

@@ -8,9 +8,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tracing::warn;
 
+use super::host::Host;
 use super::limits::{ConnectionGuard, ConnectionRefused};
 use super::stats::Refusal;
-use crate::state::AppState;
 
 /// A connection that passed the checks every signaling dialect shares.
 pub struct Admitted {
@@ -24,7 +24,7 @@ pub struct Admitted {
 /// # Errors
 /// The refusal to send instead of upgrading.
 pub fn admit(
-    app: &AppState,
+    app: &Host,
     remote: SocketAddr,
     headers: &HeaderMap,
     uri: &axum::http::Uri,

@@ -17,12 +17,12 @@ use tracing::{debug, info, warn};
 use super::direct::{Batch, Direct};
 use super::frame::{CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY};
 use super::frame::{Incoming, OP_PING, OP_PONG, OP_TEXT};
+use super::host::Host;
 use super::outbox::{OUTBOX_CAPACITY, Outbox};
 use super::signal::Eviction;
 use super::signal::{Registration, Signal, Woken};
 use super::socket::{ReadError, Socket};
 use super::stats::Refusal;
-use crate::state::AppState;
 
 /// How long one frame may take to reach a client before it counts as dead.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -53,7 +53,7 @@ pub trait Handler {
 
 /// A socket's reading half, its shared writing half, and its outbox's receiving end.
 pub struct Conn {
-    app: Arc<AppState>,
+    app: Arc<Host>,
     reader: super::socket::Reader,
     direct: Arc<Direct>,
     rx: mpsc::Receiver<Utf8Bytes>,
@@ -63,7 +63,7 @@ pub struct Conn {
 
 impl Conn {
     /// Sets up `socket` and the outbox other peers reach it through.
-    pub fn new(app: &Arc<AppState>, socket: Socket) -> (Conn, Outbox) {
+    pub fn new(app: &Arc<Host>, socket: Socket) -> (Conn, Outbox) {
         // The transport limit: the message limit is checked on the text, for a coded error.
         let max = app.live().signaling.max_message_bytes * 2;
         let (reader, writer) = socket.split(max);
@@ -247,7 +247,7 @@ fn read_failed(e: ReadError) -> Option<(u16, &'static str)> {
 
 /// The close frame for an evicted socket (`None`: the server is shutting down), logged
 /// and counted.
-pub fn evicted_close(app: &AppState, why: Option<Eviction>) -> (u16, &'static str) {
+pub fn evicted_close(app: &Host, why: Option<Eviction>) -> (u16, &'static str) {
     match why {
         None => (CLOSE_GOING_AWAY, "server shutting down"),
         Some(Eviction::Overflow) => {
@@ -270,7 +270,7 @@ enum Stopped {
 }
 
 /// What `run` returns after an owner's write that did not complete (`Err`).
-fn stopped(app: &AppState, done: Result<(), Stopped>) -> Result<(), Option<(u16, &'static str)>> {
+fn stopped(app: &Host, done: Result<(), Stopped>) -> Result<(), Option<(u16, &'static str)>> {
     match done {
         Ok(()) => Ok(()),
         Err(Stopped::Failed) => Err(None),
@@ -346,7 +346,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::signaling::dialect::Dialects;
-    use crate::state::Live;
+    use crate::signaling::host::Live;
 
     /// A dialect that answers nothing and never times out.
     struct Quiet;
@@ -374,10 +374,10 @@ mod tests {
 
     async fn pair_with(toml: &str) -> (Outbox, WebSocketStream<TcpStream>) {
         let config = Config::from_toml(toml, "t").unwrap();
-        let app = Arc::new(AppState::new(
-            Live::new(&config, None),
-            Dialects::new(&config.signaling),
+        let app = Arc::new(Host::new(
+            Live::new(&config),
             None,
+            Dialects::new(&config.signaling).membership(),
             tokio_util::sync::CancellationToken::new(),
             tokio_util::task::TaskTracker::new(),
         ));

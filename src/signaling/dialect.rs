@@ -9,10 +9,10 @@ use std::sync::Arc;
 
 use axum::Router;
 
+use super::host::Host;
 use super::stats::Counts;
 use crate::config::SignalingConfig;
 use crate::model::{PeerId, PeerInfo, RoomId, Scope};
-use crate::state::AppState;
 use crate::turn::Membership;
 
 /// One signaling dialect: its endpoints, its peers and rooms, and its live limits.
@@ -20,7 +20,7 @@ pub trait Dialect: Send + Sync + fmt::Debug {
     /// Its name in metrics and the admin API (`native`, `plain_ws`, `socketio`).
     fn name(&self) -> &'static str;
     /// Mounts its endpoints on `router`: routes, or a layer around what is mounted before.
-    fn mount(self: Arc<Self>, router: Router, app: &Arc<AppState>) -> Router;
+    fn mount(self: Arc<Self>, router: Router, app: &Arc<Host>) -> Router;
     /// Every peer right now, with the scope (dialect and room) its credentials name;
     /// members of a room in the order they joined, rooms sorted by name.
     fn peers(&self) -> Vec<(Scope, PeerInfo)>;

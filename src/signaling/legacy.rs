@@ -25,6 +25,7 @@ use super::admit::{Admitted, admit};
 use super::conn::{Conn, Handler, Reply};
 use super::dialect::Dialect;
 use super::gate::Gate;
+use super::host::Host;
 use super::hub::Hub;
 use super::outbox::Outbox;
 use super::protocol::{self, ErrorCode, PeerId};
@@ -35,7 +36,6 @@ use super::socket::{Socket, Upgrade};
 use super::stats::{Counts, DialectStats};
 use crate::config::SignalingConfig;
 use crate::model::{PeerInfo, RoomId, Scope, Space};
-use crate::state::AppState;
 
 /// Who is logged in: one `Registry` room of uniquely named users (`Rooms::directory`),
 /// and the partner each session last called, so that a kick can tell it `leave`.
@@ -156,7 +156,7 @@ impl Dialect for Directory {
         NAME
     }
 
-    fn mount(self: Arc<Self>, router: Router, app: &Arc<AppState>) -> Router {
+    fn mount(self: Arc<Self>, router: Router, app: &Arc<Host>) -> Router {
         let path = app.live().signaling.legacy_path.clone();
         router.route(&path, get(upgrade).with_state((Arc::clone(app), self)))
     }
@@ -196,7 +196,7 @@ impl Dialect for Directory {
 
 /// `GET /legacy` (or `signaling.legacy_path`): the same admission checks as `/ws`.
 async fn upgrade(
-    State((app, directory)): State<(Arc<AppState>, Arc<Directory>)>,
+    State((app, directory)): State<(Arc<Host>, Arc<Directory>)>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     uri: axum::http::Uri,
@@ -216,7 +216,7 @@ async fn upgrade(
 }
 
 struct Session {
-    app: Arc<AppState>,
+    app: Arc<Host>,
     directory: Arc<Directory>,
     peer: PeerId,
     request_host: String,
@@ -414,7 +414,7 @@ impl Session {
 }
 
 async fn run(
-    app: Arc<AppState>,
+    app: Arc<Host>,
     directory: Arc<Directory>,
     socket: Socket,
     peer: PeerId,

@@ -12,6 +12,7 @@
 //! - `signal`: what wakes a socket task from outside (flush, eviction, shutdown).
 //! - `registry`: the `Registry` trait, the seam for room state, and what it promises.
 //! - `hub`: the registry behind a lock plus each peer's outbox.
+//! - `host`: `Host`, what every dialect's sockets share and all they see of the server.
 //! - `stats`: signaling's counters and their metric families.
 //! - `admit`: the checks every dialect makes before an upgrade (origin, shutdown, connection counts).
 //! - `dialect`: the `Dialect` trait and `Dialects`, the one list of them.
@@ -25,6 +26,7 @@ pub mod dialect;
 pub mod direct;
 pub mod frame;
 pub mod gate;
+pub mod host;
 pub mod hub;
 pub mod legacy;
 pub mod limits;

@@ -27,6 +27,7 @@ use axum::Router;
 
 use super::dialect::Dialect;
 use super::gate::{Gate, Refused};
+use super::host::Host;
 use super::hub::Hub;
 use super::limits::ConnectionGuard;
 use super::protocol::{ErrorCode, PeerId, PeerInfo, RoomId};
@@ -36,7 +37,6 @@ use super::signal::Eviction;
 use super::stats::{Counts, DialectStats, Refusal};
 use crate::config::SignalingConfig;
 use crate::model::{Scope, Space};
-use crate::state::AppState;
 
 /// This dialect's credentials: `sio/<room>`.
 pub const SPACE: Space = Space::new("sio");
@@ -177,7 +177,7 @@ impl Dialect for SioRooms {
 
     /// socket.io's layer, around everything mounted before (it answers under `/socket.io/`
     /// and passes every other request through).
-    fn mount(self: Arc<Self>, router: Router, app: &Arc<AppState>) -> Router {
+    fn mount(self: Arc<Self>, router: Router, app: &Arc<Host>) -> Router {
         router.layer(layer(Arc::clone(app), self))
     }
 
@@ -222,7 +222,7 @@ impl Dialect for SioRooms {
 }
 
 /// The socket.io layer for the HTTPS router.
-fn layer(app: Arc<AppState>, sio: Arc<SioRooms>) -> SocketIoLayer {
+fn layer(app: Arc<Host>, sio: Arc<SioRooms>) -> SocketIoLayer {
     let (layer, io) = SocketIo::builder()
         // As on /ws: the limit is enforced on each message (with an error, then a
         // disconnect); the transport limit only stops runaway payloads.
@@ -239,16 +239,16 @@ fn layer(app: Arc<AppState>, sio: Arc<SioRooms>) -> SocketIoLayer {
 type App = State<Ctx>;
 
 /// What socket.io's handlers see: the shared state and this dialect's rooms
-/// (`app.sio`); everything else of `AppState` through `Deref`.
+/// (`app.sio`); everything else of `Host` through `Deref`.
 #[derive(Clone)]
 struct Ctx {
-    app: Arc<AppState>,
+    app: Arc<Host>,
     sio: Arc<SioRooms>,
 }
 
 impl std::ops::Deref for Ctx {
-    type Target = AppState;
-    fn deref(&self) -> &AppState {
+    type Target = Host;
+    fn deref(&self) -> &Host {
         &self.app
     }
 }

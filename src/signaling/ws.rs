@@ -22,6 +22,7 @@ use super::conn::{Conn, Handler, Reply};
 use super::dialect::Dialect;
 use super::frame::CLOSE_POLICY;
 use super::gate::Gate;
+use super::host::Host;
 use super::hub::Hub;
 use super::outbox::Outbox;
 use super::protocol::{self, ClientMsg, ErrorCode, PeerId, PeerInfo, RoomId, ServerMsg};
@@ -33,7 +34,6 @@ use super::stats::{Counts, DialectStats, Refusal};
 use crate::config::SignalingConfig;
 use crate::model::{Scope, Space};
 use crate::routes::Route;
-use crate::state::AppState;
 
 /// The native dialect: its rooms and their members' outboxes, in a `Registry`.
 #[derive(Debug)]
@@ -83,7 +83,7 @@ impl Dialect for Native {
         NAME
     }
 
-    fn mount(self: Arc<Self>, router: Router, app: &Arc<AppState>) -> Router {
+    fn mount(self: Arc<Self>, router: Router, app: &Arc<Host>) -> Router {
         router.route(
             Route::Ws.path(),
             get(upgrade).with_state((Arc::clone(app), self)),
@@ -156,7 +156,7 @@ impl Member for NativeMember {
 
 /// `GET /ws`: checks origin and connection limits, then upgrades.
 async fn upgrade(
-    State((app, native)): State<(Arc<AppState>, Arc<Native>)>,
+    State((app, native)): State<(Arc<Host>, Arc<Native>)>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     uri: axum::http::Uri,
@@ -176,7 +176,7 @@ async fn upgrade(
 }
 
 struct Session {
-    app: Arc<AppState>,
+    app: Arc<Host>,
     native: Arc<Native>,
     peer_id: PeerId,
     /// The host the browser used to reach us, for TURN URLs.
@@ -190,7 +190,7 @@ struct Session {
 }
 
 async fn run(
-    app: Arc<AppState>,
+    app: Arc<Host>,
     native: Arc<Native>,
     socket: Socket,
     peer_id: PeerId,

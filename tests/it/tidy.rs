@@ -202,6 +202,37 @@ fn metrics_and_model_depend_on_no_other_module() {
     assert!(found.is_empty(), "{found:?} reach other modules");
 }
 
+/// The layers: `config` and `turn` know nothing of signaling, and signaling knows nothing of
+/// the server around it (`state`, `http`, `app`, `admin`): its dialects see only
+/// `signaling::host::Host`.
+#[test]
+fn lower_layers_do_not_reach_up() {
+    let above_signaling = ["crate::state", "crate::http", "crate::app", "crate::admin"];
+    let rules: [(&str, Vec<&str>); 3] = [
+        ("src/signaling", above_signaling.to_vec()),
+        (
+            "src/turn",
+            [&above_signaling[..], &["crate::signaling"]].concat(),
+        ),
+        (
+            "src/config",
+            [&above_signaling[..], &["crate::signaling", "crate::turn"]].concat(),
+        ),
+    ];
+    let mut found = Vec::new();
+    for (dir, forbidden) in rules {
+        for file in sources(&root().join(dir)) {
+            let text = read(&file);
+            for m in &forbidden {
+                if text.contains(&format!("{m}::")) || text.contains(&format!("{m};")) {
+                    found.push(format!("{} uses {m}", file.display()));
+                }
+            }
+        }
+    }
+    assert!(found.is_empty(), "{found:#?}");
+}
+
 #[test]
 fn the_checks_see_what_they_look_for() {
     // The matchers themselves, so that the checks above cannot pass by seeing nothing.

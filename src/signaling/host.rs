@@ -1,0 +1,141 @@
+//! `Host`: what every dialect's sockets share, and all they see of the server: the live
+//! signaling settings, the TURN handle, the connection limiter, the counters, the shutdown
+//! token and task tracker, and the membership check of every dialect. Built after the
+//! dialects (it holds their membership check) and before they are mounted.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::limits::ConnectionLimiter;
+use super::signal::Signals;
+use super::stats::SignalingMetrics;
+use crate::config::{Config, SignalingConfig};
+use crate::model::{IceServer, PeerId, Scope};
+use crate::turn::{Membership, Turn};
+
+/// The signaling settings that a reload (SIGHUP) replaces while every connection stays:
+/// limits, ICE servers, addresses for `ipaddr`.
+#[derive(Debug)]
+pub struct Live {
+    pub signaling: SignalingConfig,
+    /// ICE servers from the config, handed to every peer as they are.
+    pub static_ice_servers: Vec<IceServer>,
+    /// Public addresses from the config (`turn.public_host`, `turn.external_ip`), for `ipaddr`.
+    pub public_addresses: Vec<String>,
+}
+
+impl Live {
+    pub fn new(config: &Config) -> Live {
+        Live {
+            signaling: config.signaling.clone(),
+            static_ice_servers: crate::turn::ice::configured(config),
+            public_addresses: config
+                .turn
+                .public_host
+                .iter()
+                .cloned()
+                .chain(config.turn.external_ip.map(|ip| ip.to_string()))
+                .collect(),
+        }
+    }
+}
+
+pub struct Host {
+    live: ArcSwap<Live>,
+    /// `None` when `turn.enabled` is false.
+    pub turn: Option<Arc<Turn>>,
+    pub limiter: Arc<ConnectionLimiter>,
+    /// Signaling counters for `/metrics`.
+    pub metrics: SignalingMetrics,
+    /// Cancelled on SIGINT/SIGTERM; every task watches it.
+    pub shutdown: CancellationToken,
+    /// Every connection and socket task, so shutdown can wait for them.
+    pub tasks: TaskTracker,
+    /// The signal of every native and plain-WebSocket socket task, so shutdown reaches them.
+    pub signals: Arc<Signals>,
+    /// Whether a peer is still in a scope, asked of every dialect.
+    membership: Membership,
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host")
+            .field("live", &self.live)
+            .field("turn", &self.turn.is_some())
+            .field("limiter", &self.limiter)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Host {
+    pub fn new(
+        live: Live,
+        turn: Option<Arc<Turn>>,
+        membership: Membership,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+    ) -> Host {
+        let s = &live.signaling;
+        Host {
+            limiter: Arc::new(ConnectionLimiter::new(
+                s.max_connections,
+                s.max_connections_per_ip,
+            )),
+            live: ArcSwap::from_pointee(live),
+            turn,
+            metrics: SignalingMetrics::default(),
+            shutdown,
+            tasks,
+            signals: Arc::default(),
+            membership,
+        }
+    }
+
+    /// The live settings; a reload may replace them between two calls.
+    ///
+    /// A cheap snapshot for the per-message paths: no reference count is touched (arc-swap's
+    /// guard), so sockets on different cores do not contend on one counter. Do not hold it
+    /// across an `.await`; clone what must live longer.
+    pub fn live(&self) -> arc_swap::Guard<Arc<Live>> {
+        self.live.load()
+    }
+
+    /// Replaces the live settings and applies the new connection limits. Room limits are
+    /// each dialect's (`Dialect::set_limits`). Open connections keep their per-socket
+    /// settings (rate, timeouts) until they reconnect.
+    pub fn set_live(&self, live: Live) {
+        let s = &live.signaling;
+        self.limiter
+            .set_limits(s.max_connections, s.max_connections_per_ip);
+        self.live.store(Arc::new(live));
+    }
+
+    /// The ICE servers for `peer` in `scope` (its dialect and room), and how long their
+    /// credentials last; `request_host` is the host the browser used to reach us.
+    pub fn ice_servers_for(
+        &self,
+        peer: &PeerId,
+        scope: &Scope,
+        request_host: &str,
+    ) -> (Vec<IceServer>, Option<u64>) {
+        let mut servers = self.live().static_ice_servers.clone();
+        let Some(turn) = &self.turn else {
+            return (servers, None);
+        };
+        servers.extend(turn.ice_servers(scope, peer, request_host));
+        (servers, Some(turn.credential_ttl_s()))
+    }
+
+    /// A peer left `scope` (its room, or the plain-WebSocket dialect): its TURN allocations
+    /// close after the grace period unless it is back.
+    pub fn peer_left(&self, scope: &Scope, peer: &PeerId) {
+        if let Some(turn) = &self.turn {
+            let membership = Arc::clone(&self.membership);
+            let (s, p) = (scope.clone(), peer.clone());
+            turn.peer_left(scope.clone(), peer.clone(), move || membership(&s, &p));
+        }
+    }
+}
