@@ -11,7 +11,9 @@
 //! After a join the client also gets `ice_servers` with credentials scoped to that room.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
@@ -74,6 +76,8 @@ struct Peer {
     /// The host the client used, for TURN URLs.
     host: String,
     gate: Gate,
+    /// Set once the socket is being disconnected (`close`), shared with its room membership.
+    closing: Arc<AtomicBool>,
     /// The connection slot, freed when the socket goes.
     _guard: ConnectionGuard,
 }
@@ -81,11 +85,14 @@ struct Peer {
 /// A socket.io socket as a room member: a message is an event, emitted as it came.
 /// The tutorials tell nobody of joins and leaves by themselves (`join`/`ready` are
 /// messages the joiner sends).
-struct SioMember(SocketRef);
+struct SioMember {
+    socket: SocketRef,
+    closing: Arc<AtomicBool>,
+}
 
 impl std::fmt::Debug for SioMember {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SioMember({})", self.0.id)
+        write!(f, "SioMember({})", self.socket.id)
     }
 }
 
@@ -97,7 +104,7 @@ impl Member for SioMember {
             };
             // `emit` queues on the socket's bounded channel without waiting.
             if let Err(SendError::Socket(SocketError::InternalChannelFull)) =
-                self.0.emit(event, data)
+                self.socket.emit(event, data)
             {
                 self.evict(Eviction::Overflow);
             }
@@ -107,12 +114,39 @@ impl Member for SioMember {
     fn evict(&self, why: Eviction) {
         // Not here: socket.io runs the disconnect handler (which leaves the registry)
         // within `disconnect`, and the registry is locked while it calls members.
-        let socket = self.0.clone();
+        let (socket, closing) = (self.socket.clone(), Arc::clone(&self.closing));
         tokio::spawn(async move {
-            info!(sid = %socket.id, ?why, "socket.io peer disconnected");
-            let _ = socket.disconnect();
+            if close(socket.clone(), &closing) {
+                info!(sid = %socket.id, ?why, "socket.io peer disconnected");
+            }
         });
     }
+}
+
+/// Disconnects `socket`, once however often it is asked (`closing` says it was); returns
+/// whether this call began it. socketioxide queues the disconnect packet on the socket's
+/// bounded channel and, when that is full (a flood's answers can fill it), does nothing at
+/// all; so until the packet is queued this tries again, as long as the socket is there
+/// (engine.io's heartbeat closes a socket whose channel stays full).
+fn close(socket: SocketRef, closing: &AtomicBool) -> bool {
+    if closing.swap(true, Ordering::AcqRel) {
+        return false;
+    }
+    if let Err(SocketError::InternalChannelFull) = socket.clone().disconnect() {
+        tokio::spawn(async move {
+            let mut retry = tokio::time::interval(Duration::from_millis(20));
+            while socket.connected() {
+                retry.tick().await;
+                if !matches!(
+                    socket.clone().disconnect(),
+                    Err(SocketError::InternalChannelFull)
+                ) {
+                    break;
+                }
+            }
+        });
+    }
+    true
 }
 
 impl SioRooms {
@@ -151,6 +185,14 @@ impl SioRooms {
         self.peers()
             .get(&sid)
             .map(|p| (p.id.clone(), p.host.clone()))
+    }
+
+    /// Whether the socket is being disconnected, shared with whoever may disconnect it.
+    fn closing(&self, sid: Sid) -> Arc<AtomicBool> {
+        self.peers().get(&sid).map_or_else(
+            || Arc::new(AtomicBool::new(true)),
+            |p| Arc::clone(&p.closing),
+        )
     }
 
     /// The socket's peer id and the room it is in.
@@ -273,6 +315,7 @@ async fn admit(s: SocketRef, State(app): App) -> Result<(), String> {
             id: PeerId::random(),
             host: admitted.request_host,
             gate: Gate::new(s_cfg, std::time::Instant::now()),
+            closing: Arc::default(),
             _guard: admitted.guard,
         },
     );
@@ -328,7 +371,21 @@ fn broadcast(app: &Ctx, from: &PeerId, event: &str, data: &Value) {
 
 /// The message gate every dialect shares, for one event: a token from the socket's budget.
 /// Over the rate the event is dropped with an error; past the strikes the socket goes.
-fn gate(app: &Ctx, s: &SocketRef) -> bool {
+///
+/// First it waits, briefly, for the socket to count as connected: socketioxide sends the
+/// connect packet and only then marks the socket connected, and an event the client sends
+/// at once can be handled in between, when every emit to the socket is silently refused
+/// (a joiner would never hear `created`).
+async fn gate(app: &Ctx, s: &SocketRef) -> bool {
+    let mut waited = 0;
+    while !s.connected() {
+        // A socket on its way out (or gone) is not waited for.
+        if waited == 1000 || app.sio.closing(s.id).load(Ordering::Acquire) {
+            return false; // its connect failed: nothing can reach it
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        waited += 1;
+    }
     match app.sio.charge(s.id, &app.live().signaling) {
         Ok(()) => true,
         Err(refused) => {
@@ -352,10 +409,13 @@ fn too_large(app: &Ctx, s: &SocketRef, payload: &Value) -> bool {
 /// Answers a refusal from the gate: the error event, then a disconnect if it closes.
 fn refuse(app: &Ctx, s: &SocketRef, refused: &Refused) {
     app.metrics.refusals.inc(refused.limit());
+    let closing = app.sio.closing(s.id);
+    if closing.load(Ordering::Acquire) {
+        return; // told already, and on its way out
+    }
     error(app, s, refused.code(), refused.message());
-    if refused.closes() {
+    if refused.closes() && close(s.clone(), &closing) {
         info!(sid = %s.id, reason = refused.close().1, "socket.io client disconnected");
-        let _ = s.clone().disconnect();
     }
 }
 
@@ -418,7 +478,10 @@ fn join(
         id: peer.clone(),
         name: None,
     };
-    let member = Arc::new(SioMember(s.clone()));
+    let member = Arc::new(SioMember {
+        socket: s.clone(),
+        closing: app.sio.closing(s.id),
+    });
     let joined = app
         .sio
         .registry
@@ -449,7 +512,7 @@ fn log(app: &Ctx, s: &SocketRef, line: String) {
 
 async fn create_or_join(s: SocketRef, Data(room): Data<String>, State(app): App) {
     app.sio.stats.messages.inc(SioMessage::CreateOrJoin);
-    if !gate(&app, &s) {
+    if !gate(&app, &s).await {
         return;
     }
     log(
@@ -482,7 +545,7 @@ async fn create_or_join(s: SocketRef, Data(room): Data<String>, State(app): App)
 
 async fn join_video_room(s: SocketRef, Data(room): Data<String>, State(app): App) {
     app.sio.stats.messages.inc(SioMessage::Join);
-    if !gate(&app, &s) {
+    if !gate(&app, &s).await {
         return;
     }
     let welcome = |joined: &Joined| {
@@ -500,7 +563,7 @@ async fn join_video_room(s: SocketRef, Data(room): Data<String>, State(app): App
 
 async fn message(s: SocketRef, Data(msg): Data<Value>, State(app): App) {
     app.sio.stats.messages.inc(SioMessage::Message);
-    if !gate(&app, &s) {
+    if !gate(&app, &s).await {
         return;
     }
     if too_large(&app, &s, &msg) {
@@ -513,7 +576,7 @@ async fn message(s: SocketRef, Data(msg): Data<Value>, State(app): App) {
 
 async fn ipaddr(s: SocketRef, State(app): App) {
     app.sio.stats.messages.inc(SioMessage::Ipaddr);
-    if !gate(&app, &s) {
+    if !gate(&app, &s).await {
         return;
     }
     for addr in &app.live().public_addresses {
@@ -523,7 +586,7 @@ async fn ipaddr(s: SocketRef, State(app): App) {
 
 async fn start_call(s: SocketRef, Data(room): Data<String>, State(app): App) {
     app.sio.stats.messages.inc(SioMessage::StartCall);
-    if !gate(&app, &s) {
+    if !gate(&app, &s).await {
         return;
     }
     if let Some(peer) = sender(&app, &s, Some(&room)) {
@@ -533,7 +596,7 @@ async fn start_call(s: SocketRef, Data(room): Data<String>, State(app): App) {
 
 async fn webrtc_offer(s: SocketRef, Data(data): Data<Value>, State(app): App) {
     app.sio.stats.messages.inc(SioMessage::WebrtcOffer);
-    if !gate(&app, &s) {
+    if !gate(&app, &s).await {
         return;
     }
     relay(&s, &app, "webrtc_offer", &data, &data["sdp"]);
@@ -541,7 +604,7 @@ async fn webrtc_offer(s: SocketRef, Data(data): Data<Value>, State(app): App) {
 
 async fn webrtc_answer(s: SocketRef, Data(data): Data<Value>, State(app): App) {
     app.sio.stats.messages.inc(SioMessage::WebrtcAnswer);
-    if !gate(&app, &s) {
+    if !gate(&app, &s).await {
         return;
     }
     relay(&s, &app, "webrtc_answer", &data, &data["sdp"]);
@@ -549,7 +612,7 @@ async fn webrtc_answer(s: SocketRef, Data(data): Data<Value>, State(app): App) {
 
 async fn webrtc_ice_candidate(s: SocketRef, Data(data): Data<Value>, State(app): App) {
     app.sio.stats.messages.inc(SioMessage::WebrtcIceCandidate);
-    if !gate(&app, &s) {
+    if !gate(&app, &s).await {
         return;
     }
     relay(&s, &app, "webrtc_ice_candidate", &data, &data);

@@ -272,3 +272,79 @@ async fn the_admin_api_lists_and_kicks_plain_websocket_users() {
     // The name is free for the next login.
     login("alice").await;
 }
+
+/// A raw socket.io (Engine.IO 4) client over WebSocket whose kernel receive buffer is small
+/// and fixed, so that a server writing to it that it does not read is soon blocked.
+async fn sio_raw(server: &TestServer, rcvbuf: Option<u32>) -> crate::harness::Client {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let url = server
+        .ws_url()
+        .replace("/ws", "/socket.io/?EIO=4&transport=websocket");
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    if let Some(size) = rcvbuf {
+        socket.set_recv_buffer_size(size).unwrap();
+    }
+    let tcp = socket.connect(server.https).await.unwrap();
+    let (ws, _) = tokio_tungstenite::client_async_tls_with_config(
+        url.into_client_request().unwrap(),
+        tcp,
+        None,
+        Some(tokio_tungstenite::Connector::Rustls(server.client_tls())),
+    )
+    .await
+    .expect("socket.io websocket");
+    let mut c = crate::harness::Client { ws };
+    assert!(next_text(&mut c).await.starts_with('0'));
+    c.ws.send(Message::text("40")).await.unwrap();
+    while !next_text(&mut c).await.starts_with("40") {}
+    c
+}
+
+/// A socket.io member that stops reading while its room sends to it is disconnected, even
+/// though by then the socket's queue inside socketioxide is full: socketioxide drops a
+/// disconnect it cannot queue, and the server retries until it can (here: once the client
+/// reads again). Before, such a member stayed connected, its messages lost, until it left.
+#[tokio::test]
+async fn a_socketio_member_that_stopped_reading_is_disconnected() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let server = TestServer::start("[signaling]\nmessage_burst = 400\n");
+    let mut slow = sio_raw(&server, Some(4096)).await;
+    slow.ws
+        .send(Message::text(r#"42["create or join","stall"]"#))
+        .await
+        .unwrap();
+    while !next_text(&mut slow).await.starts_with(r#"42["created""#) {}
+    let mut sender = sio_raw(&server, None).await;
+    sender
+        .ws
+        .send(Message::text(r#"42["create or join","stall"]"#))
+        .await
+        .unwrap();
+    while !next_text(&mut sender).await.starts_with(r#"42["joined""#) {}
+
+    // 300 messages of 60 KB: more than the kernel buffers and socketioxide's queue (128
+    // packets) hold, so the server finds `slow`'s queue full and evicts it.
+    let text = format!(r#"42["message","{}"]"#, "x".repeat(60_000));
+    for _ in 0..300 {
+        sender.ws.feed(Message::text(text.clone())).await.unwrap();
+    }
+    sender.ws.flush().await.unwrap();
+    server.wait_log("socket.io peer disconnected");
+
+    // Reading again, it gets what was queued, then the disconnect.
+    loop {
+        let frame = tokio::time::timeout(std::time::Duration::from_secs(10), slow.ws.next())
+            .await
+            .expect("the disconnect within 10 s of reading again");
+        match frame {
+            None | Some(Err(_) | Ok(Message::Close(_))) => break,
+            Some(Ok(Message::Text(t))) if t.starts_with("41") => break,
+            Some(Ok(_)) => {}
+        }
+    }
+}
