@@ -1,7 +1,7 @@
 //! Binding and running: `Listeners::bind` binds every configured socket,
 //! `run` serves them until the shutdown token fires, then drains.
 //!
-//! Tests call the same two functions with their own config and token.
+//! `main` is their one caller; the integration tests start the binary.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

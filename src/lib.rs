@@ -14,7 +14,7 @@
 //! - `limiter`: connection counts per source and in total, with guards that free their slot.
 //! - `metrics`: counters for the data path and the OpenMetrics text of `/metrics`; calls no other module.
 //! - `app`: binds every listener, runs them, and drains on shutdown.
-//! - `state`: `AppState`, the state shared by handlers and tasks.
+//! - `state`: `AppState`, what the HTTP routes, the admin API and `app` share (the dialects see only `signaling::host::Host`).
 //! - `routes`: the HTTPS router's fixed routes in one table, and the check of the one path it mounts
 //!   beside them (`signaling.legacy_path`).
 //! - `http`: the HTTPS routes (call page, health, `/ws`) and the accept loops.

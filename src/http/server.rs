@@ -3,7 +3,7 @@
 //!
 //! Each loop stops accepting when the shutdown token fires; open HTTP
 //! connections are then closed gracefully. Upgraded WebSockets belong to
-//! `signaling::ws` and watch the token themselves.
+//! their dialect (`signaling`) and watch the token themselves.
 
 use std::net::SocketAddr;
 use std::pin::Pin;

@@ -2,8 +2,8 @@
 //!
 //! `Rooms` performs no I/O, holds no sockets and never awaits. Each `handle_*`
 //! call returns what happened (who must be told); the caller turns that into
-//! messages. This is the seam behind which shared room state (Redis, NATS)
-//! can later live.
+//! messages. `hub::Hub` puts it behind the `registry::Registry` seam, which
+//! is what the dialects call (and what shared room state would implement).
 
 use std::collections::HashMap;
 

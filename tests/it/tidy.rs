@@ -233,6 +233,46 @@ fn lower_layers_do_not_reach_up() {
     assert!(found.is_empty(), "{found:#?}");
 }
 
+/// The sans-IO cores (ARCHITECTURE.md's first invariant): outside their unit tests they
+/// await nothing, touch no runtime, file or socket, and read no clock (time is an argument).
+#[test]
+fn sans_io_cores_do_no_io_and_read_no_clock() {
+    let cores = [
+        "model.rs",
+        "limiter.rs",
+        "signaling/room.rs",
+        "signaling/frame.rs",
+        "signaling/gate.rs",
+        "signaling/protocol.rs",
+        "turn/auth.rs",
+        "turn/policy.rs",
+        "turn/allocation.rs",
+        "turn/wire.rs",
+        "turn/core.rs",
+        "turn/route.rs",
+    ];
+    let io = [
+        ".await",
+        "tokio::",
+        "std::fs",
+        "std::net::TcpStream",
+        "UdpSocket",
+        "Instant::now",
+        "SystemTime::now",
+    ];
+    let mut found = Vec::new();
+    for core in cores {
+        let text = read(&root().join("src").join(core));
+        let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+        for needle in io {
+            if code.contains(needle) {
+                found.push(format!("src/{core} uses {needle}"));
+            }
+        }
+    }
+    assert!(found.is_empty(), "{found:#?}");
+}
+
 #[test]
 fn the_checks_see_what_they_look_for() {
     // The matchers themselves, so that the checks above cannot pass by seeing nothing.
