@@ -18,7 +18,6 @@ use crate::config::{Apply, Config, Secret};
 use crate::http;
 use crate::net::{self, Bound};
 use crate::secrets;
-use crate::signaling::dialect::Dialects;
 use crate::signaling::host::{Host, Live};
 use crate::state::{Access, AppState};
 use crate::tls::{self, TlsMaterial};
@@ -110,7 +109,7 @@ pub async fn run(
     mut reloads: mpsc::Receiver<Config>,
 ) -> anyhow::Result<()> {
     let tasks = TaskTracker::new();
-    let dialects = Dialects::new(&config.signaling);
+    let dialects = crate::signaling::dialects(&config.signaling);
     let Listeners {
         https,
         redirect,

@@ -164,7 +164,6 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
-    use crate::signaling::dialect::Dialects;
     use crate::signaling::host::{Host, Live};
     use crate::state::Access;
 
@@ -173,7 +172,7 @@ mod tests {
     #[tokio::test]
     async fn every_route_of_the_table_is_served() {
         let config = Config::from_toml("[api]\nkeys = [\"0123456789abcdef\"]\n", "t").unwrap();
-        let dialects = Dialects::new(&config.signaling);
+        let dialects = crate::signaling::dialects(&config.signaling);
         let host = Host::new(
             Live::new(&config),
             None,

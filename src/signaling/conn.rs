@@ -345,7 +345,6 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
-    use crate::signaling::dialect::Dialects;
     use crate::signaling::host::Live;
 
     /// A dialect that answers nothing and never times out.
@@ -377,7 +376,7 @@ mod tests {
         let app = Arc::new(Host::new(
             Live::new(&config),
             None,
-            Dialects::new(&config.signaling).membership(),
+            crate::signaling::dialects(&config.signaling).membership(),
             tokio_util::sync::CancellationToken::new(),
             tokio_util::task::TaskTracker::new(),
         ));

@@ -1,7 +1,7 @@
 //! `Dialect`: what each signaling dialect offers the rest of the server, so that the
 //! state, the admin API, the metrics, TURN's membership check and a reload go over every
-//! dialect without naming one. `Dialects::new` is the one place that lists them: a new
-//! dialect is its own module implementing this trait (with its name, its `Space` in TURN
+//! dialect without naming one. `signaling::dialects` is the one place that lists them: a
+//! new dialect is its own module implementing this trait (with its name, its `Space` in TURN
 //! credentials, its message types for metrics), plus one line there.
 
 use std::fmt;
@@ -42,18 +42,6 @@ pub trait Dialect: Send + Sync + fmt::Debug {
 pub struct Dialects(Arc<[Arc<dyn Dialect>]>);
 
 impl Dialects {
-    /// The dialects Switchboard speaks, with the configured limits.
-    pub fn new(cfg: &SignalingConfig) -> Dialects {
-        Dialects::of(vec![
-            Arc::new(super::ws::Native::new(cfg)),
-            Arc::new(super::legacy::Directory::default()),
-            Arc::new(super::sio::SioRooms::new(
-                cfg.socketio_room_capacity,
-                cfg.max_rooms,
-            )),
-        ])
-    }
-
     pub fn of(dialects: Vec<Arc<dyn Dialect>>) -> Dialects {
         Dialects(dialects.into())
     }

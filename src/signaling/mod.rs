@@ -39,3 +39,22 @@ pub mod sio;
 pub mod socket;
 pub mod stats;
 pub mod ws;
+
+use std::sync::Arc;
+
+use crate::config::SignalingConfig;
+use dialect::Dialects;
+
+/// The dialects Switchboard speaks, in the order they are mounted, with the configured
+/// limits: the one list of them. A new dialect is its own module implementing
+/// `dialect::Dialect`, plus one line here.
+pub fn dialects(cfg: &SignalingConfig) -> Dialects {
+    Dialects::of(vec![
+        Arc::new(ws::Native::new(cfg)),
+        Arc::new(legacy::Directory::default()),
+        Arc::new(sio::SioRooms::new(
+            cfg.socketio_room_capacity,
+            cfg.max_rooms,
+        )),
+    ])
+}

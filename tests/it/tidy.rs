@@ -273,6 +273,109 @@ fn sans_io_cores_do_no_io_and_read_no_clock() {
     assert!(found.is_empty(), "{found:#?}");
 }
 
+/// The modules each module's code (outside its unit tests) names: `crate::a::b` and
+/// `super::b`, each resolved to the longest module of that path that exists.
+fn module_graph() -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let all = modules();
+    let resolve = |path: &str| -> Option<String> {
+        let parts: Vec<&str> = path.split("::").collect();
+        (1..=parts.len())
+            .rev()
+            .map(|n| parts[..n].join("::"))
+            .find(|m| all.contains(m))
+    };
+    let mut graph = std::collections::BTreeMap::new();
+    for file in sources(&root().join("src")) {
+        let Some(module) = module_of(&file) else {
+            continue;
+        };
+        let text = read(&file);
+        let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+        let parent = module.rsplit_once("::").map(|(p, _)| p.to_owned());
+        let mut uses = std::collections::BTreeSet::new();
+        for (prefix, base) in [("crate::", None), ("super::", parent.as_deref())] {
+            for (i, _) in code.match_indices(prefix) {
+                let rest = &code[i + prefix.len()..];
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_lowercase() || c == '_' || c == ':'))
+                    .unwrap_or(rest.len());
+                let path = rest[..end].trim_end_matches(':');
+                let full = match base {
+                    Some(b) => format!("{b}::{path}"),
+                    None => path.to_owned(),
+                };
+                if let Some(m) = resolve(&full).filter(|m| *m != module) {
+                    uses.insert(m);
+                }
+            }
+        }
+        graph.insert(module, uses);
+    }
+    graph
+}
+
+/// A cycle in `graph`, if there is one (depth-first search).
+fn find_cycle(
+    graph: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+) -> Option<Vec<String>> {
+    fn visit(
+        node: &str,
+        graph: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+        done: &mut std::collections::BTreeSet<String>,
+        path: &mut Vec<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(at) = path.iter().position(|n| n == node) {
+            let mut cycle = path[at..].to_vec();
+            cycle.push(node.to_owned());
+            return Some(cycle);
+        }
+        if done.contains(node) {
+            return None;
+        }
+        path.push(node.to_owned());
+        for next in graph.get(node).into_iter().flatten() {
+            if let Some(cycle) = visit(next, graph, done, path) {
+                return Some(cycle);
+            }
+        }
+        path.pop();
+        done.insert(node.to_owned());
+        None
+    }
+    let mut done = std::collections::BTreeSet::new();
+    graph
+        .keys()
+        .find_map(|n| visit(n, graph, &mut done, &mut Vec::new()))
+}
+
+/// No module reaches, directly or through others, back to itself; for the top-level modules
+/// as units too (`turn::x` using `config::y` is `turn` using `config`). Unit tests may.
+#[test]
+fn modules_have_no_cycles() {
+    let graph = module_graph();
+    assert!(graph["signaling::ws"].contains("signaling::conn"));
+    if let Some(cycle) = find_cycle(&graph) {
+        panic!("module cycle: {}", cycle.join(" -> "));
+    }
+    let top = |m: &str| m.split("::").next().unwrap().to_owned();
+    let mut tops: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        std::collections::BTreeMap::new();
+    for (module, uses) in &graph {
+        let entry = tops.entry(top(module)).or_default();
+        entry.extend(uses.iter().map(|u| top(u)).filter(|u| *u != top(module)));
+    }
+    if let Some(cycle) = find_cycle(&tops) {
+        panic!("top-level module cycle: {}", cycle.join(" -> "));
+    }
+    // The search itself finds a cycle where there is one.
+    let mut looped = graph.clone();
+    looped
+        .get_mut("signaling::conn")
+        .unwrap()
+        .insert("signaling::ws".to_owned());
+    assert!(find_cycle(&looped).is_some());
+}
+
 #[test]
 fn the_checks_see_what_they_look_for() {
     // The matchers themselves, so that the checks above cannot pass by seeing nothing.
