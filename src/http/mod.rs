@@ -64,13 +64,34 @@ fn handler(route: Route) -> Option<MethodRouter<Arc<AppState>>> {
     })
 }
 
-/// The plain-WebSocket dialect alone, for plain `ws://` listeners.
+/// The plain-WebSocket dialect alone, for plain `ws://` listeners: at
+/// `signaling.legacy_path`, and at `/`, where the tutorial's client connects
+/// (`new WebSocket('ws://host:9090')`).
 pub fn legacy_router(state: Arc<AppState>) -> Router {
+    use tower::ServiceExt;
+
     let router = Router::new().fallback(not_found);
-    match state.dialects.get(crate::signaling::legacy::NAME) {
-        Some(dialect) => Arc::clone(dialect).mount(router, &state.host),
-        None => router,
-    }
+    let Some(dialect) = state.dialects.get(crate::signaling::legacy::NAME) else {
+        return router;
+    };
+    let mounted = Arc::clone(dialect).mount(router, &state.host);
+    // `legacy_path` is never `/` (the config refuses the HTTPS router's paths), so `/` is
+    // free here; it is answered as `legacy_path` is: the request goes through the same
+    // router, with its path rewritten (the query, if any, kept).
+    let path = state.host.live().signaling.legacy_path.clone();
+    let at_root = mounted
+        .clone()
+        .map_request(move |mut request: axum::extract::Request| {
+            let target = match request.uri().query() {
+                Some(query) => format!("{path}?{query}"),
+                None => path.clone(),
+            };
+            if let Ok(uri) = target.parse() {
+                *request.uri_mut() = uri;
+            }
+            request
+        });
+    mounted.route_service("/", at_root)
 }
 
 async fn security_headers(mut response: Response) -> Response {

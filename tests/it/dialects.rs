@@ -67,7 +67,8 @@ fn plain_websocket_dialect_on_its_own_ws_listener() {
     let server = TestServer::start(
         "[signaling]\nmax_message_bytes = 4096\nlegacy_ws_listen = [\"127.0.0.1:0\"]\n",
     );
-    let url = format!("ws://{}/legacy", server.listener("legacy_ws"));
+    // Exactly as the tutorial's client does: `new WebSocket('ws://host:port')`, path `/`.
+    let url = format!("ws://{}", server.listener("legacy_ws"));
     run_node(
         &server,
         dir,
@@ -346,5 +347,38 @@ async fn a_socketio_member_that_stopped_reading_is_disconnected() {
             Some(Ok(Message::Text(t))) if t.starts_with("41") => break,
             Some(Ok(_)) => {}
         }
+    }
+}
+
+/// The plain `ws://` listener answers the dialect at `/` (where the tutorial's client
+/// connects) and at `signaling.legacy_path`, with the query kept; other paths are 404.
+#[tokio::test]
+async fn the_plain_listener_speaks_the_dialect_at_its_root_and_its_path() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let server = TestServer::start("[signaling]\nlegacy_ws_listen = [\"127.0.0.1:0\"]\n");
+    let addr = server.listener("legacy_ws");
+    for (i, path) in ["", "/", "/legacy", "/?x=1"].into_iter().enumerate() {
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}{path}"))
+            .await
+            .unwrap_or_else(|e| panic!("{path:?}: {e}"));
+        let login = format!(r#"{{"type":"login","name":"user{i}"}}"#);
+        ws.send(Message::text(login)).await.unwrap();
+        let reply = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
+            .await
+            .expect("a login answer in time")
+            .expect("open")
+            .expect("a frame");
+        let reply: serde_json::Value = serde_json::from_str(reply.to_text().unwrap()).unwrap();
+        assert_eq!(reply["type"], "login", "{path:?}: {reply}");
+        assert_eq!(reply["success"], true, "{path:?}: {reply}");
+    }
+    let refused = tokio_tungstenite::connect_async(format!("ws://{addr}/elsewhere")).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 404);
+        }
+        other => panic!("/elsewhere: {other:?}"),
     }
 }
