@@ -117,6 +117,30 @@ pub enum ConfigError {
     },
 }
 
+/// Whether the dotted key `path` (`turn.secrets[0]`, `admin.token`, ...) holds a secret (a
+/// `Secret` field or a list of them), whose value an error must not repeat: errors reach the
+/// terminal and, on a reload, the journal.
+fn holds_secrets(path: &str) -> bool {
+    const SECRET_FIELDS: [&str; 5] = ["secrets", "token", "keys", "password", "credential"];
+    path.split(['.', '[']).any(|part| {
+        SECRET_FIELDS.contains(&part.trim_end_matches(|c: char| c == ']' || c.is_ascii_digit()))
+    })
+}
+
+/// A deserializer's message without the value it quotes: serde's "invalid type: string
+/// \"…\", expected a sequence" becomes "invalid type (value not shown, the key holds a
+/// secret), expected a sequence".
+fn without_value(message: &str) -> String {
+    let hidden = "(value not shown, the key holds a secret)";
+    for kind in ["invalid type", "invalid value"] {
+        if let Some(rest) = message.strip_prefix(kind) {
+            let expected = rest.rfind(", expected ").map_or("", |i| &rest[i..]);
+            return format!("{kind} {hidden}{expected}");
+        }
+    }
+    format!("wrong value {hidden}")
+}
+
 /// Builds `ConfigError::Invalid` for a dotted key of the file being checked; each section's
 /// `validate` takes one, so its errors name the file without knowing it.
 type Invalid<'a> = &'a dyn Fn(&str, String) -> ConfigError;
@@ -199,7 +223,12 @@ impl Config {
                 format!("key `{path}`: ")
             };
             let inner = e.into_inner();
-            parse_error(key, inner.message().to_owned(), inner.span())
+            let message = if holds_secrets(&path) {
+                without_value(inner.message())
+            } else {
+                inner.message().to_owned()
+            };
+            parse_error(key, message, inner.span())
         })?;
         config.validate(file)?;
         Ok(config)

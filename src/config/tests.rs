@@ -88,6 +88,33 @@ fn secrets_are_masked_in_the_dump() {
     );
 }
 
+/// A secret-bearing key of the wrong type is refused by its key and line, without its value
+/// (errors reach the terminal and, on a reload, the journal).
+#[test]
+fn a_secret_of_the_wrong_type_is_refused_without_its_value() {
+    let cases = [
+        "[turn]\nsecrets = \"hunter2-hunter2-hunter2\"\n",
+        "[turn]\nsecrets = [\"ok-ok-ok-ok-ok-ok\", 271828182845]\n",
+        "[admin]\ntoken = [\"hunter2-hunter2-hunter2\"]\n",
+        "[admin]\ntoken = 271828182845\n",
+        "[api]\nkeys = \"hunter2-hunter2-hunter2\"\n",
+        "[[turn.static_users]]\nusername = \"u\"\npassword = 271828182845\n",
+        "[[ice_servers]]\nurls = [\"turn:t\"]\nusername = \"u\"\ncredential = 271828182845\n",
+    ];
+    for text in cases {
+        let err = refused(text);
+        assert!(
+            !err.contains("hunter2") && !err.contains("271828182845"),
+            "{text}: {err}"
+        );
+        assert!(err.contains("value not shown"), "{text}: {err}");
+        assert!(err.starts_with("test.toml:"), "{text}: {err}");
+    }
+    // Other keys keep their value in the message: it helps, and it is no secret.
+    let err = refused("[signaling]\nroom_capacity = \"four\"\n");
+    assert!(err.contains("\"four\""), "{err}");
+}
+
 /// The field names serde's derive gives `T` (the list it passes to `deserialize_struct`),
 /// which are the keys the parser accepts in its table.
 fn serde_fields<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
