@@ -318,8 +318,6 @@ pub async fn finish<E: std::fmt::Display>(
     }
 }
 
-/// The socket loop driven over a loopback TCP pair, in process: the real `Conn`, `Direct`
-/// and `Outbox` on the server side, a plain WebSocket client on the other.
 /// Whether the keepalive tick at which the client has been `silent` pings it.
 ///
 /// A client heard from recently is alive and gets no ping (a busy socket writes no
@@ -333,6 +331,8 @@ fn ping_due(silent: Duration, interval: Duration, idle: Duration) -> bool {
     silent >= interval.min(idle.saturating_sub(interval) / 2)
 }
 
+/// The socket loop driven over a loopback TCP pair, in process: the real `Conn`, `Direct`
+/// and `Outbox` on the server side, a plain WebSocket client on the other.
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

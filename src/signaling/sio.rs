@@ -498,6 +498,13 @@ fn join(
             // A join racing another from the same socket; socket.io rooms have no names.
             JoinError::AlreadyJoined | JoinError::NameTaken => NotJoined::Answered,
         })?;
+    // The socket's disconnect handler runs on a task of its own: had it run between the
+    // lookup of the peer above and this join, its leave came first and nothing else would
+    // take this member out again.
+    if app.sio.peer(s.id).is_none() {
+        app.sio.registry.leave(&peer);
+        return Err(NotJoined::Answered);
+    }
     app.sio.stats.joins.inc();
     let before = joined.others.len();
     info!(sid = %s.id, room, members = before + 1, "socket.io peer joined");
