@@ -82,6 +82,22 @@ struct Peer {
     _guard: ConnectionGuard,
 }
 
+/// Removes a socket's entry from `SioRooms` when socketioxide drops the socket (kept in its
+/// extensions). The disconnect handler has usually removed it already.
+struct Entry {
+    sio: std::sync::Weak<SioRooms>,
+    sid: Sid,
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        // Only this dialect's own lock, which is never held while a socket is dropped.
+        if let Some(sio) = self.sio.upgrade() {
+            sio.peers().remove(&self.sid);
+        }
+    }
+}
+
 /// A socket.io socket as a room member: a message is an event, emitted as it came.
 /// The tutorials tell nobody of joins and leaves by themselves (`join`/`ready` are
 /// messages the joiner sends).
@@ -319,6 +335,13 @@ async fn admit(s: SocketRef, State(app): App) -> Result<(), String> {
             _guard: admitted.guard,
         },
     );
+    // The entry (and its connection slot) goes with the socket, however it goes: the
+    // disconnect handler runs only for a socket whose connect completed, and an engine.io
+    // session can close before that (one polling POST of `40` then `1`).
+    s.extensions.insert(Arc::new(Entry {
+        sio: Arc::downgrade(&app.sio),
+        sid: s.id,
+    }));
     // Here and not in the connect handler: socketioxide sends the connect packet after this
     // middleware and then *spawns* the handler, so a client that answers the connect packet
     // at once could have its first event arrive before handlers registered there exist, and

@@ -382,3 +382,61 @@ async fn the_plain_listener_speaks_the_dialect_at_its_root_and_its_path() {
         other => panic!("/elsewhere: {other:?}"),
     }
 }
+
+/// An engine.io session closed before socket.io's namespace connect has run (one polling
+/// POST carrying `40`, the connect, and `1`, the close) frees its connection slot. It used
+/// to hold it until restart: the slot was freed by the disconnect handler, which a connect
+/// that never completed never gets, so a few hundred such POSTs made every dialect answer 503.
+#[tokio::test]
+async fn a_socketio_session_closed_before_its_connect_frees_its_slot() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let server = TestServer::start("");
+    for _ in 0..5 {
+        let (status, _, body) = server
+            .https_get("/socket.io/?EIO=4&transport=polling")
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let open: serde_json::Value =
+            serde_json::from_str(body.trim_start_matches('0')).expect("an open packet");
+        let sid = open["sid"].as_str().expect("a sid").to_owned();
+
+        let connector = tokio_rustls::TlsConnector::from(server.client_tls());
+        let tcp = tokio::net::TcpStream::connect(server.https).await.unwrap();
+        let name = rustls_pki_types::ServerName::IpAddress(server.https.ip().into());
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        let body = "40\x1e1";
+        let request = format!(
+            "POST /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: {}\r\n\
+             Content-Type: text/plain;charset=UTF-8\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            server.https,
+            body.len()
+        );
+        tls.write_all(request.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            tls.read_to_end(&mut response),
+        )
+        .await
+        .expect("an answer to the POST");
+        let response = String::from_utf8_lossy(&response);
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    }
+    // Every slot is free again (the connect tasks run on their own; wait for them).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let open = server
+            .metric("switchboard_signaling_open_connections", &[])
+            .await;
+        if open == 0.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{open} socket.io connection slots still held"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
