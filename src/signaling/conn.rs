@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::direct::{Batch, Direct};
-use super::frame::{CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY};
+use super::frame::{CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY, CLOSE_UNSUPPORTED};
 use super::frame::{Incoming, OP_PING, OP_PONG, OP_TEXT};
 use super::host::Host;
 use super::outbox::{OUTBOX_CAPACITY, Outbox};
@@ -40,8 +40,12 @@ pub enum Reply {
 pub trait Handler {
     /// A text message from the client.
     fn text(&mut self, text: &str) -> Reply;
-    /// A binary message, which no dialect uses.
+    /// A binary message, which no dialect uses (a second one closes the socket).
     fn binary(&mut self) -> Reply;
+    /// A frame that is not a text message (ping, pong, binary) takes a token from the
+    /// socket's message budget as a message does. `Err(Reply::None)`: over the rate, the
+    /// frame is dropped (a ping gets no pong); `Err(Reply::Close(..))`: the client goes.
+    fn charge(&mut self) -> Result<(), Reply>;
     /// When the dialect next wants `deadline` called, if ever: asked after every event.
     fn next_deadline(&self) -> Option<Instant>;
     /// The time from `next_deadline` has come.
@@ -111,6 +115,7 @@ impl Conn {
         tokio::pin!(timer);
         let direct = &self.direct;
         let mut batch = Batch::default();
+        let mut binaries = 0u32;
         let signal: &Signal = &self.registration.signal;
         let app = &self.app;
         loop {
@@ -143,19 +148,33 @@ impl Conn {
                         Err(e) => return read_failed(e),
                     };
                     // Messages already read are handled as one batch: the peers they go to
-                    // get one write each (see `direct::Batch`).
+                    // get one write each (see `direct::Batch`). Every frame is charged to
+                    // the message budget; of the pings in a batch only the last is
+                    // answered (RFC 6455 section 5.5.3 allows it), after the batch.
+                    let mut pong = None;
                     loop {
                         let reply = match msg {
                             Incoming::Text(text) => batch.run(|| dialect.text(&text)),
-                            Incoming::Binary(_) => dialect.binary(),
-                            Incoming::Ping(data) => {
-                                batch.flush();
-                                if write(direct, OP_PONG, &data).await.is_err() {
-                                    return None;
+                            Incoming::Binary(_) => match dialect.charge() {
+                                Err(refused) => refused,
+                                Ok(()) if binaries == 0 => {
+                                    binaries += 1;
+                                    dialect.binary()
                                 }
-                                Reply::None
-                            }
-                            Incoming::Pong => Reply::None,
+                                Ok(()) => Reply::Close(
+                                    None,
+                                    CLOSE_UNSUPPORTED,
+                                    "binary frames are not supported",
+                                ),
+                            },
+                            Incoming::Ping(data) => match dialect.charge() {
+                                Ok(()) => {
+                                    pong = Some(data);
+                                    Reply::None
+                                }
+                                Err(refused) => refused,
+                            },
+                            Incoming::Pong => dialect.charge().err().unwrap_or(Reply::None),
                             Incoming::Close(code) => {
                                 batch.flush();
                                 // The client closes: echo its status (RFC 6455 section 5.5.1).
@@ -178,6 +197,11 @@ impl Conn {
                         };
                     }
                     batch.flush();
+                    if let Some(data) = pong
+                        && write(direct, OP_PONG, &data).await.is_err()
+                    {
+                        return None;
+                    }
                     Reply::None
                 }
                 () = &mut timer => {
@@ -356,6 +380,9 @@ mod tests {
         }
         fn binary(&mut self) -> Reply {
             Reply::None
+        }
+        fn charge(&mut self) -> Result<(), Reply> {
+            Ok(())
         }
         fn next_deadline(&self) -> Option<Instant> {
             None

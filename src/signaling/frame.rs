@@ -24,6 +24,8 @@ pub const OP_PONG: u8 = 0xA;
 /// Close codes the server sends (RFC 6455 section 7.4.1).
 pub const CLOSE_NORMAL: u16 = 1000;
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// A data type the endpoint does not accept (binary frames here).
+pub const CLOSE_UNSUPPORTED: u16 = 1003;
 pub const CLOSE_POLICY: u16 = 1008;
 pub const CLOSE_TOO_BIG: u16 = 1009;
 

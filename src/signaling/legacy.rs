@@ -463,6 +463,25 @@ impl Handler for Session {
         )))
     }
 
+    fn charge(&mut self) -> Result<(), Reply> {
+        let charged = self
+            .gate
+            .charge(&self.app.live().signaling, std::time::Instant::now());
+        charged.map_err(|refused| {
+            self.app.metrics.refusals.inc(refused.limit());
+            if refused.closes() {
+                let (code, reason) = refused.close();
+                reply(Next::Close(
+                    self.error(refused.code(), refused.message()),
+                    code,
+                    reason,
+                ))
+            } else {
+                Reply::None
+            }
+        })
+    }
+
     fn next_deadline(&self) -> Option<Instant> {
         None
     }

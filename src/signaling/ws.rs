@@ -258,6 +258,26 @@ impl Handler for Session {
         ))
     }
 
+    fn charge(&mut self) -> Result<(), Reply> {
+        let charged = self
+            .gate
+            .charge(&self.app.live().signaling, std::time::Instant::now());
+        charged.map_err(|refused| {
+            self.app.metrics.refusals.inc(refused.limit());
+            if refused.closes() {
+                let (close_code, reason) = refused.close();
+                self.reply(Answer::Close(
+                    refused.code(),
+                    refused.message(),
+                    close_code,
+                    reason,
+                ))
+            } else {
+                Reply::None
+            }
+        })
+    }
+
     fn next_deadline(&self) -> Option<Instant> {
         Some(self.due)
     }

@@ -567,3 +567,89 @@ async fn plain_listener_keeps_a_message_sent_right_behind_the_upgrade() {
     assert_eq!(answer["type"], "login", "{answer}");
     assert_eq!(answer["success"], true, "{answer}");
 }
+
+/// Control frames are charged to the message budget like messages, and a batch of pings is
+/// answered with one pong: 500 pings in one write got 500 awaited pong writes and never
+/// met the rate limit before. Over the budget the client is closed as a text flood is.
+#[tokio::test]
+async fn a_ping_flood_is_charged_answered_once_per_batch_and_closed() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let server = TestServer::start("[signaling]\nmessages_per_second = 10\nmessage_burst = 10\n");
+    let mut c = server.client().await;
+    for _ in 0..500 {
+        c.ws.feed(Message::Ping(Vec::new().into())).await.unwrap();
+    }
+    c.ws.flush().await.unwrap();
+    let mut pongs = 0;
+    let close = loop {
+        let frame = tokio::time::timeout(std::time::Duration::from_secs(10), c.ws.next())
+            .await
+            .expect("the server closes in time");
+        match frame {
+            Some(Ok(Message::Pong(_))) => pongs += 1,
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => {}
+            Some(Err(e)) => panic!("dropped without a close frame: {e}"),
+            None => panic!("dropped without a close frame"),
+        }
+    };
+    let close = close.expect("a close frame with a reason");
+    assert_eq!(u16::from(close.code), 1008, "{close:?}");
+    assert_eq!(close.reason, "rate limit exceeded");
+    // The burst (10) passes; a batch's pong is written after the batch, if the client stays.
+    assert!(pongs <= 10, "{pongs} pongs");
+
+    // Within the budget: 50 pings written at once are answered, by fewer than 50 pongs;
+    // a message sent after them is answered after their pongs.
+    let server = TestServer::start("");
+    let mut c = server.client().await;
+    for _ in 0..50 {
+        c.ws.feed(Message::Ping(Vec::new().into())).await.unwrap();
+    }
+    c.ws.flush().await.unwrap();
+    let mut pongs = 0;
+    loop {
+        let frame = tokio::time::timeout(std::time::Duration::from_secs(10), c.ws.next())
+            .await
+            .expect("pongs in time");
+        match frame {
+            Some(Ok(Message::Pong(_))) => {
+                pongs += 1;
+                if pongs == 1 {
+                    c.send(serde_json::json!({"type": "ping"})).await;
+                }
+            }
+            Some(Ok(Message::Text(text))) => {
+                assert!(text.contains("pong"), "{text}");
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!((1..50).contains(&pongs), "{pongs} pongs for 50 pings");
+}
+
+/// A binary frame gets an error; a second one closes the socket (1003): each used to get
+/// its own error reply, however many.
+#[tokio::test]
+async fn a_second_binary_frame_closes_the_socket() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let server = TestServer::start("");
+    let mut c = server.client().await;
+    c.ws.send(Message::Binary(vec![1, 2, 3].into()))
+        .await
+        .unwrap();
+    assert_eq!(c.recv_error().await.0, "bad_request");
+    c.ws.send(Message::Binary(vec![1, 2, 3].into()))
+        .await
+        .unwrap();
+    let (code, reason) = c.recv_close().await;
+    assert_eq!(
+        (code, reason.as_str()),
+        (1003, "binary frames are not supported")
+    );
+}
