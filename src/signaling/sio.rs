@@ -281,10 +281,22 @@ impl Dialect for SioRooms {
 
 /// The socket.io layer for the HTTPS router.
 fn layer(app: Arc<Host>, sio: Arc<SioRooms>) -> SocketIoLayer {
+    // As on /ws: the limit is enforced on each message (with an error, then a disconnect);
+    // the transport's limits, twice it, stop runaway payloads: engine.io's own defaults
+    // (64 MiB messages, 16 MiB frames, 10 MB of binary attachments) would let one client
+    // make the server wait for and buffer that much. A frame is refused from its header,
+    // and no event parsed into a `Value` is larger than twice the limit.
+    let max = app.live().signaling.max_message_bytes;
     let (layer, io) = SocketIo::builder()
-        // As on /ws: the limit is enforced on each message (with an error, then a
-        // disconnect); the transport limit only stops runaway payloads.
-        .max_payload(2 * app.live().signaling.max_message_bytes as u64)
+        .max_payload(2 * max as u64)
+        .ws_max_message_size(2 * max)
+        .ws_max_frame_size(2 * max)
+        // The tutorials send no binary attachments.
+        .with_parser(
+            socketioxide::ParserConfig::common()
+                .max_incoming_binary_buf_size(max)
+                .max_incoming_binaries(1),
+        )
         .with_state(Ctx {
             app: Arc::clone(&app),
             sio: Arc::clone(&sio),

@@ -440,3 +440,49 @@ async fn a_socketio_session_closed_before_its_connect_frees_its_slot() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// The socket.io WebSocket transport holds a client to `signaling.max_message_bytes` (twice
+/// it, as the transport's margin) from a frame's header on: a frame that announces more is
+/// refused at once, before its payload is read. Before, engine.io's defaults (64 MiB message,
+/// 16 MiB frame) applied, and the server waited for, and buffered, up to 16 MiB per frame.
+/// 100 such attempts each get a close and cost the server almost nothing.
+#[tokio::test]
+async fn a_socketio_frame_over_the_message_limit_is_refused_from_its_header() {
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+
+    let server = TestServer::start("[signaling]\nmax_connections_per_ip = 200\n");
+    let rss_kb = || {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmRSS")
+    };
+    let before = rss_kb();
+    for _ in 0..100 {
+        let mut c = sio_raw(&server, None).await;
+        // A masked text frame announcing 8 MiB (well under the old 16 MiB frame limit),
+        // and not one byte of it.
+        let mut header = vec![0x81, 0x80 | 127];
+        header.extend_from_slice(&(8u64 << 20).to_be_bytes());
+        header.extend_from_slice(&[1, 2, 3, 4]);
+        let stream = c.ws.get_mut();
+        stream.write_all(&header).await.unwrap();
+        stream.flush().await.unwrap();
+        loop {
+            let frame = tokio::time::timeout(std::time::Duration::from_secs(5), c.ws.next())
+                .await
+                .expect("the server ends the connection at once");
+            match frame {
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Close(_)) | Err(_)) | None => {
+                    break;
+                }
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+    let grown = rss_kb().saturating_sub(before);
+    assert!(grown < 10 * 1024, "RSS grew by {grown} KiB");
+}
