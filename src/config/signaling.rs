@@ -14,7 +14,11 @@ pub struct SignalingConfig {
     pub room_capacity: usize,
     pub max_rooms: usize,
     pub max_connections: usize,
+    /// Connections per client IPv4 address or IPv6 network of `source_prefix_v6` bits.
     pub max_connections_per_ip: usize,
+    /// The IPv6 prefix length one client is counted by (a /64 is one subscriber's network,
+    /// and one host may hold all of it).
+    pub source_prefix_v6: u8,
     pub max_message_bytes: usize,
     pub messages_per_second: u32,
     pub message_burst: u32,
@@ -40,6 +44,8 @@ keys!(SignalingConfig in "signaling" {
     max_rooms: Live,
     max_connections: Live,
     max_connections_per_ip: Live,
+    // The connection limiter counts by it from the start.
+    source_prefix_v6: Restart,
     max_message_bytes: Live,
     messages_per_second: Live,
     message_burst: Live,
@@ -61,6 +67,7 @@ impl Default for SignalingConfig {
             max_rooms: 10_000,
             max_connections: 10_000,
             max_connections_per_ip: 50,
+            source_prefix_v6: 64,
             max_message_bytes: 64 * 1024,
             messages_per_second: 20,
             message_burst: 60,
@@ -89,7 +96,7 @@ impl SignalingConfig {
 
     pub(super) fn validate(&self, invalid: Invalid<'_>) -> Result<(), ConfigError> {
         let s = self;
-        let ranges: [(&str, u64, u64, u64); 11] = [
+        let ranges: [(&str, u64, u64, u64); 12] = [
             ("signaling.room_capacity", s.room_capacity as u64, 2, 64),
             (
                 "signaling.socketio_room_capacity",
@@ -127,6 +134,12 @@ impl SignalingConfig {
                 u64::from(s.message_burst),
                 1,
                 1_000_000,
+            ),
+            (
+                "signaling.source_prefix_v6",
+                u64::from(s.source_prefix_v6),
+                16,
+                128,
             ),
             ("signaling.join_timeout_s", s.join_timeout_s, 1, 3600),
             ("signaling.ping_interval_s", s.ping_interval_s, 1, 3600),

@@ -80,9 +80,10 @@ impl Host {
     ) -> Host {
         let s = &live.signaling;
         Host {
-            limiter: Arc::new(ConnectionLimiter::new(
+            limiter: Arc::new(ConnectionLimiter::with_v6_prefix(
                 s.max_connections,
                 s.max_connections_per_ip,
+                s.source_prefix_v6,
             )),
             live: ArcSwap::from_pointee(live),
             turn,
@@ -137,5 +138,40 @@ impl Host {
             let (s, p) = (scope.clone(), peer.clone());
             turn.peer_left(scope.clone(), peer.clone(), move || membership(&s, &p));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::*;
+
+    fn host(toml: &str) -> Host {
+        let config = Config::from_toml(toml, "t").unwrap();
+        Host::new(
+            Live::new(&config),
+            None,
+            Arc::new(|_: &Scope, _: &PeerId| false),
+            CancellationToken::new(),
+            TaskTracker::new(),
+        )
+    }
+
+    /// One host may hold a whole /64: its addresses share one count by default.
+    #[test]
+    fn ipv6_clients_are_counted_per_network_of_the_configured_prefix() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let by_64 = host("[signaling]\nmax_connections_per_ip = 1\n");
+        let _first = by_64.limiter.try_acquire(ip("2001:db8:1:2::1")).unwrap();
+        assert!(by_64.limiter.try_acquire(ip("2001:db8:1:2::ffff")).is_err());
+        let _other = by_64.limiter.try_acquire(ip("2001:db8:1:3::1")).unwrap();
+
+        let by_128 = host("[signaling]\nmax_connections_per_ip = 1\nsource_prefix_v6 = 128\n");
+        let _first = by_128.limiter.try_acquire(ip("2001:db8:1:2::1")).unwrap();
+        let _second = by_128
+            .limiter
+            .try_acquire(ip("2001:db8:1:2::ffff"))
+            .unwrap();
     }
 }
