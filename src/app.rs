@@ -158,7 +158,9 @@ pub async fn run(
         dialects,
         Access::new(&config, admin_token),
     ));
-    let router = http::router(Arc::clone(&app));
+    // A real certificate (configured, or ACME's) gets HSTS; the generated one does not.
+    let hsts = config.https.cert.is_some() || config.acme.enabled;
+    let router = http::router(Arc::clone(&app), hsts);
 
     let turn_on_https = app
         .host

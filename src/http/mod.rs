@@ -25,15 +25,27 @@ const STYLE: &str = include_str!("../../static/style.css");
 const DIAG_PAGE: &str = include_str!("../../static/diag.html");
 const DIAG_SCRIPT: &str = include_str!("../../static/diag.js");
 
-/// Content-Security-Policy of every response: the page loads only its own script and style.
-const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-                   media-src 'self' blob: mediastream:; connect-src 'self'; base-uri 'none'; \
-                   form-action 'self'; frame-ancestors 'none'";
+/// Content-Security-Policy of every response: the page loads only its own script and style,
+/// and connects only to its own origin. `connect-src` also names the socket's `wss://` origin
+/// (the request's host), which browsers without CSP3 do not take `'self'` to cover.
+fn csp(host: Option<&str>) -> String {
+    let wss = host.map(|h| format!(" wss://{h}")).unwrap_or_default();
+    format!(
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+         media-src 'self' blob: mediastream:; connect-src 'self'{wss}; base-uri 'none'; \
+         form-action 'self'; frame-ancestors 'none'"
+    )
+}
+
+/// `Strict-Transport-Security` when the certificate is a real one (configured or from ACME):
+/// a browser that saw it refuses plain HTTP and certificate warnings for a year. Never for
+/// the generated self-signed certificate, which a person must be able to click through.
+const HSTS: &str = "max-age=31536000";
 
 /// The HTTPS router: every route of `routes::Route::ALL` this module serves, then each
 /// dialect's endpoints (`/ws`, `signaling.legacy_path`, checked by the config with
 /// `routes::check_extra`, and socket.io's layer).
-pub fn router(state: Arc<AppState>) -> Router {
+pub fn router(state: Arc<AppState>, hsts: bool) -> Router {
     let mut router = Router::new();
     for route in Route::ALL {
         if let Some(handler) = handler(route) {
@@ -44,7 +56,11 @@ pub fn router(state: Arc<AppState>) -> Router {
     for dialect in state.dialects.iter() {
         router = Arc::clone(dialect).mount(router, &state.host);
     }
-    router.layer(axum::middleware::map_response(security_headers))
+    router.layer(axum::middleware::from_fn(
+        move |request: axum::extract::Request, next: axum::middleware::Next| {
+            security_headers(request, next, hsts)
+        },
+    ))
 }
 
 /// The handler of each fixed route, or `None` for a dialect's own endpoint (mounted by the
@@ -94,12 +110,31 @@ pub fn legacy_router(state: Arc<AppState>) -> Router {
     mounted.route_service("/", at_root)
 }
 
-async fn security_headers(mut response: Response) -> Response {
+async fn security_headers(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+    hsts: bool,
+) -> Response {
+    // The host as the browser named it (HTTP/2: the URI's authority), if it is a plain
+    // host[:port]: nothing else reaches the header.
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()))
+        .filter(|h| h.parse::<axum::http::uri::Authority>().is_ok() && !h.contains('@'))
+        .map(str::to_owned);
+    let mut response = next.run(request).await;
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
-    );
+    if let Ok(csp) = HeaderValue::from_str(&csp(host.as_deref())) {
+        headers.insert(header::CONTENT_SECURITY_POLICY, csp);
+    }
+    if hsts {
+        headers.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static(HSTS),
+        );
+    }
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
@@ -206,7 +241,7 @@ mod tests {
             dialects,
             Access::new(&config, None),
         ));
-        let router = router(app);
+        let router = router(app, false);
         let get = async |path: &str| {
             let request = Request::get(path).body(Body::empty()).unwrap();
             let response = router.clone().oneshot(request).await.unwrap();
@@ -232,5 +267,42 @@ mod tests {
         let page = error_page("bad <script>\"&");
         assert!(page.contains("bad &lt;script&gt;&quot;&amp;"));
         assert!(!page.contains("<script>"));
+    }
+
+    /// HSTS only when asked (a real certificate); `connect-src` names the socket's origin.
+    #[tokio::test]
+    async fn security_headers_name_the_socket_origin_and_hsts_only_for_a_real_certificate() {
+        let config = Config::from_toml("", "t").unwrap();
+        for hsts in [false, true] {
+            let dialects = crate::signaling::dialects(&config.signaling);
+            let host = Host::new(
+                Live::new(&config),
+                None,
+                dialects.membership(),
+                CancellationToken::new(),
+                TaskTracker::new(),
+            );
+            let app = Arc::new(AppState::new(
+                Arc::new(host),
+                dialects,
+                Access::new(&config, None),
+            ));
+            let request = Request::get("/")
+                .header(header::HOST, "calls.example.org:8443")
+                .body(Body::empty())
+                .unwrap();
+            let response = router(app, hsts).oneshot(request).await.unwrap();
+            let headers = response.headers();
+            let csp = headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+            assert!(
+                csp.contains("connect-src 'self' wss://calls.example.org:8443;"),
+                "{csp}"
+            );
+            assert_eq!(
+                headers.get(header::STRICT_TRANSPORT_SECURITY).is_some(),
+                hsts,
+                "{headers:?}"
+            );
+        }
     }
 }
