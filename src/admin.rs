@@ -32,21 +32,25 @@ use crate::model::{PeerId, PeerInfo, RoomId};
 use crate::state::AppState;
 use crate::turn::handle::Usage;
 
-/// Where an admin caller's token is checked against.
-pub fn router(app: Arc<AppState>) -> Router {
-    let api = Router::new()
+/// The admin listener's routes: the API always behind the admin token, and `/metrics` too
+/// on a listener that is `public` (not loopback).
+pub fn router(app: Arc<AppState>, public: bool) -> Router {
+    let mut api = Router::new()
         .route("/api/v1/rooms", get(list_rooms))
         .route("/api/v1/rooms/{room}", delete(close_room))
         .route("/api/v1/peers", get(list_peers))
-        .route("/api/v1/peers/{peer}", delete(kick_peer))
-        .route_layer(middleware::from_fn_with_state(
-            Arc::clone(&app),
-            require_token,
-        ));
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(async || "ok\n"))
-        .merge(api)
+        .route("/api/v1/peers/{peer}", delete(kick_peer));
+    let mut open = Router::new().route("/healthz", get(async || "ok\n"));
+    if public {
+        api = api.route("/metrics", get(metrics));
+    } else {
+        open = open.route("/metrics", get(metrics));
+    }
+    let api = api.route_layer(middleware::from_fn_with_state(
+        Arc::clone(&app),
+        require_token,
+    ));
+    open.merge(api)
         .fallback(async || error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"))
         .with_state(app)
 }

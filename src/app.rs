@@ -216,9 +216,17 @@ pub async fn run(
             .local_addr()
             .context("reading the admin listener address")?;
         info!(listener = "admin", %addr, "listening");
+        // Off loopback, /metrics (room and peer counts, traffic) needs the token too.
+        let public = !addr.ip().is_loopback();
+        if public {
+            warn!(
+                %addr,
+                "the admin listener is reachable from other hosts (admin.listen): /metrics needs the admin token too; prefer a loopback address behind a firewall"
+            );
+        }
         tasks.spawn(http::server::serve_plain(
             listener,
-            crate::admin::router(Arc::clone(&app)),
+            crate::admin::router(Arc::clone(&app), public),
             shutdown.clone(),
             tasks.clone(),
         ));

@@ -316,3 +316,22 @@ fn the_openapi_description_covers_every_route() {
         assert!(doc.contains(path), "{path} is not in docs/admin-api.yaml");
     }
 }
+
+/// An admin listener off loopback is warned about, and its `/metrics` needs the token like
+/// the API (room and peer counts, traffic); on loopback `/metrics` stays open to a scraper.
+#[tokio::test]
+async fn metrics_off_loopback_need_the_admin_token() {
+    let server = TestServer::start("[admin]\nlisten = [\"0.0.0.0:0\"]\n");
+    let warning = server.wait_log(
+        "the admin listener is reachable from other hosts (admin.listen): /metrics needs the admin token too; prefer a loopback address behind a firewall",
+    );
+    assert_eq!(warning["level"], "WARN");
+    assert_eq!(server.admin("GET", "/metrics", false).await.0, 401);
+    let (status, body) = server.admin("GET", "/metrics", true).await;
+    assert_eq!(status, 200);
+    assert!(body.as_str().unwrap().contains("switchboard_"), "{body}");
+    assert_eq!(server.admin("GET", "/healthz", false).await.0, 200);
+
+    let local = TestServer::start("");
+    assert_eq!(local.admin("GET", "/metrics", false).await.0, 200);
+}
