@@ -84,7 +84,11 @@ async fn require_token(State(app): State<Arc<AppState>>, request: Request, next:
     if bearer_matches(request.headers(), &app.access().admin_token) {
         return next.run(request).await;
     }
-    warn!(path = %request.uri().path(), "admin API request without a valid token");
+    static REFUSED: crate::throttle::Throttle = crate::throttle::Throttle::new();
+    if let Some(suppressed) = REFUSED.allow(crate::throttle::now_s()) {
+        let path = crate::throttle::clip(request.uri().path());
+        warn!(?path, suppressed, "admin API request without a valid token");
+    }
     let mut response = error(
         StatusCode::UNAUTHORIZED,
         "unauthorized",

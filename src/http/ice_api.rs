@@ -39,7 +39,10 @@ pub async fn ice_servers(
         );
     }
     if !bearer_matches(&headers, api_keys) {
-        warn!("ICE servers request without a valid API key");
+        static REFUSED: crate::throttle::Throttle = crate::throttle::Throttle::new();
+        if let Some(suppressed) = REFUSED.allow(crate::throttle::now_s()) {
+            warn!(suppressed, "ICE servers request without a valid API key");
+        }
         return error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",

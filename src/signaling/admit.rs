@@ -11,6 +11,11 @@ use tracing::warn;
 use super::host::Host;
 use super::limits::{ConnectionGuard, ConnectionRefused};
 use super::stats::Refusal;
+use crate::throttle::{Throttle, clip, now_s};
+
+/// The log lines of refusals, which any client can cause.
+static ORIGIN_REFUSED: Throttle = Throttle::new();
+static CONNECTION_REFUSED: Throttle = Throttle::new();
 
 /// A connection that passed the checks every signaling dialect shares.
 pub struct Admitted {
@@ -35,7 +40,10 @@ pub fn admit(
         .and_then(|v| v.to_str().ok())
         .or_else(|| uri.authority().map(|a| a.as_str()));
     if !origin_allowed(origin, host, &app.live().signaling.allowed_origins) {
-        warn!(%remote, origin = origin.unwrap_or(""), "websocket origin refused");
+        if let Some(suppressed) = ORIGIN_REFUSED.allow(now_s()) {
+            let origin = clip(origin.unwrap_or(""));
+            warn!(%remote, ?origin, suppressed, "websocket origin refused");
+        }
         app.metrics.refusals.inc(Refusal::Origin);
         return Err(Box::new(refusal(
             StatusCode::FORBIDDEN,
@@ -66,7 +74,9 @@ pub fn admit(
                 "too many connections from this address (signaling.max_connections_per_ip)",
             ),
         };
-        warn!(%remote, ?limit, "websocket connection refused");
+        if let Some(suppressed) = CONNECTION_REFUSED.allow(now_s()) {
+            warn!(%remote, ?limit, suppressed, "websocket connection refused");
+        }
         Box::new(refusal(status, "too_many_connections", message))
     })?;
     let request_host = host

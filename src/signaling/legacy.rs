@@ -445,7 +445,10 @@ fn reply(next: Next) -> Reply {
         Next::Nothing => Reply::None,
         Next::Reply(value) => Reply::Send(value.to_string()),
         Next::Close(value, code, reason) => {
-            warn!(reason, "closing legacy client");
+            static CLOSING: crate::throttle::Throttle = crate::throttle::Throttle::new();
+            if let Some(suppressed) = CLOSING.allow(crate::throttle::now_s()) {
+                warn!(reason, suppressed, "closing legacy client");
+            }
             Reply::Close(Some(value.to_string()), code, reason)
         }
     }

@@ -237,7 +237,10 @@ impl Session {
             }
             Answer::Close(code, message, close_code, reason) => {
                 self.app.metrics.errors.inc(code);
-                warn!(?code, %message, "closing client");
+                static CLOSING: crate::throttle::Throttle = crate::throttle::Throttle::new();
+                if let Some(suppressed) = CLOSING.allow(crate::throttle::now_s()) {
+                    warn!(?code, %message, suppressed, "closing client");
+                }
                 let frame = protocol::encode(&ServerMsg::error(code, message));
                 Reply::Close(Some(frame), close_code, reason)
             }

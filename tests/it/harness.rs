@@ -223,6 +223,20 @@ impl TestServer {
         }
     }
 
+    /// Every line logged so far (that has reached the test) whose `message` is `message`;
+    /// call it after `wait_log` for a line logged after the ones to count.
+    pub fn logged(&self, message: &str) -> Vec<Value> {
+        let mut seen = self.seen.lock().unwrap();
+        while let Ok(line) = self.lines.try_recv() {
+            seen.0.push(line);
+        }
+        seen.0
+            .iter()
+            .filter(|l| l["message"] == message)
+            .cloned()
+            .collect()
+    }
+
     /// Rewrites the config file as the starting config with `overrides` merged in, and
     /// sends SIGHUP.
     pub fn reload(&self, overrides: &str) {

@@ -653,3 +653,33 @@ async fn a_second_binary_frame_closes_the_socket() {
         (1003, "binary frames are not supported")
     );
 }
+
+/// Refusals any client can cause are logged at most ten a second per kind, the next line
+/// saying how many were left out, and the client's text in them is clipped: 100 upgrades
+/// from a long foreign `Origin` used to write 100 warnings with the whole header each.
+#[tokio::test]
+async fn refusal_log_lines_are_throttled_and_clip_client_text() {
+    let server = TestServer::start("");
+    let origin = format!("https://{}.example", "x".repeat(1000));
+    for _ in 0..100 {
+        let mut request = server.ws_url().into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("origin", HeaderValue::from_str(&origin).unwrap());
+        assert!(server.client_with(request).await.is_err());
+    }
+    // A line logged after all of those, to count them by.
+    assert_eq!(server.admin("GET", "/api/v1/rooms", false).await.0, 401);
+    server.wait_log("admin API request without a valid token");
+    let refused = server.logged("websocket origin refused");
+    // 100 attempts take a few seconds at most: ten a second per second they span.
+    assert!(
+        !refused.is_empty() && refused.len() <= 50,
+        "{} lines",
+        refused.len()
+    );
+    for line in &refused {
+        let logged = line["origin"].as_str().unwrap();
+        assert!(logged.len() <= 130, "{logged}"); // 128 bytes, quoted
+    }
+}
