@@ -44,8 +44,22 @@
 
   // ---------- lobby ----------
 
+  // A room name nobody can guess (80 random bits), proposed on the start page: a room is
+  // as private as its name. A person can still type their own.
+  function randomRoom() {
+    const alphabet = 'abcdefghijkmnpqrstuvwxyz23456789'; // 32 signs, no look-alikes
+    const bytes = crypto.getRandomValues(new Uint8Array(16));
+    const signs = Array.from(bytes, (b) => alphabet[b & 31]).join('');
+    return signs.match(/.{4}/g).join('-');
+  }
+
   function lobby() {
     $('lobby').hidden = false;
+    const input = $('room-input');
+    if (!input.value) {
+      input.value = randomRoom();
+      input.select();
+    }
     $('join-form').addEventListener('submit', (ev) => {
       ev.preventDefault();
       const room = $('room-input').value.trim();

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::cdp::Browser;
+use crate::cdp::{Browser, Page};
 use crate::harness::{TestServer, need};
 use crate::prereq::Prereq;
 
@@ -54,12 +54,28 @@ fn two_browser_tabs_see_each_others_video() {
 
 #[test]
 #[cfg_attr(not(has_chromium), ignore = "needs chromium (apt install chromium)")]
-fn lobby_refuses_bad_room_names_on_the_page() {
+fn the_lobby_proposes_an_unguessable_room_and_refuses_bad_names() {
     need(Prereq::Chromium);
     let server = TestServer::start("");
     let browser = Browser::launch(&[], &[]);
     let page = browser.open(&format!("https://{}/", server.https));
     page.wait_for_state("s => s.phase === 'starting'", CALL_TIMEOUT);
+    // The page proposes a room name nobody can guess: 16 signs of 32 (80 bits), new each time.
+    let proposed = |page: &Page<'_>| {
+        page.eval("document.getElementById('room-input').value")
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let first = proposed(&page);
+    let other = browser.open(&format!("https://{}/", server.https));
+    other.wait_for_state("s => s.phase === 'starting'", CALL_TIMEOUT);
+    let second = proposed(&other);
+    assert!(
+        is_proposed_room(&first) && is_proposed_room(&second) && first != second,
+        "{first} {second}"
+    );
     let error = page
         .eval(
             "document.getElementById('room-input').value = 'no spaces';
@@ -235,4 +251,15 @@ fn four_people_relay_only_fit_the_default_quotas() {
         refusals, 0.0,
         "quota refusals with {allocations} allocations"
     );
+}
+
+/// Whether `room` is four groups of four signs of the page's alphabet, joined by `-`.
+fn is_proposed_room(room: &str) -> bool {
+    let groups: Vec<&str> = room.split('-').collect();
+    groups.len() == 4
+        && groups.iter().all(|g| {
+            g.len() == 4
+                && g.chars()
+                    .all(|c| "abcdefghijkmnpqrstuvwxyz23456789".contains(c))
+        })
 }
