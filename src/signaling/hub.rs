@@ -146,6 +146,10 @@ impl Registry for Hub {
         self.read().rooms.room_of(peer).cloned()
     }
 
+    fn resolve(&self, from: &PeerId, name: &str) -> Result<PeerId, RouteError> {
+        self.read().rooms.resolve(from, name).cloned()
+    }
+
     /// New room limits (a reload).
     fn set_limits(&self, capacity: usize, max_rooms: usize) {
         self.write().rooms.set_limits(capacity, max_rooms);

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::admit::{Admitted, admit};
+use super::calls::{Calls, Kind};
 use super::conn::{Conn, Handler, Reply};
 use super::dialect::Dialect;
 use super::gate::Gate;
@@ -30,7 +31,7 @@ use super::hub::Hub;
 use super::outbox::Outbox;
 use super::protocol::{self, ErrorCode, PeerId};
 use super::registry::{Event, Member, Registry, To, Welcome};
-use super::room::{Joined, Rooms, RouteError};
+use super::room::{Joined, Rooms};
 use super::signal::Eviction;
 use super::socket::{Socket, Upgrade};
 use super::stats::{Counts, DialectStats};
@@ -43,6 +44,9 @@ use crate::model::{PeerInfo, RoomId, Scope, Space};
 pub struct Directory {
     registry: Arc<dyn Registry>,
     partners: Mutex<HashMap<PeerId, Partner, foldhash::fast::RandomState>>,
+    /// Who offered to or is in a call with whom: what an answer, a candidate or a leave
+    /// may reach.
+    calls: Mutex<Calls>,
     stats: DialectStats<PlainMessage>,
 }
 
@@ -59,6 +63,13 @@ crate::labels! {
         Leave => "leave",
         Invalid => "invalid",
     }
+}
+
+/// Why a message to a name was not sent.
+#[derive(Debug, PartialEq, Eq)]
+enum NotSent {
+    Unknown,
+    NoCall,
 }
 
 /// The name a session last exchanged an offer or answer with.
@@ -85,6 +96,7 @@ impl Directory {
         Directory {
             registry,
             partners: Mutex::default(),
+            calls: Mutex::default(),
             stats: DialectStats::default(),
         }
     }
@@ -114,17 +126,43 @@ impl Directory {
         self.registry.leave(peer);
     }
 
-    /// Sends the frame `frame` (of type `kind`) from `from` to the user called `to`.
-    fn send(&self, from: &PeerId, to: &str, kind: &str, frame: String) -> Result<(), RouteError> {
-        self.registry.send(from, To::Named(to), kind, &frame.into())
+    /// Sends the frame `frame` (a `kind`) from `from` to the user called `to`, if `kind`
+    /// may go there (`Calls`).
+    ///
+    /// # Errors
+    /// `Unknown`: nobody of that name; `NoCall`: no offer or call between them that
+    /// allows it.
+    fn send(&self, from: &PeerId, to: &str, kind: Kind, frame: String) -> Result<(), NotSent> {
+        let to = self
+            .registry
+            .resolve(from, to)
+            .map_err(|_| NotSent::Unknown)?;
+        if !self.calls.lock().expect("calls lock").send(from, &to, kind) {
+            return Err(NotSent::NoCall);
+        }
+        let event = match kind {
+            Kind::Offer => "offer",
+            Kind::Answer => "answer",
+            Kind::Candidate => "candidate",
+            Kind::Leave => "leave",
+        };
+        self.registry
+            .send(from, To::Peer(&to), event, &frame.into())
+            .map_err(|_| NotSent::Unknown)
     }
 
-    /// Tells `peer`'s partner `leave`, once, while `peer` is still logged in.
+    /// Tells `peer`'s partner `leave`, once, while `peer` is still logged in, and forgets
+    /// its offers and calls.
     fn tell_partner(&self, peer: &PeerId) {
         let partner = self.partners.lock().expect("directory lock").remove(peer);
+        // As the tutorial's server does on a close: the last user this one offered to or
+        // answered hears `leave`, whether or not that call was left already.
         if let Some(name) = partner.and_then(|p| p.lock().expect("partner lock").take()) {
-            let _ = self.send(peer, &name, "leave", LEAVE.to_owned());
+            let _ = self
+                .registry
+                .send(peer, To::Named(&name), "leave", &LEAVE.into());
         }
+        self.calls.lock().expect("calls lock").forget(peer);
     }
 
     /// Users logged in right now.
@@ -380,15 +418,25 @@ impl Session {
             ),
             _ => r#"{"type":"leave"}"#.to_owned(),
         };
-        if self
-            .directory
-            .send(&self.peer, &target, kind, frame)
-            .is_err()
-        {
-            return Next::Reply(self.error(
-                ErrorCode::UnknownName,
-                format!("no user named {target:?} is logged in"),
-            ));
+        let what = match kind {
+            "offer" => Kind::Offer,
+            "answer" => Kind::Answer,
+            "candidate" => Kind::Candidate,
+            _ => Kind::Leave,
+        };
+        match self.directory.send(&self.peer, &target, what, frame) {
+            Ok(()) => {}
+            // As the tutorial's server does: an offer to nobody goes nowhere, with no
+            // answer, so that offers cannot tell which names are logged in.
+            Err(NotSent::Unknown) if what == Kind::Offer => return Next::Nothing,
+            // The same answer whether the name is unknown or only not in a call with this
+            // user: nothing to learn about who is logged in.
+            Err(NotSent::Unknown | NotSent::NoCall) => {
+                return Next::Reply(self.error(
+                    ErrorCode::UnknownName,
+                    format!("no call with {target:?}: {kind} goes only to a user you offered to or got an offer from"),
+                ));
+            }
         }
         if let Some(partner) = &self.partner {
             let mut partner = partner.lock().expect("partner lock");
@@ -539,6 +587,10 @@ mod tests {
             login(&directory, "bob", &PeerId::random(), &kicked).is_none(),
             "taken"
         );
+        // alice called bob (what a session records as it sends the offer).
+        let offer = r#"{"type":"offer"}"#.to_owned();
+        directory.send(&first, "bob", Kind::Offer, offer).unwrap();
+        assert!(bob_got.try_recv().is_ok());
         *partner.lock().unwrap() = Some("bob".to_owned());
 
         assert_eq!(directory.kick(&first), Some(Scope::whole(SPACE)));
@@ -567,12 +619,46 @@ mod tests {
         login(&directory, "bob", &bob, &to_bob).unwrap();
         let frame = r#"{"type":"offer","offer":{"sdp" : 1},"name":"alice"}"#;
         directory
-            .send(&alice, "bob", "offer", frame.to_owned())
+            .send(&alice, "bob", Kind::Offer, frame.to_owned())
             .unwrap();
         assert_eq!(bob_got.try_recv().unwrap().as_str(), frame);
         assert_eq!(
-            directory.send(&alice, "carol", "offer", frame.to_owned()),
-            Err(RouteError::UnknownPeer)
+            directory.send(&alice, "carol", Kind::Offer, frame.to_owned()),
+            Err(NotSent::Unknown)
         );
+    }
+
+    /// The tutorial relayed anything to any name: a third user could answer alice's offer
+    /// to bob and get her media. An answer goes only to a user who offered; candidates and
+    /// leave only between users with an offer or a call between them.
+    #[test]
+    fn only_the_user_offered_to_can_answer_and_only_the_two_exchange_candidates() {
+        let directory = Directory::default();
+        let (alice, bob, mallory) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let (to_alice, mut alice_got) = outbox();
+        let (to_bob, mut bob_got) = outbox();
+        let (to_mallory, _) = outbox();
+        login(&directory, "alice", &alice, &to_alice).unwrap();
+        login(&directory, "bob", &bob, &to_bob).unwrap();
+        login(&directory, "mallory", &mallory, &to_mallory).unwrap();
+        let send = |from: &PeerId, to: &str, kind: Kind| {
+            directory.send(from, to, kind, r#"{"type":"x"}"#.to_owned())
+        };
+        assert_eq!(send(&mallory, "alice", Kind::Answer), Err(NotSent::NoCall));
+        assert_eq!(send(&mallory, "bob", Kind::Candidate), Err(NotSent::NoCall));
+        assert_eq!(send(&alice, "bob", Kind::Offer), Ok(()));
+        assert!(bob_got.try_recv().is_ok());
+        assert_eq!(send(&mallory, "alice", Kind::Answer), Err(NotSent::NoCall));
+        assert_eq!(send(&mallory, "alice", Kind::Leave), Err(NotSent::NoCall));
+        assert!(alice_got.try_recv().is_err(), "mallory reached alice");
+        assert_eq!(send(&alice, "bob", Kind::Candidate), Ok(()));
+        assert_eq!(send(&bob, "alice", Kind::Answer), Ok(()));
+        assert_eq!(send(&bob, "alice", Kind::Candidate), Ok(()));
+        // Unknown names and names without a call get the same refusal from answers.
+        assert_eq!(send(&bob, "nobody", Kind::Answer), Err(NotSent::Unknown));
+        // Logging out forgets the calls.
+        directory.logout(&bob);
+        let mut calls = directory.calls.lock().unwrap();
+        assert!(!calls.send(&alice, &bob, Kind::Candidate));
     }
 }

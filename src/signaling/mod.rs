@@ -10,6 +10,7 @@
 //! - `direct`: a socket's writing half, shared with the tasks that send to it.
 //! - `outbox`: a peer's `Outbox`, delivering without waiting; a full one evicts.
 //! - `signal`: what wakes a socket task from outside (flush, eviction, shutdown).
+//! - `calls`: who may send what to whom in the plain-WebSocket dialect (offers, answers, calls); no I/O.
 //! - `registry`: the `Registry` trait, the seam for room state, and what it promises.
 //! - `hub`: the registry behind a lock plus each peer's outbox.
 //! - `host`: `Host`, what every dialect's sockets share and all they see of the server.
@@ -21,6 +22,7 @@
 //! - `sio`: the socket.io dialect of the codelab room server and the video-call app.
 
 pub mod admit;
+pub mod calls;
 pub mod conn;
 pub mod dialect;
 pub mod direct;

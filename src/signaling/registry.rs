@@ -105,6 +105,11 @@ pub trait Registry: Send + Sync + fmt::Debug {
     ) -> Result<(), RouteError>;
     /// The room `peer` is in.
     fn room_of(&self, peer: &PeerId) -> Option<RoomId>;
+    /// The member called `name` in `from`'s room (where names are unique).
+    ///
+    /// # Errors
+    /// The sender is in no room, or nobody else there has that name.
+    fn resolve(&self, from: &PeerId, name: &str) -> Result<PeerId, RouteError>;
     /// New capacity and room count, for the joins that come next.
     fn set_limits(&self, capacity: usize, max_rooms: usize);
     /// Every room with its members in join order, sorted by name.

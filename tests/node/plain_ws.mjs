@@ -66,13 +66,20 @@ assert.deepEqual(await bob.next(), { type: 'candidate', candidate });
 bob.send({ type: 'candidate', name: 'alice', candidate });
 assert.deepEqual(await alice.next(), { type: 'candidate', candidate });
 
-// Errors the tutorial got wrong: unknown names, leave to an unknown name.
+// Names cannot be probed: an offer to nobody goes nowhere, unanswered, as in the tutorial
+// (the next answer alice gets is to her next message)...
 alice.send({ type: 'offer', name: 'nobody', offer });
-const unknown = await alice.next();
-assert.equal(unknown.type, 'error');
-assert.equal(unknown.code, 'unknown_name');
+alice.send({ type: 'dance' });
+assert.deepEqual(await alice.next(), { type: 'error', message: 'Command not found: dance' });
+// ...and an answer, candidate or leave goes only where an offer went between the two, with
+// the same refusal for an unknown name as for a known one: nobody answers someone else's offer.
 alice.send({ type: 'leave', name: 'nobody' });
 assert.equal((await alice.next()).code, 'unknown_name');
+const [carol] = await loggedIn('carol');
+carol.send({ type: 'answer', name: 'alice', answer });
+assert.equal((await carol.next()).code, 'unknown_name');
+carol.send({ type: 'candidate', name: 'bob', candidate });
+assert.equal((await carol.next()).code, 'unknown_name');
 
 // Unknown type, invalid JSON: answered, connection kept.
 alice.send({ type: 'dance' });
