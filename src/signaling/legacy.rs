@@ -25,6 +25,7 @@ use super::admit::{Admitted, admit};
 use super::calls::{Calls, Kind};
 use super::conn::{Conn, Handler, Reply};
 use super::dialect::Dialect;
+use super::frame::CLOSE_POLICY;
 use super::gate::Gate;
 use super::host::Host;
 use super::hub::Hub;
@@ -34,7 +35,7 @@ use super::registry::{Event, Member, Registry, To, Welcome};
 use super::room::{Joined, Rooms};
 use super::signal::Eviction;
 use super::socket::{Socket, Upgrade};
-use super::stats::{Counts, DialectStats};
+use super::stats::{Counts, DialectStats, Refusal};
 use crate::config::SignalingConfig;
 use crate::model::{PeerInfo, RoomId, Scope, Space};
 
@@ -264,7 +265,14 @@ struct Session {
     /// (shared with the directory, for a kick). Set while logged in.
     partner: Option<Partner>,
     gate: Gate,
+    /// When a session that has not logged in is closed (`signaling.join_timeout_s`).
+    login_due: Instant,
+    /// Logins refused on this socket (a name taken or invalid); `MAX_FAILED_LOGINS` closes it.
+    failed_logins: u32,
 }
+
+/// Refused logins one socket may make: more would be probing which names are online.
+const MAX_FAILED_LOGINS: u32 = 5;
 
 /// What to do after one message.
 enum Next {
@@ -363,7 +371,7 @@ impl Session {
         };
         let name = name.as_str();
         if self.name.is_some() || name.is_empty() || protocol::check_name(name).is_err() {
-            return Next::Reply(json!({"type": "login", "success": false}));
+            return self.login_refused();
         }
         // The dialect has no rooms: its credentials name the dialect alone (`ws/`), a scope
         // no native or socket.io room can name, with no per-room quota.
@@ -384,7 +392,7 @@ impl Session {
             .directory
             .login(user, Arc::clone(&self.outbox), Box::new(welcome))
         else {
-            return Next::Reply(json!({"type": "login", "success": false}));
+            return self.login_refused();
         };
         tracing::Span::current().record("name", name);
         info!("logged in");
@@ -392,6 +400,18 @@ impl Session {
         self.name = Some(name.to_owned());
         self.partner = Some(partner);
         Next::Nothing
+    }
+
+    /// The tutorial's refusal of a login; past `MAX_FAILED_LOGINS` on one socket, the socket
+    /// goes too.
+    fn login_refused(&mut self) -> Next {
+        let refused = json!({"type": "login", "success": false});
+        self.failed_logins += 1;
+        if self.failed_logins >= MAX_FAILED_LOGINS {
+            self.app.metrics.refusals.inc(Refusal::FailedLogins);
+            return Next::Close(refused, CLOSE_POLICY, "too many refused logins");
+        }
+        Next::Reply(refused)
     }
 
     fn relay(&mut self, kind: &str, data: &Frame) -> Next {
@@ -484,6 +504,8 @@ async fn run(
         name: None,
         partner: None,
         gate: Gate::new(&cfg, std::time::Instant::now()),
+        login_due: Instant::now() + cfg.join_timeout(),
+        failed_logins: 0,
     };
     conn.serve(&mut session).await;
 }
@@ -534,11 +556,21 @@ impl Handler for Session {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        None
+        self.name.is_none().then_some(self.login_due)
     }
 
+    /// No login in time: as the native dialect's join timeout.
     fn deadline(&mut self) -> Reply {
-        Reply::None
+        if self.name.is_some() {
+            return Reply::None;
+        }
+        let timeout_s = self.app.live().signaling.join_timeout_s;
+        self.app.metrics.refusals.inc(Refusal::JoinTimeout);
+        let error = self.error(
+            ErrorCode::JoinTimeout,
+            format!("no login within {timeout_s} s"),
+        );
+        reply(Next::Close(error, CLOSE_POLICY, "login timeout"))
     }
 
     fn finish(&mut self) {

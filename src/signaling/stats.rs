@@ -18,6 +18,8 @@ crate::labels! {
         SendQueue => "send_queue",
         RoomCapacity => "room_capacity",
         MaxRooms => "max_rooms",
+        /// Refused plain-WebSocket logins on one socket (probing names).
+        FailedLogins => "failed_logins",
     }
 }
 

@@ -486,3 +486,66 @@ async fn a_socketio_frame_over_the_message_limit_is_refused_from_its_header() {
     let grown = rss_kb().saturating_sub(before);
     assert!(grown < 10 * 1024, "RSS grew by {grown} KiB");
 }
+
+/// A plain-WebSocket socket that does not log in within `signaling.join_timeout_s` is closed,
+/// as a native one that does not join; and one that keeps trying taken names (probing who is
+/// online) is closed at the fifth refusal.
+#[tokio::test]
+async fn plain_websocket_login_has_a_deadline_and_refusals_a_limit() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let server = TestServer::start("[signaling]\njoin_timeout_s = 1\n");
+    let url = format!("wss://{}/legacy", server.https);
+    let connect = || async {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        server
+            .client_with(url.as_str().into_client_request().unwrap())
+            .await
+            .expect("plain websocket")
+    };
+    let mut idle = connect().await;
+    let error = next_text(&mut idle).await;
+    assert!(error.contains("join_timeout"), "{error}");
+    assert_eq!(
+        close_of(&mut idle).await,
+        (1008, "login timeout".to_owned())
+    );
+
+    let mut alice = connect().await;
+    alice
+        .ws
+        .send(Message::text(r#"{"type":"login","name":"alice"}"#))
+        .await
+        .unwrap();
+    assert!(next_text(&mut alice).await.contains(r#""success":true"#));
+    let mut prober = connect().await;
+    for _ in 0..5 {
+        prober
+            .ws
+            .send(Message::text(r#"{"type":"login","name":"alice"}"#))
+            .await
+            .unwrap();
+        assert_eq!(
+            next_text(&mut prober).await,
+            r#"{"success":false,"type":"login"}"#
+        );
+    }
+    assert_eq!(
+        close_of(&mut prober).await,
+        (1008, "too many refused logins".to_owned())
+    );
+}
+
+/// The close frame that ends `c`, under a deadline; any other frame first fails the test.
+async fn close_of(c: &mut crate::harness::Client) -> (u16, String) {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    match tokio::time::timeout(std::time::Duration::from_secs(10), c.ws.next())
+        .await
+        .expect("closed in time")
+    {
+        Some(Ok(Message::Close(Some(frame)))) => (u16::from(frame.code), frame.reason.to_string()),
+        other => panic!("{other:?}"),
+    }
+}
