@@ -248,6 +248,9 @@ impl Holder {
 struct Table<R> {
     by_tuple: HashMap<FiveTuple, Arc<Allocation<R>>>,
     by_relay: HashMap<SocketAddr, Arc<Allocation<R>>>,
+    /// The allocations of each signaling peer's credentials: a leave or a kick closes them
+    /// without a scan of the table, and a peer that never allocated costs nothing.
+    by_peer: HashMap<(Scope, PeerId), Vec<FiveTuple>>,
     reservations: HashMap<[u8; 8], Reservation<R>>,
     per_credential: HashMap<CredentialKey, usize>,
     per_room: HashMap<Scope, usize>,
@@ -257,12 +260,25 @@ struct Table<R> {
 impl<R> Table<R> {
     fn insert(&mut self, a: Arc<Allocation<R>>) {
         self.count(&a.holder);
+        if let Some((scope, peer)) = a.owner.peer() {
+            let key = (scope.clone(), peer.clone());
+            self.by_peer.entry(key).or_default().push(a.tuple);
+        }
         self.by_relay.insert(a.relayed, Arc::clone(&a));
         self.by_tuple.insert(a.tuple, a);
     }
 
     fn remove(&mut self, tuple: &FiveTuple) -> Option<Arc<Allocation<R>>> {
         let a = self.by_tuple.remove(tuple)?;
+        if let Some((scope, peer)) = a.owner.peer() {
+            let key = (scope.clone(), peer.clone());
+            if let Some(tuples) = self.by_peer.get_mut(&key) {
+                tuples.retain(|t| t != tuple);
+                if tuples.is_empty() {
+                    self.by_peer.remove(&key);
+                }
+            }
+        }
         self.by_relay.remove(&a.relayed);
         self.uncount(&a.holder);
         a.closed.cancel();
@@ -392,6 +408,7 @@ impl<B: RelayBinder> Core<B> {
             table: RwLock::new(Table {
                 by_tuple: HashMap::new(),
                 by_relay: HashMap::new(),
+                by_peer: HashMap::new(),
                 reservations: HashMap::new(),
                 per_credential: HashMap::new(),
                 per_room: HashMap::new(),
@@ -1141,14 +1158,16 @@ impl<B: RelayBinder> Core<B> {
     pub fn close_peer(&self, scope: &Scope, peer: &PeerId, reason: CloseReason) -> usize {
         let tuples: Vec<FiveTuple> = {
             let table = self.table.read().expect("table");
-            table
-                .by_tuple
-                .values()
-                .filter(|a| a.owner.peer().is_some_and(|(s, p)| p == peer && s == scope))
-                .map(|a| a.tuple)
-                .collect()
+            let key = (scope.clone(), peer.clone());
+            table.by_peer.get(&key).cloned().unwrap_or_default()
         };
         tuples.iter().filter(|t| self.close(t, reason)).count()
+    }
+
+    /// Whether `peer`'s credentials in `scope` hold any allocation.
+    pub fn has_peer(&self, scope: &Scope, peer: &PeerId) -> bool {
+        let key = (scope.clone(), peer.clone());
+        self.table.read().expect("table").by_peer.contains_key(&key)
     }
 
     /// Removes every allocation scoped to `room` (peer and room credentials). The admin API

@@ -233,6 +233,12 @@ impl TurnServer {
         peer: PeerId,
         still_member: impl Fn() -> bool + Send + 'static,
     ) {
+        // Most peers never allocate (their calls go direct): no timer for them. (An Allocate
+        // that passed its membership check just before the leave and lands just after this
+        // check lives out its lifetime, at most `turn`'s 3600 s, instead of the grace period.)
+        if !self.core.has_peer(&scope, &peer) {
+            return;
+        }
         let server = Arc::clone(self);
         self.tasks.spawn(async move {
             tokio::select! {

@@ -1737,6 +1737,8 @@ fn a_native_room_named_like_the_plain_websocket_dialect_is_just_a_room() {
     assert_eq!(f.quota_refusals(Quota::Room), 0);
     // The user's allocations close in its own scope, and only there.
     let any = RoomId::parse("anything").unwrap();
+    assert!(f.core.has_peer(&Scope::whole(WS), &user));
+    assert!(!f.core.has_peer(&Scope::native(any.clone()), &user));
     assert_eq!(
         f.core
             .close_peer(&Scope::native(any), &user, CloseReason::PeerLeft),
@@ -1746,6 +1748,13 @@ fn a_native_room_named_like_the_plain_websocket_dialect_is_just_a_room() {
         f.core
             .close_peer(&Scope::whole(WS), &user, CloseReason::PeerLeft),
         1
+    );
+    // The index forgets a peer with its last allocation.
+    assert!(!f.core.has_peer(&Scope::whole(WS), &user));
+    assert_eq!(
+        f.core
+            .close_peer(&Scope::whole(WS), &user, CloseReason::PeerLeft),
+        0
     );
 }
 
