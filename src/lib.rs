@@ -13,6 +13,7 @@
 //! - `lab`: the NAT lab in network namespaces (`switchboard lab`).
 //! - `limiter`: connection counts per source and in total, with guards that free their slot.
 //! - `throttle`: log lines a client can cause, limited per call site, with its text clipped.
+//! - `sync`: locks that a panic does not poison for good.
 //! - `metrics`: counters for the data path and the OpenMetrics text of `/metrics`; calls no other module.
 //! - `app`: binds every listener, runs them, and drains on shutdown.
 //! - `state`: `AppState`, what the HTTP routes, the admin API and `app` share (the dialects see only `signaling::host::Host`).
@@ -46,6 +47,7 @@ pub mod routes;
 pub mod secrets;
 pub mod signaling;
 pub mod state;
+pub mod sync;
 pub mod throttle;
 pub mod tls;
 pub mod turn;

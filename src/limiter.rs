@@ -8,6 +8,7 @@
 //! `TokenBucket` is plain data driven by the caller's clock; `SourceRates` keeps one per
 //! source in a fixed table, so no number of sources makes it grow.
 
+use crate::sync::Locked;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::net::{IpAddr, Ipv6Addr};
@@ -81,7 +82,7 @@ impl SourceRates {
     /// Takes one token for `ip`'s source; false when it has none left.
     pub fn allow(&self, ip: IpAddr, now: Instant) -> bool {
         let slot = self.hasher.hash_one(source(ip, self.v6_prefix));
-        let mut table = self.table.lock().expect("source rates");
+        let mut table = self.table.locked();
         let (rate, burst) = (table.rate, table.burst);
         let n = table.buckets.len();
         table.buckets[(slot % n as u64) as usize]
@@ -91,7 +92,7 @@ impl SourceRates {
 
     /// A new rate for every source, starting full.
     pub fn set_rate(&self, rate: u32, burst: u32) {
-        let mut table = self.table.lock().expect("source rates");
+        let mut table = self.table.locked();
         if (table.rate, table.burst) != (rate, burst) {
             table.rate = rate;
             table.burst = burst;
@@ -154,7 +155,7 @@ impl ConnectionLimiter {
     /// The total or the per-source limit is reached.
     pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionGuard, ConnectionRefused> {
         let ip = source(ip, self.v6_prefix);
-        let mut counts = self.counts.lock().expect("limiter lock");
+        let mut counts = self.counts.locked();
         if counts.total >= counts.max_total {
             return Err(ConnectionRefused::Total);
         }
@@ -183,7 +184,7 @@ impl ConnectionLimiter {
         evict: impl FnOnce() -> bool,
     ) -> Result<ConnectionGuard, ConnectionRefused> {
         let ip = source(ip, self.v6_prefix);
-        let mut counts = self.counts.lock().expect("limiter lock");
+        let mut counts = self.counts.locked();
         let max_per_ip = counts.max_per_ip;
         if counts.per_ip.get(&ip).is_some_and(|n| *n >= max_per_ip) {
             return Err(ConnectionRefused::PerIp);
@@ -201,19 +202,19 @@ impl ConnectionLimiter {
 
     /// New limits for the connections that come next; open ones stay.
     pub fn set_limits(&self, max_total: usize, max_per_ip: usize) {
-        let mut counts = self.counts.lock().expect("limiter lock");
+        let mut counts = self.counts.locked();
         counts.max_total = max_total;
         counts.max_per_ip = max_per_ip;
     }
 
     pub fn total(&self) -> usize {
-        self.counts.lock().expect("limiter lock").total
+        self.counts.locked().total
     }
 }
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        let mut counts = self.limiter.counts.lock().expect("limiter lock");
+        let mut counts = self.limiter.counts.locked();
         counts.total -= 1;
         if let Some(n) = counts.per_ip.get_mut(&self.ip) {
             *n -= 1;

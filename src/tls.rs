@@ -23,6 +23,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 
 use crate::config::Config;
+use crate::sync::Locked;
 
 /// File names of the generated certificate inside `server.state_dir`.
 pub const GENERATED_CERT: &str = "selfsigned-cert.pem";
@@ -201,7 +202,7 @@ impl TlsMaterial {
     }
 
     pub fn clear_challenges(&self) {
-        self.store.challenges.lock().expect("challenges").clear();
+        self.store.challenges.locked().clear();
     }
 
     /// The HTTPS configuration; when TURN shares the port, "stun.turn" joins the ALPN

@@ -99,11 +99,19 @@ pub struct ByName(Mutex<BTreeMap<&'static str, u64>>);
 
 impl ByName {
     pub fn inc(&self, name: &'static str) {
-        *self.0.lock().expect("counter").entry(name).or_default() += 1;
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(name)
+            .or_default() += 1;
     }
 
     pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
-        let map = self.0.lock().expect("counter");
+        let map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         map.iter().map(|(k, v)| (*k, *v)).collect()
     }
 }

@@ -16,6 +16,7 @@ use super::protocol::{PeerId, PeerInfo, RoomId};
 use super::registry::{Event, Member, Registry, To, Welcome};
 use super::room::{JoinError, Joined, Left, Rooms, RouteError};
 use super::signal::Eviction;
+use crate::sync::Shared;
 
 #[derive(Debug)]
 pub struct Hub {
@@ -42,11 +43,11 @@ impl Hub {
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Inner> {
-        self.inner.read().expect("hub lock")
+        self.inner.reading()
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, Inner> {
-        self.inner.write().expect("hub lock")
+        self.inner.writing()
     }
 }
 
@@ -389,5 +390,37 @@ mod tests {
         assert!(mb.take().is_empty(), "closing tells nobody: everyone goes");
         assert_eq!(hub.counts(), (1, 1));
         assert!(hub.close_room(&r1).is_empty());
+    }
+
+    /// A member that panics when told anything: a bug, under the registry's write lock.
+    #[derive(Debug)]
+    struct Buggy;
+
+    impl Member for Buggy {
+        fn deliver(&self, _: Event<'_>) {
+            panic!("a bug in a member");
+        }
+        fn evict(&self, _: Eviction) {}
+    }
+
+    /// A panic while the lock is held (which poisons it) must not turn every later call
+    /// into a panic too: that would be one bug taking every room down until a restart.
+    #[test]
+    fn a_panic_under_the_lock_leaves_the_registry_working() {
+        let hub = Hub::new(Rooms::new(4, 10));
+        let room = RoomId::parse("r").unwrap();
+        let buggy = info("buggy");
+        hub.join(buggy.clone(), &room, Arc::new(Buggy), Box::new(|_| {}))
+            .unwrap();
+        let joining = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            hub.join(info("b"), &room, Recorder::new(8), Box::new(|_| {}))
+        }));
+        assert!(joining.is_err(), "the member's panic reached the caller");
+        // The registry still answers, and still changes.
+        assert!(hub.is_member(&room, &buggy.id));
+        let c = Recorder::new(8);
+        let other = RoomId::parse("other").unwrap();
+        hub.join(info("c"), &other, c, Box::new(|_| {})).unwrap();
+        assert_eq!(hub.counts(), (2, 3));
     }
 }

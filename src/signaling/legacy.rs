@@ -38,6 +38,7 @@ use super::socket::{Socket, Upgrade};
 use super::stats::{Counts, DialectStats, Refusal};
 use crate::config::SignalingConfig;
 use crate::model::{PeerInfo, RoomId, Scope, Space};
+use crate::sync::Locked;
 
 /// Who is logged in: one `Registry` room of uniquely named users (`Rooms::directory`),
 /// and the partner each session last called, so that a kick can tell it `leave`.
@@ -138,7 +139,7 @@ impl Directory {
             .registry
             .resolve(from, to)
             .map_err(|_| NotSent::Unknown)?;
-        if !self.calls.lock().expect("calls lock").send(from, &to, kind) {
+        if !self.calls.locked().send(from, &to, kind) {
             return Err(NotSent::NoCall);
         }
         let event = match kind {
@@ -155,15 +156,15 @@ impl Directory {
     /// Tells `peer`'s partner `leave`, once, while `peer` is still logged in, and forgets
     /// its offers and calls.
     fn tell_partner(&self, peer: &PeerId) {
-        let partner = self.partners.lock().expect("directory lock").remove(peer);
+        let partner = self.partners.locked().remove(peer);
         // As the tutorial's server does on a close: the last user this one offered to or
         // answered hears `leave`, whether or not that call was left already.
-        if let Some(name) = partner.and_then(|p| p.lock().expect("partner lock").take()) {
+        if let Some(name) = partner.and_then(|p| p.locked().take()) {
             let _ = self
                 .registry
                 .send(peer, To::Named(&name), "leave", &LEAVE.into());
         }
-        self.calls.lock().expect("calls lock").forget(peer);
+        self.calls.locked().forget(peer);
     }
 
     /// Users logged in right now.
@@ -459,7 +460,7 @@ impl Session {
             }
         }
         if let Some(partner) = &self.partner {
-            let mut partner = partner.lock().expect("partner lock");
+            let mut partner = partner.locked();
             match kind {
                 "offer" | "answer" => *partner = Some(target),
                 "leave" => *partner = None,

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 
+use crate::sync::Locked;
 use futures_util::task::AtomicWaker;
 
 const FLUSH: u8 = 1;
@@ -131,7 +132,7 @@ impl Signals {
     /// A signal for a new socket; already closed if the server is shutting down.
     pub fn register(self: &Arc<Self>) -> Registration {
         let signal = Arc::new(Signal::default());
-        let mut inner = self.inner.lock().expect("signals lock");
+        let mut inner = self.inner.locked();
         if inner.shut_down {
             signal.shut_down();
         }
@@ -147,7 +148,7 @@ impl Signals {
 
     /// Tells every socket, and every later one, that the server is shutting down.
     pub fn shut_down(&self) {
-        let mut inner = self.inner.lock().expect("signals lock");
+        let mut inner = self.inner.locked();
         inner.shut_down = true;
         for signal in inner.live.values() {
             signal.shut_down();
@@ -156,7 +157,7 @@ impl Signals {
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.inner.lock().expect("signals lock").live.len()
+        self.inner.locked().live.len()
     }
 }
 

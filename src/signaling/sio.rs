@@ -39,6 +39,7 @@ use super::signal::Eviction;
 use super::stats::{Counts, DialectStats, Refusal};
 use crate::config::SignalingConfig;
 use crate::model::{Scope, Space};
+use crate::sync::Locked;
 
 /// This dialect's credentials: `sio/<room>`.
 pub const SPACE: Space = Space::new("sio");
@@ -180,7 +181,7 @@ impl SioRooms {
     }
 
     fn peers(&self) -> std::sync::MutexGuard<'_, HashMap<Sid, Peer>> {
-        self.peers.lock().expect("sio lock")
+        self.peers.locked()
     }
 
     fn connect(&self, sid: Sid, peer: Peer) {

@@ -39,6 +39,7 @@ use crate::config::Secret;
 use crate::limiter::SourceRates;
 use crate::metrics::{Counter, Label};
 use crate::model::{PeerId, RoomId};
+use crate::sync::{Locked, Shared};
 
 /// Identifies an allocation: the client, the server socket it talked to, and the transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -140,7 +141,7 @@ pub struct Allocation<R> {
 
 impl<R> Allocation<R> {
     fn cached_reply(&self, tid: &[u8; 12]) -> Option<Vec<u8>> {
-        let cache = self.replies.lock().expect("reply cache");
+        let cache = self.replies.locked();
         cache.iter().find(|(t, _)| t == tid).map(|(_, r)| r.clone())
     }
 
@@ -166,7 +167,7 @@ impl<R> Allocation<R> {
     }
 
     fn remember(&self, tid: [u8; 12], reply: &[u8]) {
-        let mut cache = self.replies.lock().expect("reply cache");
+        let mut cache = self.replies.locked();
         if cache.len() == REPLY_CACHE {
             cache.pop_front();
         }
@@ -436,11 +437,11 @@ impl<B: RelayBinder> Core<B> {
         self.config.store(Arc::new(config));
         self.policy
             .store(Arc::new(self.policy.load().with_lists(allow, deny)));
-        let table = self.table.read().expect("table");
+        let table = self.table.reading();
         let policy = self.policy.load();
         let mut total = Revoked::default();
         for a in table.by_tuple.values() {
-            let mut state = a.state.lock().expect("allocation");
+            let mut state = a.state.locked();
             let revoked = self.recheck(&table, &policy, &mut state, Recheck::All);
             total.permissions += revoked.permissions;
             total.channels += revoked.channels;
@@ -768,7 +769,7 @@ impl<B: RelayBinder> Core<B> {
                 // Checked before binding, so that a client over its quota costs no bind;
                 // checked again when inserting, which decides.
                 let quota = {
-                    let mut table = self.table.write().expect("table");
+                    let mut table = self.table.writing();
                     table.expire_reservations(now);
                     table.over_quota(&config, &holder, need)
                 };
@@ -870,7 +871,7 @@ impl<B: RelayBinder> Core<B> {
         });
         allocation.remember(msg.transaction_id.0, &reply);
         {
-            let mut table = self.table.write().expect("table");
+            let mut table = self.table.writing();
             if table.by_tuple.contains_key(&tuple) {
                 // A concurrent retransmission won the race; keep the first.
                 return error(437, "allocation raced");
@@ -939,7 +940,7 @@ impl<B: RelayBinder> Core<B> {
             a.remember(msg.transaction_id.0, &reply);
             self.close(&tuple, CloseReason::Refresh);
         } else {
-            a.state.lock().expect("allocation").refresh(now, granted);
+            a.state.locked().refresh(now, granted);
         }
         Handled::Reply(reply)
     }
@@ -1059,7 +1060,7 @@ impl<B: RelayBinder> Core<B> {
         let peer = *peer;
         // The same check as for data from the peer: a permission for the IP, or for this
         // exact address (a live relay on an own address)...
-        let permission = a.state.lock().expect("allocation").permission(now, peer);
+        let permission = a.state.locked().permission(now, peer);
         let Some(reach) = permission else {
             self.stats.no_permission.inc();
             return Handled::Nothing;
@@ -1091,7 +1092,7 @@ impl<B: RelayBinder> Core<B> {
         config: &CoreConfig,
         holder: &Holder,
     ) -> Result<(B::Relay, SocketAddr), Option<Quota>> {
-        let mut table = self.table.write().expect("table");
+        let mut table = self.table.writing();
         table.expire_reservations(now);
         let held = table.take_reservation(token).ok_or(None)?;
         if let Some(quota) = table.over_quota(config, holder, 1) {
@@ -1146,7 +1147,7 @@ impl<B: RelayBinder> Core<B> {
 
     /// Removes the allocation of `tuple`.
     pub fn close(&self, tuple: &FiveTuple, reason: CloseReason) -> bool {
-        let removed = self.table.write().expect("table").remove(tuple);
+        let removed = self.table.writing().remove(tuple);
         if let Some(a) = &removed {
             self.stats.allocations_closed.inc(reason);
             info!(client = %a.tuple.client, relayed = %a.relayed, reason = reason.as_str(), "allocation closed");
@@ -1157,7 +1158,7 @@ impl<B: RelayBinder> Core<B> {
     /// Removes every allocation owned by `peer` in exactly `scope` (its dialect and room).
     pub fn close_peer(&self, scope: &Scope, peer: &PeerId, reason: CloseReason) -> usize {
         let tuples: Vec<FiveTuple> = {
-            let table = self.table.read().expect("table");
+            let table = self.table.reading();
             let key = (scope.clone(), peer.clone());
             table.by_peer.get(&key).cloned().unwrap_or_default()
         };
@@ -1167,7 +1168,7 @@ impl<B: RelayBinder> Core<B> {
     /// Whether `peer`'s credentials in `scope` hold any allocation.
     pub fn has_peer(&self, scope: &Scope, peer: &PeerId) -> bool {
         let key = (scope.clone(), peer.clone());
-        self.table.read().expect("table").by_peer.contains_key(&key)
+        self.table.reading().by_peer.contains_key(&key)
     }
 
     /// Removes every allocation scoped to `room` (peer and room credentials). The admin API
@@ -1175,7 +1176,7 @@ impl<B: RelayBinder> Core<B> {
     /// room of that name alike (as the admin API runs `Dialect::close_room` in every dialect).
     pub fn close_room(&self, room: &RoomId, reason: CloseReason) -> usize {
         let tuples: Vec<FiveTuple> = {
-            let table = self.table.read().expect("table");
+            let table = self.table.reading();
             table
                 .by_tuple
                 .values()
@@ -1188,7 +1189,7 @@ impl<B: RelayBinder> Core<B> {
 
     /// Allocations and relayed bytes of each peer credential's owner, for the admin API.
     pub fn usage_by_peer(&self) -> HashMap<(Scope, PeerId), (usize, u64)> {
-        let table = self.table.read().expect("table");
+        let table = self.table.reading();
         let mut usage: HashMap<(Scope, PeerId), (usize, u64)> = HashMap::new();
         for a in table.by_tuple.values() {
             if let Some((scope, peer)) = a.owner.peer() {
@@ -1203,18 +1204,18 @@ impl<B: RelayBinder> Core<B> {
     /// Removes expired allocations and reservations, and sweeps permissions and channels
     /// (also those granted for a relayed address that is no longer live).
     pub fn sweep(&self, now: Instant) -> usize {
-        let held = !self.table.read().expect("table").reservations.is_empty();
+        let held = !self.table.reading().reservations.is_empty();
         if held {
-            self.table.write().expect("table").expire_reservations(now);
+            self.table.writing().expire_reservations(now);
         }
         let expired: Vec<FiveTuple> = {
-            let table = self.table.read().expect("table");
+            let table = self.table.reading();
             let policy = self.policy.load();
             table
                 .by_tuple
                 .values()
                 .filter_map(|a| {
-                    let mut state = a.state.lock().expect("allocation");
+                    let mut state = a.state.locked();
                     state.sweep(now);
                     // A relayed address granted exactly may have gone (its port may be rebound by anything).
                     self.recheck(&table, &policy, &mut state, Recheck::Exact);
@@ -1244,7 +1245,7 @@ impl<B: RelayBinder> Core<B> {
     }
 
     pub fn allocation_count(&self) -> usize {
-        self.table.read().expect("table").by_tuple.len()
+        self.table.reading().by_tuple.len()
     }
 }
 

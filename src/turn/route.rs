@@ -30,6 +30,7 @@ use super::allocation::AllocState;
 use super::core::{Allocation, Stats, Transport};
 use super::policy;
 use super::wire;
+use crate::sync::Locked;
 
 /// An allocation's relay handle as routing sees it: the way back to the allocation's client.
 pub trait Relay {
@@ -142,7 +143,7 @@ pub fn channel_data<R: Relay>(
     };
     let from = allocation.relayed;
     let channel = {
-        let state = other.state.lock().expect("allocation");
+        let state = other.state.locked();
         if !state.is_permitted(now, from) {
             return Route::Drop(Dropped::NoPermission.count(stats));
         }

@@ -42,6 +42,7 @@ use crate::limiter::{ConnectionGuard, ConnectionLimiter, ConnectionRefused};
 use crate::metrics::Label;
 use crate::mmsg::{self, RecvBatch, SendBatch};
 use crate::model::{PeerId, Scope};
+use crate::sync::Locked;
 
 /// Largest UDP payload we relay.
 const MAX_PAYLOAD: usize = 65_535;
@@ -430,7 +431,7 @@ impl TurnServer {
 
     /// Closes the oldest connection without an allocation, if it has waited `EVICT_AFTER`.
     fn evict_oldest_unallocated(&self) -> bool {
-        let mut unallocated = self.unallocated.lock().expect("unallocated");
+        let mut unallocated = self.unallocated.locked();
         let Some(entry) = unallocated.first_entry() else {
             return false;
         };
@@ -934,7 +935,7 @@ fn relay_batch(
     s.frames.clear();
     let mut payload = 0;
     {
-        let state = allocation.state.lock().expect("allocation");
+        let state = allocation.state.locked();
         for i in 0..got {
             let Some(from) = s.recv.source(i) else {
                 continue;

@@ -27,6 +27,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::wire::{self, HEADROOM};
+use crate::sync::Locked;
 
 /// A client stream (TCP, or TLS over TCP).
 pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
@@ -122,7 +123,7 @@ impl Outbox {
             shared.queued.fetch_sub(len, Ordering::Relaxed);
             return false;
         }
-        shared.queue.lock().expect("outbox").push_back(frames);
+        shared.queue.locked().push_back(frames);
         shared.wake.notify_one();
         true
     }
@@ -169,7 +170,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         let mut runs = VecDeque::new();
         let mut joined = Vec::new();
         loop {
-            std::mem::swap(&mut runs, &mut *self.shared.queue.lock().expect("outbox"));
+            std::mem::swap(&mut runs, &mut *self.shared.queue.locked());
             let written = match runs.len() {
                 0 => None,
                 1 => Some(runs.pop_front().expect("one run")),

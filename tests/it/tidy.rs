@@ -382,6 +382,31 @@ fn modules_have_no_cycles() {
     assert!(find_cycle(&looped).is_some());
 }
 
+/// No lock outside unit tests panics on poison (`lock().expect(..)`): one panic would make
+/// every later caller panic too. `crate::sync`'s `locked`, `reading`, `writing` take the lock
+/// as it is.
+#[test]
+fn no_lock_panics_on_poison() {
+    let panics = [
+        ".lock().expect(",
+        ".read().expect(",
+        ".write().expect(",
+        ".lock().unwrap()",
+    ];
+    let found: Vec<String> = sources(&root().join("src"))
+        .into_iter()
+        // Unit-test files (`tests.rs`) are no module of the server.
+        .filter(|f| module_of(f).is_some())
+        .filter(|f| {
+            let text = read(f);
+            let code = without_unit_tests(&text);
+            panics.iter().any(|p| code.contains(p))
+        })
+        .map(|f| f.display().to_string())
+        .collect();
+    assert!(found.is_empty(), "locks that panic on poison in {found:?}");
+}
+
 #[test]
 fn the_checks_see_what_they_look_for() {
     // The matchers themselves, so that the checks above cannot pass by seeing nothing.
