@@ -454,6 +454,28 @@ mod tests {
         assert!(!outbox.signal.is_closed());
     }
 
+    /// What the registry delivers under its lock is only queued (no socket I/O there), and
+    /// what is delivered after it, which may go straight into the socket, waits behind it.
+    #[tokio::test]
+    async fn queued_frames_keep_their_place_before_later_direct_ones() {
+        let (outbox, mut ws) = pair().await;
+        let n = 200;
+        for i in 0..n {
+            if i % 3 == 0 {
+                outbox.queue(frame(i));
+            } else {
+                outbox.deliver(frame(i));
+            }
+        }
+        let mut got = Vec::new();
+        while got.len() < n {
+            if let Message::Text(t) = next(&mut ws).await {
+                got.push(t[..6].parse::<usize>().unwrap());
+            }
+        }
+        assert_eq!(got, (0..n).collect::<Vec<_>>());
+    }
+
     #[tokio::test]
     async fn a_client_that_stops_reading_is_evicted_and_gets_what_it_got_in_order() {
         let (outbox, mut ws) = pair().await;

@@ -387,7 +387,8 @@ impl Session {
         let outbox = &self.outbox;
         let welcome = move |_: &Joined| {
             let ok = json!({"type": "login", "success": true, "ice_servers": ice_servers, "ice_ttl_s": ice_ttl_s});
-            outbox.deliver(ok.to_string().into());
+            // Under the registry's lock: queued, no socket I/O.
+            outbox.queue(ok.to_string().into());
         };
         let Some(partner) = self
             .directory

@@ -36,6 +36,22 @@ impl Outbox {
             },
             None => frame,
         };
+        // Counted as queued above (or no direct path): only the channel is left.
+        self.enqueue(frame);
+    }
+
+    /// Queues `frame` for the socket's own task to write, never touching the socket here:
+    /// for what the registry delivers under its lock (joins, leaves, welcomes), where no
+    /// socket I/O may happen. Frames delivered later wait behind it, directly or not.
+    pub fn queue(&self, frame: Utf8Bytes) {
+        if let Some(direct) = &self.direct {
+            direct.queue_one();
+        }
+        self.enqueue(frame);
+    }
+
+    /// Puts a frame counted as queued on the channel; a full one evicts the peer.
+    fn enqueue(&self, frame: Utf8Bytes) {
         if let Err(e) = self.tx.try_send(frame) {
             if let Some(direct) = &self.direct {
                 direct.unqueue_one();

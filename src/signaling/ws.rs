@@ -143,10 +143,15 @@ impl Member for NativeMember {
             Event::PeerLeft(peer_id) => protocol::encode(&ServerMsg::PeerLeft {
                 peer_id: peer_id.clone(),
             }),
-            // The native dialect has one message, `signal`.
-            Event::Message { from, data, .. } => protocol::encode_signal(from, data.as_str()),
+            // The native dialect has one message, `signal`: delivered after the registry's
+            // lock is released, so it may be written at once.
+            Event::Message { from, data, .. } => {
+                let frame = protocol::encode_signal(from, data.as_str());
+                return self.0.deliver(frame.into());
+            }
         };
-        self.0.deliver(frame.into());
+        // Joins and leaves are delivered under the registry's lock: queued, no socket I/O.
+        self.0.queue(frame.into());
     }
 
     fn evict(&self, why: Eviction) {
@@ -396,7 +401,8 @@ impl Session {
                 ice_servers,
                 ice_ttl_s,
             };
-            outbox.deliver(protocol::encode(&welcome).into());
+            // Under the registry's lock: queued, no socket I/O.
+            outbox.queue(protocol::encode(&welcome).into());
         };
         let member = Arc::new(NativeMember(self.outbox.clone()));
         match self
