@@ -226,6 +226,8 @@ async fn close_room(State(app): State<Arc<AppState>>, Path(room): Path<String>) 
         .iter()
         .flat_map(|d| d.close_room(&room))
         .collect();
+    // Closed for a while, so that pages reconnecting on their own do not reopen it at once.
+    app.host.room_closed(&room, std::time::Instant::now());
     let revoked = app.host.turn.as_ref().map_or(0, |t| t.revoke_room(&room));
     if peers.is_empty() && revoked == 0 {
         return error(

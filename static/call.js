@@ -136,6 +136,13 @@
     ws.onclose = (ev) => {
       for (const id of [...state.peers.keys()]) removePeer(id);
       if (hungUp || state.phase === 'error') return;
+      // Removed by the operator (a kick, or the room closed): not a network failure, so
+      // the page does not come back on its own.
+      if (ev.code === 1008 && ev.reason === 'closed by the server operator') {
+        state.phase = 'ended';
+        setStatus('Removed from the call by the server operator');
+        return;
+      }
       state.phase = 'joining';
       setStatus('Disconnected from server' + (ev.reason ? ' (' + ev.reason + ')' : '') + '; reconnecting…');
       setTimeout(connect, reconnectDelay);
@@ -181,7 +188,8 @@
         onSignal(msg.from, msg.payload);
         break;
       case 'error':
-        if (msg.code === 'room_full' || msg.code === 'bad_room' || msg.code === 'too_many_rooms') {
+        if (msg.code === 'room_full' || msg.code === 'bad_room' || msg.code === 'too_many_rooms'
+            || msg.code === 'room_closed') {
           state.phase = 'error';
           setStatus('Not joined');
           showError(msg.code === 'room_full'

@@ -14,11 +14,15 @@ pub struct AdminConfig {
     pub listen: Vec<SocketAddr>,
     /// Bearer token of the admin API; unset means one is generated into `server.state_dir`.
     pub token: Option<Secret>,
+    /// Seconds a room closed through the admin API refuses joins (0: it can be rejoined
+    /// at once), so that pages reconnecting on their own do not undo the close.
+    pub closed_room_s: u64,
 }
 
 keys!(AdminConfig in "admin" {
     listen: Restart,
     token: Live,
+    closed_room_s: Live,
 });
 
 impl Default for AdminConfig {
@@ -26,6 +30,7 @@ impl Default for AdminConfig {
         AdminConfig {
             listen: vec!["127.0.0.1:9478".parse().expect("valid literal")],
             token: None,
+            closed_room_s: 60,
         }
     }
 }
@@ -39,6 +44,12 @@ impl AdminConfig {
                 "admin.token",
                 "expected at least 16 characters (or leave it unset to have one generated)"
                     .to_owned(),
+            ));
+        }
+        if self.closed_room_s > 86_400 {
+            return Err(invalid(
+                "admin.closed_room_s",
+                format!("expected 0 to 86400 seconds, got {}", self.closed_room_s),
             ));
         }
         Ok(())

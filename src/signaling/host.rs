@@ -13,7 +13,8 @@ use super::limits::ConnectionLimiter;
 use super::signal::Signals;
 use super::stats::SignalingMetrics;
 use crate::config::{Config, SignalingConfig};
-use crate::model::{IceServer, PeerId, Scope};
+use crate::model::{IceServer, PeerId, RoomId, Scope};
+use crate::sync::Locked;
 use crate::turn::{Membership, Turn};
 
 /// The signaling settings that a reload (SIGHUP) replaces while every connection stays:
@@ -25,6 +26,8 @@ pub struct Live {
     pub static_ice_servers: Vec<IceServer>,
     /// Public addresses from the config (`turn.public_host`, `turn.external_ip`), for `ipaddr`.
     pub public_addresses: Vec<String>,
+    /// How long a room closed by the operator refuses joins (`admin.closed_room_s`).
+    pub closed_room: std::time::Duration,
 }
 
 impl Live {
@@ -39,6 +42,7 @@ impl Live {
                 .cloned()
                 .chain(config.turn.external_ip.map(|ip| ip.to_string()))
                 .collect(),
+            closed_room: std::time::Duration::from_secs(config.admin.closed_room_s),
         }
     }
 }
@@ -58,6 +62,8 @@ pub struct Host {
     pub signals: Arc<Signals>,
     /// Whether a peer is still in a scope, asked of every dialect.
     membership: Membership,
+    /// Rooms the operator closed, until when they refuse joins.
+    closed: std::sync::Mutex<std::collections::HashMap<RoomId, std::time::Instant>>,
 }
 
 impl std::fmt::Debug for Host {
@@ -92,6 +98,7 @@ impl Host {
             tasks,
             signals: Arc::default(),
             membership,
+            closed: std::sync::Mutex::default(),
         }
     }
 
@@ -112,6 +119,24 @@ impl Host {
         self.limiter
             .set_limits(s.max_connections, s.max_connections_per_ip);
         self.live.store(Arc::new(live));
+    }
+
+    /// The operator closed `room` (every dialect's room of that name): joins are refused for
+    /// `admin.closed_room_s` from `now`.
+    pub fn room_closed(&self, room: &RoomId, now: std::time::Instant) {
+        let until = now + self.live().closed_room;
+        let mut closed = self.closed.locked();
+        closed.retain(|_, until| *until > now);
+        if until > now {
+            closed.insert(room.clone(), until);
+        }
+    }
+
+    /// Whole seconds (at least 1) until `room` may be joined again, if the operator closed it.
+    pub fn closed_for(&self, room: &RoomId, now: std::time::Instant) -> Option<u64> {
+        let closed = self.closed.locked();
+        let left = closed.get(room)?.checked_duration_since(now)?;
+        Some(left.as_secs().max(1))
     }
 
     /// The ICE servers for `peer` in `scope` (its dialect and room), and how long their
@@ -173,5 +198,27 @@ mod tests {
             .limiter
             .try_acquire(ip("2001:db8:1:2::ffff"))
             .unwrap();
+    }
+
+    /// A closed room refuses joins for `admin.closed_room_s`, then not; 0 keeps none closed.
+    #[test]
+    fn a_room_closed_by_the_operator_stays_closed_for_the_configured_time() {
+        let room = RoomId::parse("shut").unwrap();
+        let now = std::time::Instant::now();
+        let closing = host("[admin]\nclosed_room_s = 10\n");
+        closing.room_closed(&room, now);
+        assert_eq!(closing.closed_for(&room, now), Some(10));
+        let later = now + std::time::Duration::from_millis(9_500);
+        assert_eq!(closing.closed_for(&room, later), Some(1));
+        let after = now + std::time::Duration::from_secs(11);
+        assert_eq!(closing.closed_for(&room, after), None);
+        assert_eq!(
+            closing.closed_for(&RoomId::parse("open").unwrap(), now),
+            None
+        );
+
+        let open = host("[admin]\nclosed_room_s = 0\n");
+        open.room_closed(&room, now);
+        assert_eq!(open.closed_for(&room, now), None);
     }
 }

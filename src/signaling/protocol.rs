@@ -159,6 +159,8 @@ pub enum ErrorCode {
     NotLoggedIn,
     /// Plain-WebSocket dialect: nobody of that name is logged in.
     UnknownName,
+    /// The operator closed this room a short while ago (`admin.closed_room_s`).
+    RoomClosed,
 }
 
 impl crate::metrics::Label for ErrorCode {
@@ -178,6 +180,7 @@ impl crate::metrics::Label for ErrorCode {
         ErrorCode::ShuttingDown,
         ErrorCode::NotLoggedIn,
         ErrorCode::UnknownName,
+        ErrorCode::RoomClosed,
     ];
     fn index(self) -> usize {
         self as usize
@@ -199,6 +202,7 @@ impl crate::metrics::Label for ErrorCode {
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::NotLoggedIn => "not_logged_in",
             ErrorCode::UnknownName => "unknown_name",
+            ErrorCode::RoomClosed => "room_closed",
         }
     }
 }

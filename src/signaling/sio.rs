@@ -489,6 +489,11 @@ fn join(
             return Err(NotJoined::Answered);
         }
     };
+    if let Some(left) = app.closed_for(&room_id, std::time::Instant::now()) {
+        let message = format!("the operator closed this room; it opens again in {left} s");
+        error(app, s, ErrorCode::RoomClosed, message);
+        return Err(NotJoined::Answered);
+    }
     let Some((peer, host)) = app.sio.peer(s.id) else {
         return Err(NotJoined::Answered);
     };

@@ -380,6 +380,12 @@ impl Session {
             Ok(r) => r,
             Err(message) => return Answer::Error(ErrorCode::BadRoom, message),
         };
+        if let Some(left) = self.app.closed_for(&room_id, std::time::Instant::now()) {
+            return Answer::Error(
+                ErrorCode::RoomClosed,
+                format!("the operator closed this room; it opens again in {left} s"),
+            );
+        }
         if let Some(Err(message)) = name.as_deref().map(protocol::check_name) {
             return Answer::Error(ErrorCode::BadName, message);
         }

@@ -335,3 +335,46 @@ async fn metrics_off_loopback_need_the_admin_token() {
     let local = TestServer::start("");
     assert_eq!(local.admin("GET", "/metrics", false).await.0, 200);
 }
+
+/// A room the operator closes stays closed for `admin.closed_room_s`: the call page, which
+/// reconnects on its own, used to be back in it within a second. Its members are closed
+/// with the operator's reason (on which the page stops reconnecting); a new join gets
+/// `room_closed`; other rooms are untouched.
+#[tokio::test]
+async fn a_room_closed_by_the_operator_refuses_joins_for_a_while() {
+    let server = TestServer::start("[admin]\nclosed_room_s = 3600\n");
+    let mut member = server.client().await;
+    member.join("shut", None).await;
+    assert_eq!(
+        server.admin("DELETE", "/api/v1/rooms/shut", true).await.0,
+        200
+    );
+    assert_eq!(
+        member.recv_close().await,
+        (1008, "closed by the server operator".to_owned())
+    );
+    let mut again = server.client().await;
+    again.send(json!({"type": "join", "room": "shut"})).await;
+    let (code, message) = again.recv_error().await;
+    assert_eq!(code, "room_closed");
+    assert!(message.contains("opens again in"), "{message}");
+    let mut elsewhere = server.client().await;
+    assert!(matches!(
+        elsewhere.join("open", None).await,
+        ServerMsg::Welcome { .. }
+    ));
+
+    // With 0, a closed room can be rejoined at once.
+    let server = TestServer::start("[admin]\nclosed_room_s = 0\n");
+    let mut member = server.client().await;
+    member.join("shut", None).await;
+    assert_eq!(
+        server.admin("DELETE", "/api/v1/rooms/shut", true).await.0,
+        200
+    );
+    let mut again = server.client().await;
+    assert!(matches!(
+        again.join("shut", None).await,
+        ServerMsg::Welcome { .. }
+    ));
+}
