@@ -223,11 +223,9 @@ mod tests {
     use crate::signaling::host::{Host, Live};
     use crate::state::Access;
 
-    /// Every route of the table reaches its handler through the real router, layers included
-    /// (the fallback's `not found` would mean the table and the router disagree).
-    #[tokio::test]
-    async fn every_route_of_the_table_is_served() {
-        let config = Config::from_toml("[api]\nkeys = [\"0123456789abcdef\"]\n", "t").unwrap();
+    /// The state of a server with `toml` as its config, without TURN.
+    fn app(toml: &str) -> Arc<AppState> {
+        let config = Config::from_toml(toml, "t").unwrap();
         let dialects = crate::signaling::dialects(&config.signaling);
         let host = Host::new(
             Live::new(&config),
@@ -236,12 +234,18 @@ mod tests {
             CancellationToken::new(),
             TaskTracker::new(),
         );
-        let app = Arc::new(AppState::new(
+        Arc::new(AppState::new(
             Arc::new(host),
             dialects,
             Access::new(&config, None),
-        ));
-        let router = router(app, false);
+        ))
+    }
+
+    /// Every route of the table reaches its handler through the real router, layers included
+    /// (the fallback's `not found` would mean the table and the router disagree).
+    #[tokio::test]
+    async fn every_route_of_the_table_is_served() {
+        let router = router(app("[api]\nkeys = [\"0123456789abcdef\"]\n"), false);
         let get = async |path: &str| {
             let request = Request::get(path).body(Body::empty()).unwrap();
             let response = router.clone().oneshot(request).await.unwrap();
@@ -272,26 +276,12 @@ mod tests {
     /// HSTS only when asked (a real certificate); `connect-src` names the socket's origin.
     #[tokio::test]
     async fn security_headers_name_the_socket_origin_and_hsts_only_for_a_real_certificate() {
-        let config = Config::from_toml("", "t").unwrap();
         for hsts in [false, true] {
-            let dialects = crate::signaling::dialects(&config.signaling);
-            let host = Host::new(
-                Live::new(&config),
-                None,
-                dialects.membership(),
-                CancellationToken::new(),
-                TaskTracker::new(),
-            );
-            let app = Arc::new(AppState::new(
-                Arc::new(host),
-                dialects,
-                Access::new(&config, None),
-            ));
             let request = Request::get("/")
                 .header(header::HOST, "calls.example.org:8443")
                 .body(Body::empty())
                 .unwrap();
-            let response = router(app, hsts).oneshot(request).await.unwrap();
+            let response = router(app(""), hsts).oneshot(request).await.unwrap();
             let headers = response.headers();
             let csp = headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
             assert!(

@@ -26,7 +26,7 @@ use super::calls::{Calls, Kind};
 use super::conn::{Conn, Handler, Reply};
 use super::dialect::Dialect;
 use super::frame::CLOSE_POLICY;
-use super::gate::Gate;
+use super::gate::{Gate, Refused};
 use super::host::Host;
 use super::hub::Hub;
 use super::outbox::Outbox;
@@ -317,25 +317,29 @@ impl Session {
         json!({"type": "error", "code": code.as_str(), "message": message.into()})
     }
 
+    /// A refusal of the message gate, counted: an error, or an error and a close.
+    fn refusal(&self, refused: &Refused) -> Next {
+        self.app.metrics.refusals.inc(refused.limit());
+        let error = self.error(refused.code(), refused.message());
+        if refused.closes() {
+            let (code, reason) = refused.close();
+            return Next::Close(error, code, reason);
+        }
+        Next::Reply(error)
+    }
+
     fn handle_text(&mut self, text: &str) -> Next {
         // Kicked (its name may be someone else's already): what it had sent is not relayed.
         if self.outbox.signal.is_closed() {
             return Next::Nothing;
         }
-        let metrics = &self.app.metrics;
         let checked = self.gate.check(
             text.len(),
             &self.app.live().signaling,
             std::time::Instant::now(),
         );
         if let Err(refused) = checked {
-            metrics.refusals.inc(refused.limit());
-            let reply = self.error(refused.code(), refused.message());
-            if refused.closes() {
-                let (code, reason) = refused.close();
-                return Next::Close(reply, code, reason);
-            }
-            return Next::Reply(reply);
+            return self.refusal(&refused);
         }
         let data: Frame = match serde_json::from_str(text) {
             Ok(frame) => frame,
@@ -543,17 +547,12 @@ impl Handler for Session {
             .gate
             .charge(&self.app.live().signaling, std::time::Instant::now());
         charged.map_err(|refused| {
-            self.app.metrics.refusals.inc(refused.limit());
             if refused.closes() {
-                let (code, reason) = refused.close();
-                reply(Next::Close(
-                    self.error(refused.code(), refused.message()),
-                    code,
-                    reason,
-                ))
-            } else {
-                Reply::None
+                return reply(self.refusal(&refused));
             }
+            // Over the rate a control frame is dropped unanswered (see the native dialect).
+            self.app.metrics.refusals.inc(refused.limit());
+            Reply::None
         })
     }
 

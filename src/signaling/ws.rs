@@ -21,7 +21,7 @@ use super::admit::{Admitted, admit};
 use super::conn::{Conn, Handler, Reply};
 use super::dialect::Dialect;
 use super::frame::CLOSE_POLICY;
-use super::gate::Gate;
+use super::gate::{Gate, Refused};
 use super::host::Host;
 use super::hub::Hub;
 use super::outbox::Outbox;
@@ -270,19 +270,11 @@ impl Handler for Session {
         let charged = self
             .gate
             .charge(&self.app.live().signaling, std::time::Instant::now());
-        charged.map_err(|refused| {
-            self.app.metrics.refusals.inc(refused.limit());
-            if refused.closes() {
-                let (close_code, reason) = refused.close();
-                self.reply(Answer::Close(
-                    refused.code(),
-                    refused.message(),
-                    close_code,
-                    reason,
-                ))
-            } else {
-                Reply::None
-            }
+        charged.map_err(|refused| match self.refusal(&refused) {
+            // Over the rate a control frame is dropped unanswered: an answer each would be
+            // the write per frame this charge is there to prevent.
+            Answer::Error(..) => Reply::None,
+            closing => self.reply(closing),
         })
     }
 
@@ -312,20 +304,24 @@ impl Handler for Session {
 }
 
 impl Session {
+    /// A refusal of the message gate, counted: an error, or an error and a close.
+    fn refusal(&self, refused: &Refused) -> Answer {
+        self.app.metrics.refusals.inc(refused.limit());
+        if refused.closes() {
+            let (close_code, reason) = refused.close();
+            return Answer::Close(refused.code(), refused.message(), close_code, reason);
+        }
+        Answer::Error(refused.code(), refused.message())
+    }
+
     fn handle_text(&mut self, text: &str) -> Answer {
-        let metrics = &self.app.metrics;
         let checked = self.gate.check(
             text.len(),
             &self.app.live().signaling,
             std::time::Instant::now(),
         );
         if let Err(refused) = checked {
-            metrics.refusals.inc(refused.limit());
-            if refused.closes() {
-                let (close_code, reason) = refused.close();
-                return Answer::Close(refused.code(), refused.message(), close_code, reason);
-            }
-            return Answer::Error(refused.code(), refused.message());
+            return self.refusal(&refused);
         }
         let msg = protocol::decode(text);
         self.native.stats.messages.inc(match &msg {
