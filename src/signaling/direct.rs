@@ -8,7 +8,10 @@
 //! and the owner task drops a frame from the count only after writing it, under that lock.
 //!
 //! A direct write never waits. It polls the socket once with a no-op waker; if the frame
-//! could not be flushed at once, the owner task is told (`flush`) and finishes it.
+//! could not be flushed at once, the owner task is told (`flush`) and finishes it. A sender
+//! never polls the socket while any write waits on it: the socket keeps one waker per
+//! direction, so a poll with the no-op waker would replace the owner's and the owner would
+//! sleep until the send timeout (a lost wake-up). While a write waits, senders queue.
 //!
 //! A sender that works through several messages it had already read (a browser sends its
 //! ICE candidates in a burst) does so inside a `Batch`: its direct writes only append to
@@ -20,7 +23,7 @@ use std::future::poll_fn;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll, Waker, ready};
+use std::task::{Context, Poll, Waker};
 
 use axum::extract::ws::Utf8Bytes;
 
@@ -40,11 +43,14 @@ pub struct Direct {
     queued: AtomicUsize,
     /// Tells the owner task to finish a write that a sender started (`Signal::flush`).
     signal: Arc<Signal>,
-    /// A direct write could not be flushed at once: the socket is backed up, so further
-    /// frames queue (bounded) until the owner has flushed it. Without this, frames would
-    /// pile up in the writer's unbounded remainder buffer behind a client that stopped reading.
-    /// Also set for good once the owner starts closing.
+    /// A write waits for the socket: the owner's (its waker is the socket's), or a direct
+    /// write's that the owner was told to finish. Further frames queue (bounded) until the
+    /// owner has flushed, and no sender polls the socket. Without this, frames would pile up
+    /// in the writer's unbounded remainder buffer behind a client that stopped reading, and
+    /// a sender's poll would take the owner's wake-up. Set and cleared under the lock.
     backed_up: AtomicBool,
+    /// The owner started closing: nothing may follow the close frame, so `backed_up` stays.
+    closing: AtomicBool,
 }
 
 /// What a direct write did.
@@ -62,6 +68,7 @@ impl Direct {
             queued: AtomicUsize::new(0),
             signal,
             backed_up: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
         }
     }
 
@@ -98,6 +105,12 @@ impl Direct {
             self.signal.flush();
             return;
         };
+        if self.backed_up.load(Ordering::Acquire) {
+            // A write waits on the socket since the frames were deferred: whoever waits
+            // writes them too, and the owner is told in case it is a sender's write.
+            self.signal.flush();
+            return;
+        }
         let mut cx = Context::from_waker(Waker::noop());
         if !matches!(sink.poll_flush(&mut cx), Poll::Ready(Ok(()))) {
             self.backed_up.store(true, Ordering::Release);
@@ -121,11 +134,23 @@ impl Direct {
             let mut writer = self.writer();
             if !started {
                 started = true;
-                writer.start(cx, opcode, payload)?;
+                if let Err(e) = writer.start(cx, opcode, payload) {
+                    self.settle(false);
+                    return Poll::Ready(Err(e));
+                }
             }
-            writer.poll_flush(cx)
+            let done = writer.poll_flush(cx);
+            self.settle(matches!(done, Poll::Ready(Ok(()))));
+            done
         })
         .await
+    }
+
+    /// Called under the lock after the owner polled the socket: senders may poll it again
+    /// only once everything is written (and the owner is not closing).
+    fn settle(&self, flushed: bool) {
+        let waits = !flushed || self.closing.load(Ordering::Acquire);
+        self.backed_up.store(waits, Ordering::Release);
     }
 
     /// The owner flushes what senders left in the writer; direct writes resume after it.
@@ -135,10 +160,9 @@ impl Direct {
     pub async fn flush(&self) -> io::Result<()> {
         poll_fn(|cx| {
             let mut writer = self.writer();
-            let flushed = ready!(writer.poll_flush(cx));
-            // Under the lock, with nothing left pending.
-            self.backed_up.store(false, Ordering::Release);
-            Poll::Ready(flushed)
+            let done = writer.poll_flush(cx);
+            self.settle(matches!(done, Poll::Ready(Ok(()))));
+            done
         })
         .await
     }
@@ -150,6 +174,7 @@ impl Direct {
     pub async fn close(&self, code: Option<u16>, reason: &str) -> io::Result<()> {
         // Nothing may follow the close frame: from now on senders only queue, and the
         // queue is dropped with the socket.
+        self.closing.store(true, Ordering::Release);
         self.backed_up.store(true, Ordering::Release);
         let body = code
             .map(|c| frame::close_body(c, reason))
@@ -219,6 +244,82 @@ impl Batch {
     pub fn flush(&mut self) {
         for direct in self.touched.drain(..) {
             direct.flush_deferred();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::AsyncReadExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+    use crate::signaling::socket::Socket;
+
+    /// The server's `Direct` over a loopback connection, and the client's end.
+    async fn pair() -> (Arc<Direct>, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        let (_reader, writer) = Socket::Tcp(accepted.unwrap().0, bytes::Bytes::new()).split(1024);
+        let direct = Arc::new(Direct::new(writer, Arc::new(Signal::default())));
+        (direct, client.unwrap())
+    }
+
+    /// Reads `n` bytes and returns them.
+    async fn drain(mut client: TcpStream, n: usize) -> Vec<u8> {
+        let mut got = vec![0; n];
+        client.read_exact(&mut got).await.unwrap();
+        got
+    }
+
+    /// The owner waits for a client that reads slowly (its waker is the socket's) and a
+    /// sender writes meanwhile: directly, or at the end of a batch that deferred a frame
+    /// before the owner started. The sender must not poll the socket: its no-op waker would
+    /// replace the owner's, and the owner, never woken when the client reads again, would
+    /// fail at the send timeout. Time is paused: a lost wake-up shows as the clock running
+    /// to the timeout with nothing else to do.
+    #[tokio::test(start_paused = true)]
+    async fn a_sender_writing_while_the_owner_waits_does_not_take_its_wake_up() {
+        // More than loopback's buffers take at once: the owner's write has to wait.
+        let big = vec![b'x'; 32 << 20];
+        let small = Utf8Bytes::from_static("hello");
+        let small_frame = [&[0x81, 5][..], small.as_bytes()].concat();
+        let mut big_frame = vec![0x81, 127, 0, 0, 0, 0, 2, 0, 0, 0];
+        big_frame.extend_from_slice(&big);
+        for batched in [false, true] {
+            let (direct, client) = pair().await;
+            let mut batch = Batch::default();
+            if batched {
+                let wrote = batch.run(|| direct.try_write(small.clone()));
+                assert!(matches!(wrote, Wrote::Done), "deferred into the batch");
+            }
+            // The owner task, polled only when woken (as the socket task is).
+            let owner = tokio::spawn({
+                let (direct, big) = (Arc::clone(&direct), big.clone());
+                async move { direct.send(OP_TEXT, &big).await }
+            });
+            // One turn of this single-threaded runtime: the owner starts and waits.
+            tokio::task::yield_now().await;
+            assert!(!owner.is_finished());
+            let expected = if batched {
+                batch.flush();
+                [&small_frame[..], &big_frame].concat()
+            } else {
+                match direct.try_write(small.clone()) {
+                    Wrote::Done => [&big_frame[..], &small_frame].concat(),
+                    Wrote::Queue(_) => big_frame.clone(),
+                }
+            };
+            let reader = tokio::spawn(drain(client, expected.len()));
+            tokio::time::timeout(Duration::from_secs(10), owner)
+                .await
+                .unwrap_or_else(|_| panic!("owner never woken (batched: {batched})"))
+                .unwrap()
+                .unwrap();
+            assert!(reader.await.unwrap() == expected, "bytes out of order");
         }
     }
 }
