@@ -26,6 +26,9 @@ use super::stats::Refusal;
 
 /// How long one frame may take to reach a client before it counts as dead.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// The least a socket's outbox may hold in bytes; it holds four of the largest messages
+/// when `signaling.max_message_bytes` makes that more.
+const OUTBOX_MIN_BYTES: usize = 1 << 20;
 
 /// What to do after a message or a deadline.
 pub enum Reply {
@@ -73,7 +76,12 @@ impl Conn {
         let (reader, writer) = socket.split(max);
         let (tx, rx) = mpsc::channel(OUTBOX_CAPACITY);
         let registration = app.signals.register();
-        let direct = Arc::new(Direct::new(writer, Arc::clone(&registration.signal)));
+        let budget = (4 * app.live().signaling.max_message_bytes).max(OUTBOX_MIN_BYTES);
+        let direct = Arc::new(Direct::new(
+            writer,
+            Arc::clone(&registration.signal),
+            budget,
+        ));
         let outbox = Outbox {
             tx,
             signal: Arc::clone(&registration.signal),
@@ -134,7 +142,7 @@ impl Conn {
                 Some(frame) = self.rx.recv() => {
                     let sent = unless_closed(signal, finish(direct.send(OP_TEXT, frame.as_bytes()))).await;
                     // The frame is started (or the socket is closing): senders may write past it.
-                    direct.unqueue_one();
+                    direct.unqueue_one(frame.len());
                     if let Err(close) = stopped(app, sent) {
                         return close;
                     }
@@ -212,6 +220,12 @@ impl Conn {
                         if silent > cfg.idle_timeout() {
                             warn!(idle_s = silent.as_secs(), "dropping unresponsive client");
                             return None;
+                        }
+                        // A message begun and never finished pins its bytes; the pings
+                        // in between keep the client alive, not the message.
+                        if self.reader.message_started().is_some_and(|t| now - t > cfg.idle_timeout()) {
+                            debug!("fragmented message not finished in time");
+                            return Some((CLOSE_POLICY, "message not finished in time"));
                         }
                         if ping_due(silent, cfg.ping_interval(), cfg.idle_timeout())
                             && write(direct, OP_PING, &[]).await.is_err()
@@ -399,22 +413,31 @@ mod tests {
     }
 
     async fn pair_with(toml: &str) -> (Outbox, WebSocketStream<TcpStream>) {
+        let app = host(toml);
+        let ((conn, outbox), client) = socket_pair(&app).await;
+        tokio::spawn(async move { conn.serve(&mut Quiet).await });
+        let ws = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+        (outbox, ws)
+    }
+
+    fn host(toml: &str) -> Arc<Host> {
         let config = Config::from_toml(toml, "t").unwrap();
-        let app = Arc::new(Host::new(
+        Arc::new(Host::new(
             Live::new(&config),
             None,
             crate::signaling::dialects(&config.signaling).membership(),
             tokio_util::sync::CancellationToken::new(),
             tokio_util::task::TaskTracker::new(),
-        ));
+        ))
+    }
+
+    /// A `Conn` on a loopback connection, not served yet, and the client's end.
+    async fn socket_pair(app: &Arc<Host>) -> ((Conn, Outbox), TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap());
         let (client, accepted) = tokio::join!(client, listener.accept());
         let socket = Socket::Tcp(accepted.unwrap().0, bytes::Bytes::new());
-        let (conn, outbox) = Conn::new(&app, socket);
-        tokio::spawn(async move { conn.serve(&mut Quiet).await });
-        let ws = WebSocketStream::from_raw_socket(client.unwrap(), Role::Client, None).await;
-        (outbox, ws)
+        (Conn::new(app, socket), client.unwrap())
     }
 
     fn frame(i: usize) -> Utf8Bytes {
@@ -508,6 +531,68 @@ mod tests {
             }
         }
         assert!(expected > 0 && expected < delivered);
+    }
+
+    /// The outbox is budgeted in bytes, not only in frames: a client that stops reading
+    /// while it is sent large messages is evicted once about 1 MiB waits for it (256
+    /// frames of 60 KB, 15 MB, used to wait). Nothing serves the socket here, so whatever
+    /// the kernel does not take waits in the outbox.
+    #[tokio::test]
+    async fn a_slow_readers_outbox_holds_a_bounded_number_of_bytes() {
+        let app = host("");
+        let (conn, _client) = socket_pair(&app).await;
+        let (mut conn, outbox) = conn;
+        let big: Utf8Bytes = "y".repeat(60_000).into();
+        let mut delivered = 0;
+        while !outbox.signal.is_closed() {
+            assert!(delivered < 10_000, "never evicted");
+            outbox.deliver(big.clone());
+            delivered += 1;
+        }
+        assert_eq!(outbox.signal.reason(), Some(Eviction::Overflow));
+        let mut queued = 0;
+        while let Ok(frame) = conn.rx.try_recv() {
+            queued += frame.len();
+        }
+        assert!(queued > 0, "nothing queued: the socket took it all?");
+        assert!(queued <= OUTBOX_MIN_BYTES, "{queued} bytes queued");
+    }
+
+    /// A client that begins a fragmented message and then only pings is closed once the
+    /// message is older than the idle timeout: its pings keep it alive, not the bytes it
+    /// pinned. Time is paused.
+    #[tokio::test(start_paused = true)]
+    async fn a_message_begun_and_never_finished_closes_the_socket() {
+        use futures_util::SinkExt;
+        use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+
+        let (_outbox, mut ws) =
+            pair_with("[signaling]\nping_interval_s = 2\nidle_timeout_s = 3\n").await;
+        let begun = Instant::now();
+        let first = Frame::message(vec![b'a'; 1000], OpCode::Data(Data::Text), false);
+        ws.send(Message::Frame(first)).await.unwrap();
+        let close = loop {
+            tokio::select! {
+                msg = ws.next() => match msg {
+                    Some(Ok(Message::Close(close))) => break close,
+                    Some(Ok(_)) => {}
+                    other => panic!("ended without a close frame: {other:?}"),
+                },
+                () = tokio::time::sleep(Duration::from_millis(500)) => {
+                    assert!(begun.elapsed() < Duration::from_secs(30), "never closed");
+                    ws.send(Message::Ping(vec![1].into())).await.unwrap();
+                }
+            }
+        };
+        let close = close.expect("a close frame with a reason");
+        assert_eq!(u16::from(close.code), CLOSE_POLICY);
+        assert_eq!(close.reason.as_str(), "message not finished in time");
+        assert!(
+            begun.elapsed() <= Duration::from_secs(6),
+            "{:?}",
+            begun.elapsed()
+        );
     }
 
     #[test]

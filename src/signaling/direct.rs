@@ -41,6 +41,10 @@ pub struct Direct {
     sink: Mutex<Writer>,
     /// Frames in the outbox that the owner task has not written yet.
     queued: AtomicUsize,
+    /// Their bytes: a client that lets more than `max_queued_bytes` pile up is evicted
+    /// (counting frames alone let 256 frames of 64 KiB, 16 MiB, wait for one slow reader).
+    queued_bytes: AtomicUsize,
+    max_queued_bytes: usize,
     /// Tells the owner task to finish a write that a sender started (`Signal::flush`).
     signal: Arc<Signal>,
     /// A write waits for the socket: the owner's (its waker is the socket's), or a direct
@@ -62,10 +66,13 @@ pub enum Wrote {
 }
 
 impl Direct {
-    pub fn new(sink: Writer, signal: Arc<Signal>) -> Direct {
+    /// The write half `sink`; at most `max_queued_bytes` of frames may wait in the outbox.
+    pub fn new(sink: Writer, signal: Arc<Signal>, max_queued_bytes: usize) -> Direct {
         Direct {
             sink: Mutex::new(sink),
             queued: AtomicUsize::new(0),
+            queued_bytes: AtomicUsize::new(0),
+            max_queued_bytes,
             signal,
             backed_up: AtomicBool::new(false),
             closing: AtomicBool::new(false),
@@ -183,13 +190,22 @@ impl Direct {
         poll_fn(|cx| self.writer().poll_shutdown(cx)).await
     }
 
-    /// A frame is about to enter the outbox; call before sending it there.
-    pub fn queue_one(&self) {
+    /// A frame of `len` bytes is about to enter the outbox; call before sending it there.
+    /// `false` (and nothing counted): it would take the outbox over its byte budget.
+    #[must_use]
+    pub fn queue_one(&self, len: usize) -> bool {
         self.queued.fetch_add(1, Ordering::AcqRel);
+        let before = self.queued_bytes.fetch_add(len, Ordering::AcqRel);
+        if before.saturating_add(len) > self.max_queued_bytes {
+            self.unqueue_one(len);
+            return false;
+        }
+        true
     }
 
-    /// A frame left the outbox without entering it (the outbox was full).
-    pub fn unqueue_one(&self) {
+    /// A frame of `len` bytes left the outbox: written, or it never entered (full).
+    pub fn unqueue_one(&self, len: usize) {
+        self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
         self.queued.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -264,7 +280,7 @@ mod tests {
         let client = TcpStream::connect(listener.local_addr().unwrap());
         let (client, accepted) = tokio::join!(client, listener.accept());
         let (_reader, writer) = Socket::Tcp(accepted.unwrap().0, bytes::Bytes::new()).split(1024);
-        let direct = Arc::new(Direct::new(writer, Arc::new(Signal::default())));
+        let direct = Arc::new(Direct::new(writer, Arc::new(Signal::default()), usize::MAX));
         (direct, client.unwrap())
     }
 

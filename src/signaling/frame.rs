@@ -118,9 +118,10 @@ fn parse_header(buf: &[u8], max_payload: usize) -> Result<Option<Header>, Violat
             "control frames must be whole and short",
         ));
     }
+    // A control frame between fragments does not count against the message's size.
     let payload_len = usize::try_from(len)
         .ok()
-        .filter(|&n| n <= max_payload)
+        .filter(|&n| opcode & 0x08 != 0 || n <= max_payload)
         .ok_or(Violation::TooBig)?;
     let mut mask = [0u8; 4];
     mask.copy_from_slice(&buf[2 + ext..header_len]);
@@ -161,6 +162,11 @@ impl Decoder {
             max_message,
             partial: None,
         }
+    }
+
+    /// Whether a fragmented message has begun and not ended.
+    pub fn in_message(&self) -> bool {
+        self.partial.is_some()
     }
 
     /// How many bytes `buf` must hold for its first frame to be complete, once its
@@ -386,6 +392,28 @@ mod tests {
                 Incoming::Text("hello world".into())
             ]
         );
+    }
+
+    /// A ping longer than what is left of a nearly full fragmented message is still a
+    /// ping: control frames are not part of the message they interrupt.
+    #[test]
+    fn a_control_frame_does_not_count_against_the_message_it_interrupts() {
+        let mut d = Decoder::new(100);
+        let mut bytes = client_frame(false, OP_TEXT, &[b'a'; 95], [1, 2, 3, 4]);
+        bytes.extend(client_frame(true, OP_PING, &[b'p'; 20], [4, 3, 2, 1]));
+        bytes.extend(client_frame(true, OP_CONTINUATION, b"bcde", [0, 0, 0, 0]));
+        let mut buf = BytesMut::from(&bytes[..]);
+        assert_eq!(
+            d.decode(&mut buf).unwrap(),
+            Some(Incoming::Ping(Bytes::from(vec![b'p'; 20])))
+        );
+        assert!(d.in_message());
+        let text = "a".repeat(95) + "bcde";
+        assert_eq!(
+            d.decode(&mut buf).unwrap(),
+            Some(Incoming::Text(text.into()))
+        );
+        assert!(!d.in_message());
     }
 
     #[test]

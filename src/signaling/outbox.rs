@@ -24,37 +24,33 @@ pub struct Outbox {
 
 impl Outbox {
     /// Writes `frame` into the socket at once when that needs no waiting (see `direct`),
-    /// else queues it; a full queue flags the peer for disconnection instead of waiting.
+    /// else queues it; a full queue (in frames or bytes) flags the peer for disconnection
+    /// instead of waiting.
     pub fn deliver(&self, frame: Utf8Bytes) {
         let frame = match &self.direct {
             Some(direct) => match direct.try_write(frame) {
                 Wrote::Done => return,
-                Wrote::Queue(frame) => {
-                    direct.queue_one();
-                    frame
-                }
+                Wrote::Queue(frame) => frame,
             },
             None => frame,
         };
-        // Counted as queued above (or no direct path): only the channel is left.
-        self.enqueue(frame);
+        self.queue(frame);
     }
 
     /// Queues `frame` for the socket's own task to write, never touching the socket here:
     /// for what the registry delivers under its lock (joins, leaves, welcomes), where no
     /// socket I/O may happen. Frames delivered later wait behind it, directly or not.
     pub fn queue(&self, frame: Utf8Bytes) {
-        if let Some(direct) = &self.direct {
-            direct.queue_one();
+        let len = frame.len();
+        if let Some(direct) = &self.direct
+            && !direct.queue_one(len)
+        {
+            self.signal.evict(Eviction::Overflow);
+            return;
         }
-        self.enqueue(frame);
-    }
-
-    /// Puts a frame counted as queued on the channel; a full one evicts the peer.
-    fn enqueue(&self, frame: Utf8Bytes) {
         if let Err(e) = self.tx.try_send(frame) {
             if let Some(direct) = &self.direct {
-                direct.unqueue_one();
+                direct.unqueue_one(len);
             }
             if let mpsc::error::TrySendError::Full(_) = e {
                 self.signal.evict(Eviction::Overflow);

@@ -23,6 +23,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::time::Instant;
 use tracing::debug;
 
 use super::frame::{self, Decoder, Incoming, Violation};
@@ -190,6 +191,7 @@ impl Socket {
                 grown,
                 filled: false,
                 decoder: Decoder::new(max_message),
+                message_since: None,
             },
             Writer {
                 io: write,
@@ -292,6 +294,9 @@ pub struct Reader {
     /// The last read filled all the room it had.
     filled: bool,
     decoder: Decoder,
+    /// When the fragmented message in progress began: pings between its fragments keep
+    /// the connection alive, but not the message (see `message_started`).
+    message_since: Option<Instant>,
 }
 
 impl Reader {
@@ -337,9 +342,21 @@ impl Reader {
     /// # Errors
     /// A protocol violation.
     pub fn buffered(&mut self) -> Result<Option<Incoming>, ReadError> {
-        self.decoder
+        let msg = self
+            .decoder
             .decode(&mut self.buf)
-            .map_err(ReadError::Violation)
+            .map_err(ReadError::Violation)?;
+        match (self.decoder.in_message(), self.message_since) {
+            (false, Some(_)) => self.message_since = None,
+            (true, None) => self.message_since = Some(Instant::now()),
+            _ => {}
+        }
+        Ok(msg)
+    }
+
+    /// When the fragmented message the client is sending began, if one is in progress.
+    pub fn message_started(&self) -> Option<Instant> {
+        self.message_since
     }
 }
 
