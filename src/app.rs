@@ -169,6 +169,11 @@ pub async fn run(
         .filter(|_| config.turn.on_https_port)
         .map(Arc::clone);
     let https_tls = tls.https_server_config(turn_on_https.is_some());
+    // HTTPS, the redirect and the plain WebSocket listeners share the connection caps.
+    let capped = http::admission::Admission::new(
+        Some(Arc::clone(&app.http_connections)),
+        Arc::clone(&app.host),
+    );
     for listener in https {
         let addr = listener
             .local_addr()
@@ -178,6 +183,7 @@ pub async fn run(
             listener,
             Arc::clone(&https_tls),
             router.clone(),
+            capped.clone(),
             shutdown.clone(),
             tasks.clone(),
             turn_on_https.clone(),
@@ -195,6 +201,7 @@ pub async fn run(
         tasks.spawn(http::server::serve_redirect(
             listener,
             https_port,
+            capped.clone(),
             shutdown.clone(),
             tasks.clone(),
         ));
@@ -207,6 +214,7 @@ pub async fn run(
         tasks.spawn(http::server::serve_plain(
             listener,
             http::legacy_router(Arc::clone(&app)),
+            capped.clone(),
             shutdown.clone(),
             tasks.clone(),
         ));
@@ -227,6 +235,8 @@ pub async fn run(
         tasks.spawn(http::server::serve_plain(
             listener,
             crate::admin::router(Arc::clone(&app), public),
+            // Not capped: a flood of the public listeners must not lock the operator out.
+            http::admission::Admission::new(None, Arc::clone(&app.host)),
             shutdown.clone(),
             tasks.clone(),
         ));

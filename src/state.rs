@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use arc_swap::ArcSwap;
 
 use crate::config::{Config, Secret};
+use crate::limiter::ConnectionLimiter;
 use crate::signaling::dialect::Dialects;
 use crate::signaling::host::{Host, Live};
 
@@ -37,13 +38,20 @@ pub struct AppState {
     /// Every signaling dialect, with its rooms and peers.
     pub dialects: Dialects,
     access: ArcSwap<Access>,
+    /// Open connections on the HTTPS and plain-HTTP listeners (`http::admission`).
+    pub http_connections: Arc<ConnectionLimiter>,
     /// True once every configured listener is bound and served, false again on shutdown.
     ready: AtomicBool,
 }
 
 impl AppState {
     pub fn new(host: Arc<Host>, dialects: Dialects, access: Access) -> AppState {
+        let live = host.live();
+        let http_connections =
+            crate::http::admission::limiter(&live.https, live.signaling.source_prefix_v6);
+        drop(live);
         AppState {
+            http_connections,
             host,
             dialects,
             access: ArcSwap::from_pointee(access),
@@ -62,6 +70,10 @@ impl AppState {
         for dialect in self.dialects.iter() {
             dialect.set_limits(&live.signaling);
         }
+        self.http_connections.set_limits(
+            live.https.max_connections,
+            live.https.max_connections_per_source,
+        );
         self.host.set_live(live);
         self.access.store(Arc::new(access));
     }

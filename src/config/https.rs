@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +22,16 @@ pub struct HttpsConfig {
     /// Seconds between checks of `cert` and `key` on disk; changed files are loaded
     /// without a restart (certbot renewals).
     pub cert_check_interval_s: u64,
+    /// Most open connections on the HTTPS and plain-HTTP listeners together, counted at
+    /// accept, before TLS (TURN on the HTTPS port included; a WebSocket until upgraded).
+    pub max_connections: usize,
+    /// Most of them from one IPv4 address or IPv6 network (`signaling.source_prefix_v6`).
+    pub max_connections_per_source: usize,
+    /// Seconds from accept to the first complete request (TLS handshake and headers
+    /// included), and for each request's body.
+    pub request_timeout_s: u64,
+    /// Seconds an HTTP/1.1 or HTTP/2 connection may stay open with no request in flight.
+    pub idle_timeout_s: u64,
 }
 
 keys!(HttpsConfig in "https" {
@@ -30,6 +41,10 @@ keys!(HttpsConfig in "https" {
     key: Live,
     extra_names: Live,
     cert_check_interval_s: Live,
+    max_connections: Live,
+    max_connections_per_source: Live,
+    request_timeout_s: Live,
+    idle_timeout_s: Live,
 });
 
 impl Default for HttpsConfig {
@@ -43,20 +58,50 @@ impl Default for HttpsConfig {
             key: None,
             extra_names: Vec::new(),
             cert_check_interval_s: 60,
+            max_connections: 20_000,
+            max_connections_per_source: 200,
+            request_timeout_s: 10,
+            idle_timeout_s: 60,
         }
     }
 }
 
 impl HttpsConfig {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_s)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_s)
+    }
+
     pub(super) fn validate(&self, invalid: Invalid<'_>) -> Result<(), ConfigError> {
-        if !(1..=86_400).contains(&self.cert_check_interval_s) {
-            return Err(invalid(
+        let ranges = [
+            (
                 "https.cert_check_interval_s",
-                format!(
-                    "expected 1..=86400 seconds, got {}",
-                    self.cert_check_interval_s
-                ),
-            ));
+                self.cert_check_interval_s,
+                1,
+                86_400,
+            ),
+            (
+                "https.max_connections",
+                self.max_connections as u64,
+                1,
+                10_000_000,
+            ),
+            (
+                "https.max_connections_per_source",
+                self.max_connections_per_source as u64,
+                1,
+                10_000_000,
+            ),
+            ("https.request_timeout_s", self.request_timeout_s, 1, 600),
+            ("https.idle_timeout_s", self.idle_timeout_s, 1, 86_400),
+        ];
+        for (key, value, min, max) in ranges {
+            if !(min..=max).contains(&value) {
+                return Err(invalid(key, format!("expected {min}..={max}, got {value}")));
+            }
         }
         if self.listen.is_empty() {
             return Err(invalid(

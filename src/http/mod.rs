@@ -3,6 +3,7 @@
 //! This module knows nothing about rooms beyond validating a room name in a URL;
 //! the socket logic is in `signaling::ws`, the listeners in `http::server`.
 
+pub mod admission;
 pub mod demux;
 pub mod ice_api;
 pub mod server;

@@ -5,6 +5,7 @@
 //! connections are then closed gracefully. Upgraded WebSockets belong to
 //! their dialect (`signaling`) and watch the token themselves.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,21 +18,32 @@ use axum::response::{IntoResponse, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
-use tower::util::MapRequest;
+use tower_http::timeout::TimeoutBody;
 use tracing::{debug, warn};
 
+use super::admission::{self, Activity, Admission, Admitted, Next};
 use super::demux::{self, Prefixed, Protocol};
 use crate::turn::Turn;
 
-/// Time a client gets to finish the TLS handshake, and to send request headers.
+/// Time a client gets to finish the TLS handshake, and to send request headers; and a
+/// connection asked to close gets to finish.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 pings: one after this much silence, and the connection is dropped when its
+/// answer takes longer than the timeout.
+const HTTP2_PING_INTERVAL: Duration = Duration::from_secs(30);
+const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(10);
+/// Concurrent HTTP/2 streams per connection: a page needs a handful.
+const HTTP2_MAX_STREAMS: u32 = 100;
+/// Request headers: at most this many bytes (HTTP/1.1 buffer, HTTP/2 header list).
+const MAX_HTTP1_BUFFER: usize = 64 * 1024;
+const MAX_HEADER_LIST: u32 = 64 * 1024;
 
 /// Serves `router` over TLS on `listener` until `shutdown` fires. With `turn`,
 /// connections that speak STUN (plain, or inside TLS) go to the TURN server.
@@ -39,6 +51,7 @@ pub async fn serve_https(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     router: Router,
+    admission: Admission,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     turn: Option<Arc<Turn>>,
@@ -58,6 +71,10 @@ pub async fn serve_https(
                 }
             },
         };
+        // Refused before anything else is spent on it: closed at once.
+        let Some(admitted) = admission.admit(remote) else {
+            continue;
+        };
         let acceptor = acceptor.clone();
         let router = router.clone();
         let shutdown = shutdown.clone();
@@ -66,12 +83,17 @@ pub async fn serve_https(
             // No Nagle, and keepalive (a TURN client on this port that vanishes takes
             // its allocation along).
             crate::net::prepare_stream(&tcp);
+            // The handshake counts against the deadline of the first request.
+            let handshake_by = admitted
+                .first_request_by
+                .min(Instant::now() + HANDSHAKE_TIMEOUT);
             if let Some(turn) = &turn {
                 // Plain-TCP TURN sends a STUN header where TLS sends a ClientHello.
                 let mut head = [0u8; demux::SNIFF_LEN];
-                let n = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut head)).await {
+                let n = match tokio::time::timeout_at(handshake_by, tcp.peek(&mut head)).await {
                     Ok(Ok(n)) => n,
-                    _ => return,
+                    Ok(Err(_)) => return,
+                    Err(_) => return admitted.timed_out(remote),
                 };
                 if demux::sniff(&head[..n]) == Protocol::Stun {
                     // TURN's connection limits apply to it here as on its own listeners.
@@ -83,21 +105,21 @@ pub async fn serve_https(
                         .await;
                 }
             }
-            let mut tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
-            {
+            let mut tls = match tokio::time::timeout_at(handshake_by, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => return debug!(%remote, error = %e, "TLS handshake failed"),
-                Err(_) => return debug!(%remote, "TLS handshake timed out"),
+                Err(_) => return admitted.timed_out(remote),
             };
             let Some(turn) = turn else {
-                return serve_connection(tls, remote, router, shutdown).await;
+                return serve_connection(tls, remote, router, shutdown, admitted).await;
             };
             // Inside TLS, the first bytes tell TURN from HTTP; both clients speak first.
-            let head =
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, demux::read_head(&mut tls)).await {
-                    Ok(Ok(head)) => head,
-                    _ => return,
-                };
+            let head = match tokio::time::timeout_at(handshake_by, demux::read_head(&mut tls)).await
+            {
+                Ok(Ok(head)) => head,
+                Ok(Err(_)) => return,
+                Err(_) => return admitted.timed_out(remote),
+            };
             let protocol = demux::sniff(&head);
             let stream = Prefixed::new(head, tls);
             if protocol == Protocol::Stun {
@@ -107,23 +129,40 @@ pub async fn serve_https(
                 turn.serve_shared(Box::new(stream), remote, local, true, admitted)
                     .await;
             } else {
-                serve_connection(stream, remote, router, shutdown).await;
+                serve_connection(stream, remote, router, shutdown, admitted).await;
             }
         });
     }
 }
 
-/// `router` with the client's address in every request (`ConnectInfo`).
-fn with_remote(
+/// `router` as one connection's service: every request gets the client's address
+/// (`ConnectInfo`) and a deadline on its body, and reports to the connection's `Activity`
+/// while it runs.
+#[derive(Clone)]
+struct Tracked {
     router: Router,
     remote: SocketAddr,
-) -> TowerToHyperService<
-    MapRequest<Router, impl FnMut(Request<Incoming>) -> Request<Incoming> + Clone + Send + Sync>,
-> {
-    TowerToHyperService::new(router.map_request(move |mut req: Request<Incoming>| {
-        req.extensions_mut().insert(ConnectInfo(remote));
-        req
-    }))
+    activity: Arc<Activity>,
+    body_timeout: Duration,
+}
+
+impl hyper::service::Service<Request<Incoming>> for Tracked {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let busy = self.activity.begin();
+        let mut request =
+            request.map(|body| axum::body::Body::new(TimeoutBody::new(self.body_timeout, body)));
+        request.extensions_mut().insert(ConnectInfo(self.remote));
+        let response = self.router.clone().oneshot(request);
+        Box::pin(async move {
+            let response = response.await;
+            drop(busy);
+            response
+        })
+    }
 }
 
 /// Serves one connection: HTTP/1.1 with upgrades, or HTTP/2.
@@ -132,6 +171,7 @@ pub async fn serve_connection<S>(
     remote: SocketAddr,
     router: Router,
     shutdown: CancellationToken,
+    admitted: Admitted,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -139,33 +179,87 @@ pub async fn serve_connection<S>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HANDSHAKE_TIMEOUT);
-    let conn =
-        builder.serve_connection_with_upgrades(TokioIo::new(io), with_remote(router, remote));
-    drive(conn, |c| c.graceful_shutdown(), remote, &shutdown).await;
+        .header_read_timeout(HANDSHAKE_TIMEOUT)
+        .max_buf_size(MAX_HTTP1_BUFFER);
+    // A dead HTTP/2 peer is found by pings, whatever its streams are doing.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(HTTP2_PING_INTERVAL))
+        .keep_alive_timeout(HTTP2_PING_TIMEOUT)
+        .max_concurrent_streams(HTTP2_MAX_STREAMS)
+        .max_header_list_size(MAX_HEADER_LIST);
+    let (service, activity) = tracked(router, remote, &admitted);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    drive(
+        conn,
+        |c| c.graceful_shutdown(),
+        remote,
+        &shutdown,
+        &admitted,
+        &activity,
+    )
+    .await;
 }
 
-/// Runs an HTTP connection to its end; when `shutdown` fires, `stop` asks it to finish the
-/// request in flight and close, and it is awaited until it has.
+/// The service of one connection and the `Activity` it reports to.
+fn tracked(router: Router, remote: SocketAddr, admitted: &Admitted) -> (Tracked, Arc<Activity>) {
+    let activity = Arc::new(Activity::default());
+    let service = Tracked {
+        router,
+        remote,
+        activity: Arc::clone(&activity),
+        body_timeout: admitted.body_timeout,
+    };
+    (service, activity)
+}
+
+/// Runs an HTTP connection to its end, held to its deadlines (`admission::next`): dropped
+/// when no complete request came in time, closed gracefully once idle. When `shutdown`
+/// fires, `stop` asks it to finish the request in flight and close. A connection asked to
+/// close gets `HANDSHAKE_TIMEOUT` to do so, then is dropped.
 async fn drive<C, E>(
     conn: C,
     stop: fn(Pin<&mut C>),
     remote: SocketAddr,
     shutdown: &CancellationToken,
+    admitted: &Admitted,
+    activity: &Activity,
 ) where
     C: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
     tokio::pin!(conn);
-    let result = tokio::select! {
-        result = conn.as_mut() => result,
-        () = shutdown.cancelled() => {
-            stop(conn.as_mut());
-            conn.await
+    // The first look: at the deadline of the first request, or an idle period from now if
+    // that is sooner (the first request may come and go before the deadline).
+    let check = tokio::time::sleep_until(
+        admitted
+            .first_request_by
+            .min(Instant::now() + admitted.idle_timeout),
+    );
+    tokio::pin!(check);
+    let closing = loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    debug!(%remote, error = %e, "HTTP connection ended with an error");
+                }
+                return;
+            }
+            () = shutdown.cancelled() => break "shutting down",
+            () = &mut check => match admission::next(admitted, activity, Instant::now()) {
+                Next::CheckAt(at) => check.as_mut().reset(at),
+                Next::Drop => return admitted.timed_out(remote),
+                Next::Close => break "idle",
+            },
         }
     };
-    if let Err(e) = result {
-        debug!(%remote, error = %e, "HTTP connection ended with an error");
+    debug!(%remote, why = closing, "closing the HTTP connection");
+    stop(conn.as_mut());
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, conn).await {
+        Ok(Err(e)) => debug!(%remote, error = %e, "HTTP connection ended with an error"),
+        Ok(Ok(())) => {}
+        Err(_) => debug!(%remote, "HTTP connection did not close in time, dropped"),
     }
 }
 
@@ -174,18 +268,20 @@ async fn drive<C, E>(
 pub async fn serve_redirect(
     listener: TcpListener,
     https_port: u16,
+    admission: Admission,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
     let router = Router::new()
         .fallback(move |req: Request<axum::body::Body>| async move { redirect(&req, https_port) });
-    serve_plain(listener, router, shutdown, tasks).await;
+    serve_plain(listener, router, admission, shutdown, tasks).await;
 }
 
 /// Serves `router` over plain HTTP (with upgrades) on `listener` until `shutdown` fires.
 pub async fn serve_plain(
     listener: TcpListener,
     router: Router,
+    admission: Admission,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
@@ -200,9 +296,18 @@ pub async fn serve_plain(
                 }
             },
         };
+        let Some(admitted) = admission.admit(remote) else {
+            continue;
+        };
         // Signaling frames are small and latency-bound: no Nagle delay behind a delayed ACK.
         let _ = tcp.set_nodelay(true);
-        tasks.spawn(serve_http1(tcp, remote, router.clone(), shutdown.clone()));
+        tasks.spawn(serve_http1(
+            tcp,
+            remote,
+            router.clone(),
+            shutdown.clone(),
+            admitted,
+        ));
     }
 }
 
@@ -214,13 +319,24 @@ async fn serve_http1(
     remote: SocketAddr,
     router: Router,
     shutdown: CancellationToken,
+    admitted: Admitted,
 ) {
+    let (service, activity) = tracked(router, remote, &admitted);
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HANDSHAKE_TIMEOUT)
-        .serve_connection(TokioIo::new(tcp), with_remote(router, remote))
+        .max_buf_size(MAX_HTTP1_BUFFER)
+        .serve_connection(TokioIo::new(tcp), service)
         .with_upgrades();
-    drive(conn, |c| c.graceful_shutdown(), remote, &shutdown).await;
+    drive(
+        conn,
+        |c| c.graceful_shutdown(),
+        remote,
+        &shutdown,
+        &admitted,
+        &activity,
+    )
+    .await;
 }
 
 fn redirect<B>(req: &Request<B>, https_port: u16) -> Response {

@@ -22,6 +22,8 @@ use crate::turn::{Membership, Turn};
 #[derive(Debug)]
 pub struct Live {
     pub signaling: SignalingConfig,
+    /// The HTTP connection limits and deadlines (`http::admission`).
+    pub https: crate::config::HttpsConfig,
     /// ICE servers from the config, handed to every peer as they are.
     pub static_ice_servers: Vec<IceServer>,
     /// Public addresses from the config (`turn.public_host`, `turn.external_ip`), for `ipaddr`.
@@ -34,6 +36,7 @@ impl Live {
     pub fn new(config: &Config) -> Live {
         Live {
             signaling: config.signaling.clone(),
+            https: config.https.clone(),
             static_ice_servers: crate::turn::ice::configured(config),
             public_addresses: config
                 .turn

@@ -20,6 +20,11 @@ crate::labels! {
         MaxRooms => "max_rooms",
         /// Refused plain-WebSocket logins on one socket (probing names).
         FailedLogins => "failed_logins",
+        /// HTTP connections, refused at accept, before TLS (`http::admission`).
+        HttpMaxConnections => "https.max_connections",
+        HttpMaxConnectionsPerSource => "https.max_connections_per_source",
+        /// Closed with no complete request within `https.request_timeout_s` of accept.
+        HttpRequestTimeout => "https.request_timeout_s",
     }
 }
 

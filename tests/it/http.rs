@@ -1,5 +1,9 @@
 //! HTTP routes and listeners of the real binary: page, health, redirect, certificate reuse.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::harness::{TestServer, http_get};
@@ -70,4 +74,161 @@ async fn generated_certificate_is_reused_across_restarts() {
     let fp2 = second.wait_log("reusing self-signed certificate")["fingerprint"].clone();
     assert!(fp1.as_str().is_some_and(|f| f.len() == 95), "{fp1}");
     assert_eq!(fp1, fp2);
+}
+
+/// Reads until the server closes the connection; `Err` with what arrived if it has not
+/// closed within `within`. A reset counts as closed.
+async fn closed_within<S>(stream: &mut S, within: Duration) -> Result<Duration, Vec<u8>>
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    let start = std::time::Instant::now();
+    let mut got = Vec::new();
+    match tokio::time::timeout(within, stream.read_to_end(&mut got)).await {
+        Ok(_) => Ok(start.elapsed()),
+        Err(_) => Err(got),
+    }
+}
+
+/// A TLS connection to the server, offering `alpn`.
+async fn tls_connect(
+    server: &TestServer,
+    alpn: &[u8],
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    try_tls_connect(server, alpn).await.expect("TLS handshake")
+}
+
+async fn try_tls_connect(
+    server: &TestServer,
+    alpn: &[u8],
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let mut config = (*server.client_tls()).clone();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(server.https).await?;
+    let name = rustls_pki_types::ServerName::IpAddress(server.https.ip().into());
+    connector.connect(name, tcp).await
+}
+
+/// Connections over the per-source cap are closed when accepted, before any TLS work, and
+/// counted; those under it are served.
+#[tokio::test]
+async fn https_connections_over_the_per_source_cap_are_closed_at_once() {
+    let server = TestServer::start("[https]\nmax_connections_per_source = 3\n");
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(TcpStream::connect(server.https).await.unwrap());
+    }
+    let mut refused = TcpStream::connect(server.https).await.unwrap();
+    // Without the cap, the server waits for this one's TLS handshake for 10 s.
+    let closed = closed_within(&mut refused, Duration::from_secs(5)).await;
+    assert!(closed.is_ok(), "the fourth connection was held");
+    let refusals = server
+        .metric(
+            "switchboard_signaling_refusals_total",
+            &[("limit", "https.max_connections_per_source")],
+        )
+        .await;
+    assert!(refusals >= 1.0, "{refusals}");
+    // One held connection goes: its slot comes back once the server has seen it close.
+    drop(held.pop());
+    let start = std::time::Instant::now();
+    loop {
+        // Refused (reset during the handshake) until the server has seen the close.
+        if let Ok(mut tls) = try_tls_connect(&server, b"http/1.1").await {
+            let (status, _, _) =
+                crate::harness::http_get(&mut tls, &server.https.to_string(), "/healthz").await;
+            assert_eq!(status, 200);
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "slot never freed"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+/// One deadline runs from accept to the first complete request: a client that connects
+/// and says nothing, one that completes TLS and opens HTTP/2 with its preface but asks
+/// nothing, and one that sends half a request's headers are all dropped at it.
+#[tokio::test]
+async fn a_connection_without_a_complete_request_is_dropped_at_the_deadline() {
+    let server = TestServer::start("[https]\nrequest_timeout_s = 1\n");
+    let limit = Duration::from_secs(5);
+
+    let mut h2 = tls_connect(&server, b"h2").await;
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let waited = closed_within(&mut h2, limit).await;
+    assert!(
+        waited.is_ok(),
+        "an HTTP/2 connection with no request was held"
+    );
+
+    let mut half = tls_connect(&server, b"http/1.1").await;
+    half.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let waited = closed_within(&mut half, limit).await;
+    assert!(
+        waited.is_ok(),
+        "half a request's headers held the connection"
+    );
+
+    let mut silent = TcpStream::connect(server.https).await.unwrap();
+    let waited = closed_within(&mut silent, limit).await;
+    assert!(waited.is_ok(), "a silent TCP connection was held");
+
+    let timeouts = server
+        .metric(
+            "switchboard_signaling_refusals_total",
+            &[("limit", "https.request_timeout_s")],
+        )
+        .await;
+    assert!(timeouts >= 3.0, "{timeouts}");
+}
+
+/// A keep-alive connection is closed once it has had no request in flight for
+/// `idle_timeout_s`.
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed() {
+    let server = TestServer::start("[https]\nidle_timeout_s = 1\n");
+    let mut tls = tls_connect(&server, b"http/1.1").await;
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let closed = closed_within(&mut tls, Duration::from_secs(5)).await;
+    let Err(got) = closed else { return };
+    panic!(
+        "kept open while idle, after: {}",
+        String::from_utf8_lossy(&got)
+    );
+}
+
+/// A request body that stops arriving (a socket.io long-polling POST) ends at the
+/// request deadline instead of holding the connection and its session.
+#[tokio::test]
+async fn a_stalled_request_body_ends_at_the_deadline() {
+    let server = TestServer::start("[https]\nrequest_timeout_s = 1\n");
+    let host = server.https.to_string();
+    let mut tls = tls_connect(&server, b"http/1.1").await;
+    let (status, _, body) =
+        crate::harness::http_get(&mut tls, &host, "/socket.io/?EIO=4&transport=polling").await;
+    assert_eq!(status, 200, "{body}");
+    let sid = body
+        .split("\"sid\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a session id")
+        .to_owned();
+    let mut tls = tls_connect(&server, b"http/1.1").await;
+    let head = format!(
+        "POST /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: {host}\r\n\
+         Content-Type: text/plain\r\nContent-Length: 100\r\n\r\n40"
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    let closed = closed_within(&mut tls, Duration::from_secs(5)).await;
+    assert!(closed.is_ok(), "a stalled body held the request");
 }
