@@ -12,6 +12,7 @@
 //! - `mmsg`: batched UDP syscalls (`recvmmsg`/`sendmmsg`) for the relay and the benchmarks.
 //! - `lab`: the NAT lab in network namespaces (`switchboard lab`).
 //! - `limiter`: connection counts per source and in total, with guards that free their slot.
+//! - `forwarded`: who the client is behind a trusted proxy (PROXY protocol header, `X-Forwarded-For`).
 //! - `throttle`: log lines a client can cause, limited per call site, with its text clipped.
 //! - `sync`: locks that a panic does not poison for good.
 //! - `metrics`: counters for the data path and the OpenMetrics text of `/metrics`; calls no other module.
@@ -36,6 +37,7 @@ pub mod app;
 pub mod config;
 pub mod coturn;
 pub mod doctor;
+pub mod forwarded;
 pub mod http;
 pub mod lab;
 pub mod limiter;

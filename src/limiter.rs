@@ -128,7 +128,8 @@ struct Counts {
 #[derive(Debug)]
 pub struct ConnectionGuard {
     limiter: Arc<ConnectionLimiter>,
-    ip: IpAddr,
+    /// The source it counts against; `None`: only in the total.
+    ip: Option<IpAddr>,
 }
 
 impl ConnectionLimiter {
@@ -168,7 +169,24 @@ impl ConnectionLimiter {
         counts.total += 1;
         Ok(ConnectionGuard {
             limiter: Arc::clone(self),
-            ip,
+            ip: Some(ip),
+        })
+    }
+
+    /// Takes a slot counted only in the total: for a trusted proxy's connection, which
+    /// carries many clients (they are counted where their own address is known).
+    ///
+    /// # Errors
+    /// The total limit is reached.
+    pub fn try_acquire_total(self: &Arc<Self>) -> Result<ConnectionGuard, ConnectionRefused> {
+        let mut counts = self.counts.locked();
+        if counts.total >= counts.max_total {
+            return Err(ConnectionRefused::Total);
+        }
+        counts.total += 1;
+        Ok(ConnectionGuard {
+            limiter: Arc::clone(self),
+            ip: None,
         })
     }
 
@@ -196,7 +214,7 @@ impl ConnectionLimiter {
         counts.total += 1;
         Ok(ConnectionGuard {
             limiter: Arc::clone(self),
-            ip,
+            ip: Some(ip),
         })
     }
 
@@ -216,10 +234,12 @@ impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         let mut counts = self.limiter.counts.locked();
         counts.total -= 1;
-        if let Some(n) = counts.per_ip.get_mut(&self.ip) {
+        if let Some(ip) = self.ip
+            && let Some(n) = counts.per_ip.get_mut(&ip)
+        {
             *n -= 1;
             if *n == 0 {
-                counts.per_ip.remove(&self.ip);
+                counts.per_ip.remove(&ip);
             }
         }
     }
@@ -261,6 +281,32 @@ mod tests {
         let t2 = t1 + Duration::from_secs(60);
         assert!((0..3).all(|_| bucket.take(t2)));
         assert!(!bucket.take(t2));
+    }
+
+    /// A slot counted only in the total neither takes nor gives back a source's slot.
+    #[test]
+    fn a_total_only_slot_leaves_every_source_count_alone() {
+        let limiter = Arc::new(ConnectionLimiter::new(3, 1));
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let a = limiter.try_acquire(ip).unwrap();
+        let proxied = limiter.try_acquire_total().unwrap();
+        assert_eq!(
+            limiter.try_acquire(ip).unwrap_err(),
+            ConnectionRefused::PerIp
+        );
+        drop(proxied);
+        assert_eq!(
+            limiter.try_acquire(ip).unwrap_err(),
+            ConnectionRefused::PerIp
+        );
+        let _b = limiter.try_acquire_total().unwrap();
+        let _c = limiter.try_acquire_total().unwrap();
+        assert_eq!(
+            limiter.try_acquire_total().unwrap_err(),
+            ConnectionRefused::Total
+        );
+        drop(a);
+        assert_eq!(limiter.total(), 2);
     }
 
     #[test]

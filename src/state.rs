@@ -47,8 +47,11 @@ pub struct AppState {
 impl AppState {
     pub fn new(host: Arc<Host>, dialects: Dialects, access: Access) -> AppState {
         let live = host.live();
-        let http_connections =
-            crate::http::admission::limiter(&live.https, live.signaling.source_prefix_v6);
+        let http_connections = Arc::new(ConnectionLimiter::with_v6_prefix(
+            live.https.max_connections,
+            live.https.max_connections_per_source,
+            live.signaling.source_prefix_v6,
+        ));
         drop(live);
         AppState {
             http_connections,

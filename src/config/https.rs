@@ -32,6 +32,11 @@ pub struct HttpsConfig {
     pub request_timeout_s: u64,
     /// Seconds an HTTP/1.1 or HTTP/2 connection may stay open with no request in flight.
     pub idle_timeout_s: u64,
+    /// Proxies (addresses or networks) whose word about the client is taken: their
+    /// `X-Forwarded-For`, and with `proxy_protocol` their PROXY header. Empty: nobody's.
+    pub trusted_proxies: Vec<String>,
+    /// Connections from `trusted_proxies` begin with a PROXY protocol header (v1 or v2).
+    pub proxy_protocol: bool,
 }
 
 keys!(HttpsConfig in "https" {
@@ -45,6 +50,8 @@ keys!(HttpsConfig in "https" {
     max_connections_per_source: Live,
     request_timeout_s: Live,
     idle_timeout_s: Live,
+    trusted_proxies: Live,
+    proxy_protocol: Live,
 });
 
 impl Default for HttpsConfig {
@@ -62,6 +69,8 @@ impl Default for HttpsConfig {
             max_connections_per_source: 200,
             request_timeout_s: 10,
             idle_timeout_s: 60,
+            trusted_proxies: Vec::new(),
+            proxy_protocol: false,
         }
     }
 }
@@ -102,6 +111,18 @@ impl HttpsConfig {
             if !(min..=max).contains(&value) {
                 return Err(invalid(key, format!("expected {min}..={max}, got {value}")));
             }
+        }
+        for proxy in &self.trusted_proxies {
+            if let Err(message) = proxy.parse::<crate::model::Cidr>() {
+                return Err(invalid("https.trusted_proxies", message));
+            }
+        }
+        if self.proxy_protocol && self.trusted_proxies.is_empty() {
+            return Err(invalid(
+                "https.proxy_protocol",
+                "is on, so `https.trusted_proxies` must name the proxies that send the header"
+                    .to_owned(),
+            ));
         }
         if self.listen.is_empty() {
             return Err(invalid(

@@ -238,3 +238,24 @@ fn changes_name_each_changed_key_and_when_it_applies() {
         ]
     );
 }
+
+#[test]
+fn https_limits_and_proxies_are_checked() {
+    let err = refused("[https]\nrequest_timeout_s = 0\n");
+    assert!(
+        err.contains("https.request_timeout_s") && err.contains("1..=600"),
+        "{err}"
+    );
+    let err = refused("[https]\ntrusted_proxies = [\"10.0.0.0/33\"]\n");
+    assert!(err.contains("https.trusted_proxies"), "{err}");
+    let err = refused("[https]\nproxy_protocol = true\n");
+    assert!(
+        err.contains("https.proxy_protocol") && err.contains("trusted_proxies"),
+        "{err}"
+    );
+    let ok = Config::from_toml(
+        "[https]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\nproxy_protocol = true\n",
+        "t",
+    );
+    assert!(ok.is_ok(), "{ok:?}");
+}

@@ -8,6 +8,9 @@
 //! and silence, or an idle HTTP/2 connection), and enough of them exhaust the process's
 //! file descriptors, which the TURN relays need too.
 //!
+//! A connection from a trusted proxy (`https.trusted_proxies`) is counted only in the
+//! total: it carries many clients, whose own addresses count in signaling.
+//!
 //! `Activity` is what the connection's service reports (a request began, a request
 //! ended) and what its driver in `server` reads to enforce the deadlines.
 
@@ -19,7 +22,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::debug;
 
-use crate::config::HttpsConfig;
+use crate::forwarded::Proxies;
 use crate::limiter::{ConnectionGuard, ConnectionLimiter, ConnectionRefused};
 use crate::metrics::Label as _;
 use crate::signaling::host::Host;
@@ -45,6 +48,9 @@ pub struct Admitted {
     pub idle_timeout: Duration,
     /// How long a request body may take.
     pub body_timeout: Duration,
+    /// The trusted proxies, when the connection comes from one: its PROXY header and
+    /// `X-Forwarded-For` name the client (`forwarded`).
+    pub proxies: Option<Arc<Proxies>>,
     host: Arc<Host>,
 }
 
@@ -54,15 +60,6 @@ impl Admitted {
         self.host.metrics.refusals.inc(Refusal::HttpRequestTimeout);
         debug!(%remote, "no complete request in time, closing the connection");
     }
-}
-
-/// The limiter every capped listener shares, with the limits of `https`.
-pub fn limiter(https: &HttpsConfig, v6_prefix: u8) -> Arc<ConnectionLimiter> {
-    Arc::new(ConnectionLimiter::with_v6_prefix(
-        https.max_connections,
-        https.max_connections_per_source,
-        v6_prefix,
-    ))
 }
 
 impl Admission {
@@ -75,9 +72,18 @@ impl Admission {
     /// Lets a just-accepted connection from `remote` in, or refuses it (counted, and
     /// logged at most once a second); a refused connection is to be closed at once.
     pub fn admit(&self, remote: SocketAddr) -> Option<Admitted> {
+        let live = self.host.live();
+        let proxies = Some(&live.proxies)
+            .filter(|p| p.trusts(remote.ip()))
+            .map(Arc::clone);
+        let acquired = |limiter: &Arc<ConnectionLimiter>| match proxies {
+            // Many clients in one connection: only the total applies here.
+            Some(_) => limiter.try_acquire_total(),
+            None => limiter.try_acquire(remote.ip()),
+        };
         let slot = match &self.limiter {
             None => None,
-            Some(limiter) => match limiter.try_acquire(remote.ip()) {
+            Some(limiter) => match acquired(limiter) {
                 Ok(slot) => Some(slot),
                 Err(refused) => {
                     let why = match refused {
@@ -93,12 +99,12 @@ impl Admission {
                 }
             },
         };
-        let live = self.host.live();
         Some(Admitted {
             _slot: slot,
             first_request_by: Instant::now() + live.https.request_timeout(),
             idle_timeout: live.https.idle_timeout(),
             body_timeout: live.https.request_timeout(),
+            proxies,
             host: Arc::clone(&self.host),
         })
     }
@@ -206,6 +212,7 @@ mod tests {
             first_request_by: Instant::now() + first,
             idle_timeout: idle,
             body_timeout: first,
+            proxies: None,
             host,
         }
     }

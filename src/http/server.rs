@@ -30,6 +30,7 @@ use tracing::{debug, warn};
 
 use super::admission::{self, Activity, Admission, Admitted, Next};
 use super::demux::{self, Prefixed, Protocol};
+use crate::forwarded::{self, Proxies, ProxyHeader};
 use crate::turn::Turn;
 
 /// Time a client gets to finish the TLS handshake, and to send request headers; and a
@@ -80,6 +81,7 @@ pub async fn serve_https(
         let shutdown = shutdown.clone();
         let turn = turn.clone();
         tasks.spawn(async move {
+            let (mut tcp, mut admitted) = (tcp, admitted);
             // No Nagle, and keepalive (a TURN client on this port that vanishes takes
             // its allocation along).
             crate::net::prepare_stream(&tcp);
@@ -87,6 +89,10 @@ pub async fn serve_https(
             let handshake_by = admitted
                 .first_request_by
                 .min(Instant::now() + HANDSHAKE_TIMEOUT);
+            let Some(remote) = proxied_client(&mut tcp, remote, &mut admitted, handshake_by).await
+            else {
+                return;
+            };
             if let Some(turn) = &turn {
                 // Plain-TCP TURN sends a STUN header where TLS sends a ClientHello.
                 let mut head = [0u8; demux::SNIFF_LEN];
@@ -144,6 +150,8 @@ struct Tracked {
     remote: SocketAddr,
     activity: Arc<Activity>,
     body_timeout: Duration,
+    /// Set when `remote` is a trusted proxy: its requests name the client.
+    proxies: Option<Arc<Proxies>>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for Tracked {
@@ -155,7 +163,11 @@ impl hyper::service::Service<Request<Incoming>> for Tracked {
         let busy = self.activity.begin();
         let mut request =
             request.map(|body| axum::body::Body::new(TimeoutBody::new(self.body_timeout, body)));
-        request.extensions_mut().insert(ConnectInfo(self.remote));
+        let client = match &self.proxies {
+            Some(proxies) => proxies.forwarded_client(self.remote, request.headers()),
+            None => self.remote,
+        };
+        request.extensions_mut().insert(ConnectInfo(client));
         let response = self.router.clone().oneshot(request);
         Box::pin(async move {
             let response = response.await;
@@ -210,6 +222,7 @@ fn tracked(router: Router, remote: SocketAddr, admitted: &Admitted) -> (Tracked,
         remote,
         activity: Arc::clone(&activity),
         body_timeout: admitted.body_timeout,
+        proxies: admitted.proxies.clone(),
     };
     (service, activity)
 }
@@ -301,13 +314,73 @@ pub async fn serve_plain(
         };
         // Signaling frames are small and latency-bound: no Nagle delay behind a delayed ACK.
         let _ = tcp.set_nodelay(true);
-        tasks.spawn(serve_http1(
-            tcp,
-            remote,
-            router.clone(),
-            shutdown.clone(),
-            admitted,
-        ));
+        let (router, shutdown) = (router.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            let (mut tcp, mut admitted) = (tcp, admitted);
+            let by = admitted.first_request_by;
+            if let Some(remote) = proxied_client(&mut tcp, remote, &mut admitted, by).await {
+                serve_http1(tcp, remote, router, shutdown, admitted).await;
+            }
+        });
+    }
+}
+
+/// The client of a connection: `remote`, or when a trusted proxy that sends the PROXY
+/// protocol is `remote`, the client its header names (the header is consumed). `None`:
+/// no valid header by `by`, and the connection is to be dropped. Requests on the
+/// connection believe `X-Forwarded-For` only if the client is a trusted proxy still.
+async fn proxied_client(
+    tcp: &mut TcpStream,
+    remote: SocketAddr,
+    admitted: &mut Admitted,
+    by: Instant,
+) -> Option<SocketAddr> {
+    let Some(proxies) = admitted.proxies.clone().filter(|p| p.proxy_protocol) else {
+        return Some(remote);
+    };
+    let client = match tokio::time::timeout_at(by, read_proxy_header(tcp)).await {
+        Ok(Ok(client)) => client.unwrap_or(remote),
+        Ok(Err(why)) => {
+            debug!(%remote, why, "dropping a trusted proxy's connection");
+            return None;
+        }
+        Err(_) => {
+            admitted.timed_out(remote);
+            return None;
+        }
+    };
+    if !proxies.trusts(client.ip()) {
+        admitted.proxies = None;
+    }
+    Some(client)
+}
+
+/// Reads a PROXY protocol header off the front of `tcp`, and not a byte more; its client.
+async fn read_proxy_header(tcp: &mut TcpStream) -> Result<Option<SocketAddr>, &'static str> {
+    use tokio::io::AsyncReadExt;
+
+    let mut header = Vec::new();
+    let mut peeked = [0u8; forwarded::MAX_PROXY_HEADER];
+    loop {
+        let n = tcp.peek(&mut peeked).await.map_err(|_| "read failed")?;
+        if n == 0 {
+            return Err("closed before its PROXY header");
+        }
+        let start = header.len();
+        header.extend_from_slice(&peeked[..n]);
+        match forwarded::proxy_header(&header)? {
+            ProxyHeader::Complete(len, client) => {
+                let mut rest = vec![0; len - start];
+                tcp.read_exact(&mut rest).await.map_err(|_| "read failed")?;
+                return Ok(client);
+            }
+            // All of it is header so far: take it off the socket and wait for more.
+            ProxyHeader::Incomplete => {
+                tcp.read_exact(&mut peeked[..n])
+                    .await
+                    .map_err(|_| "read failed")?;
+            }
+        }
     }
 }
 

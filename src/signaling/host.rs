@@ -24,6 +24,8 @@ pub struct Live {
     pub signaling: SignalingConfig,
     /// The HTTP connection limits and deadlines (`http::admission`).
     pub https: crate::config::HttpsConfig,
+    /// The proxies whose word about the client is taken (`https.trusted_proxies`).
+    pub proxies: std::sync::Arc<crate::forwarded::Proxies>,
     /// ICE servers from the config, handed to every peer as they are.
     pub static_ice_servers: Vec<IceServer>,
     /// Public addresses from the config (`turn.public_host`, `turn.external_ip`), for `ipaddr`.
@@ -37,6 +39,10 @@ impl Live {
         Live {
             signaling: config.signaling.clone(),
             https: config.https.clone(),
+            proxies: std::sync::Arc::new(crate::forwarded::Proxies::new(
+                &config.https.trusted_proxies,
+                config.https.proxy_protocol,
+            )),
             static_ice_servers: crate::turn::ice::configured(config),
             public_addresses: config
                 .turn

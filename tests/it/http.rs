@@ -232,3 +232,86 @@ async fn a_stalled_request_body_ends_at_the_deadline() {
     let closed = closed_within(&mut tls, Duration::from_secs(5)).await;
     assert!(closed.is_ok(), "a stalled body held the request");
 }
+
+/// A signaling socket whose request carries `X-Forwarded-For: xff`; whether it opened.
+async fn ws_forwarded_for(
+    server: &TestServer,
+    xff: &str,
+) -> Option<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = server.ws_url().into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("x-forwarded-for", xff.parse().unwrap());
+    server.client_with(request).await.ok().map(|c| c.ws)
+}
+
+/// `X-Forwarded-For` names the client only when the connection comes from a configured
+/// trusted proxy: then per-source limits apply to the clients behind it, and a client's
+/// own claim cannot make it someone else.
+#[tokio::test]
+async fn forwarded_for_is_believed_only_from_trusted_proxies() {
+    let limits = "[signaling]\nmax_connections_per_ip = 1\n";
+    let proxied = TestServer::start(&format!(
+        "{limits}[https]\ntrusted_proxies = [\"127.0.0.1\"]\n"
+    ));
+    let a = ws_forwarded_for(&proxied, "198.51.100.1").await;
+    let b = ws_forwarded_for(&proxied, "203.0.113.9, 198.51.100.2").await;
+    assert!(a.is_some() && b.is_some(), "two clients behind the proxy");
+    let again = ws_forwarded_for(&proxied, "198.51.100.1").await;
+    assert!(
+        again.is_none(),
+        "a second socket of the same client behind the proxy"
+    );
+
+    let direct = TestServer::start(limits);
+    let a = ws_forwarded_for(&direct, "198.51.100.1").await;
+    let b = ws_forwarded_for(&direct, "198.51.100.2").await;
+    assert!(a.is_some(), "the first socket");
+    assert!(
+        b.is_none(),
+        "an untrusted X-Forwarded-For made a second client"
+    );
+}
+
+/// Behind a proxy that sends the PROXY protocol, the header names the client (v1 text,
+/// here), before TLS; a trusted proxy's connection without one is dropped.
+#[tokio::test]
+async fn a_proxy_protocol_header_names_the_client() {
+    let server = TestServer::start(
+        "[signaling]\nmax_connections_per_ip = 1\n\
+         [https]\ntrusted_proxies = [\"127.0.0.1\"]\nproxy_protocol = true\n",
+    );
+    let open = |source: &'static str| {
+        let server = &server;
+        async move {
+            use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+            let mut tcp = TcpStream::connect(server.https).await.unwrap();
+            let header = format!("PROXY TCP4 {source} 127.0.0.1 40000 443\r\n");
+            tcp.write_all(header.as_bytes()).await.unwrap();
+            let request = server.ws_url().into_client_request().unwrap();
+            tokio_tungstenite::client_async_tls_with_config(
+                request,
+                tcp,
+                None,
+                Some(tokio_tungstenite::Connector::Rustls(server.client_tls())),
+            )
+            .await
+            .ok()
+            .map(|(ws, _)| ws)
+        }
+    };
+    let a = open("198.51.100.1").await;
+    let b = open("198.51.100.2").await;
+    assert!(a.is_some() && b.is_some(), "two clients behind the proxy");
+    assert!(
+        open("198.51.100.1").await.is_none(),
+        "the same client twice"
+    );
+
+    let plain = try_tls_connect(&server, b"http/1.1").await;
+    assert!(
+        plain.is_err(),
+        "a trusted proxy's connection without a header was served"
+    );
+}

@@ -246,6 +246,7 @@ fn sans_io_cores_do_no_io_and_read_no_clock() {
     let cores = [
         "model.rs",
         "limiter.rs",
+        "forwarded.rs",
         "signaling/room.rs",
         "signaling/frame.rs",
         "signaling/gate.rs",
