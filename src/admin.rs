@@ -254,7 +254,7 @@ async fn kick_peer(State(app): State<Arc<AppState>>, Path(peer): Path<String>) -
             "a peer id is 32 lowercase hex digits",
         );
     };
-    let Some((dialect, scope)) = app
+    let Some((dialect, (scope, client))) = app
         .dialects
         .iter()
         .find_map(|d| Some((d.name(), d.kick(&peer)?)))
@@ -270,6 +270,11 @@ async fn kick_peer(State(app): State<Arc<AppState>>, Path(peer): Path<String>) -
         .turn
         .as_ref()
         .map_or(0, |t| t.revoke_peer(&scope, &peer));
+    // Kept out for a while, so that a page reconnecting on its own does not come back at once.
+    if let Some(client) = client {
+        app.host
+            .peer_kicked(&scope, client, std::time::Instant::now());
+    }
     let room = scope.room().map(|r| r.as_str().to_owned());
     app.host.metrics.kicked.inc();
     info!(scope = %scope, peer = %peer, allocations = revoked, "peer kicked by the operator");

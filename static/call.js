@@ -189,7 +189,7 @@
         break;
       case 'error':
         if (msg.code === 'room_full' || msg.code === 'bad_room' || msg.code === 'too_many_rooms'
-            || msg.code === 'room_closed') {
+            || msg.code === 'room_closed' || msg.code === 'kicked') {
           state.phase = 'error';
           setStatus('Not joined');
           showError(msg.code === 'room_full'

@@ -17,12 +17,16 @@ pub struct AdminConfig {
     /// Seconds a room closed through the admin API refuses joins (0: it can be rejoined
     /// at once), so that pages reconnecting on their own do not undo the close.
     pub closed_room_s: u64,
+    /// Seconds a kicked peer's source (its address, or its IPv6 network) may not come back
+    /// to the room it was kicked from (0: at once), for the same reason.
+    pub kicked_peer_s: u64,
 }
 
 keys!(AdminConfig in "admin" {
     listen: Restart,
     token: Live,
     closed_room_s: Live,
+    kicked_peer_s: Live,
 });
 
 impl Default for AdminConfig {
@@ -31,6 +35,7 @@ impl Default for AdminConfig {
             listen: vec!["127.0.0.1:9478".parse().expect("valid literal")],
             token: None,
             closed_room_s: 60,
+            kicked_peer_s: 60,
         }
     }
 }
@@ -46,11 +51,16 @@ impl AdminConfig {
                     .to_owned(),
             ));
         }
-        if self.closed_room_s > 86_400 {
-            return Err(invalid(
-                "admin.closed_room_s",
-                format!("expected 0 to 86400 seconds, got {}", self.closed_room_s),
-            ));
+        for (key, secs) in [
+            ("admin.closed_room_s", self.closed_room_s),
+            ("admin.kicked_peer_s", self.kicked_peer_s),
+        ] {
+            if secs > 86_400 {
+                return Err(invalid(
+                    key,
+                    format!("expected 0 to 86400 seconds, got {secs}"),
+                ));
+            }
         }
         Ok(())
     }

@@ -22,6 +22,9 @@ pub struct Admitted {
     pub guard: ConnectionGuard,
     /// The host the browser used, without the port: TURN URLs point at the same name.
     pub request_host: String,
+    /// The client's address (behind a trusted proxy, the one it names), which an operator's
+    /// kick keeps out for a while (`Host::peer_kicked`).
+    pub client: std::net::IpAddr,
 }
 
 /// The checks before any WebSocket upgrade: origin, shutdown, connection limits.
@@ -85,6 +88,7 @@ pub fn admit(
     Ok(Admitted {
         guard,
         request_host,
+        client: remote.ip(),
     })
 }
 

@@ -5,6 +5,7 @@
 //! credentials, its message types for metrics), plus one line there.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -28,8 +29,9 @@ pub trait Dialect: Send + Sync + fmt::Debug {
     fn counts(&self) -> Counts;
     /// Removes every member of `room` and disconnects their sockets; returns who was removed.
     fn close_room(&self, room: &RoomId) -> Vec<PeerId>;
-    /// Removes `peer` (its room is told) and disconnects its socket; returns the scope it was in.
-    fn kick(&self, peer: &PeerId) -> Option<Scope>;
+    /// Removes `peer` (its room is told) and disconnects its socket; returns the scope it was
+    /// in and its client's address.
+    fn kick(&self, peer: &PeerId) -> Option<(Scope, Option<IpAddr>)>;
     /// Whether `peer` is still in `scope`, for its TURN credential; `false` for another
     /// dialect's scope.
     fn is_member(&self, scope: &Scope, peer: &PeerId) -> bool;
@@ -89,6 +91,9 @@ mod tests {
     impl Member for Quiet {
         fn deliver(&self, _: Event<'_>) {}
         fn evict(&self, _: Eviction) {}
+        fn client(&self) -> std::net::IpAddr {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        }
     }
 
     fn outbox() -> Outbox {
@@ -116,7 +121,12 @@ mod tests {
         };
         assert!(
             legacy
-                .login(alice, Arc::new(outbox()), Box::new(|_| {}))
+                .login(
+                    alice,
+                    Arc::new(outbox()),
+                    std::net::Ipv4Addr::LOCALHOST.into(),
+                    Box::new(|_| {}),
+                )
                 .is_some()
         );
         let room = RoomId::parse("_ws-legacy").unwrap();
@@ -145,7 +155,10 @@ mod tests {
         // A kick through the dialect ends it, as a logout does.
         assert_eq!(
             legacy.kick(&user),
-            Some(Scope::whole(crate::signaling::legacy::SPACE))
+            Some((
+                Scope::whole(crate::signaling::legacy::SPACE),
+                Some(std::net::Ipv4Addr::LOCALHOST.into())
+            ))
         );
         assert!(!member(
             &Scope::whole(crate::signaling::legacy::SPACE),

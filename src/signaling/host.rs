@@ -3,12 +3,15 @@
 //! token and task tracker, and the membership check of every dialect. Built after the
 //! dialects (it holds their membership check) and before they are mounted.
 
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::bans::{Bans, KeptOut};
 use super::limits::ConnectionLimiter;
 use super::signal::Signals;
 use super::stats::SignalingMetrics;
@@ -32,6 +35,8 @@ pub struct Live {
     pub public_addresses: Vec<String>,
     /// How long a room closed by the operator refuses joins (`admin.closed_room_s`).
     pub closed_room: std::time::Duration,
+    /// How long a kicked peer's source may not come back (`admin.kicked_peer_s`).
+    pub kicked_peer: std::time::Duration,
 }
 
 impl Live {
@@ -52,6 +57,7 @@ impl Live {
                 .chain(config.turn.external_ip.map(|ip| ip.to_string()))
                 .collect(),
             closed_room: std::time::Duration::from_secs(config.admin.closed_room_s),
+            kicked_peer: std::time::Duration::from_secs(config.admin.kicked_peer_s),
         }
     }
 }
@@ -71,8 +77,8 @@ pub struct Host {
     pub signals: Arc<Signals>,
     /// Whether a peer is still in a scope, asked of every dialect.
     membership: Membership,
-    /// Rooms the operator closed, until when they refuse joins.
-    closed: std::sync::Mutex<std::collections::HashMap<RoomId, std::time::Instant>>,
+    /// Rooms the operator closed and sources it kicked, until when they are kept out.
+    bans: std::sync::Mutex<Bans>,
 }
 
 impl std::fmt::Debug for Host {
@@ -107,7 +113,7 @@ impl Host {
             tasks,
             signals: Arc::default(),
             membership,
-            closed: std::sync::Mutex::default(),
+            bans: std::sync::Mutex::default(),
         }
     }
 
@@ -132,20 +138,26 @@ impl Host {
 
     /// The operator closed `room` (every dialect's room of that name): joins are refused for
     /// `admin.closed_room_s` from `now`.
-    pub fn room_closed(&self, room: &RoomId, now: std::time::Instant) {
+    pub fn room_closed(&self, room: &RoomId, now: Instant) {
         let until = now + self.live().closed_room;
-        let mut closed = self.closed.locked();
-        closed.retain(|_, until| *until > now);
-        if until > now {
-            closed.insert(room.clone(), until);
-        }
+        self.bans.locked().close_room(room, until, now);
     }
 
-    /// Whole seconds (at least 1) until `room` may be joined again, if the operator closed it.
-    pub fn closed_for(&self, room: &RoomId, now: std::time::Instant) -> Option<u64> {
-        let closed = self.closed.locked();
-        let left = closed.get(room)?.checked_duration_since(now)?;
-        Some(left.as_secs().max(1))
+    /// The operator kicked a peer of `scope` whose client was `client`: peers from its source
+    /// (its address, or its IPv6 network of `signaling.source_prefix_v6` bits) may not enter
+    /// `scope` for `admin.kicked_peer_s` from `now`.
+    pub fn peer_kicked(&self, scope: &Scope, client: IpAddr, now: Instant) {
+        let live = self.live();
+        let source = crate::limiter::source(client, live.signaling.source_prefix_v6);
+        let until = now + live.kicked_peer;
+        self.bans.locked().kick(scope, source, until, now);
+    }
+
+    /// Whether a peer whose client is `client` is kept out of `scope` by the operator's
+    /// actions at `now`: a closed room, or a kick of a peer from the same source.
+    pub fn kept_out(&self, scope: &Scope, client: IpAddr, now: Instant) -> Option<KeptOut> {
+        let source = crate::limiter::source(client, self.live().signaling.source_prefix_v6);
+        self.bans.locked().check(scope, source, now)
     }
 
     /// The ICE servers for `peer` in `scope` (its dialect and room), and how long their
@@ -177,8 +189,6 @@ impl Host {
 
 #[cfg(test)]
 mod tests {
-    use std::net::IpAddr;
-
     use super::*;
 
     fn host(toml: &str) -> Host {
@@ -209,25 +219,36 @@ mod tests {
             .unwrap();
     }
 
-    /// A closed room refuses joins for `admin.closed_room_s`, then not; 0 keeps none closed.
+    /// A closed room refuses joins for `admin.closed_room_s`, a kicked peer's source (its
+    /// IPv6 network) for `admin.kicked_peer_s`; 0 keeps nobody out.
     #[test]
-    fn a_room_closed_by_the_operator_stays_closed_for_the_configured_time() {
+    fn operator_actions_keep_out_for_the_configured_times() {
         let room = RoomId::parse("shut").unwrap();
-        let now = std::time::Instant::now();
-        let closing = host("[admin]\nclosed_room_s = 10\n");
-        closing.room_closed(&room, now);
-        assert_eq!(closing.closed_for(&room, now), Some(10));
-        let later = now + std::time::Duration::from_millis(9_500);
-        assert_eq!(closing.closed_for(&room, later), Some(1));
-        let after = now + std::time::Duration::from_secs(11);
-        assert_eq!(closing.closed_for(&room, after), None);
+        let scope = Scope::native(room.clone());
+        let (client, now) = ("2001:db8:1:2::1".parse().unwrap(), Instant::now());
+        let neighbour: IpAddr = "2001:db8:1:2::99".parse().unwrap();
+        let host_ = host("[admin]\nclosed_room_s = 10\nkicked_peer_s = 20\n");
+        host_.peer_kicked(&scope, client, now);
         assert_eq!(
-            closing.closed_for(&RoomId::parse("open").unwrap(), now),
-            None
+            host_.kept_out(&scope, neighbour, now),
+            Some(KeptOut::Kicked(20))
         );
+        host_.room_closed(&room, now);
+        assert_eq!(
+            host_.kept_out(&scope, "192.0.2.1".parse().unwrap(), now),
+            Some(KeptOut::RoomClosed(10))
+        );
+        let later = now + std::time::Duration::from_secs(11);
+        assert_eq!(
+            host_.kept_out(&scope, client, later),
+            Some(KeptOut::Kicked(9))
+        );
+        let after = now + std::time::Duration::from_secs(21);
+        assert_eq!(host_.kept_out(&scope, client, after), None);
 
-        let open = host("[admin]\nclosed_room_s = 0\n");
+        let open = host("[admin]\nclosed_room_s = 0\nkicked_peer_s = 0\n");
         open.room_closed(&room, now);
-        assert_eq!(open.closed_for(&room, now), None);
+        open.peer_kicked(&scope, client, now);
+        assert_eq!(open.kept_out(&scope, client, now), None);
     }
 }

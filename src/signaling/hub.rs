@@ -8,6 +8,7 @@
 //! else; the admin API evicts members the same way.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use axum::extract::ws::Utf8Bytes;
@@ -180,12 +181,13 @@ impl Registry for Hub {
     }
 
     /// Removes `peer` from its room (the others are told `peer_left`) and evicts it.
-    fn kick(&self, peer: &PeerId) -> Option<Left> {
+    fn kick(&self, peer: &PeerId) -> Option<(Left, Option<IpAddr>)> {
         let (left, member) = self.write().leave(peer)?;
-        if let Some(member) = member {
+        let client = member.map(|member| {
             member.evict(Eviction::Kicked);
-        }
-        Some(left)
+            member.client()
+        });
+        Some((left, client))
     }
 
     /// Whether `peer` is in `room` right now.
@@ -251,6 +253,9 @@ mod tests {
         }
         fn evict(&self, why: Eviction) {
             self.evicted.lock().unwrap().get_or_insert(why);
+        }
+        fn client(&self) -> std::net::IpAddr {
+            std::net::Ipv4Addr::LOCALHOST.into()
         }
     }
 
@@ -401,6 +406,9 @@ mod tests {
             panic!("a bug in a member");
         }
         fn evict(&self, _: Eviction) {}
+        fn client(&self) -> std::net::IpAddr {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        }
     }
 
     /// A panic while the lock is held (which poisons it) must not turn every later call

@@ -7,7 +7,7 @@
 //! and `leave` to an unknown name cannot crash anything.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -108,17 +108,14 @@ impl Directory {
         &self,
         user: PeerInfo,
         outbox: Arc<Outbox>,
+        client: IpAddr,
         welcome: Welcome<'_>,
     ) -> Option<Partner> {
         let id = user.id.clone();
-        self.registry
-            .join(user, &USERS, Arc::new(Frames(outbox)), welcome)
-            .ok()?;
+        let member = Arc::new(Frames { outbox, client });
+        self.registry.join(user, &USERS, member, welcome).ok()?;
         let partner = Partner::default();
-        self.partners
-            .lock()
-            .expect("directory lock")
-            .insert(id, Arc::clone(&partner));
+        self.partners.locked().insert(id, Arc::clone(&partner));
         Some(partner)
     }
 
@@ -176,17 +173,24 @@ impl Directory {
 /// A plain-WebSocket session as a registry member: messages are frames, sent as they are.
 /// Users are not told of each other's logins (the tutorial has no presence).
 #[derive(Debug)]
-struct Frames(Arc<Outbox>);
+struct Frames {
+    outbox: Arc<Outbox>,
+    client: IpAddr,
+}
 
 impl Member for Frames {
     fn deliver(&self, event: Event<'_>) {
         if let Event::Message { data, .. } = event {
-            self.0.deliver(data.clone());
+            self.outbox.deliver(data.clone());
         }
     }
 
     fn evict(&self, why: Eviction) {
-        self.0.signal.evict(why);
+        self.outbox.signal.evict(why);
+    }
+
+    fn client(&self) -> IpAddr {
+        self.client
     }
 }
 
@@ -222,9 +226,11 @@ impl Dialect for Directory {
     }
 
     /// Frees the name at once (its partner told `leave`) and closes the socket.
-    fn kick(&self, peer: &PeerId) -> Option<Scope> {
+    fn kick(&self, peer: &PeerId) -> Option<(Scope, Option<IpAddr>)> {
         self.tell_partner(peer);
-        self.registry.kick(peer).map(|_| Scope::whole(SPACE))
+        self.registry
+            .kick(peer)
+            .map(|(_, client)| (Scope::whole(SPACE), client))
     }
 
     fn is_member(&self, scope: &Scope, peer: &PeerId) -> bool {
@@ -260,6 +266,8 @@ struct Session {
     directory: Arc<Directory>,
     peer: PeerId,
     request_host: String,
+    /// The client's address, which a kick keeps out for a while.
+    client: IpAddr,
     outbox: Arc<Outbox>,
     name: Option<String>,
     /// The user this one last exchanged an offer or answer with; told `leave` on close
@@ -286,26 +294,26 @@ enum Next {
 /// client wrote them. Anything this does not fit (not an object, a duplicate key) takes the
 /// slower path through `Value`, which has the precise error.
 #[derive(Deserialize)]
-struct Frame<'a> {
+pub struct Frame<'a> {
     #[serde(rename = "type", borrow, default)]
-    kind: Option<&'a RawValue>,
+    pub kind: Option<&'a RawValue>,
     #[serde(borrow, default)]
-    name: Option<&'a RawValue>,
+    pub name: Option<&'a RawValue>,
     #[serde(borrow, default)]
-    offer: Option<&'a RawValue>,
+    pub offer: Option<&'a RawValue>,
     #[serde(borrow, default)]
-    answer: Option<&'a RawValue>,
+    pub answer: Option<&'a RawValue>,
     #[serde(borrow, default)]
-    candidate: Option<&'a RawValue>,
+    pub candidate: Option<&'a RawValue>,
 }
 
 /// A field's value when it is a JSON string.
-fn string(raw: Option<&RawValue>) -> Option<String> {
+pub fn string(raw: Option<&RawValue>) -> Option<String> {
     raw.and_then(|r| serde_json::from_str(r.get()).ok())
 }
 
 /// A relayed value as written, `null` when absent.
-fn raw(value: Option<&RawValue>) -> &str {
+pub fn raw(value: Option<&RawValue>) -> &str {
     value.map_or("null", RawValue::get)
 }
 
@@ -378,6 +386,14 @@ impl Session {
         if self.name.is_some() || name.is_empty() || protocol::check_name(name).is_err() {
             return self.login_refused();
         }
+        let scope = Scope::whole(SPACE);
+        if let Some(kept_out) = self
+            .app
+            .kept_out(&scope, self.client, std::time::Instant::now())
+        {
+            let (code, message) = kept_out.error();
+            return Next::Reply(self.error(code, message));
+        }
         // The dialect has no rooms: its credentials name the dialect alone (`ws/`), a scope
         // no native or socket.io room can name, with no per-room quota.
         let (ice_servers, ice_ttl_s) =
@@ -394,10 +410,12 @@ impl Session {
             // Under the registry's lock: queued, no socket I/O.
             outbox.queue(ok.to_string().into());
         };
-        let Some(partner) = self
-            .directory
-            .login(user, Arc::clone(&self.outbox), Box::new(welcome))
-        else {
+        let Some(partner) = self.directory.login(
+            user,
+            Arc::clone(&self.outbox),
+            self.client,
+            Box::new(welcome),
+        ) else {
             return self.login_refused();
         };
         tracing::Span::current().record("name", name);
@@ -497,6 +515,7 @@ async fn run(
     let Admitted {
         guard: _guard,
         request_host,
+        client,
     } = admitted;
     info!("connected");
     let cfg = app.live().signaling.clone();
@@ -506,6 +525,7 @@ async fn run(
         directory,
         peer,
         request_host,
+        client,
         outbox: Arc::new(outbox),
         name: None,
         partner: None,
@@ -605,7 +625,8 @@ mod tests {
             id: peer.clone(),
             name: Some(name.to_owned()),
         };
-        directory.login(user, Arc::clone(outbox), Box::new(|_| {}))
+        let client = std::net::Ipv4Addr::LOCALHOST.into();
+        directory.login(user, Arc::clone(outbox), client, Box::new(|_| {}))
     }
 
     #[test]
@@ -626,7 +647,13 @@ mod tests {
         assert!(bob_got.try_recv().is_ok());
         *partner.lock().unwrap() = Some("bob".to_owned());
 
-        assert_eq!(directory.kick(&first), Some(Scope::whole(SPACE)));
+        assert_eq!(
+            directory.kick(&first),
+            Some((
+                Scope::whole(SPACE),
+                Some(std::net::Ipv4Addr::LOCALHOST.into())
+            ))
+        );
         assert!(kicked.signal.is_closed());
         assert_eq!(bob_got.try_recv().unwrap().as_str(), LEAVE);
         // The name is free at once, and someone else takes it...

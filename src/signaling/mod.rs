@@ -13,6 +13,7 @@
 //! - `calls`: who may send what to whom in the plain-WebSocket dialect (offers, answers, calls); no I/O.
 //! - `registry`: the `Registry` trait, the seam for room state, and what it promises.
 //! - `hub`: the registry behind a lock plus each peer's outbox.
+//! - `bans`: rooms the operator closed and sources it kicked, each for a while; no I/O.
 //! - `host`: `Host`, what every dialect's sockets share and all they see of the server.
 //! - `stats`: signaling's counters and their metric families.
 //! - `admit`: the checks every dialect makes before an upgrade (origin, shutdown, connection counts).
@@ -22,6 +23,7 @@
 //! - `sio`: the socket.io dialect of the codelab room server and the video-call app.
 
 pub mod admit;
+pub mod bans;
 pub mod calls;
 pub mod conn;
 pub mod dialect;

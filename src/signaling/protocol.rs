@@ -161,6 +161,9 @@ pub enum ErrorCode {
     UnknownName,
     /// The operator closed this room a short while ago (`admin.closed_room_s`).
     RoomClosed,
+    /// The operator kicked a peer from this source out of this room a short while ago
+    /// (`admin.kicked_peer_s`).
+    Kicked,
 }
 
 impl crate::metrics::Label for ErrorCode {
@@ -181,6 +184,7 @@ impl crate::metrics::Label for ErrorCode {
         ErrorCode::NotLoggedIn,
         ErrorCode::UnknownName,
         ErrorCode::RoomClosed,
+        ErrorCode::Kicked,
     ];
     fn index(self) -> usize {
         self as usize
@@ -203,6 +207,7 @@ impl crate::metrics::Label for ErrorCode {
             ErrorCode::NotLoggedIn => "not_logged_in",
             ErrorCode::UnknownName => "unknown_name",
             ErrorCode::RoomClosed => "room_closed",
+            ErrorCode::Kicked => "kicked",
         }
     }
 }

@@ -27,6 +27,7 @@
 //!   `is_member` (which TURN credentials are checked against) answers accordingly.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
@@ -62,6 +63,8 @@ pub trait Member: Send + Sync + fmt::Debug {
     fn deliver(&self, event: Event<'_>);
     /// Closes the socket (a kick, a closed room, an overflow): the registry has forgotten it.
     fn evict(&self, why: Eviction);
+    /// The client's address, which an operator's kick keeps out for a while.
+    fn client(&self) -> IpAddr;
 }
 
 /// Whom a message goes to.
@@ -116,8 +119,8 @@ pub trait Registry: Send + Sync + fmt::Debug {
     fn rooms(&self) -> Vec<(RoomId, Vec<PeerInfo>)>;
     /// Removes every member of `room` and evicts them.
     fn close_room(&self, room: &RoomId) -> Vec<PeerId>;
-    /// Removes `peer` (the room is told) and evicts it.
-    fn kick(&self, peer: &PeerId) -> Option<Left>;
+    /// Removes `peer` (the room is told) and evicts it; its leave, and its client's address.
+    fn kick(&self, peer: &PeerId) -> Option<(Left, Option<IpAddr>)>;
     fn is_member(&self, room: &RoomId, peer: &PeerId) -> bool;
     /// Rooms, and peers in a room.
     fn counts(&self) -> (usize, usize);

@@ -11,6 +11,7 @@
 //! After a join the client also gets `ice_servers` with credentials scoped to that room.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -76,6 +77,8 @@ struct Peer {
     id: PeerId,
     /// The host the client used, for TURN URLs.
     host: String,
+    /// The client's address, which a kick keeps out of its room for a while.
+    client: IpAddr,
     gate: Gate,
     /// Set once the socket is being disconnected (`close`), shared with its room membership.
     closing: Arc<AtomicBool>,
@@ -105,6 +108,7 @@ impl Drop for Entry {
 struct SioMember {
     socket: SocketRef,
     closing: Arc<AtomicBool>,
+    client: IpAddr,
 }
 
 impl std::fmt::Debug for SioMember {
@@ -137,6 +141,10 @@ impl Member for SioMember {
                 info!(sid = %socket.id, ?why, "socket.io peer disconnected");
             }
         });
+    }
+
+    fn client(&self) -> IpAddr {
+        self.client
     }
 }
 
@@ -198,10 +206,11 @@ impl SioRooms {
     }
 
     /// The socket's peer id and the host it used.
-    fn peer(&self, sid: Sid) -> Option<(PeerId, String)> {
+    /// The socket's peer id, the host its client used, and its client's address.
+    fn peer(&self, sid: Sid) -> Option<(PeerId, String, IpAddr)> {
         self.peers()
             .get(&sid)
-            .map(|p| (p.id.clone(), p.host.clone()))
+            .map(|p| (p.id.clone(), p.host.clone(), p.client))
     }
 
     /// Whether the socket is being disconnected, shared with whoever may disconnect it.
@@ -261,10 +270,10 @@ impl Dialect for SioRooms {
         self.registry.close_room(room)
     }
 
-    fn kick(&self, peer: &PeerId) -> Option<Scope> {
+    fn kick(&self, peer: &PeerId) -> Option<(Scope, Option<IpAddr>)> {
         self.registry
             .kick(peer)
-            .map(|left| Scope::in_room(SPACE, left.room))
+            .map(|(left, client)| (Scope::in_room(SPACE, left.room), client))
     }
 
     fn is_member(&self, scope: &Scope, peer: &PeerId) -> bool {
@@ -343,6 +352,7 @@ async fn admit(s: SocketRef, State(app): App) -> Result<(), String> {
         Peer {
             id: PeerId::random(),
             host: admitted.request_host,
+            client: admitted.client,
             gate: Gate::new(s_cfg, std::time::Instant::now()),
             closing: Arc::default(),
             _guard: admitted.guard,
@@ -489,14 +499,15 @@ fn join(
             return Err(NotJoined::Answered);
         }
     };
-    if let Some(left) = app.closed_for(&room_id, std::time::Instant::now()) {
-        let message = format!("the operator closed this room; it opens again in {left} s");
-        error(app, s, ErrorCode::RoomClosed, message);
-        return Err(NotJoined::Answered);
-    }
-    let Some((peer, host)) = app.sio.peer(s.id) else {
+    let Some((peer, host, client)) = app.sio.peer(s.id) else {
         return Err(NotJoined::Answered);
     };
+    let scope = Scope::in_room(SPACE, room_id.clone());
+    if let Some(kept_out) = app.kept_out(&scope, client, std::time::Instant::now()) {
+        let (code, message) = kept_out.error();
+        error(app, s, code, message);
+        return Err(NotJoined::Answered);
+    }
     if app.sio.registry.room_of(&peer).is_some() {
         error(
             app,
@@ -506,8 +517,7 @@ fn join(
         );
         return Err(NotJoined::Answered);
     }
-    let (ice_servers, ice_ttl_s) =
-        app.ice_servers_for(&peer, &Scope::in_room(SPACE, room_id.clone()), &host);
+    let (ice_servers, ice_ttl_s) = app.ice_servers_for(&peer, &scope, &host);
     let welcome = |joined: &Joined| {
         let _ = s.emit(
             "ice_servers",
@@ -522,6 +532,7 @@ fn join(
     let member = Arc::new(SioMember {
         socket: s.clone(),
         closing: app.sio.closing(s.id),
+        client,
     });
     let joined = app
         .sio

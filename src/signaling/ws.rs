@@ -5,7 +5,7 @@
 //! (size, rate, join timeout) and turns every refusal into a coded `error` or a close
 //! frame with a reason; `conn` runs the socket (frames, keepalive, outbox).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -111,10 +111,10 @@ impl Dialect for Native {
         self.registry.close_room(room)
     }
 
-    fn kick(&self, peer: &PeerId) -> Option<Scope> {
+    fn kick(&self, peer: &PeerId) -> Option<(Scope, Option<IpAddr>)> {
         self.registry
             .kick(peer)
-            .map(|left| Scope::native(left.room))
+            .map(|(left, client)| (Scope::native(left.room), client))
     }
 
     fn is_member(&self, scope: &Scope, peer: &PeerId) -> bool {
@@ -132,7 +132,10 @@ impl Dialect for Native {
 /// A native socket as a room member: events become the protocol's `peer_joined`,
 /// `peer_left` and `signal` messages on its outbox.
 #[derive(Debug)]
-struct NativeMember(Outbox);
+struct NativeMember {
+    outbox: Outbox,
+    client: IpAddr,
+}
 
 impl Member for NativeMember {
     fn deliver(&self, event: Event<'_>) {
@@ -147,15 +150,19 @@ impl Member for NativeMember {
             // lock is released, so it may be written at once.
             Event::Message { from, data, .. } => {
                 let frame = protocol::encode_signal(from, data.as_str());
-                return self.0.deliver(frame.into());
+                return self.outbox.deliver(frame.into());
             }
         };
         // Joins and leaves are delivered under the registry's lock: queued, no socket I/O.
-        self.0.queue(frame.into());
+        self.outbox.queue(frame.into());
     }
 
     fn evict(&self, why: Eviction) {
-        self.0.signal.evict(why);
+        self.outbox.signal.evict(why);
+    }
+
+    fn client(&self) -> IpAddr {
+        self.client
     }
 }
 
@@ -186,6 +193,8 @@ struct Session {
     peer_id: PeerId,
     /// The host the browser used to reach us, for TURN URLs.
     request_host: String,
+    /// The client's address, which a kick keeps out of its room for a while.
+    client: IpAddr,
     outbox: Outbox,
     room: Option<RoomId>,
     gate: Gate,
@@ -204,6 +213,7 @@ async fn run(
     let Admitted {
         guard: _guard,
         request_host,
+        client,
     } = admitted;
     info!("connected");
     let cfg = app.live().signaling.clone();
@@ -213,6 +223,7 @@ async fn run(
         native,
         peer_id,
         request_host,
+        client,
         outbox,
         room: None,
         gate: Gate::new(&cfg, std::time::Instant::now()),
@@ -376,11 +387,11 @@ impl Session {
             Ok(r) => r,
             Err(message) => return Answer::Error(ErrorCode::BadRoom, message),
         };
-        if let Some(left) = self.app.closed_for(&room_id, std::time::Instant::now()) {
-            return Answer::Error(
-                ErrorCode::RoomClosed,
-                format!("the operator closed this room; it opens again in {left} s"),
-            );
+        let scope = Scope::native(room_id.clone());
+        let now = std::time::Instant::now();
+        if let Some(kept_out) = self.app.kept_out(&scope, self.client, now) {
+            let (code, message) = kept_out.error();
+            return Answer::Error(code, message);
         }
         if let Some(Err(message)) = name.as_deref().map(protocol::check_name) {
             return Answer::Error(ErrorCode::BadName, message);
@@ -389,11 +400,9 @@ impl Session {
             id: self.peer_id.clone(),
             name,
         };
-        let (ice_servers, ice_ttl_s) = self.app.ice_servers_for(
-            &self.peer_id,
-            &Scope::native(room_id.clone()),
-            &self.request_host,
-        );
+        let (ice_servers, ice_ttl_s) =
+            self.app
+                .ice_servers_for(&self.peer_id, &scope, &self.request_host);
         let outbox = &self.outbox;
         let welcome = |joined: &Joined| {
             let welcome = ServerMsg::Welcome {
@@ -406,7 +415,10 @@ impl Session {
             // Under the registry's lock: queued, no socket I/O.
             outbox.queue(protocol::encode(&welcome).into());
         };
-        let member = Arc::new(NativeMember(self.outbox.clone()));
+        let member = Arc::new(NativeMember {
+            outbox: self.outbox.clone(),
+            client: self.client,
+        });
         match self
             .native
             .registry

@@ -225,13 +225,14 @@ async fn next_text(c: &mut crate::harness::Client) -> String {
 }
 
 /// A plain-WebSocket user is listed (no room, its login name) and kicked through the admin
-/// API like a peer of any other dialect; its name is free again at once.
+/// API like a peer of any other dialect; its name is free again at once (with
+/// `admin.kicked_peer_s = 0`: the same source may log in again at once).
 #[tokio::test]
 async fn the_admin_api_lists_and_kicks_plain_websocket_users() {
     use serde_json::{Value, json};
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-    let server = TestServer::start("");
+    let server = TestServer::start("[admin]\nkicked_peer_s = 0\n");
     let login = async |name: &str| {
         let url = format!("wss://{}/legacy", server.https);
         let mut c = server

@@ -250,6 +250,7 @@ fn sans_io_cores_do_no_io_and_read_no_clock() {
         "signaling/room.rs",
         "signaling/frame.rs",
         "signaling/gate.rs",
+        "signaling/bans.rs",
         "signaling/protocol.rs",
         "turn/auth.rs",
         "turn/policy.rs",
