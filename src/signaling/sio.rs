@@ -411,8 +411,53 @@ fn sender(app: &Ctx, s: &SocketRef, claimed: Option<&str>) -> Option<PeerId> {
 
 /// Sends `event` with `data` to the other members of the sender's room.
 fn broadcast(app: &Ctx, from: &PeerId, event: &str, data: &Value) {
-    let data = data.to_string().into();
-    let _ = app.sio.registry.send(from, To::Others, event, &data);
+    broadcast_raw(app, from, event, data.to_string());
+}
+
+/// Sends `event` with `json` (one JSON value, relayed as the client wrote it) to the other
+/// members of the sender's room.
+fn broadcast_raw(app: &Ctx, from: &PeerId, event: &str, json: String) {
+    let _ = app.sio.registry.send(from, To::Others, event, &json.into());
+}
+
+/// An event's first argument as the client wrote it: relayed without being parsed into a
+/// `Value` (a tree of allocations several times the text's size). Further arguments are
+/// skipped, as `Data<Value>` did. A tuple struct to socketioxide's parser, which then hands
+/// it the arguments after the event name.
+#[derive(Debug)]
+struct FirstArg(Box<RawValue>);
+
+impl<'de> serde::Deserialize<'de> for FirstArg {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = FirstArg;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an event with at least one argument")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut args: A,
+            ) -> Result<FirstArg, A::Error> {
+                let first = args
+                    .next_element()?
+                    .ok_or_else(|| serde::de::Error::invalid_length(0, &self))?;
+                while args.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(FirstArg(first))
+            }
+        }
+        deserializer.deserialize_tuple_struct("FirstArg", 1, Visit)
+    }
+}
+
+/// The fields of the video-call app's `webrtc_*` events that the server reads; the rest is
+/// relayed as it came.
+#[derive(serde::Deserialize, Default)]
+struct CallData<'a> {
+    #[serde(rename = "roomId", default)]
+    room_id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    sdp: Option<&'a RawValue>,
 }
 
 /// The message gate every dialect shares, for one event: a token from the socket's budget.
@@ -442,8 +487,8 @@ async fn gate(app: &Ctx, s: &SocketRef) -> bool {
 }
 
 /// Refuses a message above `signaling.max_message_bytes`: an error, then a disconnect.
-fn too_large(app: &Ctx, s: &SocketRef, payload: &Value) -> bool {
-    match Gate::size(payload.to_string().len(), &app.live().signaling) {
+fn too_large(app: &Ctx, s: &SocketRef, payload: &RawValue) -> bool {
+    match Gate::size(payload.get().len(), &app.live().signaling) {
         Ok(()) => false,
         Err(refused) => {
             refuse(app, s, &refused);
@@ -620,7 +665,7 @@ async fn join_video_room(s: SocketRef, Data(room): Data<String>, State(app): App
     }
 }
 
-async fn message(s: SocketRef, Data(msg): Data<Value>, State(app): App) {
+async fn message(s: SocketRef, Data(FirstArg(msg)): Data<FirstArg>, State(app): App) {
     app.sio.stats.messages.inc(SioMessage::Message);
     if !gate(&app, &s).await {
         return;
@@ -629,7 +674,7 @@ async fn message(s: SocketRef, Data(msg): Data<Value>, State(app): App) {
         return;
     }
     if let Some(peer) = sender(&app, &s, None) {
-        broadcast(&app, &peer, "message", &msg);
+        broadcast_raw(&app, &peer, "message", Box::<str>::from(msg).into());
     }
 }
 
@@ -653,36 +698,52 @@ async fn start_call(s: SocketRef, Data(room): Data<String>, State(app): App) {
     }
 }
 
-async fn webrtc_offer(s: SocketRef, Data(data): Data<Value>, State(app): App) {
+async fn webrtc_offer(s: SocketRef, Data(FirstArg(data)): Data<FirstArg>, State(app): App) {
     app.sio.stats.messages.inc(SioMessage::WebrtcOffer);
     if !gate(&app, &s).await {
         return;
     }
-    relay(&s, &app, "webrtc_offer", &data, &data["sdp"]);
+    relay(&s, &app, "webrtc_offer", &data, Part::Sdp);
 }
 
-async fn webrtc_answer(s: SocketRef, Data(data): Data<Value>, State(app): App) {
+async fn webrtc_answer(s: SocketRef, Data(FirstArg(data)): Data<FirstArg>, State(app): App) {
     app.sio.stats.messages.inc(SioMessage::WebrtcAnswer);
     if !gate(&app, &s).await {
         return;
     }
-    relay(&s, &app, "webrtc_answer", &data, &data["sdp"]);
+    relay(&s, &app, "webrtc_answer", &data, Part::Sdp);
 }
 
-async fn webrtc_ice_candidate(s: SocketRef, Data(data): Data<Value>, State(app): App) {
+async fn webrtc_ice_candidate(s: SocketRef, Data(FirstArg(data)): Data<FirstArg>, State(app): App) {
     app.sio.stats.messages.inc(SioMessage::WebrtcIceCandidate);
     if !gate(&app, &s).await {
         return;
     }
-    relay(&s, &app, "webrtc_ice_candidate", &data, &data);
+    relay(&s, &app, "webrtc_ice_candidate", &data, Part::Whole);
 }
 
-/// Sends `payload` as `event` to the other members of `data.roomId`, if the sender is in it.
-fn relay(s: &SocketRef, app: &Ctx, event: &str, data: &Value, payload: &Value) {
+/// What of a `webrtc_*` event's data is relayed.
+#[derive(Debug, Clone, Copy)]
+enum Part {
+    /// Its `sdp` (`null` when it has none), as the video-call app's offer and answer.
+    Sdp,
+    /// All of it, as its ICE candidate.
+    Whole,
+}
+
+/// Sends `part` of `data` as `event` to the other members of `data.roomId`, if the sender is
+/// in it. Data that is not an object names no room and is dropped.
+fn relay(s: &SocketRef, app: &Ctx, event: &str, data: &RawValue, part: Part) {
     if too_large(app, s, data) {
         return;
     }
-    if let Some(peer) = sender(app, s, Some(data["roomId"].as_str().unwrap_or_default())) {
-        broadcast(app, &peer, event, payload);
+    let fields: CallData = serde_json::from_str(data.get()).unwrap_or_default();
+    let room = fields.room_id.as_deref().unwrap_or_default();
+    if let Some(peer) = sender(app, s, Some(room)) {
+        let json = match part {
+            Part::Sdp => fields.sdp.map_or("null", RawValue::get),
+            Part::Whole => data.get(),
+        };
+        broadcast_raw(app, &peer, event, json.to_owned());
     }
 }

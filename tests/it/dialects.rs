@@ -488,6 +488,52 @@ async fn a_socketio_frame_over_the_message_limit_is_refused_from_its_header() {
     assert!(grown < 10 * 1024, "RSS grew by {grown} KiB");
 }
 
+/// socket.io events are relayed as the client wrote them, not parsed into a tree and written
+/// anew: key order, number spelling and escapes reach the other member unchanged (through a
+/// `Value` the keys came out sorted and `1.50` as `1.5`), in both tutorials' events; extra
+/// arguments are dropped as before.
+#[tokio::test]
+async fn socketio_events_are_relayed_as_written() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let server = TestServer::start("");
+    let mut a = sio_raw(&server, None).await;
+    let mut b = sio_raw(&server, None).await;
+    for (c, answer) in [(&mut a, r#"42["created""#), (&mut b, r#"42["joined""#)] {
+        c.ws.send(Message::text(r#"42["create or join","asis"]"#))
+            .await
+            .unwrap();
+        while !next_text(c).await.starts_with(answer) {}
+    }
+    let data = r#"{"z":1,"a":1.50,"s":"\u00e9\n"}"#;
+    for (sent, relayed) in [
+        (
+            format!(r#"42["message",{data}]"#),
+            format!(r#"42["message",{data}]"#),
+        ),
+        (
+            format!(r#"42["message",{data},"extra"]"#),
+            format!(r#"42["message",{data}]"#),
+        ),
+        (
+            format!(r#"42["webrtc_offer",{{"sdp":{data},"roomId":"asis"}}]"#),
+            format!(r#"42["webrtc_offer",{data}]"#),
+        ),
+        (
+            format!(r#"42["webrtc_ice_candidate",{{"roomId":"asis","c":{data}}}]"#),
+            format!(r#"42["webrtc_ice_candidate",{{"roomId":"asis","c":{data}}}]"#),
+        ),
+    ] {
+        a.ws.send(Message::text(sent)).await.unwrap();
+        let mut got = next_text(&mut b).await;
+        while got.starts_with("2") || got.starts_with(r#"42["ready""#) {
+            got = next_text(&mut b).await; // engine.io pings, the join's `ready`
+        }
+        assert_eq!(got, relayed);
+    }
+}
+
 /// A plain-WebSocket socket that does not log in within `signaling.join_timeout_s` is closed,
 /// as a native one that does not join; and one that keeps trying taken names (probing who is
 /// online) is closed at the fifth refusal.
