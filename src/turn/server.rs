@@ -522,6 +522,7 @@ impl TurnServer {
         let mut frames = Frames::new(read);
         let allocate_by = tokio::time::Instant::now() + self.allocate_timeout;
         let mut allocation: Option<Arc<Allocation<RelaySocket>>> = None;
+        let mut allocation_ended = false;
         loop {
             let next = match &allocation {
                 None => tokio::select! {
@@ -535,8 +536,12 @@ impl TurnServer {
                 },
                 Some(a) => tokio::select! {
                     () = closed.cancelled() => break,
-                    // The allocation is gone (released, expired, revoked): so is the connection.
-                    () = a.closed.cancelled() => break,
+                    // The allocation is gone (released, expired, revoked): so is the connection,
+                    // once the answer to a release has gone out.
+                    () = a.closed.cancelled() => {
+                        allocation_ended = true;
+                        break;
+                    }
                     next = frames.next() => next,
                 },
             };
@@ -591,7 +596,10 @@ impl TurnServer {
                 admitted.allocated();
             }
         }
-        closed.cancel();
+        match &sink {
+            ClientSink::Stream(outbox) if allocation_ended => outbox.finish(),
+            _ => closed.cancel(),
+        }
         self.core.close(&tuple, CloseReason::TransportClosed);
         drop(admitted);
     }

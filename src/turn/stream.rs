@@ -69,6 +69,9 @@ struct Shared {
     room: Notify,
     /// The writer has stopped: nothing more is taken.
     gone: AtomicBool,
+    /// The writer stops once everything queued is written and flushed (the connection's
+    /// allocation is gone, and its last answer may still be queued).
+    finishing: AtomicBool,
 }
 
 /// Drains one client's `Outbox` into its stream.
@@ -99,6 +102,7 @@ pub fn outbox<W: AsyncWrite + Unpin>(write: W, per_frame: bool) -> (Outbox, Writ
         wake: Notify::new(),
         room: Notify::new(),
         gone: AtomicBool::new(false),
+        finishing: AtomicBool::new(false),
     });
     let writer = Writer {
         shared: Arc::clone(&shared),
@@ -109,6 +113,13 @@ pub fn outbox<W: AsyncWrite + Unpin>(write: W, per_frame: bool) -> (Outbox, Writ
 }
 
 impl Outbox {
+    /// Lets the writer send what is queued, then close the connection (within its write
+    /// deadline, or earlier when the connection's token is cancelled).
+    pub fn finish(&self) {
+        self.shared.finishing.store(true, Ordering::Relaxed);
+        self.shared.wake.notify_one();
+    }
+
     /// Queues `frames` (one or more whole frames). False when they were dropped: the
     /// queue is full, or the connection is gone. A run larger than the whole queue is
     /// taken when nothing else waits, so the largest frame always gets through.
@@ -198,6 +209,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                     unflushed = false;
                     within(closed, flush(&mut self.write)).await
                 }
+                None if self.shared.finishing.load(Ordering::Relaxed) => Some(WriterEnd::Closed),
                 None => tokio::select! {
                     () = closed.cancelled() => Some(WriterEnd::Closed),
                     () = self.shared.wake.notified() => None,

@@ -154,6 +154,21 @@ async fn a_released_allocation_frees_its_port_even_when_its_client_does_not_read
     drop(client);
 }
 
+/// A release (Refresh with lifetime 0) over TCP is answered before the connection closes:
+/// the connection ends with its allocation, and its writer used to be cancelled with the
+/// success answer still queued, so TCP and TLS clients saw a close instead of a 200.
+#[tokio::test]
+async fn a_release_over_tcp_is_answered_before_the_connection_closes() {
+    let server = TestServer::start(&turn_config(""));
+    for i in 0..20 {
+        let (client, _) = tcp_client(&server, &format!("leaving{i}")).await;
+        client
+            .refresh(Duration::ZERO)
+            .await
+            .unwrap_or_else(|e| panic!("release {i} over TCP not answered: {e}"));
+    }
+}
+
 /// A STUN Binding request over a stream; returns whether it was answered.
 async fn binding(tcp: &mut TcpStream) -> bool {
     switchboard::turn::probe::binding_stream(tcp).await.is_ok()
