@@ -2,7 +2,7 @@
 # Switchboard under attack: what one hostile client costs the server, and whether everyone
 # else is still served (bench/RESULTS.md, "Under attack"). Uses bench/configs/switchboard.toml.
 #
-#   bench/attack.sh           the figures in RESULTS.md (about seven minutes)
+#   bench/attack.sh           the figures in RESULTS.md (about five minutes)
 #   bench/attack.sh --smoke   small numbers, seconds: keeps the scenarios from rotting
 #   SERVER_BIN=path/to/switchboard bench/attack.sh   another build (say, an older commit)
 #   ONLY=turn|sig bench/attack.sh                    one half
@@ -108,10 +108,11 @@ if [ "${ONLY:-sig}" = sig ]; then
         SIG_LIMITS=(https.request_timeout_s=2 https.idle_timeout_s=3
             signaling.ping_interval_s=1 signaling.idle_timeout_s=2)
         SIG_SETTLE=(--settle-secs 0.5)
-        OVERSIZE=(--attempts 5)
+        OVERSIZE=(--attempts 5 --rate 10)
         HELD=(--connections 300 --rate 200 --secs 4)
         H2IDLE=(--connections 300 --rate 200 --secs 5)
-        LEAK=(--cycles 100)
+        LEAK=(--cycles 100 --rate 200)
+        LEAK_FLAT_OUT=(--cycles 200 --rate 0)
         PINGS=(--secs 2)
         NETWORK=(--secs 2)
         V6_ADDRESSES=100
@@ -120,10 +121,11 @@ if [ "${ONLY:-sig}" = sig ]; then
     else
         SIG_LIMITS=()
         SIG_SETTLE=(--settle-secs 2)
-        OVERSIZE=(--attempts 100)
+        OVERSIZE=(--attempts 100 --rate 10)
         HELD=(--connections 1000 --rate 200 --secs 20)
         H2IDLE=(--connections 1000 --rate 200 --secs 70)
-        LEAK=(--cycles 2000)
+        LEAK=(--cycles 2000 --rate 200)
+        LEAK_FLAT_OUT=(--cycles 10000 --rate 0)
         PINGS=(--secs 15)
         NETWORK=(--secs 10)
         V6_ADDRESSES=1000
@@ -208,6 +210,7 @@ if [ "${ONLY:-sig}" = sig ]; then
     sig_start; sig_attack https-held --mode preface --expect-cap 200 "${HELD[@]}"
     sig_start; sig_attack https-held --mode h2-idle --expect-cap 200 "${H2IDLE[@]}"
     sig_start; sig_attack sio-slot-leak "${LEAK[@]}"
+    sig_start; sig_attack sio-slot-leak "${LEAK_FLAT_OUT[@]}"
     sig_start; sig_attack ping-flood "${PINGS[@]}"
     sig_start; sig_attack ${ATTACK_V6[@]+"${ATTACK_V6[@]}"} source-network "${SOURCES[@]}" \
         "${NETWORK[@]}"

@@ -96,6 +96,9 @@ enum Scenario {
         attempts: usize,
         #[arg(long, default_value_t = 60 << 20)]
         bytes: usize,
+        /// Attempts per second (0: one after the other, as fast as they go).
+        #[arg(long, default_value_t = 10.0)]
+        rate: f64,
     },
     /// Connections to the HTTPS port that make no request, or one and then idle.
     HttpsHeld {
@@ -120,6 +123,9 @@ enum Scenario {
         /// Keep-alive connections making them.
         #[arg(long, default_value_t = 4)]
         concurrency: usize,
+        /// Cycles per second, all connections together (0: as fast as they go).
+        #[arg(long, default_value_t = 200.0)]
+        rate: f64,
     },
     /// Ping frames as fast as the socket takes them, and a binary frame now and then.
     PingFlood {
@@ -373,7 +379,11 @@ async fn run(args: Args) -> Result<Report> {
     let metrics_before = scrape(ctx.args.admin).await.ok();
     let observer = Observer::start(Arc::clone(&ctx));
     let attack = match ctx.args.scenario.clone() {
-        Scenario::SioOversize { attempts, bytes } => sio_oversize(&ctx, attempts, bytes).await,
+        Scenario::SioOversize {
+            attempts,
+            bytes,
+            rate,
+        } => sio_oversize(&ctx, attempts, bytes, rate).await,
         Scenario::HttpsHeld {
             mode,
             connections,
@@ -393,7 +403,8 @@ async fn run(args: Args) -> Result<Report> {
         Scenario::SioSlotLeak {
             cycles,
             concurrency,
-        } => sio_slot_leak(&ctx, cycles, concurrency).await,
+            rate,
+        } => sio_slot_leak(&ctx, cycles, concurrency, rate).await,
         Scenario::PingFlood { secs, binary_every } => ping_flood(&ctx, secs, binary_every).await,
         Scenario::SourceNetwork {
             network,
@@ -870,13 +881,18 @@ async fn sio_expect(ws: &mut RawWs, want: impl Fn(&str) -> bool, limit: Duration
     }
 }
 
-async fn sio_oversize(ctx: &Ctx, attempts: usize, bytes: usize) -> Result<Attack> {
+async fn sio_oversize(ctx: &Ctx, attempts: usize, bytes: usize, rate: f64) -> Result<Attack> {
+    let pacer = (rate > 0.0).then(|| Pacer::new(rate));
     let tally = Tally::default();
     // From the frame's header to the server's answer, and what the server took meanwhile.
     let mut answered = Latency::new();
     let mut taken = Vec::new();
+    let t0 = Instant::now();
     let t = Duration::from_secs(5);
     for i in 0..attempts {
+        if let Some(pacer) = &pacer {
+            pacer.wait().await;
+        }
         let mut ws = match ctx.attack_ws(ctx.args.attack_source, SIO_WS).await? {
             Ok(ws) => ws,
             Err(refused) => {
@@ -939,8 +955,9 @@ async fn sio_oversize(ctx: &Ctx, attempts: usize, bytes: usize) -> Result<Attack
         .any(|k| k.starts_with("all ") || k.starts_with("no answer"));
     Ok(Attack {
         size: format!(
-            "{attempts} x {:.0} MiB socket.io messages",
-            mib(bytes).round()
+            "{attempts} x {:.0} MiB socket.io messages in {:.2} s",
+            mib(bytes).round(),
+            t0.elapsed().as_secs_f64()
         ),
         got: format!(
             "{}; answered after {}; written before the close: median {:.2} MiB, most {:.2} MiB",
@@ -950,7 +967,7 @@ async fn sio_oversize(ctx: &Ctx, attempts: usize, bytes: usize) -> Result<Attack
             mib(most)
         ),
         json: json!({
-            "attempts": attempts, "bytes": bytes, "outcomes": tally.json(),
+            "attempts": attempts, "bytes": bytes, "rate": rate, "outcomes": tally.json(),
             "answered": secs_json(&answered),
             "written_median_bytes": median, "written_most_bytes": most,
         }),
@@ -1236,18 +1253,29 @@ async fn h2_idle(
 
 // ---- 3. socket.io slot leaks ---------------------------------------------------------
 
-async fn sio_slot_leak(ctx: &Arc<Ctx>, cycles: usize, concurrency: usize) -> Result<Attack> {
+async fn sio_slot_leak(
+    ctx: &Arc<Ctx>,
+    cycles: usize,
+    concurrency: usize,
+    rate: f64,
+) -> Result<Attack> {
+    let pacer = Arc::new((rate > 0.0).then(|| Pacer::new(rate)));
+    let t0 = Instant::now();
     let next = Arc::new(AtomicUsize::new(0));
     let tally = Arc::new(Tally::default());
     let mut workers = JoinSet::new();
     for _ in 0..concurrency.max(1) {
         let (ctx, next, tally) = (Arc::clone(ctx), Arc::clone(&next), Arc::clone(&tally));
+        let pacer = Arc::clone(&pacer);
         workers.spawn(async move {
             let mut conn: Option<(Tls, Vec<u8>)> = None;
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= cycles {
                     return;
+                }
+                if let Some(pacer) = pacer.as_ref() {
+                    pacer.wait().await;
                 }
                 if conn.is_none() {
                     match ctx.attack_tls(ctx.args.attack_source, &ctx.http1).await {
@@ -1279,12 +1307,13 @@ async fn sio_slot_leak(ctx: &Arc<Ctx>, cycles: usize, concurrency: usize) -> Res
         });
     }
     while workers.join_next().await.is_some() {}
+    let took = t0.elapsed().as_secs_f64();
     // After all that, the attacker's address may still open a socket.io connection: its
     // slots were freed (signaling.max_connections_per_ip is far below the cycles).
     let probe = sio_probe(ctx).await;
     let ok = tally.get("connected and closed");
     Ok(Attack {
-        size: format!("{cycles} polling handshakes, each with a POST of 40 then 1"),
+        size: format!("{cycles} polling handshakes, each with a POST of 40 then 1, in {took:.2} s"),
         got: format!(
             "{}; a new socket.io connection from its address afterwards: {}",
             tally.summary(),
@@ -1293,7 +1322,8 @@ async fn sio_slot_leak(ctx: &Arc<Ctx>, cycles: usize, concurrency: usize) -> Res
                 .map_or_else(|e| e.clone(), |()| "admitted".into())
         ),
         json: json!({
-            "cycles": cycles, "concurrency": concurrency, "outcomes": tally.json(),
+            "cycles": cycles, "concurrency": concurrency, "rate": rate, "secs": took,
+            "outcomes": tally.json(),
             "probe_after": probe.as_ref().map_or_else(|e| e.clone(), |()| "admitted".into()),
         }),
         contained: Some(probe.is_ok() && ok == cycles as u64),
