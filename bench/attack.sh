@@ -117,7 +117,7 @@ if [ "${ONLY:-sig}" = sig ]; then
         NETWORK=(--secs 2)
         V6_ADDRESSES=100
         STALL=(--secs 2)
-        HALF=(--clients 10 --secs 5 --expect-close-s 4)
+        HALF=(--clients 10 --secs 4 --expect-close-s 2.5)
     else
         SIG_LIMITS=()
         SIG_SETTLE=(--settle-secs 2)
@@ -130,7 +130,7 @@ if [ "${ONLY:-sig}" = sig ]; then
         NETWORK=(--secs 10)
         V6_ADDRESSES=1000
         STALL=(--secs 15)
-        HALF=(--clients 40 --secs 65 --expect-close-s 61)
+        HALF=(--clients 40 --secs 50 --expect-close-s 46)
     fi
 
     SIG_LISTEN='["127.0.0.1:18443"]'

@@ -116,9 +116,18 @@ impl Conn {
         // every branch is polled on every wake-up, so each timer costs on every message.
         let mut next_ping = Instant::now() + cfg.ping_interval();
         let mut due = dialect.next_deadline();
-        let wake_at =
-            |due: Option<Instant>, next_ping: Instant| due.map_or(next_ping, |d| d.min(next_ping));
-        let mut armed = wake_at(due, next_ping);
+        // A message begun and never finished pins its bytes; the pings in between keep the
+        // client alive, not the message: it must end within `idle_timeout_s` of its start.
+        let unfinished = |reader: &super::socket::Reader| {
+            reader.message_started().map(|t| t + cfg.idle_timeout())
+        };
+        let wake_at = |deadlines: [Option<Instant>; 2], next_ping: Instant| {
+            deadlines
+                .into_iter()
+                .flatten()
+                .fold(next_ping, Instant::min)
+        };
+        let mut armed = wake_at([due, unfinished(&self.reader)], next_ping);
         let timer = tokio::time::sleep_until(armed);
         tokio::pin!(timer);
         let direct = &self.direct;
@@ -214,18 +223,16 @@ impl Conn {
                 }
                 () = &mut timer => {
                     let now = Instant::now();
+                    if unfinished(&self.reader).is_some_and(|end| now >= end) {
+                        debug!("fragmented message not finished in time");
+                        return Some((CLOSE_POLICY, "message not finished in time"));
+                    }
                     if now >= next_ping {
                         next_ping = now + cfg.ping_interval();
                         let silent = now.saturating_duration_since(last_seen);
                         if silent > cfg.idle_timeout() {
                             warn!(idle_s = silent.as_secs(), "dropping unresponsive client");
                             return None;
-                        }
-                        // A message begun and never finished pins its bytes; the pings
-                        // in between keep the client alive, not the message.
-                        if self.reader.message_started().is_some_and(|t| now - t > cfg.idle_timeout()) {
-                            debug!("fragmented message not finished in time");
-                            return Some((CLOSE_POLICY, "message not finished in time"));
                         }
                         if ping_due(silent, cfg.ping_interval(), cfg.idle_timeout())
                             && write(direct, OP_PING, &[]).await.is_err()
@@ -244,8 +251,9 @@ impl Conn {
                 return close;
             }
             due = dialect.next_deadline();
-            if wake_at(due, next_ping) != armed {
-                armed = wake_at(due, next_ping);
+            let wake = wake_at([due, unfinished(&self.reader)], next_ping);
+            if wake != armed {
+                armed = wake;
                 timer.as_mut().reset(armed);
             }
         }
@@ -559,8 +567,8 @@ mod tests {
     }
 
     /// A client that begins a fragmented message and then only pings is closed once the
-    /// message is older than the idle timeout: its pings keep it alive, not the bytes it
-    /// pinned. Time is paused.
+    /// message is as old as the idle timeout (not at the keepalive tick after): its pings
+    /// keep it alive, not the bytes it pinned. Time is paused.
     #[tokio::test(start_paused = true)]
     async fn a_message_begun_and_never_finished_closes_the_socket() {
         use futures_util::SinkExt;
@@ -588,10 +596,11 @@ mod tests {
         let close = close.expect("a close frame with a reason");
         assert_eq!(u16::from(close.code), CLOSE_POLICY);
         assert_eq!(close.reason.as_str(), "message not finished in time");
+        // idle_timeout_s = 3; the keepalive ticks at 2 and 4 s.
+        let took = begun.elapsed();
         assert!(
-            begun.elapsed() <= Duration::from_secs(6),
-            "{:?}",
-            begun.elapsed()
+            took >= Duration::from_secs(3) && took < Duration::from_millis(3100),
+            "closed after {took:?}"
         );
     }
 
