@@ -92,7 +92,8 @@ pub fn admit(
     })
 }
 
-fn refusal(status: StatusCode, code: &str, message: &str) -> Response {
+/// A refusal: `status` with a JSON `{"code", "message"}` body.
+pub fn refusal(status: StatusCode, code: &str, message: &str) -> Response {
     let body = serde_json::json!({"code": code, "message": message}).to_string();
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }

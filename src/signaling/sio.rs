@@ -39,6 +39,7 @@ use super::room::{JoinError, Joined, Rooms};
 use super::signal::Eviction;
 use super::stats::{Counts, DialectStats, Refusal};
 use crate::config::SignalingConfig;
+use crate::limiter::{ConnectionRefused, SourceRates, TokenBucket};
 use crate::model::{Scope, Space};
 use crate::sync::Locked;
 
@@ -246,7 +247,13 @@ impl Dialect for SioRooms {
     /// socket.io's layer, around everything mounted before (it answers under `/socket.io/`
     /// and passes every other request through).
     fn mount(self: Arc<Self>, router: Router, app: &Arc<Host>) -> Router {
-        router.layer(layer(Arc::clone(app), self))
+        let sessions = Arc::new(Sessions::new(app.live().signaling.source_prefix_v6));
+        let host = Arc::clone(app);
+        router
+            .layer(layer(Arc::clone(app), self))
+            .layer(axum::middleware::from_fn(move |request, next| {
+                new_session(Arc::clone(&sessions), Arc::clone(&host), request, next)
+            }))
     }
 
     fn peers(&self) -> Vec<(Scope, PeerInfo)> {
@@ -288,6 +295,118 @@ impl Dialect for SioRooms {
             .set_limits(cfg.socketio_room_capacity, cfg.max_rooms);
     }
 }
+
+/// How long engine.io keeps a session that is not heard from: socketioxide's ping interval
+/// (25 s) plus its ping timeout (20 s).
+const SESSION_LIFETIME_S: u32 = 45;
+
+/// The sources whose session budgets are kept apart (`SourceRates`).
+const SESSION_SOURCE_SLOTS: usize = 4096;
+
+/// The budget of new engine.io sessions, per source and in total.
+///
+/// An engine.io session (a polling handshake, or a WebSocket opened without one) holds
+/// about 13 KB until engine.io gives up on it, `SESSION_LIFETIME_S` after it was last
+/// heard from, even when the client closed it at once; and the connection slot is taken
+/// only at socket.io's namespace connect. So a source may open as many sessions at once as
+/// it may hold connections (`signaling.max_connections_per_ip`), and that many again per
+/// session lifetime; the server as many as `signaling.max_connections`, the same way. A
+/// source can then pin at most about twice its connection budget in sessions, whatever it
+/// does (one client opening and closing sessions flat out held ~145 MB before).
+#[derive(Debug)]
+struct Sessions {
+    per_source: SourceRates,
+    /// The server's budget and the burst it was made for.
+    total: Mutex<(u32, TokenBucket)>,
+}
+
+/// (tokens per second, burst) for `max` sessions per `SESSION_LIFETIME_S`.
+fn session_budget(max: usize) -> (u32, u32) {
+    let burst = u32::try_from(max).unwrap_or(u32::MAX).max(1);
+    (burst.div_ceil(SESSION_LIFETIME_S), burst)
+}
+
+impl Sessions {
+    fn new(v6_prefix: u8) -> Sessions {
+        Sessions {
+            per_source: SourceRates::new(SESSION_SOURCE_SLOTS, 1, 1, v6_prefix),
+            total: Mutex::new((0, TokenBucket::new(0, 0, std::time::Instant::now()))),
+        }
+    }
+
+    /// Takes a new session from `ip`'s budget and the server's, at the live limits.
+    fn take(
+        &self,
+        ip: IpAddr,
+        cfg: &SignalingConfig,
+        now: std::time::Instant,
+    ) -> Result<(), ConnectionRefused> {
+        let (rate, burst) = session_budget(cfg.max_connections_per_ip);
+        self.per_source.set_rate(rate, burst);
+        if !self.per_source.allow(ip, now) {
+            return Err(ConnectionRefused::PerIp);
+        }
+        let (rate, burst) = session_budget(cfg.max_connections);
+        let mut total = self.total.locked();
+        if total.0 != burst {
+            *total = (burst, TokenBucket::new(rate, burst, now));
+        }
+        if total.1.take(now) {
+            Ok(())
+        } else {
+            Err(ConnectionRefused::Total)
+        }
+    }
+}
+
+/// Charges a request that opens an engine.io session (one under `/socket.io/` without a
+/// `sid`) to its client's session budget (`Sessions`); over it, the request is answered
+/// 429 (the source's budget) or 503 (the server's) with a JSON body, and counted.
+async fn new_session(
+    sessions: Arc<Sessions>,
+    app: Arc<Host>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let opens = request.uri().path().starts_with("/socket.io/")
+        && !request
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|kv| kv.starts_with("sid=")));
+    let client = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0);
+    let (true, Some(client)) = (opens, client) else {
+        return next.run(request).await;
+    };
+    let Err(limit) = sessions.take(
+        client.ip(),
+        &app.live().signaling,
+        std::time::Instant::now(),
+    ) else {
+        return next.run(request).await;
+    };
+    app.metrics.refusals.inc(Refusal::SocketioSessions);
+    if let Some(suppressed) = SESSION_REFUSED.allow(crate::throttle::now_s()) {
+        tracing::warn!(%client, ?limit, suppressed, "socket.io session refused");
+    }
+    let (status, message) = match limit {
+        ConnectionRefused::PerIp => (
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "too many new socket.io sessions from this address \
+             (signaling.max_connections_per_ip per 45 s)",
+        ),
+        ConnectionRefused::Total => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "too many new socket.io sessions (signaling.max_connections per 45 s)",
+        ),
+    };
+    super::admit::refusal(status, "too_many_sessions", message)
+}
+
+/// The log line of a refused session, which any client can cause.
+static SESSION_REFUSED: crate::throttle::Throttle = crate::throttle::Throttle::new();
 
 /// The socket.io layer for the HTTPS router.
 fn layer(app: Arc<Host>, sio: Arc<SioRooms>) -> SocketIoLayer {

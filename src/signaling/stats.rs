@@ -20,6 +20,8 @@ crate::labels! {
         MaxRooms => "max_rooms",
         /// Refused plain-WebSocket logins on one socket (probing names).
         FailedLogins => "failed_logins",
+        /// New engine.io sessions over a source's or the server's budget (`sio`).
+        SocketioSessions => "socketio_sessions",
         /// HTTP connections, refused at accept, before TLS (`http::admission`).
         HttpMaxConnections => "https.max_connections",
         HttpMaxConnectionsPerSource => "https.max_connections_per_source",

@@ -390,8 +390,6 @@ async fn the_plain_listener_speaks_the_dialect_at_its_root_and_its_path() {
 /// that never completed never gets, so a few hundred such POSTs made every dialect answer 503.
 #[tokio::test]
 async fn a_socketio_session_closed_before_its_connect_frees_its_slot() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
     let server = TestServer::start("");
     for _ in 0..5 {
         let (status, _, body) = server
@@ -400,29 +398,8 @@ async fn a_socketio_session_closed_before_its_connect_frees_its_slot() {
         assert_eq!(status, 200, "{body}");
         let open: serde_json::Value =
             serde_json::from_str(body.trim_start_matches('0')).expect("an open packet");
-        let sid = open["sid"].as_str().expect("a sid").to_owned();
-
-        let connector = tokio_rustls::TlsConnector::from(server.client_tls());
-        let tcp = tokio::net::TcpStream::connect(server.https).await.unwrap();
-        let name = rustls_pki_types::ServerName::IpAddress(server.https.ip().into());
-        let mut tls = connector.connect(name, tcp).await.unwrap();
-        let body = "40\x1e1";
-        let request = format!(
-            "POST /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: {}\r\n\
-             Content-Type: text/plain;charset=UTF-8\r\nContent-Length: {}\r\n\
-             Connection: close\r\n\r\n{body}",
-            server.https,
-            body.len()
-        );
-        tls.write_all(request.as_bytes()).await.unwrap();
-        let mut response = Vec::new();
-        let _ = tokio::time::timeout(
-            std::time::Duration::from_secs(10),
-            tls.read_to_end(&mut response),
-        )
-        .await
-        .expect("an answer to the POST");
-        let response = String::from_utf8_lossy(&response);
+        let sid = open["sid"].as_str().expect("a sid");
+        let response = sio_post(&server, sid, "40\x1e1").await;
         assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     }
     // Every slot is free again (the connect tasks run on their own; wait for them).
@@ -440,6 +417,83 @@ async fn a_socketio_session_closed_before_its_connect_frees_its_slot() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// New engine.io sessions are budgeted per source: each holds memory until engine.io's
+/// heartbeat gives up on it (45 s), connected or not, and one client opening and closing
+/// them flat out used to pin ~145 MB. An address may open `max_connections_per_ip` at once
+/// (and as many again per 45 s); past that the handshake is refused with 429 and a code,
+/// and counted. Requests of an existing session (with a `sid`) are not charged.
+#[tokio::test]
+async fn new_socketio_sessions_are_budgeted_per_source() {
+    let server = TestServer::start("[signaling]\nmax_connections_per_ip = 5\n");
+    let began = std::time::Instant::now();
+    let mut opened = Vec::new();
+    let mut refused = 0;
+    for _ in 0..20 {
+        let (status, _, body) = server
+            .https_get("/socket.io/?EIO=4&transport=polling")
+            .await;
+        match status {
+            200 => opened.push(body),
+            429 => {
+                assert!(body.contains("\"too_many_sessions\""), "{body}");
+                refused += 1;
+            }
+            other => panic!("HTTP {other}: {body}"),
+        }
+    }
+    // Five at once, and one more per 9 s (45 s / 5) while the loop ran.
+    let refilled = (began.elapsed().as_secs() / 9) as usize;
+    assert!(
+        opened.len() >= 5 && opened.len() <= 5 + refilled + 1,
+        "{} sessions opened, {refused} refused",
+        opened.len()
+    );
+    assert_eq!(
+        server
+            .metric(
+                "switchboard_signaling_refusals_total",
+                &[("limit", "socketio_sessions")]
+            )
+            .await,
+        f64::from(refused)
+    );
+    // A session already open is not charged again: its polls go through.
+    let open: serde_json::Value =
+        serde_json::from_str(opened[0].trim_start_matches('0')).expect("an open packet");
+    let sid = open["sid"].as_str().expect("a sid");
+    for body in ["40", "1"] {
+        let response = sio_post(&server, sid, body).await;
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    }
+}
+
+/// A long-polling POST of `body` to engine.io session `sid`, on a connection of its own:
+/// the whole response.
+async fn sio_post(server: &TestServer, sid: &str, body: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let connector = tokio_rustls::TlsConnector::from(server.client_tls());
+    let tcp = tokio::net::TcpStream::connect(server.https).await.unwrap();
+    let name = rustls_pki_types::ServerName::IpAddress(server.https.ip().into());
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    let request = format!(
+        "POST /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: {}\r\n\
+         Content-Type: text/plain;charset=UTF-8\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        server.https,
+        body.len()
+    );
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tls.read_to_end(&mut response),
+    )
+    .await
+    .expect("an answer to the POST");
+    String::from_utf8_lossy(&response).into_owned()
 }
 
 /// The socket.io WebSocket transport holds a client to `signaling.max_message_bytes` (twice

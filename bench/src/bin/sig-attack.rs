@@ -327,13 +327,7 @@ impl Ctx {
             Err(e) => return Ok(Err(format!("closed at the upgrade ({})", classify(&e)))),
         };
         if response.status != 101 {
-            let code = serde_json::from_slice::<Value>(&response.body)
-                .ok()
-                .and_then(|v| v["code"].as_str().map(str::to_owned))
-                .unwrap_or_default();
-            return Ok(Err(format!("HTTP {} {code}", response.status)
-                .trim_end()
-                .to_owned()));
+            return Ok(Err(refused_with(&response)));
         }
         Ok(Ok(Frames { io: tls, buf }))
     }
@@ -1311,7 +1305,8 @@ async fn sio_slot_leak(
     // After all that, the attacker's address may still open a socket.io connection: its
     // slots were freed (signaling.max_connections_per_ip is far below the cycles).
     let probe = sio_probe(ctx).await;
-    let ok = tally.get("connected and closed");
+    // Each cycle either went through or was refused its session (the address's budget).
+    let ok = tally.get("connected and closed") + tally.get("handshake HTTP 429 too_many_sessions");
     Ok(Attack {
         size: format!("{cycles} polling handshakes, each with a POST of 40 then 1, in {took:.2} s"),
         got: format!(
@@ -1340,7 +1335,7 @@ async fn connect_then_close(tls: &mut Tls, buf: &mut Vec<u8>, i: usize) -> Resul
     let handshake = read_response(tls, buf).await?;
     let keep = !handshake.closes();
     if handshake.status != 200 {
-        return Ok((format!("handshake HTTP {}", handshake.status), keep));
+        return Ok((format!("handshake {}", refused_with(&handshake)), keep));
     }
     let open: Value = handshake
         .body
@@ -1361,13 +1356,34 @@ async fn connect_then_close(tls: &mut Tls, buf: &mut Vec<u8>, i: usize) -> Resul
     Ok(("connected and closed".into(), keep))
 }
 
+/// A refusal as `HTTP <status> <code>` (the code of the JSON body, when there is one).
+fn refused_with(response: &Response) -> String {
+    let code = serde_json::from_slice::<Value>(&response.body)
+        .ok()
+        .and_then(|v| v["code"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    format!("HTTP {} {code}", response.status)
+        .trim_end()
+        .to_owned()
+}
+
 /// Whether the attacker's address can still open a socket.io connection (`Err`: why not).
+/// A new session is refused while the address's session budget refills (one per
+/// `max_connections_per_ip` / 45 s): it is tried again for up to 10 s.
 async fn sio_probe(ctx: &Ctx) -> std::result::Result<(), String> {
     let t = Duration::from_secs(5);
-    let mut ws = match ctx.attack_ws(ctx.args.attack_source, SIO_WS).await {
-        Ok(Ok(ws)) => ws,
-        Ok(Err(refused)) => return Err(format!("refused: {refused}")),
-        Err(e) => return Err(classify(&e)),
+    let retry_until = Instant::now() + Duration::from_secs(10);
+    let mut ws = loop {
+        match ctx.attack_ws(ctx.args.attack_source, SIO_WS).await {
+            Ok(Ok(ws)) => break ws,
+            Ok(Err(refused))
+                if refused.ends_with("too_many_sessions") && Instant::now() < retry_until =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ok(Err(refused)) => return Err(format!("refused: {refused}")),
+            Err(e) => return Err(classify(&e)),
+        }
     };
     let connected = async {
         sio_expect(&mut ws, |m| m.starts_with('0'), t).await?;
