@@ -70,7 +70,7 @@ impl Admission {
     }
 
     /// Lets a just-accepted connection from `remote` in, or refuses it (counted, and
-    /// logged at most once a second); a refused connection is to be closed at once.
+    /// its log line throttled, `throttle`); a refused connection is to be closed at once.
     pub fn admit(&self, remote: SocketAddr) -> Option<Admitted> {
         let live = self.host.live();
         let proxies = Some(&live.proxies)
