@@ -6,9 +6,6 @@
 //! member of the room receives: the relayed text, emitted as `SioMember::deliver` emits it,
 //! must read back as exactly what the sender wrote (the handlers relay it unparsed).
 //!
-//! `FirstArg` and `CallData` are private to `signaling::sio`: the copies below must follow
-//! it (they are the types its handlers ask socketioxide for).
-//!
 //! Input: engine.io packets as a WebSocket client sends them, separated by 0x1E (the
 //! separator of engine.io's polling payloads); after a binary event, the next pieces are
 //! its attachments.
@@ -24,6 +21,7 @@ use socketioxide_parser_common::CommonParser;
 use switchboard::config::SignalingConfig;
 use switchboard::model::RoomId;
 use switchboard::signaling::gate::Gate;
+use switchboard::signaling::sio::{FirstArg, Part, call_data};
 
 /// `signaling.max_message_bytes` as the fuzz targets take it (the default is 64 KiB; a
 /// smaller limit reaches the refusals with small inputs).
@@ -99,19 +97,21 @@ fn handle(parser: CommonParser, signaling: &SignalingConfig, mut value: Value) {
             }
             let json = match event {
                 "message" => data.get(),
-                _ => {
-                    let fields: CallData = serde_json::from_str(data.get()).unwrap_or_default();
-                    let _ = fields.room_id.as_deref().map(RoomId::parse);
-                    match event {
-                        "webrtc_ice_candidate" => data.get(),
-                        _ => fields.sdp.map_or("null", RawValue::get),
-                    }
-                }
+                "webrtc_ice_candidate" => call(&data, Part::Whole),
+                _ => call(&data, Part::Sdp),
             };
             delivered(parser, event, json);
         }
         _ => {}
     }
+}
+
+/// What `sio::relay` reads of a `webrtc_*` event: its room, checked as a room name, and
+/// the JSON it relays.
+fn call(data: &RawValue, part: Part) -> &str {
+    let (room, json) = call_data(data, part);
+    let _ = room.as_deref().map(RoomId::parse);
+    json
 }
 
 /// What a member of the room receives when `json` is relayed to it as `event`: emitted as
@@ -138,40 +138,4 @@ fn delivered(parser: CommonParser, event: &str, json: &str) {
         .decode_value::<FirstArg>(&mut value, true)
         .unwrap_or_else(|e| panic!("a relayed event's data does not decode: {e}: {text}"));
     assert_eq!(back.get(), json, "the relayed data changed on its way");
-}
-
-/// `signaling::sio::FirstArg`: an event's first argument as the client wrote it.
-#[derive(Debug)]
-struct FirstArg(Box<RawValue>);
-
-impl<'de> serde::Deserialize<'de> for FirstArg {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visit;
-        impl<'de> serde::de::Visitor<'de> for Visit {
-            type Value = FirstArg;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("an event with at least one argument")
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut args: A,
-            ) -> Result<FirstArg, A::Error> {
-                let first = args
-                    .next_element()?
-                    .ok_or_else(|| serde::de::Error::invalid_length(0, &self))?;
-                while args.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-                Ok(FirstArg(first))
-            }
-        }
-        deserializer.deserialize_tuple_struct("FirstArg", 1, Visit)
-    }
-}
-
-/// `signaling::sio::CallData`: the fields of a `webrtc_*` event that the server reads.
-#[derive(serde::Deserialize, Default)]
-struct CallData<'a> {
-    #[serde(rename = "roomId", default)]
-    room_id: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow, default)]
-    sdp: Option<&'a RawValue>,
 }

@@ -10,6 +10,7 @@
 //! to a room it has joined. Room membership and capacity come from `Rooms`, as everywhere.
 //! After a join the client also gets `ice_servers` with credentials scoped to that room.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -544,7 +545,7 @@ fn broadcast_raw(app: &Ctx, from: &PeerId, event: &str, json: String) {
 /// skipped, as `Data<Value>` did. A tuple struct to socketioxide's parser, which then hands
 /// it the arguments after the event name.
 #[derive(Debug)]
-struct FirstArg(Box<RawValue>);
+pub struct FirstArg(pub Box<RawValue>);
 
 impl<'de> serde::Deserialize<'de> for FirstArg {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -574,7 +575,7 @@ impl<'de> serde::Deserialize<'de> for FirstArg {
 #[derive(serde::Deserialize, Default)]
 struct CallData<'a> {
     #[serde(rename = "roomId", default)]
-    room_id: Option<std::borrow::Cow<'a, str>>,
+    room_id: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     sdp: Option<&'a RawValue>,
 }
@@ -843,7 +844,7 @@ async fn webrtc_ice_candidate(s: SocketRef, Data(FirstArg(data)): Data<FirstArg>
 
 /// What of a `webrtc_*` event's data is relayed.
 #[derive(Debug, Clone, Copy)]
-enum Part {
+pub enum Part {
     /// Its `sdp` (`null` when it has none), as the video-call app's offer and answer.
     Sdp,
     /// All of it, as its ICE candidate.
@@ -856,13 +857,19 @@ fn relay(s: &SocketRef, app: &Ctx, event: &str, data: &RawValue, part: Part) {
     if too_large(app, s, data) {
         return;
     }
-    let fields: CallData = serde_json::from_str(data.get()).unwrap_or_default();
-    let room = fields.room_id.as_deref().unwrap_or_default();
-    if let Some(peer) = sender(app, s, Some(room)) {
-        let json = match part {
-            Part::Sdp => fields.sdp.map_or("null", RawValue::get),
-            Part::Whole => data.get(),
-        };
+    let (room, json) = call_data(data, part);
+    if let Some(peer) = sender(app, s, Some(room.as_deref().unwrap_or_default())) {
         broadcast_raw(app, &peer, event, json.to_owned());
     }
+}
+
+/// The room a `webrtc_*` event's `data` names (`roomId`), and the JSON relayed for it:
+/// `part` of `data`, as the client wrote it. Data that is not an object names no room.
+pub fn call_data(data: &RawValue, part: Part) -> (Option<Cow<'_, str>>, &str) {
+    let fields: CallData = serde_json::from_str(data.get()).unwrap_or_default();
+    let json = match part {
+        Part::Sdp => fields.sdp.map_or("null", RawValue::get),
+        Part::Whole => data.get(),
+    };
+    (fields.room_id, json)
 }
