@@ -2,10 +2,7 @@
 //! (`signaling::legacy::Frame`, `string`, `raw`), as its session reads one: the type and
 //! name as strings, and the relayed values forwarded as written inside the frames the
 //! session writes for the other user, which must read back as one JSON object carrying
-//! exactly those values.
-//!
-//! The frames are written here with the format strings of `Session::relay` (a session needs
-//! a running server): a change there must be made here too.
+//! exactly those values (`legacy::relayed`, which `Session::relay` writes them with).
 
 #![no_main]
 
@@ -13,6 +10,7 @@ use libfuzzer_sys::fuzz_target;
 use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
+use switchboard::signaling::calls::Kind;
 use switchboard::signaling::legacy::{self, Frame};
 use switchboard::signaling::protocol;
 
@@ -39,30 +37,8 @@ fuzz_target!(|data: &[u8]| {
     // The name the offer is signed with is the sender's, which any login took: any string
     // (here the one the frame names).
     let Some(target) = name else { return };
-    let me = serde_json::to_string(&target).unwrap();
-    let relayed = [
-        (
-            "offer",
-            format!(
-                r#"{{"type":"offer","offer":{},"name":{me}}}"#,
-                legacy::raw(frame.offer)
-            ),
-        ),
-        (
-            "answer",
-            format!(
-                r#"{{"type":"answer","answer":{}}}"#,
-                legacy::raw(frame.answer)
-            ),
-        ),
-        (
-            "candidate",
-            format!(
-                r#"{{"type":"candidate","candidate":{}}}"#,
-                legacy::raw(frame.candidate)
-            ),
-        ),
-    ];
+    let relayed = [Kind::Offer, Kind::Answer, Kind::Candidate]
+        .map(|kind| (kind.as_str(), legacy::relayed(kind, &frame, &target)));
     for (kind, text) in relayed {
         // JSON, checked as a browser's `JSON.parse` reads it: the grammar of RFC 8259, which
         // lets a string escape an unpaired surrogate (`"\udfee"`); serde_json's `Value`

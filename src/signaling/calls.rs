@@ -34,6 +34,28 @@ pub enum Kind {
     Leave,
 }
 
+impl Kind {
+    /// The message `type` of this kind, as the tutorial's clients write it.
+    pub fn parse(kind: &str) -> Option<Kind> {
+        Some(match kind {
+            "offer" => Kind::Offer,
+            "answer" => Kind::Answer,
+            "candidate" => Kind::Candidate,
+            "leave" => Kind::Leave,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Offer => "offer",
+            Kind::Answer => "answer",
+            Kind::Candidate => "candidate",
+            Kind::Leave => "leave",
+        }
+    }
+}
+
 impl Calls {
     /// Whether `from` may send `kind` to `to`; if so, the links change as it says (an offer
     /// opens one, an answer makes it a call, a leave ends it).

@@ -139,14 +139,8 @@ impl Directory {
         if !self.calls.locked().send(from, &to, kind) {
             return Err(NotSent::NoCall);
         }
-        let event = match kind {
-            Kind::Offer => "offer",
-            Kind::Answer => "answer",
-            Kind::Candidate => "candidate",
-            Kind::Leave => "leave",
-        };
         self.registry
-            .send(from, To::Peer(&to), event, &frame.into())
+            .send(from, To::Peer(&to), kind.as_str(), &frame.into())
             .map_err(|_| NotSent::Unknown)
     }
 
@@ -317,6 +311,26 @@ pub fn raw(value: Option<&RawValue>) -> &str {
     value.map_or("null", RawValue::get)
 }
 
+/// The frame the other user gets for a `kind` message `data` from the user called `me`:
+/// the tutorial's, with the sender's values forwarded as written.
+pub fn relayed(kind: Kind, data: &Frame, me: &str) -> String {
+    match kind {
+        Kind::Offer => {
+            let me = serde_json::to_string(me).expect("a string serializes");
+            format!(
+                r#"{{"type":"offer","offer":{},"name":{me}}}"#,
+                raw(data.offer)
+            )
+        }
+        Kind::Answer => format!(r#"{{"type":"answer","answer":{}}}"#, raw(data.answer)),
+        Kind::Candidate => format!(
+            r#"{{"type":"candidate","candidate":{}}}"#,
+            raw(data.candidate)
+        ),
+        Kind::Leave => r#"{"type":"leave"}"#.to_owned(),
+    }
+}
+
 impl Session {
     /// An error reply with its code, counted.
     fn error(&self, code: ErrorCode, message: impl Into<String>) -> Value {
@@ -369,9 +383,9 @@ impl Session {
             "leave" => PlainMessage::Leave,
             _ => PlainMessage::Invalid,
         });
-        match kind.as_str() {
-            "login" => self.login(&data),
-            "offer" | "answer" | "candidate" | "leave" => self.relay(&kind, &data),
+        match (kind.as_str(), Kind::parse(&kind)) {
+            ("login", _) => self.login(&data),
+            (_, Some(relayed)) => self.relay(relayed, &data),
             _ => Next::Reply(
                 json!({"type": "error", "message": format!("Command not found: {kind}")}),
             ),
@@ -438,7 +452,8 @@ impl Session {
         Next::Reply(refused)
     }
 
-    fn relay(&mut self, kind: &str, data: &Frame) -> Next {
+    fn relay(&mut self, what: Kind, data: &Frame) -> Next {
+        let kind = what.as_str();
         let Some(me) = &self.name else {
             return Next::Reply(self.error(ErrorCode::NotLoggedIn, "log in first"));
         };
@@ -447,27 +462,7 @@ impl Session {
                 self.error(ErrorCode::BadRequest, format!("{kind} needs a \"name\"")),
             );
         };
-        let frame = match kind {
-            "offer" => {
-                let me = serde_json::to_string(me).expect("a string serializes");
-                format!(
-                    r#"{{"type":"offer","offer":{},"name":{me}}}"#,
-                    raw(data.offer)
-                )
-            }
-            "answer" => format!(r#"{{"type":"answer","answer":{}}}"#, raw(data.answer)),
-            "candidate" => format!(
-                r#"{{"type":"candidate","candidate":{}}}"#,
-                raw(data.candidate)
-            ),
-            _ => r#"{"type":"leave"}"#.to_owned(),
-        };
-        let what = match kind {
-            "offer" => Kind::Offer,
-            "answer" => Kind::Answer,
-            "candidate" => Kind::Candidate,
-            _ => Kind::Leave,
-        };
+        let frame = relayed(what, data, me);
         match self.directory.send(&self.peer, &target, what, frame) {
             Ok(()) => {}
             // As the tutorial's server does: an offer to nobody goes nowhere, with no
@@ -484,10 +479,10 @@ impl Session {
         }
         if let Some(partner) = &self.partner {
             let mut partner = partner.locked();
-            match kind {
-                "offer" | "answer" => *partner = Some(target),
-                "leave" => *partner = None,
-                _ => {}
+            match what {
+                Kind::Offer | Kind::Answer => *partner = Some(target),
+                Kind::Leave => *partner = None,
+                Kind::Candidate => {}
             }
         }
         Next::Nothing
