@@ -6,11 +6,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use tokio::net::TcpSocket;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
-pub type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// A rustls client configuration that trusts the certificates in the PEM file `ca`.
 ///
@@ -40,17 +40,29 @@ pub async fn connect(
     source: IpAddr,
     connector: Option<Connector>,
 ) -> Result<Ws> {
-    let socket = if server.is_ipv4() {
+    let tcp = tcp_from(source, server).await?;
+    // tungstenite zero-fills its read buffer up to `read_buffer_size` before every read:
+    // at the default 128 KiB that memset was a third of sig-load's CPU. Below the 3 KB
+    // offer and answer (2 KiB), every large frame reallocated the buffer instead: 14 % of
+    // the generator's CPU in the burst, most of it growing the heap.
+    let config = Some(WebSocketConfig::default().read_buffer_size(4096));
+    let (ws, _) =
+        tokio_tungstenite::client_async_tls_with_config(url, tcp, config, connector).await?;
+    Ok(ws)
+}
+
+/// A TCP connection to `to` from `source` (any port), with Nagle off.
+///
+/// # Errors
+/// The bind or the connect fails.
+pub async fn tcp_from(source: IpAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = if to.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
         TcpSocket::new_v6()?
     };
     socket.bind(SocketAddr::new(source, 0))?;
-    let tcp = socket.connect(server).await?;
+    let tcp = socket.connect(to).await?;
     tcp.set_nodelay(true)?;
-    // A small read buffer: tungstenite zero-fills it before every read (see sig-load).
-    let config = Some(WebSocketConfig::default().read_buffer_size(4096));
-    let (ws, _) =
-        tokio_tungstenite::client_async_tls_with_config(url, tcp, config, connector).await?;
-    Ok(ws)
+    Ok(tcp)
 }

@@ -46,8 +46,9 @@ use rustls::pki_types::ServerName;
 use serde_json::{Value, json};
 use switchboard_bench::percentiles::Latency;
 use switchboard_bench::procstat;
+use switchboard_bench::wss::tcp_from;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::Message;
@@ -346,18 +347,6 @@ fn load_certs(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'stat
 /// whichever address the server is reached at.
 fn localhost() -> ServerName<'static> {
     ServerName::try_from("localhost").expect("a valid DNS name")
-}
-
-async fn tcp_from(source: IpAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
-    let socket = if to.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.bind(SocketAddr::new(source, 0))?;
-    let tcp = socket.connect(to).await?;
-    tcp.set_nodelay(true)?;
-    Ok(tcp)
 }
 
 async fn run(args: Args) -> Result<Report> {

@@ -20,11 +20,10 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use switchboard_bench::percentiles::Latency;
 use switchboard_bench::procstat::{self, Sample, round3};
-use tokio::net::TcpSocket;
+use switchboard_bench::wss::{self, Ws};
 use tokio::sync::{Semaphore, watch};
+use tokio_tungstenite::Connector;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 #[derive(Parser, Debug)]
 #[command(about = "Signaling load generator (native, plain-WebSocket and socket.io dialects)")]
@@ -72,8 +71,6 @@ enum Dialect {
 }
 
 const CANDIDATES: usize = 10;
-
-type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Shared counters and histograms.
 #[derive(Default)]
@@ -134,7 +131,11 @@ async fn run(args: Args) -> Result<()> {
     };
     let server = SocketAddr::new(ip, port);
     let connector = if tls {
-        Some(Connector::Rustls(Arc::new(client_tls(args.ca.as_deref())?)))
+        let ca = args
+            .ca
+            .as_deref()
+            .context("wss:// needs --ca (the server's certificate)")?;
+        Some(Connector::Rustls(Arc::new(wss::client_tls(ca)?)))
     } else {
         None
     };
@@ -154,7 +155,7 @@ async fn run(args: Args) -> Result<()> {
             let _permit = gate.acquire().await;
             let t = Instant::now();
             let source = args.sources[i % args.sources.len()];
-            let ws = connect(&args.url, server, source, connector).await;
+            let ws = wss::connect(&args.url, server, source, connector).await;
             (i, ws.map(|ws| (ws, t.elapsed())))
         });
     }
@@ -364,47 +365,6 @@ async fn wait_for(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     Ok(())
-}
-
-fn client_tls(ca: Option<&std::path::Path>) -> Result<rustls::ClientConfig> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    let path = ca.context("wss:// needs --ca (the server's certificate)")?;
-    for cert in
-        CertificateDer::pem_file_iter(path).with_context(|| format!("{}", path.display()))?
-    {
-        roots.add(cert?)?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
-}
-
-async fn connect(
-    url: &str,
-    server: SocketAddr,
-    source: IpAddr,
-    connector: Option<Connector>,
-) -> Result<Ws> {
-    let socket = if server.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.bind(SocketAddr::new(source, 0))?;
-    let tcp = socket.connect(server).await?;
-    tcp.set_nodelay(true)?;
-    // tungstenite zero-fills its read buffer up to `read_buffer_size` before every read:
-    // at the default 128 KiB that memset was a third of this generator's CPU. Below the
-    // 3 KB offer and answer (2 KiB), every large frame reallocated the buffer instead:
-    // 14 % of the generator's CPU in the burst, most of it growing the heap.
-    let config = Some(WebSocketConfig::default().read_buffer_size(4096));
-    let (ws, _) =
-        tokio_tungstenite::client_async_tls_with_config(url, tcp, config, connector).await?;
-    Ok(ws)
 }
 
 /// One connection's task: its half of the negotiation, then its share of the sustained rate.
