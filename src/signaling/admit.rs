@@ -27,16 +27,32 @@ pub struct Admitted {
     pub client: std::net::IpAddr,
 }
 
+/// Why a connection was not admitted: the HTTP answer a WebSocket upgrade gets (a JSON
+/// `{"code", "message"}` body), or the text of socket.io's connect error.
+#[derive(Debug, Clone, Copy)]
+pub struct Denied {
+    pub status: StatusCode,
+    pub code: &'static str,
+    /// What was refused and which setting says so.
+    pub message: &'static str,
+}
+
+impl IntoResponse for Denied {
+    fn into_response(self) -> Response {
+        refusal(self.status, self.code, self.message)
+    }
+}
+
 /// The checks before any WebSocket upgrade: origin, shutdown, connection limits.
 ///
 /// # Errors
-/// The refusal to send instead of upgrading.
+/// What to answer instead of upgrading.
 pub fn admit(
     app: &Host,
     remote: SocketAddr,
     headers: &HeaderMap,
     uri: &axum::http::Uri,
-) -> Result<Admitted, Box<Response>> {
+) -> Result<Admitted, Denied> {
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     let host = headers
         .get(header::HOST)
@@ -48,19 +64,19 @@ pub fn admit(
             warn!(%remote, ?origin, suppressed, "websocket origin refused");
         }
         app.metrics.refusals.inc(Refusal::Origin);
-        return Err(Box::new(refusal(
-            StatusCode::FORBIDDEN,
-            "origin_refused",
-            "this origin may not open the signaling socket (see signaling.allowed_origins)",
-        )));
+        return Err(Denied {
+            status: StatusCode::FORBIDDEN,
+            code: "origin_refused",
+            message: "this origin may not open the signaling socket (see signaling.allowed_origins)",
+        });
     }
     if app.shutdown.is_cancelled() {
         app.metrics.refusals.inc(Refusal::ShuttingDown);
-        return Err(Box::new(refusal(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            "the server is shutting down",
-        )));
+        return Err(Denied {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "shutting_down",
+            message: "the server is shutting down",
+        });
     }
     let guard = app.limiter.try_acquire(remote.ip()).map_err(|limit| {
         app.metrics.refusals.inc(match limit {
@@ -80,7 +96,11 @@ pub fn admit(
         if let Some(suppressed) = CONNECTION_REFUSED.allow(now_s()) {
             warn!(%remote, ?limit, suppressed, "websocket connection refused");
         }
-        Box::new(refusal(status, "too_many_connections", message))
+        Denied {
+            status,
+            code: "too_many_connections",
+            message,
+        }
     })?;
     let request_host = host
         .and_then(|h| h.parse::<axum::http::uri::Authority>().ok())

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use axum::Router;
 use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -244,7 +244,7 @@ async fn upgrade(
 ) -> Response {
     let admitted = match admit(&app, remote, &headers, &uri) {
         Ok(a) => a,
-        Err(refused) => return *refused,
+        Err(denied) => return denied.into_response(),
     };
     let tasks = app.tasks.clone();
     directory.stats.connections.inc();

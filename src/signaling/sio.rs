@@ -20,7 +20,7 @@ use std::time::Duration;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use socketioxide::SocketIo;
-use socketioxide::extract::{Data, SocketRef, State};
+use socketioxide::extract::{SocketRef, State, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::layer::SocketIoLayer;
 use socketioxide::socket::Sid;
@@ -40,7 +40,7 @@ use super::room::{JoinError, Joined, Rooms};
 use super::signal::Eviction;
 use super::stats::{Counts, DialectStats, Refusal};
 use crate::config::SignalingConfig;
-use crate::limiter::{ConnectionRefused, SourceRates, TokenBucket};
+use crate::limiter::{ConnectionLimiter, ConnectionRefused};
 use crate::model::{Scope, Space};
 use crate::sync::Locked;
 
@@ -207,7 +207,6 @@ impl SioRooms {
             .map_or(Ok(()), |p| p.gate.charge(cfg, std::time::Instant::now()))
     }
 
-    /// The socket's peer id and the host it used.
     /// The socket's peer id, the host its client used, and its client's address.
     fn peer(&self, sid: Sid) -> Option<(PeerId, String, IpAddr)> {
         self.peers()
@@ -245,8 +244,9 @@ impl Dialect for SioRooms {
         NAME
     }
 
-    /// socket.io's layer, around everything mounted before (it answers under `/socket.io/`
-    /// and passes every other request through).
+    /// socket.io's layer, around everything mounted before (it answers `/socket.io` and
+    /// under `/socket.io/`, and passes every other request through), inside the budget of
+    /// engine.io transports (`new_session`).
     fn mount(self: Arc<Self>, router: Router, app: &Arc<Host>) -> Router {
         let sessions = Arc::new(Sessions::new(app.live().signaling.source_prefix_v6));
         let host = Arc::clone(app);
@@ -297,96 +297,95 @@ impl Dialect for SioRooms {
     }
 }
 
-/// How long engine.io keeps a session that is not heard from: socketioxide's ping interval
-/// (25 s) plus its ping timeout (20 s).
-const SESSION_LIFETIME_S: u32 = 45;
-
-/// The sources whose session budgets are kept apart (`SourceRates`).
-const SESSION_SOURCE_SLOTS: usize = 4096;
-
-/// The budget of new engine.io sessions, per source and in total.
+/// The engine.io transports open at once, per source and in total: every session (opened by
+/// a polling handshake, or by a WebSocket without a `sid`) and every WebSocket that upgrades
+/// one. Each holds a slot until it ends: a session's is kept in its request's extensions,
+/// which engine.io keeps for the session's life (`SessionSlot`), an upgrade's in the upgrade
+/// request's, which lives as long as the WebSocket. A session holds about 13 KB until it
+/// ends, which is up to 45 s (socketioxide's ping interval and timeout) after its client was
+/// last heard from, even when the client closed it at once (one client opening sessions flat
+/// out held ~145 MB before there was a budget).
 ///
-/// An engine.io session (a polling handshake, or a WebSocket opened without one) holds
-/// about 13 KB until engine.io gives up on it, `SESSION_LIFETIME_S` after it was last
-/// heard from, even when the client closed it at once; and the connection slot is taken
-/// only at socket.io's namespace connect. So a source may open as many sessions at once as
-/// it may hold connections (`signaling.max_connections_per_ip`), and that many again per
-/// session lifetime; the server as many as `signaling.max_connections`, the same way. A
-/// source can then pin at most about twice its connection budget in sessions, whatever it
-/// does (one client opening and closing sessions flat out held ~145 MB before).
+/// The limits are twice `signaling.max_connections_per_ip` and `signaling.max_connections`:
+/// a socket.io client on WebSocket holds its polling session and the WebSocket that upgraded
+/// it, beside the namespace connection `admit` counts.
 #[derive(Debug)]
 struct Sessions {
-    per_source: SourceRates,
-    /// The server's budget and the burst it was made for.
-    total: Mutex<(u32, TokenBucket)>,
+    open: Arc<ConnectionLimiter>,
 }
 
-/// (tokens per second, burst) for `max` sessions per `SESSION_LIFETIME_S`.
-fn session_budget(max: usize) -> (u32, u32) {
-    let burst = u32::try_from(max).unwrap_or(u32::MAX).max(1);
-    (burst.div_ceil(SESSION_LIFETIME_S), burst)
+/// What an engine.io session's opening request carries, for the session's life.
+#[derive(Debug)]
+struct SessionSlot {
+    _slot: ConnectionGuard,
+    /// Whether a namespace connection was made on the session: one is, and a client that
+    /// disconnects and connects again on the same session (for a fresh message budget) is
+    /// refused.
+    connected: AtomicBool,
 }
 
 impl Sessions {
     fn new(v6_prefix: u8) -> Sessions {
         Sessions {
-            per_source: SourceRates::new(SESSION_SOURCE_SLOTS, 1, 1, v6_prefix),
-            total: Mutex::new((0, TokenBucket::new(0, 0, std::time::Instant::now()))),
+            open: Arc::new(ConnectionLimiter::with_v6_prefix(0, 0, v6_prefix)),
         }
     }
 
-    /// Takes a new session from `ip`'s budget and the server's, at the live limits.
+    /// Takes a slot for a new transport from `ip`, at the live limits.
     fn take(
         &self,
         ip: IpAddr,
         cfg: &SignalingConfig,
-        now: std::time::Instant,
-    ) -> Result<(), ConnectionRefused> {
-        let (rate, burst) = session_budget(cfg.max_connections_per_ip);
-        self.per_source.set_rate(rate, burst);
-        if !self.per_source.allow(ip, now) {
-            return Err(ConnectionRefused::PerIp);
-        }
-        let (rate, burst) = session_budget(cfg.max_connections);
-        let mut total = self.total.locked();
-        if total.0 != burst {
-            *total = (burst, TokenBucket::new(rate, burst, now));
-        }
-        if total.1.take(now) {
-            Ok(())
-        } else {
-            Err(ConnectionRefused::Total)
-        }
+    ) -> Result<ConnectionGuard, ConnectionRefused> {
+        self.open.set_limits(
+            cfg.max_connections.saturating_mul(2),
+            cfg.max_connections_per_ip.saturating_mul(2),
+        );
+        self.open.try_acquire(ip)
     }
 }
 
-/// Charges a request that opens an engine.io session (one under `/socket.io/` without a
-/// `sid`) to its client's session budget (`Sessions`); over it, the request is answered
-/// 429 (the source's budget) or 503 (the server's) with a JSON body, and counted.
+/// Whether a request opens an engine.io transport that `Sessions` budgets: one to socket.io's
+/// path (engine.io answers `/socket.io` as well as `/socket.io/…`) that opens a session (no
+/// `sid`) or a WebSocket. Polls of an open session are plain HTTP requests.
+fn opens_transport(uri: &axum::http::Uri) -> bool {
+    let path = uri.path();
+    let sio = path == "/socket.io" || path.starts_with("/socket.io/");
+    let mut sid = false;
+    let mut websocket = false;
+    for kv in uri.query().unwrap_or("").split('&') {
+        sid |= kv.starts_with("sid=");
+        websocket |= kv == "transport=websocket";
+    }
+    sio && (!sid || websocket)
+}
+
+/// Charges a request that opens an engine.io transport (`opens_transport`) to its client's
+/// budget (`Sessions`) and hands the slot to engine.io in the request's extensions; over the
+/// budget, the request is answered 429 (the source's) or 503 (the server's) with a JSON
+/// body, and counted.
 async fn new_session(
     sessions: Arc<Sessions>,
     app: Arc<Host>,
-    request: axum::extract::Request,
+    mut request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    let opens = request.uri().path().starts_with("/socket.io/")
-        && !request
-            .uri()
-            .query()
-            .is_some_and(|q| q.split('&').any(|kv| kv.starts_with("sid=")));
     let client = request
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0);
-    let (true, Some(client)) = (opens, client) else {
+    let (true, Some(client)) = (opens_transport(request.uri()), client) else {
         return next.run(request).await;
     };
-    let Err(limit) = sessions.take(
-        client.ip(),
-        &app.live().signaling,
-        std::time::Instant::now(),
-    ) else {
-        return next.run(request).await;
+    let limit = match sessions.take(client.ip(), &app.live().signaling) {
+        Ok(slot) => {
+            request.extensions_mut().insert(Arc::new(SessionSlot {
+                _slot: slot,
+                connected: AtomicBool::new(false),
+            }));
+            return next.run(request).await;
+        }
+        Err(limit) => limit,
     };
     app.metrics.refusals.inc(Refusal::SocketioSessions);
     if let Some(suppressed) = SESSION_REFUSED.allow(crate::throttle::now_s()) {
@@ -395,12 +394,12 @@ async fn new_session(
     let (status, message) = match limit {
         ConnectionRefused::PerIp => (
             axum::http::StatusCode::TOO_MANY_REQUESTS,
-            "too many new socket.io sessions from this address \
-             (signaling.max_connections_per_ip per 45 s)",
+            "too many open socket.io sessions from this address \
+             (twice signaling.max_connections_per_ip)",
         ),
         ConnectionRefused::Total => (
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "too many new socket.io sessions (signaling.max_connections per 45 s)",
+            "too many open socket.io sessions (twice signaling.max_connections)",
         ),
     };
     super::admit::refusal(status, "too_many_sessions", message)
@@ -418,6 +417,10 @@ fn layer(app: Arc<Host>, sio: Arc<SioRooms>) -> SocketIoLayer {
     // and no event parsed into a `Value` is larger than twice the limit.
     let max = app.live().signaling.max_message_bytes;
     let (layer, io) = SocketIo::builder()
+        // A session not connected to the namespace within this is closed (45 s by default),
+        // and until then it holds its slot of the session budget even when its client closed
+        // it. socket.io clients connect right after the handshake.
+        .connect_timeout(Duration::from_secs(10))
         .max_payload(2 * max as u64)
         .ws_max_message_size(2 * max)
         .ws_max_frame_size(2 * max)
@@ -462,8 +465,16 @@ async fn admit(s: SocketRef, State(app): App) -> Result<(), String> {
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0)
         .ok_or("no client address")?;
+    // One namespace connection per engine.io session: a client that left (or was put out for
+    // flooding) and connects again on the same session would start with a fresh budget.
+    if let Some(session) = parts.extensions.get::<Arc<SessionSlot>>()
+        && session.connected.swap(true, Ordering::AcqRel)
+    {
+        app.metrics.refusals.inc(Refusal::SocketioSessions);
+        return Err("connected once on this engine.io session already: open a new session".into());
+    }
     let admitted = super::admit::admit(&app, remote, &parts.headers, &parts.uri)
-        .map_err(|refused| format!("connection refused with HTTP status {}", refused.status()))?;
+        .map_err(|denied| format!("connection refused: {} ({})", denied.message, denied.code))?;
     let live = app.live();
     let s_cfg = &live.signaling;
     app.sio.stats.connections.inc();
@@ -507,6 +518,12 @@ fn register(s: &SocketRef) {
     s.on("webrtc_offer", webrtc_offer);
     s.on("webrtc_answer", webrtc_answer);
     s.on("webrtc_ice_candidate", webrtc_ice_candidate);
+    // Events of no tutorial are charged like any other, then dropped.
+    s.on_fallback(async |s: SocketRef, State(app): App| {
+        if gate(&app, &s).await {
+            debug!(sid = %s.id, "socket.io event of no tutorial, dropped");
+        }
+    });
     s.on_disconnect(async |s: SocketRef, State(app): App| {
         if let Some((room, peer)) = app.sio.disconnect(s.id) {
             info!(sid = %s.id, %room, "socket.io peer left");
@@ -604,6 +621,19 @@ async fn gate(app: &Ctx, s: &SocketRef) -> bool {
             false
         }
     }
+}
+
+/// An event's data as its handler takes it; when it is not (a room name that is not a string,
+/// an event with no argument), a `bad_request` error and `None`. Either way the event was
+/// charged to the socket's budget (`gate`) first.
+fn decoded<T>(
+    app: &Ctx,
+    s: &SocketRef,
+    data: Result<T, socketioxide::ParserError>,
+    expected: &str,
+) -> Option<T> {
+    data.map_err(|_| error(app, s, ErrorCode::BadRequest, expected.to_owned()))
+        .ok()
 }
 
 /// Refuses a message above `signaling.max_message_bytes`: an error, then a disconnect.
@@ -734,11 +764,19 @@ fn log(app: &Ctx, s: &SocketRef, line: String) {
     }
 }
 
-async fn create_or_join(s: SocketRef, Data(room): Data<String>, State(app): App) {
+async fn create_or_join(s: SocketRef, TryData(room): TryData<String>, State(app): App) {
     app.sio.stats.messages.inc(SioMessage::CreateOrJoin);
     if !gate(&app, &s).await {
         return;
     }
+    let Some(room) = decoded(
+        &app,
+        &s,
+        room,
+        r#""create or join" takes a room name (a string)"#,
+    ) else {
+        return;
+    };
     log(
         &app,
         &s,
@@ -767,11 +805,14 @@ async fn create_or_join(s: SocketRef, Data(room): Data<String>, State(app): App)
     }
 }
 
-async fn join_video_room(s: SocketRef, Data(room): Data<String>, State(app): App) {
+async fn join_video_room(s: SocketRef, TryData(room): TryData<String>, State(app): App) {
     app.sio.stats.messages.inc(SioMessage::Join);
     if !gate(&app, &s).await {
         return;
     }
+    let Some(room) = decoded(&app, &s, room, r#""join" takes a room name (a string)"#) else {
+        return;
+    };
     let welcome = |joined: &Joined| {
         let event = if joined.others.is_empty() {
             "room_created"
@@ -785,11 +826,14 @@ async fn join_video_room(s: SocketRef, Data(room): Data<String>, State(app): App
     }
 }
 
-async fn message(s: SocketRef, Data(FirstArg(msg)): Data<FirstArg>, State(app): App) {
+async fn message(s: SocketRef, TryData(msg): TryData<FirstArg>, State(app): App) {
     app.sio.stats.messages.inc(SioMessage::Message);
     if !gate(&app, &s).await {
         return;
     }
+    let Some(FirstArg(msg)) = decoded(&app, &s, msg, r#""message" takes an argument"#) else {
+        return;
+    };
     if too_large(&app, &s, &msg) {
         return;
     }
@@ -808,37 +852,61 @@ async fn ipaddr(s: SocketRef, State(app): App) {
     }
 }
 
-async fn start_call(s: SocketRef, Data(room): Data<String>, State(app): App) {
+async fn start_call(s: SocketRef, TryData(room): TryData<String>, State(app): App) {
     app.sio.stats.messages.inc(SioMessage::StartCall);
     if !gate(&app, &s).await {
         return;
     }
+    let Some(room) = decoded(
+        &app,
+        &s,
+        room,
+        r#""start_call" takes a room name (a string)"#,
+    ) else {
+        return;
+    };
     if let Some(peer) = sender(&app, &s, Some(&room)) {
         broadcast(&app, &peer, "start_call", &Value::Null);
     }
 }
 
-async fn webrtc_offer(s: SocketRef, Data(FirstArg(data)): Data<FirstArg>, State(app): App) {
+async fn webrtc_offer(s: SocketRef, TryData(data): TryData<FirstArg>, State(app): App) {
     app.sio.stats.messages.inc(SioMessage::WebrtcOffer);
     if !gate(&app, &s).await {
         return;
     }
+    let Some(FirstArg(data)) = decoded(&app, &s, data, r#""webrtc_offer" takes an argument"#)
+    else {
+        return;
+    };
     relay(&s, &app, "webrtc_offer", &data, Part::Sdp);
 }
 
-async fn webrtc_answer(s: SocketRef, Data(FirstArg(data)): Data<FirstArg>, State(app): App) {
+async fn webrtc_answer(s: SocketRef, TryData(data): TryData<FirstArg>, State(app): App) {
     app.sio.stats.messages.inc(SioMessage::WebrtcAnswer);
     if !gate(&app, &s).await {
         return;
     }
+    let Some(FirstArg(data)) = decoded(&app, &s, data, r#""webrtc_answer" takes an argument"#)
+    else {
+        return;
+    };
     relay(&s, &app, "webrtc_answer", &data, Part::Sdp);
 }
 
-async fn webrtc_ice_candidate(s: SocketRef, Data(FirstArg(data)): Data<FirstArg>, State(app): App) {
+async fn webrtc_ice_candidate(s: SocketRef, TryData(data): TryData<FirstArg>, State(app): App) {
     app.sio.stats.messages.inc(SioMessage::WebrtcIceCandidate);
     if !gate(&app, &s).await {
         return;
     }
+    let Some(FirstArg(data)) = decoded(
+        &app,
+        &s,
+        data,
+        r#""webrtc_ice_candidate" takes an argument"#,
+    ) else {
+        return;
+    };
     relay(&s, &app, "webrtc_ice_candidate", &data, Part::Whole);
 }
 

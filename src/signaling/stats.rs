@@ -20,7 +20,8 @@ crate::labels! {
         MaxRooms => "max_rooms",
         /// Refused plain-WebSocket logins on one socket (probing names).
         FailedLogins => "failed_logins",
-        /// New engine.io sessions over a source's or the server's budget (`sio`).
+        /// engine.io transports over a source's or the server's budget, and second namespace
+        /// connects on one session (`sio`).
         SocketioSessions => "socketio_sessions",
         /// HTTP connections, refused at accept, before TLS (`http::admission`).
         HttpMaxConnections => "https.max_connections",

@@ -12,7 +12,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -176,7 +176,7 @@ async fn upgrade(
 ) -> Response {
     let admitted = match admit(&app, remote, &headers, &uri) {
         Ok(a) => a,
-        Err(refused) => return *refused,
+        Err(denied) => return denied.into_response(),
     };
     let tasks = app.tasks.clone();
     native.stats.connections.inc();

@@ -209,6 +209,66 @@ async fn socketio_events_right_behind_the_connect_are_handled() {
     futures_util::future::join_all(sockets).await;
 }
 
+/// Every socket.io event is charged to the socket's message budget: an event of no tutorial,
+/// and one whose data is not what its handler takes (which gets a `bad_request` error).
+/// Before, socketioxide dropped both before any handler ran, and a client could send them
+/// flat out.
+#[tokio::test]
+async fn socketio_events_no_handler_takes_are_charged() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let server = TestServer::start("[signaling]\nmessages_per_second = 1\nmessage_burst = 3\n");
+    let url = server
+        .ws_url()
+        .replace("/ws", "/socket.io/?EIO=4&transport=websocket");
+    let mut c = server
+        .client_with(url.as_str().into_client_request().unwrap())
+        .await
+        .expect("socket.io websocket");
+    assert!(next_text(&mut c).await.starts_with('0'));
+    c.ws.send(Message::text("40")).await.unwrap();
+    while !next_text(&mut c).await.starts_with("40") {}
+    c.ws.send(Message::text(r#"42["create or join",42]"#))
+        .await
+        .unwrap();
+    let error = loop {
+        let frame = next_text(&mut c).await;
+        if frame != "2" {
+            break frame; // not engine.io's ping
+        }
+    };
+    assert!(
+        error.starts_with(r#"42["switchboard_error""#) && error.contains("bad_request"),
+        "{error}"
+    );
+    for _ in 0..10 {
+        c.ws.send(Message::text(r#"42["no such event",1]"#))
+            .await
+            .unwrap();
+    }
+    loop {
+        let frame = next_text(&mut c).await;
+        if frame.contains("rate_limited") {
+            break;
+        }
+        assert!(
+            !frame.starts_with("41"),
+            "disconnected before a rate_limited error"
+        );
+    }
+    assert!(
+        server
+            .metric(
+                "switchboard_signaling_errors_total",
+                &[("code", "rate_limited")]
+            )
+            .await
+            >= 1.0
+    );
+}
+
 /// The next text frame, skipping control frames; under a deadline.
 async fn next_text(c: &mut crate::harness::Client) -> String {
     use futures_util::StreamExt;
@@ -419,37 +479,28 @@ async fn a_socketio_session_closed_before_its_connect_frees_its_slot() {
     }
 }
 
-/// New engine.io sessions are budgeted per source: each holds memory until engine.io's
-/// heartbeat gives up on it (45 s), connected or not, and one client opening and closing
-/// them flat out used to pin ~145 MB. An address may open `max_connections_per_ip` at once
-/// (and as many again per 45 s); past that the handshake is refused with 429 and a code,
-/// and counted. Requests of an existing session (with a `sid`) are not charged.
+/// A source holds at most twice `signaling.max_connections_per_ip` engine.io sessions at
+/// once, whichever path spelling opens them (engine.io answers `/socket.io` too), and a
+/// session's slot comes back when it ends. Before, the budget was a rate: sessions a client
+/// left open outlived it, and `/socket.io` without the slash was not charged at all.
 #[tokio::test]
-async fn new_socketio_sessions_are_budgeted_per_source() {
+async fn socketio_sessions_are_budgeted_per_source_while_open() {
     let server = TestServer::start("[signaling]\nmax_connections_per_ip = 5\n");
-    let began = std::time::Instant::now();
+    let paths = [
+        "/socket.io/?EIO=4&transport=polling",
+        "/socket.io?EIO=4&transport=polling",
+    ];
     let mut opened = Vec::new();
-    let mut refused = 0;
-    for _ in 0..20 {
-        let (status, _, body) = server
-            .https_get("/socket.io/?EIO=4&transport=polling")
-            .await;
-        match status {
-            200 => opened.push(body),
-            429 => {
-                assert!(body.contains("\"too_many_sessions\""), "{body}");
-                refused += 1;
-            }
-            other => panic!("HTTP {other}: {body}"),
-        }
+    for i in 0..10 {
+        let (status, _, body) = server.https_get(paths[i % 2]).await;
+        assert_eq!(status, 200, "session {i}: {body}");
+        opened.push(sid_of(&body));
     }
-    // Five at once, and one more per 9 s (45 s / 5) while the loop ran.
-    let refilled = (began.elapsed().as_secs() / 9) as usize;
-    assert!(
-        opened.len() >= 5 && opened.len() <= 5 + refilled + 1,
-        "{} sessions opened, {refused} refused",
-        opened.len()
-    );
+    for path in paths {
+        let (status, _, body) = server.https_get(path).await;
+        assert_eq!(status, 429, "{path}: {body}");
+        assert!(body.contains("\"too_many_sessions\""), "{body}");
+    }
     assert_eq!(
         server
             .metric(
@@ -457,16 +508,104 @@ async fn new_socketio_sessions_are_budgeted_per_source() {
                 &[("limit", "socketio_sessions")]
             )
             .await,
-        f64::from(refused)
+        2.0
     );
     // A session already open is not charged again: its polls go through.
-    let open: serde_json::Value =
-        serde_json::from_str(opened[0].trim_start_matches('0')).expect("an open packet");
-    let sid = open["sid"].as_str().expect("a sid");
-    for body in ["40", "1"] {
-        let response = sio_post(&server, sid, body).await;
+    let response = sio_post(&server, &opened[0], "40").await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    // A session that ends gives its slot back (engine.io lets go of it in a task of its own).
+    let response = sio_post(&server, &opened[0], "1").await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (status, _, body) = server.https_get(paths[0]).await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 429, "{body}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the closed session's slot never came back"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+/// A WebSocket that upgrades a polling session holds a slot of the session budget for its
+/// life: before, any number of them could wait out the upgrade timeout on one session, each
+/// an open connection no limit counted once the HTTP upgrade was done.
+#[tokio::test]
+async fn socketio_upgrades_are_budgeted_like_sessions() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let server = TestServer::start("[signaling]\nmax_connections_per_ip = 3\n");
+    let (status, _, body) = server
+        .https_get("/socket.io/?EIO=4&transport=polling")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let sid = sid_of(&body);
+    let url = format!(
+        "wss://{}/socket.io/?EIO=4&transport=websocket&sid={sid}",
+        server.https
+    );
+    // Six slots: the session's, and five upgrades that never finish.
+    let mut upgrades = Vec::new();
+    for i in 0..5 {
+        let upgrade = server
+            .client_with(url.as_str().into_client_request().unwrap())
+            .await;
+        upgrades.push(upgrade.unwrap_or_else(|e| panic!("upgrade {i}: {e}")));
+    }
+    match server
+        .client_with(url.as_str().into_client_request().unwrap())
+        .await
+    {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 429);
+        }
+        Err(other) => panic!("refused otherwise: {other}"),
+        Ok(_) => panic!("a sixth engine.io transport from one source was accepted"),
+    }
+}
+
+/// A client connects to the namespace once per engine.io session: one that disconnects
+/// (`41`) and connects again (`40`) on the same session, as one put out for flooding could,
+/// for a fresh message budget, gets a connect error.
+#[tokio::test]
+async fn a_socketio_session_connects_once() {
+    let server = TestServer::start("");
+    let (status, _, body) = server
+        .https_get("/socket.io/?EIO=4&transport=polling")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let sid = sid_of(&body);
+    let poll = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+    let response = sio_post(&server, &sid, "40").await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let (status, _, body) = server.https_get(&poll).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.split('\x1e').any(|p| p.starts_with("40{")),
+        "connected: {body}"
+    );
+    for packet in ["41", "40"] {
+        let response = sio_post(&server, &sid, packet).await;
         assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     }
+    let (status, _, body) = server.https_get(&poll).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.split('\x1e')
+            .any(|p| p.starts_with("44{") && p.contains("connected once")),
+        "a second connect on the session: {body}"
+    );
+}
+
+/// The `sid` of an engine.io open packet (`0{"sid":…}`).
+fn sid_of(open: &str) -> String {
+    let open: serde_json::Value =
+        serde_json::from_str(open.trim_start_matches('0')).expect("an open packet");
+    open["sid"].as_str().expect("a sid").to_owned()
 }
 
 /// A long-polling POST of `body` to engine.io session `sid`, on a connection of its own:

@@ -1357,11 +1357,12 @@ fn refused_with(response: &Response) -> String {
 }
 
 /// Whether the attacker's address can still open a socket.io connection (`Err`: why not).
-/// A new session is refused while the address's session budget refills (one per
-/// `max_connections_per_ip` / 45 s): it is tried again for up to 10 s.
+/// A new session is refused while the address holds its whole session budget (twice
+/// `max_connections_per_ip`), and a session its client left holds its slot until engine.io's
+/// heartbeat gives up on it (45 s): it is tried again for up to 50 s.
 async fn sio_probe(ctx: &Ctx) -> std::result::Result<(), String> {
     let t = Duration::from_secs(5);
-    let retry_until = Instant::now() + Duration::from_secs(10);
+    let retry_until = Instant::now() + Duration::from_secs(50);
     let mut ws = loop {
         match ctx.attack_ws(ctx.args.attack_source, SIO_WS).await {
             Ok(Ok(ws)) => break ws,
