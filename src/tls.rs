@@ -76,12 +76,7 @@ impl ResolvesServerCert for CertStore {
         if acme {
             // Only the CA's validation offers acme-tls/1; it gets the challenge or nothing.
             let name = hello.server_name()?.to_ascii_lowercase();
-            return self
-                .challenges
-                .lock()
-                .expect("challenges")
-                .get(&name)
-                .cloned();
+            return self.challenges.locked().get(&name).cloned();
         }
         Some(self.current.load_full())
     }
@@ -196,8 +191,7 @@ impl TlsMaterial {
     pub fn add_challenge(&self, name: &str, challenge: &Loaded) {
         self.store
             .challenges
-            .lock()
-            .expect("challenges")
+            .locked()
             .insert(name.to_ascii_lowercase(), Arc::clone(&challenge.certified));
     }
 

@@ -9,6 +9,8 @@ use std::marker::PhantomData;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::sync::Locked;
+
 /// A closed set of label values.
 pub trait Label: Copy + 'static {
     /// Every value, in index order.
@@ -99,19 +101,11 @@ pub struct ByName(Mutex<BTreeMap<&'static str, u64>>);
 
 impl ByName {
     pub fn inc(&self, name: &'static str) {
-        *self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry(name)
-            .or_default() += 1;
+        *self.0.locked().entry(name).or_default() += 1;
     }
 
     pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
-        let map = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let map = self.0.locked();
         map.iter().map(|(k, v)| (*k, *v)).collect()
     }
 }

@@ -981,11 +981,7 @@ impl<B: RelayBinder> Core<B> {
                 Err((code, why)) => return error(code, why),
             }
         }
-        let installed = a
-            .state
-            .lock()
-            .expect("allocation")
-            .permit_all(now, &granted);
+        let installed = a.state.locked().permit_all(now, &granted);
         if installed.is_err() {
             // RFC 8656 section 9.2: permissions that cannot all be installed get 508.
             self.stats
@@ -1022,11 +1018,7 @@ impl<B: RelayBinder> Core<B> {
             Ok(reach) => reach,
             Err((code, why)) => return error(code, why),
         };
-        let bound = a
-            .state
-            .lock()
-            .expect("allocation")
-            .bind_channel(now, number.0, *peer, reach);
+        let bound = a.state.locked().bind_channel(now, number.0, *peer, reach);
         if let Err(e) = bound {
             debug!(number = format!("{:#06x}", number.0), %peer, error = ?e, "channel bind refused");
             return match e {
@@ -1112,12 +1104,7 @@ impl<B: RelayBinder> Core<B> {
         if peer.is_ipv4() != relayed.is_ipv4() {
             return Err((443, "peer family mismatch"));
         }
-        let is_relay = self
-            .table
-            .read()
-            .expect("table")
-            .by_relay
-            .contains_key(&peer);
+        let is_relay = self.table.reading().by_relay.contains_key(&peer);
         self.policy.load().check(peer, is_relay).map_err(|refused| {
             self.stats.policy_refusals.inc(refused.class);
             info!(%peer, class = refused.class, "peer address refused by policy");
@@ -1127,22 +1114,12 @@ impl<B: RelayBinder> Core<B> {
 
     /// The allocation of `tuple`.
     pub fn get(&self, tuple: &FiveTuple) -> Option<Arc<Allocation<B::Relay>>> {
-        self.table
-            .read()
-            .expect("table")
-            .by_tuple
-            .get(tuple)
-            .cloned()
+        self.table.reading().by_tuple.get(tuple).cloned()
     }
 
     /// The live allocation whose relayed address is `addr` (for relay-to-relay).
     pub fn by_relayed(&self, addr: &SocketAddr) -> Option<Arc<Allocation<B::Relay>>> {
-        self.table
-            .read()
-            .expect("table")
-            .by_relay
-            .get(addr)
-            .cloned()
+        self.table.reading().by_relay.get(addr).cloned()
     }
 
     /// Removes the allocation of `tuple`.
@@ -1231,14 +1208,7 @@ impl<B: RelayBinder> Core<B> {
 
     /// Removes every allocation, for shutdown.
     pub fn close_all(&self) {
-        let tuples: Vec<FiveTuple> = self
-            .table
-            .read()
-            .expect("table")
-            .by_tuple
-            .keys()
-            .copied()
-            .collect();
+        let tuples: Vec<FiveTuple> = self.table.reading().by_tuple.keys().copied().collect();
         for t in tuples {
             self.close(&t, CloseReason::Shutdown);
         }

@@ -122,11 +122,7 @@ pub fn channel_data<R: Relay>(
     let Some(allocation) = allocation else {
         return Route::Drop(Dropped::NoAllocation.count(stats));
     };
-    let peer = allocation
-        .state
-        .lock()
-        .expect("allocation")
-        .channel_peer(now, number);
+    let peer = allocation.state.locked().channel_peer(now, number);
     let Some(peer) = peer else {
         return Route::Drop(Dropped::NoChannel.count(stats));
     };

@@ -281,10 +281,7 @@ impl TurnServer {
                     self.next_connection.fetch_add(1, Ordering::Relaxed),
                 );
                 let closed = self.shutdown.child_token();
-                self.unallocated
-                    .lock()
-                    .expect("unallocated")
-                    .insert(key, closed.clone());
+                self.unallocated.locked().insert(key, closed.clone());
                 Some(Admitted {
                     _slot: slot,
                     closed,
@@ -513,11 +510,16 @@ impl TurnServer {
         let sink = ClientSink::Stream(outbox);
         let core = Arc::clone(&self.core);
         let writer_closed = closed.clone();
+        // The connection's slot goes back once neither half holds the socket: the reader
+        // hands it over when it is done, and the writer, which may still be draining its
+        // queue (the answer to a release) for up to its deadline, drops it when it ends.
+        let (slot_tx, slot_rx) = tokio::sync::oneshot::channel::<Admitted>();
         self.tasks.spawn(async move {
             if writer.run(writer_closed).await == WriterEnd::Stalled {
                 core.stats.stream_closes.inc(StreamClose::WriteStalled);
                 debug!(client = %tuple.client, "TURN client does not read, closing");
             }
+            drop(slot_rx.await);
         });
         let mut frames = Frames::new(read);
         let allocate_by = tokio::time::Instant::now() + self.allocate_timeout;
@@ -601,7 +603,8 @@ impl TurnServer {
             _ => closed.cancel(),
         }
         self.core.close(&tuple, CloseReason::TransportClosed);
-        drop(admitted);
+        drop(frames);
+        let _ = slot_tx.send(admitted);
     }
 
     /// Handles one stream frame at `buf[frame]` (with HEADROOM free bytes before it).
@@ -734,10 +737,7 @@ pub struct Admitted {
 impl Admitted {
     /// The connection has an allocation: no longer one eviction may close.
     fn allocated(&mut self) {
-        self.unallocated
-            .lock()
-            .expect("unallocated")
-            .remove(&self.key);
+        self.unallocated.locked().remove(&self.key);
     }
 }
 

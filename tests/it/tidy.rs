@@ -401,7 +401,11 @@ fn no_lock_panics_on_poison() {
         .filter(|f| module_of(f).is_some())
         .filter(|f| {
             let text = read(f);
-            let code = without_unit_tests(&text);
+            // Without whitespace: rustfmt puts a long chain's calls on lines of their own.
+            let code: String = without_unit_tests(&text)
+                .chars()
+                .filter(|c| !c.is_whitespace())
+                .collect();
             panics.iter().any(|p| code.contains(p))
         })
         .map(|f| f.display().to_string())

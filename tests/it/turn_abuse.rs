@@ -484,3 +484,53 @@ async fn a_stalled_tls_handshake_makes_room_at_the_limit() {
         1.0
     );
 }
+
+/// A TCP connection's slot under `max_connections_per_source` is held until the server has
+/// let go of the socket: after a release, the writer may still be draining its queue to a
+/// client that does not read, for up to its write deadline, and until then the connection
+/// still counts. Before, the slot went back as soon as the allocation did, and a source
+/// could hold more sockets than its limit.
+#[tokio::test]
+async fn a_released_connection_counts_until_its_writer_lets_go() {
+    let server = TestServer::start(&turn_config("max_connections_per_source = 1"));
+    let (stalled, stalled_relay) = tcp_client(&server, "stalled").await;
+    let (feeder, feeder_relay) = udp_client(&server, "feeder").await;
+    stalled.permit(feeder_relay).await.unwrap();
+    feeder.bind_channel(0x4000, stalled_relay).await.unwrap();
+    // Fill every buffer between the server and the client, which never reads.
+    let payload = [0xAB; 1000];
+    let t0 = Instant::now();
+    while server
+        .metric("switchboard_turn_stream_queue_drops_total", &[])
+        .await
+        == 0.0
+    {
+        assert!(
+            t0.elapsed() < DEADLINE,
+            "the stalled client never fell behind"
+        );
+        for _ in 0..200 {
+            feeder.send_channel(0x4000, &payload).await.unwrap();
+        }
+    }
+    stalled.release_without_reading().await.unwrap();
+    let t0 = Instant::now();
+    while server.metric("switchboard_turn_allocations", &[]).await > 1.0 {
+        assert!(t0.elapsed() < DEADLINE, "the release was not taken");
+        tokio::task::yield_now().await;
+    }
+    // The writer still holds the socket: no second connection from this source.
+    let mut second = connect_from([127, 0, 0, 1], server.listener("turn_tcp")).await;
+    closed_by_server(&mut second, "a connection beside a writer still draining").await;
+    // At the write deadline the writer lets go, and the slot comes back.
+    let t0 = Instant::now();
+    loop {
+        let mut next = connect_from([127, 0, 0, 1], server.listener("turn_tcp")).await;
+        if binding(&mut next).await {
+            break;
+        }
+        assert!(t0.elapsed() < DEADLINE, "the slot never came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(stalled);
+}
