@@ -236,7 +236,7 @@ pub async fn run(
             listener,
             crate::admin::router(Arc::clone(&app), public),
             // Not capped: a flood of the public listeners must not lock the operator out.
-            http::admission::Admission::new(None, Arc::clone(&app.host)),
+            http::admission::Admission::operator(Arc::clone(&app.host)),
             shutdown.clone(),
             tasks.clone(),
         ));

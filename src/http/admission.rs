@@ -35,6 +35,9 @@ pub struct Admission {
     /// `None`: not capped (the admin listener, so that a flood of the public listeners
     /// cannot lock the operator out).
     limiter: Option<Arc<ConnectionLimiter>>,
+    /// Whether `https.trusted_proxies` apply (not on the admin listener, which the operator
+    /// reaches directly: a local `curl` must not be taken for a proxy owing a PROXY header).
+    proxied: bool,
     host: Arc<Host>,
 }
 
@@ -66,7 +69,20 @@ impl Admission {
     /// Connections counted in `limiter` (`None`: not capped), with the deadlines of the
     /// live `[https]` settings.
     pub fn new(limiter: Option<Arc<ConnectionLimiter>>, host: Arc<Host>) -> Admission {
-        Admission { limiter, host }
+        Admission {
+            limiter,
+            proxied: true,
+            host,
+        }
+    }
+
+    /// The admin listener's: not capped, and no client is a proxy.
+    pub fn operator(host: Arc<Host>) -> Admission {
+        Admission {
+            limiter: None,
+            proxied: false,
+            host,
+        }
     }
 
     /// Lets a just-accepted connection from `remote` in, or refuses it (counted, and
@@ -74,7 +90,7 @@ impl Admission {
     pub fn admit(&self, remote: SocketAddr) -> Option<Admitted> {
         let live = self.host.live();
         let proxies = Some(&live.proxies)
-            .filter(|p| p.trusts(remote.ip()))
+            .filter(|p| self.proxied && p.trusts(remote.ip()))
             .map(Arc::clone);
         let acquired = |limiter: &Arc<ConnectionLimiter>| match proxies {
             // Many clients in one connection: only the total applies here.

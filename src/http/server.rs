@@ -370,7 +370,12 @@ async fn read_proxy_header(tcp: &mut TcpStream) -> Result<Option<SocketAddr>, &'
         header.extend_from_slice(&peeked[..n]);
         match forwarded::proxy_header(&header)? {
             ProxyHeader::Complete(len, client) => {
-                let mut rest = vec![0; len - start];
+                // What of the header is still on the socket (the bytes before `start` were
+                // read off it already, as a prefix that was all header).
+                let unread = len
+                    .checked_sub(start)
+                    .ok_or("a PROXY header shorter than its prefix")?;
+                let mut rest = vec![0; unread];
                 tcp.read_exact(&mut rest).await.map_err(|_| "read failed")?;
                 return Ok(client);
             }

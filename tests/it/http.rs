@@ -275,7 +275,8 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
 }
 
 /// Behind a proxy that sends the PROXY protocol, the header names the client (v1 text,
-/// here), before TLS; a trusted proxy's connection without one is dropped.
+/// here), before TLS; a trusted proxy's connection without one is dropped, except on the
+/// admin listener.
 #[tokio::test]
 async fn a_proxy_protocol_header_names_the_client() {
     let server = TestServer::start(
@@ -314,4 +315,10 @@ async fn a_proxy_protocol_header_names_the_client() {
         plain.is_err(),
         "a trusted proxy's connection without a header was served"
     );
+    // The admin listener is the operator's, reached directly: no PROXY header is asked of
+    // a local client there, though its address is a trusted proxy's (`metric` asserts an
+    // answer).
+    server
+        .metric("switchboard_signaling_refusals_total", &[])
+        .await;
 }
