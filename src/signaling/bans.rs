@@ -29,7 +29,7 @@ impl KeptOut {
             ),
             KeptOut::Kicked(secs) => (
                 ErrorCode::Kicked,
-                format!("the operator removed you from this room; you may join again in {secs} s"),
+                format!("the operator removed you; you may come back in {secs} s"),
             ),
         }
     }

@@ -269,7 +269,7 @@ async fn a_kicked_peer_is_kept_out_of_its_room_for_a_while() {
     back.send(json!({"type": "join", "room": "kick"})).await;
     let (code, message) = back.recv_error().await;
     assert_eq!(code, "kicked");
-    assert!(message.contains("join again in"), "{message}");
+    assert!(message.contains("come back in"), "{message}");
     assert!(matches!(
         back.join("elsewhere", None).await,
         ServerMsg::Welcome { .. }
