@@ -345,19 +345,23 @@ impl Sessions {
     }
 }
 
-/// Whether a request opens an engine.io transport that `Sessions` budgets: one to socket.io's
-/// path (engine.io answers `/socket.io` as well as `/socket.io/…`) that opens a session (no
-/// `sid`) or a WebSocket. Polls of an open session are plain HTTP requests.
+/// Whether a request opens an engine.io transport that `Sessions` budgets: every request to
+/// socket.io's path (engine.io answers `/socket.io` as well as `/socket.io/…`) but a poll of
+/// an open session. The query is read as engine.io reads it (the first `sid=` and the first
+/// `transport=`, whose value ends at the next `=`), so that no spelling it takes for a
+/// WebSocket goes uncounted.
 fn opens_transport(uri: &axum::http::Uri) -> bool {
     let path = uri.path();
-    let sio = path == "/socket.io" || path.starts_with("/socket.io/");
-    let mut sid = false;
-    let mut websocket = false;
-    for kv in uri.query().unwrap_or("").split('&') {
-        sid |= kv.starts_with("sid=");
-        websocket |= kv == "transport=websocket";
+    if path != "/socket.io" && !path.starts_with("/socket.io/") {
+        return false;
     }
-    sio && (!sid || websocket)
+    let query = uri.query().unwrap_or("");
+    let sid = query.split('&').any(|kv| kv.starts_with("sid="));
+    let transport = query
+        .split('&')
+        .find(|kv| kv.starts_with("transport="))
+        .and_then(|kv| kv.split('=').nth(1));
+    !(sid && transport == Some("polling"))
 }
 
 /// Charges a request that opens an engine.io transport (`opens_transport`) to its client's
@@ -467,14 +471,17 @@ async fn admit(s: SocketRef, State(app): App) -> Result<(), String> {
         .ok_or("no client address")?;
     // One namespace connection per engine.io session: a client that left (or was put out for
     // flooding) and connects again on the same session would start with a fresh budget.
-    if let Some(session) = parts.extensions.get::<Arc<SessionSlot>>()
-        && session.connected.swap(true, Ordering::AcqRel)
-    {
-        app.metrics.refusals.inc(Refusal::SocketioSessions);
+    // (socketioxide itself drops a second connect while the first is connected.)
+    let session = parts.extensions.get::<Arc<SessionSlot>>();
+    if session.is_some_and(|s| s.connected.load(Ordering::Acquire)) {
+        app.metrics.refusals.inc(Refusal::SocketioSecondConnect);
         return Err("connected once on this engine.io session already: open a new session".into());
     }
     let admitted = super::admit::admit(&app, remote, &parts.headers, &parts.uri)
         .map_err(|denied| format!("connection refused: {} ({})", denied.message, denied.code))?;
+    if let Some(session) = session {
+        session.connected.store(true, Ordering::Release);
+    }
     let live = app.live();
     let s_cfg = &live.signaling;
     app.sio.stats.connections.inc();

@@ -20,9 +20,10 @@ crate::labels! {
         MaxRooms => "max_rooms",
         /// Refused plain-WebSocket logins on one socket (probing names).
         FailedLogins => "failed_logins",
-        /// engine.io transports over a source's or the server's budget, and second namespace
-        /// connects on one session (`sio`).
+        /// engine.io transports over a source's or the server's budget (`sio`).
         SocketioSessions => "socketio_sessions",
+        /// A second namespace connect on one engine.io session (`sio`).
+        SocketioSecondConnect => "socketio_second_connect",
         /// HTTP connections, refused at accept, before TLS (`http::admission`).
         HttpMaxConnections => "https.max_connections",
         HttpMaxConnectionsPerSource => "https.max_connections_per_source",
