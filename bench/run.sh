@@ -6,10 +6,11 @@
 #   bench/run.sh --smoke    seconds, small N: keeps the script and tools from rotting
 #   REPEATS=3 bench/run.sh  alternate A/B three times (the machine is noisy)
 #   ONLY=turn|sig           only the TURN or only the signaling scenarios
+#   FIXED=only ONLY=turn    only the fixed-rate TURN scenarios (CPU per packet; ~6 min)
 #
 # Every server runs pinned to core $SERVER_CORE and every generator to $GEN_CORE
 # (taskset), started by this script on loopback and stopped by PID when it ends.
-# Results: bench/results/<date>/*.jsonl, report.md and turn.svg (bench-report).
+# Results: bench/results/<date>/*.jsonl, report.md, turn.svg and turn-cpu.svg (bench-report).
 # Needs: coturn (its turnserver binary; the Debian package does not start it), node/npm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,13 +29,18 @@ if [ $SMOKE = 1 ]; then
     STEP=1; DRAIN=0.3; ALLOCS=20; SETUP_ALLOCS=200
     RELAY_RATES=2000,5000; ECHO_RATES=2000,5000; TCP_RATES=2000
     PAIRS=50; BIG_PAIRS=100; SIG_RATE=500; SIG_SECS=1
+    FIXED_RATES=2000; FIXED_ALLOCS="20 100"
 else
     STEP=8; DRAIN=1; ALLOCS=100; SETUP_ALLOCS=5000
     RELAY_RATES=40000,60000,70000,80000,90000,100000,120000,140000,160000,180000,200000,220000
     ECHO_RATES=40000,60000,80000,100000,120000,140000,160000,180000,200000
     TCP_RATES=20000,40000,60000,80000,100000,120000
     PAIRS=5000; BIG_PAIRS=9500; SIG_RATE=20000; SIG_SECS=8
+    FIXED_RATES=10000,20000,40000; FIXED_ALLOCS="100 1000"
 fi
+# FIXED=0 leaves out the fixed-rate scenarios (CPU per packet at moderate load);
+# FIXED=only runs nothing else of TURN.
+FIXED=${FIXED:-1}
 
 mkdir -p "$OUT"
 NPROC=$(nproc)
@@ -142,6 +148,21 @@ for rep in $(seq 1 "$REPEATS"); do
     if [ $((rep % 2)) = 1 ]; then order="switchboard coturn"; else order="coturn switchboard"; fi
     [ "$ONLY" = sig ] && order=
     for server in $order; do
+        # Fixed offered loads, far below saturation: what a packet costs the server's core
+        # (softirq included) when nothing batches by itself (turn-fixed-*).
+        if [ "$FIXED" != 0 ]; then
+            for n in $FIXED_ALLOCS; do
+                for mode in relay echo; do
+                    if [ $server = switchboard ]; then start_switchboard; port=3478; else start_coturn; port=3479; fi
+                    turn_load "turn-fixed-$mode-$n" $server $port --mode $mode --allocations "$n" --rates "$FIXED_RATES"
+                    cleanup
+                done
+            done
+            if [ $server = switchboard ]; then start_switchboard; port=3478; else start_coturn; port=3479; fi
+            turn_load "turn-fixed-relay-tcp-$ALLOCS" $server $port --tcp --mode relay --allocations $ALLOCS --rates 20000
+            cleanup
+            [ "$FIXED" = only ] && continue
+        fi
         for mode in relay echo; do
             rates=$RELAY_RATES; [ $mode = echo ] && rates=$ECHO_RATES
             if [ $server = switchboard ]; then start_switchboard; port=3478; else start_coturn; port=3479; fi
@@ -156,7 +177,7 @@ for rep in $(seq 1 "$REPEATS"); do
         turn_load turn-setup $server $port --setup-only --allocations $SETUP_ALLOCS --sources $SOURCES
         cleanup
     done
-    if [ "$ONLY" != sig ]; then
+    if [ "$ONLY" != sig ] && [ "$FIXED" != only ]; then
         start_forwarder
         turn_load turn-relay forwarder 3480 --forwarder --allocations $ALLOCS --rates "$RELAY_RATES"
         cleanup
@@ -182,7 +203,7 @@ done
 check=()
 [ $SMOKE = 1 ] && check=(--check)
 "$BIN/bench-report" "${check[@]}" "$OUT" > /dev/null
-echo "bench: report in $OUT/report.md, plot in $OUT/turn.svg" >&2
+echo "bench: report in $OUT/report.md, plots in $OUT/turn.svg and $OUT/turn-cpu.svg" >&2
 if [ ${#FAILED[@]} -gt 0 ]; then
     printf 'bench: failed: %s\n' "${FAILED[@]}" | tee "$OUT/FAILED.txt" >&2
     exit 1

@@ -48,9 +48,13 @@ fn main() -> Result<()> {
     }
     let mut md = String::new();
     let mut plots = Vec::new();
+    let mut cpu_plots = Vec::new();
     for (scenario, values) in &lines {
         if scenario.starts_with("turn-setup") {
             setup_table(&mut md, scenario, values);
+        } else if scenario.starts_with("turn-fixed") {
+            fixed_table(&mut md, scenario, values);
+            cpu_plots.push((scenario.clone(), values.clone()));
         } else if scenario.starts_with("turn-") {
             sweep_table(&mut md, scenario, values);
             plots.push((scenario.clone(), values.clone()));
@@ -63,6 +67,9 @@ fn main() -> Result<()> {
     }
     std::fs::write(args.dir.join("report.md"), &md)?;
     std::fs::write(args.dir.join("turn.svg"), svg(&plots))?;
+    if !cpu_plots.is_empty() {
+        std::fs::write(args.dir.join("turn-cpu.svg"), cpu_svg(&cpu_plots))?;
+    }
     print!("{md}");
     Ok(())
 }
@@ -83,6 +90,10 @@ fn check(lines: &BTreeMap<String, Vec<Value>>) -> Result<()> {
             "no results for {w}"
         );
     }
+    anyhow::ensure!(
+        lines.keys().any(|k| k.starts_with("turn-fixed-")),
+        "no results for the fixed-rate scenarios (turn-fixed-*)"
+    );
     for (scenario, values) in lines {
         for v in values {
             let what = format!("{scenario} {}: {v}", label(v));
@@ -290,18 +301,231 @@ fn signaling_table(md: &mut String, scenario: &str, values: &[Value]) {
     }
 }
 
+/// Per label and offered rate (packets/s), the server core's µs per relayed packet of
+/// every run at that rate, in run order.
+fn cpu_by_rate(values: &[Value]) -> BTreeMap<String, BTreeMap<u64, Vec<f64>>> {
+    let mut by: BTreeMap<String, BTreeMap<u64, Vec<f64>>> = BTreeMap::new();
+    for (l, ss) in steps(values) {
+        for s in ss {
+            let cpu = f(s, "server_core_us_per_packet");
+            if f(s, "offered_pps") > 0.0 && cpu.is_finite() {
+                by.entry(l.clone())
+                    .or_default()
+                    .entry(f(s, "offered_pps") as u64)
+                    .or_default()
+                    .push(cpu);
+            }
+        }
+    }
+    by
+}
+
+/// The median (the lower middle for an even count).
+fn median(xs: &[f64]) -> Option<f64> {
+    let mut xs = xs.to_vec();
+    xs.sort_by(f64::total_cmp);
+    (!xs.is_empty()).then(|| xs[(xs.len() - 1) / 2])
+}
+
+/// A fixed-rate scenario: per offered rate, each server's core µs per relayed packet
+/// (median of the runs, and every run) and the ratio of the medians.
+fn fixed_table(md: &mut String, scenario: &str, values: &[Value]) {
+    let by = cpu_by_rate(values);
+    let _ = writeln!(md, "\n### {scenario}: server core µs per relayed packet\n");
+    let _ = writeln!(
+        md,
+        "| offered pkt/s | switchboard (runs) | coturn (runs) | switchboard / coturn |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|");
+    let rates: std::collections::BTreeSet<u64> =
+        by.values().flat_map(|r| r.keys().copied()).collect();
+    let cell = |l: &str, rate: u64| {
+        let runs = by
+            .get(l)
+            .and_then(|r| r.get(&rate))
+            .cloned()
+            .unwrap_or_default();
+        let text = match median(&runs) {
+            Some(m) => format!(
+                "{m:.2} ({})",
+                runs.iter()
+                    .map(|x| format!("{x:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            None => "-".into(),
+        };
+        (median(&runs), text)
+    };
+    for rate in rates {
+        let (a, a_text) = cell("switchboard", rate);
+        let (b, b_text) = cell("coturn", rate);
+        // A run too short for the clock's ticks (10 ms) can show no CPU at all.
+        let ratio = a
+            .zip(b)
+            .filter(|&(_, b)| b > 0.0)
+            .map_or("-".into(), |(a, b)| format!("**{:.2}×**", a / b));
+        let _ = writeln!(md, "| {rate} | {a_text} | {b_text} | {ratio} |");
+    }
+}
+
+/// The frame of one plot panel: its corners in SVG coordinates and the largest values on
+/// its axes. x is offered packets/s, ticked in thousands.
+struct Panel {
+    x0: f64,
+    x1: f64,
+    y0: f64,
+    y1: f64,
+    xmax: f64,
+    ymax: f64,
+}
+
+const PANEL_W: f64 = 640.0;
+const PANEL_M: f64 = 60.0;
+
+impl Panel {
+    fn new(top: f64, h: f64, xmax: f64, ymax: f64) -> Panel {
+        Panel {
+            x0: PANEL_M,
+            x1: PANEL_W - PANEL_M,
+            y0: top + h - 40.0,
+            y1: top + 30.0,
+            xmax,
+            ymax,
+        }
+    }
+
+    fn px(&self, x: f64) -> f64 {
+        self.x0 + (self.x1 - self.x0) * x / self.xmax
+    }
+
+    fn py(&self, y: f64) -> f64 {
+        self.y0 - (self.y0 - self.y1) * y / self.ymax
+    }
+
+    /// The title, the axes (and a right one when `right`), and x ticks with `y_tick(i)`
+    /// (0-4) written beside each.
+    fn frame(&self, out: &mut String, title: &str, right: bool, y_tick: impl Fn(usize) -> String) {
+        let (x0, x1, y0, y1) = (self.x0, self.x1, self.y0, self.y1);
+        let _ = writeln!(
+            out,
+            "<text x='{x0}' y='{}' font-size='13'>{title}</text>",
+            y1 - 12.0
+        );
+        let _ = writeln!(
+            out,
+            "<line x1='{x0}' y1='{y0}' x2='{x1}' y2='{y0}' stroke='black'/><line x1='{x0}' y1='{y0}' x2='{x0}' y2='{y1}' stroke='black'/>"
+        );
+        if right {
+            let _ = writeln!(
+                out,
+                "<line x1='{x1}' y1='{y0}' x2='{x1}' y2='{y1}' stroke='gray'/>"
+            );
+        }
+        for i in 0..=4 {
+            let fx = self.xmax * i as f64 / 4.0;
+            let _ = writeln!(
+                out,
+                "<text x='{:.1}' y='{:.1}' text-anchor='middle'>{:.0}k</text>{}",
+                self.px(fx),
+                y0 + 14.0,
+                fx / 1000.0,
+                y_tick(i)
+            );
+        }
+    }
+
+    /// The `k`th line of the legend.
+    fn legend(&self, out: &mut String, k: usize, color: &str, label: &str) {
+        let _ = writeln!(
+            out,
+            "<text x='{:.1}' y='{:.1}' fill='{color}'>{label}</text>",
+            self.x0 + 10.0,
+            self.y1 + 14.0 * (k as f64 + 1.0)
+        );
+    }
+}
+
+/// A white SVG canvas for `panels` panels of height `h`.
+fn svg_canvas(panels: usize, h: f64) -> String {
+    let total_h = h * panels.max(1) as f64;
+    format!(
+        "<svg xmlns='http://www.w3.org/2000/svg' width='{PANEL_W}' height='{total_h}' font-family='sans-serif' font-size='11'>\n<rect width='100%' height='100%' fill='white'/>\n"
+    )
+}
+
+/// The same server keeps its colour in every panel and plot.
+fn server_color(label: &str, k: usize) -> &'static str {
+    const OTHERS: [&str; 4] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
+    match label {
+        "switchboard" => "#d62728",
+        "coturn" => "#1f77b4",
+        "forwarder" => "#7f7f7f",
+        _ => OTHERS[k % OTHERS.len()],
+    }
+}
+
+/// One panel per fixed-rate scenario: each server's core µs per relayed packet (median of
+/// the runs) against offered packets/s, every run as a dot.
+fn cpu_svg(plots: &[(String, Vec<Value>)]) -> String {
+    const H: f64 = 260.0;
+    let mut out = svg_canvas(plots.len(), H);
+    for (p, (scenario, values)) in plots.iter().enumerate() {
+        let by = cpu_by_rate(values);
+        let points = by.values().flat_map(|r| r.iter());
+        let xmax = points.clone().map(|(x, _)| *x as f64).fold(1.0, f64::max);
+        let ymax = points
+            .flat_map(|(_, ys)| ys.iter().copied())
+            .fold(1.0, f64::max);
+        let panel = Panel::new(p as f64 * H, H, xmax, ymax);
+        panel.frame(
+            &mut out,
+            &format!("{scenario}: server core µs per relayed packet against offered packets/s"),
+            false,
+            |i| {
+                let fy = ymax * i as f64 / 4.0;
+                format!(
+                    "<text x='{:.1}' y='{:.1}' text-anchor='end'>{fy:.1}</text>",
+                    panel.x0 - 4.0,
+                    panel.py(fy) + 4.0
+                )
+            },
+        );
+        for (k, (l, rates)) in by.iter().enumerate() {
+            let color = server_color(l, k);
+            let line: Vec<String> = rates
+                .iter()
+                .filter_map(|(x, ys)| {
+                    median(ys).map(|m| format!("{:.1},{:.1}", panel.px(*x as f64), panel.py(m)))
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "<polyline fill='none' stroke='{color}' stroke-width='2' points='{}'/>",
+                line.join(" ")
+            );
+            for (x, ys) in rates {
+                for y in ys {
+                    let _ = writeln!(
+                        out,
+                        "<circle cx='{:.1}' cy='{:.1}' r='2' fill='{color}'/>",
+                        panel.px(*x as f64),
+                        panel.py(*y)
+                    );
+                }
+            }
+            panel.legend(&mut out, k, color, l);
+        }
+    }
+    out.push_str("</svg>\n");
+    out
+}
+
 /// One panel per TURN sweep: relayed packets/s (solid) and loss % (dashed, right axis).
 fn svg(plots: &[(String, Vec<Value>)]) -> String {
-    const W: f64 = 640.0;
     const H: f64 = 300.0;
-    const M: f64 = 60.0;
-    let colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
-    let total_h = H * plots.len().max(1) as f64;
-    let mut out = format!(
-        "<svg xmlns='http://www.w3.org/2000/svg' width='{W}' height='{total_h}' font-family='sans-serif' font-size='11'>\n<rect width='100%' height='100%' fill='white'/>\n"
-    );
+    let mut out = svg_canvas(plots.len(), H);
     for (p, (scenario, values)) in plots.iter().enumerate() {
-        let top = p as f64 * H;
         let by = steps(values);
         let all: Vec<&&Value> = by
             .values()
@@ -314,45 +538,27 @@ fn svg(plots: &[(String, Vec<Value>)]) -> String {
             .map(|s| f(s, "relayed_pps").max(f(s, "offered_pps")))
             .fold(1.0, f64::max);
         let lmax = all.iter().map(|s| f(s, "loss") * 100.0).fold(1.0, f64::max);
-        let (x0, x1, y0, y1) = (M, W - M, top + H - 40.0, top + 30.0);
-        let px = |x: f64| x0 + (x1 - x0) * x / xmax;
-        let py = |y: f64| y0 - (y0 - y1) * y / ymax;
-        let pl = |l: f64| y0 - (y0 - y1) * l / lmax;
-        let _ = writeln!(
-            out,
-            "<text x='{}' y='{}' font-size='13'>{scenario}: relayed packets/s (solid, left) and loss % (dashed, right) against offered packets/s</text>",
-            M,
-            top + 18.0
+        let panel = Panel::new(p as f64 * H, H, xmax, ymax);
+        let pl = |l: f64| panel.y0 - (panel.y0 - panel.y1) * l / lmax;
+        panel.frame(
+            &mut out,
+            &format!("{scenario}: relayed packets/s (solid, left) and loss % (dashed, right) against offered packets/s"),
+            true,
+            |i| {
+                let fy = ymax * i as f64 / 4.0;
+                let fl = lmax * i as f64 / 4.0;
+                format!(
+                    "<text x='{:.1}' y='{:.1}' text-anchor='end'>{:.0}k</text><text x='{:.1}' y='{:.1}'>{fl:.1}%</text>",
+                    panel.x0 - 4.0,
+                    panel.py(fy) + 4.0,
+                    fy / 1000.0,
+                    panel.x1 + 4.0,
+                    pl(fl) + 4.0
+                )
+            },
         );
-        let _ = writeln!(
-            out,
-            "<line x1='{x0}' y1='{y0}' x2='{x1}' y2='{y0}' stroke='black'/><line x1='{x0}' y1='{y0}' x2='{x0}' y2='{y1}' stroke='black'/><line x1='{x1}' y1='{y0}' x2='{x1}' y2='{y1}' stroke='gray'/>"
-        );
-        for i in 0..=4 {
-            let fx = xmax * f64::from(i) / 4.0;
-            let fy = ymax * f64::from(i) / 4.0;
-            let fl = lmax * f64::from(i) / 4.0;
-            let _ = writeln!(
-                out,
-                "<text x='{:.1}' y='{:.1}' text-anchor='middle'>{:.0}k</text><text x='{:.1}' y='{:.1}' text-anchor='end'>{:.0}k</text><text x='{:.1}' y='{:.1}'>{fl:.1}%</text>",
-                px(fx),
-                y0 + 14.0,
-                fx / 1000.0,
-                x0 - 4.0,
-                py(fy) + 4.0,
-                fy / 1000.0,
-                x1 + 4.0,
-                pl(fl) + 4.0
-            );
-        }
         for (k, (l, ss)) in by.iter().enumerate() {
-            // The same server keeps its colour in every panel.
-            let color = match l.as_str() {
-                "switchboard" => "#d62728",
-                "coturn" => "#1f77b4",
-                "forwarder" => "#7f7f7f",
-                _ => colors[k % colors.len()],
-            };
+            let color = server_color(l, k);
             // One line per sweep (repeat), so that repeats do not join up.
             for sweep in sweeps(ss) {
                 let pts: Vec<&Value> = sweep
@@ -371,20 +577,15 @@ fn svg(plots: &[(String, Vec<Value>)]) -> String {
                 let _ = writeln!(
                     out,
                     "<polyline fill='none' stroke='{color}' stroke-width='2' points='{}'/>",
-                    line(&|s| (px(f(s, "offered_pps")), py(f(s, "relayed_pps"))))
+                    line(&|s| (panel.px(f(s, "offered_pps")), panel.py(f(s, "relayed_pps"))))
                 );
                 let _ = writeln!(
                     out,
                     "<polyline fill='none' stroke='{color}' stroke-dasharray='4 3' points='{}'/>",
-                    line(&|s| (px(f(s, "offered_pps")), pl(f(s, "loss") * 100.0)))
+                    line(&|s| (panel.px(f(s, "offered_pps")), pl(f(s, "loss") * 100.0)))
                 );
             }
-            let _ = writeln!(
-                out,
-                "<text x='{:.1}' y='{:.1}' fill='{color}'>{l}</text>",
-                x0 + 10.0,
-                y1 + 14.0 * (k as f64 + 1.0)
-            );
+            panel.legend(&mut out, k, color, l);
         }
     }
     out.push_str("</svg>\n");
