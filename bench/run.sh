@@ -154,7 +154,7 @@ for rep in $(seq 1 "$REPEATS"); do
             for n in $FIXED_ALLOCS; do
                 for mode in relay echo; do
                     if [ $server = switchboard ]; then start_switchboard; port=3478; else start_coturn; port=3479; fi
-                    turn_load "turn-fixed-$mode-$n" $server $port --mode $mode --allocations "$n" --rates "$FIXED_RATES"
+                    turn_load "turn-fixed-$mode-$n" $server $port --mode $mode --allocations "$n" --rates "$FIXED_RATES" --sources $SOURCES
                     cleanup
                 done
             done
