@@ -217,19 +217,9 @@ async fn socketio_events_right_behind_the_connect_are_handled() {
 async fn socketio_events_no_handler_takes_are_charged() {
     use futures_util::SinkExt;
     use tokio_tungstenite::tungstenite::Message;
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
     let server = TestServer::start("[signaling]\nmessages_per_second = 1\nmessage_burst = 3\n");
-    let url = server
-        .ws_url()
-        .replace("/ws", "/socket.io/?EIO=4&transport=websocket");
-    let mut c = server
-        .client_with(url.as_str().into_client_request().unwrap())
-        .await
-        .expect("socket.io websocket");
-    assert!(next_text(&mut c).await.starts_with('0'));
-    c.ws.send(Message::text("40")).await.unwrap();
-    while !next_text(&mut c).await.starts_with("40") {}
+    let mut c = sio_raw(&server, None).await;
     c.ws.send(Message::text(r#"42["create or join",42]"#))
         .await
         .unwrap();

@@ -32,6 +32,16 @@ async fn tcp_client(server: &TestServer, user: &str) -> (Client, SocketAddr) {
     (client, relayed)
 }
 
+/// A TCP client that will not read, and a UDP client whose channel 0x4000 sends to it
+/// relay to relay.
+async fn stalled_and_feeder(server: &TestServer) -> (Client, Client) {
+    let (stalled, stalled_relay) = tcp_client(server, "stalled").await;
+    let (feeder, feeder_relay) = udp_client(server, "feeder").await;
+    stalled.permit(feeder_relay).await.unwrap();
+    feeder.bind_channel(0x4000, stalled_relay).await.unwrap();
+    (stalled, feeder)
+}
+
 /// Waits until the server closes `tcp` (EOF or reset), whatever it sent before.
 async fn closed_by_server(tcp: &mut TcpStream, what: &str) {
     let mut buf = [0u8; 4096];
@@ -50,10 +60,7 @@ async fn closed_by_server(tcp: &mut TcpStream, what: &str) {
 #[tokio::test]
 async fn a_tcp_client_that_does_not_read_does_not_stall_the_udp_listener() {
     let server = TestServer::start(&turn_config(""));
-    let (stalled, stalled_relay) = tcp_client(&server, "stalled").await;
-    let (feeder, feeder_relay) = udp_client(&server, "feeder").await;
-    stalled.permit(feeder_relay).await.unwrap();
-    feeder.bind_channel(0x4000, stalled_relay).await.unwrap();
+    let (stalled, feeder) = stalled_and_feeder(&server).await;
     // The unrelated pair: a UDP client and a peer socket.
     let (bystander, _) = udp_client(&server, "bystander").await;
     let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -493,10 +500,7 @@ async fn a_stalled_tls_handshake_makes_room_at_the_limit() {
 #[tokio::test]
 async fn a_released_connection_counts_until_its_writer_lets_go() {
     let server = TestServer::start(&turn_config("max_connections_per_source = 1"));
-    let (stalled, stalled_relay) = tcp_client(&server, "stalled").await;
-    let (feeder, feeder_relay) = udp_client(&server, "feeder").await;
-    stalled.permit(feeder_relay).await.unwrap();
-    feeder.bind_channel(0x4000, stalled_relay).await.unwrap();
+    let (stalled, feeder) = stalled_and_feeder(&server).await;
     // Fill every buffer between the server and the client, which never reads.
     let payload = [0xAB; 1000];
     let t0 = Instant::now();

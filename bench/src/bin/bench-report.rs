@@ -345,7 +345,8 @@ fn fixed_table(md: &mut String, scenario: &str, values: &[Value]) {
             .and_then(|r| r.get(&rate))
             .cloned()
             .unwrap_or_default();
-        let text = match median(&runs) {
+        let m = median(&runs);
+        let text = match m {
             Some(m) => format!(
                 "{m:.2} ({})",
                 runs.iter()
@@ -355,7 +356,7 @@ fn fixed_table(md: &mut String, scenario: &str, values: &[Value]) {
             ),
             None => "-".into(),
         };
-        (median(&runs), text)
+        (m, text)
     };
     for rate in rates {
         let (a, a_text) = cell("switchboard", rate);
