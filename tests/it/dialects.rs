@@ -594,6 +594,45 @@ async fn a_socketio_session_connects_once() {
     );
 }
 
+/// A connect that `admit` refuses for a passing reason (here the address's connection limit)
+/// does not use up the session's one connect: once the limit has room, a connect on the same
+/// session is let in.
+#[tokio::test]
+async fn a_refused_socketio_connect_can_be_tried_again_on_its_session() {
+    let server = TestServer::start("[signaling]\nmax_connections_per_ip = 1\n");
+    // A `/ws` socket holds the address's one connection slot.
+    let holder = server.client().await;
+    let (status, _, body) = server
+        .https_get("/socket.io/?EIO=4&transport=polling")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let sid = sid_of(&body);
+    let poll = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+    let connect = || async {
+        let response = sio_post(&server, &sid, "40").await;
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        let (status, _, body) = server.https_get(&poll).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    let refused = connect().await;
+    assert!(
+        refused.contains("44{") && refused.contains("too_many_connections"),
+        "{refused}"
+    );
+    drop(holder);
+    // The slot comes back once the server has closed the `/ws` socket.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let body = connect().await;
+        if body.split('\x1e').any(|p| p.starts_with("40{")) {
+            break;
+        }
+        assert!(body.contains("too_many_connections"), "{body}");
+        assert!(std::time::Instant::now() < deadline, "never let in: {body}");
+    }
+}
+
 /// The `sid` of an engine.io open packet (`0{"sid":…}`).
 fn sid_of(open: &str) -> String {
     let open: serde_json::Value =
