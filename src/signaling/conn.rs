@@ -9,8 +9,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::Utf8Bytes;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -18,7 +16,7 @@ use super::direct::{Batch, Direct};
 use super::frame::{CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY, CLOSE_UNSUPPORTED};
 use super::frame::{Incoming, OP_PING, OP_PONG, OP_TEXT};
 use super::host::Host;
-use super::outbox::{OUTBOX_CAPACITY, Outbox};
+use super::outbox::{Outbox, Queue};
 use super::signal::Eviction;
 use super::signal::{Registration, Signal, Woken};
 use super::socket::{ReadError, Socket};
@@ -63,7 +61,7 @@ pub struct Conn {
     app: Arc<Host>,
     reader: super::socket::Reader,
     direct: Arc<Direct>,
-    rx: mpsc::Receiver<Utf8Bytes>,
+    queue: Arc<Queue>,
     /// Flush requests, eviction and shutdown; the socket stays registered while `Conn` lives.
     registration: Registration,
 }
@@ -74,7 +72,7 @@ impl Conn {
         // The transport limit: the message limit is checked on the text, for a coded error.
         let max = app.live().signaling.max_message_bytes * 2;
         let (reader, writer) = socket.split(max);
-        let (tx, rx) = mpsc::channel(OUTBOX_CAPACITY);
+        let queue = Arc::<Queue>::default();
         let registration = app.signals.register();
         let budget = (4 * app.live().signaling.max_message_bytes).max(OUTBOX_MIN_BYTES);
         let direct = Arc::new(Direct::new(
@@ -83,7 +81,7 @@ impl Conn {
             budget,
         ));
         let outbox = Outbox {
-            tx,
+            queue: Arc::clone(&queue),
             signal: Arc::clone(&registration.signal),
             direct: Some(Arc::clone(&direct)),
         };
@@ -91,7 +89,7 @@ impl Conn {
             app: Arc::clone(app),
             reader,
             direct,
-            rx,
+            queue,
             registration,
         };
         (conn, outbox)
@@ -102,7 +100,8 @@ impl Conn {
         let close = self.run(dialect).await;
         dialect.finish();
         if let Some((code, reason)) = close {
-            let _ = finish(self.direct.close(Some(code), reason)).await;
+            // Boxed, as every wait but the loop's own (see `run`).
+            let _ = Box::pin(finish(self.direct.close(Some(code), reason))).await;
             info!(code, reason, "disconnected");
         } else {
             info!("disconnected");
@@ -110,17 +109,22 @@ impl Conn {
     }
 
     async fn run(&mut self, dialect: &mut impl Handler) -> Option<(u16, &'static str)> {
-        let cfg = self.app.live().signaling.clone();
+        // The waits that are not the loop's own (a write that must wait for the client, a
+        // reply) are boxed: this future is kept by every connection for its whole life, and
+        // the largest wait sets its size (1.3 KiB unboxed, more than half of it for them).
+        let (ping_interval, idle_timeout) = {
+            let cfg = &self.app.live().signaling;
+            (cfg.ping_interval(), cfg.idle_timeout())
+        };
         let mut last_seen = Instant::now();
         // One timer for the keepalive and the dialect's deadline, armed for the earlier:
         // every branch is polled on every wake-up, so each timer costs on every message.
-        let mut next_ping = Instant::now() + cfg.ping_interval();
+        let mut next_ping = Instant::now() + ping_interval;
         let mut due = dialect.next_deadline();
         // A message begun and never finished pins its bytes; the pings in between keep the
         // client alive, not the message: it must end within `idle_timeout_s` of its start.
-        let unfinished = |reader: &super::socket::Reader| {
-            reader.message_started().map(|t| t + cfg.idle_timeout())
-        };
+        let unfinished =
+            |reader: &super::socket::Reader| reader.message_started().map(|t| t + idle_timeout);
         let wake_at = |deadlines: [Option<Instant>; 2], next_ping: Instant| {
             deadlines
                 .into_iter()
@@ -142,18 +146,20 @@ impl Conn {
                     if let Woken::Close(why) = woken {
                         return Some(evicted_close(app, why));
                     }
-                    let flushed = unless_closed(signal, finish(direct.flush())).await;
+                    // What senders left in the writer goes first: they wrote directly only
+                    // while nothing was queued.
+                    let flushed = Box::pin(unless_closed(signal, finish(direct.flush()))).await;
                     if let Err(close) = stopped(app, flushed) {
                         return close;
                     }
-                    continue;
-                }
-                Some(frame) = self.rx.recv() => {
-                    let sent = unless_closed(signal, finish(direct.send(OP_TEXT, frame.as_bytes()))).await;
-                    // The frame is started (or the socket is closing): senders may write past it.
-                    direct.unqueue_one(frame.len());
-                    if let Err(close) = stopped(app, sent) {
-                        return close;
+                    while let Some(frame) = self.queue.pop() {
+                        let send = finish(direct.send(OP_TEXT, frame.as_bytes()));
+                        let sent = Box::pin(unless_closed(signal, send)).await;
+                        // The frame is started (or the socket is closing): senders may write past it.
+                        direct.unqueue_one(frame.len());
+                        if let Err(close) = stopped(app, sent) {
+                            return close;
+                        }
                     }
                     continue;
                 }
@@ -200,7 +206,7 @@ impl Conn {
                         };
                         if !matches!(reply, Reply::None) {
                             batch.flush();
-                            if let Err(close) = answer(direct, reply).await {
+                            if let Err(close) = Box::pin(answer(direct, reply)).await {
                                 return close;
                             }
                         }
@@ -215,7 +221,7 @@ impl Conn {
                     }
                     batch.flush();
                     if let Some(data) = pong
-                        && write(direct, OP_PONG, &data).await.is_err()
+                        && Box::pin(write(direct, OP_PONG, &data)).await.is_err()
                     {
                         return None;
                     }
@@ -228,14 +234,14 @@ impl Conn {
                         return Some((CLOSE_POLICY, "message not finished in time"));
                     }
                     if now >= next_ping {
-                        next_ping = now + cfg.ping_interval();
+                        next_ping = now + ping_interval;
                         let silent = now.saturating_duration_since(last_seen);
-                        if silent > cfg.idle_timeout() {
+                        if silent > idle_timeout {
                             warn!(idle_s = silent.as_secs(), "dropping unresponsive client");
                             return None;
                         }
-                        if ping_due(silent, cfg.ping_interval(), cfg.idle_timeout())
-                            && write(direct, OP_PING, &[]).await.is_err()
+                        if ping_due(silent, ping_interval, idle_timeout)
+                            && Box::pin(write(direct, OP_PING, &[])).await.is_err()
                         {
                             return None;
                         }
@@ -247,7 +253,9 @@ impl Conn {
                     }
                 }
             };
-            if let Err(close) = answer(direct, reply).await {
+            if !matches!(reply, Reply::None)
+                && let Err(close) = Box::pin(answer(direct, reply)).await
+            {
                 return close;
             }
             due = dialect.next_deadline();
@@ -383,6 +391,8 @@ fn ping_due(silent: Duration, interval: Duration, idle: Duration) -> bool {
 mod tests {
     use std::time::Duration;
 
+    use axum::extract::ws::Utf8Bytes;
+
     use futures_util::StreamExt;
     use tokio::net::{TcpListener, TcpStream};
     use tokio_tungstenite::WebSocketStream;
@@ -392,6 +402,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::signaling::host::Live;
+    use crate::signaling::outbox::OUTBOX_CAPACITY;
 
     /// A dialect that answers nothing and never times out.
     struct Quiet;
@@ -458,6 +469,17 @@ mod tests {
             .expect("a frame in time")
             .expect("open")
             .expect("a frame")
+    }
+
+    /// Every connection keeps its loop's future for its whole life: the waits that are
+    /// not the loop's own are boxed, and no copy of the settings is kept (1.6 KiB before).
+    #[tokio::test]
+    async fn a_served_socket_s_future_stays_small() {
+        let app = host("");
+        let ((conn, _outbox), _client) = socket_pair(&app).await;
+        let mut quiet = Quiet;
+        let serving = std::mem::size_of_val(&conn.serve(&mut quiet));
+        assert!(serving <= 1024, "Conn::serve's future is {serving} bytes");
     }
 
     #[tokio::test]
@@ -549,7 +571,7 @@ mod tests {
     async fn a_slow_readers_outbox_holds_a_bounded_number_of_bytes() {
         let app = host("");
         let (conn, _client) = socket_pair(&app).await;
-        let (mut conn, outbox) = conn;
+        let (conn, outbox) = conn;
         let big: Utf8Bytes = "y".repeat(60_000).into();
         let mut delivered = 0;
         while !outbox.signal.is_closed() {
@@ -559,7 +581,7 @@ mod tests {
         }
         assert_eq!(outbox.signal.reason(), Some(Eviction::Overflow));
         let mut queued = 0;
-        while let Ok(frame) = conn.rx.try_recv() {
+        while let Some(frame) = conn.queue.pop() {
             queued += frame.len();
         }
         assert!(queued > 0, "nothing queued: the socket took it all?");

@@ -74,7 +74,6 @@ impl Dialects {
 
 #[cfg(test)]
 mod tests {
-    use tokio::sync::mpsc;
 
     use super::*;
     use crate::signaling::legacy::Directory;
@@ -98,7 +97,7 @@ mod tests {
 
     fn outbox() -> Outbox {
         Outbox {
-            tx: mpsc::channel(8).0,
+            queue: Arc::default(),
             signal: Arc::default(),
             direct: None,
         }

@@ -513,8 +513,13 @@ async fn run(
         client,
     } = admitted;
     info!("connected");
-    let cfg = app.live().signaling.clone();
     let (conn, outbox) = Conn::new(&app, socket);
+    // Scoped: nothing of the settings stays in this future, which lives as long as the socket.
+    let (gate, login_due) = {
+        let cfg = &app.live().signaling;
+        let gate = Gate::new(cfg, std::time::Instant::now());
+        (gate, Instant::now() + cfg.join_timeout())
+    };
     let mut session = Session {
         app: Arc::clone(&app),
         directory,
@@ -524,8 +529,8 @@ async fn run(
         outbox: Arc::new(outbox),
         name: None,
         partner: None,
-        gate: Gate::new(&cfg, std::time::Instant::now()),
-        login_due: Instant::now() + cfg.join_timeout(),
+        gate,
+        login_due,
         failed_logins: 0,
     };
     conn.serve(&mut session).await;
@@ -596,18 +601,17 @@ impl Handler for Session {
 
 #[cfg(test)]
 mod tests {
-    use tokio::sync::mpsc;
-
+    use super::super::outbox::Queue;
     use super::*;
 
-    fn outbox() -> (Arc<Outbox>, mpsc::Receiver<axum::extract::ws::Utf8Bytes>) {
-        let (tx, rx) = mpsc::channel(8);
+    fn outbox() -> (Arc<Outbox>, Arc<Queue>) {
+        let queue = Arc::<Queue>::default();
         let outbox = Outbox {
-            tx,
+            queue: Arc::clone(&queue),
             signal: Arc::default(),
             direct: None,
         };
-        (Arc::new(outbox), rx)
+        (Arc::new(outbox), queue)
     }
 
     fn login(
@@ -629,7 +633,7 @@ mod tests {
         let directory = Directory::default();
         let (first, second, bob) = (PeerId::random(), PeerId::random(), PeerId::random());
         let (kicked, _) = outbox();
-        let (to_bob, mut bob_got) = outbox();
+        let (to_bob, bob_got) = outbox();
         let partner = login(&directory, "alice", &first, &kicked).unwrap();
         login(&directory, "bob", &bob, &to_bob).unwrap();
         assert!(
@@ -639,7 +643,7 @@ mod tests {
         // alice called bob (what a session records as it sends the offer).
         let offer = r#"{"type":"offer"}"#.to_owned();
         directory.send(&first, "bob", Kind::Offer, offer).unwrap();
-        assert!(bob_got.try_recv().is_ok());
+        assert!(bob_got.pop().is_some());
         *partner.lock().unwrap() = Some("bob".to_owned());
 
         assert_eq!(
@@ -650,13 +654,13 @@ mod tests {
             ))
         );
         assert!(kicked.signal.is_closed());
-        assert_eq!(bob_got.try_recv().unwrap().as_str(), LEAVE);
+        assert_eq!(bob_got.pop().unwrap().as_str(), LEAVE);
         // The name is free at once, and someone else takes it...
         let (other, _) = outbox();
         login(&directory, "alice", &second, &other).unwrap();
         // ...which the kicked session's own logout, when its task ends, leaves alone.
         directory.logout(&first);
-        assert!(bob_got.try_recv().is_err(), "bob was told once");
+        assert!(bob_got.pop().is_none(), "bob was told once");
         assert!(directory.is_member(&Scope::whole(SPACE), &second));
         assert_eq!(directory.peers()[0].1.id, second);
         directory.logout(&second);
@@ -669,14 +673,14 @@ mod tests {
         let directory = Directory::default();
         let (alice, bob) = (PeerId::random(), PeerId::random());
         let (to_alice, _) = outbox();
-        let (to_bob, mut bob_got) = outbox();
+        let (to_bob, bob_got) = outbox();
         login(&directory, "alice", &alice, &to_alice).unwrap();
         login(&directory, "bob", &bob, &to_bob).unwrap();
         let frame = r#"{"type":"offer","offer":{"sdp" : 1},"name":"alice"}"#;
         directory
             .send(&alice, "bob", Kind::Offer, frame.to_owned())
             .unwrap();
-        assert_eq!(bob_got.try_recv().unwrap().as_str(), frame);
+        assert_eq!(bob_got.pop().unwrap().as_str(), frame);
         assert_eq!(
             directory.send(&alice, "carol", Kind::Offer, frame.to_owned()),
             Err(NotSent::Unknown)
@@ -690,8 +694,8 @@ mod tests {
     fn only_the_user_offered_to_can_answer_and_only_the_two_exchange_candidates() {
         let directory = Directory::default();
         let (alice, bob, mallory) = (PeerId::random(), PeerId::random(), PeerId::random());
-        let (to_alice, mut alice_got) = outbox();
-        let (to_bob, mut bob_got) = outbox();
+        let (to_alice, alice_got) = outbox();
+        let (to_bob, bob_got) = outbox();
         let (to_mallory, _) = outbox();
         login(&directory, "alice", &alice, &to_alice).unwrap();
         login(&directory, "bob", &bob, &to_bob).unwrap();
@@ -702,10 +706,10 @@ mod tests {
         assert_eq!(send(&mallory, "alice", Kind::Answer), Err(NotSent::NoCall));
         assert_eq!(send(&mallory, "bob", Kind::Candidate), Err(NotSent::NoCall));
         assert_eq!(send(&alice, "bob", Kind::Offer), Ok(()));
-        assert!(bob_got.try_recv().is_ok());
+        assert!(bob_got.pop().is_some());
         assert_eq!(send(&mallory, "alice", Kind::Answer), Err(NotSent::NoCall));
         assert_eq!(send(&mallory, "alice", Kind::Leave), Err(NotSent::NoCall));
-        assert!(alice_got.try_recv().is_err(), "mallory reached alice");
+        assert!(alice_got.pop().is_none(), "mallory reached alice");
         assert_eq!(send(&alice, "bob", Kind::Candidate), Ok(()));
         assert_eq!(send(&bob, "alice", Kind::Answer), Ok(()));
         assert_eq!(send(&bob, "alice", Kind::Candidate), Ok(()));

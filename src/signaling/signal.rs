@@ -1,5 +1,6 @@
-//! What wakes a socket task from outside, besides its outbox: a write that a sender
-//! started and the owner must finish (`flush`), an eviction, the server's shutdown.
+//! What wakes a socket task from outside: work on its write side (a write that a sender
+//! started and the owner must finish, or frames in its outbox's queue: `flush`), an
+//! eviction, the server's shutdown.
 //!
 //! One atomic word and one waker per socket. The task polls it on every wake-up, so it
 //! must cost no lock: a `Notify` and a `CancellationToken` each lock a mutex per poll,
@@ -40,14 +41,14 @@ pub struct Signal {
 /// Why `Signal::poll` woke.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Woken {
-    /// Finish the write a sender started.
+    /// Finish the write a sender started, then write the queued frames.
     Flush,
     /// Close the socket: evicted for this reason, or (`None`) the server is shutting down.
     Close(Option<Eviction>),
 }
 
 impl Signal {
-    /// Asks the owner task to flush its socket.
+    /// Asks the owner task to flush its socket and write what its outbox queued.
     pub fn flush(&self) {
         self.state.fetch_or(FLUSH, Ordering::AcqRel);
         self.waker.wake();

@@ -216,8 +216,13 @@ async fn run(
         client,
     } = admitted;
     info!("connected");
-    let cfg = app.live().signaling.clone();
     let (conn, outbox) = Conn::new(&app, socket);
+    // Scoped: nothing of the settings stays in this future, which lives as long as the socket.
+    let (gate, due) = {
+        let cfg = &app.live().signaling;
+        let gate = Gate::new(cfg, std::time::Instant::now());
+        (gate, Instant::now() + cfg.join_timeout())
+    };
     let mut session = Session {
         app: Arc::clone(&app),
         native,
@@ -226,8 +231,8 @@ async fn run(
         client,
         outbox,
         room: None,
-        gate: Gate::new(&cfg, std::time::Instant::now()),
-        due: Instant::now() + cfg.join_timeout(),
+        gate,
+        due,
     };
     conn.serve(&mut session).await;
 }
