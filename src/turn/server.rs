@@ -478,6 +478,7 @@ impl TurnServer {
             // The handshake's task ends when it is done, so its state is not kept for the
             // life of the connection.
             self.tasks.spawn(async move {
+                let tcp = super::stream::record_buffer(tcp);
                 let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
                 let done = tokio::select! {
                     () = admitted.closed.cancelled() => return,

@@ -79,7 +79,8 @@ pub struct Writer<W> {
     shared: Arc<Shared>,
     write: W,
     /// Write each frame on its own (TLS: one record per frame, which some clients,
-    /// coturn's among them, expect), or a run of frames in one write (TCP).
+    /// coturn's among them, expect; `record_buffer` gathers the records of a run into
+    /// one system call), or a run of frames in one write (TCP).
     per_frame: bool,
 }
 
@@ -92,6 +93,17 @@ pub enum WriterEnd {
     Stalled,
     /// The stream failed (reset, broken pipe).
     Failed,
+}
+
+/// Room for the TLS records of one run of frames, below the TLS layer.
+pub const RECORDS_BUFFER: usize = 4 * 1024;
+
+/// The transport a TURN-over-TLS connection is served on: it holds what the TLS layer
+/// writes until the writer flushes after a run (or `RECORDS_BUFFER` fills). Each frame
+/// still gets a record of its own (coturn's client takes one frame per record read), but
+/// the records of a run leave in one system call instead of one each.
+pub fn record_buffer<S: AsyncWrite>(transport: S) -> tokio::io::BufWriter<S> {
+    tokio::io::BufWriter::with_capacity(RECORDS_BUFFER, transport)
 }
 
 /// An outbox and the writer that drains it into `write`.
@@ -616,5 +628,127 @@ mod tests {
         let mut w = Writes(Vec::new());
         write_run(&mut w, &run, false).await.unwrap();
         assert_eq!(w.0, vec![36]);
+    }
+
+    /// Counts the writes that reach the socket, under the TLS layer.
+    struct Counted<S> {
+        inner: S,
+        writes: Arc<AtomicUsize>,
+    }
+
+    impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.writes.fetch_add(1, Ordering::Relaxed);
+            std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+        }
+        fn poll_flush(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+        }
+        fn poll_shutdown(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    /// Over TLS each frame is a record of its own (what coturn's client needs), and a run
+    /// of frames reaches the socket in one write, not one per frame.
+    #[tokio::test]
+    async fn tls_frames_are_records_of_their_own_and_a_run_leaves_in_one_write() {
+        use tokio::net::{TcpListener, TcpStream};
+        const FRAMES: usize = 20;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+        // No session tickets: every application-data record after the handshake is a frame.
+        config.send_tls13_tickets = 0;
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let writes = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&writes);
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let tcp = record_buffer(Counted {
+                inner: tcp,
+                writes: counted,
+            });
+            acceptor.accept(tcp).await.unwrap()
+        });
+        let client = crate::tls::probe_connector(b"stun.turn")
+            .connect(
+                rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+                TcpStream::connect(addr).await.unwrap(),
+            )
+            .await
+            .unwrap();
+        let tls = server.await.unwrap();
+        let before = writes.load(Ordering::Relaxed);
+        let (outbox, writer) = outbox(tls, true);
+        let closed = CancellationToken::new();
+        let task = tokio::spawn(writer.run(closed.clone()));
+        let run: Vec<u8> = (0..FRAMES).flat_map(|_| channel(&[7u8; 120])).collect();
+        assert!(outbox.push(run));
+        // Read the records raw: 5-byte headers, application data is type 23.
+        let (mut raw, _) = client.into_inner();
+        let mut records = 0;
+        let mut buf = Vec::new();
+        while records < FRAMES {
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(10), raw.read(&mut chunk))
+                .await
+                .expect("records in time")
+                .unwrap();
+            assert!(n > 0, "closed after {records} records");
+            buf.extend_from_slice(&chunk[..n]);
+            while buf.len() >= 5 {
+                let len = 5 + usize::from(u16::from_be_bytes([buf[3], buf[4]]));
+                if buf.len() < len {
+                    break;
+                }
+                assert_eq!(buf[0], 23, "an application-data record");
+                records += 1;
+                buf.drain(..len);
+            }
+        }
+        assert_eq!(records, FRAMES, "one record per frame");
+        let socket_writes = writes.load(Ordering::Relaxed) - before;
+        assert!(
+            socket_writes <= 2,
+            "{socket_writes} writes for {FRAMES} frames"
+        );
+        closed.cancel();
+        let _ = task.await;
     }
 }
