@@ -88,16 +88,20 @@ start_switchboard() {
     sed "s|^state_dir = .*|state_dir = \"$OUT/sb-state\"|" bench/configs/switchboard.toml > "$OUT/switchboard.toml"
     "${SRV[@]}" "$BIN/switchboard" run --config "$OUT/switchboard.toml" >> "$OUT/switchboard.log" 2>&1 &
     SERVER_PID=$!; PIDS+=("$SERVER_PID")
-    wait_tcp 18443; wait_tcp 3478
+    wait_tcp 18443; wait_tcp 3478; wait_tcp 5349
 }
-start_coturn() {
+start_coturn() { # start_coturn [tls]: TURN over TLS on 5350 too, with Switchboard's certificate
+    local tls=(--no-tls)
+    [ "${1:-}" = tls ] && tls=(--tls-listening-port=5350 --cert="$OUT/tls/cert.pem" --pkey="$OUT/tls/key.pem")
     # One relay thread, loopback only, REST secret; its own process, never the daemon.
     "${SRV[@]}" turnserver -n --listening-ip=127.0.0.1 --listening-port=3479 --relay-ip=127.0.0.1 \
         --use-auth-secret --static-auth-secret=$SECRET --realm=bench --allow-loopback-peers \
-        --no-tls --no-dtls --no-cli --relay-threads=1 --min-port=20000 --max-port=60000 \
+        "${tls[@]}" --no-dtls --no-cli --relay-threads=1 --min-port=20000 --max-port=60000 \
         --total-quota=0 --user-quota=0 --log-file="$OUT/coturn.log" --no-stdout-log >/dev/null 2>&1 &
     SERVER_PID=$!; PIDS+=("$SERVER_PID")
     wait_tcp 3479
+    [ "${1:-}" = tls ] && wait_tcp 5350
+    return 0
 }
 start_forwarder() {
     "${SRV[@]}" "$BIN/udp-forward" --listen 127.0.0.1:3480 2>>"$OUT/forwarder.log" &
@@ -139,8 +143,12 @@ sig_load() { # sig_load FILE LABEL ARGS...
         || failed "$label" "$file"
 }
 
-# The certificate the wss:// baselines share is Switchboard's self-signed one.
+# The certificate the wss:// baselines share is Switchboard's self-signed one; coturn's
+# TURN over TLS uses it too (a copy: every start_switchboard makes a new one).
 start_switchboard; cleanup
+mkdir -p "$OUT/tls"
+cp "$OUT/sb-state/selfsigned-cert.pem" "$OUT/tls/cert.pem"
+cp "$OUT/sb-state/selfsigned-key.pem" "$OUT/tls/key.pem"
 
 ONLY=${ONLY:-all}   # all, turn or sig
 for rep in $(seq 1 "$REPEATS"); do
@@ -161,6 +169,9 @@ for rep in $(seq 1 "$REPEATS"); do
             if [ $server = switchboard ]; then start_switchboard; port=3478; else start_coturn; port=3479; fi
             turn_load "turn-fixed-relay-tcp-$ALLOCS" $server $port --tcp --mode relay --allocations $ALLOCS --rates 20000
             cleanup
+            if [ $server = switchboard ]; then start_switchboard; port=5349; else start_coturn tls; port=5350; fi
+            turn_load "turn-fixed-relay-tls-$ALLOCS" $server $port --tls --mode relay --allocations $ALLOCS --rates 20000
+            cleanup
             [ "$FIXED" = only ] && continue
         fi
         for mode in relay echo; do
@@ -172,6 +183,10 @@ for rep in $(seq 1 "$REPEATS"); do
         # TURN over TCP to the server (relays stay UDP), relay to relay.
         if [ $server = switchboard ]; then start_switchboard; port=3478; else start_coturn; port=3479; fi
         turn_load turn-relay-tcp $server $port --tcp --mode relay --allocations $ALLOCS --rates "$TCP_RATES"
+        cleanup
+        # TURN over TLS (a record per frame, as coturn's own client sends), relay to relay.
+        if [ $server = switchboard ]; then start_switchboard; port=5349; else start_coturn tls; port=5350; fi
+        turn_load turn-relay-tls $server $port --tls --mode relay --allocations $ALLOCS --rates "$TCP_RATES"
         cleanup
         if [ $server = switchboard ]; then start_switchboard; port=3478; else start_coturn; port=3479; fi
         turn_load turn-setup $server $port --setup-only --allocations $SETUP_ALLOCS --sources $SOURCES

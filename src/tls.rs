@@ -486,6 +486,12 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
 /// A TLS client for `switchboard doctor` that accepts any certificate: it checks that a
 /// listener answers (the certificate is checked separately, from its files).
 pub fn probe_connector(alpn: &[u8]) -> tokio_rustls::TlsConnector {
+    tokio_rustls::TlsConnector::from(probe_client_config(alpn))
+}
+
+/// The client configuration of [`probe_connector`], for blocking or hand-driven clients
+/// (the benchmarks' TURN-over-TLS generator).
+pub fn probe_client_config(alpn: &[u8]) -> Arc<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
@@ -494,7 +500,7 @@ pub fn probe_connector(alpn: &[u8]) -> tokio_rustls::TlsConnector {
         .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
         .with_no_client_auth();
     config.alpn_protocols = vec![alpn.to_vec()];
-    tokio_rustls::TlsConnector::from(Arc::new(config))
+    Arc::new(config)
 }
 
 /// The names a generated certificate covers: loopback, the host name, and `extra`.

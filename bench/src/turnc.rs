@@ -1,4 +1,4 @@
-//! A minimal TURN-over-UDP client for load generation: REST credentials, Allocate,
+//! A minimal TURN client (over UDP, TCP or TLS) for load generation: REST credentials, Allocate,
 //! CreatePermission, ChannelBind, and ChannelData framing.
 //!
 //! Many clients are driven at once by [`drive`]: each sends its request, and the
@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -57,7 +58,16 @@ pub enum Request {
 /// what has been read of a frame not yet complete.
 pub enum Conn {
     Udp(UdpSocket),
-    Tcp { stream: TcpStream, inbuf: Vec<u8> },
+    Tcp {
+        stream: TcpStream,
+        inbuf: Vec<u8>,
+    },
+    /// TURN over TLS: frames inside records (the certificate is not checked).
+    Tls {
+        stream: TcpStream,
+        tls: Box<rustls::ClientConnection>,
+        inbuf: Vec<u8>,
+    },
 }
 
 impl Conn {
@@ -72,6 +82,25 @@ impl Conn {
                     match stream.write(&bytes[at..]) {
                         Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
                         Ok(n) => at += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::yield_now()
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(())
+            }
+            Conn::Tls { stream, tls, .. } => {
+                // A record per frame, as coturn's own client sends them; one write for all.
+                let mut at = 0;
+                while at < bytes.len() {
+                    let len = frame_len(&bytes[at..]).unwrap_or(bytes.len() - at);
+                    tls.writer().write_all(&bytes[at..at + len])?;
+                    at += len;
+                }
+                while tls.wants_write() {
+                    match tls.write_tls(stream) {
+                        Ok(_) => {}
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                             std::thread::yield_now()
                         }
@@ -108,6 +137,29 @@ impl Conn {
                 }
                 inbuf.drain(..at);
             },
+            Conn::Tls { stream, tls, inbuf } => loop {
+                match tls.read_tls(stream) {
+                    Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                    Err(e) => return Err(e),
+                }
+                tls.process_new_packets().map_err(std::io::Error::other)?;
+                loop {
+                    match tls.reader().read(buf) {
+                        Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                        Ok(n) => inbuf.extend_from_slice(&buf[..n]),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) => return Err(e),
+                    }
+                }
+                let mut at = 0;
+                while let Some(len) = frame_len(&inbuf[at..]) {
+                    each(&inbuf[at..at + len]);
+                    at += len;
+                }
+                inbuf.drain(..at);
+            },
         }
     }
 }
@@ -131,18 +183,21 @@ impl Source for Conn {
         match self {
             Conn::Udp(s) => s.register(r, t, i),
             Conn::Tcp { stream, .. } => stream.register(r, t, i),
+            Conn::Tls { stream, .. } => stream.register(r, t, i),
         }
     }
     fn reregister(&mut self, r: &Registry, t: Token, i: Interest) -> std::io::Result<()> {
         match self {
             Conn::Udp(s) => s.reregister(r, t, i),
             Conn::Tcp { stream, .. } => stream.reregister(r, t, i),
+            Conn::Tls { stream, .. } => stream.reregister(r, t, i),
         }
     }
     fn deregister(&mut self, r: &Registry) -> std::io::Result<()> {
         match self {
             Conn::Udp(s) => s.deregister(r),
             Conn::Tcp { stream, .. } => stream.deregister(r),
+            Conn::Tls { stream, .. } => stream.deregister(r),
         }
     }
 }
@@ -162,7 +217,7 @@ pub struct TurnClient {
 
 impl TurnClient {
     /// A client on `local_ip` (port chosen by the kernel) talking to `server` over UDP,
-    /// or over TCP when `tcp`.
+    /// or over TCP when `tcp` (over TLS too when `tls` is set).
     ///
     /// # Errors
     /// The socket cannot be bound or connected.
@@ -173,6 +228,7 @@ impl TurnClient {
         password: String,
         buffer_bytes: usize,
         tcp: bool,
+        tls: Option<&Arc<rustls::ClientConfig>>,
     ) -> Result<TurnClient> {
         let kind = if tcp {
             socket2::Type::STREAM
@@ -185,8 +241,28 @@ impl TurnClient {
         let _ = socket.set_send_buffer_size(buffer_bytes);
         socket.bind(&SocketAddr::new(local_ip, 0).into())?;
         socket.connect(&server.into())?;
-        socket.set_nonblocking(true)?;
-        let (conn, local) = if tcp {
+        let (conn, local) = if let Some(config) = tls {
+            // The handshake blocks; the connection is driven by the poll loop after it.
+            socket.set_tcp_nodelay(true)?;
+            let mut std: std::net::TcpStream = socket.into();
+            let name = rustls::pki_types::ServerName::try_from("localhost")?;
+            let mut tls = Box::new(rustls::ClientConnection::new(Arc::clone(config), name)?);
+            while tls.is_handshaking() {
+                tls.complete_io(&mut std).context("TLS handshake")?;
+            }
+            std.set_nonblocking(true)?;
+            let local = std.local_addr()?;
+            let stream = TcpStream::from_std(std);
+            (
+                Conn::Tls {
+                    stream,
+                    tls,
+                    inbuf: Vec::new(),
+                },
+                local,
+            )
+        } else if tcp {
+            socket.set_nonblocking(true)?;
             socket.set_tcp_nodelay(true)?;
             let std: std::net::TcpStream = socket.into();
             let local = std.local_addr()?;
@@ -199,6 +275,7 @@ impl TurnClient {
                 local,
             )
         } else {
+            socket.set_nonblocking(true)?;
             let std: std::net::UdpSocket = socket.into();
             let local = std.local_addr()?;
             (Conn::Udp(UdpSocket::from_std(std)), local)

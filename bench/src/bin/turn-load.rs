@@ -76,6 +76,9 @@ struct Args {
     /// TURN over TCP (RFC 6062 framing) instead of UDP; relays stay UDP.
     #[arg(long)]
     tcp: bool,
+    /// TURN over TLS (implies the TCP framing; the certificate is not checked).
+    #[arg(long)]
+    tls: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -88,16 +91,22 @@ const CHANNEL: u16 = 0x4000;
 const SOCKET_BUFFER: usize = 4 << 20;
 
 fn main() -> Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
     if args.mode == Mode::Relay && args.allocations % 2 == 1 {
         bail!("--allocations must be even in relay mode (clients relay in pairs)");
     }
     if args.size < 16 || args.size > 1400 {
         bail!("--size must be between 16 and 1400 bytes");
     }
+    if args.tls {
+        args.tcp = true;
+    }
     if args.tcp && args.forwarder {
         bail!("--forwarder is UDP only");
     }
+    let tls = args
+        .tls
+        .then(|| switchboard::tls::probe_client_config(b"stun.turn"));
     let stop = Arc::new(AtomicBool::new(false));
     let echo = match args.mode {
         Mode::Echo => Some(start_echo(args.echo_ip, Arc::clone(&stop))?),
@@ -113,8 +122,16 @@ fn main() -> Result<()> {
         );
         let ip = args.sources[i % args.sources.len()];
         clients.push(
-            TurnClient::new(ip, args.server, user, pass, SOCKET_BUFFER, args.tcp)
-                .with_context(|| format!("client {i} on {ip}"))?,
+            TurnClient::new(
+                ip,
+                args.server,
+                user,
+                pass,
+                SOCKET_BUFFER,
+                args.tcp,
+                tls.as_ref(),
+            )
+            .with_context(|| format!("client {i} on {ip}"))?,
         );
     }
 
@@ -367,7 +384,7 @@ fn worker(
                         Conn::Udp(socket) => send
                             .send(socket, std::iter::repeat_n((&packet[..], None), k))
                             .unwrap_or(0),
-                        conn @ Conn::Tcp { .. } => {
+                        conn @ (Conn::Tcp { .. } | Conn::Tls { .. }) => {
                             run.clear();
                             for _ in 0..k {
                                 run.extend_from_slice(packet);
@@ -449,7 +466,7 @@ fn receive(
                     }
                 }
             }
-            conn @ Conn::Tcp { .. } => {
+            conn @ (Conn::Tcp { .. } | Conn::Tls { .. }) => {
                 let _ = conn.drain(&mut stream_buf, |d| on_packet(d, nanos(t0)));
             }
         }
