@@ -7,7 +7,8 @@
 //! - `model`: the shared vocabulary: room and peer ids, ICE server entries, a credential's `Scope`, `Cidr`; plain data.
 //! - `config`: the configuration file, parsed strictly and validated, one module per section;
 //!   each key is classified there as applied by a reload or needing a restart.
-//! - `tls`: certificates (configured or self-signed) and the rustls server config.
+//! - `tls`: certificates (configured or self-signed), the rustls server config, and the
+//!   HTTPS listener's TLS stream.
 //! - `net`: binding sockets with errors that say what to change.
 //! - `mmsg`: batched UDP syscalls (`recvmmsg`/`sendmmsg`) for the relay and the benchmarks.
 //! - `lab`: the NAT lab in network namespaces (`switchboard lab`).

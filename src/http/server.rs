@@ -21,7 +21,6 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
@@ -57,7 +56,6 @@ pub async fn serve_https(
     tasks: TaskTracker,
     turn: Option<Arc<Turn>>,
 ) {
-    let acceptor = TlsAcceptor::from(tls);
     let Ok(local) = listener.local_addr() else {
         return;
     };
@@ -76,7 +74,7 @@ pub async fn serve_https(
         let Some(admitted) = admission.admit(remote) else {
             continue;
         };
-        let acceptor = acceptor.clone();
+        let tls = Arc::clone(&tls);
         let router = router.clone();
         let shutdown = shutdown.clone();
         let turn = turn.clone();
@@ -111,7 +109,8 @@ pub async fn serve_https(
                         .await;
                 }
             }
-            let mut tls = match tokio::time::timeout_at(handshake_by, acceptor.accept(tcp)).await {
+            let accept = crate::tls::stream::accept(tls, tcp);
+            let mut tls = match tokio::time::timeout_at(handshake_by, accept).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => return debug!(%remote, error = %e, "TLS handshake failed"),
                 Err(_) => return admitted.timed_out(remote),

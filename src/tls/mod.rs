@@ -1,7 +1,9 @@
 //! TLS material: loading a configured certificate, or generating and reusing a
 //! self-signed one, and building the rustls server configuration.
 //!
-//! This is the only module that names rustls; listeners get an `Arc<ServerConfig>`.
+//! This is the only module that names rustls; listeners get an `Arc<ServerConfig>`, and
+//! the HTTPS listener accepts connections with `stream::accept` (a TLS stream that holds
+//! no buffers while idle).
 //! Every configuration resolves its certificate through one `CertStore`, so a renewed
 //! certificate (reload, or new files on disk) reaches every listener without a restart.
 //! It checks what a person can get wrong (missing files, expiry, a key that does
@@ -24,6 +26,8 @@ use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 use crate::sync::Locked;
+
+pub mod stream;
 
 /// File names of the generated certificate inside `server.state_dir`.
 pub const GENERATED_CERT: &str = "selfsigned-cert.pem";
