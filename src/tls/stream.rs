@@ -655,6 +655,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn data_right_behind_the_clients_finished_is_kept_for_the_reader() {
+        let (server, client) = sockets().await;
+        let config = Arc::clone(super::super::probe_connector(b"http/1.1").config());
+        let client = client.into_std().unwrap();
+        client.set_nonblocking(false).unwrap();
+        // A rustls client given data before its handshake is over sends it in the same
+        // write as its Finished: the handshake's last read brings both.
+        let client = std::thread::spawn(move || {
+            use std::io::Write;
+            let name = ServerName::try_from("localhost").unwrap();
+            let mut conn = rustls::ClientConnection::new(config, name).unwrap();
+            conn.writer().write_all(b"right behind").unwrap();
+            let mut socket = client;
+            rustls::Stream::new(&mut conn, &mut socket).flush().unwrap();
+            (conn, socket)
+        });
+        let mut server = within(accept(server_config(), server)).await.unwrap();
+        let kept = server.buffered();
+        assert!(
+            (12..=64).contains(&kept),
+            "the data, kept through the handshake: {kept}"
+        );
+        let mut got = [0u8; 12];
+        within(server.read_exact(&mut got)).await.unwrap();
+        assert_eq!(&got, b"right behind");
+        assert_eq!(server.buffered(), 0);
+        drop(client.join().unwrap());
+    }
+
+    #[tokio::test]
     async fn vectored_writes_arrive_whole_and_in_order() {
         let (mut server, mut client) = connected().await;
         let (head, body) = (payload(10), payload(5000));
