@@ -57,6 +57,9 @@ pub struct TlsStream {
     peer_closed: bool,
     /// We queued our close_notify: nothing more is written.
     closing: bool,
+    /// rustls failed (the peer broke TLS, or a fatal alert): nothing more is read, written
+    /// or encrypted, and no close_notify follows the fatal alert.
+    failed: bool,
 }
 
 /// What a caller drives the connection towards.
@@ -103,6 +106,7 @@ pub async fn accept(config: Arc<ServerConfig>, tcp: TcpStream) -> io::Result<Tls
         taken: 0,
         peer_closed: false,
         closing: false,
+        failed: false,
     };
     std::future::poll_fn(|cx| stream.poll_handshake(cx)).await?;
     Ok(stream)
@@ -192,6 +196,23 @@ impl TlsStream {
     /// The peer broke TLS or sent a fatal alert (the alert rustls makes in return is left
     /// in `outgoing`), or encryption failed.
     fn drive(
+        &mut self,
+        incoming: &mut [u8],
+        dst: &mut ReadBuf<'_>,
+        goal: Goal<'_>,
+    ) -> io::Result<(usize, Reached)> {
+        if self.failed {
+            return Err(failed());
+        }
+        let driven = self.drive_records(incoming, dst, goal);
+        // rustls does not always enter an error state itself (a record that fails to
+        // decrypt): after its fatal alert nothing may follow.
+        self.failed |= driven.is_err();
+        driven
+    }
+
+    /// `drive`'s work, which may leave the connection failed.
+    fn drive_records(
         &mut self,
         incoming: &mut [u8],
         dst: &mut ReadBuf<'_>,
@@ -427,6 +448,14 @@ fn tls_error(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
+/// What every use of a connection that failed gets.
+fn failed() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        "the TLS connection failed earlier",
+    )
+}
+
 impl AsyncRead for TlsStream {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -436,6 +465,9 @@ impl AsyncRead for TlsStream {
         let this = self.get_mut();
         if dst.remaining() == 0 || this.take_plaintext(dst) {
             return Poll::Ready(Ok(()));
+        }
+        if this.failed {
+            return Poll::Ready(Err(failed()));
         }
         let before = dst.filled().len();
         // Records left by an earlier read come first: the socket may have nothing more.
@@ -491,6 +523,9 @@ impl AsyncWrite for TlsStream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if this.failed {
+            return Poll::Ready(Err(failed()));
+        }
         // Earlier ciphertext goes first: this is the stream's backpressure.
         ready!(this.poll_send(cx))?;
         if buf.is_empty() {
@@ -506,6 +541,9 @@ impl AsyncWrite for TlsStream {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if this.failed {
+            return Poll::Ready(Err(failed()));
+        }
         ready!(this.poll_send(cx))?;
         let total: usize = bufs.iter().map(|b| b.len()).sum();
         let mut nonempty = bufs.iter().filter(|b| !b.is_empty());
@@ -548,10 +586,12 @@ impl AsyncWrite for TlsStream {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if !this.closing {
-            // Writes queued so far stay ahead of the alert in `outgoing`.
-            this.closing = true;
-            this.drive_incoming(&mut ReadBuf::new(&mut []), Goal::CloseNotify)?;
+        if !this.closing && !this.failed {
+            // Writes queued so far stay ahead of the alert in `outgoing`. Should the
+            // records still kept fail, the connection has failed: its fatal alert (if
+            // any) and FIN go out instead.
+            let queued = this.drive_incoming(&mut ReadBuf::new(&mut []), Goal::CloseNotify);
+            this.closing = queued.is_ok();
         }
         ready!(this.poll_send(cx))?;
         Pin::new(&mut this.tcp).poll_shutdown(cx)
@@ -785,6 +825,14 @@ mod tests {
         let mut buf = [0u8; 64];
         let err = within(server.read(&mut buf)).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        // After the fatal alert nothing is read, written or closed with close_notify:
+        // the write half (another task, in a split stream) gets the failure too.
+        let err = within(server.write_all(b"after the alert"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        assert!(within(server.read(&mut buf)).await.is_err());
+        within(server.shutdown()).await.unwrap();
     }
 
     #[tokio::test]

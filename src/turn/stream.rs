@@ -680,17 +680,15 @@ mod tests {
             .unwrap()
             .self_signed(&key)
             .unwrap();
-        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        let loaded = crate::tls::from_pem(
+            &cert.pem(),
+            &key.serialize_pem(),
+            std::path::Path::new("test"),
+            crate::tls::CertOrigin::Generated("test".into()),
         )
         .unwrap();
+        let material = crate::tls::TlsMaterial::new(loaded).unwrap();
+        let mut config = (*material.turn_server_config()).clone();
         // No session tickets: every application-data record after the handshake is a frame.
         config.send_tls13_tickets = 0;
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
