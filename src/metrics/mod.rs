@@ -15,7 +15,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
-pub use counters::{ByLabel, ByName, Counter, Label};
+pub use counters::{ByLabel, ByName, Counter, Label, PerThread};
 
 /// One metric family as read at scrape time.
 #[derive(Debug)]

@@ -2,7 +2,7 @@
 //! with bounded labels. Bumped on the data path (relaxed atomics, per batch where it can),
 //! read by `/metrics`.
 
-use crate::metrics::{ByLabel, ByName, Counter, Family, Label};
+use crate::metrics::{ByLabel, ByName, Counter, Family, Label, PerThread};
 
 crate::labels! {
     /// The transport a client reached the server over.
@@ -111,17 +111,33 @@ crate::labels! {
     }
 }
 
-/// Packets and bytes relayed in one direction, by the client's transport.
+/// Packets and bytes relayed in one direction, by the client's transport: added to per
+/// batch by the receive loops of every core, so each thread counts on its own cache lines.
 #[derive(Debug, Default)]
-pub struct Traffic {
-    pub packets: ByLabel<Transport>,
-    pub bytes: ByLabel<Transport>,
+pub struct Traffic(PerThread<TrafficCounts>);
+
+const TRANSPORTS: usize = <Transport as Label>::ALL.len();
+
+#[derive(Debug, Default)]
+pub struct TrafficCounts {
+    packets: [Counter; TRANSPORTS],
+    bytes: [Counter; TRANSPORTS],
 }
 
 impl Traffic {
+    #[inline]
     pub fn add(&self, transport: Transport, packets: usize, bytes: usize) {
-        self.packets.add(transport, packets as u64);
-        self.bytes.add(transport, bytes as u64);
+        let mine = self.0.mine();
+        mine.packets[transport.index()].add(packets as u64);
+        mine.bytes[transport.index()].add(bytes as u64);
+    }
+
+    pub fn packets(&self, transport: Transport) -> u64 {
+        self.0.sum(|c| c.packets[transport.index()].get())
+    }
+
+    pub fn bytes(&self, transport: Transport) -> u64 {
+        self.0.sum(|c| c.bytes[transport.index()].get())
     }
 }
 
@@ -136,7 +152,7 @@ pub struct Stats {
     /// To clients, from peers and from other allocations.
     pub to_clients: Traffic,
     /// Packets handed from one allocation to another inside the server, without the kernel.
-    pub relay_to_relay: Counter,
+    pub relay_to_relay: PerThread<Counter>,
     pub auth_failures: ByLabel<AuthFailure>,
     /// Peer addresses refused, by the address class of the policy.
     pub policy_refusals: ByName,
@@ -166,13 +182,13 @@ pub struct Stats {
 impl Stats {
     /// The metric families, with the number of live allocations and TCP/TLS connections.
     pub fn families(&self, allocations: usize, connections: usize) -> Vec<Family> {
-        let traffic = |name, help, pick: fn(&Traffic) -> &ByLabel<Transport>| {
+        let traffic = |name, help, pick: fn(&Traffic, Transport) -> u64| {
             let mut f = Family::counter(name, help);
             for (dir, t) in [("to_peer", &self.to_peers), ("to_client", &self.to_clients)] {
-                for (transport, n) in pick(t).iter() {
+                for &transport in Transport::ALL {
                     f = f.labelled(
                         vec![("direction", dir), ("transport", transport.as_str())],
-                        n,
+                        pick(t, transport),
                     );
                 }
             }
@@ -204,12 +220,12 @@ impl Stats {
             traffic(
                 "turn_relayed_packets",
                 "Relayed packets, by direction and client transport.",
-                |t| &t.packets,
+                Traffic::packets,
             ),
             traffic(
                 "turn_relayed_bytes",
                 "Relayed payload bytes, by direction and client transport.",
-                |t| &t.bytes,
+                Traffic::bytes,
             ),
             Family::counter(
                 "turn_relay_to_relay_packets",
