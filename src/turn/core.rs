@@ -6,13 +6,15 @@
 //! make fake. Time comes in as arguments (`now`, `unix`), so tests drive a
 //! virtual clock.
 //!
-//! Concurrency: the table is a `RwLock` taken briefly (a read per data packet);
-//! each allocation's permissions and channels sit behind its own `Mutex`, so
-//! no lock is shared by all clients on the data path and none is held across I/O.
+//! Concurrency: requests take the table's `RwLock` (briefly, never across I/O); data
+//! packets never do. They find allocations in `Live`, an index whose reads take no lock and
+//! write nothing shared, so receive loops on different cores looking up different
+//! allocations share no cache line; each allocation's permissions and channels sit behind
+//! its own `Mutex`. `Live` changes only under the table's write lock, with the table.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -245,6 +247,40 @@ impl Holder {
     }
 }
 
+/// The live allocations by 5-tuple and by relayed address, for the data path: a lock-free
+/// map (`papaya`), whose reads write nothing shared, so they scale with the cores. It holds
+/// weak references: the table owns the allocations, and one removed from both is dropped
+/// (its relay socket closed) at once, not when the map reclaims its entry. Changed only by
+/// `Table::insert` and `Table::remove`, under the table's write lock.
+///
+/// Hashed with foldhash, seeded per map: a lookup per packet, where SipHash cost more than
+/// the rest of the lookup. Relayed addresses are the server's choice; 5-tuples are the
+/// client's, but only an authenticated client within its quotas inserts one, and without
+/// the seed it cannot choose colliding ones (`foldhash::quality`, as `limiter` keys sources).
+struct Live<R> {
+    by_tuple: papaya::HashMap<FiveTuple, Weak<Allocation<R>>, foldhash::quality::RandomState>,
+    by_relay: papaya::HashMap<SocketAddr, Weak<Allocation<R>>, foldhash::fast::RandomState>,
+}
+
+impl<R> Live<R> {
+    fn new() -> Live<R> {
+        Live {
+            by_tuple: papaya::HashMap::with_hasher(foldhash::quality::RandomState::default()),
+            by_relay: papaya::HashMap::with_hasher(foldhash::fast::RandomState::default()),
+        }
+    }
+
+    #[inline]
+    fn get(&self, tuple: &FiveTuple) -> Option<Arc<Allocation<R>>> {
+        self.by_tuple.pin().get(tuple).and_then(Weak::upgrade)
+    }
+
+    #[inline]
+    fn by_relayed(&self, addr: &SocketAddr) -> Option<Arc<Allocation<R>>> {
+        self.by_relay.pin().get(addr).and_then(Weak::upgrade)
+    }
+}
+
 /// The allocation table, with what the quotas count: live allocations and held reservations.
 struct Table<R> {
     by_tuple: HashMap<FiveTuple, Arc<Allocation<R>>>,
@@ -259,8 +295,10 @@ struct Table<R> {
 }
 
 impl<R> Table<R> {
-    fn insert(&mut self, a: Arc<Allocation<R>>) {
+    fn insert(&mut self, live: &Live<R>, a: Arc<Allocation<R>>) {
         self.count(&a.holder);
+        live.by_relay.pin().insert(a.relayed, Arc::downgrade(&a));
+        live.by_tuple.pin().insert(a.tuple, Arc::downgrade(&a));
         if let Some((scope, peer)) = a.owner.peer() {
             let key = (scope.clone(), peer.clone());
             self.by_peer.entry(key).or_default().push(a.tuple);
@@ -269,8 +307,10 @@ impl<R> Table<R> {
         self.by_tuple.insert(a.tuple, a);
     }
 
-    fn remove(&mut self, tuple: &FiveTuple) -> Option<Arc<Allocation<R>>> {
+    fn remove(&mut self, live: &Live<R>, tuple: &FiveTuple) -> Option<Arc<Allocation<R>>> {
         let a = self.by_tuple.remove(tuple)?;
+        live.by_tuple.pin().remove(tuple);
+        live.by_relay.pin().remove(&a.relayed);
         if let Some((scope, peer)) = a.owner.peer() {
             let key = (scope.clone(), peer.clone());
             if let Some(tuples) = self.by_peer.get_mut(&key) {
@@ -371,6 +411,8 @@ pub struct Core<B: RelayBinder> {
     /// Allocations, reservations and their counts, under one lock so that the quota check
     /// which allows an insertion and the insertion cannot be split.
     table: RwLock<Table<B::Relay>>,
+    /// The live allocations, for the data path; changed only with `table`, under its write lock.
+    live: Live<B::Relay>,
     /// Challenges answered per source (see `CoreConfig::challenges_per_source_s`).
     challenges: SourceRates,
     pub stats: Stats,
@@ -406,6 +448,7 @@ impl<B: RelayBinder> Core<B> {
             policy: ArcSwap::from_pointee(policy),
             binder,
             membership,
+            live: Live::new(),
             table: RwLock::new(Table {
                 by_tuple: HashMap::new(),
                 by_relay: HashMap::new(),
@@ -886,7 +929,7 @@ impl<B: RelayBinder> Core<B> {
             if let Some((t, held)) = reservation {
                 table.reserve(t, held);
             }
-            table.insert(Arc::clone(&allocation));
+            table.insert(&self.live, Arc::clone(&allocation));
         }
         self.stats.allocations_created.inc(tuple.transport);
         info!(client = %tuple.client, transport = tuple.transport.as_str(), %relayed, lifetime_s = granted.as_secs(), owner = ?owner_label(&allocation.owner), "allocation created");
@@ -1104,7 +1147,7 @@ impl<B: RelayBinder> Core<B> {
         if peer.is_ipv4() != relayed.is_ipv4() {
             return Err((443, "peer family mismatch"));
         }
-        let is_relay = self.table.reading().by_relay.contains_key(&peer);
+        let is_relay = self.live.by_relayed(&peer).is_some();
         self.policy.load().check(peer, is_relay).map_err(|refused| {
             self.stats.policy_refusals.inc(refused.class);
             info!(%peer, class = refused.class, "peer address refused by policy");
@@ -1114,17 +1157,17 @@ impl<B: RelayBinder> Core<B> {
 
     /// The allocation of `tuple`.
     pub fn get(&self, tuple: &FiveTuple) -> Option<Arc<Allocation<B::Relay>>> {
-        self.table.reading().by_tuple.get(tuple).cloned()
+        self.live.get(tuple)
     }
 
     /// The live allocation whose relayed address is `addr` (for relay-to-relay).
     pub fn by_relayed(&self, addr: &SocketAddr) -> Option<Arc<Allocation<B::Relay>>> {
-        self.table.reading().by_relay.get(addr).cloned()
+        self.live.by_relayed(addr)
     }
 
     /// Removes the allocation of `tuple`.
     pub fn close(&self, tuple: &FiveTuple, reason: CloseReason) -> bool {
-        let removed = self.table.writing().remove(tuple);
+        let removed = self.table.writing().remove(&self.live, tuple);
         if let Some(a) = &removed {
             self.stats.allocations_closed.inc(reason);
             info!(client = %a.tuple.client, relayed = %a.relayed, reason = reason.as_str(), "allocation closed");

@@ -9,9 +9,10 @@
 //! A UDP listener on a wildcard address learns each datagram's destination: it is the
 //! `server` of the 5-tuple, and everything toward that client leaves from it, since a
 //! NAT (or the client) drops an answer from another address of a multi-homed host.
-//! The data path takes the allocation table's read lock and an allocation's own
-//! mutex briefly, never across an await, and never waits for a client: a TCP/TLS
-//! client's frames go into its bounded `Outbox`, which its own writer task drains.
+//! The data path takes no lock shared by all clients: it finds allocations in the core's
+//! lock-free index and takes an allocation's own mutex briefly, never across an await;
+//! its counters are per thread. It never waits for a client: a TCP/TLS client's frames
+//! go into its bounded `Outbox`, which its own writer task drains.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;

@@ -290,10 +290,8 @@ fn setup(n: usize, mode: Mode) -> Result<(BenchCore, Vec<FiveTuple>)> {
 fn pump(core: &BenchCore, mine: &[FiveTuple], mode: Mode, size: usize, stop: &AtomicBool) -> u64 {
     let mut buf = vec![0u8; HEADROOM + CHANNEL_HEADER + size + 4];
     let start = HEADROOM + CHANNEL_HEADER;
-    let allocations: Vec<Arc<Allocation<FakeRelay>>> = mine
-        .iter()
-        .filter_map(|t| core.get(t))
-        .collect::<Vec<_>>();
+    let allocations: Vec<Arc<Allocation<FakeRelay>>> =
+        mine.iter().filter_map(|t| core.get(t)).collect::<Vec<_>>();
     let mut sent = 0u64;
     let mut delivered = 0u64;
     // A receive loop takes the time once per batch.
@@ -357,7 +355,8 @@ fn pump(core: &BenchCore, mine: &[FiveTuple], mode: Mode, size: usize, stop: &At
 
 /// The index of the first allocation of `mine` (tuples are numbered by client port).
 fn offset_of(mine: &[FiveTuple]) -> usize {
-    mine.first().map_or(0, |t| usize::from(t.client.port()) - 10000)
+    mine.first()
+        .map_or(0, |t| usize::from(t.client.port()) - 10000)
 }
 
 /// Packets per second of `threads` threads, each on its own slice of the allocations.
@@ -380,10 +379,7 @@ fn run(core: &BenchCore, tuples: &[FiveTuple], mode: Mode, threads: usize, args:
         let began = Instant::now();
         std::thread::sleep(Duration::from_secs_f64(args.seconds));
         stop.store(true, Ordering::Relaxed);
-        let total: u64 = workers
-            .into_iter()
-            .map(|w| w.join().expect("worker"))
-            .sum();
+        let total: u64 = workers.into_iter().map(|w| w.join().expect("worker")).sum();
         (total, began.elapsed())
     });
     total as f64 / elapsed.as_secs_f64()
@@ -409,7 +405,10 @@ fn main() -> Result<()> {
         "# {} allocations, {}-byte payloads, {} s per run, median of {}; {} cores here",
         args.allocations, args.size, args.seconds, args.repeats, cores
     );
-    println!("mode            1 thread pkt/s   {} threads pkt/s   scaling", args.threads);
+    println!(
+        "mode            1 thread pkt/s   {} threads pkt/s   scaling",
+        args.threads
+    );
     for mode in modes {
         let (core, tuples) = setup(args.allocations, mode)?;
         let mut one = Vec::new();

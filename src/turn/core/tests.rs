@@ -1823,3 +1823,31 @@ fn binding_answers_share_the_per_source_limit() {
         .count();
     assert_eq!(answered, CHALLENGE_BURST_S as usize);
 }
+
+#[test]
+fn a_closed_allocation_is_dropped_at_once_and_found_no_more() {
+    let f = fixture();
+    let t = tuple(4000);
+    let cred = rest(UNIX + 600, "bob");
+    f.allocate(t, &cred);
+    let a = f.core.get(&t).expect("allocated");
+    let relayed = a.relayed;
+    let weak = Arc::downgrade(&a);
+    drop(a);
+    assert!(f.core.by_relayed(&relayed).is_some());
+    assert!(f.core.close(&t, CloseReason::Refresh));
+    // Nothing keeps it (and so its relay socket and port) alive: not the data path's index.
+    assert!(weak.upgrade().is_none());
+    assert!(f.core.get(&t).is_none());
+    assert!(f.core.by_relayed(&relayed).is_none());
+    // The same 5-tuple allocates anew and is found as the new allocation.
+    f.allocate(t, &cred);
+    let again = f.core.get(&t).expect("allocated again");
+    assert_ne!(again.relayed, relayed);
+    assert!(Arc::ptr_eq(
+        &again,
+        &f.core
+            .by_relayed(&again.relayed)
+            .expect("by relayed address")
+    ));
+}
