@@ -81,6 +81,9 @@ struct Shared {
     sent: AtomicU64,
     received: AtomicU64,
     relay: Mutex<Latency>,
+    /// Relayed messages slower than `SLOW_US`: when each was sent (ns since t0) and its
+    /// latency, the first `SLOW_KEPT`; where outliers sit in time says what causes them.
+    slow: Mutex<Vec<(u64, u64)>>,
     errors: AtomicUsize,
     first_error: Mutex<Option<String>>,
 }
@@ -112,6 +115,10 @@ fn main() -> Result<()> {
         .build()?;
     rt.block_on(run(args))
 }
+
+/// A relayed message this slow is listed in the output (`slow`) with its send time.
+const SLOW_US: u64 = 10_000;
+const SLOW_KEPT: usize = 64;
 
 fn nanos(t0: Instant) -> u64 {
     t0.elapsed().as_nanos() as u64
@@ -270,6 +277,8 @@ async fn run(args: Args) -> Result<()> {
             shared.received.load(Ordering::Relaxed),
         );
         *shared.relay.lock().expect("lock") = Latency::new();
+        shared.slow.lock().expect("lock").clear();
+        let sustain_at = nanos(t0);
         let _ = phase_tx.send(Phase::Sustain);
         tokio::time::sleep(Duration::from_secs_f64(args.secs)).await;
         let _ = phase_tx.send(Phase::Stop);
@@ -282,6 +291,17 @@ async fn run(args: Args) -> Result<()> {
         }
         let received = shared.received.load(Ordering::Relaxed) - r0;
         let relay = std::mem::take(&mut *shared.relay.lock().expect("lock"));
+        // [ms into the phase when sent, latency in ms]
+        let slow: Vec<[f64; 2]> = shared
+            .slow
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|&(at, us)| {
+                let into = at.saturating_sub(sustain_at) as f64 / 1e6;
+                [into.round(), us as f64 / 1e3]
+            })
+            .collect();
         let per_msg = usage
             .server_cpu_s
             .filter(|_| received > 0)
@@ -301,7 +321,7 @@ async fn run(args: Args) -> Result<()> {
             "sustain",
             json!({"offered_msgs_per_s": args.rate, "sent": sent, "received": received,
                    "relayed_msgs_per_s": (received as f64 / usage.secs).round(),
-                   "latency": relay.json(),
+                   "latency": relay.json(), "slow": slow,
                    "server_cpu_us_per_msg": per_msg, "server_core_us_per_msg": per_msg_core,
                    "server_system_us_per_msg": per_msg_system,
                    "server_rss_kb": args.server_pid.and_then(procstat::process_rss_kb),
@@ -556,6 +576,12 @@ impl Conn {
             if let Ok(ts) = digits.parse::<u64>() {
                 let us = nanos(self.t0).saturating_sub(ts) / 1000;
                 self.shared.relay.lock().expect("lock").record_us(us);
+                if us >= SLOW_US {
+                    let mut slow = self.shared.slow.lock().expect("lock");
+                    if slow.len() < SLOW_KEPT {
+                        slow.push((ts, us));
+                    }
+                }
                 self.shared.received.fetch_add(1, Ordering::Relaxed);
                 return Ok(());
             }
