@@ -10,7 +10,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -84,6 +84,13 @@ struct Shared {
     /// Relayed messages slower than `SLOW_US`: when each was sent (ns since t0) and its
     /// latency, the first `SLOW_KEPT`; where outliers sit in time says what causes them.
     slow: Mutex<Vec<(u64, u64)>>,
+    /// Set when the sustained phase ends: no more sends, but every connection stays open
+    /// until what is in flight has arrived. Closing 10,000 connections while the last
+    /// messages travelled delayed them by 20-100 ms (the generator and the server both busy
+    /// with the closes), which the step reported as its maximum relay latency. A flag the
+    /// tickers read, not a phase: a phase change wakes every task at once, and that alone
+    /// kept this generator busy ~10 ms.
+    draining: AtomicBool,
     errors: AtomicUsize,
     first_error: Mutex<Option<String>>,
 }
@@ -115,6 +122,11 @@ fn main() -> Result<()> {
         .build()?;
     rt.block_on(run(args))
 }
+
+/// The sustained phase's first message leaves this long after the phase starts, so that
+/// every connection task has woken and armed its ticker first: 10,000 tasks waking at once
+/// kept this generator busy ~10 ms, and the first messages' latency showed it.
+const SETTLE: Duration = Duration::from_millis(50);
 
 /// A relayed message this slow is listed in the output (`slow`) with its send time.
 const SLOW_US: u64 = 10_000;
@@ -281,14 +293,15 @@ async fn run(args: Args) -> Result<()> {
         let sustain_at = nanos(t0);
         let _ = phase_tx.send(Phase::Sustain);
         tokio::time::sleep(Duration::from_secs_f64(args.secs)).await;
-        let _ = phase_tx.send(Phase::Stop);
+        shared.draining.store(true, Ordering::Relaxed);
         let usage = Sample::take(args.server_pid, args.server_core).usage_since(&before);
-        // Late messages: give the last ones a moment.
+        // Late messages: give the last ones a moment, with every connection still open.
         let sent = shared.sent.load(Ordering::Relaxed) - s0;
         let deadline = Instant::now() + Duration::from_secs(2);
         while shared.received.load(Ordering::Relaxed) - r0 < sent && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        let _ = phase_tx.send(Phase::Stop);
         let received = shared.received.load(Ordering::Relaxed) - r0;
         let relay = std::mem::take(&mut *shared.relay.lock().expect("lock"));
         // [ms into the phase when sent, latency in ms]
@@ -509,7 +522,8 @@ impl Conn {
                 let period = Duration::from_secs_f64(1.0 / per_conn.max(1e-3));
                 // Spread the connections' phases over one period.
                 let offset = period.mul_f64((self.i as f64 * 0.618_034) % 1.0);
-                let mut t = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
+                let first = tokio::time::Instant::now() + SETTLE + offset;
+                let mut t = tokio::time::interval_at(first, period);
                 t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
                 ticker = Some(t);
             }
@@ -520,6 +534,9 @@ impl Conn {
                     }
                 }
                 _ = async { ticker.as_mut().expect("ticker").tick().await }, if ticker.is_some() => {
+                    if self.shared.draining.load(Ordering::Relaxed) {
+                        continue;
+                    }
                     if template.is_none() {
                         // Built once: the generator must stay cheaper than the servers it loads.
                         let peer = neg.peer.clone().unwrap_or_default();
