@@ -6,8 +6,8 @@
 
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use crate::sync::Locked;
 
@@ -77,7 +77,10 @@ impl<T: Default> Default for PerThread<T> {
     fn default() -> Self {
         // Twice the cores, so that the runtime's workers rarely share a slot (threads take
         // slots in turn as they first count); a power of two, for a mask.
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        // Asked once: the call reads cgroup files.
+        static CORES: OnceLock<usize> = OnceLock::new();
+        let cores =
+            *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from));
         let slots = (cores * 2).next_power_of_two();
         PerThread {
             slots: (0..slots).map(|_| Padded::default()).collect(),

@@ -7,10 +7,10 @@
 //! virtual clock.
 //!
 //! Concurrency: requests take the table's `RwLock` (briefly, never across I/O); data
-//! packets never do. They find allocations in `Live`, an index whose reads take no lock and
-//! write nothing shared, so receive loops on different cores looking up different
-//! allocations share no cache line; each allocation's permissions and channels sit behind
-//! its own `Mutex`. `Live` changes only under the table's write lock, with the table.
+//! packets never do. They find allocations in `Index`, whose reads take no lock and write
+//! nothing shared, so receive loops on different cores looking up different allocations
+//! share no cache line; each allocation's permissions and channels sit behind its own
+//! `Mutex`. `Index` changes only under the table's write lock, with the table.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -249,22 +249,27 @@ impl Holder {
 
 /// The live allocations by 5-tuple and by relayed address, for the data path: a lock-free
 /// map (`papaya`), whose reads write nothing shared, so they scale with the cores. It holds
-/// weak references: the table owns the allocations, and one removed from both is dropped
-/// (its relay socket closed) at once, not when the map reclaims its entry. Changed only by
-/// `Table::insert` and `Table::remove`, under the table's write lock.
+/// weak references: the table owns the allocations, and the index never keeps a removed one
+/// (its relay socket) alive, as a lock-free map would until it reclaims the entry. Changed
+/// only by `Table::insert` and `Table::remove`, under the table's write lock.
 ///
 /// Hashed with foldhash, seeded per map: a lookup per packet, where SipHash cost more than
 /// the rest of the lookup. Relayed addresses are the server's choice; 5-tuples are the
 /// client's, but only an authenticated client within its quotas inserts one, and without
-/// the seed it cannot choose colliding ones (`foldhash::quality`, as `limiter` keys sources).
-struct Live<R> {
+/// the seed it cannot choose colliding ones (`foldhash::quality`, as `limiter` keys sources;
+/// foldhash does not claim to resist an attacker who times lookups, and collisions would
+/// need dozens of such allocations).
+///
+/// Aligned to its own cache lines: requests write the table's lock beside it.
+#[repr(align(128))]
+struct Index<R> {
     by_tuple: papaya::HashMap<FiveTuple, Weak<Allocation<R>>, foldhash::quality::RandomState>,
     by_relay: papaya::HashMap<SocketAddr, Weak<Allocation<R>>, foldhash::fast::RandomState>,
 }
 
-impl<R> Live<R> {
-    fn new() -> Live<R> {
-        Live {
+impl<R> Index<R> {
+    fn new() -> Index<R> {
+        Index {
             by_tuple: papaya::HashMap::with_hasher(foldhash::quality::RandomState::default()),
             by_relay: papaya::HashMap::with_hasher(foldhash::fast::RandomState::default()),
         }
@@ -295,10 +300,10 @@ struct Table<R> {
 }
 
 impl<R> Table<R> {
-    fn insert(&mut self, live: &Live<R>, a: Arc<Allocation<R>>) {
+    fn insert(&mut self, index: &Index<R>, a: Arc<Allocation<R>>) {
         self.count(&a.holder);
-        live.by_relay.pin().insert(a.relayed, Arc::downgrade(&a));
-        live.by_tuple.pin().insert(a.tuple, Arc::downgrade(&a));
+        index.by_relay.pin().insert(a.relayed, Arc::downgrade(&a));
+        index.by_tuple.pin().insert(a.tuple, Arc::downgrade(&a));
         if let Some((scope, peer)) = a.owner.peer() {
             let key = (scope.clone(), peer.clone());
             self.by_peer.entry(key).or_default().push(a.tuple);
@@ -307,10 +312,10 @@ impl<R> Table<R> {
         self.by_tuple.insert(a.tuple, a);
     }
 
-    fn remove(&mut self, live: &Live<R>, tuple: &FiveTuple) -> Option<Arc<Allocation<R>>> {
+    fn remove(&mut self, index: &Index<R>, tuple: &FiveTuple) -> Option<Arc<Allocation<R>>> {
         let a = self.by_tuple.remove(tuple)?;
-        live.by_tuple.pin().remove(tuple);
-        live.by_relay.pin().remove(&a.relayed);
+        index.by_tuple.pin().remove(tuple);
+        index.by_relay.pin().remove(&a.relayed);
         if let Some((scope, peer)) = a.owner.peer() {
             let key = (scope.clone(), peer.clone());
             if let Some(tuples) = self.by_peer.get_mut(&key) {
@@ -412,7 +417,7 @@ pub struct Core<B: RelayBinder> {
     /// which allows an insertion and the insertion cannot be split.
     table: RwLock<Table<B::Relay>>,
     /// The live allocations, for the data path; changed only with `table`, under its write lock.
-    live: Live<B::Relay>,
+    index: Index<B::Relay>,
     /// Challenges answered per source (see `CoreConfig::challenges_per_source_s`).
     challenges: SourceRates,
     pub stats: Stats,
@@ -448,7 +453,7 @@ impl<B: RelayBinder> Core<B> {
             policy: ArcSwap::from_pointee(policy),
             binder,
             membership,
-            live: Live::new(),
+            index: Index::new(),
             table: RwLock::new(Table {
                 by_tuple: HashMap::new(),
                 by_relay: HashMap::new(),
@@ -929,7 +934,7 @@ impl<B: RelayBinder> Core<B> {
             if let Some((t, held)) = reservation {
                 table.reserve(t, held);
             }
-            table.insert(&self.live, Arc::clone(&allocation));
+            table.insert(&self.index, Arc::clone(&allocation));
         }
         self.stats.allocations_created.inc(tuple.transport);
         info!(client = %tuple.client, transport = tuple.transport.as_str(), %relayed, lifetime_s = granted.as_secs(), owner = ?owner_label(&allocation.owner), "allocation created");
@@ -1147,7 +1152,7 @@ impl<B: RelayBinder> Core<B> {
         if peer.is_ipv4() != relayed.is_ipv4() {
             return Err((443, "peer family mismatch"));
         }
-        let is_relay = self.live.by_relayed(&peer).is_some();
+        let is_relay = self.index.by_relayed(&peer).is_some();
         self.policy.load().check(peer, is_relay).map_err(|refused| {
             self.stats.policy_refusals.inc(refused.class);
             info!(%peer, class = refused.class, "peer address refused by policy");
@@ -1157,17 +1162,17 @@ impl<B: RelayBinder> Core<B> {
 
     /// The allocation of `tuple`.
     pub fn get(&self, tuple: &FiveTuple) -> Option<Arc<Allocation<B::Relay>>> {
-        self.live.get(tuple)
+        self.index.get(tuple)
     }
 
     /// The live allocation whose relayed address is `addr` (for relay-to-relay).
     pub fn by_relayed(&self, addr: &SocketAddr) -> Option<Arc<Allocation<B::Relay>>> {
-        self.live.by_relayed(addr)
+        self.index.by_relayed(addr)
     }
 
     /// Removes the allocation of `tuple`.
     pub fn close(&self, tuple: &FiveTuple, reason: CloseReason) -> bool {
-        let removed = self.table.writing().remove(&self.live, tuple);
+        let removed = self.table.writing().remove(&self.index, tuple);
         if let Some(a) = &removed {
             self.stats.allocations_closed.inc(reason);
             info!(client = %a.tuple.client, relayed = %a.relayed, reason = reason.as_str(), "allocation closed");
@@ -1259,6 +1264,27 @@ impl<B: RelayBinder> Core<B> {
 
     pub fn allocation_count(&self) -> usize {
         self.table.reading().by_tuple.len()
+    }
+
+    /// Panics unless the data path's index finds exactly the table's allocations, by
+    /// 5-tuple and by relayed address (tests call it after every request).
+    #[cfg(test)]
+    pub(crate) fn assert_index_matches_table(&self) {
+        let table = self.table.reading();
+        let tuples = self.index.by_tuple.pin();
+        let relays = self.index.by_relay.pin();
+        assert_eq!(tuples.len(), table.by_tuple.len(), "index by 5-tuple");
+        assert_eq!(
+            relays.len(),
+            table.by_relay.len(),
+            "index by relayed address"
+        );
+        for (tuple, a) in &table.by_tuple {
+            let found = tuples.get(tuple).and_then(Weak::upgrade);
+            assert!(found.is_some_and(|f| Arc::ptr_eq(&f, a)), "{tuple:?}");
+            let found = relays.get(&a.relayed).and_then(Weak::upgrade);
+            assert!(found.is_some_and(|f| Arc::ptr_eq(&f, a)), "{}", a.relayed);
+        }
     }
 }
 

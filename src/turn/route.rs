@@ -49,13 +49,13 @@ pub enum Route<R: Relay> {
         peer: SocketAddr,
         payload: Range<usize>,
     },
-    /// Relay to relay: to the client of another allocation of this server, by its `sink`,
-    /// the bytes `frame` of the buffer (framed for that client).
+    /// Relay to relay: to the client of `to`, another allocation of this server whose relay
+    /// has its way back to its client (`to.relay.client()` is `Some`), the bytes `frame` of
+    /// the buffer (framed for that client). The allocation rather than a clone of its sink:
+    /// a sink may serve many clients (a UDP listener's socket), and a clone per packet would
+    /// write its reference count from every core.
     RelayToRelay {
-        sink: R::Sink,
-        client: SocketAddr,
-        /// The other client's transport, for the counters.
-        transport: Transport,
+        to: Arc<Allocation<R>>,
         frame: Range<usize>,
     },
     /// Nowhere: dropped, and counted.
@@ -134,9 +134,9 @@ pub fn channel_data<R: Relay>(
             payload,
         };
     };
-    let Some(sink) = other.relay.client() else {
+    if other.relay.client().is_none() {
         return Route::Drop(Dropped::NotGranted.count(stats));
-    };
+    }
     let from = allocation.relayed;
     let channel = {
         let state = other.state.locked();
@@ -149,12 +149,7 @@ pub fn channel_data<R: Relay>(
         return Route::Drop(Dropped::Unframeable.count(stats));
     };
     stats.relay_to_relay.inc();
-    Route::RelayToRelay {
-        sink: sink.clone(),
-        client: other.tuple.client,
-        transport: other.tuple.transport,
-        frame,
-    }
+    Route::RelayToRelay { to: other, frame }
 }
 
 /// Frames a datagram from the peer `from`, received on the relay of the allocation whose

@@ -391,23 +391,23 @@ impl TurnServer {
                             range: payload,
                             dest: peer,
                         }),
-                        Route::RelayToRelay {
-                            sink: ClientSink::Udp(to),
-                            client,
-                            frame,
-                            ..
-                        } => s.out.push(Out {
-                            via: Via::Listener(to),
-                            slot: i,
-                            range: frame,
-                            dest: client,
-                        }),
-                        Route::RelayToRelay {
-                            sink,
-                            client,
-                            transport,
-                            frame,
-                        } => self.forward(&sink, &s.recv.slot(i)[frame], client, transport),
+                        Route::RelayToRelay { to, frame } => match to.relay.client() {
+                            Some(ClientSink::Udp(sink)) => {
+                                let (fd, from) = (sink.socket.as_raw_fd(), sink.from);
+                                let dest = to.tuple.client;
+                                s.out.push(Out {
+                                    via: Via::Listener { fd, from, _to: to },
+                                    slot: i,
+                                    range: frame,
+                                    dest,
+                                });
+                            }
+                            Some(sink) => {
+                                let bytes = &s.recv.slot(i)[frame];
+                                self.forward(sink, bytes, to.tuple.client, to.tuple.transport);
+                            }
+                            None => {}
+                        },
                     }
                 }
                 Kind::Stun => {
@@ -643,18 +643,15 @@ impl TurnServer {
                             debug!(%peer, error = %e, "relay send failed");
                         }
                     },
-                    Route::RelayToRelay {
-                        sink: ClientSink::Stream(outbox),
-                        transport,
-                        frame,
-                        ..
-                    } => return Some((outbox, buf[frame].to_vec(), transport)),
-                    Route::RelayToRelay {
-                        sink,
-                        client,
-                        transport,
-                        frame,
-                    } => self.forward(&sink, &buf[frame], client, transport),
+                    Route::RelayToRelay { to, frame } => match to.relay.client() {
+                        Some(ClientSink::Stream(outbox)) => {
+                            return Some((outbox.clone(), buf[frame].to_vec(), to.tuple.transport));
+                        }
+                        Some(sink) => {
+                            self.forward(sink, &buf[frame], to.tuple.client, to.tuple.transport);
+                        }
+                        None => {}
+                    },
                 }
             }
             Kind::Stun => {
@@ -752,7 +749,14 @@ impl Drop for Admitted {
 /// The socket a batched datagram leaves by.
 enum Via {
     Relay(Arc<Allocation<RelaySocket>>),
-    Listener(UdpSink),
+    /// The UDP listener of `to`'s client (relay to relay): its socket's descriptor and the
+    /// address to send from, copied out of `to`'s sink, which `to` keeps open until the
+    /// batch is sent. Not a clone of the sink, whose reference count every core would write.
+    Listener {
+        fd: RawFd,
+        from: Option<IpAddr>,
+        _to: Arc<Allocation<RelaySocket>>,
+    },
 }
 
 impl Via {
@@ -760,7 +764,7 @@ impl Via {
     fn from(&self) -> Option<IpAddr> {
         match self {
             Via::Relay(_) => None,
-            Via::Listener(sink) => sink.from,
+            Via::Listener { from, .. } => *from,
         }
     }
 }
@@ -769,7 +773,7 @@ impl AsRawFd for Via {
     fn as_raw_fd(&self) -> RawFd {
         match self {
             Via::Relay(a) => a.relay.socket.as_raw_fd(),
-            Via::Listener(sink) => sink.socket.as_raw_fd(),
+            Via::Listener { fd, .. } => *fd,
         }
     }
 }
@@ -837,7 +841,7 @@ impl Scratch {
             failed += sent.dropped;
             let total = match group[0].via {
                 Via::Relay(_) => &mut to_peers,
-                Via::Listener(_) => &mut to_clients,
+                Via::Listener { .. } => &mut to_clients,
             };
             total.0 += sent.packets;
             total.1 += sent.bytes;

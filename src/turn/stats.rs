@@ -164,15 +164,15 @@ pub struct Stats {
     /// Requests refused, indications dropped and attributes ignored under a protocol rule.
     pub protocol_refusals: ByLabel<ProtocolRule>,
     /// Datagrams that are not STUN or ChannelData, or STUN that does not parse.
-    pub malformed: Counter,
+    pub malformed: PerThread<Counter>,
     /// Data to or from a peer without a permission, or for a channel not bound.
-    pub no_permission: Counter,
+    pub no_permission: PerThread<Counter>,
     /// Relayed datagrams the kernel refused or a full socket dropped.
-    pub relay_send_failures: Counter,
+    pub relay_send_failures: PerThread<Counter>,
     /// Frames for TCP/TLS clients dropped because the client's queue was full.
-    pub stream_queue_drops: Counter,
+    pub stream_queue_drops: PerThread<Counter>,
     /// Payloads too large for a Data indication (their client has no channel), dropped.
-    pub unframeable: Counter,
+    pub unframeable: PerThread<Counter>,
     /// Unauthenticated requests left unanswered: their source was answered too often.
     pub challenge_drops: Counter,
     pub stream_closes: ByLabel<StreamClose>,

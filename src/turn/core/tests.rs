@@ -233,8 +233,11 @@ impl Fixture {
     }
 
     fn send_at(&self, after: Duration, t: FiveTuple, bytes: &[u8]) -> Handled<()> {
-        self.core
-            .handle_stun(self.t0 + after, UNIX + after.as_secs(), t, bytes)
+        let handled = self
+            .core
+            .handle_stun(self.t0 + after, UNIX + after.as_secs(), t, bytes);
+        self.core.assert_index_matches_table();
+        handled
     }
 
     /// A fresh nonce for `t`, from an unauthenticated Allocate.
