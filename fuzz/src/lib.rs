@@ -625,12 +625,8 @@ pub fn channel_data(
                 "ChannelData to a peer without a permission"
             );
         }
-        Route::RelayToRelay {
-            client,
-            transport,
-            frame,
-            ..
-        } => {
+        Route::RelayToRelay { to, frame } => {
+            let (client, transport) = (to.tuple.client, to.tuple.transport);
             // Every client here talks to the one server socket.
             let other = FiveTuple {
                 client,
@@ -640,6 +636,14 @@ pub fn channel_data(
             let other = core
                 .get(&other)
                 .expect("relayed to a client without an allocation");
+            assert!(
+                Arc::ptr_eq(&other, &to),
+                "relayed to another allocation than its own"
+            );
+            assert!(
+                other.relay.client().is_some(),
+                "relayed to a client not granted yet"
+            );
             let mine = core.get(&tuple).expect("relayed without an allocation");
             assert!(
                 other.state.lock().unwrap().is_permitted(now, mine.relayed),
