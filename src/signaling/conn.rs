@@ -17,6 +17,8 @@ use super::frame::{CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY, CLOSE_UNSUPPORT
 use super::frame::{Incoming, OP_PING, OP_PONG, OP_TEXT};
 use super::host::Host;
 use super::outbox::{Outbox, Queue};
+use super::registry::PendingJoin;
+use super::room::{JoinError, Joined};
 use super::signal::Eviction;
 use super::signal::{Registration, Signal, Woken};
 use super::socket::{ReadError, Socket};
@@ -35,6 +37,10 @@ pub enum Reply {
     Send(String),
     /// Send this frame (if any), then close with this code and reason.
     Close(Option<String>, u16, &'static str),
+    /// Wait for a join that a shared registry decides, then answer what `Handler::joined`
+    /// makes of its outcome. The socket reads nothing meanwhile; an eviction or shutdown
+    /// still closes it.
+    Join(PendingJoin),
 }
 
 /// One signaling dialect's protocol, driven by `Conn::serve`.
@@ -51,6 +57,8 @@ pub trait Handler {
     fn next_deadline(&self) -> Option<Instant>;
     /// The time from `next_deadline` has come.
     fn deadline(&mut self) -> Reply;
+    /// The outcome of the join a `Reply::Join` waited for.
+    fn joined(&mut self, outcome: Result<Joined, JoinError>) -> Reply;
     /// The socket is done: leave rooms, free names. Called before the close frame is
     /// written, which may take a while to a client that stopped reading.
     fn finish(&mut self);
@@ -206,7 +214,8 @@ impl Conn {
                         };
                         if !matches!(reply, Reply::None) {
                             batch.flush();
-                            if let Err(close) = Box::pin(answer(direct, reply)).await {
+                            let answered = answer(direct, signal, app, dialect, reply);
+                            if let Err(close) = Box::pin(answered).await {
                                 return close;
                             }
                         }
@@ -254,7 +263,7 @@ impl Conn {
                 }
             };
             if !matches!(reply, Reply::None)
-                && let Err(close) = Box::pin(answer(direct, reply)).await
+                && let Err(close) = Box::pin(answer(direct, signal, app, dialect, reply)).await
             {
                 return close;
             }
@@ -268,10 +277,24 @@ impl Conn {
     }
 }
 
-/// Sends a `Reply` to the client itself; `Err` carries what `run` returns (the close).
-async fn answer(direct: &Direct, reply: Reply) -> Result<(), Option<(u16, &'static str)>> {
+/// Carries out a `Reply`: sends it to the client itself, or first waits for the join it
+/// names; `Err` carries what `run` returns (the close).
+async fn answer(
+    direct: &Direct,
+    signal: &Signal,
+    app: &Host,
+    dialect: &mut impl Handler,
+    mut reply: Reply,
+) -> Result<(), Option<(u16, &'static str)>> {
+    while let Reply::Join(pending) = reply {
+        let outcome = tokio::select! {
+            outcome = pending => outcome,
+            why = signal.closed() => return Err(Some(evicted_close(app, why))),
+        };
+        reply = dialect.joined(outcome);
+    }
     match reply {
-        Reply::None => Ok(()),
+        Reply::None | Reply::Join(_) => Ok(()),
         Reply::Send(frame) => match write(direct, OP_TEXT, frame.as_bytes()).await {
             Ok(()) => Ok(()),
             Err(()) => Err(Some((CLOSE_GOING_AWAY, "write failed"))),
@@ -421,6 +444,9 @@ mod tests {
             None
         }
         fn deadline(&mut self) -> Reply {
+            Reply::None
+        }
+        fn joined(&mut self, _: Result<Joined, JoinError>) -> Reply {
             Reply::None
         }
         fn finish(&mut self) {}

@@ -126,7 +126,8 @@ mod tests {
                     std::net::Ipv4Addr::LOCALHOST.into(),
                     Box::new(|_| {}),
                 )
-                .is_some()
+                .decided()
+                .is_ok()
         );
         let room = RoomId::parse("_ws-legacy").unwrap();
         let id = PeerId::random();
@@ -137,6 +138,7 @@ mod tests {
         native
             .registry()
             .join(info, &room, Arc::new(Quiet), Box::new(|_| {}))
+            .decided()
             .unwrap();
 
         assert!(member(

@@ -14,7 +14,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use axum::extract::ws::Utf8Bytes;
 
 use super::protocol::{PeerId, PeerInfo, RoomId};
-use super::registry::{Event, Member, Registry, To, Welcome};
+use super::registry::{Event, Joining, Member, Registry, To, Welcome};
 use super::room::{JoinError, Joined, Left, Rooms, RouteError};
 use super::signal::Eviction;
 use crate::sync::Shared;
@@ -50,6 +50,33 @@ impl Hub {
     fn write(&self) -> RwLockWriteGuard<'_, Inner> {
         self.inner.writing()
     }
+
+    /// Joins `peer` to `room`: runs `welcome`, then tells each member already present.
+    ///
+    /// Running the welcome under the lock guarantees it precedes anything another member
+    /// sends to the newcomer.
+    ///
+    /// # Errors
+    /// The room is full, there are too many rooms, the peer is in a room already, or its
+    /// name is taken; nothing is delivered then.
+    pub fn join_now(
+        &self,
+        peer: PeerInfo,
+        room: &RoomId,
+        member: Arc<dyn Member>,
+        welcome: Welcome,
+    ) -> Result<Joined, JoinError> {
+        let mut inner = self.write();
+        let joined = inner.rooms.handle_join(peer.clone(), room)?;
+        welcome(&joined);
+        for other in &joined.others {
+            if let Some(m) = inner.members.get(&other.id) {
+                m.deliver(Event::PeerJoined(&peer));
+            }
+        }
+        inner.members.insert(peer.id, member);
+        Ok(joined)
+    }
 }
 
 impl Inner {
@@ -67,27 +94,15 @@ impl Inner {
 }
 
 impl Registry for Hub {
-    /// Joins `peer` to `room`: runs `welcome`, then tells each member already present.
-    ///
-    /// Running the welcome under the lock guarantees it precedes anything another member
-    /// sends to the newcomer.
+    /// Decided at once (`join_now`).
     fn join(
         &self,
         peer: PeerInfo,
         room: &RoomId,
         member: Arc<dyn Member>,
-        welcome: Welcome<'_>,
-    ) -> Result<Joined, JoinError> {
-        let mut inner = self.write();
-        let joined = inner.rooms.handle_join(peer.clone(), room)?;
-        welcome(&joined);
-        for other in &joined.others {
-            if let Some(m) = inner.members.get(&other.id) {
-                m.deliver(Event::PeerJoined(&peer));
-            }
-        }
-        inner.members.insert(peer.id, member);
-        Ok(joined)
+        welcome: Welcome,
+    ) -> Joining {
+        Joining::Done(self.join_now(peer, room, member, welcome))
     }
 
     fn leave(&self, peer: &PeerId) -> Option<Left> {
@@ -274,7 +289,7 @@ mod tests {
         member: &Arc<Recorder>,
     ) -> Result<Joined, JoinError> {
         let m = Arc::clone(member);
-        hub.join(
+        hub.join_now(
             peer.clone(),
             room,
             member.clone(),
@@ -418,17 +433,18 @@ mod tests {
         let hub = Hub::new(Rooms::new(4, 10));
         let room = RoomId::parse("r").unwrap();
         let buggy = info("buggy");
-        hub.join(buggy.clone(), &room, Arc::new(Buggy), Box::new(|_| {}))
+        hub.join_now(buggy.clone(), &room, Arc::new(Buggy), Box::new(|_| {}))
             .unwrap();
         let joining = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            hub.join(info("b"), &room, Recorder::new(8), Box::new(|_| {}))
+            hub.join_now(info("b"), &room, Recorder::new(8), Box::new(|_| {}))
         }));
         assert!(joining.is_err(), "the member's panic reached the caller");
         // The registry still answers, and still changes.
         assert!(hub.is_member(&room, &buggy.id));
         let c = Recorder::new(8);
         let other = RoomId::parse("other").unwrap();
-        hub.join(info("c"), &other, c, Box::new(|_| {})).unwrap();
+        hub.join_now(info("c"), &other, c, Box::new(|_| {}))
+            .unwrap();
         assert_eq!(hub.counts(), (2, 3));
     }
 }

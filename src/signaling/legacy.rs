@@ -31,8 +31,8 @@ use super::host::Host;
 use super::hub::Hub;
 use super::outbox::Outbox;
 use super::protocol::{self, ErrorCode, PeerId};
-use super::registry::{Event, Member, Registry, To, Welcome};
-use super::room::{Joined, Rooms};
+use super::registry::{Event, Joining, Member, PendingJoin, Registry, To, Welcome};
+use super::room::{JoinError, Joined, Rooms};
 use super::signal::Eviction;
 use super::socket::{Socket, Upgrade};
 use super::stats::{Counts, DialectStats, Refusal};
@@ -104,19 +104,25 @@ impl Directory {
     }
 
     /// Registers `user` (named) with `outbox`; `welcome` runs before anyone can reach it.
+    /// Once it has succeeded, `logged_in` gives the user's partner.
     pub(super) fn login(
         &self,
         user: PeerInfo,
         outbox: Arc<Outbox>,
         client: IpAddr,
-        welcome: Welcome<'_>,
-    ) -> Option<Partner> {
-        let id = user.id.clone();
+        welcome: Welcome,
+    ) -> Joining {
         let member = Arc::new(Frames { outbox, client });
-        self.registry.join(user, &USERS, member, welcome).ok()?;
+        self.registry.join(user, &USERS, member, welcome)
+    }
+
+    /// The partner of `peer`, whose login succeeded.
+    fn logged_in(&self, peer: &PeerId) -> Partner {
         let partner = Partner::default();
-        self.partners.locked().insert(id, Arc::clone(&partner));
-        Some(partner)
+        self.partners
+            .locked()
+            .insert(peer.clone(), Arc::clone(&partner));
+        partner
     }
 
     /// Logs `peer` out (if an operator's kick has not already): its partner is told `leave`.
@@ -264,6 +270,8 @@ struct Session {
     client: IpAddr,
     outbox: Arc<Outbox>,
     name: Option<String>,
+    /// The name of a login a shared registry has not decided yet.
+    logging_in: Option<String>,
     /// The user this one last exchanged an offer or answer with; told `leave` on close
     /// (shared with the directory, for a kick). Set while logged in.
     partner: Option<Partner>,
@@ -274,6 +282,10 @@ struct Session {
     failed_logins: u32,
 }
 
+/// What a login or join refused for want of the shared registry says.
+pub(super) const UNAVAILABLE: &str =
+    "the rooms shared with the other instances cannot be reached; try again shortly";
+
 /// Refused logins one socket may make: more would be probing which names are online.
 const MAX_FAILED_LOGINS: u32 = 5;
 
@@ -282,6 +294,8 @@ enum Next {
     Reply(Value),
     Nothing,
     Close(Value, u16, &'static str),
+    /// A login a shared registry decides (`Handler::joined` finishes it).
+    Login(PendingJoin),
 }
 
 /// Every message of this dialect, fields unparsed: relayed values are forwarded as the
@@ -418,25 +432,41 @@ impl Session {
             name: Some(name.to_owned()),
         };
         // The answer goes out as the login takes effect: before anything sent to the name.
-        let outbox = &self.outbox;
+        let outbox = Arc::clone(&self.outbox);
         let welcome = move |_: &Joined| {
             let ok = json!({"type": "login", "success": true, "ice_servers": ice_servers, "ice_ttl_s": ice_ttl_s});
             // Under the registry's lock: queued, no socket I/O.
             outbox.queue(ok.to_string().into());
         };
-        let Some(partner) = self.directory.login(
+        let joining = self.directory.login(
             user,
             Arc::clone(&self.outbox),
             self.client,
             Box::new(welcome),
-        ) else {
-            return self.login_refused();
+        );
+        self.logging_in = Some(name.to_owned());
+        match joining {
+            Joining::Done(outcome) => self.logged_in(outcome),
+            Joining::Pending(pending) => Next::Login(pending),
+        }
+    }
+
+    /// Finishes the login `logging_in` names with the registry's outcome.
+    fn logged_in(&mut self, outcome: Result<Joined, JoinError>) -> Next {
+        let Some(name) = self.logging_in.take() else {
+            return Next::Nothing;
         };
-        tracing::Span::current().record("name", name);
+        if let Err(e) = outcome {
+            if e == JoinError::Unavailable {
+                return Next::Reply(self.error(ErrorCode::Unavailable, UNAVAILABLE));
+            }
+            return self.login_refused();
+        }
+        tracing::Span::current().record("name", name.as_str());
         info!("logged in");
         self.directory.stats.joins.inc();
-        self.name = Some(name.to_owned());
-        self.partner = Some(partner);
+        self.partner = Some(self.directory.logged_in(&self.peer));
+        self.name = Some(name);
         Next::Nothing
     }
 
@@ -528,6 +558,7 @@ async fn run(
         client,
         outbox: Arc::new(outbox),
         name: None,
+        logging_in: None,
         partner: None,
         gate,
         login_due,
@@ -547,6 +578,7 @@ fn reply(next: Next) -> Reply {
             }
             Reply::Close(Some(value.to_string()), code, reason)
         }
+        Next::Login(pending) => Reply::Join(pending),
     }
 }
 
@@ -594,6 +626,10 @@ impl Handler for Session {
         reply(Next::Close(error, CLOSE_POLICY, "login timeout"))
     }
 
+    fn joined(&mut self, outcome: Result<Joined, JoinError>) -> Reply {
+        reply(self.logged_in(outcome))
+    }
+
     fn finish(&mut self) {
         self.close();
     }
@@ -625,7 +661,9 @@ mod tests {
             name: Some(name.to_owned()),
         };
         let client = std::net::Ipv4Addr::LOCALHOST.into();
-        directory.login(user, Arc::clone(outbox), client, Box::new(|_| {}))
+        let id = user.id.clone();
+        let joining = directory.login(user, Arc::clone(outbox), client, Box::new(|_| {}));
+        joining.decided().ok().map(|_| directory.logged_in(&id))
     }
 
     #[test]

@@ -164,6 +164,9 @@ pub enum ErrorCode {
     /// The operator kicked a peer from this source out of this room a short while ago
     /// (`admin.kicked_peer_s`).
     Kicked,
+    /// The instances of a cluster share rooms through Redis, which cannot be reached now:
+    /// a join that needs it is refused; try again shortly.
+    Unavailable,
 }
 
 impl crate::metrics::Label for ErrorCode {
@@ -185,6 +188,7 @@ impl crate::metrics::Label for ErrorCode {
         ErrorCode::UnknownName,
         ErrorCode::RoomClosed,
         ErrorCode::Kicked,
+        ErrorCode::Unavailable,
     ];
     fn index(self) -> usize {
         self as usize
@@ -208,6 +212,7 @@ impl crate::metrics::Label for ErrorCode {
             ErrorCode::UnknownName => "unknown_name",
             ErrorCode::RoomClosed => "room_closed",
             ErrorCode::Kicked => "kicked",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 }

@@ -38,7 +38,53 @@ use super::signal::Eviction;
 
 /// Called once a join has taken effect and before anyone else can reach the newcomer,
 /// with what happened: the dialect delivers its welcome (or creation/join notice) there.
-pub type Welcome<'a> = Box<dyn FnOnce(&Joined) + 'a>;
+/// It owns what it needs: a shared registry calls it when the join's turn comes, after
+/// `join` has returned.
+pub type Welcome = Box<dyn FnOnce(&Joined) + Send>;
+
+/// A join's outcome.
+pub enum Joining {
+    /// Decided at once (the in-process `Hub`): the welcome has run if it succeeded.
+    Done(Result<Joined, JoinError>),
+    /// Decided elsewhere (a registry shared by several instances): resolves once the
+    /// welcome has run, or the join was refused. Dropped unresolved, the join may still
+    /// take effect; the registry then takes the member out again by itself.
+    Pending(PendingJoin),
+}
+
+/// A join a shared registry has not decided yet.
+pub type PendingJoin =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Joined, JoinError>> + Send>>;
+
+impl Joining {
+    /// The outcome, waiting for it if the registry is shared.
+    pub async fn outcome(self) -> Result<Joined, JoinError> {
+        match self {
+            Joining::Done(done) => done,
+            Joining::Pending(pending) => pending.await,
+        }
+    }
+}
+
+#[cfg(test)]
+impl Joining {
+    /// The outcome of a join an in-process registry decided at once.
+    pub fn decided(self) -> Result<Joined, JoinError> {
+        match self {
+            Joining::Done(done) => done,
+            Joining::Pending(_) => panic!("the join was not decided at once"),
+        }
+    }
+}
+
+impl fmt::Debug for Joining {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Joining::Done(done) => f.debug_tuple("Done").field(done).finish(),
+            Joining::Pending(_) => f.write_str("Pending"),
+        }
+    }
+}
 
 /// What the registry tells a member.
 #[derive(Debug, Clone, Copy)]
@@ -82,16 +128,16 @@ pub enum To<'a> {
 pub trait Registry: Send + Sync + fmt::Debug {
     /// Joins `peer` to `room`: `welcome` runs, then `peer_joined` goes to the others.
     ///
-    /// # Errors
-    /// The room is full, there are too many rooms, the peer is in a room already, or its
-    /// name is taken (unique-name registries); nothing is delivered then.
+    /// Its outcome's errors: the room is full, there are too many rooms, the peer is in a
+    /// room already, its name is taken (unique-name registries), or a shared registry cannot
+    /// be reached; nothing is delivered then.
     fn join(
         &self,
         peer: PeerInfo,
         room: &RoomId,
         member: Arc<dyn Member>,
-        welcome: Welcome<'_>,
-    ) -> Result<Joined, JoinError>;
+        welcome: Welcome,
+    ) -> Joining;
     /// Removes `peer` from its room; the others are told `peer_left`.
     fn leave(&self, peer: &PeerId) -> Option<Left>;
     /// Delivers the dialect message `event` with `data` (JSON text) from `from` to `to` in

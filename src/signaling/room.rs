@@ -17,6 +17,8 @@ pub enum JoinError {
     TooManyRooms,
     /// Names are unique in this registry's rooms, and another member has this one.
     NameTaken,
+    /// A registry shared by several instances cannot be reached.
+    Unavailable,
 }
 
 /// Why a signal cannot be routed.

@@ -688,11 +688,11 @@ enum NotJoined {
 /// Joins `room`; `Ok(peer id, members before)` or why not. Once the join has taken effect,
 /// and before any other member can reach the socket, it is sent `ice_servers` (credentials
 /// scoped to the room), then what `welcome` emits.
-fn join(
+async fn join(
     app: &Ctx,
     s: &SocketRef,
     room: &str,
-    welcome: impl FnOnce(&Joined),
+    welcome: impl FnOnce(&Joined) + Send + 'static,
 ) -> Result<(PeerId, usize), NotJoined> {
     let room_id = match RoomId::parse(room) {
         Ok(r) => r,
@@ -720,8 +720,9 @@ fn join(
         return Err(NotJoined::Answered);
     }
     let (ice_servers, ice_ttl_s) = app.ice_servers_for(&peer, &scope, &host);
-    let welcome = |joined: &Joined| {
-        let _ = s.emit(
+    let socket = s.clone();
+    let welcome = move |joined: &Joined| {
+        let _ = socket.emit(
             "ice_servers",
             &json!({"ice_servers": ice_servers, "ice_ttl_s": ice_ttl_s}),
         );
@@ -740,6 +741,8 @@ fn join(
         .sio
         .registry
         .join(info, &room_id, member, Box::new(welcome))
+        .outcome()
+        .await
         .map_err(|e| match e {
             JoinError::TooManyRooms => {
                 app.metrics.refusals.inc(Refusal::MaxRooms);
@@ -751,6 +754,15 @@ fn join(
             }
             // A join racing another from the same socket; socket.io rooms have no names.
             JoinError::AlreadyJoined | JoinError::NameTaken => NotJoined::Answered,
+            JoinError::Unavailable => {
+                error(
+                    app,
+                    s,
+                    ErrorCode::Unavailable,
+                    super::legacy::UNAVAILABLE.to_owned(),
+                );
+                NotJoined::Answered
+            }
         })?;
     // The socket's disconnect handler runs on a task of its own: had it run between the
     // lookup of the peer above and this join, its leave came first and nothing else would
@@ -789,16 +801,21 @@ async fn create_or_join(s: SocketRef, TryData(room): TryData<String>, State(app)
         &s,
         format!("Received request to create or join room {room}"),
     );
-    let welcome = |joined: &Joined| {
+    let (ctx, socket, name) = (app.clone(), s.clone(), room.clone());
+    let welcome = move |joined: &Joined| {
         let (what, event) = if joined.others.is_empty() {
             ("created", "created")
         } else {
             ("joined", "joined")
         };
-        log(&app, &s, format!("Client ID {} {what} room {room}", s.id));
-        let _ = s.emit(event, &(&room, s.id.to_string()));
+        log(
+            &ctx,
+            &socket,
+            format!("Client ID {} {what} room {name}", socket.id),
+        );
+        let _ = socket.emit(event, &(&name, socket.id.to_string()));
     };
-    match join(&app, &s, &room, welcome) {
+    match join(&app, &s, &room, welcome).await {
         Ok((_, 0)) => {}
         Ok((peer, _)) => {
             broadcast(&app, &peer, "join", &Value::from(room));
@@ -820,15 +837,16 @@ async fn join_video_room(s: SocketRef, TryData(room): TryData<String>, State(app
     let Some(room) = decoded(&app, &s, room, r#""join" takes a room name (a string)"#) else {
         return;
     };
-    let welcome = |joined: &Joined| {
+    let (socket, name) = (s.clone(), room.clone());
+    let welcome = move |joined: &Joined| {
         let event = if joined.others.is_empty() {
             "room_created"
         } else {
             "room_joined"
         };
-        let _ = s.emit(event, &room);
+        let _ = socket.emit(event, &name);
     };
-    if let Err(NotJoined::Full) = join(&app, &s, &room, welcome) {
+    if let Err(NotJoined::Full) = join(&app, &s, &room, welcome).await {
         let _ = s.emit("full_room", &room);
     }
 }

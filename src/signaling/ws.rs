@@ -26,7 +26,7 @@ use super::host::Host;
 use super::hub::Hub;
 use super::outbox::Outbox;
 use super::protocol::{self, ClientMsg, ErrorCode, PeerId, PeerInfo, RoomId, ServerMsg};
-use super::registry::{Event, Member, Registry, To};
+use super::registry::{Event, Joining, Member, PendingJoin, Registry, To};
 use super::room::{JoinError, Joined, Rooms, RouteError};
 use super::signal::Eviction;
 use super::socket::{Socket, Upgrade};
@@ -197,6 +197,8 @@ struct Session {
     client: IpAddr,
     outbox: Outbox,
     room: Option<RoomId>,
+    /// The room of a join a shared registry has not decided yet.
+    joining: Option<RoomId>,
     gate: Gate,
     /// Outside a room: the join timeout. In a room: when fresh TURN credentials are
     /// pushed (four fifths of their lifetime).
@@ -231,6 +233,7 @@ async fn run(
         client,
         outbox,
         room: None,
+        joining: None,
         gate,
         due,
     };
@@ -243,6 +246,8 @@ enum Answer {
     Msg(ServerMsg),
     Error(ErrorCode, String),
     Close(ErrorCode, String, u16, &'static str),
+    /// A join a shared registry decides (`Handler::joined` finishes it).
+    Join(PendingJoin),
 }
 
 impl Session {
@@ -250,6 +255,7 @@ impl Session {
     fn reply(&self, answer: Answer) -> Reply {
         match answer {
             Answer::None => Reply::None,
+            Answer::Join(pending) => Reply::Join(pending),
             Answer::Msg(msg) => Reply::Send(protocol::encode(&msg)),
             Answer::Error(code, message) => {
                 self.app.metrics.errors.inc(code);
@@ -312,6 +318,11 @@ impl Handler for Session {
         self.due = Instant::now() + self.refresh_interval();
         self.fresh_ice_servers()
             .map_or(Reply::None, |msg| Reply::Send(protocol::encode(&msg)))
+    }
+
+    fn joined(&mut self, outcome: Result<Joined, JoinError>) -> Reply {
+        let answer = self.join_outcome(outcome);
+        self.reply(answer)
     }
 
     fn finish(&mut self) {
@@ -408,11 +419,12 @@ impl Session {
         let (ice_servers, ice_ttl_s) =
             self.app
                 .ice_servers_for(&self.peer_id, &scope, &self.request_host);
-        let outbox = &self.outbox;
-        let welcome = |joined: &Joined| {
+        let outbox = self.outbox.clone();
+        let (peer_id, room) = (self.peer_id.clone(), room_id.clone());
+        let welcome = move |joined: &Joined| {
             let welcome = ServerMsg::Welcome {
-                peer_id: self.peer_id.clone(),
-                room: room_id.clone(),
+                peer_id,
+                room,
                 peers: joined.others.clone(),
                 ice_servers,
                 ice_ttl_s,
@@ -424,11 +436,23 @@ impl Session {
             outbox: self.outbox.clone(),
             client: self.client,
         });
-        match self
+        let joining = self
             .native
             .registry
-            .join(peer, &room_id, member, Box::new(welcome))
-        {
+            .join(peer, &room_id, member, Box::new(welcome));
+        self.joining = Some(room_id);
+        match joining {
+            Joining::Done(outcome) => self.join_outcome(outcome),
+            Joining::Pending(pending) => Answer::Join(pending),
+        }
+    }
+
+    /// Finishes the join of `joining` with the registry's outcome.
+    fn join_outcome(&mut self, outcome: Result<Joined, JoinError>) -> Answer {
+        let Some(room_id) = self.joining.take() else {
+            return Answer::None;
+        };
+        match outcome {
             Ok(joined) => {
                 tracing::Span::current().record("room", room_id.as_str());
                 info!(
@@ -466,6 +490,10 @@ impl Session {
             Err(JoinError::NameTaken) => Answer::Error(
                 ErrorCode::BadName,
                 format!("the name is taken in room {room_id}"),
+            ),
+            Err(JoinError::Unavailable) => Answer::Error(
+                ErrorCode::Unavailable,
+                super::legacy::UNAVAILABLE.to_owned(),
             ),
         }
     }
