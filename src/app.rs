@@ -109,7 +109,29 @@ pub async fn run(
     mut reloads: mpsc::Receiver<Config>,
 ) -> anyhow::Result<()> {
     let tasks = TaskTracker::new();
-    let dialects = crate::signaling::dialects(&config.signaling);
+    let cluster = if config.cluster.enabled() {
+        Some(crate::cluster::Cluster::new(
+            &config.cluster,
+            &config.server.state_dir,
+            config.turn.public_host.as_deref(),
+        )?)
+    } else {
+        None
+    };
+    let native = cluster.as_ref().map(|cluster| {
+        let shared: Arc<dyn crate::signaling::registry::Registry> = cluster.registry(
+            crate::signaling::ws::NAME,
+            crate::model::Scope::native,
+            config.signaling.room_capacity,
+            config.signaling.max_rooms,
+        );
+        shared
+    });
+    let dialects = crate::signaling::dialects(&config.signaling, native);
+    // After the dialects: the link rebuilds their rooms from Redis when it connects.
+    if let Some(cluster) = &cluster {
+        cluster.start(&tasks, shutdown.clone());
+    }
     let Listeners {
         https,
         redirect,
@@ -153,10 +175,19 @@ pub async fn run(
         shutdown.clone(),
         tasks.clone(),
     ));
+    if let Some(cluster) = &cluster {
+        let host = Arc::downgrade(&host);
+        cluster.on_remote_leave(move |scope, peer| {
+            if let Some(host) = host.upgrade() {
+                host.peer_left(&scope, &peer);
+            }
+        });
+    }
     let app = Arc::new(AppState::new(
         host,
         dialects,
         Access::new(&config, admin_token),
+        cluster,
     ));
     // A real certificate (configured, or ACME's) gets HSTS; the generated one does not.
     let hsts = config.https.cert.is_some() || config.acme.enabled;

@@ -17,6 +17,8 @@
 //! - `throttle`: log lines a client can cause, limited per call site, with its text clipped.
 //! - `sync`: locks that a panic does not poison for good.
 //! - `metrics`: counters for the data path and the OpenMetrics text of `/metrics`; calls no other module.
+//! - `cluster`: several instances sharing rooms through Redis (`[cluster]`): the link and
+//!   each dialect's shared `Registry`.
 //! - `app`: binds every listener, runs them, and drains on shutdown.
 //! - `state`: `AppState`, what the HTTP routes, the admin API and `app` share (the dialects see only `signaling::host::Host`).
 //! - `routes`: the HTTPS router's fixed routes in one table, and the check of the one path it mounts
@@ -35,6 +37,7 @@
 pub mod acme;
 pub mod admin;
 pub mod app;
+pub mod cluster;
 pub mod config;
 pub mod coturn;
 pub mod doctor;

@@ -42,10 +42,18 @@ pub struct AppState {
     pub http_connections: Arc<ConnectionLimiter>,
     /// True once every configured listener is bound and served, false again on shutdown.
     ready: AtomicBool,
+    /// The link to the other instances (`[cluster]`); while it is down the instance is not
+    /// ready, so a load balancer sends new users elsewhere.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl AppState {
-    pub fn new(host: Arc<Host>, dialects: Dialects, access: Access) -> AppState {
+    pub fn new(
+        host: Arc<Host>,
+        dialects: Dialects,
+        access: Access,
+        cluster: Option<Arc<crate::cluster::Cluster>>,
+    ) -> AppState {
         let live = host.live();
         let http_connections = Arc::new(ConnectionLimiter::with_v6_prefix(
             live.https.max_connections,
@@ -59,6 +67,7 @@ impl AppState {
             dialects,
             access: ArcSwap::from_pointee(access),
             ready: AtomicBool::new(false),
+            cluster,
         }
     }
 
@@ -89,12 +98,17 @@ impl AppState {
         if let Some(turn) = &host.turn {
             families.extend(turn.metrics());
         }
+        if let Some(cluster) = &self.cluster {
+            families.extend(cluster.metrics());
+        }
         families.extend(crate::metrics::process::families());
         families
     }
 
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && !self.host.shutdown.is_cancelled()
+        self.ready.load(Ordering::Acquire)
+            && !self.host.shutdown.is_cancelled()
+            && self.cluster.as_ref().is_none_or(|c| c.is_up())
     }
 
     pub fn set_ready(&self, ready: bool) {

@@ -47,6 +47,7 @@ macro_rules! keys {
 mod acme;
 mod admin;
 mod api;
+mod cluster;
 mod http_redirect;
 mod https;
 mod ice_servers;
@@ -63,6 +64,7 @@ use serde::{Deserialize, Serialize};
 pub use acme::AcmeConfig;
 pub use admin::AdminConfig;
 pub use api::ApiConfig;
+pub use cluster::{ClusterConfig, valid_instance_id};
 pub use http_redirect::HttpRedirectConfig;
 pub use https::HttpsConfig;
 pub use ice_servers::IceServerConfig;
@@ -87,6 +89,8 @@ pub struct Config {
     pub acme: AcmeConfig,
     pub admin: AdminConfig,
     pub api: ApiConfig,
+    /// Several instances sharing rooms through Redis; off without `cluster.redis_url`.
+    pub cluster: ClusterConfig,
     /// Extra ICE servers handed to every peer in `welcome`, before Switchboard's own.
     pub ice_servers: Vec<IceServerConfig>,
 }
@@ -269,9 +273,11 @@ impl Config {
             acme,
             admin,
             api,
+            cluster,
             ice_servers,
         } = self;
         acme.validate(https, &invalid)?;
+        cluster.validate(!turn.secrets.is_empty(), &invalid)?;
         admin.validate(&invalid)?;
         api.validate(&invalid)?;
         server.validate(&invalid)?;
@@ -294,6 +300,7 @@ impl Config {
             AcmeConfig::KEYS,
             AdminConfig::KEYS,
             ApiConfig::KEYS,
+            ClusterConfig::KEYS,
             &[ICE_SERVERS],
         ]
         .into_iter()
@@ -314,6 +321,7 @@ impl Config {
             acme,
             admin,
             api,
+            cluster,
             ice_servers,
         } = self;
         let mut changed = [
@@ -326,6 +334,7 @@ impl Config {
             acme.changed(&new.acme),
             admin.changed(&new.admin),
             api.changed(&new.api),
+            cluster.changed(&new.cluster),
         ]
         .concat();
         if *ice_servers != new.ice_servers {

@@ -160,7 +160,7 @@ fn classified(section: &str) -> Vec<&'static str> {
 
 #[test]
 fn every_key_serde_reads_is_classified_once() {
-    let sections: [(&str, &[&str]); 9] = [
+    let sections: [(&str, &[&str]); 10] = [
         ("server", serde_fields::<ServerConfig>()),
         ("log", serde_fields::<LogConfig>()),
         ("https", serde_fields::<HttpsConfig>()),
@@ -170,6 +170,7 @@ fn every_key_serde_reads_is_classified_once() {
         ("acme", serde_fields::<AcmeConfig>()),
         ("admin", serde_fields::<AdminConfig>()),
         ("api", serde_fields::<ApiConfig>()),
+        ("cluster", serde_fields::<ClusterConfig>()),
     ];
     for (section, fields) in sections {
         assert!(!fields.is_empty(), "{section}");
@@ -258,4 +259,37 @@ fn https_limits_and_proxies_are_checked() {
         "t",
     );
     assert!(ok.is_ok(), "{ok:?}");
+}
+
+#[test]
+fn a_cluster_is_off_by_default_and_its_keys_are_checked() {
+    let alone = Config::from_toml("", "t").unwrap();
+    assert!(!alone.cluster.enabled());
+    let shared = "[turn]\nsecrets = [\"0123456789abcdef\"]\n[cluster]\n";
+    let ok = Config::from_toml(
+        &format!("{shared}redis_url = \"redis://127.0.0.1:6379\"\ninstance_id = \"a-1\"\n"),
+        "t",
+    )
+    .unwrap();
+    assert!(ok.cluster.enabled());
+    assert!(!ok.to_masked_toml().contains("127.0.0.1:6379"));
+
+    let err = refused("[cluster]\nredis_url = \"redis://127.0.0.1:6379\"\n");
+    assert!(
+        err.contains("turn.secrets") && err.contains("same TURN secret"),
+        "{err}"
+    );
+    let err = refused(&format!("{shared}redis_url = \"http://x\"\n"));
+    assert!(err.contains("cluster.redis_url"), "{err}");
+    let err = refused(&format!("{shared}instance_id = \"a b\"\n"));
+    assert!(err.contains("cluster.instance_id"), "{err}");
+    let err = refused(&format!("{shared}key_prefix = \"{{x}}\"\n"));
+    assert!(err.contains("cluster.key_prefix"), "{err}");
+    let err = refused(&format!(
+        "{shared}heartbeat_interval_ms = 1000\nheartbeat_ttl_ms = 1500\n"
+    ));
+    assert!(
+        err.contains("cluster.heartbeat_ttl_ms") && err.contains("twice"),
+        "{err}"
+    );
 }

@@ -52,9 +52,17 @@ use dialect::Dialects;
 /// The dialects Switchboard speaks, in the order they are mounted, with the configured
 /// limits: the one list of them. A new dialect is its own module implementing
 /// `dialect::Dialect`, plus one line here.
-pub fn dialects(cfg: &SignalingConfig) -> Dialects {
+///
+/// `native` is the native dialect's registry when it is not the in-process `Hub` (a cluster's
+/// shared one, whose rooms span every instance); the plain-WebSocket and socket.io dialects
+/// keep theirs per instance for now.
+pub fn dialects(cfg: &SignalingConfig, native: Option<Arc<dyn registry::Registry>>) -> Dialects {
+    let native = match native {
+        Some(registry) => ws::Native::with_registry(registry),
+        None => ws::Native::new(cfg),
+    };
     Dialects::of(vec![
-        Arc::new(ws::Native::new(cfg)),
+        Arc::new(native),
         Arc::new(legacy::Directory::default()),
         Arc::new(sio::SioRooms::new(
             cfg.socketio_room_capacity,

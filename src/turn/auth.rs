@@ -175,6 +175,15 @@ impl NonceKey {
         }
     }
 
+    /// The key every instance of a cluster derives from the TURN secret they share, so a
+    /// nonce one instance issued is good at another (DNS round robin, anycast): not the
+    /// secret itself, so a nonce's tag reveals nothing of the credentials' key.
+    pub fn shared(secret: &[u8], lifetime_s: u64) -> NonceKey {
+        let derive = hmac::Key::new(hmac::HMAC_SHA256, secret);
+        let key = hmac::sign(&derive, b"switchboard: the TURN nonce key");
+        NonceKey::new(key.as_ref(), lifetime_s)
+    }
+
     /// A random key, for a single process.
     pub fn random(lifetime_s: u64) -> NonceKey {
         let mut secret = [0u8; 32];
@@ -418,6 +427,11 @@ mod tests {
         assert_eq!(key.check(&nonce, 1600, ip), NonceCheck::Valid);
         assert_eq!(key.check(&nonce, 1601, ip), NonceCheck::Stale);
         assert_eq!(key.check(&nonce, 1000, other), NonceCheck::Invalid);
+        // Instances sharing a secret accept each other's nonces; others do not.
+        let (a, b) = (NonceKey::shared(b"s", 600), NonceKey::shared(b"s", 600));
+        assert_eq!(b.check(&a.issue(1000, ip), 1000, ip), NonceCheck::Valid);
+        let c = NonceKey::shared(b"t", 600);
+        assert_eq!(c.check(&a.issue(1000, ip), 1000, ip), NonceCheck::Invalid);
         assert_eq!(key.check("garbage", 1000, ip), NonceCheck::Invalid);
         let mut forged = nonce.clone();
         forged.replace_range(0..16, &format!("{:016x}", 5000));

@@ -266,13 +266,15 @@ pub fn start(
         ports: (t.min_port, t.max_port),
     };
 
-    let core = Core::new(
-        core_config,
-        NonceKey::random(NONCE_LIFETIME_S),
-        policy,
-        binder,
-        membership,
-    );
+    // A cluster's instances share the nonce key (derived from the TURN secret they share):
+    // a client whose requests land on another instance is not answered 438 forever.
+    let nonces = match secrets.first() {
+        Some(secret) if config.cluster.enabled() => {
+            NonceKey::shared(secret.expose().as_bytes(), NONCE_LIFETIME_S)
+        }
+        _ => NonceKey::random(NONCE_LIFETIME_S),
+    };
+    let core = Core::new(core_config, nonces, policy, binder, membership);
     let server = TurnServer::new(
         core,
         tasks.clone(),

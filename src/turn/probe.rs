@@ -271,6 +271,30 @@ impl Client {
         build(method, CLASS_REQUEST, attrs)
     }
 
+    /// Sends its next requests to `server`, keeping realm and nonce: another instance of a
+    /// cluster, as DNS round robin or anycast would pick.
+    pub fn set_server(&mut self, server: SocketAddr) {
+        self.server = server;
+    }
+
+    /// One Allocate with the realm and nonce the client has, no retry: a 438 (a nonce this
+    /// server does not take) is an error here.
+    ///
+    /// # Errors
+    /// The server refuses or does not answer.
+    pub async fn allocate_once(&mut self) -> Result<SocketAddr, ProbeError> {
+        let udp: Vec<Box<dyn Setter>> = vec![Box::new(turn::proto::reqtrans::RequestedTransport {
+            protocol: turn::proto::PROTO_UDP,
+        })];
+        let answer = self.request(METHOD_ALLOCATE, udp).await?;
+        refusal(&answer)?;
+        let mut relayed = turn::proto::relayaddr::RelayedAddress::default();
+        relayed
+            .get_from(&answer)
+            .map_err(|_| ProbeError::Malformed)?;
+        Ok(SocketAddr::new(relayed.ip, relayed.port))
+    }
+
     /// Allocates a UDP relay; returns the relayed address.
     ///
     /// # Errors

@@ -5,6 +5,7 @@ mod admin;
 mod browser;
 mod cdp;
 mod cli;
+mod cluster;
 mod dialects;
 mod doctor;
 mod harness;

@@ -26,15 +26,18 @@ pub enum Prereq {
     Pebble,
     /// Root with iproute2 and iptables: the NAT lab's network namespaces.
     Netns,
+    /// Debian's redis-server, which the cluster tests start on a socket of their own.
+    Redis,
 }
 
 impl Prereq {
-    pub const ALL: [Prereq; 5] = [
+    pub const ALL: [Prereq; 6] = [
         Prereq::Chromium,
         Prereq::Coturn,
         Prereq::Node,
         Prereq::Pebble,
         Prereq::Netns,
+        Prereq::Redis,
     ];
 
     /// The cfg that build.rs sets when this prerequisite is present, or when `CI` is set.
@@ -45,6 +48,7 @@ impl Prereq {
             Prereq::Node => "has_node",
             Prereq::Pebble => "has_pebble",
             Prereq::Netns => "has_netns",
+            Prereq::Redis => "has_redis",
         }
     }
 
@@ -59,6 +63,7 @@ impl Prereq {
             Prereq::Node => "needs node and tests/node/node_modules (npm ci --prefix tests/node)",
             Prereq::Pebble => "needs pebble and pebble-challtestsrv (apt install pebble)",
             Prereq::Netns => "needs root, ip and iptables (apt install iproute2 iptables)",
+            Prereq::Redis => "needs redis-server (apt install redis-server)",
         }
     }
 
@@ -96,6 +101,7 @@ impl Prereq {
             Prereq::Node => &["node"],
             Prereq::Pebble => &["pebble", "pebble-challtestsrv"],
             Prereq::Netns => &["ip", "iptables"],
+            Prereq::Redis => &["redis-server"],
         }
     }
 }

@@ -33,6 +33,16 @@ impl RawTurn {
         self.0.allocate().await.map(|_| ()).map_err(code)
     }
 
+    /// The next requests go to `server` (another instance), with the same nonce.
+    pub fn set_server(&mut self, server: SocketAddr) {
+        self.0.set_server(server);
+    }
+
+    /// One Allocate with the nonce the client has: `Err(438)` if the server does not take it.
+    pub async fn allocate_once(&mut self) -> Result<(), u16> {
+        self.0.allocate_once().await.map(|_| ()).map_err(code)
+    }
+
     pub async fn refresh(&self) -> Result<(), u16> {
         self.0.refresh(Duration::from_secs(600)).await.map_err(code)
     }

@@ -1,0 +1,634 @@
+//! `Shared`: a dialect's `Registry` whose rooms span every instance of the cluster.
+//!
+//! Redis holds the rooms; each instance holds a mirror of them (`Rooms`, plain data) that
+//! only the cluster link changes, applying the membership events in the order Redis made
+//! them. What the registry promises holds as it does for the `Hub`:
+//! - **Capacity is atomic**: the join script checks and adds in one step, in Redis.
+//! - **Welcome first**: a local join waits (`Local::Pending`) until its own `Joined` event
+//!   reaches the mirror; the welcome runs there, with the members the mirror holds at that
+//!   change, which are the ones Redis held. Anything addressed to the newcomer can only
+//!   follow that event (its senders learn of it from it), on the same subscription.
+//! - **Ordering**: joins and leaves reach each member in the order of their change
+//!   numbers; one sender's messages leave this instance through one queue, in order.
+//! - **Delivery never waits**: remote deliveries are queued for the publisher.
+//! - **Membership is current** for this instance's own peers: a leave takes the local
+//!   member out before the script runs, and `is_member` asks for a local member.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
+
+use axum::extract::ws::Utf8Bytes;
+use tokio::sync::oneshot;
+use tracing::{debug, warn};
+
+use super::Cluster;
+use super::wire::{JoinReply, Note, Record};
+use crate::model::{PeerId, PeerInfo, RoomId, Scope};
+use crate::signaling::registry::{Event, Joining, Member, Registry, To, Welcome};
+use crate::signaling::room::{JoinError, Joined, Left, Rooms, RouteError};
+use crate::signaling::signal::Eviction;
+use crate::sync::Shared as _;
+
+/// One dialect's rooms across the cluster.
+pub struct Shared {
+    cluster: Arc<Cluster>,
+    me: Weak<Shared>,
+    /// The dialect's name, in keys and notes.
+    pub dialect: &'static str,
+    /// The TURN credential scope of one of its rooms.
+    scope: fn(RoomId) -> Scope,
+    capacity: AtomicUsize,
+    max_rooms: AtomicUsize,
+    mirror: RwLock<Mirror>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("dialect", &self.dialect)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug)]
+struct Mirror {
+    /// Every room of the dialect in the cluster (no limits: Redis applies them).
+    rooms: Rooms,
+    /// The instance each member is connected to.
+    homes: HashMap<PeerId, Arc<str>>,
+    /// This instance's sockets, joined or joining.
+    locals: HashMap<PeerId, Local>,
+}
+
+enum Local {
+    /// Its join script ran or runs; its `Joined` event has not come yet. `done` is gone
+    /// when the socket stopped waiting: the member is taken out again when it comes.
+    Pending {
+        member: Arc<dyn Member>,
+        /// In a mutex only to be `Sync`: the mirror's lock is what guards it.
+        welcome: std::sync::Mutex<Option<Welcome>>,
+        done: Option<oneshot::Sender<Result<Joined, JoinError>>>,
+    },
+    /// Joined `room` as `peer`: what registering it again needs, should Redis lose it.
+    Joined {
+        member: Arc<dyn Member>,
+        peer: PeerInfo,
+        room: RoomId,
+    },
+}
+
+impl std::fmt::Debug for Local {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Local::Pending { .. } => "Pending",
+            Local::Joined { .. } => "Joined",
+        })
+    }
+}
+
+impl Local {
+    fn joined(&self) -> Option<&Arc<dyn Member>> {
+        match self {
+            Local::Joined { member, .. } => Some(member),
+            Local::Pending { .. } => None,
+        }
+    }
+}
+
+impl Mirror {
+    fn member(&self, peer: &PeerId) -> Option<Arc<dyn Member>> {
+        self.locals.get(peer)?.joined().cloned()
+    }
+
+    /// Applies a join: the welcome of a local peer that waited for it runs, the local
+    /// members present are told. `Some(peer)` names a local peer whose socket stopped
+    /// waiting, which must leave again.
+    fn join(&mut self, peer: PeerInfo, room: &RoomId, home: Arc<str>) -> Option<PeerId> {
+        let Ok(joined) = self.rooms.handle_join(peer.clone(), room) else {
+            return None;
+        };
+        self.homes.insert(peer.id.clone(), home);
+        let abandoned = match self.locals.remove(&peer.id) {
+            Some(Local::Pending {
+                member,
+                welcome,
+                done: Some(done),
+            }) if !done.is_closed() => {
+                let welcome = welcome.into_inner().unwrap_or_else(|e| e.into_inner());
+                if let Some(welcome) = welcome {
+                    welcome(&joined);
+                }
+                let local = Local::Joined {
+                    member,
+                    peer: peer.clone(),
+                    room: room.clone(),
+                };
+                self.locals.insert(peer.id.clone(), local);
+                let _ = done.send(Ok(joined.clone()));
+                None
+            }
+            Some(joined @ Local::Joined { .. }) => {
+                // Back after its instance was taken for dead: it knows its room already.
+                self.locals.insert(peer.id.clone(), joined);
+                None
+            }
+            Some(Local::Pending { .. }) => Some(peer.id.clone()),
+            None => None,
+        };
+        for other in &joined.others {
+            if let Some(m) = self.member(&other.id) {
+                m.deliver(Event::PeerJoined(&peer));
+            }
+        }
+        abandoned
+    }
+
+    /// Applies a leave: the local members still present are told. The room, if the peer
+    /// was connected to another instance than `me`.
+    fn leave(&mut self, peer: &PeerId, me: &str) -> Option<RoomId> {
+        let left = self.rooms.handle_leave(peer)?;
+        let home = self.homes.remove(peer);
+        for other in &left.others {
+            if let Some(m) = self.member(other) {
+                m.deliver(Event::PeerLeft(peer));
+            }
+        }
+        home.filter(|home| **home != *me).map(|_| left.room)
+    }
+}
+
+impl Shared {
+    pub(super) fn new(
+        cluster: Arc<Cluster>,
+        dialect: &'static str,
+        scope: fn(RoomId) -> Scope,
+        capacity: usize,
+        max_rooms: usize,
+    ) -> Arc<Shared> {
+        Arc::new_cyclic(|me| Shared {
+            cluster,
+            me: me.clone(),
+            dialect,
+            scope,
+            capacity: AtomicUsize::new(capacity),
+            max_rooms: AtomicUsize::new(max_rooms),
+            mirror: RwLock::new(Mirror {
+                rooms: Rooms::new(usize::MAX, usize::MAX),
+                homes: HashMap::new(),
+                locals: HashMap::new(),
+            }),
+        })
+    }
+
+    fn limits(&self) -> (usize, usize) {
+        (
+            self.capacity.load(Ordering::Relaxed),
+            self.max_rooms.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Runs the leave script for `peer` in the background.
+    fn leave_in_redis(&self, peer: &PeerId) {
+        let (cluster, dialect, peer) = (
+            Arc::clone(&self.cluster),
+            self.dialect,
+            peer.as_str().to_owned(),
+        );
+        tokio::spawn(async move {
+            if !cluster.run_leave(dialect, &peer).await {
+                // The next reconnection's reconciliation takes it out.
+                debug!(peer, "cluster: leave not applied yet");
+            }
+        });
+    }
+
+    /// Applies a note from the cluster link.
+    pub(super) fn apply(&self, note: Note) {
+        match note {
+            Note::Joined { r, p, n, i, .. } => {
+                let (Ok(room), Some(id)) = (RoomId::parse(&r), PeerId::parse(&p)) else {
+                    return self.cluster.stats.malformed.inc();
+                };
+                let abandoned =
+                    self.mirror
+                        .writing()
+                        .join(PeerInfo { id, name: n }, &room, i.into());
+                if let Some(peer) = abandoned {
+                    self.leave_local(&peer);
+                }
+            }
+            Note::Left { p, .. } => {
+                let Some(id) = PeerId::parse(&p) else {
+                    return self.cluster.stats.malformed.inc();
+                };
+                let remote = self.mirror.writing().leave(&id, &self.cluster.me);
+                if let Some(room) = remote {
+                    self.cluster.remote_left((self.scope)(room), id);
+                }
+            }
+            Note::Message { f, t, e, d, .. } => {
+                let Some(from) = PeerId::parse(&f) else {
+                    return self.cluster.stats.malformed.inc();
+                };
+                let data = Utf8Bytes::from(d);
+                let message = Event::Message {
+                    from: &from,
+                    event: &e,
+                    data: &data,
+                };
+                let recipients: Vec<Arc<dyn Member>> = {
+                    let mirror = self.mirror.reading();
+                    match t.as_deref().map(PeerId::parse) {
+                        Some(Some(to)) => mirror
+                            .rooms
+                            .route(&from, &to)
+                            .ok()
+                            .and_then(|()| mirror.member(&to))
+                            .into_iter()
+                            .collect(),
+                        Some(None) => Vec::new(),
+                        None => match mirror.rooms.others(&from) {
+                            Ok(others) => others.filter_map(|p| mirror.member(p)).collect(),
+                            Err(_) => Vec::new(),
+                        },
+                    }
+                };
+                for member in recipients {
+                    member.deliver(message);
+                }
+            }
+            Note::Evict { p, .. } => {
+                if let Some(id) = PeerId::parse(&p) {
+                    self.evict_local(&id);
+                }
+            }
+        }
+    }
+
+    /// Takes a local peer out: its member goes now, its record in Redis in the background.
+    fn leave_local(&self, peer: &PeerId) -> Option<Arc<dyn Member>> {
+        let member = self.mirror.writing().locals.remove(peer);
+        self.leave_in_redis(peer);
+        member.map(|m| match m {
+            Local::Joined { member, .. } | Local::Pending { member, .. } => member,
+        })
+    }
+
+    fn evict_local(&self, peer: &PeerId) -> Option<Arc<dyn Member>> {
+        let member = self.leave_local(peer)?;
+        member.evict(Eviction::Kicked);
+        Some(member)
+    }
+
+    /// Replaces the mirror with the members Redis holds (in order of their joins),
+    /// telling local members what changed meanwhile.
+    pub(super) fn rebuild(&self, members: Vec<(String, String, Record)>) {
+        let mut wanted: HashMap<PeerId, (RoomId, Record)> = HashMap::new();
+        for (room, peer, record) in members.iter().cloned() {
+            if let (Ok(room), Some(peer)) = (RoomId::parse(&room), PeerId::parse(&peer)) {
+                wanted.insert(peer, (room, record));
+            }
+        }
+        let mut abandoned = Vec::new();
+        let mut remote_left = Vec::new();
+        {
+            let mut mirror = self.mirror.writing();
+            let stale: Vec<PeerId> = mirror
+                .rooms
+                .list()
+                .into_iter()
+                .flat_map(|(room, peers)| peers.into_iter().map(move |p| (room.clone(), p.id)))
+                .filter(|(room, peer)| wanted.get(peer).is_none_or(|(r, _)| r != room))
+                .map(|(_, peer)| peer)
+                .collect();
+            for peer in stale {
+                if let Some(room) = mirror.leave(&peer, &self.cluster.me) {
+                    remote_left.push((room, peer));
+                }
+            }
+            for (room, peer, record) in members {
+                let (Ok(room), Some(id)) = (RoomId::parse(&room), PeerId::parse(&peer)) else {
+                    continue;
+                };
+                if mirror.rooms.room_of(&id).is_some() {
+                    continue;
+                }
+                let info = PeerInfo { id, name: record.n };
+                if let Some(peer) = mirror.join(info, &room, record.i.into()) {
+                    abandoned.push(peer);
+                }
+            }
+        }
+        for peer in abandoned {
+            self.leave_local(&peer);
+        }
+        for (room, peer) in remote_left {
+            self.cluster.remote_left((self.scope)(room), peer);
+        }
+    }
+
+    /// Brings Redis in line with this instance's sockets: every joined local peer is
+    /// registered again (nothing changes for one Redis still holds; one it lost, because this
+    /// instance was taken for dead or Redis restarted empty, comes back, and its room is told
+    /// `peer_joined`); a record of this instance with no socket behind it (a leave Redis
+    /// never got) is removed.
+    pub(super) async fn reconcile(&self) {
+        let me = Arc::clone(&self.cluster.me);
+        let (joined, orphans) = {
+            let mirror = self.mirror.reading();
+            let joined: Vec<(PeerInfo, RoomId)> = mirror
+                .locals
+                .values()
+                .filter_map(|local| match local {
+                    Local::Joined { peer, room, .. } => Some((peer.clone(), room.clone())),
+                    Local::Pending { .. } => None,
+                })
+                .collect();
+            let orphans: Vec<PeerId> = mirror
+                .homes
+                .iter()
+                .filter(|(peer, home)| ***home == *me && !mirror.locals.contains_key(*peer))
+                .map(|(peer, _)| peer.clone())
+                .collect();
+            (joined, orphans)
+        };
+        for peer in orphans {
+            self.cluster.run_leave(self.dialect, peer.as_str()).await;
+        }
+        let limits = self.limits();
+        for (peer, room) in joined {
+            let reply = self
+                .cluster
+                .run_join(
+                    self.dialect,
+                    room.as_str(),
+                    peer.id.as_str(),
+                    peer.name.as_deref(),
+                    limits,
+                    true,
+                )
+                .await;
+            if reply != Some(JoinReply::Ok) {
+                warn!(peer = %peer.id, "cluster: could not register a member again");
+            }
+        }
+    }
+}
+
+impl Registry for Shared {
+    fn join(
+        &self,
+        peer: PeerInfo,
+        room: &RoomId,
+        member: Arc<dyn Member>,
+        welcome: Welcome,
+    ) -> Joining {
+        if !self.cluster.is_up() {
+            return Joining::Done(Err(JoinError::Unavailable));
+        }
+        let (done, outcome) = oneshot::channel();
+        {
+            let mut mirror = self.mirror.writing();
+            if mirror.locals.contains_key(&peer.id) || mirror.rooms.room_of(&peer.id).is_some() {
+                return Joining::Done(Err(JoinError::AlreadyJoined));
+            }
+            mirror.locals.insert(
+                peer.id.clone(),
+                Local::Pending {
+                    member,
+                    welcome: std::sync::Mutex::new(Some(welcome)),
+                    done: Some(done),
+                },
+            );
+        }
+        let me = self.me.upgrade().expect("a registry in use is alive");
+        let room = room.clone();
+        let limits = self.limits();
+        // The script runs on its own task: a socket that stops waiting does not leave a
+        // pending member behind (its `Joined` event, or the refusal, still comes here).
+        tokio::spawn(async move {
+            let reply = me
+                .cluster
+                .run_join(
+                    me.dialect,
+                    room.as_str(),
+                    peer.id.as_str(),
+                    peer.name.as_deref(),
+                    limits,
+                    false,
+                )
+                .await;
+            let refused = match reply {
+                Some(JoinReply::Ok) => return,
+                Some(JoinReply::Full) => JoinError::RoomFull,
+                Some(JoinReply::TooManyRooms) => JoinError::TooManyRooms,
+                Some(JoinReply::Already) => JoinError::AlreadyJoined,
+                Some(JoinReply::NotRegistered) | None => JoinError::Unavailable,
+            };
+            let local = me.mirror.writing().locals.remove(&peer.id);
+            if let Some(Local::Pending {
+                done: Some(done), ..
+            }) = local
+            {
+                let _ = done.send(Err(refused));
+            }
+        });
+        let wait = Duration::from_millis(self.cluster.cfg.timeout_ms) * 2;
+        Joining::Pending(Box::pin(async move {
+            match tokio::time::timeout(wait, outcome).await {
+                Ok(Ok(outcome)) => outcome,
+                _ => Err(JoinError::Unavailable),
+            }
+        }))
+    }
+
+    fn leave(&self, peer: &PeerId) -> Option<Left> {
+        let left = {
+            let mut mirror = self.mirror.writing();
+            mirror.locals.remove(peer)?;
+            mirror.rooms.room_of(peer).cloned().map(|room| {
+                let others: Vec<PeerId> = mirror
+                    .rooms
+                    .others(peer)
+                    .map(|o| o.cloned().collect())
+                    .unwrap_or_default();
+                Left {
+                    closed: others.is_empty(),
+                    room,
+                    others,
+                }
+            })
+        };
+        // Also when the mirror has lost it (its instance was taken for dead): Redis may
+        // hold it again by now.
+        self.leave_in_redis(peer);
+        left
+    }
+
+    fn send(
+        &self,
+        from: &PeerId,
+        to: To<'_>,
+        event: &str,
+        data: &Utf8Bytes,
+    ) -> Result<(), RouteError> {
+        let message = Event::Message { from, event, data };
+        let note = |t: Option<&PeerId>| Note::Message {
+            sp: self.dialect.to_owned(),
+            f: from.as_str().to_owned(),
+            t: t.map(|t| t.as_str().to_owned()),
+            e: event.to_owned(),
+            d: data.as_str().to_owned(),
+        };
+        let me = &self.cluster.me;
+        match to {
+            To::Peer(_) | To::Named(_) => {
+                let (target, local, home) = {
+                    let mirror = self.mirror.reading();
+                    if mirror.member(from).is_none() {
+                        return Err(RouteError::NotJoined);
+                    }
+                    let target = match to {
+                        To::Peer(to) => {
+                            mirror.rooms.route(from, to)?;
+                            to.clone()
+                        }
+                        To::Named(name) => mirror.rooms.resolve(from, name)?.clone(),
+                        To::Others => unreachable!("handled below"),
+                    };
+                    let local = mirror.member(&target);
+                    let home = mirror.homes.get(&target).cloned();
+                    (target, local, home)
+                };
+                match (local, home) {
+                    (Some(member), _) => member.deliver(message),
+                    (None, Some(home)) if home != *me => {
+                        self.cluster.publish(&home, &note(Some(&target)));
+                    }
+                    // A local peer still joining, or one that just left.
+                    _ => return Err(RouteError::UnknownPeer),
+                }
+            }
+            To::Others => {
+                let (locals, homes) = {
+                    let mirror = self.mirror.reading();
+                    if mirror.member(from).is_none() {
+                        return Err(RouteError::NotJoined);
+                    }
+                    let mut locals = Vec::new();
+                    let mut homes: Vec<Arc<str>> = Vec::new();
+                    for other in mirror.rooms.others(from)? {
+                        if let Some(m) = mirror.member(other) {
+                            locals.push(m);
+                        } else if let Some(home) = mirror.homes.get(other)
+                            && **home != **me
+                            && !homes.contains(home)
+                        {
+                            homes.push(Arc::clone(home));
+                        }
+                    }
+                    (locals, homes)
+                };
+                for m in locals {
+                    m.deliver(message);
+                }
+                for home in homes {
+                    self.cluster.publish(&home, &note(None));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn room_of(&self, peer: &PeerId) -> Option<RoomId> {
+        self.mirror.reading().rooms.room_of(peer).cloned()
+    }
+
+    fn resolve(&self, from: &PeerId, name: &str) -> Result<PeerId, RouteError> {
+        self.mirror.reading().rooms.resolve(from, name).cloned()
+    }
+
+    fn set_limits(&self, capacity: usize, max_rooms: usize) {
+        self.capacity.store(capacity, Ordering::Relaxed);
+        self.max_rooms.store(max_rooms, Ordering::Relaxed);
+    }
+
+    fn rooms(&self) -> Vec<(RoomId, Vec<PeerInfo>)> {
+        self.mirror.reading().rooms.list()
+    }
+
+    /// Every member of `room` on every instance is evicted and leaves.
+    fn close_room(&self, room: &RoomId) -> Vec<PeerId> {
+        let members: Vec<(PeerId, Option<Arc<str>>)> = {
+            let mirror = self.mirror.reading();
+            mirror
+                .rooms
+                .members(room)
+                .iter()
+                .map(|p| (p.id.clone(), mirror.homes.get(&p.id).cloned()))
+                .collect()
+        };
+        for (peer, home) in &members {
+            self.kick_anywhere(peer, home.as_deref());
+        }
+        members.into_iter().map(|(peer, _)| peer).collect()
+    }
+
+    fn kick(&self, peer: &PeerId) -> Option<(Left, Option<IpAddr>)> {
+        let (left, home) = {
+            let mirror = self.mirror.reading();
+            let room = mirror.rooms.room_of(peer)?.clone();
+            let others: Vec<PeerId> = mirror
+                .rooms
+                .others(peer)
+                .map(|o| o.cloned().collect())
+                .unwrap_or_default();
+            let left = Left {
+                closed: others.is_empty(),
+                room,
+                others,
+            };
+            (left, mirror.homes.get(peer).cloned())
+        };
+        let client = self.kick_anywhere(peer, home.as_deref());
+        Some((left, client))
+    }
+
+    /// Whether `peer` is in `room`: for this instance's own peers, only while their socket
+    /// is joined.
+    fn is_member(&self, room: &RoomId, peer: &PeerId) -> bool {
+        let mirror = self.mirror.reading();
+        if mirror.rooms.room_of(peer) != Some(room) {
+            return false;
+        }
+        match mirror.homes.get(peer) {
+            Some(home) if **home == *self.cluster.me => mirror.member(peer).is_some(),
+            _ => true,
+        }
+    }
+
+    fn counts(&self) -> (usize, usize) {
+        let mirror = self.mirror.reading();
+        (mirror.rooms.room_count(), mirror.rooms.peer_count())
+    }
+}
+
+impl Shared {
+    /// Evicts `peer` here, or asks its instance to; the client's address if it was here.
+    fn kick_anywhere(&self, peer: &PeerId, home: Option<&str>) -> Option<IpAddr> {
+        match home {
+            Some(home) if home != &*self.cluster.me => {
+                let note = Note::Evict {
+                    sp: self.dialect.to_owned(),
+                    p: peer.as_str().to_owned(),
+                };
+                self.cluster.publish(home, &note);
+                None
+            }
+            _ => self.evict_local(peer).map(|m| m.client()),
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! What instances tell each other through Redis, as plain data, and the Lua scripts that
+//! change the shared rooms.
+//!
+//! Keys (every one holds the hash tag `{prefix}`, so a Redis Cluster keeps them in one slot
+//! and the scripts may touch several):
+//! - `{P}:seq`: the counter that orders every membership change;
+//! - `{P}:r:<dialect>:<room>`: a hash, peer id → `{"i": instance, "n": name, "s": seq}`;
+//! - `{P}:rooms:<dialect>`: the set of that dialect's rooms;
+//! - `{P}:m:<instance>`: a hash, `<dialect> <peer id>` → room, of the peers an instance holds;
+//! - `{P}:i:<instance>`: the instance's heartbeat, expiring after `heartbeat_ttl_ms`;
+//! - `{P}:instances`: the set of instances that registered.
+//!
+//! Channels: `{P}:events` carries every membership change (`Note::Joined`, `Note::Left`),
+//! published by the script that made it, so every instance sees them in the order they
+//! took effect; `{P}:to:<instance>` carries what goes to one instance's sockets
+//! (`Note::Message`, `Note::Evict`), published in the order its senders sent.
+
+use serde::{Deserialize, Serialize};
+
+/// One thing an instance hears on its channels.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "k")]
+pub enum Note {
+    /// `p` (named `n`) joined room `r` of dialect `sp` on instance `i`: change number `s`.
+    #[serde(rename = "j")]
+    Joined {
+        s: u64,
+        sp: String,
+        r: String,
+        p: String,
+        n: Option<String>,
+        i: String,
+    },
+    /// `p` left room `r` of dialect `sp`: change number `s`.
+    #[serde(rename = "l")]
+    Left {
+        s: u64,
+        sp: String,
+        r: String,
+        p: String,
+    },
+    /// A dialect message from `f` to `t` (or, with no `t`, to every other member of `f`'s
+    /// room on the receiving instance): event `e`, JSON text `d`.
+    #[serde(rename = "m")]
+    Message {
+        sp: String,
+        f: String,
+        t: Option<String>,
+        e: String,
+        d: String,
+    },
+    /// The operator closed `p`'s room or kicked it through another instance.
+    #[serde(rename = "x")]
+    Evict { sp: String, p: String },
+}
+
+impl Note {
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).expect("notes serialize")
+    }
+
+    /// # Errors
+    /// Not a note (another program publishing on our channels): the caller counts and drops it.
+    pub fn decode(text: &str) -> Result<Note, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+}
+
+/// What the join script answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinReply {
+    Ok,
+    Full,
+    TooManyRooms,
+    Already,
+    /// This instance's heartbeat is gone (it was taken for dead): it must register again.
+    NotRegistered,
+}
+
+impl JoinReply {
+    pub fn parse(s: &str) -> Option<JoinReply> {
+        Some(match s {
+            "ok" => JoinReply::Ok,
+            "full" => JoinReply::Full,
+            "rooms" => JoinReply::TooManyRooms,
+            "already" => JoinReply::Already,
+            "dead" => JoinReply::NotRegistered,
+            _ => return None,
+        })
+    }
+}
+
+/// KEYS[1]: `{P}`. ARGV: dialect, room, peer, name (JSON: a string or null), instance,
+/// capacity, max rooms, force ("1": a member coming back after its instance was taken for
+/// dead or Redis lost it: no capacity check, and no change if it is there).
+pub const JOIN: &str = r"
+local P = KEYS[1]
+local sp, room, peer, name, inst = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local cap, maxr, force = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8] == '1'
+if redis.call('EXISTS', P .. ':i:' .. inst) == 0 then return 'dead' end
+local rk = P .. ':r:' .. sp .. ':' .. room
+local mk = P .. ':m:' .. inst
+local field = sp .. ' ' .. peer
+if redis.call('HEXISTS', mk, field) == 1 then
+  if force then return 'ok' end
+  return 'already'
+end
+local n = redis.call('HLEN', rk)
+if not force then
+  if n == 0 then
+    if redis.call('SCARD', P .. ':rooms:' .. sp) >= maxr then return 'rooms' end
+  elseif n >= cap then
+    return 'full'
+  end
+end
+local seq = redis.call('INCR', P .. ':seq')
+local n_ = cjson.decode(name)
+redis.call('HSET', rk, peer, cjson.encode({i = inst, n = n_, s = seq}))
+redis.call('SADD', P .. ':rooms:' .. sp, room)
+redis.call('HSET', mk, field, room)
+redis.call('PUBLISH', P .. ':events',
+  cjson.encode({k = 'j', s = seq, sp = sp, r = room, p = peer, n = n_, i = inst}))
+return 'ok'
+";
+
+/// KEYS[1]: `{P}`. ARGV: dialect, peer, instance. 1 if the peer was there.
+pub const LEAVE: &str = r"
+local P = KEYS[1]
+local sp, peer, inst = ARGV[1], ARGV[2], ARGV[3]
+local mk = P .. ':m:' .. inst
+local field = sp .. ' ' .. peer
+local room = redis.call('HGET', mk, field)
+if not room then return 0 end
+redis.call('HDEL', mk, field)
+local rk = P .. ':r:' .. sp .. ':' .. room
+redis.call('HDEL', rk, peer)
+if redis.call('HLEN', rk) == 0 then redis.call('SREM', P .. ':rooms:' .. sp, room) end
+local seq = redis.call('INCR', P .. ':seq')
+redis.call('PUBLISH', P .. ':events', cjson.encode({k = 'l', s = seq, sp = sp, r = room, p = peer}))
+return 1
+";
+
+/// KEYS[1]: `{P}`. ARGV: instance, what it says of itself (JSON), ttl in ms. Refreshes the
+/// instance's heartbeat; 1 if it was still there, 0 if it had expired (or Redis lost it).
+pub const HEARTBEAT: &str = r"
+local P = KEYS[1]
+local inst, info, ttl = ARGV[1], ARGV[2], ARGV[3]
+local was = redis.call('EXISTS', P .. ':i:' .. inst)
+redis.call('SET', P .. ':i:' .. inst, info, 'PX', ttl)
+redis.call('SADD', P .. ':instances', inst)
+return was
+";
+
+/// KEYS[1]: `{P}`. Takes every instance whose heartbeat expired out of the cluster: each of
+/// its peers leaves its room (published as `Left`, as a leave is). The number of peers.
+pub const REAP: &str = r"
+local P = KEYS[1]
+local gone = 0
+for _, inst in ipairs(redis.call('SMEMBERS', P .. ':instances')) do
+  if redis.call('EXISTS', P .. ':i:' .. inst) == 0 then
+    local mk = P .. ':m:' .. inst
+    local held = redis.call('HGETALL', mk)
+    for j = 1, #held, 2 do
+      local field, room = held[j], held[j + 1]
+      local at = string.find(field, ' ', 1, true)
+      local sp, peer = string.sub(field, 1, at - 1), string.sub(field, at + 1)
+      local rk = P .. ':r:' .. sp .. ':' .. room
+      redis.call('HDEL', rk, peer)
+      if redis.call('HLEN', rk) == 0 then redis.call('SREM', P .. ':rooms:' .. sp, room) end
+      local seq = redis.call('INCR', P .. ':seq')
+      redis.call('PUBLISH', P .. ':events',
+        cjson.encode({k = 'l', s = seq, sp = sp, r = room, p = peer}))
+      gone = gone + 1
+    end
+    redis.call('DEL', mk)
+    redis.call('SREM', P .. ':instances', inst)
+  end
+end
+return gone
+";
+
+/// KEYS[1]: `{P}`. ARGV: the dialects. The last change number, then dialect, room, peer and
+/// member record (`{"i", "n", "s"}`) of every member, flat.
+pub const SNAPSHOT: &str = r"
+local P = KEYS[1]
+local out = {redis.call('GET', P .. ':seq') or '0'}
+for _, sp in ipairs(ARGV) do
+  for _, room in ipairs(redis.call('SMEMBERS', P .. ':rooms:' .. sp)) do
+    local held = redis.call('HGETALL', P .. ':r:' .. sp .. ':' .. room)
+    for j = 1, #held, 2 do
+      out[#out + 1] = sp
+      out[#out + 1] = room
+      out[#out + 1] = held[j]
+      out[#out + 1] = held[j + 1]
+    end
+  end
+end
+return out
+";
+
+/// A member as the snapshot and the room hashes hold it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Record {
+    pub i: String,
+    pub n: Option<String>,
+    pub s: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notes_read_back_what_they_wrote_and_what_the_scripts_write() {
+        let joined = Note::Joined {
+            s: 7,
+            sp: "native".into(),
+            r: "team".into(),
+            p: "ab".into(),
+            n: None,
+            i: "a".into(),
+        };
+        assert_eq!(Note::decode(&joined.encode()).unwrap(), joined);
+        // cjson's order of keys is its own, and a name may be null.
+        let from_lua = r#"{"n":null,"i":"a","p":"ab","r":"team","sp":"native","s":7,"k":"j"}"#;
+        assert_eq!(Note::decode(from_lua).unwrap(), joined);
+        let message = Note::Message {
+            sp: "native".into(),
+            f: "ab".into(),
+            t: None,
+            e: "signal".into(),
+            d: r#"{"sdp":"v=0"}"#.into(),
+        };
+        assert_eq!(Note::decode(&message.encode()).unwrap(), message);
+        assert!(Note::decode(r#"{"k":"z"}"#).is_err());
+        assert!(Note::decode("hello").is_err());
+    }
+
+    #[test]
+    fn join_replies_are_known() {
+        assert_eq!(JoinReply::parse("full"), Some(JoinReply::Full));
+        assert_eq!(JoinReply::parse("dead"), Some(JoinReply::NotRegistered));
+        assert_eq!(JoinReply::parse("?"), None);
+    }
+}

@@ -1,0 +1,329 @@
+//! Several instances of the real binary sharing rooms through a real Redis (Debian's
+//! `redis-server`, started here on a Unix socket in a temporary directory).
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use switchboard::signaling::protocol::ServerMsg;
+
+use crate::harness::{self, DEADLINE, TestServer, peer_id};
+use crate::prereq::Prereq;
+use crate::raw_turn::{RawTurn, turn_entry};
+
+/// A redis-server of the test's own, gone with it.
+struct Redis {
+    child: Child,
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        harness::need(Prereq::Redis);
+        let dir = harness::temp_dir();
+        let socket = dir.path().join("redis.sock");
+        let mut child = Command::new("redis-server")
+            .args(["--port", "0", "--save", "", "--appendonly", "no"])
+            .arg("--unixsocket")
+            .arg(&socket)
+            .args(["--unixsocketperm", "700", "--dir"])
+            .arg(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line
+                    .to_ascii_lowercase()
+                    .contains("ready to accept connections")
+                {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(DEADLINE)
+            .expect("redis-server became ready");
+        Redis {
+            child,
+            socket,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis+unix://{}", self.socket.display())
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An instance of the cluster on `redis`, called `id`, with `extra` TOML merged in.
+fn instance(redis: &Redis, id: &str, extra: &str) -> TestServer {
+    let mut config: toml::Table = toml::from_str(&format!(
+        "[turn]\nsecrets = [\"cluster-test-secret-0123456789\"]\n\
+         [cluster]\nredis_url = \"{}\"\ninstance_id = \"{id}\"\n\
+         heartbeat_interval_ms = 200\nheartbeat_ttl_ms = 1000\n",
+        redis.url()
+    ))
+    .expect("cluster TOML");
+    for (key, value) in toml::from_str::<toml::Table>(extra).expect("extra TOML") {
+        match (config.get_mut(&key), value) {
+            (Some(toml::Value::Table(section)), toml::Value::Table(more)) => section.extend(more),
+            (_, value) => {
+                config.insert(key, value);
+            }
+        }
+    }
+    let server = TestServer::start(&toml::to_string(&config).expect("TOML"));
+    server.wait_log("cluster: connected to Redis, rooms in step");
+    server
+}
+
+fn signal_text(msg: &ServerMsg) -> (String, String) {
+    match msg {
+        ServerMsg::Signal { from, payload } => (
+            from.to_string(),
+            serde_json::to_string(payload).expect("payload"),
+        ),
+        other => panic!("expected a signal, got {other:?}"),
+    }
+}
+
+/// Two peers of one room on different instances see each other join, talk, and leave.
+#[tokio::test]
+#[cfg_attr(
+    not(has_redis),
+    ignore = "needs redis-server (apt install redis-server)"
+)]
+async fn a_room_spans_instances() {
+    let redis = Redis::start();
+    let a = instance(&redis, "a", "");
+    let b = instance(&redis, "b", "");
+
+    let mut alice = a.client().await;
+    let welcome = alice.join("across", Some("alice")).await;
+    let alice_id = peer_id(&welcome);
+    let mut bob = b.client().await;
+    let welcome = bob.join("across", Some("bob")).await;
+    let bob_id = peer_id(&welcome);
+    match &welcome {
+        ServerMsg::Welcome { peers, .. } => {
+            assert_eq!(peers.len(), 1, "{peers:?}");
+            assert_eq!(peers[0].id, alice_id);
+            assert_eq!(peers[0].name.as_deref(), Some("alice"));
+        }
+        _ => unreachable!(),
+    }
+    match alice.recv().await {
+        ServerMsg::PeerJoined { peer } => {
+            assert_eq!(peer.id, bob_id);
+            assert_eq!(peer.name.as_deref(), Some("bob"));
+        }
+        other => panic!("expected peer_joined, got {other:?}"),
+    }
+
+    bob.send(json!({"type": "signal", "to": alice_id, "payload": {"sdp": "offer"}}))
+        .await;
+    let (from, payload) = signal_text(&alice.recv().await);
+    assert_eq!(from, bob_id.to_string());
+    assert_eq!(payload, r#"{"sdp":"offer"}"#);
+    alice
+        .send(json!({"type": "signal", "to": bob_id, "payload": {"sdp": "answer"}}))
+        .await;
+    let (from, _) = signal_text(&bob.recv().await);
+    assert_eq!(from, alice_id.to_string());
+
+    // Each instance lists the whole room.
+    for server in [&a, &b] {
+        let (status, rooms) = server.admin("GET", "/api/v1/rooms", true).await;
+        assert_eq!(status, 200);
+        let text = rooms.to_string();
+        assert!(
+            text.contains(alice_id.as_str()) && text.contains(bob_id.as_str()),
+            "{text}"
+        );
+    }
+
+    bob.send(json!({"type": "leave"})).await;
+    match alice.recv().await {
+        ServerMsg::PeerLeft { peer_id } => assert_eq!(peer_id, bob_id),
+        other => panic!("expected peer_left, got {other:?}"),
+    }
+}
+
+/// 50 joins to a room of 4, spread over three instances at once: exactly 4 welcomes.
+#[tokio::test]
+#[cfg_attr(
+    not(has_redis),
+    ignore = "needs redis-server (apt install redis-server)"
+)]
+async fn capacity_holds_across_instances() {
+    let redis = Redis::start();
+    let servers = [
+        instance(&redis, "a", "[signaling]\nroom_capacity = 4\n"),
+        instance(&redis, "b", "[signaling]\nroom_capacity = 4\n"),
+        instance(&redis, "c", "[signaling]\nroom_capacity = 4\n"),
+    ];
+    let mut clients = Vec::new();
+    for i in 0..50 {
+        clients.push(servers[i % 3].client().await);
+    }
+    let joins = clients.iter_mut().map(|client| async move {
+        client.send(json!({"type": "join", "room": "small"})).await;
+        match client.recv().await {
+            ServerMsg::Welcome { .. } => true,
+            ServerMsg::Error { code, .. } => {
+                let code = serde_json::to_value(code).unwrap();
+                assert_eq!(code, "room_full");
+                false
+            }
+            other => panic!("expected welcome or error, got {other:?}"),
+        }
+    });
+    let welcomed = futures_util::future::join_all(joins)
+        .await
+        .into_iter()
+        .filter(|w| *w)
+        .count();
+    assert_eq!(welcomed, 4);
+}
+
+/// One sender's 10,000 signals to a peer on another instance arrive in order, each once.
+#[tokio::test]
+#[cfg_attr(
+    not(has_redis),
+    ignore = "needs redis-server (apt install redis-server)"
+)]
+async fn signals_across_instances_keep_their_order() {
+    let redis = Redis::start();
+    let fast = "[signaling]\nmessages_per_second = 100000\nmessage_burst = 100000\n";
+    let a = instance(&redis, "a", fast);
+    let b = instance(&redis, "b", fast);
+    let mut alice = a.client().await;
+    let alice_id = peer_id(&alice.join("order", None).await);
+    let mut bob = b.client().await;
+    let bob_id = peer_id(&bob.join("order", None).await);
+    assert!(matches!(alice.recv().await, ServerMsg::PeerJoined { .. }));
+
+    const N: usize = 10_000;
+    let send = async {
+        for i in 0..N {
+            alice
+                .send(json!({"type": "signal", "to": bob_id, "payload": {"n": i}}))
+                .await;
+        }
+    };
+    let receive = async {
+        for i in 0..N {
+            let (from, payload) = signal_text(&bob.recv().await);
+            assert_eq!(from, alice_id.to_string());
+            assert_eq!(payload, format!(r#"{{"n":{i}}}"#));
+        }
+    };
+    tokio::join!(send, receive);
+}
+
+/// An instance killed with SIGKILL leaves every room within the heartbeat's lifetime.
+#[tokio::test]
+#[cfg_attr(
+    not(has_redis),
+    ignore = "needs redis-server (apt install redis-server)"
+)]
+async fn a_killed_instance_leaves_its_rooms() {
+    let redis = Redis::start();
+    let a = instance(&redis, "a", "");
+    let mut b = instance(&redis, "b", "");
+    let mut alice = a.client().await;
+    alice.join("survive", None).await;
+    let mut bob = b.client().await;
+    let bob_id = peer_id(&bob.join("survive", None).await);
+    assert!(matches!(alice.recv().await, ServerMsg::PeerJoined { .. }));
+
+    let killed = Instant::now();
+    b.signal("KILL");
+    b.wait_exit();
+    match alice.recv().await {
+        ServerMsg::PeerLeft { peer_id } => assert_eq!(peer_id, bob_id),
+        other => panic!("expected peer_left, got {other:?}"),
+    }
+    // The heartbeat lives 1 s and is looked for every 200 ms.
+    let took = killed.elapsed();
+    assert!(
+        took < Duration::from_millis(2_500),
+        "peer_left after {took:?}"
+    );
+    let (_, rooms) = a.admin("GET", "/api/v1/rooms", true).await;
+    assert!(!rooms.to_string().contains(bob_id.as_str()), "{rooms}");
+}
+
+/// Redis gone: a join is refused with `unavailable` and the instance is not ready; peers
+/// of one instance keep talking.
+#[tokio::test]
+#[cfg_attr(
+    not(has_redis),
+    ignore = "needs redis-server (apt install redis-server)"
+)]
+async fn without_redis_joins_wait_and_local_peers_keep_talking() {
+    let mut redis = Redis::start();
+    let a = instance(&redis, "a", "");
+    let mut alice = a.client().await;
+    let alice_id = peer_id(&alice.join("local", None).await);
+    let mut bob = a.client().await;
+    let bob_id = peer_id(&bob.join("local", None).await);
+    assert!(matches!(alice.recv().await, ServerMsg::PeerJoined { .. }));
+
+    redis.child.kill().unwrap();
+    redis.child.wait().unwrap();
+    a.wait_log("cluster: lost the connection to Redis; reconnecting");
+    let (status, _, _) = a.https_get("/readyz").await;
+    assert_eq!(status, 503);
+    let mut carol = a.client().await;
+    carol.send(json!({"type": "join", "room": "local"})).await;
+    let (code, _) = carol.recv_error().await;
+    assert_eq!(code, "unavailable");
+    bob.send(json!({"type": "signal", "to": alice_id, "payload": 1}))
+        .await;
+    let (from, _) = signal_text(&alice.recv().await);
+    assert_eq!(from, bob_id.to_string());
+}
+
+/// A TURN client whose requests land on another instance keeps its nonce; a credential from
+/// one instance relays on another while its peer is in its room, and stops when it leaves.
+#[tokio::test]
+#[cfg_attr(
+    not(has_redis),
+    ignore = "needs redis-server (apt install redis-server)"
+)]
+async fn turn_works_from_any_instance_while_the_peer_is_in_its_room() {
+    let redis = Redis::start();
+    let quick = "[turn]\ngrace_period_s = 0\n";
+    let a = instance(&redis, "a", quick);
+    let b = instance(&redis, "b", quick);
+    let mut alice = a.client().await;
+    let welcome = alice.join("relay", None).await;
+    let mut turn = RawTurn::new(a.listener("turn_udp"), &turn_entry(&welcome)).await;
+    turn.allocate()
+        .await
+        .expect("allocation on the instance that minted the credential");
+
+    turn.set_server(b.listener("turn_udp"));
+    assert_eq!(turn.allocate_once().await, Ok(()), "the nonce from a, at b");
+    turn.refresh().await.expect("refresh at b");
+
+    alice.send(json!({"type": "leave"})).await;
+    let closed = b.wait_log("allocation closed");
+    assert_eq!(closed["reason"], "peer_left", "{closed}");
+    // The allocation is gone and the credential with it: its peer is in no room.
+    assert_eq!(turn.refresh().await, Err(401));
+}
