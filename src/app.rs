@@ -118,16 +118,10 @@ pub async fn run(
     } else {
         None
     };
-    let native = cluster.as_ref().map(|cluster| {
-        let shared: Arc<dyn crate::signaling::registry::Registry> = cluster.registry(
-            crate::signaling::ws::NAME,
-            crate::model::Scope::native,
-            config.signaling.room_capacity,
-            config.signaling.max_rooms,
-        );
-        shared
-    });
-    let dialects = crate::signaling::dialects(&config.signaling, native);
+    let sharing = cluster
+        .as_ref()
+        .map(|c| c as &dyn crate::signaling::registry::Sharing);
+    let dialects = crate::signaling::dialects(&config.signaling, sharing);
     // After the dialects: the link rebuilds their rooms from Redis when it connects.
     if let Some(cluster) = &cluster {
         cluster.start(&tasks, shutdown.clone());

@@ -367,10 +367,12 @@ impl Cluster {
         self.stats.connects.inc();
         *self.conn.locked() = Some(conn.clone());
         self.register(conn.clone()).await?;
+        // This instance's peers first (Redis may have lost them: restarted empty, or this
+        // instance taken for dead while cut off), then the rooms as Redis holds them.
+        self.reconcile_all().await;
         let seq = self.snapshot(conn).await?;
         self.up.store(true, Ordering::Release);
         info!(instance = %self.me, "cluster: connected to Redis, rooms in step");
-        self.reconcile_all().await;
         let mut messages = pubsub.into_on_message();
         loop {
             tokio::select! {
@@ -551,6 +553,18 @@ impl Cluster {
             .await;
         let reap = self.scripts.reap.key(self.key());
         let _ = self.timed(reap.invoke_async::<i64>(&mut conn)).await;
+    }
+}
+
+impl crate::signaling::registry::Sharing for Arc<Cluster> {
+    fn registry(
+        &self,
+        dialect: &'static str,
+        scope: fn(RoomId) -> Scope,
+        capacity: usize,
+        max_rooms: usize,
+    ) -> Arc<dyn crate::signaling::registry::Registry> {
+        Cluster::registry(self, dialect, scope, capacity, max_rooms)
     }
 }
 

@@ -53,20 +53,32 @@ use dialect::Dialects;
 /// limits: the one list of them. A new dialect is its own module implementing
 /// `dialect::Dialect`, plus one line here.
 ///
-/// `native` is the native dialect's registry when it is not the in-process `Hub` (a cluster's
-/// shared one, whose rooms span every instance); the plain-WebSocket and socket.io dialects
-/// keep theirs per instance for now.
-pub fn dialects(cfg: &SignalingConfig, native: Option<Arc<dyn registry::Registry>>) -> Dialects {
-    let native = match native {
-        Some(registry) => ws::Native::with_registry(registry),
-        None => ws::Native::new(cfg),
+/// With `shared` (a cluster), the native and socket.io dialects' rooms span every instance;
+/// the plain-WebSocket dialect keeps its users per instance for now.
+pub fn dialects(cfg: &SignalingConfig, shared: Option<&dyn registry::Sharing>) -> Dialects {
+    let (native, sio) = match shared {
+        Some(shared) => (
+            ws::Native::with_registry(shared.registry(
+                ws::NAME,
+                crate::model::Scope::native,
+                cfg.room_capacity,
+                cfg.max_rooms,
+            )),
+            sio::SioRooms::with_registry(shared.registry(
+                sio::NAME,
+                |room| crate::model::Scope::in_room(sio::SPACE, room),
+                cfg.socketio_room_capacity,
+                cfg.max_rooms,
+            )),
+        ),
+        None => (
+            ws::Native::new(cfg),
+            sio::SioRooms::new(cfg.socketio_room_capacity, cfg.max_rooms),
+        ),
     };
     Dialects::of(vec![
         Arc::new(native),
         Arc::new(legacy::Directory::default()),
-        Arc::new(sio::SioRooms::new(
-            cfg.socketio_room_capacity,
-            cfg.max_rooms,
-        )),
+        Arc::new(sio),
     ])
 }

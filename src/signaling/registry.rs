@@ -113,6 +113,19 @@ pub trait Member: Send + Sync + fmt::Debug {
     fn client(&self) -> IpAddr;
 }
 
+/// Makes the registries of dialects whose rooms span several instances (a cluster).
+pub trait Sharing {
+    /// The registry of `dialect`'s rooms; `scope` names the TURN credential scope of one of
+    /// its rooms; `capacity` and `max_rooms` are its first limits.
+    fn registry(
+        &self,
+        dialect: &'static str,
+        scope: fn(RoomId) -> crate::model::Scope,
+        capacity: usize,
+        max_rooms: usize,
+    ) -> Arc<dyn Registry>;
+}
+
 /// Whom a message goes to.
 #[derive(Debug, Clone, Copy)]
 pub enum To<'a> {

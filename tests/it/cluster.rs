@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use switchboard::signaling::protocol::ServerMsg;
 
+use crate::dialects::{next_text, sio_raw};
 use crate::harness::{self, DEADLINE, TestServer, peer_id};
 use crate::prereq::Prereq;
 use crate::raw_turn::{RawTurn, turn_entry};
@@ -25,12 +26,22 @@ impl Redis {
         harness::need(Prereq::Redis);
         let dir = harness::temp_dir();
         let socket = dir.path().join("redis.sock");
+        let child = Redis::spawn(dir.path(), &socket);
+        Redis {
+            child,
+            socket,
+            _dir: dir,
+        }
+    }
+
+    /// A redis-server on `socket`, once it accepts connections; it keeps nothing on disk.
+    fn spawn(dir: &std::path::Path, socket: &std::path::Path) -> Child {
         let mut child = Command::new("redis-server")
             .args(["--port", "0", "--save", "", "--appendonly", "no"])
             .arg("--unixsocket")
-            .arg(&socket)
+            .arg(socket)
             .args(["--unixsocketperm", "700", "--dir"])
-            .arg(dir.path())
+            .arg(dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -49,11 +60,16 @@ impl Redis {
         });
         rx.recv_timeout(DEADLINE)
             .expect("redis-server became ready");
-        Redis {
-            child,
-            socket,
-            _dir: dir,
-        }
+        child
+    }
+
+    /// Stops it and starts an empty one on the same socket, as a restart without
+    /// persistence leaves it.
+    fn restart(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let dir = self.socket.parent().expect("socket dir").to_owned();
+        self.child = Redis::spawn(&dir, &self.socket);
     }
 
     fn url(&self) -> String {
@@ -326,4 +342,183 @@ async fn turn_works_from_any_instance_while_the_peer_is_in_its_room() {
     assert_eq!(closed["reason"], "peer_left", "{closed}");
     // The allocation is gone and the credential with it: its peer is in no room.
     assert_eq!(turn.refresh().await, Err(401));
+}
+
+/// The socket.io dialect's rooms span instances too: the codelab's "create or join" on two
+/// instances, then messages both ways.
+#[tokio::test]
+#[cfg_attr(
+    not(has_redis),
+    ignore = "needs redis-server (apt install redis-server)"
+)]
+async fn socketio_rooms_span_instances() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let redis = Redis::start();
+    let a = instance(&redis, "a", "");
+    let b = instance(&redis, "b", "");
+    let mut first = sio_raw(&a, None).await;
+    let mut second = sio_raw(&b, None).await;
+    /// The next socket.io event frame (`42[...]`), skipping engine.io pings and the rest.
+    async fn event(c: &mut harness::Client, name: &str) -> String {
+        loop {
+            let text = next_text(c).await;
+            if text.starts_with(&format!(r#"42["{name}""#)) {
+                return text;
+            }
+        }
+    }
+    let create = Message::text(r#"42["create or join","codelab"]"#);
+    first.ws.send(create.clone()).await.unwrap();
+    event(&mut first, "created").await;
+    second.ws.send(create).await.unwrap();
+    event(&mut second, "joined").await;
+    event(&mut first, "join").await;
+    event(&mut first, "ready").await;
+
+    first
+        .ws
+        .send(Message::text(r#"42["message",{"from":"a"}]"#))
+        .await
+        .unwrap();
+    assert_eq!(
+        event(&mut second, "message").await,
+        r#"42["message",{"from":"a"}]"#
+    );
+    second
+        .ws
+        .send(Message::text(r#"42["message","got it"]"#))
+        .await
+        .unwrap();
+    assert_eq!(
+        event(&mut first, "message").await,
+        r#"42["message","got it"]"#
+    );
+}
+
+/// Closing a room or kicking a peer through any instance reaches its peers on every instance.
+#[tokio::test]
+#[cfg_attr(
+    not(has_redis),
+    ignore = "needs redis-server (apt install redis-server)"
+)]
+async fn the_admin_api_of_any_instance_closes_and_kicks_everywhere() {
+    let redis = Redis::start();
+    let a = instance(&redis, "a", "");
+    let b = instance(&redis, "b", "");
+    let mut alice = a.client().await;
+    alice.join("shut", None).await;
+    let mut bob = b.client().await;
+    bob.join("shut", None).await;
+    let (status, body) = b.admin("DELETE", "/api/v1/rooms/shut", true).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["peers_disconnected"], 2, "{body}");
+    for client in [&mut alice, &mut bob] {
+        let (code, reason) = client.recv_close().await;
+        assert_eq!(
+            (code, reason.as_str()),
+            (1008, "closed by the server operator")
+        );
+    }
+
+    let mut carol = a.client().await;
+    let carol_id = peer_id(&carol.join("kick", None).await);
+    let (status, body) = b
+        .admin(
+            "DELETE",
+            &format!("/api/v1/peers/{}", carol_id.as_str()),
+            true,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (code, _) = carol.recv_close().await;
+    assert_eq!(code, 1008);
+}
+
+/// Redis restarted empty: each instance registers its peers again, and the rooms are whole.
+#[tokio::test]
+#[cfg_attr(
+    not(has_redis),
+    ignore = "needs redis-server (apt install redis-server)"
+)]
+async fn rooms_are_rebuilt_from_the_instances_when_redis_restarts_empty() {
+    let mut redis = Redis::start();
+    let a = instance(&redis, "a", "");
+    let b = instance(&redis, "b", "");
+    let mut alice = a.client().await;
+    let alice_id = peer_id(&alice.join("again", None).await);
+    let mut bob = b.client().await;
+    let bob_id = peer_id(&bob.join("again", None).await);
+
+    redis.restart();
+    for server in [&a, &b] {
+        server.wait_log("cluster: lost the connection to Redis; reconnecting");
+        server.wait_log("cluster: connected to Redis, rooms in step");
+    }
+    let mut carol = a.client().await;
+    match carol.join("again", None).await {
+        ServerMsg::Welcome { peers, .. } => {
+            let ids: Vec<_> = peers.iter().map(|p| p.id.clone()).collect();
+            assert!(ids.contains(&alice_id) && ids.contains(&bob_id), "{ids:?}");
+        }
+        _ => unreachable!(),
+    }
+    // And the two still reach each other.
+    bob.send(json!({"type": "signal", "to": alice_id, "payload": "still here"}))
+        .await;
+    loop {
+        if let ServerMsg::Signal { from, .. } = alice.recv().await {
+            assert_eq!(from, bob_id);
+            break;
+        }
+    }
+}
+
+/// Two Chromium call pages on different instances call each other: directly, and relay-only
+/// with each page's relay on its own instance (relay to relay across instances). The
+/// instances relay from distinct loopback addresses, and each lets its relay reach the
+/// other's, as instances on their own hosts would.
+#[test]
+#[cfg_attr(
+    not(all(has_redis, has_chromium)),
+    ignore = "needs redis-server (apt install redis-server); needs chromium (apt install chromium)"
+)]
+fn browsers_on_different_instances_call_each_other() {
+    use crate::cdp::Browser;
+
+    harness::need(Prereq::Chromium);
+    let redis = Redis::start();
+    let a = instance(
+        &redis,
+        "a",
+        "[turn]\nrelay_ip = \"127.0.0.2\"\nallow_peers = [\"127.0.0.3/32\"]\n",
+    );
+    let b = instance(
+        &redis,
+        "b",
+        "[turn]\nrelay_ip = \"127.0.0.3\"\nallow_peers = [\"127.0.0.2/32\"]\n",
+    );
+    let browser = Browser::launch(&[], &[]);
+    let timeout = Duration::from_secs(60);
+    for (room, query, path) in [("span", "", "host"), ("span-relay", "?relay=udp", "relay")] {
+        let first = browser.open(&format!("https://{}/r/{room}{query}", a.https));
+        let second = browser.open(&format!("https://{}/r/{room}{query}", b.https));
+        let connected = format!(
+            "s => s.phase === 'joined' && s.peers.length === 1 \
+             && s.peers[0].connectionState === 'connected' && s.peers[0].framesDecoded > 0 \
+             && s.peers[0].candidateType === '{path}'"
+        );
+        let (one, two) = match (
+            first.try_wait_for_state(&connected, timeout),
+            second.try_wait_for_state(&connected, timeout),
+        ) {
+            (Ok(one), Ok(two)) => (one, two),
+            (one, two) => panic!("{room}: no call; first page: {one:#?}\nsecond page: {two:#?}"),
+        };
+        assert_eq!(one["peers"][0]["id"], two["peerId"]);
+        assert_eq!(two["peers"][0]["id"], one["peerId"]);
+        first.close();
+        second.close();
+    }
 }

@@ -260,7 +260,7 @@ async fn socketio_events_no_handler_takes_are_charged() {
 }
 
 /// The next text frame, skipping control frames; under a deadline.
-async fn next_text(c: &mut crate::harness::Client) -> String {
+pub async fn next_text(c: &mut crate::harness::Client) -> String {
     use futures_util::StreamExt;
     loop {
         let msg = tokio::time::timeout(std::time::Duration::from_secs(10), c.ws.next())
@@ -327,7 +327,7 @@ async fn the_admin_api_lists_and_kicks_plain_websocket_users() {
 
 /// A raw socket.io (Engine.IO 4) client over WebSocket whose kernel receive buffer is small
 /// and fixed, so that a server writing to it that it does not read is soon blocked.
-async fn sio_raw(server: &TestServer, rcvbuf: Option<u32>) -> crate::harness::Client {
+pub async fn sio_raw(server: &TestServer, rcvbuf: Option<u32>) -> crate::harness::Client {
     use futures_util::SinkExt;
     use tokio_tungstenite::tungstenite::Message;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
