@@ -84,7 +84,64 @@ pub async fn run(config: &Config, path: &Path) -> Report {
         relay_address(config, &mut report);
         relay_self_test(config, &mut report).await;
     }
+    if config.cluster.enabled() {
+        cluster(config, &mut report).await;
+    }
     report
+}
+
+/// Redis answers, this instance's heartbeat is there, and which other instances are alive.
+async fn cluster(config: &Config, report: &mut Report) {
+    let what = "cluster";
+    let seen = match crate::cluster::inspect(&config.cluster).await {
+        Ok(seen) => seen,
+        Err(e) => {
+            return report.push(
+                Status::Fail,
+                what,
+                format!(
+                    "Redis (cluster.redis_url) does not answer: {e}; joins are refused until it does"
+                ),
+            );
+        }
+    };
+    let me = crate::cluster::configured_id(&config.cluster, &config.server.state_dir);
+    let names: Vec<&str> = seen.alive.iter().map(|(id, _)| id.as_str()).collect();
+    let list = if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join(", ")
+    };
+    let silent = if seen.silent.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; silent (their peers leave their rooms once another instance notices): {}",
+            seen.silent.join(", ")
+        )
+    };
+    match me {
+        Some(me) if names.contains(&me.as_str()) => report.push(
+            Status::Ok,
+            what,
+            format!("Redis answers; instances alive: {list} (this one: {me}){silent}"),
+        ),
+        Some(me) => report.push(
+            Status::Fail,
+            what,
+            format!(
+                "Redis answers, but this instance ({me}) has no heartbeat there: is switchboard running with this config? \
+                 instances alive: {list}{silent}"
+            ),
+        ),
+        None => report.push(
+            Status::Warn,
+            what,
+            format!(
+                "Redis answers; instances alive: {list}{silent}; this instance has no id yet (it is generated on first start)"
+            ),
+        ),
+    }
 }
 
 fn certificate(config: &Config, report: &mut Report) {

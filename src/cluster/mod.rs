@@ -568,6 +568,68 @@ impl crate::signaling::registry::Sharing for Arc<Cluster> {
     }
 }
 
+/// What `switchboard doctor` finds of a cluster in Redis.
+#[derive(Debug)]
+pub struct Seen {
+    /// Instances whose heartbeat is alive, with what each says of itself.
+    pub alive: Vec<(String, String)>,
+    /// Instances registered whose heartbeat has expired (not yet taken out of their rooms).
+    pub silent: Vec<String>,
+}
+
+/// Reads the instances of the cluster `cfg` names from Redis, for `doctor`: it writes nothing.
+///
+/// # Errors
+/// Redis cannot be reached or does not answer within `cluster.timeout_ms`.
+pub async fn inspect(cfg: &ClusterConfig) -> Result<Seen, String> {
+    let url = cfg
+        .redis_url
+        .as_ref()
+        .map(|u| u.expose().to_owned())
+        .unwrap_or_default();
+    let client = redis::Client::open(url).map_err(|e| format!("cluster.redis_url: {e}"))?;
+    let timeout = Duration::from_millis(cfg.timeout_ms);
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout));
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .map_err(|e| e.to_string())?;
+    let prefix = format!("{{{}}}", cfg.key_prefix);
+    let mut ids: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(format!("{prefix}:instances"))
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    ids.sort();
+    let mut seen = Seen {
+        alive: Vec::new(),
+        silent: Vec::new(),
+    };
+    for id in ids {
+        let info: Option<String> = redis::cmd("GET")
+            .arg(format!("{prefix}:i:{id}"))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        match info {
+            Some(info) => seen.alive.push((id, info)),
+            None => seen.silent.push(id),
+        }
+    }
+    Ok(seen)
+}
+
+/// This instance's id as configured or as generated into `state_dir` (`None`: not yet
+/// generated); read only.
+pub fn configured_id(cfg: &ClusterConfig, state_dir: &std::path::Path) -> Option<String> {
+    cfg.instance_id.clone().or_else(|| {
+        let text = std::fs::read_to_string(state_dir.join(INSTANCE_ID_FILE)).ok()?;
+        Some(text.trim().chars().take(16).collect())
+    })
+}
+
 fn timed_out(what: &str) -> redis::RedisError {
     redis::RedisError::from(std::io::Error::new(
         std::io::ErrorKind::TimedOut,

@@ -522,3 +522,35 @@ fn browsers_on_different_instances_call_each_other() {
         second.close();
     }
 }
+
+/// `switchboard doctor` says whether Redis answers and which instances are alive.
+#[test]
+#[cfg_attr(
+    not(has_redis),
+    ignore = "needs redis-server (apt install redis-server)"
+)]
+fn doctor_sees_the_cluster() {
+    let mut redis = Redis::start();
+    let a = instance(&redis, "a", "");
+    let _b = instance(&redis, "b", "");
+    let doctor = |server: &TestServer| {
+        let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(["doctor", "--config"])
+            .arg(server.config_path())
+            .output()
+            .expect("run switchboard doctor");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let report = doctor(&a);
+    assert!(
+        report.contains("[ ok ] cluster: Redis answers; instances alive: a, b (this one: a)"),
+        "{report}"
+    );
+    redis.child.kill().unwrap();
+    redis.child.wait().unwrap();
+    let report = doctor(&a);
+    assert!(
+        report.contains("[FAIL] cluster: Redis (cluster.redis_url) does not answer"),
+        "{report}"
+    );
+}

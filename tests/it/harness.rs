@@ -194,6 +194,11 @@ impl TestServer {
             .unwrap_or_else(|| panic!("no {kind} listener in {:?}", self.listeners))
     }
 
+    /// The config file the server was started with.
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
     pub fn state_dir(&self) -> PathBuf {
         self.state_dir.clone()
     }
