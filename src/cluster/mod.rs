@@ -15,19 +15,19 @@ pub mod shared;
 pub mod wire;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use redis::aio::MultiplexedConnection;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::config::ClusterConfig;
-use crate::model::{PeerId, RoomId, Scope};
+use crate::model::{PeerId, PeerInfo, RoomId, Scope};
 use crate::sync::{Locked, Shared as _};
 pub use shared::Shared;
 use wire::Note;
@@ -35,11 +35,52 @@ use wire::Note;
 /// File in `server.state_dir` holding a generated instance id.
 pub const INSTANCE_ID_FILE: &str = "instance-id";
 
-/// Messages to other instances waiting to be published; past this they are dropped and
-/// counted (Redis is too slow or gone).
-const OUTGOING: usize = 65_536;
-/// The most publishes sent in one pipeline.
+/// Bytes of messages to other instances that may wait to be published; past this they are
+/// dropped and counted (Redis is too slow or gone), so no sender can make this instance
+/// hold more.
+const OUTGOING_BYTES: usize = 64 << 20;
+/// The most commands sent in one pipeline.
 const BATCH: usize = 256;
+/// Heartbeats failed in a row after which the connection counts as dead (a half-open TCP
+/// connection to a Redis host that vanished never errors by itself).
+const HEARTBEAT_FAILURES: u32 = 3;
+/// Every this many heartbeats, Redis's record of this instance's peers is compared with
+/// its sockets (a leave or re-registration that failed is made good).
+const RECONCILE_EVERY: u32 = 10;
+
+/// A change or a message for Redis, in the order this instance made them: one sender's
+/// messages and its leave arrive in the order they were sent, and a peer's join and leave
+/// in the order they were asked.
+enum Command {
+    Publish {
+        channel: String,
+        payload: String,
+    },
+    Join {
+        dialect: &'static str,
+        room: String,
+        peer: String,
+        name: Option<String>,
+        limits: (usize, usize),
+        /// A re-registration: no capacity check, no change if it is there.
+        force: bool,
+        /// Echoed in its `Joined` note, so a socket's join is told from an earlier one's.
+        token: String,
+        reply: Option<oneshot::Sender<Option<wire::JoinReply>>>,
+    },
+    Leave {
+        dialect: &'static str,
+        peer: String,
+    },
+    /// Answered once everything queued before it has reached Redis.
+    Barrier(oneshot::Sender<()>),
+}
+
+/// What waits for one answer of a pipeline.
+enum Waiting {
+    Join(Option<oneshot::Sender<Option<wire::JoinReply>>>),
+    Barrier(oneshot::Sender<()>),
+}
 
 /// This instance's link to the others.
 pub struct Cluster {
@@ -55,10 +96,13 @@ pub struct Cluster {
     up: AtomicBool,
     /// Each dialect's shared registry, by name.
     dialects: RwLock<HashMap<&'static str, Arc<Shared>>>,
-    outgoing: mpsc::Sender<(String, String)>,
-    outgoing_rx: Mutex<Option<mpsc::Receiver<(String, String)>>>,
-    /// Wakes the link to bring Redis in line with the local members again.
-    reconcile: Notify,
+    commands: mpsc::UnboundedSender<Command>,
+    commands_rx: Mutex<Option<mpsc::UnboundedReceiver<Command>>>,
+    /// Bytes of `Command::Publish` queued.
+    queued_bytes: AtomicUsize,
+    /// Ends the current connection so that a new one starts from a fresh snapshot (this
+    /// instance missed changes, or its connection is dead).
+    resync: Notify,
     /// What this instance says of itself in its heartbeat.
     info: String,
     /// Told when a peer of another instance leaves its room (its TURN allocations here close
@@ -69,8 +113,6 @@ pub struct Cluster {
 }
 
 struct Scripts {
-    join: redis::Script,
-    leave: redis::Script,
     heartbeat: redis::Script,
     reap: redis::Script,
     snapshot: redis::Script,
@@ -87,6 +129,8 @@ pub struct Stats {
     pub connects: crate::metrics::Counter,
     /// Peers of dead instances this instance took out of their rooms.
     pub reaped: crate::metrics::Counter,
+    /// Peers Redis and this instance disagreed about, made good by a reconciliation.
+    pub repaired: crate::metrics::Counter,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -101,14 +145,14 @@ impl std::fmt::Debug for Cluster {
 /// Why the cluster link could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error("cluster.redis_url: {0} (expected redis://host:port or rediss://host:port)")]
+    #[error("cluster.redis_url: {0} (expected redis://host:port or redis+unix:///path)")]
     Url(redis::RedisError),
     #[error("cluster.instance_id: {0}")]
     InstanceId(#[from] crate::secrets::SecretError),
 }
 
 impl Cluster {
-    /// The link for `cfg`, not yet connected (`run` connects); `state_dir` keeps a generated
+    /// The link for `cfg`, not yet connected (`start` connects); `state_dir` keeps a generated
     /// instance id.
     ///
     /// # Errors
@@ -128,7 +172,7 @@ impl Cluster {
             Some(id) => id.as_str().into(),
             None => instance_id(state_dir)?.into(),
         };
-        let (outgoing, rx) = mpsc::channel(OUTGOING);
+        let (commands, rx) = mpsc::unbounded_channel();
         let info = serde_json::json!({
             "public_host": cfg.public_host.as_deref().or(public_host),
             "version": env!("CARGO_PKG_VERSION"),
@@ -142,14 +186,13 @@ impl Cluster {
             conn: Mutex::new(None),
             up: AtomicBool::new(false),
             dialects: RwLock::default(),
-            outgoing,
-            outgoing_rx: Mutex::new(Some(rx)),
-            reconcile: Notify::new(),
+            commands,
+            commands_rx: Mutex::new(Some(rx)),
+            queued_bytes: AtomicUsize::new(0),
+            resync: Notify::new(),
             info,
             remote_left: std::sync::OnceLock::new(),
             scripts: Scripts {
-                join: redis::Script::new(wire::JOIN),
-                leave: redis::Script::new(wire::LEAVE),
                 heartbeat: redis::Script::new(wire::HEARTBEAT),
                 reap: redis::Script::new(wire::REAP),
                 snapshot: redis::Script::new(wire::SNAPSHOT),
@@ -187,6 +230,11 @@ impl Cluster {
                 "Peers of dead instances this instance took out of their rooms.",
             )
             .value(self.stats.reaped.get()),
+            Family::counter(
+                "cluster_peers_repaired",
+                "Peers Redis and this instance disagreed about, made good by a reconciliation.",
+            )
+            .value(self.stats.repaired.get()),
         ]
     }
 
@@ -244,61 +292,58 @@ impl Cluster {
         self.conn.locked().clone()
     }
 
+    fn queue(&self, command: Command) {
+        // The receiver lives as long as the cluster; after shutdown nothing is sent anyway.
+        let _ = self.commands.send(command);
+    }
+
     /// Queues `note` for `instance`'s channel; `false` if it was dropped.
     fn publish(&self, instance: &str, note: &Note) -> bool {
-        if !self.is_up() {
+        let payload = note.encode();
+        let queued = self.queued_bytes.load(Ordering::Relaxed);
+        if !self.is_up() || queued + payload.len() > OUTGOING_BYTES {
             self.stats.dropped.inc();
             return false;
         }
-        let sent = self
-            .outgoing
-            .try_send((self.channel_of(instance), note.encode()));
-        if sent.is_err() {
-            self.stats.dropped.inc();
-        }
-        sent.is_ok()
+        self.queued_bytes
+            .fetch_add(payload.len(), Ordering::Relaxed);
+        self.queue(Command::Publish {
+            channel: self.channel_of(instance),
+            payload,
+        });
+        true
     }
 
-    /// Runs the join script; `None` when Redis did not answer in time.
-    async fn run_join(
+    /// Queues a leave of `peer` of `dialect` (nothing happens if Redis does not have it).
+    fn queue_leave(&self, dialect: &'static str, peer: &PeerId) {
+        self.queue(Command::Leave {
+            dialect,
+            peer: peer.as_str().to_owned(),
+        });
+    }
+
+    /// Queues a join; with `reply`, its outcome (`None`: Redis did not answer in time).
+    #[expect(clippy::too_many_arguments, reason = "the join script's arguments")]
+    fn queue_join(
         &self,
-        dialect: &str,
-        room: &str,
-        peer: &str,
-        name: Option<&str>,
+        dialect: &'static str,
+        room: &RoomId,
+        peer: &PeerInfo,
         limits: (usize, usize),
         force: bool,
-    ) -> Option<wire::JoinReply> {
-        let mut conn = self.connection()?;
-        let name = serde_json::to_string(&name).expect("a name serializes");
-        let mut call = self.scripts.join.key(self.key());
-        call.arg(dialect)
-            .arg(room)
-            .arg(peer)
-            .arg(name)
-            .arg(&*self.me)
-            .arg(limits.0)
-            .arg(limits.1)
-            .arg(if force { "1" } else { "0" });
-        let reply: Result<String, _> = self.timed(call.invoke_async(&mut conn)).await?;
-        match reply {
-            Ok(reply) => wire::JoinReply::parse(&reply),
-            Err(e) => {
-                warn!(error = %e, "cluster: join script failed");
-                None
-            }
-        }
-    }
-
-    /// Runs the leave script for `peer` of `dialect` (nothing if it is not there).
-    async fn run_leave(&self, dialect: &str, peer: &str) -> bool {
-        let Some(mut conn) = self.connection() else {
-            return false;
-        };
-        let mut call = self.scripts.leave.key(self.key());
-        call.arg(dialect).arg(peer).arg(&*self.me);
-        let done: Option<Result<i64, _>> = self.timed(call.invoke_async(&mut conn)).await;
-        matches!(done, Some(Ok(_)))
+        token: String,
+        reply: Option<oneshot::Sender<Option<wire::JoinReply>>>,
+    ) {
+        self.queue(Command::Join {
+            dialect,
+            room: room.as_str().to_owned(),
+            peer: peer.id.as_str().to_owned(),
+            name: peer.name.clone(),
+            limits,
+            force,
+            token,
+            reply,
+        });
     }
 
     async fn timed<T>(&self, f: impl Future<Output = T>) -> Option<T> {
@@ -309,9 +354,9 @@ impl Cluster {
 
     /// Connects, keeps the link up and reconnects with backoff, until `shutdown`.
     pub fn start(self: &Arc<Self>, tasks: &TaskTracker, shutdown: CancellationToken) {
-        let rx = self.outgoing_rx.locked().take();
+        let rx = self.commands_rx.locked().take();
         if let Some(rx) = rx {
-            tasks.spawn(Arc::clone(self).publisher(rx, shutdown.clone()));
+            tasks.spawn(Arc::clone(self).writer(rx, shutdown.clone()));
         }
         tasks.spawn(Arc::clone(self).heartbeat(shutdown.clone()));
         tasks.spawn(Arc::clone(self).link(shutdown));
@@ -346,7 +391,8 @@ impl Cluster {
         self.leave_cluster().await;
     }
 
-    /// One connection's life: `Ok` when the subscription ended.
+    /// One connection's life: `Ok` when the subscription ended, `Err` when it could not be
+    /// set up or had to start over.
     async fn session(&self) -> redis::RedisResult<()> {
         let timeout = Some(Duration::from_millis(self.cfg.timeout_ms));
         let config = redis::AsyncConnectionConfig::new()
@@ -369,26 +415,44 @@ impl Cluster {
         self.register(conn.clone()).await?;
         // This instance's peers first (Redis may have lost them: restarted empty, or this
         // instance taken for dead while cut off), then the rooms as Redis holds them.
-        self.reconcile_all().await;
-        let seq = self.snapshot(conn).await?;
+        self.reconcile(conn.clone()).await?;
+        self.barrier().await?;
+        let mut last = self.snapshot(conn).await?;
         self.up.store(true, Ordering::Release);
         info!(instance = %self.me, "cluster: connected to Redis, rooms in step");
         let mut messages = pubsub.into_on_message();
         loop {
-            tokio::select! {
-                msg = messages.next() => {
-                    let Some(msg) = msg else { return Ok(()) };
-                    let Ok(text) = msg.get_payload::<String>() else {
-                        self.stats.malformed.inc();
-                        continue;
-                    };
-                    match Note::decode(&text) {
-                        Ok(note) => self.apply(note, seq),
-                        Err(_) => self.stats.malformed.inc(),
-                    }
+            let msg = tokio::select! {
+                msg = messages.next() => msg,
+                () = self.resync.notified() => {
+                    return Err(timed_out("the connection, which missed changes or stopped answering"));
                 }
-                () = self.reconcile.notified() => self.reconcile_all().await,
+            };
+            let Some(msg) = msg else { return Ok(()) };
+            let Ok(text) = msg.get_payload::<String>() else {
+                self.stats.malformed.inc();
+                continue;
+            };
+            let note = match Note::decode(&text) {
+                Ok(note) => note,
+                Err(_) => {
+                    self.stats.malformed.inc();
+                    continue;
+                }
+            };
+            if let Note::Joined { s, .. } | Note::Left { s, .. } = &note {
+                // Every change is published, in order, on the one channel this connection
+                // hears: one already in the snapshot is skipped, a gap means some were lost
+                // (or Redis's counter went back): start over from a fresh snapshot.
+                if *s <= last {
+                    continue;
+                }
+                if *s != last + 1 {
+                    return Err(timed_out("the change counter, which skipped or went back"));
+                }
+                last = *s;
             }
+            self.apply(note);
         }
     }
 
@@ -402,6 +466,51 @@ impl Cluster {
             .timed(call.invoke_async(&mut conn))
             .await
             .ok_or_else(|| timed_out("registering"))??;
+        Ok(())
+    }
+
+    /// Waits until every command queued so far has reached Redis.
+    async fn barrier(&self) -> redis::RedisResult<()> {
+        let (done, wait) = oneshot::channel();
+        self.queue(Command::Barrier(done));
+        self.timed(wait)
+            .await
+            .ok_or_else(|| timed_out("the queue"))?
+            .map_err(|_| timed_out("the queue"))
+    }
+
+    /// Compares Redis's record of this instance's peers with its sockets, in every dialect,
+    /// and queues what makes them agree.
+    async fn reconcile(&self, mut conn: MultiplexedConnection) -> redis::RedisResult<()> {
+        let held: HashMap<String, String> = self
+            .timed(
+                redis::cmd("HGETALL")
+                    .arg(format!("{}:m:{}", self.prefix, self.me))
+                    .query_async(&mut conn),
+            )
+            .await
+            .ok_or_else(|| timed_out("reading this instance's peers"))??;
+        let mut by_dialect: HashMap<&str, Vec<(&str, &str)>> = HashMap::new();
+        for (field, room) in &held {
+            if let Some((dialect, peer)) = field.split_once(' ') {
+                by_dialect
+                    .entry(dialect)
+                    .or_default()
+                    .push((peer, room.as_str()));
+            }
+        }
+        let mut repaired = 0;
+        for shared in self.all_shared() {
+            let held = by_dialect.remove(shared.dialect).unwrap_or_default();
+            repaired += shared.reconcile(&held);
+        }
+        if repaired > 0 {
+            info!(
+                peers = repaired,
+                "cluster: made Redis agree with this instance's peers"
+            );
+            self.stats.repaired.add(repaired as u64);
+        }
         Ok(())
     }
 
@@ -436,16 +545,13 @@ impl Cluster {
         Ok(seq)
     }
 
-    /// Hands a note to its dialect's registry; changes up to `seq` are in the snapshot.
-    fn apply(&self, note: Note, seq: u64) {
+    /// Hands a note to its dialect's registry.
+    fn apply(&self, note: Note) {
         let dialect = match &note {
-            Note::Joined { s, sp, .. } | Note::Left { s, sp, .. } => {
-                if *s <= seq {
-                    return;
-                }
-                sp
-            }
-            Note::Message { sp, .. } | Note::Evict { sp, .. } => sp,
+            Note::Joined { sp, .. }
+            | Note::Left { sp, .. }
+            | Note::Message { sp, .. }
+            | Note::Evict { sp, .. } => sp,
         };
         match self.shared(dialect) {
             Some(shared) => shared.apply(note),
@@ -456,17 +562,12 @@ impl Cluster {
         }
     }
 
-    /// Brings Redis in line with this instance's members, in every dialect.
-    async fn reconcile_all(&self) {
-        for shared in self.all_shared() {
-            shared.reconcile().await;
-        }
-    }
-
-    /// Says this instance is alive, and takes the instances that are not out of their rooms.
+    /// Says this instance is alive, and takes the instances that are not out of their rooms;
+    /// now and then, makes Redis's record of this instance's peers agree with its sockets.
     async fn heartbeat(self: Arc<Self>, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_millis(self.cfg.heartbeat_interval_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (mut failures, mut beats) = (0u32, 0u32);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -480,15 +581,30 @@ impl Cluster {
                 .arg(&self.info)
                 .arg(self.cfg.heartbeat_ttl_ms);
             match self.timed(call.invoke_async::<i64>(&mut conn)).await {
-                Some(Ok(0)) if self.is_up() => {
-                    warn!(
-                        "cluster: this instance was taken for dead (or Redis lost its keys); registering its peers again"
-                    );
-                    self.reconcile.notify_one();
+                Some(Ok(was)) => {
+                    failures = 0;
+                    if was == 0 && self.is_up() {
+                        warn!(
+                            "cluster: this instance was taken for dead (or Redis lost its keys); starting over"
+                        );
+                        self.resync.notify_one();
+                        continue;
+                    }
                 }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => debug!(error = %e, "cluster: heartbeat failed"),
-                None => debug!("cluster: heartbeat timed out"),
+                failed => {
+                    failures += 1;
+                    debug!(
+                        failures,
+                        timed_out = failed.is_none(),
+                        "cluster: heartbeat failed"
+                    );
+                    if failures >= HEARTBEAT_FAILURES {
+                        warn!(failures, "cluster: Redis stopped answering; reconnecting");
+                        failures = 0;
+                        self.resync.notify_one();
+                    }
+                    continue;
+                }
             }
             let reap = self.scripts.reap.key(self.key());
             if let Some(Ok(gone)) = self.timed(reap.invoke_async::<i64>(&mut conn)).await
@@ -500,13 +616,20 @@ impl Cluster {
                 );
                 self.stats.reaped.add(gone.unsigned_abs());
             }
+            beats += 1;
+            if beats.is_multiple_of(RECONCILE_EVERY)
+                && self.is_up()
+                && let Err(e) = self.reconcile(conn).await
+            {
+                debug!(error = %e, "cluster: reconciliation failed");
+            }
         }
     }
 
-    /// Publishes queued messages, many per round trip, in the order they were queued.
-    async fn publisher(
+    /// Sends queued commands, many per round trip, in the order they were queued.
+    async fn writer(
         self: Arc<Self>,
-        mut rx: mpsc::Receiver<(String, String)>,
+        mut rx: mpsc::UnboundedReceiver<Command>,
         shutdown: CancellationToken,
     ) {
         let mut batch = Vec::with_capacity(BATCH);
@@ -518,19 +641,93 @@ impl Cluster {
             if n == 0 {
                 return;
             }
-            let Some(mut conn) = self.connection() else {
-                self.stats.dropped.add(n as u64);
-                batch.clear();
-                continue;
-            };
             let mut pipe = redis::pipe();
-            for (channel, payload) in batch.drain(..) {
-                pipe.cmd("PUBLISH").arg(channel).arg(payload).ignore();
+            let mut replies = Vec::new();
+            let mut published = 0;
+            for command in batch.drain(..) {
+                match command {
+                    Command::Publish { channel, payload } => {
+                        published += 1;
+                        self.queued_bytes
+                            .fetch_sub(payload.len(), Ordering::Relaxed);
+                        pipe.cmd("PUBLISH").arg(channel).arg(payload).ignore();
+                    }
+                    Command::Leave { dialect, peer } => {
+                        pipe.cmd("EVAL")
+                            .arg(wire::LEAVE)
+                            .arg(1)
+                            .arg(&self.prefix)
+                            .arg(dialect)
+                            .arg(peer)
+                            .arg(&*self.me)
+                            .ignore();
+                    }
+                    Command::Barrier(done) => {
+                        pipe.cmd("PING");
+                        replies.push(Waiting::Barrier(done));
+                    }
+                    Command::Join {
+                        dialect,
+                        room,
+                        peer,
+                        name,
+                        limits,
+                        force,
+                        token,
+                        reply,
+                    } => {
+                        let name = serde_json::to_string(&name).expect("a name serializes");
+                        pipe.cmd("EVAL")
+                            .arg(wire::JOIN)
+                            .arg(1)
+                            .arg(&self.prefix)
+                            .arg(dialect)
+                            .arg(room)
+                            .arg(peer)
+                            .arg(name)
+                            .arg(&*self.me)
+                            .arg(limits.0)
+                            .arg(limits.1)
+                            .arg(if force { "1" } else { "0" })
+                            .arg(token);
+                        replies.push(Waiting::Join(reply));
+                    }
+                }
             }
-            let sent: Option<redis::RedisResult<()>> =
-                self.timed(pipe.query_async(&mut conn)).await;
-            if !matches!(sent, Some(Ok(()))) {
-                self.stats.dropped.add(n as u64);
+            let answers: Option<Vec<redis::Value>> = match self.connection() {
+                Some(mut conn) => match self.timed(pipe.query_async(&mut conn)).await {
+                    Some(Ok(answers)) => Some(answers),
+                    Some(Err(e)) => {
+                        debug!(error = %e, "cluster: commands failed");
+                        None
+                    }
+                    None => None,
+                },
+                None => None,
+            };
+            if answers.is_none() {
+                // Leaves and re-registrations are made good by the next reconciliation.
+                self.stats.dropped.add(published);
+            }
+            let failed = answers.is_none();
+            let mut answers = answers.map(Vec::into_iter);
+            for waiting in replies {
+                let answer = answers.as_mut().and_then(Iterator::next);
+                match waiting {
+                    Waiting::Barrier(done) => {
+                        if !failed {
+                            let _ = done.send(());
+                        }
+                    }
+                    Waiting::Join(reply) => {
+                        let outcome = answer
+                            .and_then(|value| redis::from_redis_value::<String>(value).ok())
+                            .and_then(|s| wire::JoinReply::parse(&s));
+                        if let Some(reply) = reply {
+                            let _ = reply.send(outcome);
+                        }
+                    }
+                }
             }
         }
     }

@@ -9,7 +9,8 @@
 //!   change, which are the ones Redis held. Anything addressed to the newcomer can only
 //!   follow that event (its senders learn of it from it), on the same subscription.
 //! - **Ordering**: joins and leaves reach each member in the order of their change
-//!   numbers; one sender's messages leave this instance through one queue, in order.
+//!   numbers; this instance's joins, leaves and messages reach Redis through one queue, in
+//!   the order they were made, so a sender's last messages precede its leave.
 //! - **Delivery never waits**: remote deliveries are queued for the publisher.
 //! - **Membership is current** for this instance's own peers: a leave takes the local
 //!   member out before the script runs, and `is_member` asks for a local member.
@@ -22,11 +23,11 @@ use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::oneshot;
-use tracing::{debug, warn};
 
 use super::Cluster;
 use super::wire::{JoinReply, Note, Record};
 use crate::model::{PeerId, PeerInfo, RoomId, Scope};
+use crate::signaling::protocol::check_name;
 use crate::signaling::registry::{Event, Joining, Member, Registry, To, Welcome};
 use crate::signaling::room::{JoinError, Joined, Left, Rooms, RouteError};
 use crate::signaling::signal::Eviction;
@@ -71,6 +72,8 @@ enum Local {
         /// In a mutex only to be `Sync`: the mirror's lock is what guards it.
         welcome: std::sync::Mutex<Option<Welcome>>,
         done: Option<oneshot::Sender<Result<Joined, JoinError>>>,
+        /// This join's token: its own `Joined` note carries it.
+        token: String,
     },
     /// Joined `room` as `peer`: what registering it again needs, should Redis lose it.
     Joined {
@@ -103,47 +106,61 @@ impl Mirror {
         self.locals.get(peer)?.joined().cloned()
     }
 
-    /// Applies a join: the welcome of a local peer that waited for it runs, the local
-    /// members present are told. `Some(peer)` names a local peer whose socket stopped
-    /// waiting, which must leave again.
-    fn join(&mut self, peer: PeerInfo, room: &RoomId, home: Arc<str>) -> Option<PeerId> {
+    /// Applies a join: the welcome of the local join whose `token` it carries runs, the
+    /// local members present are told. `Some(peer)`: that local peer's socket stopped
+    /// waiting, and must leave again.
+    fn join(
+        &mut self,
+        peer: PeerInfo,
+        room: &RoomId,
+        home: Arc<str>,
+        token: &str,
+        me: &str,
+    ) -> Option<PeerId> {
         let Ok(joined) = self.rooms.handle_join(peer.clone(), room) else {
             return None;
         };
+        let mine = *home == *me;
         self.homes.insert(peer.id.clone(), home);
         let abandoned = match self.locals.remove(&peer.id) {
             Some(Local::Pending {
                 member,
                 welcome,
-                done: Some(done),
-            }) if !done.is_closed() => {
+                done,
+                token: asked,
+            }) if mine && asked == token => {
                 let welcome = welcome.into_inner().unwrap_or_else(|e| e.into_inner());
                 if let Some(welcome) = welcome {
                     welcome(&joined);
                 }
-                let local = Local::Joined {
-                    member,
-                    peer: peer.clone(),
-                    room: room.clone(),
-                };
-                self.locals.insert(peer.id.clone(), local);
-                let _ = done.send(Ok(joined.clone()));
-                None
+                match done.map(|done| done.send(Ok(joined.clone()))) {
+                    Some(Ok(())) => {
+                        let local = Local::Joined {
+                            member,
+                            peer: peer.clone(),
+                            room: room.clone(),
+                        };
+                        self.locals.insert(peer.id.clone(), local);
+                        false
+                    }
+                    _ => true,
+                }
             }
-            Some(joined @ Local::Joined { .. }) => {
-                // Back after its instance was taken for dead: it knows its room already.
-                self.locals.insert(peer.id.clone(), joined);
-                None
+            // A later join of the same socket (this one's leave is queued before it), or a
+            // joined peer registered again.
+            Some(other) => {
+                self.locals.insert(peer.id.clone(), other);
+                false
             }
-            Some(Local::Pending { .. }) => Some(peer.id.clone()),
-            None => None,
+            // One that gave up: its leave is queued.
+            None => false,
         };
         for other in &joined.others {
             if let Some(m) = self.member(&other.id) {
                 m.deliver(Event::PeerJoined(&peer));
             }
         }
-        abandoned
+        abandoned.then_some(peer.id)
     }
 
     /// Applies a leave: the local members still present are told. The room, if the peer
@@ -190,39 +207,28 @@ impl Shared {
         )
     }
 
-    /// Runs the leave script for `peer` in the background.
-    fn leave_in_redis(&self, peer: &PeerId) {
-        let (cluster, dialect, peer) = (
-            Arc::clone(&self.cluster),
-            self.dialect,
-            peer.as_str().to_owned(),
-        );
-        tokio::spawn(async move {
-            if !cluster.run_leave(dialect, &peer).await {
-                // The next reconnection's reconciliation takes it out.
-                debug!(peer, "cluster: leave not applied yet");
-            }
-        });
-    }
-
     /// Applies a note from the cluster link.
     pub(super) fn apply(&self, note: Note) {
+        let malformed = || self.cluster.stats.malformed.inc();
         match note {
-            Note::Joined { r, p, n, i, .. } => {
+            Note::Joined { r, p, n, i, t, .. } => {
                 let (Ok(room), Some(id)) = (RoomId::parse(&r), PeerId::parse(&p)) else {
-                    return self.cluster.stats.malformed.inc();
+                    return malformed();
                 };
-                let abandoned =
-                    self.mirror
-                        .writing()
-                        .join(PeerInfo { id, name: n }, &room, i.into());
-                if let Some(peer) = abandoned {
-                    self.leave_local(&peer);
+                if n.as_deref().is_some_and(|n| check_name(n).is_err()) {
+                    return malformed();
+                }
+                let mut mirror = self.mirror.writing();
+                let info = PeerInfo { id, name: n };
+                if let Some(peer) = mirror.join(info, &room, i.into(), &t, &self.cluster.me) {
+                    mirror.locals.remove(&peer);
+                    // Under the lock: queued in order with this peer's other changes.
+                    self.cluster.queue_leave(self.dialect, &peer);
                 }
             }
             Note::Left { p, .. } => {
                 let Some(id) = PeerId::parse(&p) else {
-                    return self.cluster.stats.malformed.inc();
+                    return malformed();
                 };
                 let remote = self.mirror.writing().leave(&id, &self.cluster.me);
                 if let Some(room) = remote {
@@ -231,8 +237,12 @@ impl Shared {
             }
             Note::Message { f, t, e, d, .. } => {
                 let Some(from) = PeerId::parse(&f) else {
-                    return self.cluster.stats.malformed.inc();
+                    return malformed();
                 };
+                // Dialects write the text into their frames as it is: JSON, or nothing.
+                if serde_json::from_str::<&serde_json::value::RawValue>(&d).is_err() {
+                    return malformed();
+                }
                 let data = Utf8Bytes::from(d);
                 let message = Event::Message {
                     from: &from,
@@ -268,11 +278,12 @@ impl Shared {
         }
     }
 
-    /// Takes a local peer out: its member goes now, its record in Redis in the background.
+    /// Takes a local peer out: its member goes now, its record in Redis after what it sent.
     fn leave_local(&self, peer: &PeerId) -> Option<Arc<dyn Member>> {
-        let member = self.mirror.writing().locals.remove(peer);
-        self.leave_in_redis(peer);
-        member.map(|m| match m {
+        let mut mirror = self.mirror.writing();
+        let member = mirror.locals.remove(peer)?;
+        self.cluster.queue_leave(self.dialect, peer);
+        Some(match member {
             Local::Joined { member, .. } | Local::Pending { member, .. } => member,
         })
     }
@@ -292,7 +303,6 @@ impl Shared {
                 wanted.insert(peer, (room, record));
             }
         }
-        let mut abandoned = Vec::new();
         let mut remote_left = Vec::new();
         {
             let mut mirror = self.mirror.writing();
@@ -317,64 +327,49 @@ impl Shared {
                     continue;
                 }
                 let info = PeerInfo { id, name: record.n };
-                if let Some(peer) = mirror.join(info, &room, record.i.into()) {
-                    abandoned.push(peer);
+                let me = &self.cluster.me;
+                if let Some(peer) = mirror.join(info, &room, record.i.into(), &record.t, me) {
+                    mirror.locals.remove(&peer);
+                    self.cluster.queue_leave(self.dialect, &peer);
                 }
             }
-        }
-        for peer in abandoned {
-            self.leave_local(&peer);
         }
         for (room, peer) in remote_left {
             self.cluster.remote_left((self.scope)(room), peer);
         }
     }
 
-    /// Brings Redis in line with this instance's sockets: every joined local peer is
-    /// registered again (nothing changes for one Redis still holds; one it lost, because this
-    /// instance was taken for dead or Redis restarted empty, comes back, and its room is told
-    /// `peer_joined`); a record of this instance with no socket behind it (a leave Redis
-    /// never got) is removed.
-    pub(super) async fn reconcile(&self) {
-        let me = Arc::clone(&self.cluster.me);
-        let (joined, orphans) = {
-            let mirror = self.mirror.reading();
-            let joined: Vec<(PeerInfo, RoomId)> = mirror
-                .locals
-                .values()
-                .filter_map(|local| match local {
-                    Local::Joined { peer, room, .. } => Some((peer.clone(), room.clone())),
-                    Local::Pending { .. } => None,
-                })
-                .collect();
-            let orphans: Vec<PeerId> = mirror
-                .homes
-                .iter()
-                .filter(|(peer, home)| ***home == *me && !mirror.locals.contains_key(*peer))
-                .map(|(peer, _)| peer.clone())
-                .collect();
-            (joined, orphans)
-        };
-        for peer in orphans {
-            self.cluster.run_leave(self.dialect, peer.as_str()).await;
-        }
+    /// Makes Redis's record of this instance's peers of this dialect (`held`: peer, room)
+    /// agree with its sockets: a joined local peer Redis does not hold is registered again
+    /// (Redis restarted empty, or took this instance for dead), a record with no socket
+    /// behind it (a leave that failed) is removed. Queued under the mirror's lock, so in
+    /// order with every join and leave. How many it repaired.
+    pub(super) fn reconcile(&self, held: &[(&str, &str)]) -> usize {
+        let mirror = self.mirror.writing();
+        let mut repaired = 0;
+        let held_peers: std::collections::HashSet<&str> = held.iter().map(|(p, _)| *p).collect();
         let limits = self.limits();
-        for (peer, room) in joined {
-            let reply = self
-                .cluster
-                .run_join(
-                    self.dialect,
-                    room.as_str(),
-                    peer.id.as_str(),
-                    peer.name.as_deref(),
-                    limits,
-                    true,
-                )
-                .await;
-            if reply != Some(JoinReply::Ok) {
-                warn!(peer = %peer.id, "cluster: could not register a member again");
+        for local in mirror.locals.values() {
+            if let Local::Joined { peer, room, .. } = local
+                && !held_peers.contains(peer.id.as_str())
+            {
+                let token = String::new();
+                self.cluster
+                    .queue_join(self.dialect, room, peer, limits, true, token, None);
+                repaired += 1;
             }
         }
+        for (peer, _) in held {
+            let known = PeerId::parse(peer).is_some_and(|p| mirror.locals.contains_key(&p));
+            if !known {
+                self.cluster.queue(super::Command::Leave {
+                    dialect: self.dialect,
+                    peer: (*peer).to_owned(),
+                });
+                repaired += 1;
+            }
+        }
+        repaired
     }
 }
 
@@ -390,9 +385,11 @@ impl Registry for Shared {
             return Joining::Done(Err(JoinError::Unavailable));
         }
         let (done, outcome) = oneshot::channel();
+        let (replied, reply) = oneshot::channel();
+        let token = format!("{:016x}", rand::random::<u64>());
         {
             let mut mirror = self.mirror.writing();
-            if mirror.locals.contains_key(&peer.id) || mirror.rooms.room_of(&peer.id).is_some() {
+            if mirror.locals.contains_key(&peer.id) {
                 return Joining::Done(Err(JoinError::AlreadyJoined));
             }
             mirror.locals.insert(
@@ -401,44 +398,59 @@ impl Registry for Shared {
                     member,
                     welcome: std::sync::Mutex::new(Some(welcome)),
                     done: Some(done),
+                    token: token.clone(),
                 },
+            );
+            let limits = self.limits();
+            self.cluster.queue_join(
+                self.dialect,
+                room,
+                &peer,
+                limits,
+                false,
+                token.clone(),
+                Some(replied),
             );
         }
         let me = self.me.upgrade().expect("a registry in use is alive");
-        let room = room.clone();
-        let limits = self.limits();
-        // The script runs on its own task: a socket that stops waiting does not leave a
-        // pending member behind (its `Joined` event, or the refusal, still comes here).
+        let wait = Duration::from_millis(self.cluster.cfg.timeout_ms) * 2;
+        // The reply is awaited on a task of its own: a socket that stops waiting does not
+        // leave a pending member behind.
         tokio::spawn(async move {
-            let reply = me
-                .cluster
-                .run_join(
-                    me.dialect,
-                    room.as_str(),
-                    peer.id.as_str(),
-                    peer.name.as_deref(),
-                    limits,
-                    false,
-                )
-                .await;
+            let reply = tokio::time::timeout(wait, reply)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten();
             let refused = match reply {
+                // The welcome comes with its `Joined` note.
                 Some(JoinReply::Ok) => return,
                 Some(JoinReply::Full) => JoinError::RoomFull,
                 Some(JoinReply::TooManyRooms) => JoinError::TooManyRooms,
                 Some(JoinReply::Already) => JoinError::AlreadyJoined,
                 Some(JoinReply::NotRegistered) | None => JoinError::Unavailable,
             };
-            let local = me.mirror.writing().locals.remove(&peer.id);
+            let mut mirror = me.mirror.writing();
+            let ours = matches!(
+                mirror.locals.get(&peer.id),
+                Some(Local::Pending { token: t, .. }) if *t == token
+            );
+            if !ours {
+                return;
+            }
             if let Some(Local::Pending {
                 done: Some(done), ..
-            }) = local
+            }) = mirror.locals.remove(&peer.id)
             {
                 let _ = done.send(Err(refused));
             }
+            if reply.is_none() {
+                // Unknown whether the join happened: take it back, in order.
+                me.cluster.queue_leave(me.dialect, &peer.id);
+            }
         });
-        let wait = Duration::from_millis(self.cluster.cfg.timeout_ms) * 2;
         Joining::Pending(Box::pin(async move {
-            match tokio::time::timeout(wait, outcome).await {
+            match tokio::time::timeout(wait * 2, outcome).await {
                 Ok(Ok(outcome)) => outcome,
                 _ => Err(JoinError::Unavailable),
             }
@@ -446,26 +458,24 @@ impl Registry for Shared {
     }
 
     fn leave(&self, peer: &PeerId) -> Option<Left> {
-        let left = {
-            let mut mirror = self.mirror.writing();
-            mirror.locals.remove(peer)?;
-            mirror.rooms.room_of(peer).cloned().map(|room| {
-                let others: Vec<PeerId> = mirror
-                    .rooms
-                    .others(peer)
-                    .map(|o| o.cloned().collect())
-                    .unwrap_or_default();
-                Left {
-                    closed: others.is_empty(),
-                    room,
-                    others,
-                }
-            })
-        };
-        // Also when the mirror has lost it (its instance was taken for dead): Redis may
-        // hold it again by now.
-        self.leave_in_redis(peer);
-        left
+        let mut mirror = self.mirror.writing();
+        let local = mirror.locals.remove(peer)?;
+        // Under the lock, so in order with this peer's join; after its messages.
+        self.cluster.queue_leave(self.dialect, peer);
+        if !matches!(local, Local::Joined { .. }) {
+            return None;
+        }
+        let room = mirror.rooms.room_of(peer)?.clone();
+        let others: Vec<PeerId> = mirror
+            .rooms
+            .others(peer)
+            .map(|o| o.cloned().collect())
+            .unwrap_or_default();
+        Some(Left {
+            closed: others.is_empty(),
+            room,
+            others,
+        })
     }
 
     fn send(

@@ -21,7 +21,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "k")]
 pub enum Note {
-    /// `p` (named `n`) joined room `r` of dialect `sp` on instance `i`: change number `s`.
+    /// `p` (named `n`) joined room `r` of dialect `sp` on instance `i`: change number `s`;
+    /// `t` is the token of the join that asked (empty for a re-registration).
     #[serde(rename = "j")]
     Joined {
         s: u64,
@@ -30,6 +31,8 @@ pub enum Note {
         p: String,
         n: Option<String>,
         i: String,
+        #[serde(default)]
+        t: String,
     },
     /// `p` left room `r` of dialect `sp`: change number `s`.
     #[serde(rename = "l")]
@@ -92,11 +95,11 @@ impl JoinReply {
 
 /// KEYS[1]: `{P}`. ARGV: dialect, room, peer, name (JSON: a string or null), instance,
 /// capacity, max rooms, force ("1": a member coming back after its instance was taken for
-/// dead or Redis lost it: no capacity check, and no change if it is there).
+/// dead or Redis lost it: no capacity check, and no change if it is there), token.
 pub const JOIN: &str = r"
 local P = KEYS[1]
 local sp, room, peer, name, inst = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local cap, maxr, force = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8] == '1'
+local cap, maxr, force, token = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8] == '1', ARGV[9]
 if redis.call('EXISTS', P .. ':i:' .. inst) == 0 then return 'dead' end
 local rk = P .. ':r:' .. sp .. ':' .. room
 local mk = P .. ':m:' .. inst
@@ -115,11 +118,11 @@ if not force then
 end
 local seq = redis.call('INCR', P .. ':seq')
 local n_ = cjson.decode(name)
-redis.call('HSET', rk, peer, cjson.encode({i = inst, n = n_, s = seq}))
+redis.call('HSET', rk, peer, cjson.encode({i = inst, n = n_, s = seq, t = token}))
 redis.call('SADD', P .. ':rooms:' .. sp, room)
 redis.call('HSET', mk, field, room)
 redis.call('PUBLISH', P .. ':events',
-  cjson.encode({k = 'j', s = seq, sp = sp, r = room, p = peer, n = n_, i = inst}))
+  cjson.encode({k = 'j', s = seq, sp = sp, r = room, p = peer, n = n_, i = inst, t = token}))
 return 'ok'
 ";
 
@@ -204,6 +207,8 @@ pub struct Record {
     pub i: String,
     pub n: Option<String>,
     pub s: u64,
+    #[serde(default)]
+    pub t: String,
 }
 
 #[cfg(test)]
@@ -219,10 +224,12 @@ mod tests {
             p: "ab".into(),
             n: None,
             i: "a".into(),
+            t: "x1".into(),
         };
         assert_eq!(Note::decode(&joined.encode()).unwrap(), joined);
         // cjson's order of keys is its own, and a name may be null.
-        let from_lua = r#"{"n":null,"i":"a","p":"ab","r":"team","sp":"native","s":7,"k":"j"}"#;
+        let from_lua =
+            r#"{"n":null,"i":"a","t":"x1","p":"ab","r":"team","sp":"native","s":7,"k":"j"}"#;
         assert_eq!(Note::decode(from_lua).unwrap(), joined);
         let message = Note::Message {
             sp: "native".into(),

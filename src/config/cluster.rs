@@ -9,7 +9,7 @@ use super::{ConfigError, Invalid, Secret};
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
-    /// `redis://[:password@]host:port[/db]`, `rediss://…` (TLS) or `redis+unix:///path`;
+    /// `redis://[:password@]host:port[/db]` or `redis+unix:///path`;
     /// unset: no cluster. Masked by `check-config`, as it may hold a password.
     pub redis_url: Option<Secret>,
     /// This instance's name among the others (1-64 of `[A-Za-z0-9_.-]`); unset: one is
@@ -75,13 +75,11 @@ impl ClusterConfig {
         if let Some(url) = &self.redis_url {
             let url = url.expose();
             let scheme = url.split_once("://").map(|(s, _)| s);
-            if !matches!(
-                scheme,
-                Some("redis" | "rediss" | "redis+unix" | "unix" | "valkey" | "valkeys")
-            ) {
+            if !matches!(scheme, Some("redis" | "redis+unix" | "unix" | "valkey")) {
                 return Err(invalid(
                     "cluster.redis_url",
-                    "expected redis://host:port, rediss://host:port (TLS) or redis+unix:///path"
+                    "expected redis://[:password@]host:port[/db] or redis+unix:///path (TLS to \
+                     Redis, rediss://, is not supported yet: use a local TLS tunnel)"
                         .to_owned(),
                 ));
             }
@@ -126,14 +124,16 @@ impl ClusterConfig {
                 ),
             ));
         }
-        if self.heartbeat_ttl_ms < 2 * self.heartbeat_interval_ms || self.heartbeat_ttl_ms > 600_000
+        if self.heartbeat_ttl_ms < 2 * self.heartbeat_interval_ms.max(self.timeout_ms)
+            || self.heartbeat_ttl_ms > 600_000
         {
             return Err(invalid(
                 "cluster.heartbeat_ttl_ms",
                 format!(
-                    "expected at least twice cluster.heartbeat_interval_ms ({}) and at most \
-                     600000 ms, got {}",
-                    2 * self.heartbeat_interval_ms,
+                    "expected at least twice cluster.heartbeat_interval_ms and twice \
+                     cluster.timeout_ms ({}; else a slow Redis gets a live instance taken for \
+                     dead) and at most 600000 ms, got {}",
+                    2 * self.heartbeat_interval_ms.max(self.timeout_ms),
                     self.heartbeat_ttl_ms
                 ),
             ));

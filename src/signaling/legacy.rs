@@ -520,6 +520,11 @@ impl Session {
 
     /// Frees the name and tells the partner, when the socket goes.
     fn close(&mut self) {
+        if self.logging_in.take().is_some() {
+            // A login the socket stopped waiting for (a shared registry): it may have
+            // taken effect.
+            self.directory.registry.leave(&self.peer);
+        }
         if self.name.take().is_none() {
             return;
         }

@@ -89,7 +89,7 @@ fn instance(redis: &Redis, id: &str, extra: &str) -> TestServer {
     let mut config: toml::Table = toml::from_str(&format!(
         "[turn]\nsecrets = [\"cluster-test-secret-0123456789\"]\n\
          [cluster]\nredis_url = \"{}\"\ninstance_id = \"{id}\"\n\
-         heartbeat_interval_ms = 200\nheartbeat_ttl_ms = 1000\n",
+         heartbeat_interval_ms = 200\nheartbeat_ttl_ms = 1000\ntimeout_ms = 400\n",
         redis.url()
     ))
     .expect("cluster TOML");
@@ -553,4 +553,133 @@ fn doctor_sees_the_cluster() {
         report.contains("[FAIL] cluster: Redis (cluster.redis_url) does not answer"),
         "{report}"
     );
+}
+
+/// A redis client of the test's own, to look at or change what the instances share.
+async fn redis_conn(redis: &Redis) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to the test's redis")
+}
+
+/// A sender's last messages arrive before its `peer_left`, and a peer that leaves may join
+/// again at once.
+#[tokio::test]
+#[cfg_attr(
+    not(has_redis),
+    ignore = "needs redis-server (apt install redis-server)"
+)]
+async fn last_messages_precede_the_leave_and_a_rejoin_works_at_once() {
+    let redis = Redis::start();
+    let fast = "[signaling]\nmessages_per_second = 100000\nmessage_burst = 100000\n";
+    let a = instance(&redis, "a", fast);
+    let b = instance(&redis, "b", fast);
+    let mut alice = a.client().await;
+    let alice_id = peer_id(&alice.join("bye", None).await);
+    let mut bob = b.client().await;
+    let bob_id = peer_id(&bob.join("bye", None).await);
+    assert!(matches!(alice.recv().await, ServerMsg::PeerJoined { .. }));
+
+    for i in 0..1_000 {
+        alice
+            .send(json!({"type": "signal", "to": bob_id, "payload": i}))
+            .await;
+    }
+    alice.send(json!({"type": "leave"})).await;
+    alice.send(json!({"type": "join", "room": "bye"})).await;
+    for i in 0..1_000 {
+        let (from, payload) = signal_text(&bob.recv().await);
+        assert_eq!((from, payload), (alice_id.to_string(), i.to_string()));
+    }
+    match bob.recv().await {
+        ServerMsg::PeerLeft { peer_id } => assert_eq!(peer_id, alice_id),
+        other => panic!("expected peer_left, got {other:?}"),
+    }
+    match alice.recv().await {
+        ServerMsg::Welcome { peers, .. } => assert_eq!(peers.len(), 1, "{peers:?}"),
+        other => panic!("expected a welcome, got {other:?}"),
+    }
+    match bob.recv().await {
+        ServerMsg::PeerJoined { peer } => assert_eq!(peer.id, alice_id),
+        other => panic!("expected peer_joined, got {other:?}"),
+    }
+}
+
+/// Redis emptied under running instances (FLUSHALL: the connections stay, the change counter
+/// starts again): each instance notices, starts over, and the rooms are whole again.
+#[tokio::test]
+#[cfg_attr(
+    not(has_redis),
+    ignore = "needs redis-server (apt install redis-server)"
+)]
+async fn redis_emptied_under_running_instances_is_noticed_and_rebuilt() {
+    let redis = Redis::start();
+    let a = instance(&redis, "a", "");
+    let b = instance(&redis, "b", "");
+    let mut alice = a.client().await;
+    let alice_id = peer_id(&alice.join("flushed", None).await);
+    let mut bob = b.client().await;
+    let bob_id = peer_id(&bob.join("flushed", None).await);
+
+    let mut conn = redis_conn(&redis).await;
+    let () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+    for server in [&a, &b] {
+        server.wait_log(
+            "cluster: this instance was taken for dead (or Redis lost its keys); starting over",
+        );
+        server.wait_log("cluster: connected to Redis, rooms in step");
+    }
+    let mut carol = a.client().await;
+    match carol.join("flushed", None).await {
+        ServerMsg::Welcome { peers, .. } => {
+            let ids: Vec<_> = peers.iter().map(|p| p.id.clone()).collect();
+            assert!(ids.contains(&alice_id) && ids.contains(&bob_id), "{ids:?}");
+        }
+        _ => unreachable!(),
+    }
+}
+
+/// A record of a peer Redis holds for this instance with no socket behind it (a leave that
+/// never reached Redis) is removed by the periodic reconciliation, and its room freed.
+#[tokio::test]
+#[cfg_attr(
+    not(has_redis),
+    ignore = "needs redis-server (apt install redis-server)"
+)]
+async fn a_member_with_no_socket_behind_it_is_removed() {
+    let redis = Redis::start();
+    let a = instance(&redis, "a", "[signaling]\nroom_capacity = 2\n");
+    let mut conn = redis_conn(&redis).await;
+    let ghosts = [
+        "0123456789abcdef0123456789abcdef",
+        "fedcba9876543210fedcba9876543210",
+    ];
+    let mut pipe = redis::pipe();
+    for ghost in ghosts {
+        pipe.cmd("HSET")
+            .arg("{switchboard}:m:a")
+            .arg(format!("native {ghost}"))
+            .arg("haunted")
+            .ignore()
+            .cmd("HSET")
+            .arg("{switchboard}:r:native:haunted")
+            .arg(ghost)
+            .arg(r#"{"i":"a","n":null,"s":0,"t":""}"#)
+            .ignore();
+    }
+    pipe.cmd("SADD")
+        .arg("{switchboard}:rooms:native")
+        .arg("haunted")
+        .ignore();
+    let () = pipe.query_async(&mut conn).await.unwrap();
+    let mut alice = a.client().await;
+    alice.send(json!({"type": "join", "room": "haunted"})).await;
+    let (code, _) = alice.recv_error().await;
+    assert_eq!(code, "room_full", "the ghosts hold both places");
+
+    let repaired = a.wait_log("cluster: made Redis agree with this instance's peers");
+    assert_eq!(repaired["peers"], 2, "{repaired}");
+    alice.join("haunted", None).await;
 }
