@@ -39,7 +39,8 @@ pub fn router(app: Arc<AppState>, public: bool) -> Router {
         .route("/api/v1/rooms", get(list_rooms))
         .route("/api/v1/rooms/{room}", delete(close_room))
         .route("/api/v1/peers", get(list_peers))
-        .route("/api/v1/peers/{peer}", delete(kick_peer));
+        .route("/api/v1/peers/{peer}", delete(kick_peer))
+        .route("/api/v1/drain", axum::routing::post(drain));
     let mut open = Router::new().route("/healthz", get(async || "ok\n"));
     if public {
         api = api.route("/metrics", get(metrics));
@@ -242,6 +243,21 @@ async fn close_room(State(app): State<Arc<AppState>>, Path(room): Path<String>) 
         "room": room.as_str(),
         "peers_disconnected": peers.len(),
         "allocations_revoked": revoked,
+    }))
+    .into_response()
+}
+
+/// Starts a drain: no new sockets, joins or allocations; the process shuts down once the
+/// calls here have ended, or at `server.drain_timeout_s`.
+async fn drain(State(app): State<Arc<AppState>>) -> Response {
+    if !app.host.draining() {
+        info!("draining, asked through the admin API");
+    }
+    app.host.start_drain();
+    axum::Json(json!({
+        "draining": true,
+        "connections": app.host.limiter.total(),
+        "allocations": app.host.turn.as_ref().map_or(0, |t| t.allocation_count()),
     }))
     .into_response()
 }

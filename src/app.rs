@@ -107,6 +107,7 @@ pub async fn run(
     tls: TlsMaterial,
     shutdown: CancellationToken,
     mut reloads: mpsc::Receiver<Config>,
+    drain: CancellationToken,
 ) -> anyhow::Result<()> {
     let tasks = TaskTracker::new();
     let cluster = if config.cluster.enabled() {
@@ -275,9 +276,33 @@ pub async fn run(
     let mut cert_check =
         tokio::time::interval(Duration::from_secs(config.https.cert_check_interval_s));
     cert_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A drain (SIGUSR1, `switchboard drain`, the admin API) ends in a shutdown once no
+    // socket or allocation is left here, or at `server.drain_timeout_s`.
+    let mut drain_check = tokio::time::interval(Duration::from_millis(500));
+    drain_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut drain_deadline: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
+            () = drain.cancelled(), if !app.host.draining() => app.host.start_drain(),
+            _ = drain_check.tick() => {
+                if app.host.draining() {
+                    let deadline = *drain_deadline.get_or_insert_with(|| {
+                        let timeout = Duration::from_secs(config.server.drain_timeout_s);
+                        info!(timeout_s = timeout.as_secs(), "draining: no new sockets, joins or allocations; waiting for the calls here to end");
+                        tokio::time::Instant::now() + timeout
+                    });
+                    let sockets = app.host.limiter.total();
+                    let allocations = app.host.turn.as_ref().map_or(0, |t| t.allocation_count());
+                    if sockets == 0 && allocations == 0 {
+                        info!("drained: no calls left here, shutting down");
+                        shutdown.cancel();
+                    } else if tokio::time::Instant::now() >= deadline {
+                        warn!(sockets, allocations, "drain deadline (server.drain_timeout_s) reached, shutting down");
+                        shutdown.cancel();
+                    }
+                }
+            }
             Some(new) = reloads.recv() => match reload(&app, &tls, (&started, &config), new, has_admin) {
                 Ok(applied) => {
                     config = applied;

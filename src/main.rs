@@ -50,6 +50,10 @@ enum Command {
     /// Check the config and the server running with it (certificate, every listener, the
     /// relay address, a relay self-test) and print a report; exit 1 when a check fails.
     Doctor,
+    /// Drain the server running with this config, for a rolling upgrade: it takes no new
+    /// sockets, joins or allocations (/readyz says 503), lets its calls run until they end or
+    /// server.drain_timeout_s, then exits. Asks its admin API; SIGUSR1 does the same.
+    Drain,
     /// Convert a coturn turnserver.conf into a Switchboard config (printed to stdout;
     /// a warning on stderr for every option that cannot be carried over).
     ImportCoturn {
@@ -125,6 +129,16 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("error: {e:#}");
                 ExitCode::from(2)
+            }
+        },
+        Command::Drain => match drain(&config) {
+            Ok(answer) => {
+                println!("{answer}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
             }
         },
         Command::Doctor => {
@@ -315,6 +329,60 @@ fn init_tracing(config: &Config) {
     }
 }
 
+/// Asks the admin API of the server running with `config` to drain; its answer.
+fn drain(config: &Config) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let addr = *config.admin.listen.first().context(
+        "admin.listen is empty: no admin API to ask (send SIGUSR1 to the process instead)",
+    )?;
+    let addr = match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+            std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, addr.port()))
+        }
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()))
+        }
+        _ => addr,
+    };
+    let token = match &config.admin.token {
+        Some(token) => token.expose().to_owned(),
+        None => {
+            let path = config
+                .server
+                .state_dir
+                .join(switchboard::secrets::ADMIN_TOKEN_FILE);
+            std::fs::read_to_string(&path)
+                .with_context(|| {
+                    format!(
+                        "reading the admin token {} (server.state_dir)",
+                        path.display()
+                    )
+                })?
+                .trim()
+                .to_owned()
+        }
+    };
+    let timeout = std::time::Duration::from_secs(5);
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout).with_context(|| {
+        format!("connecting to the admin listener {addr} (admin.listen): is switchboard running with this config?")
+    })?;
+    stream.set_read_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "POST /api/v1/drain HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head.split_whitespace().nth(1).unwrap_or("?");
+    anyhow::ensure!(
+        status == "200",
+        "the admin API answered {status}: {}",
+        body.trim()
+    );
+    Ok(body.trim().to_owned())
+}
+
 #[tokio::main]
 async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     let (material, loaded) = tls::load(&config).context("setting up TLS")?;
@@ -325,14 +393,22 @@ async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     let (reload_tx, reloads) = tokio::sync::mpsc::channel(1);
     // Installed before anything is served: an early SIGHUP must not kill the process.
     let signals = Signals::install().context("installing signal handlers")?;
-    tokio::spawn(watch_signals(signals, shutdown.clone(), path, reload_tx));
-    app::run(config, listeners, material, shutdown, reloads).await
+    let drain = CancellationToken::new();
+    tokio::spawn(watch_signals(
+        signals,
+        shutdown.clone(),
+        drain.clone(),
+        path,
+        reload_tx,
+    ));
+    app::run(config, listeners, material, shutdown, reloads, drain).await
 }
 
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -342,16 +418,18 @@ impl Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
             hup: signal(SignalKind::hangup())?,
+            usr1: signal(SignalKind::user_defined1())?,
         })
     }
 }
 
 /// SIGHUP re-reads the config file and hands it to the server (a file that does not load is
 /// refused with the reason, and the running configuration stays). SIGINT or SIGTERM starts
-/// a graceful shutdown; a second one exits at once.
+/// a graceful shutdown; a second one exits at once. SIGUSR1 starts a drain (see `drain`).
 async fn watch_signals(
     signals: Signals,
     shutdown: CancellationToken,
+    drain: CancellationToken,
     path: PathBuf,
     reloads: tokio::sync::mpsc::Sender<Config>,
 ) {
@@ -359,11 +437,16 @@ async fn watch_signals(
         mut term,
         mut int,
         mut hup,
+        mut usr1,
     } = signals;
     let signal = loop {
         tokio::select! {
             _ = term.recv() => break "SIGTERM",
             _ = int.recv() => break "SIGINT",
+            _ = usr1.recv() => {
+                info!("SIGUSR1: draining");
+                drain.cancel();
+            }
             _ = hup.recv() => {
                 info!(config = %path.display(), "SIGHUP: reloading the configuration");
                 match Config::load(&path) {

@@ -108,6 +108,7 @@ impl AppState {
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
             && !self.host.shutdown.is_cancelled()
+            && !self.host.draining()
             && self.cluster.as_ref().is_none_or(|c| c.is_up())
     }
 

@@ -13,6 +13,9 @@ pub struct ServerConfig {
     pub state_dir: PathBuf,
     /// How long open connections get to close after SIGINT/SIGTERM.
     pub shutdown_timeout_s: u64,
+    /// How long a drain (`switchboard drain`, SIGUSR1) lets the calls on this instance run
+    /// before it shuts down anyway.
+    pub drain_timeout_s: u64,
 }
 
 keys!(ServerConfig in "server" {
@@ -20,6 +23,8 @@ keys!(ServerConfig in "server" {
     state_dir: Restart,
     // Read when shutdown begins.
     shutdown_timeout_s: Live,
+    // Read when a drain begins.
+    drain_timeout_s: Live,
 });
 
 impl Default for ServerConfig {
@@ -27,6 +32,7 @@ impl Default for ServerConfig {
         ServerConfig {
             state_dir: PathBuf::from("certs"),
             shutdown_timeout_s: 5,
+            drain_timeout_s: 3_600,
         }
     }
 }
@@ -37,6 +43,12 @@ impl ServerConfig {
             return Err(invalid(
                 "server.shutdown_timeout_s",
                 format!("expected 1..=300 seconds, got {}", self.shutdown_timeout_s),
+            ));
+        }
+        if self.drain_timeout_s > 86_400 {
+            return Err(invalid(
+                "server.drain_timeout_s",
+                format!("expected 0..=86400 seconds, got {}", self.drain_timeout_s),
             ));
         }
         Ok(())

@@ -78,6 +78,14 @@ pub fn admit(
             message: "the server is shutting down",
         });
     }
+    if app.draining() {
+        app.metrics.refusals.inc(Refusal::ShuttingDown);
+        return Err(Denied {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "shutting_down",
+            message: "this instance is draining (going away once its calls end): connect again to reach another",
+        });
+    }
     let guard = app.limiter.try_acquire(remote.ip()).map_err(|limit| {
         app.metrics.refusals.inc(match limit {
             ConnectionRefused::Total => Refusal::MaxConnections,

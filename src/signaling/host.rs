@@ -79,6 +79,8 @@ pub struct Host {
     membership: Membership,
     /// Rooms the operator closed and sources it kicked, until when they are kept out.
     bans: std::sync::Mutex<Bans>,
+    /// Set by a drain: no new sockets, joins or allocations; the calls here run on.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Host {
@@ -114,7 +116,23 @@ impl Host {
             signals: Arc::default(),
             membership,
             bans: std::sync::Mutex::default(),
+            draining: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Starts draining: no new sockets, joins or TURN allocations here (so a load balancer,
+    /// told by `/readyz`, sends new users elsewhere); the calls here run on.
+    pub fn start_drain(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Release);
+        if let Some(turn) = &self.turn {
+            turn.drain();
+        }
+    }
+
+    /// Whether this instance is draining.
+    pub fn draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The live settings; a reload may replace them between two calls.

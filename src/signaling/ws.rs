@@ -409,6 +409,12 @@ impl Session {
             Ok(r) => r,
             Err(message) => return Answer::Error(ErrorCode::BadRoom, message),
         };
+        if self.app.draining() {
+            return Answer::Error(
+                ErrorCode::ShuttingDown,
+                "this instance is draining: connect again to reach another".to_owned(),
+            );
+        }
         let scope = Scope::native(room_id.clone());
         let now = std::time::Instant::now();
         if let Some(kept_out) = self.app.kept_out(&scope, self.client, now) {

@@ -418,6 +418,8 @@ pub struct Core<B: RelayBinder> {
     table: RwLock<Table<B::Relay>>,
     /// The live allocations, for the data path; changed only with `table`, under its write lock.
     index: Index<B::Relay>,
+    /// Set by a drain: new allocations are refused (508), the live ones run on.
+    draining: std::sync::atomic::AtomicBool,
     /// Challenges answered per source (see `CoreConfig::challenges_per_source_s`).
     challenges: SourceRates,
     pub stats: Stats,
@@ -431,6 +433,12 @@ struct Authed {
 }
 
 impl<B: RelayBinder> Core<B> {
+    /// Refuses new allocations from now on (508); the live ones run until they end.
+    pub fn drain(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
     pub fn new(
         config: CoreConfig,
         nonces: NonceKey,
@@ -448,6 +456,7 @@ impl<B: RelayBinder> Core<B> {
         );
         Core {
             challenges,
+            draining: std::sync::atomic::AtomicBool::new(false),
             config: ArcSwap::from_pointee(config),
             nonces,
             policy: ArcSwap::from_pointee(policy),
@@ -759,6 +768,10 @@ impl<B: RelayBinder> Core<B> {
         let error = |code, why| refuse(msg, code, &authed.key, why);
         if existing.is_some() {
             return error(437, "allocation exists");
+        }
+        if self.draining.load(std::sync::atomic::Ordering::Acquire) {
+            // Insufficient Capacity: a client tries its next TURN server.
+            return error(508, "this server is draining");
         }
         let mut transport = turn::proto::reqtrans::RequestedTransport::default();
         if transport.get_from(msg).is_err() {

@@ -96,6 +96,16 @@ impl Turn {
         self.server.peer_left(scope, peer, still_member);
     }
 
+    /// Refuses new allocations from now on (a drain); the live ones run until they end.
+    pub fn drain(&self) {
+        self.server.core.drain();
+    }
+
+    /// Live allocations.
+    pub fn allocation_count(&self) -> usize {
+        self.server.core.allocation_count()
+    }
+
     /// Closes every allocation scoped to a room of that name (any dialect, and room
     /// credentials) now; returns how many.
     pub fn revoke_room(&self, room: &RoomId) -> usize {

@@ -410,6 +410,7 @@ fn the_openapi_description_covers_every_route() {
         "  /api/v1/rooms:",
         "  /api/v1/rooms/{room}:",
         "  /api/v1/peers/{peer}:",
+        "  /api/v1/drain:",
         "  /api/v1/ice-servers:",
     ] {
         assert!(doc.contains(path), "{path} is not in docs/admin-api.yaml");

@@ -683,3 +683,91 @@ async fn a_member_with_no_socket_behind_it_is_removed() {
     assert_eq!(repaired["peers"], 2, "{repaired}");
     alice.join("haunted", None).await;
 }
+
+/// A drained instance takes no new sockets or allocations and says it is not ready, lets
+/// the call on it run on, and exits once it has ended; the other instance carries on.
+#[tokio::test]
+#[cfg_attr(
+    not(has_redis),
+    ignore = "needs redis-server (apt install redis-server)"
+)]
+async fn a_drained_instance_lets_its_calls_end_then_exits() {
+    let redis = Redis::start();
+    let mut a = instance(&redis, "a", "");
+    let b = instance(&redis, "b", "");
+    let mut alice = a.client().await;
+    let welcome = alice.join("upgrade", None).await;
+    let alice_id = peer_id(&welcome);
+    let mut turn = RawTurn::new(a.listener("turn_udp"), &turn_entry(&welcome)).await;
+    turn.allocate()
+        .await
+        .expect("an allocation before the drain");
+    let mut bob = b.client().await;
+    let bob_id = peer_id(&bob.join("upgrade", None).await);
+    assert!(matches!(alice.recv().await, ServerMsg::PeerJoined { .. }));
+
+    // The config with the admin listener's actual address (the server bound port 0).
+    let mut config: toml::Table =
+        toml::from_str(&std::fs::read_to_string(a.config_path()).unwrap()).unwrap();
+    config["admin"]["listen"] = toml::Value::from(vec![a.listener("admin").to_string()]);
+    let dir = harness::temp_dir();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["drain", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run switchboard drain");
+    let answer = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{answer}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(answer.contains(r#""draining":true"#), "{answer}");
+    a.wait_log("draining: no new sockets, joins or allocations; waiting for the calls here to end");
+
+    let (status, _, _) = a.https_get("/readyz").await;
+    assert_eq!(status, 503);
+    let (status, _, _) = b.https_get("/readyz").await;
+    assert_eq!(status, 200);
+    let mut late = RawTurn::new(a.listener("turn_udp"), &turn_entry(&welcome)).await;
+    assert_eq!(late.allocate().await, Err(508));
+    // The call goes on.
+    bob.send(json!({"type": "signal", "to": alice_id, "payload": "still"}))
+        .await;
+    let (from, _) = signal_text(&alice.recv().await);
+    assert_eq!(from, bob_id.to_string());
+
+    drop(late);
+    turn.release().await;
+    alice.send(json!({"type": "leave"})).await;
+    drop(alice);
+    a.wait_log("drained: no calls left here, shutting down");
+    assert!(a.wait_exit().success());
+    match bob.recv().await {
+        ServerMsg::PeerLeft { peer_id } => assert_eq!(peer_id, alice_id),
+        other => panic!("expected peer_left, got {other:?}"),
+    }
+}
+
+/// SIGUSR1 drains a lone instance too; a call that does not end is cut at
+/// `server.drain_timeout_s`.
+#[tokio::test]
+async fn a_drain_ends_at_its_deadline() {
+    let mut server = TestServer::start("[server]\ndrain_timeout_s = 1\n");
+    let mut alice = server.client().await;
+    alice.join("long-call", None).await;
+    let mut late = server.client().await;
+    server.signal("USR1");
+    server.wait_log(
+        "draining: no new sockets, joins or allocations; waiting for the calls here to end",
+    );
+    // A socket opened before the drain is refused at its join; a new one at its upgrade.
+    late.send(json!({"type": "join", "room": "long-call"}))
+        .await;
+    let refused = late.recv_error().await;
+    assert_eq!(refused.0, "shutting_down", "{refused:?}");
+    server.wait_log("drain deadline (server.drain_timeout_s) reached, shutting down");
+    assert!(server.wait_exit().success());
+}

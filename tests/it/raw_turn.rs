@@ -43,6 +43,11 @@ impl RawTurn {
         self.0.allocate_once().await.map(|_| ()).map_err(code)
     }
 
+    /// Releases the allocation (a Refresh with lifetime 0).
+    pub async fn release(&self) {
+        self.0.release().await;
+    }
+
     pub async fn refresh(&self) -> Result<(), u16> {
         self.0.refresh(Duration::from_secs(600)).await.map_err(code)
     }
