@@ -31,6 +31,10 @@ struct Args {
     /// ws:// or wss:// URL of the socket endpoint (native: /ws, plain: /legacy, socketio: /socket.io/).
     #[arg(long)]
     url: String,
+    /// Where the second socket of each pair connects (another instance of a cluster); by
+    /// default `--url`. With it, every message crosses from one instance to the other.
+    #[arg(long)]
+    peer_url: Option<String>,
     #[arg(long, value_enum, default_value_t = Dialect::Native)]
     dialect: Dialect,
     /// Pairs of connections (each pair is one room): 2 × pairs sockets.
@@ -132,23 +136,32 @@ const SETTLE: Duration = Duration::from_millis(50);
 const SLOW_US: u64 = 10_000;
 const SLOW_KEPT: usize = 64;
 
-fn nanos(t0: Instant) -> u64 {
-    t0.elapsed().as_nanos() as u64
-}
-
-async fn run(args: Args) -> Result<()> {
-    let args = Arc::new(args);
-    let url: tokio_tungstenite::tungstenite::http::Uri = args.url.parse().context("--url")?;
-    let host = url.host().context("--url has no host")?.to_string();
+/// The socket address and whether TLS is used, of a ws:// or wss:// URL.
+fn endpoint(url: &str) -> Result<(SocketAddr, bool)> {
+    let url: tokio_tungstenite::tungstenite::http::Uri = url.parse().context("a URL")?;
+    let host = url.host().context("the URL has no host")?.to_string();
     let tls = url.scheme_str() == Some("wss");
     let port = url.port_u16().unwrap_or(if tls { 443 } else { 80 });
     let ip: IpAddr = if host == "localhost" {
         IpAddr::from([127, 0, 0, 1])
     } else {
         host.parse()
-            .context("--url host must be an IP address or localhost")?
+            .context("the URL's host must be an IP address or localhost")?
     };
-    let server = SocketAddr::new(ip, port);
+    Ok((SocketAddr::new(ip, port), tls))
+}
+
+fn nanos(t0: Instant) -> u64 {
+    t0.elapsed().as_nanos() as u64
+}
+
+async fn run(args: Args) -> Result<()> {
+    let args = Arc::new(args);
+    let (server, tls) = endpoint(&args.url)?;
+    let peer_server = match &args.peer_url {
+        Some(url) => endpoint(url).context("--peer-url")?.0,
+        None => server,
+    };
     let connector = if tls {
         let ca = args
             .ca
@@ -174,7 +187,12 @@ async fn run(args: Args) -> Result<()> {
             let _permit = gate.acquire().await;
             let t = Instant::now();
             let source = args.sources[i % args.sources.len()];
-            let ws = wss::connect(&args.url, server, source, connector).await;
+            // The second of each pair (odd `i`) on the peer instance, if there is one.
+            let (url, to) = match &args.peer_url {
+                Some(peer_url) if i % 2 == 1 => (peer_url.as_str(), peer_server),
+                _ => (args.url.as_str(), server),
+            };
+            let ws = wss::connect(url, to, source, connector).await;
             (i, ws.map(|ws| (ws, t.elapsed())))
         });
     }

@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# What sharing rooms through Redis costs: signaling relay latency and CPU per message for
+# pairs on one lone instance, on one instance of a cluster, and split across two instances
+# of a cluster, at the same fixed rate; and Redis's memory per joined peer.
+#
+#   bench/cluster.sh            full run (~2 min): 5,000 pairs, 20,000 msg/s, 8 s
+#   bench/cluster.sh --smoke    seconds, small N: keeps the script and tools from rotting
+#   REPEATS=3 bench/cluster.sh  alternate the three setups three times
+#
+# Every server (both instances and redis-server) runs pinned to core $SERVER_CORE and the
+# generator to $GEN_CORE, so the server core's busy time (/proc/stat) is the whole cost of
+# a message, Redis's included. Everything is started here, on loopback, and stopped by PID.
+# Results: bench/results/<date>/sig-cluster.jsonl and a line per run on stdout.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+SMOKE=0
+[ "${1:-}" = "--smoke" ] && SMOKE=1
+SERVER_CORE=${SERVER_CORE:-0}
+GEN_CORE=${GEN_CORE:-1}
+REPEATS=${REPEATS:-1}
+OUT=${OUT:-$ROOT/bench/results/$(date -u +%Y%m%d-%H%M%S)-cluster}
+if [ $SMOKE = 1 ]; then
+    PAIRS=50; RATE=500; SECS=1
+else
+    PAIRS=5000; RATE=20000; SECS=8
+fi
+mkdir -p "$OUT"
+echo "bench/cluster.sh: servers and Redis on core $SERVER_CORE, generator on core $GEN_CORE; results in $OUT" | tee "$OUT/README.txt"
+echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)" >> "$OUT/README.txt"
+
+cargo build --release -q -p switchboard -p switchboard-bench
+BIN=$ROOT/target/release
+GEN=(taskset -c "$GEN_CORE")
+SRV=(taskset -c "$SERVER_CORE")
+
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    PIDS=()
+}
+trap cleanup EXIT INT TERM
+
+# wait_tcp PORT: until something accepts on 127.0.0.1:PORT (no sleeps as synchronisation).
+wait_tcp() {
+    for _ in $(seq 1 400); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        sleep 0.025
+    done
+    echo "error: nothing listens on 127.0.0.1:$1" >&2
+    return 1
+}
+
+REDIS_SOCK=$OUT/redis.sock
+start_redis() {
+    rm -f "$REDIS_SOCK"
+    "${SRV[@]}" redis-server --port 0 --save "" --appendonly no --unixsocket "$REDIS_SOCK" \
+        --unixsocketperm 700 --dir "$OUT" >> "$OUT/redis.log" 2>&1 &
+    PIDS+=("$!")
+    for _ in $(seq 1 400); do
+        redis-cli -s "$REDIS_SOCK" ping >/dev/null 2>&1 && return 0
+        sleep 0.025
+    done
+    echo "error: redis-server did not start (see $OUT/redis.log)" >&2
+    return 1
+}
+
+# start_instance NAME HTTPS_PORT CLUSTER(0|1): the bench config, TURN off (signaling only),
+# both instances serving instance a's certificate so one --ca fits both.
+start_instance() {
+    local name=$1 port=$2 cluster=$3 config=$OUT/$1.toml
+    {
+        echo "[server]"
+        echo "state_dir = \"$OUT/$name-state\""
+        sed -n '/^\[log\]/,/^\[turn\]/p' bench/configs/switchboard.toml | sed '$d' \
+            | sed "s|127.0.0.1:18443|127.0.0.1:$port|; /legacy_ws_listen/d"
+        echo "[turn]"
+        echo "enabled = false"
+        echo "secrets = [\"bench-secret-0123456789abcdef\"]"
+        echo "[admin]"
+        echo "listen = []"
+        if [ "$cluster" = 1 ]; then
+            echo "[cluster]"
+            echo "redis_url = \"redis+unix://$REDIS_SOCK\""
+            echo "instance_id = \"$name\""
+        fi
+    } > "$config"
+    if [ "$name" != a ]; then
+        # The [https] section of the copied config gets a's certificate.
+        sed -i "s|^listen = \\[\"127.0.0.1:$port\"\\]|listen = [\"127.0.0.1:$port\"]\ncert = \"$OUT/a-state/selfsigned-cert.pem\"\nkey = \"$OUT/a-state/selfsigned-key.pem\"|" "$config"
+    fi
+    "${SRV[@]}" "$BIN/switchboard" run --config "$config" >> "$OUT/$name.log" 2>&1 &
+    local pid=$!
+    PIDS+=("$pid")
+    wait_tcp "$port"
+    if [ "$cluster" = 1 ]; then
+        # Ready once joined to the cluster (the link connects after the listeners).
+        for _ in $(seq 1 400); do
+            [ "$(curl -sk -o /dev/null -w '%{http_code}' "https://127.0.0.1:$port/readyz")" = 200 ] && break
+            sleep 0.025
+        done
+    fi
+    LAST_PID=$pid
+}
+
+# redis_used: Redis's used_memory in bytes.
+redis_used() { redis-cli -s "$REDIS_SOCK" info memory | awk -F: '/^used_memory:/ {print $2+0}'; }
+
+# run SETUP ARGS...: sig-load with the native dialect; with Redis, samples its memory.
+run() {
+    local setup=$1; shift
+    local base peak
+    base=$([ -S "$REDIS_SOCK" ] && redis_used || echo 0)
+    peak=$base
+    "${GEN[@]}" "$BIN/sig-load" --label "$setup" --dialect native --pairs $PAIRS --rate $RATE \
+        --secs $SECS --ca "$OUT/a-state/selfsigned-cert.pem" --server-pid "$A_PID" \
+        --server-core "$SERVER_CORE" "$@" >> "$OUT/sig-cluster.jsonl" 2> "$OUT/$setup.err" &
+    local gen=$!
+    while kill -0 $gen 2>/dev/null; do
+        if [ -S "$REDIS_SOCK" ]; then
+            local now
+            now=$(redis_used)
+            [ "$now" -gt "$peak" ] && peak=$now
+        fi
+        sleep 0.5
+    done
+    wait $gen
+    grep -E "sustained|relay" "$OUT/$setup.err" | tail -2 | sed "s/^/$setup: /"
+    if [ -S "$REDIS_SOCK" ]; then
+        echo "$setup: Redis used_memory $base -> peak $peak bytes: $(( (peak - base) / (2 * PAIRS) )) bytes per joined peer ($((2 * PAIRS)) peers in $PAIRS rooms)"
+    fi
+}
+
+for r in $(seq 1 "$REPEATS"); do
+    echo "== round $r" >&2
+    # A lone instance, no cluster.
+    start_instance a 18443 0; A_PID=$LAST_PID
+    run lone --url wss://127.0.0.1:18443/ws
+    cleanup
+    # Two instances and Redis; every pair on instance a.
+    start_redis
+    start_instance a 18443 1; A_PID=$LAST_PID
+    start_instance b 18444 1
+    run same-instance --url wss://127.0.0.1:18443/ws
+    cleanup
+    # Two instances and Redis; each pair split over a and b.
+    start_redis
+    start_instance a 18443 1; A_PID=$LAST_PID
+    start_instance b 18444 1
+    run across-instances --url wss://127.0.0.1:18443/ws --peer-url wss://127.0.0.1:18444/ws
+    cleanup
+done
+echo "results: $OUT/sig-cluster.jsonl"
