@@ -115,6 +115,7 @@ run() {
     base=$([ -S "$REDIS_SOCK" ] && redis_used || echo 0)
     peak=$base
     "${GEN[@]}" "$BIN/sig-load" --label "$setup" --dialect native --pairs $PAIRS --rate $RATE \
+        --sources 127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5 \
         --secs $SECS --ca "$OUT/a-state/selfsigned-cert.pem" --server-pid "$A_PID" \
         --server-core "$SERVER_CORE" "$@" >> "$OUT/sig-cluster.jsonl" 2> "$OUT/$setup.err" &
     local gen=$!

@@ -64,6 +64,8 @@ enum Command {
         limits: (usize, usize),
         /// A re-registration: no capacity check, no change if it is there.
         force: bool,
+        /// Names are unique in the dialect's rooms.
+        unique: bool,
         /// Echoed in its `Joined` note, so a socket's join is told from an earlier one's.
         token: String,
         reply: Option<oneshot::Sender<Option<wire::JoinReply>>>,
@@ -244,20 +246,20 @@ impl Cluster {
     }
 
     /// The shared registry of `dialect`, made on first use, with its first limits; `scope`
-    /// names the TURN credential scope of one of its rooms.
+    /// names the TURN credential scope of one of its rooms; `rooms`, the mirror, holds the
+    /// dialect's room rules with no limits.
     pub fn registry(
         self: &Arc<Self>,
         dialect: &'static str,
         scope: fn(RoomId) -> Scope,
+        rooms: crate::signaling::room::Rooms,
         capacity: usize,
         max_rooms: usize,
     ) -> Arc<Shared> {
         let mut dialects = self.dialects.writing();
-        Arc::clone(
-            dialects.entry(dialect).or_insert_with(|| {
-                Shared::new(Arc::clone(self), dialect, scope, capacity, max_rooms)
-            }),
-        )
+        Arc::clone(dialects.entry(dialect).or_insert_with(|| {
+            Shared::new(Arc::clone(self), dialect, scope, rooms, capacity, max_rooms)
+        }))
     }
 
     /// Sets what is done when a peer of another instance leaves its room: the app closes
@@ -330,7 +332,7 @@ impl Cluster {
         room: &RoomId,
         peer: &PeerInfo,
         limits: (usize, usize),
-        force: bool,
+        (force, unique): (bool, bool),
         token: String,
         reply: Option<oneshot::Sender<Option<wire::JoinReply>>>,
     ) {
@@ -341,6 +343,7 @@ impl Cluster {
             name: peer.name.clone(),
             limits,
             force,
+            unique,
             token,
             reply,
         });
@@ -673,6 +676,7 @@ impl Cluster {
                         name,
                         limits,
                         force,
+                        unique,
                         token,
                         reply,
                     } => {
@@ -689,7 +693,8 @@ impl Cluster {
                             .arg(limits.0)
                             .arg(limits.1)
                             .arg(if force { "1" } else { "0" })
-                            .arg(token);
+                            .arg(token)
+                            .arg(if unique { "1" } else { "0" });
                         replies.push(Waiting::Join(reply));
                     }
                 }
@@ -758,10 +763,11 @@ impl crate::signaling::registry::Sharing for Arc<Cluster> {
         &self,
         dialect: &'static str,
         scope: fn(RoomId) -> Scope,
+        rooms: crate::signaling::room::Rooms,
         capacity: usize,
         max_rooms: usize,
     ) -> Arc<dyn crate::signaling::registry::Registry> {
-        Cluster::registry(self, dialect, scope, capacity, max_rooms)
+        Cluster::registry(self, dialect, scope, rooms, capacity, max_rooms)
     }
 }
 

@@ -41,6 +41,8 @@ pub struct Shared {
     pub dialect: &'static str,
     /// The TURN credential scope of one of its rooms.
     scope: fn(RoomId) -> Scope,
+    /// Names are unique in its rooms (Redis checks it at the join).
+    unique: bool,
     capacity: AtomicUsize,
     max_rooms: AtomicUsize,
     mirror: RwLock<Mirror>,
@@ -182,6 +184,7 @@ impl Shared {
         cluster: Arc<Cluster>,
         dialect: &'static str,
         scope: fn(RoomId) -> Scope,
+        rooms: Rooms,
         capacity: usize,
         max_rooms: usize,
     ) -> Arc<Shared> {
@@ -190,10 +193,11 @@ impl Shared {
             me: me.clone(),
             dialect,
             scope,
+            unique: rooms.unique_names(),
             capacity: AtomicUsize::new(capacity),
             max_rooms: AtomicUsize::new(max_rooms),
             mirror: RwLock::new(Mirror {
-                rooms: Rooms::new(usize::MAX, usize::MAX),
+                rooms,
                 homes: HashMap::new(),
                 locals: HashMap::new(),
             }),
@@ -248,6 +252,7 @@ impl Shared {
                     from: &from,
                     event: &e,
                     data: &data,
+                    remote: true,
                 };
                 let recipients: Vec<Arc<dyn Member>> = {
                     let mirror = self.mirror.reading();
@@ -354,8 +359,9 @@ impl Shared {
                 && !held_peers.contains(peer.id.as_str())
             {
                 let token = String::new();
+                let flags = (true, self.unique);
                 self.cluster
-                    .queue_join(self.dialect, room, peer, limits, true, token, None);
+                    .queue_join(self.dialect, room, peer, limits, flags, token, None);
                 repaired += 1;
             }
         }
@@ -407,7 +413,7 @@ impl Registry for Shared {
                 room,
                 &peer,
                 limits,
-                false,
+                (false, self.unique),
                 token.clone(),
                 Some(replied),
             );
@@ -428,6 +434,7 @@ impl Registry for Shared {
                 Some(JoinReply::Full) => JoinError::RoomFull,
                 Some(JoinReply::TooManyRooms) => JoinError::TooManyRooms,
                 Some(JoinReply::Already) => JoinError::AlreadyJoined,
+                Some(JoinReply::NameTaken) => JoinError::NameTaken,
                 Some(JoinReply::NotRegistered) | None => JoinError::Unavailable,
             };
             let mut mirror = me.mirror.writing();
@@ -485,7 +492,12 @@ impl Registry for Shared {
         event: &str,
         data: &Utf8Bytes,
     ) -> Result<(), RouteError> {
-        let message = Event::Message { from, event, data };
+        let message = Event::Message {
+            from,
+            event,
+            data,
+            remote: false,
+        };
         let note = |t: Option<&PeerId>| Note::Message {
             sp: self.dialect.to_owned(),
             f: from.as_str().to_owned(),

@@ -6,6 +6,7 @@
 //! - `{P}:seq`: the counter that orders every membership change;
 //! - `{P}:r:<dialect>:<room>`: a hash, peer id → `{"i": instance, "n": name, "s": seq}`;
 //! - `{P}:rooms:<dialect>`: the set of that dialect's rooms;
+//! - `{P}:n:<dialect>:<room>`: a hash, name → peer id, where names are unique in a room;
 //! - `{P}:m:<instance>`: a hash, `<dialect> <peer id>` → room, of the peers an instance holds;
 //! - `{P}:i:<instance>`: the instance's heartbeat, expiring after `heartbeat_ttl_ms`;
 //! - `{P}:instances`: the set of instances that registered.
@@ -76,6 +77,8 @@ pub enum JoinReply {
     Full,
     TooManyRooms,
     Already,
+    /// Another member of the room has this name (rooms with unique names).
+    NameTaken,
     /// This instance's heartbeat is gone (it was taken for dead): it must register again.
     NotRegistered,
 }
@@ -88,6 +91,7 @@ impl JoinReply {
             "rooms" => JoinReply::TooManyRooms,
             "already" => JoinReply::Already,
             "dead" => JoinReply::NotRegistered,
+            "name" => JoinReply::NameTaken,
             _ => return None,
         })
     }
@@ -95,11 +99,13 @@ impl JoinReply {
 
 /// KEYS[1]: `{P}`. ARGV: dialect, room, peer, name (JSON: a string or null), instance,
 /// capacity, max rooms, force ("1": a member coming back after its instance was taken for
-/// dead or Redis lost it: no capacity check, and no change if it is there), token.
+/// dead or Redis lost it: no capacity check, and no change if it is there), token, unique
+/// ("1": names are unique in the dialect's rooms, kept in `{P}:n:<dialect>:<room>`).
 pub const JOIN: &str = r"
 local P = KEYS[1]
 local sp, room, peer, name, inst = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local cap, maxr, force, token = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8] == '1', ARGV[9]
+local unique = ARGV[10] == '1'
 if redis.call('EXISTS', P .. ':i:' .. inst) == 0 then return 'dead' end
 local rk = P .. ':r:' .. sp .. ':' .. room
 local mk = P .. ':m:' .. inst
@@ -107,6 +113,12 @@ local field = sp .. ' ' .. peer
 if redis.call('HEXISTS', mk, field) == 1 then
   if force then return 'ok' end
   return 'already'
+end
+local n_ = cjson.decode(name)
+local nk = P .. ':n:' .. sp .. ':' .. room
+if unique and n_ ~= cjson.null then
+  local holder = redis.call('HGET', nk, n_)
+  if holder and holder ~= peer then return 'name' end
 end
 local n = redis.call('HLEN', rk)
 if not force then
@@ -117,7 +129,7 @@ if not force then
   end
 end
 local seq = redis.call('INCR', P .. ':seq')
-local n_ = cjson.decode(name)
+if unique and n_ ~= cjson.null then redis.call('HSET', nk, n_, peer) end
 redis.call('HSET', rk, peer, cjson.encode({i = inst, n = n_, s = seq, t = token}))
 redis.call('SADD', P .. ':rooms:' .. sp, room)
 redis.call('HSET', mk, field, room)
@@ -136,6 +148,14 @@ local room = redis.call('HGET', mk, field)
 if not room then return 0 end
 redis.call('HDEL', mk, field)
 local rk = P .. ':r:' .. sp .. ':' .. room
+local record = redis.call('HGET', rk, peer)
+if record then
+  local n_ = cjson.decode(record).n
+  local nk = P .. ':n:' .. sp .. ':' .. room
+  if n_ ~= cjson.null and n_ ~= nil and redis.call('HGET', nk, n_) == peer then
+    redis.call('HDEL', nk, n_)
+  end
+end
 redis.call('HDEL', rk, peer)
 if redis.call('HLEN', rk) == 0 then redis.call('SREM', P .. ':rooms:' .. sp, room) end
 local seq = redis.call('INCR', P .. ':seq')
@@ -168,6 +188,14 @@ for _, inst in ipairs(redis.call('SMEMBERS', P .. ':instances')) do
       local at = string.find(field, ' ', 1, true)
       local sp, peer = string.sub(field, 1, at - 1), string.sub(field, at + 1)
       local rk = P .. ':r:' .. sp .. ':' .. room
+      local record = redis.call('HGET', rk, peer)
+      if record then
+        local n_ = cjson.decode(record).n
+        local nk = P .. ':n:' .. sp .. ':' .. room
+        if n_ ~= cjson.null and n_ ~= nil and redis.call('HGET', nk, n_) == peer then
+          redis.call('HDEL', nk, n_)
+        end
+      end
       redis.call('HDEL', rk, peer)
       if redis.call('HLEN', rk) == 0 then redis.call('SREM', P .. ':rooms:' .. sp, room) end
       local seq = redis.call('INCR', P .. ':seq')

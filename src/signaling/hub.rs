@@ -118,7 +118,12 @@ impl Registry for Hub {
         event: &str,
         data: &Utf8Bytes,
     ) -> Result<(), RouteError> {
-        let message = Event::Message { from, event, data };
+        let message = Event::Message {
+            from,
+            event,
+            data,
+            remote: false,
+        };
         let one = |inner: &Inner, to: &PeerId| {
             inner
                 .members

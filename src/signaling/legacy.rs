@@ -48,7 +48,7 @@ pub struct Directory {
     partners: Mutex<HashMap<PeerId, Partner, foldhash::fast::RandomState>>,
     /// Who offered to or is in a call with whom: what an answer, a candidate or a leave
     /// may reach.
-    calls: Mutex<Calls>,
+    calls: Arc<Mutex<Calls>>,
     stats: DialectStats<PlainMessage>,
 }
 
@@ -98,7 +98,7 @@ impl Directory {
         Directory {
             registry,
             partners: Mutex::default(),
-            calls: Mutex::default(),
+            calls: Arc::default(),
             stats: DialectStats::default(),
         }
     }
@@ -112,7 +112,12 @@ impl Directory {
         client: IpAddr,
         welcome: Welcome,
     ) -> Joining {
-        let member = Arc::new(Frames { outbox, client });
+        let member = Arc::new(Frames {
+            outbox,
+            client,
+            me: user.id.clone(),
+            calls: Arc::clone(&self.calls),
+        });
         self.registry.join(user, &USERS, member, welcome)
     }
 
@@ -176,11 +181,24 @@ impl Directory {
 struct Frames {
     outbox: Arc<Outbox>,
     client: IpAddr,
+    /// This user's peer id, and the directory's calls: a message from a user on another
+    /// instance (a cluster) opens, answers or ends a call here as it did there.
+    me: PeerId,
+    calls: Arc<Mutex<Calls>>,
 }
 
 impl Member for Frames {
     fn deliver(&self, event: Event<'_>) {
-        if let Event::Message { data, .. } = event {
+        if let Event::Message {
+            from,
+            event,
+            data,
+            remote,
+        } = event
+        {
+            if remote && let Some(kind) = Kind::parse(event) {
+                self.calls.locked().send(from, &self.me, kind);
+            }
             self.outbox.deliver(data.clone());
         }
     }

@@ -53,32 +53,39 @@ use dialect::Dialects;
 /// limits: the one list of them. A new dialect is its own module implementing
 /// `dialect::Dialect`, plus one line here.
 ///
-/// With `shared` (a cluster), the native and socket.io dialects' rooms span every instance;
-/// the plain-WebSocket dialect keeps its users per instance for now.
+/// With `shared` (a cluster), every dialect's rooms (the plain-WebSocket dialect's users)
+/// span every instance.
 pub fn dialects(cfg: &SignalingConfig, shared: Option<&dyn registry::Sharing>) -> Dialects {
-    let (native, sio) = match shared {
+    let unlimited = || room::Rooms::new(usize::MAX, usize::MAX);
+    let (native, directory, sio) = match shared {
         Some(shared) => (
             ws::Native::with_registry(shared.registry(
                 ws::NAME,
                 crate::model::Scope::native,
+                unlimited(),
                 cfg.room_capacity,
                 cfg.max_rooms,
+            )),
+            legacy::Directory::with_registry(shared.registry(
+                legacy::NAME,
+                |_| crate::model::Scope::whole(legacy::SPACE),
+                room::Rooms::directory(),
+                usize::MAX,
+                1,
             )),
             sio::SioRooms::with_registry(shared.registry(
                 sio::NAME,
                 |room| crate::model::Scope::in_room(sio::SPACE, room),
+                unlimited(),
                 cfg.socketio_room_capacity,
                 cfg.max_rooms,
             )),
         ),
         None => (
             ws::Native::new(cfg),
+            legacy::Directory::default(),
             sio::SioRooms::new(cfg.socketio_room_capacity, cfg.max_rooms),
         ),
     };
-    Dialects::of(vec![
-        Arc::new(native),
-        Arc::new(legacy::Directory::default()),
-        Arc::new(sio),
-    ])
+    Dialects::of(vec![Arc::new(native), Arc::new(directory), Arc::new(sio)])
 }

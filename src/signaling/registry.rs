@@ -99,6 +99,9 @@ pub enum Event<'a> {
         from: &'a PeerId,
         event: &'a str,
         data: &'a Utf8Bytes,
+        /// The sender is connected to another instance (a shared registry): what the
+        /// sender's instance did about the message, the recipient's must do too.
+        remote: bool,
     },
 }
 
@@ -117,10 +120,13 @@ pub trait Member: Send + Sync + fmt::Debug {
 pub trait Sharing {
     /// The registry of `dialect`'s rooms; `scope` names the TURN credential scope of one of
     /// its rooms; `capacity` and `max_rooms` are its first limits.
+    /// `rooms` holds the dialect's room rules (unique names, presence) with no limits:
+    /// the shared registry applies capacity and room count itself.
     fn registry(
         &self,
         dialect: &'static str,
         scope: fn(RoomId) -> crate::model::Scope,
+        rooms: super::room::Rooms,
         capacity: usize,
         max_rooms: usize,
     ) -> Arc<dyn Registry>;

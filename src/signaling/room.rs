@@ -90,6 +90,11 @@ impl Rooms {
         }
     }
 
+    /// Whether no two members of a room may have the same name.
+    pub fn unique_names(&self) -> bool {
+        self.names.is_some()
+    }
+
     /// Rooms in which no two members have the same name, and members can be found by name.
     pub fn with_unique_names(mut self) -> Rooms {
         self.names = Some(HashMap::new());

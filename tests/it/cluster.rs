@@ -771,3 +771,60 @@ async fn a_drain_ends_at_its_deadline() {
     server.wait_log("drain deadline (server.drain_timeout_s) reached, shutting down");
     assert!(server.wait_exit().success());
 }
+
+/// The plain-WebSocket dialect across instances: a name is unique in the whole cluster, and
+/// an offer, its answer and candidates go between users on different instances (the answer
+/// is allowed where it is sent because the offer reached that instance).
+#[tokio::test]
+#[cfg_attr(
+    not(has_redis),
+    ignore = "needs redis-server (apt install redis-server)"
+)]
+async fn plain_websocket_users_call_across_instances() {
+    use serde_json::Value;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let redis = Redis::start();
+    let a = instance(&redis, "a", "");
+    let b = instance(&redis, "b", "");
+    async fn login(server: &TestServer, name: &str) -> (harness::Client, Value) {
+        let url = format!("wss://{}/legacy", server.https);
+        let mut c = server
+            .client_with(url.into_client_request().unwrap())
+            .await
+            .expect("plain-WebSocket connect");
+        c.send(json!({"type": "login", "name": name})).await;
+        let reply: Value = serde_json::from_str(&next_text(&mut c).await).unwrap();
+        (c, reply)
+    }
+    async fn next(c: &mut harness::Client) -> Value {
+        serde_json::from_str(&next_text(c).await).unwrap()
+    }
+    let (mut alice, ok) = login(&a, "alice").await;
+    assert_eq!(ok["success"], true, "{ok}");
+    let (mut bob, ok) = login(&b, "bob").await;
+    assert_eq!(ok["success"], true, "{ok}");
+    let (_twin, refused) = login(&b, "alice").await;
+    assert_eq!(
+        refused["success"], false,
+        "the name is taken on the other instance: {refused}"
+    );
+
+    alice
+        .send(json!({"type": "offer", "name": "bob", "offer": {"sdp": "o"}}))
+        .await;
+    let offer = next(&mut bob).await;
+    assert_eq!(
+        (offer["type"].as_str(), offer["name"].as_str()),
+        (Some("offer"), Some("alice")),
+        "{offer}"
+    );
+    bob.send(json!({"type": "answer", "name": "alice", "answer": {"sdp": "a"}}))
+        .await;
+    let answer = next(&mut alice).await;
+    assert_eq!(answer["type"], "answer", "{answer}");
+    bob.send(json!({"type": "candidate", "name": "alice", "candidate": {"c": 1}}))
+        .await;
+    let candidate = next(&mut alice).await;
+    assert_eq!(candidate["type"], "candidate", "{candidate}");
+}
