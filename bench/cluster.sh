@@ -6,6 +6,7 @@
 #   bench/cluster.sh            full run (~2 min): 5,000 pairs, 20,000 msg/s, 8 s
 #   bench/cluster.sh --smoke    seconds, small N: keeps the script and tools from rotting
 #   REPEATS=3 bench/cluster.sh  alternate the three setups three times
+#   ONLY=across bench/cluster.sh  one setup only (lone, same or across)
 #
 # Every server (both instances and redis-server) runs pinned to core $SERVER_CORE and the
 # generator to $GEN_CORE, so the server core's busy time (/proc/stat) is the whole cost of
@@ -20,11 +21,12 @@ SMOKE=0
 SERVER_CORE=${SERVER_CORE:-0}
 GEN_CORE=${GEN_CORE:-1}
 REPEATS=${REPEATS:-1}
+ONLY=${ONLY:-}
 OUT=${OUT:-$ROOT/bench/results/$(date -u +%Y%m%d-%H%M%S)-cluster}
 if [ $SMOKE = 1 ]; then
     PAIRS=50; RATE=500; SECS=1
 else
-    PAIRS=5000; RATE=20000; SECS=8
+    PAIRS=5000; RATE=${RATE:-20000}; SECS=8
 fi
 mkdir -p "$OUT"
 echo "bench/cluster.sh: servers and Redis on core $SERVER_CORE, generator on core $GEN_CORE; results in $OUT" | tee "$OUT/README.txt"
@@ -136,21 +138,27 @@ run() {
 
 for r in $(seq 1 "$REPEATS"); do
     echo "== round $r" >&2
-    # A lone instance, no cluster.
-    start_instance a 18443 0; A_PID=$LAST_PID
-    run lone --url wss://127.0.0.1:18443/ws
-    cleanup
-    # Two instances and Redis; every pair on instance a.
-    start_redis
-    start_instance a 18443 1; A_PID=$LAST_PID
-    start_instance b 18444 1
-    run same-instance --url wss://127.0.0.1:18443/ws
-    cleanup
-    # Two instances and Redis; each pair split over a and b.
-    start_redis
-    start_instance a 18443 1; A_PID=$LAST_PID
-    start_instance b 18444 1
-    run across-instances --url wss://127.0.0.1:18443/ws --peer-url wss://127.0.0.1:18444/ws
-    cleanup
+    if [ -z "$ONLY" ] || [ "$ONLY" = lone ]; then
+        # A lone instance, no cluster.
+        start_instance a 18443 0; A_PID=$LAST_PID
+        run lone --url wss://127.0.0.1:18443/ws
+        cleanup
+    fi
+    if [ -z "$ONLY" ] || [ "$ONLY" = same ]; then
+        # Two instances and Redis; every pair on instance a.
+        start_redis
+        start_instance a 18443 1; A_PID=$LAST_PID
+        start_instance b 18444 1
+        run same-instance --url wss://127.0.0.1:18443/ws
+        cleanup
+    fi
+    if [ -z "$ONLY" ] || [ "$ONLY" = across ]; then
+        # Two instances and Redis; each pair split over a and b.
+        start_redis
+        start_instance a 18443 1; A_PID=$LAST_PID
+        start_instance b 18444 1
+        run across-instances --url wss://127.0.0.1:18443/ws --peer-url wss://127.0.0.1:18444/ws
+        cleanup
+    fi
 done
 echo "results: $OUT/sig-cluster.jsonl"

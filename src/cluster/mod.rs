@@ -46,7 +46,7 @@ const BATCH: usize = 256;
 const HEARTBEAT_FAILURES: u32 = 3;
 /// Every this many heartbeats, Redis's record of this instance's peers is compared with
 /// its sockets (a leave or re-registration that failed is made good).
-const RECONCILE_EVERY: u32 = 10;
+const RECONCILE_EVERY: u32 = 30;
 
 /// A change or a message for Redis, in the order this instance made them: one sender's
 /// messages and its leave arrive in the order they were sent, and a peer's join and leave
@@ -299,9 +299,8 @@ impl Cluster {
         let _ = self.commands.send(command);
     }
 
-    /// Queues `note` for `instance`'s channel; `false` if it was dropped.
-    fn publish(&self, instance: &str, note: &Note) -> bool {
-        let payload = note.encode();
+    /// Queues a note's text for `instance`'s channel; `false` if it was dropped.
+    fn publish(&self, instance: &str, payload: String) -> bool {
         let queued = self.queued_bytes.load(Ordering::Relaxed);
         if !self.is_up() || queued + payload.len() > OUTGOING_BYTES {
             self.stats.dropped.inc();

@@ -61,9 +61,9 @@ struct Mirror {
     /// Every room of the dialect in the cluster (no limits: Redis applies them).
     rooms: Rooms,
     /// The instance each member is connected to.
-    homes: HashMap<PeerId, Arc<str>>,
+    homes: HashMap<PeerId, Arc<str>, foldhash::fast::RandomState>,
     /// This instance's sockets, joined or joining.
-    locals: HashMap<PeerId, Local>,
+    locals: HashMap<PeerId, Local, foldhash::fast::RandomState>,
 }
 
 enum Local {
@@ -198,8 +198,8 @@ impl Shared {
             max_rooms: AtomicUsize::new(max_rooms),
             mirror: RwLock::new(Mirror {
                 rooms,
-                homes: HashMap::new(),
-                locals: HashMap::new(),
+                homes: HashMap::default(),
+                locals: HashMap::default(),
             }),
         })
     }
@@ -243,11 +243,9 @@ impl Shared {
                 let Some(from) = PeerId::parse(&f) else {
                     return malformed();
                 };
-                // Dialects write the text into their frames as it is: JSON, or nothing.
-                if serde_json::from_str::<&serde_json::value::RawValue>(&d).is_err() {
-                    return malformed();
-                }
-                let data = Utf8Bytes::from(d);
+                // JSON (the note would not have decoded otherwise): dialects write it into
+                // their frames as it is.
+                let data = Utf8Bytes::from(String::from(Box::<str>::from(d)));
                 let message = Event::Message {
                     from: &from,
                     event: &e,
@@ -498,12 +496,9 @@ impl Registry for Shared {
             data,
             remote: false,
         };
-        let note = |t: Option<&PeerId>| Note::Message {
-            sp: self.dialect.to_owned(),
-            f: from.as_str().to_owned(),
-            t: t.map(|t| t.as_str().to_owned()),
-            e: event.to_owned(),
-            d: data.as_str().to_owned(),
+        let note = |t: Option<&PeerId>| {
+            let to = t.map(PeerId::as_str);
+            Note::message_text(self.dialect, from.as_str(), to, event, data.as_str())
         };
         let me = &self.cluster.me;
         match to {
@@ -528,7 +523,7 @@ impl Registry for Shared {
                 match (local, home) {
                     (Some(member), _) => member.deliver(message),
                     (None, Some(home)) if home != *me => {
-                        self.cluster.publish(&home, &note(Some(&target)));
+                        self.cluster.publish(&home, note(Some(&target)));
                     }
                     // A local peer still joining, or one that just left.
                     _ => return Err(RouteError::UnknownPeer),
@@ -558,7 +553,7 @@ impl Registry for Shared {
                     m.deliver(message);
                 }
                 for home in homes {
-                    self.cluster.publish(&home, &note(None));
+                    self.cluster.publish(&home, note(None));
                 }
             }
         }
@@ -647,7 +642,7 @@ impl Shared {
                     sp: self.dialect.to_owned(),
                     p: peer.as_str().to_owned(),
                 };
-                self.cluster.publish(home, &note);
+                self.cluster.publish(home, note.encode());
                 None
             }
             _ => self.evict_local(peer).map(|m| m.client()),

@@ -19,7 +19,7 @@
 use serde::{Deserialize, Serialize};
 
 /// One thing an instance hears on its channels.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "k")]
 pub enum Note {
     /// `p` (named `n`) joined room `r` of dialect `sp` on instance `i`: change number `s`;
@@ -44,14 +44,17 @@ pub enum Note {
         p: String,
     },
     /// A dialect message from `f` to `t` (or, with no `t`, to every other member of `f`'s
-    /// room on the receiving instance): event `e`, JSON text `d`.
-    #[serde(rename = "m")]
+    /// room on the receiving instance): event `e`, JSON `d`, carried as it is (not as a
+    /// string, which would be escaped on one side and unescaped on the other).
+    /// (Read by `decode` through `MessageWire`: serde cannot read a `RawValue` inside an
+    /// internally tagged enum.)
+    #[serde(rename = "m", skip_deserializing)]
     Message {
         sp: String,
         f: String,
         t: Option<String>,
         e: String,
-        d: String,
+        d: Box<serde_json::value::RawValue>,
     },
     /// The operator closed `p`'s room or kicked it through another instance.
     #[serde(rename = "x")]
@@ -63,9 +66,60 @@ impl Note {
         serde_json::to_string(self).expect("notes serialize")
     }
 
+    /// The text of a `Message` note, written directly: `data` is JSON a dialect checked
+    /// (it is written as it is), ids and the dialect's name need no escaping.
+    pub fn message_text(
+        dialect: &str,
+        from: &str,
+        to: Option<&str>,
+        event: &str,
+        data: &str,
+    ) -> String {
+        let event = serde_json::to_string(event).expect("a string serializes");
+        let mut text = String::with_capacity(64 + dialect.len() + event.len() + data.len());
+        text.push_str(r#"{"k":"m","sp":""#);
+        text.push_str(dialect);
+        text.push_str(r#"","f":""#);
+        text.push_str(from);
+        match to {
+            Some(to) => {
+                text.push_str(r#"","t":""#);
+                text.push_str(to);
+                text.push('"');
+            }
+            None => text.push_str(r#"","t":null"#),
+        }
+        text.push_str(r#","e":"#);
+        text.push_str(&event);
+        text.push_str(r#","d":"#);
+        text.push_str(data);
+        text.push('}');
+        text
+    }
+
     /// # Errors
     /// Not a note (another program publishing on our channels): the caller counts and drops it.
     pub fn decode(text: &str) -> Result<Note, serde_json::Error> {
+        /// A `Message` note, as `message_text` and `encode` write it.
+        #[derive(Deserialize)]
+        struct MessageWire {
+            sp: String,
+            f: String,
+            t: Option<String>,
+            e: String,
+            d: Box<serde_json::value::RawValue>,
+        }
+        if text.starts_with(r#"{"k":"m","#) {
+            // `k` is one more field, which the struct ignores.
+            let m: MessageWire = serde_json::from_str(text)?;
+            return Ok(Note::Message {
+                sp: m.sp,
+                f: m.f,
+                t: m.t,
+                e: m.e,
+                d: m.d,
+            });
+        }
         serde_json::from_str(text)
     }
 }
@@ -254,19 +308,29 @@ mod tests {
             i: "a".into(),
             t: "x1".into(),
         };
-        assert_eq!(Note::decode(&joined.encode()).unwrap(), joined);
+        let same = |a: &Note, b: &Note| assert_eq!(a.encode(), b.encode());
+        same(&Note::decode(&joined.encode()).unwrap(), &joined);
         // cjson's order of keys is its own, and a name may be null.
         let from_lua =
             r#"{"n":null,"i":"a","t":"x1","p":"ab","r":"team","sp":"native","s":7,"k":"j"}"#;
-        assert_eq!(Note::decode(from_lua).unwrap(), joined);
-        let message = Note::Message {
-            sp: "native".into(),
-            f: "ab".into(),
-            t: None,
-            e: "signal".into(),
-            d: r#"{"sdp":"v=0"}"#.into(),
-        };
-        assert_eq!(Note::decode(&message.encode()).unwrap(), message);
+        same(&Note::decode(from_lua).unwrap(), &joined);
+        let data = r#"{"sdp":"v=0\r\n","n":[1,2]}"#;
+        let text = Note::message_text("native", "ab", Some("cd"), "sig\"nal", data);
+        match Note::decode(&text).unwrap() {
+            Note::Message { sp, f, t, e, d } => {
+                assert_eq!(
+                    (sp.as_str(), f.as_str(), t.as_deref()),
+                    ("native", "ab", Some("cd"))
+                );
+                assert_eq!((e.as_str(), d.get()), ("sig\"nal", data));
+            }
+            other => panic!("{other:?}"),
+        }
+        let to_all = Note::message_text("socketio", "ab", None, "message", "\"hi\"");
+        assert!(matches!(
+            Note::decode(&to_all).unwrap(),
+            Note::Message { t: None, .. }
+        ));
         assert!(Note::decode(r#"{"k":"z"}"#).is_err());
         assert!(Note::decode("hello").is_err());
     }
