@@ -229,6 +229,9 @@ async fn close_room(State(app): State<Arc<AppState>>, Path(room): Path<String>) 
         .collect();
     // Closed for a while, so that pages reconnecting on their own do not reopen it at once.
     app.host.room_closed(&room, std::time::Instant::now());
+    if let Some(cluster) = &app.cluster {
+        cluster.room_closed(&room);
+    }
     let revoked = app.host.turn.as_ref().map_or(0, |t| t.revoke_room(&room));
     if peers.is_empty() && revoked == 0 {
         return error(
@@ -245,6 +248,35 @@ async fn close_room(State(app): State<Arc<AppState>>, Path(room): Path<String>) 
         "allocations_revoked": revoked,
     }))
     .into_response()
+}
+
+/// What the operator did through another instance of the cluster (or, for a kick, through
+/// this one, told back by the kicked peer's instance with its client's address): done here
+/// as this instance's admin API does it.
+pub fn carry_out(host: &crate::signaling::host::Host, action: crate::cluster::Operator) {
+    let now = std::time::Instant::now();
+    match action {
+        crate::cluster::Operator::RoomClosed(room) => {
+            host.room_closed(&room, now);
+            if let Some(turn) = &host.turn {
+                turn.revoke_room(&room);
+            }
+            info!(%room, "room closed by the operator through another instance");
+        }
+        crate::cluster::Operator::PeerKicked {
+            scope,
+            peer,
+            client,
+        } => {
+            if let Some(client) = client {
+                host.peer_kicked(&scope, client, now);
+            }
+            if let Some(turn) = &host.turn {
+                turn.revoke_peer(&scope, &peer);
+            }
+            info!(%peer, "peer kicked by the operator, told through the cluster");
+        }
+    }
 }
 
 /// Starts a drain: no new sockets, joins or allocations; the process shuts down once the

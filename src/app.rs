@@ -171,10 +171,16 @@ pub async fn run(
         tasks.clone(),
     ));
     if let Some(cluster) = &cluster {
-        let host = Arc::downgrade(&host);
+        let weak = Arc::downgrade(&host);
         cluster.on_remote_leave(move |scope, peer| {
-            if let Some(host) = host.upgrade() {
+            if let Some(host) = weak.upgrade() {
                 host.peer_left(&scope, &peer);
+            }
+        });
+        let weak = Arc::downgrade(&host);
+        cluster.on_operator(move |action| {
+            if let Some(host) = weak.upgrade() {
+                crate::admin::carry_out(&host, action);
             }
         });
     }

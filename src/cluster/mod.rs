@@ -110,6 +110,8 @@ pub struct Cluster {
     /// Told when a peer of another instance leaves its room (its TURN allocations here close
     /// after the grace period).
     remote_left: std::sync::OnceLock<Box<dyn Fn(Scope, PeerId) + Send + Sync>>,
+    /// Told what the operator did through any instance's admin API.
+    operator: std::sync::OnceLock<Box<dyn Fn(Operator) + Send + Sync>>,
     scripts: Scripts,
     pub stats: Stats,
 }
@@ -194,6 +196,7 @@ impl Cluster {
             resync: Notify::new(),
             info,
             remote_left: std::sync::OnceLock::new(),
+            operator: std::sync::OnceLock::new(),
             scripts: Scripts {
                 heartbeat: redis::Script::new(wire::HEARTBEAT),
                 reap: redis::Script::new(wire::REAP),
@@ -268,6 +271,22 @@ impl Cluster {
         let _ = self.remote_left.set(Box::new(f));
     }
 
+    /// Sets what is done when the operator acts through an instance's admin API (this one's
+    /// included): the app keeps the room or the kicked source out and revokes allocations, as
+    /// the admin API does for its own instance. Once.
+    pub fn on_operator(&self, f: impl Fn(Operator) + Send + Sync + 'static) {
+        let _ = self.operator.set(Box::new(f));
+    }
+
+    /// The operator closed `room` here: every other instance keeps it closed too.
+    pub fn room_closed(&self, room: &RoomId) {
+        let note = Note::Closed {
+            r: room.as_str().to_owned(),
+            i: self.me.to_string(),
+        };
+        self.publish_all(note.encode());
+    }
+
     fn remote_left(&self, scope: Scope, peer: PeerId) {
         if let Some(f) = self.remote_left.get() {
             f(scope, peer);
@@ -312,6 +331,20 @@ impl Cluster {
             channel: self.channel_of(instance),
             payload,
         });
+        true
+    }
+
+    /// Queues a note's text for every instance (the `events` channel); `false` if dropped.
+    fn publish_all(&self, payload: String) -> bool {
+        let channel = format!("{}:events", self.prefix);
+        let queued = self.queued_bytes.load(Ordering::Relaxed);
+        if !self.is_up() || queued + payload.len() > OUTGOING_BYTES {
+            self.stats.dropped.inc();
+            return false;
+        }
+        self.queued_bytes
+            .fetch_add(payload.len(), Ordering::Relaxed);
+        self.queue(Command::Publish { channel, payload });
         true
     }
 
@@ -547,9 +580,35 @@ impl Cluster {
         Ok(seq)
     }
 
-    /// Hands a note to its dialect's registry.
+    /// Hands a note to its dialect's registry, or an operator's action to the app.
     fn apply(&self, note: Note) {
         let dialect = match &note {
+            Note::Closed { r, i } => {
+                if let (Ok(room), Some(f)) = (RoomId::parse(r), self.operator.get())
+                    && **i != *self.me
+                {
+                    f(Operator::RoomClosed(room));
+                }
+                return;
+            }
+            Note::Kicked { sp, p, r, c } => {
+                let (Some(shared), Some(peer), Some(f)) =
+                    (self.shared(sp), PeerId::parse(p), self.operator.get())
+                else {
+                    return;
+                };
+                let room = r.as_deref().and_then(|r| RoomId::parse(r).ok());
+                let scope = match room {
+                    Some(room) => shared.scope(room),
+                    None => return self.stats.malformed.inc(),
+                };
+                f(Operator::PeerKicked {
+                    scope,
+                    peer,
+                    client: *c,
+                });
+                return;
+            }
             Note::Joined { sp, .. }
             | Note::Left { sp, .. }
             | Note::Message { sp, .. }
@@ -768,6 +827,19 @@ impl crate::signaling::registry::Sharing for Arc<Cluster> {
     ) -> Arc<dyn crate::signaling::registry::Registry> {
         Cluster::registry(self, dialect, scope, rooms, capacity, max_rooms)
     }
+}
+
+/// What the operator did through an instance's admin API, for every instance to carry out.
+#[derive(Debug)]
+pub enum Operator {
+    /// Every dialect's room of this name was closed: keep it closed, revoke its allocations.
+    RoomClosed(RoomId),
+    /// A peer was kicked: keep its client's source out of `scope`, revoke its allocations.
+    PeerKicked {
+        scope: Scope,
+        peer: PeerId,
+        client: Option<std::net::IpAddr>,
+    },
 }
 
 /// What `switchboard doctor` finds of a cluster in Redis.

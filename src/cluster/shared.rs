@@ -273,12 +273,19 @@ impl Shared {
                     member.deliver(message);
                 }
             }
-            Note::Evict { p, .. } => {
+            Note::Evict { p, kick, .. } => {
                 if let Some(id) = PeerId::parse(&p) {
-                    self.evict_local(&id);
+                    self.evict_local(&id, kick);
                 }
             }
+            // The cluster's own notes, not a dialect's.
+            Note::Closed { .. } | Note::Kicked { .. } => {}
         }
+    }
+
+    /// The TURN credential scope of `room` in this dialect.
+    pub(super) fn scope(&self, room: RoomId) -> Scope {
+        (self.scope)(room)
     }
 
     /// Takes a local peer out: its member goes now, its record in Redis after what it sent.
@@ -291,9 +298,22 @@ impl Shared {
         })
     }
 
-    fn evict_local(&self, peer: &PeerId) -> Option<Arc<dyn Member>> {
+    /// Evicts a local peer (the operator closed its room, or kicked it: `kick`). A kick is
+    /// told to every instance, with the client's address, so each keeps its source out and
+    /// revokes its allocations, as this one's admin API does.
+    fn evict_local(&self, peer: &PeerId, kick: bool) -> Option<Arc<dyn Member>> {
+        let room = self.mirror.reading().rooms.room_of(peer).cloned();
         let member = self.leave_local(peer)?;
         member.evict(Eviction::Kicked);
+        if kick {
+            let note = Note::Kicked {
+                sp: self.dialect.to_owned(),
+                p: peer.as_str().to_owned(),
+                r: room.map(|r| r.as_str().to_owned()),
+                c: Some(member.client()),
+            };
+            self.cluster.publish_all(note.encode());
+        }
         Some(member)
     }
 
@@ -589,7 +609,7 @@ impl Registry for Shared {
                 .collect()
         };
         for (peer, home) in &members {
-            self.kick_anywhere(peer, home.as_deref());
+            self.kick_anywhere(peer, home.as_deref(), false);
         }
         members.into_iter().map(|(peer, _)| peer).collect()
     }
@@ -610,7 +630,7 @@ impl Registry for Shared {
             };
             (left, mirror.homes.get(peer).cloned())
         };
-        let client = self.kick_anywhere(peer, home.as_deref());
+        let client = self.kick_anywhere(peer, home.as_deref(), true);
         Some((left, client))
     }
 
@@ -635,17 +655,18 @@ impl Registry for Shared {
 
 impl Shared {
     /// Evicts `peer` here, or asks its instance to; the client's address if it was here.
-    fn kick_anywhere(&self, peer: &PeerId, home: Option<&str>) -> Option<IpAddr> {
+    fn kick_anywhere(&self, peer: &PeerId, home: Option<&str>, kick: bool) -> Option<IpAddr> {
         match home {
             Some(home) if home != &*self.cluster.me => {
                 let note = Note::Evict {
                     sp: self.dialect.to_owned(),
                     p: peer.as_str().to_owned(),
+                    kick,
                 };
                 self.cluster.publish(home, note.encode());
                 None
             }
-            _ => self.evict_local(peer).map(|m| m.client()),
+            _ => self.evict_local(peer, kick).map(|m| m.client()),
         }
     }
 }

@@ -56,9 +56,27 @@ pub enum Note {
         e: String,
         d: Box<serde_json::value::RawValue>,
     },
-    /// The operator closed `p`'s room or kicked it through another instance.
+    /// The operator closed `p`'s room or kicked it (`kick`) through another instance.
     #[serde(rename = "x")]
-    Evict { sp: String, p: String },
+    Evict {
+        sp: String,
+        p: String,
+        #[serde(default)]
+        kick: bool,
+    },
+    /// On `events`, for every instance: the operator closed room `r` (every dialect's room
+    /// of that name) through instance `i`.
+    #[serde(rename = "c")]
+    Closed { r: String, i: String },
+    /// On `events`, for every instance: the operator kicked peer `p` of dialect `sp`, in room
+    /// `r`, whose client's address was `c`.
+    #[serde(rename = "o")]
+    Kicked {
+        sp: String,
+        p: String,
+        r: Option<String>,
+        c: Option<std::net::IpAddr>,
+    },
 }
 
 impl Note {

@@ -328,6 +328,9 @@ async fn turn_works_from_any_instance_while_the_peer_is_in_its_room() {
     let b = instance(&redis, "b", quick);
     let mut alice = a.client().await;
     let welcome = alice.join("relay", None).await;
+    // Bob joins on b after alice: b knows her when her credential arrives there.
+    let mut bob = b.client().await;
+    bob.join("relay", None).await;
     let mut turn = RawTurn::new(a.listener("turn_udp"), &turn_entry(&welcome)).await;
     turn.allocate()
         .await
@@ -422,8 +425,21 @@ async fn the_admin_api_of_any_instance_closes_and_kicks_everywhere() {
         );
     }
 
+    // Closed on every instance, not only the one whose API was asked.
+    a.wait_log("room closed by the operator through another instance");
+    let mut again = a.client().await;
+    again.send(json!({"type": "join", "room": "shut"})).await;
+    assert_eq!(again.recv_error().await.0, "room_closed");
+
+    // Dave, on b, sees carol join: b knows her when its API is asked.
+    let mut dave = b.client().await;
+    dave.join("kick", None).await;
     let mut carol = a.client().await;
-    let carol_id = peer_id(&carol.join("kick", None).await);
+    let welcome = carol.join("kick", None).await;
+    let carol_id = peer_id(&welcome);
+    assert!(matches!(dave.recv().await, ServerMsg::PeerJoined { .. }));
+    let mut turn = RawTurn::new(a.listener("turn_udp"), &turn_entry(&welcome)).await;
+    turn.allocate().await.expect("carol's allocation on a");
     let (status, body) = b
         .admin(
             "DELETE",
@@ -434,6 +450,16 @@ async fn the_admin_api_of_any_instance_closes_and_kicks_everywhere() {
     assert_eq!(status, 200, "{body}");
     let (code, _) = carol.recv_close().await;
     assert_eq!(code, 1008);
+    // Her allocation on a is revoked at once, and her source is kept out on both instances.
+    assert_eq!(a.wait_log("allocation closed")["reason"], "revoked");
+    for server in [&a, &b] {
+        server.wait_log("peer kicked by the operator, told through the cluster");
+    }
+    for server in [&a, &b] {
+        let mut back = server.client().await;
+        back.send(json!({"type": "join", "room": "kick"})).await;
+        assert_eq!(back.recv_error().await.0, "kicked");
+    }
 }
 
 /// Redis restarted empty: each instance registers its peers again, and the rooms are whole.
@@ -809,6 +835,9 @@ async fn plain_websocket_users_call_across_instances() {
         refused["success"], false,
         "the name is taken on the other instance: {refused}"
     );
+    // Carol logs in on a after bob did on b: a knows bob's name once her login is done.
+    let (_carol, ok) = login(&a, "carol").await;
+    assert_eq!(ok["success"], true, "{ok}");
 
     alice
         .send(json!({"type": "offer", "name": "bob", "offer": {"sdp": "o"}}))
