@@ -406,13 +406,14 @@ impl Cluster {
                 () = shutdown.cancelled() => break,
                 outcome = self.session() => outcome,
             };
-            self.up.store(false, Ordering::Release);
+            let was_up = self.up.swap(false, Ordering::AcqRel);
             *self.conn.locked() = None;
+            if was_up {
+                // A session that worked: the next attempt is not a retry of a failing one.
+                backoff = Duration::from_millis(100);
+            }
             match outcome {
-                Ok(()) => {
-                    warn!("cluster: lost the connection to Redis; reconnecting");
-                    backoff = Duration::from_millis(100);
-                }
+                Ok(()) => warn!("cluster: lost the connection to Redis; reconnecting"),
                 Err(e) => {
                     warn!(error = %e, retry_ms = backoff.as_millis(), "cluster: Redis unreachable")
                 }

@@ -131,8 +131,11 @@ impl Mirror {
                 done,
                 token: asked,
             }) if mine && asked == token => {
+                // A socket that stopped waiting (and told its client the join failed) gets
+                // no welcome: it is taken back instead.
+                let done = done.filter(|done| !done.is_closed());
                 let welcome = welcome.into_inner().unwrap_or_else(|e| e.into_inner());
-                if let Some(welcome) = welcome {
+                if let (Some(welcome), Some(_)) = (welcome, &done) {
                     welcome(&joined);
                 }
                 match done.map(|done| done.send(Ok(joined.clone()))) {
@@ -298,6 +301,26 @@ impl Shared {
         })
     }
 
+    /// A peer registered again that Redis refuses (its name was taken meanwhile, or its room
+    /// is full) is evicted: its page reconnects and is told why at its join.
+    fn evict_if_refused(&self, peer: PeerId, reply: oneshot::Receiver<Option<JoinReply>>) {
+        let me = self.me.clone();
+        tokio::spawn(async move {
+            let refused = matches!(
+                reply.await,
+                Ok(Some(
+                    JoinReply::NameTaken | JoinReply::Full | JoinReply::TooManyRooms
+                ))
+            );
+            if let (true, Some(me)) = (refused, me.upgrade())
+                && let Some(member) = me.leave_local(&peer)
+            {
+                tracing::warn!(%peer, "cluster: a peer could not be registered again; disconnected");
+                member.evict(Eviction::Overflow);
+            }
+        });
+    }
+
     /// Evicts a local peer (the operator closed its room, or kicked it: `kick`). A kick is
     /// told to every instance, with the client's address, so each keeps its source out and
     /// revokes its allocations, as this one's admin API does.
@@ -378,8 +401,17 @@ impl Shared {
             {
                 let token = String::new();
                 let flags = (true, self.unique);
-                self.cluster
-                    .queue_join(self.dialect, room, peer, limits, flags, token, None);
+                let (replied, reply) = oneshot::channel();
+                self.cluster.queue_join(
+                    self.dialect,
+                    room,
+                    peer,
+                    limits,
+                    flags,
+                    token,
+                    Some(replied),
+                );
+                self.evict_if_refused(peer.id.clone(), reply);
                 repaired += 1;
             }
         }

@@ -432,6 +432,12 @@ impl Session {
         if self.name.is_some() || name.is_empty() || protocol::check_name(name).is_err() {
             return self.login_refused();
         }
+        if self.app.draining() {
+            return Next::Reply(self.error(
+                ErrorCode::ShuttingDown,
+                "this instance is draining: connect again to reach another",
+            ));
+        }
         let scope = Scope::whole(SPACE);
         if let Some(kept_out) = self
             .app
@@ -538,9 +544,10 @@ impl Session {
 
     /// Frees the name and tells the partner, when the socket goes.
     fn close(&mut self) {
-        if self.logging_in.take().is_some() {
-            // A login the socket stopped waiting for (a shared registry): it may have
-            // taken effect.
+        self.logging_in = None;
+        if self.name.is_none() {
+            // A login the socket stopped waiting for (a shared registry) may have taken
+            // effect: nothing stays registered for a closed socket.
             self.directory.registry.leave(&self.peer);
         }
         if self.name.take().is_none() {

@@ -704,6 +704,15 @@ async fn join(
     let Some((peer, host, client)) = app.sio.peer(s.id) else {
         return Err(NotJoined::Answered);
     };
+    if app.draining() {
+        error(
+            app,
+            s,
+            ErrorCode::ShuttingDown,
+            "this instance is draining: connect again to reach another".to_owned(),
+        );
+        return Err(NotJoined::Answered);
+    }
     let scope = Scope::in_room(SPACE, room_id.clone());
     if let Some(kept_out) = app.kept_out(&scope, client, std::time::Instant::now()) {
         let (code, message) = kept_out.error();

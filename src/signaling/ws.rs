@@ -326,12 +326,13 @@ impl Handler for Session {
     }
 
     fn finish(&mut self) {
-        if self.joining.take().is_some()
+        if self.room.is_none()
             && let Some(left) = self.native.registry.leave(&self.peer_id)
         {
             // A join the socket stopped waiting for (a shared registry) took effect.
             self.app.peer_left(&Scope::native(left.room), &self.peer_id);
         }
+        self.joining = None;
         self.leave();
     }
 }

@@ -785,6 +785,14 @@ async fn a_drain_ends_at_its_deadline() {
     let mut alice = server.client().await;
     alice.join("long-call", None).await;
     let mut late = server.client().await;
+    let mut plain = {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = format!("wss://{}/legacy", server.https);
+        server
+            .client_with(url.into_client_request().unwrap())
+            .await
+            .expect("plain-WebSocket connect")
+    };
     server.signal("USR1");
     server.wait_log(
         "draining: no new sockets, joins or allocations; waiting for the calls here to end",
@@ -794,6 +802,10 @@ async fn a_drain_ends_at_its_deadline() {
         .await;
     let refused = late.recv_error().await;
     assert_eq!(refused.0, "shutting_down", "{refused:?}");
+    // A plain-WebSocket socket opened before it is refused at its login.
+    plain.send(json!({"type": "login", "name": "late"})).await;
+    let refused: serde_json::Value = serde_json::from_str(&next_text(&mut plain).await).unwrap();
+    assert_eq!(refused["code"], "shutting_down", "{refused}");
     server.wait_log("drain deadline (server.drain_timeout_s) reached, shutting down");
     assert!(server.wait_exit().success());
 }
