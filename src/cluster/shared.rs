@@ -168,6 +168,21 @@ impl Mirror {
         abandoned.then_some(peer.id)
     }
 
+    /// What `peer`'s leave will be once its note comes back: its room and who stays.
+    fn left(&self, peer: &PeerId) -> Option<Left> {
+        let room = self.rooms.room_of(peer)?.clone();
+        let others: Vec<PeerId> = self
+            .rooms
+            .others(peer)
+            .map(|o| o.cloned().collect())
+            .unwrap_or_default();
+        Some(Left {
+            closed: others.is_empty(),
+            room,
+            others,
+        })
+    }
+
     /// Applies a leave: the local members still present are told. The room, if the peer
     /// was connected to another instance than `me`.
     fn leave(&mut self, peer: &PeerId, me: &str) -> Option<RoomId> {
@@ -522,17 +537,7 @@ impl Registry for Shared {
         if !matches!(local, Local::Joined { .. }) {
             return None;
         }
-        let room = mirror.rooms.room_of(peer)?.clone();
-        let others: Vec<PeerId> = mirror
-            .rooms
-            .others(peer)
-            .map(|o| o.cloned().collect())
-            .unwrap_or_default();
-        Some(Left {
-            closed: others.is_empty(),
-            room,
-            others,
-        })
+        mirror.left(peer)
     }
 
     fn send(
@@ -649,18 +654,7 @@ impl Registry for Shared {
     fn kick(&self, peer: &PeerId) -> Option<(Left, Option<IpAddr>)> {
         let (left, home) = {
             let mirror = self.mirror.reading();
-            let room = mirror.rooms.room_of(peer)?.clone();
-            let others: Vec<PeerId> = mirror
-                .rooms
-                .others(peer)
-                .map(|o| o.cloned().collect())
-                .unwrap_or_default();
-            let left = Left {
-                closed: others.is_empty(),
-                room,
-                others,
-            };
-            (left, mirror.homes.get(peer).cloned())
+            (mirror.left(peer)?, mirror.homes.get(peer).cloned())
         };
         let client = self.kick_anywhere(peer, home.as_deref(), true);
         Some((left, client))
