@@ -197,7 +197,7 @@ fn certificate(config: &Config, report: &mut Report) {
 }
 
 /// Where to reach a listener bound to `addr` from this machine.
-fn reachable(addr: SocketAddr) -> SocketAddr {
+pub fn reachable(addr: SocketAddr) -> SocketAddr {
     match addr.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => {
             SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port()))

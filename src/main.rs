@@ -335,15 +335,7 @@ fn drain(config: &Config) -> anyhow::Result<String> {
     let addr = *config.admin.listen.first().context(
         "admin.listen is empty: no admin API to ask (send SIGUSR1 to the process instead)",
     )?;
-    let addr = match addr.ip() {
-        std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
-            std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, addr.port()))
-        }
-        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
-            std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()))
-        }
-        _ => addr,
-    };
+    let addr = switchboard::doctor::reachable(addr);
     let token = match &config.admin.token {
         Some(token) => token.expose().to_owned(),
         None => {

@@ -311,13 +311,7 @@ impl Client {
             self.realm = text(ATTR_REALM).map_err(|_| ProbeError::Malformed)?;
             self.nonce = text(ATTR_NONCE).map_err(|_| ProbeError::Malformed)?;
         }
-        let answer = self.request(METHOD_ALLOCATE, udp()).await?;
-        refusal(&answer)?;
-        let mut relayed = turn::proto::relayaddr::RelayedAddress::default();
-        relayed
-            .get_from(&answer)
-            .map_err(|_| ProbeError::Malformed)?;
-        Ok(SocketAddr::new(relayed.ip, relayed.port))
+        self.allocate_once().await
     }
 
     /// Permits `peer` to send to this allocation.
