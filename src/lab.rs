@@ -4,6 +4,8 @@
 //! ```text
 //!                 11.11.0.0/24 "internet" (bridge in <name>-net)
 //!   srv 11.11.0.10 + .11     sink 11.11.0.254 (drops everything: unknown destinations)
+//!   srv2 11.11.0.12, srv3 11.11.0.13, ...   (with --instances N: one Switchboard each,
+//!                                            sharing rooms through Redis in srv)
 //!   r1 11.11.0.21 ── NAT ── c1 10.1.0.2      (symmetric or cone)
 //!   r2 11.11.0.22 ── NAT ── c2 10.2.0.2      (symmetric or cone)
 //!   r3 11.11.0.23 ── NAT ── c3 10.3.0.2      (corporate: only TCP to port 443 out)
@@ -23,6 +25,26 @@ use std::time::{Duration, Instant};
 pub const SERVER_IP: &str = "11.11.0.10";
 pub const SERVER_IP2: &str = "11.11.0.11";
 pub const SINK_IP: &str = "11.11.0.254";
+/// The most instances a lab runs (their addresses end before the routers').
+pub const MAX_INSTANCES: usize = 9;
+
+/// The public address of instance `k` (1-based): the first is [`SERVER_IP`].
+pub fn server_ip(k: usize) -> String {
+    if k <= 1 {
+        SERVER_IP.to_owned()
+    } else {
+        format!("11.11.0.{}", 10 + k)
+    }
+}
+
+/// The node (namespace suffix) instance `k` runs in: `srv`, `srv2`, `srv3`, ...
+pub fn server_node(k: usize) -> String {
+    if k <= 1 {
+        "srv".to_owned()
+    } else {
+        format!("srv{k}")
+    }
+}
 
 /// How a client's router maps and filters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +88,9 @@ pub struct LabSpec {
     pub dir: PathBuf,
     /// Extra TOML appended to the generated server config.
     pub server_toml: String,
+    /// How many Switchboard instances run, 1 to [`MAX_INSTANCES`]; more than one share
+    /// rooms through a `redis-server` the lab starts in `srv` (on a Unix socket in `dir`).
+    pub instances: usize,
 }
 
 /// A lab failure, with the command that failed.
@@ -78,7 +103,8 @@ const NODES: [&str; 9] = ["net", "sink", "srv", "r1", "c1", "r2", "c2", "r3", "c
 /// A running lab; dropping it tears everything down.
 pub struct Lab {
     pub spec: LabSpec,
-    server: Option<Child>,
+    /// Redis (first, when there is a cluster), then the instances in order.
+    children: Vec<Child>,
 }
 
 impl Lab {
@@ -89,10 +115,20 @@ impl Lab {
     /// A command failed (most often: not root, or `iptables` missing).
     pub fn up(spec: LabSpec) -> Result<Lab, LabError> {
         check_name(&spec.name)?;
+        if !(1..=MAX_INSTANCES).contains(&spec.instances) {
+            return Err(LabError(format!(
+                "a lab runs 1 to {MAX_INSTANCES} instances, not {}",
+                spec.instances
+            )));
+        }
         down(&spec.name)?;
-        let mut lab = Lab { spec, server: None };
-        if let Err(e) = lab.build().and_then(|()| lab.start_server()) {
-            let log = fs::read_to_string(lab.spec.dir.join("switchboard.log")).unwrap_or_default();
+        let mut lab = Lab {
+            spec,
+            children: Vec::new(),
+        };
+        if let Err(e) = lab.build().and_then(|()| lab.start_servers()) {
+            let log =
+                fs::read_to_string(lab.log_path(lab.children.len().max(1))).unwrap_or_default();
             drop(lab);
             let tail: Vec<&str> = log.lines().rev().take(5).collect();
             return Err(LabError(format!(
@@ -109,8 +145,17 @@ impl Lab {
 
     /// Leaves the lab running after this handle is gone (for `switchboard lab up`).
     pub fn detach(mut self) {
-        drop(self.server.take());
+        self.children.clear();
         std::mem::forget(self);
+    }
+
+    /// The log of instance `k` (1-based).
+    pub fn log_path(&self, k: usize) -> PathBuf {
+        self.spec.dir.join(if k <= 1 {
+            "switchboard.log".to_owned()
+        } else {
+            format!("switchboard-{k}.log")
+        })
     }
 
     /// The namespace of `node` (`srv`, `c1`, ...).
@@ -128,9 +173,25 @@ impl Lab {
     /// What was built, for people.
     pub fn describe(&self) -> String {
         let n = &self.spec.name;
+        let mut others = String::new();
+        for k in 2..=self.spec.instances {
+            let (ip, node) = (server_ip(k), server_node(k));
+            others.push_str(&format!(
+                "\x20 server  {n}-{node} {ip}: https://{ip}/, STUN/TURN {ip}:3478 udp+tcp, TURN/TLS {ip}:5349; log {}\n",
+                self.log_path(k).display()
+            ));
+        }
+        if self.spec.instances > 1 {
+            others.push_str(&format!(
+                "\x20 redis   {n}-srv  unix socket {} (the {} instances share rooms through it)\n",
+                self.spec.dir.join("redis.sock").display(),
+                self.spec.instances
+            ));
+        }
         format!(
             "lab {n} is up\n\
              \x20 server  {n}-srv  {SERVER_IP}, {SERVER_IP2}: https://{SERVER_IP}/ (443), STUN/TURN {SERVER_IP}:3478 udp+tcp, {SERVER_IP2}:3478 udp, TURN/TLS {SERVER_IP}:5349\n\
+             {others}\
              \x20 sink    {n}-sink {SINK_IP}: default route of the server and routers; drops everything\n\
              \x20 c1      {n}-c1   10.1.0.2 behind {n}-r1 11.11.0.21 ({})\n\
              \x20 c2      {n}-c2   10.2.0.2 behind {n}-r2 11.11.0.22 ({})\n\
@@ -146,7 +207,12 @@ impl Lab {
     fn build(&mut self) -> Result<(), LabError> {
         let n = self.spec.name.clone();
         let ns = |node: &str| format!("{n}-{node}");
-        for node in NODES {
+        let servers: Vec<String> = (2..=self.spec.instances).map(server_node).collect();
+        for node in NODES
+            .iter()
+            .copied()
+            .chain(servers.iter().map(String::as_str))
+        {
             run(&["ip", "netns", "add", &ns(node)])?;
             run(&["ip", "-n", &ns(node), "link", "set", "lo", "up"])?;
             sysctl(&ns(node), "net.ipv6.conf.all.disable_ipv6", "1")?;
@@ -155,14 +221,16 @@ impl Lab {
         run(&["ip", "-n", &net, "link", "add", "br0", "type", "bridge"])?;
         run(&["ip", "-n", &net, "link", "set", "br0", "up"])?;
         // Public side: one veth per node into the bridge.
-        let public: [(&str, &[&str]); 5] = [
-            ("srv", &[SERVER_IP, SERVER_IP2]),
-            ("sink", &[SINK_IP]),
-            ("r1", &["11.11.0.21"]),
-            ("r2", &["11.11.0.22"]),
-            ("r3", &["11.11.0.23"]),
+        let mut public: Vec<(String, Vec<String>)> = vec![
+            ("srv".into(), vec![SERVER_IP.into(), SERVER_IP2.into()]),
+            ("sink".into(), vec![SINK_IP.into()]),
+            ("r1".into(), vec!["11.11.0.21".into()]),
+            ("r2".into(), vec!["11.11.0.22".into()]),
+            ("r3".into(), vec!["11.11.0.23".into()]),
         ];
-        for (node, addrs) in public {
+        public.extend((2..=self.spec.instances).map(|k| (server_node(k), vec![server_ip(k)])));
+        for (node, addrs) in &public {
+            let node = node.as_str();
             let inside = ns(node);
             run(&[
                 "ip", "link", "add", "wan", "netns", &inside, "type", "veth", "peer", "name", node,
@@ -302,86 +370,154 @@ impl Lab {
         Ok(())
     }
 
-    fn start_server(&mut self) -> Result<(), LabError> {
-        let dir = &self.spec.dir;
-        fs::create_dir_all(dir)
+    /// Starts Redis (for a cluster) and every instance, each once it is ready.
+    fn start_servers(&mut self) -> Result<(), LabError> {
+        let dir = self.spec.dir.clone();
+        fs::create_dir_all(&dir)
             .map_err(|e| LabError(format!("cannot create {}: {e}", dir.display())))?;
-        let config = format!(
-            r#"# Generated by `switchboard lab up` for the lab "{name}".
+        let cluster = if self.spec.instances > 1 {
+            Some(self.start_redis()?)
+        } else {
+            None
+        };
+        for k in 1..=self.spec.instances {
+            let ip = server_ip(k);
+            let (config_path, state) = if k == 1 {
+                (dir.join("config.toml"), dir.join("state"))
+            } else {
+                (
+                    dir.join(format!("config-{k}.toml")),
+                    dir.join(format!("state-{k}")),
+                )
+            };
+            // The first instance also answers on the second address (STUN's other address).
+            let (names, udp) = if k == 1 {
+                (format!("\"{SERVER_IP}\", \"{SERVER_IP2}\""), "0.0.0.0")
+            } else {
+                (format!("\"{ip}\""), "0.0.0.0")
+            };
+            let cluster_toml = match &cluster {
+                Some((socket, secret)) => {
+                    format!(
+                        "[cluster]\nredis_url = \"redis+unix://{}\"\ninstance_id = \"{}\"\npublic_host = \"{ip}\"\n",
+                        socket.display(),
+                        server_node(k)
+                    ) + &format!(
+                        "# Every instance of a cluster needs the same TURN secret.\n[turn]\nsecrets = [\"{secret}\"]\n"
+                    )
+                }
+                None => "[turn]\n".to_owned(),
+            };
+            let config = format!(
+                r#"# Generated by `switchboard lab up` for the lab "{name}", instance {k} of {instances}.
 [server]
 state_dir = "{state}"
 [log]
 format = "json"
 level = "info,switchboard=debug"
 [https]
-listen = ["{SERVER_IP}:443"]
-extra_names = ["{SERVER_IP}", "{SERVER_IP2}"]
-[turn]
-# The wildcard, as in the shipped config: answers must leave from the address asked.
-udp_listen = ["0.0.0.0:3478"]
-tcp_listen = ["{SERVER_IP}:3478"]
-tls_listen = ["{SERVER_IP}:5349"]
-relay_ip = "{SERVER_IP}"
-public_host = "{SERVER_IP}"
+listen = ["{ip}:443"]
+extra_names = [{names}]
+{cluster_toml}# The wildcard, as in the shipped config: answers must leave from the address asked.
+udp_listen = ["{udp}:3478"]
+tcp_listen = ["{ip}:3478"]
+tls_listen = ["{ip}:5349"]
+relay_ip = "{ip}"
+public_host = "{ip}"
 grace_period_s = 2
 # The clients' private LANs: relaying to their host candidates is allowed, so that
 # sends to unreachable addresses (they go to the sink) are part of what the lab shows.
 allow_peers = ["10.0.0.0/8"]
 {extra}
 "#,
-            name = self.spec.name,
-            state = dir.join("state").display(),
-            extra = self.spec.server_toml,
-        );
-        let config_path = dir.join("config.toml");
-        fs::write(&config_path, config)
-            .map_err(|e| LabError(format!("cannot write {}: {e}", config_path.display())))?;
-        let log_path = dir.join("switchboard.log");
-        let log = fs::File::create(&log_path)
-            .map_err(|e| LabError(format!("cannot create {}: {e}", log_path.display())))?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns("srv")])
-            .arg(&self.spec.binary)
-            .arg("--config")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(|e| LabError(e.to_string()))?)
-            .stderr(log)
-            .spawn()
-            .map_err(|e| LabError(format!("cannot start {}: {e}", self.spec.binary.display())))?;
-        fs::write(dir.join("switchboard.pid"), child.id().to_string())
-            .map_err(|e| LabError(e.to_string()))?;
-        self.server = Some(child);
-        self.wait_ready(&log_path)
+                name = self.spec.name,
+                instances = self.spec.instances,
+                state = state.display(),
+                extra = self.spec.server_toml,
+            );
+            fs::write(&config_path, config)
+                .map_err(|e| LabError(format!("cannot write {}: {e}", config_path.display())))?;
+            let log_path = self.log_path(k);
+            let mut command = self.command(&server_node(k), &self.spec.binary.to_string_lossy());
+            command.arg("--config").arg(&config_path);
+            let child = spawn_logged(command, &log_path)?;
+            let pid_file = if k == 1 {
+                dir.join("switchboard.pid")
+            } else {
+                dir.join(format!("switchboard-{k}.pid"))
+            };
+            fs::write(pid_file, child.id().to_string()).map_err(|e| LabError(e.to_string()))?;
+            self.children.push(child);
+            self.wait_for(&log_path, "\"message\":\"ready\"", "switchboard")?;
+        }
+        Ok(())
     }
 
-    /// Waits for the server's `ready` log line (the server writes to a file, so this polls it).
-    fn wait_ready(&mut self, log_path: &Path) -> Result<(), LabError> {
+    /// Starts `redis-server` in `srv` on a Unix socket in the lab's directory (the instances'
+    /// namespaces share the file system) and returns the socket and a fresh TURN secret.
+    fn start_redis(&mut self) -> Result<(PathBuf, String), LabError> {
+        let socket = self.spec.dir.join("redis.sock");
+        let _ = fs::remove_file(&socket);
+        let mut command = self.command("srv", "redis-server");
+        command
+            .args(["--port", "0", "--save", "", "--appendonly", "no"])
+            .arg("--unixsocket")
+            .arg(&socket)
+            .args(["--unixsocketperm", "700", "--dir"])
+            .arg(&self.spec.dir);
+        let log_path = self.spec.dir.join("redis.log");
+        let child = spawn_logged(command, &log_path)?;
+        self.children.push(child);
+        self.wait_for(&log_path, "eady to accept connections", "redis-server")?;
+        let secret: String = {
+            use rand::Rng;
+            let bytes: [u8; 24] = rand::rng().random();
+            bytes.iter().map(|b| format!("{b:02x}")).collect()
+        };
+        Ok((socket, secret))
+    }
+
+    /// Waits for a line containing `needle` in the log of the newest child (which writes to a
+    /// file, so this polls it).
+    fn wait_for(&mut self, log_path: &Path, needle: &str, what: &str) -> Result<(), LabError> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if fs::read_to_string(log_path)
-                .is_ok_and(|l| l.lines().any(|l| l.contains("\"message\":\"ready\"")))
-            {
+            if fs::read_to_string(log_path).is_ok_and(|l| l.lines().any(|l| l.contains(needle))) {
                 return Ok(());
             }
-            if let Some(Ok(Some(status))) = self.server.as_mut().map(Child::try_wait) {
+            if let Some(Ok(Some(status))) = self.children.last_mut().map(Child::try_wait) {
                 return Err(LabError(format!(
-                    "switchboard exited with {status} in the lab"
+                    "{what} exited with {status} in the lab (log: {})",
+                    log_path.display()
                 )));
             }
             if Instant::now() > deadline {
-                return Err(LabError(
-                    "switchboard did not become ready in the lab within 20 s".into(),
-                ));
+                return Err(LabError(format!(
+                    "{what} did not become ready in the lab within 20 s (log: {})",
+                    log_path.display()
+                )));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 }
 
+/// Starts `command` with its output in a new file at `log_path`.
+fn spawn_logged(mut command: Command, log_path: &Path) -> Result<Child, LabError> {
+    let log = fs::File::create(log_path)
+        .map_err(|e| LabError(format!("cannot create {}: {e}", log_path.display())))?;
+    command
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(|e| LabError(e.to_string()))?)
+        .stderr(log)
+        .spawn()
+        .map_err(|e| LabError(format!("cannot start {command:?}: {e}")))
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
-        if let Some(mut child) = self.server.take() {
+        // The instances first (they leave Redis cleanly), Redis last.
+        for mut child in self.children.drain(..).rev() {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -412,8 +548,13 @@ pub fn namespaces(name: &str) -> Vec<String> {
         .lines()
         .filter_map(|l| l.split_whitespace().next())
         .filter(|ns| {
-            ns.strip_prefix(&prefix)
-                .is_some_and(|node| NODES.contains(&node))
+            ns.strip_prefix(&prefix).is_some_and(|node| {
+                NODES.contains(&node)
+                    || node
+                        .strip_prefix("srv")
+                        .and_then(|k| k.parse::<usize>().ok())
+                        .is_some_and(|k| (2..=MAX_INSTANCES).contains(&k))
+            })
         })
         .map(str::to_owned)
         .collect()

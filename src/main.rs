@@ -80,6 +80,10 @@ enum LabCommand {
         /// NAT of client c2's router: symmetric or cone.
         #[arg(long, default_value = "symmetric")]
         nat2: switchboard::lab::Nat,
+        /// How many Switchboard instances (1 to 9); more than one share rooms through a
+        /// redis-server started in the lab (needs Debian's redis-server).
+        #[arg(long, default_value_t = 1)]
+        instances: usize,
     },
     /// Stop everything in the lab and delete its namespaces.
     Down {
@@ -91,7 +95,7 @@ enum LabCommand {
         #[arg(long, default_value = "sb")]
         name: String,
     },
-    /// Run a command in a node of the lab (srv, c1, c2, c3, r1, r2, r3).
+    /// Run a command in a node of the lab (srv, srv2, ..., c1, c2, c3, r1, r2, r3).
     Exec {
         #[arg(long, default_value = "sb")]
         name: String,
@@ -237,12 +241,18 @@ fn credentials(
 fn lab(command: LabCommand) -> ExitCode {
     use switchboard::lab::{self, LabSpec};
     let result = match command {
-        LabCommand::Up { name, nat1, nat2 } => lab_up(LabSpec {
+        LabCommand::Up {
+            name,
+            nat1,
+            nat2,
+            instances,
+        } => lab_up(LabSpec {
             dir: PathBuf::from(format!("/run/switchboard-lab/{name}")),
             name,
             nat: [nat1, nat2],
             binary: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("switchboard")),
             server_toml: String::new(),
+            instances,
         }),
         LabCommand::Down { name } => lab::down(&name)
             .map(|()| println!("lab {name} is down"))

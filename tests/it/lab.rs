@@ -25,9 +25,22 @@ fn start_lab(
     nat: [Nat; 2],
     needs_browser: bool,
 ) -> (MutexGuard<'static, ()>, Lab, tempfile::TempDir) {
+    start_cluster_lab(name, nat, needs_browser, 1)
+}
+
+/// A lab with `instances` Switchboards (more than one share rooms through Redis).
+fn start_cluster_lab(
+    name: &str,
+    nat: [Nat; 2],
+    needs_browser: bool,
+    instances: usize,
+) -> (MutexGuard<'static, ()>, Lab, tempfile::TempDir) {
     need(Prereq::Netns);
     if needs_browser {
         need(Prereq::Chromium);
+    }
+    if instances > 1 {
+        need(Prereq::Redis);
     }
     let guard = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = temp_dir();
@@ -37,6 +50,7 @@ fn start_lab(
         binary: env!("CARGO_BIN_EXE_switchboard").into(),
         dir: dir.path().to_owned(),
         server_toml: String::new(),
+        instances,
     })
     .unwrap_or_else(|e| panic!("lab {name} could not be built: {e}"));
     (guard, lab, dir)
@@ -186,9 +200,18 @@ fn unix_now() -> u64 {
 
 /// Two pages, one per node, in `room` with `query`; waits until both satisfy `predicate`.
 fn call(lab: &Lab, nodes: [&str; 2], room: &str, query: &str, predicate: &str) -> [Value; 2] {
-    let browsers = nodes.map(|node| Browser::launch(&["ip", "netns", "exec", &lab.ns(node)], &[]));
     let url = format!("https://{SERVER}/r/{room}{query}");
-    let pages: Vec<Page<'_>> = browsers.iter().map(|b| b.open(&url)).collect();
+    call_at(lab, nodes, [&url, &url], predicate)
+}
+
+/// Two pages, one per node, each opening its own URL; waits until both satisfy `predicate`.
+fn call_at(lab: &Lab, nodes: [&str; 2], urls: [&str; 2], predicate: &str) -> [Value; 2] {
+    let browsers = nodes.map(|node| Browser::launch(&["ip", "netns", "exec", &lab.ns(node)], &[]));
+    let pages: Vec<Page<'_>> = browsers
+        .iter()
+        .zip(urls)
+        .map(|(b, url)| b.open(url))
+        .collect();
     let states: Vec<Result<Value, Value>> = pages
         .iter()
         .map(|p| p.try_wait_for_state(predicate, CALL_TIMEOUT))
@@ -199,12 +222,16 @@ fn call(lab: &Lab, nodes: [&str; 2], room: &str, query: &str, predicate: &str) -
     match (&states[0], &states[1]) {
         (Ok(a), Ok(b)) => [a.clone(), b.clone()],
         _ => {
-            let log =
-                std::fs::read_to_string(lab.spec.dir.join("switchboard.log")).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            let logs: Vec<String> = (1..=lab.spec.instances)
+                .map(|k| {
+                    let log = std::fs::read_to_string(lab.log_path(k)).unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                    format!("server {k} log (newest first):\n{}", tail.join("\n"))
+                })
+                .collect();
             panic!(
-                "{nodes:?} never reached `{predicate}`:\n{states:#?}\nserver log (newest first):\n{}",
-                tail.join("\n")
+                "{nodes:?} never reached `{predicate}`:\n{states:#?}\n{}",
+                logs.join("\n")
             )
         }
     }
@@ -267,6 +294,55 @@ fn relay_only_calls_over_udp_tcp_tls_and_from_the_corporate_network() {
         "corporate relay URL {url:?}: {corporate:#}"
     );
     assert_eq!(peer(&other)["candidateType"], "relay", "{other:#}");
+    finish(lab);
+}
+
+/// `switchboard lab up --instances 3`: browsers behind NAT on different instances call each
+/// other relay-only, each through the relay of the instance it joined (the room spans
+/// instances through Redis), over UDP and, from the corporate network, TLS on port 443.
+#[test]
+#[cfg_attr(
+    not(all(has_netns, has_chromium, has_redis)),
+    ignore = "needs root, ip and iptables (apt install iproute2 iptables); needs chromium (apt install chromium); needs redis-server (apt install redis-server)"
+)]
+fn a_call_crosses_instances_behind_nat() {
+    let (_turn, lab, _dir) = start_cluster_lab("sbc", [Nat::Symmetric, Nat::Symmetric], true, 3);
+    let (first, third) = (lab::server_ip(1), lab::server_ip(3));
+    let [a, b] = call_at(
+        &lab,
+        ["c1", "c2"],
+        [
+            &format!("https://{first}/r/across?relay=udp"),
+            &format!("https://{third}/r/across?relay=udp"),
+        ],
+        CONNECTED,
+    );
+    for (s, ip) in [(&a, &first), (&b, &third)] {
+        assert_eq!(peer(s)["candidateType"], "relay", "{s:#}");
+        let url = peer(s)["relayUrl"].as_str().unwrap_or_default();
+        assert!(
+            url.contains(&format!("{ip}:3478")),
+            "the relay is not the joined instance's {ip}: {url:?} in {s:#}"
+        );
+    }
+    assert_eq!(peer(&a)["id"], b["peerId"], "{a:#}\n{b:#}");
+    let second = lab::server_ip(2);
+    let [corporate, other] = call_at(
+        &lab,
+        ["c3", "c1"],
+        [
+            &format!("https://{second}/r/corporate?relay=tls"),
+            &format!("https://{first}/r/corporate"),
+        ],
+        CONNECTED,
+    );
+    let url = peer(&corporate)["relayUrl"].as_str().unwrap_or_default();
+    assert!(
+        url.contains(&format!("{second}:443")),
+        "corporate relay URL {url:?}: {corporate:#}"
+    );
+    // c1 (not relay-only) reaches the corporate peer's relay on the second instance.
+    assert_eq!(peer(&other)["remoteCandidateType"], "relay", "{other:#}");
     finish(lab);
 }
 
