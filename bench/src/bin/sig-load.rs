@@ -64,6 +64,10 @@ struct Args {
     /// Bytes of each offer and answer.
     #[arg(long, default_value_t = 3000)]
     sdp_bytes: usize,
+    /// Room names are this and the pair's number (several generators on one cluster need
+    /// different ones).
+    #[arg(long, default_value = "r")]
+    room_prefix: String,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -80,6 +84,8 @@ const CANDIDATES: usize = 10;
 #[derive(Default)]
 struct Shared {
     joined: AtomicUsize,
+    /// From a join's send to its welcome.
+    join: Mutex<Latency>,
     negotiated: AtomicUsize,
     negotiation: Mutex<Latency>,
     sent: AtomicU64,
@@ -255,8 +261,22 @@ async fn run(args: Args) -> Result<()> {
     }
 
     // Join: everyone joins (first of each pair, then second).
+    let started = Instant::now();
     let _ = phase_tx.send(Phase::Join);
     wait_for(&shared.joined, n, Duration::from_secs(60), &shared, "joins").await?;
+    let secs = started.elapsed().as_secs_f64();
+    let joins = std::mem::take(&mut *shared.join.lock().expect("lock"));
+    emit(
+        &args,
+        "join",
+        json!({"joins": n, "secs": round3(secs), "latency": joins.json()}),
+        format!(
+            "{n} joins in {secs:.2} s (the second of each pair after the first): p50 {} µs p99 {} µs max {} µs",
+            joins.quantile_us(0.5),
+            joins.quantile_us(0.99),
+            joins.max_us()
+        ),
+    );
 
     // Negotiation burst: every pair at once.
     let before = Sample::take(args.server_pid, args.server_core);
@@ -433,6 +453,8 @@ struct Conn {
 /// What a connection learned from the server.
 #[derive(Default)]
 struct Negotiation {
+    /// When the join was sent.
+    join_sent: Option<Instant>,
     joined: bool,
     /// The other side: native peer id, or plain login name.
     peer: Option<String>,
@@ -486,7 +508,7 @@ impl Conn {
     }
 
     fn join_message(&self) -> String {
-        let room = format!("r{}", self.pair());
+        let room = format!("{}{}", self.args.room_prefix, self.pair());
         match self.args.dialect {
             Dialect::Native => json!({"type": "join", "room": room}).to_string(),
             Dialect::Plain => json!({"type": "login", "name": Self::name(self.i)}).to_string(),
@@ -510,8 +532,11 @@ impl Conn {
             }
         }
         let join = self.join_message();
+        let mut neg = Negotiation {
+            join_sent: Some(Instant::now()),
+            ..Negotiation::default()
+        };
         self.send(join).await?;
-        let mut neg = Negotiation::default();
         if self.args.dialect == Dialect::Plain || self.args.dialect == Dialect::Socketio {
             // Peers are addressed by name (plain) or by room (socket.io).
             neg.peer = Some(Self::name(self.i ^ 1));
@@ -656,6 +681,10 @@ impl Conn {
                 if !neg.joined {
                     neg.joined = true;
                     self.shared.joined.fetch_add(1, Ordering::Relaxed);
+                    if let Some(sent) = neg.join_sent {
+                        let us = sent.elapsed().as_micros() as u64;
+                        self.shared.join.lock().expect("lock").record_us(us);
+                    }
                 }
                 if let Some(peer) = body.as_str() {
                     neg.peer = Some(peer.to_string());
