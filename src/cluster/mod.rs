@@ -12,6 +12,7 @@
 //! listings never wait for Redis; only a join does (capacity is decided there, atomically).
 
 pub mod shared;
+pub mod target;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -30,6 +31,7 @@ use crate::config::ClusterConfig;
 use crate::model::{PeerId, PeerInfo, RoomId, Scope};
 use crate::sync::{Locked, Shared as _};
 pub use shared::Shared;
+use target::Target;
 use wire::Note;
 
 /// File in `server.state_dir` holding a generated instance id.
@@ -90,7 +92,10 @@ pub struct Cluster {
     pub me: Arc<str>,
     /// `{key_prefix}`: the hash tag every key and channel starts with.
     prefix: String,
-    client: redis::Client,
+    /// Where Redis is; resolved to one server at every connect.
+    target: Target,
+    /// The server the current (or last) session resolved to.
+    client: Mutex<Option<redis::Client>>,
     cfg: ClusterConfig,
     /// The connection for scripts and publishing, while Redis answers.
     conn: Mutex<Option<MultiplexedConnection>>,
@@ -149,8 +154,11 @@ impl std::fmt::Debug for Cluster {
 /// Why the cluster link could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error("cluster.redis_url: {0} (expected redis://host:port or redis+unix:///path)")]
-    Url(redis::RedisError),
+    #[error(
+        "cluster.redis_url: {0} (expected redis://host:port, redis+unix:///path, \
+         redis+sentinel://host:port,.../service or redis+cluster://host:port,...)"
+    )]
+    Url(String),
     #[error("cluster.instance_id: {0}")]
     InstanceId(#[from] crate::secrets::SecretError),
 }
@@ -171,7 +179,7 @@ impl Cluster {
             .as_ref()
             .map(|u| u.expose().to_owned())
             .unwrap_or_default();
-        let client = redis::Client::open(url).map_err(ClusterError::Url)?;
+        let target = Target::parse(&url).map_err(ClusterError::Url)?;
         let me: Arc<str> = match &cfg.instance_id {
             Some(id) => id.as_str().into(),
             None => instance_id(state_dir)?.into(),
@@ -185,7 +193,8 @@ impl Cluster {
         Ok(Arc::new(Cluster {
             me,
             prefix: format!("{{{}}}", cfg.key_prefix),
-            client,
+            target,
+            client: Mutex::new(None),
             cfg: cfg.clone(),
             conn: Mutex::new(None),
             up: AtomicBool::new(false),
@@ -434,13 +443,17 @@ impl Cluster {
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(timeout)
             .set_response_timeout(timeout);
-        let conn = self
-            .client
+        let client = self
+            .timed(self.target.resolve(&format!("{}:seq", self.prefix)))
+            .await
+            .ok_or_else(|| timed_out("finding the server"))??;
+        *self.client.locked() = Some(client.clone());
+        let conn = client
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
         let mut pubsub = tokio::time::timeout(
             Duration::from_millis(self.cfg.timeout_ms),
-            self.client.get_async_pubsub(),
+            client.get_async_pubsub(),
         )
         .await
         .map_err(|_| timed_out("subscribing"))??;
@@ -799,10 +812,17 @@ impl Cluster {
     /// On shutdown: this instance's peers leave their rooms at once, and it stops counting
     /// as alive (the others need not wait for its heartbeat to expire).
     async fn leave_cluster(&self) {
-        let Some(mut conn) =
-            self.connection()
-                .or(self.client.get_multiplexed_async_connection().await.ok())
-        else {
+        let client = self.client.locked().clone();
+        let mut conn = self.connection();
+        if conn.is_none()
+            && let Some(client) = client
+        {
+            conn = self
+                .timed(client.get_multiplexed_async_connection())
+                .await
+                .and_then(Result::ok);
+        }
+        let Some(mut conn) = conn else {
             return;
         };
         let _: Option<redis::RedisResult<()>> = self
@@ -862,8 +882,13 @@ pub async fn inspect(cfg: &ClusterConfig) -> Result<Seen, String> {
         .as_ref()
         .map(|u| u.expose().to_owned())
         .unwrap_or_default();
-    let client = redis::Client::open(url).map_err(|e| format!("cluster.redis_url: {e}"))?;
+    let target = Target::parse(&url).map_err(|e| format!("cluster.redis_url: {e}"))?;
     let timeout = Duration::from_millis(cfg.timeout_ms);
+    let prefix = format!("{{{}}}", cfg.key_prefix);
+    let client = tokio::time::timeout(timeout, target.resolve(&format!("{prefix}:seq")))
+        .await
+        .map_err(|_| format!("Redis did not answer within {} ms", cfg.timeout_ms))?
+        .map_err(|e| e.to_string())?;
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(timeout))
         .set_response_timeout(Some(timeout));
@@ -871,7 +896,6 @@ pub async fn inspect(cfg: &ClusterConfig) -> Result<Seen, String> {
         .get_multiplexed_async_connection_with_config(&config)
         .await
         .map_err(|e| e.to_string())?;
-    let prefix = format!("{{{}}}", cfg.key_prefix);
     let mut ids: Vec<String> = redis::cmd("SMEMBERS")
         .arg(format!("{prefix}:instances"))
         .query_async(&mut conn)

@@ -9,8 +9,11 @@ use super::{ConfigError, Invalid, Secret};
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
-    /// `redis://[:password@]host:port[/db]` or `redis+unix:///path`;
-    /// unset: no cluster. Masked by `check-config`, as it may hold a password.
+    /// `redis://[[user]:password@]host:port[/db]`, `redis+unix:///path`, the Sentinels of a
+    /// master (`redis+sentinel://[[user]:password@]host:port[,host:port...]/service[/db]`,
+    /// optionally `?sentinel_password=...`) or the seed nodes of a Redis Cluster
+    /// (`redis+cluster://[[user]:password@]host:port[,host:port...]`); unset: no cluster.
+    /// Masked by `check-config`, as it may hold a password.
     pub redis_url: Option<Secret>,
     /// This instance's name among the others (1-64 of `[A-Za-z0-9_.-]`); unset: one is
     /// generated into `server.state_dir` on first start and kept.
@@ -73,14 +76,15 @@ impl ClusterConfig {
         invalid: Invalid<'_>,
     ) -> Result<(), ConfigError> {
         if let Some(url) = &self.redis_url {
-            let url = url.expose();
-            let scheme = url.split_once("://").map(|(s, _)| s);
-            if !matches!(scheme, Some("redis" | "redis+unix" | "unix" | "valkey")) {
+            if let Err(e) = crate::cluster::target::Target::parse(url.expose()) {
                 return Err(invalid(
                     "cluster.redis_url",
-                    "expected redis://[:password@]host:port[/db] or redis+unix:///path (TLS to \
-                     Redis, rediss://, is not supported yet: use a local TLS tunnel)"
-                        .to_owned(),
+                    format!(
+                        "{e}; expected redis://[[user]:password@]host:port[/db], \
+                         redis+unix:///path, redis+sentinel://[[user]:password@]host:port[,...]/service[/db] \
+                         or redis+cluster://[[user]:password@]host:port[,...] (TLS to Redis, \
+                         rediss://, is not supported yet: use a local TLS tunnel)"
+                    ),
                 ));
             }
             if !turn_secrets_set {

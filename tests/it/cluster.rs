@@ -36,30 +36,15 @@ impl Redis {
 
     /// A redis-server on `socket`, once it accepts connections; it keeps nothing on disk.
     fn spawn(dir: &std::path::Path, socket: &std::path::Path) -> Child {
-        let mut child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        command
             .args(["--port", "0", "--save", "", "--appendonly", "no"])
             .arg("--unixsocket")
             .arg(socket)
             .args(["--unixsocketperm", "700", "--dir"])
-            .arg(dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line
-                    .to_ascii_lowercase()
-                    .contains("ready to accept connections")
-                {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        rx.recv_timeout(DEADLINE)
-            .expect("redis-server became ready");
+            .arg(dir);
+        let (child, lines) = spawn_logging(command);
+        wait_line(&lines, "ready to accept connections");
         child
     }
 
@@ -84,13 +69,122 @@ impl Drop for Redis {
     }
 }
 
+/// A process whose standard output's lines (lowercased) arrive on the receiver.
+fn spawn_logging(mut command: Command) -> (Child, std::sync::mpsc::Receiver<String>) {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {command:?}: {e}"));
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line.to_ascii_lowercase());
+        }
+    });
+    (child, rx)
+}
+
+/// Waits for a line containing `needle` (lowercase).
+fn wait_line(lines: &std::sync::mpsc::Receiver<String>, needle: &str) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return,
+            Ok(_) => {}
+            Err(_) => panic!("redis never printed {needle:?}"),
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Redis processes on TCP ports of loopback (Sentinel and Cluster need addresses), killed
+/// when the test ends.
+struct TcpRedis {
+    children: Vec<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl TcpRedis {
+    fn new() -> TcpRedis {
+        harness::need(Prereq::Redis);
+        TcpRedis {
+            children: Vec::new(),
+            dir: harness::temp_dir(),
+        }
+    }
+
+    /// Starts `redis-server` on a free port with `args`; returns the port and its output.
+    fn server(&mut self, args: &[&str]) -> (u16, std::sync::mpsc::Receiver<String>) {
+        let port = free_port();
+        let dir = self.dir.path().join(format!("node-{port}"));
+        std::fs::create_dir_all(&dir).expect("node dir");
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(&dir)
+            .args(args);
+        let (child, lines) = spawn_logging(command);
+        self.children.push(child);
+        wait_line(&lines, "ready to accept connections");
+        (port, lines)
+    }
+
+    /// A Sentinel watching the master on `master` as `m` (quorum 1, down after 1 s).
+    fn sentinel(&mut self, master: u16) -> (u16, std::sync::mpsc::Receiver<String>) {
+        let port = free_port();
+        let conf = self.dir.path().join(format!("sentinel-{port}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\nsentinel monitor m 127.0.0.1 {master} 1\n\
+                 sentinel down-after-milliseconds m 1000\nsentinel failover-timeout m 5000\n"
+            ),
+        )
+        .expect("sentinel.conf");
+        let mut command = Command::new("redis-server");
+        command.arg(&conf).arg("--sentinel");
+        let (child, lines) = spawn_logging(command);
+        self.children.push(child);
+        (port, lines)
+    }
+
+    /// Kills the `i`th process started.
+    fn kill(&mut self, i: usize) {
+        let _ = self.children[i].kill();
+        let _ = self.children[i].wait();
+    }
+}
+
+impl Drop for TcpRedis {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// An instance of the cluster on `redis`, called `id`, with `extra` TOML merged in.
 fn instance(redis: &Redis, id: &str, extra: &str) -> TestServer {
+    instance_at(&redis.url(), id, extra)
+}
+
+/// An instance of the cluster whose `cluster.redis_url` is `url`.
+fn instance_at(url: &str, id: &str, extra: &str) -> TestServer {
     let mut config: toml::Table = toml::from_str(&format!(
         "[turn]\nsecrets = [\"cluster-test-secret-0123456789\"]\n\
-         [cluster]\nredis_url = \"{}\"\ninstance_id = \"{id}\"\n\
-         heartbeat_interval_ms = 200\nheartbeat_ttl_ms = 1000\ntimeout_ms = 400\n",
-        redis.url()
+         [cluster]\nredis_url = \"{url}\"\ninstance_id = \"{id}\"\n\
+         heartbeat_interval_ms = 200\nheartbeat_ttl_ms = 1000\ntimeout_ms = 400\n"
     ))
     .expect("cluster TOML");
     for (key, value) in toml::from_str::<toml::Table>(extra).expect("extra TOML") {
@@ -868,4 +962,134 @@ async fn plain_websocket_users_call_across_instances() {
         .await;
     let candidate = next(&mut alice).await;
     assert_eq!(candidate["type"], "candidate", "{candidate}");
+}
+
+/// Two peers of a room on two instances; a third joins through `b` and both see it.
+async fn a_room_across(
+    a: &TestServer,
+    b: &TestServer,
+    room: &str,
+) -> (harness::Client, harness::Client) {
+    let mut alice = a.client().await;
+    let alice_id = peer_id(&alice.join(room, None).await);
+    let mut bob = b.client().await;
+    let welcome = bob.join(room, None).await;
+    match &welcome {
+        ServerMsg::Welcome { peers, .. } => assert_eq!(peers.len(), 1, "{peers:?}"),
+        _ => unreachable!(),
+    }
+    assert!(matches!(alice.recv().await, ServerMsg::PeerJoined { .. }));
+    bob.send(json!({"type": "signal", "to": alice_id, "payload": {"sdp": "offer"}}))
+        .await;
+    let (from, _) = signal_text(&alice.recv().await);
+    assert_eq!(from, peer_id(&welcome).to_string());
+    (alice, bob)
+}
+
+/// `redis+sentinel://`: the instances use the master a Sentinel names and follow a failover
+/// (master killed, replica promoted): they reconnect to the new master, re-register their
+/// peers, and rooms keep spanning them.
+#[tokio::test]
+#[cfg_attr(
+    not(has_redis),
+    ignore = "needs redis-server (apt install redis-server)"
+)]
+async fn a_sentinel_failover_is_followed() {
+    let mut redis = TcpRedis::new();
+    let (master, _) = redis.server(&[]);
+    let (_replica, replica_out) = redis.server(&["--replicaof", "127.0.0.1", &master.to_string()]);
+    wait_line(&replica_out, "sync: finished with success");
+    let (sentinel, sentinel_out) = redis.sentinel(master);
+    wait_line(&sentinel_out, "+slave");
+    let url = format!("redis+sentinel://127.0.0.1:{sentinel}/m");
+    let a = instance_at(&url, "a", "");
+    let b = instance_at(&url, "b", "");
+    let (mut alice, mut bob) = a_room_across(&a, &b, "failover").await;
+
+    redis.kill(0);
+    wait_line(&sentinel_out, "+switch-master");
+    for server in [&a, &b] {
+        server.wait_log("cluster: lost the connection to Redis; reconnecting");
+        server.wait_log("cluster: connected to Redis, rooms in step");
+    }
+    // The room is whole on the new master: a newcomer through b sees both.
+    let mut carol = b.client().await;
+    let welcome = carol.join("failover", None).await;
+    match &welcome {
+        ServerMsg::Welcome { peers, .. } => assert_eq!(peers.len(), 2, "{peers:?}"),
+        other => panic!("expected welcome, got {other:?}"),
+    }
+    let carol_id = peer_id(&welcome);
+    for peer in [&mut alice, &mut bob] {
+        loop {
+            match peer.recv().await {
+                ServerMsg::PeerJoined { peer } if peer.id == carol_id => break,
+                // A failover may show the others leave and come back once.
+                ServerMsg::PeerLeft { .. } | ServerMsg::PeerJoined { .. } => {}
+                other => panic!("expected peer_joined, got {other:?}"),
+            }
+        }
+    }
+    let (_, _) = a_room_across(&a, &b, "after").await;
+}
+
+/// `redis+cluster://`: with seed nodes that do not own the cluster's hash slot, the
+/// instances find the node that does, and rooms span them.
+#[tokio::test]
+#[cfg_attr(
+    not(has_redis),
+    ignore = "needs redis-server (apt install redis-server)"
+)]
+async fn a_redis_cluster_is_used_through_the_node_that_owns_the_slot() {
+    let mut redis = TcpRedis::new();
+    let args = ["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"];
+    let ports: Vec<u16> = (0..3).map(|_| redis.server(&args).0).collect();
+    let mut create = Command::new("redis-cli");
+    create.arg("--cluster").arg("create");
+    for port in &ports {
+        create.arg(format!("127.0.0.1:{port}"));
+    }
+    let out = create
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .expect("redis-cli --cluster create");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // Every node agrees the cluster is complete before the instances start.
+    for port in &ports {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let info: String = redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            if info.contains("cluster_state:ok") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "cluster never ok: {info}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // The keys' hash tag {switchboard} is slot 616: the first node's (0-5460).
+    let url = format!(
+        "redis+cluster://127.0.0.1:{},127.0.0.1:{}",
+        ports[1], ports[2]
+    );
+    let a = instance_at(&url, "a", "");
+    let b = instance_at(&url, "b", "");
+    let (_alice, _bob) = a_room_across(&a, &b, "slotted").await;
+    let client = redis::Client::open(format!("redis://127.0.0.1:{}", ports[0])).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let instances: Vec<String> = redis::cmd("SMEMBERS")
+        .arg("{switchboard}:instances")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(instances.len(), 2, "{instances:?}");
 }
