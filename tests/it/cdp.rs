@@ -212,30 +212,40 @@ impl Page<'_> {
 
     /// Like `wait_for_state`, but returns the last state seen as the error.
     pub fn try_wait_for_state(&self, predicate: &str, timeout: Duration) -> Result<Value, Value> {
-        let deadline = Instant::now() + timeout;
-        // The page polls itself for a few seconds per evaluation (well inside the
-        // reply deadline); a navigation destroys the context, which ends the
-        // evaluation early, and we evaluate again.
-        let ms = 3000;
-        let expression = format!(
-            "(async () => {{ const pred = {predicate}; const end = Date.now() + {ms}; let s = null;
-               for (;;) {{
-                 try {{ s = window.switchboardState ? window.switchboardState() : null; }} catch (e) {{ s = null; }}
-                 if (s && pred(s)) return {{ ok: true, state: s }};
-                 if (Date.now() > end) return {{ ok: false, state: s }};
-                 await new Promise((r) => setTimeout(r, 250));
-               }} }})()"
-        );
-        let mut last = Value::Null;
-        while Instant::now() < deadline {
-            match self.eval(&expression) {
-                Ok(v) if v["ok"] == true => return Ok(v["state"].clone()),
-                Ok(v) => last = v["state"].clone(),
-                Err(e) => last = json!({ "evaluation_error": e }),
-            }
-        }
-        Err(last)
+        wait_for_state(|e| self.eval(e), predicate, timeout)
     }
+}
+
+/// Waits until `predicate` (a JS function of `window.switchboardState()`) holds in a page
+/// that `eval` evaluates in (any browser's driver); the last state seen is the error.
+pub fn wait_for_state(
+    eval: impl Fn(&str) -> Result<Value, String>,
+    predicate: &str,
+    timeout: Duration,
+) -> Result<Value, Value> {
+    let deadline = Instant::now() + timeout;
+    // The page polls itself for a few seconds per evaluation (well inside the
+    // reply deadline); a navigation destroys the context, which ends the
+    // evaluation early, and we evaluate again.
+    let ms = 3000;
+    let expression = format!(
+        "(async () => {{ const pred = {predicate}; const end = Date.now() + {ms}; let s = null;
+           for (;;) {{
+             try {{ s = window.switchboardState ? window.switchboardState() : null; }} catch (e) {{ s = null; }}
+             if (s && pred(s)) return {{ ok: true, state: s }};
+             if (Date.now() > end) return {{ ok: false, state: s }};
+             await new Promise((r) => setTimeout(r, 250));
+           }} }})()"
+    );
+    let mut last = Value::Null;
+    while Instant::now() < deadline {
+        match eval(&expression) {
+            Ok(v) if v["ok"] == true => return Ok(v["state"].clone()),
+            Ok(v) => last = v["state"].clone(),
+            Err(e) => last = json!({ "evaluation_error": e }),
+        }
+    }
+    Err(last)
 }
 
 impl Drop for Browser {

@@ -2,12 +2,14 @@
 
 mod acme;
 mod admin;
+mod bidi;
 mod browser;
 mod cdp;
 mod cli;
 mod cluster;
 mod dialects;
 mod doctor;
+mod firefox;
 mod harness;
 mod http;
 mod lab;

@@ -28,16 +28,20 @@ pub enum Prereq {
     Netns,
     /// Debian's redis-server, which the cluster tests start on a socket of their own.
     Redis,
+    /// Headless Firefox ESR, driven over WebDriver BiDi, for the cross-browser calls, and
+    /// NSS's certutil to trust a test certificate in its profile.
+    Firefox,
 }
 
 impl Prereq {
-    pub const ALL: [Prereq; 6] = [
+    pub const ALL: [Prereq; 7] = [
         Prereq::Chromium,
         Prereq::Coturn,
         Prereq::Node,
         Prereq::Pebble,
         Prereq::Netns,
         Prereq::Redis,
+        Prereq::Firefox,
     ];
 
     /// The cfg that build.rs sets when this prerequisite is present, or when `CI` is set.
@@ -49,6 +53,7 @@ impl Prereq {
             Prereq::Pebble => "has_pebble",
             Prereq::Netns => "has_netns",
             Prereq::Redis => "has_redis",
+            Prereq::Firefox => "has_firefox",
         }
     }
 
@@ -64,6 +69,9 @@ impl Prereq {
             Prereq::Pebble => "needs pebble and pebble-challtestsrv (apt install pebble)",
             Prereq::Netns => "needs root, ip and iptables (apt install iproute2 iptables)",
             Prereq::Redis => "needs redis-server (apt install redis-server)",
+            Prereq::Firefox => {
+                "needs firefox-esr and certutil (apt install firefox-esr libnss3-tools)"
+            }
         }
     }
 
@@ -102,6 +110,7 @@ impl Prereq {
             Prereq::Pebble => &["pebble", "pebble-challtestsrv"],
             Prereq::Netns => &["ip", "iptables"],
             Prereq::Redis => &["redis-server"],
+            Prereq::Firefox => &["firefox-esr", "certutil"],
         }
     }
 }

@@ -1,0 +1,94 @@
+//! Firefox beside Chromium: a headless Firefox ESR page (WebDriver BiDi) calls a headless
+//! Chromium page (DevTools) through the call page, directly and relay-only over each of
+//! Switchboard's TURN transports, with the remote video decoded on both sides.
+//! (Relay-only over TURN/TCP and TURN/TLS is not reliable yet between the two; issue 20.)
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::bidi::Firefox;
+use crate::cdp::Browser;
+use crate::harness::{TestServer, need};
+use crate::prereq::Prereq;
+
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Both sides connected with video decoded, over a path whose local candidate is `kind`
+/// (any kind when empty).
+fn connected(kind: &str) -> String {
+    let path = if kind.is_empty() {
+        String::new()
+    } else {
+        format!(" && s.peers[0].candidateType === '{kind}'")
+    };
+    format!(
+        "s => s.phase === 'joined' && s.localMedia && s.peers.length === 1 \
+         && s.peers[0].connectionState === 'connected' && s.peers[0].framesDecoded > 0{path}"
+    )
+}
+
+/// A Firefox page and a Chromium page in `room` with `query`; both states once connected.
+fn firefox_calls_chromium(server: &TestServer, room: &str, query: &str, kind: &str) -> [Value; 2] {
+    need(Prereq::Firefox);
+    need(Prereq::Chromium);
+    let url = format!("https://{}/r/{room}{query}", server.https);
+    // Firefox checks the TURN/TLS server's certificate: the server's self-signed one.
+    let cert = server.state_dir().join("selfsigned-cert.pem");
+    let firefox = Firefox::launch(&[], &[&cert]);
+    let chromium = Browser::launch(&[], &[]);
+    let fox = firefox.open(&url);
+    let chrome = chromium.open(&url);
+    let predicate = connected(kind);
+    match (
+        fox.try_wait_for_state(&predicate, CALL_TIMEOUT),
+        chrome.try_wait_for_state(&predicate, CALL_TIMEOUT),
+    ) {
+        (Ok(a), Ok(b)) => {
+            assert_eq!(
+                a["peers"][0]["id"], b["peerId"],
+                "each page shows the other"
+            );
+            assert_eq!(b["peers"][0]["id"], a["peerId"]);
+            [a, b]
+        }
+        (a, b) => panic!("{room}: no call; Firefox: {a:#?}\nChromium: {b:#?}"),
+    }
+}
+
+#[test]
+#[cfg_attr(
+    not(all(has_firefox, has_chromium)),
+    ignore = "needs firefox-esr and certutil (apt install firefox-esr libnss3-tools); needs chromium (apt install chromium)"
+)]
+fn firefox_calls_chromium_directly() {
+    let server = TestServer::start("");
+    let [fox, chrome] = firefox_calls_chromium(&server, "fox-direct", "", "");
+    for state in [&fox, &chrome] {
+        assert_ne!(state["peers"][0]["candidateType"], "relay", "{state:#}");
+    }
+}
+
+/// Relay-only over `transport`: both browsers' selected local candidate is a relay of
+/// that protocol on this server.
+fn relayed(transport: &str) {
+    let server = TestServer::start("");
+    let [fox, chrome] = firefox_calls_chromium(
+        &server,
+        &format!("fox-{transport}"),
+        &format!("?relay={transport}"),
+        "relay",
+    );
+    for state in [&fox, &chrome] {
+        assert_eq!(state["peers"][0]["relayProtocol"], transport, "{state:#}");
+    }
+}
+
+#[test]
+#[cfg_attr(
+    not(all(has_firefox, has_chromium)),
+    ignore = "needs firefox-esr and certutil (apt install firefox-esr libnss3-tools); needs chromium (apt install chromium)"
+)]
+fn firefox_calls_chromium_relay_only_over_udp() {
+    relayed("udp");
+}
