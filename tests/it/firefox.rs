@@ -1,7 +1,9 @@
 //! Firefox beside Chromium: a headless Firefox ESR page (WebDriver BiDi) calls a headless
 //! Chromium page (DevTools) through the call page, directly and relay-only over each of
 //! Switchboard's TURN transports, with the remote video decoded on both sides.
-//! (Relay-only over TURN/TCP and TURN/TLS is not reliable yet between the two; issue 20.)
+//! (Relay-only over TURN/TCP and TURN/TLS connects, but not reliably yet while the machine
+//! is busy with other tests: Chromium sometimes decodes none of Firefox's video after
+//! Firefox's ICE failed once and recovered. Not tested here until that is understood.)
 
 use std::time::Duration;
 
@@ -70,9 +72,10 @@ fn firefox_calls_chromium_directly() {
 }
 
 /// Relay-only over `transport`: both browsers' selected local candidate is a relay of
-/// that protocol on this server.
+/// that protocol on this server. The TURN URLs name the server `localhost`: Firefox
+/// refuses `turns:` with an IP address ("TLS requires FQDN").
 fn relayed(transport: &str) {
-    let server = TestServer::start("");
+    let server = TestServer::start("[turn]\npublic_host = \"localhost\"\n");
     let [fox, chrome] = firefox_calls_chromium(
         &server,
         &format!("fox-{transport}"),
@@ -91,4 +94,32 @@ fn relayed(transport: &str) {
 )]
 fn firefox_calls_chromium_relay_only_over_udp() {
     relayed("udp");
+}
+
+/// Two Firefox tabs, relay-only over TURN UDP.
+#[test]
+#[cfg_attr(
+    not(has_firefox),
+    ignore = "needs firefox-esr and certutil (apt install firefox-esr libnss3-tools)"
+)]
+fn firefox_calls_firefox_relay_only_over_udp() {
+    need(Prereq::Firefox);
+    let server = TestServer::start("");
+    let url = format!("https://{}/r/fox-fox?relay=udp", server.https);
+    let firefox = Firefox::launch(&[], &[]);
+    let first = firefox.open(&url);
+    let second = firefox.open(&url);
+    let predicate = connected("relay");
+    match (
+        first.try_wait_for_state(&predicate, CALL_TIMEOUT),
+        second.try_wait_for_state(&predicate, CALL_TIMEOUT),
+    ) {
+        (Ok(a), Ok(b)) => {
+            for state in [&a, &b] {
+                assert_eq!(state["peers"][0]["relayProtocol"], "udp", "{state:#}");
+            }
+            assert_eq!(a["peers"][0]["id"], b["peerId"]);
+        }
+        (a, b) => panic!("no call; first tab: {a:#?}\nsecond tab: {b:#?}"),
+    }
 }
