@@ -127,18 +127,8 @@ impl Lab {
             children: Vec::new(),
         };
         if let Err(e) = lab.build().and_then(|()| lab.start_servers()) {
-            let log =
-                fs::read_to_string(lab.log_path(lab.children.len().max(1))).unwrap_or_default();
             drop(lab);
-            let tail: Vec<&str> = log.lines().rev().take(5).collect();
-            return Err(LabError(format!(
-                "{e}{}",
-                if tail.is_empty() {
-                    String::new()
-                } else {
-                    format!("\nserver log: {}", tail.join("\n"))
-                }
-            )));
+            return Err(e);
         }
         Ok(lab)
     }
@@ -485,16 +475,20 @@ allow_peers = ["10.0.0.0/8"]
             if fs::read_to_string(log_path).is_ok_and(|l| l.lines().any(|l| l.contains(needle))) {
                 return Ok(());
             }
-            if let Some(Ok(Some(status))) = self.children.last_mut().map(Child::try_wait) {
+            let failed = match self.children.last_mut().map(Child::try_wait) {
+                Some(Ok(Some(status))) => Some(format!("{what} exited with {status} in the lab")),
+                _ if Instant::now() > deadline => Some(format!(
+                    "{what} did not become ready in the lab within 20 s"
+                )),
+                _ => None,
+            };
+            if let Some(failed) = failed {
+                let log = fs::read_to_string(log_path).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
                 return Err(LabError(format!(
-                    "{what} exited with {status} in the lab (log: {})",
-                    log_path.display()
-                )));
-            }
-            if Instant::now() > deadline {
-                return Err(LabError(format!(
-                    "{what} did not become ready in the lab within 20 s (log: {})",
-                    log_path.display()
+                    "{failed}; {} (newest first):\n{}",
+                    log_path.display(),
+                    tail.join("\n")
                 )));
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -516,7 +510,7 @@ fn spawn_logged(mut command: Command, log_path: &Path) -> Result<Child, LabError
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        // The instances first (they leave Redis cleanly), Redis last.
+        // The instances first, Redis last.
         for mut child in self.children.drain(..).rev() {
             let _ = child.kill();
             let _ = child.wait();
@@ -549,11 +543,7 @@ pub fn namespaces(name: &str) -> Vec<String> {
         .filter_map(|l| l.split_whitespace().next())
         .filter(|ns| {
             ns.strip_prefix(&prefix).is_some_and(|node| {
-                NODES.contains(&node)
-                    || node
-                        .strip_prefix("srv")
-                        .and_then(|k| k.parse::<usize>().ok())
-                        .is_some_and(|k| (2..=MAX_INSTANCES).contains(&k))
+                NODES.contains(&node) || (2..=MAX_INSTANCES).any(|k| node == server_node(k))
             })
         })
         .map(str::to_owned)

@@ -13,8 +13,7 @@
 
 use redis::{Client, RedisError, RedisResult};
 
-/// A parsed `cluster.redis_url`.
-#[derive(Debug)]
+/// A parsed `cluster.redis_url` (its `Debug` shows no credentials).
 pub enum Target {
     Direct(Client),
     Sentinel {
@@ -30,6 +29,31 @@ pub enum Target {
         /// `[credentials@]`, kept as written, for the node that owns the slot.
         userinfo: String,
     },
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Target::Direct(_) => "Target::Direct",
+            Target::Sentinel { .. } => "Target::Sentinel",
+            Target::Cluster { .. } => "Target::Cluster",
+        })
+    }
+}
+
+/// Each URL as redis-rs will read it at connect time, checked now (the error names the
+/// host's position, not the URL, which holds a password).
+fn check_urls(urls: &[String]) -> Result<(), String> {
+    for (i, url) in urls.iter().enumerate() {
+        if redis::IntoConnectionInfo::into_connection_info(url.as_str()).is_err() {
+            return Err(format!(
+                "host {} of the URL, with the credentials, is not a valid Redis address \
+                 (percent-encode special characters in a password)",
+                i + 1
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A multi-host URL, split: userinfo (without `@`), hosts, path (without the first `/`) and
@@ -52,10 +76,15 @@ fn split(rest: &str) -> Result<Parts<'_>, String> {
     if hosts.is_empty() {
         return Err("no host:port in the URL".to_owned());
     }
-    for host in &hosts {
+    for (i, host) in hosts.iter().enumerate() {
         let port = host.rsplit_once(':').map(|(_, p)| p);
         if port.is_none_or(|p| p.parse::<u16>().is_err()) {
-            return Err(format!("expected host:port, got {host:?}"));
+            // Not quoted: a password with an unencoded '/', '?' or '@' ends up here.
+            return Err(format!(
+                "host {} of the URL is not host:port (percent-encode '/', '?' and '@' in a \
+                 password)",
+                i + 1
+            ));
         }
     }
     let query = query
@@ -100,25 +129,31 @@ impl Target {
                 }
                 let mut sentinel_user = None;
                 let mut sentinel_password = None;
-                for (key, value) in &parts.query {
+                for (i, (key, value)) in parts.query.iter().enumerate() {
                     match *key {
                         "sentinel_username" => sentinel_user = Some(*value),
                         "sentinel_password" => sentinel_password = Some(*value),
-                        other => {
+                        // Not quoted: it may be the tail of a password with an unencoded '&'.
+                        _ => {
                             return Err(format!(
-                                "unknown option {other:?} (expected sentinel_password or \
-                                 sentinel_username)"
+                                "option {} of the URL is unknown (expected sentinel_password \
+                                 or sentinel_username; percent-encode '&' in a password)",
+                                i + 1
                             ));
                         }
                     }
                 }
+                if sentinel_user.is_some() && sentinel_password.is_none() {
+                    return Err("sentinel_username needs sentinel_password".to_owned());
+                }
                 let sentinel_userinfo =
                     sentinel_password.map(|p| format!("{}:{p}", sentinel_user.unwrap_or_default()));
-                let sentinels = parts
+                let sentinels: Vec<String> = parts
                     .hosts
                     .iter()
                     .map(|h| with_userinfo(sentinel_userinfo.as_deref(), h))
                     .collect();
+                check_urls(&sentinels)?;
                 // The master's settings as redis-rs reads them (it decodes the password).
                 let master_url = format!(
                     "{}/{}",
@@ -142,12 +177,14 @@ impl Target {
                                 redis+cluster://host:6379,host:6380"
                         .to_owned());
                 }
+                let seeds: Vec<String> = parts
+                    .hosts
+                    .iter()
+                    .map(|h| with_userinfo(parts.userinfo, h))
+                    .collect();
+                check_urls(&seeds)?;
                 Ok(Target::Cluster {
-                    seeds: parts
-                        .hosts
-                        .iter()
-                        .map(|h| with_userinfo(parts.userinfo, h))
-                        .collect(),
+                    seeds,
                     userinfo: parts.userinfo.map(|u| format!("{u}@")).unwrap_or_default(),
                 })
             }
@@ -160,6 +197,9 @@ impl Target {
     ///
     /// # Errors
     /// No Sentinel names a master that answers as one, or no seed node answers.
+    /// The caller bounds the time (`cluster.timeout_ms`). Sentinels are asked by redis-rs,
+    /// up to three at once, their answers taken in the order listed: list a reachable one
+    /// first.
     pub async fn resolve(&self, key: &str) -> RedisResult<Client> {
         match self {
             Target::Direct(client) => Ok(client.clone()),
@@ -179,14 +219,10 @@ impl Target {
                 sentinel.async_get_client().await
             }
             Target::Cluster { seeds, userinfo } => {
-                let mut last = None;
-                for seed in seeds {
-                    match slot_owner(seed, key).await {
-                        Ok(owner) => return Client::open(format!("redis://{userinfo}{owner}")),
-                        Err(e) => last = Some(e),
-                    }
-                }
-                Err(last.unwrap_or_else(|| RedisError::from(std::io::Error::other("no seed"))))
+                // Every seed at once: one that does not answer must not hold up the others.
+                let asks = seeds.iter().map(|seed| Box::pin(slot_owner(seed, key)));
+                let (owner, _) = futures_util::future::select_ok(asks).await?;
+                Client::open(format!("redis://{userinfo}{owner}"))
             }
         }
     }
@@ -210,15 +246,16 @@ async fn slot_owner(seed: &str, key: &str) -> RedisResult<String> {
             "no node of the Redis Cluster owns slot {slot} (is the cluster complete?)"
         )))
     })?;
-    // A node that does not know its own address says "" (or "?"): it is the seed's.
-    let host = if host.is_empty() || host == "?" {
-        seed.rsplit_once('@')
+    // A node that does not know its own address says "" (or "?", or nothing): it is the
+    // seed's, as written there (an IPv6 address keeps its brackets).
+    if host.is_empty() || host == "?" {
+        let seed_host = seed
+            .rsplit_once('@')
             .map_or(seed.trim_start_matches("redis://"), |(_, h)| h)
             .rsplit_once(':')
-            .map_or(String::new(), |(h, _)| h.to_owned())
-    } else {
-        host
-    };
+            .map_or("", |(h, _)| h);
+        return Ok(format!("{seed_host}:{port}"));
+    }
     Ok(if host.contains(':') {
         format!("[{host}]:{port}")
     } else {
@@ -248,6 +285,8 @@ fn master_for_slot(reply: &redis::Value, slot: i64) -> Option<(String, u16)> {
         let host = match node.first()? {
             Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
             Value::SimpleString(s) => s.clone(),
+            // Redis 7 with `cluster-preferred-endpoint-type unknown-endpoint`.
+            Value::Nil => String::new(),
             _ => return None,
         };
         let Value::Int(port) = node.get(1)? else {
@@ -295,9 +334,15 @@ mod tests {
         for (url, says) in [
             ("redis+sentinel://s1:26379", "service name"),
             ("redis+sentinel://:secret@s1/mymaster", "host:port"),
+            ("redis+sentinel://s1:26379/m?password=secret", "is unknown"),
+            ("redis+cluster://admin:se/cret@n1:7000", "host 1"),
             (
-                "redis+sentinel://s1:26379/m?password=secret",
-                "unknown option",
+                "redis+sentinel://s1:1/m?sentinel_password=se&cret",
+                "option 2",
+            ),
+            (
+                "redis+sentinel://s1:1/m?sentinel_username=u",
+                "needs sentinel_password",
             ),
             ("redis+cluster://:secret@n1:7000/0", "no database"),
             ("redis+cluster://", "no host:port"),

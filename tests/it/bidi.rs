@@ -48,6 +48,17 @@ pub struct Firefox {
     _profile: tempfile::TempDir,
 }
 
+struct KillOnDrop(Option<Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 pub struct Tab<'a> {
     browser: &'a Firefox,
     context: String,
@@ -56,9 +67,8 @@ pub struct Tab<'a> {
 impl Firefox {
     /// Starts Firefox with a fresh profile in which `certs` (PEM files) are trusted as TLS
     /// servers (Firefox checks the certificate of a TURN server over TLS, `turns:`, which
-    /// the session's `acceptInsecureCerts` does not cover); `wrap` (e.g. `ip netns exec
-    /// NS`) is put in front of the command.
-    pub fn launch(wrap: &[&str], certs: &[&std::path::Path]) -> Firefox {
+    /// the session's `acceptInsecureCerts` does not cover).
+    pub fn launch(certs: &[&std::path::Path]) -> Firefox {
         let profile = crate::harness::temp_dir();
         std::fs::write(profile.path().join("user.js"), PREFS).expect("write user.js");
         let db = format!("sql:{}", profile.path().display());
@@ -83,16 +93,7 @@ impl Firefox {
                 cert.display()
             );
         }
-        let (program, prefix) = match wrap.split_first() {
-            Some((first, rest)) => (*first, rest.to_vec()),
-            None => (FIREFOX, Vec::new()),
-        };
-        let mut command = Command::new(program);
-        command.args(prefix);
-        if !wrap.is_empty() {
-            command.arg(FIREFOX);
-        }
-        let mut child = command
+        let child = Command::new(FIREFOX)
             .args(["--headless", "--no-remote", "--remote-debugging-port", "0"])
             .arg("--profile")
             .arg(profile.path())
@@ -103,7 +104,13 @@ impl Firefox {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start firefox-esr");
-        let stderr = child.stderr.take().expect("stderr");
+        // Killed if anything below fails, before the profile directory goes.
+        let mut child = KillOnDrop(Some(child));
+        let stderr = child
+            .0
+            .as_mut()
+            .and_then(|c| c.stderr.take())
+            .expect("stderr");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -128,7 +135,7 @@ impl Firefox {
         let (socket, _) = tokio_tungstenite::tungstenite::client(format!("{url}/session"), stream)
             .expect("WebDriver BiDi handshake");
         let browser = Firefox {
-            child: Some(child),
+            child: child.0.take(),
             socket: Mutex::new(socket),
             next_id: AtomicU64::new(1),
             _profile: profile,

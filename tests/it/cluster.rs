@@ -1042,8 +1042,17 @@ async fn a_sentinel_failover_is_followed() {
 )]
 async fn a_redis_cluster_is_used_through_the_node_that_owns_the_slot() {
     let mut redis = TcpRedis::new();
-    let args = ["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"];
-    let ports: Vec<u16> = (0..3).map(|_| redis.server(&args).0).collect();
+    // The bus port is given: by default it is the port + 10000, over 65535 for a port
+    // from the upper part of the ephemeral range.
+    let ports: Vec<u16> = (0..3)
+        .map(|_| {
+            let bus = free_port().to_string();
+            let args = ["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"];
+            redis
+                .server(&[&args[..], &["--cluster-port", &bus]].concat())
+                .0
+        })
+        .collect();
     let mut create = Command::new("redis-cli");
     create.arg("--cluster").arg("create");
     for port in &ports {

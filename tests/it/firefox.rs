@@ -37,7 +37,7 @@ fn firefox_calls_chromium(server: &TestServer, room: &str, query: &str, kind: &s
     let url = format!("https://{}/r/{room}{query}", server.https);
     // Firefox checks the TURN/TLS server's certificate: the server's self-signed one.
     let cert = server.state_dir().join("selfsigned-cert.pem");
-    let firefox = Firefox::launch(&[], &[&cert]);
+    let firefox = Firefox::launch(&[&cert]);
     let chromium = Browser::launch(&[], &[]);
     let fox = firefox.open(&url);
     let chrome = chromium.open(&url);
@@ -106,7 +106,7 @@ fn firefox_calls_firefox_relay_only_over_udp() {
     need(Prereq::Firefox);
     let server = TestServer::start("");
     let url = format!("https://{}/r/fox-fox?relay=udp", server.https);
-    let firefox = Firefox::launch(&[], &[]);
+    let firefox = Firefox::launch(&[]);
     let first = firefox.open(&url);
     let second = firefox.open(&url);
     let predicate = connected("relay");
