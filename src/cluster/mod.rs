@@ -31,7 +31,6 @@ use crate::config::ClusterConfig;
 use crate::model::{PeerId, PeerInfo, RoomId, Scope};
 use crate::sync::{Locked, Shared as _};
 pub use shared::Shared;
-use target::Target;
 use wire::Note;
 
 /// File in `server.state_dir` holding a generated instance id.
@@ -93,7 +92,7 @@ pub struct Cluster {
     /// `{key_prefix}`: the hash tag every key and channel starts with.
     prefix: String,
     /// Where Redis is; resolved to one server at every connect.
-    target: Target,
+    target: crate::config::RedisUrl,
     /// The server the current (or last) session resolved to.
     client: Mutex<Option<redis::Client>>,
     cfg: ClusterConfig,
@@ -179,7 +178,7 @@ impl Cluster {
             .as_ref()
             .map(|u| u.expose().to_owned())
             .unwrap_or_default();
-        let target = Target::parse(&url).map_err(ClusterError::Url)?;
+        let target = crate::config::RedisUrl::parse(&url).map_err(ClusterError::Url)?;
         let me: Arc<str> = match &cfg.instance_id {
             Some(id) => id.as_str().into(),
             None => instance_id(state_dir)?.into(),
@@ -444,7 +443,10 @@ impl Cluster {
             .set_connection_timeout(timeout)
             .set_response_timeout(timeout);
         let client = self
-            .timed(self.target.resolve(&format!("{}:seq", self.prefix)))
+            .timed(target::resolve(
+                &self.target,
+                &format!("{}:seq", self.prefix),
+            ))
             .await
             .ok_or_else(|| timed_out("finding the server"))??;
         *self.client.locked() = Some(client.clone());
@@ -882,10 +884,11 @@ pub async fn inspect(cfg: &ClusterConfig) -> Result<Seen, String> {
         .as_ref()
         .map(|u| u.expose().to_owned())
         .unwrap_or_default();
-    let target = Target::parse(&url).map_err(|e| format!("cluster.redis_url: {e}"))?;
+    let target =
+        crate::config::RedisUrl::parse(&url).map_err(|e| format!("cluster.redis_url: {e}"))?;
     let timeout = Duration::from_millis(cfg.timeout_ms);
     let prefix = format!("{{{}}}", cfg.key_prefix);
-    let client = tokio::time::timeout(timeout, target.resolve(&format!("{prefix}:seq")))
+    let client = tokio::time::timeout(timeout, target::resolve(&target, &format!("{prefix}:seq")))
         .await
         .map_err(|_| format!("Redis did not answer within {} ms", cfg.timeout_ms))?
         .map_err(|e| e.to_string())?;

@@ -76,7 +76,7 @@ impl ClusterConfig {
         invalid: Invalid<'_>,
     ) -> Result<(), ConfigError> {
         if let Some(url) = &self.redis_url {
-            if let Err(e) = crate::cluster::target::Target::parse(url.expose()) {
+            if let Err(e) = super::RedisUrl::parse(url.expose()) {
                 return Err(invalid(
                     "cluster.redis_url",
                     format!(
