@@ -229,21 +229,10 @@ impl Drop for Firefox {
     /// Ends the session (Firefox quits), so its helper processes are gone before the
     /// profile directory is removed; kills it if it does not exit in time.
     fn drop(&mut self) {
-        let Some(mut child) = self.child.take() else {
+        let Some(child) = self.child.take() else {
             return;
         };
         let _ = self.call("browser.close", json!({}));
-        let pid = child.id();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(child.wait());
-        });
-        if rx.recv_timeout(Duration::from_secs(10)).is_err() {
-            let _ = Command::new("kill")
-                .arg("-KILL")
-                .arg(pid.to_string())
-                .status();
-            let _ = rx.recv_timeout(Duration::from_secs(10));
-        }
+        crate::cdp::reap(child);
     }
 }

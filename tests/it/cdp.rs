@@ -252,21 +252,26 @@ impl Drop for Browser {
     /// Asks Chromium to close, so its helper processes are gone before the
     /// profile directory is removed; kills it if it does not exit in time.
     fn drop(&mut self) {
-        let Some(mut child) = self.child.take() else {
+        let Some(child) = self.child.take() else {
             return;
         };
         let _ = self.call(None, "Browser.close", json!({}));
-        let pid = child.id();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(child.wait());
-        });
-        if rx.recv_timeout(Duration::from_secs(10)).is_err() {
-            let _ = Command::new("kill")
-                .arg("-KILL")
-                .arg(pid.to_string())
-                .status();
-            let _ = rx.recv_timeout(Duration::from_secs(10));
-        }
+        reap(child);
+    }
+}
+
+/// Waits for a browser that was asked to quit; kills it if it has not within 10 s.
+pub fn reap(mut child: Child) {
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    if rx.recv_timeout(Duration::from_secs(10)).is_err() {
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .arg(pid.to_string())
+            .status();
+        let _ = rx.recv_timeout(Duration::from_secs(10));
     }
 }
