@@ -33,7 +33,7 @@ use switchboard::turn::auth::{self, NonceKey};
 use switchboard::turn::core::{
     Core, CoreConfig, FiveTuple, Handled, PortChoice, RelayBinder, Transport,
 };
-use switchboard::turn::policy::PeerPolicy;
+use switchboard::turn::policy::{PeerPolicy, Reach};
 use switchboard::turn::route::{self, Relay, Route};
 use switchboard::turn::wire::{self, CHANNEL_HEADER, HEADROOM, Kind};
 
@@ -183,7 +183,11 @@ pub fn core() -> FuzzCore {
         "203.0.113.0/24".parse().unwrap(),
         "2001:db8::/32".parse().unwrap(),
     ];
-    let policy = PeerPolicy::new(allow, vec![], vec![SERVER.parse().unwrap()], vec![]);
+    // The fake binder's relays: loopback, from port 50000 up.
+    let policy = PeerPolicy::new(allow, vec![], vec![SERVER.parse().unwrap()], vec![]).with_relays(
+        ["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()],
+        49152..=65535,
+    );
     let core = Core::new(
         config,
         NonceKey::new(NONCE_SECRET, 600),
@@ -615,14 +619,15 @@ pub fn channel_data(
             assert_eq!(allocation.tuple, tuple, "out of another client's relay");
             assert_eq!(out, payload, "the payload goes out as it came");
             assert_eq!(peer.is_ipv4(), allocation.relayed.is_ipv4());
+            let permission = allocation.state.lock().unwrap().permission(now, peer);
             assert!(
-                allocation
-                    .state
-                    .lock()
-                    .unwrap()
-                    .permission(now, peer)
-                    .is_some(),
+                permission.is_some(),
                 "ChannelData to a peer without a permission"
+            );
+            assert_ne!(
+                permission,
+                Some(Reach::Relays),
+                "ChannelData out to a relay address that is not a live relay"
             );
         }
         Route::RelayToRelay { to, frame } => {
@@ -676,6 +681,7 @@ pub fn peer_data(
         from,
         &mut buf,
         range,
+        |relay| core.by_relayed(relay).is_some(),
         &core.stats,
     ) {
         Ok(frame) => {

@@ -55,35 +55,6 @@ pub struct PermissionsFull;
 struct Channel {
     peer: SocketAddr,
     expires: Instant,
-    /// The peer was allowed for its own transport address only ([`Reach::ThisPort`]).
-    exact: bool,
-}
-
-/// A permission's key: a whole IP (of [`Reach::AnyPort`] or [`Reach::OwnIp`]), or one
-/// transport address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Key {
-    Ip(IpAddr, Reach),
-    Addr(SocketAddr),
-}
-
-impl Key {
-    fn of(peer: SocketAddr, reach: Reach) -> Key {
-        let peer = normalized(peer);
-        match reach {
-            Reach::ThisPort => Key::Addr(peer),
-            ip => Key::Ip(peer.ip(), ip),
-        }
-    }
-}
-
-/// Which permissions and channels [`AllocState::revoke`] looks at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Recheck {
-    /// Only those allowed for one transport address (a relay may have gone).
-    Exact,
-    /// All (the policy changed).
-    All,
 }
 
 /// What [`AllocState::revoke`] removed.
@@ -96,12 +67,10 @@ pub struct Revoked {
 #[derive(Debug, Clone)]
 pub struct AllocState {
     pub expires: Instant,
-    /// Permissions for every port of an IP, with their reach ([`Reach::AnyPort`], or
-    /// [`Reach::OwnIp`] whose Sends are checked again).
+    /// Permissions by IP (RFC 8656: permissions ignore ports), with their reach: every port
+    /// ([`Reach::AnyPort`]), every port but the server's listeners ([`Reach::OwnIp`], whose
+    /// Sends are checked again), or only the server's live relays there ([`Reach::Relays`]).
     permissions: HashMap<IpAddr, (Instant, Reach)>,
-    /// Permissions for one transport address: live relays on the server's own addresses,
-    /// whose other ports must stay out of reach.
-    exact: HashMap<SocketAddr, Instant>,
     channels: HashMap<u16, Channel>,
     by_peer: HashMap<SocketAddr, u16>,
 }
@@ -111,7 +80,6 @@ impl AllocState {
         AllocState {
             expires: now + lifetime,
             permissions: HashMap::new(),
-            exact: HashMap::new(),
             channels: HashMap::new(),
             by_peer: HashMap::new(),
         }
@@ -125,8 +93,7 @@ impl AllocState {
         self.expires = now + lifetime;
     }
 
-    /// Installs or refreshes a permission for `peer`: its IP, or with [`Reach::ThisPort`]
-    /// only this transport address.
+    /// Installs or refreshes a permission for `peer`'s IP, of `reach`.
     ///
     /// # Errors
     /// A new permission would exceed [`MAX_PERMISSIONS`]; nothing is installed.
@@ -148,67 +115,65 @@ impl AllocState {
         now: Instant,
         peers: &[(SocketAddr, Reach)],
     ) -> Result<(), PermissionsFull> {
-        let keys: Vec<Key> = peers.iter().map(|(p, r)| Key::of(*p, *r)).collect();
-        if self.new_permissions(&keys) > MAX_PERMISSIONS.saturating_sub(self.permission_count()) {
+        let grants: Vec<(IpAddr, Reach)> =
+            peers.iter().map(|(p, r)| (normalize(p.ip()), *r)).collect();
+        if self.new_permissions(&grants) > MAX_PERMISSIONS.saturating_sub(self.permission_count()) {
             // Expired ones may still be waiting for the sweep.
             self.sweep_permissions(now);
-            if self.new_permissions(&keys) > MAX_PERMISSIONS.saturating_sub(self.permission_count())
+            if self.new_permissions(&grants)
+                > MAX_PERMISSIONS.saturating_sub(self.permission_count())
             {
                 return Err(PermissionsFull);
             }
         }
-        for key in keys {
-            self.install(now, key);
+        let expires = now + PERMISSION_LIFETIME;
+        for (ip, reach) in grants {
+            self.permissions.insert(ip, (expires, reach));
         }
         Ok(())
     }
 
-    fn install(&mut self, now: Instant, key: Key) {
-        let expires = now + PERMISSION_LIFETIME;
-        match key {
-            Key::Ip(ip, reach) => {
-                self.permissions.insert(ip, (expires, reach));
-            }
-            Key::Addr(addr) => {
-                self.exact.insert(addr, expires);
-            }
-        }
-    }
-
-    /// How many of `keys` (distinct) are not installed.
-    fn new_permissions(&self, keys: &[Key]) -> usize {
-        keys.iter()
+    /// How many distinct IPs of `grants` have no permission yet.
+    fn new_permissions(&self, grants: &[(IpAddr, Reach)]) -> usize {
+        grants
+            .iter()
             .enumerate()
-            .filter(|&(i, key)| {
-                !keys[..i].contains(key)
-                    && match key {
-                        Key::Ip(ip, _) => !self.permissions.contains_key(ip),
-                        Key::Addr(addr) => !self.exact.contains_key(addr),
-                    }
+            .filter(|&(i, (ip, _))| {
+                !grants[..i].iter().any(|(other, _)| other == ip)
+                    && !self.permissions.contains_key(ip)
             })
             .count()
     }
 
-    /// Whether data may pass to and from `peer`: a permission for its IP, or for it exactly.
+    /// Whether `peer`'s IP has a live permission. One of [`Reach::Relays`] lets data pass
+    /// only to and from the live relays on that IP, which the caller checks: see
+    /// [`AllocState::passes`].
     pub fn is_permitted(&self, now: Instant, peer: SocketAddr) -> bool {
         self.permission(now, peer).is_some()
     }
 
-    /// The live permission that lets data pass to and from `peer`, by its reach.
+    /// The live permission for `peer`'s IP, by its reach.
     pub fn permission(&self, now: Instant, peer: SocketAddr) -> Option<Reach> {
-        let peer = normalized(peer);
-        if let Some((expires, reach)) = self.permissions.get(&peer.ip())
-            && now < *expires
-        {
-            return Some(*reach);
+        self.permissions
+            .get(&normalize(peer.ip()))
+            .filter(|(expires, _)| now < *expires)
+            .map(|(_, reach)| *reach)
+    }
+
+    /// Whether data may pass to and from `peer` now: a live permission for its IP, and
+    /// when that opens only the server's relays there, `peer` is one (`is_relay`, asked
+    /// only then).
+    pub fn passes(
+        &self,
+        now: Instant,
+        peer: SocketAddr,
+        is_relay: impl FnOnce(&SocketAddr) -> bool,
+    ) -> bool {
+        match self.permission(now, peer) {
+            None => false,
+            Some(Reach::Relays) => is_relay(&normalized(peer)),
+            Some(_) => true,
         }
-        if self.exact.is_empty() {
-            return None;
-        }
-        self.exact
-            .get(&peer)
-            .is_some_and(|expires| now < *expires)
-            .then_some(Reach::ThisPort)
     }
 
     /// Binds `number` to `peer`, or refreshes the binding; also installs or refreshes the
@@ -249,7 +214,6 @@ impl AllocState {
             Channel {
                 peer,
                 expires: now + CHANNEL_LIFETIME,
-                exact: reach == Reach::ThisPort,
             },
         ) && old.peer != peer
         {
@@ -263,11 +227,14 @@ impl AllocState {
     /// permission: a channel outlives its permission by five minutes unless refreshed,
     /// and data for a peer without one is discarded (RFC 8656 section 12).
     pub fn channel_peer(&self, now: Instant, number: u16) -> Option<SocketAddr> {
-        self.channels
-            .get(&number)
-            .filter(|c| now < c.expires)
-            .map(|c| c.peer)
-            .filter(|peer| self.is_permitted(now, *peer))
+        self.channel_target(now, number).map(|(peer, _)| peer)
+    }
+
+    /// [`AllocState::channel_peer`] with the reach of its permission: with
+    /// [`Reach::Relays`], data passes only while the peer is a live relay.
+    pub fn channel_target(&self, now: Instant, number: u16) -> Option<(SocketAddr, Reach)> {
+        let peer = self.channels.get(&number).filter(|c| now < c.expires)?.peer;
+        Some((peer, self.permission(now, peer)?))
     }
 
     /// The live channel bound to `peer`.
@@ -292,36 +259,29 @@ impl AllocState {
 
     fn sweep_permissions(&mut self, now: Instant) {
         self.permissions.retain(|_, (exp, _)| now < *exp);
-        self.exact.retain(|_, exp| now < *exp);
     }
 
-    /// Removes the permissions and channels whose peer `allowed` no longer allows as they
-    /// were granted: a whole-IP permission needs a whole-IP reach (asked with port 0), and
-    /// takes the one it gets; the others need any `Some`.
+    /// Applies a new policy: a permission takes the reach `reach_of` its IP now has, or
+    /// goes when it has none; a channel goes when `allows` refuses its peer.
     pub fn revoke(
         &mut self,
-        which: Recheck,
-        allowed: impl Fn(SocketAddr) -> Option<Reach>,
+        reach_of: impl Fn(IpAddr) -> Option<Reach>,
+        allows: impl Fn(SocketAddr) -> bool,
     ) -> Revoked {
         let mut revoked = Revoked::default();
-        let before = self.permissions.len() + self.exact.len();
-        if which == Recheck::All {
-            self.permissions
-                .retain(|ip, (_, reach)| match allowed(SocketAddr::new(*ip, 0)) {
-                    None | Some(Reach::ThisPort) => false,
-                    Some(fresh) => {
-                        *reach = fresh;
-                        true
-                    }
-                });
-        }
-        if which == Recheck::All || !self.exact.is_empty() {
-            self.exact.retain(|addr, _| allowed(*addr).is_some());
-        }
-        revoked.permissions = before - self.permissions.len() - self.exact.len();
+        let before = self.permissions.len();
+        self.permissions
+            .retain(|ip, (_, reach)| match reach_of(*ip) {
+                None => false,
+                Some(fresh) => {
+                    *reach = fresh;
+                    true
+                }
+            });
+        revoked.permissions = before - self.permissions.len();
         let by_peer = &mut self.by_peer;
         self.channels.retain(|_, c| {
-            let keep = (which == Recheck::Exact && !c.exact) || allowed(c.peer).is_some();
+            let keep = allows(c.peer);
             if !keep {
                 by_peer.remove(&c.peer);
                 revoked.channels += 1;
@@ -332,7 +292,7 @@ impl AllocState {
     }
 
     pub fn permission_count(&self) -> usize {
-        self.permissions.len() + self.exact.len()
+        self.permissions.len()
     }
 
     pub fn channel_count(&self) -> usize {
@@ -385,20 +345,27 @@ mod tests {
         assert_eq!(a.permission_count(), 0);
     }
 
+    /// Clients keep one permission per IP (Firefox does): one for a relay of the server
+    /// opens every live relay on that IP, and nothing else there.
     #[test]
-    fn an_exact_permission_opens_its_transport_address_only() {
+    fn a_relay_permission_opens_the_live_relays_of_its_ip_only() {
         let t0 = Instant::now();
         let mut a = AllocState::new(t0, DEFAULT_LIFETIME);
-        a.permit(t0, addr("198.51.99.7:50000"), Reach::ThisPort)
+        a.permit(t0, addr("198.51.99.7:50000"), Reach::Relays)
             .unwrap();
-        assert!(a.is_permitted(t0, addr("198.51.99.7:50000")));
-        assert!(a.is_permitted(t0, addr("[::ffff:198.51.99.7]:50000")));
-        assert!(!a.is_permitted(t0, addr("198.51.99.7:3478")));
-        a.bind_channel(t0, 0x4000, addr("198.51.99.7:50002"), Reach::ThisPort)
+        let live = |p: &SocketAddr| [50000, 50002].contains(&p.port());
+        assert!(a.passes(t0, addr("198.51.99.7:50000"), live));
+        assert!(a.passes(t0, addr("[::ffff:198.51.99.7]:50002"), live));
+        assert!(!a.passes(t0, addr("198.51.99.7:3478"), live));
+        assert!(!a.passes(t0, addr("198.51.99.7:50004"), live));
+        assert!(!a.passes(t0 + PERMISSION_LIFETIME, addr("198.51.99.7:50000"), live));
+        a.bind_channel(t0, 0x4000, addr("198.51.99.7:50002"), Reach::Relays)
             .unwrap();
-        assert!(a.is_permitted(t0, addr("198.51.99.7:50002")));
-        assert!(!a.is_permitted(t0, addr("198.51.99.7:50001")));
-        assert!(!a.is_permitted(t0 + PERMISSION_LIFETIME, addr("198.51.99.7:50000")));
+        assert_eq!(
+            a.channel_target(t0, 0x4000),
+            Some((addr("198.51.99.7:50002"), Reach::Relays))
+        );
+        assert_eq!(a.permission_count(), 1);
     }
 
     #[test]
@@ -439,12 +406,17 @@ mod tests {
         a.permit(t0, addr("1.1.1.1:53"), Reach::AnyPort).unwrap();
         a.bind_channel(t0, 0x4000, addr("9.9.9.9:7"), Reach::AnyPort)
             .unwrap();
-        a.bind_channel(t0, 0x4001, addr("198.51.99.7:50000"), Reach::ThisPort)
+        a.bind_channel(t0, 0x4001, addr("198.51.99.7:50000"), Reach::Relays)
             .unwrap();
-        // A relay went away: only exact grants are looked at.
-        let gone = a.revoke(Recheck::Exact, |p| {
-            (p.ip() != "198.51.99.7".parse::<IpAddr>().unwrap()).then_some(Reach::AnyPort)
-        });
+        // The lists changed: 9.9.9.9 is refused, 1.1.1.1 is a relay address only now.
+        let gone = a.revoke(
+            |ip| match ip.to_string().as_str() {
+                "9.9.9.9" => None,
+                "1.1.1.1" | "198.51.99.7" => Some(Reach::Relays),
+                _ => Some(Reach::AnyPort),
+            },
+            |p| p.ip().to_string() != "9.9.9.9",
+        );
         assert_eq!(
             gone,
             Revoked {
@@ -452,23 +424,11 @@ mod tests {
                 channels: 1
             }
         );
-        assert_eq!(a.channel_peer(t0, 0x4001), None);
-        // The lists changed: 9.9.9.9 is refused, 1.1.1.1 is allowed for one port only.
-        let gone = a.revoke(Recheck::All, |p| match p.ip().to_string().as_str() {
-            "9.9.9.9" => None,
-            "1.1.1.1" => Some(Reach::ThisPort),
-            _ => Some(Reach::AnyPort),
-        });
-        assert_eq!(
-            gone,
-            Revoked {
-                permissions: 2,
-                channels: 1
-            }
-        );
-        assert!(a.is_permitted(t0, addr("8.8.8.8:1")));
+        assert_eq!(a.permission(t0, addr("8.8.8.8:1")), Some(Reach::AnyPort));
+        assert_eq!(a.permission(t0, addr("1.1.1.1:1")), Some(Reach::Relays));
         assert!(!a.is_permitted(t0, addr("9.9.9.9:7")));
         assert_eq!(a.channel_peer(t0, 0x4000), None);
+        assert!(a.channel_peer(t0, 0x4001).is_some());
     }
 
     #[test]

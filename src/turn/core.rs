@@ -31,7 +31,7 @@ use stun::textattrs::TextAttribute;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use super::allocation::{AllocState, ChannelBindError, Recheck, Revoked, granted_lifetime};
+use super::allocation::{AllocState, ChannelBindError, Revoked, granted_lifetime};
 use super::auth::{self, NonceCheck, NonceKey, Owner, Scope};
 use super::policy::{Cidr, PeerPolicy, Reach};
 use super::stats::{AuthFailure, PermissionLimit, ProtocolRule, Quota, Revocation};
@@ -499,7 +499,7 @@ impl<B: RelayBinder> Core<B> {
         let mut total = Revoked::default();
         for a in table.by_tuple.values() {
             let mut state = a.state.locked();
-            let revoked = self.recheck(&table, &policy, &mut state, Recheck::All);
+            let revoked = self.recheck(&table, &policy, &mut state);
             total.permissions += revoked.permissions;
             total.channels += revoked.channels;
         }
@@ -512,18 +512,22 @@ impl<B: RelayBinder> Core<B> {
         }
     }
 
-    /// Applies the current policy to `which` permissions and channels of one allocation,
-    /// and counts what it removes.
+    /// Applies the current policy to the permissions and channels of one allocation, and
+    /// counts what it removes.
     fn recheck(
         &self,
         table: &Table<B::Relay>,
         policy: &PeerPolicy,
         state: &mut AllocState,
-        which: Recheck,
     ) -> Revoked {
-        let revoked = state.revoke(which, |peer| {
-            policy.check(peer, table.by_relay.contains_key(&peer)).ok()
-        });
+        let revoked = state.revoke(
+            |ip| policy.reach_of(ip),
+            |peer| {
+                policy
+                    .check(peer, table.by_relay.contains_key(&peer))
+                    .is_ok()
+            },
+        );
         let stats = &self.stats.policy_revocations;
         stats.add(Revocation::Permission, revoked.permissions as u64);
         stats.add(Revocation::Channel, revoked.channels as u64);
@@ -1111,10 +1115,12 @@ impl<B: RelayBinder> Core<B> {
             return Handled::Nothing;
         };
         let peer = *peer;
-        // The same check as for data from the peer: a permission for the IP, or for this
-        // exact address (a live relay on an own address)...
+        // The same check as for data from the peer: a permission for the IP, and on an
+        // address of the server's relays, a live relay...
         let permission = a.state.locked().permission(now, peer);
-        let Some(reach) = permission else {
+        let Some(reach) = permission
+            .filter(|reach| *reach != Reach::Relays || self.index.by_relayed(&peer).is_some())
+        else {
             self.stats.no_permission.inc();
             return Handled::Nothing;
         };
@@ -1239,8 +1245,7 @@ impl<B: RelayBinder> Core<B> {
         usage
     }
 
-    /// Removes expired allocations and reservations, and sweeps permissions and channels
-    /// (also those granted for a relayed address that is no longer live).
+    /// Removes expired allocations and reservations, and sweeps permissions and channels.
     pub fn sweep(&self, now: Instant) -> usize {
         let held = !self.table.reading().reservations.is_empty();
         if held {
@@ -1248,15 +1253,12 @@ impl<B: RelayBinder> Core<B> {
         }
         let expired: Vec<FiveTuple> = {
             let table = self.table.reading();
-            let policy = self.policy.load();
             table
                 .by_tuple
                 .values()
                 .filter_map(|a| {
                     let mut state = a.state.locked();
                     state.sweep(now);
-                    // A relayed address granted exactly may have gone (its port may be rebound by anything).
-                    self.recheck(&table, &policy, &mut state, Recheck::Exact);
                     state.is_expired(now).then_some(a.tuple)
                 })
                 .collect()

@@ -268,6 +268,12 @@ pub fn start(
         cidrs(&t.deny_peers),
         own_sockets,
         own_ips,
+    )
+    .with_relays(
+        [Some(relay_ip), t.relay_ipv6, t.external_ip]
+            .into_iter()
+            .flatten(),
+        t.min_port..=t.max_port,
     );
     let core_config = core_config(config, secrets.clone());
     let binder = UdpRelayBinder {

@@ -7,9 +7,15 @@
 //! sockets are refused, and so is every other port of its own addresses (loopback
 //! included): a relay there would reach local services. `allow_peers` and
 //! `deny_peers` override the defaults; `allow_peers` re-admits an own address but
-//! not its listeners ([`Reach::OwnIp`]). A live relayed address of this server is
-//! always allowed, that transport address alone ([`Reach::ThisPort`]), so
-//! relay-to-relay calls work.
+//! not its listeners ([`Reach::OwnIp`]).
+//!
+//! The server's relayed addresses are always allowed, so relay-to-relay calls work:
+//! a permission for one opens the relays on that IP that are live when data passes,
+//! and no other port there ([`Reach::Relays`]). Permissions are per IP (RFC 8656),
+//! and clients rely on it: Firefox asks once per IP, so a permission opening one relay
+//! port would leave the peer's other relay candidates on the same server unreachable,
+//! and a 403 for a relay its client has since released would make Firefox give up on
+//! the whole IP.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -56,9 +62,9 @@ pub struct Refused {
 /// How much of an allowed peer's IP a permission may open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Reach {
-    /// Only this transport address: a live relayed address of this server, on an address
-    /// whose other ports are refused (the server's own).
-    ThisPort,
+    /// Only the relayed addresses of this server on that IP that are live when data
+    /// passes (the IP's other ports are the server's own, refused).
+    Relays,
     /// Every port of an own address that `allow_peers` re-admits, but the server's listeners:
     /// a Send to it is checked again, as ChannelBind is.
     OwnIp,
@@ -75,6 +81,9 @@ pub struct PeerPolicy {
     own: Vec<SocketAddr>,
     /// The server's own addresses: relay and external addresses, and listeners bound to one IP.
     own_ips: Vec<IpAddr>,
+    /// The addresses relayed addresses are advertised on, and their port range.
+    relay_ips: Vec<IpAddr>,
+    relay_ports: std::ops::RangeInclusive<u16>,
 }
 
 impl PeerPolicy {
@@ -103,7 +112,33 @@ impl PeerPolicy {
             deny,
             own,
             own_ips: ips,
+            relay_ips: Vec::new(),
+            // No relay addresses yet: no address is a relay port.
+            relay_ports: 0..=0,
         }
+    }
+
+    /// The same policy knowing where relayed addresses are: on `ips` (relay and external
+    /// addresses), in `ports`.
+    pub fn with_relays(
+        self,
+        ips: impl IntoIterator<Item = IpAddr>,
+        ports: std::ops::RangeInclusive<u16>,
+    ) -> PeerPolicy {
+        PeerPolicy {
+            relay_ips: ips.into_iter().map(normalize).collect(),
+            relay_ports: ports,
+            ..self
+        }
+    }
+
+    /// Whether `peer` could be a relayed address of this server: one of its relay
+    /// addresses, in the relay port range, not a listener.
+    pub fn is_relay_port(&self, peer: SocketAddr) -> bool {
+        let ip = normalize(peer.ip());
+        self.relay_ports.contains(&peer.port())
+            && self.relay_ips.contains(&ip)
+            && !self.is_own_socket(ip, peer.port())
     }
 
     /// The same policy with other configured lists (a reload).
@@ -116,16 +151,32 @@ impl PeerPolicy {
     }
 
     /// Checks `peer`; `is_relay` says whether it is a live relayed address of this server.
-    /// `Ok` says how much of the peer's IP a permission may open; only an own listener's
-    /// port makes it depend on the port, and that is refused.
+    /// `Ok` says how much of the peer's IP a permission may open: a relayed address,
+    /// live or released, opens at least the live relays of its IP.
     ///
     /// # Errors
     /// The address is refused; the error names its class.
     pub fn check(&self, peer: SocketAddr, is_relay: bool) -> Result<Reach, Refused> {
-        if is_relay {
-            // Relayed addresses are the server's own: exactly this one, not its neighbours.
-            return Ok(Reach::ThisPort);
-        }
+        self.check_general(peer).or_else(|refused| {
+            if is_relay || self.is_relay_port(peer) {
+                Ok(Reach::Relays)
+            } else {
+                Err(refused)
+            }
+        })
+    }
+
+    /// The reach a permission for `ip` has under this policy (a reload re-checks live
+    /// permissions with it): whole-IP, or the relays on a relay address, or none.
+    pub fn reach_of(&self, ip: IpAddr) -> Option<Reach> {
+        let ip = normalize(ip);
+        self.check_general(SocketAddr::new(ip, 0))
+            .ok()
+            .or_else(|| self.relay_ips.contains(&ip).then_some(Reach::Relays))
+    }
+
+    /// The policy for any peer, relays aside.
+    fn check_general(&self, peer: SocketAddr) -> Result<Reach, Refused> {
         let ip = normalize(peer.ip());
         let reach = self.check_one(ip, peer.port())?;
         let IpAddr::V6(v6) = ip else {
@@ -318,9 +369,9 @@ mod tests {
         assert_eq!(refused(&p, "198.51.99.7:9"), Some("own_address"));
         assert_eq!(refused(&p, "[::ffff:198.51.99.7]:53"), Some("own_address"));
         assert_eq!(refused(&p, "203.0.114.9:5350"), Some("own_address"));
-        // A live relayed address passes, for itself only; a public peer opens its IP.
+        // A live relayed address passes, for the relays of its IP; a public peer opens its IP.
         let relay = "198.51.99.7:50000".parse().unwrap();
-        assert_eq!(p.check(relay, true), Ok(Reach::ThisPort));
+        assert_eq!(p.check(relay, true), Ok(Reach::Relays));
         assert_eq!(check(&p, "8.8.8.8:53"), Ok(Reach::AnyPort));
         // allow_peers re-admits own addresses, but never a listener.
         let p = PeerPolicy::new(
@@ -401,7 +452,7 @@ mod tests {
         assert_eq!(refused(&p, "10.0.0.1:9"), Some("private"));
         assert_eq!(
             p.check("127.0.0.1:50000".parse().unwrap(), true),
-            Ok(Reach::ThisPort)
+            Ok(Reach::Relays)
         );
     }
 
@@ -433,5 +484,36 @@ mod tests {
         );
         assert!("10.0.0.0/33".parse::<Cidr>().is_err());
         assert!("ten/8".parse::<Cidr>().is_err());
+    }
+
+    #[test]
+    fn relay_ports_are_the_relay_addresses_in_the_relay_range_but_listeners() {
+        let p = PeerPolicy::new(
+            vec![],
+            vec![],
+            vec!["0.0.0.0:50001".parse().unwrap()],
+            vec!["198.51.99.7".parse().unwrap()],
+        )
+        .with_relays(["198.51.99.7".parse().unwrap()], 50000..=50010);
+        let relay_port = |a: &str| p.is_relay_port(a.parse().unwrap());
+        assert!(relay_port("198.51.99.7:50000"));
+        assert!(relay_port("[::ffff:198.51.99.7]:50010"));
+        assert!(!relay_port("198.51.99.7:50001"), "a listener");
+        assert!(!relay_port("198.51.99.7:50011"), "outside the range");
+        assert!(!relay_port("198.51.99.8:50000"), "another address");
+        let none = PeerPolicy::new(vec![], vec![], vec![], vec![]);
+        assert!(!none.is_relay_port("198.51.99.7:50000".parse().unwrap()));
+        // A released relay (not live) opens the relays of its IP; a local service does not.
+        assert_eq!(
+            p.check("198.51.99.7:50003".parse().unwrap(), false),
+            Ok(Reach::Relays)
+        );
+        assert!(p.check("198.51.99.7:5353".parse().unwrap(), false).is_err());
+        assert_eq!(
+            p.reach_of("198.51.99.7".parse().unwrap()),
+            Some(Reach::Relays)
+        );
+        assert_eq!(p.reach_of("8.8.8.8".parse().unwrap()), Some(Reach::AnyPort));
+        assert_eq!(p.reach_of("10.0.0.1".parse().unwrap()), None);
     }
 }

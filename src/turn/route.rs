@@ -29,6 +29,7 @@ use rand::RngCore;
 use super::allocation::AllocState;
 use super::core::{Allocation, Stats, Transport};
 use super::policy;
+use super::policy::Reach;
 use super::wire;
 use crate::sync::Locked;
 
@@ -122,18 +123,23 @@ pub fn channel_data<R: Relay>(
     let Some(allocation) = allocation else {
         return Route::Drop(Dropped::NoAllocation.count(stats));
     };
-    let peer = allocation.state.locked().channel_peer(now, number);
-    let Some(peer) = peer else {
+    let target = allocation.state.locked().channel_target(now, number);
+    let Some((peer, reach)) = target else {
         return Route::Drop(Dropped::NoChannel.count(stats));
     };
-    allocation.relayed_bytes.add(payload.len() as u64);
     let Some(other) = by_relayed(&peer) else {
+        // On an address of the server's relays, only a live relay is reachable.
+        if reach == Reach::Relays {
+            return Route::Drop(Dropped::NoPermission.count(stats));
+        }
+        allocation.relayed_bytes.add(payload.len() as u64);
         return Route::ToPeer {
             allocation,
             peer,
             payload,
         };
     };
+    allocation.relayed_bytes.add(payload.len() as u64);
     if other.relay.client().is_none() {
         return Route::Drop(Dropped::NotGranted.count(stats));
     }
@@ -155,8 +161,14 @@ pub fn channel_data<R: Relay>(
 /// Frames a datagram from the peer `from`, received on the relay of the allocation whose
 /// state is `state` and whose client uses `transport`, for that client: returns the frame's
 /// range of `buf`, written in place around the payload `buf[payload]` (which has `HEADROOM`
-/// free bytes before it and 3 after), or why it is dropped (counted).
+/// free bytes before it and 3 after), or why it is dropped (counted). `is_relay` says
+/// whether an address is a live relay of this server (asked only for a source on the
+/// relays' own address).
 #[inline]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the receive loop's values, passed as they are on the hot path"
+)]
 pub fn peer_data(
     state: &AllocState,
     now: Instant,
@@ -164,10 +176,11 @@ pub fn peer_data(
     from: SocketAddr,
     buf: &mut [u8],
     payload: Range<usize>,
+    is_relay: impl FnOnce(&SocketAddr) -> bool,
     stats: &Stats,
 ) -> Result<Range<usize>, Dropped> {
     let from = SocketAddr::new(policy::normalize(from.ip()), from.port());
-    if !state.is_permitted(now, from) {
+    if !state.passes(now, from, is_relay) {
         return Err(Dropped::NoPermission.count(stats));
     }
     let channel = state.channel_of(now, from);

@@ -923,7 +923,7 @@ async fn relay_loop(core: Arc<TurnCore>, allocation: Arc<Allocation<RelaySocket>
             },
         }
         loop {
-            match with_scratch(|s| relay_batch(&allocation, &sink, s, &core.stats)) {
+            match with_scratch(|s| relay_batch(&allocation, &sink, s, &core)) {
                 Ok(()) => tokio::task::coop::consume_budget().await,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => debug!(error = %e, "relay receive error"),
@@ -939,8 +939,9 @@ fn relay_batch(
     allocation: &Allocation<RelaySocket>,
     sink: &ClientSink,
     s: &mut Scratch,
-    stats: &Stats,
+    core: &TurnCore,
 ) -> std::io::Result<()> {
+    let stats = &core.stats;
     let socket = &allocation.relay.socket;
     let got = socket.try_io(Interest::READABLE, || s.recv.recv(socket))?;
     let now = Instant::now();
@@ -962,6 +963,7 @@ fn relay_batch(
                 from,
                 s.recv.slot_mut(i),
                 start..start + len,
+                |relay| core.by_relayed(relay).is_some(),
                 stats,
             ) else {
                 continue;

@@ -54,7 +54,19 @@ fn firefox_calls_chromium(server: &TestServer, room: &str, query: &str, kind: &s
             assert_eq!(b["peers"][0]["id"], a["peerId"]);
             [a, b]
         }
-        (a, b) => panic!("{room}: no call; Firefox: {a:#?}\nChromium: {b:#?}"),
+        (a, b) => {
+            let metrics = tokio::runtime::Runtime::new()
+                .unwrap()
+                .block_on(server.metrics_text());
+            let turn: Vec<&str> = metrics
+                .lines()
+                .filter(|l| l.starts_with("switchboard_turn") && !l.ends_with(" 0"))
+                .collect();
+            panic!(
+                "{room}: no call; Firefox: {a:#?}\nChromium: {b:#?}\n{}",
+                turn.join("\n")
+            )
+        }
     }
 }
 
@@ -94,6 +106,24 @@ fn relayed(transport: &str) {
 )]
 fn firefox_calls_chromium_relay_only_over_udp() {
     relayed("udp");
+}
+
+#[test]
+#[cfg_attr(
+    not(all(has_firefox, has_chromium)),
+    ignore = "needs firefox-esr and certutil (apt install firefox-esr libnss3-tools); needs chromium (apt install chromium)"
+)]
+fn firefox_calls_chromium_relay_only_over_tcp() {
+    relayed("tcp");
+}
+
+#[test]
+#[cfg_attr(
+    not(all(has_firefox, has_chromium)),
+    ignore = "needs firefox-esr and certutil (apt install firefox-esr libnss3-tools); needs chromium (apt install chromium)"
+)]
+fn firefox_calls_chromium_relay_only_over_tls() {
+    relayed("tls");
 }
 
 /// Two Firefox tabs, relay-only over TURN UDP.

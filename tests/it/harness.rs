@@ -331,6 +331,15 @@ impl TestServer {
         http_request(&mut tls, method, &self.https.to_string(), path, headers).await
     }
 
+    /// The text of `/metrics`.
+    pub async fn metrics_text(&self) -> String {
+        let addr = self.listener("admin");
+        let mut tcp = TcpStream::connect(addr).await.expect("admin listener");
+        let (status, _, body) = http_get(&mut tcp, &addr.to_string(), "/metrics").await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
     /// The value of one sample on `/metrics` (0 when the series has no sample yet).
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         let addr = self.listener("admin");

@@ -600,13 +600,19 @@ fn binding_request() -> Vec<u8> {
     request
 }
 
+/// Relay ports of the next tests: above the kernel's ephemeral range (to 60999), so a
+/// local service bound to port 0 is outside it.
+const HIGH_RELAY_PORTS: &str = "min_port = 61000\nmax_port = 65535\n";
+
 /// With loopback, the harness's relay address, not in allow_peers: a permission for another
-/// allocation's relayed address opens that address alone. A local service on another port
-/// of the relay address, and the TURN listener, are reached by no Send indication, and what
-/// they send to the relay never reaches the client.
+/// allocation's relayed address opens the live relays of that IP alone. A local service on
+/// another port of the relay address, and the TURN listener, are reached by no Send
+/// indication, and what they send to the relay never reaches the client.
 #[tokio::test]
 async fn the_relay_address_reaches_live_relays_not_local_services_or_listeners() {
-    let server = TestServer::start(&format!("[turn]\nsecrets = [\"{SECRET}\"]\n"));
+    let server = TestServer::start(&format!(
+        "[turn]\nsecrets = [\"{SECRET}\"]\n{HIGH_RELAY_PORTS}"
+    ));
     let turn_udp = server.listener("turn_udp");
     let service = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let service_addr = service.local_addr().unwrap();
@@ -643,6 +649,77 @@ async fn the_relay_address_reaches_live_relays_not_local_services_or_listeners()
     marker.send_to(b"marker", service_addr).await.unwrap();
     let mut buf = [0u8; 64];
     let (n, _) = within("the marker", service.recv_from(&mut buf))
+        .await
+        .unwrap();
+    assert_eq!(&buf[..n], b"marker");
+}
+
+/// Firefox keeps one TURN permission per IP (RFC 8656: permissions ignore ports) and gives
+/// up on an IP after a 403. Browsers release relays they have signalled (Chromium keeps one
+/// per network): a permission asked for a released relay of this server must succeed and
+/// reach the other relays on its IP, and a relay reached through a permission asked for
+/// another one must answer. A local program on a released relay port is reached by nothing.
+#[tokio::test]
+async fn one_permission_per_ip_reaches_every_live_relay_even_asked_for_a_released_one() {
+    let server = TestServer::start(&format!(
+        "[turn]\nsecrets = [\"{SECRET}\"]\n{HIGH_RELAY_PORTS}"
+    ));
+    let turn_udp = server.listener("turn_udp");
+    let (username, password) = rest_credential(600, "it");
+    let mut clients = Vec::new();
+    let mut relays = Vec::new();
+    for _ in 0..3 {
+        let mut c = Client::new(turn_udp, &username, &password).await.unwrap();
+        relays.push(within("allocation", c.allocate()).await.unwrap());
+        clients.push(c);
+    }
+    let [a, b, released] = &clients[..] else {
+        unreachable!()
+    };
+    let (relay_a, relay_b, relay_released) = (relays[0], relays[1], relays[2]);
+    released.release().await;
+    // Whatever binds the released port now (here: this test) must not be reached. The
+    // server closes the relay socket just after answering: bind once it has.
+    let squatter = within("the released port", async {
+        loop {
+            match UdpSocket::bind(relay_released).await {
+                Ok(socket) => break socket,
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+                Err(e) => panic!("bind {relay_released}: {e}"),
+            }
+        }
+    })
+    .await;
+    // As Firefox: one permission for the IP, asked with the released relay's address.
+    within("permission for a released relay", a.permit(relay_released))
+        .await
+        .expect("a success, not a 403 that would cut off the whole IP");
+    within("permission", b.permit(relay_a)).await.unwrap();
+    a.send(relay_released, b"to the released relay")
+        .await
+        .unwrap();
+    squatter
+        .send_to(b"from the released port", relay_a)
+        .await
+        .unwrap();
+    // B, never named in A's permissions, is reached, and answers.
+    a.send(relay_b, b"a to b").await.unwrap();
+    let heard = within("relay B hears A", b.recv()).await.unwrap();
+    assert_eq!(heard, (relay_a, b"a to b".to_vec()));
+    b.send(relay_a, b"b to a").await.unwrap();
+    let heard = within("relay A hears B", a.recv()).await.unwrap();
+    assert_eq!(
+        heard,
+        (relay_b, b"b to a".to_vec()),
+        "the squatter's datagram came first"
+    );
+    // The squatter heard nothing: the first datagram it reads is one sent after the others.
+    let marker = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    marker.send_to(b"marker", relay_released).await.unwrap();
+    let mut buf = [0u8; 64];
+    let (n, _) = within("the marker", squatter.recv_from(&mut buf))
         .await
         .unwrap();
     assert_eq!(&buf[..n], b"marker");

@@ -68,12 +68,21 @@ fn fixture() -> Fixture {
 }
 
 fn fixture_with(tweak: impl FnOnce(&mut CoreConfig)) -> Fixture {
-    fixture_with_policy(tweak, PeerPolicy::new(vec![], vec![], vec![], vec![]))
+    fixture_with_policy(
+        tweak,
+        PeerPolicy::new(vec![], vec![], vec![], vec![]).with_relays(
+            ["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()],
+            RELAY_PORTS,
+        ),
+    )
 }
 
 /// An address of the server's own, not special-purpose: relays are advertised on it (1:1 NAT),
 /// and a TURN listener is on its port 3478.
 const OWN: &str = "198.51.99.7";
+
+/// The relay port range of the fixtures (the fake binder counts up from 50000).
+const RELAY_PORTS: std::ops::RangeInclusive<u16> = 49152..=65535;
 
 fn own_policy() -> PeerPolicy {
     PeerPolicy::new(
@@ -82,6 +91,7 @@ fn own_policy() -> PeerPolicy {
         vec![format!("{OWN}:3478").parse().unwrap()],
         vec![OWN.parse().unwrap()],
     )
+    .with_relays([OWN.parse().unwrap()], RELAY_PORTS)
 }
 
 /// Relays advertised on [`OWN`], with its policy.
@@ -648,7 +658,7 @@ fn own_addresses_are_no_peers_but_their_live_relays_are() {
 }
 
 #[test]
-fn a_live_relay_is_a_peer_for_its_own_port_only() {
+fn a_live_relay_is_a_peer_for_the_relays_of_its_ip_only() {
     let f = fixture();
     let (ta, tb) = (tuple(4000), tuple(4001));
     let cred = rest(UNIX + 600, "bob");
@@ -657,20 +667,21 @@ fn a_live_relay_is_a_peer_for_its_own_port_only() {
     let b_relayed = f.core.get(&tb).unwrap().relayed;
     assert_eq!(f.permit(ta, &cred, &[&b_relayed.to_string()]), None);
     let a = f.core.get(&ta).unwrap();
-    let permitted = |port| {
+    let is_relay = |p: &SocketAddr| f.core.by_relayed(p).is_some();
+    let passes = |port| {
         let peer = SocketAddr::new(b_relayed.ip(), port);
-        a.state.lock().unwrap().is_permitted(f.t0, peer)
+        a.state.lock().unwrap().passes(f.t0, peer, is_relay)
     };
     // Data from the relay passes; from any other port of its IP (the listener, a local service) not.
-    assert!(permitted(b_relayed.port()));
-    assert!(!permitted(3478));
-    assert!(!permitted(b_relayed.port() + 1));
-    // A channel to the relay is as exact.
+    assert!(passes(b_relayed.port()));
+    assert!(!passes(3478));
+    assert!(!passes(b_relayed.port() + 1));
+    // A channel to the relay is as narrow.
     assert_eq!(f.bind(tb, &cred, 0x4000, &a.relayed.to_string()), None);
     let b = f.core.get(&tb).unwrap();
     let from_a_ip = SocketAddr::new(a.relayed.ip(), 3478);
-    assert!(!b.state.lock().unwrap().is_permitted(f.t0, from_a_ip));
-    assert!(b.state.lock().unwrap().is_permitted(f.t0, a.relayed));
+    assert!(!b.state.lock().unwrap().passes(f.t0, from_a_ip, is_relay));
+    assert!(b.state.lock().unwrap().passes(f.t0, a.relayed, is_relay));
 }
 
 /// A Send indication to `peer` with `data`.
@@ -703,6 +714,38 @@ fn send_indications_reach_exactly_what_data_may_come_from() {
     assert_eq!(f.core.stats.no_permission.get(), 2);
     let sent = f.send(ta, &send_indication(&b_relayed, b"hi"));
     assert!(matches!(sent, Handled::Send { .. }));
+}
+
+/// Browsers release relays they have already signalled (Chromium keeps one per network),
+/// and the other side still asks for a permission to one. Firefox keeps one permission
+/// per IP: a permission to any relay of the server, even a released one, must reach the
+/// live relays on that IP, and a 403 would make Firefox give up on the whole IP.
+#[test]
+fn a_permission_to_one_relay_reaches_every_live_relay_of_its_ip() {
+    let f = fixture_own();
+    let (ta, tb, tc) = (tuple(4000), tuple(4001), tuple(4002));
+    let cred = rest(UNIX + 600, "bob");
+    for t in [ta, tb, tc] {
+        f.allocate(t, &cred);
+    }
+    let b_relayed = f.core.get(&tb).unwrap().relayed.to_string();
+    let c_relayed = f.core.get(&tc).unwrap().relayed.to_string();
+    f.core.close(&tb, CloseReason::Refresh);
+    // Permission for the released relay only (as Firefox asks): success.
+    assert_eq!(f.permit(ta, &cred, &[&b_relayed]), None);
+    assert_eq!(f.bind(ta, &cred, 0x4000, &b_relayed), None);
+    // Sends reach the live relay on the same IP, not the released one.
+    let sent = f.send(ta, &send_indication(&c_relayed, b"hi"));
+    assert!(matches!(sent, Handled::Send { .. }));
+    let sent = f.send(ta, &send_indication(&b_relayed, b"hi"));
+    assert!(matches!(sent, Handled::Nothing));
+    // Nor a local service or listener on that IP, which stay refused outright.
+    for other in [format!("{OWN}:3478"), format!("{OWN}:5353")] {
+        let sent = f.send(ta, &send_indication(&other, b"hi"));
+        assert!(matches!(sent, Handled::Nothing), "{other}");
+        assert_eq!(f.permit(ta, &cred, &[&other]), Some(403), "{other}");
+    }
+    assert_eq!(f.core.stats.no_permission.get(), 3);
 }
 
 #[test]
@@ -744,7 +787,7 @@ fn a_reload_applies_the_new_peer_lists_to_live_permissions_and_channels() {
 }
 
 #[test]
-fn a_relay_that_goes_away_takes_its_exact_permissions_along() {
+fn a_relay_that_goes_away_is_out_of_reach_at_once() {
     let f = fixture();
     let (ta, tb) = (tuple(4000), tuple(4001));
     let cred = rest(UNIX + 600, "bob");
@@ -752,14 +795,14 @@ fn a_relay_that_goes_away_takes_its_exact_permissions_along() {
     f.allocate(tb, &cred);
     let b_relayed = f.core.get(&tb).unwrap().relayed;
     assert_eq!(f.bind(ta, &cred, 0x4000, &b_relayed.to_string()), None);
-    f.core.sweep(f.t0);
+    let is_relay = |p: &SocketAddr| f.core.by_relayed(p).is_some();
     let a = f.core.get(&ta).unwrap();
-    assert!(a.state.lock().unwrap().is_permitted(f.t0, b_relayed));
+    assert!(a.state.lock().unwrap().passes(f.t0, b_relayed, is_relay));
     f.core.close(&tb, CloseReason::Refresh);
-    f.core.sweep(f.t0);
-    let state = a.state.lock().unwrap();
-    assert!(!state.is_permitted(f.t0, b_relayed));
-    assert_eq!(state.channel_peer(f.t0, 0x4000), None);
+    // Its port may be bound by anything now: nothing passes to or from it.
+    assert!(!a.state.lock().unwrap().passes(f.t0, b_relayed, is_relay));
+    let sent = f.send(ta, &send_indication(&b_relayed.to_string(), b"hi"));
+    assert!(matches!(sent, Handled::Nothing));
 }
 
 #[test]

@@ -220,6 +220,42 @@ fn channel_data_to_a_peer_whose_permission_expired_is_dropped_and_counted() {
     assert_eq!(a.relayed_bytes.get(), 0);
 }
 
+/// A channel to a relay of the server whose allocation is gone carries nothing: its port
+/// may be bound by anything local now.
+#[test]
+fn channel_data_to_a_released_relay_is_dropped_and_counted() {
+    let t0 = Instant::now();
+    let stats = Stats::default();
+    let a = allocation(
+        Transport::Udp,
+        "192.0.2.1:5000",
+        "198.51.100.1:50000",
+        Some("a"),
+        t0,
+    );
+    a.state
+        .lock()
+        .unwrap()
+        .bind_channel(t0, 0x4000, addr("198.51.100.1:50002"), Reach::Relays)
+        .unwrap();
+    let (mut buf, payload) = channel_data_buf(0x4000, PAYLOAD);
+    let route = channel_data(
+        Some(Arc::clone(&a)),
+        t0,
+        0x4000,
+        &mut buf,
+        payload,
+        among(&[]),
+        &stats,
+    );
+    assert!(
+        matches!(route, Route::Drop(Dropped::NoPermission)),
+        "{route:?}"
+    );
+    assert_eq!(stats.no_permission.get(), 1);
+    assert_eq!(a.relayed_bytes.get(), 0);
+}
+
 #[test]
 fn channel_data_on_a_five_tuple_without_an_allocation_is_dropped_and_counted() {
     let stats = Stats::default();
@@ -250,8 +286,17 @@ fn peer_data_on_a_channel_is_channel_data_padded_toward_stream_clients_only() {
     for transport in TRANSPORTS {
         let stats = Stats::default();
         let (mut buf, payload) = peer_buf(PAYLOAD);
-        let frame = peer_data(&state, t0, transport, addr(PEER), &mut buf, payload, &stats)
-            .expect("permitted");
+        let frame = peer_data(
+            &state,
+            t0,
+            transport,
+            addr(PEER),
+            &mut buf,
+            payload,
+            |_| false,
+            &stats,
+        )
+        .expect("permitted");
         let padded = transport != Transport::Udp;
         assert_eq!(pads(transport), padded);
         assert_eq!(
@@ -285,8 +330,17 @@ fn peer_data_without_a_channel_is_a_data_indication_from_the_peer() {
         for transport in TRANSPORTS {
             let stats = Stats::default();
             let (mut buf, payload) = peer_buf(PAYLOAD);
-            let frame = peer_data(&state, t0, transport, addr(peer), &mut buf, payload, &stats)
-                .expect("permitted");
+            let frame = peer_data(
+                &state,
+                t0,
+                transport,
+                addr(peer),
+                &mut buf,
+                payload,
+                |_| false,
+                &stats,
+            )
+            .expect("permitted");
             assert_eq!(
                 frame.len() % 4,
                 0,
@@ -316,6 +370,7 @@ fn peer_data_from_an_ipv4_mapped_source_is_from_the_ipv4_peer() {
         mapped,
         &mut buf,
         payload,
+        |_| false,
         &stats,
     )
     .expect("the IPv4 peer's permission");
@@ -342,6 +397,7 @@ fn peer_data_without_a_permission_is_dropped_and_counted() {
                 addr(from),
                 &mut buf,
                 payload,
+                |_| false,
                 &stats,
             );
             assert_eq!(
@@ -352,6 +408,34 @@ fn peer_data_without_a_permission_is_dropped_and_counted() {
             assert_eq!(stats.no_permission.get(), 1);
             assert_eq!(buf, before, "nothing written");
         }
+    }
+}
+
+/// A permission for a relay address of the server lets data in from its live relays only
+/// (a released relay's port may be bound by anything local).
+#[test]
+fn peer_data_on_a_relay_permission_comes_from_live_relays_only() {
+    let t0 = Instant::now();
+    let mut state = AllocState::new(t0, CHANNEL_LIFETIME);
+    state
+        .permit(t0, addr("127.0.0.1:50000"), Reach::Relays)
+        .unwrap();
+    let live = |a: &SocketAddr| a.port() == 50002;
+    for (from, passes) in [("127.0.0.1:50002", true), ("127.0.0.1:50000", false)] {
+        let stats = Stats::default();
+        let (mut buf, payload) = peer_buf(PAYLOAD);
+        let got = peer_data(
+            &state,
+            t0,
+            Transport::Udp,
+            addr(from),
+            &mut buf,
+            payload,
+            live,
+            &stats,
+        );
+        assert_eq!(got.is_ok(), passes, "{from}");
+        assert_eq!(stats.no_permission.get(), u64::from(!passes));
     }
 }
 
@@ -370,6 +454,7 @@ fn a_payload_too_large_for_a_data_indication_passes_only_on_a_channel() {
         addr(PEER),
         &mut buf,
         payload.clone(),
+        |_| false,
         &stats,
     );
     assert_eq!(dropped, Err(Dropped::Unframeable));
@@ -386,6 +471,7 @@ fn a_payload_too_large_for_a_data_indication_passes_only_on_a_channel() {
         addr(PEER),
         &mut buf,
         payload,
+        |_| false,
         &stats,
     )
     .expect("ChannelData holds it");
@@ -406,15 +492,15 @@ fn relay_pair(
     a.state
         .lock()
         .unwrap()
-        .bind_channel(t0, 0x4000, b.relayed, Reach::ThisPort)
+        .bind_channel(t0, 0x4000, b.relayed, Reach::Relays)
         .unwrap();
     let mut state = b.state.lock().unwrap();
     if b_channel {
         state
-            .bind_channel(t0, 0x4005, a.relayed, Reach::ThisPort)
+            .bind_channel(t0, 0x4005, a.relayed, Reach::Relays)
             .unwrap();
     } else {
-        state.permit(t0, a.relayed, Reach::ThisPort).unwrap();
+        state.permit(t0, a.relayed, Reach::Relays).unwrap();
     }
     drop(state);
     (a, b)
@@ -455,8 +541,17 @@ fn relay_to_relay_goes_to_the_other_client_framed_as_its_relay_would_frame_it() 
             // What B's relay makes of the same datagram from A's relayed address.
             let (mut relayed, payload) = peer_buf(PAYLOAD);
             let state = b.state.lock().unwrap();
-            let expected = peer_data(&state, t0, to, a.relayed, &mut relayed, payload, &stats)
-                .expect("permitted");
+            let expected = peer_data(
+                &state,
+                t0,
+                to,
+                a.relayed,
+                &mut relayed,
+                payload,
+                |_| true,
+                &stats,
+            )
+            .expect("permitted");
             drop(state);
             if b_channel {
                 assert_eq!(
@@ -501,7 +596,7 @@ fn relay_to_relay_without_the_other_allocations_permission_is_dropped_and_counte
     a.state
         .lock()
         .unwrap()
-        .bind_channel(t0, 0x4000, b.relayed, Reach::ThisPort)
+        .bind_channel(t0, 0x4000, b.relayed, Reach::Relays)
         .unwrap();
     let table = [Arc::clone(&a), Arc::clone(&b)];
     let (mut buf, payload) = channel_data_buf(0x4000, PAYLOAD);
