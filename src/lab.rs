@@ -28,6 +28,18 @@ pub const SINK_IP: &str = "11.11.0.254";
 /// The most instances a lab runs (their addresses end before the routers').
 pub const MAX_INSTANCES: usize = 9;
 
+/// The DNS name of instance `k` (1-based) inside the lab: `srv.lab`, `srv2.lab`, ... Every
+/// namespace of the lab resolves them (its own `/etc/hosts`, see [`hosts_dir`]), and they
+/// are on each instance's certificate: Firefox uses TURN over TLS only with a name.
+pub fn server_name(k: usize) -> String {
+    format!("{}.lab", server_node(k))
+}
+
+/// Where `ip netns exec` finds the files it mounts over `/etc` inside namespace `ns`.
+fn hosts_dir(ns: &str) -> PathBuf {
+    Path::new("/etc/netns").join(ns)
+}
+
 /// The public address of instance `k` (1-based): the first is [`SERVER_IP`].
 pub fn server_ip(k: usize) -> String {
     if k <= 1 {
@@ -148,6 +160,21 @@ impl Lab {
         })
     }
 
+    /// The state directory of instance `k` (1-based).
+    pub fn state_dir(&self, k: usize) -> PathBuf {
+        self.spec.dir.join(if k <= 1 {
+            "state".to_owned()
+        } else {
+            format!("state-{k}")
+        })
+    }
+
+    /// The self-signed certificate instance `k` made on its first start (for its IP
+    /// addresses and [`server_name`]), for a browser to trust.
+    pub fn certificate(&self, k: usize) -> PathBuf {
+        self.state_dir(k).join(crate::tls::GENERATED_CERT)
+    }
+
     /// The namespace of `node` (`srv`, `c1`, ...).
     pub fn ns(&self, node: &str) -> String {
         format!("{}-{node}", self.spec.name)
@@ -167,7 +194,8 @@ impl Lab {
         for k in 2..=self.spec.instances {
             let (ip, node) = (server_ip(k), server_node(k));
             others.push_str(&format!(
-                "\x20 server  {n}-{node} {ip}: https://{ip}/, STUN/TURN {ip}:3478 udp+tcp, TURN/TLS {ip}:5349; log {}\n",
+                "\x20 server  {n}-{node} {ip}: https://{ip}/ or https://{}/, STUN/TURN {ip}:3478 udp+tcp, TURN/TLS {ip}:5349; log {}\n",
+                server_name(k),
                 self.log_path(k).display()
             ));
         }
@@ -180,7 +208,7 @@ impl Lab {
         }
         format!(
             "lab {n} is up\n\
-             \x20 server  {n}-srv  {SERVER_IP}, {SERVER_IP2}: https://{SERVER_IP}/ (443), STUN/TURN {SERVER_IP}:3478 udp+tcp, {SERVER_IP2}:3478 udp, TURN/TLS {SERVER_IP}:5349\n\
+             \x20 server  {n}-srv  {SERVER_IP}, {SERVER_IP2}: https://{SERVER_IP}/ or https://srv.lab/ (443), STUN/TURN {SERVER_IP}:3478 udp+tcp, {SERVER_IP2}:3478 udp, TURN/TLS {SERVER_IP}:5349\n\
              {others}\
              \x20 sink    {n}-sink {SINK_IP}: default route of the server and routers; drops everything\n\
              \x20 c1      {n}-c1   10.1.0.2 behind {n}-r1 11.11.0.21 ({})\n\
@@ -206,6 +234,7 @@ impl Lab {
             run(&["ip", "netns", "add", &ns(node)])?;
             run(&["ip", "-n", &ns(node), "link", "set", "lo", "up"])?;
             sysctl(&ns(node), "net.ipv6.conf.all.disable_ipv6", "1")?;
+            self.write_hosts(&ns(node))?;
         }
         let net = ns("net");
         run(&["ip", "-n", &net, "link", "add", "br0", "type", "bridge"])?;
@@ -360,6 +389,25 @@ impl Lab {
         Ok(())
     }
 
+    /// Gives namespace `ns` this host's `/etc/hosts` plus the instances' names
+    /// ([`server_name`]). This host's own names must stay in it: a lookup that reaches DNS
+    /// from inside the lab goes to the sink and waits for its timeouts (Firefox resolves
+    /// the host name at start: 20 s).
+    fn write_hosts(&self, ns: &str) -> Result<(), LabError> {
+        let dir = hosts_dir(ns);
+        let mut hosts = fs::read_to_string("/etc/hosts")
+            .unwrap_or_else(|_| "127.0.0.1 localhost\n::1 localhost\n".to_owned());
+        if !hosts.ends_with('\n') {
+            hosts.push('\n');
+        }
+        for k in 1..=self.spec.instances {
+            hosts.push_str(&format!("{} {}\n", server_ip(k), server_name(k)));
+        }
+        fs::create_dir_all(&dir)
+            .and_then(|()| fs::write(dir.join("hosts"), hosts))
+            .map_err(|e| LabError(format!("cannot write {}/hosts: {e}", dir.display())))
+    }
+
     /// Starts Redis (for a cluster) and every instance, each once it is ready.
     fn start_servers(&mut self) -> Result<(), LabError> {
         let dir = self.spec.dir.clone();
@@ -372,19 +420,21 @@ impl Lab {
         };
         for k in 1..=self.spec.instances {
             let ip = server_ip(k);
-            let (config_path, state) = if k == 1 {
-                (dir.join("config.toml"), dir.join("state"))
+            let state = self.state_dir(k);
+            let config_path = if k == 1 {
+                dir.join("config.toml")
             } else {
-                (
-                    dir.join(format!("config-{k}.toml")),
-                    dir.join(format!("state-{k}")),
-                )
+                dir.join(format!("config-{k}.toml"))
             };
             // The first instance also answers on the second address (STUN's other address).
+            let name = server_name(k);
             let (names, udp) = if k == 1 {
-                (format!("\"{SERVER_IP}\", \"{SERVER_IP2}\""), "0.0.0.0")
+                (
+                    format!("\"{SERVER_IP}\", \"{SERVER_IP2}\", \"{name}\""),
+                    "0.0.0.0",
+                )
             } else {
-                (format!("\"{ip}\""), "0.0.0.0")
+                (format!("\"{ip}\", \"{name}\""), "0.0.0.0")
             };
             let cluster_toml = match &cluster {
                 Some((socket, secret)) => {
@@ -413,7 +463,8 @@ udp_listen = ["{udp}:3478"]
 tcp_listen = ["{ip}:3478"]
 tls_listen = ["{ip}:5349"]
 relay_ip = "{ip}"
-public_host = "{ip}"
+# No public_host: TURN URLs name the server as the page does (https://{ip}/ or
+# https://{name}/; Firefox takes TURN over TLS only with a name).
 grace_period_s = 2
 # The clients' private LANs: relaying to their host candidates is allowed, so that
 # sends to unreachable addresses (they go to the sink) are part of what the lab shows.
@@ -600,6 +651,18 @@ pub fn down(name: &str) -> Result<(), LabError> {
     }
     for ns in namespaces(name) {
         run(&["ip", "netns", "del", &ns])?;
+    }
+    // The hosts files, also of namespaces already gone.
+    let all = NODES
+        .iter()
+        .map(|n| (*n).to_owned())
+        .chain((2..=MAX_INSTANCES).map(server_node));
+    for node in all {
+        let dir = hosts_dir(&format!("{name}-{node}"));
+        if dir.exists() {
+            fs::remove_dir_all(&dir)
+                .map_err(|e| LabError(format!("cannot remove {}: {e}", dir.display())))?;
+        }
     }
     Ok(())
 }

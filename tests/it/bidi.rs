@@ -69,6 +69,13 @@ impl Firefox {
     /// servers (Firefox checks the certificate of a TURN server over TLS, `turns:`, which
     /// the session's `acceptInsecureCerts` does not cover).
     pub fn launch(certs: &[&std::path::Path]) -> Firefox {
+        Firefox::launch_in(None, certs)
+    }
+
+    /// [`Firefox::launch`] inside network namespace `netns` (`ip netns exec`), when given:
+    /// its WebDriver BiDi port is on that namespace's loopback, reached from a thread that
+    /// joins the namespace to connect.
+    pub fn launch_in(netns: Option<&str>, certs: &[&std::path::Path]) -> Firefox {
         let profile = crate::harness::temp_dir();
         std::fs::write(profile.path().join("user.js"), PREFS).expect("write user.js");
         let db = format!("sql:{}", profile.path().display());
@@ -93,7 +100,15 @@ impl Firefox {
                 cert.display()
             );
         }
-        let child = Command::new(FIREFOX)
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, FIREFOX]);
+                c
+            }
+            None => Command::new(FIREFOX),
+        };
+        let child = command
             .args(["--headless", "--no-remote", "--remote-debugging-port", "0"])
             .arg("--profile")
             .arg(profile.path())
@@ -122,12 +137,16 @@ impl Firefox {
         let url = rx
             .recv_timeout(crate::harness::DEADLINE)
             .expect("firefox-esr never said where WebDriver BiDi listens");
-        let stream = TcpStream::connect(
-            url.trim_start_matches("ws://")
-                .split('/')
-                .next()
-                .expect("host:port"),
-        )
+        let addr = url
+            .trim_start_matches("ws://")
+            .split('/')
+            .next()
+            .expect("host:port")
+            .to_owned();
+        let stream = match netns {
+            Some(ns) => crate::harness::in_netns(ns, move || TcpStream::connect(addr)),
+            None => TcpStream::connect(&addr),
+        }
         .expect("connect to Firefox's WebDriver BiDi");
         stream
             .set_read_timeout(Some(crate::harness::DEADLINE))

@@ -590,3 +590,23 @@ pub fn need(prereq: Prereq) {
     };
     panic!("{missing}: this test {}; {why}", prereq.needs());
 }
+
+/// Runs `f` on a thread that has entered the network namespace `ns`; sockets it opens live there.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    spawn_in_netns(ns, f).join().expect("thread in namespace")
+}
+
+/// Spawns `f` on a thread that has entered the network namespace `ns`.
+pub fn spawn_in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("open the namespace");
+        // SAFETY: setns on a valid namespace fd affects only this thread (and threads it starts).
+        let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
+}

@@ -4,15 +4,15 @@
 //! remains afterwards; the tests take turns, since browsers need the CPU.
 
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde_json::Value;
 use switchboard::lab::{self, Lab, LabSpec, Nat};
 
+use crate::bidi::Firefox;
 use crate::cdp::{Browser, Page};
-use crate::harness::{need, temp_dir};
+use crate::harness::{in_netns, need, spawn_in_netns, temp_dir};
 use crate::prereq::Prereq;
 
 static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -68,11 +68,6 @@ fn finish(lab: Lab) {
         lab::processes(&name).is_empty(),
         "processes of lab {name} remain"
     );
-}
-
-/// Runs `f` on a thread that has entered the network namespace `ns`; sockets it opens live there.
-fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    spawn_in_netns(ns, f).join().expect("thread in namespace")
 }
 
 /// The address `server` sees for `socket`, by STUN Binding.
@@ -297,6 +292,83 @@ fn relay_only_calls_over_udp_tcp_tls_and_from_the_corporate_network() {
     finish(lab);
 }
 
+/// Firefox in a lab node calls Chromium in another, each opening its URL of the same
+/// room; both states once connected.
+fn firefox_calls_chromium_in(lab: &Lab, nodes: [&str; 2], urls: [&str; 2]) -> [Value; 2] {
+    let cert = lab.certificate(1);
+    let firefox = Firefox::launch_in(Some(&lab.ns(nodes[0])), &[&cert]);
+    let chromium = Browser::launch(&["ip", "netns", "exec", &lab.ns(nodes[1])], &[]);
+    let fox = firefox.open(urls[0]);
+    let chrome = chromium.open(urls[1]);
+    match (
+        fox.try_wait_for_state(CONNECTED, CALL_TIMEOUT),
+        chrome.try_wait_for_state(CONNECTED, CALL_TIMEOUT),
+    ) {
+        (Ok(a), Ok(b)) => {
+            assert_eq!(peer(&a)["id"], b["peerId"], "{a:#}\n{b:#}");
+            [a, b]
+        }
+        (a, b) => {
+            let log = std::fs::read_to_string(lab.log_path(1)).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            panic!(
+                "{nodes:?} at {urls:?}: no call; Firefox: {a:#?}\nChromium: {b:#?}\nserver log (newest first):\n{}",
+                tail.join("\n")
+            )
+        }
+    }
+}
+
+/// Firefox behind the lab's symmetric NAT calls Chromium behind the other, relay-only over
+/// UDP; Firefox on the corporate network (only TCP to port 443 out) calls Chromium through
+/// TURN over TLS on the HTTPS port. Firefox opens the page by the server's name (`srv.lab`,
+/// in the lab's hosts files and on its certificate), as a deployment would: it takes no
+/// TURN server over TLS named by an IP address, and the TURN URLs name the server as the
+/// page does. Chromium opens it by address: inside the lab, it gathers nothing from TURN
+/// servers named in the hosts file (its pages load by that name, though).
+#[test]
+#[cfg_attr(
+    not(all(has_netns, has_chromium, has_firefox)),
+    ignore = "needs root, ip and iptables (apt install iproute2 iptables); needs chromium (apt install chromium); needs firefox-esr and certutil (apt install firefox-esr libnss3-tools)"
+)]
+fn firefox_calls_chromium_behind_symmetric_nat_and_from_the_corporate_network() {
+    need(Prereq::Firefox);
+    let (_turn, lab, _dir) = start_lab("sbf", [Nat::Symmetric, Nat::Symmetric], true);
+    let name = lab::server_name(1);
+    let [fox, chrome] = firefox_calls_chromium_in(
+        &lab,
+        ["c1", "c2"],
+        [
+            &format!("https://{name}/r/fox-nat?relay=udp"),
+            &format!("https://{SERVER}/r/fox-nat?relay=udp"),
+        ],
+    );
+    for s in [&fox, &chrome] {
+        assert_eq!(peer(s)["candidateType"], "relay", "{s:#}");
+        assert_eq!(peer(s)["relayProtocol"], "udp", "{s:#}");
+    }
+    let [corporate, other] = firefox_calls_chromium_in(
+        &lab,
+        ["c3", "c1"],
+        [
+            &format!("https://{name}/r/fox-corporate?relay=tls"),
+            &format!("https://{SERVER}/r/fox-corporate?relay=tls"),
+        ],
+    );
+    for s in [&corporate, &other] {
+        assert_eq!(peer(s)["candidateType"], "relay", "{s:#}");
+        assert_eq!(peer(s)["relayProtocol"], "tls", "{s:#}");
+    }
+    // Firefox reports no relay URL; from c3 only TCP to port 443 passes, so its TLS relay is
+    // the one on the HTTPS port, named srv.lab. Chromium's is on this server too.
+    let url = peer(&other)["relayUrl"].as_str().unwrap_or_default();
+    assert!(
+        url.contains(&format!("{SERVER}:")),
+        "Chromium's relay URL {url:?}: {other:#}"
+    );
+    finish(lab);
+}
+
 /// `switchboard lab up --instances 3`: browsers behind NAT on different instances call each
 /// other relay-only, each through the relay of the instance it joined (the room spans
 /// instances through Redis), over UDP and, from the corporate network, TLS on port 443.
@@ -459,21 +531,6 @@ fn coturn_uclient_relays_over_tcp_and_tls_from_behind_nat_and_the_corporate_netw
         );
     }
     finish(lab);
-}
-
-/// Spawns `f` on a thread that has entered the network namespace `ns`, with its own runtime.
-fn spawn_in_netns<T: Send + 'static>(
-    ns: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> std::thread::JoinHandle<T> {
-    let path = format!("/var/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).expect("open the namespace");
-        // SAFETY: setns on a valid namespace fd affects only this thread (and threads it starts).
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-        f()
-    })
 }
 
 #[test]
