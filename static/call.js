@@ -164,7 +164,9 @@
         : 'No camera or microphone could be opened (' + (err && err.name) + '); you only receive.');
     }
     updateToggles();
-    await listDevices();
+    // Not awaited: Firefox answers enumerateDevices only once the tab has focus, and a
+    // background tab (?autojoin) must not wait for that to join.
+    listDevices();
   }
 
   function join() {
