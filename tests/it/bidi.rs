@@ -320,6 +320,18 @@ impl Tab<'_> {
         serde_json::from_str(text).map_err(|e| format!("{e}: {text}"))
     }
 
+    /// Presses and releases `key` (a character, or a WebDriver key code such as `\u{E004}`
+    /// for Tab) as the keyboard would, in this tab.
+    pub fn press_key(&self, key: &str) {
+        self.browser
+            .call(
+                "input.performActions",
+                json!({"context": self.context, "actions": [{"type": "key", "id": "keyboard",
+                    "actions": [{"type": "keyDown", "value": key}, {"type": "keyUp", "value": key}]}]}),
+            )
+            .unwrap_or_else(|e| panic!("press {key:?}: {e}"));
+    }
+
     /// Sets the viewport to `width` x `height` CSS pixels at a device pixel ratio of 1.
     pub fn set_viewport(&self, width: u32, height: u32) {
         self.browser

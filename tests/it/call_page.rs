@@ -28,12 +28,21 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 /// switched to it sends no more frames. The third (`fake_device_2`, MJPEG) works.
 const THREE_CAMERAS: &str = "--use-fake-device-for-media-stream=device-count=3";
 
+/// The keys the tests press.
+#[derive(Clone, Copy)]
+enum Key {
+    Space,
+    Tab,
+}
+
 /// What the tests need of a page, in either browser.
 trait Driver {
     fn browser(&self) -> &'static str;
     fn eval(&self, expression: &str) -> Result<Value, String>;
     fn try_wait(&self, predicate: &str, timeout: Duration) -> Result<Value, Value>;
     fn errors(&self) -> Vec<String>;
+    /// Presses a key on the keyboard.
+    fn press(&self, key: Key);
 
     fn wait(&self, predicate: &str) -> Value {
         self.try_wait(predicate, TIMEOUT).unwrap_or_else(|last| {
@@ -76,6 +85,12 @@ impl Driver for Page<'_> {
     fn errors(&self) -> Vec<String> {
         Page::errors(self)
     }
+    fn press(&self, key: Key) {
+        match key {
+            Key::Space => self.press_key(" ", "Space", 32, " "),
+            Key::Tab => self.press_key("Tab", "Tab", 9, ""),
+        }
+    }
 }
 
 impl Driver for Tab<'_> {
@@ -90,6 +105,12 @@ impl Driver for Tab<'_> {
     }
     fn errors(&self) -> Vec<String> {
         Tab::errors(self)
+    }
+    fn press(&self, key: Key) {
+        match key {
+            Key::Space => self.press_key(" "),
+            Key::Tab => self.press_key("\u{E004}"),
+        }
     }
 }
 
@@ -137,6 +158,31 @@ fn join_as(page: &dyn Driver, name: &str) {
         "(document.getElementById('display-name').value = '{name}',
           document.getElementById('join-btn').click())"
     ));
+}
+
+/// Space on the focused mute button mutes (a muted microphone shows no level) and
+/// unmutes; Tab moves on to the camera button with a visible focus ring.
+fn keyboard_works_the_toggles(page: &dyn Driver) {
+    page.run("document.getElementById('mic-btn').focus()");
+    page.press(Key::Space);
+    page.wait("s => !s.micOn && s.micLevel === 0");
+    assert_eq!(
+        page.run("document.getElementById('mic-btn').getAttribute('aria-pressed')"),
+        "true",
+        "{}",
+        page.browser()
+    );
+    page.press(Key::Space);
+    page.wait("s => s.micOn");
+    page.press(Key::Tab);
+    let focus = page.run(
+        "(() => { const el = document.activeElement;
+           return { id: el.id, visible: el.matches(':focus-visible'),
+                    outline: getComputedStyle(el).outlineStyle }; })()",
+    );
+    assert_eq!(focus["id"], "cam-btn", "{}: {focus}", page.browser());
+    assert_eq!(focus["visible"], true, "{}: {focus}", page.browser());
+    assert_ne!(focus["outline"], "none", "{}: {focus}", page.browser());
 }
 
 fn assert_labelled(page: &dyn Driver) {
@@ -187,25 +233,9 @@ fn lobby_then_a_call_with_camera_switch_and_screen_share() {
     );
 
     // The keyboard reaches and works the toggles, with a visible focus.
-    ann.run("document.getElementById('mic-btn').focus()");
-    ann.press_key(" ", "Space", 32, " ");
-    // A muted microphone shows no level.
-    ann.wait("s => !s.micOn && s.micLevel === 0");
-    assert_eq!(
-        ann.run("document.getElementById('mic-btn').getAttribute('aria-pressed')"),
-        "true"
-    );
-    ann.press_key(" ", "Space", 32, " ");
-    ann.wait("s => s.micOn");
-    ann.press_key("Tab", "Tab", 9, "");
-    let focus = ann.run(
-        "(() => { const el = document.activeElement;
-           return { id: el.id, visible: el.matches(':focus-visible'),
-                    outline: getComputedStyle(el).outlineStyle }; })()",
-    );
-    assert_eq!(focus["id"], "cam-btn", "{focus}");
-    assert_eq!(focus["visible"], true, "{focus}");
-    assert_ne!(focus["outline"], "none", "{focus}");
+    for page in [&ann as &dyn Driver, &bob] {
+        keyboard_works_the_toggles(page);
+    }
 
     join_as(&ann, "Ann");
     // Ann is alone: Bob, still in the lobby, is not in the room.
@@ -353,6 +383,32 @@ fn a_dropped_socket_shows_a_banner_and_the_call_comes_back() {
     assert_eq!(again[0]["peers"][0]["id"], again[1]["peerId"]);
     ann.assert_no_errors();
     bob.assert_no_errors();
+}
+
+/// The operator closes the room: the page says so, offers to rejoin, and does not come
+/// back on its own (no banner, no reconnection).
+#[test]
+#[cfg_attr(not(has_chromium), ignore = "needs chromium (apt install chromium)")]
+fn closed_by_the_operator_the_page_says_so_and_stays_out() {
+    need(Prereq::Chromium);
+    let server = TestServer::start("");
+    let browser = Browser::launch(&[], &[]);
+    let page = browser.open_watched(&format!("https://{}/r/closing?autojoin", server.https));
+    page.wait("s => s.phase === 'joined'");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (status, body) = runtime.block_on(server.admin("DELETE", "/api/v1/rooms/closing", true));
+    assert_eq!(status, 200, "{body}");
+    let ended = page.wait("s => s.phase === 'ended'");
+    assert_eq!(
+        ended["status"],
+        "Removed from the call by the server operator"
+    );
+    assert_eq!(ended["banner"], false, "{ended:#}");
+    assert_eq!(
+        page.run("document.getElementById('rejoin-link').hidden"),
+        false
+    );
+    page.assert_no_errors();
 }
 
 /// The viewports of the screenshots: a desktop window and a phone.
