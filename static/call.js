@@ -31,12 +31,14 @@
     reconnecting: false,    // the socket dropped; a rejoin is pending
     rejoins: 0,             // welcomes after the first one
     sharing: false,
+    switches: 0,            // devices switched mid-call
     micLevel: 0,            // 0..1, the microphone's level now
     meterTicks: 0,          // how often the level was measured
     linkCopied: null,       // 'clipboard' | 'selected' once the copy button was used
   };
 
   let ws = null;
+  const pendingMedia = new Map(); // id -> `media` signal of a peer not connected yet
   let localStream = null;   // camera and microphone
   let screenStream = null;  // the shared screen, while sharing
   let hungUp = false;
@@ -200,6 +202,13 @@
   function setEnabled(kind, enabled) {
     tracksOf(kind).forEach((t) => { t.enabled = enabled; });
     updateToggles();
+    for (const peer of state.peers.values()) sendSignal(peer, { media: mediaState() });
+  }
+
+  // What the others are told about this side's camera and microphone, so their tile can
+  // say "Camera off" and "muted" instead of showing black frames and silence.
+  function mediaState() {
+    return { camera: trackEnabled('video'), mic: trackEnabled('audio') };
   }
 
   function updateToggles() {
@@ -291,7 +300,7 @@
       $('local-video').srcObject = localStream;
       play($('local-video'));
     }
-    state.switches = (state.switches || 0) + 1;
+    state.switches += 1;
     updateToggles();
     listDevices();
   }
@@ -439,6 +448,7 @@
     ws.onclose = (ev) => {
       for (const id of [...state.peers.keys()]) removePeer(id);
       state.names.clear();
+      pendingMedia.clear();
       renderPeople();
       if (hungUp || state.phase === 'error') return;
       // Removed by the operator (a kick, or the room closed): not a network failure, so
@@ -498,6 +508,7 @@
       case 'peer_left': {
         const name = displayName(msg.peer_id, state.names.get(msg.peer_id));
         state.names.delete(msg.peer_id);
+        pendingMedia.delete(msg.peer_id);
         removePeer(msg.peer_id);
         renderPeople();
         setStatus(name + ' left');
@@ -541,7 +552,8 @@
     me.textContent = (myName() || 'You') + ' (you)';
     const others = [...state.names.entries()].map(([id, name]) => {
       const li = document.createElement('li');
-      li.textContent = displayName(id, name);
+      const peer = state.peers.get(id);
+      li.textContent = displayName(id, name) + (peer && peer.remoteMic === false ? ' (muted)' : '');
       li.dataset.peer = id;
       return li;
     });
@@ -600,6 +612,8 @@
       tile: makeTile(info),
       screenTile: null,
       remoteScreenId: null,  // the id of the peer's screen stream, from its `media` signal
+      remoteCamera: null,    // whether its camera and microphone are on, from the same
+      remoteMic: null,
       remoteStreams: new Map(), // stream id -> MediaStream
       senders: { audio: null, video: null, screen: null },
       stats: { candidateType: null, relayProtocol: null, framesDecoded: 0 },
@@ -609,6 +623,10 @@
       everFailed: false,
     };
     state.peers.set(info.id, peer);
+    if (pendingMedia.has(info.id)) {
+      onMedia(peer, pendingMedia.get(info.id));
+      pendingMedia.delete(info.id);
+    }
 
     pc.onnegotiationneeded = async () => {
       note(peer, 'negotiationneeded');
@@ -645,6 +663,7 @@
     };
 
     if (localStream) {
+      sendSignal(peer, { media: mediaState() });
       for (const track of localStream.getTracks()) {
         peer.senders[track.kind] = pc.addTrack(track, localStream);
       }
@@ -683,6 +702,17 @@
   }
 
   function onMedia(peer, media) {
+    if (typeof media.camera === 'boolean') {
+      peer.remoteCamera = media.camera;
+      peer.tile.classList.toggle('video-off', !media.camera);
+    }
+    if (typeof media.mic === 'boolean') {
+      peer.remoteMic = media.mic;
+      peer.tile.querySelector('figcaption').textContent =
+        displayName(peer.id, peer.name) + (media.mic ? '' : ' (muted)');
+      renderPeople();
+    }
+    if (!('screen' in media)) return;
     const before = peer.remoteScreenId;
     peer.remoteScreenId = media.screen || null;
     if (before && before !== peer.remoteScreenId) {
@@ -712,6 +742,12 @@
   }
 
   function onSignal(from, payload) {
+    // A newcomer announces its media before its first offer; the connection is made when
+    // the offer comes (making it now would offer from both sides at once).
+    if (!state.peers.has(from) && payload && payload.media) {
+      pendingMedia.set(from, Object.assign(pendingMedia.get(from) || {}, payload.media));
+      return;
+    }
     const peer = state.peers.get(from) || addPeer({ id: from, name: state.names.get(from) });
     // Handle one signal at a time per peer, in arrival order.
     peer.queue = peer.queue.then(() => handleSignal(peer, payload)).catch((err) => {
@@ -935,7 +971,7 @@
     micOn: trackEnabled('audio'),
     camOn: trackEnabled('video'),
     linkCopied: state.linkCopied,
-    switches: state.switches || 0,
+    switches: state.switches,
     localVideoWidth: $('local-video') ? $('local-video').videoWidth : 0,
     devices: {
       camera: tracksOf('video').map((t) => t.getSettings().deviceId)[0] || null,
@@ -968,6 +1004,8 @@
         rtt: p.stats.rtt === undefined ? null : p.stats.rtt,
         packetLoss: p.stats.packetLoss === undefined ? null : p.stats.packetLoss,
         quality: p.tile.querySelector('.quality') ? p.tile.querySelector('.quality').textContent : null,
+        camera: p.remoteCamera,
+        mic: p.remoteMic,
         framesDecoded: p.stats.framesDecoded,
         videoWidth: video.videoWidth,
         videoHeight: video.videoHeight,

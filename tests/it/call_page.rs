@@ -266,6 +266,23 @@ fn lobby_then_a_call_with_camera_switch_and_screen_share() {
         assert_labelled(page);
     }
 
+    // Ann turns her camera off and mutes: Bob's tile and people list say so.
+    ann.click("cam-btn");
+    ann.click("mic-btn");
+    let told = bob.wait("s => s.peers[0].camera === false && s.peers[0].mic === false");
+    assert_eq!(
+        told["people"],
+        serde_json::json!(["Bob (you)", "Ann (muted)"]),
+        "{told:#}"
+    );
+    assert_eq!(
+        bob.run("document.querySelector('.tile.remote').classList.contains('video-off')"),
+        true
+    );
+    ann.click("cam-btn");
+    ann.click("mic-btn");
+    bob.wait("s => s.peers[0].camera === true && s.peers[0].mic === true");
+
     // The copy button copies the link, or selects it for the person to copy.
     ann.click("copy-btn");
     let copied = ann.wait("s => s.linkCopied !== null");
