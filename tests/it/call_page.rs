@@ -335,6 +335,23 @@ fn lobby_then_a_call_with_camera_switch_and_screen_share() {
         2,
         "a tile for the camera and one for the screen"
     );
+    // A late joiner gets the screen too: announced and added as its connection is made.
+    let cy = chromium.open_watched(&format!("{url}?autojoin"));
+    let late = cy.wait(
+        "s => s.phase === 'joined' && s.peers.length === 2 \
+         && s.peers.every((p) => p.connectionState === 'connected' && p.framesDecoded > 0) \
+         && s.peers.some((p) => p.screen !== null && p.screen.framesDecoded > 0)",
+    );
+    let sharer = late["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| !p["screen"].is_null())
+        .unwrap();
+    assert_eq!(sharer["name"], "Ann", "{late:#}");
+    cy.assert_no_errors();
+    cy.close();
+    bob.wait("s => s.peers.length === 1");
     ann.click("share-btn");
     ann.wait("s => !s.sharing");
     bob.wait("s => s.peers.length === 1 && s.peers[0].screen === null");
