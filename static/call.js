@@ -946,8 +946,10 @@
     }
     const connected = peers.filter((p) => p.pc.connectionState === 'connected').length;
     const failed = peers.filter((p) => p.pc.connectionState === 'failed').length;
-    setStatus(connected + ' of ' + peers.length + (peers.length === 1 ? ' person' : ' people') + ' connected' +
-      (failed ? ' · ' + failed + ' failed (retrying)' : ''));
+    const others = peers.length === 1 ? '1 other person' : peers.length + ' other people';
+    setStatus(connected === peers.length
+      ? 'In the call with ' + others
+      : 'Connected to ' + connected + ' of ' + others + (failed ? ' · ' + failed + ' failed, retrying' : '…'));
   }
 
   window.switchboardState = () => ({

@@ -468,26 +468,40 @@ const LAYOUT_PROBLEMS: &str = "(() => {
 const STILL: &str = "(() => { document.documentElement.classList.add('test-still');
     if (document.activeElement) document.activeElement.blur(); return true; })()";
 
-/// The lobby and the call (alone in the room) in each viewport, each compared with its
-/// reference; the layout checked for overflow and reachable controls on the way.
-fn screenshots(
+/// The lobby, the call alone and the call with a second person (opened by `open_other`) in
+/// each viewport, each compared with its reference; the layout checked for overflow and
+/// reachable controls on the way.
+fn screenshots<'a>(
     browser: &str,
     url: &str,
     page: &dyn Driver,
     set_viewport: &dyn Fn(u32, u32, bool),
     screenshot: &dyn Fn() -> Vec<u8>,
+    open_other: &dyn Fn() -> Box<dyn Driver + 'a>,
 ) {
     let mut failures = Vec::new();
+    let mut other = None;
     page.wait(
         "s => s.phase === 'lobby' && s.localMedia && s.localVideoWidth > 0 \
          && s.devices.cameras.length > 0",
     );
     page.run(STILL);
-    for state in ["lobby", "call"] {
+    for state in ["lobby", "call", "two"] {
         if state == "call" {
             join_as(page, "Ann");
             page.wait("s => s.phase === 'joined' && s.status.startsWith('Waiting')");
             page.run(STILL);
+        }
+        if state == "two" {
+            let bob = open_other();
+            bob.wait("s => s.phase === 'lobby'");
+            join_as(&*bob, "Bob");
+            page.wait(
+                "s => s.peers.length === 1 && s.peers[0].connectionState === 'connected' \
+                 && s.peers[0].framesDecoded > 0 && s.status === 'In the call with 1 other person' \
+                 && s.people.join() === 'Ann (you),Bob'",
+            );
+            other = Some(bob);
         }
         for (viewport, width, height) in VIEWPORTS {
             set_viewport(width, height, viewport == "phone");
@@ -506,6 +520,9 @@ fn screenshots(
         }
     }
     page.assert_no_errors();
+    if let Some(bob) = other {
+        bob.assert_no_errors();
+    }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
@@ -523,6 +540,7 @@ fn screenshots_in_chromium_match_the_references() {
         &page,
         &|w, h, mobile| page.set_viewport(w, h, mobile),
         &|| page.screenshot(),
+        &|| Box::new(browser.open_watched(&url)),
     );
 }
 
@@ -543,6 +561,7 @@ fn screenshots_in_firefox_match_the_references() {
         &tab,
         &|w, h, _| tab.set_viewport(w, h),
         &|| tab.screenshot(),
+        &|| Box::new(browser.open_watched(&url)),
     );
 }
 
