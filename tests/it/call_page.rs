@@ -195,8 +195,9 @@ fn assert_labelled(page: &dyn Driver) {
     );
 }
 
-/// A Chromium page and a Firefox page meet in the lobby, join, see each other's names
-/// and connection quality; Chromium switches camera and shares its screen mid-call.
+/// A Chromium page and a Firefox page meet in the lobby, join, see each other's names,
+/// camera and microphone state and connection quality; Chromium switches camera and
+/// shares its screen mid-call, also to a third page that joins late.
 #[test]
 #[cfg_attr(
     not(all(has_firefox, has_chromium)),
@@ -256,7 +257,10 @@ fn lobby_then_a_call_with_camera_switch_and_screen_share() {
     assert_eq!(a["peers"][0]["name"], "Bob");
     for s in [&a, &b] {
         let peer = &s["peers"][0];
-        assert_eq!(peer["path"], "host", "loopback, no ICE servers: {s:#}");
+        assert_eq!(
+            peer["path"], "host",
+            "on loopback the direct path wins: {s:#}"
+        );
         assert!(
             peer["quality"].as_str().unwrap().contains(" ms"),
             "the tile shows the round trip: {s:#}"
