@@ -323,6 +323,27 @@ fn lobby_then_a_call_with_camera_switch_and_screen_share() {
         "s => s.peers.length === 1 && s.peers[0].framesDecoded > {before} + 30"
     ));
 
+    // Ann switches microphone (her level keeps moving) and speaker (Bob's tile plays there).
+    let mic = ann.run(
+        "(() => { const s = document.getElementById('mic-select');
+           const other = [...s.options].find((o) => o.value !== s.value && o.value !== 'default');
+           s.value = other.value; s.dispatchEvent(new Event('change')); return other.value; })()",
+    );
+    ann.run("window.__levels = new Set(); true");
+    ann.wait(&format!(
+        "s => s.switches === 2 && s.devices.microphone === {mic}"
+    ));
+    ann.wait(LEVEL_MOVING);
+    let speaker = ann.run(
+        "(() => { const s = document.getElementById('speaker-select');
+           const other = [...s.options].find((o) => o.value !== s.value);
+           s.value = other.value; s.dispatchEvent(new Event('change')); return other.value; })()",
+    );
+    let sink = ann.wait(&format!(
+        "s => document.querySelector('.tile.remote video').sinkId === {speaker}"
+    ));
+    assert_eq!(sink["peers"][0]["connectionState"], "connected");
+
     // Ann shares her screen: Bob gets a second tile with frames; the camera stays.
     ann.click("share-btn");
     ann.wait("s => s.sharing");
