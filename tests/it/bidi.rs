@@ -187,6 +187,7 @@ impl Firefox {
                 continue;
             };
             if reply["id"].as_u64() != Some(id) {
+                note_event(&reply);
                 continue;
             }
             return match reply["type"].as_str() {
@@ -253,5 +254,126 @@ impl Drop for Firefox {
         };
         let _ = self.call("browser.close", json!({}));
         crate::cdp::reap(child);
+    }
+}
+
+/// The error-level `log.entryAdded` events (uncaught exceptions, `console.error`) of the tabs
+/// that `Firefox::open_watched` opened, in every Firefox of this process; `Tab::errors` picks
+/// its own by browsing context, which is unique.
+static LOG_ERRORS: Mutex<Vec<Value>> = Mutex::new(Vec::new());
+
+/// Keeps `event` in `LOG_ERRORS` if it is an error-level log entry.
+fn note_event(event: &Value) {
+    if event["method"] == "log.entryAdded" && event["params"]["level"] == "error" {
+        LOG_ERRORS.lock().unwrap().push(event["params"].clone());
+    }
+}
+
+impl Firefox {
+    /// Opens `url` in a new tab as `open` does, but subscribed to the tab's log entries
+    /// before it navigates, so `Tab::errors` sees everything from the start.
+    pub fn open_watched(&self, url: &str) -> Tab<'_> {
+        let created = self
+            .call("browsingContext.create", json!({"type": "tab"}))
+            .expect("a new tab");
+        let context = created["context"].as_str().expect("context").to_owned();
+        self.call(
+            "session.subscribe",
+            json!({"events": ["log.entryAdded"], "contexts": [context]}),
+        )
+        .expect("subscribe to log entries");
+        self.call(
+            "browsingContext.navigate",
+            json!({"context": context, "url": url, "wait": "interactive"}),
+        )
+        .unwrap_or_else(|e| panic!("navigate to {url}: {e}"));
+        Tab {
+            browser: self,
+            context,
+        }
+    }
+}
+
+impl Tab<'_> {
+    /// The uncaught exceptions and `console.error` calls of this tab so far, as text; only
+    /// for tabs opened with `Firefox::open_watched`.
+    pub fn errors(&self) -> Vec<String> {
+        // Entries logged before this call's reply are read (and kept) on the way to it.
+        let _ = self.browser.call("session.status", json!({}));
+        LOG_ERRORS
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e["source"]["context"].as_str() == Some(&self.context))
+            .map(|e| {
+                format!(
+                    "{}: {}",
+                    e["type"].as_str().unwrap_or("?"),
+                    e["text"].as_str().unwrap_or("?")
+                )
+            })
+            .collect()
+    }
+
+    /// Like `eval`, with the transient user activation that a click would give (Firefox
+    /// requires it for `getDisplayMedia`).
+    pub fn eval_gesture(&self, expression: &str) -> Result<Value, String> {
+        let wrapped = format!(
+            "(async () => {{ const v = await ({expression}); \
+               return v === undefined ? 'null' : JSON.stringify(v); }})()"
+        );
+        let result = self.browser.call(
+            "script.evaluate",
+            json!({
+                "expression": wrapped,
+                "target": {"context": self.context},
+                "awaitPromise": true,
+                "resultOwnership": "none",
+                "userActivation": true,
+            }),
+        )?;
+        if result["type"] == "exception" {
+            return Err(result["exceptionDetails"].to_string());
+        }
+        let text = result["result"]["value"].as_str().unwrap_or("null");
+        serde_json::from_str(text).map_err(|e| format!("{e}: {text}"))
+    }
+
+    /// Presses and releases `key` (a character, or a WebDriver key code such as `\u{E004}`
+    /// for Tab) as the keyboard would, in this tab.
+    pub fn press_key(&self, key: &str) {
+        self.browser
+            .call(
+                "input.performActions",
+                json!({"context": self.context, "actions": [{"type": "key", "id": "keyboard",
+                    "actions": [{"type": "keyDown", "value": key}, {"type": "keyUp", "value": key}]}]}),
+            )
+            .unwrap_or_else(|e| panic!("press {key:?}: {e}"));
+    }
+
+    /// Sets the viewport to `width` x `height` CSS pixels at a device pixel ratio of 1.
+    pub fn set_viewport(&self, width: u32, height: u32) {
+        self.browser
+            .call(
+                "browsingContext.setViewport",
+                json!({"context": self.context, "viewport": {"width": width, "height": height},
+                       "devicePixelRatio": 1}),
+            )
+            .expect("set the viewport");
+    }
+
+    /// A PNG of the viewport.
+    pub fn screenshot(&self) -> Vec<u8> {
+        use base64::Engine;
+        let shot = self
+            .browser
+            .call(
+                "browsingContext.captureScreenshot",
+                json!({"context": self.context}),
+            )
+            .expect("capture a screenshot");
+        base64::engine::general_purpose::STANDARD
+            .decode(shot["data"].as_str().expect("screenshot data"))
+            .expect("screenshot base64")
     }
 }

@@ -14,7 +14,7 @@ fn two_browser_tabs_see_each_others_video() {
     need(Prereq::Chromium);
     let server = TestServer::start("[signaling]\nroom_capacity = 2\n");
     let browser = Browser::launch(&[], &[]);
-    let url = format!("https://{}/r/browser-call", server.https);
+    let url = format!("https://{}/r/browser-call?autojoin", server.https);
     let first = browser.open(&url);
     let second = browser.open(&url);
 
@@ -59,7 +59,7 @@ fn the_lobby_proposes_an_unguessable_room_and_refuses_bad_names() {
     let server = TestServer::start("");
     let browser = Browser::launch(&[], &[]);
     let page = browser.open(&format!("https://{}/", server.https));
-    page.wait_for_state("s => s.phase === 'starting'", CALL_TIMEOUT);
+    page.wait_for_state("s => s.phase === 'home'", CALL_TIMEOUT);
     // The page proposes a room name nobody can guess: 16 signs of 32 (80 bits), new each time.
     let proposed = |page: &Page<'_>| {
         page.eval("document.getElementById('room-input').value")
@@ -70,7 +70,7 @@ fn the_lobby_proposes_an_unguessable_room_and_refuses_bad_names() {
     };
     let first = proposed(&page);
     let other = browser.open(&format!("https://{}/", server.https));
-    other.wait_for_state("s => s.phase === 'starting'", CALL_TIMEOUT);
+    other.wait_for_state("s => s.phase === 'home'", CALL_TIMEOUT);
     let second = proposed(&other);
     assert!(
         is_proposed_room(&first) && is_proposed_room(&second) && first != second,
@@ -97,7 +97,7 @@ fn relayed_call(transport: &str) {
     let server = TestServer::start("");
     let browser = Browser::launch(&[], &[]);
     let url = format!(
-        "https://{}/r/relay-{transport}?relay={transport}",
+        "https://{}/r/relay-{transport}?relay={transport}&autojoin",
         server.https
     );
     let first = browser.open(&url);
@@ -200,7 +200,7 @@ fn four_people_relay_only_fit_the_default_quotas() {
     need(Prereq::Chromium);
     let server = TestServer::start("");
     let browser = Browser::launch(&[], &[]);
-    let url = format!("https://{}/r/four-relay?relay", server.https);
+    let url = format!("https://{}/r/four-relay?relay&autojoin", server.https);
     let pages: Vec<_> = (0..4).map(|_| browser.open(&url)).collect();
     let all_relayed = "s => s.phase === 'joined' && s.peers.length === 3 \
                        && s.peers.every(p => p.connectionState === 'connected' \

@@ -18,6 +18,13 @@ use serde_json::{Value, json};
 
 type Pending = Arc<Mutex<HashMap<u64, mpsc::Sender<Value>>>>;
 
+/// The events that report a page's errors, kept for `Page::errors`.
+const ERROR_EVENTS: [&str; 3] = [
+    "Runtime.exceptionThrown",
+    "Runtime.consoleAPICalled",
+    "Log.entryAdded",
+];
+
 /// The browser, looked up on PATH (Debian's `chromium` package puts it in /usr/bin);
 /// `Prereq::Chromium` checks for it.
 pub const CHROMIUM: &str = "chromium";
@@ -51,6 +58,8 @@ pub struct Browser {
     commands: Mutex<std::io::PipeWriter>,
     pending: Pending,
     next_id: AtomicU64,
+    /// Events of `ERROR_EVENTS` from pages that `open_watched` opened.
+    events: Arc<Mutex<Vec<Value>>>,
     _profile: tempfile::TempDir,
 }
 
@@ -104,6 +113,8 @@ impl Browser {
 
         let pending: Pending = Arc::default();
         let replies = Arc::clone(&pending);
+        let events: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let collected = Arc::clone(&events);
         std::thread::spawn(move || {
             let mut reader = BufReader::new(resp_read);
             let mut buf = Vec::new();
@@ -116,6 +127,12 @@ impl Browser {
                     && let Some(tx) = replies.lock().unwrap().remove(&id)
                 {
                     let _ = tx.send(msg);
+                } else if let Ok(msg) = serde_json::from_slice::<Value>(&buf)
+                    && msg["method"]
+                        .as_str()
+                        .is_some_and(|m| ERROR_EVENTS.contains(&m))
+                {
+                    collected.lock().unwrap().push(msg);
                 }
                 buf.clear();
             }
@@ -125,6 +142,7 @@ impl Browser {
             commands: Mutex::new(cmd_write),
             pending,
             next_id: AtomicU64::new(1),
+            events,
             _profile: profile,
         }
     }
@@ -182,7 +200,99 @@ impl Browser {
     }
 }
 
+impl Browser {
+    /// Opens `url` in a new page as `open` does, but reports the page's errors from its
+    /// start: the page is created blank, its `Runtime` and `Log` domains are enabled, and
+    /// only then does it navigate. `Page::errors` returns them.
+    pub fn open_watched(&self, url: &str) -> Page<'_> {
+        let page = self.open("about:blank");
+        for domain in ["Runtime.enable", "Log.enable", "Page.enable"] {
+            self.call(Some(&page.session), domain, json!({}))
+                .unwrap_or_else(|e| panic!("{domain}: {e}"));
+        }
+        self.call(Some(&page.session), "Page.navigate", json!({"url": url}))
+            .unwrap_or_else(|e| panic!("navigate to {url}: {e}"));
+        page
+    }
+}
+
 impl Page<'_> {
+    /// The uncaught exceptions, `console.error` calls and error-level log entries (failed
+    /// loads, CSP violations) of this page so far, as text; only for pages opened with
+    /// `Browser::open_watched`.
+    pub fn errors(&self) -> Vec<String> {
+        let events = self.browser.events.lock().unwrap();
+        events
+            .iter()
+            .filter(|e| e["sessionId"].as_str() == Some(&self.session))
+            .filter_map(|e| {
+                let p = &e["params"];
+                match e["method"].as_str()? {
+                    "Runtime.exceptionThrown" => Some(format!(
+                        "uncaught: {}",
+                        p["exceptionDetails"]["exception"]["description"]
+                            .as_str()
+                            .unwrap_or_else(|| p["exceptionDetails"]["text"]
+                                .as_str()
+                                .unwrap_or("?"))
+                    )),
+                    "Runtime.consoleAPICalled" if p["type"] == "error" || p["type"] == "assert" => {
+                        Some(format!("console.{}: {}", p["type"].as_str()?, p["args"]))
+                    }
+                    "Log.entryAdded" if p["entry"]["level"] == "error" => Some(format!(
+                        "log: {} ({})",
+                        p["entry"]["text"].as_str().unwrap_or("?"),
+                        p["entry"]["url"].as_str().unwrap_or("")
+                    )),
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
+    /// Sets the viewport to `width` x `height` CSS pixels at a device pixel ratio of 1,
+    /// as a phone (`mobile`: meta viewport honoured, touch) or a desktop window.
+    pub fn set_viewport(&self, width: u32, height: u32, mobile: bool) {
+        self.browser
+            .call(
+                Some(&self.session),
+                "Emulation.setDeviceMetricsOverride",
+                json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile}),
+            )
+            .expect("set the viewport");
+    }
+
+    /// A PNG of the viewport.
+    pub fn screenshot(&self) -> Vec<u8> {
+        use base64::Engine;
+        let shot = self
+            .browser
+            .call(
+                Some(&self.session),
+                "Page.captureScreenshot",
+                json!({"format": "png"}),
+            )
+            .expect("capture a screenshot");
+        base64::engine::general_purpose::STANDARD
+            .decode(shot["data"].as_str().expect("screenshot data"))
+            .expect("screenshot base64")
+    }
+
+    /// Presses and releases a key in the page, as the keyboard would (`key` and `code` as
+    /// in `KeyboardEvent`, `key_code` the Windows virtual key code; `text` for keys that type).
+    pub fn press_key(&self, key: &str, code: &str, key_code: u32, text: &str) {
+        for kind in ["keyDown", "keyUp"] {
+            let mut params = json!({"type": kind, "key": key, "code": code,
+                "windowsVirtualKeyCode": key_code, "nativeVirtualKeyCode": key_code});
+            if kind == "keyDown" && !text.is_empty() {
+                params["text"] = json!(text);
+            }
+            self.browser
+                .call(Some(&self.session), "Input.dispatchKeyEvent", params)
+                .unwrap_or_else(|e| panic!("press {key}: {e}"));
+        }
+    }
+
     /// Closes the page (ending its calls).
     pub fn close(self) {
         let _ = self

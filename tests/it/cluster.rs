@@ -621,7 +621,10 @@ fn browsers_on_different_instances_call_each_other() {
     );
     let browser = Browser::launch(&[], &[]);
     let timeout = Duration::from_secs(60);
-    for (room, query, path) in [("span", "", "host"), ("span-relay", "?relay=udp", "relay")] {
+    for (room, query, path) in [
+        ("span", "?autojoin", "host"),
+        ("span-relay", "?relay=udp&autojoin", "relay"),
+    ] {
         let first = browser.open(&format!("https://{}/r/{room}{query}", a.https));
         let second = browser.open(&format!("https://{}/r/{room}{query}", b.https));
         let connected = format!(

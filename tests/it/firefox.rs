@@ -77,7 +77,7 @@ fn firefox_calls_chromium(server: &TestServer, room: &str, query: &str, kind: &s
 )]
 fn firefox_calls_chromium_directly() {
     let server = TestServer::start("");
-    let [fox, chrome] = firefox_calls_chromium(&server, "fox-direct", "", "");
+    let [fox, chrome] = firefox_calls_chromium(&server, "fox-direct", "?autojoin", "");
     for state in [&fox, &chrome] {
         assert_ne!(state["peers"][0]["candidateType"], "relay", "{state:#}");
     }
@@ -91,7 +91,7 @@ fn relayed(transport: &str) {
     let [fox, chrome] = firefox_calls_chromium(
         &server,
         &format!("fox-{transport}"),
-        &format!("?relay={transport}"),
+        &format!("?relay={transport}&autojoin"),
         "relay",
     );
     for state in [&fox, &chrome] {
@@ -135,7 +135,7 @@ fn firefox_calls_chromium_relay_only_over_tls() {
 fn firefox_calls_firefox_relay_only_over_udp() {
     need(Prereq::Firefox);
     let server = TestServer::start("");
-    let url = format!("https://{}/r/fox-fox?relay=udp", server.https);
+    let url = format!("https://{}/r/fox-fox?relay=udp&autojoin", server.https);
     let firefox = Firefox::launch(&[]);
     let first = firefox.open(&url);
     let second = firefox.open(&url);

@@ -24,7 +24,7 @@ async fn page_health_and_room_urls() {
 
     let (status, _, body) = server.https_get("/r/team-standup_1").await;
     assert_eq!(status, 200);
-    assert!(body.contains("id=\"call\""));
+    assert!(body.contains("id=\"room\""));
 
     let (status, _, body) = server.https_get("/r/bad.name").await;
     assert_eq!(status, 400);

@@ -193,8 +193,14 @@ fn unix_now() -> u64 {
         .as_secs()
 }
 
-/// Two pages, one per node, in `room` with `query`; waits until both satisfy `predicate`.
+/// Two pages, one per node, in `room` with `query` (and `autojoin`, so the pages join
+/// without the lobby); waits until both satisfy `predicate`.
 fn call(lab: &Lab, nodes: [&str; 2], room: &str, query: &str, predicate: &str) -> [Value; 2] {
+    let query = if query.is_empty() {
+        "?autojoin".to_owned()
+    } else {
+        format!("{query}&autojoin")
+    };
     let url = format!("https://{SERVER}/r/{room}{query}");
     call_at(lab, nodes, [&url, &url], predicate)
 }
@@ -384,8 +390,8 @@ fn a_call_crosses_instances_behind_nat() {
         &lab,
         ["c1", "c2"],
         [
-            &format!("https://{first}/r/across?relay=udp"),
-            &format!("https://{third}/r/across?relay=udp"),
+            &format!("https://{first}/r/across?relay=udp&autojoin"),
+            &format!("https://{third}/r/across?relay=udp&autojoin"),
         ],
         CONNECTED,
     );
@@ -403,8 +409,8 @@ fn a_call_crosses_instances_behind_nat() {
         &lab,
         ["c3", "c1"],
         [
-            &format!("https://{second}/r/corporate?relay=tls"),
-            &format!("https://{first}/r/corporate"),
+            &format!("https://{second}/r/corporate?relay=tls&autojoin"),
+            &format!("https://{first}/r/corporate?autojoin"),
         ],
         CONNECTED,
     );
