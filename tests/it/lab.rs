@@ -345,8 +345,8 @@ fn firefox_calls_chromium_behind_symmetric_nat_and_from_the_corporate_network() 
         &lab,
         ["c1", "c2"],
         [
-            &format!("https://{name}/r/fox-nat?relay=udp"),
-            &format!("https://{SERVER}/r/fox-nat?relay=udp"),
+            &format!("https://{name}/r/fox-nat?relay=udp&autojoin"),
+            &format!("https://{SERVER}/r/fox-nat?relay=udp&autojoin"),
         ],
     );
     for s in [&fox, &chrome] {
@@ -357,8 +357,8 @@ fn firefox_calls_chromium_behind_symmetric_nat_and_from_the_corporate_network() 
         &lab,
         ["c3", "c1"],
         [
-            &format!("https://{name}/r/fox-corporate?relay=tls"),
-            &format!("https://{SERVER}/r/fox-corporate?relay=tls"),
+            &format!("https://{name}/r/fox-corporate?relay=tls&autojoin"),
+            &format!("https://{SERVER}/r/fox-corporate?relay=tls&autojoin"),
         ],
     );
     for s in [&corporate, &other] {
