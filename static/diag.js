@@ -40,9 +40,16 @@
     return { scheme, host: m[2], port, transport };
   }
 
-  // One gathering with `config`; resolves with the candidates and candidate errors seen.
+  // One gathering with `config`; resolves with the candidates and candidate errors seen,
+  // or with the browser's refusal of the configuration (Firefox refuses, for one, a server
+  // on a port it blocks, such as 9).
   async function gather(config) {
-    const pc = new RTCPeerConnection(config);
+    let pc;
+    try {
+      pc = new RTCPeerConnection(config);
+    } catch (e) {
+      return { candidates: [], errors: [], refused: String(e && e.message || e) };
+    }
     const candidates = [], errors = [];
     pc.createDataChannel('diag');
     const done = new Promise((resolve) => {
@@ -91,12 +98,14 @@
   }
 
   async function probe(label, kind, server, config, match) {
-    const { candidates, errors } = await gather(config);
+    const { candidates, errors, refused } = await gather(config);
     const found = candidates.filter(match);
     const result = { label, kind, server, ok: found.length > 0, candidates: found, errors };
     if (result.ok) {
       const c = found[0];
       result.detail = c.type + ' ' + (c.address || '(hidden)') + (c.port ? ':' + c.port : '');
+    } else if (refused) {
+      result.reason = 'this browser refuses the server: ' + refused;
     } else {
       result.reason = reasonFor(kind, server, errors);
     }

@@ -153,3 +153,57 @@ fn firefox_calls_firefox_relay_only_over_udp() {
         (a, b) => panic!("no call; first tab: {a:#?}\nsecond tab: {b:#?}"),
     }
 }
+
+/// The connectivity page in Firefox reports the paths it reports in Chromium: on loopback
+/// (with the server named `localhost`, for TURN over TLS) every path of this server works,
+/// and a TURN server of the config that cannot work is reported with the reason: on port
+/// 9, Firefox refuses it outright (a port it blocks), which must not end the whole check.
+#[test]
+#[cfg_attr(
+    not(has_firefox),
+    ignore = "needs firefox-esr and certutil (apt install firefox-esr libnss3-tools)"
+)]
+fn diag_page_in_firefox_shows_which_paths_work() {
+    need(Prereq::Firefox);
+    let server = TestServer::start(
+        "[turn]\npublic_host = \"localhost\"\n\
+         [[ice_servers]]\nurls = [\"turn:127.0.0.1:9?transport=udp\"]\nusername = \"u\"\ncredential = \"p\"\n",
+    );
+    let cert = server.state_dir().join("selfsigned-cert.pem");
+    let firefox = Firefox::launch(&[&cert]);
+    let page = firefox.open(&format!("https://{}/diag", server.https));
+    let state = page
+        .try_wait_for_state(
+            "s => s.phase === 'done' || s.phase === 'error'",
+            CALL_TIMEOUT,
+        )
+        .unwrap_or_else(|last| panic!("the check did not finish: {last:#}"));
+    assert_eq!(state["phase"], "done", "{state:#}");
+    let results = state["results"].as_array().unwrap();
+    let ours = |label: &str| {
+        results
+            .iter()
+            .find(|r| {
+                r["label"].as_str().unwrap().starts_with(label)
+                    && r["server"].as_str().is_none_or(|s| !s.contains(":9?"))
+            })
+            .unwrap_or_else(|| panic!("no result {label:?} in {state:#}"))
+    };
+    for label in ["host", "relay over udp", "relay over tcp", "relay over tls"] {
+        assert_eq!(ours(label)["ok"], true, "{label}: {state:#}");
+    }
+    let blocked = results
+        .iter()
+        .find(|r| r["server"] == "turn:127.0.0.1:9?transport=udp")
+        .expect("the configured TURN server is checked too");
+    assert_eq!(blocked["ok"], false, "{state:#}");
+    let reason = blocked["reason"].as_str().unwrap();
+    assert!(reason.contains("refuses"), "{reason}");
+    assert!(
+        state["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("Calls can be relayed"),
+        "{state:#}"
+    );
+}
