@@ -33,7 +33,7 @@ use switchboard::turn::auth::{self, NonceKey};
 use switchboard::turn::core::{
     Core, CoreConfig, FiveTuple, Handled, PortChoice, RelayBinder, Transport,
 };
-use switchboard::turn::policy::{PeerPolicy, Reach};
+use switchboard::turn::policy::{self, PeerPolicy, Reach};
 use switchboard::turn::route::{self, Relay, Route};
 use switchboard::turn::wire::{self, CHANNEL_HEADER, HEADROOM, Kind};
 
@@ -443,14 +443,18 @@ pub fn stun(
                 allocation.relayed.is_ipv4(),
                 "a Send across families"
             );
+            let permission = allocation
+                .state
+                .lock()
+                .unwrap()
+                .permission(clock.now(), peer);
             assert!(
-                allocation
-                    .state
-                    .lock()
-                    .unwrap()
-                    .permission(clock.now(), peer)
-                    .is_some(),
+                permission.is_some(),
                 "a Send to a peer without a permission"
+            );
+            assert!(
+                permission != Some(Reach::Relays) || core.by_relayed(&peer).is_some(),
+                "a Send to a relay address that is not a live relay"
             );
             assert!(data.len() <= bytes.len());
             None
@@ -685,6 +689,12 @@ pub fn peer_data(
         &core.stats,
     ) {
         Ok(frame) => {
+            let from_ip = SocketAddr::new(policy::normalize(from.ip()), from.port());
+            let permission = state.permission(clock.now(), from_ip);
+            assert!(
+                permission != Some(Reach::Relays) || core.by_relayed(&from_ip).is_some(),
+                "data taken from a relay address that is not a live relay"
+            );
             trace!(
                 "from {from}: {} bytes framed for {}",
                 frame.len(),

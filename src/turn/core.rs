@@ -1168,7 +1168,10 @@ impl<B: RelayBinder> Core<B> {
         relayed: SocketAddr,
         peer: SocketAddr,
     ) -> Result<Reach, (u16, &'static str)> {
-        if peer.is_ipv4() != relayed.is_ipv4() {
+        // The family as written and of the address reached (an IPv4-mapped or -compatible
+        // IPv6 form reaches IPv4) must both be the relay's.
+        let reached = super::policy::normalize(peer.ip());
+        if peer.is_ipv4() != relayed.is_ipv4() || reached.is_ipv4() != relayed.is_ipv4() {
             return Err((443, "peer family mismatch"));
         }
         let is_relay = self.index.by_relayed(&peer).is_some();

@@ -270,9 +270,7 @@ pub fn start(
         own_ips,
     )
     .with_relays(
-        [Some(relay_ip), t.relay_ipv6, t.external_ip]
-            .into_iter()
-            .flatten(),
+        advertised_relay_ips(relay_ip, t.relay_ipv6, t.external_ip),
         t.min_port..=t.max_port,
     );
     let core_config = core_config(config, secrets.clone());
@@ -367,4 +365,43 @@ fn cidrs(list: &[String]) -> Vec<Cidr> {
     list.iter()
         .map(|c| c.parse().expect("validated with the config"))
         .collect()
+}
+
+/// The addresses relayed addresses are advertised on: the external address replaces the
+/// relay address of its family (1:1 NAT), as in XOR-RELAYED-ADDRESS.
+fn advertised_relay_ips(
+    relay_ip: IpAddr,
+    relay_ipv6: Option<IpAddr>,
+    external_ip: Option<IpAddr>,
+) -> Vec<IpAddr> {
+    [Some(relay_ip), relay_ipv6]
+        .into_iter()
+        .flatten()
+        .map(|ip| match external_ip {
+            Some(external) if external.is_ipv4() == ip.is_ipv4() => external,
+            _ => ip,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relays_are_advertised_on_the_external_address_of_their_family() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            advertised_relay_ips(
+                ip("10.0.0.5"),
+                Some(ip("2001:db8::5")),
+                Some(ip("203.0.113.5"))
+            ),
+            [ip("203.0.113.5"), ip("2001:db8::5")]
+        );
+        assert_eq!(
+            advertised_relay_ips(ip("10.0.0.5"), None, None),
+            [ip("10.0.0.5")]
+        );
+    }
 }
