@@ -35,7 +35,9 @@ pub fn server_name(k: usize) -> String {
     format!("{}.lab", server_node(k))
 }
 
-/// Where `ip netns exec` finds the files it mounts over `/etc` inside namespace `ns`.
+/// Where `ip netns exec` finds the files it mounts over `/etc` inside namespace `ns`
+/// (for programs it starts: a thread that joins the namespace with `setns` keeps this
+/// host's `/etc/hosts`).
 fn hosts_dir(ns: &str) -> PathBuf {
     Path::new("/etc/netns").join(ns)
 }
@@ -649,22 +651,33 @@ pub fn down(name: &str) -> Result<(), LabError> {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+    let mut first_error = None;
     for ns in namespaces(name) {
-        run(&["ip", "netns", "del", &ns])?;
+        if let Err(e) = run(&["ip", "netns", "del", &ns]) {
+            first_error.get_or_insert(e);
+        }
     }
-    // The hosts files, also of namespaces already gone.
+    // The hosts files the lab wrote, also of namespaces already gone; nothing else there.
     let all = NODES
         .iter()
         .map(|n| (*n).to_owned())
         .chain((2..=MAX_INSTANCES).map(server_node));
     for node in all {
         let dir = hosts_dir(&format!("{name}-{node}"));
-        if dir.exists() {
-            fs::remove_dir_all(&dir)
-                .map_err(|e| LabError(format!("cannot remove {}: {e}", dir.display())))?;
+        let hosts = dir.join("hosts");
+        match fs::remove_file(&hosts) {
+            Ok(()) => {
+                // Only if empty: files someone else put there stay.
+                let _ = fs::remove_dir(&dir);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                first_error
+                    .get_or_insert(LabError(format!("cannot remove {}: {e}", hosts.display())));
+            }
         }
     }
-    Ok(())
+    first_error.map_or(Ok(()), Err)
 }
 
 /// A summary of lab `name`: its namespaces and processes.
