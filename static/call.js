@@ -44,6 +44,7 @@
   let hungUp = false;
   let joinedOnce = false;
   let reconnectDelay = 1000;
+  let reconnectTimer = null;
   let statusText = '';
 
   function showError(message) {
@@ -434,6 +435,9 @@
   // ---------- signaling ----------
 
   function connect() {
+    reconnectTimer = null;
+    // Left while a reconnection was pending: stay out.
+    if (hungUp) return;
     state.phase = 'joining';
     if (!state.reconnecting) setStatus('Connecting to server…');
     ws = new WebSocket((location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/ws');
@@ -463,7 +467,7 @@
       state.reconnecting = true;
       $('banner').hidden = false;
       setStatus('Disconnected from server' + (ev.reason ? ' (' + ev.reason + ')' : '') + '; reconnecting…');
-      setTimeout(connect, reconnectDelay);
+      reconnectTimer = setTimeout(connect, reconnectDelay);
       reconnectDelay = Math.min(reconnectDelay * 2, 10000);
     };
   }
@@ -636,7 +640,7 @@
         sendSignal(peer, { description: pc.localDescription });
       } catch (err) {
         note(peer, 'negotiation failed: ' + err);
-        console.warn('negotiation failed', err);
+        console.error('negotiation failed', err);
       } finally {
         peer.makingOffer = false;
       }
@@ -748,11 +752,15 @@
       pendingMedia.set(from, Object.assign(pendingMedia.get(from) || {}, payload.media));
       return;
     }
+    // A connection starts with the other's offer; anything else from a peer without one
+    // (a candidate after it left, say) would make a ghost tile.
+    const isOffer = payload && payload.description && payload.description.type === 'offer';
+    if (!state.peers.has(from) && !isOffer) return;
     const peer = state.peers.get(from) || addPeer({ id: from, name: state.names.get(from) });
     // Handle one signal at a time per peer, in arrival order.
     peer.queue = peer.queue.then(() => handleSignal(peer, payload)).catch((err) => {
       note(peer, 'signal failed: ' + err);
-      console.warn('signal failed', err);
+      console.error('signal failed', err);
     });
   }
 
@@ -849,6 +857,8 @@
 
   function hangUp() {
     hungUp = true;
+    clearTimeout(reconnectTimer);
+    reconnectTimer = null;
     send({ type: 'leave' });
     stopSharing();
     for (const id of [...state.peers.keys()]) removePeer(id);
@@ -963,6 +973,7 @@
     status: statusText,
     banner: $('banner') ? !$('banner').hidden : false,
     reconnecting: state.reconnecting,
+    reconnectPending: reconnectTimer !== null,
     rejoins: state.rejoins,
     sharing: state.sharing,
     micLevel: state.micLevel,

@@ -44,6 +44,14 @@ fn two_browser_tabs_see_each_others_video() {
         refused["error"].as_str().unwrap().contains("full"),
         "{refused:#}"
     );
+    // ...where it can be read: in the viewport, not below the room that fills it.
+    let in_view = third
+        .eval(
+            "(() => { const r = document.getElementById('error').getBoundingClientRect(); \
+               return r.height > 0 && r.top >= 0 && r.bottom <= innerHeight; })()",
+        )
+        .unwrap();
+    assert_eq!(in_view, true, "the error is out of view");
 
     // Hanging up in one page is seen by the other.
     first
