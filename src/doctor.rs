@@ -82,6 +82,9 @@ pub async fn run(config: &Config, path: &Path) -> Report {
     listeners(config, &mut report).await;
     if config.turn.enabled {
         relay_address(config, &mut report);
+        if let Some(warning) = tls_host_warning(config.turn.public_host.as_deref()) {
+            report.push(Status::Warn, "TURN over TLS", warning);
+        }
         relay_self_test(config, &mut report).await;
     }
     if config.cluster.enabled() {
@@ -406,6 +409,20 @@ fn relay_address(config: &Config, report: &mut Report) {
     }
 }
 
+/// A `turn.public_host` that is an IP address puts it in the `turns:` URLs, which Firefox
+/// ignores ("TLS requires FQDN"): its users behind networks that let only 443 out get no relay.
+fn tls_host_warning(public_host: Option<&str>) -> Option<String> {
+    let host = public_host?;
+    let ip = host.trim_start_matches('[').trim_end_matches(']');
+    ip.parse::<IpAddr>().is_ok().then(|| {
+        format!(
+            "turn.public_host = {host} is an IP address: Firefox ignores TURN over TLS (turns:) URLs that \
+             name an IP, so Firefox users behind networks that let only 443 out get no relay; set it to a \
+             DNS name that is on the certificate"
+        )
+    })
+}
+
 fn secret(config: &Config) -> Result<Secret, String> {
     if let Some(s) = config.turn.secrets.first() {
         return Ok(s.clone());
@@ -521,6 +538,14 @@ async fn echo(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ip_address_as_public_host_is_warned_of_for_firefox() {
+        assert!(tls_host_warning(Some("203.0.113.5")).is_some());
+        assert!(tls_host_warning(Some("[2001:db8::5]")).is_some());
+        assert!(tls_host_warning(Some("calls.example.org")).is_none());
+        assert!(tls_host_warning(None).is_none());
+    }
 
     #[test]
     fn private_addresses_are_told_apart() {
