@@ -16,6 +16,7 @@
 //! - `forwarded`: who the client is behind a trusted proxy (PROXY protocol header, `X-Forwarded-For`).
 //! - `throttle`: log lines a client can cause, limited per call site, with its text clipped.
 //! - `sync`: locks that a panic does not poison for good.
+//! - `clock`: the wall clock in Unix seconds, for the callers of the sans-IO cores.
 //! - `metrics`: counters for the data path and the OpenMetrics text of `/metrics`; calls no other module.
 //! - `cluster`: several instances sharing rooms through Redis (`[cluster]`): the link and
 //!   each dialect's shared `Registry`.
@@ -29,6 +30,8 @@
 //! - `acme`: certificates from an ACME CA (TLS-ALPN-01), renewed before they expire.
 //! - `doctor`: `switchboard doctor`, the read-only checks of a deployment.
 //! - `coturn`: `import-coturn`, a coturn `turnserver.conf` turned into a Switchboard config.
+//! - `tokens`: join tokens (JWTs an application's backend signs): checked on join, minted by
+//!   `switchboard token`; plain data.
 //! - `signaling`: the dialects (native JSON, plain WebSocket, socket.io) behind one `Dialect` trait,
 //!   the room registry, the message gate and the socket task.
 //! - `turn`: the STUN/TURN server behind one handle (`turn::Turn`): credentials, policy, allocation
@@ -37,6 +40,7 @@
 pub mod acme;
 pub mod admin;
 pub mod app;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod coturn;
@@ -56,4 +60,5 @@ pub mod state;
 pub mod sync;
 pub mod throttle;
 pub mod tls;
+pub mod tokens;
 pub mod turn;

@@ -47,6 +47,34 @@ enum Command {
         #[arg(long)]
         host: Option<String>,
     },
+    /// Print a join token for a room, signed with a key of [tokens] (for scripts and tests;
+    /// an application's backend signs its own with any JWT library).
+    Token {
+        /// The room: its name, or a prefix followed by * ("clinic-*"; "*" for any room).
+        #[arg(long)]
+        room: String,
+        /// The peer's identity, shown to the others as its name.
+        #[arg(long)]
+        sub: Option<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+        /// The room's capacity for this join, in place of the server's (1-1000).
+        #[arg(long)]
+        capacity: Option<u32>,
+        /// The holder may put others out of the room.
+        #[arg(long)]
+        kick: bool,
+        /// The holder may only receive media.
+        #[arg(long)]
+        no_publish: bool,
+        /// The id of the key to sign with (tokens.keys[].id); default the first HMAC key.
+        #[arg(long)]
+        key: Option<String>,
+        /// Sign with this private key (PEM, PKCS#8: Ed25519 or P-256) instead, under --key's id.
+        #[arg(long)]
+        private_key: Option<PathBuf>,
+    },
     /// Check the config and the server running with it (certificate, every listener, the
     /// relay address, a relay self-test) and print a report; exit 1 when a check fails.
     Doctor,
@@ -135,6 +163,37 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Token {
+            room,
+            sub,
+            ttl,
+            capacity,
+            kick,
+            no_publish,
+            key,
+            private_key,
+        } => {
+            let claims = switchboard::tokens::Claims {
+                room,
+                sub,
+                exp: switchboard::clock::unix_now() + ttl,
+                nbf: None,
+                aud: config.tokens.audience.clone(),
+                capacity,
+                publish: no_publish.then_some(false),
+                kick: kick.then_some(true),
+            };
+            match token(&config, &claims, key.as_deref(), private_key.as_deref()) {
+                Ok(token) => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Drain => match drain(&config) {
             Ok(answer) => {
                 println!("{answer}");
@@ -236,6 +295,54 @@ fn credentials(
     Ok(serde_json::to_string_pretty(
         &serde_json::json!({"iceServers": servers, "ttl": ttl}),
     )?)
+}
+
+fn token(
+    config: &Config,
+    claims: &switchboard::tokens::Claims,
+    key: Option<&str>,
+    private_key: Option<&std::path::Path>,
+) -> anyhow::Result<String> {
+    use switchboard::tokens::{MAX_CAPACITY, Signer};
+    let exact = claims.room.strip_suffix('*').unwrap_or(&claims.room);
+    anyhow::ensure!(
+        exact.is_empty() || switchboard::model::RoomId::parse(exact).is_ok(),
+        "--room: expected a room name ([A-Za-z0-9_-], 1-64) or a prefix followed by *, got {:?}",
+        claims.room
+    );
+    if let Some(sub) = &claims.sub {
+        switchboard::model::check_name(sub).map_err(|m| anyhow::anyhow!("--sub: {m}"))?;
+    }
+    if let Some(c) = claims.capacity {
+        anyhow::ensure!(
+            (1..=MAX_CAPACITY).contains(&c),
+            "--capacity: expected 1 to {MAX_CAPACITY}, got {c}"
+        );
+    }
+    let signer = if let Some(path) = private_key {
+        let kid = key.ok_or_else(|| {
+            anyhow::anyhow!("--private-key needs --key ID: the id of its public key in [tokens]")
+        })?;
+        let pem = std::fs::read(path)
+            .map_err(|e| anyhow::anyhow!("cannot read --private-key {}: {e}", path.display()))?;
+        Signer::from_private_pem(kid, &pem)
+            .map_err(|m| anyhow::anyhow!("--private-key {}: {m}", path.display()))?
+    } else {
+        let keys = &config.tokens.keys;
+        let chosen = match key {
+            Some(id) => keys.iter().find(|k| k.id == id).ok_or_else(|| {
+                anyhow::anyhow!("--key: no key {id:?} in [tokens] of this config")
+            })?,
+            None => keys.iter().find(|k| k.secret.is_some()).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "this config has no HMAC key in [tokens] to sign with: add a [[tokens.keys]] \
+                     entry with id and secret, or pass --private-key FILE --key ID"
+                )
+            })?,
+        };
+        chosen.signer().map_err(|m| anyhow::anyhow!("--key: {m}"))?
+    };
+    Ok(signer.mint(claims))
 }
 
 fn lab(command: LabCommand) -> ExitCode {

@@ -69,9 +69,7 @@ pub fn clip(text: &str) -> &str {
 
 /// Seconds on the clock the throttles count by.
 pub fn now_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    crate::clock::unix_now()
 }
 
 #[cfg(test)]

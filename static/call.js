@@ -17,6 +17,14 @@
   const STUN_ONLY = params.get('ice') === 'stun';
   // ?autojoin joins at once, without the lobby (for embedding, kiosks and scripts).
   const AUTOJOIN = params.has('autojoin');
+  // ?token=… is a join token from the application that sent this link (rooms it controls).
+  const TOKEN = params.get('token');
+  const TOKEN_ERRORS = {
+    token_required: 'This room needs an invitation link from the application that runs it.',
+    token_invalid: 'This invitation link is not valid.',
+    token_expired: 'This invitation link has expired: ask for a new one.',
+    token_room_mismatch: 'This invitation link is for another room.',
+  };
   const $ = (id) => document.getElementById(id);
 
   const state = {
@@ -35,6 +43,7 @@
     micLevel: 0,            // 0..1, the microphone's level now
     meterTicks: 0,          // how often the level was measured
     linkCopied: null,       // 'clipboard' | 'selected' once the copy button was used
+    roles: { publish: true, kick: false },  // what this page may do in the room (its token's)
   };
 
   let ws = null;
@@ -442,7 +451,7 @@
     if (!state.reconnecting) setStatus('Connecting to server…');
     ws = new WebSocket((location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/ws');
     ws.onopen = () => {
-      send({ type: 'join', room: state.room, name: myName() || undefined });
+      send({ type: 'join', room: state.room, name: myName() || undefined, token: TOKEN || undefined });
     };
     ws.onmessage = (ev) => {
       let msg;
@@ -488,6 +497,8 @@
         state.phase = 'joined';
         state.peerId = msg.peer_id;
         state.iceServers = msg.ice_servers || [];
+        state.roles = msg.roles || { publish: true, kick: false };
+        if (!state.roles.publish) receiveOnly();
         state.names.clear();
         for (const p of msg.peers) state.names.set(p.id, p.name || null);
         for (const p of msg.peers) addPeer(p);
@@ -523,14 +534,15 @@
         break;
       case 'error':
         if (msg.code === 'room_full' || msg.code === 'bad_room' || msg.code === 'too_many_rooms'
-            || msg.code === 'room_closed' || msg.code === 'kicked' || msg.code === 'bad_name') {
+            || msg.code === 'room_closed' || msg.code === 'kicked' || msg.code === 'bad_name'
+            || TOKEN_ERRORS[msg.code]) {
           state.phase = 'error';
           state.reconnecting = false;
           $('banner').hidden = true;
           setStatus('Not joined');
           showError(msg.code === 'room_full'
             ? 'This room is full. Try again later or choose another room.'
-            : msg.message);
+            : TOKEN_ERRORS[msg.code] || msg.message);
           endControls();
           ws.close(1000);
         } else {
@@ -845,6 +857,23 @@
     });
   }
 
+  // The token lets this page only receive: its camera and microphone are released, and the
+  // connections it makes or answers are receive-only.
+  let receivingOnly = false;
+  function receiveOnly() {
+    if (receivingOnly) return;
+    receivingOnly = true;
+    if (localStream) localStream.getTracks().forEach((t) => t.stop());
+    localStream = null;
+    state.localMedia = false;
+    clearInterval(meterTimer);
+    state.micLevel = 0;
+    $('local-video').srcObject = null;
+    $('share-btn').hidden = true;
+    $('local-caption').textContent += ' · watching';
+    updateToggles();
+  }
+
   function endControls() {
     if (localStream) localStream.getTracks().forEach((t) => t.stop());
     stopSharing();
@@ -984,6 +1013,7 @@
     micOn: trackEnabled('audio'),
     camOn: trackEnabled('video'),
     linkCopied: state.linkCopied,
+    roles: state.roles,
     switches: state.switches,
     localVideoWidth: $('local-video') ? $('local-video').videoWidth : 0,
     devices: {

@@ -449,6 +449,7 @@ impl Registry for Shared {
         &self,
         peer: PeerInfo,
         room: &RoomId,
+        capacity: Option<usize>,
         member: Arc<dyn Member>,
         welcome: Welcome,
     ) -> Joining {
@@ -472,7 +473,8 @@ impl Registry for Shared {
                     token: token.clone(),
                 },
             );
-            let limits = self.limits();
+            let (default_capacity, max_rooms) = self.limits();
+            let limits = (capacity.unwrap_or(default_capacity), max_rooms);
             self.cluster.queue_join(
                 self.dialect,
                 room,

@@ -56,6 +56,7 @@ mod redis_url;
 mod secret;
 mod server;
 mod signaling;
+mod tokens;
 mod turn;
 
 use std::path::{Path, PathBuf};
@@ -74,6 +75,7 @@ pub use redis_url::RedisUrl;
 pub use secret::Secret;
 pub use server::ServerConfig;
 pub use signaling::SignalingConfig;
+pub use tokens::{RequireMode, TokenKeyConfig, TokensConfig};
 pub use turn::{StaticUser, TurnConfig};
 
 /// The whole configuration, as read from `config.toml`.
@@ -93,6 +95,8 @@ pub struct Config {
     pub api: ApiConfig,
     /// Several instances sharing rooms through Redis; off without `cluster.redis_url`.
     pub cluster: ClusterConfig,
+    /// Join tokens: which rooms need one, and the keys that sign them.
+    pub tokens: TokensConfig,
     /// Extra ICE servers handed to every peer in `welcome`, before Switchboard's own.
     pub ice_servers: Vec<IceServerConfig>,
 }
@@ -276,8 +280,10 @@ impl Config {
             admin,
             api,
             cluster,
+            tokens,
             ice_servers,
         } = self;
+        tokens.validate(&invalid)?;
         acme.validate(https, &invalid)?;
         cluster.validate(!turn.secrets.is_empty(), &invalid)?;
         admin.validate(&invalid)?;
@@ -303,6 +309,7 @@ impl Config {
             AdminConfig::KEYS,
             ApiConfig::KEYS,
             ClusterConfig::KEYS,
+            TokensConfig::KEYS,
             &[ICE_SERVERS],
         ]
         .into_iter()
@@ -324,6 +331,7 @@ impl Config {
             admin,
             api,
             cluster,
+            tokens,
             ice_servers,
         } = self;
         let mut changed = [
@@ -337,6 +345,7 @@ impl Config {
             admin.changed(&new.admin),
             api.changed(&new.api),
             cluster.changed(&new.cluster),
+            tokens.changed(&new.tokens),
         ]
         .concat();
         if *ice_servers != new.ice_servers {

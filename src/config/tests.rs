@@ -160,7 +160,7 @@ fn classified(section: &str) -> Vec<&'static str> {
 
 #[test]
 fn every_key_serde_reads_is_classified_once() {
-    let sections: [(&str, &[&str]); 10] = [
+    let sections: [(&str, &[&str]); 11] = [
         ("server", serde_fields::<ServerConfig>()),
         ("log", serde_fields::<LogConfig>()),
         ("https", serde_fields::<HttpsConfig>()),
@@ -171,6 +171,7 @@ fn every_key_serde_reads_is_classified_once() {
         ("admin", serde_fields::<AdminConfig>()),
         ("api", serde_fields::<ApiConfig>()),
         ("cluster", serde_fields::<ClusterConfig>()),
+        ("tokens", serde_fields::<TokensConfig>()),
     ];
     for (section, fields) in sections {
         assert!(!fields.is_empty(), "{section}");

@@ -25,6 +25,9 @@ pub struct Admitted {
     /// The client's address (behind a trusted proxy, the one it names), which an operator's
     /// kick keeps out for a while (`Host::peer_kicked`).
     pub client: std::net::IpAddr,
+    /// A join token in the URL's query (`?token=`), for clients that cannot send one in a
+    /// message (the plain-WebSocket dialect, socket.io 2 clients).
+    pub token: Option<String>,
 }
 
 /// Why a connection was not admitted: the HTTP answer a WebSocket upgrade gets (a JSON
@@ -117,7 +120,19 @@ pub fn admit(
         guard,
         request_host,
         client: remote.ip(),
+        token: query_token(uri),
     })
+}
+
+/// The `token` parameter of a URL's query, decoded; the first one if several.
+pub fn query_token(uri: &axum::http::Uri) -> Option<String> {
+    let axum::extract::Query(pairs) =
+        axum::extract::Query::<Vec<(String, String)>>::try_from_uri(uri).ok()?;
+    pairs
+        .into_iter()
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v)
+        .filter(|v| !v.is_empty())
 }
 
 /// A refusal: `status` with a JSON `{"code", "message"}` body.

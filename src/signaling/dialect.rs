@@ -137,7 +137,7 @@ mod tests {
         };
         native
             .registry()
-            .join(info, &room, Arc::new(Quiet), Box::new(|_| {}))
+            .join(info, &room, None, Arc::new(Quiet), Box::new(|_| {}))
             .decided()
             .unwrap();
 

@@ -13,11 +13,13 @@ use tokio_util::task::TaskTracker;
 
 use super::bans::{Bans, KeptOut};
 use super::limits::ConnectionLimiter;
+use super::protocol::ErrorCode;
 use super::signal::Signals;
 use super::stats::SignalingMetrics;
 use crate::config::{Config, SignalingConfig};
 use crate::model::{IceServer, PeerId, RoomId, Scope};
 use crate::sync::Locked;
+use crate::tokens::{Grant, Refusal};
 use crate::turn::{Membership, Turn};
 
 /// The signaling settings that a reload (SIGHUP) replaces while every connection stays:
@@ -37,6 +39,8 @@ pub struct Live {
     pub closed_room: std::time::Duration,
     /// How long a kicked peer's source may not come back (`admin.kicked_peer_s`).
     pub kicked_peer: std::time::Duration,
+    /// Join tokens: which rooms need one, and the keys that check them (`[tokens]`).
+    pub tokens: crate::tokens::Verifier,
 }
 
 impl Live {
@@ -58,6 +62,7 @@ impl Live {
                 .collect(),
             closed_room: std::time::Duration::from_secs(config.admin.closed_room_s),
             kicked_peer: std::time::Duration::from_secs(config.admin.kicked_peer_s),
+            tokens: config.tokens.verifier(),
         }
     }
 }
@@ -176,6 +181,31 @@ impl Host {
     pub fn kept_out(&self, scope: &Scope, client: IpAddr, now: Instant) -> Option<KeptOut> {
         let source = crate::limiter::source(client, self.live().signaling.source_prefix_v6);
         self.bans.locked().check(scope, source, now)
+    }
+
+    /// What `token` (or none) lets its holder do in `room`, by the live `[tokens]`: `None` for
+    /// an open room joined without a token.
+    ///
+    /// # Errors
+    /// The code and message of the refusal.
+    pub fn check_token(
+        &self,
+        room: &RoomId,
+        token: Option<&str>,
+    ) -> Result<Option<Grant>, (ErrorCode, &'static str)> {
+        let checked = self
+            .live()
+            .tokens
+            .check(room, token, crate::clock::unix_now());
+        checked.map_err(|refusal| {
+            let code = match refusal {
+                Refusal::Required => ErrorCode::TokenRequired,
+                Refusal::Invalid => ErrorCode::TokenInvalid,
+                Refusal::Expired => ErrorCode::TokenExpired,
+                Refusal::RoomMismatch => ErrorCode::TokenRoomMismatch,
+            };
+            (code, refusal.message())
+        })
     }
 
     /// The ICE servers for `peer` in `scope` (its dialect and room), and how long their

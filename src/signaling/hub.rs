@@ -63,11 +63,14 @@ impl Hub {
         &self,
         peer: PeerInfo,
         room: &RoomId,
+        capacity: Option<usize>,
         member: Arc<dyn Member>,
         welcome: Welcome,
     ) -> Result<Joined, JoinError> {
         let mut inner = self.write();
-        let joined = inner.rooms.handle_join(peer.clone(), room)?;
+        let joined = inner
+            .rooms
+            .handle_join_within(peer.clone(), room, capacity)?;
         welcome(&joined);
         for other in &joined.others {
             if let Some(m) = inner.members.get(&other.id) {
@@ -99,10 +102,11 @@ impl Registry for Hub {
         &self,
         peer: PeerInfo,
         room: &RoomId,
+        capacity: Option<usize>,
         member: Arc<dyn Member>,
         welcome: Welcome,
     ) -> Joining {
-        Joining::Done(self.join_now(peer, room, member, welcome))
+        Joining::Done(self.join_now(peer, room, capacity, member, welcome))
     }
 
     fn leave(&self, peer: &PeerId) -> Option<Left> {
@@ -297,6 +301,7 @@ mod tests {
         hub.join_now(
             peer.clone(),
             room,
+            None,
             member.clone(),
             Box::new(move |joined| m.push(format!("welcome {}", joined.others.len()))),
         )
@@ -438,17 +443,23 @@ mod tests {
         let hub = Hub::new(Rooms::new(4, 10));
         let room = RoomId::parse("r").unwrap();
         let buggy = info("buggy");
-        hub.join_now(buggy.clone(), &room, Arc::new(Buggy), Box::new(|_| {}))
-            .unwrap();
+        hub.join_now(
+            buggy.clone(),
+            &room,
+            None,
+            Arc::new(Buggy),
+            Box::new(|_| {}),
+        )
+        .unwrap();
         let joining = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            hub.join_now(info("b"), &room, Recorder::new(8), Box::new(|_| {}))
+            hub.join_now(info("b"), &room, None, Recorder::new(8), Box::new(|_| {}))
         }));
         assert!(joining.is_err(), "the member's panic reached the caller");
         // The registry still answers, and still changes.
         assert!(hub.is_member(&room, &buggy.id));
         let c = Recorder::new(8);
         let other = RoomId::parse("other").unwrap();
-        hub.join_now(info("c"), &other, c, Box::new(|_| {}))
+        hub.join_now(info("c"), &other, None, c, Box::new(|_| {}))
             .unwrap();
         assert_eq!(hub.counts(), (2, 3));
     }

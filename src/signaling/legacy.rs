@@ -80,7 +80,8 @@ type Partner = Arc<Mutex<Option<String>>>;
 /// This dialect's credentials: `ws/`, the dialect alone (it has no rooms).
 pub const SPACE: Space = Space::new("ws");
 
-/// The registry room every user of this dialect is in.
+/// The registry room every user of this dialect is in, and the room a join token for this
+/// dialect names (`tokens.require` and a token's `room` claim read it as `users`).
 static USERS: std::sync::LazyLock<RoomId> =
     std::sync::LazyLock::new(|| RoomId::parse("users").expect("a valid room name"));
 
@@ -118,7 +119,7 @@ impl Directory {
             me: user.id.clone(),
             calls: Arc::clone(&self.calls),
         });
-        self.registry.join(user, &USERS, member, welcome)
+        self.registry.join(user, &USERS, None, member, welcome)
     }
 
     /// The partner of `peer`, whose login succeeded.
@@ -293,6 +294,8 @@ struct Session {
     /// The user this one last exchanged an offer or answer with; told `leave` on close
     /// (shared with the directory, for a kick). Set while logged in.
     partner: Option<Partner>,
+    /// The join token of the socket's URL (`?token=`): this dialect's messages have no room for one.
+    token: Option<String>,
     gate: Gate,
     /// When a session that has not logged in is closed (`signaling.join_timeout_s`).
     login_due: Instant,
@@ -446,6 +449,17 @@ impl Session {
             let (code, message) = kept_out.error();
             return Next::Reply(self.error(code, message));
         }
+        match self.app.check_token(&USERS, self.token.as_deref()) {
+            Err((code, message)) => return Next::Reply(self.error(code, message)),
+            // The token's identity is the only name it may log in as.
+            Ok(Some(grant)) if grant.sub.as_ref().is_some_and(|sub| sub != name) => {
+                return Next::Reply(self.error(
+                    ErrorCode::TokenRoomMismatch,
+                    "the join token is for another name",
+                ));
+            }
+            Ok(_) => {}
+        }
         // The dialect has no rooms: its credentials name the dialect alone (`ws/`), a scope
         // no native or socket.io room can name, with no per-room quota.
         let (ice_servers, ice_ttl_s) =
@@ -571,6 +585,7 @@ async fn run(
         guard: _guard,
         request_host,
         client,
+        token,
     } = admitted;
     info!("connected");
     let (conn, outbox) = Conn::new(&app, socket);
@@ -590,6 +605,7 @@ async fn run(
         name: None,
         logging_in: None,
         partner: None,
+        token,
         gate,
         login_due,
         failed_logins: 0,

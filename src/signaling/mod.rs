@@ -38,6 +38,7 @@ pub mod outbox;
 pub mod protocol;
 pub mod registry;
 pub mod room;
+pub mod sdp;
 pub mod signal;
 pub mod sio;
 pub mod socket;

@@ -11,6 +11,11 @@ use serde_json::value::RawValue;
 pub use crate::model::{
     IceServer, MAX_NAME_LEN, MAX_ROOM_LEN, PeerId, PeerInfo, RoomId, check_name,
 };
+pub use crate::tokens::Roles;
+
+fn default_roles() -> Roles {
+    Roles::DEFAULT
+}
 
 /// An opaque signal payload (SDP or ICE candidate), kept as the JSON text the sender
 /// wrote: the server forwards it without parsing it into a tree or serializing it again.
@@ -65,12 +70,17 @@ impl<'de> Deserialize<'de> for Payload {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientMsg {
-    /// Enter a room, creating it if needed.
+    /// Enter a room, creating it if needed; `token` is a join token from the application
+    /// (needed where `tokens.require` says so).
     Join {
         room: String,
         #[serde(default)]
         name: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
     },
+    /// Put another peer out of the room (a join token's `kick` role).
+    Kick { peer_id: PeerId },
     /// Forward an opaque payload (SDP or ICE candidate) to another member of the room.
     Signal { to: PeerId, payload: Payload },
     /// Leave the current room; the socket stays open and may join again.
@@ -93,6 +103,9 @@ pub enum ServerMsg {
         /// Seconds the credentials in `ice_servers` stay valid, when they expire.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ice_ttl_s: Option<u64>,
+        /// What this peer may do (its join token's roles; open rooms: publish, no kick).
+        #[serde(default = "default_roles")]
+        roles: Roles,
     },
     /// Fresh credentials, pushed before the previous ones expire.
     IceServers {
@@ -167,6 +180,16 @@ pub enum ErrorCode {
     /// The instances of a cluster share rooms through Redis, which cannot be reached now:
     /// a join that needs it is refused; try again shortly.
     Unavailable,
+    /// The room needs a join token (`tokens.require`) and the join had none.
+    TokenRequired,
+    /// The join token is not one a configured key signed, or its claims are malformed.
+    TokenInvalid,
+    /// The join token's `exp` has passed.
+    TokenExpired,
+    /// The join token is for another room (plain-WebSocket dialect: another name).
+    TokenRoomMismatch,
+    /// The peer's join token does not give it that right (`kick`, `publish`).
+    Forbidden,
 }
 
 impl crate::metrics::Label for ErrorCode {
@@ -189,6 +212,11 @@ impl crate::metrics::Label for ErrorCode {
         ErrorCode::RoomClosed,
         ErrorCode::Kicked,
         ErrorCode::Unavailable,
+        ErrorCode::TokenRequired,
+        ErrorCode::TokenInvalid,
+        ErrorCode::TokenExpired,
+        ErrorCode::TokenRoomMismatch,
+        ErrorCode::Forbidden,
     ];
     fn index(self) -> usize {
         self as usize
@@ -213,6 +241,11 @@ impl crate::metrics::Label for ErrorCode {
             ErrorCode::RoomClosed => "room_closed",
             ErrorCode::Kicked => "kicked",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::TokenRequired => "token_required",
+            ErrorCode::TokenInvalid => "token_invalid",
+            ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::TokenRoomMismatch => "token_room_mismatch",
+            ErrorCode::Forbidden => "forbidden",
         }
     }
 }
@@ -342,14 +375,30 @@ mod tests {
             decode(r#"{"type":"join","room":"r1","name":"Ann"}"#).unwrap(),
             ClientMsg::Join {
                 room: "r1".into(),
-                name: Some("Ann".into())
+                name: Some("Ann".into()),
+                token: None,
             }
         );
         assert_eq!(
             decode(r#"{"type":"join","room":"r1"}"#).unwrap(),
             ClientMsg::Join {
                 room: "r1".into(),
-                name: None
+                name: None,
+                token: None,
+            }
+        );
+        assert_eq!(
+            decode(r#"{"type":"join","room":"r1","token":"a.b.c"}"#).unwrap(),
+            ClientMsg::Join {
+                room: "r1".into(),
+                name: None,
+                token: Some("a.b.c".into()),
+            }
+        );
+        assert_eq!(
+            decode(r#"{"type":"kick","peer_id":"ab"}"#).unwrap(),
+            ClientMsg::Kick {
+                peer_id: PeerId::test("ab")
             }
         );
         assert_eq!(
@@ -387,11 +436,13 @@ mod tests {
             }],
             ice_servers: vec![],
             ice_ttl_s: None,
+            roles: Roles::DEFAULT,
         };
         let text = encode(&welcome);
         assert_eq!(
             serde_json::from_str::<Value>(&text).unwrap(),
-            json!({"type":"welcome","peer_id":"p1","room":"r","peers":[{"id":"p0"}],"ice_servers":[]})
+            json!({"type":"welcome","peer_id":"p1","room":"r","peers":[{"id":"p0"}],"ice_servers":[],
+                   "roles":{"publish":true,"kick":false}})
         );
         let err = encode(&ServerMsg::error(ErrorCode::RoomFull, "full"));
         assert_eq!(

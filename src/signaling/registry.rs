@@ -146,6 +146,7 @@ pub enum To<'a> {
 /// Rooms, their members, and delivery to a member (see the module's promises).
 pub trait Registry: Send + Sync + fmt::Debug {
     /// Joins `peer` to `room`: `welcome` runs, then `peer_joined` goes to the others.
+    /// `capacity`, a join token's, replaces the dialect's room capacity for this join.
     ///
     /// Its outcome's errors: the room is full, there are too many rooms, the peer is in a
     /// room already, its name is taken (unique-name registries), or a shared registry cannot
@@ -154,6 +155,7 @@ pub trait Registry: Send + Sync + fmt::Debug {
         &self,
         peer: PeerInfo,
         room: &RoomId,
+        capacity: Option<usize>,
         member: Arc<dyn Member>,
         welcome: Welcome,
     ) -> Joining;

@@ -106,6 +106,19 @@ impl Rooms {
     /// # Errors
     /// The peer is already in a room, the room is full, or no more rooms may be created.
     pub fn handle_join(&mut self, peer: PeerInfo, room_id: &RoomId) -> Result<Joined, JoinError> {
+        self.handle_join_within(peer, room_id, None)
+    }
+
+    /// `handle_join`, with `capacity` (a join token's) in place of the rooms' capacity when given.
+    ///
+    /// # Errors
+    /// As `handle_join`.
+    pub fn handle_join_within(
+        &mut self,
+        peer: PeerInfo,
+        room_id: &RoomId,
+        capacity: Option<usize>,
+    ) -> Result<Joined, JoinError> {
         if self.membership.contains_key(&peer.id) {
             return Err(JoinError::AlreadyJoined);
         }
@@ -119,7 +132,7 @@ impl Rooms {
             return Err(JoinError::TooManyRooms);
         }
         let room = self.rooms.entry(room_id.clone()).or_default();
-        if room.members.len() >= self.capacity {
+        if room.members.len() >= capacity.unwrap_or(self.capacity) {
             return Err(JoinError::RoomFull);
         }
         let others = if self.presence {

@@ -81,6 +81,9 @@ struct Peer {
     host: String,
     /// The client's address, which a kick keeps out of its room for a while.
     client: IpAddr,
+    /// A join token from the connect packet's `auth` (`{token}`) or the handshake URL's
+    /// `?token=` (socket.io 2 clients have no `auth`), checked by each join.
+    token: Option<String>,
     gate: Gate,
     /// Set once the socket is being disconnected (`close`), shared with its room membership.
     closing: Arc<AtomicBool>,
@@ -212,6 +215,11 @@ impl SioRooms {
         self.peers()
             .get(&sid)
             .map(|p| (p.id.clone(), p.host.clone(), p.client))
+    }
+
+    /// The socket's join token, if its client gave one.
+    fn token(&self, sid: Sid) -> Option<String> {
+        self.peers().get(&sid).and_then(|p| p.token.clone())
     }
 
     /// Whether the socket is being disconnected, shared with whoever may disconnect it.
@@ -462,7 +470,14 @@ impl std::ops::Deref for Ctx {
 
 /// The checks every signaling dialect shares: origin and connection limits. The slot is held
 /// until the socket disconnects.
-async fn admit(s: SocketRef, State(app): App) -> Result<(), String> {
+/// What a socket.io 4 client may send in its connect packet (`io(url, {auth: {token}})`).
+#[derive(Debug, Default, serde::Deserialize)]
+struct Auth {
+    #[serde(default)]
+    token: Option<String>,
+}
+
+async fn admit(s: SocketRef, State(app): App, TryData(auth): TryData<Auth>) -> Result<(), String> {
     let parts = s.req_parts();
     let remote = parts
         .extensions
@@ -491,6 +506,7 @@ async fn admit(s: SocketRef, State(app): App) -> Result<(), String> {
             id: PeerId::random(),
             host: admitted.request_host,
             client: admitted.client,
+            token: auth.ok().and_then(|a| a.token).or(admitted.token),
             gate: Gate::new(s_cfg, std::time::Instant::now()),
             closing: Arc::default(),
             _guard: admitted.guard,
@@ -719,6 +735,13 @@ async fn join(
         error(app, s, code, message);
         return Err(NotJoined::Answered);
     }
+    let grant = match app.check_token(&room_id, app.sio.token(s.id).as_deref()) {
+        Ok(grant) => grant,
+        Err((code, message)) => {
+            error(app, s, code, message.to_owned());
+            return Err(NotJoined::Answered);
+        }
+    };
     if app.sio.registry.room_of(&peer).is_some() {
         error(
             app,
@@ -737,9 +760,10 @@ async fn join(
         );
         welcome(joined);
     };
+    let (name, capacity) = grant.map_or((None, None), |g| (g.sub, g.capacity));
     let info = PeerInfo {
         id: peer.clone(),
-        name: None,
+        name,
     };
     let member = Arc::new(SioMember {
         socket: s.clone(),
@@ -749,7 +773,7 @@ async fn join(
     let joined = app
         .sio
         .registry
-        .join(info, &room_id, member, Box::new(welcome))
+        .join(info, &room_id, capacity, member, Box::new(welcome))
         .outcome()
         .await
         .map_err(|e| match e {

@@ -25,7 +25,7 @@ use super::gate::{Gate, Refused};
 use super::host::Host;
 use super::hub::Hub;
 use super::outbox::Outbox;
-use super::protocol::{self, ClientMsg, ErrorCode, PeerId, PeerInfo, RoomId, ServerMsg};
+use super::protocol::{self, ClientMsg, ErrorCode, PeerId, PeerInfo, Roles, RoomId, ServerMsg};
 use super::registry::{Event, Joining, Member, PendingJoin, Registry, To};
 use super::room::{JoinError, Joined, Rooms, RouteError};
 use super::signal::Eviction;
@@ -51,6 +51,7 @@ crate::labels! {
         Join => "join",
         Signal => "signal",
         Leave => "leave",
+        Kick => "kick",
         Ping => "ping",
         Invalid => "invalid",
     }
@@ -199,6 +200,10 @@ struct Session {
     room: Option<RoomId>,
     /// The room of a join a shared registry has not decided yet.
     joining: Option<RoomId>,
+    /// A join token from the socket's URL (`/ws?token=`), used by a `join` that has none.
+    url_token: Option<String>,
+    /// What this peer may do in its room (its join token's roles).
+    roles: Roles,
     gate: Gate,
     /// Outside a room: the join timeout. In a room: when fresh TURN credentials are
     /// pushed (four fifths of their lifetime).
@@ -216,6 +221,7 @@ async fn run(
         guard: _guard,
         request_host,
         client,
+        token: url_token,
     } = admitted;
     info!("connected");
     let (conn, outbox) = Conn::new(&app, socket);
@@ -234,6 +240,8 @@ async fn run(
         outbox,
         room: None,
         joining: None,
+        url_token,
+        roles: Roles::DEFAULT,
         gate,
         due,
     };
@@ -363,12 +371,28 @@ impl Session {
             Ok(ClientMsg::Join { .. }) => NativeMessage::Join,
             Ok(ClientMsg::Signal { .. }) => NativeMessage::Signal,
             Ok(ClientMsg::Leave) => NativeMessage::Leave,
+            Ok(ClientMsg::Kick { .. }) => NativeMessage::Kick,
             Ok(ClientMsg::Ping) => NativeMessage::Ping,
         });
         match msg {
             Err(message) => Answer::Error(ErrorCode::BadRequest, message),
-            Ok(ClientMsg::Join { room, name }) => self.join(&room, name),
+            Ok(ClientMsg::Join { room, name, token }) => {
+                let token = token.or_else(|| self.url_token.clone());
+                self.join(&room, name, token.as_deref())
+            }
+            Ok(ClientMsg::Kick { peer_id }) => self.kick(&peer_id),
             Ok(ClientMsg::Signal { to, payload }) => {
+                if !self.roles.publish
+                    && self.room.is_some()
+                    && super::sdp::payload_sends_media(&payload.value())
+                {
+                    return Answer::Error(
+                        ErrorCode::Forbidden,
+                        "your join token does not let you send media: offer and answer \
+                         receive-only (a=recvonly)"
+                            .to_owned(),
+                    );
+                }
                 let sent = self.native.registry.send(
                     &self.peer_id,
                     To::Peer(&to),
@@ -399,7 +423,7 @@ impl Session {
         }
     }
 
-    fn join(&mut self, room: &str, name: Option<String>) -> Answer {
+    fn join(&mut self, room: &str, name: Option<String>, token: Option<&str>) -> Answer {
         if let Some(current) = &self.room {
             return Answer::Error(
                 ErrorCode::AlreadyJoined,
@@ -422,9 +446,19 @@ impl Session {
             let (code, message) = kept_out.error();
             return Answer::Error(code, message);
         }
+        let grant = match self.app.check_token(&room_id, token) {
+            Ok(grant) => grant,
+            Err((code, message)) => return Answer::Error(code, message.to_owned()),
+        };
+        let (name, capacity, roles) = match grant {
+            // The token's identity is the name the others see.
+            Some(grant) => (grant.sub.or(name), grant.capacity, grant.roles),
+            None => (name, None, Roles::DEFAULT),
+        };
         if let Some(Err(message)) = name.as_deref().map(protocol::check_name) {
             return Answer::Error(ErrorCode::BadName, message);
         }
+        self.roles = roles;
         let peer = PeerInfo {
             id: self.peer_id.clone(),
             name,
@@ -441,6 +475,7 @@ impl Session {
                 peers: joined.others.clone(),
                 ice_servers,
                 ice_ttl_s,
+                roles,
             };
             // Under the registry's lock: queued, no socket I/O.
             outbox.queue(protocol::encode(&welcome).into());
@@ -449,10 +484,10 @@ impl Session {
             outbox: self.outbox.clone(),
             client: self.client,
         });
-        let joining = self
-            .native
-            .registry
-            .join(peer, &room_id, member, Box::new(welcome));
+        let joining =
+            self.native
+                .registry
+                .join(peer, &room_id, capacity, member, Box::new(welcome));
         self.joining = Some(room_id);
         match joining {
             Joining::Done(outcome) => self.join_outcome(outcome),
@@ -509,6 +544,46 @@ impl Session {
                 super::legacy::UNAVAILABLE.to_owned(),
             ),
         }
+    }
+
+    /// Puts `target` out of this peer's room, as the operator's kick does (its source is kept
+    /// out of the room for `admin.kicked_peer_s`, its allocations revoked): needs the `kick` role.
+    fn kick(&mut self, target: &PeerId) -> Answer {
+        let Some(room) = &self.room else {
+            return Answer::Error(ErrorCode::NotJoined, "join a room first".to_owned());
+        };
+        if !self.roles.kick {
+            return Answer::Error(
+                ErrorCode::Forbidden,
+                "your join token does not let you kick others (claim \"kick\": true)".to_owned(),
+            );
+        }
+        let registry = &self.native.registry;
+        if *target == self.peer_id || registry.room_of(target).as_ref() != Some(room) {
+            return Answer::Error(
+                ErrorCode::UnknownPeer,
+                format!("no other peer {target} in this room"),
+            );
+        }
+        let Some((left, client)) = registry.kick(target) else {
+            return Answer::Error(
+                ErrorCode::UnknownPeer,
+                format!("no peer {target} in this room"),
+            );
+        };
+        let scope = Scope::native(left.room);
+        if let Some(client) = client {
+            self.app
+                .peer_kicked(&scope, client, std::time::Instant::now());
+        }
+        let revoked = self
+            .app
+            .turn
+            .as_ref()
+            .map_or(0, |t| t.revoke_peer(&scope, target));
+        self.app.metrics.kicked.inc();
+        info!(%target, allocations = revoked, "peer kicked by a member with the kick role");
+        Answer::None
     }
 
     fn leave(&mut self) {

@@ -491,6 +491,67 @@ fn closed_by_the_operator_the_page_says_so_and_stays_out() {
     page.assert_no_errors();
 }
 
+/// A room the application controls: a link with a token joins, as the token's name; one
+/// without is told it needs an invitation; a token that only receives gets the host's video
+/// with its own camera released, and the host sees it in the room.
+#[test]
+#[cfg_attr(not(has_chromium), ignore = "needs chromium (apt install chromium)")]
+fn a_room_that_needs_a_token_is_joined_with_the_link_of_the_application() {
+    need(Prereq::Chromium);
+    const SECRET: &str = "a-secret-of-more-than-32-bytes-for-tests";
+    let server = TestServer::start(&format!(
+        "[tokens]\nrequire = \"prefixes\"\nprefixes = [\"clinic-\"]\n\
+         [[tokens.keys]]\nid = \"app\"\nsecret = \"{SECRET}\"\n"
+    ));
+    let signer = switchboard::config::TokenKeyConfig {
+        id: "app".into(),
+        algorithm: "HS256".into(),
+        secret: Some(switchboard::config::Secret::new(SECRET.into())),
+        public_key: None,
+    }
+    .signer()
+    .unwrap();
+    let token = |sub: &str, publish: bool| {
+        signer.mint(&switchboard::tokens::Claims {
+            room: "clinic-1".into(),
+            sub: Some(sub.into()),
+            exp: switchboard::clock::unix_now() + 600,
+            nbf: None,
+            aud: None,
+            capacity: None,
+            publish: (!publish).then_some(false),
+            kick: None,
+        })
+    };
+    let url = format!("https://{}/r/clinic-1?autojoin", server.https);
+    let browser = Browser::launch(&[], &[]);
+    let doctor = browser.open_watched(&format!("{url}&token={}", token("Dr. Ada", true)));
+    let joined = doctor.wait("s => s.phase === 'joined'");
+    assert_eq!(joined["roles"]["publish"], true, "{joined:#}");
+    let stranger = browser.open_watched(&url);
+    let refused = stranger.wait("s => s.phase === 'error'");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("invitation"),
+        "{refused:#}"
+    );
+    let viewer = browser.open_watched(&format!("{url}&token={}", token("Student", false)));
+    let watching = viewer
+        .wait("s => s.phase === 'joined' && s.peers.length === 1 && s.peers[0].framesDecoded > 0");
+    assert_eq!(watching["roles"]["publish"], false, "{watching:#}");
+    assert_eq!(watching["localMedia"], false, "{watching:#}");
+    assert_eq!(watching["peers"][0]["name"], "Dr. Ada", "{watching:#}");
+    let host =
+        doctor.wait("s => s.peers.length === 1 && s.peers[0].connectionState === 'connected'");
+    assert_eq!(host["peers"][0]["name"], "Student", "{host:#}");
+    assert!(host["people"].to_string().contains("Student"), "{host:#}");
+    for page in [&doctor, &stranger, &viewer] {
+        page.assert_no_errors();
+    }
+}
+
 /// The viewports of the screenshots: a desktop window and a phone.
 const VIEWPORTS: [(&str, u32, u32); 2] = [("desktop", 1280, 800), ("phone", 390, 844)];
 

@@ -19,6 +19,7 @@ mod raw_turn;
 mod reload;
 mod signaling;
 mod tidy;
+mod tokens;
 mod turn;
 mod turn_abuse;
 mod webrtc_call;

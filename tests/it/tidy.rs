@@ -252,6 +252,8 @@ fn sans_io_cores_do_no_io_and_read_no_clock() {
         "signaling/gate.rs",
         "signaling/bans.rs",
         "signaling/protocol.rs",
+        "signaling/sdp.rs",
+        "tokens.rs",
         "turn/auth.rs",
         "turn/policy.rs",
         "turn/allocation.rs",
