@@ -1,6 +1,7 @@
 //! The native signaling protocol's decoding (`signaling::protocol::decode`) of a client's
-//! text frame, then what the native dialect does with the fields (room and name checks), the
-//! signal forwarded as the server writes it (`encode_signal`), and a round trip.
+//! text frame, then what the native dialect does with the fields (room and name checks, the
+//! join token checked against a key, whether a signal's SDP sends media), the signal
+//! forwarded as the server writes it (`encode_signal`), and a round trip.
 
 #![no_main]
 
@@ -8,6 +9,21 @@ use libfuzzer_sys::fuzz_target;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use switchboard::signaling::protocol::{self, ClientMsg, PeerId, RoomId, ServerMsg};
+use switchboard::signaling::sdp;
+use switchboard::tokens::{Key, KeySpec, Require, Verifier};
+
+/// A verifier with one HMAC key: no token the fuzzer writes is signed by it, so any token
+/// that passes is a forgery.
+static VERIFIER: std::sync::LazyLock<Verifier> = std::sync::LazyLock::new(|| {
+    let key = Key::new(KeySpec {
+        id: "k",
+        algorithm: "HS256",
+        secret: Some("a fuzzing secret of at least 32 bytes"),
+        public_key: None,
+    })
+    .unwrap();
+    Verifier::new(vec![key], Require::All, None, 30)
+});
 
 /// The server's `signal` message as a client reads it, the payload left as its text.
 #[derive(Deserialize)]
@@ -35,13 +51,20 @@ fuzz_target!(|data: &[u8]| {
         }
     };
     match &msg {
-        ClientMsg::Join { room, name } => {
-            let _ = RoomId::parse(room);
+        ClientMsg::Join { room, name, token } => {
+            if let Ok(room) = RoomId::parse(room) {
+                let checked = VERIFIER.check(&room, token.as_deref(), 1_800_000_000);
+                assert!(checked.is_err(), "a token no key signed passed: {token:?}");
+            }
             if let Some(name) = name {
                 let _ = protocol::check_name(name);
             }
         }
+        ClientMsg::Kick { peer_id } => {
+            let _ = PeerId::parse(peer_id.as_str());
+        }
         ClientMsg::Signal { to, payload } => {
+            let _ = sdp::payload_sends_media(&payload.value());
             // `to` is any string (a lookup key that finds no peer unless it is one); the
             // payload is forwarded as written, inside the server's `signal` message, whose
             // text must be JSON carrying exactly that payload (`1e400` included: JSON allows
