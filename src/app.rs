@@ -178,6 +178,12 @@ pub async fn run(
             }
         });
         let weak = Arc::downgrade(&host);
+        cluster.on_remote_message(move |scope, peer, data| {
+            if let Some(host) = weak.upgrade() {
+                host.announce_signal(scope, peer, data);
+            }
+        });
+        let weak = Arc::downgrade(&host);
         cluster.on_operator(move |action| {
             if let Some(host) = weak.upgrade() {
                 crate::admin::carry_out(&host, action);

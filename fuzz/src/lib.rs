@@ -178,6 +178,8 @@ pub fn core() -> FuzzCore {
         max_allocations: 8,
         source_prefix_v6: 64,
         challenges_per_source_s: 20,
+        fence: false,
+        fence_room_credentials: false,
     };
     let allow = vec![
         "203.0.113.0/24".parse().unwrap(),

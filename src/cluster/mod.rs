@@ -85,6 +85,9 @@ enum Waiting {
     Barrier(oneshot::Sender<()>),
 }
 
+/// What is told of a message from a peer of another instance: its scope, its id, the JSON data.
+type RemoteMessage = Box<dyn Fn(&Scope, &PeerId, &str) + Send + Sync>;
+
 /// This instance's link to the others.
 pub struct Cluster {
     /// This instance's id.
@@ -114,6 +117,9 @@ pub struct Cluster {
     /// Told when a peer of another instance leaves its room (its TURN allocations here close
     /// after the grace period).
     remote_left: std::sync::OnceLock<Box<dyn Fn(Scope, PeerId) + Send + Sync>>,
+    /// Told of a message from a peer of another instance delivered here (the room fence
+    /// learns the addresses it carries).
+    remote_message: std::sync::OnceLock<RemoteMessage>,
     /// Told what the operator did through any instance's admin API.
     operator: std::sync::OnceLock<Box<dyn Fn(Operator) + Send + Sync>>,
     scripts: Scripts,
@@ -204,6 +210,7 @@ impl Cluster {
             resync: Notify::new(),
             info,
             remote_left: std::sync::OnceLock::new(),
+            remote_message: std::sync::OnceLock::new(),
             operator: std::sync::OnceLock::new(),
             scripts: Scripts {
                 heartbeat: redis::Script::new(wire::HEARTBEAT),
@@ -277,6 +284,19 @@ impl Cluster {
     /// its TURN allocations here after the grace period (`Host::peer_left`). Once.
     pub fn on_remote_leave(&self, f: impl Fn(Scope, PeerId) + Send + Sync + 'static) {
         let _ = self.remote_left.set(Box::new(f));
+    }
+
+    /// Sets what is done with a message from a peer of another instance (its scope, its id,
+    /// the JSON data) that reached members here: the room fence reads the addresses it
+    /// carries (`Host::announce_signal`), as the sender's instance did. Once.
+    pub fn on_remote_message(&self, f: impl Fn(&Scope, &PeerId, &str) + Send + Sync + 'static) {
+        let _ = self.remote_message.set(Box::new(f));
+    }
+
+    pub(crate) fn remote_message(&self, scope: &Scope, from: &PeerId, data: &str) {
+        if let Some(f) = self.remote_message.get() {
+            f(scope, from, data);
+        }
     }
 
     /// Sets what is done when the operator acts through an instance's admin API (this one's

@@ -270,9 +270,10 @@ impl Shared {
                     data: &data,
                     remote: true,
                 };
-                let recipients: Vec<Arc<dyn Member>> = {
+                let (recipients, room): (Vec<Arc<dyn Member>>, _) = {
                     let mirror = self.mirror.reading();
-                    match t.as_deref().map(PeerId::parse) {
+                    let room = mirror.rooms.room_of(&from).cloned();
+                    let recipients = match t.as_deref().map(PeerId::parse) {
                         Some(Some(to)) => mirror
                             .rooms
                             .route(&from, &to)
@@ -285,8 +286,13 @@ impl Shared {
                             Ok(others) => others.filter_map(|p| mirror.member(p)).collect(),
                             Err(_) => Vec::new(),
                         },
-                    }
+                    };
+                    (recipients, room)
                 };
+                if let Some(room) = room.filter(|_| !recipients.is_empty()) {
+                    self.cluster
+                        .remote_message(&(self.scope)(room), &from, data.as_str());
+                }
                 for member in recipients {
                     member.deliver(message);
                 }

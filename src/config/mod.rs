@@ -76,7 +76,7 @@ pub use secret::Secret;
 pub use server::ServerConfig;
 pub use signaling::SignalingConfig;
 pub use tokens::{RequireMode, TokenKeyConfig, TokensConfig};
-pub use turn::{StaticUser, TurnConfig};
+pub use turn::{FenceMode, StaticUser, TurnConfig};
 
 /// The whole configuration, as read from `config.toml`.
 ///

@@ -54,6 +54,21 @@ pub struct TurnConfig {
     /// CIDR lists that override the built-in deny list of special-purpose peer addresses.
     pub allow_peers: Vec<String>,
     pub deny_peers: Vec<String>,
+    /// "room": a room member's allocation reaches only addresses other members of its room
+    /// are known by (the TURN core's room fence); "off": any address the peer lists allow.
+    pub fence: FenceMode,
+    /// The fence applies to room credentials (`switchboard credentials`, the ice-servers API)
+    /// too: they reach only addresses the room's members are known by.
+    pub fence_room_credentials: bool,
+}
+
+/// `turn.fence`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FenceMode {
+    Off,
+    #[default]
+    Room,
 }
 
 keys!(TurnConfig in "turn" {
@@ -88,6 +103,9 @@ keys!(TurnConfig in "turn" {
     challenges_per_source_s: Live,
     allow_peers: Live,
     deny_peers: Live,
+    // Allocations are fenced (or not) from their start.
+    fence: Restart,
+    fence_room_credentials: Restart,
 });
 
 impl Default for TurnConfig {
@@ -126,6 +144,8 @@ impl Default for TurnConfig {
             challenges_per_source_s: 500,
             allow_peers: Vec::new(),
             deny_peers: Vec::new(),
+            fence: FenceMode::Room,
+            fence_room_credentials: false,
         }
     }
 }

@@ -224,6 +224,32 @@ impl Host {
         (servers, Some(turn.credential_ttl_s()))
     }
 
+    /// `peer` joined `scope` from `client`: with the room fence (`turn.fence`), the others of
+    /// its room may reach that address.
+    pub fn announce_client(&self, scope: &Scope, peer: &PeerId, client: IpAddr) {
+        if let Some(turn) = self.turn.as_ref().filter(|t| t.fenced()) {
+            turn.announce(scope, peer, &[client]);
+        }
+    }
+
+    /// `peer` of `scope` sent `payload` (JSON text) to its room: with the room fence, the
+    /// addresses of the ICE candidates (and SDP connection lines) in it become reachable to
+    /// the others of its room.
+    pub fn announce_signal(&self, scope: &Scope, peer: &PeerId, payload: &str) {
+        let Some(turn) = self.turn.as_ref().filter(|t| t.fenced()) else {
+            return;
+        };
+        if !super::sdp::may_hold_addresses(payload) {
+            return;
+        }
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(payload) else {
+            return;
+        };
+        let mut ips = Vec::new();
+        super::sdp::addresses_in(&value, &mut ips);
+        turn.announce(scope, peer, &ips);
+    }
+
     /// A peer left `scope` (its room, or the plain-WebSocket dialect): its TURN allocations
     /// close after the grace period unless it is back.
     pub fn peer_left(&self, scope: &Scope, peer: &PeerId) {

@@ -1,9 +1,70 @@
-//! What the server reads of the session descriptions peers exchange, as plain data: whether
-//! one offers to send media (a join token without the `publish` role may not).
+//! What the server reads of the session descriptions and ICE candidates peers exchange, as
+//! plain data: whether one offers to send media (a join token without the `publish` role may
+//! not), and the addresses a peer announces (the room fence, `turn.fence`, lets the others of
+//! its room reach them).
 //!
 //! The payloads are the clients' own JSON; the server never rewrites them.
 
+use std::net::IpAddr;
+
 use serde_json::Value;
+
+/// Addresses read from one message, at most.
+pub const MAX_ADDRESSES: usize = 16;
+
+/// Whether a payload's text may hold addresses (`addresses_in` finds none otherwise): a cheap
+/// test before parsing. A client that hides them behind JSON escapes only hides its own.
+pub fn may_hold_addresses(text: &str) -> bool {
+    text.contains("candidate:") || text.contains("c=IN ")
+}
+
+/// The IP addresses in ICE candidates (`candidate:…`, alone or as an SDP `a=candidate:` line:
+/// the connection address and the related address) and SDP connection lines (`c=IN IP4 …`)
+/// in any string of `payload`, however the client nests them; at most `MAX_ADDRESSES`, the
+/// unspecified addresses and host names (mDNS `.local` candidates) left out.
+pub fn addresses_in(payload: &Value, out: &mut Vec<IpAddr>) {
+    match payload {
+        Value::String(s) => addresses_in_text(s, out),
+        Value::Array(items) => items.iter().for_each(|v| addresses_in(v, out)),
+        Value::Object(fields) => fields.values().for_each(|v| addresses_in(v, out)),
+        _ => {}
+    }
+}
+
+fn addresses_in_text(text: &str, out: &mut Vec<IpAddr>) {
+    for line in text.lines().map(str::trim) {
+        if out.len() >= MAX_ADDRESSES {
+            return;
+        }
+        let line = line.strip_prefix("a=").unwrap_or(line);
+        if let Some(candidate) = line.strip_prefix("candidate:") {
+            // foundation component transport priority address port typ type [raddr a rport p]
+            let fields: Vec<&str> = candidate.split_ascii_whitespace().collect();
+            let related = fields
+                .iter()
+                .position(|f| *f == "raddr")
+                .and_then(|i| fields.get(i + 1));
+            for address in fields.get(4).into_iter().chain(related) {
+                push(address, out);
+            }
+        } else if let Some(connection) = line.strip_prefix("c=IN ") {
+            // c=IN IP4 192.0.2.1 (a multicast TTL or count after a slash is cut)
+            if let Some(address) = connection.split_ascii_whitespace().nth(1) {
+                push(address.split('/').next().unwrap_or(""), out);
+            }
+        }
+    }
+}
+
+fn push(address: &str, out: &mut Vec<IpAddr>) {
+    if let Ok(ip) = address.parse::<IpAddr>()
+        && !ip.is_unspecified()
+        && !out.contains(&ip)
+        && out.len() < MAX_ADDRESSES
+    {
+        out.push(ip);
+    }
+}
 
 /// Whether any string in `payload` (a signal's JSON, however the client nests its session
 /// description) is an SDP with an audio or video section that sends: `a=sendrecv` or
@@ -68,6 +129,43 @@ pub fn sdp_sends_media(text: &str) -> bool {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn addresses(payload: &Value) -> Vec<String> {
+        let mut out = Vec::new();
+        addresses_in(payload, &mut out);
+        out.iter().map(ToString::to_string).collect()
+    }
+
+    /// The shapes the dialects' clients send: the call page's trickled candidate, the
+    /// tutorials' `candidate` strings, and candidates inside an SDP.
+    #[test]
+    fn candidates_and_connection_lines_are_read_wherever_they_are() {
+        let trickled = json!({"candidate": {"candidate":
+            "candidate:842163049 1 udp 1677729535 203.0.113.7 46154 typ srflx raddr 10.0.0.5 rport 46154 generation 0",
+            "sdpMid": "0", "sdpMLineIndex": 0}});
+        assert!(may_hold_addresses(&trickled.to_string()));
+        assert_eq!(addresses(&trickled), ["203.0.113.7", "10.0.0.5"]);
+        let codelab = json!({"type": "candidate", "label": 0, "id": "0",
+            "candidate": "candidate:1 1 UDP 2122 198.51.100.9 5000 typ relay raddr 0.0.0.0 rport 0"});
+        assert_eq!(addresses(&codelab), ["198.51.100.9"]);
+        let sdp = "v=0\r\nc=IN IP4 192.0.2.1\r\nm=audio 9 RTP/AVP 0\r\nc=IN IP6 2001:db8::1/127\r\n\
+                   a=candidate:1 1 udp 1 2001:db8::2 9 typ host\r\na=candidate:2 1 udp 1 abcd-1234.local 9 typ host\r\n";
+        assert_eq!(
+            addresses(&json!({"description": {"type": "offer", "sdp": sdp}})),
+            ["192.0.2.1", "2001:db8::1", "2001:db8::2"]
+        );
+        // Nothing else counts: an end-of-candidates null, garbage, a number.
+        assert!(addresses(&json!({"candidate": null, "x": "candidate: 1 2", "n": 7})).is_empty());
+        assert!(!may_hold_addresses(r#"{"media":{"camera":true}}"#));
+    }
+
+    #[test]
+    fn one_message_announces_a_bounded_number_of_addresses() {
+        let many: Vec<String> = (0..100)
+            .map(|i| format!("candidate:1 1 udp 1 10.0.{i}.1 9 typ host"))
+            .collect();
+        assert_eq!(addresses(&json!(many)).len(), MAX_ADDRESSES);
+    }
 
     const HEAD: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n";
 

@@ -577,6 +577,12 @@ fn broadcast(app: &Ctx, from: &PeerId, event: &str, data: &Value) {
 /// Sends `event` with `json` (one JSON value, relayed as the client wrote it) to the other
 /// members of the sender's room.
 fn broadcast_raw(app: &Ctx, from: &PeerId, event: &str, json: String) {
+    // With the room fence, the candidates it carries are the sender's addresses.
+    if app.turn.as_ref().is_some_and(|t| t.fenced())
+        && let Some(room) = app.sio.registry.room_of(from)
+    {
+        app.announce_signal(&Scope::in_room(SPACE, room), from, &json);
+    }
     let _ = app.sio.registry.send(from, To::Others, event, &json.into());
 }
 
@@ -805,6 +811,7 @@ async fn join(
         return Err(NotJoined::Answered);
     }
     app.sio.stats.joins.inc();
+    app.announce_client(&scope, &peer, client);
     let before = joined.others.len();
     info!(sid = %s.id, room, members = before + 1, "socket.io peer joined");
     Ok((peer, before))

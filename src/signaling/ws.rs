@@ -382,6 +382,11 @@ impl Session {
             }
             Ok(ClientMsg::Kick { peer_id }) => self.kick(&peer_id),
             Ok(ClientMsg::Signal { to, payload }) => {
+                if let Some(room) = &self.room {
+                    let scope = Scope::native(room.clone());
+                    self.app
+                        .announce_signal(&scope, &self.peer_id, payload.as_json());
+                }
                 if !self.roles.publish
                     && self.room.is_some()
                     && super::sdp::payload_sends_media(&payload.value())
@@ -508,6 +513,8 @@ impl Session {
                     peers = joined.others.len() + 1,
                     "joined"
                 );
+                let scope = Scope::native(room_id.clone());
+                self.app.announce_client(&scope, &self.peer_id, self.client);
                 self.room = Some(room_id);
                 self.due = Instant::now() + self.refresh_interval();
                 self.native.stats.joins.inc();

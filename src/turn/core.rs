@@ -33,6 +33,7 @@ use tracing::{debug, info};
 
 use super::allocation::{AllocState, ChannelBindError, Revoked, granted_lifetime};
 use super::auth::{self, NonceCheck, NonceKey, Owner, Scope};
+use super::fence::Fence;
 use super::policy::{Cidr, PeerPolicy, Reach};
 use super::stats::{AuthFailure, PermissionLimit, ProtocolRule, Quota, Revocation};
 pub use super::stats::{CloseReason, Stats, Transport};
@@ -105,6 +106,10 @@ pub struct CoreConfig {
     /// worth may come at once. Beyond, requests go unanswered: a flood with a victim's
     /// address as its source is not reflected at it.
     pub challenges_per_source_s: u32,
+    /// Whether allocations of room members (and, with `fence_room_credentials`, of room
+    /// credentials) reach only addresses the room's other members are known by (`fence`).
+    pub fence: bool,
+    pub fence_room_credentials: bool,
 }
 
 /// The burst of challenges a source may get at once, in seconds of its rate.
@@ -139,6 +144,16 @@ pub struct Allocation<R> {
     pub closed: CancellationToken,
     /// Payload bytes relayed both ways, for the admin API.
     pub relayed_bytes: Counter,
+    /// The room it is fenced to (`turn.fence`), as a key of this process: relay to relay,
+    /// data passes only between allocations of the same room, or both unfenced.
+    pub fence: Option<u64>,
+}
+
+/// Whether data may not pass between allocations fenced as `a` and `b`: one is fenced, and
+/// not to the other's room.
+#[inline]
+pub fn fenced_apart(a: Option<u64>, b: Option<u64>) -> bool {
+    (a.is_some() || b.is_some()) && a != b
 }
 
 impl<R> Allocation<R> {
@@ -165,6 +180,7 @@ impl<R> Allocation<R> {
             replies: Mutex::new(VecDeque::new()),
             closed: CancellationToken::new(),
             relayed_bytes: Counter::default(),
+            fence: None,
         }
     }
 
@@ -422,6 +438,10 @@ pub struct Core<B: RelayBinder> {
     draining: std::sync::atomic::AtomicBool,
     /// Challenges answered per source (see `CoreConfig::challenges_per_source_s`).
     challenges: SourceRates,
+    /// What the members of each room are known by (`turn.fence`).
+    fence: RwLock<Fence>,
+    /// Keys rooms into `Allocation::fence`.
+    fence_keys: std::collections::hash_map::RandomState,
     pub stats: Stats,
 }
 
@@ -462,6 +482,8 @@ impl<B: RelayBinder> Core<B> {
             policy: ArcSwap::from_pointee(policy),
             binder,
             membership,
+            fence: RwLock::default(),
+            fence_keys: std::collections::hash_map::RandomState::new(),
             index: Index::new(),
             table: RwLock::new(Table {
                 by_tuple: HashMap::new(),
@@ -485,6 +507,9 @@ impl<B: RelayBinder> Core<B> {
         config.external_ip = old.external_ip;
         // Live counts are keyed by sources under the old prefix (a restart applies a new one).
         config.source_prefix_v6 = old.source_prefix_v6;
+        // Allocations are fenced from their start.
+        config.fence = old.fence;
+        config.fence_room_credentials = old.fence_room_credentials;
         self.challenges.set_rate(
             config.challenges_per_source_s,
             config
@@ -921,6 +946,10 @@ impl<B: RelayBinder> Core<B> {
             attrs.push(wire::address_error_code(FAMILY_IPV6, 440));
         }
         let reply = wire::response(msg, CLASS_SUCCESS_RESPONSE, attrs, Some(&authed.key));
+        let fenced = fenced_to(&config, &authed.owner);
+        let fence = fenced
+            .as_ref()
+            .map(|(scope, _)| std::hash::BuildHasher::hash_one(&self.fence_keys, scope));
         let allocation = Arc::new(Allocation {
             tuple,
             relayed,
@@ -933,6 +962,7 @@ impl<B: RelayBinder> Core<B> {
             replies: Mutex::new(VecDeque::new()),
             closed: CancellationToken::new(),
             relayed_bytes: Counter::default(),
+            fence,
         });
         allocation.remember(msg.transaction_id.0, &reply);
         {
@@ -952,6 +982,13 @@ impl<B: RelayBinder> Core<B> {
                 table.reserve(t, held);
             }
             table.insert(&self.index, Arc::clone(&allocation));
+        }
+        // The others of its room may reach it where it is: its address as this server sees
+        // it, and its relay.
+        if let Some((scope, Some(peer))) = &fenced {
+            self.fence
+                .writing()
+                .announce(scope, peer, [tuple.client.ip(), relayed.ip()]);
         }
         self.stats.allocations_created.inc(tuple.transport);
         info!(client = %tuple.client, transport = tuple.transport.as_str(), %relayed, lifetime_s = granted.as_secs(), owner = ?owner_label(&allocation.owner), "allocation created");
@@ -1041,7 +1078,7 @@ impl<B: RelayBinder> Core<B> {
         };
         let mut granted = Vec::with_capacity(peers.len());
         for peer in &peers {
-            match self.check_peer(a.relayed, *peer) {
+            match self.check_peer(&a, *peer) {
                 Ok(reach) => granted.push((*peer, reach)),
                 Err((code, why)) => return error(code, why),
             }
@@ -1079,7 +1116,7 @@ impl<B: RelayBinder> Core<B> {
         let (Ok(()), Some([peer])) = (number.get_from(msg), peers.as_deref()) else {
             return error(400, "missing CHANNEL-NUMBER or XOR-PEER-ADDRESS");
         };
-        let reach = match self.check_peer(a.relayed, *peer) {
+        let reach = match self.check_peer(&a, *peer) {
             Ok(reach) => reach,
             Err((code, why)) => return error(code, why),
         };
@@ -1118,9 +1155,13 @@ impl<B: RelayBinder> Core<B> {
         // The same check as for data from the peer: a permission for the IP, and on an
         // address of the server's relays, a live relay...
         let permission = a.state.locked().permission(now, peer);
-        let Some(reach) = permission
-            .filter(|reach| *reach != Reach::Relays || self.index.by_relayed(&peer).is_some())
-        else {
+        let Some(reach) = permission.filter(|reach| {
+            *reach != Reach::Relays
+                || self
+                    .index
+                    .by_relayed(&peer)
+                    .is_some_and(|other| !fenced_apart(a.fence, other.fence))
+        }) else {
             self.stats.no_permission.inc();
             return Handled::Nothing;
         };
@@ -1161,13 +1202,15 @@ impl<B: RelayBinder> Core<B> {
         Ok((held.relay, held.local))
     }
 
-    /// Refuses a peer of the other address family than the relay (443) or refused by policy (403);
-    /// else says how much of its IP the permission opens.
+    /// Refuses a peer of the other address family than the relay (443), refused by policy or
+    /// outside the allocation's room fence (403); else says how much of its IP the
+    /// permission opens.
     fn check_peer(
         &self,
-        relayed: SocketAddr,
+        a: &Allocation<B::Relay>,
         peer: SocketAddr,
     ) -> Result<Reach, (u16, &'static str)> {
+        let relayed = a.relayed;
         // The family as written and of the address reached (an IPv4-mapped or -compatible
         // IPv6 form reaches IPv4) must both be the relay's.
         let reached = super::policy::normalize(peer.ip());
@@ -1175,11 +1218,49 @@ impl<B: RelayBinder> Core<B> {
             return Err((443, "peer family mismatch"));
         }
         let is_relay = self.index.by_relayed(&peer).is_some();
-        self.policy.load().check(peer, is_relay).map_err(|refused| {
-            self.stats.policy_refusals.inc(refused.class);
-            info!(%peer, class = refused.class, "peer address refused by policy");
-            (403, "peer refused by policy")
-        })
+        let reach = self
+            .policy
+            .load()
+            .check(peer, is_relay)
+            .map_err(|refused| {
+                self.stats.policy_refusals.inc(refused.class);
+                info!(%peer, class = refused.class, "peer address refused by policy");
+                (403, "peer refused by policy")
+            })?;
+        if a.fence.is_some()
+            && let Some((scope, requester)) = fenced_to(&self.config.load(), &a.owner)
+            && !self
+                .fence
+                .reading()
+                .admits(&scope, requester.as_ref(), peer.ip())
+        {
+            self.stats.policy_refusals.inc(FENCE_CLASS);
+            info!(%peer, %scope, "peer address outside the room's fence");
+            return Err((403, "peer outside the room"));
+        }
+        Ok(reach)
+    }
+
+    /// `peer` of `scope` is known by `ips` too (its signaling connection's address, the
+    /// addresses of the ICE candidates it sent): the others of its room may reach them.
+    pub fn announce(&self, scope: &Scope, peer: &PeerId, ips: &[IpAddr]) {
+        if self.config.load().fence && scope.room().is_some() && !ips.is_empty() {
+            self.fence
+                .writing()
+                .announce(scope, peer, ips.iter().copied());
+        }
+    }
+
+    /// Forgets what `peer` of `scope` was known by: it left and its allocations closed.
+    pub fn forget(&self, scope: &Scope, peer: &PeerId) {
+        if self.config.load().fence {
+            self.fence.writing().forget(scope, peer);
+        }
+    }
+
+    /// Whether the fence is on (`turn.fence`).
+    pub fn fenced(&self) -> bool {
+        self.config.load().fence
     }
 
     /// The allocation of `tuple`.
@@ -1202,8 +1283,10 @@ impl<B: RelayBinder> Core<B> {
         removed.is_some()
     }
 
-    /// Removes every allocation owned by `peer` in exactly `scope` (its dialect and room).
+    /// Removes every allocation owned by `peer` in exactly `scope` (its dialect and room), and
+    /// forgets what the fence knew it by.
     pub fn close_peer(&self, scope: &Scope, peer: &PeerId, reason: CloseReason) -> usize {
+        self.forget(scope, peer);
         let tuples: Vec<FiveTuple> = {
             let table = self.table.reading();
             let key = (scope.clone(), peer.clone());
@@ -1222,6 +1305,9 @@ impl<B: RelayBinder> Core<B> {
     /// closes a room by name without a dialect, so this takes the native and the socket.io
     /// room of that name alike (as the admin API runs `Dialect::close_room` in every dialect).
     pub fn close_room(&self, room: &RoomId, reason: CloseReason) -> usize {
+        if self.config.load().fence {
+            self.fence.writing().forget_room(room);
+        }
         let tuples: Vec<FiveTuple> = {
             let table = self.table.reading();
             table
@@ -1382,6 +1468,27 @@ fn binding_response(msg: &Message, client: SocketAddr) -> Vec<u8> {
         port: client.port(),
     });
     wire::response(msg, CLASS_SUCCESS_RESPONSE, vec![mapped], None)
+}
+
+/// The policy class of peer addresses refused by the room fence, in `turn_policy_refusals`.
+pub const FENCE_CLASS: &str = "outside_room";
+
+/// The room an allocation of `owner` is fenced to, and the member it is (a room credential
+/// is nobody): a member's scope when `turn.fence` is on, a room credential's room when
+/// `turn.fence_room_credentials` is on too.
+fn fenced_to(config: &CoreConfig, owner: &Owner) -> Option<(Scope, Option<PeerId>)> {
+    if !config.fence {
+        return None;
+    }
+    match owner {
+        Owner::Peer { scope, peer } if scope.room().is_some() => {
+            Some((scope.clone(), Some(peer.clone())))
+        }
+        Owner::Room(room) if config.fence_room_credentials => {
+            Some((Scope::native(room.clone()), None))
+        }
+        _ => None,
+    }
 }
 
 #[cfg(test)]

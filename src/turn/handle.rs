@@ -94,6 +94,17 @@ impl Turn {
         self.server.peer_left(scope, peer, still_member);
     }
 
+    /// `peer` of `scope` is known by `ips` (its signaling connection's address, the addresses in
+    /// the ICE candidates it sent): with `turn.fence`, the others of its room may reach them.
+    pub fn announce(&self, scope: &Scope, peer: &PeerId, ips: &[IpAddr]) {
+        self.server.core.announce(scope, peer, ips);
+    }
+
+    /// Whether the room fence is on (`turn.fence`): the signaling announces addresses only then.
+    pub fn fenced(&self) -> bool {
+        self.server.core.fenced()
+    }
+
     /// Refuses new allocations from now on (a drain); the live ones run until they end.
     pub fn drain(&self) {
         self.server.core.drain();
@@ -356,6 +367,8 @@ fn core_config(config: &Config, secrets: Vec<Secret>) -> CoreConfig {
         max_allocations: t.max_allocations,
         source_prefix_v6: t.source_prefix_v6,
         challenges_per_source_s: t.challenges_per_source_s,
+        fence: t.fence == crate::config::FenceMode::Room,
+        fence_room_credentials: t.fence_room_credentials,
     }
 }
 

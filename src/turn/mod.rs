@@ -15,6 +15,7 @@
 pub mod allocation;
 pub mod auth;
 pub mod core;
+pub mod fence;
 pub mod handle;
 pub mod ice;
 pub mod policy;

@@ -80,6 +80,8 @@ pub enum Dropped {
     NotGranted,
     /// Too large for a Data indication, from a peer without a channel.
     Unframeable,
+    /// Relay to relay, between allocations fenced to different rooms (`turn.fence`).
+    Fenced,
 }
 
 impl Dropped {
@@ -87,6 +89,7 @@ impl Dropped {
     fn count(self, stats: &Stats) -> Dropped {
         match self {
             Dropped::Unframeable => stats.unframeable.inc(),
+            Dropped::Fenced => stats.fence_drops.inc(),
             Dropped::NoAllocation
             | Dropped::NoChannel
             | Dropped::NoPermission
@@ -139,6 +142,9 @@ pub fn channel_data<R: Relay>(
             payload,
         };
     };
+    if super::core::fenced_apart(allocation.fence, other.fence) {
+        return Route::Drop(Dropped::Fenced.count(stats));
+    }
     allocation.relayed_bytes.add(payload.len() as u64);
     if other.relay.client().is_none() {
         return Route::Drop(Dropped::NotGranted.count(stats));

@@ -239,6 +239,7 @@ impl TurnServer {
         // that passed its membership check just before the leave and lands just after this
         // check lives out its lifetime, at most `turn`'s 3600 s, instead of the grace period.)
         if !self.core.has_peer(&scope, &peer) {
+            self.core.forget(&scope, &peer);
             return;
         }
         let server = Arc::clone(self);
@@ -963,7 +964,12 @@ fn relay_batch(
                 from,
                 s.recv.slot_mut(i),
                 start..start + len,
-                |relay| core.by_relayed(relay).is_some(),
+                // A live relay, of this allocation's room when it is fenced.
+                |relay| {
+                    core.by_relayed(relay).is_some_and(|other| {
+                        !super::core::fenced_apart(allocation.fence, other.fence)
+                    })
+                },
                 stats,
             ) else {
                 continue;

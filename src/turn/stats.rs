@@ -173,6 +173,8 @@ pub struct Stats {
     pub stream_queue_drops: PerThread<Counter>,
     /// Payloads too large for a Data indication (their client has no channel), dropped.
     pub unframeable: PerThread<Counter>,
+    /// Relay to relay between allocations fenced to different rooms (`turn.fence`), dropped.
+    pub fence_drops: PerThread<Counter>,
     /// Unauthenticated requests left unanswered: their source was answered too often.
     pub challenge_drops: Counter,
     pub stream_closes: ByLabel<StreamClose>,
@@ -280,6 +282,11 @@ impl Stats {
                 "Payloads too large to frame as a Data indication for a client without a channel.",
             )
             .value(self.unframeable.get()),
+            Family::counter(
+                "turn_fence_drops",
+                "Packets from one relay to another dropped because they are fenced to different rooms (turn.fence).",
+            )
+            .value(self.fence_drops.get()),
             Family::gauge(
                 "turn_stream_connections",
                 "Open TURN connections over TCP and TLS.",

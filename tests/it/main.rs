@@ -10,6 +10,7 @@ mod cli;
 mod cluster;
 mod dialects;
 mod doctor;
+mod fence;
 mod firefox;
 mod harness;
 mod http;

@@ -256,6 +256,7 @@ fn sans_io_cores_do_no_io_and_read_no_clock() {
         "tokens.rs",
         "turn/auth.rs",
         "turn/policy.rs",
+        "turn/fence.rs",
         "turn/allocation.rs",
         "turn/wire.rs",
         "turn/core.rs",

@@ -134,6 +134,8 @@ fn core(allocations: usize) -> BenchCore {
         max_allocations: allocations,
         source_prefix_v6: 64,
         challenges_per_source_s: u32::MAX / 8,
+        fence: false,
+        fence_room_credentials: false,
     };
     let membership: Membership = Arc::new(|_, _| true);
     Core::new(

@@ -1,7 +1,7 @@
 //! The TURN state machine driven as data: fake relays, a virtual clock.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 
 use stun::agent::TransactionId;
@@ -111,6 +111,8 @@ fn fixture_with_policy(tweak: impl FnOnce(&mut CoreConfig), policy: PeerPolicy) 
         max_allocations: 100,
         source_prefix_v6: 64,
         challenges_per_source_s: 1000,
+        fence: false,
+        fence_room_credentials: false,
     };
     tweak(&mut config);
     let members: Arc<Mutex<HashSet<(Scope, PeerId)>>> = Arc::default();
@@ -1896,4 +1898,119 @@ fn a_closed_allocation_is_dropped_at_once_and_found_no_more() {
             .by_relayed(&again.relayed)
             .expect("by relayed address")
     ));
+}
+
+/// `turn.fence`: a member's allocation opens permissions and channels only to addresses the
+/// other members of its room are known by (announced through signaling, or their TURN
+/// client and relayed addresses); a member alone, or another room, opens nothing; what a
+/// member is known by goes when it leaves. Credentials of no room are not fenced.
+#[test]
+fn with_the_fence_a_member_reaches_what_the_others_of_its_room_are_known_by_only() {
+    let f = fixture_with(|c| c.fence = true);
+    let team = Scope::native(RoomId::parse("team").unwrap());
+    let other = Scope::native(RoomId::parse("other").unwrap());
+    let (ann, bob, eve) = (f.join(&team), f.join(&team), f.join(&other));
+    let ann_cred = peer_cred(&team, &ann, UNIX + 600);
+    let ta = tuple(4000);
+    assert_eq!(code(&f.allocate(ta, &ann_cred)), None);
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+
+    assert_eq!(f.permit(ta, &ann_cred, &["8.8.4.4:5000"]), Some(403));
+    assert_eq!(f.refusals(FENCE_CLASS), 1);
+    // Announced by Ann herself, or by a member of another room: still out.
+    f.core.announce(&team, &ann, &[ip("8.8.4.4")]);
+    f.core.announce(&other, &eve, &[ip("8.8.4.4")]);
+    assert_eq!(f.permit(ta, &ann_cred, &["8.8.4.4:5000"]), Some(403));
+    assert_eq!(f.bind(ta, &ann_cred, 0x4000, "8.8.4.4:5000"), Some(403));
+    // Announced by Bob, of her room: any port of it.
+    f.core.announce(&team, &bob, &[ip("8.8.4.4")]);
+    assert_eq!(f.permit(ta, &ann_cred, &["8.8.4.4:6000"]), None);
+    assert_eq!(f.bind(ta, &ann_cred, 0x4000, "8.8.4.4:5000"), None);
+    // Bob's allocation makes his address as TURN sees it, and his relay, reachable.
+    let bob_cred = peer_cred(&team, &bob, UNIX + 600);
+    let tb = FiveTuple {
+        client: "9.9.9.9:7000".parse().unwrap(),
+        ..tuple(4001)
+    };
+    assert_eq!(code(&f.allocate(tb, &bob_cred)), None);
+    let bob_relayed = f.core.get(&tb).unwrap().relayed.to_string();
+    assert_eq!(
+        f.permit(ta, &ann_cred, &["9.9.9.9:7001", &bob_relayed]),
+        None
+    );
+    assert_eq!(f.refusals(FENCE_CLASS), 3);
+
+    // Bob leaves: new permissions to his addresses are refused.
+    f.core.close_peer(&team, &bob, CloseReason::PeerLeft);
+    assert_eq!(f.permit(ta, &ann_cred, &["9.9.9.9:7001"]), Some(403));
+    assert_eq!(f.permit(ta, &ann_cred, &["8.8.4.4:6000"]), Some(403));
+    // Credentials of no room (REST, static) reach what the policy allows, as before.
+    let rest_cred = rest(UNIX + 600, "app");
+    assert_eq!(code(&f.allocate(tuple(4002), &rest_cred)), None);
+    assert_eq!(f.permit(tuple(4002), &rest_cred, &["8.8.4.4:1"]), None);
+}
+
+/// With the fence, relays of different rooms on the server's own address do not reach each
+/// other, even with a permission for that address: not by Send, not from the other relay
+/// (ChannelData: `route`'s tests).
+#[test]
+fn with_the_fence_relays_of_other_rooms_are_out_of_reach() {
+    let f = fixture_with(|c| c.fence = true);
+    let team = Scope::native(RoomId::parse("team").unwrap());
+    let other = Scope::native(RoomId::parse("other").unwrap());
+    let (ann, bob, eve) = (f.join(&team), f.join(&team), f.join(&other));
+    let (ta, tb, te) = (tuple(4000), tuple(4001), tuple(4002));
+    let cred = |scope: &Scope, peer: &PeerId| peer_cred(scope, peer, UNIX + 600);
+    for (t, c) in [
+        (ta, cred(&team, &ann)),
+        (tb, cred(&team, &bob)),
+        (te, cred(&other, &eve)),
+    ] {
+        assert_eq!(code(&f.allocate(t, &c)), None);
+    }
+    let (a, b, e) = (
+        f.core.get(&ta).unwrap(),
+        f.core.get(&tb).unwrap(),
+        f.core.get(&te).unwrap(),
+    );
+    // Bob's relay makes the relay address reachable to Ann: her permission covers Eve's relay
+    // on the same address too (a permission is for an IP).
+    assert_eq!(
+        f.permit(ta, &cred(&team, &ann), &[&b.relayed.to_string()]),
+        None
+    );
+    assert_eq!(
+        f.bind(ta, &cred(&team, &ann), 0x4000, &e.relayed.to_string()),
+        None
+    );
+    assert_eq!(
+        f.bind(ta, &cred(&team, &ann), 0x4001, &b.relayed.to_string()),
+        None
+    );
+    assert_eq!(
+        f.permit(tb, &cred(&team, &bob), &[&a.relayed.to_string()]),
+        None
+    );
+    // Eve's allocation has a permission for the relay address from a room member of hers...
+    f.core
+        .announce(&other, &PeerId::random(), &[a.relayed.ip()]);
+    assert_eq!(
+        f.permit(te, &cred(&other, &eve), &[&a.relayed.to_string()]),
+        None
+    );
+
+    let to_eve = f.send(ta, &send_indication(&e.relayed.to_string(), b"hi"));
+    assert!(matches!(to_eve, Handled::Nothing));
+    let to_bob = f.send(ta, &send_indication(&b.relayed.to_string(), b"hi"));
+    assert!(matches!(to_bob, Handled::Send { .. }));
+    // What Eve's relay receives from Ann's, and Ann's from Eve's, does not pass.
+    let relay_of_room = |me: Option<u64>, p: &SocketAddr| {
+        f.core
+            .by_relayed(p)
+            .is_some_and(|o| !fenced_apart(me, o.fence))
+    };
+    let e_state = e.state.lock().unwrap();
+    assert!(!e_state.passes(f.t0, a.relayed, |p| relay_of_room(e.fence, p)));
+    let b_state = b.state.lock().unwrap();
+    assert!(b_state.passes(f.t0, a.relayed, |p| relay_of_room(b.fence, p)));
 }

@@ -675,3 +675,67 @@ fn relay_to_relay_too_large_for_a_data_indication_is_dropped_and_counted() {
     assert_eq!(stats.unframeable.get(), 1);
     assert_eq!(stats.relay_to_relay.get(), 0);
 }
+
+/// With the room fence, ChannelData from one relay to another passes between allocations of
+/// the same room only (or both unfenced): one of another room, or unfenced beside a fenced
+/// one, is dropped and counted.
+#[test]
+fn relay_to_relay_crosses_no_room_fence() {
+    let t0 = Instant::now();
+    let fenced = |client: &str, relayed: &str, sink: &'static str, fence: Option<u64>| {
+        let tuple = FiveTuple {
+            client: addr(client),
+            server: addr("198.51.100.1:3478"),
+            transport: Transport::Udp,
+        };
+        let mut a = Allocation::detached(tuple, addr(relayed), FakeRelay(Some(Sink(sink))), t0);
+        a.fence = fence;
+        Arc::new(a)
+    };
+    for (a_fence, b_fence, passes) in [
+        (Some(1), Some(1), true),
+        (None, None, true),
+        (Some(1), Some(2), false),
+        (Some(1), None, false),
+        (None, Some(2), false),
+    ] {
+        let stats = Stats::default();
+        let a = fenced("192.0.2.1:5000", "198.51.100.1:50000", "a", a_fence);
+        let b = fenced("192.0.2.2:6000", "198.51.100.1:50002", "b", b_fence);
+        a.state
+            .lock()
+            .unwrap()
+            .bind_channel(t0, 0x4000, b.relayed, Reach::Relays)
+            .unwrap();
+        b.state
+            .lock()
+            .unwrap()
+            .permit(t0, a.relayed, Reach::Relays)
+            .unwrap();
+        let table = [Arc::clone(&a), Arc::clone(&b)];
+        let (mut buf, payload) = channel_data_buf(0x4000, PAYLOAD);
+        let route = channel_data(
+            Some(a),
+            t0,
+            0x4000,
+            &mut buf,
+            payload,
+            among(&table),
+            &stats,
+        );
+        let case = format!("{a_fence:?} to {b_fence:?}");
+        if passes {
+            assert!(
+                matches!(route, Route::RelayToRelay { .. }),
+                "{case}: {route:?}"
+            );
+            assert_eq!(stats.fence_drops.get(), 0, "{case}");
+        } else {
+            assert!(
+                matches!(route, Route::Drop(Dropped::Fenced)),
+                "{case}: {route:?}"
+            );
+            assert_eq!(stats.fence_drops.get(), 1, "{case}");
+        }
+    }
+}
