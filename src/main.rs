@@ -178,7 +178,11 @@ fn main() -> ExitCode {
                 sub,
                 exp: switchboard::clock::unix_now() + ttl,
                 nbf: None,
-                aud: config.tokens.audience.clone(),
+                aud: config
+                    .tokens
+                    .audience
+                    .clone()
+                    .map(switchboard::tokens::Audience::One),
                 capacity,
                 publish: no_publish.then_some(false),
                 kick: kick.then_some(true),

@@ -112,8 +112,9 @@ pub struct Claims {
     pub exp: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<u64>,
+    /// One audience or several (RFC 7519 allows both).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aud: Option<String>,
+    pub aud: Option<Audience>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity: Option<u32>,
     /// Default true.
@@ -122,6 +123,23 @@ pub struct Claims {
     /// Default false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kick: Option<bool>,
+}
+
+/// A token's `aud`: one string, or several.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    One(String),
+    Several(Vec<String>),
+}
+
+impl Audience {
+    fn contains(&self, audience: &str) -> bool {
+        match self {
+            Audience::One(a) => a == audience,
+            Audience::Several(all) => all.iter().any(|a| a == audience),
+        }
+    }
 }
 
 impl Claims {
@@ -195,6 +213,12 @@ impl Key {
             };
             if spec.secret.is_some() {
                 return Err(format!("{name} takes `public_key`, not `secret`"));
+            }
+            // jsonwebtoken reads any EC key for ES256; a P-384 one would fail every token.
+            if algorithm == Algorithm::ES256 && !der_holds(pem.as_bytes(), &P256_OID) {
+                return Err(format!(
+                    "`public_key` is not a P-256 public key in PEM, which {name} needs"
+                ));
             }
             match algorithm {
                 Algorithm::EdDSA => DecodingKey::from_ed_pem(pem.as_bytes()),
@@ -318,7 +342,12 @@ impl Verifier {
         let claims = jsonwebtoken::decode::<Claims>(token, &key.decoding, &validation)
             .map_err(|_| Refusal::Invalid)?
             .claims;
-        if self.audience.is_some() && claims.aud != self.audience {
+        if let Some(audience) = &self.audience
+            && !claims
+                .aud
+                .as_ref()
+                .is_some_and(|aud| aud.contains(audience))
+        {
             return Err(Refusal::Invalid);
         }
         if claims
@@ -367,10 +396,10 @@ impl Signer {
     /// The PEM holds neither.
     pub fn from_private_pem(kid: &str, pem: &[u8]) -> Result<Signer, String> {
         let (algorithm, encoding) = match EncodingKey::from_ed_pem(pem) {
-            Ok(k) if is_ed25519(pem) => (Algorithm::EdDSA, k),
+            Ok(k) if der_holds(pem, &ED25519_OID) => (Algorithm::EdDSA, k),
             _ => match EncodingKey::from_ec_pem(pem) {
-                Ok(k) => (Algorithm::ES256, k),
-                Err(_) => {
+                Ok(k) if der_holds(pem, &P256_OID) => (Algorithm::ES256, k),
+                _ => {
                     return Err(
                         "not an Ed25519 or P-256 private key in PEM (PKCS#8, -----BEGIN PRIVATE KEY-----)"
                             .into(),
@@ -401,10 +430,14 @@ fn is_hmac(algorithm: Algorithm) -> bool {
     )
 }
 
-/// Whether a PKCS#8 PEM holds an Ed25519 key (its algorithm identifier, 1.3.101.112, is the
-/// DER bytes 06 03 2B 65 70): jsonwebtoken takes any PKCS#8 document as an "Ed" key and
-/// fails only when signing.
-fn is_ed25519(pem: &[u8]) -> bool {
+/// The DER of the algorithm identifier of Ed25519 keys (1.3.101.112).
+const ED25519_OID: [u8; 5] = [0x06, 0x03, 0x2b, 0x65, 0x70];
+/// The DER of the curve identifier of P-256 (1.2.840.10045.3.1.7).
+const P256_OID: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+
+/// Whether the DER inside a PEM holds `oid`: jsonwebtoken takes any PKCS#8 document as an "Ed"
+/// key, and any EC curve for ES256, and fails only when signing or verifying.
+fn der_holds(pem: &[u8], oid: &[u8]) -> bool {
     use base64::Engine as _;
     let text = String::from_utf8_lossy(pem);
     let body: String = text
@@ -414,7 +447,7 @@ fn is_ed25519(pem: &[u8]) -> bool {
         .concat();
     base64::engine::general_purpose::STANDARD
         .decode(body.trim())
-        .is_ok_and(|der| der.windows(5).any(|w| w == [0x06, 0x03, 0x2b, 0x65, 0x70]))
+        .is_ok_and(|der| der.windows(oid.len()).any(|w| w == oid))
 }
 
 #[cfg(test)]

@@ -296,6 +296,8 @@ struct Session {
     partner: Option<Partner>,
     /// The join token of the socket's URL (`?token=`): this dialect's messages have no room for one.
     token: Option<String>,
+    /// Its join token lets it only receive: its offers and answers may not send media.
+    receive_only: bool,
     gate: Gate,
     /// When a session that has not logged in is closed (`signaling.join_timeout_s`).
     login_due: Instant,
@@ -458,7 +460,7 @@ impl Session {
                     "the join token is for another name",
                 ));
             }
-            Ok(_) => {}
+            Ok(grant) => self.receive_only = grant.is_some_and(|g| !g.roles.publish),
         }
         // The dialect has no rooms: its credentials name the dialect alone (`ws/`), a scope
         // no native or socket.io room can name, with no per-room quota.
@@ -530,6 +532,19 @@ impl Session {
                 self.error(ErrorCode::BadRequest, format!("{kind} needs a \"name\"")),
             );
         };
+        let description = match what {
+            Kind::Offer => data.offer,
+            Kind::Answer => data.answer,
+            Kind::Candidate | Kind::Leave => None,
+        };
+        if self.receive_only
+            && description.is_some_and(|d| !super::sdp::receive_only_allows(d.get()))
+        {
+            return Next::Reply(self.error(
+                ErrorCode::Forbidden,
+                "your join token does not let you send media: offer and answer receive-only (a=recvonly)",
+            ));
+        }
         let frame = relayed(what, data, me);
         match self.directory.send(&self.peer, &target, what, frame) {
             Ok(()) => {}
@@ -606,6 +621,7 @@ async fn run(
         logging_in: None,
         partner: None,
         token,
+        receive_only: false,
         gate,
         login_due,
         failed_logins: 0,

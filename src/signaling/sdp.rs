@@ -66,17 +66,51 @@ fn push(address: &str, out: &mut Vec<IpAddr>) {
     }
 }
 
+/// Whether a peer that may only receive (a join token with `publish: false`) may send this
+/// payload (JSON text): not when it cannot be read (it might hide anything), nor when any SDP
+/// in it sends media (`payload_sends_media`).
+pub fn receive_only_allows(payload: &str) -> bool {
+    serde_json::from_str::<Value>(payload).is_ok_and(|v| !payload_sends_media(&v))
+}
+
+/// How deep JSON text inside strings is read (`"{\"sdp\": …}"`, as some tutorials send it).
+const NESTED_JSON: u8 = 3;
+
 /// Whether any string in `payload` (a signal's JSON, however the client nests its session
-/// description) is an SDP with an audio or video section that sends: `a=sendrecv` or
-/// `a=sendonly`, or no direction at all (RFC 8866: sendrecv), in a section not rejected
-/// (port 0).
+/// description: in objects, arrays, keys, or JSON text inside a string) is an SDP with an
+/// audio or video section that sends: `a=sendrecv` or `a=sendonly`, or no direction at all
+/// (RFC 8866: sendrecv).
 pub fn payload_sends_media(payload: &Value) -> bool {
+    sends_within(payload, NESTED_JSON)
+}
+
+fn sends_within(payload: &Value, nested: u8) -> bool {
     match payload {
-        Value::String(s) => sdp_sends_media(s),
-        Value::Array(items) => items.iter().any(payload_sends_media),
-        Value::Object(fields) => fields.values().any(payload_sends_media),
+        Value::String(s) => string_sends(s, nested),
+        Value::Array(items) => items.iter().any(|v| sends_within(v, nested)),
+        Value::Object(fields) => fields
+            .iter()
+            .any(|(k, v)| string_sends(k, nested) || sends_within(v, nested)),
         _ => false,
     }
+}
+
+fn string_sends(s: &str, nested: u8) -> bool {
+    if sdp_sends_media(s) {
+        return true;
+    }
+    let t = s.trim_start();
+    // JSON text inside the string; text too deep to read counts as sending.
+    if t.starts_with(['{', '[', '"']) {
+        return match serde_json::from_str::<Value>(t) {
+            Ok(inner) if nested == 0 => {
+                !matches!(inner, Value::Null | Value::Bool(_) | Value::Number(_))
+            }
+            Ok(inner) => sends_within(&inner, nested - 1),
+            Err(_) => false,
+        };
+    }
+    false
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -93,7 +127,8 @@ fn direction(line: &str) -> Option<Direction> {
     }
 }
 
-/// Whether the SDP `text` has an audio or video section that sends (see `payload_sends_media`).
+/// Whether the SDP `text` has an audio or video section that sends (see `payload_sends_media`);
+/// a line may end in `\n`, `\r\n` or `\r` alone.
 pub fn sdp_sends_media(text: &str) -> bool {
     // Any text with media sections counts, whatever precedes them: a browser that parses it
     // is the judge, not its first line.
@@ -103,17 +138,16 @@ pub fn sdp_sends_media(text: &str) -> bool {
     let sends = |media: bool, dir: Option<Direction>, session: Option<Direction>| {
         media && dir.or(session).unwrap_or(Direction::Sends) == Direction::Sends
     };
-    for line in text.lines().map(str::trim_end) {
+    for line in text.split(['\r', '\n']).map(str::trim_end) {
         if let Some(m) = line.strip_prefix("m=") {
             if let Some((media, dir)) = section.take()
                 && sends(media, dir, session)
             {
                 return true;
             }
-            let mut fields = m.split(' ');
-            let kind = fields.next().unwrap_or("");
-            let port = fields.next().unwrap_or("0");
-            let media = matches!(kind, "audio" | "video") && port != "0";
+            // Whatever its port: a section of port 0 with a=bundle-only (RFC 8843) is live.
+            let kind = m.split(' ').next().unwrap_or("");
+            let media = matches!(kind, "audio" | "video");
             section = Some((media, None));
         } else if let Some(dir) = direction(line) {
             match &mut section {
@@ -192,6 +226,34 @@ mod tests {
         ));
     }
 
+    /// What a receive-only peer might try: SDP as JSON text inside a string, in a key, or a
+    /// payload nested too deep to read.
+    #[test]
+    fn hidden_descriptions_are_found_and_unreadable_payloads_refused() {
+        let sends = sdp("m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=sendrecv\r\n");
+        let as_text = json!({"type": "offer", "sdp": sends}).to_string();
+        assert!(payload_sends_media(&json!({"description": as_text})));
+        assert!(payload_sends_media(
+            &json!({"x": json!({"description": as_text}).to_string()})
+        ));
+        let mut key = serde_json::Map::new();
+        key.insert(sends.clone(), json!(1));
+        assert!(payload_sends_media(&Value::Object(key)));
+        let deep = format!(
+            "{{\"description\":{{\"sdp\":{}}},\"junk\":{}{}}}",
+            json!(sends),
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        assert!(!receive_only_allows(&deep));
+        let receives = json!({"description": {"type": "answer",
+            "sdp": sdp("m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=recvonly\r\n")}});
+        assert!(receive_only_allows(&receives.to_string()));
+        assert!(receive_only_allows(
+            r#"{"candidate": {"candidate": "candidate:1 1 udp 1 192.0.2.1 9 typ host"}}"#
+        ));
+    }
+
     #[test]
     fn no_direction_is_sendrecv_and_the_session_level_applies_to_sections_without_one() {
         assert!(sdp_sends_media(&sdp("m=video 9 RTP/AVP 96\r\n")));
@@ -201,13 +263,15 @@ mod tests {
         assert!(sdp_sends_media(&sdp(
             "a=recvonly\r\nm=video 9 RTP/AVP 96\r\na=sendonly\r\n"
         )));
-        // Data channels and rejected sections send no media.
+        // Data channels send no media; a section of port 0 may be bundled (RFC 8843): it counts.
         assert!(!sdp_sends_media(&sdp(
             "m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n"
         )));
-        assert!(!sdp_sends_media(&sdp(
-            "m=audio 0 RTP/AVP 0\r\na=sendrecv\r\n"
+        assert!(sdp_sends_media(&sdp(
+            "m=audio 0 RTP/AVP 0\r\na=bundle-only\r\na=sendrecv\r\n"
         )));
+        // `\r` alone ends a line too.
+        assert!(sdp_sends_media("v=0\rm=video 9 RTP/AVP 96\ra=sendrecv\r"));
         // The last section counts too, with \n line ends.
         assert!(sdp_sends_media(
             "v=0\nm=audio 9 RTP/AVP 0\na=recvonly\nm=video 9 RTP/AVP 96\na=sendonly\n"

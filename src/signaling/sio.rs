@@ -84,6 +84,8 @@ struct Peer {
     /// A join token from the connect packet's `auth` (`{token}`) or the handshake URL's
     /// `?token=` (socket.io 2 clients have no `auth`), checked by each join.
     token: Option<String>,
+    /// Its join token lets it only receive (`publish: false`): what it relays may not send media.
+    receive_only: bool,
     gate: Gate,
     /// Set once the socket is being disconnected (`close`), shared with its room membership.
     closing: Arc<AtomicBool>,
@@ -220,6 +222,19 @@ impl SioRooms {
     /// The socket's join token, if its client gave one.
     fn token(&self, sid: Sid) -> Option<String> {
         self.peers().get(&sid).and_then(|p| p.token.clone())
+    }
+
+    fn set_receive_only(&self, sid: Sid, receive_only: bool) {
+        if let Some(p) = self.peers().get_mut(&sid) {
+            p.receive_only = receive_only;
+        }
+    }
+
+    /// Whether the socket may relay `json`: a receive-only socket, no session description
+    /// that sends media (answered with `forbidden`).
+    fn may_relay(&self, sid: Sid, json: &str) -> bool {
+        let receive_only = self.peers().get(&sid).is_some_and(|p| p.receive_only);
+        !receive_only || super::sdp::receive_only_allows(json)
     }
 
     /// Whether the socket is being disconnected, shared with whoever may disconnect it.
@@ -507,6 +522,7 @@ async fn admit(s: SocketRef, State(app): App, TryData(auth): TryData<Auth>) -> R
             host: admitted.request_host,
             client: admitted.client,
             token: auth.ok().and_then(|a| a.token).or(admitted.token),
+            receive_only: false,
             gate: Gate::new(s_cfg, std::time::Instant::now()),
             closing: Arc::default(),
             _guard: admitted.guard,
@@ -766,7 +782,9 @@ async fn join(
         );
         welcome(joined);
     };
-    let (name, capacity) = grant.map_or((None, None), |g| (g.sub, g.capacity));
+    let (name, capacity, publish) =
+        grant.map_or((None, None, true), |g| (g.sub, g.capacity, g.roles.publish));
+    app.sio.set_receive_only(s.id, !publish);
     let info = PeerInfo {
         id: peer.clone(),
         name,
@@ -899,7 +917,7 @@ async fn message(s: SocketRef, TryData(msg): TryData<FirstArg>, State(app): App)
     let Some(FirstArg(msg)) = decoded(&app, &s, msg, r#""message" takes an argument"#) else {
         return;
     };
-    if too_large(&app, &s, &msg) {
+    if too_large(&app, &s, &msg) || !may_relay(&app, &s, msg.get()) {
         return;
     }
     if let Some(peer) = sender(&app, &s, None) {
@@ -986,8 +1004,24 @@ pub enum Part {
 
 /// Sends `part` of `data` as `event` to the other members of `data.roomId`, if the sender is
 /// in it. Data that is not an object names no room and is dropped.
+/// Whether the socket may relay `json`; a receive-only socket that tries to send media is
+/// told `forbidden`.
+fn may_relay(app: &Ctx, s: &SocketRef, json: &str) -> bool {
+    if app.sio.may_relay(s.id, json) {
+        return true;
+    }
+    error(
+        app,
+        s,
+        ErrorCode::Forbidden,
+        "your join token does not let you send media: offer and answer receive-only (a=recvonly)"
+            .to_owned(),
+    );
+    false
+}
+
 fn relay(s: &SocketRef, app: &Ctx, event: &str, data: &RawValue, part: Part) {
-    if too_large(app, s, data) {
+    if too_large(app, s, data) || !may_relay(app, s, data.get()) {
         return;
     }
     let (room, json) = call_data(data, part);

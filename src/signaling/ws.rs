@@ -198,8 +198,9 @@ struct Session {
     client: IpAddr,
     outbox: Outbox,
     room: Option<RoomId>,
-    /// The room of a join a shared registry has not decided yet.
+    /// The room of a join a shared registry has not decided yet, and its join token's capacity.
     joining: Option<RoomId>,
+    joining_capacity: Option<usize>,
     /// A join token from the socket's URL (`/ws?token=`), used by a `join` that has none.
     url_token: Option<String>,
     /// What this peer may do in its room (its join token's roles).
@@ -240,6 +241,7 @@ async fn run(
         outbox,
         room: None,
         joining: None,
+        joining_capacity: None,
         url_token,
         roles: Roles::DEFAULT,
         gate,
@@ -389,7 +391,7 @@ impl Session {
                 }
                 if !self.roles.publish
                     && self.room.is_some()
-                    && super::sdp::payload_sends_media(&payload.value())
+                    && !super::sdp::receive_only_allows(payload.as_json())
                 {
                     return Answer::Error(
                         ErrorCode::Forbidden,
@@ -494,6 +496,7 @@ impl Session {
                 .registry
                 .join(peer, &room_id, capacity, member, Box::new(welcome));
         self.joining = Some(room_id);
+        self.joining_capacity = capacity;
         match joining {
             Joining::Done(outcome) => self.join_outcome(outcome),
             Joining::Pending(pending) => Answer::Join(pending),
@@ -522,12 +525,12 @@ impl Session {
             }
             Err(JoinError::RoomFull) => {
                 self.app.metrics.refusals.inc(Refusal::RoomCapacity);
+                let capacity = self
+                    .joining_capacity
+                    .unwrap_or(self.app.live().signaling.room_capacity);
                 Answer::Error(
                     ErrorCode::RoomFull,
-                    format!(
-                        "room {room_id} is full ({} peers)",
-                        self.app.live().signaling.room_capacity
-                    ),
+                    format!("room {room_id} is full ({capacity} peers)"),
                 )
             }
             Err(JoinError::TooManyRooms) => {

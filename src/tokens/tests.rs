@@ -243,8 +243,18 @@ fn the_audience_when_configured_must_match() {
         v.check(&room("r"), Some(&signer().mint(&c)), NOW),
         Err(Refusal::Invalid)
     );
-    c.aud = Some("switchboard.example".into());
+    c.aud = Some(Audience::One("switchboard.example".into()));
     assert!(v.check(&room("r"), Some(&signer().mint(&c)), NOW).is_ok());
+    c.aud = Some(Audience::Several(vec![
+        "other".into(),
+        "switchboard.example".into(),
+    ]));
+    assert!(v.check(&room("r"), Some(&signer().mint(&c)), NOW).is_ok());
+    c.aud = Some(Audience::Several(vec!["other".into()]));
+    assert_eq!(
+        v.check(&room("r"), Some(&signer().mint(&c)), NOW),
+        Err(Refusal::Invalid)
+    );
 }
 
 /// Ed25519 and P-256 public keys from the config check tokens their private keys signed;
@@ -283,4 +293,19 @@ fn public_keys_check_tokens_of_their_private_keys_only() {
             "{alg}"
         );
     }
+}
+
+/// ES256 needs a P-256 key: a P-384 one is refused when the config is read, not by every token.
+#[test]
+fn an_es256_key_of_another_curve_is_refused_up_front() {
+    let p384 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+    let pem = p384.public_key_pem();
+    let refused = Key::new(KeySpec {
+        id: "app",
+        algorithm: "ES256",
+        secret: None,
+        public_key: Some(&pem),
+    });
+    assert!(refused.is_err_and(|e| e.contains("P-256")));
+    assert!(Signer::from_private_pem("app", p384.serialize_pem().as_bytes()).is_err());
 }

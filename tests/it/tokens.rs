@@ -340,6 +340,15 @@ async fn a_peer_without_the_publish_role_may_only_receive() {
         );
     viewer.send_text(escaped).await;
     assert_eq!(viewer.recv_error().await.0, "forbidden");
+    // A payload too deep to read (a browser reads it) might hide anything: refused.
+    let deep = format!(
+        r#"{{"type":"signal","to":"{speaker_id}","payload":{{"description":{},"junk":{}{}}}}}"#,
+        json!({"type": "offer", "sdp": SENDS}),
+        "[".repeat(200),
+        "]".repeat(200)
+    );
+    viewer.send_text(deep).await;
+    assert_eq!(viewer.recv_error().await.0, "forbidden");
     let recvonly = SENDS.replace("a=sendrecv", "a=recvonly");
     viewer
         .send(json!({"type": "signal", "to": speaker_id, "payload": {"description": {"type": "answer", "sdp": recvonly}}}))
@@ -531,4 +540,110 @@ async fn the_token_command_mints_what_the_server_takes() {
         stderr.contains("--key") && stderr.contains("nope"),
         "{stderr}"
     );
+}
+
+fn receive_only(room: &str, sub: &str) -> String {
+    let mut c = claims(room, sub);
+    c.publish = Some(false);
+    signer(SECRET).mint(&c)
+}
+
+/// The tutorial dialects hold a receive-only token to it too: a socket.io `message` or
+/// `webrtc_offer`, a plain-WebSocket `offer` or `answer`, whose SDP sends media is refused.
+#[tokio::test]
+async fn receive_only_tokens_hold_in_the_tutorial_dialects() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let server = TestServer::start(&config(SECRET).replace(
+        "require = \"prefixes\"\n        prefixes = [\"clinic-\"]",
+        "require = \"all\"",
+    ));
+    let mut viewer = sio_with(
+        &server,
+        "",
+        Some(json!({"token": receive_only("clinic-5", "V")})),
+    )
+    .await;
+    let join = json!(["create or join", "clinic-5"]).to_string();
+    viewer
+        .ws
+        .send(Message::text(format!("42{join}")))
+        .await
+        .unwrap();
+    loop {
+        if sio_event(&mut viewer).await[0] == "created" {
+            break;
+        }
+    }
+    let mut speaker = sio_with(&server, "", Some(json!({"token": token("clinic-5", "S")}))).await;
+    speaker
+        .ws
+        .send(Message::text(format!("42{join}")))
+        .await
+        .unwrap();
+    loop {
+        if sio_event(&mut speaker).await[0] == "joined" {
+            break;
+        }
+    }
+    // socket.io handles each event on a task of its own: each refusal is awaited before the
+    // next event goes.
+    for (event, data) in [
+        ("message", json!({"type": "offer", "sdp": SENDS})),
+        (
+            "webrtc_offer",
+            json!({"roomId": "clinic-5", "sdp": {"type": "offer", "sdp": SENDS}}),
+        ),
+    ] {
+        let frame = json!([event, data]).to_string();
+        viewer
+            .ws
+            .send(Message::text(format!("42{frame}")))
+            .await
+            .unwrap();
+        loop {
+            let next = sio_event(&mut viewer).await;
+            if next[0] == "switchboard_error" {
+                assert_eq!(next[1]["code"], "forbidden", "{event}: {next}");
+                break;
+            }
+        }
+    }
+    // A receive-only answer goes through, and is the first message the speaker gets.
+    let recvonly = SENDS.replace("a=sendrecv", "a=recvonly");
+    let answer = json!(["message", {"type": "answer", "sdp": recvonly}]).to_string();
+    viewer
+        .ws
+        .send(Message::text(format!("42{answer}")))
+        .await
+        .unwrap();
+    loop {
+        let got = sio_event(&mut speaker).await;
+        if got[0] == "message" {
+            assert_eq!(got[1]["type"], "answer", "{got}");
+            break;
+        }
+    }
+
+    let url = format!(
+        "wss://{}/legacy?token={}",
+        server.https,
+        receive_only("users", "watcher")
+    );
+    let mut watcher = server
+        .client_with(url.into_client_request().unwrap())
+        .await
+        .unwrap();
+    watcher
+        .send(json!({"type": "login", "name": "watcher"}))
+        .await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&next_text(&mut watcher).await).unwrap()["success"],
+        true
+    );
+    watcher
+        .send(json!({"type": "offer", "name": "someone", "offer": {"type": "offer", "sdp": SENDS}}))
+        .await;
+    let reply: Value = serde_json::from_str(&next_text(&mut watcher).await).unwrap();
+    assert_eq!(reply["code"], "forbidden", "{reply}");
 }
