@@ -239,15 +239,11 @@ impl Host {
         let Some(turn) = self.turn.as_ref().filter(|t| t.fenced()) else {
             return;
         };
-        if !super::sdp::may_hold_addresses(payload) {
-            return;
-        }
-        let Ok(value) = serde_json::from_str::<serde_json::Value>(payload) else {
-            return;
-        };
         let mut ips = Vec::new();
-        super::sdp::addresses_in(&value, &mut ips);
-        turn.announce(scope, peer, &ips);
+        super::sdp::addresses_in(payload, &mut ips);
+        if !ips.is_empty() {
+            turn.announce(scope, peer, &ips);
+        }
     }
 
     /// A peer left `scope` (its room, or the plain-WebSocket dialect): its TURN allocations

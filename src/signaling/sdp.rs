@@ -12,46 +12,40 @@ use serde_json::Value;
 /// Addresses read from one message, at most.
 pub const MAX_ADDRESSES: usize = 16;
 
-/// Whether a payload's text may hold addresses (`addresses_in` finds none otherwise): a cheap
-/// test before parsing. A client that hides them behind JSON escapes only hides its own.
-pub fn may_hold_addresses(text: &str) -> bool {
-    text.contains("candidate:") || text.contains("c=IN ")
-}
-
 /// The IP addresses in ICE candidates (`candidate:…`, alone or as an SDP `a=candidate:` line:
 /// the connection address and the related address) and SDP connection lines (`c=IN IP4 …`)
-/// in any string of `payload`, however the client nests them; at most `MAX_ADDRESSES`, the
+/// in a payload's JSON text, wherever the client put them; at most `MAX_ADDRESSES`, the
 /// unspecified addresses and host names (mDNS `.local` candidates) left out.
-pub fn addresses_in(payload: &Value, out: &mut Vec<IpAddr>) {
-    match payload {
-        Value::String(s) => addresses_in_text(s, out),
-        Value::Array(items) => items.iter().for_each(|v| addresses_in(v, out)),
-        Value::Object(fields) => fields.values().for_each(|v| addresses_in(v, out)),
-        _ => {}
-    }
-}
-
-fn addresses_in_text(text: &str, out: &mut Vec<IpAddr>) {
-    for line in text.lines().map(str::trim) {
-        if out.len() >= MAX_ADDRESSES {
-            return;
-        }
-        let line = line.strip_prefix("a=").unwrap_or(line);
-        if let Some(candidate) = line.strip_prefix("candidate:") {
-            // foundation component transport priority address port typ type [raddr a rport p]
-            let fields: Vec<&str> = candidate.split_ascii_whitespace().collect();
-            let related = fields
-                .iter()
-                .position(|f| *f == "raddr")
-                .and_then(|i| fields.get(i + 1));
-            for address in fields.get(4).into_iter().chain(related) {
-                push(address, out);
+///
+/// Read from the text as it is, with no parse: a candidate's line ends at the end of its
+/// JSON string or at an escape (the `\r\n` between SDP lines). A client that hides its
+/// addresses behind JSON escapes only hides its own.
+pub fn addresses_in(json: &str, out: &mut Vec<IpAddr>) {
+    for (marker, connection) in [("candidate:", false), ("c=IN ", true)] {
+        let mut rest = json;
+        while let Some(at) = rest.find(marker) {
+            let after = &rest[at + marker.len()..];
+            let end = after.find(['"', '\\', '\n', '\r']).unwrap_or(after.len());
+            let line = &after[..end];
+            if connection {
+                // c=IN IP4 192.0.2.1 (a multicast TTL or count after a slash is cut)
+                if let Some(address) = line.split_ascii_whitespace().nth(1) {
+                    push(address.split('/').next().unwrap_or(""), out);
+                }
+            } else {
+                // foundation component transport priority address port typ type [raddr a rport p]
+                let mut fields = line.split_ascii_whitespace();
+                if let Some(address) = fields.nth(4) {
+                    push(address, out);
+                }
+                if let Some(related) = fields.skip_while(|f| *f != "raddr").nth(1) {
+                    push(related, out);
+                }
             }
-        } else if let Some(connection) = line.strip_prefix("c=IN ") {
-            // c=IN IP4 192.0.2.1 (a multicast TTL or count after a slash is cut)
-            if let Some(address) = connection.split_ascii_whitespace().nth(1) {
-                push(address.split('/').next().unwrap_or(""), out);
+            if out.len() >= MAX_ADDRESSES {
+                return;
             }
+            rest = &after[end..];
         }
     }
 }
@@ -166,7 +160,7 @@ mod tests {
 
     fn addresses(payload: &Value) -> Vec<String> {
         let mut out = Vec::new();
-        addresses_in(payload, &mut out);
+        addresses_in(&payload.to_string(), &mut out);
         out.iter().map(ToString::to_string).collect()
     }
 
@@ -177,7 +171,6 @@ mod tests {
         let trickled = json!({"candidate": {"candidate":
             "candidate:842163049 1 udp 1677729535 203.0.113.7 46154 typ srflx raddr 10.0.0.5 rport 46154 generation 0",
             "sdpMid": "0", "sdpMLineIndex": 0}});
-        assert!(may_hold_addresses(&trickled.to_string()));
         assert_eq!(addresses(&trickled), ["203.0.113.7", "10.0.0.5"]);
         let codelab = json!({"type": "candidate", "label": 0, "id": "0",
             "candidate": "candidate:1 1 UDP 2122 198.51.100.9 5000 typ relay raddr 0.0.0.0 rport 0"});
@@ -186,11 +179,12 @@ mod tests {
                    a=candidate:1 1 udp 1 2001:db8::2 9 typ host\r\na=candidate:2 1 udp 1 abcd-1234.local 9 typ host\r\n";
         assert_eq!(
             addresses(&json!({"description": {"type": "offer", "sdp": sdp}})),
-            ["192.0.2.1", "2001:db8::1", "2001:db8::2"]
+            // Candidates first, then connection lines.
+            ["2001:db8::2", "192.0.2.1", "2001:db8::1"]
         );
         // Nothing else counts: an end-of-candidates null, garbage, a number.
         assert!(addresses(&json!({"candidate": null, "x": "candidate: 1 2", "n": 7})).is_empty());
-        assert!(!may_hold_addresses(r#"{"media":{"camera":true}}"#));
+        assert!(addresses(&json!({"media": {"camera": true}})).is_empty());
     }
 
     #[test]

@@ -595,6 +595,7 @@ fn broadcast(app: &Ctx, from: &PeerId, event: &str, data: &Value) {
 fn broadcast_raw(app: &Ctx, from: &PeerId, event: &str, json: String) {
     // With the room fence, the candidates it carries are the sender's addresses.
     if app.turn.as_ref().is_some_and(|t| t.fenced())
+        && (json.contains("candidate:") || json.contains("c=IN "))
         && let Some(room) = app.sio.registry.room_of(from)
     {
         app.announce_signal(&Scope::in_room(SPACE, room), from, &json);

@@ -1244,11 +1244,17 @@ impl<B: RelayBinder> Core<B> {
     /// `peer` of `scope` is known by `ips` too (its signaling connection's address, the
     /// addresses of the ICE candidates it sent): the others of its room may reach them.
     pub fn announce(&self, scope: &Scope, peer: &PeerId, ips: &[IpAddr]) {
-        if self.config.load().fence && scope.room().is_some() && !ips.is_empty() {
-            self.fence
-                .writing()
-                .announce(scope, peer, ips.iter().copied());
+        if !self.config.load().fence || scope.room().is_none() || ips.is_empty() {
+            return;
         }
+        // Mostly what it was known by already (every candidate of a call repeats its
+        // addresses): a read lock says so, without the write lock.
+        if self.fence.reading().knows(scope, peer, ips) {
+            return;
+        }
+        self.fence
+            .writing()
+            .announce(scope, peer, ips.iter().copied());
     }
 
     /// Forgets what `peer` of `scope` was known by: it left and its allocations closed.

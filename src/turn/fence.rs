@@ -55,6 +55,19 @@ impl Fence {
         added
     }
 
+    /// Whether `peer` of `scope` is known by every one of `ips` already.
+    pub fn knows(&self, scope: &Scope, peer: &PeerId, ips: &[IpAddr]) -> bool {
+        self.rooms
+            .get(scope)
+            .and_then(|room| room.get(peer))
+            .is_some_and(|known| {
+                ips.iter().all(|ip| {
+                    let ip = super::policy::normalize(*ip);
+                    ip.is_unspecified() || known.contains(&ip)
+                })
+            })
+    }
+
     /// Forgets what `peer` of `scope` was known by (it left, and its allocations closed).
     pub fn forget(&mut self, scope: &Scope, peer: &PeerId) {
         if let Some(room) = self.rooms.get_mut(scope) {
@@ -116,6 +129,8 @@ mod tests {
         // A room credential is nobody: every member counts.
         assert!(fence.admits(&team, None, ip("198.51.100.1")));
 
+        assert!(fence.knows(&team, &bob, &[ip("203.0.113.7"), ip("::ffff:203.0.113.8")]));
+        assert!(!fence.knows(&team, &bob, &[ip("203.0.113.7"), ip("203.0.113.9")]));
         fence.forget(&team, &bob);
         assert!(!fence.admits(&team, Some(&ann), ip("203.0.113.7")));
         fence.forget(&team, &ann);
