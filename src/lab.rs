@@ -467,6 +467,8 @@ tls_listen = ["{ip}:5349"]
 relay_ip = "{ip}"
 # No public_host: TURN URLs name the server as the page does (https://{ip}/ or
 # https://{name}/; Firefox takes TURN over TLS only with a name).
+# The room fence, as in the shipped config.
+fence = "room"
 grace_period_s = 2
 # The clients' private LANs: relaying to their host candidates is allowed, so that
 # sends to unreachable addresses (they go to the sink) are part of what the lab shows.

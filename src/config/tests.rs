@@ -15,6 +15,11 @@ fn shipped_config_parses_and_matches_the_defaults() {
     let defaults = Config::from_toml("", "empty").unwrap();
     let mut shipped_dump = shipped.clone();
     shipped_dump.server.state_dir = defaults.server.state_dir.clone();
+    // The one setting it changes: new installs get the room fence, while a config written
+    // before it (without the key) keeps relaying as it did.
+    assert_eq!(shipped.turn.fence, FenceMode::Room);
+    assert_eq!(defaults.turn.fence, FenceMode::Off);
+    shipped_dump.turn.fence = defaults.turn.fence;
     assert_eq!(shipped_dump.to_masked_toml(), defaults.to_masked_toml());
     assert_eq!(shipped.https.listen.len(), 2);
     assert!(shipped.server.state_dir.ends_with("certs"));

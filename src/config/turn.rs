@@ -66,8 +66,10 @@ pub struct TurnConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FenceMode {
-    Off,
+    /// The default of a config that does not say (an upgrade changes nothing); the shipped
+    /// configs say "room".
     #[default]
+    Off,
     Room,
 }
 
@@ -144,7 +146,7 @@ impl Default for TurnConfig {
             challenges_per_source_s: 500,
             allow_peers: Vec::new(),
             deny_peers: Vec::new(),
-            fence: FenceMode::Room,
+            fence: FenceMode::Off,
             fence_room_credentials: false,
         }
     }

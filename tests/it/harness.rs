@@ -88,6 +88,7 @@ impl TestServer {
             tcp_listen = ["127.0.0.1:0"]
             tls_listen = ["127.0.0.1:0"]
             relay_ip = "127.0.0.1"
+            fence = "room"
             [admin]
             listen = ["127.0.0.1:0"]
             "#,
