@@ -384,11 +384,6 @@ impl Session {
             }
             Ok(ClientMsg::Kick { peer_id }) => self.kick(&peer_id),
             Ok(ClientMsg::Signal { to, payload }) => {
-                if let Some(room) = &self.room {
-                    let scope = Scope::native(room.clone());
-                    self.app
-                        .announce_signal(&scope, &self.peer_id, payload.as_json());
-                }
                 if !self.roles.publish
                     && self.room.is_some()
                     && !super::sdp::receive_only_allows(payload.as_json())
@@ -400,14 +395,21 @@ impl Session {
                             .to_owned(),
                     );
                 }
-                let sent = self.native.registry.send(
-                    &self.peer_id,
-                    To::Peer(&to),
-                    "signal",
-                    &payload.into_json().into(),
-                );
+                let data = payload.into_json().into();
+                let sent = self
+                    .native
+                    .registry
+                    .send(&self.peer_id, To::Peer(&to), "signal", &data);
                 match sent {
-                    Ok(()) => Answer::None,
+                    Ok(()) => {
+                        // What went to the room, the room's fence learns; not what was refused.
+                        if let Some(room) = &self.room {
+                            let scope = Scope::native(room.clone());
+                            self.app
+                                .announce_signal(&scope, &self.peer_id, data.as_str());
+                        }
+                        Answer::None
+                    }
                     Err(RouteError::NotJoined) => Answer::Error(
                         ErrorCode::NotJoined,
                         "join a room before sending signals".to_owned(),

@@ -105,6 +105,14 @@ async fn a_member_credential_reaches_only_what_the_room_announced() {
     assert!(matches!(bob_ws.recv().await, ServerMsg::Signal { .. }));
     assert!(refused_403(reaches(&ann, &unannounced).await));
 
+    // Bob's signal to nobody (refused) announces nothing.
+    bob_ws
+        .send(json!({"type": "signal", "to": "00000000000000000000000000000000",
+                     "payload": {"candidate": {"candidate": "candidate:1 1 udp 1 127.0.0.2 9 typ host"}}}))
+        .await;
+    assert_eq!(bob_ws.recv_error().await.0, "unknown_peer");
+    assert!(refused_403(reaches(&ann, &unannounced).await));
+
     // A member of another room announcing it does not open it either.
     let (mut eve_ws, _) = member(&server, "elsewhere").await;
     let (_, mallory_welcome) = member(&server, "elsewhere").await;
