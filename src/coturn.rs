@@ -100,7 +100,6 @@ const UNSUPPORTED: &[(&str, &str)] = &[
     ("no-tlsv1", "TLS 1.0 is never offered"),
     ("no-tlsv1_1", "TLS 1.1 is never offered"),
     ("no-tlsv1_2", "TLS 1.2 stays enabled beside 1.3"),
-    ("max-bps", "no per-session bandwidth limit"),
     ("bps-capacity", "no total bandwidth limit"),
     ("mobility", "MOBILITY-TICKET (RFC 8016) is not supported"),
     (
@@ -340,6 +339,18 @@ pub fn import(text: &str) -> Imported {
                     turn.insert(key.into(), n.into());
                 }
                 _ => warn(&opt, "expected a number; default kept"),
+            },
+            // coturn's per-session limit, each way separately: an allocation's here.
+            "max-bps" => match value.and_then(|v| v.parse::<u64>().ok()) {
+                Some(0) => {}
+                Some(n) if (8000..=i64::MAX as u64).contains(&n) => {
+                    turn.insert("max_allocation_bytes_per_s".into(), (n as i64).into());
+                }
+                Some(_) => warn(
+                    &opt,
+                    "below 8000 bytes per second (one audio stream) is refused; no limit carried over",
+                ),
+                None => warn(&opt, "expected a number of bytes per second; skipped"),
             },
             name => {
                 if let Some((_, why)) = UNSUPPORTED.iter().find(|(n, _)| *n == name) {

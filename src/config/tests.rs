@@ -15,11 +15,14 @@ fn shipped_config_parses_and_matches_the_defaults() {
     let defaults = Config::from_toml("", "empty").unwrap();
     let mut shipped_dump = shipped.clone();
     shipped_dump.server.state_dir = defaults.server.state_dir.clone();
-    // The one setting it changes: new installs get the room fence, while a config written
-    // before it (without the key) keeps relaying as it did.
+    // The settings it changes: new installs get the room fence and a bandwidth cap per
+    // allocation, while a config written before them (without the keys) relays as it did.
     assert_eq!(shipped.turn.fence, FenceMode::Room);
     assert_eq!(defaults.turn.fence, FenceMode::Off);
     shipped_dump.turn.fence = defaults.turn.fence;
+    assert_eq!(shipped.turn.max_allocation_bytes_per_s, 3_000_000);
+    assert_eq!(defaults.turn.max_allocation_bytes_per_s, 0);
+    shipped_dump.turn.max_allocation_bytes_per_s = 0;
     assert_eq!(shipped_dump.to_masked_toml(), defaults.to_masked_toml());
     assert_eq!(shipped.https.listen.len(), 2);
     assert!(shipped.server.state_dir.ends_with("certs"));
@@ -298,4 +301,17 @@ fn a_cluster_is_off_by_default_and_its_keys_are_checked() {
         err.contains("cluster.heartbeat_ttl_ms") && err.contains("twice"),
         "{err}"
     );
+}
+
+#[test]
+fn a_bandwidth_budget_below_one_audio_stream_is_refused_by_its_key() {
+    for key in ["max_allocation_bytes_per_s", "max_room_bytes_per_s"] {
+        let err = refused(&format!("[turn]\n{key} = 500\n"));
+        assert!(err.contains(&format!("turn.{key}")), "{err}");
+        assert!(err.contains("0 (no limit) or at least 8000"), "{err}");
+        for fine in [0, 8000, 125_000_000] {
+            let text = format!("[turn]\n{key} = {fine}\n");
+            assert!(Config::from_toml(&text, "test.toml").is_ok(), "{text}");
+        }
+    }
 }

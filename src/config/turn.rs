@@ -60,7 +60,15 @@ pub struct TurnConfig {
     /// The fence applies to room credentials (`switchboard credentials`, the ice-servers API)
     /// too: they reach only addresses the room's members are known by.
     pub fence_room_credentials: bool,
+    /// Bytes per second one allocation may relay each way (0: no limit).
+    pub max_allocation_bytes_per_s: u64,
+    /// Bytes per second the allocations of one room may relay each way together, shared
+    /// fairly between them (0: no limit).
+    pub max_room_bytes_per_s: u64,
 }
+
+/// The least bandwidth budget: 64 kbit/s, one audio stream with its overhead.
+const MIN_BYTES_PER_S: u64 = 8000;
 
 /// `turn.fence`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -108,6 +116,9 @@ keys!(TurnConfig in "turn" {
     // Allocations are fenced (or not) from their start.
     fence: Restart,
     fence_room_credentials: Restart,
+    // The sweep sets every allocation's rates each second from the core's config.
+    max_allocation_bytes_per_s: Live,
+    max_room_bytes_per_s: Live,
 });
 
 impl Default for TurnConfig {
@@ -148,6 +159,8 @@ impl Default for TurnConfig {
             deny_peers: Vec::new(),
             fence: FenceMode::Off,
             fence_room_credentials: false,
+            max_allocation_bytes_per_s: 0,
+            max_room_bytes_per_s: 0,
         }
     }
 }
@@ -236,6 +249,22 @@ impl TurnConfig {
         ] {
             if value == 0 {
                 return Err(invalid(key, "expected at least 1".to_owned()));
+            }
+        }
+        for (key, value) in [
+            (
+                "turn.max_allocation_bytes_per_s",
+                t.max_allocation_bytes_per_s,
+            ),
+            ("turn.max_room_bytes_per_s", t.max_room_bytes_per_s),
+        ] {
+            if value != 0 && value < MIN_BYTES_PER_S {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "expected 0 (no limit) or at least {MIN_BYTES_PER_S} bytes per second (one audio stream), got {value}"
+                    ),
+                ));
             }
         }
         for (key, ip, v6) in [

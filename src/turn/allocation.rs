@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use super::budget::{BandwidthLimit, Budget};
 use super::policy::{Reach, normalize};
 
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(600);
@@ -73,6 +74,9 @@ pub struct AllocState {
     permissions: HashMap<IpAddr, (Instant, Reach)>,
     channels: HashMap<u16, Channel>,
     by_peer: HashMap<SocketAddr, u16>,
+    /// What it may relay each way, and what it did (`turn::budget`); unlimited until the
+    /// core sets it.
+    pub budget: Budget,
 }
 
 impl AllocState {
@@ -82,6 +86,7 @@ impl AllocState {
             permissions: HashMap::new(),
             channels: HashMap::new(),
             by_peer: HashMap::new(),
+            budget: Budget::new(0, BandwidthLimit::Allocation, now),
         }
     }
 

@@ -33,6 +33,7 @@ use tracing::{debug, info};
 
 use super::allocation::{AllocState, ChannelBindError, Revoked, granted_lifetime};
 use super::auth::{self, NonceCheck, NonceKey, Owner, Scope};
+use super::budget::{self, BandwidthLimit, Budget, Demand, Direction, Rate};
 use super::fence::Fence;
 use super::policy::{Cidr, PeerPolicy, Reach};
 use super::stats::{AuthFailure, PermissionLimit, ProtocolRule, Quota, Revocation};
@@ -40,7 +41,7 @@ pub use super::stats::{CloseReason, Stats, Transport};
 use super::wire;
 use crate::config::Secret;
 use crate::limiter::SourceRates;
-use crate::metrics::{Counter, Label};
+use crate::metrics::Label;
 use crate::model::{PeerId, RoomId};
 use crate::sync::{Locked, Shared};
 
@@ -110,6 +111,31 @@ pub struct CoreConfig {
     /// credentials) reach only addresses the room's other members are known by (`fence`).
     pub fence: bool,
     pub fence_room_credentials: bool,
+    /// Bytes per second each allocation may relay each way (0: unlimited).
+    pub max_allocation_bytes_per_s: u64,
+    /// Bytes per second the allocations of one room may relay each way, shared fairly
+    /// between them (`budget::fair_shares`; 0: unlimited). Rooms as for the quotas.
+    pub max_room_bytes_per_s: u64,
+}
+
+/// The rate of a new allocation, `in_room` being the allocations of its room with it (none
+/// without a room): an even share of the room's budget, within its own cap.
+fn first_rate(config: &CoreConfig, in_room: Option<usize>) -> Rate {
+    let own = budget::own_rate(config.max_allocation_bytes_per_s);
+    match in_room {
+        Some(n) if config.max_room_bytes_per_s > 0 => {
+            let share = config.max_room_bytes_per_s / (n.max(1) as u64);
+            if own.bytes_per_s != 0 && own.bytes_per_s <= share {
+                own
+            } else {
+                Rate {
+                    bytes_per_s: share.max(1),
+                    limit: BandwidthLimit::Room,
+                }
+            }
+        }
+        _ => own,
+    }
 }
 
 /// The burst of challenges a source may get at once, in seconds of its rate.
@@ -142,8 +168,6 @@ pub struct Allocation<R> {
     replies: Mutex<VecDeque<([u8; 12], Vec<u8>)>>,
     /// Cancelled when the allocation is removed; the relay task stops on it.
     pub closed: CancellationToken,
-    /// Payload bytes relayed both ways, for the admin API.
-    pub relayed_bytes: Counter,
     /// The room it is fenced to (`turn.fence`), as a key of this process: relay to relay,
     /// data passes only between allocations of the same room, or both unfenced.
     pub fence: Option<u64>,
@@ -179,7 +203,6 @@ impl<R> Allocation<R> {
             state: Mutex::new(AllocState::new(now, super::allocation::DEFAULT_LIFETIME)),
             replies: Mutex::new(VecDeque::new()),
             closed: CancellationToken::new(),
-            relayed_bytes: Counter::default(),
             fence: None,
         }
     }
@@ -961,7 +984,6 @@ impl<B: RelayBinder> Core<B> {
             state: Mutex::new(AllocState::new(now, granted)),
             replies: Mutex::new(VecDeque::new()),
             closed: CancellationToken::new(),
-            relayed_bytes: Counter::default(),
             fence,
         });
         allocation.remember(msg.transaction_id.0, &reply);
@@ -982,6 +1004,14 @@ impl<B: RelayBinder> Core<B> {
                 table.reserve(t, held);
             }
             table.insert(&self.index, Arc::clone(&allocation));
+            // Its share of its room until the sweep weighs what each uses.
+            let in_room = allocation
+                .holder
+                .room
+                .as_ref()
+                .map(|room| table.per_room[room]);
+            let rate = first_rate(&config, in_room);
+            allocation.state.locked().budget = Budget::new(rate.bytes_per_s, rate.limit, now);
         }
         // The others of its room may reach it where it is: its address as this server sees
         // it, and its relay.
@@ -1174,6 +1204,13 @@ impl<B: RelayBinder> Core<B> {
             debug!(%peer, class = refused.class, "Send indication refused by policy");
             return Handled::Nothing;
         }
+        let charged = a.state.locked().budget.to_peer.pass(now, data.len());
+        if let Err(limit) = charged {
+            self.stats
+                .budget_drops
+                .add(Direction::ToPeer, limit, data.len());
+            return Handled::Nothing;
+        }
         Handled::Send {
             allocation: a,
             peer,
@@ -1333,8 +1370,9 @@ impl<B: RelayBinder> Core<B> {
         for a in table.by_tuple.values() {
             if let Some((scope, peer)) = a.owner.peer() {
                 let u = usage.entry((scope.clone(), peer.clone())).or_default();
+                let state = a.state.locked();
                 u.0 += 1;
-                u.1 += a.relayed_bytes.get();
+                u.1 += state.budget.to_peer.bytes + state.budget.to_client.bytes;
             }
         }
         usage
@@ -1346,9 +1384,10 @@ impl<B: RelayBinder> Core<B> {
         if held {
             self.table.writing().expire_reservations(now);
         }
+        let config = self.config.load();
         let expired: Vec<FiveTuple> = {
             let table = self.table.reading();
-            table
+            let expired = table
                 .by_tuple
                 .values()
                 .filter_map(|a| {
@@ -1356,7 +1395,9 @@ impl<B: RelayBinder> Core<B> {
                     state.sweep(now);
                     state.is_expired(now).then_some(a.tuple)
                 })
-                .collect()
+                .collect();
+            share_budgets(&config, table.by_tuple.values(), now);
+            expired
         };
         expired
             .iter()
@@ -1394,6 +1435,47 @@ impl<B: RelayBinder> Core<B> {
             assert!(found.is_some_and(|f| Arc::ptr_eq(&f, a)), "{tuple:?}");
             let found = relays.get(&a.relayed).and_then(Weak::upgrade);
             assert!(found.is_some_and(|f| Arc::ptr_eq(&f, a)), "{}", a.relayed);
+        }
+    }
+}
+
+/// Sets every allocation's rates for the next second: its own cap, or within a room with a
+/// budget, its fair share of the room given what each of the room's allocations did in the
+/// last one (`budget::fair_shares`). Each allocation's lock is taken twice, briefly: to read
+/// its demands, then to set its rates.
+fn share_budgets<'a, R: 'a>(
+    config: &CoreConfig,
+    allocations: impl Iterator<Item = &'a Arc<Allocation<R>>>,
+    now: Instant,
+) {
+    let own = budget::own_rate(config.max_allocation_bytes_per_s);
+    // Each room's allocations, with what each asks of it either way.
+    type Asking<'a, R> = Vec<(&'a Allocation<R>, [Demand; 2])>;
+    let mut rooms: HashMap<&Scope, Asking<'_, R>> = HashMap::new();
+    for a in allocations {
+        match &a.holder.room {
+            Some(room) if config.max_room_bytes_per_s > 0 => {
+                let demands = a.state.locked().budget.demands(now);
+                rooms.entry(room).or_default().push((a, demands));
+            }
+            _ => a.state.locked().budget.apply([own, own], now),
+        }
+    }
+    for members in rooms.values() {
+        let shares = |direction: usize| {
+            let demands: Vec<Demand> = members.iter().map(|(_, d)| d[direction]).collect();
+            budget::fair_shares(
+                config.max_room_bytes_per_s,
+                config.max_allocation_bytes_per_s,
+                &demands,
+            )
+        };
+        let (to_peer, to_client) = (shares(0), shares(1));
+        for (i, (a, _)) in members.iter().enumerate() {
+            a.state
+                .locked()
+                .budget
+                .apply([to_peer[i], to_client[i]], now);
         }
     }
 }

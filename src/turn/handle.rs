@@ -369,6 +369,8 @@ fn core_config(config: &Config, secrets: Vec<Secret>) -> CoreConfig {
         challenges_per_source_s: t.challenges_per_source_s,
         fence: t.fence == crate::config::FenceMode::Room,
         fence_room_credentials: t.fence_room_credentials,
+        max_allocation_bytes_per_s: t.max_allocation_bytes_per_s,
+        max_room_bytes_per_s: t.max_room_bytes_per_s,
     }
 }
 

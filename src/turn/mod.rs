@@ -4,6 +4,7 @@
 //! - `auth`: credentials (TURN REST API, static users), long-term keys, stateless nonces.
 //! - `policy`: which peer addresses may be relayed to.
 //! - `allocation`: one allocation's permissions, channels and lifetime, as plain data.
+//! - `budget`: bandwidth budgets: token buckets per allocation and direction, room shares.
 //! - `wire`: packet classification, stream framing, allocation-free data encodings.
 //! - `core`: the sans-IO server: requests in, responses out, the allocation table.
 //! - `route`: where a data packet goes and how it is framed, decided without sockets.
@@ -14,6 +15,7 @@
 
 pub mod allocation;
 pub mod auth;
+pub mod budget;
 pub mod core;
 pub mod fence;
 pub mod handle;

@@ -15,9 +15,13 @@
 //! decisions return ranges of that buffer: nothing is allocated or copied here.
 //! Send indications are the core's (`Handled::Send`).
 //!
-//! Drops are counted here, as are the allocation's relayed bytes and the relay-to-relay
-//! handovers; what is sent, or fails to be, is counted by the caller, which alone knows.
-//! The only locks are the allocations' own mutexes, each taken for one lookup.
+//! Each payload is charged to the bandwidth budget of the allocations it passes through
+//! (`turn::budget`: the sender's way to peers, the receiver's way to its client), under the
+//! lock of the allocation's state taken for the lookup; over budget, it is dropped.
+//! Drops are counted here, as are the allocations' relayed bytes and packets (in their
+//! budgets) and the relay-to-relay handovers; what is sent, or fails to be, is counted by
+//! the caller, which alone knows. The only locks are the allocations' own mutexes, each
+//! taken for one lookup.
 
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -27,6 +31,7 @@ use std::time::Instant;
 use rand::RngCore;
 
 use super::allocation::AllocState;
+use super::budget::{BandwidthLimit, Direction};
 use super::core::{Allocation, Stats, Transport};
 use super::policy;
 use super::policy::Reach;
@@ -64,7 +69,8 @@ pub enum Route<R: Relay> {
 }
 
 /// Why a packet on the data path was dropped; each reason is counted as `Stats::unframeable`
-/// (`Unframeable`) or `Stats::no_permission` (the others).
+/// (`Unframeable`), `Stats::fence_drops` (`Fenced`), `Stats::budget_drops` (`OverBudget`, by
+/// [`over_budget`], which knows the bytes) or `Stats::no_permission` (the others).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dropped {
     /// ChannelData on a 5-tuple without an allocation.
@@ -82,6 +88,8 @@ pub enum Dropped {
     Unframeable,
     /// Relay to relay, between allocations fenced to different rooms (`turn.fence`).
     Fenced,
+    /// Over an allocation's bandwidth budget, one way, under one limit (`turn::budget`).
+    OverBudget(Direction, BandwidthLimit),
 }
 
 impl Dropped {
@@ -90,6 +98,8 @@ impl Dropped {
         match self {
             Dropped::Unframeable => stats.unframeable.inc(),
             Dropped::Fenced => stats.fence_drops.inc(),
+            // Counted with its bytes by `over_budget`.
+            Dropped::OverBudget(..) => {}
             Dropped::NoAllocation
             | Dropped::NoChannel
             | Dropped::NoPermission
@@ -97,6 +107,18 @@ impl Dropped {
         }
         self
     }
+}
+
+/// Counts a payload of `bytes` dropped over a budget.
+#[inline]
+pub fn over_budget(
+    stats: &Stats,
+    direction: Direction,
+    limit: BandwidthLimit,
+    bytes: usize,
+) -> Dropped {
+    stats.budget_drops.add(direction, limit, bytes);
+    Dropped::OverBudget(direction, limit)
 }
 
 /// Whether ChannelData toward a client over `transport` is padded to a multiple of 4 bytes:
@@ -111,8 +133,9 @@ pub fn pads(transport: Transport) -> bool {
 /// with `HEADROOM` free bytes before it and 3 after; a relay-to-relay packet is framed there,
 /// in place. `by_relayed` finds the live allocation of a relayed address.
 ///
-/// Counts the drops, the payload in the allocation's relayed bytes once the channel is
-/// known, and the relay-to-relay handovers.
+/// Charges the payload to the allocation's budget toward peers once the channel is known
+/// (and relay to relay, to the other allocation's budget toward its client); counts the
+/// drops and the relay-to-relay handovers.
 #[inline]
 pub fn channel_data<R: Relay>(
     allocation: Option<Arc<Allocation<R>>>,
@@ -126,46 +149,74 @@ pub fn channel_data<R: Relay>(
     let Some(allocation) = allocation else {
         return Route::Drop(Dropped::NoAllocation.count(stats));
     };
-    let target = allocation.state.locked().channel_target(now, number);
-    let Some((peer, reach)) = target else {
-        return Route::Drop(Dropped::NoChannel.count(stats));
-    };
-    let Some(other) = by_relayed(&peer) else {
-        // On an address of the server's relays, only a live relay is reachable.
-        if reach == Reach::Relays {
-            return Route::Drop(Dropped::NoPermission.count(stats));
+    let len = payload.len();
+    // The way out, decided and charged to the sender under its lock (the index is lock-free).
+    let decided = {
+        let mut state = allocation.state.locked();
+        let decided = match state.channel_target(now, number) {
+            None => Err(Dropped::NoChannel),
+            Some((peer, reach)) => match by_relayed(&peer) {
+                // On an address of the server's relays, only a live relay is reachable.
+                None if reach == Reach::Relays => Err(Dropped::NoPermission),
+                None => Ok((peer, None)),
+                Some(other) if super::core::fenced_apart(allocation.fence, other.fence) => {
+                    Err(Dropped::Fenced)
+                }
+                Some(other) if other.relay.client().is_none() => Err(Dropped::NotGranted),
+                Some(other) => Ok((peer, Some(other))),
+            },
+        };
+        match decided {
+            Ok(way) => match state.budget.to_peer.pass(now, len) {
+                Ok(()) => Ok(way),
+                Err(limit) => {
+                    return Route::Drop(over_budget(stats, Direction::ToPeer, limit, len));
+                }
+            },
+            Err(dropped) => Err(dropped),
         }
-        allocation.relayed_bytes.add(payload.len() as u64);
+    };
+    let (peer, other) = match decided {
+        Ok(way) => way,
+        Err(dropped) => return Route::Drop(dropped.count(stats)),
+    };
+    let Some(other) = other else {
         return Route::ToPeer {
             allocation,
             peer,
             payload,
         };
     };
-    if super::core::fenced_apart(allocation.fence, other.fence) {
-        return Route::Drop(Dropped::Fenced.count(stats));
-    }
-    allocation.relayed_bytes.add(payload.len() as u64);
-    if other.relay.client().is_none() {
-        return Route::Drop(Dropped::NotGranted.count(stats));
-    }
     let from = allocation.relayed;
     let channel = {
-        let state = other.state.locked();
+        let mut state = other.state.locked();
         if !state.is_permitted(now, from) {
-            return Route::Drop(Dropped::NoPermission.count(stats));
+            Err(Dropped::NoPermission.count(stats))
+        } else if let Err(limit) = state.budget.to_client.pass(now, len) {
+            Err(over_budget(stats, Direction::ToClient, limit, len))
+        } else {
+            Ok(state.channel_of(now, from))
         }
-        state.channel_of(now, from)
     };
-    let Some(frame) = frame(buf, payload, from, channel, pads(other.tuple.transport)) else {
-        return Route::Drop(Dropped::Unframeable.count(stats));
+    let framed = channel.and_then(|channel| {
+        frame(buf, payload, from, channel, pads(other.tuple.transport))
+            .ok_or_else(|| Dropped::Unframeable.count(stats))
+    });
+    let frame = match framed {
+        Ok(frame) => frame,
+        Err(dropped) => {
+            // The other side did not take it: the sender relayed nothing.
+            allocation.state.locked().budget.to_peer.refund(len);
+            return Route::Drop(dropped);
+        }
     };
     stats.relay_to_relay.inc();
     Route::RelayToRelay { to: other, frame }
 }
 
 /// Frames a datagram from the peer `from`, received on the relay of the allocation whose
-/// state is `state` and whose client uses `transport`, for that client: returns the frame's
+/// state is `state` and whose client uses `transport`, for that client (charged to that
+/// allocation's budget toward its client): returns the frame's
 /// range of `buf`, written in place around the payload `buf[payload]` (which has `HEADROOM`
 /// free bytes before it and 3 after), or why it is dropped (counted). `is_relay` says
 /// whether an address is a live relay of this server (asked only for a source on the
@@ -176,7 +227,7 @@ pub fn channel_data<R: Relay>(
     reason = "the receive loop's values, passed as they are on the hot path"
 )]
 pub fn peer_data(
-    state: &AllocState,
+    state: &mut AllocState,
     now: Instant,
     transport: Transport,
     from: SocketAddr,
@@ -189,9 +240,16 @@ pub fn peer_data(
     if !state.passes(now, from, is_relay) {
         return Err(Dropped::NoPermission.count(stats));
     }
+    let len = payload.len();
     let channel = state.channel_of(now, from);
-    frame(buf, payload, from, channel, pads(transport))
-        .ok_or_else(|| Dropped::Unframeable.count(stats))
+    let frame = frame(buf, payload, from, channel, pads(transport)).ok_or(Dropped::Unframeable);
+    let frame = frame.map_err(|dropped| dropped.count(stats))?;
+    state
+        .budget
+        .to_client
+        .pass(now, len)
+        .map_err(|limit| over_budget(stats, Direction::ToClient, limit, len))?;
+    Ok(frame)
 }
 
 /// Frames `buf[payload]` from `from` for a client, in place: ChannelData on `channel`

@@ -686,7 +686,6 @@ impl TurnServer {
                 data,
             } => {
                 // Send indications are rare (browsers bind channels): the kernel path is fine.
-                allocation.relayed_bytes.add(data.len() as u64);
                 match send_now(&allocation.relay.socket, &data, peer, None) {
                     Ok(_) => self.core.stats.to_peers.add(tuple.transport, 1, data.len()),
                     Err(e) => {
@@ -949,16 +948,15 @@ fn relay_batch(
     let transport = allocation.tuple.transport;
     let start = s.recv.headroom();
     s.frames.clear();
-    let mut payload = 0;
     {
-        let state = allocation.state.locked();
+        let mut state = allocation.state.locked();
         for i in 0..got {
             let Some(from) = s.recv.source(i) else {
                 continue;
             };
             let len = s.recv.data_len(i);
             let Ok(frame) = route::peer_data(
-                &state,
+                &mut state,
                 now,
                 transport,
                 from,
@@ -974,11 +972,9 @@ fn relay_batch(
             ) else {
                 continue;
             };
-            payload += len;
             s.frames.push((i, frame));
         }
     }
-    allocation.relayed_bytes.add(payload as u64);
     let client = allocation.tuple.client;
     let recv = &s.recv;
     match sink {

@@ -111,6 +111,59 @@ crate::labels! {
     }
 }
 
+crate::labels! {
+    /// Which way relayed data goes.
+    pub Direction {
+        /// From a client out of its relay (ChannelData, Send), or to another allocation.
+        ToPeer => "to_peer",
+        /// From a peer or another allocation to a client.
+        ToClient => "to_client",
+    }
+}
+
+crate::labels! {
+    /// Which bandwidth limit dropped a packet (their config keys).
+    pub BandwidthLimit {
+        /// The allocation's own cap.
+        Allocation => "max_allocation_bytes_per_s",
+        /// The allocation's share of its room's budget.
+        Room => "max_room_bytes_per_s",
+    }
+}
+
+/// Packets and bytes dropped over a bandwidth budget, by direction and limit; per thread,
+/// as they are counted on the data path.
+#[derive(Debug, Default)]
+pub struct BudgetDrops(PerThread<BudgetDropCounts>);
+
+const DIRECTIONS: usize = <Direction as Label>::ALL.len();
+const LIMITS: usize = <BandwidthLimit as Label>::ALL.len();
+
+#[derive(Debug, Default)]
+pub struct BudgetDropCounts {
+    packets: [[Counter; LIMITS]; DIRECTIONS],
+    bytes: [[Counter; LIMITS]; DIRECTIONS],
+}
+
+impl BudgetDrops {
+    #[inline]
+    pub fn add(&self, direction: Direction, limit: BandwidthLimit, bytes: usize) {
+        let mine = self.0.mine();
+        mine.packets[direction.index()][limit.index()].inc();
+        mine.bytes[direction.index()][limit.index()].add(bytes as u64);
+    }
+
+    pub fn packets(&self, direction: Direction, limit: BandwidthLimit) -> u64 {
+        self.0
+            .sum(|c| c.packets[direction.index()][limit.index()].get())
+    }
+
+    pub fn bytes(&self, direction: Direction, limit: BandwidthLimit) -> u64 {
+        self.0
+            .sum(|c| c.bytes[direction.index()][limit.index()].get())
+    }
+}
+
 /// Packets and bytes relayed in one direction, by the client's transport: added to per
 /// batch by the receive loops of every core, so each thread counts on its own cache lines.
 #[derive(Debug, Default)]
@@ -175,6 +228,8 @@ pub struct Stats {
     pub unframeable: PerThread<Counter>,
     /// Relay to relay between allocations fenced to different rooms (`turn.fence`), dropped.
     pub fence_drops: PerThread<Counter>,
+    /// Packets over an allocation's bandwidth budget, dropped.
+    pub budget_drops: BudgetDrops,
     /// Unauthenticated requests left unanswered: their source was answered too often.
     pub challenge_drops: Counter,
     pub stream_closes: ByLabel<StreamClose>,
@@ -203,6 +258,18 @@ impl Stats {
             ),
             |f, (class, n)| f.labelled(vec![("class", class)], n),
         );
+        let budget = |name, help, pick: fn(&BudgetDrops, Direction, BandwidthLimit) -> u64| {
+            let mut f = Family::counter(name, help);
+            for &direction in Direction::ALL {
+                for &limit in BandwidthLimit::ALL {
+                    f = f.labelled(
+                        vec![("direction", direction.as_str()), ("limit", limit.as_str())],
+                        pick(&self.budget_drops, direction, limit),
+                    );
+                }
+            }
+            f
+        };
         vec![
             Family::gauge("turn_allocations", "Live TURN allocations.").value(allocations),
             Family::counter(
@@ -287,6 +354,16 @@ impl Stats {
                 "Packets from one relay to another dropped because they are fenced to different rooms (turn.fence).",
             )
             .value(self.fence_drops.get()),
+            budget(
+                "turn_budget_drops",
+                "Packets dropped over a bandwidth budget, by direction and limit (its config key).",
+                BudgetDrops::packets,
+            ),
+            budget(
+                "turn_budget_dropped_bytes",
+                "Payload bytes dropped over a bandwidth budget, by direction and limit.",
+                BudgetDrops::bytes,
+            ),
             Family::gauge(
                 "turn_stream_connections",
                 "Open TURN connections over TCP and TLS.",

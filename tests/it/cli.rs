@@ -438,12 +438,17 @@ fn import_coturn_converts_real_world_configs() {
     );
     assert_eq!(turn["static_users"][0]["username"].as_str(), Some("alice"));
     assert_eq!(turn["static_users"].as_array().map(Vec::len), Some(1));
+    // coturn's per-session limit, each way: an allocation's budget here.
+    assert_eq!(
+        turn["max_allocation_bytes_per_s"].as_integer(),
+        Some(3_000_000)
+    );
+    assert!(!warnings.contains("max-bps"), "{warnings}");
     for option in [
         "user: a hashed key",
         "log-file",
         "verbose",
         "pidfile",
-        "max-bps",
         "mobility",
     ] {
         assert!(warnings.contains(option), "{option}: {warnings}");

@@ -14,7 +14,7 @@ use crate::harness::{Client as Ws, TestServer, peer_id};
 use crate::turn::turn_config;
 
 /// The TURN username and password in a welcome.
-fn credential(welcome: &ServerMsg) -> (String, String) {
+pub(crate) fn credential(welcome: &ServerMsg) -> (String, String) {
     let ServerMsg::Welcome { ice_servers, .. } = welcome else {
         panic!("not a welcome: {welcome:?}");
     };
@@ -29,7 +29,7 @@ fn credential(welcome: &ServerMsg) -> (String, String) {
 }
 
 /// A UDP service on `ip`: what reaches it through the relay is what the test reads.
-async fn service(ip: &str) -> UdpSocket {
+pub(crate) async fn service(ip: &str) -> UdpSocket {
     UdpSocket::bind((ip, 0)).await.unwrap()
 }
 
@@ -47,13 +47,13 @@ async fn reaches(client: &Client, target: &UdpSocket) -> Result<(), ProbeError> 
     Ok(())
 }
 
-async fn member(server: &TestServer, room: &str) -> (Ws, ServerMsg) {
+pub(crate) async fn member(server: &TestServer, room: &str) -> (Ws, ServerMsg) {
     let mut ws = server.client().await;
     let welcome = ws.join(room, None).await;
     (ws, welcome)
 }
 
-async fn allocated(server: &TestServer, welcome: &ServerMsg) -> Client {
+pub(crate) async fn allocated(server: &TestServer, welcome: &ServerMsg) -> Client {
     let (username, password) = credential(welcome);
     let mut client = Client::new(server.listener("turn_udp"), &username, &password)
         .await

@@ -4,6 +4,7 @@ mod acme;
 mod admin;
 mod bidi;
 mod browser;
+mod budget;
 mod call_page;
 mod cdp;
 mod cli;

@@ -257,6 +257,7 @@ fn sans_io_cores_do_no_io_and_read_no_clock() {
         "turn/auth.rs",
         "turn/policy.rs",
         "turn/fence.rs",
+        "turn/budget.rs",
         "turn/allocation.rs",
         "turn/wire.rs",
         "turn/core.rs",

@@ -113,6 +113,8 @@ fn fixture_with_policy(tweak: impl FnOnce(&mut CoreConfig), policy: PeerPolicy) 
         challenges_per_source_s: 1000,
         fence: false,
         fence_room_credentials: false,
+        max_allocation_bytes_per_s: 0,
+        max_room_bytes_per_s: 0,
     };
     tweak(&mut config);
     let members: Arc<Mutex<HashSet<(Scope, PeerId)>>> = Arc::default();
@@ -2013,4 +2015,80 @@ fn with_the_fence_relays_of_other_rooms_are_out_of_reach() {
     assert!(!e_state.passes(f.t0, a.relayed, |p| relay_of_room(e.fence, p)));
     let b_state = b.state.lock().unwrap();
     assert!(b_state.passes(f.t0, a.relayed, |p| relay_of_room(b.fence, p)));
+}
+
+/// Both ways' rates of the allocation of `t`.
+fn rates(f: &Fixture, t: FiveTuple) -> [u64; 2] {
+    let a = f.core.get(&t).unwrap();
+    let state = a.state.locked();
+    [state.budget.to_peer.rate(), state.budget.to_client.rate()]
+}
+
+#[test]
+fn a_rooms_budget_is_shared_between_its_allocations_and_weighed_again_each_second() {
+    let f = fixture_with(|c| c.max_room_bytes_per_s = 900_000);
+    let room = rest(UNIX + 600, "room:team");
+    let (ta, tb, tc) = (tuple(4000), tuple(4001), tuple(4002));
+    // A newcomer gets an even share at once; the ones before keep theirs until the sweep.
+    f.allocate(ta, &room);
+    assert_eq!(rates(&f, ta), [900_000; 2]);
+    f.allocate(tb, &room);
+    assert_eq!(rates(&f, tb), [450_000; 2]);
+    f.allocate(tc, &room);
+    assert_eq!(rates(&f, tc), [300_000; 2]);
+    // Outside any room, no budget.
+    let other = tuple(4003);
+    f.allocate(other, &rest(UNIX + 600, "bob"));
+    assert_eq!(rates(&f, other), [0; 2]);
+
+    f.core.sweep(f.t0 + Duration::from_secs(1));
+    for t in [ta, tb, tc] {
+        assert_eq!(rates(&f, t), [300_000; 2], "idle: even shares");
+    }
+    // A wants more toward its peers (it had a packet dropped); B and C are idle: A gets what
+    // they leave, and keeps its share toward its client.
+    let a = f.core.get(&ta).unwrap();
+    let now = f.t0 + Duration::from_secs(1);
+    while a.state.locked().budget.to_peer.pass(now, 1200).is_ok() {}
+    f.core.sweep(f.t0 + Duration::from_secs(2));
+    let idle = 900_000 / 3 / 4;
+    assert_eq!(rates(&f, ta), [900_000 - 2 * idle, 300_000]);
+    assert_eq!(rates(&f, tb), [idle, 300_000]);
+    assert_eq!(rates(&f, tc), [idle, 300_000]);
+    // A reload changes the budget within a second.
+    let mut config = f.core.config.load().as_ref().clone();
+    config.max_room_bytes_per_s = 0;
+    config.max_allocation_bytes_per_s = 100_000;
+    f.core.reconfigure(config, vec![], vec![]);
+    f.core.sweep(f.t0 + Duration::from_secs(3));
+    for t in [ta, tb, tc, other] {
+        assert_eq!(rates(&f, t), [100_000; 2]);
+    }
+}
+
+#[test]
+fn send_indications_over_the_budget_are_dropped_and_counted() {
+    let f = fixture_with(|c| c.max_allocation_bytes_per_s = 8000);
+    let t = tuple(4000);
+    let cred = rest(UNIX + 600, "bob");
+    f.allocate(t, &cred);
+    assert_eq!(f.permit(t, &cred, &["8.8.8.8:4000"]), None);
+    let big = vec![1u8; 60_000];
+    let sent = f.send(t, &send_indication("8.8.8.8:4000", &big));
+    assert!(matches!(sent, Handled::Send { .. }));
+    let sent = f.send(t, &send_indication("8.8.8.8:4000", &big));
+    assert!(matches!(sent, Handled::Nothing));
+    let drops = &f.core.stats.budget_drops;
+    assert_eq!(
+        drops.packets(Direction::ToPeer, BandwidthLimit::Allocation),
+        1
+    );
+    assert_eq!(
+        drops.bytes(Direction::ToPeer, BandwidthLimit::Allocation),
+        60_000
+    );
+    assert_eq!(
+        f.core.get(&t).unwrap().state.locked().budget.to_peer.bytes,
+        60_000
+    );
 }

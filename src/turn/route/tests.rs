@@ -8,6 +8,7 @@ use stun::message::{CLASS_INDICATION, METHOD_DATA, Message, MessageType};
 
 use super::*;
 use crate::turn::allocation::{CHANNEL_LIFETIME, PERMISSION_LIFETIME};
+use crate::turn::budget::{BandwidthLimit, Direction};
 use crate::turn::core::FiveTuple;
 use crate::turn::policy::Reach;
 use crate::turn::wire::{CHANNEL_HEADER, HEADROOM, Kind};
@@ -143,7 +144,7 @@ fn channel_data_goes_out_of_the_relay_to_the_channel_peer_over_any_client_transp
         assert_eq!(out, payload, "the payload alone, unframed");
         assert_eq!(&buf[out], PAYLOAD);
         assert_eq!(buf, before, "nothing written");
-        assert_eq!(a.relayed_bytes.get(), PAYLOAD.len() as u64);
+        assert_eq!(a.state.locked().budget.to_peer.bytes, PAYLOAD.len() as u64);
         assert_eq!(stats.no_permission.get(), 0);
         assert_eq!(stats.relay_to_relay.get(), 0);
     }
@@ -180,7 +181,7 @@ fn channel_data_on_an_unknown_channel_is_dropped_and_counted() {
         "{route:?}"
     );
     assert_eq!(stats.no_permission.get(), 1);
-    assert_eq!(a.relayed_bytes.get(), 0, "nothing relayed");
+    assert_eq!(a.state.locked().budget.to_peer.bytes, 0, "nothing relayed");
 }
 
 #[test]
@@ -217,7 +218,7 @@ fn channel_data_to_a_peer_whose_permission_expired_is_dropped_and_counted() {
         "{route:?}"
     );
     assert_eq!(stats.no_permission.get(), 1);
-    assert_eq!(a.relayed_bytes.get(), 0);
+    assert_eq!(a.state.locked().budget.to_peer.bytes, 0);
 }
 
 /// A channel to a relay of the server whose allocation is gone carries nothing: its port
@@ -253,7 +254,7 @@ fn channel_data_to_a_released_relay_is_dropped_and_counted() {
         "{route:?}"
     );
     assert_eq!(stats.no_permission.get(), 1);
-    assert_eq!(a.relayed_bytes.get(), 0);
+    assert_eq!(a.state.locked().budget.to_peer.bytes, 0);
 }
 
 #[test]
@@ -287,7 +288,7 @@ fn peer_data_on_a_channel_is_channel_data_padded_toward_stream_clients_only() {
         let stats = Stats::default();
         let (mut buf, payload) = peer_buf(PAYLOAD);
         let frame = peer_data(
-            &state,
+            &mut state,
             t0,
             transport,
             addr(PEER),
@@ -331,7 +332,7 @@ fn peer_data_without_a_channel_is_a_data_indication_from_the_peer() {
             let stats = Stats::default();
             let (mut buf, payload) = peer_buf(PAYLOAD);
             let frame = peer_data(
-                &state,
+                &mut state,
                 t0,
                 transport,
                 addr(peer),
@@ -364,7 +365,7 @@ fn peer_data_from_an_ipv4_mapped_source_is_from_the_ipv4_peer() {
     let (mut buf, payload) = peer_buf(PAYLOAD);
     let mapped = addr("[::ffff:203.0.113.5]:4000");
     let frame = peer_data(
-        &state,
+        &mut state,
         t0,
         Transport::Udp,
         mapped,
@@ -391,7 +392,7 @@ fn peer_data_without_a_permission_is_dropped_and_counted() {
             let (mut buf, payload) = peer_buf(PAYLOAD);
             let before = buf.clone();
             let dropped = peer_data(
-                &state,
+                &mut state,
                 now,
                 transport,
                 addr(from),
@@ -425,7 +426,7 @@ fn peer_data_on_a_relay_permission_comes_from_live_relays_only() {
         let stats = Stats::default();
         let (mut buf, payload) = peer_buf(PAYLOAD);
         let got = peer_data(
-            &state,
+            &mut state,
             t0,
             Transport::Udp,
             addr(from),
@@ -448,7 +449,7 @@ fn a_payload_too_large_for_a_data_indication_passes_only_on_a_channel() {
     let stats = Stats::default();
     let (mut buf, payload) = peer_buf(&big);
     let dropped = peer_data(
-        &state,
+        &mut state,
         t0,
         Transport::Udp,
         addr(PEER),
@@ -465,7 +466,7 @@ fn a_payload_too_large_for_a_data_indication_passes_only_on_a_channel() {
         .bind_channel(t0, 0x4001, addr(PEER), Reach::AnyPort)
         .unwrap();
     let frame = peer_data(
-        &state,
+        &mut state,
         t0,
         Transport::Udp,
         addr(PEER),
@@ -540,9 +541,9 @@ fn relay_to_relay_goes_to_the_other_client_framed_as_its_relay_would_frame_it() 
             assert_eq!(other.relay.client(), Some(&Sink("b")), "{case}");
             // What B's relay makes of the same datagram from A's relayed address.
             let (mut relayed, payload) = peer_buf(PAYLOAD);
-            let state = b.state.lock().unwrap();
+            let mut state = b.state.lock().unwrap();
             let expected = peer_data(
-                &state,
+                &mut state,
                 t0,
                 to,
                 a.relayed,
@@ -570,7 +571,11 @@ fn relay_to_relay_goes_to_the_other_client_framed_as_its_relay_would_frame_it() 
             }
             assert_eq!(stats.relay_to_relay.get(), 1, "{case}");
             assert_eq!(stats.no_permission.get(), 0, "{case}");
-            assert_eq!(a.relayed_bytes.get(), PAYLOAD.len() as u64, "{case}");
+            assert_eq!(
+                a.state.locked().budget.to_peer.bytes,
+                PAYLOAD.len() as u64,
+                "{case}"
+            );
         }
     }
 }
@@ -615,8 +620,9 @@ fn relay_to_relay_without_the_other_allocations_permission_is_dropped_and_counte
     );
     assert_eq!(stats.no_permission.get(), 1);
     assert_eq!(stats.relay_to_relay.get(), 0);
-    // The sender's relayed bytes count what left its client for a known peer.
-    assert_eq!(a.relayed_bytes.get(), PAYLOAD.len() as u64);
+    // What the other side did not take, the sender did not relay.
+    assert_eq!(a.state.locked().budget.to_peer.bytes, 0);
+    assert_eq!(a.state.locked().budget.to_peer.packets, 0);
 }
 
 #[test]
@@ -738,4 +744,187 @@ fn relay_to_relay_crosses_no_room_fence() {
             assert_eq!(stats.fence_drops.get(), 1, "{case}");
         }
     }
+}
+
+/// Sets both directions of `a`'s budget to `rate` bytes per second, bound by `limit`.
+fn cap(a: &Allocation<FakeRelay>, rate: u64, limit: BandwidthLimit, now: Instant) {
+    a.state.locked().budget = crate::turn::budget::Budget::new(rate, limit, now);
+}
+
+/// A payload of the least burst (64 KiB less the room a stream frame needs): the first
+/// passes a full bucket, the second finds it empty.
+const BIG: usize = 65_000;
+
+#[test]
+fn channel_data_over_the_senders_budget_is_dropped_and_counted_by_limit() {
+    let t0 = Instant::now();
+    for transport in TRANSPORTS {
+        let stats = Stats::default();
+        let a = allocation(
+            transport,
+            "192.0.2.1:5000",
+            "198.51.100.1:50000",
+            Some("a"),
+            t0,
+        );
+        a.state
+            .locked()
+            .bind_channel(t0, 0x4000, addr(PEER), Reach::AnyPort)
+            .unwrap();
+        cap(&a, 8000, BandwidthLimit::Room, t0);
+        let payload = vec![7u8; BIG];
+        let route = |now| {
+            let (mut buf, range) = channel_data_buf(0x4000, &payload);
+            channel_data(
+                Some(Arc::clone(&a)),
+                now,
+                0x4000,
+                &mut buf,
+                range,
+                among(&[]),
+                &stats,
+            )
+        };
+        assert!(matches!(route(t0), Route::ToPeer { .. }), "{transport:?}");
+        let dropped = route(t0);
+        assert!(
+            matches!(
+                dropped,
+                Route::Drop(Dropped::OverBudget(Direction::ToPeer, BandwidthLimit::Room))
+            ),
+            "{transport:?}: {dropped:?}"
+        );
+        assert_eq!(
+            stats
+                .budget_drops
+                .packets(Direction::ToPeer, BandwidthLimit::Room),
+            1
+        );
+        assert_eq!(
+            stats
+                .budget_drops
+                .bytes(Direction::ToPeer, BandwidthLimit::Room),
+            BIG as u64
+        );
+        assert_eq!(stats.no_permission.get(), 0);
+        // The rate refills it: 8,000 bytes a second, so BIG in a little over eight seconds.
+        assert!(matches!(route(t0 + Duration::from_secs(8)), Route::Drop(_)));
+        assert!(matches!(
+            route(t0 + Duration::from_secs(9)),
+            Route::ToPeer { .. }
+        ));
+        let state = a.state.locked();
+        assert_eq!(state.budget.to_peer.packets, 2);
+        assert_eq!(state.budget.to_peer.bytes, 2 * BIG as u64);
+        assert_eq!(state.budget.to_client.bytes, 0);
+    }
+}
+
+#[test]
+fn peer_data_over_the_budget_toward_the_client_is_dropped_and_counted() {
+    let t0 = Instant::now();
+    let stats = Stats::default();
+    let mut state = AllocState::new(t0, CHANNEL_LIFETIME);
+    state.permit(t0, addr(PEER), Reach::AnyPort).unwrap();
+    state
+        .bind_channel(t0, 0x4000, addr(PEER), Reach::AnyPort)
+        .unwrap();
+    state.budget = crate::turn::budget::Budget::new(8000, BandwidthLimit::Allocation, t0);
+    let payload = vec![7u8; BIG];
+    let relay = |state: &mut AllocState| {
+        let (mut buf, range) = peer_buf(&payload);
+        peer_data(
+            state,
+            t0,
+            Transport::Udp,
+            addr(PEER),
+            &mut buf,
+            range,
+            |_| false,
+            &stats,
+        )
+    };
+    assert!(relay(&mut state).is_ok());
+    assert_eq!(
+        relay(&mut state),
+        Err(Dropped::OverBudget(
+            Direction::ToClient,
+            BandwidthLimit::Allocation
+        ))
+    );
+    assert_eq!(
+        stats
+            .budget_drops
+            .packets(Direction::ToClient, BandwidthLimit::Allocation),
+        1
+    );
+    assert_eq!(state.budget.to_client.packets, 1);
+    assert_eq!(state.budget.to_client.bytes, BIG as u64);
+    assert_eq!(state.budget.to_peer.bytes, 0);
+}
+
+#[test]
+fn relay_to_relay_over_the_receivers_budget_is_dropped_and_not_charged_to_the_sender() {
+    let t0 = Instant::now();
+    let stats = Stats::default();
+    let a = allocation(
+        Transport::Udp,
+        "192.0.2.1:5000",
+        "198.51.100.1:50000",
+        Some("a"),
+        t0,
+    );
+    let b = allocation(
+        Transport::Tcp,
+        "192.0.2.2:6000",
+        "198.51.100.1:50002",
+        Some("b"),
+        t0,
+    );
+    a.state
+        .locked()
+        .bind_channel(t0, 0x4000, b.relayed, Reach::Relays)
+        .unwrap();
+    b.state
+        .locked()
+        .permit(t0, a.relayed, Reach::Relays)
+        .unwrap();
+    cap(&b, 8000, BandwidthLimit::Room, t0);
+    let table = [Arc::clone(&a), Arc::clone(&b)];
+    let payload = vec![7u8; BIG];
+    let route = || {
+        let (mut buf, range) = channel_data_buf(0x4000, &payload);
+        channel_data(
+            Some(Arc::clone(&a)),
+            t0,
+            0x4000,
+            &mut buf,
+            range,
+            among(&table),
+            &stats,
+        )
+    };
+    assert!(matches!(route(), Route::RelayToRelay { .. }));
+    let dropped = route();
+    assert!(
+        matches!(
+            dropped,
+            Route::Drop(Dropped::OverBudget(
+                Direction::ToClient,
+                BandwidthLimit::Room
+            ))
+        ),
+        "{dropped:?}"
+    );
+    assert_eq!(
+        stats
+            .budget_drops
+            .packets(Direction::ToClient, BandwidthLimit::Room),
+        1
+    );
+    assert_eq!(stats.relay_to_relay.get(), 1);
+    // The sender relayed the first only; the receiver's client got the first only.
+    assert_eq!(a.state.locked().budget.to_peer.packets, 1);
+    assert_eq!(b.state.locked().budget.to_client.packets, 1);
+    assert_eq!(b.state.locked().budget.to_client.bytes, BIG as u64);
 }
