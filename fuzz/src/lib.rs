@@ -180,6 +180,9 @@ pub fn core() -> FuzzCore {
         challenges_per_source_s: 20,
         fence: false,
         fence_room_credentials: false,
+        // Small budgets, so that inputs reach the drops and the room shares.
+        max_allocation_bytes_per_s: 8000,
+        max_room_bytes_per_s: 12_000,
     };
     let allow = vec![
         "203.0.113.0/24".parse().unwrap(),
@@ -679,9 +682,9 @@ pub fn peer_data(
     let mut buf = vec![0xAA; HEADROOM + payload.len() + 3];
     buf[HEADROOM..HEADROOM + payload.len()].copy_from_slice(payload);
     let range = HEADROOM..HEADROOM + payload.len();
-    let state = a.state.lock().unwrap();
+    let mut state = a.state.lock().unwrap();
     match route::peer_data(
-        &state,
+        &mut state,
         clock.now(),
         tuple.transport,
         from,

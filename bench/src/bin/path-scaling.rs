@@ -136,6 +136,8 @@ fn core(allocations: usize) -> BenchCore {
         challenges_per_source_s: u32::MAX / 8,
         fence: false,
         fence_room_credentials: false,
+        max_allocation_bytes_per_s: 0,
+        max_room_bytes_per_s: 0,
     };
     let membership: Membership = Arc::new(|_, _| true);
     Core::new(
@@ -329,7 +331,7 @@ fn pump(core: &BenchCore, mine: &[FiveTuple], mode: Mode, size: usize, stop: &At
                     Mode::PeerClient => {
                         let a = &allocations[i];
                         let framed = route::peer_data(
-                            &a.state.lock().expect("not poisoned"),
+                            &mut a.state.lock().expect("not poisoned"),
                             now,
                             Transport::Udp,
                             external_peer(i + offset_of(mine)),
@@ -339,7 +341,6 @@ fn pump(core: &BenchCore, mine: &[FiveTuple], mode: Mode, size: usize, stop: &At
                             &core.stats,
                         );
                         if let Ok(frame) = framed {
-                            a.relayed_bytes.add(size as u64);
                             core.stats.to_clients.add(Transport::Udp, 1, frame.len());
                             delivered += 1;
                         }
