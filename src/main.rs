@@ -62,6 +62,14 @@ enum Command {
         /// The room's capacity for this join, in place of the server's (1-1000).
         #[arg(long)]
         capacity: Option<u32>,
+        /// The TURN allocations the room may hold, in place of turn.max_allocations_per_room
+        /// (1-10000).
+        #[arg(long)]
+        allocations: Option<u32>,
+        /// The messages per second the room may relay, all members together, in place of
+        /// signaling.room_messages_per_s (1-100000).
+        #[arg(long)]
+        messages_per_s: Option<u32>,
         /// The holder may put others out of the room.
         #[arg(long)]
         kick: bool,
@@ -168,6 +176,8 @@ fn main() -> ExitCode {
             sub,
             ttl,
             capacity,
+            allocations,
+            messages_per_s,
             kick,
             no_publish,
             key,
@@ -184,6 +194,8 @@ fn main() -> ExitCode {
                     .clone()
                     .map(switchboard::tokens::Audience::One),
                 capacity,
+                allocations,
+                messages_per_s,
                 publish: no_publish.then_some(false),
                 kick: kick.then_some(true),
             };
@@ -307,7 +319,7 @@ fn token(
     key: Option<&str>,
     private_key: Option<&std::path::Path>,
 ) -> anyhow::Result<String> {
-    use switchboard::tokens::{MAX_CAPACITY, Signer};
+    use switchboard::tokens::{MAX_ALLOCATIONS, MAX_CAPACITY, MAX_MESSAGES_PER_S, Signer};
     let exact = claims.room.strip_suffix('*').unwrap_or(&claims.room);
     anyhow::ensure!(
         exact.is_empty() || switchboard::model::RoomId::parse(exact).is_ok(),
@@ -317,11 +329,21 @@ fn token(
     if let Some(sub) = &claims.sub {
         switchboard::model::check_name(sub).map_err(|m| anyhow::anyhow!("--sub: {m}"))?;
     }
-    if let Some(c) = claims.capacity {
-        anyhow::ensure!(
-            (1..=MAX_CAPACITY).contains(&c),
-            "--capacity: expected 1 to {MAX_CAPACITY}, got {c}"
-        );
+    for (flag, claim, max) in [
+        ("--capacity", claims.capacity, MAX_CAPACITY),
+        ("--allocations", claims.allocations, MAX_ALLOCATIONS),
+        (
+            "--messages-per-s",
+            claims.messages_per_s,
+            MAX_MESSAGES_PER_S,
+        ),
+    ] {
+        if let Some(n) = claim {
+            anyhow::ensure!(
+                (1..=max).contains(&n),
+                "{flag}: expected 1 to {max}, got {n}"
+            );
+        }
     }
     let signer = if let Some(path) = private_key {
         let kid = key.ok_or_else(|| {

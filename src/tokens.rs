@@ -28,6 +28,12 @@ pub const MAX_TOKEN_BYTES: usize = 4096;
 /// The largest room a token's `capacity` may ask for.
 pub const MAX_CAPACITY: u32 = 1000;
 
+/// The most TURN allocations a token's `allocations` may give a room.
+pub const MAX_ALLOCATIONS: u32 = 10_000;
+
+/// The most messages per second a token's `messages_per_s` may give a room.
+pub const MAX_MESSAGES_PER_S: u32 = 100_000;
+
 /// Which rooms a peer may join only with a token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Require {
@@ -56,6 +62,12 @@ pub struct Grant {
     pub sub: Option<String>,
     /// The room's capacity for this join, in place of the server's (`capacity`).
     pub capacity: Option<usize>,
+    /// The TURN allocations the room may hold, counted when this peer allocates, in place of
+    /// `turn.max_allocations_per_room` (`allocations`).
+    pub allocations: Option<u32>,
+    /// The messages per second the room may relay, all its members together, in place of
+    /// `signaling.room_messages_per_s` (`messages_per_s`).
+    pub messages_per_s: Option<u32>,
     pub roles: Roles,
 }
 
@@ -117,6 +129,12 @@ pub struct Claims {
     pub aud: Option<Audience>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity: Option<u32>,
+    /// The room's TURN allocation budget (1 to [`MAX_ALLOCATIONS`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocations: Option<u32>,
+    /// The room's message budget, per second (1 to [`MAX_MESSAGES_PER_S`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages_per_s: Option<u32>,
     /// Default true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publish: Option<bool>,
@@ -298,11 +316,13 @@ impl Verifier {
         if !claims.room_matches(room.as_str()) {
             return Err(Refusal::RoomMismatch);
         }
-        let capacity = match claims.capacity {
-            None => None,
-            Some(c) if (1..=MAX_CAPACITY).contains(&c) => Some(c as usize),
-            Some(_) => return Err(Refusal::Invalid),
+        let within = |claim: Option<u32>, max: u32| match claim {
+            Some(n) if !(1..=max).contains(&n) => Err(Refusal::Invalid),
+            claim => Ok(claim),
         };
+        let capacity = within(claims.capacity, MAX_CAPACITY)?.map(|c| c as usize);
+        let allocations = within(claims.allocations, MAX_ALLOCATIONS)?;
+        let messages_per_s = within(claims.messages_per_s, MAX_MESSAGES_PER_S)?;
         if let Some(sub) = &claims.sub
             && (sub.is_empty() || crate::model::check_name(sub).is_err())
         {
@@ -311,6 +331,8 @@ impl Verifier {
         Ok(Some(Grant {
             sub: claims.sub,
             capacity,
+            allocations,
+            messages_per_s,
             roles: Roles {
                 publish: claims.publish.unwrap_or(Roles::DEFAULT.publish),
                 kick: claims.kick.unwrap_or(Roles::DEFAULT.kick),

@@ -29,7 +29,7 @@ use super::wire::{JoinReply, Note, Record};
 use crate::model::{PeerId, PeerInfo, RoomId, Scope};
 use crate::signaling::protocol::check_name;
 use crate::signaling::registry::{Event, Joining, Member, Registry, To, Welcome};
-use crate::signaling::room::{JoinError, Joined, Left, Rooms, RouteError};
+use crate::signaling::room::{JoinError, Joined, Left, Rooms, RouteError, Terms};
 use crate::signaling::signal::Eviction;
 use crate::sync::Shared as _;
 
@@ -76,6 +76,9 @@ enum Local {
         done: Option<oneshot::Sender<Result<Joined, JoinError>>>,
         /// This join's token: its own `Joined` note carries it.
         token: String,
+        /// Its join token's message budget for the room, which this instance's copy of the
+        /// room takes when the join comes back.
+        messages_per_s: Option<u32>,
     },
     /// Joined `room` as `peer`: what registering it again needs, should Redis lose it.
     Joined {
@@ -119,10 +122,23 @@ impl Mirror {
         token: &str,
         me: &str,
     ) -> Option<PeerId> {
-        let Ok(joined) = self.rooms.handle_join(peer.clone(), room) else {
+        let mine = *home == *me;
+        // This instance's own join carries its token's message budget for the room.
+        let messages_per_s = match self.locals.get(&peer.id) {
+            Some(Local::Pending {
+                token: asked,
+                messages_per_s,
+                ..
+            }) if mine && asked == token => *messages_per_s,
+            _ => None,
+        };
+        let terms = Terms {
+            capacity: None,
+            messages_per_s,
+        };
+        let Ok(joined) = self.rooms.handle_join_within(peer.clone(), room, terms) else {
             return None;
         };
-        let mine = *home == *me;
         self.homes.insert(peer.id.clone(), home);
         let abandoned = match self.locals.remove(&peer.id) {
             Some(Local::Pending {
@@ -130,6 +146,7 @@ impl Mirror {
                 welcome,
                 done,
                 token: asked,
+                ..
             }) if mine && asked == token => {
                 // A socket that stopped waiting (and told its client the join failed) gets
                 // no welcome: it is taken back instead.
@@ -455,7 +472,7 @@ impl Registry for Shared {
         &self,
         peer: PeerInfo,
         room: &RoomId,
-        capacity: Option<usize>,
+        terms: Terms,
         member: Arc<dyn Member>,
         welcome: Welcome,
     ) -> Joining {
@@ -477,10 +494,11 @@ impl Registry for Shared {
                     welcome: std::sync::Mutex::new(Some(welcome)),
                     done: Some(done),
                     token: token.clone(),
+                    messages_per_s: terms.messages_per_s,
                 },
             );
             let (default_capacity, max_rooms) = self.limits();
-            let limits = (capacity.unwrap_or(default_capacity), max_rooms);
+            let limits = (terms.capacity.unwrap_or(default_capacity), max_rooms);
             self.cluster.queue_join(
                 self.dialect,
                 room,
@@ -581,6 +599,7 @@ impl Registry for Shared {
                         To::Named(name) => mirror.rooms.resolve(from, name)?.clone(),
                         To::Others => unreachable!("handled below"),
                     };
+                    mirror.rooms.charge(from, std::time::Instant::now())?;
                     let local = mirror.member(&target);
                     let home = mirror.homes.get(&target).cloned();
                     (target, local, home)
@@ -600,6 +619,7 @@ impl Registry for Shared {
                     if mirror.member(from).is_none() {
                         return Err(RouteError::NotJoined);
                     }
+                    mirror.rooms.charge(from, std::time::Instant::now())?;
                     let mut locals = Vec::new();
                     let mut homes: Vec<Arc<str>> = Vec::new();
                     for other in mirror.rooms.others(from)? {
@@ -633,9 +653,13 @@ impl Registry for Shared {
         self.mirror.reading().rooms.resolve(from, name).cloned()
     }
 
-    fn set_limits(&self, capacity: usize, max_rooms: usize) {
+    fn set_limits(&self, capacity: usize, max_rooms: usize, messages_per_s: u32) {
         self.capacity.store(capacity, Ordering::Relaxed);
         self.max_rooms.store(max_rooms, Ordering::Relaxed);
+        self.mirror
+            .writing()
+            .rooms
+            .set_message_budget(messages_per_s);
     }
 
     fn rooms(&self) -> Vec<(RoomId, Vec<PeerInfo>)> {

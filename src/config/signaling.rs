@@ -22,6 +22,9 @@ pub struct SignalingConfig {
     pub max_message_bytes: usize,
     pub messages_per_second: u32,
     pub message_burst: u32,
+    /// Messages per second one room may relay, all its members together (0: no budget);
+    /// a join token's `messages_per_s` replaces it for its room.
+    pub room_messages_per_s: u32,
     pub join_timeout_s: u64,
     pub ping_interval_s: u64,
     pub idle_timeout_s: u64,
@@ -49,6 +52,8 @@ keys!(SignalingConfig in "signaling" {
     max_message_bytes: Live,
     messages_per_second: Live,
     message_burst: Live,
+    // The registries apply it to the next message.
+    room_messages_per_s: Live,
     join_timeout_s: Live,
     ping_interval_s: Live,
     idle_timeout_s: Live,
@@ -71,6 +76,7 @@ impl Default for SignalingConfig {
             max_message_bytes: 64 * 1024,
             messages_per_second: 20,
             message_burst: 60,
+            room_messages_per_s: 0,
             join_timeout_s: 30,
             ping_interval_s: 15,
             idle_timeout_s: 45,
@@ -96,7 +102,13 @@ impl SignalingConfig {
 
     pub(super) fn validate(&self, invalid: Invalid<'_>) -> Result<(), ConfigError> {
         let s = self;
-        let ranges: [(&str, u64, u64, u64); 12] = [
+        let ranges: [(&str, u64, u64, u64); 13] = [
+            (
+                "signaling.room_messages_per_s",
+                u64::from(s.room_messages_per_s),
+                0,
+                u64::from(crate::tokens::MAX_MESSAGES_PER_S),
+            ),
             ("signaling.room_capacity", s.room_capacity as u64, 2, 64),
             (
                 "signaling.socketio_room_capacity",

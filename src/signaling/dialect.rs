@@ -137,7 +137,13 @@ mod tests {
         };
         native
             .registry()
-            .join(info, &room, None, Arc::new(Quiet), Box::new(|_| {}))
+            .join(
+                info,
+                &room,
+                crate::signaling::room::Terms::default(),
+                Arc::new(Quiet),
+                Box::new(|_| {}),
+            )
             .decided()
             .unwrap();
 

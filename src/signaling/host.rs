@@ -209,18 +209,20 @@ impl Host {
     }
 
     /// The ICE servers for `peer` in `scope` (its dialect and room), and how long their
-    /// credentials last; `request_host` is the host the browser used to reach us.
+    /// credentials last; `room_allocations` is its join token's `allocations`, which its
+    /// credential carries; `request_host` is the host the browser used to reach us.
     pub fn ice_servers_for(
         &self,
         peer: &PeerId,
         scope: &Scope,
+        room_allocations: Option<u32>,
         request_host: &str,
     ) -> (Vec<IceServer>, Option<u64>) {
         let mut servers = self.live().static_ice_servers.clone();
         let Some(turn) = &self.turn else {
             return (servers, None);
         };
-        servers.extend(turn.ice_servers(scope, peer, request_host));
+        servers.extend(turn.ice_servers(scope, peer, room_allocations, request_host));
         (servers, Some(turn.credential_ttl_s()))
     }
 

@@ -15,7 +15,7 @@ use axum::extract::ws::Utf8Bytes;
 
 use super::protocol::{PeerId, PeerInfo, RoomId};
 use super::registry::{Event, Joining, Member, Registry, To, Welcome};
-use super::room::{JoinError, Joined, Left, Rooms, RouteError};
+use super::room::{JoinError, Joined, Left, Rooms, RouteError, Terms};
 use super::signal::Eviction;
 use crate::sync::Shared;
 
@@ -63,14 +63,12 @@ impl Hub {
         &self,
         peer: PeerInfo,
         room: &RoomId,
-        capacity: Option<usize>,
+        terms: Terms,
         member: Arc<dyn Member>,
         welcome: Welcome,
     ) -> Result<Joined, JoinError> {
         let mut inner = self.write();
-        let joined = inner
-            .rooms
-            .handle_join_within(peer.clone(), room, capacity)?;
+        let joined = inner.rooms.handle_join_within(peer.clone(), room, terms)?;
         welcome(&joined);
         for other in &joined.others {
             if let Some(m) = inner.members.get(&other.id) {
@@ -102,11 +100,11 @@ impl Registry for Hub {
         &self,
         peer: PeerInfo,
         room: &RoomId,
-        capacity: Option<usize>,
+        terms: Terms,
         member: Arc<dyn Member>,
         welcome: Welcome,
     ) -> Joining {
-        Joining::Done(self.join_now(peer, room, capacity, member, welcome))
+        Joining::Done(self.join_now(peer, room, terms, member, welcome))
     }
 
     fn leave(&self, peer: &PeerId) -> Option<Left> {
@@ -135,12 +133,16 @@ impl Registry for Hub {
                 .cloned()
                 .ok_or(RouteError::UnknownPeer)
         };
+        // Charged once routing accepts it: a refused message costs the room nothing.
+        let now = std::time::Instant::now();
         match to {
             To::Peer(to) => {
                 let member = {
                     let inner = self.read();
                     inner.rooms.route(from, to)?;
-                    one(&inner, to)?
+                    let member = one(&inner, to)?;
+                    inner.rooms.charge(from, now)?;
+                    member
                 };
                 member.deliver(message);
             }
@@ -148,7 +150,9 @@ impl Registry for Hub {
                 let member = {
                     let inner = self.read();
                     let to = inner.rooms.resolve(from, name)?;
-                    one(&inner, to)?
+                    let member = one(&inner, to)?;
+                    inner.rooms.charge(from, now)?;
+                    member
                 };
                 member.deliver(message);
             }
@@ -156,6 +160,7 @@ impl Registry for Hub {
                 let members: Vec<Arc<dyn Member>> = {
                     let inner = self.read();
                     let others = inner.rooms.others(from)?;
+                    inner.rooms.charge(from, now)?;
                     others
                         .filter_map(|p| inner.members.get(p).cloned())
                         .collect()
@@ -177,8 +182,10 @@ impl Registry for Hub {
     }
 
     /// New room limits (a reload).
-    fn set_limits(&self, capacity: usize, max_rooms: usize) {
-        self.write().rooms.set_limits(capacity, max_rooms);
+    fn set_limits(&self, capacity: usize, max_rooms: usize, messages_per_s: u32) {
+        let mut inner = self.write();
+        inner.rooms.set_limits(capacity, max_rooms);
+        inner.rooms.set_message_budget(messages_per_s);
     }
 
     /// Every room with its members, sorted by name.
@@ -301,7 +308,7 @@ mod tests {
         hub.join_now(
             peer.clone(),
             room,
-            None,
+            Terms::default(),
             member.clone(),
             Box::new(move |joined| m.push(format!("welcome {}", joined.others.len()))),
         )
@@ -446,20 +453,26 @@ mod tests {
         hub.join_now(
             buggy.clone(),
             &room,
-            None,
+            Terms::default(),
             Arc::new(Buggy),
             Box::new(|_| {}),
         )
         .unwrap();
         let joining = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            hub.join_now(info("b"), &room, None, Recorder::new(8), Box::new(|_| {}))
+            hub.join_now(
+                info("b"),
+                &room,
+                Terms::default(),
+                Recorder::new(8),
+                Box::new(|_| {}),
+            )
         }));
         assert!(joining.is_err(), "the member's panic reached the caller");
         // The registry still answers, and still changes.
         assert!(hub.is_member(&room, &buggy.id));
         let c = Recorder::new(8);
         let other = RoomId::parse("other").unwrap();
-        hub.join_now(info("c"), &other, None, c, Box::new(|_| {}))
+        hub.join_now(info("c"), &other, Terms::default(), c, Box::new(|_| {}))
             .unwrap();
         assert_eq!(hub.counts(), (2, 3));
     }

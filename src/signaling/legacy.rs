@@ -32,7 +32,7 @@ use super::hub::Hub;
 use super::outbox::Outbox;
 use super::protocol::{self, ErrorCode, PeerId};
 use super::registry::{Event, Joining, Member, PendingJoin, Registry, To, Welcome};
-use super::room::{JoinError, Joined, Rooms};
+use super::room::{JoinError, Joined, Rooms, Terms};
 use super::signal::Eviction;
 use super::socket::{Socket, Upgrade};
 use super::stats::{Counts, DialectStats, Refusal};
@@ -119,7 +119,8 @@ impl Directory {
             me: user.id.clone(),
             calls: Arc::clone(&self.calls),
         });
-        self.registry.join(user, &USERS, None, member, welcome)
+        self.registry
+            .join(user, &USERS, Terms::default(), member, welcome)
     }
 
     /// The partner of `peer`, whose login succeeded.
@@ -466,7 +467,7 @@ impl Session {
         // no native or socket.io room can name, with no per-room quota.
         let (ice_servers, ice_ttl_s) =
             self.app
-                .ice_servers_for(&self.peer, &Scope::whole(SPACE), &self.request_host);
+                .ice_servers_for(&self.peer, &Scope::whole(SPACE), None, &self.request_host);
         let user = PeerInfo {
             id: self.peer.clone(),
             name: Some(name.to_owned()),

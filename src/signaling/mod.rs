@@ -88,5 +88,11 @@ pub fn dialects(cfg: &SignalingConfig, shared: Option<&dyn registry::Sharing>) -
             sio::SioRooms::new(cfg.socketio_room_capacity, cfg.max_rooms),
         ),
     };
-    Dialects::of(vec![Arc::new(native), Arc::new(directory), Arc::new(sio)])
+    let all: Vec<Arc<dyn dialect::Dialect>> =
+        vec![Arc::new(native), Arc::new(directory), Arc::new(sio)];
+    // Every limit the config sets, as a reload would (the rooms' message budget among them).
+    for dialect in &all {
+        dialect.set_limits(cfg);
+    }
+    Dialects::of(all)
 }

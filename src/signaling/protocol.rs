@@ -190,6 +190,9 @@ pub enum ErrorCode {
     TokenRoomMismatch,
     /// The peer's join token does not give it that right (`kick`, `publish`).
     Forbidden,
+    /// The room relayed more messages than its budget allows (`signaling.room_messages_per_s`
+    /// or its join token's `messages_per_s`); the message was dropped.
+    RoomBusy,
 }
 
 impl crate::metrics::Label for ErrorCode {
@@ -217,6 +220,7 @@ impl crate::metrics::Label for ErrorCode {
         ErrorCode::TokenExpired,
         ErrorCode::TokenRoomMismatch,
         ErrorCode::Forbidden,
+        ErrorCode::RoomBusy,
     ];
     fn index(self) -> usize {
         self as usize
@@ -246,6 +250,7 @@ impl crate::metrics::Label for ErrorCode {
             ErrorCode::TokenExpired => "token_expired",
             ErrorCode::TokenRoomMismatch => "token_room_mismatch",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::RoomBusy => "room_busy",
         }
     }
 }

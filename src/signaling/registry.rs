@@ -33,7 +33,7 @@ use std::sync::Arc;
 use axum::extract::ws::Utf8Bytes;
 
 use super::protocol::{PeerId, PeerInfo, RoomId};
-use super::room::{JoinError, Joined, Left, RouteError};
+use super::room::{JoinError, Joined, Left, RouteError, Terms};
 use super::signal::Eviction;
 
 /// Called once a join has taken effect and before anyone else can reach the newcomer,
@@ -146,7 +146,8 @@ pub enum To<'a> {
 /// Rooms, their members, and delivery to a member (see the module's promises).
 pub trait Registry: Send + Sync + fmt::Debug {
     /// Joins `peer` to `room`: `welcome` runs, then `peer_joined` goes to the others.
-    /// `capacity`, a join token's, replaces the dialect's room capacity for this join.
+    /// `terms` are its join token's: its capacity replaces the dialect's room capacity for
+    /// this join, its message budget the room's from now on.
     ///
     /// Its outcome's errors: the room is full, there are too many rooms, the peer is in a
     /// room already, its name is taken (unique-name registries), or a shared registry cannot
@@ -155,7 +156,7 @@ pub trait Registry: Send + Sync + fmt::Debug {
         &self,
         peer: PeerInfo,
         room: &RoomId,
-        capacity: Option<usize>,
+        terms: Terms,
         member: Arc<dyn Member>,
         welcome: Welcome,
     ) -> Joining;
@@ -164,8 +165,12 @@ pub trait Registry: Send + Sync + fmt::Debug {
     /// Delivers the dialect message `event` with `data` (JSON text) from `from` to `to` in
     /// its room.
     ///
+    /// Each message is charged to the sender's room's message budget
+    /// (`Rooms::charge`; in a cluster, this instance's count of its own members' messages).
+    ///
     /// # Errors
-    /// The sender is in no room, or `to` names nobody else in it.
+    /// The sender is in no room, `to` names nobody else in it, or the room is over its
+    /// message budget.
     fn send(
         &self,
         from: &PeerId,
@@ -180,8 +185,9 @@ pub trait Registry: Send + Sync + fmt::Debug {
     /// # Errors
     /// The sender is in no room, or nobody else there has that name.
     fn resolve(&self, from: &PeerId, name: &str) -> Result<PeerId, RouteError>;
-    /// New capacity and room count, for the joins that come next.
-    fn set_limits(&self, capacity: usize, max_rooms: usize);
+    /// New capacity and room count, for the joins that come next, and the rooms' message
+    /// budget (per second; 0: none) where no join token set one.
+    fn set_limits(&self, capacity: usize, max_rooms: usize, messages_per_s: u32);
     /// Every room with its members in join order, sorted by name.
     fn rooms(&self) -> Vec<(RoomId, Vec<PeerInfo>)>;
     /// Removes every member of `room` and evicts them.

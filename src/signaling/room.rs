@@ -6,8 +6,15 @@
 //! is what the dialects call (and what shared room state would implement).
 
 use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
 
 use super::protocol::{PeerId, PeerInfo, RoomId};
+use crate::limiter::TokenBucket;
+use crate::sync::Locked;
+
+/// A room's message budget holds this many seconds of its rate at once.
+pub const MESSAGE_BURST_S: u32 = 2;
 
 /// Why a join was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +33,28 @@ pub enum JoinError {
 pub enum RouteError {
     NotJoined,
     UnknownPeer,
+    /// The sender's room has sent more messages than its budget allows (`charge`).
+    RoomBusy,
+}
+
+/// What a join asks of its room beyond the dialect's limits: its join token's claims.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Terms {
+    /// The room's capacity for this join, in place of the dialect's.
+    pub capacity: Option<usize>,
+    /// The messages per second the room may send, all its members together, from this join
+    /// on, in place of the dialect's (`Rooms::set_message_budget`).
+    pub messages_per_s: Option<u32>,
+}
+
+impl Terms {
+    /// The terms of a join token's grant.
+    pub fn of(grant: &crate::tokens::Grant) -> Terms {
+        Terms {
+            capacity: grant.capacity,
+            messages_per_s: grant.messages_per_s,
+        }
+    }
 }
 
 /// The result of a successful join.
@@ -51,6 +80,10 @@ pub struct Left {
 #[derive(Debug, Default)]
 struct Room {
     members: Vec<PeerInfo>,
+    /// The message budget a join token gave it (the latest join that carried one).
+    claimed: Option<u32>,
+    /// Its messages' bucket, with the rate it was made for; made at the first message.
+    bucket: Mutex<Option<(u32, TokenBucket)>>,
 }
 
 /// All rooms and their members.
@@ -66,6 +99,12 @@ pub struct Rooms {
     names: Option<HashMap<RoomId, HashMap<String, PeerId>>>,
     /// Whether members are told of each other's joins and leaves (not in a `directory`).
     presence: bool,
+    /// Messages per second a room may send, all members together (0: no budget), unless a
+    /// join token gave it another.
+    messages_per_s: u32,
+    /// Rooms with a budget a join token gave them: while none and `messages_per_s` is 0,
+    /// a message costs no lookup here.
+    claimed_rooms: usize,
 }
 
 impl Rooms {
@@ -77,6 +116,8 @@ impl Rooms {
             membership: HashMap::default(),
             names: None,
             presence: true,
+            messages_per_s: 0,
+            claimed_rooms: 0,
         }
     }
 
@@ -106,10 +147,11 @@ impl Rooms {
     /// # Errors
     /// The peer is already in a room, the room is full, or no more rooms may be created.
     pub fn handle_join(&mut self, peer: PeerInfo, room_id: &RoomId) -> Result<Joined, JoinError> {
-        self.handle_join_within(peer, room_id, None)
+        self.handle_join_within(peer, room_id, Terms::default())
     }
 
-    /// `handle_join`, with `capacity` (a join token's) in place of the rooms' capacity when given.
+    /// `handle_join` on a join token's `terms`: its capacity in place of the rooms' for this
+    /// join, and its message budget for the room from now on.
     ///
     /// # Errors
     /// As `handle_join`.
@@ -117,8 +159,9 @@ impl Rooms {
         &mut self,
         peer: PeerInfo,
         room_id: &RoomId,
-        capacity: Option<usize>,
+        terms: Terms,
     ) -> Result<Joined, JoinError> {
+        let capacity = terms.capacity;
         if self.membership.contains_key(&peer.id) {
             return Err(JoinError::AlreadyJoined);
         }
@@ -146,6 +189,12 @@ impl Rooms {
             room.insert(name.clone(), peer.id.clone());
         }
         room.members.push(peer);
+        if let Some(per_s) = terms.messages_per_s {
+            if room.claimed.is_none() {
+                self.claimed_rooms += 1;
+            }
+            room.claimed = Some(per_s);
+        }
         Ok(Joined { others, created })
     }
 
@@ -177,8 +226,11 @@ impl Rooms {
             Vec::new()
         };
         let closed = room.members.is_empty();
-        if closed {
-            self.rooms.remove(&room_id);
+        if closed
+            && let Some(room) = self.rooms.remove(&room_id)
+            && room.claimed.is_some()
+        {
+            self.claimed_rooms -= 1;
         }
         Some(Left {
             room: room_id,
@@ -197,6 +249,43 @@ impl Rooms {
             Some(r) if r == room && from != to => Ok(()),
             _ => Err(RouteError::UnknownPeer),
         }
+    }
+
+    /// Charges one message of `from` to its room's budget at `now`.
+    ///
+    /// # Errors
+    /// `RoomBusy`: the room has sent its budget's worth; `NotJoined` when `from` is in no
+    /// room and a budget applies (else routing says so).
+    pub fn charge(&self, from: &PeerId, now: Instant) -> Result<(), RouteError> {
+        if self.messages_per_s == 0 && self.claimed_rooms == 0 {
+            return Ok(());
+        }
+        let room_id = self.membership.get(from).ok_or(RouteError::NotJoined)?;
+        let Some(room) = self.rooms.get(room_id) else {
+            return Ok(());
+        };
+        let per_s = room.claimed.unwrap_or(self.messages_per_s);
+        if per_s == 0 {
+            return Ok(());
+        }
+        let mut bucket = room.bucket.locked();
+        let bucket = match &mut *bucket {
+            Some((rate, bucket)) if *rate == per_s => bucket,
+            slot => {
+                let burst = per_s.saturating_mul(MESSAGE_BURST_S);
+                &mut slot.insert((per_s, TokenBucket::new(per_s, burst, now))).1
+            }
+        };
+        if bucket.take(now) {
+            Ok(())
+        } else {
+            Err(RouteError::RoomBusy)
+        }
+    }
+
+    /// The messages per second a room may send when no join token said (0: no budget).
+    pub fn set_message_budget(&mut self, per_s: u32) {
+        self.messages_per_s = per_s;
     }
 
     /// The member called `name` in `from`'s room (which may be `from` itself).
@@ -421,5 +510,63 @@ mod tests {
         let left = rooms.handle_leave(&a.id).unwrap();
         assert!(left.others.is_empty() && !left.closed);
         assert!(rooms.handle_leave(&b.id).unwrap().closed);
+    }
+
+    /// How many of `n` messages from `from` at `now` the room's budget lets through.
+    fn passed(rooms: &Rooms, from: &PeerId, n: usize, now: Instant) -> usize {
+        (0..n).filter(|_| rooms.charge(from, now).is_ok()).count()
+    }
+
+    #[test]
+    fn a_rooms_message_budget_is_shared_by_its_members_and_refills() {
+        let t0 = Instant::now();
+        let mut rooms = Rooms::new(4, 10);
+        rooms.set_message_budget(10);
+        let (a, b, c) = (peer("a"), peer("b"), peer("c"));
+        rooms.handle_join(a.clone(), &room("busy")).unwrap();
+        rooms.handle_join(b.clone(), &room("busy")).unwrap();
+        rooms.handle_join(c.clone(), &room("calm")).unwrap();
+        // Two seconds' worth at once, for the room, whoever sends.
+        assert_eq!(passed(&rooms, &a.id, 15, t0), 15);
+        assert_eq!(passed(&rooms, &b.id, 15, t0), 5);
+        assert_eq!(rooms.charge(&a.id, t0), Err(RouteError::RoomBusy));
+        // Another room has a budget of its own.
+        assert_eq!(passed(&rooms, &c.id, 20, t0), 20);
+        // Then the rate.
+        let later = t0 + std::time::Duration::from_millis(500);
+        assert_eq!(passed(&rooms, &a.id, 100, later), 5);
+        // Not joined: refused (routing would say so too).
+        assert_eq!(
+            rooms.charge(&PeerId::random(), t0),
+            Err(RouteError::NotJoined)
+        );
+    }
+
+    #[test]
+    fn a_join_tokens_budget_is_the_rooms_until_it_closes() {
+        let t0 = Instant::now();
+        let mut rooms = Rooms::new(4, 10);
+        let (a, b) = (peer("a"), peer("b"));
+        // No budget configured: nothing is charged, not even a lookup.
+        rooms.handle_join(a.clone(), &room("r")).unwrap();
+        assert_eq!(passed(&rooms, &a.id, 1000, t0), 1000);
+        let terms = Terms {
+            capacity: None,
+            messages_per_s: Some(3),
+        };
+        rooms
+            .handle_join_within(b.clone(), &room("r"), terms)
+            .unwrap();
+        assert_eq!(
+            passed(&rooms, &a.id, 10, t0),
+            6,
+            "two seconds of 3 a second"
+        );
+        // The room closes, and with it its budget.
+        rooms.handle_leave(&a.id);
+        rooms.handle_leave(&b.id);
+        assert_eq!(rooms.claimed_rooms, 0);
+        rooms.handle_join(a.clone(), &room("r")).unwrap();
+        assert_eq!(passed(&rooms, &a.id, 1000, t0), 1000);
     }
 }

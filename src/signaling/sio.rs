@@ -36,7 +36,7 @@ use super::hub::Hub;
 use super::limits::ConnectionGuard;
 use super::protocol::{ErrorCode, PeerId, PeerInfo, RoomId};
 use super::registry::{Event, Member, Registry, To};
-use super::room::{JoinError, Joined, Rooms};
+use super::room::{JoinError, Joined, Rooms, RouteError, Terms};
 use super::signal::Eviction;
 use super::stats::{Counts, DialectStats, Refusal};
 use crate::config::SignalingConfig;
@@ -315,8 +315,11 @@ impl Dialect for SioRooms {
     }
 
     fn set_limits(&self, cfg: &SignalingConfig) {
-        self.registry
-            .set_limits(cfg.socketio_room_capacity, cfg.max_rooms);
+        self.registry.set_limits(
+            cfg.socketio_room_capacity,
+            cfg.max_rooms,
+            cfg.room_messages_per_s,
+        );
     }
 }
 
@@ -600,7 +603,14 @@ fn broadcast_raw(app: &Ctx, from: &PeerId, event: &str, json: String) {
     {
         app.announce_signal(&Scope::in_room(SPACE, room), from, &json);
     }
-    let _ = app.sio.registry.send(from, To::Others, event, &json.into());
+    // Over its room's budget a message is dropped, as the tutorials' clients know no error
+    // for a relay; counted.
+    let sent = app.sio.registry.send(from, To::Others, event, &json.into());
+    if sent == Err(RouteError::RoomBusy) {
+        app.metrics
+            .refusals
+            .inc(super::stats::Refusal::RoomMessages);
+    }
 }
 
 /// An event's first argument as the client wrote it: relayed without being parsed into a
@@ -774,7 +784,8 @@ async fn join(
         );
         return Err(NotJoined::Answered);
     }
-    let (ice_servers, ice_ttl_s) = app.ice_servers_for(&peer, &scope, &host);
+    let allocations = grant.as_ref().and_then(|g| g.allocations);
+    let (ice_servers, ice_ttl_s) = app.ice_servers_for(&peer, &scope, allocations, &host);
     let socket = s.clone();
     let welcome = move |joined: &Joined| {
         let _ = socket.emit(
@@ -783,8 +794,8 @@ async fn join(
         );
         welcome(joined);
     };
-    let (name, capacity, publish) =
-        grant.map_or((None, None, true), |g| (g.sub, g.capacity, g.roles.publish));
+    let terms = grant.as_ref().map(Terms::of).unwrap_or_default();
+    let (name, publish) = grant.map_or((None, true), |g| (g.sub, g.roles.publish));
     app.sio.set_receive_only(s.id, !publish);
     let info = PeerInfo {
         id: peer.clone(),
@@ -798,7 +809,7 @@ async fn join(
     let joined = app
         .sio
         .registry
-        .join(info, &room_id, capacity, member, Box::new(welcome))
+        .join(info, &room_id, terms, member, Box::new(welcome))
         .outcome()
         .await
         .map_err(|e| match e {

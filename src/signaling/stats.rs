@@ -18,6 +18,8 @@ crate::labels! {
         SendQueue => "send_queue",
         RoomCapacity => "room_capacity",
         MaxRooms => "max_rooms",
+        /// Messages over their room's budget, dropped (every dialect).
+        RoomMessages => "room_messages_per_s",
         /// Refused plain-WebSocket logins on one socket (probing names).
         FailedLogins => "failed_logins",
         /// engine.io transports over a source's or the server's budget (`sio`).

@@ -27,7 +27,7 @@ use super::hub::Hub;
 use super::outbox::Outbox;
 use super::protocol::{self, ClientMsg, ErrorCode, PeerId, PeerInfo, Roles, RoomId, ServerMsg};
 use super::registry::{Event, Joining, Member, PendingJoin, Registry, To};
-use super::room::{JoinError, Joined, Rooms, RouteError};
+use super::room::{JoinError, Joined, Rooms, RouteError, Terms};
 use super::signal::Eviction;
 use super::socket::{Socket, Upgrade};
 use super::stats::{Counts, DialectStats, Refusal};
@@ -126,7 +126,8 @@ impl Dialect for Native {
     }
 
     fn set_limits(&self, cfg: &SignalingConfig) {
-        self.registry.set_limits(cfg.room_capacity, cfg.max_rooms);
+        self.registry
+            .set_limits(cfg.room_capacity, cfg.max_rooms, cfg.room_messages_per_s);
     }
 }
 
@@ -198,6 +199,9 @@ struct Session {
     client: IpAddr,
     outbox: Outbox,
     room: Option<RoomId>,
+    /// The allocations its room may hold, from its join token (`Grant::allocations`), which
+    /// its TURN credentials carry.
+    room_allocations: Option<u32>,
     /// The room of a join a shared registry has not decided yet, and its join token's capacity.
     joining: Option<RoomId>,
     joining_capacity: Option<usize>,
@@ -242,6 +246,7 @@ async fn run(
         room: None,
         joining: None,
         joining_capacity: None,
+        room_allocations: None,
         url_token,
         roles: Roles::DEFAULT,
         gate,
@@ -417,6 +422,15 @@ impl Session {
                     Err(RouteError::UnknownPeer) => {
                         Answer::Error(ErrorCode::UnknownPeer, format!("no peer {to} in this room"))
                     }
+                    Err(RouteError::RoomBusy) => {
+                        self.app.metrics.refusals.inc(Refusal::RoomMessages);
+                        Answer::Error(
+                            ErrorCode::RoomBusy,
+                            "this room sends more messages than its budget allows; the \
+                             message was dropped"
+                                .to_owned(),
+                        )
+                    }
                 }
             }
             Ok(ClientMsg::Leave) => {
@@ -459,22 +473,28 @@ impl Session {
             Ok(grant) => grant,
             Err((code, message)) => return Answer::Error(code, message.to_owned()),
         };
-        let (name, capacity, roles) = match grant {
+        let terms = grant.as_ref().map(Terms::of).unwrap_or_default();
+        let room_allocations = grant.as_ref().and_then(|g| g.allocations);
+        let (name, roles) = match grant {
             // The token's identity is the name the others see.
-            Some(grant) => (grant.sub.or(name), grant.capacity, grant.roles),
-            None => (name, None, Roles::DEFAULT),
+            Some(grant) => (grant.sub.or(name), grant.roles),
+            None => (name, Roles::DEFAULT),
         };
         if let Some(Err(message)) = name.as_deref().map(protocol::check_name) {
             return Answer::Error(ErrorCode::BadName, message);
         }
         self.roles = roles;
+        self.room_allocations = room_allocations;
         let peer = PeerInfo {
             id: self.peer_id.clone(),
             name,
         };
-        let (ice_servers, ice_ttl_s) =
-            self.app
-                .ice_servers_for(&self.peer_id, &scope, &self.request_host);
+        let (ice_servers, ice_ttl_s) = self.app.ice_servers_for(
+            &self.peer_id,
+            &scope,
+            self.room_allocations,
+            &self.request_host,
+        );
         let outbox = self.outbox.clone();
         let (peer_id, room) = (self.peer_id.clone(), room_id.clone());
         let welcome = move |joined: &Joined| {
@@ -493,12 +513,12 @@ impl Session {
             outbox: self.outbox.clone(),
             client: self.client,
         });
-        let joining =
-            self.native
-                .registry
-                .join(peer, &room_id, capacity, member, Box::new(welcome));
+        let joining = self
+            .native
+            .registry
+            .join(peer, &room_id, terms, member, Box::new(welcome));
         self.joining = Some(room_id);
-        self.joining_capacity = capacity;
+        self.joining_capacity = terms.capacity;
         match joining {
             Joining::Done(outcome) => self.join_outcome(outcome),
             Joining::Pending(pending) => Answer::Join(pending),
@@ -623,6 +643,7 @@ impl Session {
         let (ice_servers, ttl) = self.app.ice_servers_for(
             &self.peer_id,
             &Scope::native(room.clone()),
+            self.room_allocations,
             &self.request_host,
         );
         Some(ServerMsg::IceServers {

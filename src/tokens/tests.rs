@@ -25,6 +25,8 @@ fn claims(room: &str) -> Claims {
         nbf: None,
         aud: None,
         capacity: None,
+        allocations: None,
+        messages_per_s: None,
         publish: None,
         kick: None,
     }
@@ -43,6 +45,8 @@ fn a_valid_token_grants_its_identity_capacity_and_roles() {
     let v = verifier(Require::All, vec![hmac_key("k1", SECRET)]);
     let mut c = claims("visit-42");
     c.capacity = Some(3);
+    c.allocations = Some(40);
+    c.messages_per_s = Some(500);
     c.kick = Some(true);
     let grant = v
         .check(&room("visit-42"), Some(&signer().mint(&c)), NOW)
@@ -50,6 +54,8 @@ fn a_valid_token_grants_its_identity_capacity_and_roles() {
         .unwrap();
     assert_eq!(grant.sub.as_deref(), Some("Dr. Ada"));
     assert_eq!(grant.capacity, Some(3));
+    assert_eq!(grant.allocations, Some(40));
+    assert_eq!(grant.messages_per_s, Some(500));
     assert_eq!(
         grant.roles,
         Roles {
@@ -217,6 +223,10 @@ fn claims_out_of_range_are_invalid() {
     for change in [
         (|c: &mut Claims| c.capacity = Some(0)) as fn(&mut Claims),
         |c| c.capacity = Some(MAX_CAPACITY + 1),
+        |c| c.allocations = Some(0),
+        |c| c.allocations = Some(MAX_ALLOCATIONS + 1),
+        |c| c.messages_per_s = Some(0),
+        |c| c.messages_per_s = Some(MAX_MESSAGES_PER_S + 1),
         |c| c.sub = Some(String::new()),
         |c| c.sub = Some("bell\u{7}".into()),
     ] {

@@ -61,6 +61,9 @@ pub struct Candidate {
     pub expires: Option<u64>,
     /// Possible passwords: one per configured secret (rotation), or the static password.
     pub passwords: Vec<String>,
+    /// For a peer's credential minted with one: the allocations its room may hold (a join
+    /// token's `allocations`), in place of `turn.max_allocations_per_room`.
+    pub room_allocations: Option<usize>,
 }
 
 /// Why a username was refused before its integrity was checked.
@@ -74,6 +77,21 @@ pub enum UsernameError {
 /// `<expiry>:<peer>@<room>` for a native room (see [`Scope`] for the others).
 pub fn peer_username(expires: u64, scope: &Scope, peer: &PeerId) -> String {
     format!("{expires}:{peer}@{scope}")
+}
+
+/// [`peer_username`] carrying the allocations `peer`'s room may hold when it allocates
+/// (`room_allocations`, a join token's): `<expiry>:<peer>+<allocations>@<scope>`. The
+/// signature covers it like the rest of the username.
+pub fn peer_username_within(
+    expires: u64,
+    scope: &Scope,
+    peer: &PeerId,
+    room_allocations: Option<u32>,
+) -> String {
+    match room_allocations {
+        Some(n) => format!("{expires}:{peer}+{n}@{scope}"),
+        None => peer_username(expires, scope, peer),
+    }
 }
 
 /// The username of a room credential: `<expiry>:room:<room>`.
@@ -104,6 +122,7 @@ pub fn lookup(
             owner: Owner::Static(username.to_owned()),
             expires: None,
             passwords: vec![password.expose().to_owned()],
+            room_allocations: None,
         });
     }
     // coturn accepts `<expiry>:<user>` and a bare `<expiry>`.
@@ -112,21 +131,26 @@ pub fn lookup(
     if secrets.is_empty() {
         return Err(UsernameError::Unknown);
     }
-    let peer = user
-        .split_once('@')
-        .and_then(|(peer, scope)| Some((PeerId::parse(peer)?, Scope::parse(scope)?)));
+    let peer = user.split_once('@').and_then(|(peer, scope)| {
+        let (peer, within) = match peer.split_once('+') {
+            Some((peer, n)) => (peer, Some(n.parse::<usize>().ok().filter(|n| *n > 0)?)),
+            None => (peer, None),
+        };
+        Some((PeerId::parse(peer)?, Scope::parse(scope)?, within))
+    });
     let room = user
         .strip_prefix("room:")
         .and_then(|room| RoomId::parse(room).ok());
-    let owner = match (peer, room) {
-        (Some((peer, scope)), _) => Owner::Peer { scope, peer },
-        (None, Some(room)) => Owner::Room(room),
-        (None, None) => Owner::External(user.to_owned()),
+    let (owner, room_allocations) = match (peer, room) {
+        (Some((peer, scope, within)), _) => (Owner::Peer { scope, peer }, within),
+        (None, Some(room)) => (Owner::Room(room), None),
+        (None, None) => (Owner::External(user.to_owned()), None),
     };
     Ok(Candidate {
         owner,
         expires: Some(expires),
         passwords: secrets.iter().map(|s| rest_password(s, username)).collect(),
+        room_allocations,
     })
 }
 
@@ -289,6 +313,39 @@ mod tests {
                 rest_password(&secret("b"), &username)
             ]
         );
+    }
+
+    #[test]
+    fn a_peer_username_carries_its_rooms_allocation_budget() {
+        let scope = Scope::in_room(SIO, RoomId::parse("team").unwrap());
+        let peer = PeerId::random();
+        let username = peer_username_within(1000, &scope, &peer, Some(40));
+        assert_eq!(username, format!("1000:{peer}+40@sio/team"));
+        let c = lookup(&username, &[secret("a")], &[]).unwrap();
+        assert_eq!(
+            c.owner,
+            Owner::Peer {
+                scope: scope.clone(),
+                peer: peer.clone()
+            }
+        );
+        assert_eq!(c.room_allocations, Some(40));
+        assert_eq!(
+            peer_username_within(1000, &scope, &peer, None),
+            peer_username(1000, &scope, &peer)
+        );
+        assert_eq!(
+            lookup(&peer_username(1000, &scope, &peer), &[secret("a")], &[])
+                .unwrap()
+                .room_allocations,
+            None
+        );
+        // A budget that does not read is not a peer's credential: nothing it may claim.
+        for odd in ["+0", "+x", "+", "+-1"] {
+            let c = lookup(&format!("1000:{peer}{odd}@sio/team"), &[secret("a")], &[]).unwrap();
+            assert!(matches!(c.owner, Owner::External(_)), "{odd}");
+            assert_eq!(c.room_allocations, None);
+        }
     }
 
     #[test]

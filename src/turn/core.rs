@@ -261,6 +261,9 @@ struct Holder {
     credential: CredentialKey,
     /// A room of one dialect, never a dialect without rooms.
     room: Option<Scope>,
+    /// The allocations that room may hold for this one, when its credential says (a join
+    /// token's `allocations`); else `max_allocations_per_room`.
+    room_limit: Option<usize>,
     /// The client's IPv4 address, or its IPv6 network (`crate::limiter::source`).
     source: IpAddr,
 }
@@ -282,7 +285,13 @@ impl Holder {
             credential,
             room,
             source,
+            room_limit: None,
         }
+    }
+
+    /// With `room_limit` allocations for its room, when given.
+    fn within(self, room_limit: Option<usize>) -> Holder {
+        Holder { room_limit, ..self }
     }
 }
 
@@ -422,11 +431,10 @@ impl<R> Table<R> {
             c.max_allocations_per_credential,
         ) {
             Some(Quota::Credential)
-        } else if h
-            .room
-            .as_ref()
-            .is_some_and(|room| full(self.per_room.get(room), c.max_allocations_per_room))
-        {
+        } else if h.room.as_ref().is_some_and(|room| {
+            let limit = h.room_limit.unwrap_or(c.max_allocations_per_room);
+            full(self.per_room.get(room), limit)
+        }) {
             Some(Quota::Room)
         } else if full(self.per_source.get(&h.source), c.max_allocations_per_source) {
             Some(Quota::Source)
@@ -473,6 +481,8 @@ struct Authed {
     username: String,
     key: Vec<u8>,
     owner: Owner,
+    /// The allocations its room may hold, when its credential says (a join token's).
+    room_allocations: Option<usize>,
 }
 
 impl<B: RelayBinder> Core<B> {
@@ -806,6 +816,7 @@ impl<B: RelayBinder> Core<B> {
             username,
             key,
             owner: candidate.owner,
+            room_allocations: candidate.room_allocations,
         })
     }
 
@@ -859,7 +870,8 @@ impl<B: RelayBinder> Core<B> {
         let granted = granted_lifetime(requested);
         let config = self.config.load();
         let source = crate::limiter::source(tuple.client.ip(), config.source_prefix_v6);
-        let holder = Holder::new(&authed.owner, &authed.username, source);
+        let holder =
+            Holder::new(&authed.owner, &authed.username, source).within(authed.room_allocations);
         // The allocation, and the reserved next port: every quota counts both.
         let need = 1 + usize::from(reserve_next);
         let refused = |quota: Quota| {

@@ -59,11 +59,18 @@ fn now_unix() -> u64 {
 
 impl Turn {
     /// The STUN and TURN entries for `peer` in `scope`, with a credential that lasts
-    /// `credential_ttl_s` from now; `request_host` is the host the client used to reach us.
-    pub fn ice_servers(&self, scope: &Scope, peer: &PeerId, request_host: &str) -> Vec<IceServer> {
+    /// `credential_ttl_s` from now and carries the allocations its room may hold when a join
+    /// token said; `request_host` is the host the client used to reach us.
+    pub fn ice_servers(
+        &self,
+        scope: &Scope,
+        peer: &PeerId,
+        room_allocations: Option<u32>,
+        request_host: &str,
+    ) -> Vec<IceServer> {
         self.offer
             .load()
-            .ice_servers(now_unix(), scope, peer, request_host)
+            .ice_servers(now_unix(), scope, peer, room_allocations, request_host)
     }
 
     /// The STUN and TURN entries with a room credential (for a backend) lasting `ttl_s`.

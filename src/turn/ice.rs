@@ -54,16 +54,19 @@ impl TurnOffer {
     }
 
     /// The STUN and TURN entries for `peer` in `scope` (its dialect and room), valid for
-    /// `ttl_s` from `now_unix`. `request_host` is the host (no port) of the page's request,
+    /// `ttl_s` from `now_unix`, with the allocations its room may hold when a join token
+    /// said (`room_allocations`). `request_host` is the host (no port) of the page's request,
     /// used without `public_host`.
     pub fn ice_servers(
         &self,
         now_unix: u64,
         scope: &Scope,
         peer: &PeerId,
+        room_allocations: Option<u32>,
         request_host: &str,
     ) -> Vec<IceServer> {
-        let username = auth::peer_username(now_unix + self.ttl_s, scope, peer);
+        let expires = now_unix + self.ttl_s;
+        let username = auth::peer_username_within(expires, scope, peer, room_allocations);
         self.with_username(username, request_host)
     }
 
@@ -132,7 +135,7 @@ mod tests {
         let room = RoomId::parse("r").unwrap();
         let peer = PeerId::random();
         let scope = Scope::native(room);
-        let servers = offer.ice_servers(1000, &scope, &peer, "[::1]");
+        let servers = offer.ice_servers(1000, &scope, &peer, None, "[::1]");
         assert_eq!(servers[0].urls, vec!["stun:[::1]:3478"]);
         assert_eq!(
             servers[1].urls,

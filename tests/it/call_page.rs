@@ -519,6 +519,8 @@ fn a_room_that_needs_a_token_is_joined_with_the_link_of_the_application() {
             nbf: None,
             aud: None,
             capacity: None,
+            allocations: None,
+            messages_per_s: None,
             publish: (!publish).then_some(false),
             kick: None,
         })

@@ -49,6 +49,8 @@ fn claims(room: &str, sub: &str) -> Claims {
         nbf: None,
         aud: None,
         capacity: None,
+        allocations: None,
+        messages_per_s: None,
         publish: None,
         kick: None,
     }
@@ -646,4 +648,153 @@ async fn receive_only_tokens_hold_in_the_tutorial_dialects() {
         .await;
     let reply: Value = serde_json::from_str(&next_text(&mut watcher).await).unwrap();
     assert_eq!(reply["code"], "forbidden", "{reply}");
+}
+
+/// A token's `allocations` is its room's TURN allocation budget for its holder's
+/// allocations (carried, signed, in its TURN credential); without one, the config's.
+#[tokio::test]
+async fn a_tokens_allocation_budget_replaces_the_rooms_quota() {
+    let server = TestServer::start(&format!(
+        "{}\n{}",
+        config(SECRET),
+        crate::turn::turn_config("max_allocations_per_room = 2\nfence = \"off\"\n")
+    ));
+    let allocations = |welcome: ServerMsg| {
+        let server = &server;
+        async move {
+            let (username, password) = crate::fence::credential(&welcome);
+            let mut granted = 0;
+            loop {
+                let mut client = switchboard::turn::probe::Client::new(
+                    server.listener("turn_udp"),
+                    &username,
+                    &password,
+                )
+                .await
+                .unwrap();
+                match client.allocate().await {
+                    Ok(_) => granted += 1,
+                    Err(switchboard::turn::probe::ProbeError::Refused { code: 486, .. }) => {
+                        return (username, granted);
+                    }
+                    Err(e) => panic!("{e:?}"),
+                }
+                // Kept open: each counts while it lives.
+                std::mem::forget(client);
+            }
+        }
+    };
+    let mut budget = claims("clinic-9", "Ann");
+    budget.allocations = Some(5);
+    let mut ann = server.client().await;
+    let welcome = join_with(
+        &mut ann,
+        "clinic-9",
+        None,
+        Some(&signer(SECRET).mint(&budget)),
+    )
+    .await;
+    let (username, granted) = allocations(welcome).await;
+    assert!(username.contains("+5@clinic-9"), "{username}");
+    assert_eq!(granted, 5, "the token's budget");
+
+    let mut bob = server.client().await;
+    let welcome = join_with(
+        &mut bob,
+        "clinic-10",
+        None,
+        Some(&token("clinic-10", "Bob")),
+    )
+    .await;
+    let (username, granted) = allocations(welcome).await;
+    assert!(!username.contains('+'), "{username}");
+    assert_eq!(granted, 2, "turn.max_allocations_per_room");
+    let refused = server
+        .metric(
+            "switchboard_turn_quota_refusals_total",
+            &[("quota", "max_allocations_per_room")],
+        )
+        .await;
+    assert_eq!(refused, 2.0);
+}
+
+/// Sends `n` signals from `from` to `to`; how many `room_busy` errors came back (every
+/// other signal reached `to`, in order, which the caller reads).
+async fn signals_refused(
+    from: &mut Client,
+    to: &switchboard::signaling::protocol::PeerId,
+    n: usize,
+) -> usize {
+    for i in 0..n {
+        from.send(json!({"type": "signal", "to": to, "payload": {"n": i}}))
+            .await;
+    }
+    // A ping answered after every refusal the server sent for them.
+    from.send(json!({"type": "ping"})).await;
+    let mut refused = 0;
+    loop {
+        match from.recv().await {
+            ServerMsg::Pong => return refused,
+            ServerMsg::Error { .. } => refused += 1,
+            ServerMsg::PeerJoined { .. } | ServerMsg::Signal { .. } => {}
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+/// `signaling.room_messages_per_s` holds each room to its budget, all members together;
+/// a token's `messages_per_s` gives its room another.
+#[tokio::test]
+async fn a_rooms_message_budget_drops_what_is_over_it_and_a_token_sets_it() {
+    let server = TestServer::start(&format!(
+        "{}\n[signaling]\nroom_messages_per_s = 5\n",
+        config(SECRET)
+    ));
+    // Two seconds' worth at once: 10 of 20 from Ann, then none of Bob's.
+    let mut ann = server.client().await;
+    let mut bob = server.client().await;
+    let ann_id = peer_id(&ann.join("busy", None).await);
+    let bob_id = peer_id(&bob.join("busy", None).await);
+    let refused = signals_refused(&mut ann, &bob_id, 20).await;
+    assert!((9..=10).contains(&refused), "{refused} refused");
+    let refused_bob = signals_refused(&mut bob, &ann_id, 3).await;
+    assert_eq!(refused_bob, 3, "the budget is the room's, not Ann's");
+    let busy = server
+        .metric(
+            "switchboard_signaling_errors_total",
+            &[("code", "room_busy")],
+        )
+        .await;
+    assert_eq!(busy as usize, refused + 3);
+
+    // A token's budget for its room: all 20 pass.
+    let mut budget = claims("clinic-11", "Cy");
+    budget.messages_per_s = Some(100);
+    let mut cy = server.client().await;
+    let mut dee = server.client().await;
+    join_with(
+        &mut cy,
+        "clinic-11",
+        None,
+        Some(&signer(SECRET).mint(&budget)),
+    )
+    .await;
+    let dee_id = peer_id(
+        &join_with(
+            &mut dee,
+            "clinic-11",
+            None,
+            Some(&token("clinic-11", "Dee")),
+        )
+        .await,
+    );
+    assert_eq!(signals_refused(&mut cy, &dee_id, 20).await, 0);
+    for i in 0..20 {
+        match dee.recv().await {
+            ServerMsg::Signal { payload, .. } => {
+                assert_eq!(payload.as_json(), json!({"n": i}).to_string());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }
