@@ -599,7 +599,9 @@ impl Registry for Shared {
                         To::Named(name) => mirror.rooms.resolve(from, name)?.clone(),
                         To::Others => unreachable!("handled below"),
                     };
-                    mirror.rooms.charge(from, std::time::Instant::now())?;
+                    if mirror.rooms.budgeted() {
+                        mirror.rooms.charge(from, std::time::Instant::now())?;
+                    }
                     let local = mirror.member(&target);
                     let home = mirror.homes.get(&target).cloned();
                     (target, local, home)
@@ -619,7 +621,9 @@ impl Registry for Shared {
                     if mirror.member(from).is_none() {
                         return Err(RouteError::NotJoined);
                     }
-                    mirror.rooms.charge(from, std::time::Instant::now())?;
+                    if mirror.rooms.budgeted() {
+                        mirror.rooms.charge(from, std::time::Instant::now())?;
+                    }
                     let mut locals = Vec::new();
                     let mut homes: Vec<Arc<str>> = Vec::new();
                     for other in mirror.rooms.others(from)? {

@@ -134,14 +134,20 @@ impl Registry for Hub {
                 .ok_or(RouteError::UnknownPeer)
         };
         // Charged once routing accepts it: a refused message costs the room nothing.
-        let now = std::time::Instant::now();
+        let charge = |rooms: &Rooms| {
+            if rooms.budgeted() {
+                rooms.charge(from, std::time::Instant::now())
+            } else {
+                Ok(())
+            }
+        };
         match to {
             To::Peer(to) => {
                 let member = {
                     let inner = self.read();
                     inner.rooms.route(from, to)?;
                     let member = one(&inner, to)?;
-                    inner.rooms.charge(from, now)?;
+                    charge(&inner.rooms)?;
                     member
                 };
                 member.deliver(message);
@@ -151,7 +157,7 @@ impl Registry for Hub {
                     let inner = self.read();
                     let to = inner.rooms.resolve(from, name)?;
                     let member = one(&inner, to)?;
-                    inner.rooms.charge(from, now)?;
+                    charge(&inner.rooms)?;
                     member
                 };
                 member.deliver(message);
@@ -160,7 +166,7 @@ impl Registry for Hub {
                 let members: Vec<Arc<dyn Member>> = {
                     let inner = self.read();
                     let others = inner.rooms.others(from)?;
-                    inner.rooms.charge(from, now)?;
+                    charge(&inner.rooms)?;
                     others
                         .filter_map(|p| inner.members.get(p).cloned())
                         .collect()

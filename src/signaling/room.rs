@@ -257,7 +257,7 @@ impl Rooms {
     /// `RoomBusy`: the room has sent its budget's worth; `NotJoined` when `from` is in no
     /// room and a budget applies (else routing says so).
     pub fn charge(&self, from: &PeerId, now: Instant) -> Result<(), RouteError> {
-        if self.messages_per_s == 0 && self.claimed_rooms == 0 {
+        if !self.budgeted() {
             return Ok(());
         }
         let room_id = self.membership.get(from).ok_or(RouteError::NotJoined)?;
@@ -281,6 +281,12 @@ impl Rooms {
         } else {
             Err(RouteError::RoomBusy)
         }
+    }
+
+    /// Whether any room has a message budget: when not, a caller need not read the clock
+    /// for `charge`.
+    pub fn budgeted(&self) -> bool {
+        self.messages_per_s != 0 || self.claimed_rooms != 0
     }
 
     /// The messages per second a room may send when no join token said (0: no budget).
