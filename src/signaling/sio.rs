@@ -596,20 +596,25 @@ fn broadcast(app: &Ctx, from: &PeerId, event: &str, data: &Value) {
 /// Sends `event` with `json` (one JSON value, relayed as the client wrote it) to the other
 /// members of the sender's room.
 fn broadcast_raw(app: &Ctx, from: &PeerId, event: &str, json: String) {
-    // With the room fence, the candidates it carries are the sender's addresses.
-    if app.turn.as_ref().is_some_and(|t| t.fenced())
-        && (json.contains("candidate:") || json.contains("c=IN "))
-        && let Some(room) = app.sio.registry.room_of(from)
-    {
-        app.announce_signal(&Scope::in_room(SPACE, room), from, &json);
-    }
+    let data = json.into();
     // Over its room's budget a message is dropped, as the tutorials' clients know no error
     // for a relay; counted.
-    let sent = app.sio.registry.send(from, To::Others, event, &json.into());
-    if sent == Err(RouteError::RoomBusy) {
-        app.metrics
+    match app.sio.registry.send(from, To::Others, event, &data) {
+        // With the room fence, the candidates it carried are the sender's addresses: what
+        // went to the room, not what was refused.
+        Ok(()) => {
+            if app.turn.as_ref().is_some_and(|t| t.fenced())
+                && (data.as_str().contains("candidate:") || data.as_str().contains("c=IN "))
+                && let Some(room) = app.sio.registry.room_of(from)
+            {
+                app.announce_signal(&Scope::in_room(SPACE, room), from, data.as_str());
+            }
+        }
+        Err(RouteError::RoomBusy) => app
+            .metrics
             .refusals
-            .inc(super::stats::Refusal::RoomMessages);
+            .inc(super::stats::Refusal::RoomMessages),
+        Err(_) => {}
     }
 }
 

@@ -26,17 +26,23 @@ const MIN_BURST: u64 = 64 * 1024;
 #[derive(Debug, Clone)]
 pub struct Bucket {
     rate: u64,
+    /// The most it holds: half a second of its rate, at least [`MIN_BURST`].
+    burst: u64,
     tokens: u64,
     /// When `tokens` was last refilled.
     last: Instant,
 }
 
 impl Bucket {
-    /// A full bucket of `rate` bytes per second (0: unlimited).
+    /// A bucket of `rate` bytes per second (0: unlimited), holding the least burst to
+    /// start with: an allocation made anew gets no fresh burst of its rate, so deleting and
+    /// making allocations is no way around it.
     pub fn new(rate: u64, now: Instant) -> Bucket {
+        let burst = burst(rate);
         Bucket {
             rate,
-            tokens: burst(rate),
+            burst,
+            tokens: MIN_BURST.min(burst),
             last: now,
         }
     }
@@ -52,7 +58,8 @@ impl Bucket {
         }
         self.refill(now);
         self.rate = rate;
-        self.tokens = self.tokens.min(burst(rate));
+        self.burst = burst(rate);
+        self.tokens = self.tokens.min(self.burst);
     }
 
     /// Takes `bytes`, or says they are over the rate (and takes nothing).
@@ -61,11 +68,11 @@ impl Bucket {
         if self.rate == 0 {
             return true;
         }
+        // Earned first, capped at the burst, then spent: a bucket that waited holds no more
+        // than its burst, however long it waited or however full it was.
+        self.refill(now);
         if self.tokens < bytes {
-            self.refill(now);
-            if self.tokens < bytes {
-                return false;
-            }
+            return false;
         }
         self.tokens -= bytes;
         true
@@ -74,7 +81,7 @@ impl Bucket {
     /// Gives back `bytes` taken, up to the burst.
     pub fn give(&mut self, bytes: u64) {
         if self.rate != 0 {
-            self.tokens = self.tokens.saturating_add(bytes).min(burst(self.rate));
+            self.tokens = self.tokens.saturating_add(bytes).min(self.burst);
         }
     }
 
@@ -85,10 +92,9 @@ impl Bucket {
             // Keep `last`, so that the fractions add up over calls close together.
             return;
         }
-        let cap = burst(self.rate);
         self.tokens = u64::try_from(u128::from(self.tokens) + earned)
             .unwrap_or(u64::MAX)
-            .min(cap);
+            .min(self.burst);
         self.last = now;
     }
 }
@@ -141,11 +147,13 @@ impl Meter {
     }
 
     /// Takes back a payload [`Meter::pass`] let through that went nowhere after all.
+    /// The sweep may have started a new window since the charge: that window does not go
+    /// below nothing.
     pub fn refund(&mut self, bytes: usize) {
         let bytes = bytes as u64;
-        self.bytes -= bytes;
-        self.packets -= 1;
-        self.window_bytes -= bytes;
+        self.bytes = self.bytes.saturating_sub(bytes);
+        self.packets = self.packets.saturating_sub(1);
+        self.window_bytes = self.window_bytes.saturating_sub(bytes);
         self.bucket.give(bytes);
     }
 
@@ -248,7 +256,8 @@ pub fn own_rate(max_allocation: u64) -> Rate {
 /// Max-min fair: an allocation gets what it asks, with room to grow (twice what it used,
 /// and at least a quarter of an even share), as long as that is below the level every
 /// allocation that asks more gets; what is left when everyone has enough is spread evenly.
-/// The rates add up to at most `room`, and none is 0.
+/// The rates add up to at most `room` (when that is at least one byte per second per
+/// allocation), and none is 0.
 pub fn fair_shares(room: u64, max_allocation: u64, demands: &[Demand]) -> Vec<Rate> {
     let n = demands.len() as u64;
     if n == 0 {

@@ -199,8 +199,11 @@ pub fn channel_data<R: Relay>(
         }
     };
     let framed = channel.and_then(|channel| {
-        frame(buf, payload, from, channel, pads(other.tuple.transport))
-            .ok_or_else(|| Dropped::Unframeable.count(stats))
+        frame(buf, payload, from, channel, pads(other.tuple.transport)).ok_or_else(|| {
+            // Charged to the receiver, which gets nothing after all.
+            other.state.locked().budget.to_client.refund(len);
+            Dropped::Unframeable.count(stats)
+        })
     });
     let frame = match framed {
         Ok(frame) => frame,

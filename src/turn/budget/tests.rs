@@ -4,12 +4,50 @@ fn at(t0: Instant, ms: u64) -> Instant {
     t0 + Duration::from_millis(ms)
 }
 
+/// Drains `b` at `now` in payloads of 1000 bytes; how many bytes passed.
+fn drain(b: &mut Bucket, now: Instant) -> u64 {
+    let mut passed = 0;
+    while b.take(now, 1000) {
+        passed += 1000;
+    }
+    passed
+}
+
+#[test]
+fn a_new_bucket_holds_the_least_burst_and_a_full_one_its_own() {
+    let t0 = Instant::now();
+    let mut b = Bucket::new(1_000_000, t0);
+    // An allocation made anew gets no burst of its rate...
+    assert_eq!(drain(&mut b, t0), MIN_BURST / 1000 * 1000);
+    // ...but one that waited has half a second of it, once: a full bucket earns nothing
+    // while it waits, however long.
+    let later = at(t0, 10_000);
+    assert_eq!(drain(&mut b, later), 500_000);
+    assert_eq!(drain(&mut b, later), 0);
+    let much_later = at(t0, 60_000);
+    assert!(b.take(much_later, 1000));
+    assert_eq!(drain(&mut b, much_later), 499_000, "not twice the burst");
+}
+
+#[test]
+fn a_refund_after_the_sweep_started_a_new_window_goes_no_lower_than_nothing() {
+    let t0 = Instant::now();
+    let mut budget = Budget::new(100_000, BandwidthLimit::Allocation, t0);
+    budget.to_peer.pass(t0, 1200).unwrap();
+    budget.apply([own_rate(100_000); 2], at(t0, 1000));
+    budget.to_peer.refund(1200);
+    assert_eq!(budget.to_peer.bytes, 0);
+    assert_eq!(budget.to_peer.packets, 0);
+    assert_eq!(budget.demands(at(t0, 2000))[0], Demand::Used(0));
+}
+
 #[test]
 fn a_bucket_passes_its_burst_then_its_rate() {
     let t0 = Instant::now();
     let rate = 1_000_000;
     let mut b = Bucket::new(rate, t0);
-    // Half a second of the rate at once...
+    // Half a second of the rate at once, once it has waited that long...
+    let t0 = at(t0, 500);
     let mut passed = 0;
     while b.take(t0, 1000) {
         passed += 1000;
@@ -28,7 +66,7 @@ fn a_bucket_passes_its_burst_then_its_rate() {
 #[test]
 fn a_bucket_keeps_fractions_of_bytes_earned_in_short_steps() {
     let t0 = Instant::now();
-    // 100 bytes per second: 0.1 byte a millisecond, earned over many calls.
+    // 100 bytes per millisecond, 0.1 byte a microsecond, earned over many calls.
     let mut b = Bucket::new(100_000, t0);
     while b.take(t0, 1) {}
     let mut got = 0;
@@ -55,6 +93,7 @@ fn a_rate_of_zero_is_no_limit_and_a_big_packet_fits_a_small_rate() {
 fn a_lower_rate_takes_effect_at_once() {
     let t0 = Instant::now();
     let mut b = Bucket::new(10_000_000, t0);
+    let t0 = at(t0, 1000);
     b.set_rate(200_000, t0);
     let mut passed = 0;
     while b.take(t0, 1000) {
@@ -77,6 +116,7 @@ fn a_lower_rate_takes_effect_at_once() {
 fn a_meter_counts_what_passed_and_names_the_limit_of_what_did_not() {
     let t0 = Instant::now();
     let mut budget = Budget::new(100_000, BandwidthLimit::Room, t0);
+    let t0 = at(t0, 1000);
     let mut dropped = 0;
     for _ in 0..100 {
         match budget.meter(Direction::ToPeer).pass(t0, 1000) {
