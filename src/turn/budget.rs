@@ -200,13 +200,6 @@ impl Budget {
         }
     }
 
-    pub fn meter(&mut self, direction: Direction) -> &mut Meter {
-        match direction {
-            Direction::ToPeer => &mut self.to_peer,
-            Direction::ToClient => &mut self.to_client,
-        }
-    }
-
     /// What each direction asks of the room for the next period (see [`fair_shares`]).
     pub fn demands(&self, now: Instant) -> [Demand; 2] {
         let period = now.saturating_duration_since(self.window_start);
