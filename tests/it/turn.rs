@@ -434,12 +434,17 @@ fn uclient_on(port: u16, transport: &[&str], peer_ip: &str) -> (i32, String) {
     (out.status.code().unwrap_or(-1), text)
 }
 
+/// A free loopback UDP port below the relay's port range (49152 up by default). A peer
+/// port inside it would be a relay address, which the policy opens to relay-to-relay
+/// traffic even where loopback peers are refused: the denied-peer test would then see its
+/// permission granted (about one run in three, with the kernel's ephemeral ports).
 fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    const BELOW: u16 = 49152;
+    let start = 20_000 + (std::process::id() % 20_000) as u16;
+    (start..BELOW)
+        .chain(1024..start)
+        .find(|port| std::net::UdpSocket::bind(("127.0.0.1", *port)).is_ok())
+        .expect("a free UDP port below 49152")
 }
 
 /// The loss percentage `turnutils_uclient` reports.
