@@ -690,7 +690,7 @@ pub fn peer_data(
         from,
         &mut buf,
         range,
-        |relay| core.by_relayed(relay).is_some(),
+        |relay| core.relay_at(relay, None),
         &core.stats,
     ) {
         Ok(frame) => {

@@ -58,6 +58,17 @@ struct Channel {
     expires: Instant,
 }
 
+/// What the data path knows of an address on the server's own IP, for [`AllocState::passes`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayAt {
+    /// No live relay of this server is there.
+    Nothing,
+    /// A live relay the allocation may exchange data with.
+    Reachable,
+    /// A live relay of another room (`turn.fence`).
+    Fenced,
+}
+
 /// What [`AllocState::revoke`] removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Revoked {
@@ -165,19 +176,21 @@ impl AllocState {
             .map(|(_, reach)| *reach)
     }
 
-    /// Whether data may pass to and from `peer` now: a live permission for its IP, and
-    /// when that opens only the server's relays there, `peer` is one (`is_relay`, asked
-    /// only then).
+    /// Whether data may pass to and from `peer` now: a live permission for its IP; when
+    /// that opens only the server's relays there, `peer` is one this allocation may reach;
+    /// when it opens the server's own address (`allow_peers`), `peer` is not a relay fenced
+    /// from it (`relay` says which, asked only for those two reaches).
     pub fn passes(
         &self,
         now: Instant,
         peer: SocketAddr,
-        is_relay: impl FnOnce(&SocketAddr) -> bool,
+        relay: impl FnOnce(&SocketAddr) -> RelayAt,
     ) -> bool {
         match self.permission(now, peer) {
             None => false,
-            Some(Reach::Relays) => is_relay(&normalized(peer)),
-            Some(_) => true,
+            Some(Reach::Relays) => relay(&normalized(peer)) == RelayAt::Reachable,
+            Some(Reach::OwnIp) => relay(&normalized(peer)) != RelayAt::Fenced,
+            Some(Reach::AnyPort) => true,
         }
     }
 
@@ -358,11 +371,17 @@ mod tests {
         let mut a = AllocState::new(t0, DEFAULT_LIFETIME);
         a.permit(t0, addr("198.51.99.7:50000"), Reach::Relays)
             .unwrap();
-        let live = |p: &SocketAddr| [50000, 50002].contains(&p.port());
+        let live = |p: &SocketAddr| match p.port() {
+            50000 | 50002 => RelayAt::Reachable,
+            // A relay of another room (`turn.fence`).
+            50006 => RelayAt::Fenced,
+            _ => RelayAt::Nothing,
+        };
         assert!(a.passes(t0, addr("198.51.99.7:50000"), live));
         assert!(a.passes(t0, addr("[::ffff:198.51.99.7]:50002"), live));
         assert!(!a.passes(t0, addr("198.51.99.7:3478"), live));
         assert!(!a.passes(t0, addr("198.51.99.7:50004"), live));
+        assert!(!a.passes(t0, addr("198.51.99.7:50006"), live));
         assert!(!a.passes(t0 + PERMISSION_LIFETIME, addr("198.51.99.7:50000"), live));
         a.bind_channel(t0, 0x4000, addr("198.51.99.7:50002"), Reach::Relays)
             .unwrap();

@@ -31,6 +31,7 @@ use stun::textattrs::TextAttribute;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+pub use super::allocation::RelayAt;
 use super::allocation::{AllocState, ChannelBindError, Revoked, granted_lifetime};
 use super::auth::{self, NonceCheck, NonceKey, Owner, Scope};
 use super::budget::{self, BandwidthLimit, Budget, Demand, Direction, Rate};
@@ -1197,12 +1198,11 @@ impl<B: RelayBinder> Core<B> {
         // The same check as for data from the peer: a permission for the IP, and on an
         // address of the server's relays, a live relay...
         let permission = a.state.locked().permission(now, peer);
-        let Some(reach) = permission.filter(|reach| {
-            *reach != Reach::Relays
-                || self
-                    .index
-                    .by_relayed(&peer)
-                    .is_some_and(|other| !fenced_apart(a.fence, other.fence))
+        let Some(reach) = permission.filter(|reach| match reach {
+            Reach::Relays => self.relay_at(&peer, a.fence) == RelayAt::Reachable,
+            // A relay of another room is out of reach there too.
+            Reach::OwnIp => self.relay_at(&peer, a.fence) != RelayAt::Fenced,
+            Reach::AnyPort => true,
         }) else {
             self.stats.no_permission.inc();
             return Handled::Nothing;
@@ -1324,6 +1324,17 @@ impl<B: RelayBinder> Core<B> {
     }
 
     /// The live allocation whose relayed address is `addr` (for relay-to-relay).
+    /// Whether a live relay is at `addr`, and whether an allocation fenced as `fence` may
+    /// exchange data with it.
+    #[inline]
+    pub fn relay_at(&self, addr: &SocketAddr, fence: Option<u64>) -> RelayAt {
+        match self.index.by_relayed(addr) {
+            None => RelayAt::Nothing,
+            Some(other) if fenced_apart(fence, other.fence) => RelayAt::Fenced,
+            Some(_) => RelayAt::Reachable,
+        }
+    }
+
     pub fn by_relayed(&self, addr: &SocketAddr) -> Option<Arc<Allocation<B::Relay>>> {
         self.index.by_relayed(addr)
     }

@@ -30,7 +30,7 @@ use std::time::Instant;
 
 use rand::RngCore;
 
-use super::allocation::AllocState;
+use super::allocation::{AllocState, RelayAt};
 use super::budget::{BandwidthLimit, Direction};
 use super::core::{Allocation, Stats, Transport};
 use super::policy;
@@ -221,9 +221,9 @@ pub fn channel_data<R: Relay>(
 /// state is `state` and whose client uses `transport`, for that client (charged to that
 /// allocation's budget toward its client): returns the frame's
 /// range of `buf`, written in place around the payload `buf[payload]` (which has `HEADROOM`
-/// free bytes before it and 3 after), or why it is dropped (counted). `is_relay` says
-/// whether an address is a live relay of this server (asked only for a source on the
-/// relays' own address).
+/// free bytes before it and 3 after), or why it is dropped (counted). `relay` says whether
+/// an address is a live relay of this server, and one this allocation may reach (asked only
+/// for a source on the server's own address).
 #[inline]
 #[expect(
     clippy::too_many_arguments,
@@ -236,11 +236,11 @@ pub fn peer_data(
     from: SocketAddr,
     buf: &mut [u8],
     payload: Range<usize>,
-    is_relay: impl FnOnce(&SocketAddr) -> bool,
+    relay: impl FnOnce(&SocketAddr) -> RelayAt,
     stats: &Stats,
 ) -> Result<Range<usize>, Dropped> {
     let from = SocketAddr::new(policy::normalize(from.ip()), from.port());
-    if !state.passes(now, from, is_relay) {
+    if !state.passes(now, from, relay) {
         return Err(Dropped::NoPermission.count(stats));
     }
     let len = payload.len();

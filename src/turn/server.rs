@@ -962,12 +962,7 @@ fn relay_batch(
                 from,
                 s.recv.slot_mut(i),
                 start..start + len,
-                // A live relay, of this allocation's room when it is fenced.
-                |relay| {
-                    core.by_relayed(relay).is_some_and(|other| {
-                        !super::core::fenced_apart(allocation.fence, other.fence)
-                    })
-                },
+                |relay| core.relay_at(relay, allocation.fence),
                 stats,
             ) else {
                 continue;

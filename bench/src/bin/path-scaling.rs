@@ -337,7 +337,7 @@ fn pump(core: &BenchCore, mine: &[FiveTuple], mode: Mode, size: usize, stop: &At
                             external_peer(i + offset_of(mine)),
                             &mut buf,
                             start..start + size,
-                            |relay| core.by_relayed(relay).is_some(),
+                            |relay| core.relay_at(relay, None),
                             &core.stats,
                         );
                         if let Ok(frame) = framed {

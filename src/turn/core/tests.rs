@@ -671,7 +671,7 @@ fn a_live_relay_is_a_peer_for_the_relays_of_its_ip_only() {
     let b_relayed = f.core.get(&tb).unwrap().relayed;
     assert_eq!(f.permit(ta, &cred, &[&b_relayed.to_string()]), None);
     let a = f.core.get(&ta).unwrap();
-    let is_relay = |p: &SocketAddr| f.core.by_relayed(p).is_some();
+    let is_relay = |p: &SocketAddr| f.core.relay_at(p, None);
     let passes = |port| {
         let peer = SocketAddr::new(b_relayed.ip(), port);
         a.state.lock().unwrap().passes(f.t0, peer, is_relay)
@@ -799,7 +799,7 @@ fn a_relay_that_goes_away_is_out_of_reach_at_once() {
     f.allocate(tb, &cred);
     let b_relayed = f.core.get(&tb).unwrap().relayed;
     assert_eq!(f.bind(ta, &cred, 0x4000, &b_relayed.to_string()), None);
-    let is_relay = |p: &SocketAddr| f.core.by_relayed(p).is_some();
+    let is_relay = |p: &SocketAddr| f.core.relay_at(p, None);
     let a = f.core.get(&ta).unwrap();
     assert!(a.state.lock().unwrap().passes(f.t0, b_relayed, is_relay));
     f.core.close(&tb, CloseReason::Refresh);
@@ -2006,11 +2006,7 @@ fn with_the_fence_relays_of_other_rooms_are_out_of_reach() {
     let to_bob = f.send(ta, &send_indication(&b.relayed.to_string(), b"hi"));
     assert!(matches!(to_bob, Handled::Send { .. }));
     // What Eve's relay receives from Ann's, and Ann's from Eve's, does not pass.
-    let relay_of_room = |me: Option<u64>, p: &SocketAddr| {
-        f.core
-            .by_relayed(p)
-            .is_some_and(|o| !fenced_apart(me, o.fence))
-    };
+    let relay_of_room = |me: Option<u64>, p: &SocketAddr| f.core.relay_at(p, me);
     let e_state = e.state.lock().unwrap();
     assert!(!e_state.passes(f.t0, a.relayed, |p| relay_of_room(e.fence, p)));
     let b_state = b.state.lock().unwrap();
@@ -2090,5 +2086,70 @@ fn send_indications_over_the_budget_are_dropped_and_counted() {
     assert_eq!(
         f.core.get(&t).unwrap().state.locked().budget.to_peer.bytes,
         60_000
+    );
+}
+
+/// With `allow_peers` re-admitting the server's own address (a media server on this host), a
+/// permission there opens its ports but the listeners (`Reach::OwnIp`); the fence still keeps
+/// relays of other rooms out: not by Send, not from their relay.
+#[test]
+fn with_the_fence_a_readmitted_own_address_still_keeps_other_rooms_relays_out() {
+    let policy = PeerPolicy::new(
+        vec![format!("{OWN}/32").parse().unwrap()],
+        vec![],
+        vec![format!("{OWN}:3478").parse().unwrap()],
+        vec![OWN.parse().unwrap()],
+    )
+    .with_relays([OWN.parse().unwrap()], RELAY_PORTS);
+    let f = fixture_with_policy(
+        |c| {
+            c.external_ip = Some(OWN.parse().unwrap());
+            c.fence = true;
+        },
+        policy,
+    );
+    let team = Scope::native(RoomId::parse("team").unwrap());
+    let other = Scope::native(RoomId::parse("other").unwrap());
+    let (ann, bob, eve) = (f.join(&team), f.join(&team), f.join(&other));
+    let (ta, tb, te) = (tuple(4000), tuple(4001), tuple(4002));
+    let cred = |scope: &Scope, peer: &PeerId| peer_cred(scope, peer, UNIX + 600);
+    for (t, c) in [
+        (ta, cred(&team, &ann)),
+        (tb, cred(&team, &bob)),
+        (te, cred(&other, &eve)),
+    ] {
+        assert_eq!(code(&f.allocate(t, &c)), None);
+    }
+    let (a, b, e) = (
+        f.core.get(&ta).unwrap(),
+        f.core.get(&tb).unwrap(),
+        f.core.get(&te).unwrap(),
+    );
+    // Bob's relay made the address reachable to Ann, and allow_peers opens all of it.
+    assert_eq!(
+        f.permit(ta, &cred(&team, &ann), &[&b.relayed.to_string()]),
+        None
+    );
+    assert_eq!(
+        a.state.locked().permission(f.t0, b.relayed),
+        Some(Reach::OwnIp)
+    );
+    let media = format!("{OWN}:7000");
+    for (to, reaches) in [
+        (e.relayed.to_string(), false),
+        (b.relayed.to_string(), true),
+        (media.clone(), true),
+    ] {
+        let sent = f.send(ta, &send_indication(&to, b"hi"));
+        assert_eq!(matches!(sent, Handled::Send { .. }), reaches, "to {to}");
+    }
+    let state = a.state.locked();
+    let from = |p: &str| p.parse::<SocketAddr>().unwrap();
+    let relay = |p: &SocketAddr| f.core.relay_at(p, a.fence);
+    assert!(!state.passes(f.t0, e.relayed, relay), "from Eve's relay");
+    assert!(state.passes(f.t0, b.relayed, relay), "from Bob's relay");
+    assert!(
+        state.passes(f.t0, from(&media), relay),
+        "from the media server"
     );
 }

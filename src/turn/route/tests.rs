@@ -294,7 +294,7 @@ fn peer_data_on_a_channel_is_channel_data_padded_toward_stream_clients_only() {
             addr(PEER),
             &mut buf,
             payload,
-            |_| false,
+            |_| RelayAt::Nothing,
             &stats,
         )
         .expect("permitted");
@@ -338,7 +338,7 @@ fn peer_data_without_a_channel_is_a_data_indication_from_the_peer() {
                 addr(peer),
                 &mut buf,
                 payload,
-                |_| false,
+                |_| RelayAt::Nothing,
                 &stats,
             )
             .expect("permitted");
@@ -371,7 +371,7 @@ fn peer_data_from_an_ipv4_mapped_source_is_from_the_ipv4_peer() {
         mapped,
         &mut buf,
         payload,
-        |_| false,
+        |_| RelayAt::Nothing,
         &stats,
     )
     .expect("the IPv4 peer's permission");
@@ -398,7 +398,7 @@ fn peer_data_without_a_permission_is_dropped_and_counted() {
                 addr(from),
                 &mut buf,
                 payload,
-                |_| false,
+                |_| RelayAt::Nothing,
                 &stats,
             );
             assert_eq!(
@@ -421,7 +421,13 @@ fn peer_data_on_a_relay_permission_comes_from_live_relays_only() {
     state
         .permit(t0, addr("127.0.0.1:50000"), Reach::Relays)
         .unwrap();
-    let live = |a: &SocketAddr| a.port() == 50002;
+    let live = |a: &SocketAddr| {
+        if a.port() == 50002 {
+            RelayAt::Reachable
+        } else {
+            RelayAt::Nothing
+        }
+    };
     for (from, passes) in [("127.0.0.1:50002", true), ("127.0.0.1:50000", false)] {
         let stats = Stats::default();
         let (mut buf, payload) = peer_buf(PAYLOAD);
@@ -455,7 +461,7 @@ fn a_payload_too_large_for_a_data_indication_passes_only_on_a_channel() {
         addr(PEER),
         &mut buf,
         payload.clone(),
-        |_| false,
+        |_| RelayAt::Nothing,
         &stats,
     );
     assert_eq!(dropped, Err(Dropped::Unframeable));
@@ -472,7 +478,7 @@ fn a_payload_too_large_for_a_data_indication_passes_only_on_a_channel() {
         addr(PEER),
         &mut buf,
         payload,
-        |_| false,
+        |_| RelayAt::Nothing,
         &stats,
     )
     .expect("ChannelData holds it");
@@ -549,7 +555,7 @@ fn relay_to_relay_goes_to_the_other_client_framed_as_its_relay_would_frame_it() 
                 a.relayed,
                 &mut relayed,
                 payload,
-                |_| true,
+                |_| RelayAt::Reachable,
                 &stats,
             )
             .expect("permitted");
@@ -840,7 +846,7 @@ fn peer_data_over_the_budget_toward_the_client_is_dropped_and_counted() {
             addr(PEER),
             &mut buf,
             range,
-            |_| false,
+            |_| RelayAt::Nothing,
             &stats,
         )
     };
