@@ -2,11 +2,12 @@
 //! and the admin API under `/api/v1/`, which needs `Authorization: Bearer <admin token>`.
 //!
 //! The API (described in `docs/admin-api.yaml`):
-//! - `GET /api/v1/rooms`: every room (native and socket.io) with its peers, their TURN
-//!   allocations and relayed bytes;
+//! - `GET /api/v1/rooms`: every room (native and socket.io) with its peers, and the usage
+//!   of each so far: since when, signaling messages, TURN allocations live, allocation
+//!   time, bytes and packets relayed each way (`UsageView`);
 //! - `DELETE /api/v1/rooms/{room}`: disconnects the room's peers and revokes its allocations now;
 //! - `GET /api/v1/peers`: every peer of every dialect (plain-WebSocket users too, with no
-//!   room), with its allocations and relayed bytes;
+//!   room), with its usage;
 //! - `DELETE /api/v1/peers/{peer}`: disconnects one peer of any dialect (its room is told
 //!   `peer_left`) and revokes its allocations.
 //!
@@ -14,6 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, Request, State};
@@ -27,10 +29,10 @@ use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use crate::config::Secret;
-use crate::model::Scope;
-use crate::model::{PeerId, PeerInfo, RoomId};
+use crate::model::{PeerId, PeerInfo, RoomId, Scope, Space};
+use crate::signaling::room::{MemberActivity, RoomActivity};
 use crate::state::AppState;
-use crate::turn::handle::Usage;
+use crate::turn::usage::{Account, Flow, Usage};
 
 /// The admin listener's routes: the API always behind the admin token, and `/metrics` too
 /// on a listener that is `public` (not loopback).
@@ -114,15 +116,53 @@ async fn metrics(State(app): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
+/// Usage of a room or peer: signaling, and what its TURN allocations relayed (live ones, and
+/// those closed within the last hour or while another of the same account was live).
+#[derive(Serialize, Default)]
+struct UsageView {
+    /// Unix time it joined (a peer) or its first member joined (a room).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    since: Option<u64>,
+    /// Seconds since then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duration_s: Option<u64>,
+    /// Signaling messages sent (a room's: by its members, those who left too).
+    messages: u64,
+    /// TURN allocations live now.
+    allocations: usize,
+    /// How long its allocations have been held, added up.
+    allocation_seconds: f64,
+    to_peer: Flow,
+    to_client: Flow,
+    /// `to_peer.bytes + to_client.bytes`.
+    relayed_bytes: u64,
+}
+
+impl UsageView {
+    fn new(activity: Option<(Duration, u64)>, turn: &Usage, now_unix: u64) -> UsageView {
+        UsageView {
+            since: activity.map(|(age, _)| now_unix.saturating_sub(age.as_secs())),
+            duration_s: activity.map(|(age, _)| age.as_secs()),
+            messages: activity.map_or(0, |(_, messages)| messages),
+            allocations: turn.allocations,
+            allocation_seconds: turn.held.as_millis() as f64 / 1000.0,
+            to_peer: turn.to_peer,
+            to_client: turn.to_client,
+            relayed_bytes: turn.relayed_bytes(),
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct RoomView {
     room: String,
     /// "native" (`/ws`) or "socketio"; the same name in both is two rooms.
     dialect: &'static str,
     peers: Vec<PeerView>,
-    /// TURN allocations scoped to the room (its peers', and room credentials').
-    allocations: usize,
-    relayed_bytes: u64,
+    /// Its allocations are its peers' (those who left too), and room credentials' for a
+    /// native room.
+    #[serde(flatten)]
+    usage: UsageView,
 }
 
 #[derive(Serialize)]
@@ -130,43 +170,84 @@ struct PeerView {
     id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     name: Option<String>,
-    allocations: usize,
-    relayed_bytes: u64,
+    #[serde(flatten)]
+    usage: UsageView,
 }
 
-/// Each peer's TURN usage, by the scope and peer its credentials name.
-fn turn_usage(app: &AppState) -> HashMap<(Scope, PeerId), Usage> {
-    app.host
-        .turn
-        .as_ref()
-        .map(|t| t.usage_by_peer())
-        .unwrap_or_default()
+/// What the admin API reports on: each account's TURN usage, each member's and room's
+/// signaling activity, and the time.
+struct Report {
+    turn: HashMap<Account, Usage>,
+    now_unix: u64,
 }
 
-fn peer_view(usage: &HashMap<(Scope, PeerId), Usage>, scope: &Scope, p: PeerInfo) -> PeerView {
-    let Usage {
-        allocations,
-        relayed_bytes,
-    } = usage
-        .get(&(scope.clone(), p.id.clone()))
-        .copied()
-        .unwrap_or_default();
-    PeerView {
-        id: p.id.as_str().to_owned(),
-        name: p.name,
-        allocations,
-        relayed_bytes,
+impl Report {
+    fn new(app: &AppState) -> Report {
+        Report {
+            turn: app
+                .host
+                .turn
+                .as_ref()
+                .map(|t| t.usage())
+                .unwrap_or_default(),
+            now_unix: crate::clock::unix_now(),
+        }
+    }
+
+    fn peer(&self, scope: &Scope, p: PeerInfo, activity: Option<&MemberActivity>) -> PeerView {
+        let account = Account::Peer(scope.clone(), p.id.clone());
+        let turn = self.turn.get(&account).copied().unwrap_or_default();
+        PeerView {
+            id: p.id.as_str().to_owned(),
+            name: p.name,
+            usage: UsageView::new(activity.map(|a| (a.age, a.messages)), &turn, self.now_unix),
+        }
+    }
+
+    /// A room's TURN usage: every account of its scope, and its room credentials' in the
+    /// native dialect.
+    fn room_turn(&self, scope: &Scope) -> Usage {
+        let native = scope.space() == Space::NATIVE;
+        let mut total = Usage::default();
+        for (account, usage) in &self.turn {
+            let ours = match account {
+                Account::Peer(s, _) => s == scope,
+                Account::Room(room) => native && scope.room() == Some(room),
+            };
+            if ours {
+                total.add(usage);
+            }
+        }
+        total
     }
 }
 
+/// A dialect's members' activity by peer, and its rooms' by name.
+fn activity_of(
+    dialect: &dyn crate::signaling::dialect::Dialect,
+) -> (
+    HashMap<PeerId, MemberActivity>,
+    HashMap<RoomId, RoomActivity>,
+) {
+    let rooms = dialect.activity();
+    let members = rooms
+        .iter()
+        .flat_map(|r| r.members.iter().map(|m| (m.peer.clone(), m.clone())))
+        .collect();
+    let rooms = rooms.into_iter().map(|r| (r.room.clone(), r)).collect();
+    (members, rooms)
+}
+
 async fn list_rooms(State(app): State<Arc<AppState>>) -> Response {
-    let usage = turn_usage(&app);
+    let report = Report::new(&app);
     let mut rooms: Vec<RoomView> = Vec::new();
     for dialect in app.dialects.iter() {
+        let (members, activity) = activity_of(dialect.as_ref());
         let mut by_room: BTreeMap<RoomId, (Scope, Vec<PeerView>)> = BTreeMap::new();
         for (scope, peer) in dialect.peers() {
             if let Some(room) = scope.room().cloned() {
-                let view = peer_view(&usage, &scope, peer);
+                let member = members.get(&peer.id);
+                let view = report.peer(&scope, peer, member);
                 by_room
                     .entry(room)
                     .or_insert_with(|| (scope.clone(), Vec::new()))
@@ -175,18 +256,13 @@ async fn list_rooms(State(app): State<Arc<AppState>>) -> Response {
             }
         }
         for (room, (scope, peers)) in by_room {
-            let (allocations, relayed_bytes) = usage
-                .iter()
-                .filter(|((s, _), _)| *s == scope)
-                .fold((0, 0), |(a, b), (_, u)| {
-                    (a + u.allocations, b + u.relayed_bytes)
-                });
+            let turn = report.room_turn(&scope);
+            let activity = activity.get(&room).map(|a| (a.age, a.messages));
             rooms.push(RoomView {
                 room: room.as_str().to_owned(),
                 dialect: dialect.name(),
                 peers,
-                allocations,
-                relayed_bytes,
+                usage: UsageView::new(activity, &turn, report.now_unix),
             });
         }
     }
@@ -203,14 +279,16 @@ struct ListedPeer {
 }
 
 async fn list_peers(State(app): State<Arc<AppState>>) -> Response {
-    let usage = turn_usage(&app);
+    let report = Report::new(&app);
     let mut peers: Vec<ListedPeer> = Vec::new();
     for dialect in app.dialects.iter() {
+        let (members, _) = activity_of(dialect.as_ref());
         for (scope, peer) in dialect.peers() {
+            let member = members.get(&peer.id);
             peers.push(ListedPeer {
                 dialect: dialect.name(),
                 room: scope.room().map(|r| r.as_str().to_owned()),
-                peer: peer_view(&usage, &scope, peer),
+                peer: report.peer(&scope, peer, member),
             });
         }
     }

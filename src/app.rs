@@ -122,7 +122,12 @@ pub async fn run(
     let sharing = cluster
         .as_ref()
         .map(|c| c as &dyn crate::signaling::registry::Sharing);
-    let dialects = crate::signaling::dialects(&config.signaling, sharing);
+    // Before the dialects, whose registries tell them of joins and leaves.
+    let webhooks = crate::webhooks::Webhooks::start(&config.webhooks, &tasks, shutdown.clone());
+    let observer = webhooks
+        .as_ref()
+        .map(|w| Arc::clone(w) as Arc<dyn crate::signaling::observed::Observer>);
+    let dialects = crate::signaling::dialects(&config.signaling, sharing, observer);
     // After the dialects: the link rebuilds their rooms from Redis when it connects.
     if let Some(cluster) = &cluster {
         cluster.start(&tasks, shutdown.clone());
@@ -153,6 +158,9 @@ pub async fn run(
     } else {
         None
     };
+    if let (Some(turn), Some(webhooks)) = (&turn, &webhooks) {
+        turn.on_close(Arc::clone(webhooks) as Arc<dyn crate::turn::core::Closing>);
+    }
     let tls = Arc::new(tls);
     if config.acme.enabled {
         tasks.spawn(crate::acme::maintain(
@@ -190,12 +198,10 @@ pub async fn run(
             }
         });
     }
-    let app = Arc::new(AppState::new(
-        host,
-        dialects,
-        Access::new(&config, admin_token),
-        cluster,
-    ));
+    let app = Arc::new(
+        AppState::new(host, dialects, Access::new(&config, admin_token), cluster)
+            .with_webhooks(webhooks),
+    );
     // A real certificate (configured, or ACME's) gets HSTS; the generated one does not.
     let hsts = config.https.cert.is_some() || config.acme.enabled;
     let router = http::router(Arc::clone(&app), hsts);
@@ -402,6 +408,9 @@ fn reload(
     tls.replace(&loaded);
     if let (Some(turn), Some(secrets)) = (&app.host.turn, secrets) {
         turn.reconfigure(&new, secrets);
+    }
+    if let Some(webhooks) = &app.webhooks {
+        webhooks.set_config(&new.webhooks);
     }
     app.set_live(Live::new(&new), Access::new(&new, admin_token));
     let changed = |from: &Config, apply: Apply| -> Vec<&'static str> {

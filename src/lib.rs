@@ -62,3 +62,4 @@ pub mod throttle;
 pub mod tls;
 pub mod tokens;
 pub mod turn;
+pub mod webhooks;

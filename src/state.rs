@@ -45,6 +45,8 @@ pub struct AppState {
     /// The link to the other instances (`[cluster]`); while it is down the instance is not
     /// ready, so a load balancer sends new users elsewhere.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// The webhooks (`[webhooks]`), when an endpoint is set.
+    pub webhooks: Option<Arc<crate::webhooks::Webhooks>>,
 }
 
 impl AppState {
@@ -68,7 +70,13 @@ impl AppState {
             access: ArcSwap::from_pointee(access),
             ready: AtomicBool::new(false),
             cluster,
+            webhooks: None,
         }
+    }
+
+    pub fn with_webhooks(mut self, webhooks: Option<Arc<crate::webhooks::Webhooks>>) -> AppState {
+        self.webhooks = webhooks;
+        self
     }
 
     /// The access secrets; a reload may replace them between two calls.
@@ -100,6 +108,9 @@ impl AppState {
         }
         if let Some(cluster) = &self.cluster {
             families.extend(cluster.metrics());
+        }
+        if let Some(webhooks) = &self.webhooks {
+            families.extend(webhooks.metrics());
         }
         families.extend(crate::metrics::process::families());
         families

@@ -29,7 +29,7 @@ use super::wire::{JoinReply, Note, Record};
 use crate::model::{PeerId, PeerInfo, RoomId, Scope};
 use crate::signaling::protocol::check_name;
 use crate::signaling::registry::{Event, Joining, Member, Registry, To, Welcome};
-use crate::signaling::room::{JoinError, Joined, Left, Rooms, RouteError, Terms};
+use crate::signaling::room::{JoinError, Joined, Left, RoomActivity, Rooms, RouteError, Terms};
 use crate::signaling::signal::Eviction;
 use crate::sync::Shared as _;
 
@@ -136,7 +136,10 @@ impl Mirror {
             capacity: None,
             messages_per_s,
         };
-        let Ok(joined) = self.rooms.handle_join_within(peer.clone(), room, terms) else {
+        let Ok(joined) =
+            self.rooms
+                .handle_join_within(peer.clone(), room, terms, std::time::Instant::now())
+        else {
             return None;
         };
         self.homes.insert(peer.id.clone(), home);
@@ -193,10 +196,13 @@ impl Mirror {
             .others(peer)
             .map(|o| o.cloned().collect())
             .unwrap_or_default();
+        let (stay, room_stay) = self.rooms.stays(peer)?;
         Some(Left {
             closed: others.is_empty(),
             room,
             others,
+            stay,
+            room_stay,
         })
     }
 
@@ -599,9 +605,7 @@ impl Registry for Shared {
                         To::Named(name) => mirror.rooms.resolve(from, name)?.clone(),
                         To::Others => unreachable!("handled below"),
                     };
-                    if mirror.rooms.budgeted() {
-                        mirror.rooms.charge(from, std::time::Instant::now())?;
-                    }
+                    mirror.rooms.sent(from, std::time::Instant::now)?;
                     let local = mirror.member(&target);
                     let home = mirror.homes.get(&target).cloned();
                     (target, local, home)
@@ -621,9 +625,7 @@ impl Registry for Shared {
                     if mirror.member(from).is_none() {
                         return Err(RouteError::NotJoined);
                     }
-                    if mirror.rooms.budgeted() {
-                        mirror.rooms.charge(from, std::time::Instant::now())?;
-                    }
+                    mirror.rooms.sent(from, std::time::Instant::now)?;
                     let mut locals = Vec::new();
                     let mut homes: Vec<Arc<str>> = Vec::new();
                     for other in mirror.rooms.others(from)? {
@@ -668,6 +670,13 @@ impl Registry for Shared {
 
     fn rooms(&self) -> Vec<(RoomId, Vec<PeerInfo>)> {
         self.mirror.reading().rooms.list()
+    }
+
+    fn activity(&self) -> Vec<RoomActivity> {
+        self.mirror
+            .reading()
+            .rooms
+            .activity(std::time::Instant::now())
     }
 
     /// Every member of `room` on every instance is evicted and leaves.

@@ -58,6 +58,7 @@ mod server;
 mod signaling;
 mod tokens;
 mod turn;
+mod webhooks;
 
 use std::path::{Path, PathBuf};
 
@@ -77,6 +78,7 @@ pub use server::ServerConfig;
 pub use signaling::SignalingConfig;
 pub use tokens::{RequireMode, TokenKeyConfig, TokensConfig};
 pub use turn::{FenceMode, StaticUser, TurnConfig};
+pub use webhooks::{EVENTS as WEBHOOK_EVENTS, WebhooksConfig};
 
 /// The whole configuration, as read from `config.toml`.
 ///
@@ -97,6 +99,9 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// Join tokens: which rooms need one, and the keys that sign them.
     pub tokens: TokensConfig,
+    /// Signed HTTP POSTs to the application: rooms and peers coming and going, allocations'
+    /// usage.
+    pub webhooks: WebhooksConfig,
     /// Extra ICE servers handed to every peer in `welcome`, before Switchboard's own.
     pub ice_servers: Vec<IceServerConfig>,
 }
@@ -281,9 +286,11 @@ impl Config {
             api,
             cluster,
             tokens,
+            webhooks,
             ice_servers,
         } = self;
         tokens.validate(&invalid)?;
+        webhooks.validate(&invalid)?;
         acme.validate(https, &invalid)?;
         cluster.validate(!turn.secrets.is_empty(), &invalid)?;
         admin.validate(&invalid)?;
@@ -310,6 +317,7 @@ impl Config {
             ApiConfig::KEYS,
             ClusterConfig::KEYS,
             TokensConfig::KEYS,
+            WebhooksConfig::KEYS,
             &[ICE_SERVERS],
         ]
         .into_iter()
@@ -332,6 +340,7 @@ impl Config {
             api,
             cluster,
             tokens,
+            webhooks,
             ice_servers,
         } = self;
         let mut changed = [
@@ -346,6 +355,7 @@ impl Config {
             api.changed(&new.api),
             cluster.changed(&new.cluster),
             tokens.changed(&new.tokens),
+            webhooks.changed(&new.webhooks),
         ]
         .concat();
         if *ice_servers != new.ice_servers {

@@ -168,7 +168,7 @@ fn classified(section: &str) -> Vec<&'static str> {
 
 #[test]
 fn every_key_serde_reads_is_classified_once() {
-    let sections: [(&str, &[&str]); 11] = [
+    let sections: [(&str, &[&str]); 12] = [
         ("server", serde_fields::<ServerConfig>()),
         ("log", serde_fields::<LogConfig>()),
         ("https", serde_fields::<HttpsConfig>()),
@@ -180,6 +180,7 @@ fn every_key_serde_reads_is_classified_once() {
         ("api", serde_fields::<ApiConfig>()),
         ("cluster", serde_fields::<ClusterConfig>()),
         ("tokens", serde_fields::<TokensConfig>()),
+        ("webhooks", serde_fields::<WebhooksConfig>()),
     ];
     for (section, fields) in sections {
         assert!(!fields.is_empty(), "{section}");

@@ -219,7 +219,7 @@ mod tests {
         let host = Arc::new(Host::new(
             crate::signaling::host::Live::new(&config),
             None,
-            crate::signaling::dialects(&config.signaling, None).membership(),
+            crate::signaling::dialects(&config.signaling, None, None).membership(),
             tokio_util::sync::CancellationToken::new(),
             tokio_util::task::TaskTracker::new(),
         ));

@@ -227,7 +227,7 @@ mod tests {
     /// The state of a server with `toml` as its config, without TURN.
     fn app(toml: &str) -> Arc<AppState> {
         let config = Config::from_toml(toml, "t").unwrap();
-        let dialects = crate::signaling::dialects(&config.signaling, None);
+        let dialects = crate::signaling::dialects(&config.signaling, None, None);
         let host = Host::new(
             Live::new(&config),
             None,

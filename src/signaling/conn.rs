@@ -470,7 +470,7 @@ mod tests {
         Arc::new(Host::new(
             Live::new(&config),
             None,
-            crate::signaling::dialects(&config.signaling, None).membership(),
+            crate::signaling::dialects(&config.signaling, None, None).membership(),
             tokio_util::sync::CancellationToken::new(),
             tokio_util::task::TaskTracker::new(),
         ))

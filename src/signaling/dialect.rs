@@ -11,6 +11,7 @@ use std::sync::Arc;
 use axum::Router;
 
 use super::host::Host;
+use super::room::RoomActivity;
 use super::stats::Counts;
 use crate::config::SignalingConfig;
 use crate::model::{PeerId, PeerInfo, RoomId, Scope};
@@ -25,6 +26,9 @@ pub trait Dialect: Send + Sync + fmt::Debug {
     /// Every peer right now, with the scope (dialect and room) its credentials name;
     /// members of a room in the order they joined, rooms sorted by name.
     fn peers(&self) -> Vec<(Scope, PeerInfo)>;
+    /// What its rooms and members have done so far (the plain-WebSocket dialect's users are
+    /// the members of one room, its directory).
+    fn activity(&self) -> Vec<RoomActivity>;
     /// Rooms and peers right now, and its counters.
     fn counts(&self) -> Counts;
     /// Removes every member of `room` and disconnects their sockets; returns who was removed.

@@ -15,7 +15,7 @@ use axum::extract::ws::Utf8Bytes;
 
 use super::protocol::{PeerId, PeerInfo, RoomId};
 use super::registry::{Event, Joining, Member, Registry, To, Welcome};
-use super::room::{JoinError, Joined, Left, Rooms, RouteError, Terms};
+use super::room::{JoinError, Joined, Left, RoomActivity, Rooms, RouteError, Terms};
 use super::signal::Eviction;
 use crate::sync::Shared;
 
@@ -68,7 +68,10 @@ impl Hub {
         welcome: Welcome,
     ) -> Result<Joined, JoinError> {
         let mut inner = self.write();
-        let joined = inner.rooms.handle_join_within(peer.clone(), room, terms)?;
+        let joined =
+            inner
+                .rooms
+                .handle_join_within(peer.clone(), room, terms, std::time::Instant::now())?;
         welcome(&joined);
         for other in &joined.others {
             if let Some(m) = inner.members.get(&other.id) {
@@ -133,14 +136,9 @@ impl Registry for Hub {
                 .cloned()
                 .ok_or(RouteError::UnknownPeer)
         };
-        // Charged once routing accepts it: a refused message costs the room nothing.
-        let charge = |rooms: &Rooms| {
-            if rooms.budgeted() {
-                rooms.charge(from, std::time::Instant::now())
-            } else {
-                Ok(())
-            }
-        };
+        // Counted and charged once routing accepts it: a refused message costs the room
+        // nothing.
+        let charge = |rooms: &Rooms| rooms.sent(from, std::time::Instant::now);
         match to {
             To::Peer(to) => {
                 let member = {
@@ -197,6 +195,10 @@ impl Registry for Hub {
     /// Every room with its members, sorted by name.
     fn rooms(&self) -> Vec<(RoomId, Vec<PeerInfo>)> {
         self.read().rooms.list()
+    }
+
+    fn activity(&self) -> Vec<RoomActivity> {
+        self.read().rooms.activity(std::time::Instant::now())
     }
 
     /// Removes every member of `room` and evicts them; returns who was removed.

@@ -237,6 +237,10 @@ impl Dialect for Directory {
         peers
     }
 
+    fn activity(&self) -> Vec<super::room::RoomActivity> {
+        self.registry.activity()
+    }
+
     fn counts(&self) -> Counts {
         self.stats.counts(None, self.online())
     }

@@ -34,6 +34,7 @@ pub mod host;
 pub mod hub;
 pub mod legacy;
 pub mod limits;
+pub mod observed;
 pub mod outbox;
 pub mod protocol;
 pub mod registry;
@@ -50,44 +51,75 @@ use std::sync::Arc;
 use crate::config::SignalingConfig;
 use dialect::Dialects;
 
+/// The name of the dialect whose TURN credentials are written in `space`.
+pub fn dialect_of(space: crate::model::Space) -> Option<&'static str> {
+    if space == crate::model::Space::NATIVE {
+        Some(ws::NAME)
+    } else if space == legacy::SPACE {
+        Some(legacy::NAME)
+    } else if space == sio::SPACE {
+        Some(sio::NAME)
+    } else {
+        None
+    }
+}
+
 /// The dialects Switchboard speaks, in the order they are mounted, with the configured
 /// limits: the one list of them. A new dialect is its own module implementing
 /// `dialect::Dialect`, plus one line here.
 ///
 /// With `shared` (a cluster), every dialect's rooms (the plain-WebSocket dialect's users)
 /// span every instance.
-pub fn dialects(cfg: &SignalingConfig, shared: Option<&dyn registry::Sharing>) -> Dialects {
+pub fn dialects(
+    cfg: &SignalingConfig,
+    shared: Option<&dyn registry::Sharing>,
+    observer: Option<Arc<dyn observed::Observer>>,
+) -> Dialects {
     let unlimited = || room::Rooms::new(usize::MAX, usize::MAX);
+    let hub = |rooms| -> Arc<dyn registry::Registry> { Arc::new(hub::Hub::new(rooms)) };
     let (native, directory, sio) = match shared {
         Some(shared) => (
-            ws::Native::with_registry(shared.registry(
+            shared.registry(
                 ws::NAME,
                 crate::model::Scope::native,
                 unlimited(),
                 cfg.room_capacity,
                 cfg.max_rooms,
-            )),
-            legacy::Directory::with_registry(shared.registry(
+            ),
+            shared.registry(
                 legacy::NAME,
                 |_| crate::model::Scope::whole(legacy::SPACE),
                 room::Rooms::directory(),
                 usize::MAX,
                 1,
-            )),
-            sio::SioRooms::with_registry(shared.registry(
+            ),
+            shared.registry(
                 sio::NAME,
                 |room| crate::model::Scope::in_room(sio::SPACE, room),
                 unlimited(),
                 cfg.socketio_room_capacity,
                 cfg.max_rooms,
-            )),
+            ),
         ),
         None => (
-            ws::Native::new(cfg),
-            legacy::Directory::default(),
-            sio::SioRooms::new(cfg.socketio_room_capacity, cfg.max_rooms),
+            hub(room::Rooms::new(cfg.room_capacity, cfg.max_rooms)),
+            hub(room::Rooms::directory()),
+            hub(room::Rooms::new(cfg.socketio_room_capacity, cfg.max_rooms)),
         ),
     };
+    // With webhooks, every registry tells them of its joins and leaves.
+    let observe = |registry: Arc<dyn registry::Registry>, name, rooms| match &observer {
+        Some(observer) => Arc::new(observed::Observed::new(
+            registry,
+            name,
+            rooms,
+            Arc::clone(observer),
+        )) as Arc<dyn registry::Registry>,
+        None => registry,
+    };
+    let native = ws::Native::with_registry(observe(native, ws::NAME, true));
+    let directory = legacy::Directory::with_registry(observe(directory, legacy::NAME, false));
+    let sio = sio::SioRooms::with_registry(observe(sio, sio::NAME, true));
     let all: Vec<Arc<dyn dialect::Dialect>> =
         vec![Arc::new(native), Arc::new(directory), Arc::new(sio)];
     // Every limit the config sets, as a reload would (the rooms' message budget among them).

@@ -33,7 +33,7 @@ use std::sync::Arc;
 use axum::extract::ws::Utf8Bytes;
 
 use super::protocol::{PeerId, PeerInfo, RoomId};
-use super::room::{JoinError, Joined, Left, RouteError, Terms};
+use super::room::{JoinError, Joined, Left, RoomActivity, RouteError, Terms};
 use super::signal::Eviction;
 
 /// Called once a join has taken effect and before anyone else can reach the newcomer,
@@ -190,6 +190,9 @@ pub trait Registry: Send + Sync + fmt::Debug {
     fn set_limits(&self, capacity: usize, max_rooms: usize, messages_per_s: u32);
     /// Every room with its members in join order, sorted by name.
     fn rooms(&self) -> Vec<(RoomId, Vec<PeerInfo>)>;
+    /// What every room and member has done so far (messages, time since joining), rooms
+    /// sorted by name. In a cluster, a member's messages are counted by its own instance.
+    fn activity(&self) -> Vec<RoomActivity>;
     /// Removes every member of `room` and evicts them.
     fn close_room(&self, room: &RoomId) -> Vec<PeerId>;
     /// Removes `peer` (the room is told) and evicts it; its leave, and its client's address.

@@ -7,7 +7,8 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use super::protocol::{PeerId, PeerInfo, RoomId};
 use crate::limiter::TokenBucket;
@@ -75,15 +76,75 @@ pub struct Left {
     pub others: Vec<PeerId>,
     /// Whether the room was removed because it became empty.
     pub closed: bool,
+    /// How long the peer stayed and what it sent.
+    pub stay: Stay,
+    /// The room's, since its first member joined (the leaver's messages counted): its
+    /// totals when it `closed`.
+    pub room_stay: Stay,
 }
 
-#[derive(Debug, Default)]
+/// Since when a member was in a room, or a room existed, and the messages sent meanwhile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stay {
+    pub since: Instant,
+    pub messages: u64,
+}
+
+/// What a room has done so far (`Rooms::activity`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomActivity {
+    pub room: RoomId,
+    /// Since its first member joined.
+    pub age: Duration,
+    /// Messages its members sent (those who left too), each counted once however many
+    /// members it reached.
+    pub messages: u64,
+    /// Its members, in order of arrival.
+    pub members: Vec<MemberActivity>,
+}
+
+/// What a member has done since it joined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberActivity {
+    pub peer: PeerId,
+    /// Since it joined.
+    pub age: Duration,
+    /// Messages it sent that were routed.
+    pub messages: u64,
+}
+
+#[derive(Debug)]
 struct Room {
     members: Vec<PeerInfo>,
+    /// When its first member joined.
+    started: Instant,
+    /// Messages sent by members who left.
+    messages_gone: u64,
     /// The message budget a join token gave it (the latest join that carried one).
     claimed: Option<u32>,
     /// Its messages' bucket, with the rate it was made for; made at the first message.
     bucket: Mutex<Option<(u32, TokenBucket)>>,
+}
+
+impl Room {
+    fn new(started: Instant) -> Room {
+        Room {
+            members: Vec::new(),
+            started,
+            messages_gone: 0,
+            claimed: None,
+            bucket: Mutex::new(None),
+        }
+    }
+}
+
+/// A joined peer's place: its room, since when, and how many messages it sent.
+#[derive(Debug)]
+struct Seat {
+    room: RoomId,
+    joined: Instant,
+    /// Counted under the registry's read lock, as messages are routed.
+    sent: AtomicU64,
 }
 
 /// All rooms and their members.
@@ -92,9 +153,9 @@ pub struct Rooms {
     capacity: usize,
     max_rooms: usize,
     rooms: HashMap<RoomId, Room>,
-    /// The room of each joined peer; a peer is in at most one room.
+    /// The seat of each joined peer; a peer is in at most one room.
     /// foldhash: peer ids are server-made random ids (room names, chosen by clients, keep SipHash).
-    membership: HashMap<PeerId, RoomId, foldhash::fast::RandomState>,
+    membership: HashMap<PeerId, Seat, foldhash::fast::RandomState>,
     /// Each named member by room and name, when names are unique in a room (`with_unique_names`).
     names: Option<HashMap<RoomId, HashMap<String, PeerId>>>,
     /// Whether members are told of each other's joins and leaves (not in a `directory`).
@@ -147,11 +208,11 @@ impl Rooms {
     /// # Errors
     /// The peer is already in a room, the room is full, or no more rooms may be created.
     pub fn handle_join(&mut self, peer: PeerInfo, room_id: &RoomId) -> Result<Joined, JoinError> {
-        self.handle_join_within(peer, room_id, Terms::default())
+        self.handle_join_within(peer, room_id, Terms::default(), Instant::now())
     }
 
-    /// `handle_join` on a join token's `terms`: its capacity in place of the rooms' for this
-    /// join, and its message budget for the room from now on.
+    /// `handle_join` at `now`, on a join token's `terms`: its capacity in place of the
+    /// rooms' for this join, and its message budget for the room from now on.
     ///
     /// # Errors
     /// As `handle_join`.
@@ -160,6 +221,7 @@ impl Rooms {
         peer: PeerInfo,
         room_id: &RoomId,
         terms: Terms,
+        now: Instant,
     ) -> Result<Joined, JoinError> {
         let capacity = terms.capacity;
         if self.membership.contains_key(&peer.id) {
@@ -174,7 +236,10 @@ impl Rooms {
         if created && self.rooms.len() >= self.max_rooms {
             return Err(JoinError::TooManyRooms);
         }
-        let room = self.rooms.entry(room_id.clone()).or_default();
+        let room = self
+            .rooms
+            .entry(room_id.clone())
+            .or_insert_with(|| Room::new(now));
         if room.members.len() >= capacity.unwrap_or(self.capacity) {
             return Err(JoinError::RoomFull);
         }
@@ -183,7 +248,14 @@ impl Rooms {
         } else {
             Vec::new()
         };
-        self.membership.insert(peer.id.clone(), room_id.clone());
+        self.membership.insert(
+            peer.id.clone(),
+            Seat {
+                room: room_id.clone(),
+                joined: now,
+                sent: AtomicU64::new(0),
+            },
+        );
         if let (Some(names), Some(name)) = (&mut self.names, &peer.name) {
             let room = names.entry(room_id.clone()).or_default();
             room.insert(name.clone(), peer.id.clone());
@@ -198,13 +270,43 @@ impl Rooms {
         Ok(Joined { others, created })
     }
 
+    /// What `peer`'s leave would say of its stay and its room's: `None` when it is in no
+    /// room.
+    pub fn stays(&self, peer: &PeerId) -> Option<(Stay, Stay)> {
+        let seat = self.membership.get(peer)?;
+        let room = self.rooms.get(&seat.room)?;
+        let messages = room.members.iter().fold(room.messages_gone, |n, m| {
+            let sent = self
+                .membership
+                .get(&m.id)
+                .map_or(0, |s| s.sent.load(Ordering::Relaxed));
+            n.saturating_add(sent)
+        });
+        Some((
+            Stay {
+                since: seat.joined,
+                messages: seat.sent.load(Ordering::Relaxed),
+            },
+            Stay {
+                since: room.started,
+                messages,
+            },
+        ))
+    }
+
     /// Removes `peer` from its room; `None` when it was in none.
     pub fn handle_leave(&mut self, peer: &PeerId) -> Option<Left> {
-        let room_id = self.membership.remove(peer)?;
+        let (stay, room_stay) = self.stays(peer)?;
+        let Seat {
+            room: room_id,
+            sent,
+            ..
+        } = self.membership.remove(peer)?;
         let room = self
             .rooms
             .get_mut(&room_id)
             .expect("membership points at a live room");
+        room.messages_gone = room.messages_gone.saturating_add(sent.into_inner());
         let position = room.members.iter().position(|m| &m.id == peer);
         let gone = position.map(|i| room.members.remove(i));
         if let (
@@ -236,6 +338,8 @@ impl Rooms {
             room: room_id,
             others,
             closed,
+            stay,
+            room_stay,
         })
     }
 
@@ -244,23 +348,30 @@ impl Rooms {
     /// # Errors
     /// `from` is in no room, or `to` is not in `from`'s room.
     pub fn route(&self, from: &PeerId, to: &PeerId) -> Result<(), RouteError> {
-        let room = self.membership.get(from).ok_or(RouteError::NotJoined)?;
-        match self.membership.get(to) {
+        let room = self.room_of(from).ok_or(RouteError::NotJoined)?;
+        match self.room_of(to) {
             Some(r) if r == room && from != to => Ok(()),
             _ => Err(RouteError::UnknownPeer),
         }
     }
 
-    /// Charges one message of `from` to its room's budget at `now`.
+    /// Counts one routed message of `from`, first charging it to its room's budget (the
+    /// clock, `now`, is read only when a budget applies).
     ///
     /// # Errors
-    /// `RoomBusy`: the room has sent its budget's worth; `NotJoined` when `from` is in no
-    /// room and a budget applies (else routing says so).
-    pub fn charge(&self, from: &PeerId, now: Instant) -> Result<(), RouteError> {
-        if !self.budgeted() {
-            return Ok(());
+    /// `RoomBusy`: the room has sent its budget's worth (the message is not counted);
+    /// `NotJoined`: `from` is in no room.
+    pub fn sent(&self, from: &PeerId, now: impl FnOnce() -> Instant) -> Result<(), RouteError> {
+        let seat = self.membership.get(from).ok_or(RouteError::NotJoined)?;
+        if self.budgeted() {
+            self.charge(&seat.room, now())?;
         }
-        let room_id = self.membership.get(from).ok_or(RouteError::NotJoined)?;
+        seat.sent.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Charges one message to `room_id`'s budget at `now`.
+    fn charge(&self, room_id: &RoomId, now: Instant) -> Result<(), RouteError> {
         let Some(room) = self.rooms.get(room_id) else {
             return Ok(());
         };
@@ -283,8 +394,7 @@ impl Rooms {
         }
     }
 
-    /// Whether any room has a message budget: when not, a caller need not read the clock
-    /// for `charge`.
+    /// Whether any room has a message budget (else `sent` reads no clock).
     pub fn budgeted(&self) -> bool {
         self.messages_per_s != 0 || self.claimed_rooms != 0
     }
@@ -299,7 +409,7 @@ impl Rooms {
     /// # Errors
     /// `from` is in no room, or nobody of that name is in it (or names are not unique here).
     pub fn resolve(&self, from: &PeerId, name: &str) -> Result<&PeerId, RouteError> {
-        let room = self.membership.get(from).ok_or(RouteError::NotJoined)?;
+        let room = self.room_of(from).ok_or(RouteError::NotJoined)?;
         self.names
             .as_ref()
             .and_then(|names| names.get(room)?.get(name))
@@ -311,7 +421,7 @@ impl Rooms {
     /// # Errors
     /// `from` is in no room.
     pub fn others(&self, from: &PeerId) -> Result<impl Iterator<Item = &PeerId>, RouteError> {
-        let room = self.membership.get(from).ok_or(RouteError::NotJoined)?;
+        let room = self.room_of(from).ok_or(RouteError::NotJoined)?;
         Ok(self
             .members(room)
             .iter()
@@ -321,7 +431,7 @@ impl Rooms {
 
     /// The room `peer` is in.
     pub fn room_of(&self, peer: &PeerId) -> Option<&RoomId> {
-        self.membership.get(peer)
+        self.membership.get(peer).map(|seat| &seat.room)
     }
 
     /// The members of a room, in order of arrival.
@@ -343,6 +453,38 @@ impl Rooms {
             .map(|(id, r)| (id.clone(), r.members.clone()))
             .collect();
         rooms.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        rooms
+    }
+
+    /// What every room and member has done up to `now`, rooms sorted by name.
+    pub fn activity(&self, now: Instant) -> Vec<RoomActivity> {
+        let mut rooms: Vec<RoomActivity> = self
+            .rooms
+            .iter()
+            .map(|(id, room)| {
+                let members: Vec<MemberActivity> = room
+                    .members
+                    .iter()
+                    .filter_map(|m| {
+                        let seat = self.membership.get(&m.id)?;
+                        Some(MemberActivity {
+                            peer: m.id.clone(),
+                            age: now.saturating_duration_since(seat.joined),
+                            messages: seat.sent.load(Ordering::Relaxed),
+                        })
+                    })
+                    .collect();
+                RoomActivity {
+                    room: id.clone(),
+                    age: now.saturating_duration_since(room.started),
+                    messages: members
+                        .iter()
+                        .fold(room.messages_gone, |n, m| n.saturating_add(m.messages)),
+                    members,
+                }
+            })
+            .collect();
+        rooms.sort_by(|a, b| a.room.as_str().cmp(b.room.as_str()));
         rooms
     }
 
@@ -520,7 +662,7 @@ mod tests {
 
     /// How many of `n` messages from `from` at `now` the room's budget lets through.
     fn passed(rooms: &Rooms, from: &PeerId, n: usize, now: Instant) -> usize {
-        (0..n).filter(|_| rooms.charge(from, now).is_ok()).count()
+        (0..n).filter(|_| rooms.sent(from, || now).is_ok()).count()
     }
 
     #[test]
@@ -535,7 +677,7 @@ mod tests {
         // Two seconds' worth at once, for the room, whoever sends.
         assert_eq!(passed(&rooms, &a.id, 15, t0), 15);
         assert_eq!(passed(&rooms, &b.id, 15, t0), 5);
-        assert_eq!(rooms.charge(&a.id, t0), Err(RouteError::RoomBusy));
+        assert_eq!(rooms.sent(&a.id, || t0), Err(RouteError::RoomBusy));
         // Another room has a budget of its own.
         assert_eq!(passed(&rooms, &c.id, 20, t0), 20);
         // Then the rate.
@@ -543,9 +685,59 @@ mod tests {
         assert_eq!(passed(&rooms, &a.id, 100, later), 5);
         // Not joined: refused (routing would say so too).
         assert_eq!(
-            rooms.charge(&PeerId::random(), t0),
+            rooms.sent(&PeerId::random(), || t0),
             Err(RouteError::NotJoined)
         );
+        // What passed is counted, what the budget refused is not.
+        let busy = &rooms.activity(later)[0];
+        assert_eq!((busy.room.as_str(), busy.messages), ("busy", 25));
+    }
+
+    #[test]
+    fn activity_counts_each_members_messages_and_keeps_those_of_members_who_left() {
+        let t0 = Instant::now();
+        let s = |n: u64| t0 + Duration::from_secs(n);
+        let mut rooms = Rooms::new(4, 10);
+        let (a, b, c) = (peer("a"), peer("b"), peer("c"));
+        let join = |rooms: &mut Rooms, p: &PeerInfo, r: &str, at: Instant| {
+            rooms
+                .handle_join_within(p.clone(), &room(r), Terms::default(), at)
+                .unwrap();
+        };
+        join(&mut rooms, &a, "r", s(0));
+        join(&mut rooms, &b, "r", s(10));
+        join(&mut rooms, &c, "other", s(20));
+        let never = || -> Instant { unreachable!("no budget, no clock") };
+        for _ in 0..3 {
+            rooms.sent(&a.id, never).unwrap();
+        }
+        rooms.sent(&b.id, never).unwrap();
+        let r = &rooms.activity(s(30))[1];
+        assert_eq!((r.room.as_str(), r.age, r.messages), ("r", s(30) - s(0), 4));
+        let members: Vec<(PeerId, Duration, u64)> = r
+            .members
+            .iter()
+            .map(|m| (m.peer.clone(), m.age, m.messages))
+            .collect();
+        assert_eq!(
+            members,
+            vec![
+                (a.id.clone(), Duration::from_secs(30), 3),
+                (b.id.clone(), Duration::from_secs(20), 1)
+            ]
+        );
+        // A leaves: its messages stay the room's, its seat goes.
+        rooms.handle_leave(&a.id);
+        let r = &rooms.activity(s(40))[1];
+        assert_eq!((r.messages, r.members.len()), (4, 1));
+        // A's return is a new seat, counted from zero; a closed room starts over.
+        join(&mut rooms, &a, "r", s(50));
+        assert_eq!(rooms.activity(s(50))[1].members[1].messages, 0);
+        rooms.handle_leave(&a.id);
+        rooms.handle_leave(&b.id);
+        join(&mut rooms, &a, "r", s(60));
+        let r = &rooms.activity(s(61))[1];
+        assert_eq!((r.age, r.messages), (Duration::from_secs(1), 0));
     }
 
     #[test]
@@ -561,7 +753,7 @@ mod tests {
             messages_per_s: Some(3),
         };
         rooms
-            .handle_join_within(b.clone(), &room("r"), terms)
+            .handle_join_within(b.clone(), &room("r"), terms, t0)
             .unwrap();
         assert_eq!(
             passed(&rooms, &a.id, 10, t0),

@@ -292,6 +292,10 @@ impl Dialect for SioRooms {
             .collect()
     }
 
+    fn activity(&self) -> Vec<super::room::RoomActivity> {
+        self.registry.activity()
+    }
+
     fn counts(&self) -> Counts {
         let (rooms, peers) = self.registry.counts();
         self.stats.counts(Some(rooms), peers)

@@ -39,6 +39,7 @@ use super::fence::Fence;
 use super::policy::{Cidr, PeerPolicy, Reach};
 use super::stats::{AuthFailure, PermissionLimit, ProtocolRule, Quota, Revocation};
 pub use super::stats::{CloseReason, Stats, Transport};
+use super::usage::{Account, Flow, Ledger, Usage};
 use super::wire;
 use crate::config::Secret;
 use crate::limiter::SourceRates;
@@ -172,6 +173,8 @@ pub struct Allocation<R> {
     /// The room it is fenced to (`turn.fence`), as a key of this process: relay to relay,
     /// data passes only between allocations of the same room, or both unfenced.
     pub fence: Option<u64>,
+    /// When it was granted, for its usage's allocation time.
+    pub created: Instant,
 }
 
 /// Whether data may not pass between allocations fenced as `a` and `b`: one is fenced, and
@@ -205,6 +208,22 @@ impl<R> Allocation<R> {
             replies: Mutex::new(VecDeque::new()),
             closed: CancellationToken::new(),
             fence: None,
+            created: now,
+        }
+    }
+
+    /// What it relayed each way, and how long it has been held at `now`.
+    pub fn usage(&self, now: Instant) -> Usage {
+        let state = self.state.locked();
+        let flow = |m: &super::budget::Meter| Flow {
+            bytes: m.bytes,
+            packets: m.packets,
+        };
+        Usage {
+            allocations: 1,
+            to_peer: flow(&state.budget.to_peer),
+            to_client: flow(&state.budget.to_client),
+            held: now.saturating_duration_since(self.created),
         }
     }
 
@@ -474,7 +493,17 @@ pub struct Core<B: RelayBinder> {
     fence: RwLock<Fence>,
     /// Keys rooms into `Allocation::fence`.
     fence_keys: std::collections::hash_map::RandomState,
+    /// What closed allocations used, by account (`usage`).
+    ledger: Mutex<Ledger>,
+    /// Told of every allocation that closes (the webhooks), once set.
+    closing: std::sync::OnceLock<Arc<dyn Closing>>,
     pub stats: Stats,
+}
+
+/// Hears of each allocation that closes, with what it used. Called on the path that closed
+/// it (a request, the sweep, a revocation), so it must not wait.
+pub trait Closing: Send + Sync {
+    fn closed(&self, owner: &Owner, transport: Transport, reason: CloseReason, usage: &Usage);
 }
 
 /// A request that passed authentication.
@@ -487,6 +516,12 @@ struct Authed {
 }
 
 impl<B: RelayBinder> Core<B> {
+    /// Tells `closing` of every allocation that closes from now on (once: later calls are
+    /// ignored).
+    pub fn on_close(&self, closing: Arc<dyn Closing>) {
+        let _ = self.closing.set(closing);
+    }
+
     /// Refuses new allocations from now on (508); the live ones run until they end.
     pub fn drain(&self) {
         self.draining
@@ -518,6 +553,8 @@ impl<B: RelayBinder> Core<B> {
             membership,
             fence: RwLock::default(),
             fence_keys: std::collections::hash_map::RandomState::new(),
+            ledger: Mutex::default(),
+            closing: std::sync::OnceLock::new(),
             index: Index::new(),
             table: RwLock::new(Table {
                 by_tuple: HashMap::new(),
@@ -998,6 +1035,7 @@ impl<B: RelayBinder> Core<B> {
             replies: Mutex::new(VecDeque::new()),
             closed: CancellationToken::new(),
             fence,
+            created: now,
         });
         allocation.remember(msg.transaction_id.0, &reply);
         {
@@ -1344,7 +1382,23 @@ impl<B: RelayBinder> Core<B> {
         let removed = self.table.writing().remove(&self.index, tuple);
         if let Some(a) = &removed {
             self.stats.allocations_closed.inc(reason);
-            info!(client = %a.tuple.client, relayed = %a.relayed, reason = reason.as_str(), "allocation closed");
+            let now = Instant::now();
+            let usage = a.usage(now);
+            if let Some(account) = Account::of(&a.owner) {
+                self.ledger.locked().record(account, &usage, now);
+            }
+            if let Some(closing) = self.closing.get() {
+                closing.closed(&a.owner, a.tuple.transport, reason, &usage);
+            }
+            info!(
+                client = %a.tuple.client,
+                relayed = %a.relayed,
+                reason = reason.as_str(),
+                to_peer_bytes = usage.to_peer.bytes,
+                to_client_bytes = usage.to_client.bytes,
+                held_s = usage.held.as_secs(),
+                "allocation closed"
+            );
         }
         removed.is_some()
     }
@@ -1386,16 +1440,20 @@ impl<B: RelayBinder> Core<B> {
         tuples.iter().filter(|t| self.close(t, reason)).count()
     }
 
-    /// Allocations and relayed bytes of each peer credential's owner, for the admin API.
-    pub fn usage_by_peer(&self) -> HashMap<(Scope, PeerId), (usize, u64)> {
-        let table = self.table.reading();
-        let mut usage: HashMap<(Scope, PeerId), (usize, u64)> = HashMap::new();
-        for a in table.by_tuple.values() {
-            if let Some((scope, peer)) = a.owner.peer() {
-                let u = usage.entry((scope.clone(), peer.clone())).or_default();
-                let state = a.state.locked();
-                u.0 += 1;
-                u.1 += state.budget.to_peer.bytes + state.budget.to_client.bytes;
+    /// What each account's allocations used, the live ones up to `now` and those closed
+    /// within `Ledger::KEEP` (or since, while the account holds a live one).
+    pub fn usage(&self, now: Instant) -> HashMap<Account, Usage> {
+        let live: Vec<Arc<Allocation<B::Relay>>> =
+            self.table.reading().by_tuple.values().cloned().collect();
+        let mut usage: HashMap<Account, Usage> = self
+            .ledger
+            .locked()
+            .iter()
+            .map(|(a, u)| (a.clone(), *u))
+            .collect();
+        for a in live {
+            if let Some(account) = Account::of(&a.owner) {
+                usage.entry(account).or_default().add(&a.usage(now));
             }
         }
         usage
@@ -1422,10 +1480,23 @@ impl<B: RelayBinder> Core<B> {
             share_budgets(&config, table.by_tuple.values(), now);
             expired
         };
-        expired
+        let closed = expired
             .iter()
             .filter(|t| self.close(t, CloseReason::Expired))
-            .count()
+            .count();
+        if self.ledger.locked().due(now) {
+            let live: std::collections::HashSet<Account> = self
+                .table
+                .reading()
+                .by_tuple
+                .values()
+                .filter_map(|a| Account::of(&a.owner))
+                .collect();
+            self.ledger
+                .locked()
+                .prune(now, |account| live.contains(account));
+        }
+        closed
     }
 
     /// Removes every allocation, for shutdown.

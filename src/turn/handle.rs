@@ -22,6 +22,7 @@ use super::core::{CloseReason, Core, CoreConfig, FiveTuple, Membership, Transpor
 use super::ice::TurnOffer;
 use super::policy::{Cidr, PeerPolicy};
 use super::server::{Admitted, Stream, StreamLimits, TurnServer, UdpRelayBinder};
+use super::usage::{Account, Usage};
 use crate::config::{Config, Secret};
 use crate::model::{IceServer, PeerId, RoomId, Scope};
 use crate::net;
@@ -30,13 +31,6 @@ use crate::tls::TlsMaterial;
 
 /// How long a TURN nonce stays valid.
 const NONCE_LIFETIME_S: u64 = 600;
-
-/// Allocations and relayed bytes of one peer credential's owner.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Usage {
-    pub allocations: usize,
-    pub relayed_bytes: u64,
-}
 
 /// The running TURN server and what peers are told about it.
 pub struct Turn {
@@ -135,22 +129,15 @@ impl Turn {
             .close_peer(scope, peer, CloseReason::Revoked)
     }
 
-    /// Usage of each peer credential's owner, for the admin API.
-    pub fn usage_by_peer(&self) -> HashMap<(Scope, PeerId), Usage> {
-        self.server
-            .core
-            .usage_by_peer()
-            .into_iter()
-            .map(|(k, (allocations, relayed_bytes))| {
-                (
-                    k,
-                    Usage {
-                        allocations,
-                        relayed_bytes,
-                    },
-                )
-            })
-            .collect()
+    /// Tells `closing` of every allocation that closes, with its usage (the webhooks).
+    pub fn on_close(&self, closing: Arc<dyn super::core::Closing>) {
+        self.server.core.on_close(closing);
+    }
+
+    /// What each account's allocations used, live and recently closed ones, for the admin
+    /// API.
+    pub fn usage(&self) -> HashMap<Account, Usage> {
+        self.server.core.usage(std::time::Instant::now())
     }
 
     /// The TURN metric families.

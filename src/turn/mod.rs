@@ -10,6 +10,7 @@
 //! - `route`: where a data packet goes and how it is framed, decided without sockets.
 //! - `server`: listeners, relay sockets, tasks that carry out `route`'s decisions (the only I/O).
 //! - `stream`: a TCP/TLS client's framed reads and its bounded, never-waiting outbound queue.
+//! - `usage`: what allocations used (bytes and packets each way, time held), by account.
 //! - `handle`: `Turn`, the narrow handle the rest of the crate holds (mint, revoke, usage, reload).
 //! - `ice`: the `ice_servers` entries and credentials handed to a peer.
 
@@ -26,6 +27,7 @@ pub mod route;
 pub mod server;
 pub mod stats;
 pub mod stream;
+pub mod usage;
 pub mod wire;
 
 pub use core::Membership;

@@ -363,6 +363,23 @@ impl TestServer {
         }
     }
 
+    /// Polls the metric until it reads `want` (what the server does after answering a
+    /// client may still be under way); fails at the deadline with the last reading.
+    pub async fn wait_metric(&self, name: &str, labels: &[(&str, &str)], want: f64) {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let got = self.metric(name, labels).await;
+            if got == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}{labels:?} stayed at {got}, expected {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// A request to the admin listener (plain HTTP), with the admin token when `authorized`.
     pub async fn admin(&self, method: &str, path: &str, authorized: bool) -> (u16, Value) {
         let addr = self.listener("admin");

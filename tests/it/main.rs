@@ -24,4 +24,6 @@ mod tidy;
 mod tokens;
 mod turn;
 mod turn_abuse;
+mod usage;
+mod webhooks;
 mod webrtc_call;
