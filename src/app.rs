@@ -159,7 +159,7 @@ pub async fn run(
         None
     };
     if let (Some(turn), Some(webhooks)) = (&turn, &webhooks) {
-        turn.on_close(Arc::clone(webhooks) as Arc<dyn crate::turn::core::Closing>);
+        turn.on_close(Arc::clone(webhooks) as Arc<dyn crate::turn::Closing>);
     }
     let tls = Arc::new(tls);
     if config.acme.enabled {

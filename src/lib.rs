@@ -36,6 +36,8 @@
 //!   the room registry, the message gate and the socket task.
 //! - `turn`: the STUN/TURN server behind one handle (`turn::Turn`): credentials, policy, allocation
 //!   state, the sans-IO core and routing, I/O.
+//! - `webhooks`: signed HTTP POSTs to the application (rooms and peers coming and going,
+//!   allocations closing with their usage), queued and retried per endpoint.
 
 pub mod acme;
 pub mod admin;

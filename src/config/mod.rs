@@ -78,7 +78,7 @@ pub use server::ServerConfig;
 pub use signaling::SignalingConfig;
 pub use tokens::{RequireMode, TokenKeyConfig, TokensConfig};
 pub use turn::{FenceMode, StaticUser, TurnConfig};
-pub use webhooks::{EVENTS as WEBHOOK_EVENTS, WebhooksConfig};
+pub use webhooks::{EVENTS as WEBHOOK_EVENTS, WebhooksConfig, signing_key_bytes};
 
 /// The whole configuration, as read from `config.toml`.
 ///

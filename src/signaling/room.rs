@@ -203,19 +203,12 @@ impl Rooms {
         self
     }
 
-    /// Adds `peer` to `room_id`, creating the room when it does not exist.
+    /// Adds `peer` to `room_id` at `now`, creating the room when it does not exist, on a
+    /// join token's `terms`: its capacity in place of the rooms' for this join, and its
+    /// message budget for the room from now on.
     ///
     /// # Errors
     /// The peer is already in a room, the room is full, or no more rooms may be created.
-    pub fn handle_join(&mut self, peer: PeerInfo, room_id: &RoomId) -> Result<Joined, JoinError> {
-        self.handle_join_within(peer, room_id, Terms::default(), Instant::now())
-    }
-
-    /// `handle_join` at `now`, on a join token's `terms`: its capacity in place of the
-    /// rooms' for this join, and its message budget for the room from now on.
-    ///
-    /// # Errors
-    /// As `handle_join`.
     pub fn handle_join_within(
         &mut self,
         peer: PeerInfo,
@@ -500,6 +493,13 @@ impl Rooms {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Rooms {
+        /// A join now, on no token's terms.
+        fn handle_join(&mut self, peer: PeerInfo, room_id: &RoomId) -> Result<Joined, JoinError> {
+            self.handle_join_within(peer, room_id, Terms::default(), Instant::now())
+        }
+    }
 
     fn peer(n: &str) -> PeerInfo {
         PeerInfo {

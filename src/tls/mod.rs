@@ -507,6 +507,29 @@ pub fn probe_client_config(alpn: &[u8]) -> Arc<rustls::ClientConfig> {
     Arc::new(config)
 }
 
+/// A client configuration that verifies servers with the platform's roots (the webhooks'
+/// HTTPS client). Without a usable trust store it trusts nothing, so every HTTPS endpoint
+/// fails (and says why) while plain HTTP ones still work.
+pub fn client_config() -> rustls::ClientConfig {
+    use hyper_rustls::ConfigBuilderExt as _;
+    let builder = || {
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default versions")
+    };
+    match builder().try_with_platform_verifier() {
+        Ok(with_roots) => with_roots.with_no_client_auth(),
+        Err(e) => {
+            tracing::warn!(error = %e, "no system trust store: HTTPS clients (webhooks) will fail");
+            builder()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth()
+        }
+    }
+}
+
 /// The names a generated certificate covers: loopback, the host name, and `extra`.
 pub fn self_signed_names(extra: &[String]) -> Vec<String> {
     let mut names = vec![

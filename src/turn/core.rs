@@ -1121,7 +1121,7 @@ impl<B: RelayBinder> Core<B> {
         );
         if granted.is_zero() {
             a.remember(msg.transaction_id.0, &reply);
-            self.close(&tuple, CloseReason::Refresh);
+            self.close(&tuple, CloseReason::Refresh, now);
         } else {
             a.state.locked().refresh(now, granted);
         }
@@ -1377,12 +1377,11 @@ impl<B: RelayBinder> Core<B> {
         self.index.by_relayed(addr)
     }
 
-    /// Removes the allocation of `tuple`.
-    pub fn close(&self, tuple: &FiveTuple, reason: CloseReason) -> bool {
+    /// Removes the allocation of `tuple` at `now`.
+    pub fn close(&self, tuple: &FiveTuple, reason: CloseReason, now: Instant) -> bool {
         let removed = self.table.writing().remove(&self.index, tuple);
         if let Some(a) = &removed {
             self.stats.allocations_closed.inc(reason);
-            let now = Instant::now();
             let usage = a.usage(now);
             if let Some(account) = Account::of(&a.owner) {
                 self.ledger.locked().record(account, &usage, now);
@@ -1405,14 +1404,20 @@ impl<B: RelayBinder> Core<B> {
 
     /// Removes every allocation owned by `peer` in exactly `scope` (its dialect and room), and
     /// forgets what the fence knew it by.
-    pub fn close_peer(&self, scope: &Scope, peer: &PeerId, reason: CloseReason) -> usize {
+    pub fn close_peer(
+        &self,
+        scope: &Scope,
+        peer: &PeerId,
+        reason: CloseReason,
+        now: Instant,
+    ) -> usize {
         self.forget(scope, peer);
         let tuples: Vec<FiveTuple> = {
             let table = self.table.reading();
             let key = (scope.clone(), peer.clone());
             table.by_peer.get(&key).cloned().unwrap_or_default()
         };
-        tuples.iter().filter(|t| self.close(t, reason)).count()
+        tuples.iter().filter(|t| self.close(t, reason, now)).count()
     }
 
     /// Whether `peer`'s credentials in `scope` hold any allocation.
@@ -1424,7 +1429,7 @@ impl<B: RelayBinder> Core<B> {
     /// Removes every allocation scoped to `room` (peer and room credentials). The admin API
     /// closes a room by name without a dialect, so this takes the native and the socket.io
     /// room of that name alike (as the admin API runs `Dialect::close_room` in every dialect).
-    pub fn close_room(&self, room: &RoomId, reason: CloseReason) -> usize {
+    pub fn close_room(&self, room: &RoomId, reason: CloseReason, now: Instant) -> usize {
         if self.config.load().fence {
             self.fence.writing().forget_room(room);
         }
@@ -1437,7 +1442,7 @@ impl<B: RelayBinder> Core<B> {
                 .map(|a| a.tuple)
                 .collect()
         };
-        tuples.iter().filter(|t| self.close(t, reason)).count()
+        tuples.iter().filter(|t| self.close(t, reason, now)).count()
     }
 
     /// What each account's allocations used, the live ones up to `now` and those closed
@@ -1482,7 +1487,7 @@ impl<B: RelayBinder> Core<B> {
         };
         let closed = expired
             .iter()
-            .filter(|t| self.close(t, CloseReason::Expired))
+            .filter(|t| self.close(t, CloseReason::Expired, now))
             .count();
         if self.ledger.locked().due(now) {
             let live: std::collections::HashSet<Account> = self
@@ -1500,10 +1505,10 @@ impl<B: RelayBinder> Core<B> {
     }
 
     /// Removes every allocation, for shutdown.
-    pub fn close_all(&self) {
+    pub fn close_all(&self, now: Instant) {
         let tuples: Vec<FiveTuple> = self.table.reading().by_tuple.keys().copied().collect();
         for t in tuples {
-            self.close(&t, CloseReason::Shutdown);
+            self.close(&t, CloseReason::Shutdown, now);
         }
     }
 

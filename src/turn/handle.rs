@@ -119,18 +119,20 @@ impl Turn {
     /// Closes every allocation scoped to a room of that name (any dialect, and room
     /// credentials) now; returns how many.
     pub fn revoke_room(&self, room: &RoomId) -> usize {
-        self.server.core.close_room(room, CloseReason::Revoked)
+        self.server
+            .core
+            .close_room(room, CloseReason::Revoked, std::time::Instant::now())
     }
 
     /// Closes `peer`'s allocations in `scope` now; returns how many.
     pub fn revoke_peer(&self, scope: &Scope, peer: &PeerId) -> usize {
         self.server
             .core
-            .close_peer(scope, peer, CloseReason::Revoked)
+            .close_peer(scope, peer, CloseReason::Revoked, std::time::Instant::now())
     }
 
     /// Tells `closing` of every allocation that closes, with its usage (the webhooks).
-    pub fn on_close(&self, closing: Arc<dyn super::core::Closing>) {
+    pub fn on_close(&self, closing: Arc<dyn super::Closing>) {
         self.server.core.on_close(closing);
     }
 

@@ -30,5 +30,5 @@ pub mod stream;
 pub mod usage;
 pub mod wire;
 
-pub use core::Membership;
+pub use core::{CloseReason, Closing, Membership, Transport};
 pub use handle::Turn;

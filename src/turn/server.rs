@@ -218,7 +218,7 @@ impl TurnServer {
         loop {
             tokio::select! {
                 () = self.shutdown.cancelled() => {
-                    self.core.close_all();
+                    self.core.close_all(Instant::now());
                     return;
                 }
                 _ = tick.tick() => {
@@ -248,7 +248,9 @@ impl TurnServer {
                 () = server.shutdown.cancelled() => {}
                 () = tokio::time::sleep(server.grace) => {
                     if !still_member() {
-                        server.core.close_peer(&scope, &peer, CloseReason::PeerLeft);
+                        server
+                            .core
+                            .close_peer(&scope, &peer, CloseReason::PeerLeft, Instant::now());
                     }
                 }
             }
@@ -605,7 +607,8 @@ impl TurnServer {
             ClientSink::Stream(outbox) if allocation_ended => outbox.finish(),
             _ => closed.cancel(),
         }
-        self.core.close(&tuple, CloseReason::TransportClosed);
+        self.core
+            .close(&tuple, CloseReason::TransportClosed, Instant::now());
         drop(frames);
         let _ = slot_tx.send(admitted);
     }

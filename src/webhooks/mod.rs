@@ -13,7 +13,7 @@
 //! one attempt, until the queue has stayed empty for half a second.
 //!
 //! The events come from `signaling::observed` (rooms and peers, through every dialect's
-//! registry) and the TURN core (`turn::core::Closing`).
+//! registry) and the TURN server (its `Closing` observer).
 
 pub mod event;
 mod sign;
@@ -41,8 +41,8 @@ use crate::model::{PeerId, PeerInfo, RoomId};
 use crate::signaling::observed::Observer;
 use crate::signaling::room::Left;
 use crate::turn::auth::Owner;
-use crate::turn::core::{CloseReason, Closing, Transport};
 use crate::turn::usage::Usage;
+use crate::turn::{CloseReason, Closing, Transport};
 
 crate::labels! {
     /// Why an event was given up.
@@ -292,24 +292,9 @@ fn new_id() -> String {
 }
 
 fn http_client() -> HttpClient {
-    let provider = rustls::crypto::ring::default_provider();
-    let builder = hyper_rustls::HttpsConnectorBuilder::new();
-    let builder = match builder.with_provider_and_platform_verifier(provider) {
-        Ok(builder) => builder,
-        Err(e) => {
-            warn!(error = %e, "no system certificates: https:// webhook endpoints will fail");
-            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(
-                rustls::ClientConfig::builder_with_provider(Arc::new(
-                    rustls::crypto::ring::default_provider(),
-                ))
-                .with_safe_default_protocol_versions()
-                .expect("ring supports the default versions")
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth(),
-            )
-        }
-    };
-    Client::builder(TokioExecutor::new()).build(builder.https_or_http().enable_http1().build())
+    let tls =
+        hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(crate::tls::client_config());
+    Client::builder(TokioExecutor::new()).build(tls.https_or_http().enable_http1().build())
 }
 
 /// How an attempt went.

@@ -21,11 +21,7 @@ impl SigningKey {
     /// The key of a configured secret: `whsec_` and base64 (the Standard Webhooks form, the
     /// decoded bytes are the key), or any other string of 16 characters or more (its bytes).
     pub fn parse(secret: &str) -> Option<SigningKey> {
-        let bytes = match secret.strip_prefix("whsec_") {
-            Some(encoded) => B64.decode(encoded).ok().filter(|b| b.len() >= 16)?,
-            None if secret.len() >= 16 => secret.as_bytes().to_vec(),
-            None => return None,
-        };
+        let bytes = crate::config::signing_key_bytes(secret)?;
         Some(SigningKey(ring::hmac::Key::new(
             ring::hmac::HMAC_SHA256,
             &bytes,

@@ -503,7 +503,8 @@ fn peer_credentials_need_a_live_membership_for_new_allocations_only() {
         f.core.close_peer(
             &Scope::native(room.clone()),
             &peer_id,
-            CloseReason::PeerLeft
+            CloseReason::PeerLeft,
+            Instant::now()
         ),
         1
     );
@@ -734,7 +735,7 @@ fn a_permission_to_one_relay_reaches_every_live_relay_of_its_ip() {
     }
     let b_relayed = f.core.get(&tb).unwrap().relayed.to_string();
     let c_relayed = f.core.get(&tc).unwrap().relayed.to_string();
-    f.core.close(&tb, CloseReason::Refresh);
+    f.core.close(&tb, CloseReason::Refresh, Instant::now());
     // Permission for the released relay only (as Firefox asks): success.
     assert_eq!(f.permit(ta, &cred, &[&b_relayed]), None);
     assert_eq!(f.bind(ta, &cred, 0x4000, &b_relayed), None);
@@ -802,7 +803,7 @@ fn a_relay_that_goes_away_is_out_of_reach_at_once() {
     let is_relay = |p: &SocketAddr| f.core.relay_at(p, None);
     let a = f.core.get(&ta).unwrap();
     assert!(a.state.lock().unwrap().passes(f.t0, b_relayed, is_relay));
-    f.core.close(&tb, CloseReason::Refresh);
+    f.core.close(&tb, CloseReason::Refresh, Instant::now());
     // Its port may be bound by anything now: nothing passes to or from it.
     assert!(!a.state.lock().unwrap().passes(f.t0, b_relayed, is_relay));
     let sent = f.send(ta, &send_indication(&b_relayed.to_string(), b"hi"));
@@ -1581,7 +1582,10 @@ fn a_peer_counts_once_whatever_the_expiry_of_its_credentials() {
     let cred = peer_cred(&team, &other, UNIX + 600);
     assert_eq!(code(&f.allocate(tuple(4003), &cred)), None);
     // A closed allocation frees its slot for any credential of its peer.
-    assert!(f.core.close(&tuple(4000), CloseReason::Refresh));
+    assert!(
+        f.core
+            .close(&tuple(4000), CloseReason::Refresh, Instant::now())
+    );
     assert_eq!(code(&f.allocate(tuple(4002), &creds[2])), None);
     // Credentials a backend mints count by their whole username, as before: the backend chose
     // who shares one (one fixed user, or a bare `<expiry>`, may be all of its clients).
@@ -1643,7 +1647,10 @@ fn allocations_per_source_count_ipv4_addresses_and_ipv6_networks() {
     );
     assert_eq!(f.quota_refusals(Quota::Source), 2);
     // Closing an allocation frees its source's slot.
-    assert!(f.core.close(&tuple_at(v4, 4004), CloseReason::Refresh));
+    assert!(
+        f.core
+            .close(&tuple_at(v4, 4004), CloseReason::Refresh, Instant::now())
+    );
     assert_eq!(code(&f.allocate(mapped, &rest(UNIX + 600, "c"))), None);
 }
 
@@ -1669,7 +1676,10 @@ fn even_port_reservations_count_until_taken_or_expired() {
     assert_eq!(f.take_at(Duration::ZERO, tuple(4004), &bob, &token), None);
     assert_eq!(code(&f.allocate(tuple(4002), &bob)), Some(486));
     // Closing one frees one.
-    assert!(f.core.close(&tuple(4001), CloseReason::Refresh));
+    assert!(
+        f.core
+            .close(&tuple(4001), CloseReason::Refresh, Instant::now())
+    );
     assert_eq!(code(&f.allocate(tuple(4002), &bob)), None);
 
     // A reservation needs a slot of its own: with one left, EVEN-PORT with R is refused...
@@ -1678,7 +1688,10 @@ fn even_port_reservations_count_until_taken_or_expired() {
     assert_eq!(f.reserve_at(Duration::ZERO, tuple(4001), &bob), Err(508));
     assert_eq!(f.quota_refusals(Quota::Total), 1);
     // ...with two, it is granted and fills the server...
-    assert!(f.core.close(&tuple(4000), CloseReason::Refresh));
+    assert!(
+        f.core
+            .close(&tuple(4000), CloseReason::Refresh, Instant::now())
+    );
     let token = f.reserve_at(Duration::ZERO, tuple(4001), &bob).unwrap();
     let at = Duration::from_secs;
     let req = f.allocate_req(&bob, tuple(4002));
@@ -1690,7 +1703,10 @@ fn even_port_reservations_count_until_taken_or_expired() {
     assert_eq!(f.core.sweep(f.t0 + at(30)), 0);
     let req = f.allocate_req(&bob, tuple(4002));
     assert_eq!(code(&reply_of(f.send_at(at(30), tuple(4002), &req))), None);
-    assert!(f.core.close(&tuple(4002), CloseReason::Refresh));
+    assert!(
+        f.core
+            .close(&tuple(4002), CloseReason::Refresh, Instant::now())
+    );
     assert_eq!(f.take_at(at(30), tuple(4003), &bob, &token), Some(508));
     assert_eq!(f.core.allocation_count(), 1);
     // Expiry frees the slot even before the sweep has run.
@@ -1759,7 +1775,11 @@ fn each_dialect_has_its_own_rooms_for_the_per_room_quota() {
     };
     assert_eq!(code(&f.allocate(tuple(4004), &room_cred)), Some(486));
     // The admin API closes a room by name: both dialects' allocations go.
-    assert_eq!(f.core.close_room(&team, CloseReason::Revoked), 2);
+    assert_eq!(
+        f.core
+            .close_room(&team, CloseReason::Revoked, Instant::now()),
+        2
+    );
     assert_eq!(code(&f.allocate(tuple(4002), &c)), None);
 }
 
@@ -1790,20 +1810,32 @@ fn a_native_room_named_like_the_plain_websocket_dialect_is_just_a_room() {
     assert!(f.core.has_peer(&Scope::whole(WS), &user));
     assert!(!f.core.has_peer(&Scope::native(any.clone()), &user));
     assert_eq!(
-        f.core
-            .close_peer(&Scope::native(any), &user, CloseReason::PeerLeft),
+        f.core.close_peer(
+            &Scope::native(any),
+            &user,
+            CloseReason::PeerLeft,
+            Instant::now()
+        ),
         0
     );
     assert_eq!(
-        f.core
-            .close_peer(&Scope::whole(WS), &user, CloseReason::PeerLeft),
+        f.core.close_peer(
+            &Scope::whole(WS),
+            &user,
+            CloseReason::PeerLeft,
+            Instant::now()
+        ),
         1
     );
     // The index forgets a peer with its last allocation.
     assert!(!f.core.has_peer(&Scope::whole(WS), &user));
     assert_eq!(
-        f.core
-            .close_peer(&Scope::whole(WS), &user, CloseReason::PeerLeft),
+        f.core.close_peer(
+            &Scope::whole(WS),
+            &user,
+            CloseReason::PeerLeft,
+            Instant::now()
+        ),
         0
     );
 }
@@ -1885,7 +1917,7 @@ fn a_closed_allocation_is_dropped_at_once_and_found_no_more() {
     let weak = Arc::downgrade(&a);
     drop(a);
     assert!(f.core.by_relayed(&relayed).is_some());
-    assert!(f.core.close(&t, CloseReason::Refresh));
+    assert!(f.core.close(&t, CloseReason::Refresh, Instant::now()));
     // Nothing keeps it (and so its relay socket and port) alive: not the data path's index.
     assert!(weak.upgrade().is_none());
     assert!(f.core.get(&t).is_none());
@@ -1943,7 +1975,8 @@ fn with_the_fence_a_member_reaches_what_the_others_of_its_room_are_known_by_only
     assert_eq!(f.refusals(FENCE_CLASS), 3);
 
     // Bob leaves: new permissions to his addresses are refused.
-    f.core.close_peer(&team, &bob, CloseReason::PeerLeft);
+    f.core
+        .close_peer(&team, &bob, CloseReason::PeerLeft, Instant::now());
     assert_eq!(f.permit(ta, &ann_cred, &["9.9.9.9:7001"]), Some(403));
     assert_eq!(f.permit(ta, &ann_cred, &["8.8.4.4:6000"]), Some(403));
     // Credentials of no room (REST, static) reach what the policy allows, as before.
