@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{Path, Request, State};
@@ -174,22 +174,40 @@ struct PeerView {
     usage: UsageView,
 }
 
-/// What the admin API reports on: each account's TURN usage, each member's and room's
-/// signaling activity, and the time.
+/// What the admin API reports on: each account's TURN usage (also grouped by room), and
+/// the time.
 struct Report {
     turn: HashMap<Account, Usage>,
+    /// The accounts of each room: peers' by their scope, room credentials' by room name.
+    by_scope: HashMap<Scope, Vec<Usage>>,
+    by_room_credential: HashMap<RoomId, Usage>,
+    now: Instant,
     now_unix: u64,
 }
 
 impl Report {
     fn new(app: &AppState) -> Report {
+        let turn: HashMap<Account, Usage> = app
+            .host
+            .turn
+            .as_ref()
+            .map(|t| t.usage())
+            .unwrap_or_default();
+        let mut by_scope: HashMap<Scope, Vec<Usage>> = HashMap::new();
+        let mut by_room_credential = HashMap::new();
+        for (account, usage) in &turn {
+            match account {
+                Account::Peer(scope, _) => by_scope.entry(scope.clone()).or_default().push(*usage),
+                Account::Room(room) => {
+                    by_room_credential.insert(room.clone(), *usage);
+                }
+            }
+        }
         Report {
-            turn: app
-                .host
-                .turn
-                .as_ref()
-                .map(|t| t.usage())
-                .unwrap_or_default(),
+            turn,
+            by_scope,
+            by_room_credential,
+            now: Instant::now(),
             now_unix: crate::clock::unix_now(),
         }
     }
@@ -204,17 +222,24 @@ impl Report {
         }
     }
 
-    /// A room's TURN usage: every account of its scope, and its room credentials' in the
-    /// native dialect.
-    fn room_turn(&self, scope: &Scope) -> Usage {
-        let native = scope.space() == Space::NATIVE;
+    /// A room's TURN usage: the accounts of its scope (its room credentials' too in the
+    /// native dialect) that were live or closed an allocation since the room began `age`
+    /// ago, so an earlier room of the same name does not count.
+    fn room_turn(&self, scope: &Scope, age: Option<Duration>) -> Usage {
+        let start = age.and_then(|age| self.now.checked_sub(age));
+        let room_credentials = match scope.room() {
+            Some(room) if scope.space() == Space::NATIVE => self.by_room_credential.get(room),
+            _ => None,
+        };
         let mut total = Usage::default();
-        for (account, usage) in &self.turn {
-            let ours = match account {
-                Account::Peer(s, _) => s == scope,
-                Account::Room(room) => native && scope.room() == Some(room),
-            };
-            if ours {
+        for usage in self
+            .by_scope
+            .get(scope)
+            .into_iter()
+            .flatten()
+            .chain(room_credentials)
+        {
+            if start.is_none_or(|start| usage.since(start)) {
                 total.add(usage);
             }
         }
@@ -256,8 +281,8 @@ async fn list_rooms(State(app): State<Arc<AppState>>) -> Response {
             }
         }
         for (room, (scope, peers)) in by_room {
-            let turn = report.room_turn(&scope);
             let activity = activity.get(&room).map(|a| (a.age, a.messages));
+            let turn = report.room_turn(&scope, activity.map(|(age, _)| age));
             rooms.push(RoomView {
                 room: room.as_str().to_owned(),
                 dialect: dialect.name(),

@@ -5,19 +5,16 @@ use serde::{Deserialize, Serialize};
 
 use super::{ConfigError, Invalid, Secret};
 
-/// The bytes a signing secret keys the HMAC with: for `whsec_` and base64 (the Standard
-/// Webhooks form), the decoded bytes; for any other string of 16 characters or more, its
-/// bytes; `None` for anything shorter (or decoding to fewer than 16 bytes).
+/// The bytes a signing secret keys the HMAC with: `whsec_` and the base64 of at least 16
+/// bytes (the Standard Webhooks form, which its libraries decode the same way); `None`
+/// for anything else.
 pub fn signing_key_bytes(secret: &str) -> Option<Vec<u8>> {
     use base64::Engine as _;
-    match secret.strip_prefix("whsec_") {
-        Some(encoded) => base64::engine::general_purpose::STANDARD
-            .decode(encoded)
-            .ok()
-            .filter(|b| b.len() >= 16),
-        None if secret.len() >= 16 => Some(secret.as_bytes().to_vec()),
-        None => None,
-    }
+    let encoded = secret.strip_prefix("whsec_")?;
+    base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()
+        .filter(|b| b.len() >= 16)
 }
 
 /// The events a webhook endpoint can be sent.
@@ -36,13 +33,16 @@ pub struct WebhooksConfig {
     /// Endpoints (`http://` or `https://`), each sent every event, in order; empty turns
     /// webhooks off.
     pub urls: Vec<String>,
-    /// Signing secrets (Standard Webhooks: `whsec_` and base64, or any string of 16
-    /// characters or more); every one signs each event, so a receiver can rotate.
+    /// Signing secrets, `whsec_` and the base64 of 16 bytes or more (the Standard Webhooks
+    /// form); every one signs each event, so a receiver can rotate.
     pub secrets: Vec<Secret>,
     /// The events sent (all when empty).
     pub events: Vec<String>,
     /// Events waiting for an endpoint, past which new ones are dropped and counted.
     pub max_queue: usize,
+    /// Requests in flight to one endpoint at once; the events of one room (of one
+    /// plain-WebSocket user) always go one after another, in order.
+    pub concurrency: usize,
     /// Attempts per event before it is given up and counted (dead letter).
     pub max_attempts: u32,
     /// Seconds an attempt may take, connection included.
@@ -54,6 +54,7 @@ keys!(WebhooksConfig in "webhooks" {
     secrets: Live,
     events: Live,
     max_queue: Restart,
+    concurrency: Restart,
     max_attempts: Live,
     timeout_s: Live,
 });
@@ -65,6 +66,7 @@ impl Default for WebhooksConfig {
             secrets: Vec::new(),
             events: Vec::new(),
             max_queue: 10_000,
+            concurrency: 4,
             max_attempts: 8,
             timeout_s: 5,
         }
@@ -100,7 +102,9 @@ impl WebhooksConfig {
         {
             return Err(invalid(
                 &format!("webhooks.secrets[{i}]"),
-                "expected whsec_ and base64, or at least 16 characters".to_owned(),
+                "expected whsec_ and the base64 of at least 16 random bytes (e.g. whsec_ then \
+                 the output of `openssl rand -base64 24`)"
+                    .to_owned(),
             ));
         }
         if let Some(event) = self.events.iter().find(|e| !EVENTS.contains(&e.as_str())) {
@@ -116,6 +120,12 @@ impl WebhooksConfig {
             return Err(invalid(
                 "webhooks.max_queue",
                 format!("expected 1 to 1000000 events, got {}", self.max_queue),
+            ));
+        }
+        if !(1..=64).contains(&self.concurrency) {
+            return Err(invalid(
+                "webhooks.concurrency",
+                format!("expected 1 to 64 requests, got {}", self.concurrency),
             ));
         }
         if !(1..=100).contains(&self.max_attempts) {

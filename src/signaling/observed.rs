@@ -186,3 +186,131 @@ impl Registry for Observed {
         self.inner.counts()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signaling::hub::Hub;
+    use crate::signaling::room::Rooms;
+    use crate::signaling::signal::Eviction;
+
+    #[derive(Debug)]
+    struct Quiet;
+
+    impl Member for Quiet {
+        fn deliver(&self, _: super::super::registry::Event<'_>) {}
+        fn evict(&self, _: Eviction) {}
+        fn client(&self) -> IpAddr {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        }
+    }
+
+    /// Writes down what it hears: `joined NAME [started]`, `left NAME MESSAGES [finished
+    /// ROOM_MESSAGES]`.
+    #[derive(Debug, Default)]
+    struct Heard(Mutex<Vec<String>>, Mutex<Vec<(PeerId, String)>>);
+
+    impl Heard {
+        fn name(&self, id: &PeerId) -> String {
+            let names = self.1.locked();
+            names.iter().find(|(p, _)| p == id).unwrap().1.clone()
+        }
+    }
+
+    impl Observer for Heard {
+        fn joined(
+            &self,
+            dialect: &'static str,
+            room: Option<&RoomId>,
+            peer: &PeerInfo,
+            started: bool,
+        ) {
+            assert_eq!((dialect, room.map(RoomId::as_str)), ("native", Some("r")));
+            let name = peer.name.clone().unwrap();
+            self.1.locked().push((peer.id.clone(), name.clone()));
+            let started = if started { " started" } else { "" };
+            self.0.locked().push(format!("joined {name}{started}"));
+        }
+
+        fn left(
+            &self,
+            _: &'static str,
+            _: Option<&RoomId>,
+            peer: &PeerId,
+            left: &Left,
+            now: Instant,
+        ) {
+            assert!(now >= left.stay.since && left.stay.since >= left.room_stay.since);
+            let mut line = format!("left {} {}", self.name(peer), left.stay.messages);
+            if left.closed {
+                line += &format!(" finished {}", left.room_stay.messages);
+            }
+            self.0.locked().push(line);
+        }
+    }
+
+    fn join(registry: &Observed, name: &str) -> PeerId {
+        let peer = PeerInfo {
+            id: PeerId::random(),
+            name: Some(name.to_owned()),
+        };
+        let id = peer.id.clone();
+        let room = RoomId::parse("r").unwrap();
+        registry
+            .join(
+                peer,
+                &room,
+                Terms::default(),
+                Arc::new(Quiet),
+                Box::new(|_| {}),
+            )
+            .decided()
+            .unwrap();
+        id
+    }
+
+    #[test]
+    fn every_way_out_of_a_room_is_told_once_in_order_with_the_stays() {
+        let heard = Arc::new(Heard::default());
+        let hub = Arc::new(Hub::new(Rooms::new(10, 10)));
+        let registry = Observed::new(hub, "native", true, Arc::clone(&heard) as Arc<dyn Observer>);
+        let data = Utf8Bytes::from_static("{}");
+        let (a, b, c, d) = (
+            join(&registry, "a"),
+            join(&registry, "b"),
+            join(&registry, "c"),
+            join(&registry, "d"),
+        );
+        registry.send(&a, To::Peer(&b), "signal", &data).unwrap();
+        registry.send(&b, To::Others, "signal", &data).unwrap();
+        registry.send(&b, To::Others, "signal", &data).unwrap();
+        // Its own leave (then a second leave changes nothing), a kick, the room closed.
+        assert!(registry.leave(&a).is_some());
+        assert!(registry.leave(&a).is_none());
+        assert!(registry.kick(&c).is_some());
+        assert_eq!(registry.close_room(&RoomId::parse("r").unwrap()).len(), 2);
+        // The members the close removed leave by themselves too: nothing more is told.
+        assert!(registry.leave(&b).is_none() && registry.leave(&d).is_none());
+        assert_eq!(
+            *heard.0.locked(),
+            [
+                "joined a started",
+                "joined b",
+                "joined c",
+                "joined d",
+                "left a 1",
+                "left c 0",
+                "left b 2",
+                "left d 0 finished 3",
+            ]
+        );
+        // A new room of the same name starts again.
+        join(&registry, "e");
+        let e = heard.1.locked().last().unwrap().0.clone();
+        registry.leave(&e);
+        assert_eq!(
+            heard.0.locked()[8..],
+            ["joined e started", "left e 0 finished 0"]
+        );
+    }
+}

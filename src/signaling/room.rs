@@ -6,8 +6,8 @@
 //! is what the dialects call (and what shared room state would implement).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::protocol::{PeerId, PeerInfo, RoomId};
@@ -118,8 +118,8 @@ struct Room {
     members: Vec<PeerInfo>,
     /// When its first member joined.
     started: Instant,
-    /// Messages sent by members who left.
-    messages_gone: u64,
+    /// Messages its members sent (those who left too), shared with their seats.
+    messages: Arc<AtomicU64>,
     /// The message budget a join token gave it (the latest join that carried one).
     claimed: Option<u32>,
     /// Its messages' bucket, with the rate it was made for; made at the first message.
@@ -131,7 +131,7 @@ impl Room {
         Room {
             members: Vec::new(),
             started,
-            messages_gone: 0,
+            messages: Arc::default(),
             claimed: None,
             bucket: Mutex::new(None),
         }
@@ -145,6 +145,8 @@ struct Seat {
     joined: Instant,
     /// Counted under the registry's read lock, as messages are routed.
     sent: AtomicU64,
+    /// The room's count, which each message adds to as well.
+    room_messages: Arc<AtomicU64>,
 }
 
 /// All rooms and their members.
@@ -247,6 +249,7 @@ impl Rooms {
                 room: room_id.clone(),
                 joined: now,
                 sent: AtomicU64::new(0),
+                room_messages: Arc::clone(&room.messages),
             },
         );
         if let (Some(names), Some(name)) = (&mut self.names, &peer.name) {
@@ -268,13 +271,7 @@ impl Rooms {
     pub fn stays(&self, peer: &PeerId) -> Option<(Stay, Stay)> {
         let seat = self.membership.get(peer)?;
         let room = self.rooms.get(&seat.room)?;
-        let messages = room.members.iter().fold(room.messages_gone, |n, m| {
-            let sent = self
-                .membership
-                .get(&m.id)
-                .map_or(0, |s| s.sent.load(Ordering::Relaxed));
-            n.saturating_add(sent)
-        });
+        let messages = room.messages.load(Ordering::Relaxed);
         Some((
             Stay {
                 since: seat.joined,
@@ -290,16 +287,11 @@ impl Rooms {
     /// Removes `peer` from its room; `None` when it was in none.
     pub fn handle_leave(&mut self, peer: &PeerId) -> Option<Left> {
         let (stay, room_stay) = self.stays(peer)?;
-        let Seat {
-            room: room_id,
-            sent,
-            ..
-        } = self.membership.remove(peer)?;
+        let Seat { room: room_id, .. } = self.membership.remove(peer)?;
         let room = self
             .rooms
             .get_mut(&room_id)
             .expect("membership points at a live room");
-        room.messages_gone = room.messages_gone.saturating_add(sent.into_inner());
         let position = room.members.iter().position(|m| &m.id == peer);
         let gone = position.map(|i| room.members.remove(i));
         if let (
@@ -360,6 +352,7 @@ impl Rooms {
             self.charge(&seat.room, now())?;
         }
         seat.sent.fetch_add(1, Ordering::Relaxed);
+        seat.room_messages.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -470,9 +463,7 @@ impl Rooms {
                 RoomActivity {
                     room: id.clone(),
                     age: now.saturating_duration_since(room.started),
-                    messages: members
-                        .iter()
-                        .fold(room.messages_gone, |n, m| n.saturating_add(m.messages)),
+                    messages: room.messages.load(Ordering::Relaxed),
                     members,
                 }
             })

@@ -224,6 +224,7 @@ impl<R> Allocation<R> {
             to_peer: flow(&state.budget.to_peer),
             to_client: flow(&state.budget.to_client),
             held: now.saturating_duration_since(self.created),
+            last_closed: None,
         }
     }
 
@@ -1497,9 +1498,14 @@ impl<B: RelayBinder> Core<B> {
                 .values()
                 .filter_map(|a| Account::of(&a.owner))
                 .collect();
+            // A peer still in its room keeps its usage however long ago its relay closed.
+            let member = |account: &Account| match account {
+                Account::Peer(scope, peer) => (self.membership)(scope, peer),
+                Account::Room(_) => false,
+            };
             self.ledger
                 .locked()
-                .prune(now, |account| live.contains(account));
+                .prune(now, |account| live.contains(account) || member(account));
         }
         closed
     }

@@ -40,6 +40,9 @@ pub struct Usage {
     pub to_client: Flow,
     /// How long the allocations were held, added up.
     pub held: Duration,
+    /// When the last of its closed allocations closed (none closed: `None`), so that a room
+    /// can leave out what an earlier room of the same name used.
+    pub last_closed: Option<Instant>,
 }
 
 impl Usage {
@@ -48,6 +51,13 @@ impl Usage {
         self.to_peer.add(other.to_peer);
         self.to_client.add(other.to_client);
         self.held = self.held.saturating_add(other.held);
+        self.last_closed = self.last_closed.max(other.last_closed);
+    }
+
+    /// Whether any of it happened at or after `start`: a live allocation, or one closed
+    /// since.
+    pub fn since(&self, start: Instant) -> bool {
+        self.allocations > 0 || self.last_closed.is_some_and(|t| t >= start)
     }
 
     /// Payload bytes relayed both ways.
@@ -79,7 +89,7 @@ impl Account {
 /// Closed allocations' usage by account.
 #[derive(Debug, Default)]
 pub struct Ledger {
-    closed: HashMap<Account, (Usage, Instant)>,
+    closed: HashMap<Account, Usage>,
     /// When `prune` next looks at every entry.
     next_prune: Option<Instant>,
 }
@@ -91,22 +101,18 @@ impl Ledger {
     /// How often `prune` looks.
     const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
-    /// Adds a closed allocation's usage to its account.
+    /// Adds the usage of an allocation that closed at `now` to its account.
     pub fn record(&mut self, account: Account, usage: &Usage, now: Instant) {
-        let entry = self
-            .closed
-            .entry(account)
-            .or_insert_with(|| (Usage::default(), now));
-        entry.0.add(&Usage {
+        self.closed.entry(account).or_default().add(&Usage {
             allocations: 0,
+            last_closed: Some(now),
             ..*usage
         });
-        entry.1 = now;
     }
 
     /// Every account's closed usage.
     pub fn iter(&self) -> impl Iterator<Item = (&Account, &Usage)> {
-        self.closed.iter().map(|(a, (u, _))| (a, u))
+        self.closed.iter()
     }
 
     /// Whether `prune` would look now (once a `PRUNE_EVERY`), so that the caller gathers the
@@ -115,16 +121,21 @@ impl Ledger {
         !self.closed.is_empty() && self.next_prune.is_none_or(|next| now >= next)
     }
 
-    /// Forgets the accounts whose last allocation closed `KEEP` ago or more and that hold
-    /// none now (`live`); looks at most once a `PRUNE_EVERY`. Returns how many it forgot.
+    /// Forgets the accounts whose last allocation closed `KEEP` ago or more and that are not
+    /// `live` (holding an allocation, or a peer still in its room); looks at most once a
+    /// `PRUNE_EVERY`. Returns how many it forgot.
     pub fn prune(&mut self, now: Instant, live: impl Fn(&Account) -> bool) -> usize {
         if !self.due(now) {
             return 0;
         }
         self.next_prune = Some(now + Self::PRUNE_EVERY);
         let before = self.closed.len();
-        self.closed
-            .retain(|account, (_, last)| now.duration_since(*last) < Self::KEEP || live(account));
+        self.closed.retain(|account, usage| {
+            usage
+                .last_closed
+                .is_some_and(|last| now.duration_since(last) < Self::KEEP)
+                || live(account)
+        });
         before - self.closed.len()
     }
 
@@ -158,6 +169,7 @@ mod tests {
                 packets: 2,
             },
             held: Duration::from_secs(held_s),
+            last_closed: None,
         }
     }
 
@@ -186,7 +198,21 @@ mod tests {
         );
         assert_eq!(one.held, Duration::from_secs(6));
         assert_eq!(one.relayed_bytes(), 330);
+        assert_eq!(one.last_closed, Some(now));
         assert_eq!(ledger.len(), 2);
+    }
+
+    #[test]
+    fn a_usage_is_a_rooms_when_it_is_live_or_closed_since_the_room_started() {
+        let start = Instant::now();
+        let later = start + Duration::from_secs(10);
+        let mut ledger = Ledger::default();
+        ledger.record(peer(1), &used(1, 1), start);
+        let closed = *ledger.iter().next().unwrap().1;
+        assert!(closed.since(start) && !closed.since(later));
+        let mut live = closed;
+        live.add(&used(1, 1));
+        assert!(live.since(later), "a live allocation is the room's now");
     }
 
     #[test]

@@ -51,6 +51,24 @@ pub enum Event {
 }
 
 impl Event {
+    /// What its order is kept within: its dialect and room, or, without a room (the
+    /// plain-WebSocket dialect), its peer.
+    pub fn order_key(&self) -> (&'static str, &str) {
+        let (place, peer) = match self {
+            Event::RoomStarted { place } | Event::RoomFinished { place, .. } => (place, None),
+            Event::PeerJoined { place, peer, .. } | Event::PeerLeft { place, peer, .. } => {
+                (place, Some(peer))
+            }
+            Event::AllocationClosed { place, peer, .. } => (place, peer.as_ref()),
+        };
+        let within = match (&place.room, peer) {
+            (Some(room), _) => room.as_str(),
+            (None, Some(peer)) => peer.as_str(),
+            (None, None) => "",
+        };
+        (place.dialect, within)
+    }
+
     /// Its `type`, as `webhooks.events` names it.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -175,6 +193,7 @@ mod tests {
                 packets: 2,
             },
             held: Duration::from_millis(2500),
+            last_closed: None,
         };
         let closed = Event::AllocationClosed {
             place: place(),

@@ -3,14 +3,16 @@
 //! signed the Standard Webhooks way (`sign`).
 //!
 //! `emit` never waits: it puts the event in each endpoint's bounded queue
-//! (`webhooks.max_queue`), or counts it dropped. One task per endpoint posts the queue's
-//! events one at a time, so an endpoint receives them in the order they happened (per room,
-//! and overall). An attempt that fails (no connection, a timeout, a 5xx, 408 or 429) is
+//! (`webhooks.max_queue`), or counts it dropped. An endpoint has `webhooks.concurrency`
+//! lanes, each a queue and a task posting its events one at a time; the events of one room
+//! (of one plain-WebSocket user) always take the same lane, so an endpoint receives them
+//! in the order they happened, while other rooms' go beside them. An attempt that fails (no connection, a timeout, a 5xx, 408 or 429) is
 //! retried with exponential backoff (half a second, doubling, at most a minute) up to
 //! `webhooks.max_attempts`; another 4xx is the endpoint refusing the event, given up at
 //! once. A given-up event is a dead letter, counted by reason in
 //! `switchboard_webhook_dead_letters_total` and logged. At shutdown each queued event gets
-//! one attempt, until the queue has stayed empty for half a second.
+//! one attempt, until the queue has stayed empty for `SHUTDOWN_QUIET`; events after that
+//! are dead letters (`shutdown`).
 //!
 //! The events come from `signaling::observed` (rooms and peers, through every dialect's
 //! registry) and the TURN server (its `Closing` observer).
@@ -23,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -50,14 +52,18 @@ crate::labels! {
         QueueFull => "queue_full",
         Attempts => "attempts",
         Rejected => "rejected",
+        Shutdown => "shutdown",
     }
 }
 
 /// The first retry's wait; each next one doubles, up to `MAX_BACKOFF`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
-/// At shutdown, how long the queue may stay empty before delivery stops.
-const SHUTDOWN_QUIET: Duration = Duration::from_millis(500);
+/// At shutdown, how long a queue may stay empty before its delivery stops (sockets close
+/// within a second or two of it, each telling of its leave).
+const SHUTDOWN_QUIET: Duration = Duration::from_secs(2);
+/// How much of an endpoint's answer is read (and thrown away) so its connection is reused.
+const MAX_ANSWER: usize = 64 * 1024;
 
 /// What a reload may change: the keys, the events sent, the attempts and their timeout.
 #[derive(Debug)]
@@ -100,9 +106,13 @@ type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes
 #[derive(Debug)]
 pub struct Webhooks {
     settings: Arc<ArcSwap<Settings>>,
-    queues: Vec<mpsc::Sender<Arc<Pending>>>,
-    max_queue: usize,
+    /// Each endpoint's lanes.
+    endpoints: Vec<Vec<mpsc::Sender<Arc<Pending>>>>,
+    /// Events one lane holds.
+    lane_queue: usize,
     stats: Arc<Stats>,
+    /// Picks an event's lane from its order key.
+    lanes: foldhash::fast::FixedState,
 }
 
 impl Webhooks {
@@ -118,28 +128,38 @@ impl Webhooks {
         let client = http_client();
         let settings = Arc::new(ArcSwap::from_pointee(Settings::of(config)));
         let stats = Arc::new(Stats::default());
-        let mut queues = Vec::new();
+        let lane_queue = (config.max_queue / config.concurrency).max(1);
+        let mut endpoints = Vec::new();
         for url in &config.urls {
             let Ok(uri) = url.parse::<hyper::Uri>() else {
                 // The config's check parsed it already.
                 continue;
             };
-            let (tx, rx) = mpsc::channel(config.max_queue);
-            queues.push(tx);
-            let endpoint = Endpoint {
-                client: client.clone(),
-                uri,
-                settings: Arc::clone(&settings),
-                stats: Arc::clone(&stats),
-            };
-            tracker.spawn(endpoint.run(rx, shutdown.clone()));
+            let mut lanes = Vec::new();
+            for _ in 0..config.concurrency {
+                let (tx, rx) = mpsc::channel(lane_queue);
+                lanes.push(tx);
+                let lane = Lane {
+                    client: client.clone(),
+                    uri: uri.clone(),
+                    settings: Arc::clone(&settings),
+                    stats: Arc::clone(&stats),
+                };
+                tracker.spawn(lane.run(rx, shutdown.clone()));
+            }
+            endpoints.push(lanes);
         }
-        info!(endpoints = queues.len(), "webhooks on");
+        info!(
+            endpoints = endpoints.len(),
+            concurrency = config.concurrency,
+            "webhooks on"
+        );
         Some(Arc::new(Webhooks {
             settings,
-            queues,
-            max_queue: config.max_queue,
+            endpoints,
+            lane_queue,
             stats,
+            lanes: foldhash::fast::FixedState::default(),
         }))
     }
 
@@ -154,15 +174,24 @@ impl Webhooks {
             id: new_id(),
             body: Bytes::from(event.to_json(crate::clock::unix_now())),
         });
-        for queue in &self.queues {
-            if queue.try_send(Arc::clone(&pending)).is_err() {
-                self.stats.dead_letters.inc(DeadLetter::QueueFull);
-                static FULL: crate::throttle::Throttle = crate::throttle::Throttle::new();
-                if let Some(suppressed) = FULL.allow(crate::throttle::now_s()) {
-                    warn!(
-                        kind = event.kind(),
-                        suppressed, "webhook queue full (webhooks.max_queue): event dropped"
-                    );
+        let hash = std::hash::BuildHasher::hash_one(&self.lanes, event.order_key());
+        for lanes in &self.endpoints {
+            let lane = &lanes[(hash % lanes.len() as u64) as usize];
+            match lane.try_send(Arc::clone(&pending)) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.stats.dead_letters.inc(DeadLetter::QueueFull);
+                    static FULL: crate::throttle::Throttle = crate::throttle::Throttle::new();
+                    if let Some(suppressed) = FULL.allow(crate::throttle::now_s()) {
+                        warn!(
+                            kind = event.kind(),
+                            suppressed, "webhook queue full (webhooks.max_queue): event dropped"
+                        );
+                    }
+                }
+                // Delivery has stopped: shutting down.
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.stats.dead_letters.inc(DeadLetter::Shutdown);
                 }
             }
         }
@@ -175,9 +204,10 @@ impl Webhooks {
 
     pub fn metrics(&self) -> Vec<Family> {
         let queued: usize = self
-            .queues
+            .endpoints
             .iter()
-            .map(|q| self.max_queue - q.capacity())
+            .flatten()
+            .map(|q| self.lane_queue - q.capacity())
             .sum();
         vec![
             Family::gauge("webhook_queued", "Webhook events waiting for an endpoint.")
@@ -195,7 +225,7 @@ impl Webhooks {
             Family::counter(
                 "webhook_dead_letters",
                 "Webhook events given up, by reason: the queue was full, every attempt failed, \
-                 or the endpoint refused it (4xx).",
+                 the endpoint refused it (4xx), or delivery had stopped (shutdown).",
             )
             .by("reason", &self.stats.dead_letters),
         ]
@@ -297,6 +327,16 @@ fn http_client() -> HttpClient {
     Client::builder(TokioExecutor::new()).build(tls.https_or_http().enable_http1().build())
 }
 
+/// An endpoint as logs show it: no user information or query, which may hold secrets.
+fn shown(uri: &hyper::Uri) -> String {
+    format!(
+        "{}://{}{}",
+        uri.scheme_str().unwrap_or("http"),
+        uri.host().unwrap_or(""),
+        uri.path()
+    )
+}
+
 /// How an attempt went.
 #[derive(Debug, PartialEq, Eq)]
 enum Outcome {
@@ -322,14 +362,15 @@ fn backoff(n: u32) -> Duration {
         .min(MAX_BACKOFF)
 }
 
-struct Endpoint {
+/// One of an endpoint's lanes: its events, one at a time.
+struct Lane {
     client: HttpClient,
     uri: hyper::Uri,
     settings: Arc<ArcSwap<Settings>>,
     stats: Arc<Stats>,
 }
 
-impl Endpoint {
+impl Lane {
     async fn run(self, mut queue: mpsc::Receiver<Arc<Pending>>, shutdown: CancellationToken) {
         loop {
             let pending = tokio::select! {
@@ -368,14 +409,14 @@ impl Endpoint {
                 }
                 Outcome::Refused(status) => {
                     self.stats.dead_letters.inc(DeadLetter::Rejected);
-                    warn!(url = %self.uri, id = pending.id, status, "webhook endpoint refused an event; given up");
+                    warn!(endpoint = %shown(&self.uri), id = pending.id, status, "webhook endpoint refused an event; given up");
                     return;
                 }
                 Outcome::Failed(reason) => reason,
             };
             if n >= max_attempts || shutdown.is_cancelled() {
                 self.stats.dead_letters.inc(DeadLetter::Attempts);
-                warn!(url = %self.uri, id = pending.id, attempts = n, %reason, "webhook event given up (webhooks.max_attempts)");
+                warn!(endpoint = %shown(&self.uri), id = pending.id, attempts = n, %reason, "webhook event given up (webhooks.max_attempts)");
                 return;
             }
             self.stats.retried.inc();
@@ -405,8 +446,15 @@ impl Endpoint {
             Err(e) => return Outcome::Failed(e.to_string()),
         };
         let timeout = Duration::from_secs(settings.events.timeout_s);
-        match tokio::time::timeout(timeout, self.client.request(request)).await {
-            Ok(Ok(response)) => outcome_of(response.status().as_u16()),
+        let deadline = tokio::time::Instant::now() + timeout;
+        match tokio::time::timeout_at(deadline, self.client.request(request)).await {
+            Ok(Ok(response)) => {
+                let outcome = outcome_of(response.status().as_u16());
+                // Read to its end (what fits), so the connection serves the next event.
+                let body = http_body_util::Limited::new(response.into_body(), MAX_ANSWER);
+                let _ = tokio::time::timeout_at(deadline, body.collect()).await;
+                outcome
+            }
             Ok(Err(e)) => Outcome::Failed(e.to_string()),
             Err(_) => Outcome::Failed(format!("no answer in {} s", timeout.as_secs())),
         }
@@ -440,6 +488,14 @@ mod tests {
             [500, 1000, 2000, 4000, 8000, 16_000, 32_000, 60_000, 60_000]
         );
         assert_eq!(backoff(100), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn logs_show_no_credentials_or_query_of_an_endpoint() {
+        let uri: hyper::Uri = "https://user:pw@hooks.example.com:8443/in?token=s3cret"
+            .parse()
+            .unwrap();
+        assert_eq!(shown(&uri), "https://hooks.example.com/in");
     }
 
     #[test]

@@ -153,4 +153,18 @@ async fn the_admin_api_shows_a_calls_usage_while_it_runs_and_after_an_allocation
     assert_eq!(usage["peers"].as_array().unwrap().len(), 1);
     assert_eq!(usage["messages"], 4);
     assert_eq!(usage["relayed_bytes"], 580);
+
+    // The room closes; a new one of the same name starts from nothing, although Ann's
+    // closed allocation is still on record (as hers).
+    drop(bob_ws);
+    while server.wait_log("left")["closed"] != true {}
+    let (_carol_ws, _) = member(&server, "usage").await;
+    let (_, body) = server.admin("GET", "/api/v1/rooms", true).await;
+    let usage = room(&body, "usage");
+    assert_eq!(usage["peers"].as_array().unwrap().len(), 1, "{usage}");
+    assert_eq!(
+        (usage["messages"].as_u64(), usage["relayed_bytes"].as_u64()),
+        (Some(0), Some(0)),
+        "{usage}"
+    );
 }
