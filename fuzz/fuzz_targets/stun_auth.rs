@@ -86,7 +86,7 @@ fuzz_target!(|data: &[u8]| {
             }
             5 => {
                 let relayed = core.get(&tuple).map(|a| a.relayed);
-                core.close(&tuple, CloseReason::TransportClosed);
+                core.close(&tuple, CloseReason::TransportClosed, clock.now());
                 assert!(
                     core.get(&tuple).is_none(),
                     "an allocation outlived its close"
