@@ -36,8 +36,10 @@
     iceServers: [],
     peers: new Map(),       // id -> Peer
     names: new Map(),       // id -> display name of every other member of the room
-    reconnecting: false,    // the socket dropped; a rejoin is pending
+    reconnecting: false,    // the socket dropped; a resume (or a rejoin) is pending
     rejoins: 0,             // welcomes after the first one
+    resumes: 0,             // places taken back after a dropped socket
+    iceRestarts: 0,         // ICE restarts asked for after a resume
     sharing: false,
     switches: 0,            // devices switched mid-call
     micLevel: 0,            // 0..1, the microphone's level now
@@ -54,6 +56,13 @@
   let joinedOnce = false;
   let reconnectDelay = 1000;
   let reconnectTimer = null;
+  // Resuming after a dropped socket: the token the server gave, the seq of the last message
+  // received, and when the last one was acknowledged.
+  let resumeToken = null;
+  let lastSeq = 0;
+  let ackTimer = null;
+  let droppedAt = 0;
+  const RESUME_FOR_MS = 25000;  // a little less than the server's default grace (30 s)
   let statusText = '';
 
   function showError(message) {
@@ -451,18 +460,36 @@
     if (!state.reconnecting) setStatus('Connecting to server…');
     ws = new WebSocket((location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/ws');
     ws.onopen = () => {
-      send({ type: 'join', room: state.room, name: myName() || undefined, token: TOKEN || undefined });
+      if (resumeToken && Date.now() - droppedAt < RESUME_FOR_MS) {
+        send({ type: 'resume', token: resumeToken, last_seq: lastSeq });
+        return;
+      }
+      if (resumeToken) {
+        // Too late to take the place back: the calls start over with a new membership.
+        resumeToken = null;
+        dropPeers();
+      }
+      sendJoin();
     };
     ws.onmessage = (ev) => {
       let msg;
       try { msg = JSON.parse(ev.data); } catch { return; }
+      if (typeof msg.seq === 'number') received(msg.seq);
       onServerMessage(msg);
     };
     ws.onclose = (ev) => {
-      for (const id of [...state.peers.keys()]) removePeer(id);
-      state.names.clear();
-      pendingMedia.clear();
-      renderPeople();
+      clearTimeout(ackTimer);
+      ackTimer = null;
+      const resumable = resumeToken && !hungUp && state.phase === 'joined'
+        && !(ev.code === 1008 && ev.reason === 'closed by the server operator');
+      if (resumable) {
+        // The calls go on (media does not need this socket) while a new one takes the
+        // place back; the room sees nothing.
+        droppedAt = Date.now();
+      } else {
+        resumeToken = null;
+        dropPeers();
+      }
       if (hungUp || state.phase === 'error') return;
       // Removed by the operator (a kick, or the room closed): not a network failure, so
       // the page does not come back on its own.
@@ -476,9 +503,32 @@
       state.reconnecting = true;
       $('banner').hidden = false;
       setStatus('Disconnected from server' + (ev.reason ? ' (' + ev.reason + ')' : '') + '; reconnecting…');
-      reconnectTimer = setTimeout(connect, reconnectDelay);
+      // A resume is tried at once, then with the usual backoff.
+      reconnectTimer = setTimeout(connect, resumable && reconnectDelay === 1000 ? 0 : reconnectDelay);
       reconnectDelay = Math.min(reconnectDelay * 2, 10000);
     };
+  }
+
+  function sendJoin() {
+    send({ type: 'join', room: state.room, name: myName() || undefined, token: TOKEN || undefined, resume: true });
+  }
+
+  function dropPeers() {
+    for (const id of [...state.peers.keys()]) removePeer(id);
+    state.names.clear();
+    pendingMedia.clear();
+    renderPeople();
+  }
+
+  // A numbered message arrived: acknowledged within a second, so the server can forget it.
+  function received(seq) {
+    lastSeq = seq;
+    if (ackTimer === null) {
+      ackTimer = setTimeout(() => {
+        ackTimer = null;
+        send({ type: 'ack', seq: lastSeq });
+      }, 1000);
+    }
   }
 
   function send(msg) {
@@ -498,6 +548,8 @@
         state.peerId = msg.peer_id;
         state.iceServers = msg.ice_servers || [];
         state.roles = msg.roles || { publish: true, kick: false };
+        resumeToken = msg.resume_token || null;
+        lastSeq = 0;
         if (!state.roles.publish) receiveOnly();
         state.names.clear();
         for (const p of msg.peers) state.names.set(p.id, p.name || null);
@@ -505,6 +557,27 @@
         renderPeople();
         updateStatus();
         break;
+      case 'resumed': {
+        // The same place: the calls go on; the network may have changed, so ICE restarts.
+        reconnectDelay = 1000;
+        state.resumes += 1;
+        state.reconnecting = false;
+        $('banner').hidden = true;
+        state.phase = 'joined';
+        state.iceServers = msg.ice_servers || [];
+        resumeToken = msg.resume_token;
+        const present = new Set(msg.peers.map((p) => p.id));
+        for (const id of [...state.peers.keys()]) if (!present.has(id)) removePeer(id);
+        for (const p of msg.peers) state.names.set(p.id, p.name || null);
+        for (const peer of state.peers.values()) {
+          try { peer.pc.setConfiguration(rtcConfig()); } catch { /* keep old */ }
+          peer.pc.restartIce();
+          state.iceRestarts += 1;
+        }
+        renderPeople();
+        updateStatus();
+        break;
+      }
       case 'ice_servers':
         // Fresh credentials before the old ones expire.
         state.iceServers = msg.ice_servers || [];
@@ -533,6 +606,13 @@
         onSignal(msg.from, msg.payload);
         break;
       case 'error':
+        if (msg.code === 'resume_failed') {
+          // The place is gone: join anew, as a new member.
+          resumeToken = null;
+          dropPeers();
+          sendJoin();
+          break;
+        }
         if (msg.code === 'room_full' || msg.code === 'bad_room' || msg.code === 'too_many_rooms'
             || msg.code === 'room_closed' || msg.code === 'kicked' || msg.code === 'bad_name'
             || TOKEN_ERRORS[msg.code]) {
@@ -1004,6 +1084,8 @@
     reconnecting: state.reconnecting,
     reconnectPending: reconnectTimer !== null,
     rejoins: state.rejoins,
+    resumes: state.resumes,
+    iceRestarts: state.iceRestarts,
     sharing: state.sharing,
     micLevel: state.micLevel,
     meterTicks: state.meterTicks,

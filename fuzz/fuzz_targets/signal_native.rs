@@ -51,7 +51,9 @@ fuzz_target!(|data: &[u8]| {
         }
     };
     match &msg {
-        ClientMsg::Join { room, name, token } => {
+        ClientMsg::Join {
+            room, name, token, ..
+        } => {
             if let Ok(room) = RoomId::parse(room) {
                 let checked = VERIFIER.check(&room, token.as_deref(), 1_800_000_000);
                 assert!(checked.is_err(), "a token no key signed passed: {token:?}");
@@ -63,6 +65,10 @@ fuzz_target!(|data: &[u8]| {
         ClientMsg::Kick { peer_id } => {
             let _ = PeerId::parse(peer_id.as_str());
         }
+        ClientMsg::Resume { token, .. } => {
+            let _ = token.len();
+        }
+        ClientMsg::Ack { .. } => {}
         ClientMsg::Signal { to, payload } => {
             let _ = sdp::payload_sends_media(&payload.value());
             // `to` is any string (a lookup key that finds no peer unless it is one); the

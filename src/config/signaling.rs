@@ -26,6 +26,9 @@ pub struct SignalingConfig {
     /// a join token's `messages_per_s` replaces it for its room.
     pub room_messages_per_s: u32,
     pub join_timeout_s: u64,
+    /// Seconds a native peer that asked to be resumable keeps its place after its socket
+    /// drops, for a new socket to `resume` it (0: none; peers leave at once).
+    pub resume_grace_s: u64,
     pub ping_interval_s: u64,
     pub idle_timeout_s: u64,
     /// Origins allowed to open `/ws`; empty means the page's own origin, `"*"` means any.
@@ -55,6 +58,7 @@ keys!(SignalingConfig in "signaling" {
     // The registries apply it to the next message.
     room_messages_per_s: Live,
     join_timeout_s: Live,
+    resume_grace_s: Live,
     ping_interval_s: Live,
     idle_timeout_s: Live,
     allowed_origins: Live,
@@ -78,6 +82,7 @@ impl Default for SignalingConfig {
             message_burst: 60,
             room_messages_per_s: 0,
             join_timeout_s: 30,
+            resume_grace_s: 30,
             ping_interval_s: 15,
             idle_timeout_s: 45,
             allowed_origins: Vec::new(),
@@ -102,7 +107,7 @@ impl SignalingConfig {
 
     pub(super) fn validate(&self, invalid: Invalid<'_>) -> Result<(), ConfigError> {
         let s = self;
-        let ranges: [(&str, u64, u64, u64); 13] = [
+        let ranges: [(&str, u64, u64, u64); 14] = [
             (
                 "signaling.room_messages_per_s",
                 u64::from(s.room_messages_per_s),
@@ -154,6 +159,7 @@ impl SignalingConfig {
                 128,
             ),
             ("signaling.join_timeout_s", s.join_timeout_s, 1, 3600),
+            ("signaling.resume_grace_s", s.resume_grace_s, 0, 3600),
             ("signaling.ping_interval_s", s.ping_interval_s, 1, 3600),
             ("signaling.idle_timeout_s", s.idle_timeout_s, 1, 3600),
         ];

@@ -336,6 +336,10 @@ pub fn evicted_close(app: &Host, why: Option<Eviction>) -> (u16, &'static str) {
             info!("closed by the operator");
             (CLOSE_POLICY, "closed by the server operator")
         }
+        Some(Eviction::Replaced) => {
+            info!("replaced by a resumed socket");
+            (CLOSE_NORMAL, "resumed on another connection")
+        }
     }
 }
 

@@ -38,6 +38,7 @@ pub mod observed;
 pub mod outbox;
 pub mod protocol;
 pub mod registry;
+pub mod resume;
 pub mod room;
 pub mod sdp;
 pub mod signal;

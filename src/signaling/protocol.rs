@@ -78,7 +78,16 @@ pub enum ClientMsg {
         name: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         token: Option<String>,
+        /// Ask for a `resume_token`: if the socket drops, a new one may take this peer's
+        /// place (`resume`) within `signaling.resume_grace_s`, the room seeing nothing.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        resume: bool,
     },
+    /// Take the place of a peer whose socket dropped: `token` is its latest
+    /// `resume_token`, `last_seq` the `seq` of the last message it received.
+    Resume { token: String, last_seq: u64 },
+    /// A resumable peer has received every message up to `seq`: the server may forget them.
+    Ack { seq: u64 },
     /// Put another peer out of the room (a join token's `kick` role).
     Kick { peer_id: PeerId },
     /// Forward an opaque payload (SDP or ICE candidate) to another member of the room.
@@ -106,6 +115,23 @@ pub enum ServerMsg {
         /// What this peer may do (its join token's roles; open rooms: publish, no kick).
         #[serde(default = "default_roles")]
         roles: Roles,
+        /// For a join that asked to be resumable: what `resume` takes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume_token: Option<String>,
+    },
+    /// The answer to a successful `resume`: the peer's place as it is now. The messages it
+    /// missed follow, in order, with their `seq`.
+    Resumed {
+        peer_id: PeerId,
+        room: RoomId,
+        peers: Vec<PeerInfo>,
+        ice_servers: Vec<IceServer>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ice_ttl_s: Option<u64>,
+        #[serde(default = "default_roles")]
+        roles: Roles,
+        /// What the next `resume` takes (each token is good once).
+        resume_token: String,
     },
     /// Fresh credentials, pushed before the previous ones expire.
     IceServers {
@@ -193,6 +219,9 @@ pub enum ErrorCode {
     /// The room relayed more messages than its budget allows (`signaling.room_messages_per_s`
     /// or its join token's `messages_per_s`); the message was dropped.
     RoomBusy,
+    /// The place `resume` asked for is gone (unknown or used token, the grace period over,
+    /// or messages it missed no longer held): join again.
+    ResumeFailed,
 }
 
 impl crate::metrics::Label for ErrorCode {
@@ -221,6 +250,7 @@ impl crate::metrics::Label for ErrorCode {
         ErrorCode::TokenRoomMismatch,
         ErrorCode::Forbidden,
         ErrorCode::RoomBusy,
+        ErrorCode::ResumeFailed,
     ];
     fn index(self) -> usize {
         self as usize
@@ -251,6 +281,7 @@ impl crate::metrics::Label for ErrorCode {
             ErrorCode::TokenRoomMismatch => "token_room_mismatch",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::RoomBusy => "room_busy",
+            ErrorCode::ResumeFailed => "resume_failed",
         }
     }
 }
@@ -285,6 +316,17 @@ pub fn decode(text: &str) -> Result<ClientMsg, String> {
             format!("invalid message: {e}")
         }
     })
+}
+
+/// `frame` (a JSON object's text) with `"seq":n` added as its last field.
+pub fn with_seq(mut frame: String, seq: u64) -> String {
+    if frame.ends_with('}') {
+        frame.pop();
+        frame.push_str(",\"seq\":");
+        frame.push_str(&seq.to_string());
+        frame.push('}');
+    }
+    frame
 }
 
 /// Encodes one server message as a JSON text frame.
@@ -382,6 +424,7 @@ mod tests {
                 room: "r1".into(),
                 name: Some("Ann".into()),
                 token: None,
+                resume: false,
             }
         );
         assert_eq!(
@@ -390,6 +433,7 @@ mod tests {
                 room: "r1".into(),
                 name: None,
                 token: None,
+                resume: false,
             }
         );
         assert_eq!(
@@ -398,7 +442,32 @@ mod tests {
                 room: "r1".into(),
                 name: None,
                 token: Some("a.b.c".into()),
+                resume: false,
             }
+        );
+        assert_eq!(
+            decode(r#"{"type":"join","room":"r1","resume":true}"#).unwrap(),
+            ClientMsg::Join {
+                room: "r1".into(),
+                name: None,
+                token: None,
+                resume: true,
+            }
+        );
+        assert_eq!(
+            decode(r#"{"type":"resume","token":"t","last_seq":7}"#).unwrap(),
+            ClientMsg::Resume {
+                token: "t".into(),
+                last_seq: 7
+            }
+        );
+        assert_eq!(
+            decode(r#"{"type":"ack","seq":3}"#).unwrap(),
+            ClientMsg::Ack { seq: 3 }
+        );
+        assert_eq!(
+            with_seq(r#"{"type":"pong"}"#.to_owned(), 12),
+            r#"{"type":"pong","seq":12}"#
         );
         assert_eq!(
             decode(r#"{"type":"kick","peer_id":"ab"}"#).unwrap(),
@@ -442,6 +511,7 @@ mod tests {
             ice_servers: vec![],
             ice_ttl_s: None,
             roles: Roles::DEFAULT,
+            resume_token: None,
         };
         let text = encode(&welcome);
         assert_eq!(

@@ -26,6 +26,8 @@ pub enum Eviction {
     Overflow,
     /// The operator closed its room or kicked it (admin API).
     Kicked,
+    /// A new socket resumed its peer (`resume`): the peer lives on there.
+    Replaced,
 }
 
 /// The signal of one socket task.

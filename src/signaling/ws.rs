@@ -5,8 +5,9 @@
 //! (size, rate, join timeout) and turns every refusal into a coded `error` or a close
 //! frame with a reason; `conn` runs the socket (frames, keepalive, outbox).
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -27,6 +28,7 @@ use super::hub::Hub;
 use super::outbox::Outbox;
 use super::protocol::{self, ClientMsg, ErrorCode, PeerId, PeerInfo, Roles, RoomId, ServerMsg};
 use super::registry::{Event, Joining, Member, PendingJoin, Registry, To};
+use super::resume::Replay;
 use super::room::{JoinError, Joined, Rooms, RouteError, Terms};
 use super::signal::Eviction;
 use super::socket::{Socket, Upgrade};
@@ -34,12 +36,27 @@ use super::stats::{Counts, DialectStats, Refusal};
 use crate::config::SignalingConfig;
 use crate::model::{Scope, Space};
 use crate::routes::Route;
+use crate::sync::Locked;
 
 /// The native dialect: its rooms and their members' outboxes, in a `Registry`.
 #[derive(Debug)]
 pub struct Native {
     registry: Arc<dyn Registry>,
     stats: DialectStats<NativeMessage>,
+    /// Every resumable peer's place, by its current resume token.
+    places: Mutex<HashMap<String, Place>>,
+}
+
+/// A resumable peer's place: what a `resume` with its token takes over.
+#[derive(Debug)]
+struct Place {
+    peer_id: PeerId,
+    room: RoomId,
+    roles: Roles,
+    room_allocations: Option<u32>,
+    member: Arc<NativeMember>,
+    /// Its socket dropped: the place waits for a resume until the grace period ends.
+    parked: bool,
 }
 
 /// This dialect's name in metrics and the admin API.
@@ -53,6 +70,8 @@ crate::labels! {
         Leave => "leave",
         Kick => "kick",
         Ping => "ping",
+        Resume => "resume",
+        Ack => "ack",
         Invalid => "invalid",
     }
 }
@@ -70,6 +89,7 @@ impl Native {
         Native {
             registry,
             stats: DialectStats::default(),
+            places: Mutex::default(),
         }
     }
 
@@ -136,11 +156,95 @@ impl Dialect for Native {
 }
 
 /// A native socket as a room member: events become the protocol's `peer_joined`,
-/// `peer_left` and `signal` messages on its outbox.
+/// `peer_left` and `signal` messages on its outbox. A resumable one numbers them and keeps
+/// them for a resume (`resume::Replay`), and outlives its socket while parked.
 #[derive(Debug)]
 struct NativeMember {
     outbox: Outbox,
     client: IpAddr,
+    resumable: Option<Mutex<Resumable>>,
+}
+
+/// A resumable member's socket (none while parked) and the messages it may need again.
+#[derive(Debug)]
+struct Resumable {
+    outbox: Option<Outbox>,
+    replay: Replay,
+}
+
+impl NativeMember {
+    fn new(outbox: Outbox, client: IpAddr, resumable: bool) -> NativeMember {
+        let resumable = resumable.then(|| {
+            Mutex::new(Resumable {
+                outbox: Some(outbox.clone()),
+                replay: Replay::default(),
+            })
+        });
+        NativeMember {
+            outbox,
+            client,
+            resumable,
+        }
+    }
+
+    /// Its socket dropped: its messages only wait for a resume now.
+    fn park(&self) {
+        if let Some(r) = &self.resumable {
+            r.locked().outbox = None;
+        }
+    }
+
+    /// The client received every message up to `seq`.
+    fn ack(&self, seq: u64) {
+        if let Some(r) = &self.resumable {
+            r.locked().replay.ack(seq);
+        }
+    }
+
+    /// Moves the member to `outbox`: `first` (the `resumed` message), then the messages
+    /// after `last_seq`, then whatever comes next. The previous socket, if still open, is
+    /// closed. `false` when messages after `last_seq` are no longer kept.
+    fn attach(&self, outbox: &Outbox, first: String, last_seq: u64) -> bool {
+        let Some(r) = &self.resumable else {
+            return false;
+        };
+        let mut r = r.locked();
+        let Some(missed) = r.replay.since(last_seq) else {
+            return false;
+        };
+        if let Some(previous) = r.outbox.replace(outbox.clone()) {
+            previous.signal.evict(Eviction::Replaced);
+        }
+        outbox.queue(first.into());
+        for frame in missed {
+            outbox.queue(frame);
+        }
+        true
+    }
+
+    fn send(&self, frame: String, queue_only: bool) {
+        let (outbox, frame) = match &self.resumable {
+            None => (&self.outbox, frame.into()),
+            Some(r) => {
+                // Numbered and handed on under one lock, so sequence and delivery agree.
+                let mut r = r.locked();
+                let frame = r.replay.push(frame);
+                if let Some(outbox) = &r.outbox {
+                    if queue_only {
+                        outbox.queue(frame);
+                    } else {
+                        outbox.deliver(frame);
+                    }
+                }
+                return;
+            }
+        };
+        if queue_only {
+            outbox.queue(frame);
+        } else {
+            outbox.deliver(frame);
+        }
+    }
 }
 
 impl Member for NativeMember {
@@ -155,16 +259,22 @@ impl Member for NativeMember {
             // The native dialect has one message, `signal`: delivered after the registry's
             // lock is released, so it may be written at once.
             Event::Message { from, data, .. } => {
-                let frame = protocol::encode_signal(from, data.as_str());
-                return self.outbox.deliver(frame.into());
+                return self.send(protocol::encode_signal(from, data.as_str()), false);
             }
         };
         // Joins and leaves are delivered under the registry's lock: queued, no socket I/O.
-        self.outbox.queue(frame.into());
+        self.send(frame, true);
     }
 
     fn evict(&self, why: Eviction) {
-        self.outbox.signal.evict(why);
+        match &self.resumable {
+            Some(r) => {
+                if let Some(outbox) = &r.locked().outbox {
+                    outbox.signal.evict(why);
+                }
+            }
+            None => self.outbox.signal.evict(why),
+        }
     }
 
     fn client(&self) -> IpAddr {
@@ -213,6 +323,10 @@ struct Session {
     url_token: Option<String>,
     /// What this peer may do in its room (its join token's roles).
     roles: Roles,
+    /// A resumable peer's member and current resume token (its place in `Native::places`).
+    resumable: Option<(Arc<NativeMember>, String)>,
+    /// The same, for a join not decided yet.
+    pending_resume: Option<(Arc<NativeMember>, String)>,
     gate: Gate,
     /// Outside a room: the join timeout. In a room: when fresh TURN credentials are
     /// pushed (four fifths of their lifetime).
@@ -253,6 +367,8 @@ async fn run(
         room_allocations: None,
         url_token,
         roles: Roles::DEFAULT,
+        resumable: None,
+        pending_resume: None,
         gate,
         due,
     };
@@ -345,6 +461,10 @@ impl Handler for Session {
     }
 
     fn finish(&mut self) {
+        if self.outbox.signal.reason() == Some(Eviction::Replaced) {
+            // A resume took this peer over: it lives on on the new socket.
+            return;
+        }
         if self.room.is_none()
             && let Some(left) = self.native.registry.leave(&self.peer_id)
         {
@@ -352,6 +472,9 @@ impl Handler for Session {
             self.app.peer_left(&Scope::native(left.room), &self.peer_id);
         }
         self.joining = None;
+        if self.park() {
+            return;
+        }
         self.leave();
     }
 }
@@ -384,12 +507,26 @@ impl Session {
             Ok(ClientMsg::Leave) => NativeMessage::Leave,
             Ok(ClientMsg::Kick { .. }) => NativeMessage::Kick,
             Ok(ClientMsg::Ping) => NativeMessage::Ping,
+            Ok(ClientMsg::Resume { .. }) => NativeMessage::Resume,
+            Ok(ClientMsg::Ack { .. }) => NativeMessage::Ack,
         });
         match msg {
             Err(message) => Answer::Error(ErrorCode::BadRequest, message),
-            Ok(ClientMsg::Join { room, name, token }) => {
+            Ok(ClientMsg::Join {
+                room,
+                name,
+                token,
+                resume,
+            }) => {
                 let token = token.or_else(|| self.url_token.clone());
-                self.join(&room, name, token.as_deref())
+                self.join(&room, name, token.as_deref(), resume)
+            }
+            Ok(ClientMsg::Resume { token, last_seq }) => self.resume(&token, last_seq),
+            Ok(ClientMsg::Ack { seq }) => {
+                if let Some((member, _)) = &self.resumable {
+                    member.ack(seq);
+                }
+                Answer::None
             }
             Ok(ClientMsg::Kick { peer_id }) => self.kick(&peer_id),
             Ok(ClientMsg::Signal { to, payload }) => {
@@ -450,7 +587,13 @@ impl Session {
         }
     }
 
-    fn join(&mut self, room: &str, name: Option<String>, token: Option<&str>) -> Answer {
+    fn join(
+        &mut self,
+        room: &str,
+        name: Option<String>,
+        token: Option<&str>,
+        resume: bool,
+    ) -> Answer {
         if let Some(current) = &self.room {
             return Answer::Error(
                 ErrorCode::AlreadyJoined,
@@ -501,6 +644,9 @@ impl Session {
         );
         let outbox = self.outbox.clone();
         let (peer_id, room) = (self.peer_id.clone(), room_id.clone());
+        let resume = resume && self.app.live().signaling.resume_grace_s > 0;
+        let resume_token = resume.then(super::resume::new_token);
+        let welcome_token = resume_token.clone();
         let welcome = move |joined: &Joined| {
             let welcome = ServerMsg::Welcome {
                 peer_id,
@@ -509,14 +655,13 @@ impl Session {
                 ice_servers,
                 ice_ttl_s,
                 roles,
+                resume_token: welcome_token,
             };
             // Under the registry's lock: queued, no socket I/O.
             outbox.queue(protocol::encode(&welcome).into());
         };
-        let member = Arc::new(NativeMember {
-            outbox: self.outbox.clone(),
-            client: self.client,
-        });
+        let member = Arc::new(NativeMember::new(self.outbox.clone(), self.client, resume));
+        self.pending_resume = resume_token.map(|token| (Arc::clone(&member), token));
         let joining = self
             .native
             .registry
@@ -534,8 +679,21 @@ impl Session {
         let Some(room_id) = self.joining.take() else {
             return Answer::None;
         };
+        let pending_resume = self.pending_resume.take();
         match outcome {
             Ok(joined) => {
+                if let Some((member, token)) = pending_resume {
+                    let place = Place {
+                        peer_id: self.peer_id.clone(),
+                        room: room_id.clone(),
+                        roles: self.roles,
+                        room_allocations: self.room_allocations,
+                        member: Arc::clone(&member),
+                        parked: false,
+                    };
+                    self.native.places.locked().insert(token.clone(), place);
+                    self.resumable = Some((member, token));
+                }
                 tracing::Span::current().record("room", room_id.as_str());
                 info!(
                     created = joined.created,
@@ -622,7 +780,141 @@ impl Session {
         Answer::None
     }
 
+    /// The socket dropped (not a `leave`, not an eviction, not shutting down or draining):
+    /// a resumable peer keeps its place for `signaling.resume_grace_s`, its messages kept
+    /// for a resume; then it leaves. `false` when it leaves now instead.
+    fn park(&mut self) -> bool {
+        let grace = self.app.live().signaling.resume_grace_s;
+        let (Some((member, token)), Some(room)) = (&self.resumable, &self.room) else {
+            return false;
+        };
+        if grace == 0
+            || self.outbox.signal.is_closed()
+            || self.app.draining()
+            || self.app.shutdown.is_cancelled()
+            || self.native.registry.room_of(&self.peer_id).as_ref() != Some(room)
+        {
+            return false;
+        }
+        match self.native.places.locked().get_mut(token) {
+            Some(place) => place.parked = true,
+            None => return false,
+        }
+        member.park();
+        info!(
+            grace_s = grace,
+            "socket dropped: the peer keeps its place for a resume"
+        );
+        let (native, app) = (Arc::clone(&self.native), Arc::clone(&self.app));
+        let (token, peer) = (token.clone(), self.peer_id.clone());
+        let shutdown = self.app.shutdown.clone();
+        self.app.tasks.spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(grace)) => {}
+                () = shutdown.cancelled() => {}
+            }
+            // Still parked under this token: nobody resumed it.
+            let expired = native.places.locked().remove(&token).is_some();
+            if expired && let Some(left) = native.registry.leave(&peer) {
+                info!(%peer, room = %left.room, "left: not resumed within signaling.resume_grace_s");
+                app.peer_left(&Scope::native(left.room), &peer);
+            }
+        });
+        self.room = None;
+        self.resumable = None;
+        true
+    }
+
+    /// `resume`: takes over the place `token` names, sending `resumed` and then every
+    /// message after `last_seq`; the room sees nothing.
+    fn resume(&mut self, token: &str, last_seq: u64) -> Answer {
+        if self.room.is_some() || self.joining.is_some() {
+            return Answer::Error(
+                ErrorCode::AlreadyJoined,
+                "this socket is in a room already; resume on a new one".to_owned(),
+            );
+        }
+        let failed = |why: &str| {
+            Answer::Error(
+                ErrorCode::ResumeFailed,
+                format!("{why}: join the room again"),
+            )
+        };
+        let Some(place) = self.native.places.locked().remove(token) else {
+            return failed(
+                "no place to resume (an unknown or used token, or its grace period is over)",
+            );
+        };
+        let registry = &self.native.registry;
+        if registry.room_of(&place.peer_id).as_ref() != Some(&place.room) {
+            return failed("the peer is no longer in its room");
+        }
+        let scope = Scope::native(place.room.clone());
+        let (ice_servers, ice_ttl_s) = self.app.ice_servers_for(
+            &place.peer_id,
+            &scope,
+            place.room_allocations,
+            &self.request_host,
+        );
+        let peers: Vec<PeerInfo> = registry
+            .rooms()
+            .into_iter()
+            .find(|(room, _)| *room == place.room)
+            .map(|(_, members)| members)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| p.id != place.peer_id)
+            .collect();
+        let next_token = super::resume::new_token();
+        let resumed = ServerMsg::Resumed {
+            peer_id: place.peer_id.clone(),
+            room: place.room.clone(),
+            peers,
+            ice_servers,
+            ice_ttl_s,
+            roles: place.roles,
+            resume_token: next_token.clone(),
+        };
+        if !place
+            .member
+            .attach(&self.outbox, protocol::encode(&resumed), last_seq)
+        {
+            if place.parked {
+                // It cannot come back whole: it leaves now, as at the end of its grace.
+                if let Some(left) = registry.leave(&place.peer_id) {
+                    self.app
+                        .peer_left(&Scope::native(left.room), &place.peer_id);
+                }
+            } else {
+                // Its socket is still there: it keeps its place.
+                self.native.places.locked().insert(token.to_owned(), place);
+            }
+            return failed("messages it missed are no longer kept");
+        }
+        tracing::Span::current().record("room", place.room.as_str());
+        info!(peer = %place.peer_id, was_parked = place.parked, "resumed");
+        self.peer_id = place.peer_id.clone();
+        self.room = Some(place.room.clone());
+        self.roles = place.roles;
+        self.room_allocations = place.room_allocations;
+        self.due = Instant::now() + self.refresh_interval();
+        self.app.announce_client(&scope, &self.peer_id, self.client);
+        let member = Arc::clone(&place.member);
+        self.native.places.locked().insert(
+            next_token.clone(),
+            Place {
+                parked: false,
+                ..place
+            },
+        );
+        self.resumable = Some((member, next_token));
+        Answer::None
+    }
+
     fn leave(&mut self) {
+        if let Some((_, token)) = self.resumable.take() {
+            self.native.places.locked().remove(&token);
+        }
         if self.room.take().is_some()
             && let Some(left) = self.native.registry.leave(&self.peer_id)
         {

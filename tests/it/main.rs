@@ -19,6 +19,7 @@ mod lab;
 mod prereq;
 mod raw_turn;
 mod reload;
+mod resume;
 mod signaling;
 mod tidy;
 mod tokens;
