@@ -62,6 +62,7 @@
   let lastSeq = 0;
   let ackTimer = null;
   let droppedAt = 0;
+  const formerSelves = new Set();
   const RESUME_FOR_MS = 25000;  // a little less than the server's default grace (30 s)
   let statusText = '';
 
@@ -458,7 +459,7 @@
     if (hungUp) return;
     state.phase = 'joining';
     if (!state.reconnecting) setStatus('Connecting to server…');
-    ws = new WebSocket((location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/ws');
+    ws = new WebSocket(wsUrl());
     ws.onopen = () => {
       if (resumeToken && Date.now() - droppedAt < RESUME_FOR_MS) {
         send({ type: 'resume', token: resumeToken, last_seq: lastSeq });
@@ -466,8 +467,7 @@
       }
       if (resumeToken) {
         // Too late to take the place back: the calls start over with a new membership.
-        resumeToken = null;
-        dropPeers();
+        giveUpPlace();
       }
       sendJoin();
     };
@@ -480,12 +480,14 @@
     ws.onclose = (ev) => {
       clearTimeout(ackTimer);
       ackTimer = null;
-      const resumable = resumeToken && !hungUp && state.phase === 'joined'
+      const resumable = resumeToken && !hungUp
+        && (state.phase === 'joined' || state.reconnecting)
         && !(ev.code === 1008 && ev.reason === 'closed by the server operator');
       if (resumable) {
         // The calls go on (media does not need this socket) while a new one takes the
-        // place back; the room sees nothing.
-        droppedAt = Date.now();
+        // place back; the room sees nothing. Attempts that fail keep trying, with the
+        // backoff, until the place is surely gone.
+        if (state.phase === 'joined') droppedAt = Date.now();
       } else {
         resumeToken = null;
         dropPeers();
@@ -513,6 +515,14 @@
     send({ type: 'join', room: state.room, name: myName() || undefined, token: TOKEN || undefined, resume: true });
   }
 
+  // The old place is given up: until the server ends it, the room may still list the old
+  // peer id, which is this page's own former self and no one to call.
+  function giveUpPlace() {
+    resumeToken = null;
+    if (state.peerId) formerSelves.add(state.peerId);
+    dropPeers();
+  }
+
   function dropPeers() {
     for (const id of [...state.peers.keys()]) removePeer(id);
     state.names.clear();
@@ -529,6 +539,10 @@
         send({ type: 'ack', seq: lastSeq });
       }, 1000);
     }
+  }
+
+  function wsUrl() {
+    return (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/ws';
   }
 
   function send(msg) {
@@ -552,8 +566,11 @@
         lastSeq = 0;
         if (!state.roles.publish) receiveOnly();
         state.names.clear();
-        for (const p of msg.peers) state.names.set(p.id, p.name || null);
-        for (const p of msg.peers) addPeer(p);
+        for (const p of msg.peers) {
+          if (formerSelves.has(p.id)) continue;
+          state.names.set(p.id, p.name || null);
+          addPeer(p);
+        }
         renderPeople();
         updateStatus();
         break;
@@ -586,6 +603,7 @@
         }
         break;
       case 'peer_joined':
+        if (formerSelves.has(msg.peer.id)) break;
         // The newcomer makes the first offer; the connection is created when it arrives.
         // Offering from both sides at once (glare) is legal, but Chromium can stall ICE
         // gathering after the implicit rollback it causes.
@@ -594,6 +612,7 @@
         setStatus(displayName(msg.peer.id, msg.peer.name) + ' joined');
         break;
       case 'peer_left': {
+        if (formerSelves.delete(msg.peer_id)) break;
         const name = displayName(msg.peer_id, state.names.get(msg.peer_id));
         state.names.delete(msg.peer_id);
         pendingMedia.delete(msg.peer_id);
@@ -608,8 +627,7 @@
       case 'error':
         if (msg.code === 'resume_failed') {
           // The place is gone: join anew, as a new member.
-          resumeToken = null;
-          dropPeers();
+          giveUpPlace();
           sendJoin();
           break;
         }
@@ -968,6 +986,18 @@
     hungUp = true;
     clearTimeout(reconnectTimer);
     reconnectTimer = null;
+    if ((!ws || ws.readyState !== WebSocket.OPEN) && resumeToken) {
+      // The socket is down and the room still holds the place: take it back to leave it,
+      // so the others see the leave now rather than when the place times out.
+      const token = resumeToken;
+      const bye = new WebSocket(wsUrl());
+      bye.onopen = () => {
+        bye.send(JSON.stringify({ type: 'resume', token, last_seq: lastSeq }));
+        bye.send(JSON.stringify({ type: 'leave' }));
+        bye.close(1000);
+      };
+    }
+    resumeToken = null;
     send({ type: 'leave' });
     stopSharing();
     for (const id of [...state.peers.keys()]) removePeer(id);

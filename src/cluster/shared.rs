@@ -672,6 +672,10 @@ impl Registry for Shared {
         self.mirror.reading().rooms.list()
     }
 
+    fn members(&self, room: &RoomId) -> Vec<PeerInfo> {
+        self.mirror.reading().rooms.members(room).to_vec()
+    }
+
     fn activity(&self) -> Vec<RoomActivity> {
         self.mirror
             .reading()

@@ -59,9 +59,18 @@ pub trait Handler {
     fn deadline(&mut self) -> Reply;
     /// The outcome of the join a `Reply::Join` waited for.
     fn joined(&mut self, outcome: Result<Joined, JoinError>) -> Reply;
-    /// The socket is done: leave rooms, free names. Called before the close frame is
-    /// written, which may take a while to a client that stopped reading.
-    fn finish(&mut self);
+    /// The socket is done (`ended` says how): leave rooms, free names. Called before the
+    /// close frame is written, which may take a while to a client that stopped reading.
+    fn finish(&mut self, ended: Ended);
+}
+
+/// How a socket ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The client sent a close frame: it meant to go.
+    Closed,
+    /// Anything else: the connection broke or went silent, or the server closed it.
+    Lost,
 }
 
 /// A socket's reading half, its shared writing half, and its outbox's receiving end.
@@ -105,8 +114,9 @@ impl Conn {
 
     /// Runs the socket until it closes; the close frame, if any, has been sent then.
     pub async fn serve(mut self, dialect: &mut impl Handler) {
-        let close = self.run(dialect).await;
-        dialect.finish();
+        let mut ended = Ended::Lost;
+        let close = self.run(dialect, &mut ended).await;
+        dialect.finish(ended);
         if let Some((code, reason)) = close {
             // Boxed, as every wait but the loop's own (see `run`).
             let _ = Box::pin(finish(self.direct.close(Some(code), reason))).await;
@@ -116,7 +126,11 @@ impl Conn {
         }
     }
 
-    async fn run(&mut self, dialect: &mut impl Handler) -> Option<(u16, &'static str)> {
+    async fn run(
+        &mut self,
+        dialect: &mut impl Handler,
+        ended: &mut Ended,
+    ) -> Option<(u16, &'static str)> {
         // The waits that are not the loop's own (a write that must wait for the client, a
         // reply) are boxed: this future is kept by every connection for its whole life, and
         // the largest wait sets its size (1.3 KiB unboxed, more than half of it for them).
@@ -208,6 +222,7 @@ impl Conn {
                             Incoming::Pong => dialect.charge().err().unwrap_or(Reply::None),
                             Incoming::Close(code) => {
                                 batch.flush();
+                                *ended = Ended::Closed;
                                 // The client closes: echo its status (RFC 6455 section 5.5.1).
                                 return Some((code.unwrap_or(CLOSE_NORMAL), ""));
                             }
@@ -453,7 +468,7 @@ mod tests {
         fn joined(&mut self, _: Result<Joined, JoinError>) -> Reply {
             Reply::None
         }
-        fn finish(&mut self) {}
+        fn finish(&mut self, _: Ended) {}
     }
 
     /// A served socket's outbox and the client's end of it.

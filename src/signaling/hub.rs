@@ -197,6 +197,10 @@ impl Registry for Hub {
         self.read().rooms.list()
     }
 
+    fn members(&self, room: &RoomId) -> Vec<PeerInfo> {
+        self.read().rooms.members(room).to_vec()
+    }
+
     fn activity(&self) -> Vec<RoomActivity> {
         self.read().rooms.activity(std::time::Instant::now())
     }

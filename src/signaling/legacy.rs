@@ -697,7 +697,7 @@ impl Handler for Session {
         reply(self.logged_in(outcome))
     }
 
-    fn finish(&mut self) {
+    fn finish(&mut self, _: super::conn::Ended) {
         self.close();
     }
 }

@@ -134,6 +134,10 @@ impl Registry for Observed {
         self.inner.rooms()
     }
 
+    fn members(&self, room: &RoomId) -> Vec<PeerInfo> {
+        self.inner.members(room)
+    }
+
     fn activity(&self) -> Vec<RoomActivity> {
         self.inner.activity()
     }

@@ -190,6 +190,8 @@ pub trait Registry: Send + Sync + fmt::Debug {
     fn set_limits(&self, capacity: usize, max_rooms: usize, messages_per_s: u32);
     /// Every room with its members in join order, sorted by name.
     fn rooms(&self) -> Vec<(RoomId, Vec<PeerInfo>)>;
+    /// The members of `room`, in join order.
+    fn members(&self, room: &RoomId) -> Vec<PeerInfo>;
     /// What every room and member has done so far (messages, time since joining), rooms
     /// sorted by name. In a cluster, a member's messages are counted by its own instance.
     fn activity(&self) -> Vec<RoomActivity>;

@@ -15,8 +15,8 @@ use std::collections::VecDeque;
 use axum::extract::ws::Utf8Bytes;
 
 /// Messages kept for a resume at most, and their bytes.
-pub const MAX_FRAMES: usize = 256;
-pub const MAX_BYTES: usize = 1 << 20;
+pub const MAX_FRAMES: usize = 128;
+pub const MAX_BYTES: usize = 256 * 1024;
 
 /// A resumable peer's numbered messages not yet acknowledged.
 #[derive(Debug)]

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::ws::Utf8Bytes;
 use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
@@ -19,7 +20,7 @@ use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::admit::{Admitted, admit};
-use super::conn::{Conn, Handler, Reply};
+use super::conn::{Conn, Ended, Handler, Reply};
 use super::dialect::Dialect;
 use super::frame::CLOSE_POLICY;
 use super::gate::{Gate, Refused};
@@ -57,6 +58,9 @@ struct Place {
     member: Arc<NativeMember>,
     /// Its socket dropped: the place waits for a resume until the grace period ends.
     parked: bool,
+    /// The dropped socket's connection slot, held while the place waits: a parked peer
+    /// counts against its source's and the server's connection limits.
+    guard: Option<crate::limiter::ConnectionGuard>,
 }
 
 /// This dialect's name in metrics and the admin API.
@@ -159,62 +163,127 @@ impl Dialect for Native {
 /// `peer_left` and `signal` messages on its outbox. A resumable one numbers them and keeps
 /// them for a resume (`resume::Replay`), and outlives its socket while parked.
 #[derive(Debug)]
-struct NativeMember {
-    outbox: Outbox,
-    client: IpAddr,
-    resumable: Option<Mutex<Resumable>>,
+enum NativeMember {
+    Plain { outbox: Outbox, client: IpAddr },
+    Resumable(Mutex<Resumable>),
 }
 
-/// A resumable member's socket (none while parked) and the messages it may need again.
+/// A resumable member: its socket (none while parked), the messages it may need again, and
+/// whether its place has ended.
 #[derive(Debug)]
 struct Resumable {
     outbox: Option<Outbox>,
+    client: IpAddr,
     replay: Replay,
+    /// Its session is leaving: no resume may take it over any more.
+    ended: bool,
+}
+
+/// What a session finds of its resumable member as its socket ends.
+#[derive(Debug, PartialEq, Eq)]
+enum Exit {
+    /// A resume moved the member to another socket: this one must do nothing more.
+    Replaced,
+    /// Its messages now only wait for a resume.
+    Parked,
+    /// It leaves: no resume will take it.
+    Leaves,
 }
 
 impl NativeMember {
     fn new(outbox: Outbox, client: IpAddr, resumable: bool) -> NativeMember {
-        let resumable = resumable.then(|| {
-            Mutex::new(Resumable {
-                outbox: Some(outbox.clone()),
+        if resumable {
+            NativeMember::Resumable(Mutex::new(Resumable {
+                outbox: Some(outbox),
+                client,
                 replay: Replay::default(),
-            })
-        });
-        NativeMember {
-            outbox,
-            client,
-            resumable,
+                ended: false,
+            }))
+        } else {
+            NativeMember::Plain { outbox, client }
         }
     }
 
-    /// Its socket dropped: its messages only wait for a resume now.
-    fn park(&self) {
-        if let Some(r) = &self.resumable {
-            r.locked().outbox = None;
+    /// Whether `outbox` is still where this member's messages go (no resume took it over).
+    fn owned_by(&self, outbox: &Outbox) -> bool {
+        match self {
+            NativeMember::Plain { .. } => true,
+            NativeMember::Resumable(r) => r
+                .locked()
+                .outbox
+                .as_ref()
+                .is_some_and(|o| Arc::ptr_eq(&o.signal, &outbox.signal)),
+        }
+    }
+
+    /// The socket of `outbox` ends: parked when `park` (its messages then only kept),
+    /// else ended; decided under the member's lock, so a resume either came first (this
+    /// socket was replaced) or finds the outcome.
+    fn exit(&self, outbox: &Outbox, park: bool) -> Exit {
+        let NativeMember::Resumable(r) = self else {
+            return Exit::Leaves;
+        };
+        let mut r = r.locked();
+        if !r
+            .outbox
+            .as_ref()
+            .is_some_and(|o| Arc::ptr_eq(&o.signal, &outbox.signal))
+        {
+            return Exit::Replaced;
+        }
+        r.outbox = None;
+        if park {
+            Exit::Parked
+        } else {
+            r.ended = true;
+            Exit::Leaves
+        }
+    }
+
+    /// Whether a socket still carries its messages, its place not over.
+    fn owned_by_someone(&self) -> bool {
+        match self {
+            NativeMember::Plain { .. } => true,
+            NativeMember::Resumable(r) => {
+                let r = r.locked();
+                r.outbox.is_some() && !r.ended
+            }
+        }
+    }
+
+    /// Its place ends (the grace is over): no resume may take it.
+    fn end(&self) {
+        if let NativeMember::Resumable(r) = self {
+            r.locked().ended = true;
         }
     }
 
     /// The client received every message up to `seq`.
     fn ack(&self, seq: u64) {
-        if let Some(r) = &self.resumable {
+        if let NativeMember::Resumable(r) = self {
             r.locked().replay.ack(seq);
         }
     }
 
-    /// Moves the member to `outbox`: `first` (the `resumed` message), then the messages
-    /// after `last_seq`, then whatever comes next. The previous socket, if still open, is
-    /// closed. `false` when messages after `last_seq` are no longer kept.
-    fn attach(&self, outbox: &Outbox, first: String, last_seq: u64) -> bool {
-        let Some(r) = &self.resumable else {
+    /// Moves the member to `outbox` (of a client at `client`): `first` (the `resumed`
+    /// message), then the messages after `last_seq`, then whatever comes next. The previous
+    /// socket, if still open, is closed. `false` when its place ended, or messages after
+    /// `last_seq` are no longer kept.
+    fn attach(&self, outbox: &Outbox, client: IpAddr, first: String, last_seq: u64) -> bool {
+        let NativeMember::Resumable(r) = self else {
             return false;
         };
         let mut r = r.locked();
+        if r.ended {
+            return false;
+        }
         let Some(missed) = r.replay.since(last_seq) else {
             return false;
         };
         if let Some(previous) = r.outbox.replace(outbox.clone()) {
             previous.signal.evict(Eviction::Replaced);
         }
+        r.client = client;
         outbox.queue(first.into());
         for frame in missed {
             outbox.queue(frame);
@@ -223,26 +292,23 @@ impl NativeMember {
     }
 
     fn send(&self, frame: String, queue_only: bool) {
-        let (outbox, frame) = match &self.resumable {
-            None => (&self.outbox, frame.into()),
-            Some(r) => {
+        let hand = |outbox: &Outbox, frame: Utf8Bytes| {
+            if queue_only {
+                outbox.queue(frame);
+            } else {
+                outbox.deliver(frame);
+            }
+        };
+        match self {
+            NativeMember::Plain { outbox, .. } => hand(outbox, frame.into()),
+            NativeMember::Resumable(r) => {
                 // Numbered and handed on under one lock, so sequence and delivery agree.
                 let mut r = r.locked();
                 let frame = r.replay.push(frame);
                 if let Some(outbox) = &r.outbox {
-                    if queue_only {
-                        outbox.queue(frame);
-                    } else {
-                        outbox.deliver(frame);
-                    }
+                    hand(outbox, frame);
                 }
-                return;
             }
-        };
-        if queue_only {
-            outbox.queue(frame);
-        } else {
-            outbox.deliver(frame);
         }
     }
 }
@@ -267,18 +333,24 @@ impl Member for NativeMember {
     }
 
     fn evict(&self, why: Eviction) {
-        match &self.resumable {
-            Some(r) => {
-                if let Some(outbox) = &r.locked().outbox {
+        match self {
+            NativeMember::Plain { outbox, .. } => outbox.signal.evict(why),
+            NativeMember::Resumable(r) => {
+                let mut r = r.locked();
+                // Put out of the room (or too slow): its place is over too.
+                r.ended = true;
+                if let Some(outbox) = &r.outbox {
                     outbox.signal.evict(why);
                 }
             }
-            None => self.outbox.signal.evict(why),
         }
     }
 
     fn client(&self) -> IpAddr {
-        self.client
+        match self {
+            NativeMember::Plain { client, .. } => *client,
+            NativeMember::Resumable(r) => r.locked().client,
+        }
     }
 }
 
@@ -327,6 +399,8 @@ struct Session {
     resumable: Option<(Arc<NativeMember>, String)>,
     /// The same, for a join not decided yet.
     pending_resume: Option<(Arc<NativeMember>, String)>,
+    /// The socket's connection slot (handed to its place when it is parked).
+    guard: Option<crate::limiter::ConnectionGuard>,
     gate: Gate,
     /// Outside a room: the join timeout. In a room: when fresh TURN credentials are
     /// pushed (four fifths of their lifetime).
@@ -341,7 +415,7 @@ async fn run(
     admitted: Admitted,
 ) {
     let Admitted {
-        guard: _guard,
+        guard,
         request_host,
         client,
         token: url_token,
@@ -369,6 +443,7 @@ async fn run(
         roles: Roles::DEFAULT,
         resumable: None,
         pending_resume: None,
+        guard: Some(guard),
         gate,
         due,
     };
@@ -412,6 +487,10 @@ impl Session {
 
 impl Handler for Session {
     fn text(&mut self, text: &str) -> Reply {
+        if self.replaced() {
+            // A resume took this peer over: what this socket still sends is not its.
+            return Reply::None;
+        }
         let answer = self.handle_text(text);
         self.reply(answer)
     }
@@ -460,8 +539,8 @@ impl Handler for Session {
         self.reply(answer)
     }
 
-    fn finish(&mut self) {
-        if self.outbox.signal.reason() == Some(Eviction::Replaced) {
+    fn finish(&mut self, ended: Ended) {
+        if self.replaced() {
             // A resume took this peer over: it lives on on the new socket.
             return;
         }
@@ -472,7 +551,7 @@ impl Handler for Session {
             self.app.peer_left(&Scope::native(left.room), &self.peer_id);
         }
         self.joining = None;
-        if self.park() {
+        if self.park(ended) {
             return;
         }
         self.leave();
@@ -690,6 +769,7 @@ impl Session {
                         room_allocations: self.room_allocations,
                         member: Arc::clone(&member),
                         parked: false,
+                        guard: None,
                     };
                     self.native.places.locked().insert(token.clone(), place);
                     self.resumable = Some((member, token));
@@ -780,46 +860,61 @@ impl Session {
         Answer::None
     }
 
-    /// The socket dropped (not a `leave`, not an eviction, not shutting down or draining):
-    /// a resumable peer keeps its place for `signaling.resume_grace_s`, its messages kept
-    /// for a resume; then it leaves. `false` when it leaves now instead.
-    fn park(&mut self) -> bool {
+    /// Whether a resume moved this session's peer to another socket.
+    fn replaced(&self) -> bool {
+        self.resumable
+            .as_ref()
+            .is_some_and(|(member, _)| !member.owned_by(&self.outbox))
+    }
+
+    /// The socket ended. A resumable peer whose connection was lost (not a close frame, a
+    /// `leave`, an eviction, a drain or a shutdown) keeps its place for
+    /// `signaling.resume_grace_s`, its messages kept for a resume; then it leaves. `true`
+    /// when nothing more is to be done here (parked, or a resume took it over); `false`
+    /// when it leaves now.
+    fn park(&mut self, ended: Ended) -> bool {
         let grace = self.app.live().signaling.resume_grace_s;
         let (Some((member, token)), Some(room)) = (&self.resumable, &self.room) else {
             return false;
         };
-        if grace == 0
-            || self.outbox.signal.is_closed()
-            || self.app.draining()
-            || self.app.shutdown.is_cancelled()
-            || self.native.registry.room_of(&self.peer_id).as_ref() != Some(room)
-        {
-            return false;
-        }
-        match self.native.places.locked().get_mut(token) {
-            Some(place) => place.parked = true,
-            None => return false,
-        }
-        member.park();
-        info!(
-            grace_s = grace,
-            "socket dropped: the peer keeps its place for a resume"
-        );
-        let (native, app) = (Arc::clone(&self.native), Arc::clone(&self.app));
-        let (token, peer) = (token.clone(), self.peer_id.clone());
-        let shutdown = self.app.shutdown.clone();
-        self.app.tasks.spawn(async move {
-            tokio::select! {
-                () = tokio::time::sleep(Duration::from_secs(grace)) => {}
-                () = shutdown.cancelled() => {}
+        let wanted = ended == Ended::Lost
+            && grace > 0
+            && !self.outbox.signal.is_closed()
+            && !self.app.draining()
+            && !self.app.shutdown.is_cancelled()
+            && self.native.registry.room_of(&self.peer_id).as_ref() == Some(room);
+        match member.exit(&self.outbox, wanted) {
+            Exit::Leaves => return false,
+            Exit::Replaced => {}
+            Exit::Parked => {
+                if let Some(place) = self.native.places.locked().get_mut(token) {
+                    place.parked = true;
+                    place.guard = self.guard.take();
+                }
+                info!(
+                    grace_s = grace,
+                    "socket lost: the peer keeps its place for a resume"
+                );
+                let (native, app) = (Arc::clone(&self.native), Arc::clone(&self.app));
+                let (token, peer) = (token.clone(), self.peer_id.clone());
+                let shutdown = self.app.shutdown.clone();
+                self.app.tasks.spawn(async move {
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(grace)) => {}
+                        () = shutdown.cancelled() => {}
+                    }
+                    // Still waiting under this token: nobody resumed it.
+                    let Some(place) = native.places.locked().remove(&token) else {
+                        return;
+                    };
+                    place.member.end();
+                    if let Some(left) = native.registry.leave(&peer) {
+                        info!(%peer, room = %left.room, "left: not resumed within signaling.resume_grace_s");
+                        app.peer_left(&Scope::native(left.room), &peer);
+                    }
+                });
             }
-            // Still parked under this token: nobody resumed it.
-            let expired = native.places.locked().remove(&token).is_some();
-            if expired && let Some(left) = native.registry.leave(&peer) {
-                info!(%peer, room = %left.room, "left: not resumed within signaling.resume_grace_s");
-                app.peer_left(&Scope::native(left.room), &peer);
-            }
-        });
+        }
         self.room = None;
         self.resumable = None;
         true
@@ -857,11 +952,7 @@ impl Session {
             &self.request_host,
         );
         let peers: Vec<PeerInfo> = registry
-            .rooms()
-            .into_iter()
-            .find(|(room, _)| *room == place.room)
-            .map(|(_, members)| members)
-            .unwrap_or_default()
+            .members(&place.room)
             .into_iter()
             .filter(|p| p.id != place.peer_id)
             .collect();
@@ -875,21 +966,24 @@ impl Session {
             roles: place.roles,
             resume_token: next_token.clone(),
         };
-        if !place
-            .member
-            .attach(&self.outbox, protocol::encode(&resumed), last_seq)
-        {
+        if !place.member.attach(
+            &self.outbox,
+            self.client,
+            protocol::encode(&resumed),
+            last_seq,
+        ) {
             if place.parked {
                 // It cannot come back whole: it leaves now, as at the end of its grace.
+                place.member.end();
                 if let Some(left) = registry.leave(&place.peer_id) {
                     self.app
                         .peer_left(&Scope::native(left.room), &place.peer_id);
                 }
-            } else {
+            } else if place.member.owned_by_someone() {
                 // Its socket is still there: it keeps its place.
                 self.native.places.locked().insert(token.to_owned(), place);
             }
-            return failed("messages it missed are no longer kept");
+            return failed("its place is over, or messages it missed are no longer kept");
         }
         tracing::Span::current().record("room", place.room.as_str());
         info!(peer = %place.peer_id, was_parked = place.parked, "resumed");
@@ -904,6 +998,8 @@ impl Session {
             next_token.clone(),
             Place {
                 parked: false,
+                // The parked socket's slot goes: this socket holds its own.
+                guard: None,
                 ..place
             },
         );

@@ -74,7 +74,7 @@ async fn a_dropped_peer_resumes_with_what_it_missed_in_order_and_the_room_sees_n
 
     // Ann's socket drops without a leave; Bob goes on sending, and is told of nothing.
     drop(ann);
-    server.wait_log("socket dropped: the peer keeps its place for a resume");
+    server.wait_log("socket lost: the peer keeps its place for a resume");
     signal(&mut bob, ann_id, 2).await;
     signal(&mut bob, ann_id, 3).await;
     nothing_else(&mut bob).await;
@@ -160,8 +160,11 @@ async fn the_place_is_lost_to_a_gap_or_the_end_of_the_grace_and_then_the_room_is
     nothing_else(&mut ann).await;
     nothing_else(&mut bob).await;
 
-    // Dropped and not resumed within the grace: the room is told she left.
+    // Dropped, kept for the grace (the room told nothing meanwhile), then the room is told
+    // she left.
     drop(ann);
+    server.wait_log("socket lost: the peer keeps its place for a resume");
+    nothing_else(&mut bob).await;
     let left = recv_json(&mut bob).await;
     assert_eq!(
         (&left["type"], &left["peer_id"]),
@@ -171,6 +174,17 @@ async fn the_place_is_lost_to_a_gap_or_the_end_of_the_grace_and_then_the_room_is
     late.send(json!({"type": "resume", "token": ann_welcome["resume_token"], "last_seq": 3}))
         .await;
     assert_eq!(recv_json(&mut late).await["code"], "resume_failed");
+}
+
+#[tokio::test]
+async fn a_resumable_peer_that_closes_its_socket_leaves_at_once() {
+    let server = TestServer::start("");
+    let (mut ann, _) = resumable(&server, "closing", "Ann").await;
+    let (mut bob, _) = resumable(&server, "closing", "Bob").await;
+    recv_json(&mut ann).await; // peer_joined
+    // A closed tab: the browser sends a close frame. That is a goodbye, not a lost network.
+    ann.ws.close(None).await.unwrap();
+    assert_eq!(recv_json(&mut bob).await["type"], "peer_left");
 }
 
 #[tokio::test]
