@@ -63,6 +63,7 @@
   let ackTimer = null;
   let droppedAt = 0;
   const formerSelves = new Set();
+  let unsent = [];          // signals made while the socket was down, for after the resume
   const RESUME_FOR_MS = 25000;  // a little less than the server's default grace (30 s)
   let statusText = '';
 
@@ -462,7 +463,7 @@
     ws = new WebSocket(wsUrl());
     ws.onopen = () => {
       if (resumeToken && Date.now() - droppedAt < RESUME_FOR_MS) {
-        send({ type: 'resume', token: resumeToken, last_seq: lastSeq });
+        ws.send(JSON.stringify({ type: 'resume', token: resumeToken, last_seq: lastSeq }));
         return;
       }
       if (resumeToken) {
@@ -512,6 +513,7 @@
   }
 
   function sendJoin() {
+    state.reconnecting = false;
     send({ type: 'join', room: state.room, name: myName() || undefined, token: TOKEN || undefined, resume: true });
   }
 
@@ -519,6 +521,7 @@
   // peer id, which is this page's own former self and no one to call.
   function giveUpPlace() {
     resumeToken = null;
+    unsent = [];
     if (state.peerId) formerSelves.add(state.peerId);
     dropPeers();
   }
@@ -546,7 +549,12 @@
   }
 
   function send(msg) {
-    if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(msg));
+    if (ws && ws.readyState === WebSocket.OPEN && !state.reconnecting) {
+      ws.send(JSON.stringify(msg));
+    } else if (msg.type === 'signal' && resumeToken) {
+      // The place is being taken back: the offer or candidate goes once it is.
+      unsent.push(msg);
+    }
   }
 
   function onServerMessage(msg) {
@@ -586,10 +594,10 @@
         const present = new Set(msg.peers.map((p) => p.id));
         for (const id of [...state.peers.keys()]) if (!present.has(id)) removePeer(id);
         for (const p of msg.peers) state.names.set(p.id, p.name || null);
+        for (const msg of unsent.splice(0)) send(msg);
         for (const peer of state.peers.values()) {
           try { peer.pc.setConfiguration(rtcConfig()); } catch { /* keep old */ }
-          peer.pc.restartIce();
-          state.iceRestarts += 1;
+          restartIce(peer);
         }
         renderPeople();
         updateStatus();
@@ -874,8 +882,27 @@
     });
   }
 
+  // One side of a pair restarts ICE: the one that is the DTLS server now (it offered
+  // last time). The other's offer would be answered `a=setup:active` (browsers' answers
+  // always are), changing the DTLS roles, which Chromium refuses ("Failed to set SSL
+  // role"); both at once would be glare. The side that is not asks the other.
+  function restartIce(peer) {
+    state.iceRestarts += 1;
+    if (dtlsServer(peer.pc)) peer.pc.restartIce();
+    else send({ type: 'signal', to: peer.id, payload: { restartIce: true } });
+  }
+
+  function dtlsServer(pc) {
+    const sdp = pc.currentLocalDescription ? pc.currentLocalDescription.sdp : '';
+    return /a=setup:(passive|actpass)/.test(sdp);
+  }
+
   async function handleSignal(peer, payload) {
     const pc = peer.pc;
+    if (payload && payload.restartIce) {
+      if (dtlsServer(pc)) pc.restartIce();
+      return;
+    }
     if (payload && payload.media) {
       onMedia(peer, payload.media);
     } else if (payload && payload.description) {

@@ -935,6 +935,12 @@ impl Session {
                 format!("{why}: join the room again"),
             )
         };
+        if self.app.draining() {
+            return Answer::Error(
+                ErrorCode::ShuttingDown,
+                "this instance is draining: connect again to reach another".to_owned(),
+            );
+        }
         let Some(place) = self.native.places.locked().remove(token) else {
             return failed(
                 "no place to resume (an unknown or used token, or its grace period is over)",
@@ -945,6 +951,15 @@ impl Session {
             return failed("the peer is no longer in its room");
         }
         let scope = Scope::native(place.room.clone());
+        if let Some(kept_out) = self
+            .app
+            .kept_out(&scope, self.client, std::time::Instant::now())
+        {
+            // The operator keeps this source out of the room: its place stays as it was.
+            self.native.places.locked().insert(token.to_owned(), place);
+            let (code, message) = kept_out.error();
+            return Answer::Error(code, message);
+        }
         let (ice_servers, ice_ttl_s) = self.app.ice_servers_for(
             &place.peer_id,
             &scope,
