@@ -200,3 +200,28 @@ async fn a_peer_that_did_not_ask_gets_no_token_no_seq_and_leaves_at_once() {
     drop(ann);
     assert_eq!(recv_json(&mut bob).await["type"], "peer_left");
 }
+
+#[tokio::test]
+async fn a_parked_peer_the_operator_kicks_is_gone_and_cannot_resume() {
+    let server = TestServer::start("");
+    let (mut ann, ann_welcome) = resumable(&server, "kicked", "Ann").await;
+    let (mut bob, _) = resumable(&server, "kicked", "Bob").await;
+    let ann_id = ann_welcome["peer_id"].as_str().unwrap().to_owned();
+    recv_json(&mut ann).await; // peer_joined
+    drop(ann);
+    server.wait_log("socket lost: the peer keeps its place for a resume");
+    let (status, body) = server
+        .admin("DELETE", &format!("/api/v1/peers/{ann_id}"), true)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let left = recv_json(&mut bob).await;
+    assert_eq!(
+        (left["type"].as_str(), left["peer_id"].as_str()),
+        (Some("peer_left"), Some(ann_id.as_str()))
+    );
+    let mut back = server.client().await;
+    back.send(json!({"type": "resume", "token": ann_welcome["resume_token"], "last_seq": 1}))
+        .await;
+    assert_eq!(recv_json(&mut back).await["code"], "resume_failed");
+    nothing_else(&mut bob).await;
+}
