@@ -162,6 +162,43 @@ mod tests {
     }
 
     #[test]
+    fn a_rooms_events_share_an_order_key_a_roomless_peers_are_its_own() {
+        let (a, b) = (
+            PeerId::parse(&format!("{:032x}", 1)).unwrap(),
+            PeerId::parse(&format!("{:032x}", 2)).unwrap(),
+        );
+        let joined = |place: Place, peer: &PeerId| Event::PeerJoined {
+            place,
+            peer: peer.clone(),
+            name: None,
+        };
+        let started = Event::RoomStarted { place: place() };
+        assert_eq!(started.order_key(), ("native", "lobby"));
+        assert_eq!(joined(place(), &a).order_key(), started.order_key());
+        assert_eq!(joined(place(), &b).order_key(), started.order_key());
+        let closed = Event::AllocationClosed {
+            place: place(),
+            peer: None,
+            transport: "udp",
+            reason: "expired",
+            usage: Usage::default(),
+        };
+        assert_eq!(closed.order_key(), started.order_key());
+        let directory = || Place {
+            dialect: "plain_ws",
+            room: None,
+        };
+        assert_eq!(
+            joined(directory(), &a).order_key(),
+            ("plain_ws", a.as_str())
+        );
+        assert_ne!(
+            joined(directory(), &a).order_key(),
+            joined(directory(), &b).order_key()
+        );
+    }
+
+    #[test]
     fn bodies_carry_type_time_and_the_events_data() {
         let peer = PeerId::parse(&format!("{:032x}", 1)).unwrap();
         assert_eq!(

@@ -69,7 +69,7 @@ const MAX_ANSWER: usize = 64 * 1024;
 #[derive(Debug)]
 struct Settings {
     keys: Vec<SigningKey>,
-    events: WebhooksConfig,
+    config: WebhooksConfig,
 }
 
 impl Settings {
@@ -80,7 +80,7 @@ impl Settings {
                 .iter()
                 .filter_map(|s| SigningKey::parse(s.expose()))
                 .collect(),
-            events: config.clone(),
+            config: config.clone(),
         }
     }
 }
@@ -167,7 +167,7 @@ impl Webhooks {
     /// queue drops it, counted.
     pub fn emit(&self, event: &Event) {
         let settings = self.settings.load();
-        if !settings.events.wants(event.kind()) {
+        if !settings.config.wants(event.kind()) {
             return;
         }
         let pending = Arc::new(Pending {
@@ -401,7 +401,7 @@ impl Lane {
         loop {
             n += 1;
             let outcome = self.attempt(pending).await;
-            let max_attempts = self.settings.load().events.max_attempts;
+            let max_attempts = self.settings.load().config.max_attempts;
             let reason = match outcome {
                 Outcome::Delivered => {
                     self.stats.delivered.inc();
@@ -445,7 +445,7 @@ impl Lane {
             Ok(r) => r,
             Err(e) => return Outcome::Failed(e.to_string()),
         };
-        let timeout = Duration::from_secs(settings.events.timeout_s);
+        let timeout = Duration::from_secs(settings.config.timeout_s);
         let deadline = tokio::time::Instant::now() + timeout;
         match tokio::time::timeout_at(deadline, self.client.request(request)).await {
             Ok(Ok(response)) => {

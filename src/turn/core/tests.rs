@@ -1985,54 +1985,37 @@ fn with_the_fence_a_member_reaches_what_the_others_of_its_room_are_known_by_only
     assert_eq!(f.permit(tuple(4002), &rest_cred, &["8.8.4.4:1"]), None);
 }
 
+/// Ann and Bob of room `team` and Eve of room `other`, each allocated (from ports 4000,
+/// 4001, 4002): each one's 5-tuple, credential and allocation.
+fn two_rooms_allocated(f: &Fixture) -> [(FiveTuple, Cred, Arc<Allocation<()>>); 3] {
+    let team = Scope::native(RoomId::parse("team").unwrap());
+    let other = Scope::native(RoomId::parse("other").unwrap());
+    [(&team, 4000), (&team, 4001), (&other, 4002)].map(|(scope, port)| {
+        let peer = f.join(scope);
+        let (t, cred) = (tuple(port), peer_cred(scope, &peer, UNIX + 600));
+        assert_eq!(code(&f.allocate(t, &cred)), None);
+        (t, cred, f.core.get(&t).unwrap())
+    })
+}
+
 /// With the fence, relays of different rooms on the server's own address do not reach each
 /// other, even with a permission for that address: not by Send, not from the other relay
 /// (ChannelData: `route`'s tests).
 #[test]
 fn with_the_fence_relays_of_other_rooms_are_out_of_reach() {
     let f = fixture_with(|c| c.fence = true);
-    let team = Scope::native(RoomId::parse("team").unwrap());
-    let other = Scope::native(RoomId::parse("other").unwrap());
-    let (ann, bob, eve) = (f.join(&team), f.join(&team), f.join(&other));
-    let (ta, tb, te) = (tuple(4000), tuple(4001), tuple(4002));
-    let cred = |scope: &Scope, peer: &PeerId| peer_cred(scope, peer, UNIX + 600);
-    for (t, c) in [
-        (ta, cred(&team, &ann)),
-        (tb, cred(&team, &bob)),
-        (te, cred(&other, &eve)),
-    ] {
-        assert_eq!(code(&f.allocate(t, &c)), None);
-    }
-    let (a, b, e) = (
-        f.core.get(&ta).unwrap(),
-        f.core.get(&tb).unwrap(),
-        f.core.get(&te).unwrap(),
-    );
+    let [(ta, ann, a), (tb, bob, b), (te, eve, e)] = two_rooms_allocated(&f);
     // Bob's relay makes the relay address reachable to Ann: her permission covers Eve's relay
     // on the same address too (a permission is for an IP).
-    assert_eq!(
-        f.permit(ta, &cred(&team, &ann), &[&b.relayed.to_string()]),
-        None
-    );
-    assert_eq!(
-        f.bind(ta, &cred(&team, &ann), 0x4000, &e.relayed.to_string()),
-        None
-    );
-    assert_eq!(
-        f.bind(ta, &cred(&team, &ann), 0x4001, &b.relayed.to_string()),
-        None
-    );
-    assert_eq!(
-        f.permit(tb, &cred(&team, &bob), &[&a.relayed.to_string()]),
-        None
-    );
+    assert_eq!(f.permit(ta, &ann, &[&b.relayed.to_string()]), None);
+    assert_eq!(f.bind(ta, &ann, 0x4000, &e.relayed.to_string()), None);
+    assert_eq!(f.bind(ta, &ann, 0x4001, &b.relayed.to_string()), None);
+    assert_eq!(f.permit(tb, &bob, &[&a.relayed.to_string()]), None);
     // Eve's allocation has a permission for the relay address from a room member of hers...
+    let other = Scope::native(RoomId::parse("other").unwrap());
     f.core
         .announce(&other, &PeerId::random(), &[a.relayed.ip()]);
-    assert_eq!(
-        f.permit(te, &cred(&other, &eve), &[&a.relayed.to_string()]),
-        None
-    );
+    assert_eq!(f.permit(te, &eve, &[&a.relayed.to_string()]), None);
 
     let to_eve = f.send(ta, &send_indication(&e.relayed.to_string(), b"hi"));
     assert!(matches!(to_eve, Handled::Nothing));
@@ -2141,28 +2124,9 @@ fn with_the_fence_a_readmitted_own_address_still_keeps_other_rooms_relays_out() 
         },
         policy,
     );
-    let team = Scope::native(RoomId::parse("team").unwrap());
-    let other = Scope::native(RoomId::parse("other").unwrap());
-    let (ann, bob, eve) = (f.join(&team), f.join(&team), f.join(&other));
-    let (ta, tb, te) = (tuple(4000), tuple(4001), tuple(4002));
-    let cred = |scope: &Scope, peer: &PeerId| peer_cred(scope, peer, UNIX + 600);
-    for (t, c) in [
-        (ta, cred(&team, &ann)),
-        (tb, cred(&team, &bob)),
-        (te, cred(&other, &eve)),
-    ] {
-        assert_eq!(code(&f.allocate(t, &c)), None);
-    }
-    let (a, b, e) = (
-        f.core.get(&ta).unwrap(),
-        f.core.get(&tb).unwrap(),
-        f.core.get(&te).unwrap(),
-    );
+    let [(ta, ann, a), (_, _, b), (_, _, e)] = two_rooms_allocated(&f);
     // Bob's relay made the address reachable to Ann, and allow_peers opens all of it.
-    assert_eq!(
-        f.permit(ta, &cred(&team, &ann), &[&b.relayed.to_string()]),
-        None
-    );
+    assert_eq!(f.permit(ta, &ann, &[&b.relayed.to_string()]), None);
     assert_eq!(
         a.state.locked().permission(f.t0, b.relayed),
         Some(Reach::OwnIp)
